@@ -1,0 +1,15 @@
+//! The wire contracts that `sse-node` and `sse-admin` must agree on.
+//!
+//! - [`topic`]: topic names, subject paths (with NATS wildcards) and how they
+//!   map onto JetStream stream names and NATS subjects.
+//! - [`cursor`]: the event id, `<topic>:<epoch>:<seq>` joined with `,`, that
+//!   clients send back as `Last-Event-ID` to resume.
+//!
+//! Everything here is pure and allocation-light so both binaries, the fuzz
+//! targets and the property tests share one definition.
+
+pub mod cursor;
+pub mod topic;
+
+pub use cursor::{Cursor, CursorError, TopicPosition};
+pub use topic::{SubjectPath, TopicError, TopicName};

@@ -1,0 +1,346 @@
+//! Topic names and subject paths.
+//!
+//! A topic `orders` is the JetStream stream `SSE_orders`, which captures the
+//! NATS subjects `<prefix>.orders` and `<prefix>.orders.>`. A subject path is
+//! a dotted name inside a topic (`orders.42`); its first token is the topic.
+//! A path given by a subscriber may use the NATS wildcards `*` (one token) and
+//! `>` (one or more trailing tokens).
+
+use std::fmt;
+
+/// Longest subject path, in bytes.
+pub const MAX_PATH_BYTES: usize = 255;
+/// Most tokens in a subject path.
+pub const MAX_PATH_TOKENS: usize = 16;
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 64;
+/// Prefix of every topic's JetStream stream name.
+pub const STREAM_PREFIX: &str = "SSE_";
+
+/// Why a topic name or subject path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// The path or name was empty.
+    #[error("subject path is empty")]
+    Empty,
+    /// Longer than [`MAX_PATH_BYTES`].
+    #[error("subject path is {0} bytes long; at most {MAX_PATH_BYTES} are allowed")]
+    TooLong(usize),
+    /// More than [`MAX_PATH_TOKENS`] tokens.
+    #[error("subject path has {0} tokens; at most {MAX_PATH_TOKENS} are allowed")]
+    TooManyTokens(usize),
+    /// Two dots in a row, or a leading or trailing dot.
+    #[error("subject path {0:?} has an empty token")]
+    EmptyToken(String),
+    /// A character outside `[A-Za-z0-9_-]` in a token.
+    #[error("subject path {path:?} has a character {ch:?} that is not allowed; tokens use [A-Za-z0-9_-]")]
+    BadCharacter {
+        /// The whole path as given.
+        path: String,
+        /// The first character refused.
+        ch: char,
+    },
+    /// A wildcard where it may not stand.
+    #[error("subject path {0:?} misuses a wildcard: '*' must be a whole token and '>' the whole last token")]
+    BadWildcard(String),
+    /// The topic (first token) is a wildcard, or breaks the topic-name rule.
+    #[error("topic name {0:?} is not valid; topic names use [a-z0-9_-], 1 to {MAX_TOPIC_BYTES} characters")]
+    BadTopic(String),
+    /// A path for publishing held a wildcard.
+    #[error("subject path {0:?} has a wildcard; events are published to concrete paths")]
+    WildcardInPublish(String),
+}
+
+/// A validated topic name: `[a-z0-9_-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(String);
+
+impl TopicName {
+    /// Validates a topic name.
+    pub fn parse(name: &str) -> Result<Self, TopicError> {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_TOPIC_BYTES
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if valid {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(TopicError::BadTopic(name.to_owned()))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The JetStream stream holding this topic: `SSE_<topic>`.
+    pub fn stream_name(&self) -> String {
+        format!("{STREAM_PREFIX}{}", self.0)
+    }
+
+    /// The topic held by a stream, if the stream is one of ours.
+    pub fn from_stream_name(stream: &str) -> Option<Self> {
+        stream
+            .strip_prefix(STREAM_PREFIX)
+            .and_then(|t| Self::parse(t).ok())
+    }
+
+    /// The subjects the topic's stream captures.
+    pub fn stream_subjects(&self, prefix: &str) -> Vec<String> {
+        vec![
+            format!("{prefix}.{}", self.0),
+            format!("{prefix}.{}.>", self.0),
+        ]
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated subject path such as `orders.42`, `orders.*` or `orders.>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubjectPath {
+    path: String,
+    topic: TopicName,
+    has_wildcard: bool,
+}
+
+impl SubjectPath {
+    /// Validates a path that a subscriber may use, wildcards allowed.
+    pub fn parse_pattern(path: &str) -> Result<Self, TopicError> {
+        if path.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        if path.len() > MAX_PATH_BYTES {
+            return Err(TopicError::TooLong(path.len()));
+        }
+        let count = path.split('.').count();
+        if count > MAX_PATH_TOKENS {
+            return Err(TopicError::TooManyTokens(count));
+        }
+        let mut has_wildcard = false;
+        for (i, token) in path.split('.').enumerate() {
+            match token {
+                "" => return Err(TopicError::EmptyToken(path.to_owned())),
+                "*" if i > 0 => has_wildcard = true,
+                ">" if i > 0 && i == count - 1 => has_wildcard = true,
+                "*" | ">" => {
+                    return Err(if i == 0 {
+                        TopicError::BadTopic(token.to_owned())
+                    } else {
+                        TopicError::BadWildcard(path.to_owned())
+                    });
+                }
+                _ => {
+                    if let Some(ch) = token
+                        .chars()
+                        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+                    {
+                        return Err(if ch == '*' || ch == '>' {
+                            TopicError::BadWildcard(path.to_owned())
+                        } else {
+                            TopicError::BadCharacter {
+                                path: path.to_owned(),
+                                ch,
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        let first = path.split('.').next().unwrap_or_default();
+        let topic = TopicName::parse(first)?;
+        Ok(Self {
+            path: path.to_owned(),
+            topic,
+            has_wildcard,
+        })
+    }
+
+    /// Validates a concrete path to publish to: no wildcards.
+    pub fn parse_concrete(path: &str) -> Result<Self, TopicError> {
+        let parsed = Self::parse_pattern(path)?;
+        if parsed.has_wildcard {
+            return Err(TopicError::WildcardInPublish(path.to_owned()));
+        }
+        Ok(parsed)
+    }
+
+    /// The topic: the path's first token.
+    pub fn topic(&self) -> &TopicName {
+        &self.topic
+    }
+
+    /// The path as given.
+    pub fn as_str(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether the path holds `*` or `>`.
+    pub fn has_wildcard(&self) -> bool {
+        self.has_wildcard
+    }
+
+    /// The NATS subject (or subject filter) for this path.
+    pub fn nats_subject(&self, prefix: &str) -> String {
+        format!("{prefix}.{}", self.path)
+    }
+
+    /// Whether a concrete path (without the subject prefix) matches this
+    /// pattern, with NATS wildcard rules.
+    pub fn matches(&self, concrete: &str) -> bool {
+        if !self.has_wildcard {
+            return self.path == concrete;
+        }
+        subject_matches(&self.path, concrete)
+    }
+
+    /// Whether every path this pattern matches is also matched by `grant`.
+    /// Used to check a subscription against the patterns a token allows.
+    pub fn is_covered_by(&self, grant: &str) -> bool {
+        let mut mine = self.path.split('.');
+        let mut theirs = grant.split('.');
+        loop {
+            match (mine.next(), theirs.next()) {
+                (Some(_), Some(">")) => return true,
+                (Some(">"), _) => return false,
+                (Some(m), Some("*")) => {
+                    if m == ">" {
+                        return false;
+                    }
+                }
+                (Some(m), Some(t)) => {
+                    if m != t {
+                        return false;
+                    }
+                }
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+}
+
+impl fmt::Display for SubjectPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
+/// NATS subject matching of a concrete subject against a pattern.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut pat = pattern.split('.');
+    let mut sub = subject.split('.');
+    loop {
+        match (pat.next(), sub.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(p), Some(s)) if p == s => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_paths_and_wildcards() {
+        for ok in ["orders", "orders.42", "orders.*", "orders.>", "a-b_c.X-1.*.z"] {
+            assert!(SubjectPath::parse_pattern(ok).is_ok(), "{ok}");
+        }
+        let p = SubjectPath::parse_pattern("chat.room1").unwrap();
+        assert_eq!(p.topic().as_str(), "chat");
+        assert!(!p.has_wildcard());
+    }
+
+    #[test]
+    fn refuses_bad_paths_precisely() {
+        use TopicError::*;
+        let cases: &[(&str, fn(&TopicError) -> bool)] = &[
+            ("", |e| matches!(e, Empty)),
+            ("orders..1", |e| matches!(e, EmptyToken(_))),
+            (".orders", |e| matches!(e, EmptyToken(_))),
+            ("orders.", |e| matches!(e, EmptyToken(_))),
+            ("orders.a b", |e| matches!(e, BadCharacter { ch: ' ', .. })),
+            ("orders.é", |e| matches!(e, BadCharacter { .. })),
+            ("orders.>.x", |e| matches!(e, BadWildcard(_))),
+            ("orders.a*", |e| matches!(e, BadWildcard(_))),
+            ("*.x", |e| matches!(e, BadTopic(_))),
+            (">", |e| matches!(e, BadTopic(_))),
+            ("Orders.x", |e| matches!(e, BadTopic(_))),
+            ("a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q", |e| {
+                matches!(e, TooManyTokens(17))
+            }),
+        ];
+        for (path, check) in cases {
+            let err = SubjectPath::parse_pattern(path).unwrap_err();
+            assert!(check(&err), "{path:?} gave {err:?}");
+        }
+        let long = format!("t.{}", "x".repeat(300));
+        assert_eq!(
+            SubjectPath::parse_pattern(&long).unwrap_err(),
+            TooLong(302)
+        );
+        assert!(matches!(
+            SubjectPath::parse_concrete("orders.*").unwrap_err(),
+            WildcardInPublish(_)
+        ));
+    }
+
+    #[test]
+    fn matching_follows_nats_rules() {
+        let star = SubjectPath::parse_pattern("orders.*").unwrap();
+        assert!(star.matches("orders.1"));
+        assert!(!star.matches("orders"));
+        assert!(!star.matches("orders.1.2"));
+        let tail = SubjectPath::parse_pattern("orders.>").unwrap();
+        assert!(tail.matches("orders.1.2"));
+        assert!(!tail.matches("orders"));
+        let exact = SubjectPath::parse_pattern("orders").unwrap();
+        assert!(exact.matches("orders"));
+        assert!(!exact.matches("orders.1"));
+    }
+
+    #[test]
+    fn grants_cover_only_narrower_patterns() {
+        let p = |s| SubjectPath::parse_pattern(s).unwrap();
+        assert!(p("orders.alice.1").is_covered_by("orders.alice.>"));
+        assert!(p("orders.alice.>").is_covered_by("orders.alice.>"));
+        assert!(!p("orders.>").is_covered_by("orders.alice.>"));
+        assert!(p("news.x").is_covered_by("news.*"));
+        assert!(!p("news.*.y").is_covered_by("news.*"));
+        assert!(!p("news.>").is_covered_by("news.*"));
+        assert!(p("news.*").is_covered_by("news.*"));
+    }
+
+    #[test]
+    fn stream_names_round_trip() {
+        let t = TopicName::parse("demo_1").unwrap();
+        assert_eq!(t.stream_name(), "SSE_demo_1");
+        assert_eq!(TopicName::from_stream_name("SSE_demo_1"), Some(t));
+        assert_eq!(TopicName::from_stream_name("OTHER"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(s in "\\PC{0,300}") {
+            let _ = SubjectPath::parse_pattern(&s);
+        }
+
+        #[test]
+        fn valid_paths_match_themselves(s in "[a-z0-9_-]{1,10}(\\.[A-Za-z0-9_-]{1,8}){0,6}") {
+            let p = SubjectPath::parse_pattern(&s).unwrap();
+            prop_assert!(p.matches(&s));
+            prop_assert!(p.is_covered_by(&s));
+        }
+    }
+}

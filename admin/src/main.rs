@@ -1,0 +1,2 @@
+//! sse-admin: placeholder until the admin service lands.
+fn main() {}

@@ -1,0 +1,222 @@
+{{/*
+Names, labels and the pieces of configuration shared by several templates.
+*/}}
+
+{{- define "sse-cluster.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sse-cluster.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "sse-cluster.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sse-cluster.labels" -}}
+helm.sh/chart: {{ include "sse-cluster.chart" . }}
+app.kubernetes.io/name: {{ include "sse-cluster.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: sse-cluster
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: call with (dict "ctx" $ "component" "node"). */}}
+{{- define "sse-cluster.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sse-cluster.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "sse-cluster.componentLabels" -}}
+{{ include "sse-cluster.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "sse-cluster.node.fullname" -}}
+{{- printf "%s-node" (include "sse-cluster.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sse-cluster.admin.fullname" -}}
+{{- printf "%s-admin" (include "sse-cluster.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sse-cluster.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sse-cluster.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "sse-cluster.secretName" -}}
+{{- default (printf "%s-secrets" (include "sse-cluster.fullname" .)) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{- define "sse-cluster.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/*
+The service name the official nats chart gives its client Service: its
+fullname, which follows the same rule as ours.
+*/}}
+{{- define "sse-cluster.nats.fullname" -}}
+{{- if .Values.nats.fullnameOverride }}
+{{- .Values.nats.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default "nats" .Values.nats.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The NATS URL(s) both services connect to. */}}
+{{- define "sse-cluster.nats.url" -}}
+{{- if .Values.nats.enabled }}
+{{- printf "nats://%s.%s.svc:4222" (include "sse-cluster.nats.fullname" .) .Release.Namespace }}
+{{- else if .Values.externalNats.url }}
+{{- .Values.externalNats.url }}
+{{- else }}
+{{- fail "NATS: set nats.enabled=true, or nats.enabled=false with externalNats.url" }}
+{{- end }}
+{{- end }}
+
+{{/*
+A two-level map (sections of keys) as TOML. Helm's own toToml writes every
+number as a float (values pass through JSON), which the services' integer keys
+refuse; scalar values are written with toJson instead, whose strings, integers,
+floats, booleans and arrays are also valid TOML.
+*/}}
+{{- define "sse-cluster.toml" -}}
+{{- range $key, $value := . }}
+{{- if not (kindIs "map" $value) }}
+{{ $key }} = {{ toJson $value }}
+{{- end }}
+{{- end }}
+{{- range $section, $keys := . }}
+{{- if kindIs "map" $keys }}
+
+[{{ $section }}]
+{{- range $key, $value := $keys }}
+{{- if kindIs "map" $value }}
+{{- fail (printf "config key %s.%s: nested tables are not supported" $section $key) }}
+{{- end }}
+{{ $key }} = {{ toJson $value }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* node.toml: the user's node.config with nats.url filled in. */}}
+{{- define "sse-cluster.node.toml" -}}
+{{- $cfg := deepCopy (default dict .Values.node.config) }}
+{{- $nats := default dict (get $cfg "nats") }}
+{{- if not (hasKey $nats "url") }}
+{{- $_ := set $nats "url" (include "sse-cluster.nats.url" .) }}
+{{- end }}
+{{- $_ := set $cfg "nats" $nats }}
+{{- include "sse-cluster.toml" $cfg | trim }}
+{{- end }}
+
+{{- define "sse-cluster.admin.toml" -}}
+{{- $cfg := deepCopy (default dict .Values.admin.config) }}
+{{- $nats := default dict (get $cfg "nats") }}
+{{- if not (hasKey $nats "url") }}
+{{- $_ := set $nats "url" (include "sse-cluster.nats.url" .) }}
+{{- end }}
+{{- $_ := set $cfg "nats" $nats }}
+{{- if hasKey $cfg "admin" }}
+{{- if hasKey (get $cfg "admin") "token" }}
+{{- fail "admin.config.admin.token would land in a ConfigMap: set secrets.adminToken or secrets.existingSecret instead" }}
+{{- end }}
+{{- end }}
+{{- include "sse-cluster.toml" $cfg | trim }}
+{{- end }}
+
+{{/* The node's drain window, from its config or the binary's default. */}}
+{{- define "sse-cluster.node.drainSeconds" -}}
+{{- $shutdown := default dict (get (default dict .Values.node.config) "shutdown") }}
+{{- if hasKey $shutdown "drain_seconds" }}{{ get $shutdown "drain_seconds" | int }}{{ else }}10{{ end }}
+{{- end }}
+
+{{/* Port number of a `host:port` listen address. */}}
+{{- define "sse-cluster.listenPort" -}}
+{{- $parts := splitList ":" . }}
+{{- last $parts | int }}
+{{- end }}
+
+{{/* OTEL env shared by both workloads: call with (dict "ctx" $ "service" "sse-node"). */}}
+{{- define "sse-cluster.otelEnv" -}}
+{{- if .ctx.Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .ctx.Values.otel.endpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.namespace.name=%s,service.instance.id=$(POD_NAME)" .ctx.Release.Namespace | quote }}
+{{- range $k, $v := .ctx.Values.otel.extraEnv }}
+- name: {{ $k }}
+  value: {{ $v | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Container ports, read from the services' own listen addresses. */}}
+{{- define "sse-cluster.node.port" -}}
+{{- $http := default dict (get (default dict .Values.node.config) "http") }}
+{{- include "sse-cluster.listenPort" (default "0.0.0.0:8080" (get $http "listen")) }}
+{{- end }}
+
+{{- define "sse-cluster.admin.port" -}}
+{{- $http := default dict (get (default dict .Values.admin.config) "http") }}
+{{- include "sse-cluster.listenPort" (default "0.0.0.0:8090" (get $http "listen")) }}
+{{- end }}
+
+{{- define "sse-cluster.jwtSecretName" -}}
+{{- default (printf "%s-jwt" (include "sse-cluster.fullname" .)) .Values.secrets.existingJwtSecret }}
+{{- end }}
+
+{{/* Egress shared by node and admin NetworkPolicies: DNS and NATS. */}}
+{{- define "sse-cluster.np.egress" -}}
+# DNS
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+# NATS
+- ports:
+    - port: {{ .Values.networkPolicy.natsPort }}
+      protocol: TCP
+  {{- if .Values.networkPolicy.natsEgressTo }}
+  to:
+    {{- toYaml .Values.networkPolicy.natsEgressTo | nindent 4 }}
+  {{- else if .Values.nats.enabled }}
+  to:
+    - podSelector:
+        matchLabels:
+          app.kubernetes.io/name: {{ default "nats" .Values.nats.nameOverride }}
+          app.kubernetes.io/instance: {{ .Release.Name }}
+  {{- end }}
+{{- with .Values.networkPolicy.extraEgress }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,310 @@
+"""The Helm chart helm/sse-cluster: lint, render with every value set under
+ci/, validate against the Kubernetes 1.31 schemas, and check what matters for
+an SSE service behind a load balancer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+
+import pytest
+import yaml
+
+from conftest import CHART, NAMESPACE, RELEASE, chart_objects, find, one, render_chart, value_files
+from k8s_checks import (
+    assert_node_deployment,
+    assert_restricted,
+    assert_service_without_affinity,
+    container,
+    node_toml,
+    validate_all,
+)
+
+helm = pytest.importorskip("helm_python", reason="pip install -r tests/deploy/requirements.txt")
+
+VALUE_FILES = value_files()
+
+
+def test_value_sets_cover_the_documented_scenarios():
+    assert {"default-values.yaml", "ha-values.yaml", "external-nats-values.yaml",
+            "ingress-values.yaml", "httproute-values.yaml"} <= set(VALUE_FILES)
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES)
+def test_lint_is_clean(values_file):
+    values = yaml.safe_load((CHART / "ci" / values_file).read_text()) or {}
+    report = helm.lint(CHART, values, namespace=NAMESPACE, kube_version="v1.31.0")
+    assert report["errors"] == [], report
+    # The nats subchart is declared (Chart.yaml, Chart.lock) but cannot be
+    # fetched offline; Helm reports that one warning and nothing else.
+    warnings = [m for m in report["messages"] if m["severity"] >= 2]
+    assert [w["error"] for w in warnings] in ([], ["chart directory is missing these dependencies: nats"]), warnings
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES)
+def test_values_match_schema(values_file):
+    values = yaml.safe_load((CHART / "ci" / values_file).read_text()) or {}
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(values)
+
+
+@pytest.mark.parametrize("bad", [
+    {"node": {"config": {"http": {"heartbeat_secs": 5}}}},
+    {"node": {"config": {"log": {"format": "xml"}}}},
+    {"node": {"replicas": 3}},
+    {"admin": {"config": {"admin": {"token": "in-a-configmap"}}}},
+])
+def test_schema_rejects_typos_and_misplaced_secrets(bad):
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(bad)
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES)
+def test_manifests_are_valid_kubernetes_1_31(values_file):
+    objs = chart_objects(values_file, tests=True)
+    assert objs, "the chart rendered nothing"
+    skipped = validate_all(objs)
+    for obj in objs:
+        if obj["kind"] == "ServiceMonitor":
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+            ep = obj["spec"]["endpoints"]
+            assert [e["path"] for e in ep] == ["/metrics"] and ep[0]["port"] == "http"
+            labels = obj["spec"]["selector"]["matchLabels"]
+            assert labels["app.kubernetes.io/instance"] == RELEASE
+        if obj["kind"] == "HTTPRoute":
+            assert obj["apiVersion"] == "gateway.networking.k8s.io/v1"
+            assert obj["spec"]["parentRefs"] and all("name" in p for p in obj["spec"]["parentRefs"])
+    assert set(skipped) <= {"ServiceMonitor", "HTTPRoute"}
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES)
+def test_node_probes_drain_and_rollout(values_file):
+    objs = chart_objects(values_file)
+    assert_node_deployment(one(objs, "Deployment", "-node"), node_toml(objs))
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES)
+def test_every_workload_is_restricted(values_file):
+    for obj in chart_objects(values_file, tests=True):
+        pod = obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"] if obj["kind"] == "Pod" else None
+        if pod is None:
+            continue
+        for c in pod["containers"]:
+            assert_restricted(pod, c)
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES)
+def test_services_have_no_session_affinity(values_file):
+    services = find(chart_objects(values_file), "Service")
+    assert services
+    for svc in services:
+        assert_service_without_affinity(svc)
+
+
+def test_admin_probes_and_token_from_secret():
+    objs = chart_objects()
+    admin = one(objs, "Deployment", "-admin")
+    c = container(admin, "sse-admin")
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    token = [e for e in c["env"] if e["name"] == "SSE_ADMIN__TOKEN"]
+    assert token and token[0]["valueFrom"]["secretKeyRef"]["key"] == "admin-token"
+    secret = one(objs, "Secret", "-secrets")
+    assert set(secret["data"]) == {"admin-token"}
+    # the token is not in any ConfigMap
+    for cm in find(objs, "ConfigMap"):
+        assert "token" not in json.dumps({k: v for k, v in cm.get("data", {}).items() if k.endswith(".toml")})
+
+
+def test_existing_secret_is_used_and_not_created():
+    objs = chart_objects("external-nats-values.yaml")
+    assert not find(objs, "Secret")
+    c = container(one(objs, "Deployment", "-admin"), "sse-admin")
+    ref = [e for e in c["env"] if e["name"] == "SSE_ADMIN__TOKEN"][0]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "sse-admin-token"
+
+
+def test_jwt_keys_reach_nodes_only():
+    objs = chart_objects("ha-values.yaml")
+    jwt = one(objs, "Secret", "-jwt")
+    assert set(jwt["data"]) == {"jwt-public.pem"}
+    node = one(objs, "Deployment", "-node")
+    vols = {v["name"]: v for v in node["spec"]["template"]["spec"]["volumes"]}
+    assert vols["jwt-keys"]["secret"]["secretName"] == jwt["metadata"]["name"]
+    admin = one(objs, "Deployment", "-admin")
+    assert jwt["metadata"]["name"] not in json.dumps(admin)
+
+
+def test_config_checksums_follow_the_config():
+    def checksum(extra):
+        node = one(chart_objects(extra=extra), "Deployment", "-node")
+        return node["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    base = checksum(None)
+    assert base == checksum({"node": {"config": {"log": {"level": "info"}}}}), "same config, same checksum"
+    assert base != checksum({"node": {"config": {"log": {"level": "debug"}}}}), "a config change rolls the pods"
+    objs = chart_objects()
+    cm = one(objs, "ConfigMap", "-config")
+    assert base == hashlib.sha256(cm["data"]["node.toml"].strip().encode()).hexdigest()
+    admin = one(objs, "Deployment", "-admin")
+    assert "checksum/config" in admin["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_node_toml_is_typed_and_points_at_bundled_nats():
+    cfg = node_toml(chart_objects())
+    assert cfg["nats"]["url"] == f"nats://{RELEASE}-nats.{NAMESPACE}.svc:4222"
+    assert isinstance(cfg["http"]["heartbeat_seconds"], int), "integers stay integers (Helm's toToml writes floats)"
+    assert isinstance(cfg["shutdown"]["drain_seconds"], int)
+    assert cfg["log"]["format"] == "json"
+
+
+def test_external_nats_url_is_used():
+    cfg = node_toml(chart_objects("external-nats-values.yaml"))
+    assert cfg["nats"]["url"].startswith("nats://nats-0.nats.messaging:4222,")
+
+
+def test_chart_refuses_grace_shorter_than_drain():
+    bad = {"node": {"preStopSeconds": 10, "terminationGracePeriodSeconds": 15,
+                    "config": {"shutdown": {"drain_seconds": 10}}}}
+    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
+        render_chart(extra=bad)
+
+
+def test_chart_refuses_no_nats_at_all():
+    with pytest.raises(helm.HelmError, match="externalNats.url"):
+        render_chart(extra={"nats": {"enabled": False}})
+
+
+def test_nats_dependency_is_declared_and_locked():
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    lock = yaml.safe_load((CHART / "Chart.lock").read_text())
+    deps = meta["dependencies"]
+    assert deps == [{"name": "nats", "version": deps[0]["version"],
+                     "repository": "https://nats-io.github.io/k8s/helm/charts/", "condition": "nats.enabled"}]
+    locked = [{"name": d["name"], "version": d["version"], "repository": d["repository"]} for d in lock["dependencies"]]
+    assert locked == [{k: deps[0][k] for k in ("name", "version", "repository")}]
+    # Helm's own digest of Chart.yaml's dependencies and the lock (HashReq):
+    # `helm dependency build` refuses a lock whose digest does not match.
+    data = json.dumps([deps, locked], separators=(",", ":"))
+    assert lock["digest"] == "sha256:" + hashlib.sha256(data.encode()).hexdigest()
+
+
+def test_nats_defaults_are_durable_and_clustered():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    nats = values["nats"]
+    assert nats["enabled"] is True
+    assert nats["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    js = nats["config"]["jetstream"]
+    assert js["enabled"] is True and js["fileStore"]["enabled"] is True
+    assert js["merge"]["sync_interval"] == "always"
+    text = (CHART / "values.yaml").read_text()
+    assert "sync_interval: 1s" in text or "sync_interval: 2m" in text, "the throughput trade-off is documented"
+
+
+def test_hpa_scales_down_slowly():
+    objs = chart_objects("ha-values.yaml")
+    hpa = one(objs, "HorizontalPodAutoscaler")
+    down = hpa["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 300
+    assert all(p["type"] == "Pods" and p["value"] == 1 for p in down["policies"])
+    assert hpa["spec"]["scaleTargetRef"]["name"] == one(objs, "Deployment", "-node")["metadata"]["name"]
+    assert "replicas" not in one(objs, "Deployment", "-node")["spec"], "the HPA owns the replica count"
+    assert {m["type"] for m in hpa["spec"]["metrics"]} == {"Resource", "Pods"}
+
+
+def test_pdb_lets_one_node_go_at_a_time():
+    objs = chart_objects("ha-values.yaml")
+    pdbs = {p["metadata"]["name"]: p for p in find(objs, "PodDisruptionBudget")}
+    node = pdbs[f"{RELEASE}-sse-cluster-node"]
+    assert node["spec"]["maxUnavailable"] == 1
+    assert node["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "node"
+    assert f"{RELEASE}-sse-cluster-admin" in pdbs
+    assert len(find(chart_objects(), "PodDisruptionBudget")) == 1, "no PDB for a single admin replica"
+
+
+def test_ingress_is_set_up_for_sse():
+    objs = chart_objects("ingress-values.yaml")
+    ing = one(objs, "Ingress")
+    ann = ing["metadata"]["annotations"]
+    assert ann["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert int(ann["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    assert int(ann["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
+    assert ann["cert-manager.io/cluster-issuer"] == "letsencrypt", "extra annotations are merged in"
+    backends = {p["backend"]["service"]["name"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]}
+    assert backends == {f"{RELEASE}-sse-cluster-node", f"{RELEASE}-sse-cluster-admin"}
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    # heartbeats are far shorter than the proxy's idle timeout
+    hb = node_toml(objs)["http"]["heartbeat_seconds"]
+    assert hb * 4 <= int(ann["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+
+
+def test_httproute_disables_request_timeout():
+    objs = chart_objects("httproute-values.yaml")
+    route = one(objs, "HTTPRoute")
+    rule = route["spec"]["rules"][0]
+    assert rule["timeouts"]["request"] == "0s"
+    assert rule["backendRefs"][0]["name"] == f"{RELEASE}-sse-cluster-node"
+    assert route["spec"]["hostnames"] == ["events.example.com"]
+    assert not find(objs, "Ingress")
+
+
+def test_httproute_needs_a_gateway():
+    with pytest.raises(helm.HelmError, match="parentRefs"):
+        render_chart(extra={"httpRoute": {"enabled": True}})
+
+
+def test_network_policy_allows_nats_and_dns_only():
+    objs = chart_objects("ha-values.yaml")
+    pols = {p["metadata"]["name"]: p for p in find(objs, "NetworkPolicy")}
+    node = pols[f"{RELEASE}-sse-cluster-node"]
+    assert set(node["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    ports = sorted(p["port"] for rule in node["spec"]["egress"] for p in rule.get("ports", []))
+    assert ports == [53, 53, 4222]
+    nats_rule = [r for r in node["spec"]["egress"] if r["ports"][0]["port"] == 4222][0]
+    assert nats_rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "nats"
+    ext = {p["metadata"]["name"]: p for p in find(chart_objects("external-nats-values.yaml"), "NetworkPolicy")}
+    ext_rule = [r for r in ext[f"{RELEASE}-sse-cluster-node"]["spec"]["egress"] if r["ports"][0]["port"] == 4222][0]
+    assert "namespaceSelector" in ext_rule["to"][0]
+
+
+def test_grafana_dashboard_configmap():
+    cm = one(chart_objects(), "ConfigMap", "-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads((CHART / "dashboards" / "sse-cluster.json").read_text())
+    assert json.loads(cm["data"]["sse-cluster.json"]) == shipped
+
+
+def test_otel_env_when_endpoint_set():
+    node = one(chart_objects("ha-values.yaml"), "Deployment", "-node")
+    env = {e["name"]: e.get("value") for e in container(node, "sse-node")["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+    assert env["OTEL_SERVICE_NAME"] == "sse-node"
+    plain = one(chart_objects(), "Deployment", "-node")
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in json.dumps(plain)
+
+
+def test_helm_test_hook_checks_both_services():
+    rendered = render_chart()
+    tests = [t for n, t in rendered.items() if "/tests/" in n]
+    assert len(tests) == 1
+    pod = yaml.safe_load(tests[0])
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["args"][0]
+    assert "/readyz" in script and f"{RELEASE}-sse-cluster-node" in script and f"{RELEASE}-sse-cluster-admin" in script
+
+
+def test_notes_explain_access():
+    notes = render_chart("ingress-values.yaml")["sse-cluster/templates/NOTES.txt"]
+    assert "port-forward" in notes and "admin-token" in notes and "events.example.com" in notes
+
+
+def test_node_config_schema_tracks_config_default_toml():
+    """values.schema.json lists exactly the keys node/config.default.toml has,
+    so the chart never passes a key the node refuses, nor hides a new one."""
+    from conftest import ROOT
+
+    default = tomllib.loads((ROOT / "node" / "config.default.toml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    node_cfg = schema["properties"]["node"]["properties"]["config"]["properties"]
+    assert {s: set(p["properties"]) for s, p in node_cfg.items()} == {s: set(k) for s, k in default.items()}

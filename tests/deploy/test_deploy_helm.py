@@ -308,3 +308,16 @@ def test_node_config_schema_tracks_config_default_toml():
     schema = json.loads((CHART / "values.schema.json").read_text())
     node_cfg = schema["properties"]["node"]["properties"]["config"]["properties"]
     assert {s: set(p["properties"]) for s, p in node_cfg.items()} == {s: set(k) for s, k in default.items()}
+
+
+def test_admin_config_schema_tracks_config_default_toml():
+    from conftest import ROOT
+
+    path = ROOT / "admin" / "config.default.toml"
+    if not path.exists():
+        pytest.skip("admin/config.default.toml not written yet")
+    default = tomllib.loads(path.read_text())
+    default["admin"].pop("token", None)  # from the Secret only
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    admin_cfg = schema["properties"]["admin"]["properties"]["config"]["properties"]
+    assert {s: set(p["properties"]) for s, p in admin_cfg.items()} == {s: set(k) for s, k in default.items()}

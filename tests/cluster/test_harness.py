@@ -1,0 +1,185 @@
+"""The harness itself: SSE parsing, the NATS cluster, HAProxy, the TCP proxy,
+and one node end to end through the load balancer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from cluster.harness import LOOPBACK, http_get, run_async, wait_until
+from cluster.sse import ChunkedDecoder, SseClient, SseParser
+from cluster.tcp_proxy import TcpProxy
+
+
+# ------------------------------------------------------------------ parsing
+def test_parser_follows_the_event_stream_rules():
+    p = SseParser()
+    stream = (
+        b"\xef\xbb\xbf: hello\r\nretry: 1500\r\n\r\nid: t:1:0\n\n"
+        b"data: a\ndata:  b\nid: t:1:1\n\n"
+        b"event: reset\rdata\rid: t:1:2\r\r"
+        b"retry: x1\ndata: c\r\n\r\n"
+    )
+    events = []
+    for i in range(len(stream)):  # one byte at a time: every split point
+        events += p.feed(stream[i : i + 1])
+    assert [(e.type, e.data, e.id) for e in events] == [
+        ("message", "a\n b", "t:1:1"),
+        ("reset", "", "t:1:2"),
+        ("message", "c", "t:1:2"),
+    ]
+    assert p.retry_ms == 1500
+    assert p.comments == 1
+
+
+def test_id_only_frame_sets_the_cursor_without_an_event():
+    p = SseParser()
+    assert p.feed(b"retry: 1000\n\nid: demo:k1:41\n\n") == []
+    assert p.last_event_id == "demo:k1:41"
+
+
+def test_chunked_decoder_handles_any_split():
+    body = b"5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nworld!\r\n0\r\n\r\n"
+    for step in (1, 2, 3, 7, len(body)):
+        d = ChunkedDecoder()
+        out = b"".join(d.feed(body[i : i + step]) for i in range(0, len(body), step))
+        assert out == b"hello world!"
+        assert d.done
+
+
+# ------------------------------------------------------- NATS and HAProxy
+@pytest.mark.timeout(90)
+def test_nats_cluster_forms_and_survives_losing_the_stream_leader(cluster_factory, topic):
+    c = cluster_factory(nodes=0, with_nodes=False, topics=[(topic, 3)])
+
+    async def go():
+        import nats
+
+        nc = await nats.connect(servers=c.nats_urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        js = nc.jetstream(timeout=2)
+        info = await js.stream_info(f"SSE_{topic}")
+        assert info.config.num_replicas == 3
+        assert info.cluster.leader in {"n0", "n1", "n2"}
+        assert len(info.cluster.replicas) == 2
+        ack = await js.publish(f"sse.{topic}.a.b", b"x", headers={"Nats-Msg-Id": "m1"})
+        assert ack.seq == 1
+        return info.cluster.leader, nc, js
+
+    async def after(nc, js, old):
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                info = await js.stream_info(f"SSE_{topic}")
+                if info.cluster.leader and info.cluster.leader != old:
+                    break
+            except Exception:  # noqa: BLE001 - no leader while electing
+                pass
+            assert time.monotonic() < deadline, "no new stream leader"
+            await asyncio.sleep(0.2)
+        ack = await js.publish(f"sse.{topic}", b"y", headers={"Nats-Msg-Id": "m2"})
+        dup = await js.publish(f"sse.{topic}", b"y", headers={"Nats-Msg-Id": "m2"})
+        await nc.close()
+        return info.cluster.leader, ack.seq, dup.duplicate
+
+    async def both():
+        leader, nc, js = await go()
+        c.kill(c.nats_proc_for_server(leader))
+        return leader, await after(nc, js, leader)
+
+    old, (new, seq, dup) = run_async(both())
+    assert new != old
+    assert seq == 2 and dup
+    c.start_proc(c.nats_proc_for_server(old))
+
+
+@pytest.mark.timeout(60)
+def test_haproxy_reports_node_slots_down_and_answers_503(cluster_factory):
+    c = cluster_factory(nodes=2, max_nodes=3, with_nodes=False)
+    wait_until(lambda: all(s.startswith("DOWN") for s in c.backend_status().values()), 10, "all slots down")
+    assert set(c.backend_status()) == {"node0", "node1", "node2"}
+    status, _ = http_get(c.lb_port, "/v1/events?topic=x")
+    assert status == 503
+    cfg = c.haproxy_config()
+    assert "balance roundrobin" in cfg and "inter 500ms fall 2 rise 1" in cfg and "timeout tunnel 1h" in cfg
+
+
+@pytest.mark.timeout(60)
+def test_tcp_proxy_cuts_and_restores_a_nats_client(cluster_factory, topic):
+    c = cluster_factory(nodes=0, with_nodes=False, topics=[(topic, 3)])
+    with TcpProxy(c.nats_ports) as proxy:
+
+        async def go():
+            import nats
+
+            events = []
+
+            async def down():
+                events.append("down")
+
+            async def up():
+                events.append("up")
+
+            nc = await nats.connect(
+                servers=proxy.urls,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.2,
+                disconnected_cb=down,
+                reconnected_cb=up,
+            )
+            await nc.flush()
+            await asyncio.to_thread(proxy.cut)
+            await _until(lambda: "down" in events, 10)
+            await asyncio.sleep(0.5)
+            assert not nc.is_connected
+            await asyncio.to_thread(proxy.restore)
+            await _until(lambda: "up" in events, 10)
+            await nc.flush()
+            await nc.close()
+            return events
+
+        assert run_async(go())[:2] == ["down", "up"]
+
+
+async def _until(cond, timeout):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
+# ---------------------------------------------------------------- one node
+@pytest.mark.needs_node
+@pytest.mark.timeout(90)
+def test_one_event_through_the_load_balancer(node_binary, cluster_factory, topic):
+    c = cluster_factory(nodes=2, topics=[(topic, 3)])
+    c.wait_backend("node0", up=True)
+    c.wait_backend("node1", up=True)
+
+    async def go():
+        import nats
+
+        got = []
+        stop = asyncio.Event()
+        client = SseClient("c0", c.lb_port, f"/v1/events?topic={topic}", on_event=lambda cl, ev: got.append(ev))
+        task = asyncio.create_task(client.run(stop))
+        await _until(lambda: client.parser.last_event_id, 15)
+        nc = await nats.connect(servers=c.nats_urls)
+        js = nc.jetstream()
+        await js.publish(f"sse.{topic}.a", json.dumps({"n": 1}).encode(), headers={"Sse-Event": "tick"})
+        await _until(lambda: got, 10)
+        stop.set()
+        await task
+        await nc.close()
+        return client, got
+
+    client, got = run_async(go())
+    assert [(e.type, json.loads(e.data)) for e in got] == [("tick", {"n": 1})]
+    assert got[0].id.startswith(f"{topic}:") and got[0].id.endswith(":1")
+    assert client.parser.retry_ms is not None
+    assert client.stats.served_by[0] in {"node0", "node1"}
+    m = c.metrics("node0")
+    assert m is not None and any(k.startswith("sse_clients_connected") for k in m)
+    assert LOOPBACK in c.describe()

@@ -1,0 +1,305 @@
+"""The load every chaos test runs: a publisher, a fleet of SSE clients, a
+metrics watcher, and the check that every client holds every event once.
+
+The publisher sends `{"n": <counter>}` to one topic at a steady rate with
+JetStream publish, retrying a timed-out or refused publish with the same
+`Nats-Msg-Id` (so a retry of a publish that did land is de-duplicated).
+Clients connect before the first publish, so each must end with exactly
+`1..total`, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from .harness import Cluster, metric_sum
+from .sse import Event, SseClient
+
+# Filled by `Scenario.report()`; printed at the end of the pytest run.
+FIGURES: list[tuple[str, dict]] = []
+
+
+class Publisher:
+    def __init__(self, urls: list[str], subject: str, total: int, rate: float):
+        self.urls = urls
+        self.subject = subject
+        self.total = total
+        self.rate = rate
+        self.run_id = secrets.token_hex(4)
+        self.published = 0
+        self.retries = 0
+        self.duplicates = 0
+        self.errors: Counter[str] = Counter()
+        self.max_ack_seconds = 0.0
+        self.done = asyncio.Event()
+        self._progress = asyncio.Condition()
+
+    async def wait_published(self, n: int) -> None:
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.published >= n)
+
+    async def run(self) -> None:
+        import nats
+        import nats.errors
+        import nats.js.errors
+
+        nc = await nats.connect(
+            servers=self.urls,
+            connect_timeout=2,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,
+            allow_reconnect=True,
+            name="chaos-publisher",
+        )
+        js = nc.jetstream(timeout=2)
+        t0 = time.monotonic()
+        try:
+            for n in range(1, self.total + 1):
+                payload = json.dumps({"n": n}).encode()
+                headers = {"Nats-Msg-Id": f"{self.run_id}-{n}"}
+                started = time.monotonic()
+                while True:
+                    try:
+                        ack = await js.publish(self.subject, payload, timeout=1.0, headers=headers)
+                        if ack.duplicate:
+                            self.duplicates += 1
+                        break
+                    except (
+                        nats.errors.TimeoutError,
+                        nats.errors.NoRespondersError,
+                        nats.errors.ConnectionReconnectingError,
+                        nats.js.errors.ServiceUnavailableError,
+                        nats.js.errors.APIError,
+                        asyncio.TimeoutError,
+                    ) as e:
+                        self.retries += 1
+                        self.errors[type(e).__name__] += 1
+                        await asyncio.sleep(0.05)
+                self.max_ack_seconds = max(self.max_ack_seconds, time.monotonic() - started)
+                async with self._progress:
+                    self.published = n
+                    self._progress.notify_all()
+                delay = t0 + n / self.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        finally:
+            self.done.set()
+            await nc.close()
+
+
+class Fleet:
+    """`count` SSE clients of one topic through the load balancer."""
+
+    def __init__(self, port: int, topic: str, count: int, stall_seconds: float = 10.0):
+        self.topic = topic
+        self.clients = [
+            SseClient(f"c{i}", port, f"/v1/events?topic={topic}", on_event=self._on_event, stall_seconds=stall_seconds)
+            for i in range(count)
+        ]
+        self.received: dict[str, list[int]] = {c.name: [] for c in self.clients}
+        self.other_events: Counter[str] = Counter()
+        self.stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    def _on_event(self, client: SseClient, ev: Event) -> None:
+        if ev.type != "message":
+            self.other_events[ev.type] += 1
+            return
+        self.received[client.name].append(int(json.loads(ev.data)["n"]))
+
+    async def start(self, timeout: float = 60.0) -> None:
+        for i, c in enumerate(self.clients):
+            self._tasks.append(asyncio.create_task(c.run(self.stop_event), name=c.name))
+            if i % 50 == 49:
+                await asyncio.sleep(0.05)  # do not flood the accept queues
+        # Ready when every client has its first cursor (the id-only frame).
+        await wait_for(lambda: all(c.parser.last_event_id for c in self.clients), timeout, "every client holds a cursor")
+
+    async def wait_all(self, total: int, timeout: float) -> None:
+        await wait_for(lambda: all(len(r) >= total for r in self.received.values()), timeout, f"every client to hold {total} events", soft=True)
+        # Let late duplicates show up before judging.
+        await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def spread(self) -> Counter[str]:
+        return Counter(c.current_server for c in self.clients if c.current_server)
+
+    def verify(self, total: int) -> list[str]:
+        """Problems found, one line per faulty client (empty when all is well)."""
+        expected = list(range(1, total + 1))
+        problems = []
+        for name, got in self.received.items():
+            if got == expected:
+                continue
+            counts = Counter(got)
+            dups = sorted(n for n, k in counts.items() if k > 1)
+            missing = sorted(set(expected) - set(counts))
+            disorder = sum(1 for a, b in zip(got, got[1:]) if b <= a)
+            problems.append(
+                f"{name}: {len(got)} events, missing {len(missing)} {_ranges(missing)}, "
+                f"duplicated {len(dups)} {_ranges(dups)}, out of order {disorder}, "
+                f"served by {self._client(name).stats.served_by}"
+            )
+        return problems
+
+    def _client(self, name: str) -> SseClient:
+        return self.clients[int(name[1:])]
+
+
+class MetricsWatcher:
+    """Scrapes every running node's /metrics each `interval`, keeping the last
+    sample of each process incarnation, so counters of killed nodes still count."""
+
+    def __init__(self, cluster: Cluster, interval: float = 1.0):
+        self.cluster = cluster
+        self.interval = interval
+        self.last: dict[tuple[str, int], dict[str, float]] = {}
+        self.samples: list[tuple[float, dict[str, float]]] = []  # (t, clients per node)
+        self._task: asyncio.Task | None = None
+
+    async def scrape(self) -> dict[str, float]:
+        async def one(name: str):
+            p = self.cluster[name]
+            inc = p.incarnation
+            m = await asyncio.to_thread(self.cluster.metrics, name, 1.0)
+            if m is not None:
+                self.last[(name, inc)] = m
+                return name, metric_sum(m, "sse_clients_connected")
+            return name, None
+
+        res = await asyncio.gather(*(one(n) for n in self.cluster.running_nodes()))
+        clients = {n: v for n, v in res if v is not None}
+        self.samples.append((time.monotonic(), clients))
+        return clients
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.scrape()
+            except Exception:  # noqa: BLE001 - a node may die mid-scrape
+                pass
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.scrape()
+
+    def total(self, name: str, **labels: str) -> float:
+        return sum(metric_sum(m, name, **labels) for m in self.last.values())
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.1, soft: bool = False) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            if soft:
+                return False
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+    return True
+
+
+def _ranges(ns: list[int], limit: int = 6) -> str:
+    if not ns:
+        return ""
+    out, start, prev = [], ns[0], ns[0]
+    for n in ns[1:] + [None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return "[" + ", ".join(out[:limit]) + (" …" if len(out) > limit else "") + "]"
+
+
+@dataclass
+class Scenario:
+    """One chaos run: clients connect, the publisher runs while `action`
+    does its damage, then every client must hold every event exactly once."""
+
+    cluster: Cluster
+    name: str
+    topic: str
+    clients: int = 300
+    total: int = 500
+    rate: float = 25.0
+    settle_seconds: float = 45.0
+    stall_seconds: float = 10.0
+    extra: dict = field(default_factory=dict)
+
+    async def run(self, action: Callable[["Scenario"], Awaitable[None]]) -> list[str]:
+        self.fleet = Fleet(self.cluster.lb_port, self.topic, self.clients, stall_seconds=self.stall_seconds)
+        self.publisher = Publisher(self.cluster.nats_urls, f"sse.{self.topic}", self.total, self.rate)
+        self.watcher = MetricsWatcher(self.cluster)
+        started = time.monotonic()
+        try:
+            await self.fleet.start()
+            self.extra["initial spread"] = dict(sorted(self.fleet.spread().items()))
+            self.watcher.start()
+            pub = asyncio.create_task(self.publisher.run())
+            act = asyncio.create_task(action(self))
+            done, _ = await asyncio.wait({pub, act}, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()  # raise the first failure
+            await asyncio.gather(pub, act)
+            await self.fleet.wait_all(self.total, self.settle_seconds)
+        finally:
+            await self.watcher.stop()
+            await self.fleet.stop()
+        self.elapsed = time.monotonic() - started
+        problems = self.fleet.verify(self.total)
+        self.report(problems)
+        return problems
+
+    async def at(self, fraction: float) -> None:
+        """Wait until this fraction of the events is published."""
+        await self.publisher.wait_published(max(1, int(self.total * fraction)))
+
+    def report(self, problems: list[str]) -> dict:
+        stats = [c.stats for c in self.fleet.clients]
+        http_errors: Counter[int] = Counter()
+        for s in stats:
+            http_errors.update(s.http_errors)
+        gaps = sorted(s.max_event_gap for s in stats)
+        fig = {
+            "clients": len(stats),
+            "events": self.total,
+            "rate/s": self.rate,
+            "clients exact": len(stats) - len(problems),
+            "reconnects": sum(s.reconnects for s in stats),
+            "longest gap s": round(gaps[-1], 2) if gaps else None,
+            "p50 client longest gap s": round(gaps[len(gaps) // 2], 2) if gaps else None,
+            "longest silence s": round(max(s.max_silence for s in stats), 2) if stats else None,
+            "replayed memory": int(self.watcher.total("sse_replay_events_total", source="memory")),
+            "replayed jetstream": int(self.watcher.total("sse_replay_events_total", source="jetstream")),
+            "http errors": dict(http_errors),
+            "io errors": sum(s.io_errors for s in stats),
+            "stalls": sum(s.stalls for s in stats),
+            "other events": dict(self.fleet.other_events),
+            "publish retries": self.publisher.retries,
+            "publish dedup": self.publisher.duplicates,
+            "longest publish s": round(self.publisher.max_ack_seconds, 2),
+            "wall s": round(self.elapsed, 1),
+        }
+        fig.update(self.extra)
+        if problems:
+            fig["faulty clients"] = len(problems)
+            fig["first problems"] = problems[:5]
+        FIGURES.append((self.name, fig))
+        print(f"\n[{self.name}] " + json.dumps(fig, default=str))
+        return fig

@@ -1,0 +1,109 @@
+"""Shared pytest set-up for the cluster, chaos and browser tests.
+
+- `cluster_factory` builds `cluster.harness.Cluster`s and always tears them
+  down, pass or fail.
+- Tests marked `needs_node` get the workspace binaries built once per run
+  (`cargo build -p sse-node [-p sse-admin]`; set `SSE_SKIP_BUILD=1` to use
+  what is in `target/` as is, or `SSE_NODE_BIN` to name a binary).
+- The figures each chaos test records are printed at the end of the run,
+  also under `-q`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+_build: dict = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_node: starts sse-node processes (built once per run)")
+
+
+def _build_binaries() -> None:
+    if "done" in _build:
+        return
+    _build["done"] = True
+    if os.environ.get("SSE_SKIP_BUILD") == "1" or os.environ.get("SSE_NODE_BIN"):
+        return
+    cmd = ["cargo", "build", "-q", "-p", "sse-node"]
+    if (REPO / "admin" / "Cargo.toml").exists():
+        cmd += ["-p", "sse-admin"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if res.returncode != 0:
+        _build["error"] = f"{' '.join(cmd)} failed:\n{res.stderr[-4000:]}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any(item.get_closest_marker("needs_node") for item in items):
+        _build_binaries()
+
+
+@pytest.fixture
+def node_binary() -> Path:
+    from cluster.harness import binary
+
+    if "error" in _build:
+        pytest.fail(_build["error"], pytrace=False)
+    path = binary("sse-node")
+    if path is None:
+        pytest.fail("no sse-node binary (cargo build -p sse-node)", pytrace=False)
+    return path
+
+
+@pytest.fixture
+def cluster_factory(request: pytest.FixtureRequest):
+    from cluster.harness import Cluster
+
+    made: list[Cluster] = []
+
+    def make(*, topics: list[tuple[str, int]] | None = None, **kw) -> Cluster:
+        c = Cluster(**kw)
+        made.append(c)
+        c.start(topics=topics)
+        return c
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    failed = bool(failed and failed.failed) or bool(getattr(request.node, "rep_setup", None) and request.node.rep_setup.failed)
+    for c in made:
+        c.close(failed=failed)
+
+
+@pytest.fixture
+def topic() -> str:
+    """A fresh topic name per test."""
+    return "t" + secrets.token_hex(4)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    try:
+        from cluster.workload import FIGURES
+    except ImportError:
+        return
+    if not FIGURES:
+        return
+    tr = terminalreporter
+    tr.section("chaos figures")
+    for name, fig in FIGURES:
+        tr.write_line(f"{name}:")
+        for k, v in fig.items():
+            tr.write_line(f"    {k:<26} {v}")

@@ -153,7 +153,7 @@ def test_config_checksums_follow_the_config():
 
 def test_node_toml_is_typed_and_points_at_bundled_nats():
     cfg = node_toml(chart_objects())
-    assert cfg["nats"]["url"] == f"nats://{RELEASE}-nats.{NAMESPACE}.svc:4222"
+    assert cfg["nats"]["url"] == f"nats://{RELEASE}-nats:4222"
     assert isinstance(cfg["http"]["heartbeat_seconds"], int), "integers stay integers (Helm's toToml writes floats)"
     assert isinstance(cfg["shutdown"]["drain_seconds"], int)
     assert cfg["log"]["format"] == "json"

@@ -91,7 +91,7 @@ fullname, which follows the same rule as ours.
 {{/* The NATS URL(s) both services connect to. */}}
 {{- define "sse-cluster.nats.url" -}}
 {{- if .Values.nats.enabled }}
-{{- printf "nats://%s.%s.svc:4222" (include "sse-cluster.nats.fullname" .) .Release.Namespace }}
+{{- printf "nats://%s:4222" (include "sse-cluster.nats.fullname" .) }}
 {{- else if .Values.externalNats.url }}
 {{- .Values.externalNats.url }}
 {{- else }}

@@ -9,7 +9,7 @@ import tomllib
 import kubernetes_validate
 import pytest
 
-from conftest import KUBE_VERSION
+from deploy_support import KUBE_VERSION
 
 # Kinds that are not in the Kubernetes API itself; kubernetes-validate has no
 # schema for them, so their shape is asserted by hand.

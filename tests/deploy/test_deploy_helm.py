@@ -11,7 +11,7 @@ import tomllib
 import pytest
 import yaml
 
-from conftest import CHART, NAMESPACE, RELEASE, chart_objects, find, one, render_chart, value_files
+from deploy_support import CHART, NAMESPACE, RELEASE, chart_objects, find, one, render_chart, value_files
 from k8s_checks import (
     assert_node_deployment,
     assert_restricted,
@@ -302,7 +302,7 @@ def test_notes_explain_access():
 def test_node_config_schema_tracks_config_default_toml():
     """values.schema.json lists exactly the keys node/config.default.toml has,
     so the chart never passes a key the node refuses, nor hides a new one."""
-    from conftest import ROOT
+    from deploy_support import ROOT
 
     default = tomllib.loads((ROOT / "node" / "config.default.toml").read_text())
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -311,7 +311,7 @@ def test_node_config_schema_tracks_config_default_toml():
 
 
 def test_admin_config_schema_tracks_config_default_toml():
-    from conftest import ROOT
+    from deploy_support import ROOT
 
     path = ROOT / "admin" / "config.default.toml"
     if not path.exists():

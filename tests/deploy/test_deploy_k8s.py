@@ -13,7 +13,7 @@ import tomllib
 import pytest
 import yaml
 
-from conftest import K8S, chart_objects, find, kustomize_objects, load_docs, one
+from deploy_support import K8S, chart_objects, find, kustomize_objects, load_docs, one
 from k8s_checks import (
     assert_node_deployment,
     assert_restricted,

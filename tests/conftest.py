@@ -68,9 +68,12 @@ def cluster_factory(request: pytest.FixtureRequest):
 
     made: list[Cluster] = []
 
-    def make(*, topics: list[tuple[str, int]] | None = None, **kw) -> Cluster:
+    def make(*, topics: list[tuple[str, int]] | None = None, prepare=None, **kw) -> Cluster:
+        """`prepare(cluster)` runs after ports are chosen, before anything starts."""
         c = Cluster(**kw)
         made.append(c)
+        if prepare is not None:
+            prepare(c)
         c.start(topics=topics)
         return c
 

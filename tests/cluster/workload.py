@@ -213,6 +213,41 @@ async def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval
     return True
 
 
+async def stream_leader(urls: list[str], stream: str, timeout: float = 30.0) -> str:
+    """The server name of the stream's current Raft leader."""
+    import nats
+
+    nc = await nats.connect(servers=urls, connect_timeout=2)
+    try:
+        js = nc.jetstream(timeout=2)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                info = await js.stream_info(stream)
+                if info.cluster and info.cluster.leader:
+                    return info.cluster.leader
+            except Exception:  # noqa: BLE001 - no leader during an election
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no leader for {stream}")
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+def scale() -> dict:
+    """Workload size: small by default; `SSE_CHAOS_SOAK=1` for a long soak,
+    or `SSE_CHAOS_CLIENTS` / `SSE_CHAOS_EVENTS` / `SSE_CHAOS_RATE` to pick."""
+    import os
+
+    soak = os.environ.get("SSE_CHAOS_SOAK") == "1"
+    return {
+        "clients": int(os.environ.get("SSE_CHAOS_CLIENTS", 1000 if soak else 200)),
+        "total": int(os.environ.get("SSE_CHAOS_EVENTS", 6000 if soak else 400)),
+        "rate": float(os.environ.get("SSE_CHAOS_RATE", 40 if soak else 20)),
+    }
+
+
 def _ranges(ns: list[int], limit: int = 6) -> str:
     if not ns:
         return ""
@@ -266,6 +301,13 @@ class Scenario:
         self.report(problems)
         return problems
 
+    def assert_clean(self, problems: list[str]) -> None:
+        """Every client holds every event once, in order; no reset, no stall."""
+        assert not problems, f"{len(problems)} of {self.clients} clients are wrong:\n" + "\n".join(problems[:10])
+        assert not self.fleet.other_events.get("reset"), f"reset events: {dict(self.fleet.other_events)}"
+        stalls = sum(c.stats.stalls for c in self.fleet.clients)
+        assert stalls == 0, f"{stalls} streams went silent for {self.stall_seconds}s"
+
     async def at(self, fraction: float) -> None:
         """Wait until this fraction of the events is published."""
         await self.publisher.wait_published(max(1, int(self.total * fraction)))
@@ -300,6 +342,7 @@ class Scenario:
         if problems:
             fig["faulty clients"] = len(problems)
             fig["first problems"] = problems[:5]
+        self.figures = fig  # the same dict is printed at the end of the run
         FIGURES.append((self.name, fig))
         print(f"\n[{self.name}] " + json.dumps(fig, default=str))
         return fig

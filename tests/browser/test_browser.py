@@ -1,0 +1,182 @@
+"""A real browser: Chromium's own EventSource, through HAProxy, while the node
+serving it is killed with -9. The page must end with every event once.
+
+The page is served by a small HTTP server the test runs, routed by HAProxy
+under `/page/`, so the page and the event stream share one origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.harness import LOOPBACK, metric_sum, wait_until
+from cluster.workload import FIGURES, Publisher
+
+HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+pytestmark = [pytest.mark.needs_node]
+
+
+class PageServer:
+    """Serves tests/browser/ so /page/index.html is the test page."""
+
+    def __init__(self) -> None:
+        handler = functools.partial(_QuietHandler, directory=str(HERE))
+        self.httpd = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "PageServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class Browser:
+    """`node drive.mjs` in its own process group; `state` is the page's last state."""
+
+    def __init__(self, url: str) -> None:
+        self.profile = tempfile.mkdtemp(prefix="sse-chromium-")
+        self.log = open(Path(self.profile).with_suffix(".log"), "w+")
+        self.state: dict = {}
+        self.proc = subprocess.Popen(
+            ["node", str(HERE / "drive.mjs"), url, self.profile],
+            cwd=TESTS,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.state = json.loads(line)
+            except ValueError:
+                pass
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, sig)
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+        _kill_profile_processes(self.profile)
+        self.log.close()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+    def stderr_tail(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-3000:]
+
+
+def _kill_profile_processes(profile: str) -> None:
+    """Chromium runs in a group of its own: end the ones using our profile."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if profile.encode() in cmd:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.timeout(150)
+def test_browser_eventsource_gets_every_event_once_when_its_node_is_killed(node_binary, cluster_factory, topic):
+    if not Path(CHROMIUM).exists() or not (TESTS / "node_modules" / "playwright-core").exists():
+        pytest.fail("needs /usr/bin/chromium and tests/node_modules/playwright-core (scripts/install-deps)", pytrace=False)
+    total, rate = 200, 10.0
+    with PageServer() as pages:
+        c = cluster_factory(nodes=3, topics=[(topic, 3)], page_port=pages.port)
+        browser = Browser(f"{c.lb_url}/page/index.html?topic={topic}")
+        try:
+            try:
+                wait_until(lambda: browser.state.get("opens", 0) >= 1, 30, "the page's EventSource to open")
+            except TimeoutError:
+                raise AssertionError(f"page never opened its stream:\n{browser.stderr_tail()}")
+            fig: dict = {"clients": 1, "events": total}
+
+            def serving_node() -> str | None:
+                for name in c.running_nodes():
+                    m = c.metrics(name)
+                    if m and metric_sum(m, "sse_clients_connected") >= 1:
+                        return name
+                return None
+
+            async def run() -> None:
+                pub = Publisher(c.nats_urls, f"sse.{topic}", total, rate)
+                task = asyncio.create_task(pub.run())
+                await pub.wait_published(int(total * 0.4))
+                victim = await asyncio.to_thread(wait_until, serving_node, 10, "the node serving the page")
+                fig["victim"] = victim
+                fig["received before kill"] = len(browser.state.get("received", []))
+                c.kill(victim)
+                await task
+                fig["publish retries"] = pub.retries
+
+            asyncio.run(run())
+            try:
+                wait_until(lambda: len(browser.state.get("received", [])) >= total, 30, "the page to hold every event")
+            except TimeoutError:
+                pass
+            time.sleep(0.5)  # let a duplicate, if any, arrive before judging
+            state = browser.state
+            got = state.get("received", [])
+            fig.update(
+                {
+                    "received": len(got),
+                    "opens (1 + reconnects)": state.get("opens"),
+                    "errors": state.get("errors"),
+                    "reset events": state.get("other", {}).get("reset", 0),
+                    "last id": state.get("lastEventId"),
+                }
+            )
+            FIGURES.append(("browser EventSource, node killed", fig))
+            print(f"\n[browser] {json.dumps(fig)}")
+            assert not state.get("closed"), "the browser gave up reconnecting (EventSource CLOSED)"
+            missing = sorted(set(range(1, total + 1)) - set(got))
+            dups = sorted({n for n in got if got.count(n) > 1})
+            assert got == list(range(1, total + 1)), f"missing {missing[:20]}, duplicated {dups[:20]}, {len(got)} events"
+            assert state.get("opens", 0) >= 2, "the page never reconnected"
+        finally:
+            browser.close()

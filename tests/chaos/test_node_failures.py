@@ -1,0 +1,56 @@
+"""Nodes die or are replaced while clients stream: nobody loses or repeats
+an event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from cluster.workload import Scenario, scale
+
+pytestmark = [pytest.mark.needs_node]
+
+
+@pytest.mark.timeout(150)
+def test_kill_9_a_node_while_it_serves_clients(node_binary, cluster_factory, topic):
+    c = cluster_factory(nodes=3, topics=[(topic, 3)])
+    scn = Scenario(c, "kill -9 a node", topic, **scale())
+
+    async def action(s: Scenario) -> None:
+        await s.at(0.3)
+        victim, held = s.fleet.spread().most_common(1)[0]
+        s.extra["victim"] = f"{victim} serving {held} clients"
+        killed_at = time.monotonic()
+        c.kill(victim)
+        await asyncio.to_thread(c.wait_backend, victim, False)
+        s.extra["lb saw it down after s"] = round(time.monotonic() - killed_at, 2)
+        await s.at(0.6)
+        c.start_proc(victim, wait=False)
+        await asyncio.to_thread(c.wait_ready, victim)
+
+    problems = asyncio.run(scn.run(action))
+    scn.assert_clean(problems)
+
+
+@pytest.mark.timeout(180)
+def test_rolling_restart_of_every_node(node_binary, cluster_factory, topic):
+    c = cluster_factory(nodes=3, topics=[(topic, 3)])
+    scn = Scenario(c, "rolling restart", topic, **scale())
+    exits: dict[str, str] = {}
+
+    async def action(s: Scenario) -> None:
+        await s.at(0.1)
+        for name in c.running_nodes():
+            t = time.monotonic()
+            code = await asyncio.to_thread(c.stop, name, 20)
+            exits[name] = f"exit {code} after {time.monotonic() - t:.1f}s"
+            c.start_proc(name, wait=False)
+            await asyncio.to_thread(c.wait_ready, name)
+            await asyncio.to_thread(c.wait_backend, name, True)
+        s.extra["sigterm"] = exits
+
+    problems = asyncio.run(scn.run(action))
+    scn.assert_clean(problems)
+    assert all(v.startswith("exit 0 ") for v in exits.values()), exits

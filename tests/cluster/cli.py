@@ -1,0 +1,145 @@
+"""`scripts/cluster`: the local cluster for people.
+
+    scripts/cluster [--nodes N] [--keep]      start everything, Ctrl-C stops it
+    scripts/cluster publish SUBJECT DATA [--event NAME]
+                                              publish to the running cluster
+
+The running cluster's addresses are written to `.cluster/cluster.json` so
+`publish` (and anyone else) can find them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .harness import REPO, Cluster
+
+STATE = REPO / ".cluster" / "cluster.json"
+TOPIC = "demo"
+
+
+def _admin_create_topic(c: Cluster, name: str, replicas: int) -> str | None:
+    """Create the topic through admin; returns an error text, None when done."""
+    req = urllib.request.Request(
+        f"{c.admin_url}/v1/topics",
+        data=json.dumps({"name": name, "replicas": replicas}).encode(),
+        headers={"Authorization": f"Bearer {c.admin_token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10):
+            return None
+    except urllib.error.HTTPError as e:
+        if e.code == 409:  # already there
+            return None
+        return f"HTTP {e.code}: {e.read()[:300]!r}"
+    except OSError as e:
+        return str(e)
+
+
+def start(args: argparse.Namespace) -> int:
+    STATE.parent.mkdir(exist_ok=True)
+    workdir = STATE.parent / time.strftime("run-%Y%m%d-%H%M%S")
+    c = Cluster(nodes=args.nodes, max_nodes=args.nodes, workdir=str(workdir), keep=args.keep)
+    if c.node_bin is None:
+        print("no sse-node binary: run `cargo build -p sse-node`", file=sys.stderr)
+        return 1
+    stop = {"now": False}
+
+    def on_signal(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print("starting NATS (3 servers), nodes, admin and HAProxy…", flush=True)
+        c.start()
+        how = "admin"
+        err = _admin_create_topic(c, TOPIC, 3) if "admin" in c.procs else "no admin"
+        if err is not None:
+            if "admin" in c.procs:
+                print(f"admin could not create the topic ({err}); creating the stream directly")
+            c.create_topic(TOPIC, 3)
+            how = "JetStream"
+        state = {
+            "lb": c.lb_url,
+            "events": f"{c.lb_url}/v1/events?topic={TOPIC}",
+            "admin": c.admin_url if "admin" in c.procs else None,
+            "admin_token": c.admin_token if "admin" in c.procs else None,
+            "nats": c.nats_urls,
+            "nodes": {n: f"http://127.0.0.1:{c.node_port(n)}" for n in c.running_nodes()},
+            "haproxy_stats": f"http://127.0.0.1:{c.stats_port}/stats",
+            "logs": str(c.dir),
+        }
+        STATE.write_text(json.dumps(state, indent=2))
+        print()
+        print(c.describe())
+        print(f"\ntopic '{TOPIC}' (3 replicas) created through {how}\n")
+        print("subscribe:")
+        print(f"  curl -N '{state['events']}'")
+        print("publish:")
+        if state["admin"]:
+            print(
+                f"  curl -X POST -H 'Authorization: Bearer {c.admin_token}' -H 'Content-Type: application/json' \\\n"
+                f"       -d '{{\"subject\":\"{TOPIC}\",\"event\":\"greeting\",\"data\":\"hello\"}}' {c.admin_url}/v1/topics/{TOPIC}/events"
+            )
+        print(f"  scripts/cluster publish {TOPIC} 'hello' --event greeting")
+        print("\nCtrl-C stops everything.", flush=True)
+        reported: set[str] = set()
+        while not stop["now"]:
+            for name, p in c.procs.items():
+                if p.incarnation and not p.running() and name not in reported:
+                    reported.add(name)
+                    print(f"{name} exited ({p.popen.returncode}); log: {p.log}", flush=True)
+            time.sleep(0.5)
+        print("\nstopping…", flush=True)
+        return 0
+    finally:
+        c.close()
+        STATE.unlink(missing_ok=True)
+
+
+def publish(args: argparse.Namespace) -> int:
+    if not STATE.exists():
+        print("no running cluster (start one with scripts/cluster)", file=sys.stderr)
+        return 1
+    state = json.loads(STATE.read_text())
+
+    async def go():
+        import nats
+
+        nc = await nats.connect(servers=state["nats"], connect_timeout=2)
+        try:
+            headers = {"Sse-Event": args.event} if args.event else None
+            ack = await nc.jetstream(timeout=5).publish(f"sse.{args.subject}", args.data.encode(), headers=headers)
+            print(f"published: stream {ack.stream} seq {ack.seq}")
+        finally:
+            await nc.close()
+
+    asyncio.run(go())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scripts/cluster", description="A local sse-cluster on loopback.")
+    sub = ap.add_subparsers(dest="cmd")
+    ap.add_argument("--nodes", type=int, default=3, help="sse-node processes (default 3)")
+    ap.add_argument("--keep", action="store_true", help="keep logs and data under .cluster/ after stopping")
+    pub = sub.add_parser("publish", help="publish one event to the running cluster")
+    pub.add_argument("subject", help="subject path, e.g. demo or demo.room1")
+    pub.add_argument("data")
+    pub.add_argument("--event", help="SSE event name")
+    args = ap.parse_args(argv)
+    return publish(args) if args.cmd == "publish" else start(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

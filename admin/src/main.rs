@@ -1,2 +1,81 @@
-//! sse-admin: placeholder until the admin service lands.
-fn main() {}
+//! The `sse-admin` binary: load the config, start logging, bind, run.
+
+use std::process::ExitCode;
+
+use sse_admin::{Config, EXIT_CONFIG, Error, cli::Args, cli::USAGE, telemetry};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let args = match Args::parse(std::env::args_os().skip(1), std::env::var_os("SSE_CONFIG")) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("sse-admin: {message}\n\n{USAGE}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.help {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.version {
+        println!("sse-admin {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(Error::Config(errors)) => {
+            for error in errors {
+                eprintln!("sse-admin: config error: {error}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(other) => {
+            eprintln!("sse-admin: {other}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check_config {
+        println!("sse-admin: configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(&config.log);
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "admin failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.http.listen).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    sse_admin::run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

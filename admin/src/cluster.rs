@@ -1,0 +1,191 @@
+//! The cluster view: live nodes, read from the JetStream KV bucket
+//! `cluster.nodes_bucket` (default `sse_nodes`).
+//!
+//! Each node puts a [`NodeReport`] under its id every 5 s and deletes it on
+//! shutdown; the bucket's `max_age` (the node TTL) removes the entry of a node
+//! that died. An entry whose `reported_at` is older than the TTL counts as
+//! gone too, so a node with a stuck clock or a bucket made with a longer
+//! `max_age` cannot linger. Admin reads the bucket on every request and keeps
+//! nothing, so every replica shows the same.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_nats::jetstream::{context::KeyValueErrorKind, kv};
+use axum::{Json, extract::State};
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use utoipa::ToSchema;
+
+use crate::{error::Error, state::AppState};
+
+/// What a node reports about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeReport {
+    /// Node id; also the bucket key.
+    pub id: String,
+    /// Where the node serves clients.
+    pub address: String,
+    /// The node's version.
+    pub version: String,
+    /// When the node started, RFC 3339.
+    pub started_at: String,
+    /// When this report was written, RFC 3339.
+    pub reported_at: String,
+    /// Open SSE connections.
+    pub connections: u64,
+    /// Events written to clients since start.
+    pub events_delivered: u64,
+    /// Whether the node is shutting down.
+    pub draining: bool,
+    /// Subscribers per topic.
+    #[serde(default)]
+    pub topics: BTreeMap<String, u64>,
+}
+
+/// `GET /v1/nodes`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NodeList {
+    /// Live nodes, by id.
+    pub nodes: Vec<NodeReport>,
+    /// A report older than this many seconds is not live.
+    pub ttl_seconds: u64,
+}
+
+/// Opens the node-report bucket, creating it (history 1, `max_age` = TTL)
+/// when missing. Nodes do the same; whoever comes first creates it.
+pub async fn nodes_bucket(state: &AppState) -> Result<&kv::Store, Error> {
+    let js = state.jetstream()?;
+    state
+        .nodes_bucket
+        .get_or_try_init(|| async {
+            let bucket = &state.config.cluster.nodes_bucket;
+            match js.get_key_value(bucket).await {
+                Ok(store) => return Ok(store),
+                Err(err) if err.kind() == KeyValueErrorKind::GetBucket => {}
+                Err(err) => return Err(Error::NatsUnavailable(err.to_string())),
+            }
+            let created = js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    description: "sse-cluster node reports".to_owned(),
+                    history: 1,
+                    max_age: state.config.node_ttl(),
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(store) => {
+                    tracing::info!(%bucket, "node-report bucket created");
+                    Ok(store)
+                }
+                // Lost a race with a node or another admin: open theirs.
+                Err(_) => js
+                    .get_key_value(bucket)
+                    .await
+                    .map_err(|err| Error::NatsUnavailable(err.to_string())),
+            }
+        })
+        .await
+}
+
+/// Whether a report is younger than the TTL at `now`.
+pub fn is_fresh(report: &NodeReport, now: OffsetDateTime, ttl: std::time::Duration) -> bool {
+    match OffsetDateTime::parse(&report.reported_at, &Rfc3339) {
+        Ok(at) => (now - at) <= ttl,
+        Err(_) => false,
+    }
+}
+
+/// Every live node, sorted by id.
+pub async fn live_nodes(state: &AppState) -> Result<Vec<NodeReport>, Error> {
+    let store = nodes_bucket(state).await?;
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(|err| Error::NatsUnavailable(err.to_string()))?
+        .try_collect()
+        .await
+        .map_err(|err| Error::NatsUnavailable(err.to_string()))?;
+    let now = OffsetDateTime::now_utc();
+    let ttl = state.config.node_ttl();
+    let mut nodes = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Some(value) = store
+            .get(key.as_str())
+            .await
+            .map_err(|err| Error::NatsUnavailable(err.to_string()))?
+        else {
+            continue;
+        };
+        match serde_json::from_slice::<NodeReport>(&value) {
+            Ok(report) if is_fresh(&report, now, ttl) => nodes.push(report),
+            Ok(_) => tracing::debug!(node = %key, "stale node report ignored"),
+            Err(err) => tracing::warn!(node = %key, %err, "unreadable node report ignored"),
+        }
+    }
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(nodes)
+}
+
+/// Subscribers per topic, summed over `nodes`.
+pub fn subscribers_by_topic(nodes: &[NodeReport]) -> HashMap<String, u64> {
+    let mut sums = HashMap::new();
+    for node in nodes {
+        for (topic, count) in &node.topics {
+            *sums.entry(topic.clone()).or_default() += count;
+        }
+    }
+    sums
+}
+
+/// List live nodes.
+#[utoipa::path(
+    get, path = "/v1/nodes", tag = "cluster",
+    responses(
+        (status = 200, description = "Live nodes", body = NodeList),
+        (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+        (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_nodes(State(state): State<AppState>) -> Result<Json<NodeList>, Error> {
+    Ok(Json(NodeList {
+        nodes: live_nodes(&state).await?,
+        ttl_seconds: state.config.cluster.node_ttl_seconds,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn report(reported_at: &str) -> NodeReport {
+        serde_json::from_value(serde_json::json!({
+            "id": "n1", "address": "10.0.0.1:8080", "version": "0.1.0",
+            "started_at": "2026-01-01T00:00:00Z", "reported_at": reported_at,
+            "connections": 3, "events_delivered": 10, "draining": false,
+            "topics": {"orders": 2, "chat": 1}, "extra": "ignored"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn freshness_follows_the_ttl() {
+        let now = OffsetDateTime::parse("2026-01-01T00:01:00Z", &Rfc3339).unwrap();
+        let ttl = Duration::from_secs(15);
+        assert!(is_fresh(&report("2026-01-01T00:00:50Z"), now, ttl));
+        assert!(!is_fresh(&report("2026-01-01T00:00:40Z"), now, ttl));
+        assert!(!is_fresh(&report("yesterday"), now, ttl));
+    }
+
+    #[test]
+    fn subscribers_sum_over_nodes() {
+        let mut other = report("2026-01-01T00:00:50Z");
+        other.topics.insert("orders".into(), 5);
+        let sums = subscribers_by_topic(&[report("2026-01-01T00:00:50Z"), other]);
+        assert_eq!(sums["orders"], 7);
+        assert_eq!(sums["chat"], 2);
+    }
+}

@@ -1,0 +1,302 @@
+//! Configuration: built-in defaults (`config.default.toml`) ← an optional
+//! TOML file ← `SSE_…` environment variables, nested keys split on `__`.
+//!
+//! [`Config::load`] reads the layers, refuses unknown keys and runs
+//! [`Config::validate`], which reports every bad value by its dotted key, so
+//! an operator can fix them all in one go.
+
+use std::{net::SocketAddr, path::Path, str::FromStr, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// The built-in defaults, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
+
+/// The whole admin configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// NATS connection and subject layout.
+    pub nats: NatsConfig,
+    /// The HTTP listener.
+    pub http: HttpConfig,
+    /// The API itself: token, limits, dashboard.
+    pub admin: AdminConfig,
+    /// Where nodes report themselves.
+    pub cluster: ClusterConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[nats]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// One server URL or a comma-separated list.
+    pub url: String,
+    /// Prefix of every topic subject: `<prefix>.<topic>[.<path>]`.
+    pub subject_prefix: String,
+    /// Client name shown by the NATS server.
+    pub connection_name: String,
+    /// Time limit of one JetStream request, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address, `host:port`.
+    pub listen: String,
+}
+
+/// `[admin]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The bearer token every write needs.
+    pub token: String,
+    /// Largest event payload accepted for publishing, in bytes.
+    pub max_event_bytes: u64,
+    /// Period of the dashboard's live snapshots, in milliseconds.
+    pub dashboard_interval_ms: u64,
+    /// Dashboard streams open at once.
+    pub max_dashboard_streams: usize,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    // The token never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &"<redacted>")
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("dashboard_interval_ms", &self.dashboard_interval_ms)
+            .field("max_dashboard_streams", &self.max_dashboard_streams)
+            .finish()
+    }
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// KV bucket of node reports.
+    pub nodes_bucket: String,
+    /// Age after which a node report counts as gone, in seconds.
+    pub node_ttl_seconds: u64,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter.
+    pub level: String,
+}
+
+/// Longest event payload the configuration may allow: NATS itself refuses
+/// messages above its `max_payload` (1 MiB by default, 64 MiB at most).
+const MAX_EVENT_BYTES_CEILING: u64 = 64 * 1024 * 1024;
+
+impl Config {
+    /// The layers: defaults, then `file` if given, then the environment.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        // `SSE_CONFIG` names the file; it is not a key.
+        figment.merge(
+            Env::prefixed("SSE_")
+                .filter(|key| key.as_str() != "config")
+                .split("__"),
+        )
+    }
+
+    /// Loads and validates all layers.
+    pub fn load(file: Option<&Path>) -> Result<Self, Error> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// Extracts and validates a configuration from any set of layers.
+    pub fn from_figment(figment: Figment) -> Result<Self, Error> {
+        let config: Config = figment
+            .extract()
+            .map_err(|errors| Error::Config(errors.into_iter().map(|e| e.to_string()).collect()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value and names each bad key.
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut bad = Vec::new();
+        if self.nats.url.split(',').all(|u| u.trim().is_empty()) {
+            bad.push("nats.url: must name at least one server".to_owned());
+        }
+        for url in self.nats.url.split(',').map(str::trim) {
+            if !url.is_empty() && async_nats::ServerAddr::from_str(url).is_err() {
+                bad.push(format!("nats.url: {url:?} is not a NATS server address"));
+            }
+        }
+        let prefix = &self.nats.subject_prefix;
+        let prefix_ok = !prefix.is_empty()
+            && prefix.split('.').all(|t| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+        if !prefix_ok {
+            bad.push(format!(
+                "nats.subject_prefix: {prefix:?} must be dotted tokens of [A-Za-z0-9_-], no wildcards"
+            ));
+        }
+        if self.nats.request_timeout_ms == 0 || self.nats.request_timeout_ms > 120_000 {
+            bad.push("nats.request_timeout_ms: must be between 1 and 120000".to_owned());
+        }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            bad.push(format!(
+                "http.listen: {:?} is not an address like 0.0.0.0:8090",
+                self.http.listen
+            ));
+        }
+        if self.admin.token.trim().is_empty() {
+            bad.push("admin.token: must be set (for example through SSE_ADMIN__TOKEN)".to_owned());
+        }
+        if self.admin.max_event_bytes == 0 || self.admin.max_event_bytes > MAX_EVENT_BYTES_CEILING {
+            bad.push(format!(
+                "admin.max_event_bytes: must be between 1 and {MAX_EVENT_BYTES_CEILING}"
+            ));
+        }
+        if !(100..=60_000).contains(&self.admin.dashboard_interval_ms) {
+            bad.push("admin.dashboard_interval_ms: must be between 100 and 60000".to_owned());
+        }
+        if self.admin.max_dashboard_streams == 0 {
+            bad.push("admin.max_dashboard_streams: must be at least 1".to_owned());
+        }
+        let bucket = &self.cluster.nodes_bucket;
+        if bucket.is_empty()
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            bad.push(format!(
+                "cluster.nodes_bucket: {bucket:?} must be [A-Za-z0-9_-]+"
+            ));
+        }
+        if !(1..=3600).contains(&self.cluster.node_ttl_seconds) {
+            bad.push("cluster.node_ttl_seconds: must be between 1 and 3600".to_owned());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bad.push(format!(
+                "log.format: {:?} must be \"text\" or \"json\"",
+                self.log.format
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            bad.push(format!(
+                "log.level: {:?} is not a tracing filter",
+                self.log.level
+            ));
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(bad))
+        }
+    }
+
+    /// The NATS servers, trimmed.
+    pub fn nats_servers(&self) -> Vec<String> {
+        self.nats
+            .url
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// `nats.request_timeout_ms` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.nats.request_timeout_ms)
+    }
+
+    /// `cluster.node_ttl_seconds` as a duration.
+    pub fn node_ttl(&self) -> Duration {
+        Duration::from_secs(self.cluster.node_ttl_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(extra: &str) -> Result<Config, Error> {
+        Config::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(extra)))
+    }
+
+    fn messages(err: Error) -> Vec<String> {
+        match err {
+            Error::Config(m) => m,
+            other => panic!("not a config error: {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_need_only_a_token() {
+        let errors = messages(with("").unwrap_err());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("admin.token"), "{errors:?}");
+        let c = with("[admin]\ntoken = \"s3cret\"").unwrap();
+        assert_eq!(c.http.listen, "0.0.0.0:8090");
+        assert_eq!(c.nats.subject_prefix, "sse");
+        assert_eq!(c.cluster.nodes_bucket, "sse_nodes");
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        let errors = messages(
+            with(
+                "[admin]\ntoken = \"t\"\nmax_event_bytes = 0\n\
+                 [nats]\nsubject_prefix = \"a.*\"\nurl = \" , \"\n\
+                 [http]\nlisten = \"nowhere\"\n\
+                 [cluster]\nnode_ttl_seconds = 0\nnodes_bucket = \"a.b\"\n\
+                 [log]\nformat = \"xml\"",
+            )
+            .unwrap_err(),
+        );
+        for key in [
+            "admin.max_event_bytes",
+            "nats.subject_prefix",
+            "nats.url",
+            "http.listen",
+            "cluster.node_ttl_seconds",
+            "cluster.nodes_bucket",
+            "log.format",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(key)),
+                "{key}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let errors = messages(with("[admin]\ntoken = \"t\"\ntokn = \"x\"").unwrap_err());
+        assert!(errors.iter().any(|e| e.contains("tokn")), "{errors:?}");
+    }
+
+    #[test]
+    fn token_is_not_debug_printed() {
+        let c = with("[admin]\ntoken = \"s3cret\"").unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,205 @@
+//! The crate's one error type, and how it becomes an HTTP answer.
+//!
+//! Every API error is JSON `{"error": <code>, "message": <text>}` with a
+//! precise status: 400 bad input, 401 no or wrong token, 404 unknown topic,
+//! 409 topic exists, 413 event too large, 503 NATS unavailable. Internal
+//! details (NATS error texts that mean nothing to a caller) are logged, not
+//! sent.
+
+use async_nats::jetstream::{
+    self, ErrorCode,
+    context::{CreateStreamErrorKind, GetStreamErrorKind, RequestErrorKind},
+};
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+/// Everything that can go wrong in sse-admin.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One or more configuration values are wrong; each names its key.
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+    /// The listener could not be served.
+    #[error("http server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The request is malformed or holds a bad value.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No bearer token, or the wrong one.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// The topic has no stream.
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+    /// A route that does not exist.
+    #[error("no such route")]
+    RouteNotFound,
+    /// The topic's stream already exists.
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    /// The event is larger than allowed.
+    #[error("event data is {size} bytes; at most {limit} are allowed")]
+    PayloadTooLarge {
+        /// Bytes given.
+        size: u64,
+        /// Bytes allowed.
+        limit: u64,
+    },
+    /// The request body is over the size limit.
+    #[error("request body is too large")]
+    BodyTooLarge,
+    /// NATS or JetStream did not answer, or is not connected.
+    #[error("nats is unavailable: {0}")]
+    NatsUnavailable(String),
+    /// Too many dashboard streams are open.
+    #[error("too many dashboard streams are open; try again later")]
+    Busy,
+    /// A failure the caller cannot fix; the detail is logged only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, e.g. `topic_exists`.
+    pub error: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl Error {
+    /// The HTTP status and stable code for this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::TopicNotFound(_) => (StatusCode::NOT_FOUND, "topic_not_found"),
+            Error::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Error::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
+            Error::PayloadTooLarge { .. } | Error::BodyTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            Error::NatsUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable"),
+            Error::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Error::Config(_) | Error::Serve(_) | Error::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        }
+    }
+
+    /// Maps a JetStream API error answer about `topic`.
+    pub fn from_jetstream(err: &jetstream::Error, topic: &str) -> Self {
+        match err.error_code() {
+            ErrorCode::STREAM_NOT_FOUND => Error::TopicNotFound(topic.to_owned()),
+            ErrorCode::STREAM_NAME_EXIST => Error::TopicExists(topic.to_owned()),
+            ErrorCode::STREAM_SUBJECT_OVERLAP => Error::BadRequest(format!(
+                "topic {topic:?}: its subjects overlap those of another stream"
+            )),
+            ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => {
+                Error::PayloadTooLarge { size: 0, limit: 0 }
+            }
+            ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED
+            | ErrorCode::STREAM_REPLICAS_NOT_UPDATABLE
+            | ErrorCode::INSUFFICIENT_RESOURCES
+            | ErrorCode::CLUSTER_NO_PEERS => Error::BadRequest(format!(
+                "topic {topic:?}: the NATS cluster cannot hold these replicas: {err}"
+            )),
+            _ if err.code() == 400 => {
+                // JetStream refused a setting (replicas in a single-server
+                // deployment, a limit out of range): the caller can fix it.
+                Error::BadRequest(format!("topic {topic:?}: jetstream refused: {err}"))
+            }
+            _ if err.code() == 503 || err.code() == 500 => Error::NatsUnavailable(err.to_string()),
+            _ => Error::Internal(format!("jetstream error for topic {topic:?}: {err}")),
+        }
+    }
+
+    /// Maps a failed JetStream request (no answer, time-out).
+    pub fn from_request(err: &jetstream::context::RequestError) -> Self {
+        match err.kind() {
+            RequestErrorKind::NoResponders => {
+                Error::NatsUnavailable("jetstream did not respond".to_owned())
+            }
+            RequestErrorKind::TimedOut => {
+                Error::NatsUnavailable("jetstream request timed out".to_owned())
+            }
+            RequestErrorKind::InvalidSubject | RequestErrorKind::Other => {
+                Error::NatsUnavailable(format!("jetstream request failed: {err}"))
+            }
+        }
+    }
+
+    /// Maps a failed stream look-up.
+    pub fn from_get_stream(err: &jetstream::context::GetStreamError, topic: &str) -> Self {
+        match err.kind() {
+            GetStreamErrorKind::JetStream(js) => Self::from_jetstream(&js, topic),
+            GetStreamErrorKind::Request => {
+                Error::NatsUnavailable(format!("stream look-up failed: {err}"))
+            }
+            GetStreamErrorKind::EmptyName | GetStreamErrorKind::InvalidStreamName => {
+                Error::BadRequest(format!("topic {topic:?} is not a valid name"))
+            }
+        }
+    }
+
+    /// Maps a failed stream create or update.
+    pub fn from_create_stream(err: &jetstream::context::CreateStreamError, topic: &str) -> Self {
+        match err.kind() {
+            CreateStreamErrorKind::JetStream(js) => Self::from_jetstream(&js, topic),
+            CreateStreamErrorKind::NotFound => Error::TopicNotFound(topic.to_owned()),
+            CreateStreamErrorKind::JetStreamUnavailable
+            | CreateStreamErrorKind::TimedOut
+            | CreateStreamErrorKind::Response => Error::NatsUnavailable(err.to_string()),
+            CreateStreamErrorKind::EmptyStreamName | CreateStreamErrorKind::InvalidStreamName => {
+                Error::BadRequest(format!("topic {topic:?} is not a valid name"))
+            }
+            CreateStreamErrorKind::DomainAndExternalSet | CreateStreamErrorKind::ResponseParse => {
+                Error::Internal(err.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "request failed");
+                "internal error; see the admin log".to_owned()
+            }
+            Error::NatsUnavailable(detail) => {
+                tracing::warn!(%detail, "nats unavailable");
+                "nats is unavailable; try again".to_owned()
+            }
+            Error::PayloadTooLarge { limit: 0, .. } => {
+                "event is larger than the topic allows".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: code,
+                message,
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

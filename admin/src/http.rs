@@ -1,0 +1,193 @@
+//! The HTTP surface: routes, the bearer-token gate, JSON bodies, probes.
+//!
+//! Endpoints:
+//! - `GET /` — the dashboard page; `GET /openapi.json` — the API document.
+//! - `GET /healthz` — alive; `GET /readyz` — connected to NATS and not
+//!   shutting down (503 otherwise).
+//! - `GET /metrics` — Prometheus.
+//! - `GET /v1/overview`, `GET /v1/dashboard/stream` — read-only cluster
+//!   figures for the dashboard.
+//! - `/v1/topics…`, `/v1/nodes` — the API proper, bearer token required.
+//!
+//! Only `GET`/`HEAD` of the read-only paths above pass without
+//! `Authorization: Bearer <admin.token>`; everything else, unknown paths
+//! included, is checked first (401 before 404, so routes are not probed).
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, FromRequest, Request, State},
+    http::{Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+use subtle::ConstantTimeEq;
+
+use crate::{cluster, error::Error, metrics, openapi, overview, publish, state::AppState, topics};
+
+/// Paths readable without a token (by `GET` or `HEAD` only).
+pub const PUBLIC_PATHS: &[&str] = &[
+    "/",
+    "/openapi.json",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/overview",
+    "/v1/dashboard/stream",
+];
+
+/// Room for JSON escaping and the other fields around an event's data.
+const BODY_OVERHEAD: usize = 64 * 1024;
+
+/// Builds the whole router.
+pub fn router(state: AppState) -> Router {
+    let max_event = usize::try_from(state.config.admin.max_event_bytes).unwrap_or(usize::MAX);
+    // JSON may escape data (a newline becomes `\n`): allow twice the data.
+    let body_limit = max_event.saturating_mul(2).saturating_add(BODY_OVERHEAD);
+    Router::new()
+        .route("/", get(overview::dashboard_page))
+        .route("/openapi.json", get(openapi::document))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::scrape))
+        .route("/v1/overview", get(overview::get_overview))
+        .route("/v1/dashboard/stream", get(overview::dashboard_stream))
+        .route(
+            "/v1/topics",
+            get(topics::list_topics).post(topics::create_topic),
+        )
+        .route(
+            "/v1/topics/{name}",
+            get(topics::get_topic)
+                .patch(topics::update_topic)
+                .delete(topics::delete_topic),
+        )
+        .route("/v1/topics/{name}/purge", post(topics::purge_topic))
+        .route("/v1/topics/{name}/subjects", get(topics::list_subjects))
+        .route("/v1/topics/{name}/events", post(publish::publish_event))
+        .route("/v1/nodes", get(cluster::list_nodes))
+        .fallback(|| async { Error::RouteNotFound })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+/// Whether `given` equals the configured token, in time independent of
+/// where they differ.
+pub fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    given.ct_eq(expected).into()
+}
+
+/// The bearer-token gate, in front of every route but the public reads.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let public = matches!(*request.method(), Method::GET | Method::HEAD)
+        && PUBLIC_PATHS.contains(&request.uri().path());
+    if public {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match given {
+        Some(token) if token_matches(token.as_bytes(), state.config.admin.token.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => Error::Unauthorized.into_response(),
+    }
+}
+
+/// Parses a JSON body into `T`, as a 400 naming what is wrong.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|err| {
+        let path = err.path().to_string();
+        if path.is_empty() || path == "." {
+            Error::BadRequest(format!("invalid JSON body: {}", err.inner()))
+        } else {
+            Error::BadRequest(format!("invalid JSON body: {path}: {}", err.inner()))
+        }
+    })
+}
+
+/// A JSON body; unlike axum's `Json`, every problem is a JSON 400 (or 413
+/// for a body over the limit), and no `Content-Type` is demanded.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Error> {
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::BodyTooLarge
+                } else {
+                    Error::BadRequest(rejection.body_text())
+                }
+            })?;
+        if body.is_empty() {
+            return Err(Error::BadRequest("a JSON body is required".to_owned()));
+        }
+        parse_json(&body).map(JsonBody)
+    }
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    nats_connected: bool,
+    shutting_down: bool,
+}
+
+/// Readiness: NATS connected and not shutting down.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let nats_connected = state.nats_connected();
+    let shutting_down = state.shutdown.is_cancelled();
+    let ready = nats_connected && !shutting_down;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            ready,
+            nats_connected,
+            shutting_down,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_matches(b"secret", b"secret"));
+        assert!(!token_matches(b"secre", b"secret"));
+        assert!(!token_matches(b"secret2", b"secret"));
+        assert!(!token_matches(b"", b"secret"));
+        assert!(!token_matches(b"Secret", b"secret"));
+    }
+}

@@ -1,0 +1,101 @@
+//! sse-admin: the admin service of sse-cluster.
+//!
+//! Operators manage topics and watch the cluster through it; backends that
+//! would rather not speak NATS publish through it. It keeps no state of its
+//! own: a topic is its JetStream stream, a live node is its entry in the
+//! `sse_nodes` key-value bucket, so any number of replicas show the same.
+//!
+//! How the parts fit:
+//! - [`config`]: the layered configuration and its validation.
+//! - [`http`]: the router, the bearer-token gate and the probes.
+//! - [`topics`]: topic life cycle, one JetStream stream per topic.
+//! - [`publish`]: `POST /v1/topics/{name}/events`, answering with the event id
+//!   clients will see.
+//! - [`cluster`]: the live nodes, read from the node-report bucket.
+//! - [`overview`]: the read-only snapshot, the dashboard page and its live
+//!   stream.
+//! - [`metrics`]: Prometheus figures, computed at scrape time.
+//! - [`openapi`]: the OpenAPI document generated from the handlers.
+//! - [`state`]: the shared, cheaply cloned application state.
+//!
+//! `main.rs` only loads the config, starts logging, binds and calls [`run`].
+
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+pub mod overview;
+pub mod publish;
+pub mod state;
+pub mod telemetry;
+pub mod topics;
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::Error;
+use state::AppState;
+
+/// Exit code for a bad configuration or command line (`EX_USAGE`).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Longest wait for open requests once shutdown has begun.
+const DRAIN_CAP: Duration = Duration::from_secs(10);
+
+/// Serves the admin API on `listener` until `shutdown` is cancelled.
+///
+/// NATS is connected in the background: the API answers 503 (and `/readyz`
+/// reports not ready) until the connection is up, so admin starts in any
+/// order with NATS.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let client = connect(&config).await?;
+    let state = AppState::new(config, client.clone(), shutdown.clone());
+    tokio::spawn(publish::watch_stream_advisories(state.clone()));
+
+    let address = listener.local_addr().map_err(Error::Serve)?;
+    tracing::info!(%address, "admin listening");
+    let app = http::router(state);
+    let serve =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let drain_cap = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_CAP).await;
+    };
+    tokio::select! {
+        result = serve => result.map_err(Error::Serve)?,
+        () = drain_cap => tracing::warn!("drain time cap reached; closing open requests"),
+    }
+    if let Err(err) = client.flush().await {
+        tracing::debug!(%err, "nats flush at shutdown failed");
+    }
+    tracing::info!("admin stopped");
+    Ok(())
+}
+
+/// Opens the NATS connection, retrying in the background until it is up.
+async fn connect(config: &Config) -> Result<async_nats::Client, Error> {
+    let servers: Vec<async_nats::ServerAddr> = config
+        .nats_servers()
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|err| Error::Config(vec![format!("nats.url: {err}")]))?;
+    async_nats::ConnectOptions::new()
+        .name(&config.nats.connection_name)
+        .request_timeout(Some(config.request_timeout()))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(servers)
+        .await
+        .map_err(|err| Error::NatsUnavailable(err.to_string()))
+}

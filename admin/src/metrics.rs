@@ -1,0 +1,143 @@
+//! Every Prometheus metric of sse-admin, declared in one place.
+//!
+//! Cluster-wide figures (`sse_topic_*`, `sse_nodes_live`) are computed at
+//! scrape time from JetStream and the node-report bucket, so every admin
+//! replica reports the same values and a deleted topic disappears from the
+//! next scrape. Labels are bounded: the topic name (topics are created by
+//! operators), or a fixed set of reasons.
+
+use axum::{extract::State, http::header, response::IntoResponse};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::{overview, state::AppState};
+
+/// The metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    topic_messages: IntGaugeVec,
+    topic_bytes: IntGaugeVec,
+    topic_subscribers: IntGaugeVec,
+    nodes_live: IntGauge,
+    nats_connected: IntGauge,
+    published: IntCounter,
+    publish_failures: IntCounterVec,
+    // Scrapes reset and refill the topic gauges; one at a time.
+    scrape: tokio::sync::Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Declares and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let topic = &["topic"];
+        let topic_messages = IntGaugeVec::new(
+            Opts::new("sse_topic_messages", "Events held in the topic's stream."),
+            topic,
+        )
+        .expect("valid metric");
+        let topic_bytes = IntGaugeVec::new(
+            Opts::new("sse_topic_bytes", "Bytes held in the topic's stream."),
+            topic,
+        )
+        .expect("valid metric");
+        let topic_subscribers = IntGaugeVec::new(
+            Opts::new(
+                "sse_topic_subscribers_total",
+                "Clients subscribed to the topic, summed over live nodes.",
+            ),
+            topic,
+        )
+        .expect("valid metric");
+        let nodes_live =
+            IntGauge::new("sse_nodes_live", "Nodes with a fresh report.").expect("valid metric");
+        let nats_connected = IntGauge::new(
+            "sse_admin_nats_connected",
+            "1 while this admin is connected to NATS.",
+        )
+        .expect("valid metric");
+        let published = IntCounter::new(
+            "sse_admin_events_published_total",
+            "Events published through this admin and acknowledged by JetStream.",
+        )
+        .expect("valid metric");
+        let publish_failures = IntCounterVec::new(
+            Opts::new(
+                "sse_admin_publish_failures_total",
+                "Publishes through this admin that failed, by reason: too_large, unavailable, refused.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(topic_messages.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(topic_bytes.clone()),
+            Box::new(topic_subscribers.clone()),
+            Box::new(nodes_live.clone()),
+            Box::new(nats_connected.clone()),
+            Box::new(published.clone()),
+            Box::new(publish_failures.clone()),
+        ] {
+            registry.register(m).expect("metric registered once");
+        }
+        Self {
+            registry,
+            topic_messages,
+            topic_bytes,
+            topic_subscribers,
+            nodes_live,
+            nats_connected,
+            published,
+            publish_failures,
+            scrape: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Counts an acknowledged publish.
+    pub fn published(&self) {
+        self.published.inc();
+    }
+
+    /// Counts a failed publish; `reason` is one of a fixed set.
+    pub fn publish_failed(&self, reason: &'static str) {
+        self.publish_failures.with_label_values(&[reason]).inc();
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
+    let m = &state.metrics;
+    let _one_at_a_time = m.scrape.lock().await;
+    let overview = overview::snapshot(&state).await;
+    m.topic_messages.reset();
+    m.topic_bytes.reset();
+    m.topic_subscribers.reset();
+    for t in &overview.topics {
+        let label = [t.name.as_str()];
+        m.topic_messages
+            .with_label_values(&label)
+            .set(i64::try_from(t.messages).unwrap_or(i64::MAX));
+        m.topic_bytes
+            .with_label_values(&label)
+            .set(i64::try_from(t.bytes).unwrap_or(i64::MAX));
+        m.topic_subscribers
+            .with_label_values(&label)
+            .set(i64::try_from(t.subscribers).unwrap_or(i64::MAX));
+    }
+    m.nodes_live
+        .set(i64::try_from(overview.nodes_live).unwrap_or(i64::MAX));
+    m.nats_connected.set(i64::from(overview.nats_connected));
+    if let Some(error) = &overview.error {
+        tracing::debug!(%error, "scrape could not read every figure");
+    }
+    let mut body = Vec::new();
+    if let Err(err) = prometheus::TextEncoder::new().encode(&m.registry.gather(), &mut body) {
+        tracing::error!(%err, "metrics encoding failed");
+    }
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
+}

@@ -1,0 +1,400 @@
+//! Publishing over HTTP: `POST /v1/topics/{name}/events`.
+//!
+//! The event is published to JetStream and answered only once JetStream has
+//! acknowledged it, with the exact id a client subscribed to the topic will
+//! see: `<topic>:<epoch>:<seq>`. `seq` comes from the acknowledgement;
+//! `epoch` from the stream's creation time, cached per stream in
+//! [`StreamFacts`] and dropped when a stream advisory (created, deleted,
+//! updated) names the stream, when the cache entry is older than
+//! [`FACTS_TTL`], or when an acknowledged sequence goes backwards (the stream
+//! was recreated).
+//!
+//! During a JetStream leader election a publish may time out or find no
+//! responder; it is retried with the same `Nats-Msg-Id`, so JetStream stores
+//! it once.
+
+use std::time::{Duration, Instant};
+
+use async_nats::{
+    HeaderMap, HeaderValue,
+    jetstream::{context::PublishErrorKind, publish::PublishAck},
+};
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::HeaderMap as HttpHeaders,
+};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sse_protocol::{Cursor, SubjectPath, TopicName, TopicPosition, cursor::epoch_from_unix_nanos};
+use utoipa::ToSchema;
+
+use crate::{error::Error, http::JsonBody, state::AppState, topics};
+
+/// NATS header carrying the SSE event name.
+pub const SSE_EVENT_HEADER: &str = "Sse-Event";
+/// NATS (and HTTP) header carrying W3C trace context.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// Longest event name.
+pub const MAX_EVENT_NAME: usize = 64;
+/// Longest caller-given de-duplication id.
+pub const MAX_MSG_ID: usize = 128;
+/// How long cached stream facts are trusted without an advisory.
+pub const FACTS_TTL: Duration = Duration::from_secs(10);
+/// Publish attempts before giving up with 503.
+const PUBLISH_ATTEMPTS: u32 = 5;
+
+/// Body of `POST /v1/topics/{name}/events`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishEvent {
+    /// Full subject path inside the topic, e.g. `orders.42` or `orders`.
+    pub subject: String,
+    /// SSE event name, `[A-Za-z0-9_.:-]{1,64}`; absent: a plain `message`.
+    pub event: Option<String>,
+    /// The event's data, UTF-8 text; several lines become several `data:`.
+    pub data: String,
+    /// De-duplication id (`Nats-Msg-Id`), `[!-~]{1,128}`; generated if absent.
+    pub id: Option<String>,
+}
+
+/// Answer to a publish.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Published {
+    /// The event id clients of a single-topic subscription see.
+    pub id: String,
+    /// The JetStream stream sequence.
+    pub sequence: u64,
+    /// True when JetStream had already stored an event with this `Nats-Msg-Id`;
+    /// `id` is then that event's id.
+    pub duplicate: bool,
+}
+
+/// What publishing needs to know about a stream.
+#[derive(Debug, Clone)]
+pub struct StreamFacts {
+    /// The stream incarnation, for event ids.
+    pub epoch: String,
+    /// The stream's own message size limit; 0 or less: none.
+    pub max_message_size: i64,
+    /// When these facts were read.
+    pub fetched: Instant,
+    /// The highest sequence acknowledged in this incarnation.
+    pub high_water: u64,
+}
+
+impl AppState {
+    /// Drops cached facts about a stream.
+    pub fn forget_stream(&self, stream: &str) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(stream);
+    }
+
+    fn cached_facts(&self, stream: &str) -> Option<StreamFacts> {
+        let cache = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(stream)
+            .filter(|f| f.fetched.elapsed() < FACTS_TTL)
+            .cloned()
+    }
+
+    async fn stream_facts(&self, topic: &TopicName) -> Result<StreamFacts, Error> {
+        let stream = topic.stream_name();
+        if let Some(facts) = self.cached_facts(&stream) {
+            return Ok(facts);
+        }
+        let info = topics::stream_info(self, topic).await?;
+        let facts = StreamFacts {
+            epoch: epoch_from_unix_nanos(info.created.unix_timestamp_nanos()),
+            max_message_size: i64::from(info.config.max_message_size),
+            fetched: Instant::now(),
+            high_water: info.state.last_sequence,
+        };
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream, facts.clone());
+        Ok(facts)
+    }
+
+    /// Records an acknowledged sequence; false when it went backwards, which
+    /// means the stream was recreated under us.
+    fn note_sequence(&self, stream: &str, epoch: &str, seq: u64) -> bool {
+        let mut cache = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.get_mut(stream) {
+            Some(f) if f.epoch == epoch => {
+                if seq >= f.high_water {
+                    f.high_water = seq;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Checks an SSE event name: it goes into the `event:` line of a frame.
+pub fn validate_event_name(name: &str) -> Result<(), Error> {
+    let ok = (1..=MAX_EVENT_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "event {name:?} is not a valid event name; use [A-Za-z0-9_.:-], 1 to {MAX_EVENT_NAME} characters"
+        )))
+    }
+}
+
+fn validate_msg_id(id: &str) -> Result<(), Error> {
+    let ok = (1..=MAX_MSG_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "id {id:?} is not a valid de-duplication id; use 1 to {MAX_MSG_ID} visible ASCII characters"
+        )))
+    }
+}
+
+/// A `traceparent` worth forwarding: short visible ASCII; otherwise dropped,
+/// as W3C trace context says to do with a malformed one.
+fn traceparent(headers: &HttpHeaders) -> Option<String> {
+    let value = headers.get(TRACEPARENT_HEADER)?.to_str().ok()?;
+    (value.len() <= 128 && !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| value.to_owned())
+}
+
+/// A fresh de-duplication id for a caller that gave none.
+fn generated_msg_id() -> String {
+    format!(
+        "sse-admin-{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..)
+    )
+}
+
+/// Publish an event to a topic.
+#[utoipa::path(
+    post, path = "/v1/topics/{name}/events", tag = "publish",
+    params(
+        ("name" = String, Path, description = "Topic name"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, forwarded to NATS"),
+    ),
+    request_body = PublishEvent,
+    responses(
+        (status = 200, description = "Stored by JetStream", body = Published),
+        (status = 400, description = "Bad subject path, event name or id", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such topic", body = crate::error::ErrorBody),
+        (status = 413, description = "Data too large", body = crate::error::ErrorBody),
+        (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn publish_event(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    http_headers: HttpHeaders,
+    JsonBody(body): JsonBody<PublishEvent>,
+) -> Result<Json<Published>, Error> {
+    let topic = topics::parse_topic(&name)?;
+    let path =
+        SubjectPath::parse_concrete(&body.subject).map_err(|e| Error::BadRequest(e.to_string()))?;
+    if path.topic() != &topic {
+        return Err(Error::BadRequest(format!(
+            "subject path {:?} is not inside topic {:?}; it must start with \"{topic}\"",
+            body.subject,
+            topic.as_str()
+        )));
+    }
+    if let Some(event) = &body.event {
+        validate_event_name(event)?;
+    }
+    if let Some(id) = &body.id {
+        validate_msg_id(id)?;
+    }
+    let size = body.data.len() as u64;
+    let config_limit = state.config.admin.max_event_bytes;
+    if size > config_limit {
+        state.metrics.publish_failed("too_large");
+        return Err(Error::PayloadTooLarge {
+            size,
+            limit: config_limit,
+        });
+    }
+    let facts = state.stream_facts(&topic).await?;
+    if let Ok(stream_limit) = u64::try_from(facts.max_message_size)
+        && stream_limit > 0
+        && size > stream_limit
+    {
+        state.metrics.publish_failed("too_large");
+        return Err(Error::PayloadTooLarge {
+            size,
+            limit: stream_limit,
+        });
+    }
+
+    let mut headers = HeaderMap::new();
+    let msg_id = body.id.clone().unwrap_or_else(generated_msg_id);
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+    if let Some(event) = &body.event {
+        headers.insert(SSE_EVENT_HEADER, event.as_str());
+    }
+    if let Some(tp) = traceparent(&http_headers) {
+        headers.insert(TRACEPARENT_HEADER, HeaderValue::from(tp.as_str()));
+    }
+    let subject = path.nats_subject(state.prefix());
+    let ack = publish_with_retry(&state, &topic, subject, headers, body.data.into()).await?;
+
+    let stream = topic.stream_name();
+    let mut epoch = facts.epoch;
+    if !ack.duplicate && !state.note_sequence(&stream, &epoch, ack.sequence) {
+        // The sequence went backwards: the stream is a new incarnation.
+        state.forget_stream(&stream);
+        epoch = state.stream_facts(&topic).await?.epoch;
+    }
+    let id = Cursor::new(vec![TopicPosition {
+        topic: topic.clone(),
+        epoch,
+        seq: ack.sequence,
+    }])
+    .to_string();
+    state.metrics.published();
+    tracing::debug!(%topic, %id, duplicate = ack.duplicate, "event published");
+    Ok(Json(Published {
+        id,
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+    }))
+}
+
+/// Publishes and waits for the acknowledgement, retrying what a leader
+/// election causes (time-outs, no responders) with the same headers, so the
+/// `Nats-Msg-Id` de-duplicates a retry of an event that was in fact stored.
+async fn publish_with_retry(
+    state: &AppState,
+    topic: &TopicName,
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<PublishAck, Error> {
+    let mut backoff = Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        let js = state.jetstream()?;
+        let result = match js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(err) => Err(err),
+        };
+        let err = match result {
+            Ok(ack) => return Ok(ack),
+            Err(err) => err,
+        };
+        let retryable = matches!(
+            err.kind(),
+            PublishErrorKind::TimedOut
+                | PublishErrorKind::StreamNotFound
+                | PublishErrorKind::BrokenPipe
+                | PublishErrorKind::MaxAckPending
+        );
+        if retryable && attempt < PUBLISH_ATTEMPTS && !state.shutdown.is_cancelled() {
+            tracing::debug!(%topic, attempt, %err, "publish failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            attempt += 1;
+            continue;
+        }
+        return Err(match err.kind() {
+            PublishErrorKind::MaxPayloadExceeded => {
+                state.metrics.publish_failed("too_large");
+                Error::PayloadTooLarge {
+                    size: payload.len() as u64,
+                    limit: state.client.server_info().max_payload as u64,
+                }
+            }
+            PublishErrorKind::StreamNotFound => {
+                // No responder after every retry: gone, or JetStream down.
+                state.forget_stream(&topic.stream_name());
+                match topics::stream_info(state, topic).await {
+                    Err(Error::TopicNotFound(t)) => Error::TopicNotFound(t),
+                    _ => {
+                        state.metrics.publish_failed("unavailable");
+                        Error::NatsUnavailable(err.to_string())
+                    }
+                }
+            }
+            PublishErrorKind::Other
+            | PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::WrongLastSequence => {
+                state.metrics.publish_failed("refused");
+                Error::Internal(format!("publish to topic {topic} refused: {err}"))
+            }
+            PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::MaxAckPending => {
+                state.metrics.publish_failed("unavailable");
+                Error::NatsUnavailable(err.to_string())
+            }
+        });
+    }
+}
+
+/// Drops cached stream facts whenever JetStream announces a stream was
+/// created, deleted or updated. Ends on shutdown.
+pub async fn watch_stream_advisories(state: AppState) {
+    let subject = "$JS.EVENT.ADVISORY.STREAM.*.*";
+    let mut advisories = match state.client.subscribe(subject).await {
+        Ok(sub) => sub,
+        Err(err) => {
+            tracing::warn!(%err, "cannot watch stream advisories; relying on the cache ttl");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            message = advisories.next() => match message {
+                Some(message) => {
+                    if let Some(stream) = message.subject.rsplit('.').next() {
+                        state.forget_stream(stream);
+                    }
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names() {
+        for ok in ["message", "order.created", "a:b-c_d", &"x".repeat(64)] {
+            assert!(validate_event_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a\nb", "a\rb", "a b", "é", &"x".repeat(65)] {
+            assert!(validate_event_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn msg_ids() {
+        assert!(validate_msg_id("order-42/v1").is_ok());
+        assert!(validate_msg_id("a b").is_err());
+        assert!(validate_msg_id("a\nb").is_err());
+        assert!(validate_msg_id("").is_err());
+        assert!(generated_msg_id().len() > 20);
+    }
+}

@@ -1,0 +1,711 @@
+//! Topics: one JetStream stream `SSE_<topic>` each, capturing
+//! `<prefix>.<topic>` and `<prefix>.<topic>.>`.
+//!
+//! A topic exists exactly when its stream exists; its settings are the
+//! stream's config, and its access (which JetStream has no field for) is the
+//! stream metadata key [`ACCESS_KEY`]. There is no second registry.
+//!
+//! Limits are given as positive numbers; `0` means "no limit" both ways.
+
+use std::{collections::HashMap, time::Duration};
+
+use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::QueryRejection},
+    http::StatusCode,
+    response::IntoResponse,
+};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use sse_protocol::{SubjectPath, TopicName};
+use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{cluster, error::Error, http::JsonBody, state::AppState};
+
+/// Stream metadata key holding a topic's access: `public` or `private`.
+pub const ACCESS_KEY: &str = "sse.access";
+/// JetStream's default de-duplication window; shortened to `max_age` when
+/// that is smaller, as JetStream requires.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Subject paths returned per page when `limit` is not given.
+const DEFAULT_PAGE: usize = 100;
+/// Largest page of subject paths.
+const MAX_PAGE: usize = 1000;
+
+/// Where a topic's events are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// On disk (the default).
+    File,
+    /// In memory: lost when the server restarts.
+    Memory,
+}
+
+/// Who may subscribe to a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Anyone (the default).
+    Public,
+    /// Only holders of a token that allows the topic.
+    Private,
+}
+
+impl Access {
+    fn as_str(self) -> &'static str {
+        match self {
+            Access::Public => "public",
+            Access::Private => "private",
+        }
+    }
+
+    /// Reads access from stream metadata; anything but `private` is public.
+    pub fn from_metadata(metadata: &HashMap<String, String>) -> Self {
+        match metadata.get(ACCESS_KEY).map(String::as_str) {
+            Some("private") => Access::Private,
+            _ => Access::Public,
+        }
+    }
+}
+
+/// Body of `POST /v1/topics`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTopic {
+    /// Topic name, `[a-z0-9_-]{1,64}`.
+    pub name: String,
+    /// Events older than this are dropped; 0 or absent: kept forever.
+    pub max_age_seconds: Option<u64>,
+    /// Oldest events are dropped beyond this many bytes; 0 or absent: no limit.
+    pub max_bytes: Option<u64>,
+    /// Oldest events are dropped beyond this many; 0 or absent: no limit.
+    pub max_messages: Option<u64>,
+    /// Events kept per subject path; 0 or absent: no limit.
+    pub max_messages_per_subject: Option<u64>,
+    /// 1 or 3; default 1.
+    pub replicas: Option<u64>,
+    /// `file` (default) or `memory`.
+    pub storage: Option<Storage>,
+    /// `public` (default) or `private`.
+    pub access: Option<Access>,
+}
+
+/// Body of `PATCH /v1/topics/{name}`: retention and access. Absent fields
+/// keep their value; for limits, 0 means no limit.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTopic {
+    /// New maximum age in seconds.
+    pub max_age_seconds: Option<u64>,
+    /// New byte limit.
+    pub max_bytes: Option<u64>,
+    /// New event-count limit.
+    pub max_messages: Option<u64>,
+    /// New per-subject-path limit.
+    pub max_messages_per_subject: Option<u64>,
+    /// New access.
+    pub access: Option<Access>,
+}
+
+/// Body of `POST /v1/topics/{name}/purge` (the body is optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeTopic {
+    /// Purge only this subject path (wildcards allowed), e.g. `orders.42`.
+    pub subject: Option<String>,
+}
+
+/// What a purge removed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Purged {
+    /// Events removed.
+    pub purged: u64,
+}
+
+/// A topic's settings.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TopicSettings {
+    /// Maximum age in seconds; 0: no limit.
+    pub max_age_seconds: u64,
+    /// Byte limit; 0: no limit.
+    pub max_bytes: u64,
+    /// Event-count limit; 0: no limit.
+    pub max_messages: u64,
+    /// Per-subject-path limit; 0: no limit.
+    pub max_messages_per_subject: u64,
+    /// Largest single event JetStream accepts; 0: the server's limit.
+    pub max_message_bytes: u64,
+    /// Replicas.
+    pub replicas: u64,
+    /// Storage.
+    pub storage: Storage,
+    /// Access.
+    pub access: Access,
+}
+
+/// A topic with its current state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Topic {
+    /// Topic name.
+    pub name: String,
+    /// The JetStream stream.
+    pub stream: String,
+    /// The NATS subjects the stream captures.
+    pub subjects: Vec<String>,
+    /// When the stream was created, RFC 3339.
+    pub created: String,
+    /// The stream incarnation, as used in event ids.
+    pub epoch: String,
+    /// Settings.
+    pub settings: TopicSettings,
+    /// Events held.
+    pub messages: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Sequence of the oldest event held.
+    pub first_sequence: u64,
+    /// Sequence of the newest event.
+    pub last_sequence: u64,
+    /// Distinct subject paths holding events.
+    pub subject_paths: u64,
+    /// Clients subscribed to the topic, summed over live nodes.
+    pub subscribers: u64,
+}
+
+/// `GET /v1/topics`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TopicList {
+    /// All topics, by name.
+    pub topics: Vec<Topic>,
+}
+
+/// Paging of `GET /v1/topics/{name}/subjects`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// Entries per page, 1 to 1000; default 100.
+    pub limit: Option<usize>,
+    /// Entries to skip; default 0.
+    pub offset: Option<usize>,
+}
+
+/// One subject path and its event count.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubjectCount {
+    /// The path, e.g. `orders.42`.
+    pub subject: String,
+    /// Events held under it.
+    pub messages: u64,
+}
+
+/// A page of subject paths, sorted by path.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubjectPage {
+    /// This page.
+    pub subjects: Vec<SubjectCount>,
+    /// Paths in the topic.
+    pub total: u64,
+    /// The limit applied.
+    pub limit: usize,
+    /// The offset applied.
+    pub offset: usize,
+}
+
+/// Parses a topic name from a path or body, as a 400 when bad.
+pub fn parse_topic(name: &str) -> Result<TopicName, Error> {
+    TopicName::parse(name).map_err(|err| Error::BadRequest(err.to_string()))
+}
+
+fn limit_to_i64(key: &str, value: u64) -> Result<i64, Error> {
+    match value {
+        0 => Ok(-1),
+        v => i64::try_from(v).map_err(|_| Error::BadRequest(format!("{key} is too large"))),
+    }
+}
+
+fn limit_from_i64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// Applies a maximum age, keeping the duplicate window inside it.
+fn set_max_age(config: &mut stream::Config, seconds: u64) -> Result<(), Error> {
+    if seconds > 100 * 365 * 24 * 3600 {
+        return Err(Error::BadRequest(
+            "max_age_seconds is too large (at most 100 years)".to_owned(),
+        ));
+    }
+    config.max_age = Duration::from_secs(seconds);
+    config.duplicate_window = if seconds == 0 {
+        DUPLICATE_WINDOW
+    } else {
+        DUPLICATE_WINDOW.min(config.max_age)
+    };
+    Ok(())
+}
+
+/// The stream config for a new topic.
+fn stream_config(
+    topic: &TopicName,
+    prefix: &str,
+    body: &CreateTopic,
+) -> Result<stream::Config, Error> {
+    let replicas = match body.replicas.unwrap_or(1) {
+        r @ (1 | 3) => r as usize,
+        other => {
+            return Err(Error::BadRequest(format!(
+                "replicas is {other}; it must be 1 or 3"
+            )));
+        }
+    };
+    let mut config = stream::Config {
+        name: topic.stream_name(),
+        subjects: topic.stream_subjects(prefix),
+        description: Some(format!("sse-cluster topic {topic}")),
+        max_bytes: limit_to_i64("max_bytes", body.max_bytes.unwrap_or(0))?,
+        max_messages: limit_to_i64("max_messages", body.max_messages.unwrap_or(0))?,
+        max_messages_per_subject: limit_to_i64(
+            "max_messages_per_subject",
+            body.max_messages_per_subject.unwrap_or(0),
+        )?,
+        num_replicas: replicas,
+        storage: match body.storage.unwrap_or(Storage::File) {
+            Storage::File => StorageType::File,
+            Storage::Memory => StorageType::Memory,
+        },
+        discard: DiscardPolicy::Old,
+        // Nodes read recent history with direct get.
+        allow_direct: true,
+        metadata: HashMap::from([(
+            ACCESS_KEY.to_owned(),
+            body.access.unwrap_or(Access::Public).as_str().to_owned(),
+        )]),
+        ..Default::default()
+    };
+    set_max_age(&mut config, body.max_age_seconds.unwrap_or(0))?;
+    Ok(config)
+}
+
+/// Whether a stream is one of this deployment's topics: named `SSE_<topic>`
+/// and capturing `<prefix>.<topic>`.
+pub fn topic_of_stream(config: &stream::Config, prefix: &str) -> Option<TopicName> {
+    let topic = TopicName::from_stream_name(&config.name)?;
+    let subject = format!("{prefix}.{topic}");
+    config.subjects.contains(&subject).then_some(topic)
+}
+
+/// The API view of a stream.
+pub fn topic_view(topic: &TopicName, info: &stream::Info, subscribers: u64) -> Topic {
+    let c = &info.config;
+    Topic {
+        name: topic.to_string(),
+        stream: c.name.clone(),
+        subjects: c.subjects.clone(),
+        created: info.created.format(&Rfc3339).unwrap_or_default(),
+        epoch: sse_protocol::cursor::epoch_from_unix_nanos(info.created.unix_timestamp_nanos()),
+        settings: TopicSettings {
+            max_age_seconds: c.max_age.as_secs(),
+            max_bytes: limit_from_i64(c.max_bytes),
+            max_messages: limit_from_i64(c.max_messages),
+            max_messages_per_subject: limit_from_i64(c.max_messages_per_subject),
+            max_message_bytes: u64::try_from(c.max_message_size).unwrap_or(0),
+            replicas: c.num_replicas as u64,
+            storage: match c.storage {
+                StorageType::Memory => Storage::Memory,
+                StorageType::File => Storage::File,
+            },
+            access: Access::from_metadata(&c.metadata),
+        },
+        messages: info.state.messages,
+        bytes: info.state.bytes,
+        first_sequence: info.state.first_sequence,
+        last_sequence: info.state.last_sequence,
+        subject_paths: info.state.subjects_count,
+        subscribers,
+    }
+}
+
+/// Reads a topic's stream info; 404 when the stream does not exist.
+pub async fn stream_info(state: &AppState, topic: &TopicName) -> Result<stream::Info, Error> {
+    let stream = state
+        .jetstream()?
+        .get_stream(topic.stream_name())
+        .await
+        .map_err(|err| Error::from_get_stream(&err, topic.as_str()))?;
+    Ok(stream.cached_info().clone())
+}
+
+/// Lists every topic's stream info, sorted by topic name.
+pub async fn list_infos(state: &AppState) -> Result<Vec<(TopicName, stream::Info)>, Error> {
+    let infos: Vec<stream::Info> = state
+        .jetstream()?
+        .streams()
+        .try_collect()
+        .await
+        .map_err(|err| Error::NatsUnavailable(format!("listing streams failed: {err}")))?;
+    let mut topics: Vec<_> = infos
+        .into_iter()
+        .filter_map(|info| topic_of_stream(&info.config, state.prefix()).map(|t| (t, info)))
+        .collect();
+    topics.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(topics)
+}
+
+/// Subscribers per topic over live nodes; an unreadable cluster view counts
+/// as none rather than failing a topic read.
+async fn subscribers(state: &AppState) -> HashMap<String, u64> {
+    match cluster::live_nodes(state).await {
+        Ok(nodes) => cluster::subscribers_by_topic(&nodes),
+        Err(err) => {
+            tracing::debug!(%err, "node reports unavailable; subscribers shown as 0");
+            HashMap::new()
+        }
+    }
+}
+
+/// Create a topic.
+#[utoipa::path(
+    post, path = "/v1/topics", tag = "topics",
+    request_body = CreateTopic,
+    responses(
+        (status = 201, description = "Topic created", body = Topic),
+        (status = 400, description = "Bad name or value", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+        (status = 409, description = "Topic exists", body = crate::error::ErrorBody),
+        (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_topic(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateTopic>,
+) -> Result<impl IntoResponse, Error> {
+    let topic = parse_topic(&body.name)?;
+    let config = stream_config(&topic, state.prefix(), &body)?;
+    let js = state.jetstream()?;
+    // JetStream answers a create with an identical config as a success, so
+    // an existing stream is looked for first.
+    match js.get_stream(topic.stream_name()).await {
+        Ok(_) => return Err(Error::TopicExists(topic.to_string())),
+        Err(err) => match Error::from_get_stream(&err, topic.as_str()) {
+            Error::TopicNotFound(_) => {}
+            other => return Err(other),
+        },
+    }
+    let stream = js
+        .create_stream(config)
+        .await
+        .map_err(|err| Error::from_create_stream(&err, topic.as_str()))?;
+    tracing::info!(%topic, "topic created");
+    Ok((
+        StatusCode::CREATED,
+        Json(topic_view(&topic, stream.cached_info(), 0)),
+    ))
+}
+
+/// List topics.
+#[utoipa::path(
+    get, path = "/v1/topics", tag = "topics",
+    responses(
+        (status = 200, description = "All topics", body = TopicList),
+        (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+        (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_topics(State(state): State<AppState>) -> Result<Json<TopicList>, Error> {
+    let infos = list_infos(&state).await?;
+    let subs = subscribers(&state).await;
+    let topics = infos
+        .iter()
+        .map(|(t, info)| topic_view(t, info, subs.get(t.as_str()).copied().unwrap_or(0)))
+        .collect();
+    Ok(Json(TopicList { topics }))
+}
+
+/// Read one topic.
+#[utoipa::path(
+    get, path = "/v1/topics/{name}", tag = "topics",
+    params(("name" = String, Path, description = "Topic name")),
+    responses(
+        (status = 200, description = "The topic", body = Topic),
+        (status = 400, description = "Bad name", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such topic", body = crate::error::ErrorBody),
+        (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_topic(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Topic>, Error> {
+    let topic = parse_topic(&name)?;
+    let info = stream_info(&state, &topic).await?;
+    let subs = subscribers(&state).await;
+    let count = subs.get(topic.as_str()).copied().unwrap_or(0);
+    Ok(Json(topic_view(&topic, &info, count)))
+}
+
+/// Change a topic's retention or access.
+#[utoipa::path(
+    patch, path = "/v1/topics/{name}", tag = "topics",
+    params(("name" = String, Path, description = "Topic name")),
+    request_body = UpdateTopic,
+    responses(
+        (status = 200, description = "The updated topic", body = Topic),
+        (status = 400, description = "Bad value", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such topic", body = crate::error::ErrorBody),
+        (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn update_topic(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<UpdateTopic>,
+) -> Result<Json<Topic>, Error> {
+    let topic = parse_topic(&name)?;
+    let info = stream_info(&state, &topic).await?;
+    let mut config = info.config;
+    if let Some(secs) = body.max_age_seconds {
+        set_max_age(&mut config, secs)?;
+    }
+    if let Some(v) = body.max_bytes {
+        config.max_bytes = limit_to_i64("max_bytes", v)?;
+    }
+    if let Some(v) = body.max_messages {
+        config.max_messages = limit_to_i64("max_messages", v)?;
+    }
+    if let Some(v) = body.max_messages_per_subject {
+        config.max_messages_per_subject = limit_to_i64("max_messages_per_subject", v)?;
+    }
+    if let Some(access) = body.access {
+        config
+            .metadata
+            .insert(ACCESS_KEY.to_owned(), access.as_str().to_owned());
+    }
+    let info = state
+        .jetstream()?
+        .update_stream(&config)
+        .await
+        .map_err(|err| Error::from_create_stream(&err, topic.as_str()))?;
+    state.forget_stream(&config.name);
+    tracing::info!(%topic, "topic updated");
+    let subs = subscribers(&state).await;
+    let count = subs.get(topic.as_str()).copied().unwrap_or(0);
+    Ok(Json(topic_view(&topic, &info, count)))
+}
+
+/// Delete a topic and all its events.
+#[utoipa::path(
+    delete, path = "/v1/topics/{name}", tag = "topics",
+    params(("name" = String, Path, description = "Topic name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad name", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such topic", body = crate::error::ErrorBody),
+        (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_topic(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Error> {
+    use async_nats::jetstream::context::DeleteStreamErrorKind;
+    let topic = parse_topic(&name)?;
+    let stream = topic.stream_name();
+    let result = state.jetstream()?.delete_stream(&stream).await;
+    state.forget_stream(&stream);
+    match result {
+        Ok(_) => {
+            tracing::info!(%topic, "topic deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(err) => Err(match err.kind() {
+            DeleteStreamErrorKind::JetStream(js) => Error::from_jetstream(&js, topic.as_str()),
+            DeleteStreamErrorKind::Request => Error::NatsUnavailable(err.to_string()),
+            _ => Error::BadRequest(format!("topic {topic:?} is not a valid name")),
+        }),
+    }
+}
+
+/// Remove a topic's events, or only those of one subject path.
+#[utoipa::path(
+    post, path = "/v1/topics/{name}/purge", tag = "topics",
+    params(("name" = String, Path, description = "Topic name")),
+    request_body(content = Option<PurgeTopic>, description = "Optional: `{\"subject\": \"orders.42\"}`"),
+    responses(
+        (status = 200, description = "Purged", body = Purged),
+        (status = 400, description = "Bad name or subject path", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such topic", body = crate::error::ErrorBody),
+        (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn purge_topic(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Purged>, Error> {
+    use async_nats::jetstream::stream::PurgeErrorKind;
+    let topic = parse_topic(&name)?;
+    let body: PurgeTopic = if body.iter().all(u8::is_ascii_whitespace) {
+        PurgeTopic::default()
+    } else {
+        crate::http::parse_json(&body)?
+    };
+    let filter = match &body.subject {
+        None => None,
+        Some(path) => {
+            let path =
+                SubjectPath::parse_pattern(path).map_err(|e| Error::BadRequest(e.to_string()))?;
+            if path.topic() != &topic {
+                return Err(Error::BadRequest(format!(
+                    "subject path {path:?} is not inside topic {topic:?}"
+                )));
+            }
+            Some(path.nats_subject(state.prefix()))
+        }
+    };
+    let stream = state
+        .jetstream()?
+        .get_stream_no_info(topic.stream_name())
+        .await
+        .map_err(|err| Error::from_get_stream(&err, topic.as_str()))?;
+    let result = match filter {
+        Some(filter) => stream.purge().filter(filter).await,
+        None => stream.purge().await,
+    };
+    let response = result.map_err(|err| match err.kind() {
+        PurgeErrorKind::JetStream(js) => Error::from_jetstream(&js, topic.as_str()),
+        PurgeErrorKind::Request | PurgeErrorKind::TimedOut => {
+            Error::NatsUnavailable(err.to_string())
+        }
+    })?;
+    tracing::info!(%topic, subject = ?body.subject, purged = response.purged, "topic purged");
+    Ok(Json(Purged {
+        purged: response.purged,
+    }))
+}
+
+/// List a topic's subject paths with their event counts, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/topics/{name}/subjects", tag = "topics",
+    params(("name" = String, Path, description = "Topic name"), Page),
+    responses(
+        (status = 200, description = "A page of subject paths", body = SubjectPage),
+        (status = 400, description = "Bad name or paging", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such topic", body = crate::error::ErrorBody),
+        (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_subjects(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<SubjectPage>, Error> {
+    let Query(page) = page.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Error::BadRequest(format!(
+            "limit is {limit}; it must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let offset = page.offset.unwrap_or(0);
+    let topic = parse_topic(&name)?;
+    // A full look-up first, so a missing topic is a clean 404.
+    let stream = state
+        .jetstream()?
+        .get_stream(topic.stream_name())
+        .await
+        .map_err(|err| Error::from_get_stream(&err, topic.as_str()))?;
+    let prefix = state.prefix();
+    let mut all: Vec<(String, u64)> = Vec::new();
+    for filter in [format!("{prefix}.{topic}"), format!("{prefix}.{topic}.>")] {
+        let subjects = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|err| Error::from_request(&err))?;
+        let mut subjects = std::pin::pin!(subjects);
+        while let Some((subject, count)) = subjects
+            .try_next()
+            .await
+            .map_err(|err| Error::from_request(&err))?
+        {
+            let path = subject
+                .strip_prefix(prefix)
+                .and_then(|s| s.strip_prefix('.'))
+                .unwrap_or(&subject)
+                .to_owned();
+            all.push((path, count as u64));
+        }
+    }
+    all.sort();
+    let total = all.len() as u64;
+    let subjects = all
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(subject, messages)| SubjectCount { subject, messages })
+        .collect();
+    Ok(Json(SubjectPage {
+        subjects,
+        total,
+        limit,
+        offset,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> CreateTopic {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn stream_config_follows_the_naming_contract() {
+        let t = TopicName::parse("orders").unwrap();
+        let c = stream_config(&t, "sse", &body(r#"{"name":"orders"}"#)).unwrap();
+        assert_eq!(c.name, "SSE_orders");
+        assert_eq!(c.subjects, vec!["sse.orders", "sse.orders.>"]);
+        assert_eq!(c.metadata.get(ACCESS_KEY).unwrap(), "public");
+        assert_eq!(c.max_bytes, -1);
+        assert_eq!(c.num_replicas, 1);
+        assert_eq!(topic_of_stream(&c, "sse"), Some(t.clone()));
+        assert_eq!(topic_of_stream(&c, "other"), None);
+    }
+
+    #[test]
+    fn short_max_age_shortens_the_duplicate_window() {
+        let t = TopicName::parse("t").unwrap();
+        let c = stream_config(&t, "sse", &body(r#"{"name":"t","max_age_seconds":30}"#)).unwrap();
+        assert_eq!(c.max_age, Duration::from_secs(30));
+        assert_eq!(c.duplicate_window, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn replicas_are_one_or_three() {
+        let t = TopicName::parse("t").unwrap();
+        let err = stream_config(&t, "sse", &body(r#"{"name":"t","replicas":2}"#)).unwrap_err();
+        assert!(err.to_string().contains("replicas"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<CreateTopic>(r#"{"name":"t","ttl":1}"#).is_err());
+        assert!(serde_json::from_str::<UpdateTopic>(r#"{"storage":"file"}"#).is_err());
+    }
+}

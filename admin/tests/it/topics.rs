@@ -1,0 +1,237 @@
+//! Topic life cycle through HTTP, and the refusals of bad input.
+
+use serde_json::json;
+
+use crate::support::{Admin, NatsServer, assert_error, bounded};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_life_cycle() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+
+        let created = admin
+            .create_topic(json!({"name": "orders", "max_age_seconds": 3600, "max_messages_per_subject": 10}))
+            .await;
+        assert_eq!(created["name"], "orders");
+        assert_eq!(created["stream"], "SSE_orders");
+        assert_eq!(created["subjects"], json!(["sse.orders", "sse.orders.>"]));
+        assert_eq!(created["settings"]["access"], "public");
+        assert_eq!(created["settings"]["max_age_seconds"], 3600);
+        assert_eq!(created["settings"]["max_messages_per_subject"], 10);
+        assert_eq!(created["settings"]["storage"], "file");
+        assert_eq!(created["messages"], 0);
+
+        // The stream is the topic: JetStream holds the settings and access.
+        let js = nats.jetstream().await;
+        let mut stream = js.get_stream("SSE_orders").await.unwrap();
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.config.metadata["sse.access"], "public");
+
+        assert_error(
+            &admin.call("POST", "/v1/topics", Some(json!({"name": "orders"}))).await,
+            409,
+            "orders",
+        );
+
+        for path in ["orders.1", "orders.1", "orders.2", "orders", "orders.2.x"] {
+            js.publish(format!("sse.{path}"), "x".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+
+        let (status, topic) = admin.call("GET", "/v1/topics/orders", None).await;
+        assert_eq!(status, 200, "{topic}");
+        assert_eq!(topic["messages"], 5);
+        assert_eq!(topic["first_sequence"], 1);
+        assert_eq!(topic["last_sequence"], 5);
+        assert_eq!(topic["subject_paths"], 4);
+        assert_eq!(topic["subscribers"], 0);
+        assert!(topic["bytes"].as_u64().unwrap() > 0);
+
+        admin.create_topic(json!({"name": "chat", "storage": "memory", "access": "private"})).await;
+        let (status, list) = admin.call("GET", "/v1/topics", None).await;
+        assert_eq!(status, 200);
+        let names: Vec<&str> = list["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["chat", "orders"]);
+
+        // Subject paths, paged and sorted.
+        let (status, page) = admin.call("GET", "/v1/topics/orders/subjects?limit=2", None).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["total"], 4);
+        assert_eq!(
+            page["subjects"],
+            json!([{"subject": "orders", "messages": 1}, {"subject": "orders.1", "messages": 2}])
+        );
+        let (_, page) = admin.call("GET", "/v1/topics/orders/subjects?limit=2&offset=2", None).await;
+        assert_eq!(
+            page["subjects"],
+            json!([{"subject": "orders.2", "messages": 1}, {"subject": "orders.2.x", "messages": 1}])
+        );
+        assert_error(
+            &admin.call("GET", "/v1/topics/orders/subjects?limit=0", None).await,
+            400,
+            "limit",
+        );
+        assert_error(
+            &admin.call("GET", "/v1/topics/orders/subjects?limit=x", None).await,
+            400,
+            "limit",
+        );
+
+        // Retention and access change; the rest is refused.
+        let (status, patched) = admin
+            .call("PATCH", "/v1/topics/orders", Some(json!({"max_age_seconds": 60, "access": "private", "max_bytes": 1048576})))
+            .await;
+        assert_eq!(status, 200, "{patched}");
+        assert_eq!(patched["settings"]["max_age_seconds"], 60);
+        assert_eq!(patched["settings"]["max_bytes"], 1048576);
+        assert_eq!(patched["settings"]["access"], "private");
+        assert_eq!(patched["settings"]["max_messages_per_subject"], 10);
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.config.metadata["sse.access"], "private");
+        assert_error(
+            &admin.call("PATCH", "/v1/topics/orders", Some(json!({"storage": "memory"}))).await,
+            400,
+            "storage",
+        );
+
+        // Purge one subject path, then the rest.
+        let (status, purged) = admin
+            .call("POST", "/v1/topics/orders/purge", Some(json!({"subject": "orders.1"})))
+            .await;
+        assert_eq!(status, 200, "{purged}");
+        assert_eq!(purged["purged"], 2);
+        assert_error(
+            &admin.call("POST", "/v1/topics/orders/purge", Some(json!({"subject": "chat.1"}))).await,
+            400,
+            "not inside topic",
+        );
+        let (status, purged) = admin.call("POST", "/v1/topics/orders/purge", None).await;
+        assert_eq!(status, 200, "{purged}");
+        assert_eq!(purged["purged"], 3);
+        let (_, topic) = admin.call("GET", "/v1/topics/orders", None).await;
+        assert_eq!(topic["messages"], 0);
+        assert_eq!(topic["last_sequence"], 5, "a purge keeps sequences");
+
+        let (status, _) = admin.call("DELETE", "/v1/topics/orders", None).await;
+        assert_eq!(status, 204);
+        assert_error(&admin.call("GET", "/v1/topics/orders", None).await, 404, "orders");
+        assert_error(&admin.call("DELETE", "/v1/topics/orders", None).await, 404, "orders");
+        assert_error(&admin.call("POST", "/v1/topics/orders/purge", None).await, 404, "orders");
+        assert_error(&admin.call("GET", "/v1/topics/orders/subjects", None).await, 404, "orders");
+        assert!(js.get_stream("SSE_orders").await.is_err());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_names_and_values_are_refused() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        let create = |body| admin.call("POST", "/v1/topics", Some(body));
+
+        assert_error(&create(json!({"name": "Orders"})).await, 400, "Orders");
+        assert_error(&create(json!({"name": "a.b"})).await, 400, "a.b");
+        assert_error(&create(json!({"name": ""})).await, 400, "topic name");
+        assert_error(
+            &create(json!({"name": "x".repeat(65)})).await,
+            400,
+            "topic name",
+        );
+        assert_error(
+            &create(json!({"name": "t", "replicas": 2})).await,
+            400,
+            "replicas",
+        );
+        assert_error(
+            &create(json!({"name": "t", "storage": "disk"})).await,
+            400,
+            "disk",
+        );
+        assert_error(
+            &create(json!({"name": "t", "access": "secret"})).await,
+            400,
+            "secret",
+        );
+        assert_error(
+            &create(json!({"name": "t", "max_age": 5})).await,
+            400,
+            "max_age",
+        );
+        assert_error(
+            &create(json!({"name": "t", "max_bytes": -1})).await,
+            400,
+            "max_bytes",
+        );
+        assert_error(&create(json!({})).await, 400, "name");
+        // Replicas 3 on a single server: JetStream's refusal is passed on.
+        assert_error(
+            &create(json!({"name": "t", "replicas": 3})).await,
+            400,
+            "replicas",
+        );
+
+        let raw = admin
+            .http
+            .post(format!("{}/v1/topics", admin.base))
+            .bearer_auth(crate::support::TOKEN)
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(raw.status(), 400);
+        let body: serde_json::Value = raw.json().await.unwrap();
+        assert_eq!(body["error"], "bad_request");
+
+        assert_error(
+            &admin.call("GET", "/v1/topics/Bad.Name", None).await,
+            400,
+            "Bad.Name",
+        );
+        assert_error(&admin.call("GET", "/v1/nope", None).await, 404, "route");
+        // Nothing was created by any of it.
+        let (_, list) = admin.call("GET", "/v1/topics", None).await;
+        assert_eq!(list["topics"], json!([]));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_is_503() {
+    bounded(async {
+        let mut nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        admin.create_topic(json!({"name": "t"})).await;
+        nats.stop();
+        let answer = admin.call("GET", "/v1/topics", None).await;
+        assert_error(&answer, 503, "nats");
+        let answer = admin
+            .call(
+                "POST",
+                "/v1/topics/t/events",
+                Some(json!({"subject": "t", "data": "x"})),
+            )
+            .await;
+        assert_error(&answer, 503, "nats");
+        let ready = admin
+            .http
+            .get(format!("{}/readyz", admin.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503);
+        let overview = admin.call_with("GET", "/v1/overview", None, None).await;
+        assert_eq!(overview.0, 200);
+        assert_eq!(overview.1["nats_connected"], false);
+    })
+    .await;
+}

@@ -1,0 +1,329 @@
+//! Node configuration.
+//!
+//! Layers, lowest first: the commented `config.default.toml` built into the
+//! binary, an optional TOML file, then `SSE_<SECTION>__<KEY>` environment
+//! variables. Unknown keys are refused, and [`Config::validate`] names every
+//! bad key, so a typo stops start-up instead of being ignored.
+
+use std::{net::SocketAddr, path::Path, str::FromStr, time::Duration};
+
+use async_nats::ServerAddr;
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::Deserialize;
+
+/// The built-in defaults, with a comment on every key.
+pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How to reach NATS.
+    pub nats: NatsConfig,
+    /// The HTTP server and per-connection behaviour.
+    pub http: HttpConfig,
+    /// Recent events held in memory.
+    pub history: HistoryConfig,
+    /// Per-client delivery.
+    pub delivery: DeliveryConfig,
+    /// Reporting to the cluster view.
+    pub cluster: ClusterConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[nats]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// One server URL or a comma-separated list.
+    pub url: String,
+    /// First token of every event subject.
+    pub subject_prefix: String,
+    /// Connection name shown by the server.
+    pub connection_name: String,
+    /// Seconds between full re-listings of topics.
+    pub topic_refresh_seconds: u64,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address, `host:port`.
+    pub listen: String,
+    /// Seconds between heartbeat comments on an idle stream.
+    pub heartbeat_seconds: u64,
+    /// Base of the `retry:` hint, in milliseconds.
+    pub retry_ms: u64,
+    /// Random jitter added to `retry_ms`.
+    pub retry_jitter_ms: u64,
+    /// Most open streams on this node.
+    pub max_connections: usize,
+    /// Most distinct `topic=` parameters per connection.
+    pub max_topics_per_connection: usize,
+    /// Longest accepted `Last-Event-ID`, in bytes.
+    pub max_last_event_id_bytes: usize,
+    /// Seconds after which a stream is closed so clients re-spread; 0 = never.
+    pub max_connection_lifetime_seconds: u64,
+}
+
+/// `[history]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Bytes of encoded events each topic keeps in memory.
+    pub max_bytes_per_topic: usize,
+    /// Events each topic keeps in memory.
+    pub max_events_per_topic: usize,
+    /// Events read into memory when a topic is first read.
+    pub warm_events: u64,
+    /// Concurrent resumes that read JetStream.
+    pub max_concurrent_jetstream_reads: usize,
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Events a client may lag behind a topic's live feed before it is cut.
+    pub client_queue_events: usize,
+    /// Largest payload delivered as is.
+    pub max_event_bytes: usize,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Key-value bucket holding one entry per live node.
+    pub nodes_bucket: String,
+    /// Seconds between reports.
+    pub report_seconds: u64,
+    /// Seconds an entry lives without being renewed.
+    pub node_ttl_seconds: u64,
+    /// Address shown for this node; empty means the listen address.
+    pub advertise_address: String,
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Window over which open streams are closed on SIGTERM.
+    pub drain_seconds: u64,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter directive.
+    pub level: String,
+}
+
+/// Everything wrong with a configuration, one line per problem.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Loads defaults, then `file` if given, then `SSE_*` variables from the
+    /// process environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The layered sources, before extraction; tests add their own layers.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(Env::prefixed("SSE_").split("__").ignore(&["config"]))
+    }
+
+    /// Extracts and validates a configuration from layered sources.
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot, naming each bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let mut check = |ok: bool, key: &str, why: &str| {
+            if !ok {
+                errors.push(format!("{key}: {why}"));
+            }
+        };
+        if let Err(e) = self.nats.server_addrs() {
+            check(false, "nats.url", &e);
+        }
+        let prefix = &self.nats.subject_prefix;
+        check(
+            !prefix.is_empty()
+                && prefix.split('.').all(|t| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                }),
+            "nats.subject_prefix",
+            "must be dotted tokens of [A-Za-z0-9_-]",
+        );
+        check(
+            self.nats.topic_refresh_seconds > 0,
+            "nats.topic_refresh_seconds",
+            "must be at least 1",
+        );
+        check(
+            SocketAddr::from_str(&self.http.listen).is_ok(),
+            "http.listen",
+            &format!("{:?} is not host:port", self.http.listen),
+        );
+        check(
+            self.http.heartbeat_seconds > 0,
+            "http.heartbeat_seconds",
+            "must be at least 1",
+        );
+        check(
+            self.http.max_connections > 0,
+            "http.max_connections",
+            "must be at least 1",
+        );
+        check(
+            self.http.max_topics_per_connection > 0,
+            "http.max_topics_per_connection",
+            "must be at least 1",
+        );
+        check(
+            self.http.max_last_event_id_bytes >= 32,
+            "http.max_last_event_id_bytes",
+            "must be at least 32",
+        );
+        check(
+            self.history.max_concurrent_jetstream_reads > 0,
+            "history.max_concurrent_jetstream_reads",
+            "must be at least 1",
+        );
+        check(
+            self.delivery.client_queue_events >= 16,
+            "delivery.client_queue_events",
+            "must be at least 16",
+        );
+        check(
+            self.delivery.max_event_bytes > 0,
+            "delivery.max_event_bytes",
+            "must be at least 1",
+        );
+        check(
+            !self.cluster.nodes_bucket.is_empty()
+                && self
+                    .cluster
+                    .nodes_bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "cluster.nodes_bucket",
+            "must be a bucket name of [A-Za-z0-9_-]",
+        );
+        check(
+            self.cluster.report_seconds > 0,
+            "cluster.report_seconds",
+            "must be at least 1",
+        );
+        check(
+            self.cluster.node_ttl_seconds > self.cluster.report_seconds,
+            "cluster.node_ttl_seconds",
+            "must be longer than cluster.report_seconds",
+        );
+        check(
+            matches!(self.log.format.as_str(), "text" | "json"),
+            "log.format",
+            &format!("{:?} is not text or json", self.log.format),
+        );
+        check(
+            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+            "log.level",
+            &format!("{:?} is not a tracing filter", self.log.level),
+        );
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.http.heartbeat_seconds)
+    }
+
+    /// The drain window.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.shutdown.drain_seconds)
+    }
+}
+
+impl NatsConfig {
+    /// The servers named by `url`, split on commas.
+    pub fn server_addrs(&self) -> Result<Vec<ServerAddr>, String> {
+        let addrs: Result<Vec<ServerAddr>, String> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                ServerAddr::from_str(s).map_err(|e| format!("{s:?} is not a NATS server URL: {e}"))
+            })
+            .collect();
+        match addrs {
+            Ok(list) if list.is_empty() => Err("no server given".into()),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn with(key: &str, value: impl serde::Serialize) -> Result<Config, ConfigError> {
+        Config::from_figment(
+            Figment::from(Toml::string(DEFAULT_TOML)).merge(Serialized::default(key, value)),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = with("nats.url", "nats://a:4222, nats://b:4222").unwrap();
+        assert_eq!(c.nats.server_addrs().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (key, value, needle) in [
+            ("http.listen", "nowhere", "http.listen"),
+            ("nats.url", "", "nats.url"),
+            ("log.format", "xml", "log.format"),
+            ("nats.subject_prefix", "a..b", "nats.subject_prefix"),
+        ] {
+            let err = with(key, value).unwrap_err().to_string();
+            assert!(err.contains(needle), "{key}: {err}");
+        }
+        let err = with("http.heartbeat_seconds", "soon").unwrap_err().to_string();
+        assert!(err.contains("heartbeat_seconds"), "{err}");
+        let err = with("http.bogus", 1).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,260 @@
+//! An event as read from JetStream, encoded once as an SSE frame.
+//!
+//! The frame is built when the event arrives and then shared, unchanged, by
+//! every client that receives it: `event:` and `data:` lines, then the `id:`
+//! line and the blank line that ends the frame. A client subscribed to one
+//! topic writes the whole frame; a client of several topics writes the body
+//! (everything before the `id:` line) and its own composite id.
+//!
+//! # Frame safety
+//! Nothing a publisher controls can add a field or an event. The payload is
+//! split into `data:` lines on every line ending the SSE spec knows (`\r\n`,
+//! `\r`, `\n`). An event that cannot be sent as is becomes an `invalid`
+//! event instead, whose data is JSON naming the reason, the subject path and
+//! the sequence; see [`InvalidReason`]. The client's cursor still advances
+//! past it, so nothing is silently skipped.
+
+use std::time::SystemTime;
+
+use async_nats::HeaderMap;
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// NATS header naming the SSE event type.
+pub const EVENT_NAME_HEADER: &str = "Sse-Event";
+/// Header JetStream puts on subject delete markers, which are not events.
+pub const MARKER_HEADER: &str = "Nats-Marker-Reason";
+/// Longest accepted event name, in bytes.
+pub const MAX_EVENT_NAME_BYTES: usize = 128;
+/// Name given to events whose publisher set none.
+pub const DEFAULT_EVENT_NAME: &str = "message";
+/// Name of the event that replaces one that could not be sent as is.
+pub const INVALID_EVENT_NAME: &str = "invalid";
+
+/// Why an event was replaced by an `invalid` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidReason {
+    /// The payload is not UTF-8.
+    InvalidUtf8,
+    /// The `Sse-Event` header holds a line break, a control character, or is
+    /// too long or empty.
+    BadEventName,
+    /// The payload is larger than `delivery.max_event_bytes`.
+    TooLarge,
+}
+
+impl InvalidReason {
+    /// The reason as a metric label and as the `reason` field of the event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::BadEventName => "bad_event_name",
+            Self::TooLarge => "too_large",
+        }
+    }
+}
+
+/// What every event of one topic incarnation shares when encoded.
+#[derive(Debug, Clone)]
+pub struct EncodeContext {
+    /// The topic name, first part of the id.
+    pub topic: String,
+    /// The stream incarnation, second part of the id.
+    pub epoch: String,
+    /// Largest payload sent as is.
+    pub max_event_bytes: usize,
+}
+
+/// One event of one topic, encoded once.
+#[derive(Debug)]
+pub struct Event {
+    /// JetStream stream sequence.
+    pub seq: u64,
+    /// Subject path within the topic: the NATS subject without the prefix.
+    pub path: Box<str>,
+    /// When JetStream stored it.
+    pub published: SystemTime,
+    /// The whole frame, ending in `id: <topic>:<epoch>:<seq>\n\n`.
+    pub frame: Bytes,
+    /// Length of the body: the frame up to its `id:` line.
+    pub body_len: usize,
+    /// Why the event was replaced, if it was.
+    pub invalid: Option<InvalidReason>,
+}
+
+impl Event {
+    /// Encodes an event of the topic described by `ctx`.
+    pub fn encode(
+        ctx: &EncodeContext,
+        seq: u64,
+        path: &str,
+        published: SystemTime,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Self {
+        let EncodeContext {
+            topic,
+            epoch,
+            max_event_bytes,
+        } = ctx;
+        let max_event_bytes = *max_event_bytes;
+        let name = headers
+            .and_then(|h| h.get(EVENT_NAME_HEADER))
+            .map(|v| v.as_str());
+        let mut invalid = None;
+        let mut buf = BytesMut::with_capacity(payload.len() + 64);
+        if payload.len() > max_event_bytes {
+            invalid = Some(InvalidReason::TooLarge);
+        } else if name.is_some_and(|n| !valid_event_name(n)) {
+            invalid = Some(InvalidReason::BadEventName);
+        } else {
+            match std::str::from_utf8(payload) {
+                Ok(text) => {
+                    if let Some(name) = name.filter(|n| *n != DEFAULT_EVENT_NAME) {
+                        buf.put_slice(b"event: ");
+                        buf.put_slice(name.as_bytes());
+                        buf.put_u8(b'\n');
+                    }
+                    write_data_lines(&mut buf, text);
+                }
+                Err(_) => invalid = Some(InvalidReason::InvalidUtf8),
+            }
+        }
+        if let Some(reason) = invalid {
+            buf.clear();
+            buf.put_slice(b"event: ");
+            buf.put_slice(INVALID_EVENT_NAME.as_bytes());
+            buf.put_slice(b"\ndata: ");
+            let json = serde_json::json!({
+                "reason": reason.as_str(),
+                "subject": path,
+                "seq": seq,
+            });
+            buf.put_slice(json.to_string().as_bytes());
+            buf.put_u8(b'\n');
+        }
+        let body_len = buf.len();
+        buf.put_slice(b"id: ");
+        buf.put_slice(topic.as_bytes());
+        buf.put_u8(b':');
+        buf.put_slice(epoch.as_bytes());
+        buf.put_u8(b':');
+        buf.put_slice(seq.to_string().as_bytes());
+        buf.put_slice(b"\n\n");
+        Self {
+            seq,
+            path: path.into(),
+            published,
+            frame: buf.freeze(),
+            body_len,
+            invalid,
+        }
+    }
+
+    /// The frame without its `id:` line and terminating blank line.
+    pub fn body(&self) -> Bytes {
+        self.frame.slice(..self.body_len)
+    }
+
+    /// Bytes of memory this event holds, for the history bound.
+    pub fn weight(&self) -> usize {
+        self.frame.len() + self.path.len() + std::mem::size_of::<Self>()
+    }
+}
+
+/// Whether an `Sse-Event` value may be written as an event name.
+pub fn valid_event_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_EVENT_NAME_BYTES
+        && !name.chars().any(char::is_control)
+        && name.trim() == name
+}
+
+/// Writes `text` as `data:` lines, splitting on `\r\n`, `\r` and `\n`.
+pub fn write_data_lines(buf: &mut BytesMut, text: &str) {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' | b'\r' => {
+                buf.put_slice(b"data: ");
+                buf.put_slice(&bytes[start..i]);
+                buf.put_u8(b'\n');
+                if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    buf.put_slice(b"data: ");
+    buf.put_slice(&bytes[start..]);
+    buf.put_u8(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(name: Option<&str>, payload: &[u8]) -> Event {
+        let mut headers = HeaderMap::new();
+        if let Some(name) = name {
+            headers.insert(EVENT_NAME_HEADER, name);
+        }
+        let ctx = EncodeContext {
+            topic: "t".into(),
+            epoch: "e1".into(),
+            max_event_bytes: 1024,
+        };
+        Event::encode(
+            &ctx,
+            7,
+            "t.x",
+            SystemTime::UNIX_EPOCH,
+            Some(&headers),
+            payload,
+        )
+    }
+
+    fn text(e: &Event) -> String {
+        String::from_utf8(e.frame.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn splits_every_line_ending() {
+        let e = encode(Some("update"), b"a\nb\r\nc\rd\n");
+        assert_eq!(
+            text(&e),
+            "event: update\ndata: a\ndata: b\ndata: c\ndata: d\ndata: \nid: t:e1:7\n\n"
+        );
+        assert_eq!(&e.body()[..], &e.frame[..e.body_len]);
+        assert!(e.body().ends_with(b"data: \n"));
+    }
+
+    #[test]
+    fn default_name_is_omitted_and_empty_payload_still_dispatches() {
+        assert_eq!(text(&encode(None, b"")), "data: \nid: t:e1:7\n\n");
+        assert_eq!(text(&encode(Some("message"), b"x")), "data: x\nid: t:e1:7\n\n");
+    }
+
+    #[test]
+    fn unsafe_events_become_invalid_events() {
+        for (name, payload, reason) in [
+            (Some("evil\u{b}data: x"), &b"ok"[..], "bad_event_name"),
+            (Some("bell\u{7}"), b"ok", "bad_event_name"),
+            (Some(&"n".repeat(200)), b"ok", "bad_event_name"),
+            (Some(""), b"ok", "bad_event_name"),
+            (None, b"\xff\xfe", "invalid_utf8"),
+            (None, &[b'a'; 2000][..], "too_large"),
+        ] {
+            let e = encode(name, payload);
+            let t = text(&e);
+            assert!(t.starts_with("event: invalid\ndata: {"), "{t}");
+            assert!(t.contains(reason), "{t}");
+            assert_eq!(t.matches('\n').count(), 4, "{t}");
+            assert!(e.invalid.is_some());
+        }
+    }
+}

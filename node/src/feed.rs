@@ -1,0 +1,344 @@
+//! Where events arrive: one JetStream reader per topic per node.
+//!
+//! A [`Feed`] reads its topic's stream with an ordered consumer that starts
+//! at an explicit sequence (never `DeliverPolicy::New`, which async-nats turns
+//! into `All` when it re-creates a consumer that has delivered nothing). Each
+//! event is encoded once, appended to the topic's [`History`] and broadcast
+//! to the topic's clients, all under one lock, so a client that subscribes
+//! sees exactly the events after the head it was given.
+//!
+//! Errors from the consumer (a missed heartbeat, NATS away) are logged and
+//! counted and the reader goes on; if the consumer ends, it is re-created at
+//! `head + 1`, so an outage loses nothing. A stream that is gone, or that was
+//! recreated under the same name (a new epoch), closes the feed: its clients
+//! are disconnected and come back through resume, which sends `reset`.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime},
+};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull::OrderedConfig},
+    stream::Info,
+};
+use futures_util::StreamExt;
+use sse_protocol::{TopicName, cursor::epoch_from_unix_nanos};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    event::{EncodeContext, Event, MARKER_HEADER},
+    history::{History, Slice},
+    metrics::Metrics,
+};
+
+/// Settings a feed needs from the node configuration.
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    /// NATS subject prefix, without the trailing dot.
+    pub subject_prefix: String,
+    /// History bound in bytes.
+    pub max_bytes: usize,
+    /// History bound in events.
+    pub max_events: usize,
+    /// Events loaded from JetStream when the feed starts.
+    pub warm_events: u64,
+    /// Broadcast capacity: how far a client may lag.
+    pub client_queue_events: usize,
+    /// Largest payload sent as is.
+    pub max_event_bytes: usize,
+}
+
+/// The live state of one topic on this node.
+pub struct Feed {
+    /// The topic.
+    pub topic: TopicName,
+    /// The stream incarnation this feed reads.
+    pub epoch: String,
+    stream_name: String,
+    state: Mutex<FeedState>,
+    closed: CancellationToken,
+}
+
+struct FeedState {
+    head: u64,
+    history: History,
+    sender: broadcast::Sender<Arc<Event>>,
+}
+
+/// A client's attachment to a feed.
+pub struct Attachment {
+    /// The stream incarnation.
+    pub epoch: String,
+    /// The last sequence the feed had processed when the client attached;
+    /// the receiver yields exactly the events after it.
+    pub head: u64,
+    /// Live events after `head`.
+    pub receiver: broadcast::Receiver<Arc<Event>>,
+}
+
+/// The epoch of a stream: its creation time in nanoseconds, base36.
+pub fn stream_epoch(info: &Info) -> String {
+    epoch_from_unix_nanos(info.created.unix_timestamp_nanos())
+}
+
+impl Feed {
+    /// Starts reading `info`'s stream; the reader stops when the feed closes.
+    pub fn start(
+        topic: TopicName,
+        info: &Info,
+        js: jetstream::Context,
+        settings: &FeedSettings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let epoch = stream_epoch(info);
+        let last = info.state.last_sequence;
+        let first = info.state.first_sequence.max(1);
+        let start = last
+            .saturating_sub(settings.warm_events)
+            .saturating_add(1)
+            .max(first);
+        let (sender, _) = broadcast::channel(settings.client_queue_events);
+        let feed = Arc::new(Self {
+            stream_name: topic.stream_name(),
+            epoch: epoch.clone(),
+            state: Mutex::new(FeedState {
+                head: start - 1,
+                history: History::new(start, settings.max_bytes, settings.max_events),
+                sender,
+            }),
+            closed: CancellationToken::new(),
+            topic: topic.clone(),
+        });
+        let ctx = EncodeContext {
+            topic: topic.to_string(),
+            epoch,
+            max_event_bytes: settings.max_event_bytes,
+        };
+        info!(%topic, epoch = %ctx.epoch, start, "topic feed started");
+        let reader = Reader {
+            feed: feed.clone(),
+            js,
+            ctx,
+            path_offset: settings.subject_prefix.len() + 1,
+            metrics,
+        };
+        tokio::spawn(reader.run(start));
+        feed
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FeedState> {
+        // A panic while holding this lock cannot leave the state torn in a way
+        // that matters more than losing the node, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches a client: the head and a receiver of every later event.
+    pub fn attach(&self) -> Attachment {
+        let state = self.lock();
+        Attachment {
+            epoch: self.epoch.clone(),
+            head: state.head,
+            receiver: state.sender.subscribe(),
+        }
+    }
+
+    /// Events held in memory after `after` and at most `upto`.
+    pub fn history_after(&self, after: u64, upto: u64, limit: usize) -> Slice {
+        self.lock().history.after(after, upto, limit)
+    }
+
+    /// Bytes of history held.
+    pub fn history_bytes(&self) -> usize {
+        self.lock().history.bytes()
+    }
+
+    /// The last sequence processed.
+    pub fn head(&self) -> u64 {
+        self.lock().head
+    }
+
+    /// The JetStream stream name.
+    pub fn stream_name(&self) -> &str {
+        &self.stream_name
+    }
+
+    /// Stops the reader and disconnects every attached client.
+    pub fn close(&self) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        self.closed.cancel();
+        let mut state = self.lock();
+        // Dropping the only sender tells every receiver the feed is gone.
+        let (fresh, _) = broadcast::channel(1);
+        state.sender = fresh;
+        info!(topic = %self.topic, epoch = %self.epoch, "topic feed closed");
+    }
+
+    /// Whether the feed was closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    fn publish(&self, event: Event) -> usize {
+        let event = Arc::new(event);
+        let mut state = self.lock();
+        if event.seq <= state.head {
+            return state.history.bytes();
+        }
+        state.head = event.seq;
+        state.history.push(event.clone());
+        // No receiver is not an error: the event is still held for resumes.
+        let _ = state.sender.send(event);
+        state.history.bytes()
+    }
+
+    fn skip(&self, seq: u64) {
+        let mut state = self.lock();
+        state.head = state.head.max(seq);
+    }
+}
+
+struct Reader {
+    feed: Arc<Feed>,
+    js: jetstream::Context,
+    ctx: EncodeContext,
+    path_offset: usize,
+    metrics: Arc<Metrics>,
+}
+
+enum ReadEnd {
+    Closed,
+    StreamGone,
+    StreamRecreated,
+    Ended,
+}
+
+impl Reader {
+    async fn run(self, start: u64) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let next = self.feed.head() + 1;
+            let outcome = tokio::select! {
+                _ = self.feed.closed.cancelled() => Ok(ReadEnd::Closed),
+                outcome = self.read_from(next.max(start)) => outcome,
+            };
+            match outcome {
+                Ok(ReadEnd::Closed) => return,
+                Ok(ReadEnd::StreamGone) => {
+                    info!(topic = %self.feed.topic, "stream is gone; closing topic feed");
+                    self.feed.close();
+                    return;
+                }
+                Ok(ReadEnd::StreamRecreated) => {
+                    info!(topic = %self.feed.topic, "stream was recreated; closing old topic feed");
+                    self.feed.close();
+                    return;
+                }
+                Ok(ReadEnd::Ended) => {
+                    backoff = Duration::from_millis(100);
+                    debug!(topic = %self.feed.topic, "consumer ended; re-creating");
+                }
+                Err(error) => {
+                    self.metrics
+                        .feed_errors
+                        .with_label_values(&["consumer"])
+                        .inc();
+                    warn!(topic = %self.feed.topic, %error, "topic feed cannot read; retrying");
+                }
+            }
+            tokio::select! {
+                _ = self.feed.closed.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn read_from(&self, next: u64) -> Result<ReadEnd, async_nats::Error> {
+        let stream = match self.js.get_stream(self.feed.stream_name()).await {
+            Ok(stream) => stream,
+            Err(e) if is_stream_not_found(&e) => return Ok(ReadEnd::StreamGone),
+            Err(e) => return Err(e.into()),
+        };
+        if stream_epoch(stream.cached_info()) != self.feed.epoch {
+            return Ok(ReadEnd::StreamRecreated);
+        }
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: next,
+                },
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let topic_label = [self.feed.topic.as_str()];
+        let feed_events = self.metrics.feed_events.with_label_values(&topic_label);
+        let history_bytes = self.metrics.history_bytes.with_label_values(&topic_label);
+        while let Some(item) = messages.next().await {
+            let message = match item {
+                Ok(message) => message,
+                Err(error) => {
+                    // A missed heartbeat or a failed pull is reported as an
+                    // item; the ordered consumer recovers by itself.
+                    self.metrics
+                        .feed_errors
+                        .with_label_values(&[&error.kind().to_string()])
+                        .inc();
+                    warn!(topic = %self.feed.topic, %error, "topic feed read error");
+                    continue;
+                }
+            };
+            let (seq, published) = match message.info() {
+                Ok(info) => (info.stream_sequence, SystemTime::from(info.published)),
+                Err(error) => {
+                    warn!(topic = %self.feed.topic, %error, "message without JetStream info");
+                    continue;
+                }
+            };
+            let headers = message.headers.as_ref();
+            if headers.is_some_and(|h| h.get(MARKER_HEADER).is_some()) {
+                self.feed.skip(seq);
+                continue;
+            }
+            let path = message
+                .subject
+                .as_str()
+                .get(self.path_offset..)
+                .unwrap_or_default();
+            let event = Event::encode(
+                &self.ctx,
+                seq,
+                path,
+                published,
+                headers,
+                &message.payload,
+            );
+            if let Some(reason) = event.invalid {
+                self.metrics
+                    .invalid_events
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                warn!(topic = %self.feed.topic, subject = path, seq, reason = reason.as_str(), "event cannot be sent as is; delivering an invalid event");
+            }
+            feed_events.inc();
+            let bytes = self.feed.publish(event);
+            history_bytes.set(bytes as i64);
+        }
+        Ok(ReadEnd::Ended)
+    }
+}
+
+/// Whether a stream lookup failed because the stream does not exist.
+pub fn is_stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}

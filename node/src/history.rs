@@ -1,0 +1,162 @@
+//! Recent events of one topic, held in node memory.
+//!
+//! The feed appends every event it reads, in stream order. The oldest are
+//! dropped once the byte or count bound is passed. `complete_from` is the
+//! first sequence from which the history holds every event the stream had,
+//! so a resume after sequence `s` is served from memory exactly when
+//! `s + 1 >= complete_from`; older gaps are read from JetStream.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use crate::event::Event;
+
+/// A bounded window of the most recent events, oldest first.
+#[derive(Debug)]
+pub struct History {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+    max_bytes: usize,
+    max_events: usize,
+    complete_from: u64,
+}
+
+/// What the history can give a client that has seen up to some sequence.
+#[derive(Debug)]
+pub enum Slice {
+    /// Events after the position, up to the limit asked for (maybe none).
+    Events(Vec<Arc<Event>>),
+    /// The history starts later: read JetStream for sequences below `until`.
+    Missing {
+        /// First sequence the history holds completely.
+        until: u64,
+    },
+}
+
+impl History {
+    /// An empty history complete from `start` on.
+    pub fn new(start: u64, max_bytes: usize, max_events: usize) -> Self {
+        Self {
+            events: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            max_events,
+            complete_from: start,
+        }
+    }
+
+    /// Appends an event (sequences must rise) and drops the oldest past the
+    /// bounds.
+    pub fn push(&mut self, event: Arc<Event>) {
+        self.bytes += event.weight();
+        self.events.push_back(event);
+        while self.bytes > self.max_bytes || self.events.len() > self.max_events {
+            let Some(old) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= old.weight();
+            self.complete_from = old.seq + 1;
+        }
+    }
+
+    /// Events with a sequence above `after` and at most `upto`, at most
+    /// `limit` of them.
+    pub fn after(&self, after: u64, upto: u64, limit: usize) -> Slice {
+        if after.saturating_add(1) < self.complete_from {
+            return Slice::Missing {
+                until: self.complete_from,
+            };
+        }
+        let start = self.events.partition_point(|e| e.seq <= after);
+        Slice::Events(
+            self.events
+                .range(start..)
+                .take_while(|e| e.seq <= upto)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Events held.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether no event is held.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::event::EncodeContext;
+
+    fn ev(seq: u64) -> Arc<Event> {
+        let ctx = EncodeContext {
+            topic: "t".into(),
+            epoch: "e".into(),
+            max_event_bytes: 100,
+        };
+        Arc::new(Event::encode(
+            &ctx,
+            seq,
+            "t",
+            SystemTime::UNIX_EPOCH,
+            None,
+            b"x",
+        ))
+    }
+
+    fn seqs(slice: Slice) -> Vec<u64> {
+        match slice {
+            Slice::Events(v) => v.iter().map(|e| e.seq).collect(),
+            Slice::Missing { until } => panic!("missing until {until}"),
+        }
+    }
+
+    #[test]
+    fn serves_from_memory_when_complete() {
+        let mut h = History::new(5, usize::MAX, 3);
+        for s in [5, 6, 8, 9] {
+            h.push(ev(s));
+        }
+        // 5 was dropped by the count bound: complete from 6.
+        assert!(matches!(h.after(4, 100, 10), Slice::Missing { until: 6 }));
+        assert_eq!(seqs(h.after(5, 100, 10)), vec![6, 8, 9]);
+        assert_eq!(seqs(h.after(6, 100, 10)), vec![8, 9]);
+        assert_eq!(seqs(h.after(6, 8, 10)), vec![8]);
+        assert_eq!(seqs(h.after(5, 100, 2)), vec![6, 8]);
+        assert_eq!(seqs(h.after(9, 100, 10)), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn byte_bound_holds() {
+        let one = ev(1).weight();
+        let mut h = History::new(1, one * 2, usize::MAX);
+        for s in 1..=9 {
+            h.push(ev(s));
+        }
+        assert_eq!(h.len(), 2);
+        assert!(h.bytes() <= one * 2);
+        assert!(matches!(h.after(6, 100, 10), Slice::Missing { until: 8 }));
+    }
+
+    #[test]
+    fn zero_capacity_always_reads_jetstream() {
+        let mut h = History::new(1, usize::MAX, 0);
+        h.push(ev(1));
+        h.push(ev(2));
+        assert!(h.is_empty());
+        assert!(matches!(h.after(0, 100, 10), Slice::Missing { until: 3 }));
+        assert_eq!(seqs(h.after(2, 100, 10)), Vec::<u64>::new());
+    }
+}

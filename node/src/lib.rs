@@ -1,0 +1,206 @@
+//! `sse-node`: Server-Sent Events from NATS JetStream, resumable on any node.
+//!
+//! The path of an event through a node, file by file:
+//!
+//! - [`feed`]: one JetStream reader per topic receives it, [`event`] encodes
+//!   it once as an SSE frame;
+//! - [`history`]: the topic's recent events are held in memory for resumes;
+//! - [`topics`]: which topics exist, discovered from JetStream;
+//! - [`subscriber`]: each client's stream catches up (memory or JetStream),
+//!   then fans out live events from the topic's broadcast;
+//! - [`http`]: the endpoints, request validation and error bodies.
+//!
+//! Around them: [`config`], [`metrics`], [`node`] (shared state and
+//! readiness), [`report`] (the cluster view) and [`telemetry`] (logs).
+//! [`run`] wires them together; `main.rs` only loads the config and calls it.
+
+pub mod config;
+pub mod event;
+pub mod feed;
+pub mod history;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod report;
+pub mod subscriber;
+pub mod telemetry;
+pub mod topics;
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::{ConnectOptions, Event as NatsEvent, jetstream};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{config::Config, feed::FeedSettings, metrics::Metrics, node::Node, topics::Topics};
+
+/// Why the node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Binding or serving HTTP failed.
+    #[error("http server failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The NATS client could not be created.
+    #[error("cannot set up the nats client for {url}: {reason}")]
+    Nats {
+        /// The configured URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Extra time, after the drain window, for the HTTP server to close.
+const SERVER_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs a node on `listener` until `shutdown` is cancelled and the drain is
+/// over.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let metrics = Arc::new(Metrics::new());
+    let (connected_tx, mut connected_rx) = watch::channel(false);
+    let reconnects = metrics.nats_reconnects.clone();
+    let addrs = config
+        .nats
+        .server_addrs()
+        .map_err(|reason| NodeError::Nats {
+            url: config.nats.url.clone(),
+            reason,
+        })?;
+    let client = ConnectOptions::new()
+        .name(&config.nats.connection_name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((100 * attempt as u64).min(2000))
+        })
+        .event_callback(move |event| {
+            let connected_tx = connected_tx.clone();
+            let reconnects = reconnects.clone();
+            async move {
+                match event {
+                    NatsEvent::Connected => {
+                        if connected_tx.send_replace(true) {
+                            // Already connected: nothing changed.
+                        } else {
+                            info!("connected to nats");
+                        }
+                        reconnects.inc();
+                    }
+                    NatsEvent::Disconnected => {
+                        connected_tx.send_replace(false);
+                        warn!("disconnected from nats");
+                    }
+                    other => info!(event = %other, "nats event"),
+                }
+            }
+        })
+        .connect(addrs)
+        .await
+        .map_err(|e| NodeError::Nats {
+            url: config.nats.url.clone(),
+            reason: e.to_string(),
+        })?;
+    let js = jetstream::new(client.clone());
+    let settings = FeedSettings {
+        subject_prefix: config.nats.subject_prefix.clone(),
+        max_bytes: config.history.max_bytes_per_topic,
+        max_events: config.history.max_events_per_topic,
+        warm_events: config.history.warm_events,
+        client_queue_events: config.delivery.client_queue_events,
+        max_event_bytes: config.delivery.max_event_bytes,
+    };
+    let topics = Topics::new(js.clone(), settings, metrics.clone());
+    let local = listener.local_addr()?;
+    let address = if config.cluster.advertise_address.is_empty() {
+        local.to_string()
+    } else {
+        config.cluster.advertise_address.clone()
+    };
+    let id = node_id(local.port());
+    let node = Node::new(id, config.clone(), metrics, js, topics.clone(), shutdown.clone());
+    info!(node = node.id(), %address, "node starting");
+
+    // The first Connected event counts as a connection, not a reconnection.
+    node.metrics().nats_reconnects.reset();
+    let background = CancellationToken::new();
+    {
+        let node = node.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let connected = *connected_rx.borrow_and_update();
+                node.set_nats_connected(connected);
+                if connected && first {
+                    first = false;
+                    node.metrics().nats_reconnects.reset();
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = connected_rx.changed() => if changed.is_err() { break },
+                }
+            }
+        });
+    }
+    {
+        let node_for_latch = node.clone();
+        let refresh = Duration::from_secs(config.nats.topic_refresh_seconds);
+        tokio::spawn(topics.watch(client.clone(), refresh, background.clone(), move || {
+            node_for_latch.set_topics_loaded()
+        }));
+    }
+    tokio::spawn(report::report_loop(
+        node.clone(),
+        address,
+        background.clone(),
+    ));
+
+    let server_stop = CancellationToken::new();
+    let serve = axum::serve(listener, http::router(node.clone()))
+        .with_graceful_shutdown(server_stop.clone().cancelled_owned());
+    let serving = tokio::spawn(async move { serve.await });
+
+    shutdown.cancelled().await;
+    node.set_draining();
+    let drain = config.drain();
+    info!(connections = node.connections(), drain_seconds = drain.as_secs(), "draining");
+    let deadline = tokio::time::Instant::now() + drain;
+    while node.connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    background.cancel();
+    server_stop.cancel();
+    match tokio::time::timeout(SERVER_CLOSE_GRACE, serving).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => warn!(error = %join, "http server task failed"),
+        Err(_) => warn!("http server did not close in time; exiting anyway"),
+    }
+    // Give the report loop a moment to remove this node from the view.
+    let _ = tokio::time::timeout(Duration::from_millis(500), client.flush()).await;
+    info!("node stopped");
+    Ok(())
+}
+
+/// A node id that stays readable in the cluster view and is unique per
+/// process: host name, port and a random suffix.
+fn node_id(port: u16) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_else(|| "node".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .collect();
+    format!("{host}-{port}-{:06x}", fastrand::u32(..0xff_ffff))
+}

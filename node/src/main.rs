@@ -1,0 +1,85 @@
+//! The `sse-node` binary: load the config, set up logs, bind, run.
+//!
+//! Usage: `sse-node [--config PATH] [--check-config]`. `SSE_CONFIG` may name
+//! the file instead. A bad configuration prints every problem and exits 64.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use sse_node::{config::Config, run, telemetry};
+use tokio_util::sync::CancellationToken;
+
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let mut file: Option<PathBuf> = std::env::var_os("SSE_CONFIG").map(PathBuf::from);
+    let mut check_only = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" => match args.next() {
+                Some(path) => file = Some(PathBuf::from(path)),
+                None => {
+                    eprintln!("--config needs a path");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+            "--check-config" => check_only = true,
+            "--version" => {
+                println!("sse-node {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}; usage: sse-node [--config PATH] [--check-config]");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    let config = match Config::load(file.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if check_only {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&config.http.listen).await {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::error!(listen = %config.http.listen, %error, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        match run(config, listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "node failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

@@ -1,0 +1,171 @@
+//! Every metric the node exports, with its help text.
+//!
+//! Labels stay bounded: a topic name (created through admin), a close reason,
+//! a replay source, a status code. Never a client, a subject path or an IP.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The node's metrics, registered in their own registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Open SSE streams.
+    pub clients_connected: IntGauge,
+    /// Streams opened.
+    pub connections_opened: IntCounter,
+    /// Streams closed, by reason.
+    pub connections_closed: IntCounterVec,
+    /// Events written to clients (live and replayed).
+    pub events_delivered: IntCounter,
+    /// Events replayed on resume, by source (`memory`, `jetstream`).
+    pub replay_events: IntCounterVec,
+    /// Time from a resume's start to the end of its replay.
+    pub replay_duration: Histogram,
+    /// Time from the JetStream timestamp to the write to a client.
+    pub delivery_lag: Histogram,
+    /// 1 while connected to NATS.
+    pub nats_connected: IntGauge,
+    /// Reconnections to NATS.
+    pub nats_reconnects: IntCounter,
+    /// Requests refused, by status.
+    pub requests_rejected: IntCounterVec,
+    /// `reset` events sent.
+    pub reset_events: IntCounter,
+    /// Heartbeat comments written.
+    pub heartbeats: IntCounter,
+    /// Events that could not be sent as is, by reason.
+    pub invalid_events: IntCounterVec,
+    /// Bytes held by each topic's recent-event memory.
+    pub history_bytes: IntGaugeVec,
+    /// Open streams per topic.
+    pub topic_subscribers: IntGaugeVec,
+    /// Events read from JetStream by the per-topic feeds.
+    pub feed_events: IntCounterVec,
+    /// Errors reported by the per-topic JetStream readers.
+    pub feed_errors: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique");
+            g
+        };
+        let gauge_vec = |name: &str, help: &str, label: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique");
+            h
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new("sse_build_info", "Build of this node; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
+            .expect("unique metric");
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        Self {
+            clients_connected: gauge("sse_clients_connected", "Open SSE streams."),
+            connections_opened: counter("sse_connections_opened_total", "SSE streams opened."),
+            connections_closed: counter_vec(
+                "sse_connections_closed_total",
+                "SSE streams closed, by reason.",
+                "reason",
+            ),
+            events_delivered: counter(
+                "sse_events_delivered_total",
+                "Events written to clients, live and replayed.",
+            ),
+            replay_events: counter_vec(
+                "sse_replay_events_total",
+                "Events replayed to resuming clients, by source.",
+                "source",
+            ),
+            replay_duration: histogram(
+                "sse_replay_duration_seconds",
+                "Time from a resume's start to the end of its replay.",
+                latency_buckets.clone(),
+            ),
+            delivery_lag: histogram(
+                "sse_delivery_lag_seconds",
+                "Time from the JetStream timestamp to the write to a client.",
+                latency_buckets,
+            ),
+            nats_connected: gauge("sse_nats_connected", "1 while connected to NATS."),
+            nats_reconnects: counter("sse_nats_reconnects_total", "Reconnections to NATS."),
+            requests_rejected: counter_vec(
+                "sse_requests_rejected_total",
+                "Stream requests refused, by HTTP status.",
+                "status",
+            ),
+            reset_events: counter("sse_reset_events_total", "reset events sent to clients."),
+            heartbeats: counter("sse_heartbeats_total", "Heartbeat comments written."),
+            invalid_events: counter_vec(
+                "sse_invalid_events_total",
+                "Events that could not be sent as is and became invalid events, by reason.",
+                "reason",
+            ),
+            history_bytes: gauge_vec(
+                "sse_history_bytes",
+                "Bytes of recent events held in memory, per topic.",
+                "topic",
+            ),
+            topic_subscribers: gauge_vec(
+                "sse_topic_subscribers",
+                "Open SSE streams per topic.",
+                "topic",
+            ),
+            feed_events: counter_vec(
+                "sse_feed_events_total",
+                "Events read from JetStream by the per-topic feeds.",
+                "topic",
+            ),
+            feed_errors: counter_vec(
+                "sse_feed_errors_total",
+                "Errors reported by the per-topic JetStream readers, by kind.",
+                "kind",
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

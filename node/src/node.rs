@@ -1,0 +1,176 @@
+//! The node's shared state: a cheap clone handed to every request.
+//!
+//! Readiness is a set of latches: NATS connected, topics loaded, not
+//! draining. `/readyz` answers 200 only while all three hold.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+};
+
+use async_nats::jetstream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Config, metrics::Metrics, topics::Topics};
+
+/// Shared state of one running node.
+#[derive(Clone)]
+pub struct Node(Arc<Inner>);
+
+struct Inner {
+    id: String,
+    config: Config,
+    metrics: Arc<Metrics>,
+    jetstream: jetstream::Context,
+    topics: Topics,
+    jetstream_reads: Arc<Semaphore>,
+    connections: AtomicUsize,
+    nats_connected: AtomicBool,
+    topics_loaded: AtomicBool,
+    draining: AtomicBool,
+    shutdown: CancellationToken,
+}
+
+/// Why the node is not ready, as shown by `/readyz`.
+#[derive(Debug, serde::Serialize)]
+pub struct Readiness {
+    /// Connected to NATS.
+    pub nats_connected: bool,
+    /// The first listing of topics succeeded.
+    pub topics_loaded: bool,
+    /// Shutting down.
+    pub draining: bool,
+}
+
+impl Readiness {
+    /// Whether every latch holds.
+    pub fn ready(&self) -> bool {
+        self.nats_connected && self.topics_loaded && !self.draining
+    }
+}
+
+impl Node {
+    /// Assembles the shared state.
+    pub fn new(
+        id: String,
+        config: Config,
+        metrics: Arc<Metrics>,
+        jetstream: jetstream::Context,
+        topics: Topics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let reads = config.history.max_concurrent_jetstream_reads;
+        Self(Arc::new(Inner {
+            id,
+            config,
+            metrics,
+            jetstream,
+            topics,
+            jetstream_reads: Arc::new(Semaphore::new(reads)),
+            connections: AtomicUsize::new(0),
+            nats_connected: AtomicBool::new(false),
+            topics_loaded: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            shutdown,
+        }))
+    }
+
+    /// This node's id in the cluster view.
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.0.jetstream
+    }
+
+    /// The topic registry.
+    pub fn topics(&self) -> &Topics {
+        &self.0.topics
+    }
+
+    /// Cancelled when the node starts shutting down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.0.shutdown.clone()
+    }
+
+    /// Waits for a slot to read JetStream for a resume.
+    pub async fn jetstream_read_permit(&self) -> OwnedSemaphorePermit {
+        self.0
+            .jetstream_reads
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Takes a connection slot, unless the node is full.
+    pub fn try_open_connection(&self) -> bool {
+        let max = self.0.config.http.max_connections;
+        let taken = self
+            .0
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            self.0.metrics.clients_connected.inc();
+            self.0.metrics.connections_opened.inc();
+        }
+        taken
+    }
+
+    /// Gives a connection slot back.
+    pub fn connection_closed(&self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.clients_connected.dec();
+    }
+
+    /// Open SSE streams.
+    pub fn connections(&self) -> usize {
+        self.0.connections.load(Ordering::Acquire)
+    }
+
+    /// Records the NATS connection state.
+    pub fn set_nats_connected(&self, connected: bool) {
+        self.0.nats_connected.store(connected, Ordering::Release);
+        self.0.metrics.nats_connected.set(i64::from(connected));
+    }
+
+    /// Latches "topics loaded".
+    pub fn set_topics_loaded(&self) {
+        self.0.topics_loaded.store(true, Ordering::Release);
+    }
+
+    /// Latches "draining".
+    pub fn set_draining(&self) {
+        self.0.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Ordering::Acquire)
+    }
+
+    /// The readiness latches.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            nats_connected: self.0.nats_connected.load(Ordering::Acquire),
+            topics_loaded: self.0.topics_loaded.load(Ordering::Acquire),
+            draining: self.is_draining(),
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! Where events are written to a client: one SSE stream per connection.
+//!
+//! A stream goes through two phases.
+//!
+//! 1. **Catch-up.** For each topic, the client's position is brought up to
+//!    the feed's head at the moment the client attached: from node memory
+//!    when the history reaches back far enough, otherwise from JetStream
+//!    through a short-lived ordered consumer, behind a semaphore that caps
+//!    concurrent reads. History that is gone yields one `reset` event.
+//! 2. **Live.** Events from the topics' broadcast channels, which have been
+//!    buffering since the client attached. A client that falls more than
+//!    `delivery.client_queue_events` behind is disconnected (`slow`) and
+//!    resumes from its last id when it reconnects.
+//!
+//! Per topic the client keeps `pos`: every event of that topic up to `pos`
+//! has been delivered or did not match the subscription. Events at or below
+//! `pos` are never written again, which is what makes resume exact.
+//!
+//! The stream ends on shutdown (at a random moment in the drain window, with
+//! a `retry:` hint), at the end of its lifetime if one is configured, when a
+//! topic's feed closes, or when the client goes away.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull::OrderedConfig},
+};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{FutureExt, Stream, StreamExt, stream::SelectAll};
+use sse_protocol::{SubjectPath, TopicName, cursor::write_position};
+use tokio::{
+    sync::{OwnedSemaphorePermit, broadcast},
+    time::{Instant, Interval, MissedTickBehavior},
+};
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+use tracing::{debug, warn};
+
+use crate::{
+    event::{EncodeContext, Event, MARKER_HEADER},
+    feed::{Feed, stream_epoch},
+    history::Slice,
+    node::Node,
+};
+
+/// Most bytes gathered into one write.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Most events taken from memory per step of catch-up.
+const MEMORY_CHUNK: usize = 512;
+
+/// One topic of a subscription.
+pub struct TopicRequest {
+    /// The topic.
+    pub topic: TopicName,
+    /// The paths asked for within it.
+    pub patterns: Vec<SubjectPath>,
+    /// Where the client says it stands, if it gave an id naming this topic.
+    pub resume: Option<(String, u64)>,
+}
+
+struct ClientTopic {
+    feed: Arc<Feed>,
+    patterns: Vec<SubjectPath>,
+    pos: u64,
+    catch_up_to: u64,
+    reset_sent: bool,
+    ctx: EncodeContext,
+}
+
+impl ClientTopic {
+    fn matches(&self, path: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(path))
+    }
+
+    /// Subject filters for a JetStream read. Several patterns may overlap,
+    /// which JetStream refuses, so they fall back to the whole topic and
+    /// are filtered here.
+    fn filters(&self, prefix: &str) -> Vec<String> {
+        match self.patterns.as_slice() {
+            [one] => vec![one.nats_subject(prefix)],
+            _ => self.feed.topic.stream_subjects(prefix),
+        }
+    }
+}
+
+type LiveItem = (usize, Option<Result<Arc<Event>, BroadcastStreamRecvError>>);
+type LiveStream = Pin<Box<dyn Stream<Item = LiveItem> + Send>>;
+
+/// Why a stream ended; the label of `sse_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client went away.
+    Client,
+    /// The client fell too far behind.
+    Slow,
+    /// The node is shutting down.
+    Shutdown,
+    /// The configured connection lifetime passed.
+    Lifetime,
+    /// A topic was deleted or recreated.
+    TopicClosed,
+    /// Reading JetStream failed during catch-up.
+    Error,
+}
+
+impl CloseReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Slow => "slow",
+            Self::Shutdown => "shutdown",
+            Self::Lifetime => "lifetime",
+            Self::TopicClosed => "topic_closed",
+            Self::Error => "error",
+        }
+    }
+}
+
+enum Work {
+    CatchUp(Result<(), CloseReason>),
+    Live(Option<LiveItem>),
+}
+
+enum Wake {
+    Shutdown,
+    Deadline,
+    Heartbeat,
+    Work(Work),
+}
+
+struct JetStreamRead {
+    messages: jetstream::consumer::pull::Ordered,
+    end: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The state of one client's SSE stream.
+pub struct ClientStream {
+    node: Node,
+    topics: Vec<ClientTopic>,
+    single_topic: bool,
+    prelude: Option<Bytes>,
+    catching_up: usize,
+    jetstream_read: Option<JetStreamRead>,
+    catch_up_started: Instant,
+    live: SelectAll<LiveStream>,
+    heartbeat: Option<Interval>,
+    wrote_since_heartbeat: bool,
+    close_at: Option<(Instant, CloseReason)>,
+    lifetime_end: Option<Instant>,
+    done: bool,
+    reason: CloseReason,
+}
+
+impl ClientStream {
+    /// Attaches to every topic's feed and prepares the first bytes: a
+    /// comment, the `retry:` hint, any `reset` events, and the id-only frame
+    /// carrying the client's cursor.
+    pub fn open(node: Node, requests: Vec<(TopicRequest, Arc<Feed>)>) -> Self {
+        let config = node.config();
+        let mut prelude = BytesMut::with_capacity(256);
+        prelude.put_slice(b": ok\n\n");
+        let retry = config.http.retry_ms + fastrand::u64(0..=config.http.retry_jitter_ms);
+        prelude.put_slice(format!("retry: {retry}\n\n").as_bytes());
+        let mut topics = Vec::with_capacity(requests.len());
+        let mut resets = Vec::new();
+        let mut live = SelectAll::new();
+        for (index, (request, feed)) in requests.into_iter().enumerate() {
+            let attachment = feed.attach();
+            let (pos, catch_up_to, reset_sent) = match &request.resume {
+                None => (attachment.head, attachment.head, false),
+                Some((epoch, seq)) if *epoch == attachment.epoch => {
+                    (*seq, attachment.head.max(*seq), false)
+                }
+                Some((old_epoch, old_seq)) => {
+                    // Another incarnation of the stream: its sequences mean
+                    // nothing here. Say so, then start from the oldest held.
+                    resets.push(serde_json::json!({
+                        "topic": feed.topic.as_str(),
+                        "reason": "stream_recreated",
+                        "old_epoch": old_epoch,
+                        "last_seen": old_seq,
+                        "lost_from": null,
+                        "lost_to": null,
+                        "resume_from": 1,
+                    }));
+                    (0, attachment.head, true)
+                }
+            };
+            live.push(live_stream(index, attachment.receiver));
+            node.metrics()
+                .topic_subscribers
+                .with_label_values(&[feed.topic.as_str()])
+                .inc();
+            let ctx = EncodeContext {
+                topic: feed.topic.to_string(),
+                epoch: feed.epoch.clone(),
+                max_event_bytes: config.delivery.max_event_bytes,
+            };
+            topics.push(ClientTopic {
+                feed,
+                patterns: request.patterns,
+                pos,
+                catch_up_to,
+                reset_sent,
+                ctx,
+            });
+        }
+        let single_topic = topics.len() == 1;
+        let mut stream = Self {
+            heartbeat: Some(heartbeat_interval(config.heartbeat())),
+            lifetime_end: (config.http.max_connection_lifetime_seconds > 0).then(|| {
+                let base = Duration::from_secs(config.http.max_connection_lifetime_seconds);
+                Instant::now() + base + base.mul_f64(fastrand::f64() * 0.2)
+            }),
+            node,
+            topics,
+            single_topic,
+            prelude: None,
+            catching_up: 0,
+            jetstream_read: None,
+            catch_up_started: Instant::now(),
+            live,
+            wrote_since_heartbeat: true,
+            close_at: None,
+            done: false,
+            reason: CloseReason::Client,
+        };
+        for reset in &resets {
+            stream.node.metrics().reset_events.inc();
+            write_reset_body(&mut prelude, reset);
+            stream.write_cursor(&mut prelude);
+        }
+        if resets.is_empty() {
+            // The id-only frame: the browser takes it as lastEventId without
+            // firing an event, so even a client that gets no event before
+            // its node dies resumes from the moment it connected.
+            stream.write_cursor(&mut prelude);
+        }
+        stream.prelude = Some(prelude.freeze());
+        stream
+    }
+
+    /// Turns the state into the byte stream of the response body.
+    pub fn into_body_stream(self) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
+        futures_util::stream::unfold(self, |mut state| async move {
+            state.next_chunk().await.map(|bytes| (Ok(bytes), state))
+        })
+    }
+
+    fn write_cursor(&self, out: &mut BytesMut) {
+        out.put_slice(b"id: ");
+        self.write_id_value(out);
+        out.put_slice(b"\n\n");
+    }
+
+    fn write_id_value(&self, out: &mut BytesMut) {
+        let mut text = String::with_capacity(48 * self.topics.len());
+        for (i, t) in self.topics.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            let _ = write_position(&mut text, t.feed.topic.as_str(), &t.feed.epoch, t.pos);
+        }
+        out.put_slice(text.as_bytes());
+    }
+
+    /// Writes an event if it is new for this client and matches; returns
+    /// whether it was written.
+    fn deliver(&mut self, index: usize, event: &Event, out: &mut BytesMut) -> bool {
+        let topic = &mut self.topics[index];
+        if event.seq <= topic.pos {
+            return false;
+        }
+        topic.pos = event.seq;
+        if !topic.matches(&event.path) {
+            return false;
+        }
+        if self.single_topic {
+            out.put_slice(&event.frame);
+        } else {
+            out.put_slice(&event.frame[..event.body_len]);
+            out.put_slice(b"id: ");
+            self.write_id_value(out);
+            out.put_slice(b"\n\n");
+        }
+        true
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(prelude) = self.prelude.take() {
+            return Some(prelude);
+        }
+        loop {
+            if self.done {
+                return None;
+            }
+            let shutdown = self.node.shutdown_token();
+            let draining = self.close_at.is_some();
+            let close_at = self.close_at.or(self.lifetime_end.map(|t| (t, CloseReason::Lifetime)));
+            let deadline = close_at.map(|(t, _)| t);
+            let catching_up = self.catching_up < self.topics.len();
+            let mut out = BytesMut::new();
+            let mut heartbeat = self.heartbeat.take().expect("heartbeat is put back after each wait");
+            let wake = {
+                let work = async {
+                    if catching_up {
+                        Work::CatchUp(self.catch_up_step(&mut out).await)
+                    } else {
+                        Work::Live(self.live.next().await)
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled(), if !draining => Wake::Shutdown,
+                    _ = sleep_until_opt(deadline), if deadline.is_some() => Wake::Deadline,
+                    _ = heartbeat.tick() => Wake::Heartbeat,
+                    work = work => Wake::Work(work),
+                }
+            };
+            self.heartbeat = Some(heartbeat);
+            match wake {
+                Wake::Shutdown => {
+                    let window = self.node.config().drain().mul_f64(0.9 * fastrand::f64());
+                    self.close_at = Some((Instant::now() + window, CloseReason::Shutdown));
+                    continue;
+                }
+                Wake::Deadline => {
+                    let reason = close_at.map(|(_, r)| r).unwrap_or(CloseReason::Shutdown);
+                    return Some(self.finish(reason));
+                }
+                Wake::Heartbeat => {
+                    if !self.wrote_since_heartbeat {
+                        self.node.metrics().heartbeats.inc();
+                        return Some(Bytes::from_static(b": hb\n\n"));
+                    }
+                    self.wrote_since_heartbeat = false;
+                    continue;
+                }
+                Wake::Work(Work::CatchUp(Err(reason))) => return Some(self.finish(reason)),
+                Wake::Work(Work::CatchUp(Ok(()))) => {}
+                Wake::Work(Work::Live(item)) => {
+                    if let Err(reason) = self.live_batch(item, &mut out) {
+                        return Some(self.finish(reason));
+                    }
+                }
+            }
+            if !out.is_empty() {
+                self.wrote_since_heartbeat = true;
+                return Some(out.freeze());
+            }
+        }
+    }
+
+    fn finish(&mut self, reason: CloseReason) -> Bytes {
+        self.done = true;
+        self.reason = reason;
+        let config = self.node.config();
+        let retry = config.http.retry_ms.min(1000) + fastrand::u64(0..=config.http.retry_jitter_ms);
+        Bytes::from(format!("retry: {retry}\n\n"))
+    }
+
+    fn live_batch(&mut self, first: Option<LiveItem>, out: &mut BytesMut) -> Result<(), CloseReason> {
+        let mut item = first;
+        let mut delivered = 0u64;
+        let mut oldest: Option<SystemTime> = None;
+        loop {
+            match item {
+                None => return Err(CloseReason::TopicClosed),
+                Some((_, None)) => return Err(CloseReason::TopicClosed),
+                Some((_, Some(Err(BroadcastStreamRecvError::Lagged(missed))))) => {
+                    debug!(missed, "client too slow; disconnecting");
+                    return Err(CloseReason::Slow);
+                }
+                Some((index, Some(Ok(event)))) => {
+                    if self.deliver(index, &event, out) {
+                        delivered += 1;
+                        oldest.get_or_insert(event.published);
+                    }
+                }
+            }
+            if out.len() >= BATCH_BYTES {
+                break;
+            }
+            match self.live.next().now_or_never() {
+                Some(next) => item = next,
+                None => break,
+            }
+        }
+        if delivered > 0 {
+            let metrics = self.node.metrics();
+            metrics.events_delivered.inc_by(delivered);
+            if let Some(published) = oldest
+                && let Ok(lag) = SystemTime::now().duration_since(published)
+            {
+                metrics.delivery_lag.observe(lag.as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+
+    /// One step of catch-up: some events from memory or JetStream, or the
+    /// set-up of a JetStream read. Ends the phase when every topic is done.
+    async fn catch_up_step(&mut self, out: &mut BytesMut) -> Result<(), CloseReason> {
+        let index = self.catching_up;
+        if self.jetstream_read.is_some() {
+            return self.jetstream_batch(out).await;
+        }
+        let topic = &self.topics[index];
+        if topic.pos >= topic.catch_up_to {
+            self.catching_up += 1;
+            if self.catching_up == self.topics.len() {
+                let replayed = self.catch_up_started.elapsed();
+                self.node
+                    .metrics()
+                    .replay_duration
+                    .observe(replayed.as_secs_f64());
+            }
+            return Ok(());
+        }
+        match topic.feed.history_after(topic.pos, topic.catch_up_to, MEMORY_CHUNK) {
+            Slice::Events(events) => {
+                let last = events.last().map(|e| e.seq).unwrap_or(topic.catch_up_to);
+                let mut delivered = 0;
+                for event in &events {
+                    if self.deliver(index, event, out) {
+                        delivered += 1;
+                    }
+                }
+                let topic = &mut self.topics[index];
+                topic.pos = topic.pos.max(last);
+                if events.len() < MEMORY_CHUNK {
+                    topic.pos = topic.pos.max(topic.catch_up_to);
+                }
+                self.count_replay("memory", delivered);
+                Ok(())
+            }
+            Slice::Missing { until } => self.start_jetstream_read(index, until, out).await,
+        }
+    }
+
+    async fn start_jetstream_read(
+        &mut self,
+        index: usize,
+        until: u64,
+        out: &mut BytesMut,
+    ) -> Result<(), CloseReason> {
+        let permit = self.node.jetstream_read_permit().await;
+        let js = self.node.jetstream();
+        let topic = &self.topics[index];
+        let stream = match js.get_stream(topic.feed.stream_name()).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                warn!(topic = %topic.feed.topic, %error, "cannot read stream for resume");
+                return Err(CloseReason::Error);
+            }
+        };
+        let info = stream.cached_info();
+        if stream_epoch(info) != topic.feed.epoch {
+            return Err(CloseReason::TopicClosed);
+        }
+        let first = info.state.first_sequence;
+        if first > topic.pos + 1 && !topic.reset_sent {
+            let data = serde_json::json!({
+                "topic": topic.feed.topic.as_str(),
+                "reason": "history_gone",
+                "last_seen": topic.pos,
+                "lost_from": topic.pos + 1,
+                "lost_to": first - 1,
+                "resume_from": first,
+            });
+            self.node.metrics().reset_events.inc();
+            let topic = &mut self.topics[index];
+            topic.pos = first - 1;
+            topic.reset_sent = true;
+            write_reset_body(out, &data);
+            self.write_cursor(out);
+        }
+        let topic = &mut self.topics[index];
+        topic.reset_sent = true;
+        let end = until.saturating_sub(1).min(topic.catch_up_to);
+        if topic.pos >= end {
+            topic.pos = topic.pos.max(end);
+            return Ok(());
+        }
+        let prefix = self.node.config().nats.subject_prefix.clone();
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: topic.pos + 1,
+                },
+                filter_subjects: topic.filters(&prefix),
+                ..Default::default()
+            })
+            .await;
+        let consumer = match consumer {
+            Ok(c) => c,
+            Err(error) => {
+                warn!(topic = %topic.feed.topic, %error, "cannot create resume consumer");
+                return Err(CloseReason::Error);
+            }
+        };
+        if consumer.cached_info().num_pending == 0 {
+            topic.pos = end;
+            return Ok(());
+        }
+        match consumer.messages().await {
+            Ok(messages) => {
+                self.jetstream_read = Some(JetStreamRead {
+                    messages,
+                    end,
+                    _permit: permit,
+                });
+                Ok(())
+            }
+            Err(error) => {
+                warn!(topic = %topic.feed.topic, %error, "cannot read resume consumer");
+                Err(CloseReason::Error)
+            }
+        }
+    }
+
+    async fn jetstream_batch(&mut self, out: &mut BytesMut) -> Result<(), CloseReason> {
+        let index = self.catching_up;
+        let mut delivered = 0;
+        let mut finished = false;
+        let mut first = true;
+        while out.len() < BATCH_BYTES {
+            let Some(read) = self.jetstream_read.as_mut() else {
+                break;
+            };
+            let item = if first {
+                first = false;
+                read.messages.next().await
+            } else {
+                match read.messages.next().now_or_never() {
+                    Some(item) => item,
+                    None => break,
+                }
+            };
+            let end = read.end;
+            let message = match item {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    warn!(%error, "resume read error");
+                    continue;
+                }
+                None => return Err(CloseReason::Error),
+            };
+            let Ok(info) = message.info() else {
+                continue;
+            };
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let published = SystemTime::from(info.published);
+            if seq > end {
+                finished = true;
+                break;
+            }
+            let is_marker = message
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(MARKER_HEADER).is_some());
+            if !is_marker {
+                let topic = &self.topics[index];
+                let prefix_len = self.node.config().nats.subject_prefix.len() + 1;
+                let path = message.subject.as_str().get(prefix_len..).unwrap_or_default();
+                let event = Event::encode(
+                    &topic.ctx,
+                    seq,
+                    path,
+                    published,
+                    message.headers.as_ref(),
+                    &message.payload,
+                );
+                if self.deliver(index, &event, out) {
+                    delivered += 1;
+                }
+            }
+            let topic = &mut self.topics[index];
+            topic.pos = topic.pos.max(seq);
+            if seq >= end || pending == 0 {
+                finished = true;
+                break;
+            }
+        }
+        self.count_replay("jetstream", delivered);
+        if finished {
+            if let Some(read) = self.jetstream_read.take() {
+                let topic = &mut self.topics[index];
+                topic.pos = topic.pos.max(read.end);
+            }
+        }
+        Ok(())
+    }
+
+    fn count_replay(&self, source: &str, delivered: u64) {
+        if delivered > 0 {
+            let metrics = self.node.metrics();
+            metrics
+                .replay_events
+                .with_label_values(&[source])
+                .inc_by(delivered);
+            metrics.events_delivered.inc_by(delivered);
+        }
+    }
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        let metrics = self.node.metrics();
+        for topic in &self.topics {
+            metrics
+                .topic_subscribers
+                .with_label_values(&[topic.feed.topic.as_str()])
+                .dec();
+        }
+        metrics
+            .connections_closed
+            .with_label_values(&[self.reason.as_str()])
+            .inc();
+        self.node.connection_closed();
+        debug!(reason = self.reason.as_str(), "client disconnected");
+    }
+}
+
+fn live_stream(index: usize, receiver: broadcast::Receiver<Arc<Event>>) -> LiveStream {
+    Box::pin(
+        BroadcastStream::new(receiver)
+            .map(move |item| (index, Some(item)))
+            .chain(futures_util::stream::once(async move { (index, None) })),
+    )
+}
+
+fn write_reset_body(out: &mut BytesMut, data: &serde_json::Value) {
+    out.put_slice(b"event: reset\ndata: ");
+    out.put_slice(data.to_string().as_bytes());
+    out.put_u8(b'\n');
+}
+
+fn heartbeat_interval(period: Duration) -> Interval {
+    let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

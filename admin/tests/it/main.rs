@@ -3,12 +3,13 @@
 //!
 //! Modules: `support` (the NATS and admin harness), `topics` (life cycle
 //! and refusals), `auth`, `publish`, `nodes` (cluster view and metrics),
-//! `config` (the binary's `--check-config`) and `dashboard` (headless
-//! Chromium).
+//! `config` (the binary's `--check-config`) `dashboard` (headless
+//! Chromium) and `node_e2e` (publish through admin, read on a real node).
 
 mod auth;
 mod config;
 mod dashboard;
+mod node_e2e;
 mod nodes;
 mod publish;
 mod support;

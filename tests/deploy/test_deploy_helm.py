@@ -54,6 +54,7 @@ def test_values_match_schema(values_file):
     {"node": {"config": {"log": {"format": "xml"}}}},
     {"node": {"replicas": 3}},
     {"admin": {"config": {"admin": {"token": "in-a-configmap"}}}},
+    {"node": {"preStopSeconds": 0}},
 ])
 def test_schema_rejects_typos_and_misplaced_secrets(bad):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
@@ -321,3 +322,24 @@ def test_admin_config_schema_tracks_config_default_toml():
     schema = json.loads((CHART / "values.schema.json").read_text())
     admin_cfg = schema["properties"]["admin"]["properties"]["config"]["properties"]
     assert {s: set(p["properties"]) for s, p in admin_cfg.items()} == {s: set(k) for s, k in default.items()}
+
+
+@pytest.mark.parametrize("extra", [
+    {"admin": {"enabled": False}},
+    {"nats": {"config": {"jetstream": {"merge": None}}}},
+    {"node": {"config": {"shutdown": None}, "preStopSeconds": 1, "terminationGracePeriodSeconds": 12}},
+    {"node": {"topologySpreadConstraints": []}, "serviceAccount": {"create": False}},
+])
+def test_other_shapes_render_valid(extra):
+    objs = chart_objects(extra=extra)
+    validate_all(objs)
+    assert_node_deployment(one(objs, "Deployment", "-node"), node_toml(objs))
+    notes = render_chart(extra=extra)["sse-cluster/templates/NOTES.txt"]
+    assert "sync_interval" in notes
+
+
+def test_without_admin_nothing_admin_is_rendered():
+    objs = chart_objects(extra={"admin": {"enabled": False}})
+    assert not [o for o in objs if o["metadata"]["name"].endswith("-admin")]
+    assert not find(objs, "Secret")
+    assert "admin.toml" not in one(objs, "ConfigMap", "-config")["data"]

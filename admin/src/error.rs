@@ -49,6 +49,9 @@ pub enum Error {
         /// Bytes allowed.
         limit: u64,
     },
+    /// JetStream refused the event as larger than the topic allows.
+    #[error("event is larger than topic {0:?} allows")]
+    TooLargeForTopic(String),
     /// The request body is over the size limit.
     #[error("request body is too large")]
     BodyTooLarge,
@@ -81,7 +84,7 @@ impl Error {
             Error::TopicNotFound(_) => (StatusCode::NOT_FOUND, "topic_not_found"),
             Error::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             Error::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
-            Error::PayloadTooLarge { .. } | Error::BodyTooLarge => {
+            Error::PayloadTooLarge { .. } | Error::TooLargeForTopic(_) | Error::BodyTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
             Error::NatsUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable"),
@@ -100,9 +103,7 @@ impl Error {
             ErrorCode::STREAM_SUBJECT_OVERLAP => Error::BadRequest(format!(
                 "topic {topic:?}: its subjects overlap those of another stream"
             )),
-            ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => {
-                Error::PayloadTooLarge { size: 0, limit: 0 }
-            }
+            ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => Error::TooLargeForTopic(topic.to_owned()),
             ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED
             | ErrorCode::STREAM_REPLICAS_NOT_UPDATABLE
             | ErrorCode::INSUFFICIENT_RESOURCES
@@ -176,9 +177,6 @@ impl IntoResponse for Error {
             Error::NatsUnavailable(detail) => {
                 tracing::warn!(%detail, "nats unavailable");
                 "nats is unavailable; try again".to_owned()
-            }
-            Error::PayloadTooLarge { limit: 0, .. } => {
-                "event is larger than the topic allows".to_owned()
             }
             other => other.to_string(),
         };

@@ -42,7 +42,9 @@ pub const MAX_MSG_ID: usize = 128;
 /// How long cached stream facts are trusted without an advisory.
 pub const FACTS_TTL: Duration = Duration::from_secs(10);
 /// Publish attempts before giving up with 503.
-const PUBLISH_ATTEMPTS: u32 = 5;
+const PUBLISH_ATTEMPTS: u32 = 8;
+/// Pause between stream look-ups while NATS is unavailable.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Body of `POST /v1/topics/{name}/events`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -229,7 +231,19 @@ pub async fn publish_event(
             limit: config_limit,
         });
     }
-    let facts = state.stream_facts(&topic).await?;
+    // One time budget for the whole publish: while NATS reconnects or a
+    // leader is elected, the look-up and the publish are retried within it.
+    let deadline = Instant::now() + state.config.request_timeout();
+    let facts = loop {
+        match state.stream_facts(&topic).await {
+            Err(Error::NatsUnavailable(_))
+                if Instant::now() + RETRY_PAUSE < deadline && !state.shutdown.is_cancelled() =>
+            {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            other => break other?,
+        }
+    };
     if let Ok(stream_limit) = u64::try_from(facts.max_message_size)
         && stream_limit > 0
         && size > stream_limit
@@ -251,7 +265,8 @@ pub async fn publish_event(
         headers.insert(TRACEPARENT_HEADER, HeaderValue::from(tp.as_str()));
     }
     let subject = path.nats_subject(state.prefix());
-    let ack = publish_with_retry(&state, &topic, subject, headers, body.data.into()).await?;
+    let ack =
+        publish_with_retry(&state, &topic, deadline, subject, headers, body.data.into()).await?;
 
     let stream = topic.stream_name();
     let mut epoch = facts.epoch;
@@ -281,15 +296,32 @@ pub async fn publish_event(
 async fn publish_with_retry(
     state: &AppState,
     topic: &TopicName,
+    deadline: Instant,
     subject: String,
     headers: HeaderMap,
     payload: bytes::Bytes,
 ) -> Result<PublishAck, Error> {
+    // Retries stop at the attempt count or at the deadline, whichever comes
+    // first; an attempt under way may overrun the deadline by one time-out.
     let mut backoff = Duration::from_millis(50);
     let mut attempt = 1;
     loop {
-        let js = state.jetstream()?;
-        let result = match js
+        let may_retry = attempt < PUBLISH_ATTEMPTS
+            && Instant::now() + backoff < deadline
+            && !state.shutdown.is_cancelled();
+        if !state.nats_connected() {
+            // Reconnecting: wait for it within the same budget.
+            if may_retry {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                attempt += 1;
+                continue;
+            }
+            state.metrics.publish_failed("unavailable");
+            return Err(Error::NatsUnavailable("not connected to nats".to_owned()));
+        }
+        let result = match state
+            .jetstream
             .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
             .await
         {
@@ -307,7 +339,7 @@ async fn publish_with_retry(
                 | PublishErrorKind::BrokenPipe
                 | PublishErrorKind::MaxAckPending
         );
-        if retryable && attempt < PUBLISH_ATTEMPTS && !state.shutdown.is_cancelled() {
+        if retryable && may_retry {
             tracing::debug!(%topic, attempt, %err, "publish failed; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -337,7 +369,19 @@ async fn publish_with_retry(
             | PublishErrorKind::WrongLastMessageId
             | PublishErrorKind::WrongLastSequence => {
                 state.metrics.publish_failed("refused");
-                Error::Internal(format!("publish to topic {topic} refused: {err}"))
+                // JetStream's own refusal (e.g. over the topic's message
+                // size) is the source; map it like any JetStream answer.
+                match std::error::Error::source(&err)
+                    .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+                {
+                    Some(js) => match Error::from_jetstream(js, topic.as_str()) {
+                        Error::Internal(_) => {
+                            Error::Internal(format!("publish to topic {topic} refused: {js}"))
+                        }
+                        mapped => mapped,
+                    },
+                    None => Error::Internal(format!("publish to topic {topic} refused: {err}")),
+                }
             }
             PublishErrorKind::TimedOut
             | PublishErrorKind::BrokenPipe

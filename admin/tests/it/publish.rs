@@ -249,3 +249,37 @@ async fn bad_events_are_refused() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_waits_out_a_nats_restart() {
+    bounded(async {
+        let mut nats = NatsServer::start();
+        let admin =
+            Admin::start_with(test_config(&nats.url, "[nats]\nrequest_timeout_ms = 8000")).await;
+        admin.create_topic(json!({"name": "t"})).await;
+        let epoch = stream_epoch(&nats.jetstream().await, "t").await;
+        nats.stop();
+        let publish = admin.call(
+            "POST",
+            "/v1/topics/t/events",
+            Some(json!({"subject": "t.a", "data": "survives", "id": "restart-1"})),
+        );
+        let restart = async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            nats.restart();
+        };
+        let ((status, published), ()) = tokio::join!(publish, restart);
+        assert_eq!(status, 200, "{published}");
+        assert_eq!(published["id"], format!("t:{epoch}:1"));
+        let js = nats.jetstream().await;
+        let message = js
+            .get_stream("SSE_t")
+            .await
+            .unwrap()
+            .get_raw_message(1)
+            .await
+            .unwrap();
+        assert_eq!(&message.payload[..], b"survives");
+    })
+    .await;
+}

@@ -60,8 +60,26 @@ impl NatsServer {
     /// Starts a server on a port it picks itself, and waits until it listens.
     pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let (child, url) = Self::spawn(&dir, "-1");
+        Self {
+            child: Some(child),
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// Starts the server again on the same port with the same storage.
+    pub(crate) fn restart(&mut self) {
+        self.stop();
+        let port = self.url.rsplit(':').next().expect("port").to_owned();
+        let (child, url) = Self::spawn(&self._dir, &port);
+        assert_eq!(url, self.url);
+        self.child = Some(child);
+    }
+
+    fn spawn(dir: &tempfile::TempDir, port: &str) -> (Child, String) {
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", port, "-sd"])
             .arg(dir.path().join("js"))
             .arg("--ports_file_dir")
             .arg(dir.path())
@@ -84,11 +102,8 @@ impl NatsServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        Self {
-            child: Some(child),
-            url,
-            _dir: dir,
-        }
+        let _ = std::fs::remove_file(&ports);
+        (child, url)
     }
 
     /// Kills the server now.

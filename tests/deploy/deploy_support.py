@@ -16,7 +16,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
+
+REQS = "pip install -r tests/deploy/requirements.txt"
+yaml = pytest.importorskip("yaml", reason=REQS)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "sse-cluster"
@@ -36,7 +38,7 @@ def load_docs(text: str) -> list[dict]:
 
 @functools.lru_cache(maxsize=None)
 def _render(values_file: str | None, extra_yaml: str | None) -> dict[str, str]:
-    import helm_python as helm
+    helm = pytest.importorskip("helm_python", reason=REQS)
 
     values: dict = {}
     if values_file:

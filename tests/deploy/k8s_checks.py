@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import tomllib
 
-import kubernetes_validate
 import pytest
+
+from deploy_support import REQS
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason=REQS)
 
 from deploy_support import KUBE_VERSION
 

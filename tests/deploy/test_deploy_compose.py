@@ -11,9 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from deploy_support import ROOT, run_compose
+from deploy_support import ROOT, run_compose, yaml
 
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"

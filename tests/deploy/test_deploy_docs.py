@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from deploy_support import ROOT, load_docs
+import pytest
+
+from deploy_support import REQS, ROOT, load_docs
 
 DOC = ROOT / "docs" / "deploy.md"
 
@@ -20,8 +22,7 @@ def test_paths_mentioned_exist():
 def test_names_in_the_helm_walkthrough_are_the_chart_names():
     """The doc installs release `sse` in namespace `sse`; the object names it
     then uses must be the ones the chart creates."""
-    import helm_python as helm
-
+    helm = pytest.importorskip("helm_python", reason=REQS)
     text = DOC.read_text()
     assert "helm install sse helm/sse-cluster" in text and "--namespace sse" in text
     with helm.Chart.load(ROOT / "helm" / "sse-cluster") as chart:
@@ -39,7 +40,7 @@ def test_names_in_the_helm_walkthrough_are_the_chart_names():
 def test_documented_defaults_match_the_chart():
     import tomllib
 
-    import yaml
+    from deploy_support import yaml
 
     values = yaml.safe_load((ROOT / "helm" / "sse-cluster" / "values.yaml").read_text())
     text = DOC.read_text()

@@ -9,9 +9,8 @@ import json
 import tomllib
 
 import pytest
-import yaml
 
-from deploy_support import CHART, NAMESPACE, RELEASE, chart_objects, find, one, render_chart, value_files
+from deploy_support import CHART, NAMESPACE, RELEASE, chart_objects, find, one, render_chart, value_files, yaml
 from k8s_checks import (
     assert_node_deployment,
     assert_restricted,

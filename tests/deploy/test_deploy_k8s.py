@@ -11,9 +11,8 @@ import subprocess
 import tomllib
 
 import pytest
-import yaml
 
-from deploy_support import K8S, chart_objects, find, kustomize_objects, load_docs, one
+from deploy_support import K8S, REQS, chart_objects, find, kustomize_objects, load_docs, one, yaml
 from k8s_checks import (
     assert_node_deployment,
     assert_restricted,
@@ -37,8 +36,7 @@ def objs():
 def chart_defaults():
     """The chart rendered as release "sse-cluster" in namespace "sse-cluster",
     which is what k8s/ mirrors (its dashboard ConfigMap aside)."""
-    import helm_python as helm
-
+    helm = pytest.importorskip("helm_python", reason=REQS)
     with helm.Chart.load(K8S.parent / "helm" / "sse-cluster") as chart:
         rendered = chart.render(values={}, name="sse-cluster", namespace=NAMESPACE, is_install=True)
     out = []

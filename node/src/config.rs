@@ -95,6 +95,8 @@ pub struct DeliveryConfig {
     pub client_queue_events: usize,
     /// Largest payload delivered as is.
     pub max_event_bytes: usize,
+    /// Seconds a socket may refuse writes before the connection is dropped.
+    pub write_stall_seconds: u64,
 }
 
 /// `[cluster]`
@@ -222,6 +224,11 @@ impl Config {
             "must be at least 16",
         );
         check(
+            self.delivery.write_stall_seconds > 0,
+            "delivery.write_stall_seconds",
+            "must be at least 1",
+        );
+        check(
             self.delivery.max_event_bytes > 0,
             "delivery.max_event_bytes",
             "must be at least 1",
@@ -321,7 +328,9 @@ mod tests {
             let err = with(key, value).unwrap_err().to_string();
             assert!(err.contains(needle), "{key}: {err}");
         }
-        let err = with("http.heartbeat_seconds", "soon").unwrap_err().to_string();
+        let err = with("http.heartbeat_seconds", "soon")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("heartbeat_seconds"), "{err}");
         let err = with("http.bogus", 1).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");

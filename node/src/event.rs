@@ -236,7 +236,10 @@ mod tests {
     #[test]
     fn default_name_is_omitted_and_empty_payload_still_dispatches() {
         assert_eq!(text(&encode(None, b"")), "data: \nid: t:e1:7\n\n");
-        assert_eq!(text(&encode(Some("message"), b"x")), "data: x\nid: t:e1:7\n\n");
+        assert_eq!(
+            text(&encode(Some("message"), b"x")),
+            "data: x\nid: t:e1:7\n\n"
+        );
     }
 
     #[test]

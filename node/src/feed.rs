@@ -311,14 +311,7 @@ impl Reader {
                 .as_str()
                 .get(self.path_offset..)
                 .unwrap_or_default();
-            let event = Event::encode(
-                &self.ctx,
-                seq,
-                path,
-                published,
-                headers,
-                &message.payload,
-            );
+            let event = Event::encode(&self.ctx, seq, path, published, headers, &message.payload);
             if let Some(reason) = event.invalid {
                 self.metrics
                     .invalid_events

@@ -108,7 +108,11 @@ async fn metrics(State(node): State<Node>) -> Response {
         .into_response()
 }
 
-async fn events(State(node): State<Node>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+async fn events(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     match open_stream(&node, &headers, query.as_deref().unwrap_or("")).await {
         Ok(response) => response,
         Err(error) => {
@@ -130,8 +134,9 @@ struct StreamRequest {
 
 fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<StreamRequest, ApiError> {
     let http = &node.config().http;
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-        .map_err(|e| ApiError::bad_request("bad_query", format!("query string is malformed: {e}")))?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| {
+        ApiError::bad_request("bad_query", format!("query string is malformed: {e}"))
+    })?;
     let mut paths = Vec::new();
     let mut query_id = None;
     for (key, value) in pairs {
@@ -222,7 +227,9 @@ async fn open_stream(node: &Node, headers: &HeaderMap, query: &str) -> Result<Re
             LookupError::NotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_topic", e.to_string())
             }
-            LookupError::Unavailable(_) => ApiError::unavailable("nats_unavailable", e.to_string(), 2),
+            LookupError::Unavailable(_) => {
+                ApiError::unavailable("nats_unavailable", e.to_string(), 2)
+            }
         })?;
         let patterns = request.topics.remove(topic).unwrap_or_default();
         let resume = request

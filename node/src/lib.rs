@@ -11,10 +11,11 @@
 //! - [`http`]: the endpoints, request validation and error bodies.
 //!
 //! Around them: [`config`], [`metrics`], [`node`] (shared state and
-//! readiness), [`report`] (the cluster view) and [`telemetry`] (logs).
+//! readiness), [`connection`] (accepted sockets), [`report`] (the cluster view) and [`telemetry`] (logs).
 //! [`run`] wires them together; `main.rs` only loads the config and calls it.
 
 pub mod config;
+pub mod connection;
 pub mod event;
 pub mod feed;
 pub mod history;
@@ -79,9 +80,7 @@ pub async fn run(
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis((100 * attempt as u64).min(2000))
-        })
+        .reconnect_delay_callback(|attempt| Duration::from_millis((100 * attempt as u64).min(2000)))
         .event_callback(move |event| {
             let connected_tx = connected_tx.clone();
             let reconnects = reconnects.clone();
@@ -126,7 +125,14 @@ pub async fn run(
         config.cluster.advertise_address.clone()
     };
     let id = node_id(local.port());
-    let node = Node::new(id, config.clone(), metrics, js, topics.clone(), shutdown.clone());
+    let node = Node::new(
+        id,
+        config.clone(),
+        metrics,
+        js,
+        topics.clone(),
+        shutdown.clone(),
+    );
     info!(node = node.id(), %address, "node starting");
 
     // The first Connected event counts as a connection, not a reconnection.
@@ -154,9 +160,11 @@ pub async fn run(
     {
         let node_for_latch = node.clone();
         let refresh = Duration::from_secs(config.nats.topic_refresh_seconds);
-        tokio::spawn(topics.watch(client.clone(), refresh, background.clone(), move || {
-            node_for_latch.set_topics_loaded()
-        }));
+        tokio::spawn(
+            topics.watch(client.clone(), refresh, background.clone(), move || {
+                node_for_latch.set_topics_loaded()
+            }),
+        );
     }
     tokio::spawn(report::report_loop(
         node.clone(),
@@ -165,6 +173,10 @@ pub async fn run(
     ));
 
     let server_stop = CancellationToken::new();
+    let listener = connection::GuardedListener::new(
+        listener,
+        Duration::from_secs(config.delivery.write_stall_seconds),
+    );
     let serve = axum::serve(listener, http::router(node.clone()))
         .with_graceful_shutdown(server_stop.clone().cancelled_owned());
     let serving = tokio::spawn(async move { serve.await });
@@ -172,7 +184,11 @@ pub async fn run(
     shutdown.cancelled().await;
     node.set_draining();
     let drain = config.drain();
-    info!(connections = node.connections(), drain_seconds = drain.as_secs(), "draining");
+    info!(
+        connections = node.connections(),
+        drain_seconds = drain.as_secs(),
+        "draining"
+    );
     let deadline = tokio::time::Instant::now() + drain;
     while node.connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -200,7 +216,13 @@ fn node_id(port: u16) -> String {
     let host: String = host
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     format!("{host}-{port}-{:06x}", fastrand::u32(..0xff_ffff))
 }

@@ -29,7 +29,9 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             other => {
-                eprintln!("unknown argument {other:?}; usage: sse-node [--config PATH] [--check-config]");
+                eprintln!(
+                    "unknown argument {other:?}; usage: sse-node [--config PATH] [--check-config]"
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
         }

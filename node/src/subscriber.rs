@@ -81,7 +81,7 @@ impl ClientTopic {
     /// are filtered here.
     fn filters(&self, prefix: &str) -> Vec<String> {
         match self.patterns.as_slice() {
-            [one] => vec![one.nats_subject(prefix)],
+            [one] if !one.is_whole_topic() => vec![one.nats_subject(prefix)],
             _ => self.feed.topic.stream_subjects(prefix),
         }
     }
@@ -225,7 +225,7 @@ impl ClientStream {
             jetstream_read: None,
             catch_up_started: Instant::now(),
             live,
-            wrote_since_heartbeat: true,
+            wrote_since_heartbeat: false,
             close_at: None,
             done: false,
             reason: CloseReason::Client,
@@ -301,11 +301,16 @@ impl ClientStream {
             }
             let shutdown = self.node.shutdown_token();
             let draining = self.close_at.is_some();
-            let close_at = self.close_at.or(self.lifetime_end.map(|t| (t, CloseReason::Lifetime)));
+            let close_at = self
+                .close_at
+                .or(self.lifetime_end.map(|t| (t, CloseReason::Lifetime)));
             let deadline = close_at.map(|(t, _)| t);
             let catching_up = self.catching_up < self.topics.len();
             let mut out = BytesMut::new();
-            let mut heartbeat = self.heartbeat.take().expect("heartbeat is put back after each wait");
+            let mut heartbeat = self
+                .heartbeat
+                .take()
+                .expect("heartbeat is put back after each wait");
             let wake = {
                 let work = async {
                     if catching_up {
@@ -364,7 +369,11 @@ impl ClientStream {
         Bytes::from(format!("retry: {retry}\n\n"))
     }
 
-    fn live_batch(&mut self, first: Option<LiveItem>, out: &mut BytesMut) -> Result<(), CloseReason> {
+    fn live_batch(
+        &mut self,
+        first: Option<LiveItem>,
+        out: &mut BytesMut,
+    ) -> Result<(), CloseReason> {
         let mut item = first;
         let mut delivered = 0u64;
         let mut oldest: Option<SystemTime> = None;
@@ -422,7 +431,10 @@ impl ClientStream {
             }
             return Ok(());
         }
-        match topic.feed.history_after(topic.pos, topic.catch_up_to, MEMORY_CHUNK) {
+        match topic
+            .feed
+            .history_after(topic.pos, topic.catch_up_to, MEMORY_CHUNK)
+        {
             Slice::Events(events) => {
                 let last = events.last().map(|e| e.seq).unwrap_or(topic.catch_up_to);
                 let mut delivered = 0;
@@ -567,7 +579,11 @@ impl ClientStream {
             if !is_marker {
                 let topic = &self.topics[index];
                 let prefix_len = self.node.config().nats.subject_prefix.len() + 1;
-                let path = message.subject.as_str().get(prefix_len..).unwrap_or_default();
+                let path = message
+                    .subject
+                    .as_str()
+                    .get(prefix_len..)
+                    .unwrap_or_default();
                 let event = Event::encode(
                     &topic.ctx,
                     seq,
@@ -588,11 +604,9 @@ impl ClientStream {
             }
         }
         self.count_replay("jetstream", delivered);
-        if finished {
-            if let Some(read) = self.jetstream_read.take() {
-                let topic = &mut self.topics[index];
-                topic.pos = topic.pos.max(read.end);
-            }
+        if finished && let Some(read) = self.jetstream_read.take() {
+            let topic = &mut self.topics[index];
+            topic.pos = topic.pos.max(read.end);
         }
         Ok(())
     }
@@ -611,6 +625,18 @@ impl ClientStream {
 
 impl Drop for ClientStream {
     fn drop(&mut self) {
+        if self.reason == CloseReason::Client {
+            // Dropped from outside (the client left, or its socket stalled):
+            // if it was further behind than its queue allows, it was slow.
+            let queue = self.node.config().delivery.client_queue_events as u64;
+            if self
+                .topics
+                .iter()
+                .any(|t| t.feed.head().saturating_sub(t.pos) > queue)
+            {
+                self.reason = CloseReason::Slow;
+            }
+        }
         let metrics = self.node.metrics();
         for topic in &self.topics {
             metrics

@@ -147,7 +147,12 @@ impl fmt::Display for Cursor {
 }
 
 /// Writes one `<topic>:<epoch>:<seq>` part.
-pub fn write_position(out: &mut impl fmt::Write, topic: &str, epoch: &str, seq: u64) -> fmt::Result {
+pub fn write_position(
+    out: &mut impl fmt::Write,
+    topic: &str,
+    epoch: &str,
+    seq: u64,
+) -> fmt::Result {
     write!(out, "{topic}:{epoch}:{seq}")
 }
 
@@ -193,7 +198,10 @@ mod tests {
             ("a::1", CursorError::Epoch("a::1".into())),
             ("a:b:x", CursorError::Sequence("a:b:x".into())),
             ("a:b:-1", CursorError::Sequence("a:b:-1".into())),
-            ("a:b:99999999999999999999999", CursorError::Sequence("a:b:99999999999999999999999".into())),
+            (
+                "a:b:99999999999999999999999",
+                CursorError::Sequence("a:b:99999999999999999999999".into()),
+            ),
             ("a:b:1,a:b:2", CursorError::DuplicateTopic("a".into())),
         ];
         for (text, want) in bad {

@@ -33,7 +33,9 @@ pub enum TopicError {
     #[error("subject path {0:?} has an empty token")]
     EmptyToken(String),
     /// A character outside `[A-Za-z0-9_-]` in a token.
-    #[error("subject path {path:?} has a character {ch:?} that is not allowed; tokens use [A-Za-z0-9_-]")]
+    #[error(
+        "subject path {path:?} has a character {ch:?} that is not allowed; tokens use [A-Za-z0-9_-]"
+    )]
     BadCharacter {
         /// The whole path as given.
         path: String,
@@ -41,10 +43,14 @@ pub enum TopicError {
         ch: char,
     },
     /// A wildcard where it may not stand.
-    #[error("subject path {0:?} misuses a wildcard: '*' must be a whole token and '>' the whole last token")]
+    #[error(
+        "subject path {0:?} misuses a wildcard: '*' must be a whole token and '>' the whole last token"
+    )]
     BadWildcard(String),
     /// The topic (first token) is a wildcard, or breaks the topic-name rule.
-    #[error("topic name {0:?} is not valid; topic names use [a-z0-9_-], 1 to {MAX_TOPIC_BYTES} characters")]
+    #[error(
+        "topic name {0:?} is not valid; topic names use [a-z0-9_-], 1 to {MAX_TOPIC_BYTES} characters"
+    )]
     BadTopic(String),
     /// A path for publishing held a wildcard.
     #[error("subject path {0:?} has a wildcard; events are published to concrete paths")]
@@ -191,9 +197,21 @@ impl SubjectPath {
         format!("{prefix}.{}", self.path)
     }
 
+    /// Whether the path is a bare topic name, which subscribes to the whole
+    /// topic: the subject `<topic>` and everything below it.
+    pub fn is_whole_topic(&self) -> bool {
+        self.path.len() == self.topic.as_str().len()
+    }
+
     /// Whether a concrete path (without the subject prefix) matches this
-    /// pattern, with NATS wildcard rules.
+    /// pattern: a bare topic matches the whole topic, anything longer follows
+    /// NATS wildcard rules.
     pub fn matches(&self, concrete: &str) -> bool {
+        if self.is_whole_topic() {
+            return concrete
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'));
+        }
         if !self.has_wildcard {
             return self.path == concrete;
         }
@@ -254,7 +272,13 @@ mod tests {
 
     #[test]
     fn accepts_paths_and_wildcards() {
-        for ok in ["orders", "orders.42", "orders.*", "orders.>", "a-b_c.X-1.*.z"] {
+        for ok in [
+            "orders",
+            "orders.42",
+            "orders.*",
+            "orders.>",
+            "a-b_c.X-1.*.z",
+        ] {
             assert!(SubjectPath::parse_pattern(ok).is_ok(), "{ok}");
         }
         let p = SubjectPath::parse_pattern("chat.room1").unwrap();
@@ -265,7 +289,8 @@ mod tests {
     #[test]
     fn refuses_bad_paths_precisely() {
         use TopicError::*;
-        let cases: &[(&str, fn(&TopicError) -> bool)] = &[
+        type Check = fn(&TopicError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, Empty)),
             ("orders..1", |e| matches!(e, EmptyToken(_))),
             (".orders", |e| matches!(e, EmptyToken(_))),
@@ -286,10 +311,7 @@ mod tests {
             assert!(check(&err), "{path:?} gave {err:?}");
         }
         let long = format!("t.{}", "x".repeat(300));
-        assert_eq!(
-            SubjectPath::parse_pattern(&long).unwrap_err(),
-            TooLong(302)
-        );
+        assert_eq!(SubjectPath::parse_pattern(&long).unwrap_err(), TooLong(302));
         assert!(matches!(
             SubjectPath::parse_concrete("orders.*").unwrap_err(),
             WildcardInPublish(_)
@@ -305,9 +327,16 @@ mod tests {
         let tail = SubjectPath::parse_pattern("orders.>").unwrap();
         assert!(tail.matches("orders.1.2"));
         assert!(!tail.matches("orders"));
-        let exact = SubjectPath::parse_pattern("orders").unwrap();
-        assert!(exact.matches("orders"));
-        assert!(!exact.matches("orders.1"));
+        let exact = SubjectPath::parse_pattern("orders.1").unwrap();
+        assert!(exact.matches("orders.1"));
+        assert!(!exact.matches("orders.1.2"));
+        assert!(!exact.matches("orders"));
+        let whole = SubjectPath::parse_pattern("orders").unwrap();
+        assert!(whole.is_whole_topic());
+        assert!(whole.matches("orders"));
+        assert!(whole.matches("orders.1.2"));
+        assert!(!whole.matches("ordersx"));
+        assert!(!whole.matches("ordersx.1"));
     }
 
     #[test]

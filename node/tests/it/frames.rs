@@ -35,12 +35,30 @@ async fn headers_data_lines_names_and_invalid_events() {
     assert!((3000..=3500).contains(&retry), "retry {retry}");
     assert!(client.comments >= 1, "a comment opens the stream");
 
-    publish_with(&js, "news", Some("headline"), Bytes::from("line 1\nline 2\r\nline 3\rend")).await;
+    publish_with(
+        &js,
+        "news",
+        Some("headline"),
+        Bytes::from("line 1\nline 2\r\nline 3\rend"),
+    )
+    .await;
     publish_with(&js, "news.x", None, Bytes::from("plain")).await;
-    publish_with(&js, "news", Some("evil\u{b}data: injected"), Bytes::from("x")).await;
+    publish_with(
+        &js,
+        "news",
+        Some("evil\u{b}data: injected"),
+        Bytes::from("x"),
+    )
+    .await;
     publish_with(&js, "news", None, Bytes::from_static(b"\xff\xfe not utf-8")).await;
     publish_with(&js, "news", None, Bytes::from(vec![b'a'; 1001])).await;
-    publish_with(&js, "news", None, Bytes::from("injected\n\nevent: fake\ndata: x")).await;
+    publish_with(
+        &js,
+        "news",
+        None,
+        Bytes::from("injected\n\nevent: fake\ndata: x"),
+    )
+    .await;
 
     let events = client.take(6, T).await;
     assert_eq!(events[0].event, "headline");
@@ -77,7 +95,16 @@ async fn idle_streams_get_heartbeats() {
     client.ready().await;
     let opened = client.comments;
     // No event comes, but comments keep arriving.
-    assert!(client.next_event(Duration::from_millis(2500)).await.is_err());
-    assert!(client.comments >= opened + 2, "heartbeats: {}", client.comments - opened);
+    assert!(
+        client
+            .next_event(Duration::from_millis(3500))
+            .await
+            .is_err()
+    );
+    assert!(
+        client.comments >= opened + 2,
+        "heartbeats: {}",
+        client.comments - opened
+    );
     assert!(node.metric("sse_heartbeats_total").await >= 2.0);
 }

@@ -47,7 +47,11 @@ async fn deleted_topic_stops_and_recreated_stream_gets_reset() {
     let reset = reset_body(&events[0]);
     assert_eq!(reset["reason"], "stream_recreated");
     assert_eq!(reset["topic"], "jobs");
-    assert_ne!(events[0].id.split(':').nth(1), old_id.split(':').nth(1), "new epoch");
+    assert_ne!(
+        events[0].id.split(':').nth(1),
+        old_id.split(':').nth(1),
+        "new epoch"
+    );
     assert_eq!(data_of(&events[1..]), ["new-1", "new-2"]);
     assert!(events[2].id.ends_with(":2"), "{}", events[2].id);
     assert_eq!(node.metric("sse_reset_events_total").await, 1.0);
@@ -103,7 +107,14 @@ async fn slow_client_is_cut_while_fast_client_loses_nothing() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "firehose", None).await;
-    let node = NodeProc::start(&nats.url(), &[("SSE_DELIVERY__CLIENT_QUEUE_EVENTS", "16")]).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__CLIENT_QUEUE_EVENTS", "256"),
+            ("SSE_DELIVERY__WRITE_STALL_SECONDS", "2"),
+        ],
+    )
+    .await;
 
     // The slow client sends its request and never reads.
     let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
@@ -130,7 +141,7 @@ async fn slow_client_is_cut_while_fast_client_loses_nothing() {
             .map(|d| d.split(':').next().unwrap().parse::<usize>().unwrap())
             .collect::<Vec<_>>()
     });
-    for chunk in (0..total).collect::<Vec<_>>().chunks(100) {
+    for chunk in (0..total).collect::<Vec<_>>().chunks(20) {
         let acks = join_all(chunk.iter().map(|i| {
             let js = js.clone();
             let data = format!("{i}:{payload}");
@@ -146,9 +157,17 @@ async fn slow_client_is_cut_while_fast_client_loses_nothing() {
         assert_eq!(acks.len(), chunk.len());
     }
     let received = reader.await.unwrap();
-    assert_eq!(received, (0..total).collect::<Vec<_>>(), "fast client: all, in order");
+    assert_eq!(
+        received,
+        (0..total).collect::<Vec<_>>(),
+        "fast client: all, in order"
+    );
     eventually(T, "the slow client to be cut", || async {
-        (node.metric("sse_connections_closed_total{reason=\"slow\"}").await == 1.0).then_some(())
+        (node
+            .metric("sse_connections_closed_total{reason=\"slow\"}")
+            .await
+            == 1.0)
+            .then_some(())
     })
     .await;
     drop(slow);
@@ -178,7 +197,12 @@ async fn nats_outage_keeps_clients_and_loses_nothing() {
     assert_eq!(node.metric("sse_nats_connected").await, 0.0);
     // The stream stays open, kept alive by heartbeats.
     let before = client.comments;
-    assert!(client.next_event(Duration::from_millis(2500)).await.is_err());
+    assert!(
+        client
+            .next_event(Duration::from_millis(2500))
+            .await
+            .is_err()
+    );
     assert!(client.comments > before, "heartbeats during the outage");
 
     nats.restart().await;
@@ -189,7 +213,10 @@ async fn nats_outage_keeps_clients_and_loses_nothing() {
     }
     let events = client.take(5, Duration::from_secs(20)).await;
     assert_eq!(data_of(&events), ["5", "6", "7", "8", "9"]);
-    assert!(client.next_event(Duration::from_millis(300)).await.is_err(), "no duplicate");
+    assert!(
+        client.next_event(Duration::from_millis(300)).await.is_err(),
+        "no duplicate"
+    );
     assert!(node.metric("sse_nats_reconnects_total").await >= 1.0);
 }
 
@@ -215,18 +242,26 @@ async fn sigterm_drains_streams_and_exits_within_the_window() {
         (status == 503).then_some(())
     })
     .await;
-    let response = reqwest::get(node.url("/v1/events?topic=drain")).await.unwrap();
+    let response = reqwest::get(node.url("/v1/events?topic=drain"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
     publish(&js, "drain", "during-drain").await;
     let mut ended = Vec::new();
     for mut c in clients {
-        let events = c.until_closed(drain + Duration::from_secs(2)).await.unwrap();
+        let events = c
+            .until_closed(drain + Duration::from_secs(2))
+            .await
+            .unwrap();
         assert!(events.len() <= 1, "{events:?}");
         assert!(c.retry.is_some());
         ended.push(started.elapsed());
     }
-    let status = node.wait_exit(drain + Duration::from_secs(2)).await.unwrap();
+    let status = node
+        .wait_exit(drain + Duration::from_secs(2))
+        .await
+        .unwrap();
     let exited = started.elapsed();
     assert!(status.success(), "{status:?}");
     assert!(
@@ -245,7 +280,10 @@ async fn readiness_waits_for_nats() {
     nats.stop().await;
     let node = NodeProc::spawn(&url, &[]);
     eventually(T, "the node to answer", || async {
-        let (status, body) = reqwest::get(node.url("/readyz")).await.ok().map(|r| (r.status(), r))?;
+        let (status, body) = reqwest::get(node.url("/readyz"))
+            .await
+            .ok()
+            .map(|r| (r.status(), r))?;
         let json: serde_json::Value = body.json().await.ok()?;
         (status == 503 && json["nats_connected"] == false).then_some(())
     })

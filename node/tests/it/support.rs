@@ -78,7 +78,11 @@ impl Nats {
             let url = url.clone();
             async move {
                 let client = async_nats::connect(&url).await.ok()?;
-                jetstream::new(client).query_account().await.ok().map(|_| ())
+                jetstream::new(client)
+                    .query_account()
+                    .await
+                    .ok()
+                    .map(|_| ())
             }
         })
         .await;
@@ -177,7 +181,10 @@ impl NodeProc {
         command
             .env("SSE_NATS__URL", nats_url)
             .env("SSE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env("SSE_LOG__LEVEL", "warn")
+            .env(
+                "SSE_LOG__LEVEL",
+                std::env::var("TEST_NODE_LOG").unwrap_or("warn".into()),
+            )
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .kill_on_drop(true);
@@ -217,7 +224,10 @@ impl NodeProc {
     }
 
     /// Waits for the process to exit.
-    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+    pub(crate) async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
         tokio::time::timeout(timeout, self.child.wait())
             .await
             .context("node did not exit in time")?
@@ -380,7 +390,10 @@ impl SseClient {
     }
 
     fn take_line(&mut self) -> Option<String> {
-        let end = self.buffer.iter().position(|b| *b == b'\n' || *b == b'\r')?;
+        let end = self
+            .buffer
+            .iter()
+            .position(|b| *b == b'\n' || *b == b'\r')?;
         let mut skip = 1;
         if self.buffer[end] == b'\r' {
             match self.buffer.get(end + 1) {
@@ -410,7 +423,11 @@ impl SseClient {
             }
             let event = std::mem::take(&mut self.event);
             return Some(SseEvent {
-                event: if event.is_empty() { "message".into() } else { event },
+                event: if event.is_empty() {
+                    "message".into()
+                } else {
+                    event
+                },
                 data,
                 id: self.last_id.clone(),
             });

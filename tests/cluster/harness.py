@@ -93,6 +93,12 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
         return e.code, e.read().decode("utf-8", "replace")
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without any `SSE_*` variable: the services read those
+    as configuration, and the harness sets what they need itself."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SSE_")}
+
+
 def _pdeathsig() -> None:
     # Children die with the harness even if it is killed with -9 itself.
     try:
@@ -291,6 +297,8 @@ class Cluster:
         if self.node_bin is not None:
             for i in range(self.initial_nodes):
                 self.wait_ready(f"node{i}", timeout=timeout)
+            for i in range(self.initial_nodes):
+                self.wait_backend(f"node{i}", up=True, timeout=timeout)
         if "admin" in self.procs:
             self.wait_ready("admin", timeout=timeout)
 
@@ -450,7 +458,7 @@ class Cluster:
 
     def _define_node(self, i: int) -> None:
         port = self.node_ports[i]
-        env = dict(os.environ)
+        env = clean_env()
         env.update(
             {
                 "SSE_NATS__URL": self.node_nats_urls.get(i, self.nats_url),
@@ -462,9 +470,9 @@ class Cluster:
                 "SSE_HTTP__RETRY_JITTER_MS": "700",
                 "SSE_SHUTDOWN__DRAIN_SECONDS": "2",
                 "SSE_LOG__LEVEL": os.environ.get("SSE_TEST_NODE_LOG", "info"),
+                "NO_COLOR": "1",
             }
         )
-        env.pop("SSE_CONFIG", None)
         env.update(self.node_env)
 
         def ready() -> bool:
@@ -489,7 +497,7 @@ class Cluster:
 
     # ----------------------------------------------------------------- admin
     def _define_admin(self) -> None:
-        env = dict(os.environ)
+        env = clean_env()
         env.update(
             {
                 "SSE_NATS__URL": self.nats_url,
@@ -498,7 +506,6 @@ class Cluster:
                 "SSE_LOG__LEVEL": "info",
             }
         )
-        env.pop("SSE_CONFIG", None)
         port = self.admin_port
         self.procs["admin"] = Proc(
             name="admin",

@@ -143,10 +143,10 @@ def test_tcp_proxy_cuts_and_restores_a_nats_client(cluster_factory, topic):
         assert run_async(go())[:2] == ["down", "up"]
 
 
-async def _until(cond, timeout):
+async def _until(cond, timeout, why=lambda: ""):
     deadline = time.monotonic() + timeout
     while not cond():
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, why()
         await asyncio.sleep(0.05)
 
 
@@ -165,10 +165,10 @@ def test_one_event_through_the_load_balancer(node_binary, cluster_factory, topic
         stop = asyncio.Event()
         client = SseClient("c0", c.lb_port, f"/v1/events?topic={topic}", on_event=lambda cl, ev: got.append(ev))
         task = asyncio.create_task(client.run(stop))
-        await _until(lambda: client.parser.last_event_id, 15)
+        await _until(lambda: client.parser.last_event_id, 15, lambda: client.stats)
         nc = await nats.connect(servers=c.nats_urls)
         js = nc.jetstream()
-        await js.publish(f"sse.{topic}.a", json.dumps({"n": 1}).encode(), headers={"Sse-Event": "tick"})
+        await js.publish(f"sse.{topic}", json.dumps({"n": 1}).encode(), headers={"Sse-Event": "tick"})
         await _until(lambda: got, 10)
         stop.set()
         await task

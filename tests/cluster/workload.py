@@ -75,6 +75,7 @@ class Publisher:
                         nats.errors.NoRespondersError,
                         nats.errors.ConnectionReconnectingError,
                         nats.js.errors.ServiceUnavailableError,
+                        nats.js.errors.NoStreamResponseError,
                         nats.js.errors.APIError,
                         asyncio.TimeoutError,
                     ) as e:

@@ -336,3 +336,17 @@ def test_without_admin_nothing_admin_is_rendered():
     assert not [o for o in objs if o["metadata"]["name"].endswith("-admin")]
     assert not find(objs, "Secret")
     assert "admin.toml" not in one(objs, "ConfigMap", "-config")["data"]
+
+
+def test_restricted_node_ingress_still_admits_probes_of_the_release():
+    extra = {"networkPolicy": {"enabled": True, "nodeIngressFrom": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]}}
+    objs = chart_objects(extra=extra)
+    validate_all(objs)
+    node = one(objs, "NetworkPolicy", "-node")
+    peers = node["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} in peers
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": RELEASE}}} in peers
+    assert any("namespaceSelector" in p and p["namespaceSelector"] == {} for p in peers), "metrics scrapers"
+    open_node = one(chart_objects("ha-values.yaml"), "NetworkPolicy", "-node")
+    assert "from" not in open_node["spec"]["ingress"][0], "by default anyone may reach the SSE port"

@@ -254,13 +254,13 @@ def test_httproute_needs_a_gateway():
         render_chart(extra={"httpRoute": {"enabled": True}})
 
 
-def test_network_policy_allows_nats_and_dns_only():
+def test_network_policy_allows_dns_nats_and_otlp_only():
     objs = chart_objects("ha-values.yaml")
     pols = {p["metadata"]["name"]: p for p in find(objs, "NetworkPolicy")}
     node = pols[f"{RELEASE}-sse-cluster-node"]
     assert set(node["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     ports = sorted(p["port"] for rule in node["spec"]["egress"] for p in rule.get("ports", []))
-    assert ports == [53, 53, 4222]
+    assert ports == [53, 53, 4222, 4317], "DNS, NATS and the OTLP collector of otel.endpoint"
     nats_rule = [r for r in node["spec"]["egress"] if r["ports"][0]["port"] == 4222][0]
     assert nats_rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "nats"
     ext = {p["metadata"]["name"]: p for p in find(chart_objects("external-nats-values.yaml"), "NetworkPolicy")}

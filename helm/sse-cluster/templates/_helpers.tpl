@@ -216,6 +216,14 @@ floats, booleans and arrays are also valid TOML.
           app.kubernetes.io/name: {{ default "nats" .Values.nats.nameOverride }}
           app.kubernetes.io/instance: {{ .Release.Name }}
   {{- end }}
+{{- with .Values.otel.endpoint }}
+{{- $host := (urlParse .).host }}
+{{- $port := ternary (last (splitList ":" $host)) "4317" (contains ":" $host) }}
+# OTLP exporter
+- ports:
+    - port: {{ $port | int }}
+      protocol: TCP
+{{- end }}
 {{- with .Values.networkPolicy.extraEgress }}
 {{ toYaml . }}
 {{- end }}

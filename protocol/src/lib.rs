@@ -2,6 +2,8 @@
 //!
 //! - [`topic`]: topic names, subject paths (with NATS wildcards) and how they
 //!   map onto JetStream stream names and NATS subjects.
+//! - [`grant`]: a topic's access (public or private) and the subject
+//!   patterns a token grants.
 //! - [`cursor`]: the event id, `<topic>:<epoch>:<seq>` joined with `,`, that
 //!   clients send back as `Last-Event-ID` to resume.
 //!
@@ -9,7 +11,9 @@
 //! targets and the property tests share one definition.
 
 pub mod cursor;
+pub mod grant;
 pub mod topic;
 
 pub use cursor::{Cursor, CursorError, TopicPosition};
+pub use grant::{Access, GrantPattern, Grants};
 pub use topic::{SubjectPath, TopicError, TopicName};

@@ -218,28 +218,42 @@ impl SubjectPath {
         subject_matches(&self.path, concrete)
     }
 
-    /// Whether every path this pattern matches is also matched by `grant`.
-    /// Used to check a subscription against the patterns a token allows.
+    /// The NATS patterns this path stands for, without the subject prefix:
+    /// a bare topic is `<topic>` and `<topic>.>`, anything else itself.
+    pub fn nats_patterns(&self) -> Vec<String> {
+        if self.is_whole_topic() {
+            vec![self.path.clone(), format!("{}.>", self.path)]
+        } else {
+            vec![self.path.clone()]
+        }
+    }
+
+    /// Whether every path this pattern matches is also matched by `grant`,
+    /// a pattern from a token (see [`crate::grant`]). A bare topic, as a
+    /// request or as a grant, stands for the whole topic. A grant that is not
+    /// a valid pattern covers nothing.
     pub fn is_covered_by(&self, grant: &str) -> bool {
-        let mut mine = self.path.split('.');
-        let mut theirs = grant.split('.');
-        loop {
-            match (mine.next(), theirs.next()) {
-                (Some(_), Some(">")) => return true,
-                (Some(">"), _) => return false,
-                (Some(m), Some("*")) => {
-                    if m == ">" {
-                        return false;
-                    }
-                }
-                (Some(m), Some(t)) => {
-                    if m != t {
-                        return false;
-                    }
-                }
-                (None, None) => return true,
-                _ => return false,
-            }
+        crate::grant::GrantPattern::parse(grant).is_some_and(|g| g.covers(self))
+    }
+}
+
+/// Whether every subject matched by the NATS pattern `narrow` is also
+/// matched by the NATS pattern `wide`. Both are dotted patterns whose
+/// wildcards are whole tokens (`*`, and `>` only last).
+pub fn pattern_covers(wide: &str, narrow: &str) -> bool {
+    let mut mine = narrow.split('.');
+    let mut theirs = wide.split('.');
+    loop {
+        match (mine.next(), theirs.next()) {
+            // `>` in the grant takes one or more tokens, whatever they are.
+            (Some(_), Some(">")) => return true,
+            // `>` in the request reaches deeper than any other grant token.
+            (Some(">"), _) => return false,
+            // `*` in the grant takes any one token, `*` included.
+            (Some(_), Some("*")) => {}
+            (Some(m), Some(t)) if m == t && m != "*" => {}
+            (None, None) => return true,
+            _ => return false,
         }
     }
 }
@@ -349,6 +363,19 @@ mod tests {
         assert!(!p("news.*.y").is_covered_by("news.*"));
         assert!(!p("news.>").is_covered_by("news.*"));
         assert!(p("news.*").is_covered_by("news.*"));
+        // `*` in a request is wider than a literal grant.
+        assert!(!p("news.*").is_covered_by("news.x"));
+        // A bare topic is the whole topic, as a request and as a grant.
+        assert!(!p("orders").is_covered_by("orders.>"));
+        assert!(!p("orders").is_covered_by("orders.*"));
+        assert!(p("orders").is_covered_by("orders"));
+        assert!(p("orders.alice.1").is_covered_by("orders"));
+        assert!(p("orders.>").is_covered_by("orders"));
+        assert!(!p("orders").is_covered_by("*"));
+        assert!(p("orders").is_covered_by(">"));
+        assert!(!p("ordersx.1").is_covered_by("orders"));
+        assert!(!p("orders.1").is_covered_by("orders.1 "));
+        assert!(!p("orders.1").is_covered_by(""));
     }
 
     #[test]
@@ -370,6 +397,24 @@ mod tests {
             let p = SubjectPath::parse_pattern(&s).unwrap();
             prop_assert!(p.matches(&s));
             prop_assert!(p.is_covered_by(&s));
+        }
+
+        /// A grant covers a request only if it matches every subject the
+        /// request can match: checked on concrete subjects drawn from a
+        /// small alphabet so that overlaps are frequent.
+        #[test]
+        fn coverage_is_sound(
+            request in "t(\\.(a|b|\\*)){0,3}(\\.>)?",
+            grant in "(t|\\*|>)(\\.(a|b|\\*)){0,3}(\\.>)?",
+            subject in "t(\\.(a|b|c)){0,4}",
+        ) {
+            let Ok(request) = SubjectPath::parse_pattern(&request) else { return Ok(()) };
+            let grant_matches = |s: &str| {
+                crate::grant::GrantPattern::parse(&grant).is_some_and(|g| g.matches(s))
+            };
+            if request.is_covered_by(&grant) && request.matches(&subject) {
+                prop_assert!(grant_matches(&subject), "{request} under {grant} but not {subject}");
+            }
         }
     }
 }

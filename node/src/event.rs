@@ -23,6 +23,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const EVENT_NAME_HEADER: &str = "Sse-Event";
 /// Header JetStream puts on subject delete markers, which are not events.
 pub const MARKER_HEADER: &str = "Nats-Marker-Reason";
+/// W3C trace context header, continued into the node's delivery span.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// Longest accepted event name, in bytes.
 pub const MAX_EVENT_NAME_BYTES: usize = 128;
 /// Name given to events whose publisher set none.

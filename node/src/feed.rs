@@ -27,10 +27,10 @@ use futures_util::StreamExt;
 use sse_protocol::{TopicName, cursor::epoch_from_unix_nanos};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn};
 
 use crate::{
-    event::{EncodeContext, Event, MARKER_HEADER},
+    event::{EncodeContext, Event, MARKER_HEADER, TRACEPARENT_HEADER},
     history::{History, Slice},
     metrics::Metrics,
 };
@@ -184,17 +184,19 @@ impl Feed {
         self.closed.is_cancelled()
     }
 
-    fn publish(&self, event: Event) -> usize {
+    /// Appends and broadcasts an event; returns the history's size and the
+    /// number of clients it was handed to.
+    fn publish(&self, event: Event) -> (usize, usize) {
         let event = Arc::new(event);
         let mut state = self.lock();
         if event.seq <= state.head {
-            return state.history.bytes();
+            return (state.history.bytes(), 0);
         }
         state.head = event.seq;
         state.history.push(event.clone());
         // No receiver is not an error: the event is still held for resumes.
-        let _ = state.sender.send(event);
-        state.history.bytes()
+        let receivers = state.sender.send(event).unwrap_or(0);
+        (state.history.bytes(), receivers)
     }
 
     fn skip(&self, seq: u64) {
@@ -320,7 +322,26 @@ impl Reader {
                 warn!(topic = %self.feed.topic, subject = path, seq, reason = reason.as_str(), "event cannot be sent as is; delivering an invalid event");
             }
             feed_events.inc();
-            let bytes = self.feed.publish(event);
+            let traced = headers.filter(|h| {
+                crate::telemetry::tracing_enabled() && h.get(TRACEPARENT_HEADER).is_some()
+            });
+            let bytes = match traced {
+                Some(headers) => {
+                    let span = info_span!(
+                        "sse.deliver",
+                        topic = %self.feed.topic,
+                        seq,
+                        subject = path,
+                        subscribers = tracing::field::Empty,
+                    );
+                    crate::telemetry::continue_trace(&span, headers);
+                    let _entered = span.enter();
+                    let (bytes, receivers) = self.feed.publish(event);
+                    span.record("subscribers", receivers);
+                    bytes
+                }
+                None => self.feed.publish(event).0,
+            };
             history_bytes.set(bytes as i64);
         }
         Ok(ReadEnd::Ended)

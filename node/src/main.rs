@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    telemetry::init(&config.log);
+    let telemetry = telemetry::init(&config.log, "sse-node");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(error) => {
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(&config.http.listen).await {
             Ok(l) => l,
             Err(error) => {
@@ -72,7 +72,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // The batch exporter flushes on its own thread; it must not run inside
+    // the runtime's context.
+    telemetry.shutdown();
+    code
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -38,13 +38,14 @@ use tokio::{
     time::{Instant, Interval, MissedTickBehavior},
 };
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
-use tracing::{debug, warn};
+use tracing::{Span, debug, info_span, warn};
 
 use crate::{
     event::{EncodeContext, Event, MARKER_HEADER},
     feed::{Feed, stream_epoch},
     history::Slice,
     node::Node,
+    telemetry,
 };
 
 /// Most bytes gathered into one write.
@@ -154,6 +155,9 @@ pub struct ClientStream {
     lifetime_end: Option<Instant>,
     done: bool,
     reason: CloseReason,
+    span: Span,
+    resume_span: Span,
+    replayed: [u64; 2],
 }
 
 impl ClientStream {
@@ -229,7 +233,38 @@ impl ClientStream {
             close_at: None,
             done: false,
             reason: CloseReason::Client,
+            span: Span::none(),
+            resume_span: Span::none(),
+            replayed: [0; 2],
         };
+        let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
+        if telemetry::tracing_enabled() {
+            let names: Vec<&str> = stream
+                .topics
+                .iter()
+                .map(|t| t.feed.topic.as_str())
+                .collect();
+            stream.span = info_span!(
+                "sse.connection",
+                topics = %names.join(","),
+                resumed = resuming,
+                close_reason = tracing::field::Empty,
+            );
+            if resuming {
+                stream.resume_span = info_span!(
+                    parent: &stream.span,
+                    "sse.resume",
+                    memory_events = tracing::field::Empty,
+                    jetstream_events = tracing::field::Empty,
+                );
+            }
+        }
+        debug!(
+            topics = stream.topics.len(),
+            resuming,
+            connections = stream.node.connections(),
+            "client connected"
+        );
         for reset in &resets {
             stream.node.metrics().reset_events.inc();
             write_reset_body(&mut prelude, reset);
@@ -428,6 +463,11 @@ impl ClientStream {
                     .metrics()
                     .replay_duration
                     .observe(replayed.as_secs_f64());
+                self.resume_span.record("memory_events", self.replayed[0]);
+                self.resume_span
+                    .record("jetstream_events", self.replayed[1]);
+                // Ends the resume span.
+                self.resume_span = Span::none();
             }
             return Ok(());
         }
@@ -611,7 +651,8 @@ impl ClientStream {
         Ok(())
     }
 
-    fn count_replay(&self, source: &str, delivered: u64) {
+    fn count_replay(&mut self, source: &str, delivered: u64) {
+        self.replayed[usize::from(source == "jetstream")] += delivered;
         if delivered > 0 {
             let metrics = self.node.metrics();
             metrics
@@ -649,6 +690,7 @@ impl Drop for ClientStream {
             .with_label_values(&[self.reason.as_str()])
             .inc();
         self.node.connection_closed();
+        self.span.record("close_reason", self.reason.as_str());
         debug!(reason = self.reason.as_str(), "client disconnected");
     }
 }

@@ -6,3 +6,4 @@ mod input;
 mod lifecycle;
 mod resume;
 mod support;
+mod traces;

@@ -14,7 +14,10 @@
 //! are disconnected and come back through resume, which sends `reset`.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -24,7 +27,7 @@ use async_nats::jetstream::{
     stream::Info,
 };
 use futures_util::StreamExt;
-use sse_protocol::{TopicName, cursor::epoch_from_unix_nanos};
+use sse_protocol::{Access, TopicName, cursor::epoch_from_unix_nanos, grant::ACCESS_METADATA_KEY};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
@@ -59,6 +62,7 @@ pub struct Feed {
     /// The stream incarnation this feed reads.
     pub epoch: String,
     stream_name: String,
+    private: AtomicBool,
     state: Mutex<FeedState>,
     closed: CancellationToken,
 }
@@ -78,6 +82,16 @@ pub struct Attachment {
     pub head: u64,
     /// Live events after `head`.
     pub receiver: broadcast::Receiver<Arc<Event>>,
+}
+
+/// A stream's access, from its metadata key `sse.access`.
+pub fn stream_access(info: &Info) -> Access {
+    Access::from_metadata_value(
+        info.config
+            .metadata
+            .get(ACCESS_METADATA_KEY)
+            .map(String::as_str),
+    )
 }
 
 /// The epoch of a stream: its creation time in nanoseconds, base36.
@@ -104,6 +118,7 @@ impl Feed {
         let (sender, _) = broadcast::channel(settings.client_queue_events);
         let feed = Arc::new(Self {
             stream_name: topic.stream_name(),
+            private: AtomicBool::new(stream_access(info) == Access::Private),
             epoch: epoch.clone(),
             state: Mutex::new(FeedState {
                 head: start - 1,
@@ -164,6 +179,21 @@ impl Feed {
     /// The JetStream stream name.
     pub fn stream_name(&self) -> &str {
         &self.stream_name
+    }
+
+    /// Who may read the topic, as last listed.
+    pub fn access(&self) -> Access {
+        if self.private.load(Ordering::Acquire) {
+            Access::Private
+        } else {
+            Access::Public
+        }
+    }
+
+    /// Records the topic's access after a re-listing.
+    pub fn set_access(&self, access: Access) {
+        self.private
+            .store(access == Access::Private, Ordering::Release);
     }
 
     /// Stops the reader and disconnects every attached client.

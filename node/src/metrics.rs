@@ -45,6 +45,12 @@ pub struct Metrics {
     pub feed_events: IntCounterVec,
     /// Errors reported by the per-topic JetStream readers.
     pub feed_errors: IntCounterVec,
+    /// Stream requests refused by authentication or authorization, by reason.
+    pub auth_failures: IntCounterVec,
+    /// Requests or connections refused by a configured limit, by limit.
+    pub limit_rejections: IntCounterVec,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: IntCounter,
 }
 
 impl Metrics {
@@ -151,6 +157,20 @@ impl Metrics {
                 "sse_feed_errors_total",
                 "Errors reported by the per-topic JetStream readers, by kind.",
                 "kind",
+            ),
+            auth_failures: counter_vec(
+                "sse_auth_failures_total",
+                "Stream requests refused by authentication (401) or authorization (403), by reason.",
+                "reason",
+            ),
+            limit_rejections: counter_vec(
+                "sse_limit_rejections_total",
+                "Requests or connections refused by a configured limit, by limit.",
+                "limit",
+            ),
+            tls_handshake_failures: counter(
+                "sse_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
             ),
             registry,
         }

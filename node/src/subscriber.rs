@@ -17,8 +17,9 @@
 //! `pos` are never written again, which is what makes resume exact.
 //!
 //! The stream ends on shutdown (at a random moment in the drain window, with
-//! a `retry:` hint), at the end of its lifetime if one is configured, when a
-//! topic's feed closes, or when the client goes away.
+//! a `retry:` hint), at the end of its lifetime if one is configured, when
+//! the token that opened it expires, when a topic's feed closes, or when the
+//! client goes away.
 
 use std::{
     pin::Pin,
@@ -106,6 +107,8 @@ pub enum CloseReason {
     TopicClosed,
     /// Reading JetStream failed during catch-up.
     Error,
+    /// The token that authorised the stream expired.
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -117,6 +120,7 @@ impl CloseReason {
             Self::Lifetime => "lifetime",
             Self::TopicClosed => "topic_closed",
             Self::Error => "error",
+            Self::TokenExpired => "token_expired",
         }
     }
 }
@@ -153,6 +157,7 @@ pub struct ClientStream {
     wrote_since_heartbeat: bool,
     close_at: Option<(Instant, CloseReason)>,
     lifetime_end: Option<Instant>,
+    token_expiry: Option<Instant>,
     done: bool,
     reason: CloseReason,
     span: Span,
@@ -232,6 +237,7 @@ impl ClientStream {
             wrote_since_heartbeat: false,
             close_at: None,
             done: false,
+            token_expiry: None,
             reason: CloseReason::Client,
             span: Span::none(),
             resume_span: Span::none(),
@@ -287,6 +293,22 @@ impl ClientStream {
         })
     }
 
+    /// Closes the stream at `at`, when the token that authorised it
+    /// expires; the client reconnects with a fresh one and resumes.
+    pub fn close_at_token_expiry(&mut self, at: Instant) {
+        self.token_expiry = Some(at);
+    }
+
+    /// The earliest planned end: the lifetime or the token's expiry.
+    fn planned_end(&self) -> Option<(Instant, CloseReason)> {
+        let lifetime = self.lifetime_end.map(|t| (t, CloseReason::Lifetime));
+        let token = self.token_expiry.map(|t| (t, CloseReason::TokenExpired));
+        match (lifetime, token) {
+            (Some(l), Some(t)) => Some(if t.0 <= l.0 { t } else { l }),
+            (l, t) => l.or(t),
+        }
+    }
+
     fn write_cursor(&self, out: &mut BytesMut) {
         out.put_slice(b"id: ");
         self.write_id_value(out);
@@ -336,9 +358,7 @@ impl ClientStream {
             }
             let shutdown = self.node.shutdown_token();
             let draining = self.close_at.is_some();
-            let close_at = self
-                .close_at
-                .or(self.lifetime_end.map(|t| (t, CloseReason::Lifetime)));
+            let close_at = self.close_at.or(self.planned_end());
             let deadline = close_at.map(|(t, _)| t);
             let catching_up = self.catching_up < self.topics.len();
             let mut out = BytesMut::new();

@@ -15,12 +15,12 @@ use std::{
 
 use async_nats::jetstream;
 use futures_util::{StreamExt, TryStreamExt};
-use sse_protocol::TopicName;
+use sse_protocol::{Access, TopicName};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    feed::{Feed, FeedSettings, is_stream_not_found, stream_epoch},
+    feed::{Feed, FeedSettings, is_stream_not_found, stream_access, stream_epoch},
     metrics::Metrics,
 };
 
@@ -98,8 +98,16 @@ impl Topics {
         let epoch = stream_epoch(info);
         let mut feeds = self.0.feeds.write().unwrap_or_else(|p| p.into_inner());
         if let Some(current) = feeds.get(&topic) {
-            if current.epoch == epoch && !current.is_closed() {
+            let access = stream_access(info);
+            // A topic that turns private restarts its feed, which cuts the
+            // clients that read it without a token.
+            let turned_private = access == Access::Private && current.access() == Access::Public;
+            if current.epoch == epoch && !current.is_closed() && !turned_private {
+                current.set_access(access);
                 return;
+            }
+            if turned_private {
+                info!(%topic, "topic turned private; restarting its feed");
             }
             current.close();
         }

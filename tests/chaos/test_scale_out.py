@@ -25,7 +25,8 @@ def test_scale_out_from_2_to_4_nodes_under_load(node_binary, cluster_factory, to
 
     async def snapshot(label: str) -> dict[str, int]:
         counts = {k: int(v) for k, v in sorted((await scn.watcher.scrape()).items())}
-        timeline.append(f"{label}: {counts}")
+        seen = dict(sorted(scn.fleet.spread().items()))
+        timeline.append(f"{label}: {counts} (clients see {seen})")
         return counts
 
     async def action(s: Scenario) -> None:

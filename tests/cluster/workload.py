@@ -199,6 +199,17 @@ class MetricsWatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.scrape()
 
+    def by_label(self, name: str, label: str) -> dict[str, int]:
+        """Counter `name` summed over nodes, per value of `label`."""
+        out: dict[str, int] = {}
+        for m in self.last.values():
+            for key, value in m.items():
+                if key.split("{", 1)[0] != name or f'{label}="' not in key:
+                    continue
+                v = key.split(f'{label}="', 1)[1].split('"', 1)[0]
+                out[v] = out.get(v, 0) + int(value)
+        return dict(sorted(out.items()))
+
     def total(self, name: str, **labels: str) -> float:
         return sum(metric_sum(m, name, **labels) for m in self.last.values())
 
@@ -243,7 +254,7 @@ def scale() -> dict:
 
     soak = os.environ.get("SSE_CHAOS_SOAK") == "1"
     return {
-        "clients": int(os.environ.get("SSE_CHAOS_CLIENTS", 1000 if soak else 200)),
+        "clients": int(os.environ.get("SSE_CHAOS_CLIENTS", 1000 if soak else 300)),
         "total": int(os.environ.get("SSE_CHAOS_EVENTS", 6000 if soak else 400)),
         "rate": float(os.environ.get("SSE_CHAOS_RATE", 40 if soak else 20)),
     }
@@ -330,6 +341,7 @@ class Scenario:
             "longest silence s": round(max(s.max_silence for s in stats), 2) if stats else None,
             "replayed memory": int(self.watcher.total("sse_replay_events_total", source="memory")),
             "replayed jetstream": int(self.watcher.total("sse_replay_events_total", source="jetstream")),
+            "closed by nodes": self.watcher.by_label("sse_connections_closed_total", "reason"),
             "http errors": dict(http_errors),
             "io errors": sum(s.io_errors for s in stats),
             "stalls": sum(s.stalls for s in stats),

@@ -35,6 +35,12 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Tokens for private topics.
+    pub auth: AuthConfig,
+    /// Cross-origin requests from browsers.
+    pub cors: CorsConfig,
+    /// TLS on the node itself.
+    pub tls: TlsConfig,
 }
 
 /// `[nats]`
@@ -71,6 +77,16 @@ pub struct HttpConfig {
     pub max_last_event_id_bytes: usize,
     /// Seconds after which a stream is closed so clients re-spread; 0 = never.
     pub max_connection_lifetime_seconds: u64,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in an HTTP/1.1 request.
+    pub max_headers: usize,
+    /// Seconds a client has to send its whole request head.
+    pub header_read_timeout_seconds: u64,
+    /// Most concurrent streams on one HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
+    /// New connections accepted per client IP per minute; 0 = no limit.
+    pub max_connections_per_ip_per_minute: u32,
 }
 
 /// `[history]`
@@ -129,6 +145,82 @@ pub struct LogConfig {
     pub format: String,
     /// A tracing filter directive.
     pub level: String,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Cookie that may carry a token.
+    pub cookie_name: String,
+    /// Whether a token may come in the `access_token` query parameter.
+    pub query_parameter: bool,
+    /// Keys and claims.
+    pub jwt: JwtConfig,
+}
+
+/// `[auth.jwt]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Shared secret for HS256; empty = HS256 refused.
+    pub hs256_secret: Secret,
+    /// RS256 public key, PEM text.
+    pub rs256_public_key_pem: String,
+    /// RS256 public key, path of a PEM file.
+    pub rs256_public_key_file: String,
+    /// ES256 (P-256) public key, PEM text.
+    pub es256_public_key_pem: String,
+    /// ES256 (P-256) public key, path of a PEM file.
+    pub es256_public_key_file: String,
+    /// Path of a JWKS file (RS256, ES256 or HS256 keys, chosen by `kid`).
+    pub jwks_file: String,
+    /// Required `aud`; empty = not checked.
+    pub audience: String,
+    /// Required `iss`; empty = not checked.
+    pub issuer: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+}
+
+/// A value kept out of `Debug` output and logs.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// `[cors]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed to read streams from a browser; empty = CORS off,
+    /// `["*"]` = any origin (without credentials).
+    pub allowed_origins: Vec<String>,
+    /// Whether browsers may send cookies (`withCredentials`).
+    pub allow_credentials: bool,
+    /// Seconds a browser may cache a preflight answer.
+    pub max_age_seconds: u64,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; empty = cleartext HTTP (and h2c).
+    pub cert_file: String,
+    /// PEM private key.
+    pub key_file: String,
+    /// Seconds a client has to finish the TLS handshake.
+    pub handshake_timeout_seconds: u64,
 }
 
 /// Everything wrong with a configuration, one line per problem.
@@ -212,6 +304,71 @@ impl Config {
             self.http.max_last_event_id_bytes >= 32,
             "http.max_last_event_id_bytes",
             "must be at least 32",
+        );
+        check(
+            self.http.max_header_bytes >= 8192,
+            "http.max_header_bytes",
+            "must be at least 8192",
+        );
+        check(
+            self.http.max_headers >= 8,
+            "http.max_headers",
+            "must be at least 8",
+        );
+        check(
+            self.http.header_read_timeout_seconds > 0,
+            "http.header_read_timeout_seconds",
+            "must be at least 1",
+        );
+        check(
+            self.http.h2_max_concurrent_streams > 0,
+            "http.h2_max_concurrent_streams",
+            "must be at least 1",
+        );
+        check(
+            !self.auth.cookie_name.is_empty()
+                && self
+                    .auth
+                    .cookie_name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "auth.cookie_name",
+            "must be a cookie name of [A-Za-z0-9_-]",
+        );
+        if let Err(problems) = crate::auth::Verifier::from_config(&self.auth) {
+            for (key, why) in problems {
+                check(false, key, &why);
+            }
+        }
+        let cors = &self.cors;
+        let any_origin = cors.allowed_origins.iter().any(|o| o == "*");
+        check(
+            !(any_origin && cors.allow_credentials),
+            "cors.allow_credentials",
+            "cannot be true while cors.allowed_origins holds \"*\"; list the origins",
+        );
+        for origin in cors.allowed_origins.iter().filter(|o| *o != "*") {
+            check(
+                crate::http::valid_origin(origin),
+                "cors.allowed_origins",
+                &format!("{origin:?} is not an origin such as https://app.example.com"),
+            );
+        }
+        check(
+            self.tls.cert_file.is_empty() == self.tls.key_file.is_empty(),
+            "tls.key_file",
+            "tls.cert_file and tls.key_file are set together",
+        );
+        if !self.tls.cert_file.is_empty()
+            && !self.tls.key_file.is_empty()
+            && let Err(e) = crate::connection::tls_acceptor(&self.tls)
+        {
+            check(false, "tls.cert_file", &e);
+        }
+        check(
+            self.tls.handshake_timeout_seconds > 0,
+            "tls.handshake_timeout_seconds",
+            "must be at least 1",
         );
         check(
             self.history.max_concurrent_jetstream_reads > 0,

@@ -1,4 +1,25 @@
-//! Accepted connections, guarded against clients that stop reading.
+//! Accepted connections: TLS, HTTP/1.1 and HTTP/2 on one port, limits on
+//! what a client may send, and a guard against clients that stop reading.
+//!
+//! [`serve`] accepts TCP connections, optionally completes a TLS handshake
+//! (ALPN offers `h2` and `http/1.1`), and serves each with hyper's automatic
+//! builder, which speaks HTTP/1.1 or, on seeing the HTTP/2 preface, HTTP/2
+//! (h2c with prior knowledge in cleartext). Limits applied here, each with a
+//! metric (`sse_limit_rejections_total{limit}`):
+//!
+//! - `request_head`: a request line plus headers longer than
+//!   `http.max_header_bytes`, or more than `http.max_headers` fields, gets
+//!   431 from hyper (HTTP/1.1); HTTP/2 refuses the stream.
+//! - `header_read_timeout`: a client that has not sent its request head
+//!   within `http.header_read_timeout_seconds` is dropped (slow-loris).
+//! - `ip_rate`: more than `http.max_connections_per_ip_per_minute` new
+//!   connections from one address are closed at once.
+//! - `tls_handshake`: a handshake not done in `tls.handshake_timeout_seconds`.
+//!
+//! On shutdown the listener closes, every connection is asked to finish
+//! gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the response), and
+//! [`serve`] returns once all are gone; the SSE streams themselves end on the
+//! node's cancellation token.
 //!
 //! hyper stops polling a response body while the socket will not take more
 //! bytes, so a client that stops reading would never notice its own lag: it
@@ -8,18 +29,198 @@
 //! client's stream records why it ended.
 
 use std::{
+    collections::HashMap,
     io,
+    net::IpAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
 
+use axum::{Router, serve::Listener as _};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    time::Sleep,
+    time::{Instant, Sleep},
 };
-use tracing::debug;
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    },
+};
+use tokio_util::{either::Either, sync::CancellationToken};
+use tracing::{debug, info};
+
+use crate::{config::TlsConfig, node::Node};
+
+/// Builds the TLS acceptor for `[tls]`: the certificate chain and key from
+/// PEM files, ALPN `h2` then `http/1.1`, the ring provider.
+pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert_file)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("cannot read certificates from {:?}: {e}", config.cert_file))?;
+    if certs.is_empty() {
+        return Err(format!("{:?} holds no certificate", config.cert_file));
+    }
+    let key = PrivateKeyDer::from_pem_file(&config.key_file)
+        .map_err(|e| format!("cannot read a private key from {:?}: {e}", config.key_file))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not make a TLS identity: {e}"))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled, then waits for
+/// every connection to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    node: Node,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    let config = node.config().clone();
+    let http = &config.http;
+    let mut listener = GuardedListener::new(
+        listener,
+        Duration::from_secs(config.delivery.write_stall_seconds),
+    );
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(http.max_header_bytes)
+        .max_headers(http.max_headers)
+        .header_read_timeout(Duration::from_secs(http.header_read_timeout_seconds));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(http.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX));
+    let handshake_timeout = Duration::from_secs(config.tls.handshake_timeout_seconds);
+    let mut rate = IpRate::new(http.max_connections_per_ip_per_minute);
+    let graceful = GracefulShutdown::new();
+    info!(tls = tls.is_some(), "serving http/1.1 and http/2");
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        if !rate.admit(addr.ip()) {
+            node.metrics()
+                .limit_rejections
+                .with_label_values(&["ip_rate"])
+                .inc();
+            debug!("connection refused: too many from one address");
+            drop(stream);
+            continue;
+        }
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let node = node.clone();
+        tokio::spawn(async move {
+            let io = match tls {
+                None => Either::Left(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => Either::Right(tls_stream),
+                        Ok(Err(error)) => {
+                            node.metrics().tls_handshake_failures.inc();
+                            debug!(%error, "tls handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            node.metrics().tls_handshake_failures.inc();
+                            node.metrics()
+                                .limit_rejections
+                                .with_label_values(&["tls_handshake"])
+                                .inc();
+                            debug!("tls handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(io), service);
+            if let Err(error) = watcher.watch(connection).await {
+                note_connection_error(&node, error.as_ref());
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Counts connection errors that come from a limit.
+fn note_connection_error(node: &Node, error: &(dyn std::error::Error + 'static)) {
+    let Some(error) = error.downcast_ref::<hyper::Error>() else {
+        debug!(%error, "connection ended with an error");
+        return;
+    };
+    let metrics = node.metrics();
+    if error.is_parse_too_large() {
+        metrics
+            .limit_rejections
+            .with_label_values(&["request_head"])
+            .inc();
+        metrics.requests_rejected.with_label_values(&["431"]).inc();
+    } else if error.is_timeout() {
+        metrics
+            .limit_rejections
+            .with_label_values(&["header_read_timeout"])
+            .inc();
+    }
+    debug!(%error, "connection ended with an error");
+}
+
+/// New connections per client address in the current minute.
+struct IpRate {
+    per_minute: u32,
+    window_start: Instant,
+    counts: HashMap<IpAddr, u32>,
+}
+
+impl IpRate {
+    fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            window_start: Instant::now(),
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Whether a new connection from `ip` is admitted. Fixed one-minute
+    /// windows: the map is cleared each minute, so it never outgrows the
+    /// addresses seen in one minute.
+    fn admit(&mut self, ip: IpAddr) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        if self.window_start.elapsed() >= Duration::from_secs(60) {
+            self.window_start = Instant::now();
+            self.counts.clear();
+        }
+        let count = self.counts.entry(ip).or_insert(0);
+        *count += 1;
+        *count <= self.per_minute
+    }
+}
 
 /// A listener whose connections time out stalled writes.
 pub struct GuardedListener {

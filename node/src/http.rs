@@ -8,22 +8,32 @@
 //! - `GET /metrics`: Prometheus text.
 //!
 //! Every refusal is a JSON body `{"error": <code>, "message": <text>}` with a
-//! precise status: 400 for a malformed request, 404 for an unknown topic,
-//! 503 with `Retry-After` when the node is full, draining or without NATS.
+//! precise status: 400 for a malformed request, 401 (with
+//! `WWW-Authenticate: Bearer`) for a private topic without a valid token, 403
+//! for a path the token does not grant, 404 for an unknown topic, 503 with
+//! `Retry-After` when the node is full, draining or without NATS.
+//!
+//! Order of checks: the request's shape, the topics' existence, then the
+//! token for the private ones (see [`crate::auth`]), then the node's room.
+//! Browsers from other origins are let in by the `[cors]` settings.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
     body::Body,
-    extract::{RawQuery, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{FromRef, RawQuery, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
-use sse_protocol::{Cursor, SubjectPath, TopicName};
+use sse_protocol::{Access, Cursor, SubjectPath, TopicName};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::{debug, warn};
 
 use crate::{
+    auth::{self, AuthError, Verifier},
+    config::{ConfigError, CorsConfig},
     node::Node,
     subscriber::{ClientStream, TopicRequest},
     topics::LookupError,
@@ -37,6 +47,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after: Option<u64>,
+    www_authenticate: Option<String>,
 }
 
 impl ApiError {
@@ -46,6 +57,41 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            www_authenticate: None,
+        }
+    }
+
+    fn limit(node: &Node, limit: &'static str, error: Self) -> Self {
+        node.metrics()
+            .limit_rejections
+            .with_label_values(&[limit])
+            .inc();
+        error
+    }
+
+    fn auth(node: &Node, error: AuthError) -> Self {
+        node.metrics()
+            .auth_failures
+            .with_label_values(&[error.reason()])
+            .inc();
+        debug!(reason = error.reason(), "stream refused by auth");
+        let (status, code) = match error {
+            AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AuthError::Missing => (StatusCode::UNAUTHORIZED, "missing_token"),
+            AuthError::Expired => (StatusCode::UNAUTHORIZED, "token_expired"),
+            _ => (StatusCode::UNAUTHORIZED, "invalid_token"),
+        };
+        let mut challenge = String::from("Bearer realm=\"sse\"");
+        if let Some(bearer_error) = error.bearer_error() {
+            // The description is one of our fixed messages, quoted safely.
+            let description = error.to_string().replace(['"', '\\'], "'");
+            challenge.push_str(&format!(
+                ", error=\"{bearer_error}\", error_description=\"{description}\""
+            ));
+        }
+        Self {
+            www_authenticate: Some(challenge),
+            ..Self::new(status, code, error.to_string())
         }
     }
 
@@ -70,13 +116,47 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if let Some(challenge) = self.www_authenticate
+            && let Ok(value) = HeaderValue::from_str(&challenge)
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
         response
     }
 }
 
-/// The node's router.
-pub fn router(node: Node) -> Router {
-    Router::new()
+/// What every request handler shares: the node and the token verifier.
+#[derive(Clone)]
+pub struct HttpState {
+    node: Node,
+    verifier: Arc<Verifier>,
+}
+
+impl FromRef<HttpState> for Node {
+    fn from_ref(state: &HttpState) -> Node {
+        state.node.clone()
+    }
+}
+
+/// The node's router. Fails only on an `[auth]` or `[cors]` section that
+/// `Config::validate` would refuse too.
+pub fn router(node: Node) -> Result<Router, ConfigError> {
+    let config = node.config();
+    let verifier = Verifier::from_config(&config.auth).map_err(|problems| {
+        ConfigError(
+            problems
+                .into_iter()
+                .map(|(key, why)| format!("{key}: {why}"))
+                .collect(),
+        )
+    })?;
+    if !verifier.has_keys() {
+        debug!("no JWT key configured: private topics are refused to everyone");
+    }
+    let cors = cors_layer(&config.cors);
+    let router = Router::new()
         .route("/v1/events", get(events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -84,7 +164,61 @@ pub fn router(node: Node) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .with_state(node)
+        .with_state(HttpState {
+            node,
+            verifier: Arc::new(verifier),
+        });
+    Ok(match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    })
+}
+
+/// Whether `origin` is a serialized origin: `scheme://host[:port]`, no
+/// path, as browsers send in `Origin`.
+pub fn valid_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', ' ', '*'])
+        && HeaderValue::from_str(origin).is_ok()
+}
+
+/// CORS for browsers on other origins: simple `GET`s and preflights for
+/// `GET` with `Authorization` or `Last-Event-ID`. `None` when no origin is
+/// allowed, so no CORS header is ever sent.
+fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
+    if config.allowed_origins.is_empty() {
+        return None;
+    }
+    let origin = if config.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([Method::GET])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::HeaderName::from_static("last-event-id"),
+                header::CACHE_CONTROL,
+                header::ACCEPT,
+            ])
+            .allow_credentials(config.allow_credentials)
+            .max_age(Duration::from_secs(config.max_age_seconds)),
+    )
 }
 
 async fn readyz(State(node): State<Node>) -> Response {
@@ -109,11 +243,12 @@ async fn metrics(State(node): State<Node>) -> Response {
 }
 
 async fn events(
-    State(node): State<Node>,
+    State(state): State<HttpState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match open_stream(&node, &headers, query.as_deref().unwrap_or("")).await {
+    let node = &state.node;
+    match open_stream(&state, &headers, query.as_deref().unwrap_or("")).await {
         Ok(response) => response,
         Err(error) => {
             node.metrics()
@@ -130,6 +265,7 @@ struct StreamRequest {
     topics: BTreeMap<TopicName, Vec<SubjectPath>>,
     order: Vec<TopicName>,
     cursor: Option<Cursor>,
+    query_token: Option<String>,
 }
 
 fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<StreamRequest, ApiError> {
@@ -139,10 +275,12 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
     })?;
     let mut paths = Vec::new();
     let mut query_id = None;
+    let mut query_token = None;
     for (key, value) in pairs {
         match key.as_str() {
             "topic" => paths.push(value),
             "lastEventId" => query_id = Some(value),
+            auth::QUERY_PARAMETER => query_token = Some(value),
             _ => {}
         }
     }
@@ -153,12 +291,16 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
         ));
     }
     if paths.len() > http.max_topics_per_connection {
-        return Err(ApiError::bad_request(
-            "too_many_topics",
-            format!(
-                "{} topic parameters given; at most {} are allowed",
-                paths.len(),
-                http.max_topics_per_connection
+        return Err(ApiError::limit(
+            node,
+            "max_topics_per_connection",
+            ApiError::bad_request(
+                "too_many_topics",
+                format!(
+                    "{} topic parameters given; at most {} are allowed",
+                    paths.len(),
+                    http.max_topics_per_connection
+                ),
             ),
         ));
     }
@@ -191,12 +333,16 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
     let cursor = match id {
         None => None,
         Some(id) if id.len() > http.max_last_event_id_bytes => {
-            return Err(ApiError::bad_request(
-                "last_event_id_too_long",
-                format!(
-                    "Last-Event-ID is {} bytes long; at most {} are allowed",
-                    id.len(),
-                    http.max_last_event_id_bytes
+            return Err(ApiError::limit(
+                node,
+                "max_last_event_id_bytes",
+                ApiError::bad_request(
+                    "last_event_id_too_long",
+                    format!(
+                        "Last-Event-ID is {} bytes long; at most {} are allowed",
+                        id.len(),
+                        http.max_last_event_id_bytes
+                    ),
                 ),
             ));
         }
@@ -209,10 +355,16 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
         topics,
         order,
         cursor,
+        query_token,
     })
 }
 
-async fn open_stream(node: &Node, headers: &HeaderMap, query: &str) -> Result<Response, ApiError> {
+async fn open_stream(
+    state: &HttpState,
+    headers: &HeaderMap,
+    query: &str,
+) -> Result<Response, ApiError> {
+    let node = &state.node;
     if node.is_draining() {
         return Err(ApiError::unavailable(
             "draining",
@@ -222,6 +374,7 @@ async fn open_stream(node: &Node, headers: &HeaderMap, query: &str) -> Result<Re
     }
     let mut request = parse_request(node, headers, query)?;
     let mut attached = Vec::with_capacity(request.order.len());
+    let mut private = Vec::new();
     for topic in &request.order {
         let feed = node.topics().get(topic).await.map_err(|e| match e {
             LookupError::NotFound(_) => {
@@ -232,6 +385,9 @@ async fn open_stream(node: &Node, headers: &HeaderMap, query: &str) -> Result<Re
             }
         })?;
         let patterns = request.topics.remove(topic).unwrap_or_default();
+        if feed.access() == Access::Private {
+            private.extend(patterns.iter().cloned());
+        }
         let resume = request
             .cursor
             .as_ref()
@@ -246,17 +402,34 @@ async fn open_stream(node: &Node, headers: &HeaderMap, query: &str) -> Result<Re
             feed,
         ));
     }
+    let expires = if private.is_empty() {
+        None
+    } else {
+        Some(authorize(
+            state,
+            headers,
+            request.query_token.as_deref(),
+            &private,
+        )?)
+    };
     if !node.try_open_connection() {
-        return Err(ApiError::unavailable(
-            "node_full",
-            format!(
-                "this node holds its maximum of {} streams; retry, the load balancer will pick another",
-                node.config().http.max_connections
+        return Err(ApiError::limit(
+            node,
+            "max_connections",
+            ApiError::unavailable(
+                "node_full",
+                format!(
+                    "this node holds its maximum of {} streams; retry, the load balancer will pick another",
+                    node.config().http.max_connections
+                ),
+                1,
             ),
-            1,
         ));
     }
-    let stream = ClientStream::open(node.clone(), attached);
+    let mut stream = ClientStream::open(node.clone(), attached);
+    if let Some(remaining) = expires {
+        stream.close_at_token_expiry(tokio::time::Instant::now() + remaining);
+    }
     let mut response = Response::new(Body::from_stream(stream.into_body_stream()));
     let headers = response.headers_mut();
     headers.insert(
@@ -266,4 +439,29 @@ async fn open_stream(node: &Node, headers: &HeaderMap, query: &str) -> Result<Re
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// Checks the request's token against every path it asks for in a private
+/// topic; returns the time left before the token expires.
+fn authorize(
+    state: &HttpState,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    private: &[SubjectPath],
+) -> Result<Duration, ApiError> {
+    let node = &state.node;
+    let token = auth::token_from_request(&node.config().auth, headers, query_token)
+        .map_err(|e| ApiError::auth(node, e))?
+        .ok_or_else(|| ApiError::auth(node, AuthError::Missing))?;
+    if !state.verifier.has_keys() {
+        warn!("a private topic was asked for, but no JWT key is configured");
+    }
+    let authorized = state
+        .verifier
+        .verify(&token)
+        .map_err(|e| ApiError::auth(node, e))?;
+    if let Some(path) = private.iter().find(|p| !authorized.allows(p)) {
+        return Err(ApiError::auth(node, AuthError::Forbidden(path.to_string())));
+    }
+    Ok(authorized.remaining())
 }

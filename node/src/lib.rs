@@ -8,12 +8,14 @@
 //! - [`topics`]: which topics exist, discovered from JetStream;
 //! - [`subscriber`]: each client's stream catches up (memory or JetStream),
 //!   then fans out live events from the topic's broadcast;
-//! - [`http`]: the endpoints, request validation and error bodies.
+//! - [`http`]: the endpoints, request validation and error bodies;
+//!   [`auth`] checks tokens for private topics.
 //!
 //! Around them: [`config`], [`metrics`], [`node`] (shared state and
 //! readiness), [`connection`] (accepted sockets), [`report`] (the cluster view) and [`telemetry`] (logs).
 //! [`run`] wires them together; `main.rs` only loads the config and calls it.
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod event;
@@ -173,13 +175,21 @@ pub async fn run(
     ));
 
     let server_stop = CancellationToken::new();
-    let listener = connection::GuardedListener::new(
+    let router = http::router(node.clone())?;
+    let tls = if config.tls.cert_file.is_empty() {
+        None
+    } else {
+        let acceptor = connection::tls_acceptor(&config.tls)
+            .map_err(|e| config::ConfigError(vec![format!("tls.cert_file: {e}")]))?;
+        Some(acceptor)
+    };
+    let serving = tokio::spawn(connection::serve(
         listener,
-        Duration::from_secs(config.delivery.write_stall_seconds),
-    );
-    let serve = axum::serve(listener, http::router(node.clone()))
-        .with_graceful_shutdown(server_stop.clone().cancelled_owned());
-    let serving = tokio::spawn(async move { serve.await });
+        router,
+        node.clone(),
+        tls,
+        server_stop.clone(),
+    ));
 
     shutdown.cancelled().await;
     node.set_draining();

@@ -1,0 +1,523 @@
+//! Who may read a private topic: JWT verification and grant checks.
+//!
+//! A topic whose stream metadata says `sse.access: private` is read only with
+//! a token. [`token_from_request`] finds it, first to last, in the
+//! `Authorization: Bearer` header, the `access_token` query parameter (when
+//! `auth.query_parameter` allows it) and the cookie `auth.cookie_name`.
+//! [`Verifier::verify`] checks its signature against the configured keys
+//! (HS256 secret, RS256 and ES256 public keys, a JWKS file), then `exp`
+//! (always required), `nbf`, and `aud` and `iss` when configured. Only
+//! algorithms with a configured key are accepted: `alg: none` has no key and
+//! can never pass, and a token signed with a public key as an HMAC secret
+//! finds no HS256 key of that kind.
+//!
+//! The claim `sse.subscribe` lists the subject patterns the holder may read;
+//! [`Authorized::allows`] checks a requested path against them (see
+//! `sse_protocol::grant`). The time the token expires is kept so the stream
+//! it opens is closed then.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderMap, header};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    errors::ErrorKind,
+    jwk::{AlgorithmParameters, EllipticCurve, JwkSet},
+};
+use serde::Deserialize;
+use sse_protocol::{Grants, SubjectPath, grant::SUBSCRIBE_CLAIM};
+
+use crate::config::AuthConfig;
+
+/// The query parameter that may carry a token.
+pub const QUERY_PARAMETER: &str = "access_token";
+
+/// Why a token was refused. Every variant but [`AuthError::Forbidden`] is a
+/// 401; that one is a 403.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token in any accepted place.
+    #[error("this topic is private; send a token (Authorization: Bearer, access_token or cookie)")]
+    Missing,
+    /// The `Authorization` header is not a bearer token.
+    #[error("the Authorization header is not a Bearer token")]
+    NotBearer,
+    /// Not a well-formed JWT, or a claim has the wrong shape.
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+    /// The token names an algorithm no key is configured for.
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    /// No configured key verifies the signature.
+    #[error("the token's signature does not verify")]
+    Signature,
+    /// `exp` has passed.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is still to come.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `aud` is not the configured audience.
+    #[error("the token is not meant for this audience")]
+    Audience,
+    /// `iss` is not the configured issuer.
+    #[error("the token comes from another issuer")]
+    Issuer,
+    /// The token does not grant a requested path.
+    #[error("the token does not grant {0:?}")]
+    Forbidden(String),
+}
+
+impl AuthError {
+    /// The reason label of `sse_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::NotBearer | Self::Malformed(_) => "malformed",
+            Self::Algorithm => "algorithm",
+            Self::Signature => "signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Audience => "audience",
+            Self::Issuer => "issuer",
+            Self::Forbidden(_) => "forbidden",
+        }
+    }
+
+    /// The RFC 6750 error code for `WWW-Authenticate`; none when the
+    /// request carried no token at all.
+    pub fn bearer_error(&self) -> Option<&'static str> {
+        match self {
+            Self::Missing => None,
+            Self::Forbidden(_) => Some("insufficient_scope"),
+            _ => Some("invalid_token"),
+        }
+    }
+}
+
+/// A verified token: what it grants and until when.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    grants: Grants,
+    /// When the token stops being accepted (`exp` plus the leeway).
+    pub expires_at: SystemTime,
+}
+
+impl Authorized {
+    /// Whether the token grants every subject `path` can match.
+    pub fn allows(&self, path: &SubjectPath) -> bool {
+        self.grants.covers(path)
+    }
+
+    /// Time left before the token expires; zero if it already has.
+    pub fn remaining(&self) -> Duration {
+        self.expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    /// Required by the validation; kept to compute the stream's end.
+    exp: u64,
+    #[serde(rename = "sse.subscribe", default)]
+    subscribe: Vec<String>,
+}
+
+struct Key {
+    algorithm: Algorithm,
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// Verifies tokens against the configured keys and claims.
+pub struct Verifier {
+    keys: Vec<Key>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys.len())
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+/// Problems found in the `[auth]` section, each with the key it concerns.
+pub type ConfigProblems = Vec<(&'static str, String)>;
+
+impl Verifier {
+    /// Loads every configured key; reports each key that cannot be used.
+    pub fn from_config(config: &AuthConfig) -> Result<Self, ConfigProblems> {
+        let jwt = &config.jwt;
+        let mut keys = Vec::new();
+        let mut problems = Vec::new();
+        if !jwt.hs256_secret.0.is_empty() {
+            if jwt.hs256_secret.0.len() < 32 {
+                problems.push((
+                    "auth.jwt.hs256_secret",
+                    "must be at least 32 bytes long".to_owned(),
+                ));
+            }
+            keys.push(Key {
+                algorithm: Algorithm::HS256,
+                kid: None,
+                key: DecodingKey::from_secret(jwt.hs256_secret.0.as_bytes()),
+            });
+        }
+        let pem_keys: [(Algorithm, &str, &str, &'static str, &'static str); 2] = [
+            (
+                Algorithm::RS256,
+                &jwt.rs256_public_key_pem,
+                &jwt.rs256_public_key_file,
+                "auth.jwt.rs256_public_key_pem",
+                "auth.jwt.rs256_public_key_file",
+            ),
+            (
+                Algorithm::ES256,
+                &jwt.es256_public_key_pem,
+                &jwt.es256_public_key_file,
+                "auth.jwt.es256_public_key_pem",
+                "auth.jwt.es256_public_key_file",
+            ),
+        ];
+        for (algorithm, pem, file, pem_key, file_key) in pem_keys {
+            let (text, key_name) = match (pem.is_empty(), file.is_empty()) {
+                (true, true) => continue,
+                (false, false) => {
+                    problems.push((file_key, format!("set either {pem_key} or {file_key}")));
+                    continue;
+                }
+                (false, true) => (pem.to_owned(), pem_key),
+                (true, false) => match std::fs::read_to_string(file) {
+                    Ok(text) => (text, file_key),
+                    Err(e) => {
+                        problems.push((file_key, format!("cannot read {file:?}: {e}")));
+                        continue;
+                    }
+                },
+            };
+            let key = match algorithm {
+                Algorithm::RS256 => DecodingKey::from_rsa_pem(text.as_bytes()),
+                _ => DecodingKey::from_ec_pem(text.as_bytes()),
+            };
+            match key {
+                Ok(key) => keys.push(Key {
+                    algorithm,
+                    kid: None,
+                    key,
+                }),
+                Err(e) => problems.push((key_name, format!("not a usable public key: {e}"))),
+            }
+        }
+        if !jwt.jwks_file.is_empty() {
+            match load_jwks(&jwt.jwks_file) {
+                Ok(mut loaded) => keys.append(&mut loaded),
+                Err(why) => problems.push(("auth.jwt.jwks_file", why)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Ok(Self {
+            keys,
+            audience: non_empty(&jwt.audience),
+            issuer: non_empty(&jwt.issuer),
+            leeway: jwt.leeway_seconds,
+        })
+    }
+
+    /// Whether any key is configured; without one, private topics are
+    /// refused to everyone.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Verifies a token: signature, `exp`, `nbf`, `aud`, `iss`.
+    pub fn verify(&self, token: &str) -> Result<Authorized, AuthError> {
+        // An unknown `alg` (such as `none`) fails here: the enum has no such
+        // variant.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::Json(_) if token_names_alg_none(token) => AuthError::Algorithm,
+            _ => AuthError::Malformed(describe(&e)),
+        })?;
+        let candidates: Vec<&Key> = self
+            .keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg)
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(wanted), Some(kid)) => wanted == kid,
+                _ => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(AuthError::Algorithm);
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let mut last = AuthError::Signature;
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => {
+                    let claims = data.claims;
+                    let expires_at =
+                        UNIX_EPOCH + Duration::from_secs(claims.exp.saturating_add(self.leeway));
+                    return Ok(Authorized {
+                        grants: Grants::new(claims.subscribe.iter().map(String::as_str)),
+                        expires_at,
+                    });
+                }
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::InvalidSignature => AuthError::Signature,
+                        ErrorKind::ExpiredSignature => AuthError::Expired,
+                        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                        ErrorKind::InvalidAudience => AuthError::Audience,
+                        ErrorKind::InvalidIssuer => AuthError::Issuer,
+                        ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
+                        _ => AuthError::Malformed(describe(&e)),
+                    };
+                    // Another key of the same algorithm may still verify it.
+                    if last != AuthError::Signature {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// A token error described without echoing the token.
+fn describe(error: &jsonwebtoken::errors::Error) -> String {
+    match error.kind() {
+        ErrorKind::MissingRequiredClaim(claim) => format!("the claim {claim:?} is missing"),
+        ErrorKind::Json(_) => format!(
+            "a part is not the JSON expected (e.g. {SUBSCRIBE_CLAIM} must be a list of strings)"
+        ),
+        ErrorKind::Base64(_) | ErrorKind::Utf8(_) => "a part is not base64url".to_owned(),
+        ErrorKind::InvalidToken => "not three base64url parts".to_owned(),
+        _ => "cannot be read".to_owned(),
+    }
+}
+
+/// Whether the token's header names `alg: none` (any case), to report it
+/// as a refused algorithm rather than a malformed token.
+fn token_names_alg_none(token: &str) -> bool {
+    use jsonwebtoken::errors::Error;
+    let Some(first) = token.split('.').next() else {
+        return false;
+    };
+    let decoded: Result<Vec<u8>, Error> = base64_url_decode(first);
+    decoded
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| {
+            v.get("alg")?
+                .as_str()
+                .map(|a| a.eq_ignore_ascii_case("none"))
+        })
+        .unwrap_or(false)
+}
+
+/// Unpadded base64url, as JWT uses; small enough not to need a crate.
+fn base64_url_decode(text: &str) -> Result<Vec<u8>, jsonwebtoken::errors::Error> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for b in text.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            b'=' => break,
+            _ => return Err(ErrorKind::InvalidToken.into()),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
+}
+
+fn load_jwks(path: &str) -> Result<Vec<Key>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    let set: JwkSet =
+        serde_json::from_str(&text).map_err(|e| format!("{path:?} is not a JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let algorithm = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
+            _ => return Err(format!("key {i} is neither RSA, EC P-256 nor oct")),
+        };
+        if let Some(declared) = jwk.common.key_algorithm {
+            let declared = format!("{declared:?}");
+            if declared != format!("{algorithm:?}") {
+                return Err(format!(
+                    "key {i} declares alg {declared}; only RS256, ES256 and HS256 are accepted"
+                ));
+            }
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {i}: {e}"))?;
+        keys.push(Key {
+            algorithm,
+            kid: jwk.common.key_id.clone(),
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err(format!("{path:?} holds no key"));
+    }
+    Ok(keys)
+}
+
+/// The token a request carries, if any: `Authorization: Bearer`, then the
+/// `access_token` query parameter (if allowed), then the cookie.
+pub fn token_from_request(
+    config: &AuthConfig,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Option<String>, AuthError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
+        let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(AuthError::NotBearer);
+        }
+        return Ok(Some(token.trim().to_owned()));
+    }
+    if config.query_parameter
+        && let Some(token) = query_token.filter(|t| !t.is_empty())
+    {
+        return Ok(Some(token.to_owned()));
+    }
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            if let Some((name, token)) = pair.trim().split_once('=')
+                && name == config.cookie_name
+                && !token.is_empty()
+            {
+                return Ok(Some(token.trim_matches('"').to_owned()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{JwtConfig, Secret};
+    use jsonwebtoken::{EncodingKey, Header, encode};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn config() -> AuthConfig {
+        AuthConfig {
+            cookie_name: "sse_token".into(),
+            query_parameter: true,
+            jwt: JwtConfig {
+                hs256_secret: Secret(SECRET.into()),
+                rs256_public_key_pem: String::new(),
+                rs256_public_key_file: String::new(),
+                es256_public_key_pem: String::new(),
+                es256_public_key_file: String::new(),
+                jwks_file: String::new(),
+                audience: String::new(),
+                issuer: String::new(),
+                leeway_seconds: 0,
+            },
+        }
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn verifies_and_grants() {
+        let v = Verifier::from_config(&config()).unwrap();
+        let t = token(serde_json::json!({"exp": now() + 60, "sse.subscribe": ["orders.alice.>"]}));
+        let a = v.verify(&t).unwrap();
+        assert!(a.allows(&SubjectPath::parse_pattern("orders.alice.1").unwrap()));
+        assert!(!a.allows(&SubjectPath::parse_pattern("orders.>").unwrap()));
+        assert!(a.remaining() > Duration::from_secs(50));
+    }
+
+    #[test]
+    fn refuses_bad_tokens_precisely() {
+        let v = Verifier::from_config(&config()).unwrap();
+        let expired = token(serde_json::json!({"exp": now() - 10}));
+        assert_eq!(v.verify(&expired).unwrap_err(), AuthError::Expired);
+        let early = token(serde_json::json!({"exp": now() + 60, "nbf": now() + 30}));
+        assert_eq!(v.verify(&early).unwrap_err(), AuthError::NotYetValid);
+        let no_exp = token(serde_json::json!({"sse.subscribe": ["a"]}));
+        assert!(matches!(v.verify(&no_exp), Err(AuthError::Malformed(_))));
+        // alg: none, unsigned.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJleHAiOjQxMDI0NDQ4MDB9.";
+        assert_eq!(v.verify(none).unwrap_err(), AuthError::Algorithm);
+        let forged = format!("{}x", &expired[..expired.len() - 1]);
+        assert!(v.verify(&forged).is_err());
+        assert!(matches!(v.verify("abc"), Err(AuthError::Malformed(_))));
+    }
+
+    #[test]
+    fn reads_tokens_from_each_place() {
+        let c = config();
+        let mut h = HeaderMap::new();
+        assert_eq!(token_from_request(&c, &h, None), Ok(None));
+        assert_eq!(token_from_request(&c, &h, Some("q")), Ok(Some("q".into())));
+        h.insert(header::COOKIE, "a=b; sse_token=c".parse().unwrap());
+        assert_eq!(token_from_request(&c, &h, None), Ok(Some("c".into())));
+        assert_eq!(token_from_request(&c, &h, Some("q")), Ok(Some("q".into())));
+        h.insert(header::AUTHORIZATION, "Bearer h".parse().unwrap());
+        assert_eq!(token_from_request(&c, &h, Some("q")), Ok(Some("h".into())));
+        h.insert(header::AUTHORIZATION, "Basic xyz".parse().unwrap());
+        assert_eq!(token_from_request(&c, &h, None), Err(AuthError::NotBearer));
+    }
+
+    #[test]
+    fn base64url_decodes() {
+        assert_eq!(base64_url_decode("eyJhIjoxfQ").unwrap(), br#"{"a":1}"#);
+        assert!(base64_url_decode("a+b").is_err());
+    }
+}

@@ -47,6 +47,12 @@ pub const EXIT_CONFIG: u8 = 64;
 
 /// Longest wait for open requests once shutdown has begun.
 const DRAIN_CAP: Duration = Duration::from_secs(10);
+/// Longest wait for NATS to take buffered messages at exit.
+const FLUSH_CAP: Duration = Duration::from_secs(2);
+
+fn state_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
 
 /// Serves the admin API on `listener` until `shutdown` is cancelled.
 ///
@@ -75,8 +81,13 @@ pub async fn run(
         result = serve => result.map_err(Error::Serve)?,
         () = drain_cap => tracing::warn!("drain time cap reached; closing open requests"),
     }
-    if let Err(err) = client.flush().await {
-        tracing::debug!(%err, "nats flush at shutdown failed");
+    // Flushing waits for a connection; with NATS down there is none.
+    if state_connected(&client) {
+        match tokio::time::timeout(FLUSH_CAP, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::debug!(%err, "nats flush at shutdown failed"),
+            Err(_) => tracing::debug!("nats flush at shutdown timed out"),
+        }
     }
     tracing::info!("admin stopped");
     Ok(())

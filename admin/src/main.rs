@@ -41,7 +41,10 @@ fn main() -> ExitCode {
     }
     telemetry::init(&config.log);
     match serve(config) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            tracing::info!("exiting");
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "admin failed");
             ExitCode::FAILURE

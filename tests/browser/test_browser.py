@@ -121,6 +121,11 @@ def _kill_profile_processes(profile: str) -> None:
                 pass
 
 
+def _replayed(c, source: str) -> float:
+    """Replays counted by the nodes still running (the killed one served none)."""
+    return sum(metric_sum(c.metrics(n) or {}, "sse_replay_events_total", source=source) for n in c.running_nodes())
+
+
 @pytest.mark.timeout(150)
 def test_browser_eventsource_gets_every_event_once_when_its_node_is_killed(node_binary, cluster_factory, topic):
     if not Path(CHROMIUM).exists() or not (TESTS / "node_modules" / "playwright-core").exists():
@@ -168,6 +173,9 @@ def test_browser_eventsource_gets_every_event_once_when_its_node_is_killed(node_
                     "opens (1 + reconnects)": state.get("opens"),
                     "errors": state.get("errors"),
                     "reset events": state.get("other", {}).get("reset", 0),
+                    "longest gap s": round(state.get("longestGapMs", 0) / 1000, 2),
+                    "replayed memory": int(_replayed(c, "memory")),
+                    "replayed jetstream": int(_replayed(c, "jetstream")),
                     "last id": state.get("lastEventId"),
                 }
             )

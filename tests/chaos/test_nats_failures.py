@@ -10,12 +10,12 @@ import pytest
 
 from cluster.harness import http_get
 from cluster.tcp_proxy import TcpProxy
-from cluster.workload import Scenario, scale, stream_leader
+from cluster.workload import Scenario, chaos_timeout, scale, stream_leader
 
 pytestmark = [pytest.mark.needs_node]
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(chaos_timeout(150))
 def test_kill_9_the_stream_leaders_nats_server_while_publishing(node_binary, cluster_factory, topic):
     c = cluster_factory(nodes=3, topics=[(topic, 3)])
     scn = Scenario(c, "kill -9 the JetStream stream leader", topic, **scale())
@@ -42,7 +42,7 @@ def test_kill_9_the_stream_leaders_nats_server_while_publishing(node_binary, clu
     assert scn.figures["reconnects"] == 0, f"nodes closed client streams during the failover: {closed}"
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(chaos_timeout(150))
 def test_a_node_cut_off_from_nats_and_reconnected(node_binary, cluster_factory, topic):
     proxy: list[TcpProxy] = []
 

@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from cluster.workload import Scenario, scale
+from cluster.workload import Scenario, chaos_timeout, scale
 
 pytestmark = [pytest.mark.needs_node]
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(chaos_timeout(150))
 def test_kill_9_a_node_while_it_serves_clients(node_binary, cluster_factory, topic):
     c = cluster_factory(nodes=3, topics=[(topic, 3)])
     scn = Scenario(c, "kill -9 a node", topic, **scale())
@@ -34,9 +34,15 @@ def test_kill_9_a_node_while_it_serves_clients(node_binary, cluster_factory, top
     scn.assert_clean(problems)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(chaos_timeout(180))
 def test_rolling_restart_of_every_node(node_binary, cluster_factory, topic):
-    c = cluster_factory(nodes=3, topics=[(topic, 3)])
+    # Node memory holds only the last few events, so the clients moved by
+    # each restart (about a second behind) resume from JetStream.
+    c = cluster_factory(
+        nodes=3,
+        topics=[(topic, 3)],
+        node_env={"SSE_HISTORY__MAX_EVENTS_PER_TOPIC": "5", "SSE_HISTORY__WARM_EVENTS": "5"},
+    )
     scn = Scenario(c, "rolling restart", topic, **scale())
     exits: dict[str, str] = {}
 

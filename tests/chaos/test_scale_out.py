@@ -7,12 +7,12 @@ import asyncio
 
 import pytest
 
-from cluster.workload import Scenario, scale
+from cluster.workload import Scenario, chaos_timeout, scale
 
 pytestmark = [pytest.mark.needs_node]
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(chaos_timeout(150))
 def test_scale_out_from_2_to_4_nodes_under_load(node_binary, cluster_factory, topic):
     c = cluster_factory(
         nodes=2,

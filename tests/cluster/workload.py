@@ -260,6 +260,13 @@ def scale() -> dict:
     }
 
 
+def chaos_timeout(seconds: float) -> float:
+    """A test's time bound, stretched for the opt-in soak."""
+    import os
+
+    return seconds * 8 if os.environ.get("SSE_CHAOS_SOAK") == "1" else seconds
+
+
 def _ranges(ns: list[int], limit: int = 6) -> str:
     if not ns:
         return ""

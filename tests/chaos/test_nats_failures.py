@@ -27,7 +27,7 @@ def test_kill_9_the_stream_leaders_nats_server_while_publishing(node_binary, clu
         killed_at = time.monotonic()
         c.kill(proc)
         live = [u for i, u in enumerate(c.nats_urls) if f"nats{i}" != proc]
-        new_leader = await stream_leader(live, f"SSE_{topic}")
+        new_leader = await stream_leader(live, f"SSE_{topic}", not_=leader)
         s.extra["stream leader"] = f"{leader} killed, {new_leader} elected in {time.monotonic() - killed_at:.1f}s"
         await s.at(0.6)
         c.start_proc(proc, wait=False)

@@ -225,8 +225,9 @@ async def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval
     return True
 
 
-async def stream_leader(urls: list[str], stream: str, timeout: float = 30.0) -> str:
-    """The server name of the stream's current Raft leader."""
+async def stream_leader(urls: list[str], stream: str, timeout: float = 30.0, not_: str | None = None) -> str:
+    """The server name of the stream's current Raft leader (other than `not_`,
+    which the survivors may go on naming until they elect a new one)."""
     import nats
 
     nc = await nats.connect(servers=urls, connect_timeout=2)
@@ -236,7 +237,7 @@ async def stream_leader(urls: list[str], stream: str, timeout: float = 30.0) -> 
         while True:
             try:
                 info = await js.stream_info(stream)
-                if info.cluster and info.cluster.leader:
+                if info.cluster and info.cluster.leader and info.cluster.leader != not_:
                     return info.cluster.leader
             except Exception:  # noqa: BLE001 - no leader during an election
                 pass

@@ -1,6 +1,10 @@
-//! The binary's command line: `--check-config` and exit code 64.
+//! The binary: `--check-config` and exit code 64, and a prompt exit on
+//! SIGTERM.
 
-use std::process::Command;
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 fn admin() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sse-admin"));
@@ -68,4 +72,43 @@ fn check_config_names_the_bad_key_and_exits_64() {
 
     let out = admin().arg("--frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn sigterm_stops_promptly_even_without_nats() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    // Port 1 on loopback: nothing listens, NATS stays unreachable.
+    let mut child = admin()
+        .env("SSE_ADMIN__TOKEN", "t")
+        .env("SSE_NATS__URL", "nats://127.0.0.1:1")
+        .env("SSE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("SSE_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "admin did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("admin still running 5 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
 }

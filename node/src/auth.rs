@@ -278,6 +278,12 @@ impl Verifier {
                     let claims = data.claims;
                     let expires_at =
                         UNIX_EPOCH + Duration::from_secs(claims.exp.saturating_add(self.leeway));
+                    // RFC 7519: the token is expired from `exp` on. The
+                    // library only refuses it a second later; refusing it
+                    // here too keeps acceptance and the stream's end in step.
+                    if SystemTime::now() >= expires_at {
+                        return Err(AuthError::Expired);
+                    }
                     return Ok(Authorized {
                         grants: Grants::new(claims.subscribe.iter().map(String::as_str)),
                         expires_at,

@@ -1,6 +1,7 @@
 //! Integration tests of `sse-node` against a real `nats-server` with
 //! JetStream, spawned per test on a free port, and real node processes.
 
+mod auth;
 mod frames;
 mod input;
 mod lifecycle;

@@ -133,6 +133,19 @@ pub(crate) async fn create_topic(js: &jetstream::Context, name: &str, max_age: O
     .expect("create stream");
 }
 
+/// Creates topic `name` as [`create_topic`] does, private: its stream
+/// metadata says `sse.access: private`.
+pub(crate) async fn create_private_topic(js: &jetstream::Context, name: &str) {
+    js.create_stream(stream::Config {
+        name: format!("SSE_{name}"),
+        subjects: vec![format!("sse.{name}"), format!("sse.{name}.>")],
+        metadata: [("sse.access".to_owned(), "private".to_owned())].into(),
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+}
+
 /// Publishes `data` to `sse.<path>` and waits for the ack; returns the
 /// stream sequence.
 pub(crate) async fn publish(js: &jetstream::Context, path: &str, data: &str) -> u64 {
@@ -290,10 +303,18 @@ pub(crate) struct SseClient {
 impl SseClient {
     /// Opens `url`, sending `Last-Event-ID` if given. Fails on a non-200.
     pub(crate) async fn connect(url: &str, last_event_id: Option<&str>) -> Result<Self> {
+        let headers: Vec<(&str, &str)> = last_event_id
+            .map(|id| vec![("Last-Event-ID", id)])
+            .unwrap_or_default();
+        Self::connect_with(url, &headers).await
+    }
+
+    /// Opens `url` with extra request headers. Fails on a non-200.
+    pub(crate) async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self> {
         let client = reqwest::Client::new();
         let mut request = client.get(url).header("Accept", "text/event-stream");
-        if let Some(id) = last_event_id {
-            request = request.header("Last-Event-ID", id);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let response = request.send().await?;
         if response.status() != 200 {
@@ -468,4 +489,23 @@ pub(crate) async fn get(url: &str, last_event_id: Option<&str>) -> (u16, String)
     let response = request.send().await.expect("request");
     let status = response.status().as_u16();
     (status, response.text().await.unwrap_or_default())
+}
+
+/// `GET` a URL with extra headers; returns status, response headers, body.
+pub(crate) async fn get_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut request = reqwest::Client::new().get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    if status == 200 {
+        // An event stream never ends by itself: do not read it.
+        return (status, headers, String::new());
+    }
+    (status, headers, response.text().await.unwrap_or_default())
 }

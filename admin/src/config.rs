@@ -113,10 +113,13 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        // `SSE_CONFIG` names the file; it is not a key.
+        // Every key is `<section>.<key>`, so only `SSE_<SECTION>__<KEY>` can
+        // name one: a misspelt nested key is still refused, while variables
+        // such as `SSE_CONFIG` (the file) or another tool's `SSE_ADMIN_TOKEN`
+        // do not stop start-up.
         figment.merge(
             Env::prefixed("SSE_")
-                .filter(|key| key.as_str() != "config")
+                .filter(|key| key.as_str().contains("__"))
                 .split("__"),
         )
     }

@@ -21,9 +21,12 @@ fn check_config_names_the_bad_key_and_exits_64() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("admin.token"), "{stderr}");
 
+    // Variables that cannot be keys (no `__`) are not read.
     let out = admin()
         .arg("--check-config")
         .env("SSE_ADMIN__TOKEN", "t0ken")
+        .env("SSE_NODE_BIN", "/somewhere")
+        .env("SSE_ADMIN_TOKEN", "x")
         .output()
         .unwrap();
     assert_eq!(
@@ -32,6 +35,15 @@ fn check_config_names_the_bad_key_and_exits_64() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A misspelt nested key is refused.
+    let out = admin()
+        .arg("--check-config")
+        .env("SSE_ADMIN__TOKEN", "t0ken")
+        .env("SSE_ADMIN__TOKN", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokn"));
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("admin.toml");

@@ -38,6 +38,9 @@ pub enum Error {
     /// A route that does not exist.
     #[error("no such route")]
     RouteNotFound,
+    /// A known route, asked with the wrong method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// The topic's stream already exists.
     #[error("topic {0:?} already exists")]
     TopicExists(String),
@@ -83,6 +86,7 @@ impl Error {
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Error::TopicNotFound(_) => (StatusCode::NOT_FOUND, "topic_not_found"),
             Error::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
             Error::PayloadTooLarge { .. } | Error::TooLargeForTopic(_) | Error::BodyTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")

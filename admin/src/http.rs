@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/topics/{name}/events", post(publish::publish_event))
         .route("/v1/nodes", get(cluster::list_nodes))
         .fallback(|| async { Error::RouteNotFound })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)

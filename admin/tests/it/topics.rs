@@ -198,6 +198,7 @@ async fn bad_names_and_values_are_refused() {
             "Bad.Name",
         );
         assert_error(&admin.call("GET", "/v1/nope", None).await, 404, "route");
+        assert_error(&admin.call("PUT", "/v1/topics", None).await, 405, "method");
         // Nothing was created by any of it.
         let (_, list) = admin.call("GET", "/v1/topics", None).await;
         assert_eq!(list["topics"], json!([]));

@@ -3,6 +3,7 @@
 
 mod auth;
 mod frames;
+mod hardening;
 mod input;
 mod lifecycle;
 mod resume;

@@ -394,7 +394,8 @@ async fn publish_with_retry(
 }
 
 /// Drops cached stream facts whenever JetStream announces a stream was
-/// created, deleted or updated. Ends on shutdown.
+/// created, deleted or updated (other stream advisories are ignored). Ends
+/// on shutdown.
 pub async fn watch_stream_advisories(state: AppState) {
     let subject = "$JS.EVENT.ADVISORY.STREAM.*.*";
     let mut advisories = match state.client.subscribe(subject).await {
@@ -409,7 +410,13 @@ pub async fn watch_stream_advisories(state: AppState) {
             () = state.shutdown.cancelled() => return,
             message = advisories.next() => match message {
                 Some(message) => {
-                    if let Some(stream) = message.subject.rsplit('.').next() {
+                    // `$JS.EVENT.ADVISORY.STREAM.<ACTION>.<stream>`. A leader
+                    // election changes nothing cached, and a look-up during
+                    // one would only wait for the new leader.
+                    let mut tokens = message.subject.rsplit('.');
+                    if let (Some(stream), Some("CREATED" | "DELETED" | "UPDATED")) =
+                        (tokens.next(), tokens.next())
+                    {
                         state.forget_stream(stream);
                     }
                 }

@@ -1,0 +1,575 @@
+//! The coordinator: one scenario against one server, measured.
+//!
+//! A run goes: create the topics (sse-node) → sample the server processes →
+//! start the workers and wait until every connection streams → sample
+//! again → publish (or kill a node and publish, or only wait) → poll the
+//! workers until every connection has the last counter of its subject →
+//! sample a third time → collect the workers' figures. The result is one
+//! JSON object on stdout (see [`report`](crate::report) for the table).
+//!
+//! Scenarios (defaults in brackets, each overridable by a flag):
+//! - `fanout`: `--subscribers` [1000] on one subject, `--rate` [1000]/s for
+//!   `--duration` [10] s, `--payload` [100] bytes;
+//! - `latency`: as fan-out at 100 events/s (100k deliveries/s);
+//! - `quiet`: 10,000 subscribers over `--subjects` [1000] subjects, 1,000
+//!   events/s in total; on sse-node `--layout paths` (one topic, subject
+//!   paths `<topic>.p<i>`) or `streams` (one topic, so one stream, each);
+//! - `idle`: 15,000 connections, nothing published, held `--duration` [5] s;
+//!   memory per connection is (RSS with them − RSS before) / N;
+//! - `storm`: 10,000 subscribers spread over two `--url`s; the process
+//!   named by `--kill` is sent SIGKILL, `--events` [1000] are published at
+//!   once, and the run measures when every subscriber has them all;
+//! - `catchup`: one subscriber resumes from before a `--backlog` [100000]
+//!   events long history, written beforehand by `sse-bench prefill`.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines},
+    net::TcpStream,
+    process::{Child, ChildStdin, ChildStdout, Command},
+};
+
+use crate::{
+    args::Args,
+    histogram::Histogram,
+    procstat::{self, Sample},
+    publish::Publisher,
+    sse::{Body, parse_head, payload},
+    worker::{self, MAX_CONNECTIONS_PER_WORKER, WorkerConfig, WorkerStats, now_us},
+};
+
+/// The server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// sse-node with JetStream behind it.
+    Node,
+    /// nginx with the Nchan module.
+    Nchan,
+}
+
+/// Names of things for one run: what clients request, where events go.
+struct Plan {
+    /// Request target per subject.
+    paths: Vec<String>,
+    /// Topics to create (sse-node).
+    topics: Vec<String>,
+    /// Publish subject (NATS, without prefix) or channel (Nchan) per subject.
+    publish_to: Vec<String>,
+}
+
+impl Plan {
+    fn new(target: Target, base: &str, subjects: usize, layout: &str, scenario: &str) -> Self {
+        let name = |i: usize| {
+            if subjects == 1 {
+                base.to_owned()
+            } else {
+                format!("{base}-{i}")
+            }
+        };
+        match target {
+            Target::Node if layout == "paths" && subjects > 1 => Self {
+                paths: (0..subjects)
+                    .map(|i| format!("/v1/events?topic={base}.p{i}"))
+                    .collect(),
+                topics: vec![base.to_owned()],
+                publish_to: (0..subjects).map(|i| format!("{base}.p{i}")).collect(),
+            },
+            Target::Node => Self {
+                paths: (0..subjects)
+                    .map(|i| format!("/v1/events?topic={}", name(i)))
+                    .collect(),
+                topics: (0..subjects).map(name).collect(),
+                publish_to: (0..subjects).map(name).collect(),
+            },
+            Target::Nchan => {
+                let sub = if scenario == "catchup" {
+                    "/sub_oldest"
+                } else {
+                    "/sub"
+                };
+                Self {
+                    paths: (0..subjects)
+                        .map(|i| format!("{sub}?id={}", name(i)))
+                        .collect(),
+                    topics: Vec::new(),
+                    publish_to: (0..subjects).map(name).collect(),
+                }
+            }
+        }
+    }
+}
+
+struct Defaults {
+    subscribers: usize,
+    subjects: usize,
+    rate: f64,
+    duration: f64,
+}
+
+fn defaults(scenario: &str) -> anyhow::Result<Defaults> {
+    let (subscribers, subjects, rate, duration) = match scenario {
+        "fanout" => (1000, 1, 1000.0, 10.0),
+        "latency" => (1000, 1, 100.0, 10.0),
+        "quiet" => (10_000, 1000, 1000.0, 10.0),
+        "idle" => (15_000, 1, 0.0, 5.0),
+        "storm" => (10_000, 1, 0.0, 0.0),
+        "catchup" => (1, 1, 0.0, 0.0),
+        other => bail!("unknown scenario {other:?}"),
+    };
+    Ok(Defaults {
+        subscribers,
+        subjects,
+        rate,
+        duration,
+    })
+}
+
+fn parse_target(args: &Args) -> anyhow::Result<Target> {
+    match args.required("target")? {
+        "node" => Ok(Target::Node),
+        "nchan" => Ok(Target::Nchan),
+        other => bail!("unknown target {other:?} (node or nchan)"),
+    }
+}
+
+fn addrs(args: &Args) -> anyhow::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = args
+        .all("url")
+        .iter()
+        .flat_map(|u| u.split(','))
+        .map(|u| u.parse().with_context(|| format!("bad --url {u:?}")))
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(!addrs.is_empty(), "--url host:port is required");
+    Ok(addrs)
+}
+
+async fn publisher(
+    target: Target,
+    args: &Args,
+    plan: &Plan,
+    addr: SocketAddr,
+    path: &str,
+) -> anyhow::Result<Publisher> {
+    match target {
+        Target::Node => {
+            let url = args.get("nats").unwrap_or("nats://127.0.0.1:4222");
+            let prefix = args.get("prefix").unwrap_or("sse");
+            Publisher::nats(url, prefix, &plan.topics, &plan.publish_to).await
+        }
+        Target::Nchan => Publisher::http(addr, path, &plan.publish_to).await,
+    }
+}
+
+/// `sse-bench prefill`: writes `--events` payloads to one subject before a
+/// catch-up run.
+pub async fn prefill(args: &Args) -> anyhow::Result<()> {
+    let target = parse_target(args)?;
+    let topic = args.required("topic")?;
+    let events: u64 = args.or("events", 100_000)?;
+    let size: usize = args.or("payload", 100)?;
+    let plan = Plan::new(target, topic, 1, "paths", "catchup");
+    let addr = match target {
+        Target::Node => "127.0.0.1:0".parse()?,
+        Target::Nchan => addrs(args)?[0],
+    };
+    let mut publisher = publisher(target, args, &plan, addr, "/pub_deep").await?;
+    let started = Instant::now();
+    for counter in 1..=events {
+        publisher
+            .publish(0, payload(counter, now_us(), size))
+            .await?;
+    }
+    publisher.flush().await?;
+    eprintln!(
+        "prefilled {events} events into {topic} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+struct Workers {
+    children: Vec<(Child, ChildStdin, Lines<BufReader<ChildStdout>>)>,
+}
+
+impl Workers {
+    async fn start(configs: Vec<WorkerConfig>) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::new();
+        for config in configs {
+            let mut child = Command::new(&exe)
+                .arg("worker")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start a worker")?;
+            let mut stdin = child.stdin.take().context("worker stdin")?;
+            let stdout = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
+            let mut line = serde_json::to_vec(&config)?;
+            line.push(b'\n');
+            stdin.write_all(&line).await?;
+            children.push((child, stdin, stdout));
+        }
+        Ok(Self { children })
+    }
+
+    async fn ask(&mut self, command: &worker::Command) -> anyhow::Result<Vec<WorkerStats>> {
+        let mut line = serde_json::to_vec(command)?;
+        line.push(b'\n');
+        for (_, stdin, _) in &mut self.children {
+            stdin.write_all(&line).await?;
+        }
+        let mut all = Vec::new();
+        for (_, _, stdout) in &mut self.children {
+            let reply = stdout.next_line().await?.context("a worker exited")?;
+            all.push(serde_json::from_str(&reply)?);
+        }
+        Ok(all)
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    ready: usize,
+    ever_ready: usize,
+    received: u64,
+    other_events: u64,
+    gaps: u64,
+    dups: u64,
+    failed_attempts: u64,
+    reconnects: u64,
+    caught_up: usize,
+    first_ready_us: u64,
+    last_event_us: u64,
+}
+
+fn totals(stats: &[WorkerStats]) -> Totals {
+    let mut t = Totals::default();
+    for s in stats {
+        t.ready += s.ready;
+        t.ever_ready += s.ever_ready;
+        t.received += s.received;
+        t.other_events += s.other_events;
+        t.gaps += s.gaps;
+        t.dups += s.dups;
+        t.failed_attempts += s.failed_attempts;
+        t.reconnects += s.reconnects;
+        t.caught_up += s.caught_up;
+        if s.first_ready_us > 0 && (t.first_ready_us == 0 || s.first_ready_us < t.first_ready_us) {
+            t.first_ready_us = s.first_ready_us;
+        }
+        t.last_event_us = t.last_event_us.max(s.last_event_us);
+    }
+    t
+}
+
+fn sample_all(pids: &[(String, u32)]) -> BTreeMap<String, Sample> {
+    pids.iter()
+        .filter_map(|(name, pid)| Some((name.clone(), procstat::sample(*pid)?)))
+        .collect()
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| procstat::sample(*p))
+        .map(|s| s.cpu_s)
+        .sum()
+}
+
+/// `sse-bench run`: runs one scenario and prints its result as JSON.
+pub async fn run(args: &Args) -> anyhow::Result<Value> {
+    let scenario = args.required("scenario")?.to_owned();
+    let target = parse_target(args)?;
+    let d = defaults(&scenario)?;
+    let subscribers: usize = args.or("subscribers", d.subscribers)?;
+    let subjects: usize = args.or("subjects", d.subjects)?;
+    let rate: f64 = args.or("rate", d.rate)?;
+    let duration: f64 = args.or("duration", d.duration)?;
+    let size: usize = args.or("payload", 100)?;
+    let events: u64 = args.or("events", 1000)?;
+    let backlog: u64 = args.or("backlog", 100_000)?;
+    let layout = args.get("layout").unwrap_or("paths").to_owned();
+    let base = args.get("topic").unwrap_or(&scenario).to_owned();
+    let settle: f64 = args.or("settle", if scenario == "idle" { 3.0 } else { 1.0 })?;
+    let drain: f64 = args.or("drain", 30.0)?;
+    let addrs = addrs(args)?;
+    let pids: Vec<(String, u32)> = args
+        .all("pid")
+        .iter()
+        .map(|p| {
+            let (name, pid) = p.split_once('=').context("--pid is name=PID")?;
+            Ok((name.to_owned(), pid.parse()?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let kill = args.get("kill").map(str::to_owned);
+    let server = pids
+        .iter()
+        .find(|(name, _)| Some(name) != kill.as_ref())
+        .map(|(name, _)| name.clone())
+        .unwrap_or_default();
+
+    let plan = Plan::new(target, &base, subjects, &layout, &scenario);
+    let mut publisher = publisher(target, args, &plan, addrs[0], "/pub").await?;
+    let (last_event_id, start_counter) = match (target, scenario.as_str()) {
+        (Target::Node, "catchup") => (
+            Some(format!("{base}:{}:0", publisher.epoch(&base).await?)),
+            0,
+        ),
+        _ => (None, 0),
+    };
+
+    let per_worker = args
+        .or("per-worker", 7_500usize)?
+        .min(MAX_CONNECTIONS_PER_WORKER);
+    let worker_count: usize = args.or("workers", subscribers.div_ceil(per_worker).max(1))?;
+    let base_share = subscribers / worker_count;
+    let mut configs = Vec::new();
+    let mut first = 0;
+    for w in 0..worker_count {
+        let count = base_share + usize::from(w < subscribers % worker_count);
+        anyhow::ensure!(
+            count <= MAX_CONNECTIONS_PER_WORKER,
+            "too many connections per worker"
+        );
+        configs.push(WorkerConfig {
+            addrs: addrs.clone(),
+            paths: plan.paths.clone(),
+            first_index: first,
+            count,
+            sources: args.or("sources", 16)?,
+            last_event_id: last_event_id.clone(),
+            start_counter,
+            connect_concurrency: args.or("connect-concurrency", 200)?,
+            retry_ms: args.get("retry-ms").map(str::parse).transpose()?,
+        });
+        first += count;
+    }
+
+    let before = sample_all(&pids);
+    let connect_started = Instant::now();
+    let mut workers = Workers::start(configs).await?;
+    let worker_pids: Vec<u32> = workers.children.iter().filter_map(|c| c.0.id()).collect();
+    let ask = worker::Command::default();
+    let connect_deadline = Instant::now() + Duration::from_secs(args.or("connect-timeout", 120)?);
+    let mut now = totals(&workers.ask(&ask).await?);
+    while now.ever_ready < subscribers && Instant::now() < connect_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = totals(&workers.ask(&ask).await?);
+    }
+    let connect_s = connect_started.elapsed().as_secs_f64();
+    let all_connected = now.ever_ready >= subscribers;
+    if !all_connected {
+        eprintln!(
+            "only {} of {subscribers} connections streaming",
+            now.ever_ready
+        );
+    }
+    tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+    let connected = sample_all(&pids);
+    let client_cpu_start = cpu_of(&worker_pids);
+
+    // The event phase.
+    let mut counters = vec![0u64; subjects];
+    let started_us = now_us();
+    let started = Instant::now();
+    let mut published = 0u64;
+    let mut killed_us = None;
+    match scenario.as_str() {
+        "idle" => tokio::time::sleep(Duration::from_secs_f64(duration)).await,
+        "catchup" => counters[0] = backlog,
+        _ => {
+            if let Some(name) = &kill {
+                let (_, pid) = pids
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .with_context(|| format!("--kill {name} names no --pid"))?;
+                std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status()?;
+                killed_us = Some(now_us());
+            }
+            let total = if duration > 0.0 && rate > 0.0 {
+                (rate * duration).round() as u64
+            } else {
+                events
+            };
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while published < total {
+                let due = if rate > 0.0 {
+                    tick.tick().await;
+                    ((started.elapsed().as_secs_f64() * rate) as u64).min(total)
+                } else {
+                    total
+                };
+                while published < due {
+                    let subject = (published % subjects as u64) as usize;
+                    counters[subject] += 1;
+                    publisher
+                        .publish(subject, payload(counters[subject], now_us(), size))
+                        .await?;
+                    published += 1;
+                }
+            }
+            publisher.flush().await?;
+        }
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+
+    // Wait for every connection to have its subject's last counter.
+    let wait = worker::Command {
+        targets: Some(counters.clone()),
+        finish: false,
+    };
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(drain);
+    let mut now = totals(&workers.ask(&wait).await?);
+    while scenario != "idle" && now.caught_up < subscribers && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        now = totals(&workers.ask(&wait).await?);
+    }
+    let caught_up = now.caught_up >= subscribers;
+    let after = sample_all(&pids);
+    let client_cpu_s = cpu_of(&worker_pids) - client_cpu_start;
+    let finish = worker::Command {
+        targets: Some(counters.clone()),
+        finish: true,
+    };
+    let stats = workers.ask(&finish).await?;
+    let t = totals(&stats);
+    let mut hist = Histogram::default();
+    for s in &stats {
+        if let Some(h) = &s.hist {
+            hist.merge(h);
+        }
+    }
+
+    let mut per_subject = vec![0u64; subjects];
+    for g in 0..subscribers {
+        per_subject[g % subjects] += 1;
+    }
+    let expected: u64 = per_subject
+        .iter()
+        .zip(&counters)
+        .map(|(n, c)| n * c.saturating_sub(start_counter))
+        .sum();
+    let unique = t.received.saturating_sub(t.dups);
+    let lost = expected.saturating_sub(unique);
+    let active_s = if t.last_event_us > started_us {
+        (t.last_event_us - started_us) as f64 / 1e6
+    } else {
+        0.0
+    };
+    let cpu = |name: &str, from: &BTreeMap<String, Sample>| -> Option<f64> {
+        Some(after.get(name)?.cpu_s - from.get(name)?.cpu_s)
+    };
+    let server_cpu_s = cpu(&server, &connected);
+    let mut procs = serde_json::Map::new();
+    for (name, _) in &pids {
+        procs.insert(
+            name.clone(),
+            json!({
+                "cpu_s": cpu(name, &connected),
+                "rss_before_kib": before.get(name).map(|s| s.rss_kib),
+                "rss_connected_kib": connected.get(name).map(|s| s.rss_kib),
+                "rss_after_kib": after.get(name).map(|s| s.rss_kib),
+                "hwm_kib": after.get(name).or(connected.get(name)).map(|s| s.hwm_kib),
+            }),
+        );
+    }
+    let rss_per_conn_kib = match (before.get(&server), connected.get(&server)) {
+        (Some(b), Some(c)) if subscribers > 0 => {
+            Some((c.rss_kib as f64 - b.rss_kib as f64) / subscribers as f64)
+        }
+        _ => None,
+    };
+    let ms = |q: f64| hist.quantile(q) as f64 / 1000.0;
+    let mut result = json!({
+        "scenario": scenario,
+        "target": args.required("target")?,
+        "variant": if target == Target::Node && subjects > 1 { layout.clone() } else { String::new() },
+        "label": args.get("label").unwrap_or_default(),
+        "subscribers": subscribers,
+        "subjects": subjects,
+        "payload_bytes": size,
+        "connected": all_connected,
+        "connect_s": connect_s,
+        "published": published,
+        "publish_rate": if publish_s > 0.0 { published as f64 / publish_s } else { 0.0 },
+        "expected": expected,
+        "received": t.received,
+        "lost": lost,
+        "gaps": t.gaps,
+        "dups": t.dups,
+        "other_events": t.other_events,
+        "reconnects": t.reconnects,
+        "failed_attempts": t.failed_attempts,
+        "caught_up": caught_up,
+        "active_s": active_s,
+        "deliveries_per_s": if active_s > 0.0 { t.received as f64 / active_s } else { 0.0 },
+        "server": server,
+        "server_cpu_s": server_cpu_s,
+        "deliveries_per_cpu_s": server_cpu_s.filter(|c| *c > 0.0).map(|c| t.received as f64 / c),
+        "nats_cpu_s": cpu("nats", &connected),
+        "client_cpu_s": client_cpu_s,
+        "rss_per_conn_kib": rss_per_conn_kib,
+        "server_hwm_kib": after.get(&server).map(|s| s.hwm_kib),
+        "p50_ms": ms(0.5),
+        "p90_ms": ms(0.9),
+        "p99_ms": ms(0.99),
+        "p999_ms": ms(0.999),
+        "max_ms": ms(1.0),
+        "procs": procs,
+    });
+    if let Some(killed) = killed_us {
+        result["catch_up_s"] =
+            json!(caught_up.then(|| t.last_event_us.saturating_sub(killed) as f64 / 1e6));
+    }
+    if scenario == "catchup" && t.last_event_us > t.first_ready_us {
+        let seconds = (t.last_event_us - t.first_ready_us) as f64 / 1e6;
+        result["catch_up_s"] = json!(seconds);
+        result["replay_per_s"] = json!(unique as f64 / seconds);
+        if target == Target::Node {
+            result["replay_sources"] = json!(replay_sources(addrs[0]).await.unwrap_or_default());
+        }
+    }
+    Ok(result)
+}
+
+/// `sse_replay_events_total` per source, from a node's `/metrics`.
+async fn replay_sources(addr: SocketAddr) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = http_get(addr, "/metrics").await?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("sse_replay_events_total{source=\""))
+        .filter_map(|l| {
+            let (source, rest) = l.split_once('"')?;
+            Some((source.to_owned(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect())
+}
+
+/// A plain `GET`, read until the server closes.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let head = parse_head(&raw).context("not an HTTP response")?;
+    let mut body = Vec::new();
+    Body::for_head(&head)
+        .decode(&raw[head.len..], &mut body)
+        .map_err(anyhow::Error::msg)?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}

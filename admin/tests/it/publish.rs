@@ -219,6 +219,21 @@ async fn bad_events_are_refused() {
         // Only the one good event reached the stream.
         let (_, topic) = admin.call("GET", "/v1/topics/orders", None).await;
         assert_eq!(topic["messages"], 1);
+        let metrics = admin
+            .http
+            .get(format!("{}/metrics", admin.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in [
+            "sse_admin_events_published_total 1",
+            "sse_admin_publish_failures_total{reason=\"too_large\"} 1",
+        ] {
+            assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+        }
 
         // A topic's own smaller limit wins over the configured one.
         let js = nats.jetstream().await;

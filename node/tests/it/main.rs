@@ -4,6 +4,7 @@
 mod auth;
 mod frames;
 mod hardening;
+mod http2;
 mod input;
 mod lifecycle;
 mod resume;

@@ -285,7 +285,7 @@ pub(crate) struct SseEvent {
 /// `id:` updates the last event id even in a block with no data, comments
 /// are ignored, and an event is dispatched on a blank line when it has data.
 pub(crate) struct SseClient {
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    body: futures_util::stream::BoxStream<'static, Result<Bytes>>,
     buffer: Vec<u8>,
     /// Last event id seen, as EventSource's `lastEventId`.
     pub(crate) last_id: String,
@@ -325,8 +325,18 @@ impl SseClient {
             );
         }
         let headers = response.headers().clone();
-        Ok(Self {
-            body: response.bytes_stream().boxed(),
+        let body = response.bytes_stream().map(|r| r.map_err(Into::into));
+        Ok(Self::from_body(headers, body.boxed()))
+    }
+
+    /// A client reading an already opened response body (e.g. one stream
+    /// of an HTTP/2 connection).
+    pub(crate) fn from_body(
+        headers: reqwest::header::HeaderMap,
+        body: futures_util::stream::BoxStream<'static, Result<Bytes>>,
+    ) -> Self {
+        Self {
+            body,
             buffer: Vec::new(),
             last_id: String::new(),
             retry: None,
@@ -335,7 +345,7 @@ impl SseClient {
             event: String::new(),
             pending_id: None,
             headers,
-        })
+        }
     }
 
     /// Waits for the stream's first bytes and the id-only frame, so the
@@ -402,7 +412,7 @@ impl SseClient {
         match tokio::time::timeout(timeout, self.body.next()).await {
             Err(_) => bail!("no bytes within {timeout:?}"),
             Ok(None) => Ok(false),
-            Ok(Some(Err(e))) => Err(e.into()),
+            Ok(Some(Err(e))) => Err(e),
             Ok(Some(Ok(bytes))) => {
                 self.buffer.extend_from_slice(&bytes);
                 Ok(true)

@@ -1,0 +1,241 @@
+//! HTTP/2: many SSE streams over one connection, in cleartext with prior
+//! knowledge (h2c, on the same port as HTTP/1.1) and over TLS with ALPN.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Result;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt, future::join_all};
+use http_body_util::{BodyExt, BodyStream, Empty};
+use hyper::{
+    Request,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{self, pki_types::ServerName},
+};
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(15);
+const STREAMS: usize = 20;
+const EVENTS: usize = 50;
+
+/// An HTTP/2 connection over `io`; requests go to `authority`.
+async fn h2_connect<IO>(io: IO) -> http2::SendRequest<Empty<Bytes>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+        .await
+        .expect("http/2 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+/// Opens one SSE stream on the connection.
+async fn h2_stream(sender: &mut http2::SendRequest<Empty<Bytes>>, uri: &str) -> Result<SseClient> {
+    let request = Request::get(uri)
+        .header("accept", "text/event-stream")
+        .body(Empty::new())?;
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    anyhow::ensure!(response.status() == 200, "status {}", response.status());
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    let (parts, body) = response.into_parts();
+    let body = BodyStream::new(body)
+        .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })
+        .map(|r| r.map_err(anyhow::Error::from));
+    Ok(SseClient::from_body(parts.headers, body.boxed()))
+}
+
+/// Holds STREAMS streams on one connection, publishes EVENTS events, and
+/// checks that every stream receives every one, in order. Returns the
+/// streams, still open.
+async fn many_streams_receive_everything(
+    js: &async_nats::jetstream::Context,
+    mut sender: http2::SendRequest<Empty<Bytes>>,
+    base: &str,
+    topic: &str,
+) -> Vec<SseClient> {
+    let uri = format!("{base}/v1/events?topic={topic}");
+    let mut clients = Vec::with_capacity(STREAMS);
+    for _ in 0..STREAMS {
+        let mut client = h2_stream(&mut sender, &uri).await.unwrap();
+        client.ready().await;
+        clients.push(client);
+    }
+    let mut expected = Vec::with_capacity(EVENTS);
+    for i in 0..EVENTS {
+        let data = format!("{topic}-{i}");
+        publish(js, topic, &data).await;
+        expected.push(data);
+    }
+    let received = join_all(clients.iter_mut().map(|c| c.take(EVENTS, T))).await;
+    for events in received {
+        assert_eq!(data_of(&events), expected);
+    }
+    clients
+}
+
+#[tokio::test]
+async fn twenty_streams_share_one_h2c_connection() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "h2c", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let tcp = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    let sender = h2_connect(tcp).await;
+    let base = format!("http://127.0.0.1:{}", node.port);
+    let _open = many_streams_receive_everything(&js, sender, &base, "h2c").await;
+    assert_eq!(node.metric("sse_clients_connected").await, STREAMS as f64);
+    // HTTP/1.1 still works on the same port.
+    let (status, _) = get(&node.url("/healthz"), None).await;
+    assert_eq!(status, 200);
+}
+
+/// A self-signed certificate for `localhost`, written as PEM files.
+struct TestCert {
+    dir: tempfile::TempDir,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCert {
+    fn new() -> Self {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("key.pem"),
+            certified.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        Self {
+            der: certified.cert.der().clone(),
+            dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
+    }
+
+    /// Connects over TLS offering `alpn`; returns the stream and the
+    /// protocol the server chose.
+    async fn connect(
+        &self,
+        port: u16,
+        alpn: &[&[u8]],
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Option<Vec<u8>>)> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let chosen = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        Ok((tls, chosen))
+    }
+
+    /// `GET path` over HTTP/1.1 on TLS; the status and body.
+    async fn http1_get(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        let (tls, alpn) = self.connect(port, &[b"http/1.1"]).await?;
+        anyhow::ensure!(alpn.as_deref() == Some(&b"http/1.1"[..]), "alpn {alpn:?}");
+        let (mut sender, connection) = http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+        let request = Request::get(path)
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+#[tokio::test]
+async fn twenty_streams_share_one_tls_connection_negotiated_by_alpn() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "tls", None).await;
+    let cert = TestCert::new();
+    let node = NodeProc::spawn(
+        &nats.url(),
+        &[
+            ("SSE_TLS__CERT_FILE", &cert.path("cert.pem")),
+            ("SSE_TLS__KEY_FILE", &cert.path("key.pem")),
+        ],
+    );
+    eventually(T, "the node to be ready over TLS", || async {
+        let (status, _) = cert.http1_get(node.port, "/readyz").await.ok()?;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    let (tls, alpn) = cert
+        .connect(node.port, &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "the server prefers h2");
+    let sender = h2_connect(tls).await;
+    let base = format!("https://localhost:{}", node.port);
+    let _open = many_streams_receive_everything(&js, sender, &base, "tls").await;
+
+    // Cleartext on a TLS port gets no HTTP answer, and is counted.
+    let refused = match reqwest::get(node.url("/healthz")).await {
+        Err(_) => true,
+        Ok(response) => !response.status().is_success(),
+    };
+    assert!(refused);
+    let (_, metrics) = cert.http1_get(node.port, "/metrics").await.unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(value("sse_clients_connected "), STREAMS as f64);
+    assert!(value("sse_tls_handshake_failures_total ") >= 1.0);
+}
+
+#[tokio::test]
+async fn sigterm_drains_http2_streams_and_exits() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "bye", None).await;
+    let mut node = NodeProc::start(&nats.url(), &[("SSE_SHUTDOWN__DRAIN_SECONDS", "2")]).await;
+    let tcp = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    let mut sender = h2_connect(tcp).await;
+    let uri = format!("http://127.0.0.1:{}/v1/events?topic=bye", node.port);
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut client = h2_stream(&mut sender, &uri).await.unwrap();
+        client.ready().await;
+        clients.push(client);
+    }
+    let started = std::time::Instant::now();
+    node.terminate();
+    for client in &mut clients {
+        let rest = client.until_closed(T).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    let status = node.wait_exit(Duration::from_secs(8)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}

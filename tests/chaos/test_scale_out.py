@@ -4,6 +4,7 @@ each stream closes after `http.max_connection_lifetime_seconds` (+ jitter)."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import pytest
 
@@ -22,6 +23,7 @@ def test_scale_out_from_2_to_4_nodes_under_load(node_binary, cluster_factory, to
     )
     scn = Scenario(c, "scale out 2 -> 4 nodes", topic, **scale())
     timeline: list[str] = []
+    marks: dict[str, int] = {}  # per client: connections made before all 4 nodes were up
 
     async def snapshot(label: str) -> dict[str, int]:
         counts = {k: int(v) for k, v in sorted((await scn.watcher.scrape()).items())}
@@ -39,12 +41,15 @@ def test_scale_out_from_2_to_4_nodes_under_load(node_binary, cluster_factory, to
             await asyncio.to_thread(c.wait_ready, name)
             await asyncio.to_thread(c.wait_backend, name, True)
         await snapshot("4 nodes up")
+        marks.update({cl.name: len(cl.stats.served_by) for cl in s.fleet.clients})
         for f in (0.5, 0.7, 0.9):
             await s.at(f)
             await snapshot(f"{int(f * 100)}% published")
         s.extra["final spread"] = await snapshot("end")
 
     problems = asyncio.run(scn.run(action))
+    after = Counter(n for cl in scn.fleet.clients for n in cl.stats.served_by[marks.get(cl.name, 0) :])
+    scn.figures["streams opened after scale-out"] = dict(sorted(after.items()))
     scn.assert_clean(problems)
     final = scn.figures["final spread"]
     total = sum(final.values())

@@ -183,3 +183,19 @@ def test_one_event_through_the_load_balancer(node_binary, cluster_factory, topic
     m = c.metrics("node0")
     assert m is not None and any(k.startswith("sse_clients_connected") for k in m)
     assert LOOPBACK in c.describe()
+
+
+@pytest.mark.timeout(60)
+def test_close_leaves_no_process_and_no_folder():
+    import os
+
+    from cluster.harness import Cluster
+
+    with Cluster(nodes=1, with_nodes=False) as c:
+        c.stop("nats2")  # a stopped process is fine too
+        pids = [p.pid for p in c.procs.values() if p.pid]
+        folder = c.dir
+        assert len(pids) == 4  # 3 NATS servers and HAProxy
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}"), f"process {pid} outlived the cluster"
+    assert not folder.exists()

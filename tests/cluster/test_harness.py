@@ -191,7 +191,7 @@ def test_close_leaves_no_process_and_no_folder():
 
     from cluster.harness import Cluster
 
-    with Cluster(nodes=1, with_nodes=False) as c:
+    with Cluster(nodes=1, with_nodes=False, with_admin=False) as c:
         c.stop("nats2")  # a stopped process is fine too
         pids = [p.pid for p in c.procs.values() if p.pid]
         folder = c.dir

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
+use async_nats::{HeaderMap, HeaderValue};
 use bytes::Bytes;
+use proptest::prelude::*;
+use sse_node::event::{EVENT_NAME_HEADER, EncodeContext, Event};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -353,4 +356,174 @@ async fn raw_status(port: u16, request: &str) -> Option<u16> {
     }
     let head = String::from_utf8_lossy(&buf[..read]);
     head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// One event as the SSE spec's parser dispatches it.
+#[derive(Debug, PartialEq)]
+struct Parsed {
+    event: String,
+    data: String,
+    id: String,
+}
+
+/// Parses a byte stream by the HTML spec's rules for `text/event-stream`;
+/// returns the dispatched events and every field name seen.
+fn parse_sse(bytes: &[u8]) -> (Vec<Parsed>, Vec<String>) {
+    let text = String::from_utf8(bytes.to_vec()).expect("frames are UTF-8");
+    let (mut events, mut fields) = (Vec::new(), Vec::new());
+    let (mut event, mut data, mut id) = (String::new(), String::new(), String::new());
+    let mut rest = text.as_str();
+    while let Some(end) = rest.find(['\r', '\n']) {
+        let line = &rest[..end];
+        let skip = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + skip..];
+        if line.is_empty() {
+            if !data.is_empty() {
+                data.pop();
+                let name = if event.is_empty() {
+                    "message".into()
+                } else {
+                    std::mem::take(&mut event)
+                };
+                events.push(Parsed {
+                    event: name,
+                    data: std::mem::take(&mut data),
+                    id: id.clone(),
+                });
+            }
+            event.clear();
+            data.clear();
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        fields.push(field.to_owned());
+        match field {
+            "event" => event = value.to_owned(),
+            "data" => {
+                data.push_str(value);
+                data.push('\n');
+            }
+            "id" if !value.contains('\0') => id = value.to_owned(),
+            _ => {}
+        }
+    }
+    assert!(
+        rest.is_empty(),
+        "a frame ends without a line ending: {rest:?}"
+    );
+    (events, fields)
+}
+
+fn encode(name: Option<&str>, payload: &[u8], seq: u64) -> Option<Event> {
+    let mut headers = HeaderMap::new();
+    if let Some(name) = name {
+        // NATS cannot carry CR or LF in a header value at all.
+        let value: HeaderValue = name.parse().ok()?;
+        headers.insert(EVENT_NAME_HEADER, value);
+    }
+    let ctx = EncodeContext {
+        topic: "t".into(),
+        epoch: "e".into(),
+        max_event_bytes: 4096,
+    };
+    Some(Event::encode(
+        &ctx,
+        seq,
+        "t.x",
+        std::time::SystemTime::UNIX_EPOCH,
+        Some(&headers),
+        payload,
+    ))
+}
+
+/// Names and payloads full of what could break a frame.
+fn hostile_text() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just("\r".to_owned()),
+            Just("\n".to_owned()),
+            Just("\r\n".to_owned()),
+            Just(":".to_owned()),
+            Just(" ".to_owned()),
+            Just("data: ".to_owned()),
+            Just("event: x".to_owned()),
+            Just("id: 1".to_owned()),
+            Just("retry: 1".to_owned()),
+            Just("\u{0}".to_owned()),
+            Just("\u{85}".to_owned()),
+            Just("\u{2028}".to_owned()),
+            Just("\u{feff}".to_owned()),
+            "\\PC{0,8}",
+            any::<char>().prop_map(String::from),
+        ],
+        0..12,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Whatever the name and payload, the encoded frame parses back to
+    /// exactly one event with the same data (line endings normalised), or
+    /// to one `invalid` event; only `event`, `data` and `id` fields appear,
+    /// and the id is the event's own.
+    #[test]
+    fn encoded_frames_parse_back_to_exactly_one_event(
+        // NATS header values cannot hold CR or LF; other controls stay.
+        name in proptest::option::of(hostile_text().prop_map(|n| n.replace(['\r', '\n'], "\u{b}"))),
+        payload in prop_oneof![
+            hostile_text().prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        ],
+        seq in 1u64..u64::MAX,
+    ) {
+        let Some(event) = encode(name.as_deref(), &payload, seq) else { return Ok(()) };
+        let (events, fields) = parse_sse(&event.frame);
+        prop_assert_eq!(events.len(), 1, "{:?}", String::from_utf8_lossy(&event.frame));
+        let parsed = &events[0];
+        prop_assert_eq!(&parsed.id, &format!("t:e:{seq}"));
+        prop_assert!(fields.iter().all(|f| ["event", "data", "id"].contains(&f.as_str())), "{fields:?}");
+        if parsed.event == "invalid" && event.invalid.is_some() {
+            let body: serde_json::Value = serde_json::from_str(&parsed.data).unwrap();
+            prop_assert_eq!(body["seq"].as_u64(), Some(seq));
+        } else {
+            prop_assert!(event.invalid.is_none());
+            let text = std::str::from_utf8(&payload).unwrap();
+            prop_assert_eq!(&parsed.data, &normalized(text));
+            prop_assert_eq!(parsed.event.as_str(), name.as_deref().unwrap_or("message"));
+        }
+        // The body (used for multi-topic streams, which add their own id)
+        // is the frame minus its id line.
+        prop_assert!(event.frame.starts_with(&event.body()));
+        let id_line = format!("id: t:e:{seq}\n\n");
+        prop_assert_eq!(&event.frame[event.body_len..], id_line.as_bytes());
+    }
+
+    /// Two frames back to back stay two events: nothing bleeds across.
+    #[test]
+    fn consecutive_frames_stay_apart(
+        a in hostile_text(),
+        b in hostile_text(),
+        name in proptest::option::of("[a-z]{1,8}"),
+    ) {
+        let first = encode(name.as_deref(), a.as_bytes(), 1).unwrap();
+        let second = encode(None, b.as_bytes(), 2).unwrap();
+        let mut both = first.frame.to_vec();
+        both.extend_from_slice(&second.frame);
+        let (events, _) = parse_sse(&both);
+        prop_assert_eq!(events.len(), 2);
+        prop_assert_eq!(&events[1].event, "message");
+        prop_assert_eq!(&events[1].id, "t:e:2");
+    }
 }

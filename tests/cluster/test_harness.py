@@ -199,3 +199,15 @@ def test_close_leaves_no_process_and_no_folder():
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}"), f"process {pid} outlived the cluster"
     assert not folder.exists()
+
+
+def test_the_checker_names_lost_repeated_and_reordered_events():
+    from cluster.workload import Fleet
+
+    f = Fleet(1, "t", 4)
+    f.received.update({"c0": [1, 2, 3, 4], "c1": [1, 2, 4], "c2": [1, 2, 2, 3, 4], "c3": [1, 3, 2, 4]})
+    problems = f.verify(4)
+    assert [p.split(":", 1)[0] for p in problems] == ["c1", "c2", "c3"]
+    assert "missing 1 [3]" in problems[0]
+    assert "duplicated 1 [2]" in problems[1]
+    assert "out of order 1" in problems[2]

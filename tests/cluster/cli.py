@@ -57,11 +57,15 @@ def start(args: argparse.Namespace) -> int:
     def on_signal(signum, frame):
         stop["now"] = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    # Until everything is up, Ctrl-C interrupts start-up (and `finally` cleans
+    # up); SIGTERM kills us and the children die with us (PR_SET_PDEATHSIG).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     try:
         print("starting NATS (3 servers), nodes, admin and HAProxy…", flush=True)
         c.start()
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
         how = "admin"
         err = _admin_create_topic(c, TOPIC, 3) if "admin" in c.procs else "no admin"
         if err is not None:
@@ -105,6 +109,10 @@ def start(args: argparse.Namespace) -> int:
     finally:
         c.close()
         STATE.unlink(missing_ok=True)
+        try:
+            STATE.parent.rmdir()  # only when empty (--keep leaves the run folder)
+        except OSError:
+            pass
 
 
 def publish(args: argparse.Namespace) -> int:

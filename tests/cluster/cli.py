@@ -146,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("data")
     pub.add_argument("--event", help="SSE event name")
     args = ap.parse_args(argv)
-    return publish(args) if args.cmd == "publish" else start(args)
+    try:
+        return publish(args) if args.cmd == "publish" else start(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; everything stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ pub fn render(lines: &str) -> anyhow::Result<String> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     let order = ["fanout", "latency", "quiet", "idle", "storm", "catchup"];
-    let mut groups: BTreeMap<(usize, String, String, String), Vec<&Value>> = BTreeMap::new();
+    let mut groups: BTreeMap<(usize, String, bool, String, String), Vec<&Value>> = BTreeMap::new();
     for run in &runs {
         let scenario = run["scenario"].as_str().unwrap_or_default().to_owned();
         let rank = order
@@ -100,13 +100,13 @@ pub fn render(lines: &str) -> anyhow::Result<String> {
         let target = run["target"].as_str().unwrap_or_default().to_owned();
         let variant = run["variant"].as_str().unwrap_or_default().to_owned();
         groups
-            .entry((rank, scenario, target, variant))
+            .entry((rank, scenario, target != "node", target, variant))
             .or_default()
             .push(run);
     }
     let mut out = String::new();
     let mut current = String::new();
-    for ((_, scenario, target, variant), runs) in &groups {
+    for ((_, scenario, _, target, variant), runs) in &groups {
         let cols = columns(scenario);
         if *scenario != current {
             current.clone_from(scenario);

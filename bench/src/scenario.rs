@@ -470,13 +470,19 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let cpu = |name: &str, from: &BTreeMap<String, Sample>| -> Option<f64> {
         Some(after.get(name)?.cpu_s - from.get(name)?.cpu_s)
     };
-    let server_cpu_s = cpu(&server, &connected);
+    // A catch-up happens while connecting: count from before it.
+    let cpu_base = if scenario == "catchup" {
+        &before
+    } else {
+        &connected
+    };
+    let server_cpu_s = cpu(&server, cpu_base);
     let mut procs = serde_json::Map::new();
     for (name, _) in &pids {
         procs.insert(
             name.clone(),
             json!({
-                "cpu_s": cpu(name, &connected),
+                "cpu_s": cpu(name, cpu_base),
                 "rss_before_kib": before.get(name).map(|s| s.rss_kib),
                 "rss_connected_kib": connected.get(name).map(|s| s.rss_kib),
                 "rss_after_kib": after.get(name).map(|s| s.rss_kib),
@@ -517,7 +523,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         "server": server,
         "server_cpu_s": server_cpu_s,
         "deliveries_per_cpu_s": server_cpu_s.filter(|c| *c > 0.0).map(|c| t.received as f64 / c),
-        "nats_cpu_s": cpu("nats", &connected),
+        "nats_cpu_s": cpu("nats", cpu_base),
         "client_cpu_s": client_cpu_s,
         "rss_per_conn_kib": rss_per_conn_kib,
         "server_hwm_kib": after.get(&server).map(|s| s.hwm_kib),

@@ -61,6 +61,8 @@ pub struct Feed {
     pub topic: TopicName,
     /// The stream incarnation this feed reads.
     pub epoch: String,
+    /// What every event of this feed is encoded with; shared by replays.
+    pub encode_context: Arc<EncodeContext>,
     stream_name: String,
     private: AtomicBool,
     state: Mutex<FeedState>,
@@ -126,13 +128,14 @@ impl Feed {
                 sender,
             }),
             closed: CancellationToken::new(),
+            encode_context: Arc::new(EncodeContext {
+                topic: topic.to_string(),
+                epoch,
+                max_event_bytes: settings.max_event_bytes,
+            }),
             topic: topic.clone(),
         });
-        let ctx = EncodeContext {
-            topic: topic.to_string(),
-            epoch,
-            max_event_bytes: settings.max_event_bytes,
-        };
+        let ctx = feed.encode_context.clone();
         info!(%topic, epoch = %ctx.epoch, start, "topic feed started");
         let reader = Reader {
             feed: feed.clone(),
@@ -238,7 +241,7 @@ impl Feed {
 struct Reader {
     feed: Arc<Feed>,
     js: jetstream::Context,
-    ctx: EncodeContext,
+    ctx: Arc<EncodeContext>,
     path_offset: usize,
     metrics: Arc<Metrics>,
 }

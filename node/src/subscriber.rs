@@ -35,6 +35,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{FutureExt, Stream, StreamExt, stream::SelectAll};
 use sse_protocol::{SubjectPath, TopicName, cursor::write_position};
 use tokio::{
+    net::TcpStream,
     sync::{OwnedSemaphorePermit, broadcast},
     time::{Instant, Interval, MissedTickBehavior},
 };
@@ -42,7 +43,7 @@ use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tracing::{Span, debug, info_span, warn};
 
 use crate::{
-    event::{EncodeContext, Event, MARKER_HEADER},
+    event::{Event, MARKER_HEADER},
     feed::{Feed, stream_epoch},
     history::Slice,
     node::Node,
@@ -51,6 +52,8 @@ use crate::{
 
 /// Most bytes gathered into one write.
 const BATCH_BYTES: usize = 64 * 1024;
+/// Longest wait for the next message of a resume read.
+const JETSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most events taken from memory per step of catch-up.
 const MEMORY_CHUNK: usize = 512;
 
@@ -70,7 +73,6 @@ struct ClientTopic {
     pos: u64,
     catch_up_to: u64,
     reset_sent: bool,
-    ctx: EncodeContext,
 }
 
 impl ClientTopic {
@@ -126,7 +128,7 @@ impl CloseReason {
 }
 
 enum Work {
-    CatchUp(Result<(), CloseReason>),
+    Permit(OwnedSemaphorePermit),
     Live(Option<LiveItem>),
 }
 
@@ -134,13 +136,13 @@ enum Wake {
     Shutdown,
     Deadline,
     Heartbeat,
+    PeerClosed,
     Work(Work),
 }
 
 struct JetStreamRead {
     messages: jetstream::consumer::pull::Ordered,
     end: u64,
-    _permit: OwnedSemaphorePermit,
 }
 
 /// The state of one client's SSE stream.
@@ -150,7 +152,8 @@ pub struct ClientStream {
     single_topic: bool,
     prelude: Option<Bytes>,
     catching_up: usize,
-    jetstream_read: Option<JetStreamRead>,
+    jetstream_read: Option<Box<JetStreamRead>>,
+    jetstream_permit: Option<OwnedSemaphorePermit>,
     catch_up_started: Instant,
     live: SelectAll<LiveStream>,
     heartbeat: Option<Interval>,
@@ -205,18 +208,12 @@ impl ClientStream {
                 .topic_subscribers
                 .with_label_values(&[feed.topic.as_str()])
                 .inc();
-            let ctx = EncodeContext {
-                topic: feed.topic.to_string(),
-                epoch: feed.epoch.clone(),
-                max_event_bytes: config.delivery.max_event_bytes,
-            };
             topics.push(ClientTopic {
                 feed,
                 patterns: request.patterns,
                 pos,
                 catch_up_to,
                 reset_sent,
-                ctx,
             });
         }
         let single_topic = topics.len() == 1;
@@ -232,6 +229,7 @@ impl ClientStream {
             prelude: None,
             catching_up: 0,
             jetstream_read: None,
+            jetstream_permit: None,
             catch_up_started: Instant::now(),
             live,
             wrote_since_heartbeat: false,
@@ -348,7 +346,14 @@ impl ClientStream {
         true
     }
 
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    /// The next bytes to write, or `None` when the stream is over.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        self.next_chunk_watching(None).await
+    }
+
+    /// Like [`Self::next_chunk`], and also ends the stream (returns `None`)
+    /// when `peer` shows the client closed its side.
+    pub async fn next_chunk_watching(&mut self, peer: Option<&TcpStream>) -> Option<Bytes> {
         if let Some(prelude) = self.prelude.take() {
             return Some(prelude);
         }
@@ -362,14 +367,46 @@ impl ClientStream {
             let deadline = close_at.map(|(t, _)| t);
             let catching_up = self.catching_up < self.topics.len();
             let mut out = BytesMut::new();
+            let mut step_now = false;
+            if catching_up {
+                let needs = self.needs_jetstream();
+                if !needs {
+                    self.jetstream_permit = None;
+                }
+                step_now = !needs || self.jetstream_permit.is_some();
+            }
+            if step_now {
+                // A catch-up step moves positions and writes the matching
+                // bytes together, so it runs to its end rather than being
+                // raced against timers that could drop it half-way.
+                if shutdown.is_cancelled() && !draining {
+                    self.start_drain();
+                    continue;
+                }
+                if deadline.is_some_and(|d| d <= Instant::now()) {
+                    let reason = close_at.map(|(_, r)| r).unwrap_or(CloseReason::Shutdown);
+                    return Some(self.finish(reason));
+                }
+                if let Err(reason) = Box::pin(self.catch_up_step(&mut out)).await {
+                    return Some(self.finish(reason));
+                }
+                if !out.is_empty() {
+                    self.wrote_since_heartbeat = true;
+                    return Some(out.freeze());
+                }
+                continue;
+            }
             let mut heartbeat = self
                 .heartbeat
                 .take()
                 .expect("heartbeat is put back after each wait");
+            let node = self.node.clone();
             let wake = {
+                // Both kinds of work are safe to drop before they complete:
+                // a permit not yet granted, an event not yet taken.
                 let work = async {
                     if catching_up {
-                        Work::CatchUp(self.catch_up_step(&mut out).await)
+                        Work::Permit(node.jetstream_read_permit().await)
                     } else {
                         Work::Live(self.live.next().await)
                     }
@@ -379,19 +416,25 @@ impl ClientStream {
                     _ = shutdown.cancelled(), if !draining => Wake::Shutdown,
                     _ = sleep_until_opt(deadline), if deadline.is_some() => Wake::Deadline,
                     _ = heartbeat.tick() => Wake::Heartbeat,
+                    gone = peer_closed(peer), if peer.is_some() => {
+                        if gone { Wake::PeerClosed } else { Wake::Heartbeat }
+                    }
                     work = work => Wake::Work(work),
                 }
             };
             self.heartbeat = Some(heartbeat);
             match wake {
                 Wake::Shutdown => {
-                    let window = self.node.config().drain().mul_f64(0.9 * fastrand::f64());
-                    self.close_at = Some((Instant::now() + window, CloseReason::Shutdown));
+                    self.start_drain();
                     continue;
                 }
                 Wake::Deadline => {
                     let reason = close_at.map(|(_, r)| r).unwrap_or(CloseReason::Shutdown);
                     return Some(self.finish(reason));
+                }
+                Wake::PeerClosed => {
+                    self.done = true;
+                    return None;
                 }
                 Wake::Heartbeat => {
                     if !self.wrote_since_heartbeat {
@@ -401,8 +444,10 @@ impl ClientStream {
                     self.wrote_since_heartbeat = false;
                     continue;
                 }
-                Wake::Work(Work::CatchUp(Err(reason))) => return Some(self.finish(reason)),
-                Wake::Work(Work::CatchUp(Ok(()))) => {}
+                Wake::Work(Work::Permit(permit)) => {
+                    self.jetstream_permit = Some(permit);
+                    continue;
+                }
                 Wake::Work(Work::Live(item)) => {
                     if let Err(reason) = self.live_batch(item, &mut out) {
                         return Some(self.finish(reason));
@@ -414,6 +459,26 @@ impl ClientStream {
                 return Some(out.freeze());
             }
         }
+    }
+
+    fn start_drain(&mut self) {
+        let window = self.node.config().drain().mul_f64(0.9 * fastrand::f64());
+        self.close_at = Some((Instant::now() + window, CloseReason::Shutdown));
+    }
+
+    /// Whether the next catch-up step reads JetStream, and so needs a slot.
+    fn needs_jetstream(&self) -> bool {
+        if self.jetstream_read.is_some() {
+            return true;
+        }
+        let Some(topic) = self.topics.get(self.catching_up) else {
+            return false;
+        };
+        topic.pos < topic.catch_up_to
+            && matches!(
+                topic.feed.history_after(topic.pos, topic.catch_up_to, 0),
+                Slice::Missing { .. }
+            )
     }
 
     fn finish(&mut self, reason: CloseReason) -> Bytes {
@@ -521,8 +586,7 @@ impl ClientStream {
         until: u64,
         out: &mut BytesMut,
     ) -> Result<(), CloseReason> {
-        let permit = self.node.jetstream_read_permit().await;
-        let js = self.node.jetstream();
+        let js = self.node.jetstream().clone();
         let topic = &self.topics[index];
         let stream = match js.get_stream(topic.feed.stream_name()).await {
             Ok(stream) => stream,
@@ -557,6 +621,7 @@ impl ClientStream {
         let end = until.saturating_sub(1).min(topic.catch_up_to);
         if topic.pos >= end {
             topic.pos = topic.pos.max(end);
+            self.jetstream_permit = None;
             return Ok(());
         }
         let prefix = self.node.config().nats.subject_prefix.clone();
@@ -578,15 +643,12 @@ impl ClientStream {
         };
         if consumer.cached_info().num_pending == 0 {
             topic.pos = end;
+            self.jetstream_permit = None;
             return Ok(());
         }
         match consumer.messages().await {
             Ok(messages) => {
-                self.jetstream_read = Some(JetStreamRead {
-                    messages,
-                    end,
-                    _permit: permit,
-                });
+                self.jetstream_read = Some(Box::new(JetStreamRead { messages, end }));
                 Ok(())
             }
             Err(error) => {
@@ -607,7 +669,13 @@ impl ClientStream {
             };
             let item = if first {
                 first = false;
-                read.messages.next().await
+                match tokio::time::timeout(JETSTREAM_READ_TIMEOUT, read.messages.next()).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        warn!("resume read stalled; closing so the client retries");
+                        return Err(CloseReason::Error);
+                    }
+                }
             } else {
                 match read.messages.next().now_or_never() {
                     Some(item) => item,
@@ -645,7 +713,7 @@ impl ClientStream {
                     .get(prefix_len..)
                     .unwrap_or_default();
                 let event = Event::encode(
-                    &topic.ctx,
+                    &topic.feed.encode_context,
                     seq,
                     path,
                     published,
@@ -667,6 +735,7 @@ impl ClientStream {
         if finished && let Some(read) = self.jetstream_read.take() {
             let topic = &mut self.topics[index];
             topic.pos = topic.pos.max(read.end);
+            self.jetstream_permit = None;
         }
         Ok(())
     }
@@ -727,6 +796,25 @@ fn write_reset_body(out: &mut BytesMut, data: &serde_json::Value) {
     out.put_slice(b"event: reset\ndata: ");
     out.put_slice(data.to_string().as_bytes());
     out.put_u8(b'\n');
+}
+
+/// Resolves when `peer` is readable: `true` if the client closed its side
+/// (or the socket failed), `false` if it merely sent bytes, which are
+/// discarded: an SSE client has nothing more to say.
+async fn peer_closed(peer: Option<&TcpStream>) -> bool {
+    let Some(peer) = peer else {
+        return std::future::pending().await;
+    };
+    if peer.readable().await.is_err() {
+        return true;
+    }
+    let mut discard = [0u8; 64];
+    match peer.try_read(&mut discard) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
 }
 
 fn heartbeat_interval(period: Duration) -> Interval {

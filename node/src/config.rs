@@ -83,6 +83,8 @@ pub struct HttpConfig {
     pub max_headers: usize,
     /// Seconds a client has to send its whole request head.
     pub header_read_timeout_seconds: u64,
+    /// Serve plain HTTP/1.1 event streams without hyper (see `fastpath`).
+    pub fast_path: bool,
     /// Most concurrent streams on one HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
     /// New connections accepted per client IP per minute; 0 = no limit.

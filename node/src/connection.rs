@@ -41,7 +41,10 @@ use std::{
 use axum::{Router, serve::Listener as _};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
     service::TowerToHyperService,
 };
 use tokio::{
@@ -59,7 +62,12 @@ use tokio_rustls::{
 use tokio_util::{either::Either, sync::CancellationToken};
 use tracing::{debug, info};
 
-use crate::{config::TlsConfig, node::Node};
+use crate::{
+    config::TlsConfig,
+    fastpath,
+    http::{self, HttpState},
+    node::Node,
+};
 
 /// Builds the TLS acceptor for `[tls]`: the certificate chain and key from
 /// PEM files, ALPN `h2` then `http/1.1`, the ring provider.
@@ -87,11 +95,12 @@ pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
 /// every connection to finish.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
-    node: Node,
+    state: HttpState,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) -> io::Result<()> {
+    let node = state.node().clone();
+    let router = http::router_with(state.clone());
     let config = node.config().clone();
     let http = &config.http;
     let mut listener = GuardedListener::new(
@@ -110,7 +119,12 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(http.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     let handshake_timeout = Duration::from_secs(config.tls.handshake_timeout_seconds);
+    let head_wait = Duration::from_secs(http.header_read_timeout_seconds);
+    let max_head = http.max_header_bytes;
+    // TLS connections always go through hyper.
+    let fast = (http.fast_path && tls.is_none()).then_some(state);
     let mut rate = IpRate::new(http.max_connections_per_ip_per_minute);
     let graceful = GracefulShutdown::new();
     info!(tls = tls.is_some(), "serving http/1.1 and http/2");
@@ -129,42 +143,74 @@ pub async fn serve(
             continue;
         }
         let builder = builder.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let node = node.clone();
+        let fast = fast.clone();
         tokio::spawn(async move {
-            let io = match tls {
-                None => Either::Left(stream),
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => Either::Right(tls_stream),
-                        Ok(Err(error)) => {
-                            node.metrics().tls_handshake_failures.inc();
-                            debug!(%error, "tls handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            node.metrics().tls_handshake_failures.inc();
-                            node.metrics()
-                                .limit_rejections
-                                .with_label_values(&["tls_handshake"])
-                                .inc();
-                            debug!("tls handshake timed out");
-                            return;
-                        }
-                    }
-                }
+            let stream = match fast {
+                Some(state) => match fastpath::serve(&state, stream, max_head, head_wait).await {
+                    fastpath::Outcome::Served => return,
+                    fastpath::Outcome::Declined(stream) => stream,
+                },
+                None => stream,
             };
-            let connection = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(error) = watcher.watch(connection).await {
-                note_connection_error(&node, error.as_ref());
-            }
+            // Boxed, so a connection served on the fast path does not carry
+            // the size of hyper's connection state in its task.
+            Box::pin(serve_hyper(
+                stream,
+                builder,
+                router,
+                watcher,
+                tls,
+                node,
+                handshake_timeout,
+            ))
+            .await;
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+async fn serve_hyper(
+    stream: GuardedStream,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    router: Router,
+    watcher: Watcher,
+    tls: Option<TlsAcceptor>,
+    node: Node,
+    handshake_timeout: Duration,
+) {
+    let io = match tls {
+        None => Either::Left(stream),
+        Some(acceptor) => {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => Either::Right(tls_stream),
+                Ok(Err(error)) => {
+                    node.metrics().tls_handshake_failures.inc();
+                    debug!(%error, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    node.metrics().tls_handshake_failures.inc();
+                    node.metrics()
+                        .limit_rejections
+                        .with_label_values(&["tls_handshake"])
+                        .inc();
+                    debug!("tls handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let service = TowerToHyperService::new(router);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(error) = watcher.watch(connection).await {
+        note_connection_error(&node, error.as_ref());
+    }
 }
 
 /// Counts connection errors that come from a limit.
@@ -276,6 +322,11 @@ pub struct GuardedStream {
 }
 
 impl GuardedStream {
+    /// The TCP stream, for peeking and readiness.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.inner
+    }
+
     fn check<T>(
         &mut self,
         cx: &mut Context<'_>,

@@ -134,6 +134,13 @@ pub struct HttpState {
     verifier: Arc<Verifier>,
 }
 
+impl HttpState {
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+}
+
 impl FromRef<HttpState> for Node {
     fn from_ref(state: &HttpState) -> Node {
         state.node.clone()
@@ -143,6 +150,11 @@ impl FromRef<HttpState> for Node {
 /// The node's router. Fails only on an `[auth]` or `[cors]` section that
 /// `Config::validate` would refuse too.
 pub fn router(node: Node) -> Result<Router, ConfigError> {
+    Ok(router_with(state(node)?))
+}
+
+/// The state shared by the router and the HTTP/1.1 fast path.
+pub fn state(node: Node) -> Result<HttpState, ConfigError> {
     let config = node.config();
     let verifier = Verifier::from_config(&config.auth).map_err(|problems| {
         ConfigError(
@@ -155,7 +167,15 @@ pub fn router(node: Node) -> Result<Router, ConfigError> {
     if !verifier.has_keys() {
         debug!("no JWT key configured: private topics are refused to everyone");
     }
-    let cors = cors_layer(&config.cors);
+    Ok(HttpState {
+        node,
+        verifier: Arc::new(verifier),
+    })
+}
+
+/// The router over an existing state.
+pub fn router_with(state: HttpState) -> Router {
+    let cors = cors_layer(&state.node.config().cors);
     let router = Router::new()
         .route("/v1/events", get(events))
         .route("/healthz", get(|| async { "ok" }))
@@ -164,14 +184,11 @@ pub fn router(node: Node) -> Result<Router, ConfigError> {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .with_state(HttpState {
-            node,
-            verifier: Arc::new(verifier),
-        });
-    Ok(match cors {
+        .with_state(state);
+    match cors {
         Some(cors) => router.layer(cors),
         None => router,
-    })
+    }
 }
 
 /// Whether `origin` is a serialized origin: `scheme://host[:port]`, no
@@ -247,17 +264,33 @@ async fn events(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let node = &state.node;
-    match open_stream(&state, &headers, query.as_deref().unwrap_or("")).await {
-        Ok(response) => response,
-        Err(error) => {
-            node.metrics()
-                .requests_rejected
-                .with_label_values(&[error.status.as_str()])
-                .inc();
-            error.into_response()
+    match prepare_stream(&state, &headers, query.as_deref().unwrap_or("")).await {
+        Ok(stream) => {
+            let mut response = Response::new(Body::from_stream(stream.into_body_stream()));
+            let headers = response.headers_mut();
+            for (name, value) in STREAM_HEADERS {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            response
         }
+        Err(error) => reject(&state.node, error),
     }
+}
+
+/// Headers of every SSE response.
+pub const STREAM_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+];
+
+/// Counts a refused stream request and turns it into its response.
+pub fn reject(node: &Node, error: ApiError) -> Response {
+    node.metrics()
+        .requests_rejected
+        .with_label_values(&[error.status.as_str()])
+        .inc();
+    error.into_response()
 }
 
 /// What a stream request asks for, once validated.
@@ -359,11 +392,13 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
     })
 }
 
-async fn open_stream(
+/// Validates a stream request (shape, topics, token, room on the node) and
+/// opens the client's stream; the caller writes it out.
+pub async fn prepare_stream(
     state: &HttpState,
     headers: &HeaderMap,
     query: &str,
-) -> Result<Response, ApiError> {
+) -> Result<ClientStream, ApiError> {
     let node = &state.node;
     if node.is_draining() {
         return Err(ApiError::unavailable(
@@ -430,15 +465,7 @@ async fn open_stream(
     if let Some(remaining) = expires {
         stream.close_at_token_expiry(tokio::time::Instant::now() + remaining);
     }
-    let mut response = Response::new(Body::from_stream(stream.into_body_stream()));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(stream)
 }
 
 /// Checks the request's token against every path it asks for in a private

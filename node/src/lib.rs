@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod event;
+pub mod fastpath;
 pub mod feed;
 pub mod history;
 pub mod http;
@@ -175,7 +176,7 @@ pub async fn run(
     ));
 
     let server_stop = CancellationToken::new();
-    let router = http::router(node.clone())?;
+    let http_state = http::state(node.clone())?;
     let tls = if config.tls.cert_file.is_empty() {
         None
     } else {
@@ -185,8 +186,7 @@ pub async fn run(
     };
     let serving = tokio::spawn(connection::serve(
         listener,
-        router,
-        node.clone(),
+        http_state,
         tls,
         server_stop.clone(),
     ));

@@ -108,3 +108,55 @@ async fn idle_streams_get_heartbeats() {
     );
     assert!(node.metric("sse_heartbeats_total").await >= 2.0);
 }
+
+#[tokio::test]
+async fn fast_path_and_hyper_serve_the_same_stream() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "both", None).await;
+    let fast = NodeProc::start(&nats.url(), &[]).await;
+    let hyper = NodeProc::start(&nats.url(), &[("SSE_HTTP__FAST_PATH", "false")]).await;
+    let mut clients = Vec::new();
+    for node in [&fast, &hyper] {
+        let mut client = SseClient::connect(&node.url("/v1/events?topic=both"), None)
+            .await
+            .unwrap();
+        client.ready().await;
+        clients.push(client);
+    }
+    // The fast path ends the response by closing; hyper uses chunks.
+    assert_eq!(clients[0].headers["connection"], "close");
+    assert!(clients[0].headers.get("transfer-encoding").is_none());
+    assert_eq!(clients[1].headers["transfer-encoding"], "chunked");
+    for client in &clients {
+        assert_eq!(
+            client.headers["content-type"],
+            "text/event-stream; charset=utf-8"
+        );
+        assert_eq!(client.headers["x-accel-buffering"], "no");
+    }
+    publish_with(&js, "both.a", Some("named"), Bytes::from("one\ntwo")).await;
+    publish(&js, "both.b", "three").await;
+    let fast_events = clients[0].take(2, T).await;
+    let hyper_events = clients[1].take(2, T).await;
+    assert_eq!(fast_events, hyper_events);
+    assert_eq!(fast_events[0].event, "named");
+    // Refusals on the fast path carry the same status and body.
+    let (status, body) = get(&fast.url("/v1/events?topic=nosuch"), None).await;
+    let (hyper_status, hyper_body) = get(&hyper.url("/v1/events?topic=nosuch"), None).await;
+    assert_eq!((status, &body), (hyper_status, &hyper_body));
+    assert_eq!(status, 404);
+    // A client that goes away is noticed at once on either path.
+    drop(clients);
+    for node in [&fast, &hyper] {
+        eventually(T, "the client to be counted as gone", || async {
+            (node.metric("sse_clients_connected").await == 0.0).then_some(())
+        })
+        .await;
+        assert_eq!(
+            node.metric("sse_connections_closed_total{reason=\"client\"}")
+                .await,
+            1.0
+        );
+    }
+}

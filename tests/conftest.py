@@ -45,7 +45,14 @@ def _build_binaries() -> None:
         _build["error"] = f"{' '.join(cmd)} failed:\n{res.stderr[-4000:]}"
 
 
+OURS = tuple(str(TESTS / d) for d in ("cluster", "chaos", "browser"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        # Every test here is bounded in time, also those that forgot to say.
+        if str(item.path).startswith(OURS) and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(60))
     if any(item.get_closest_marker("needs_node") for item in items):
         _build_binaries()
 

@@ -107,6 +107,20 @@ def _pdeathsig() -> None:
         pass
 
 
+def _wait_unreaped(pid: int, timeout: float) -> None:
+    """Block until `pid` has exited, leaving it a zombie (not reaped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:
+            return
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(str(pid), timeout)
+        time.sleep(0.02)
+
+
 @dataclass
 class Proc:
     """One managed process: how to start it, and its current incarnation."""
@@ -150,7 +164,9 @@ class Proc:
         logf.close()
 
     def signal_group(self, sig: int) -> None:
-        if self.popen is None:
+        # Only while the leader is not reaped: until then its pid (and so the
+        # group id) cannot have been reused by an unrelated process.
+        if self.popen is None or self.popen.returncode is not None:
             return
         try:
             os.killpg(self.popen.pid, sig)
@@ -168,16 +184,19 @@ class Proc:
         """SIGTERM, then wait for exit (SIGKILL after `timeout`). Returns the exit code."""
         if self.popen is None:
             return None
-        if self.popen.poll() is None:
+        if self.popen.returncode is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
-                self.popen.wait(timeout)
+                # Wait for exit without reaping, so the group can still be
+                # addressed safely below.
+                _wait_unreaped(self.popen.pid, timeout)
             except subprocess.TimeoutExpired:
                 self.signal_group(signal.SIGKILL)
                 self.popen.wait()
                 raise RuntimeError(f"{self.name} did not exit within {timeout}s of SIGTERM")
-        # Anything the process left behind in its group goes too.
-        self.signal_group(signal.SIGKILL)
+            # Anything the process left behind in its group goes too.
+            self.signal_group(signal.SIGKILL)
+        self.popen.wait()
         return self.popen.returncode
 
     def log_tail(self, lines: int = 30) -> str:

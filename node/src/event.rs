@@ -152,6 +152,24 @@ impl Event {
         }
     }
 
+    /// The marker a feed broadcasts when the node starts draining; never
+    /// written to a client. Real events have sequences from 1.
+    pub fn drain_marker() -> Self {
+        Self {
+            seq: 0,
+            path: "".into(),
+            published: SystemTime::UNIX_EPOCH,
+            frame: Bytes::new(),
+            body_len: 0,
+            invalid: None,
+        }
+    }
+
+    /// Whether this is the drain marker.
+    pub fn is_drain_marker(&self) -> bool {
+        self.seq == 0
+    }
+
     /// The frame without its `id:` line and terminating blank line.
     pub fn body(&self) -> Bytes {
         self.frame.slice(..self.body_len)

@@ -199,6 +199,12 @@ impl Feed {
             .store(access == Access::Private, Ordering::Release);
     }
 
+    /// Tells every attached client that the node is draining.
+    pub fn announce_drain(&self) {
+        let state = self.lock();
+        let _ = state.sender.send(Arc::new(Event::drain_marker()));
+    }
+
     /// Stops the reader and disconnects every attached client.
     pub fn close(&self) {
         if self.closed.is_cancelled() {

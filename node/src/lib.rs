@@ -193,6 +193,9 @@ pub async fn run(
 
     shutdown.cancelled().await;
     node.set_draining();
+    for feed in node.topics().feeds() {
+        feed.announce_drain();
+    }
     let drain = config.drain();
     info!(
         connections = node.connections(),

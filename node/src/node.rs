@@ -106,6 +106,16 @@ impl Node {
         self.0.shutdown.clone()
     }
 
+    /// Whether shutdown has begun; a plain atomic load.
+    pub fn is_shutting_down(&self) -> bool {
+        self.0.shutdown.is_cancelled()
+    }
+
+    /// Resolves when shutdown begins.
+    pub async fn shutdown_cancelled(&self) {
+        self.0.shutdown.cancelled().await
+    }
+
     /// Waits for a slot to read JetStream for a resume.
     pub async fn jetstream_read_permit(&self) -> OwnedSemaphorePermit {
         self.0

@@ -52,6 +52,8 @@ use crate::{
 
 /// Most bytes gathered into one write.
 const BATCH_BYTES: usize = 64 * 1024;
+/// One live batch in this many records its delivery lag.
+const LAG_SAMPLE_EVERY: u32 = 8;
 /// Longest wait for the next message of a resume read.
 const JETSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most events taken from memory per step of catch-up.
@@ -166,6 +168,8 @@ pub struct ClientStream {
     span: Span,
     resume_span: Span,
     replayed: [u64; 2],
+    batches: u32,
+    lone_frame: Option<Bytes>,
 }
 
 impl ClientStream {
@@ -240,6 +244,8 @@ impl ClientStream {
             span: Span::none(),
             resume_span: Span::none(),
             replayed: [0; 2],
+            batches: 0,
+            lone_frame: None,
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {
@@ -336,7 +342,16 @@ impl ClientStream {
             return false;
         }
         if self.single_topic {
-            out.put_slice(&event.frame);
+            // A lone frame is handed on as is, without a copy; a second one
+            // in the same write joins it in the buffer.
+            if out.is_empty() && self.lone_frame.is_none() {
+                self.lone_frame = Some(event.frame.clone());
+            } else {
+                if let Some(first) = self.lone_frame.take() {
+                    out.put_slice(&first);
+                }
+                out.put_slice(&event.frame);
+            }
         } else {
             out.put_slice(&event.frame[..event.body_len]);
             out.put_slice(b"id: ");
@@ -361,8 +376,10 @@ impl ClientStream {
             if self.done {
                 return None;
             }
-            let shutdown = self.node.shutdown_token();
-            let draining = self.close_at.is_some();
+            if !self.draining() && self.node.is_shutting_down() {
+                self.start_drain();
+            }
+            let draining = self.draining();
             let close_at = self.close_at.or(self.planned_end());
             let deadline = close_at.map(|(t, _)| t);
             let catching_up = self.catching_up < self.topics.len();
@@ -379,10 +396,6 @@ impl ClientStream {
                 // A catch-up step moves positions and writes the matching
                 // bytes together, so it runs to its end rather than being
                 // raced against timers that could drop it half-way.
-                if shutdown.is_cancelled() && !draining {
-                    self.start_drain();
-                    continue;
-                }
                 if deadline.is_some_and(|d| d <= Instant::now()) {
                     let reason = close_at.map(|(_, r)| r).unwrap_or(CloseReason::Shutdown);
                     return Some(self.finish(reason));
@@ -390,9 +403,8 @@ impl ClientStream {
                 if let Err(reason) = Box::pin(self.catch_up_step(&mut out)).await {
                     return Some(self.finish(reason));
                 }
-                if !out.is_empty() {
-                    self.wrote_since_heartbeat = true;
-                    return Some(out.freeze());
+                if let Some(bytes) = self.take_output(out) {
+                    return Some(bytes);
                 }
                 continue;
             }
@@ -411,9 +423,13 @@ impl ClientStream {
                         Work::Live(self.live.next().await)
                     }
                 };
+                // Live streams learn of a shutdown from a drain marker on
+                // their topics' feeds: waiting on the shared token here would
+                // take its lock on every wake of every client.
+                let watch_shutdown = catching_up && !draining;
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled(), if !draining => Wake::Shutdown,
+                    _ = node.shutdown_cancelled(), if watch_shutdown => Wake::Shutdown,
                     _ = sleep_until_opt(deadline), if deadline.is_some() => Wake::Deadline,
                     _ = heartbeat.tick() => Wake::Heartbeat,
                     gone = peer_closed(peer), if peer.is_some() => {
@@ -454,11 +470,33 @@ impl ClientStream {
                     }
                 }
             }
-            if !out.is_empty() {
-                self.wrote_since_heartbeat = true;
-                return Some(out.freeze());
+            if let Some(bytes) = self.take_output(out) {
+                return Some(bytes);
             }
         }
+    }
+
+    /// What a step wrote, if anything: a lone shared frame or the buffer.
+    fn take_output(&mut self, out: BytesMut) -> Option<Bytes> {
+        let bytes = match self.lone_frame.take() {
+            Some(frame) if out.is_empty() => frame,
+            Some(frame) => {
+                // Not reached: the buffer is only written after the lone frame
+                // has been moved into it. Keep both, in order, regardless.
+                let mut joined = BytesMut::with_capacity(frame.len() + out.len());
+                joined.put_slice(&frame);
+                joined.put_slice(&out);
+                joined.freeze()
+            }
+            None if out.is_empty() => return None,
+            None => out.freeze(),
+        };
+        self.wrote_since_heartbeat = true;
+        Some(bytes)
+    }
+
+    fn draining(&self) -> bool {
+        matches!(self.close_at, Some((_, CloseReason::Shutdown)))
     }
 
     fn start_drain(&mut self) {
@@ -505,6 +543,11 @@ impl ClientStream {
                     debug!(missed, "client too slow; disconnecting");
                     return Err(CloseReason::Slow);
                 }
+                Some((_, Some(Ok(event)))) if event.is_drain_marker() => {
+                    if !self.draining() {
+                        self.start_drain();
+                    }
+                }
                 Some((index, Some(Ok(event)))) => {
                     if self.deliver(index, &event, out) {
                         delivered += 1;
@@ -521,9 +564,13 @@ impl ClientStream {
             }
         }
         if delivered > 0 {
+            // Shared counters are touched once per batch, and the lag is
+            // sampled, so clients on both cores do not fight over them.
+            self.batches = self.batches.wrapping_add(1);
             let metrics = self.node.metrics();
             metrics.events_delivered.inc_by(delivered);
-            if let Some(published) = oldest
+            if self.batches % LAG_SAMPLE_EVERY == 1
+                && let Some(published) = oldest
                 && let Ok(lag) = SystemTime::now().duration_since(published)
             {
                 metrics.delivery_lag.observe(lag.as_secs_f64());

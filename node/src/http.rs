@@ -411,14 +411,23 @@ pub async fn prepare_stream(
     let mut attached = Vec::with_capacity(request.order.len());
     let mut private = Vec::new();
     for topic in &request.order {
-        let feed = node.topics().get(topic).await.map_err(|e| match e {
-            LookupError::NotFound(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_topic", e.to_string())
-            }
-            LookupError::Unavailable(_) => {
-                ApiError::unavailable("nats_unavailable", e.to_string(), 2)
-            }
-        })?;
+        let claimed_epoch = request
+            .cursor
+            .as_ref()
+            .and_then(|c| c.position(topic))
+            .map(|p| p.epoch.as_str());
+        let feed = node
+            .topics()
+            .get_current(topic, claimed_epoch)
+            .await
+            .map_err(|e| match e {
+                LookupError::NotFound(_) => {
+                    ApiError::new(StatusCode::NOT_FOUND, "unknown_topic", e.to_string())
+                }
+                LookupError::Unavailable(_) => {
+                    ApiError::unavailable("nats_unavailable", e.to_string(), 2)
+                }
+            })?;
         let patterns = request.topics.remove(topic).unwrap_or_default();
         if feed.access() == Access::Private {
             private.extend(patterns.iter().cloned());

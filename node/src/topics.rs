@@ -67,6 +67,25 @@ impl Topics {
             .ok_or_else(|| LookupError::NotFound(topic.to_string()))
     }
 
+    /// Like [`Self::get`], but when the client's id names another epoch than
+    /// the feed's, asks JetStream first: this node may not have seen the
+    /// stream recreated yet, and must not answer a current id with `reset`.
+    pub async fn get_current(
+        &self,
+        topic: &TopicName,
+        claimed_epoch: Option<&str>,
+    ) -> Result<Arc<Feed>, LookupError> {
+        let feed = self.get(topic).await?;
+        match claimed_epoch {
+            Some(epoch) if epoch != feed.epoch => {
+                self.refresh(topic).await?;
+                self.known(topic)
+                    .ok_or_else(|| LookupError::NotFound(topic.to_string()))
+            }
+            _ => Ok(feed),
+        }
+    }
+
     fn known(&self, topic: &TopicName) -> Option<Arc<Feed>> {
         let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
         feeds.get(topic).filter(|f| !f.is_closed()).cloned()

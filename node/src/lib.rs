@@ -9,10 +9,14 @@
 //! - [`subscriber`]: each client's stream catches up (memory or JetStream),
 //!   then fans out live events from the topic's broadcast;
 //! - [`http`]: the endpoints, request validation and error bodies;
-//!   [`auth`] checks tokens for private topics.
+//!   [`auth`] checks tokens for private topics;
+//! - [`fastpath`]: plain HTTP/1.1 event streams, written straight to the
+//!   socket; [`connection`] accepts sockets and hands everything else (other
+//!   endpoints, HTTP/2, TLS) to hyper.
 //!
 //! Around them: [`config`], [`metrics`], [`node`] (shared state and
-//! readiness), [`connection`] (accepted sockets), [`report`] (the cluster view) and [`telemetry`] (logs).
+//! readiness), [`report`] (the cluster view) and [`telemetry`] (logs and
+//! traces).
 //! [`run`] wires them together; `main.rs` only loads the config and calls it.
 
 pub mod auth;

@@ -75,6 +75,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let (connected_tx, mut connected_rx) = watch::channel(false);
     let reconnects = metrics.nats_reconnects.clone();
+    let ever_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let addrs = config
         .nats
         .server_addrs()
@@ -91,15 +92,18 @@ pub async fn run(
         .event_callback(move |event| {
             let connected_tx = connected_tx.clone();
             let reconnects = reconnects.clone();
+            let ever_connected = ever_connected.clone();
             async move {
                 match event {
                     NatsEvent::Connected => {
-                        if connected_tx.send_replace(true) {
-                            // Already connected: nothing changed.
+                        connected_tx.send_replace(true);
+                        // The first connection is not a reconnection.
+                        if ever_connected.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                            reconnects.inc();
+                            info!("reconnected to nats");
                         } else {
                             info!("connected to nats");
                         }
-                        reconnects.inc();
                     }
                     NatsEvent::Disconnected => {
                         connected_tx.send_replace(false);
@@ -142,21 +146,14 @@ pub async fn run(
     );
     info!(node = node.id(), %address, "node starting");
 
-    // The first Connected event counts as a connection, not a reconnection.
-    node.metrics().nats_reconnects.reset();
     let background = CancellationToken::new();
     {
         let node = node.clone();
         let stop = background.clone();
         tokio::spawn(async move {
-            let mut first = true;
             loop {
                 let connected = *connected_rx.borrow_and_update();
                 node.set_nats_connected(connected);
-                if connected && first {
-                    first = false;
-                    node.metrics().nats_reconnects.reset();
-                }
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     changed = connected_rx.changed() => if changed.is_err() { break },

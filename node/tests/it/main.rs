@@ -7,6 +7,7 @@ mod hardening;
 mod http2;
 mod input;
 mod lifecycle;
+mod metrics;
 mod resume;
 mod support;
 mod traces;

@@ -93,8 +93,19 @@ async fn twenty_streams_share_one_h2c_connection() {
     let tcp = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
     let sender = h2_connect(tcp).await;
     let base = format!("http://127.0.0.1:{}", node.port);
-    let _open = many_streams_receive_everything(&js, sender, &base, "h2c").await;
+    let _open = many_streams_receive_everything(&js, sender.clone(), &base, "h2c").await;
     assert_eq!(node.metric("sse_clients_connected").await, STREAMS as f64);
+    // An over-long request head is refused on HTTP/2 too.
+    let request = Request::get(format!("{base}/healthz"))
+        .header("x-big", "x".repeat(20_000))
+        .body(Empty::new())
+        .unwrap();
+    let mut sender = sender;
+    sender.ready().await.unwrap();
+    match sender.send_request(request).await {
+        Ok(response) => assert_eq!(response.status(), 431),
+        Err(error) => panic!("expected a 431 answer, got {error}"),
+    }
     // HTTP/1.1 still works on the same port.
     let (status, _) = get(&node.url("/healthz"), None).await;
     assert_eq!(status, 200);

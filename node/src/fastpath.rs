@@ -27,8 +27,6 @@ use crate::{
     http::{self, HttpState, STREAM_HEADERS},
 };
 
-/// Most headers read on this path; more goes to hyper.
-const MAX_HEADERS: usize = 64;
 /// How long the socket may take to close after the last frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -105,7 +103,10 @@ async fn read_head(
         .ok()?;
     let mut buf = vec![0u8; max_head];
     let peeked = tcp.peek(&mut buf).await.ok()?;
-    let mut raw_headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // `http.max_headers` bounds this path as it bounds hyper: a head with
+    // more fields fails to parse here and is handed to hyper, which answers
+    // 431 and counts it.
+    let mut raw_headers = vec![httparse::EMPTY_HEADER; state.node().config().http.max_headers];
     let mut request = httparse::Request::new(&mut raw_headers);
     let httparse::Status::Complete(head_len) = request.parse(&buf[..peeked]).ok()? else {
         return None;

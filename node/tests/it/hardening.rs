@@ -150,8 +150,21 @@ async fn each_request_limit_has_a_status_and_a_metric() {
     )
     .await;
     assert!(matches!(status, Some(414 | 431)), "{status:?}");
+    // The same bounds hold for stream requests, whichever path serves them.
+    let status = raw_status(
+        node.port,
+        &format!("GET /v1/events?topic=lim HTTP/1.1\r\nHost: a\r\n{many}\r\n"),
+    )
+    .await;
+    assert_eq!(status, Some(431));
+    let status = raw_status(
+        node.port,
+        &format!("GET /v1/events?topic=lim HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, Some(431));
     eventually(T, "request_head rejections to be counted", || async {
-        (node.metric(&limit("request_head")).await == 3.0).then_some(())
+        (node.metric(&limit("request_head")).await == 5.0).then_some(())
     })
     .await;
     // Headers within the bounds still pass.

@@ -41,14 +41,19 @@ def key_schema(section: str, key: str, value) -> dict:
         return {"type": "number", "minimum": 0}
     if isinstance(value, list):
         return {"type": "array"}
+    if isinstance(value, dict):
+        # A sub-table such as [auth.jwt]: its keys, named `<section>.<table>`.
+        return table_schema(f"{section}.{key}", value)
     return {"type": "string"}
 
 
+def table_schema(section: str, keys: dict) -> dict:
+    props = {k: key_schema(section, k, v) for k, v in keys.items() if (section, k) not in SECRET_KEYS}
+    return {"type": "object", "additionalProperties": False, "properties": props}
+
+
 def config_schema(defaults: dict, description: str) -> dict:
-    sections = {}
-    for section, keys in defaults.items():
-        props = {k: key_schema(section, k, v) for k, v in keys.items() if (section, k) not in SECRET_KEYS}
-        sections[section] = {"type": "object", "additionalProperties": False, "properties": props}
+    sections = {section: table_schema(section, keys) for section, keys in defaults.items()}
     return {"type": "object", "description": description, "additionalProperties": False, "properties": sections}
 
 

@@ -100,9 +100,10 @@ fullname, which follows the same rule as ours.
 {{- end }}
 
 {{/*
-A two-level map (sections of keys) as TOML. Helm's own toToml writes every
-number as a float (values pass through JSON), which the services' integer keys
-refuse; scalar values are written with toJson instead, whose strings, integers,
+A map of sections of keys as TOML; a section may hold one level of
+sub-tables (such as [auth.jwt]). Helm's own toToml writes every number as a
+float (values pass through JSON), which the services' integer keys refuse;
+scalar values are written with toJson instead, whose strings, integers,
 floats, booleans and arrays are also valid TOML.
 */}}
 {{- define "sse-cluster.toml" -}}
@@ -116,10 +117,21 @@ floats, booleans and arrays are also valid TOML.
 
 [{{ $section }}]
 {{- range $key, $value := $keys }}
+{{- if not (kindIs "map" $value) }}
+{{ $key }} = {{ toJson $value }}
+{{- end }}
+{{- end }}
+{{- range $table, $inner := $keys }}
+{{- if kindIs "map" $inner }}
+
+[{{ $section }}.{{ $table }}]
+{{- range $key, $value := $inner }}
 {{- if kindIs "map" $value }}
-{{- fail (printf "config key %s.%s: nested tables are not supported" $section $key) }}
+{{- fail (printf "config key %s.%s.%s: tables nested deeper than one level are not supported" $section $table $key) }}
 {{- end }}
 {{ $key }} = {{ toJson $value }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}

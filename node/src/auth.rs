@@ -158,17 +158,43 @@ impl Verifier {
         let jwt = &config.jwt;
         let mut keys = Vec::new();
         let mut problems = Vec::new();
-        if !jwt.hs256_secret.0.is_empty() {
-            if jwt.hs256_secret.0.len() < 32 {
+        let secret = match (
+            jwt.hs256_secret.0.is_empty(),
+            jwt.hs256_secret_file.is_empty(),
+        ) {
+            (true, true) => None,
+            (false, true) => Some((jwt.hs256_secret.0.clone(), "auth.jwt.hs256_secret")),
+            (true, false) => match std::fs::read_to_string(&jwt.hs256_secret_file) {
+                // A file written by hand or by a Secret may end in a newline.
+                Ok(text) => Some((
+                    text.trim_end_matches(['\r', '\n']).to_owned(),
+                    "auth.jwt.hs256_secret_file",
+                )),
+                Err(e) => {
+                    let file = &jwt.hs256_secret_file;
+                    problems.push((
+                        "auth.jwt.hs256_secret_file",
+                        format!("cannot read {file:?}: {e}"),
+                    ));
+                    None
+                }
+            },
+            (false, false) => {
                 problems.push((
-                    "auth.jwt.hs256_secret",
-                    "must be at least 32 bytes long".to_owned(),
+                    "auth.jwt.hs256_secret_file",
+                    "set either auth.jwt.hs256_secret or auth.jwt.hs256_secret_file".to_owned(),
                 ));
+                None
+            }
+        };
+        if let Some((secret, key_name)) = secret {
+            if secret.len() < 32 {
+                problems.push((key_name, "must be at least 32 bytes long".to_owned()));
             }
             keys.push(Key {
                 algorithm: Algorithm::HS256,
                 kid: None,
-                key: DecodingKey::from_secret(jwt.hs256_secret.0.as_bytes()),
+                key: DecodingKey::from_secret(secret.as_bytes()),
             });
         }
         let pem_keys: [(Algorithm, &str, &str, &'static str, &'static str); 2] = [
@@ -451,6 +477,7 @@ mod tests {
             query_parameter: true,
             jwt: JwtConfig {
                 hs256_secret: Secret(SECRET.into()),
+                hs256_secret_file: String::new(),
                 rs256_public_key_pem: String::new(),
                 rs256_public_key_file: String::new(),
                 es256_public_key_pem: String::new(),
@@ -487,6 +514,22 @@ mod tests {
         assert!(a.allows(&SubjectPath::parse_pattern("orders.alice.1").unwrap()));
         assert!(!a.allows(&SubjectPath::parse_pattern("orders.>").unwrap()));
         assert!(a.remaining() > Duration::from_secs(50));
+    }
+
+    #[test]
+    fn reads_the_hs256_secret_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+        let mut c = config();
+        c.jwt.hs256_secret = Secret(String::new());
+        c.jwt.hs256_secret_file = path.to_str().unwrap().to_owned();
+        let v = Verifier::from_config(&c).unwrap();
+        let t = token(serde_json::json!({"exp": now() + 60}));
+        assert!(v.verify(&t).is_ok());
+        c.jwt.hs256_secret = Secret(SECRET.into());
+        let problems = Verifier::from_config(&c).unwrap_err();
+        assert_eq!(problems[0].0, "auth.jwt.hs256_secret_file");
     }
 
     #[test]

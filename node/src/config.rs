@@ -167,6 +167,8 @@ pub struct AuthConfig {
 pub struct JwtConfig {
     /// Shared secret for HS256; empty = HS256 refused.
     pub hs256_secret: Secret,
+    /// Shared secret for HS256, path of a file holding it.
+    pub hs256_secret_file: String,
     /// RS256 public key, PEM text.
     pub rs256_public_key_pem: String,
     /// RS256 public key, path of a PEM file.
@@ -493,5 +495,48 @@ mod tests {
         assert!(err.contains("heartbeat_seconds"), "{err}");
         let err = with("http.bogus", 1).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn security_settings_name_their_key() {
+        for (key, value, needle) in [
+            ("auth.jwt.hs256_secret", "short", "auth.jwt.hs256_secret"),
+            (
+                "auth.jwt.hs256_secret_file",
+                "/no/such/file",
+                "auth.jwt.hs256_secret_file",
+            ),
+            (
+                "auth.jwt.rs256_public_key_file",
+                "/no/such.pem",
+                "auth.jwt.rs256_public_key_file",
+            ),
+            (
+                "auth.jwt.es256_public_key_pem",
+                "not a key",
+                "auth.jwt.es256_public_key_pem",
+            ),
+            ("auth.jwt.jwks_file", "/no/such.json", "auth.jwt.jwks_file"),
+            ("auth.cookie_name", "a b", "auth.cookie_name"),
+            ("tls.cert_file", "/no/cert.pem", "tls.key_file"),
+        ] {
+            let err = with(key, value).unwrap_err().to_string();
+            assert!(err.contains(needle), "{key}: {err}");
+        }
+        let err = with("http.max_header_bytes", 1024).unwrap_err().to_string();
+        assert!(err.contains("http.max_header_bytes"), "{err}");
+        let err = with("cors.allowed_origins", ["https://a.example/path"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cors.allowed_origins"), "{err}");
+        let both = Config::from_figment(
+            Figment::from(Toml::string(DEFAULT_TOML))
+                .merge(Serialized::default("cors.allowed_origins", ["*"]))
+                .merge(Serialized::default("cors.allow_credentials", true)),
+        );
+        let err = both.unwrap_err().to_string();
+        assert!(err.contains("cors.allow_credentials"), "{err}");
+        let secret = with("auth.jwt.hs256_secret", "0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!(format!("{:?}", secret.auth.jwt.hs256_secret), "<redacted>");
     }
 }

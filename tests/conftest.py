@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,14 @@ _build: dict = {}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs_node: starts sse-node processes (built once per run)")
+    # SIGTERM (a CI step's time limit, `timeout`) ends the run like Ctrl-C, so
+    # fixtures tear their clusters down instead of the process just vanishing.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def _build_binaries() -> None:

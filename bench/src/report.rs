@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// A column: header, result field, decimals, scale.
+/// A column: header, result field (or JSON pointer, from `/`), decimals,
+/// scale.
 struct Column(&'static str, &'static str, usize, f64);
 
 fn columns(scenario: &str) -> Vec<Column> {
@@ -37,6 +38,13 @@ fn columns(scenario: &str) -> Vec<Column> {
         "idle" => vec![
             Column("connections", "subscribers", 0, 1.0),
             Column("connect s", "connect_s", 1, 1.0),
+            Column("RSS before MiB", "server_rss_before_kib", 1, 1.0 / 1024.0),
+            Column(
+                "RSS with them MiB",
+                "server_rss_connected_kib",
+                1,
+                1.0 / 1024.0,
+            ),
             Column("KiB per connection", "rss_per_conn_kib", 2, 1.0),
             Column("server peak RSS MiB", "server_hwm_kib", 1, 1.0 / 1024.0),
         ],
@@ -54,6 +62,8 @@ fn columns(scenario: &str) -> Vec<Column> {
             Column("backlog", "expected", 0, 1.0),
             Column("replay s", "catch_up_s", 2, 1.0),
             Column("replay events/s", "replay_per_s", 0, 1.0),
+            Column("from JetStream", "/replay_sources/jetstream", 0, 1.0),
+            Column("from memory", "/replay_sources/memory", 0, 1.0),
             Column("lost", "lost", 0, 1.0),
             Column("dups", "dups", 0, 1.0),
             Column("server CPU-s", "server_cpu_s", 2, 1.0),
@@ -125,7 +135,16 @@ pub fn render(lines: &str) -> anyhow::Result<String> {
         };
         out.push_str(&format!("| {name} | {} |", runs.len()));
         for c in &cols {
-            let values: Vec<f64> = runs.iter().filter_map(|r| number(&r[c.1])).collect();
+            let values: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| {
+                    if c.1.starts_with('/') {
+                        r.pointer(c.1).and_then(number)
+                    } else {
+                        number(&r[c.1])
+                    }
+                })
+                .collect();
             match median(values) {
                 Some(v) => out.push_str(&format!(" {:.*} |", c.2, v * c.3)),
                 None => out.push_str(" – |"),
@@ -145,7 +164,7 @@ mod tests {
 {"scenario":"idle","target":"node","variant":"","subscribers":10,"rss_per_conn_kib":5.0}"#;
         let table = super::render(lines).unwrap();
         assert!(
-            table.contains("| node | 3 | 10 | – | 5.00 | – |"),
+            table.contains("| node | 3 | 10 | – | – | – | 5.00 | – |"),
             "{table}"
         );
     }

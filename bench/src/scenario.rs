@@ -181,8 +181,17 @@ pub async fn prefill(args: &Args) -> anyhow::Result<()> {
         Target::Nchan => addrs(args)?[0],
     };
     let mut publisher = publisher(target, args, &plan, addr, "/pub_deep").await?;
+    // Nchan's message ids count within a second in 16 bits: more than
+    // 32,767 messages a second on one channel makes them wrap, and a
+    // subscriber asking for the oldest then misses everything before the
+    // wrap. `--rate` keeps a prefill under that.
+    let rate: f64 = args.or("rate", 0.0)?;
     let started = Instant::now();
     for counter in 1..=events {
+        if rate > 0.0 {
+            let due = Duration::from_secs_f64((counter - 1) as f64 / rate);
+            tokio::time::sleep_until((started + due).into()).await;
+        }
         publisher
             .publish(0, payload(counter, now_us(), size))
             .await?;
@@ -527,6 +536,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         "client_cpu_s": client_cpu_s,
         "rss_per_conn_kib": rss_per_conn_kib,
         "server_hwm_kib": after.get(&server).map(|s| s.hwm_kib),
+        "server_rss_before_kib": before.get(&server).map(|s| s.rss_kib),
+        "server_rss_connected_kib": connected.get(&server).map(|s| s.rss_kib),
         "p50_ms": ms(0.5),
         "p90_ms": ms(0.9),
         "p99_ms": ms(0.99),

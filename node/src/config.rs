@@ -83,6 +83,9 @@ pub struct HttpConfig {
     pub max_headers: usize,
     /// Seconds a client has to send its whole request head.
     pub header_read_timeout_seconds: u64,
+    /// Seconds a connection may move no byte either way before it is
+    /// closed; 0 = never.
+    pub idle_timeout_seconds: u64,
     /// Serve plain HTTP/1.1 event streams without hyper (see `fastpath`).
     pub fast_path: bool,
     /// Most concurrent streams on one HTTP/2 connection.
@@ -323,6 +326,12 @@ impl Config {
             self.http.header_read_timeout_seconds > 0,
             "http.header_read_timeout_seconds",
             "must be at least 1",
+        );
+        check(
+            self.http.idle_timeout_seconds == 0
+                || self.http.idle_timeout_seconds > self.http.heartbeat_seconds,
+            "http.idle_timeout_seconds",
+            "must be 0 or longer than http.heartbeat_seconds, or idle streams would be cut",
         );
         check(
             self.http.h2_max_concurrent_streams > 0,

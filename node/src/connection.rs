@@ -11,7 +11,12 @@
 //!   `http.max_header_bytes`, or more than `http.max_headers` fields, gets
 //!   431 from hyper (HTTP/1.1); HTTP/2 refuses the stream.
 //! - `header_read_timeout`: a client that has not sent its request head
-//!   within `http.header_read_timeout_seconds` is dropped (slow-loris).
+//!   within `http.header_read_timeout_seconds` is dropped (slow-loris),
+//!   including one that connects and sends nothing at all.
+//! - `idle_timeout`: a connection on which no byte has moved either way for
+//!   `http.idle_timeout_seconds` is closed: idle keep-alive connections and
+//!   HTTP/2 connections without streams. Open event streams write a
+//!   heartbeat more often, so they never count as idle.
 //! - `ip_rate`: more than `http.max_connections_per_ip_per_minute` new
 //!   connections from one address are closed at once.
 //! - `tls_handshake`: a handshake not done in `tls.handshake_timeout_seconds`.
@@ -47,6 +52,7 @@ use hyper_util::{
     },
     service::TowerToHyperService,
 };
+use prometheus::IntCounter;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -106,6 +112,12 @@ pub async fn serve(
     let mut listener = GuardedListener::new(
         listener,
         Duration::from_secs(config.delivery.write_stall_seconds),
+    )
+    .with_idle_timeout(
+        Duration::from_secs(http.idle_timeout_seconds),
+        node.metrics()
+            .limit_rejections
+            .with_label_values(&["idle_timeout"]),
     );
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -149,6 +161,24 @@ pub async fn serve(
         let node = node.clone();
         let fast = fast.clone();
         tokio::spawn(async move {
+            // hyper's header timer starts only with the first byte: a client
+            // that sends nothing would hold its socket forever. (With TLS,
+            // the handshake timeout covers this.)
+            if tls.is_none() {
+                // A peek, not `readable()`: readiness may be reported before
+                // any byte has arrived.
+                let mut first_byte = [0u8; 1];
+                let first =
+                    tokio::time::timeout(head_wait, stream.tcp().peek(&mut first_byte)).await;
+                if !matches!(first, Ok(Ok(1))) {
+                    node.metrics()
+                        .limit_rejections
+                        .with_label_values(&["header_read_timeout"])
+                        .inc();
+                    debug!("connection closed: no request within the header timeout");
+                    return;
+                }
+            }
             let stream = match fast {
                 Some(state) => match fastpath::serve(&state, stream, max_head, head_wait).await {
                     fastpath::Outcome::Served => return,
@@ -215,11 +245,11 @@ async fn serve_hyper(
 
 /// Counts connection errors that come from a limit.
 fn note_connection_error(node: &Node, error: &(dyn std::error::Error + 'static)) {
+    let metrics = node.metrics();
     let Some(error) = error.downcast_ref::<hyper::Error>() else {
         debug!(%error, "connection ended with an error");
         return;
     };
-    let metrics = node.metrics();
     if error.is_parse_too_large() {
         metrics
             .limit_rejections
@@ -234,6 +264,18 @@ fn note_connection_error(node: &Node, error: &(dyn std::error::Error + 'static))
     }
     debug!(%error, "connection ended with an error");
 }
+
+/// The error of a connection closed for being idle.
+#[derive(Debug)]
+struct IdleTimeout;
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no byte moved on the connection for the idle timeout")
+    }
+}
+
+impl std::error::Error for IdleTimeout {}
 
 /// New connections per client address in the current minute.
 struct IpRate {
@@ -268,16 +310,31 @@ impl IpRate {
     }
 }
 
-/// A listener whose connections time out stalled writes.
+/// A listener whose connections time out stalled writes and idleness.
 pub struct GuardedListener {
     inner: TcpListener,
     stall: Duration,
+    idle: Duration,
+    idle_closed: Option<IntCounter>,
 }
 
 impl GuardedListener {
     /// Wraps `inner`; writes blocked longer than `stall` fail.
     pub fn new(inner: TcpListener, stall: Duration) -> Self {
-        Self { inner, stall }
+        Self {
+            inner,
+            stall,
+            idle: Duration::ZERO,
+            idle_closed: None,
+        }
+    }
+
+    /// Reads fail once no byte has moved either way for `idle`, counted in
+    /// `closed`; zero turns this off.
+    pub fn with_idle_timeout(mut self, idle: Duration, closed: IntCounter) -> Self {
+        self.idle = idle;
+        self.idle_closed = Some(closed);
+        self
     }
 }
 
@@ -295,6 +352,10 @@ impl axum::serve::Listener for GuardedListener {
                         inner: stream,
                         stall: self.stall,
                         blocked: None,
+                        idle: self.idle,
+                        idle_closed: self.idle_closed.clone(),
+                        last_active: Instant::now(),
+                        idle_timer: None,
                     };
                     return (guarded, addr);
                 }
@@ -313,18 +374,49 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
-/// A TCP stream whose writes fail after stalling too long.
+/// A TCP stream whose writes fail after stalling too long, and whose reads
+/// fail once the connection has been idle too long.
 pub struct GuardedStream {
     inner: TcpStream,
     stall: Duration,
     // Allocated only while a write is blocked, so idle connections stay small.
     blocked: Option<Pin<Box<Sleep>>>,
+    idle: Duration,
+    idle_closed: Option<IntCounter>,
+    last_active: Instant,
+    // Allocated only while a read waits.
+    idle_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl GuardedStream {
     /// The TCP stream, for peeking and readiness.
     pub fn tcp(&self) -> &TcpStream {
         &self.inner
+    }
+
+    /// A pending read fails once nothing has moved for the idle timeout.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.idle.is_zero() {
+            return Poll::Pending;
+        }
+        loop {
+            let deadline = self.last_active + self.idle;
+            let timer = self
+                .idle_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                // Writes moved the deadline since the timer was set.
+                timer.as_mut().reset(deadline);
+            }
+            ready!(timer.as_mut().poll(cx));
+            if Instant::now() >= self.last_active + self.idle {
+                if let Some(closed) = &self.idle_closed {
+                    closed.inc();
+                }
+                debug!("closing an idle connection");
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, IdleTimeout)));
+            }
+        }
     }
 
     fn check<T>(
@@ -335,6 +427,9 @@ impl GuardedStream {
         match result {
             Poll::Ready(r) => {
                 self.blocked = None;
+                if r.is_ok() {
+                    self.last_active = Instant::now();
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -358,7 +453,14 @@ impl AsyncRead for GuardedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                self.last_active = Instant::now();
+                self.idle_timer = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.poll_idle(cx),
+        }
     }
 }
 

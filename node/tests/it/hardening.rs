@@ -243,6 +243,82 @@ async fn slow_request_heads_and_connection_bursts_are_cut() {
 }
 
 #[tokio::test]
+async fn silent_and_idle_connections_are_closed_but_streams_live_on() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "idle", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HTTP__HEADER_READ_TIMEOUT_SECONDS", "1"),
+            ("SSE_HTTP__HEARTBEAT_SECONDS", "1"),
+            ("SSE_HTTP__IDLE_TIMEOUT_SECONDS", "3"),
+        ],
+    )
+    .await;
+    let limit = |name: &str| format!("sse_limit_rejections_total{{limit=\"{name}\"}}");
+    // Streams over HTTP/1.1 and over hyper's path (a header the fast path
+    // declines is not needed: HTTP/2 goes through hyper) outlive the idle
+    // timeout, kept busy by heartbeats.
+    let mut stream = SseClient::connect(&node.url("/v1/events?topic=idle"), None)
+        .await
+        .unwrap();
+    stream.ready().await;
+
+    // Connects and sends nothing: closed after the header timeout.
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf))
+        .await
+        .expect("the silent connection stayed open")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(node.metric(&limit("header_read_timeout")).await, 1.0);
+
+    // One request, then nothing: hyper's header timer runs again while it
+    // waits for the next request, so the keep-alive connection is closed.
+    let mut kept = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(8), kept.read_to_end(&mut buf))
+        .await
+        .expect("the idle connection stayed open")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // An HTTP/2 connection that opens no stream has no header timer: it is
+    // closed once no byte has moved for the idle timeout (3 s).
+    let mut h2 = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    // A generous bound: the whole suite runs in parallel on small machines.
+    let closed = tokio::time::timeout(Duration::from_secs(20), h2.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the idle HTTP/2 connection stayed open");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    eventually(T, "the idle close to be counted", || async {
+        (node.metric(&limit("idle_timeout")).await >= 1.0).then_some(())
+    })
+    .await;
+
+    // The stream opened first is still alive and delivers.
+    publish(&js, "idle", "still here").await;
+    assert_eq!(data_of(&stream.take(1, T).await), ["still here"]);
+    assert!(stream.comments >= 3, "heartbeats: {}", stream.comments);
+}
+
+#[tokio::test]
 async fn cors_preflight_and_stream_answer_allowed_origins_only() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;

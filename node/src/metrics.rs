@@ -51,6 +51,8 @@ pub struct Metrics {
     pub limit_rejections: IntCounterVec,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: IntCounter,
+    /// Resumes that waited for a JetStream read slot.
+    pub jetstream_read_waits: IntCounter,
 }
 
 impl Metrics {
@@ -171,6 +173,10 @@ impl Metrics {
             tls_handshake_failures: counter(
                 "sse_tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out.",
+            ),
+            jetstream_read_waits: counter(
+                "sse_jetstream_read_waits_total",
+                "Resumes that waited for a JetStream read slot (history.max_concurrent_jetstream_reads).",
             ),
             registry,
         }

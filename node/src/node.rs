@@ -118,9 +118,13 @@ impl Node {
 
     /// Waits for a slot to read JetStream for a resume.
     pub async fn jetstream_read_permit(&self) -> OwnedSemaphorePermit {
-        self.0
-            .jetstream_reads
-            .clone()
+        let reads = self.0.jetstream_reads.clone();
+        if let Ok(permit) = reads.clone().try_acquire_owned() {
+            return permit;
+        }
+        // Every slot is taken: the resume waits, and says so.
+        self.0.metrics.jetstream_read_waits.inc();
+        reads
             .acquire_owned()
             .await
             .expect("the semaphore is never closed")

@@ -243,6 +243,41 @@ async fn slow_request_heads_and_connection_bursts_are_cut() {
 }
 
 #[tokio::test]
+async fn resumes_beyond_the_jetstream_read_cap_wait_and_lose_nothing() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "cap", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HISTORY__MAX_CONCURRENT_JETSTREAM_READS", "1"),
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "0"),
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+        ],
+    )
+    .await;
+    let url = node.url("/v1/events?topic=cap");
+    let mut first = SseClient::connect(&url, None).await.unwrap();
+    let start = first.ready().await;
+    drop(first);
+    let payload = "x".repeat(2000);
+    for _ in 0..300 {
+        publish(&js, "cap", &payload).await;
+    }
+    // Six resumes at once, each reading JetStream, one at a time.
+    let resumes = futures_util::future::join_all((0..6).map(|_| {
+        let (url, start) = (url.clone(), start.clone());
+        async move {
+            let mut client = SseClient::connect(&url, Some(&start)).await.unwrap();
+            client.take(300, T).await.len()
+        }
+    }))
+    .await;
+    assert_eq!(resumes, vec![300; 6]);
+    assert!(node.metric("sse_jetstream_read_waits_total").await >= 1.0);
+}
+
+#[tokio::test]
 async fn silent_and_idle_connections_are_closed_but_streams_live_on() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;

@@ -33,10 +33,26 @@ fuzz_target!(|input: &[u8]| {
         epoch: "e".into(),
         max_event_bytes: 1 << 16,
     };
-    let event = Event::encode(&ctx, 7, "t.x", SystemTime::UNIX_EPOCH, Some(&headers), payload);
+    let event = Event::encode(
+        &ctx,
+        7,
+        "t.x",
+        SystemTime::UNIX_EPOCH,
+        Some(&headers),
+        payload,
+    );
     let (events, fields) = parse_sse(&event.frame);
-    assert_eq!(events.len(), 1, "{:?}", String::from_utf8_lossy(&event.frame));
-    assert!(fields.iter().all(|f| ["event", "data", "id"].contains(&f.as_str())));
+    assert_eq!(
+        events.len(),
+        1,
+        "{:?}",
+        String::from_utf8_lossy(&event.frame)
+    );
+    assert!(
+        fields
+            .iter()
+            .all(|f| ["event", "data", "id"].contains(&f.as_str()))
+    );
     let parsed = &events[0];
     assert_eq!(parsed.id, "t:e:7");
     match event.invalid {

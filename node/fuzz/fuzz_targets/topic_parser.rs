@@ -15,13 +15,22 @@ fuzz_target!(|input: &str| {
             assert!(path.matches(input));
             assert!(SubjectPath::parse_concrete(input).is_ok());
         }
-        assert_eq!(path.topic().as_str(), input.split('.').next().unwrap_or_default());
+        assert_eq!(
+            path.topic().as_str(),
+            input.split('.').next().unwrap_or_default()
+        );
     }
     if let Some((pattern, subject)) = input.split_once(' ')
-        && let (Ok(p), Some(g)) = (SubjectPath::parse_pattern(subject), GrantPattern::parse(pattern))
+        && let (Ok(p), Some(g)) = (
+            SubjectPath::parse_pattern(subject),
+            GrantPattern::parse(pattern),
+        )
         && g.covers(&p)
         && !p.has_wildcard()
     {
-        assert!(g.matches(subject), "{pattern:?} covers {subject:?} but does not match it");
+        assert!(
+            g.matches(subject),
+            "{pattern:?} covers {subject:?} but does not match it"
+        );
     }
 });

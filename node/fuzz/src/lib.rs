@@ -22,7 +22,11 @@ pub fn parse_sse(bytes: &[u8]) -> (Vec<Parsed>, Vec<String>) {
     let mut rest = text;
     while let Some(end) = rest.find(['\r', '\n']) {
         let line = &rest[..end];
-        let skip = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
+        let skip = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
         rest = &rest[end + skip..];
         if line.is_empty() {
             if !data.is_empty() {
@@ -60,6 +64,9 @@ pub fn parse_sse(bytes: &[u8]) -> (Vec<Parsed>, Vec<String>) {
             _ => {}
         }
     }
-    assert!(rest.is_empty(), "a frame ends without a line ending: {rest:?}");
+    assert!(
+        rest.is_empty(),
+        "a frame ends without a line ending: {rest:?}"
+    );
     (events, fields)
 }

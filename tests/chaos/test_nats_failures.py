@@ -74,10 +74,10 @@ def test_a_node_cut_off_from_nats_and_reconnected(node_binary, cluster_factory, 
             # elsewhere; none waited silently (checked as stalls).
             still = [cl for cl in on_node0 if cl.current_server == "node0"]
             s.extra["clients still on node0 at the end of the cut"] = len(still)
+            s.extra["events to node0 clients during the cut"] = sum(len(s.fleet.received[n]) - k for n, k in before.items())
             await asyncio.to_thread(proxy[0].restore)
             await asyncio.to_thread(c.wait_ready, "node0", 60)
             s.extra["node0 ready again after s"] = round(time.monotonic() - cut_at - cut_seconds, 1)
-            s.extra["events to node0 clients during cut"] = sum(len(s.fleet.received[n]) - k for n, k in before.items())
 
         problems = asyncio.run(scn.run(action))
         scn.figures["longest silence on node0 clients s"] = round(

@@ -412,7 +412,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             };
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            while published < total {
+            // A server that slows its publisher down gets fewer events, not
+            // a longer run.
+            let window = (duration > 0.0).then(|| Duration::from_secs_f64(duration));
+            while published < total && window.is_none_or(|w| started.elapsed() < w) {
                 let due = if rate > 0.0 {
                     tick.tick().await;
                     ((started.elapsed().as_secs_f64() * rate) as u64).min(total)

@@ -250,3 +250,51 @@ async fn sigterm_drains_http2_streams_and_exits() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn private_topics_need_a_token_over_http2_too() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_private_topic(&js, "h2priv").await;
+    let secret = "h2-secret-h2-secret-h2-secret-h2-secret";
+    let node = NodeProc::start(&nats.url(), &[("SSE_AUTH__JWT__HS256_SECRET", secret)]).await;
+    let tcp = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    let mut sender = h2_connect(tcp).await;
+    let uri = format!("http://127.0.0.1:{}/v1/events?topic=h2priv", node.port);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"exp": exp, "sse.subscribe": ["h2priv"]}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let cases = [
+        (None, 401),
+        (Some("Bearer nope".to_owned()), 401),
+        (Some(format!("Bearer {token}")), 200),
+    ];
+    for (auth, want) in cases {
+        let mut request = Request::get(&uri);
+        if let Some(value) = &auth {
+            request = request.header("authorization", value);
+        }
+        sender.ready().await.unwrap();
+        let response = sender
+            .send_request(request.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), want, "{auth:?}");
+        if want == 401 {
+            assert!(
+                response.headers()["www-authenticate"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Bearer realm=\"sse\"")
+            );
+        }
+    }
+}

@@ -29,6 +29,10 @@ use sse_protocol::{Grants, SubjectPath, grant::SUBSCRIBE_CLAIM};
 
 use crate::config::AuthConfig;
 
+/// Longest a token keeps a stream open, however far its `exp`: the stream
+/// deadline must stay a representable instant.
+const MAX_STREAM_AUTHORIZATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The query parameter that may carry a token.
 pub const QUERY_PARAMETER: &str = "access_token";
 
@@ -109,11 +113,13 @@ impl Authorized {
         self.grants.covers(path)
     }
 
-    /// Time left before the token expires; zero if it already has.
+    /// Time left before the token expires, at most a year; zero if it
+    /// already has.
     pub fn remaining(&self) -> Duration {
         self.expires_at
             .duration_since(SystemTime::now())
             .unwrap_or_default()
+            .min(MAX_STREAM_AUTHORIZATION)
     }
 }
 
@@ -302,8 +308,10 @@ impl Verifier {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => {
                     let claims = data.claims;
-                    let expires_at =
-                        UNIX_EPOCH + Duration::from_secs(claims.exp.saturating_add(self.leeway));
+                    // An absurd `exp` (year 10^11) must not overflow the clock.
+                    let expires_at = UNIX_EPOCH
+                        .checked_add(Duration::from_secs(claims.exp.saturating_add(self.leeway)))
+                        .unwrap_or_else(|| SystemTime::now() + MAX_STREAM_AUTHORIZATION);
                     // RFC 7519: the token is expired from `exp` on. The
                     // library only refuses it a second later; refusing it
                     // here too keeps acceptance and the stream's end in step.
@@ -530,6 +538,16 @@ mod tests {
         c.jwt.hs256_secret = Secret(SECRET.into());
         let problems = Verifier::from_config(&c).unwrap_err();
         assert_eq!(problems[0].0, "auth.jwt.hs256_secret_file");
+    }
+
+    #[test]
+    fn a_far_future_exp_does_not_overflow() {
+        let v = Verifier::from_config(&config()).unwrap();
+        let t = token(serde_json::json!({"exp": u64::MAX}));
+        let a = v.verify(&t).unwrap();
+        assert!(a.remaining() > MAX_STREAM_AUTHORIZATION - Duration::from_secs(60));
+        let t = token(serde_json::json!({"exp": 99_999_999_999u64}));
+        assert!(v.verify(&t).unwrap().remaining() <= MAX_STREAM_AUTHORIZATION);
     }
 
     #[test]

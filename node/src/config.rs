@@ -323,15 +323,16 @@ impl Config {
             "must be at least 8",
         );
         check(
-            self.http.header_read_timeout_seconds > 0,
+            (1..=3600).contains(&self.http.header_read_timeout_seconds),
             "http.header_read_timeout_seconds",
-            "must be at least 1",
+            "must be 1 to 3600",
         );
         check(
             self.http.idle_timeout_seconds == 0
-                || self.http.idle_timeout_seconds > self.http.heartbeat_seconds,
+                || (self.http.idle_timeout_seconds > self.http.heartbeat_seconds
+                    && self.http.idle_timeout_seconds <= 7 * 24 * 3600),
             "http.idle_timeout_seconds",
-            "must be 0 or longer than http.heartbeat_seconds, or idle streams would be cut",
+            "must be 0, or longer than http.heartbeat_seconds (or idle streams would be cut) and at most a week",
         );
         check(
             self.http.h2_max_concurrent_streams > 0,
@@ -379,9 +380,9 @@ impl Config {
             check(false, "tls.cert_file", &e);
         }
         check(
-            self.tls.handshake_timeout_seconds > 0,
+            (1..=3600).contains(&self.tls.handshake_timeout_seconds),
             "tls.handshake_timeout_seconds",
-            "must be at least 1",
+            "must be 1 to 3600",
         );
         check(
             self.history.max_concurrent_jetstream_reads > 0,
@@ -531,6 +532,15 @@ mod tests {
         ] {
             let err = with(key, value).unwrap_err().to_string();
             assert!(err.contains(needle), "{key}: {err}");
+        }
+        for (key, value) in [
+            ("http.idle_timeout_seconds", u64::MAX),
+            ("http.idle_timeout_seconds", 5),
+            ("http.header_read_timeout_seconds", u64::MAX),
+            ("tls.handshake_timeout_seconds", 0),
+        ] {
+            let err = with(key, value).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
         }
         let err = with("http.max_header_bytes", 1024).unwrap_err().to_string();
         assert!(err.contains("http.max_header_bytes"), "{err}");

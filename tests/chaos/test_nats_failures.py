@@ -4,6 +4,7 @@ or one node loses its NATS connection for a while."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -15,6 +16,16 @@ from cluster.workload import Scenario, chaos_timeout, scale, stream_leader
 pytestmark = [pytest.mark.needs_node]
 
 
+def meta_leader(c) -> str | None:
+    """The JetStream meta leader's server name, from a monitoring endpoint."""
+    for i, port in enumerate(c.nats_http_ports):
+        if c[f"nats{i}"].running():
+            status, body = http_get(port, "/jsz")
+            if status == 200:
+                return json.loads(body).get("meta_cluster", {}).get("leader")
+    return None
+
+
 @pytest.mark.timeout(chaos_timeout(150))
 def test_kill_9_the_stream_leaders_nats_server_while_publishing(node_binary, cluster_factory, topic):
     c = cluster_factory(nodes=3, topics=[(topic, 3)])
@@ -23,6 +34,7 @@ def test_kill_9_the_stream_leaders_nats_server_while_publishing(node_binary, clu
     async def action(s: Scenario) -> None:
         await s.at(0.3)
         leader = await stream_leader(c.nats_urls, f"SSE_{topic}")
+        s.extra["meta leader at the kill"] = meta_leader(c)
         proc = c.nats_proc_for_server(leader)
         killed_at = time.monotonic()
         c.kill(proc)

@@ -57,6 +57,9 @@ fn columns(scenario: &str) -> Vec<Column> {
             Column("dups", "dups", 0, 1.0),
             Column("reconnects", "reconnects", 0, 1.0),
             Column("node B CPU-s", "server_cpu_s", 2, 1.0),
+            Column("client CPU-s", "client_cpu_s", 2, 1.0),
+            Column("p50 ms", "p50_ms", 0, 1.0),
+            Column("p99 ms", "p99_ms", 0, 1.0),
         ],
         "catchup" => vec![
             Column("backlog", "expected", 0, 1.0),

@@ -244,6 +244,10 @@ impl Feed {
     }
 }
 
+/// How long a stream must keep looking gone (or recreated) before the feed
+/// acts on it.
+const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
+
 struct Reader {
     feed: Arc<Feed>,
     js: jetstream::Context,
@@ -262,6 +266,9 @@ enum ReadEnd {
 impl Reader {
     async fn run(self, start: u64) {
         let mut backoff = Duration::from_millis(100);
+        // "Not found" or another creation time may be a transient answer
+        // during a leader election: act on it only when it holds twice.
+        let mut doubted = false;
         loop {
             let next = self.feed.head() + 1;
             let outcome = tokio::select! {
@@ -270,6 +277,11 @@ impl Reader {
             };
             match outcome {
                 Ok(ReadEnd::Closed) => return,
+                Ok(ReadEnd::StreamGone | ReadEnd::StreamRecreated) if !doubted => {
+                    doubted = true;
+                    backoff = GONE_CONFIRM_DELAY;
+                    debug!(topic = %self.feed.topic, "stream looks gone or recreated; checking again");
+                }
                 Ok(ReadEnd::StreamGone) => {
                     info!(topic = %self.feed.topic, "stream is gone; closing topic feed");
                     self.feed.close();
@@ -281,10 +293,12 @@ impl Reader {
                     return;
                 }
                 Ok(ReadEnd::Ended) => {
+                    doubted = false;
                     backoff = Duration::from_millis(100);
                     debug!(topic = %self.feed.topic, "consumer ended; re-creating");
                 }
                 Err(error) => {
+                    doubted = false;
                     self.metrics
                         .feed_errors
                         .with_label_values(&["consumer"])

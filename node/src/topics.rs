@@ -24,6 +24,10 @@ use crate::{
     metrics::Metrics,
 };
 
+/// How long a served topic's stream must stay "not found" before the
+/// topic is dropped without a deletion advisory.
+const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
+
 /// Errors looking a topic up.
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -106,11 +110,30 @@ impl Topics {
                 Ok(())
             }
             Err(e) if is_stream_not_found(&e) => {
-                self.drop_topic(topic);
+                if self.known(topic).is_some() {
+                    // While a stream leader is being elected JetStream may
+                    // answer "not found" for a stream that exists. A served
+                    // topic is dropped on a deletion advisory, or when the
+                    // answer holds on a second look.
+                    self.confirm_gone(topic.clone());
+                }
                 Err(LookupError::NotFound(topic.to_string()))
             }
             Err(e) => Err(LookupError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Drops `topic` if its stream is still not found a moment later.
+    fn confirm_gone(&self, topic: TopicName) {
+        let topics = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(GONE_CONFIRM_DELAY).await;
+            match topics.0.js.get_stream(topic.stream_name()).await {
+                Err(e) if is_stream_not_found(&e) => topics.drop_topic(&topic),
+                Ok(stream) => topics.adopt(topic, stream.cached_info()),
+                Err(_) => {}
+            }
+        });
     }
 
     fn adopt(&self, topic: TopicName, info: &jetstream::stream::Info) {
@@ -179,8 +202,10 @@ impl Topics {
                 .cloned()
                 .collect()
         };
+        // A listing may leave out streams whose leader is being elected:
+        // ask for each one before dropping it.
         for topic in stale {
-            self.drop_topic(&topic);
+            let _ = self.refresh(&topic).await;
         }
         Ok(present.len())
     }
@@ -233,10 +258,18 @@ impl Topics {
                         None => std::future::pending().await,
                     }
                 } => {
-                    // The subject's last token is the stream name.
-                    let stream = message.subject.as_str().rsplit('.').next().unwrap_or_default();
+                    // `$JS.EVENT.ADVISORY.STREAM.<ACTION>.<stream>`; leader
+                    // elections and the like change nothing here.
+                    let mut tokens = message.subject.as_str().rsplit('.');
+                    let (stream, action) = (tokens.next().unwrap_or_default(), tokens.next());
                     if let Some(topic) = TopicName::from_stream_name(stream) {
-                        let _ = self.refresh(&topic).await;
+                        match action {
+                            Some("DELETED") => self.drop_topic(&topic),
+                            Some("CREATED" | "UPDATED") => {
+                                let _ = self.refresh(&topic).await;
+                            }
+                            _ => {}
+                        }
                     }
                 }
             }

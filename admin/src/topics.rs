@@ -63,11 +63,15 @@ impl Access {
         }
     }
 
-    /// Reads access from stream metadata; anything but `private` is public.
+    /// Reads access from stream metadata with the nodes' rule: absent or
+    /// `public` is public, anything else is private, so a typo never opens
+    /// a topic.
     pub fn from_metadata(metadata: &HashMap<String, String>) -> Self {
-        match metadata.get(ACCESS_KEY).map(String::as_str) {
-            Some("private") => Access::Private,
-            _ => Access::Public,
+        match sse_protocol::Access::from_metadata_value(
+            metadata.get(ACCESS_KEY).map(String::as_str),
+        ) {
+            sse_protocol::Access::Public => Access::Public,
+            sse_protocol::Access::Private => Access::Private,
         }
     }
 }

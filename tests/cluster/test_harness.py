@@ -96,6 +96,34 @@ def test_nats_cluster_forms_and_survives_losing_the_stream_leader(cluster_factor
 
 
 @pytest.mark.timeout(60)
+def test_a_leaderless_stream_is_listed_as_missing_not_absent(cluster_factory, topic):
+    """A NATS behaviour the node must allow for: while a stream elects a new
+    leader, the stream listing answers (after ~4s) with the stream under
+    `missing`, not under `streams`. Absent from `streams` is not deleted."""
+    c = cluster_factory(nodes=0, with_nodes=False, with_admin=False, topics=[(topic, 3)])
+
+    async def go():
+        import nats
+
+        from cluster.workload import stream_leader
+
+        leader = await stream_leader(c.nats_urls, f"SSE_{topic}")
+        proc = c.nats_proc_for_server(leader)
+        live = [u for i, u in enumerate(c.nats_urls) if f"nats{i}" != proc]
+        nc = await nats.connect(servers=live)
+        try:
+            c.kill(proc)
+            r = await nc.request("$JS.API.STREAM.LIST", b"{}", timeout=8)
+            return json.loads(r.data)
+        finally:
+            await nc.close()
+
+    listing = run_async(go())
+    names = [s["config"]["name"] for s in listing.get("streams") or []]
+    assert f"SSE_{topic}" in names or f"SSE_{topic}" in (listing.get("missing") or []), listing
+
+
+@pytest.mark.timeout(60)
 def test_haproxy_reports_node_slots_down_and_answers_503(cluster_factory):
     c = cluster_factory(nodes=2, max_nodes=3, with_nodes=False)
     wait_until(lambda: all(s.startswith("DOWN") for s in c.backend_status().values()), 10, "all slots down")

@@ -370,6 +370,11 @@ class Scenario:
             "longest publish s": round(self.publisher.max_ack_seconds, 2),
             "wall s": round(self.elapsed, 1),
         }
+        by_node: dict[str, float] = {}
+        for s in stats:
+            last = s.served_by[-1] if s.served_by else "?"
+            by_node[last] = round(max(by_node.get(last, 0.0), s.max_event_gap), 2)
+        fig["longest gap by last node s"] = dict(sorted(by_node.items()))
         fig.update(self.extra)
         if problems:
             fig["faulty clients"] = len(problems)

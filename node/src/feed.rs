@@ -244,6 +244,9 @@ impl Feed {
     }
 }
 
+/// Longest pull request of a feed's consumer; its idle heartbeat is half.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(4);
+
 /// How long a stream must keep looking gone (or recreated) before the feed
 /// acts on it.
 const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
@@ -328,6 +331,10 @@ impl Reader {
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: next,
                 },
+                // Short pulls mean idle heartbeats every couple of seconds, so
+                // a consumer lost with a stream leader is noticed and
+                // re-created in seconds, not after the 30 s default.
+                max_expires: PULL_EXPIRES,
                 ..Default::default()
             })
             .await?;

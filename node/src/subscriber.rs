@@ -678,6 +678,7 @@ impl ClientStream {
                     start_sequence: topic.pos + 1,
                 },
                 filter_subjects: topic.filters(&prefix),
+                max_expires: crate::feed::PULL_EXPIRES,
                 ..Default::default()
             })
             .await;

@@ -114,6 +114,9 @@ pub struct HistoryConfig {
 pub struct DeliveryConfig {
     /// Events a client may lag behind a topic's live feed before it is cut.
     pub client_queue_events: usize,
+    /// The same for a client of one concrete path, counted in that path's
+    /// events (each such path holds a queue of this size while read).
+    pub path_queue_events: usize,
     /// Largest payload delivered as is.
     pub max_event_bytes: usize,
     /// Seconds a socket may refuse writes before the connection is dropped.
@@ -392,6 +395,11 @@ impl Config {
         check(
             self.delivery.client_queue_events >= 16,
             "delivery.client_queue_events",
+            "must be at least 16",
+        );
+        check(
+            self.delivery.path_queue_events >= 16,
+            "delivery.path_queue_events",
             "must be at least 16",
         );
         check(

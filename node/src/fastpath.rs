@@ -77,7 +77,10 @@ pub async fn serve(
             }
             drop(head);
             while let Some(chunk) = client.next_chunk_watching(Some(stream.tcp())).await {
-                if stream.write_all(&chunk).await.is_err() {
+                if let Err(error) = stream.write_all(&chunk).await {
+                    if error.kind() == std::io::ErrorKind::TimedOut {
+                        client.mark_slow();
+                    }
                     break;
                 }
             }

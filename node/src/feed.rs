@@ -14,6 +14,7 @@
 //! are disconnected and come back through resume, which sends `reset`.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -51,6 +52,8 @@ pub struct FeedSettings {
     pub warm_events: u64,
     /// Broadcast capacity: how far a client may lag.
     pub client_queue_events: usize,
+    /// The same for a client of one concrete path.
+    pub path_queue_events: usize,
     /// Largest payload sent as is.
     pub max_event_bytes: usize,
 }
@@ -72,7 +75,14 @@ pub struct Feed {
 struct FeedState {
     head: u64,
     history: History,
+    /// Clients of the whole topic, or of several paths or wildcards.
     sender: broadcast::Sender<Arc<Event>>,
+    /// Clients of exactly one concrete path, by path: an event wakes only
+    /// the clients of its own path, so many quiet paths in one topic do not
+    /// wake every client of the topic for every event.
+    paths: HashMap<Box<str>, broadcast::Sender<Arc<Event>>>,
+    path_queue_events: usize,
+    attaches: u32,
 }
 
 /// A client's attachment to a feed.
@@ -126,6 +136,9 @@ impl Feed {
                 head: start - 1,
                 history: History::new(start, settings.max_bytes, settings.max_events),
                 sender,
+                paths: HashMap::new(),
+                path_queue_events: settings.path_queue_events,
+                attaches: 0,
             }),
             closed: CancellationToken::new(),
             encode_context: Arc::new(EncodeContext {
@@ -155,12 +168,32 @@ impl Feed {
     }
 
     /// Attaches a client: the head and a receiver of every later event.
-    pub fn attach(&self) -> Attachment {
-        let state = self.lock();
+    /// `path` is the one concrete path the client reads, if that is all it
+    /// reads of this topic; the client then hears only that path's events.
+    pub fn attach(&self, path: Option<&str>) -> Attachment {
+        let mut state = self.lock();
+        let receiver = match path {
+            None => state.sender.subscribe(),
+            Some(path) => {
+                state.attaches = state.attaches.wrapping_add(1);
+                if state.attaches % PATH_SWEEP_EVERY == 0 {
+                    state.paths.retain(|_, tx| tx.receiver_count() > 0);
+                }
+                let capacity = state.path_queue_events;
+                match state.paths.get(path) {
+                    Some(tx) => tx.subscribe(),
+                    None => {
+                        let (tx, rx) = broadcast::channel(capacity);
+                        state.paths.insert(path.into(), tx);
+                        rx
+                    }
+                }
+            }
+        };
         Attachment {
             epoch: self.epoch.clone(),
             head: state.head,
-            receiver: state.sender.subscribe(),
+            receiver,
         }
     }
 
@@ -202,7 +235,11 @@ impl Feed {
     /// Tells every attached client that the node is draining.
     pub fn announce_drain(&self) {
         let state = self.lock();
-        let _ = state.sender.send(Arc::new(Event::drain_marker()));
+        let marker = Arc::new(Event::drain_marker());
+        let _ = state.sender.send(marker.clone());
+        for tx in state.paths.values() {
+            let _ = tx.send(marker.clone());
+        }
     }
 
     /// Stops the reader and disconnects every attached client.
@@ -215,6 +252,7 @@ impl Feed {
         // Dropping the only sender tells every receiver the feed is gone.
         let (fresh, _) = broadcast::channel(1);
         state.sender = fresh;
+        state.paths.clear();
         info!(topic = %self.topic, epoch = %self.epoch, "topic feed closed");
     }
 
@@ -234,7 +272,18 @@ impl Feed {
         state.head = event.seq;
         state.history.push(event.clone());
         // No receiver is not an error: the event is still held for resumes.
-        let receivers = state.sender.send(event).unwrap_or(0);
+        let mut receivers = 0;
+        if let Some(tx) = state.paths.get(&*event.path) {
+            match tx.send(event.clone()) {
+                Ok(n) => receivers += n,
+                Err(_) => {
+                    state.paths.remove(&*event.path);
+                }
+            }
+        }
+        if state.sender.receiver_count() > 0 {
+            receivers += state.sender.send(event).unwrap_or(0);
+        }
         (state.history.bytes(), receivers)
     }
 
@@ -243,6 +292,9 @@ impl Feed {
         state.head = state.head.max(seq);
     }
 }
+
+/// Every this many path attaches, paths nobody reads any more are dropped.
+const PATH_SWEEP_EVERY: u32 = 1024;
 
 /// Longest pull request of a feed's consumer; its idle heartbeat is half.
 pub const PULL_EXPIRES: Duration = Duration::from_secs(4);

@@ -126,6 +126,7 @@ pub async fn run(
         max_events: config.history.max_events_per_topic,
         warm_events: config.history.warm_events,
         client_queue_events: config.delivery.client_queue_events,
+        path_queue_events: config.delivery.path_queue_events,
         max_event_bytes: config.delivery.max_event_bytes,
     };
     let topics = Topics::new(js.clone(), settings, metrics.clone());

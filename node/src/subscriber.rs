@@ -75,6 +75,9 @@ struct ClientTopic {
     pos: u64,
     catch_up_to: u64,
     reset_sent: bool,
+    /// Whether the client hears only its one path's events (so `pos` does
+    /// not follow the topic's head).
+    by_path: bool,
 }
 
 impl ClientTopic {
@@ -186,7 +189,15 @@ impl ClientStream {
         let mut resets = Vec::new();
         let mut live = SelectAll::new();
         for (index, (request, feed)) in requests.into_iter().enumerate() {
-            let attachment = feed.attach();
+            // A client of one concrete path hears only that path's events;
+            // anything else reads the whole topic and filters. Never both:
+            // one receiver per topic keeps its events in stream order.
+            let only_path = match request.patterns.as_slice() {
+                [one] if !one.has_wildcard() && !one.is_whole_topic() => Some(one.as_str()),
+                _ => None,
+            };
+            let attachment = feed.attach(only_path);
+            let by_path = only_path.is_some();
             let (pos, catch_up_to, reset_sent) = match &request.resume {
                 None => (attachment.head, attachment.head, false),
                 Some((epoch, seq)) if *epoch == attachment.epoch => {
@@ -218,6 +229,7 @@ impl ClientStream {
                 pos,
                 catch_up_to,
                 reset_sent,
+                by_path,
             });
         }
         let single_topic = topics.len() == 1;
@@ -359,6 +371,11 @@ impl ClientStream {
             out.put_slice(b"\n\n");
         }
         true
+    }
+
+    /// Records that the client's socket stopped taking bytes.
+    pub fn mark_slow(&mut self) {
+        self.reason = CloseReason::Slow;
     }
 
     /// The next bytes to write, or `None` when the stream is over.
@@ -810,7 +827,7 @@ impl Drop for ClientStream {
             if self
                 .topics
                 .iter()
-                .any(|t| t.feed.head().saturating_sub(t.pos) > queue)
+                .any(|t| !t.by_path && t.feed.head().saturating_sub(t.pos) > queue)
             {
                 self.reason = CloseReason::Slow;
             }

@@ -160,3 +160,52 @@ async fn resume_is_served_from_memory_or_from_jetstream() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_of_one_path_hears_only_that_path_and_resumes_exactly() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "rooms", None).await;
+    let a = NodeProc::start(&nats.url(), &[]).await;
+    let b = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "0"),
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+        ],
+    )
+    .await;
+    let mut one = SseClient::connect(&a.url("/v1/events?topic=rooms.r1"), None)
+        .await
+        .unwrap();
+    let mut all = SseClient::connect(&a.url("/v1/events?topic=rooms.*"), None)
+        .await
+        .unwrap();
+    one.ready().await;
+    all.ready().await;
+    for i in 0..6 {
+        let room = if i % 2 == 0 { "r1" } else { "r2" };
+        publish(&js, &format!("rooms.{room}"), &format!("{room}-{i}")).await;
+    }
+    let mine = one.take(2, T).await;
+    assert_eq!(data_of(&mine), ["r1-0", "r1-2"]);
+    assert_eq!(data_of(&all.take(6, T).await).len(), 6);
+    let resume_id = mine[0].id.clone();
+    drop(one);
+    publish(&js, "rooms.r2", "r2-6").await;
+    publish(&js, "rooms.r1", "r1-7").await;
+    // From memory on `a`, from JetStream on `b`: the same events.
+    for node in [&a, &b] {
+        let mut resumed =
+            SseClient::connect(&node.url("/v1/events?topic=rooms.r1"), Some(&resume_id))
+                .await
+                .unwrap();
+        assert_eq!(data_of(&resumed.take(3, T).await), ["r1-2", "r1-4", "r1-7"]);
+        assert!(
+            resumed
+                .next_event(Duration::from_millis(300))
+                .await
+                .is_err()
+        );
+    }
+}

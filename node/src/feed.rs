@@ -176,7 +176,7 @@ impl Feed {
             None => state.sender.subscribe(),
             Some(path) => {
                 state.attaches = state.attaches.wrapping_add(1);
-                if state.attaches % PATH_SWEEP_EVERY == 0 {
+                if state.attaches.is_multiple_of(PATH_SWEEP_EVERY) {
                     state.paths.retain(|_, tx| tx.receiver_count() > 0);
                 }
                 let capacity = state.path_queue_events;

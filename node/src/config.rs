@@ -119,6 +119,9 @@ pub struct DeliveryConfig {
     pub path_queue_events: usize,
     /// Largest payload delivered as is.
     pub max_event_bytes: usize,
+    /// Least time between two writes to one client, in milliseconds; 0 =
+    /// write every event at once.
+    pub write_pacing_ms: u64,
     /// Seconds a socket may refuse writes before the connection is dropped.
     pub write_stall_seconds: u64,
 }
@@ -401,6 +404,11 @@ impl Config {
             self.delivery.path_queue_events >= 16,
             "delivery.path_queue_events",
             "must be at least 16",
+        );
+        check(
+            self.delivery.write_pacing_ms <= 1000,
+            "delivery.write_pacing_ms",
+            "must be at most 1000",
         );
         check(
             self.delivery.write_stall_seconds > 0,

@@ -173,6 +173,8 @@ pub struct ClientStream {
     replayed: [u64; 2],
     batches: u32,
     lone_frame: Option<Bytes>,
+    pacing: Duration,
+    last_write: Option<Instant>,
 }
 
 impl ClientStream {
@@ -233,6 +235,7 @@ impl ClientStream {
             });
         }
         let single_topic = topics.len() == 1;
+        let pacing = Duration::from_millis(config.delivery.write_pacing_ms);
         let mut stream = Self {
             heartbeat: Some(heartbeat_interval(config.heartbeat())),
             lifetime_end: (config.http.max_connection_lifetime_seconds > 0).then(|| {
@@ -258,6 +261,8 @@ impl ClientStream {
             replayed: [0; 2],
             batches: 0,
             lone_frame: None,
+            pacing,
+            last_write: None,
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {
@@ -430,6 +435,10 @@ impl ClientStream {
                 .take()
                 .expect("heartbeat is put back after each wait");
             let node = self.node.clone();
+            let pace_until = self
+                .last_write
+                .map(|t| t + self.pacing)
+                .filter(|until| !self.pacing.is_zero() && *until > Instant::now());
             let wake = {
                 // Both kinds of work are safe to drop before they complete:
                 // a permit not yet granted, an event not yet taken.
@@ -437,6 +446,13 @@ impl ClientStream {
                     if catching_up {
                         Work::Permit(node.jetstream_read_permit().await)
                     } else {
+                        // A client that was written to a moment ago waits out
+                        // the rest of the pacing window first, so a busy
+                        // stream gets one write per window instead of one per
+                        // event; a quiet one is written to at once.
+                        if let Some(until) = pace_until {
+                            tokio::time::sleep_until(until).await;
+                        }
                         Work::Live(self.live.next().await)
                     }
                 };
@@ -509,6 +525,8 @@ impl ClientStream {
             None => out.freeze(),
         };
         self.wrote_since_heartbeat = true;
+        // A full batch means more is waiting: write again at once.
+        self.last_write = (!self.pacing.is_zero() && bytes.len() < BATCH_BYTES).then(Instant::now);
         Some(bytes)
     }
 

@@ -11,6 +11,7 @@
 //! targets and the property tests share one definition.
 
 pub mod cursor;
+pub mod event_stream;
 pub mod grant;
 pub mod topic;
 

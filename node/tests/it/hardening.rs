@@ -1,6 +1,7 @@
 //! A node on the internet: publisher values that try to forge frames, every
 //! configured limit with its status and metric, and CORS for browsers.
 
+use sse_protocol::event_stream::parse_event_stream as parse_sse;
 use std::time::Duration;
 
 use async_nats::{HeaderMap, HeaderValue};
@@ -480,72 +481,6 @@ async fn raw_status(port: u16, request: &str) -> Option<u16> {
     }
     let head = String::from_utf8_lossy(&buf[..read]);
     head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
-}
-
-/// One event as the SSE spec's parser dispatches it.
-#[derive(Debug, PartialEq)]
-struct Parsed {
-    event: String,
-    data: String,
-    id: String,
-}
-
-/// Parses a byte stream by the HTML spec's rules for `text/event-stream`;
-/// returns the dispatched events and every field name seen.
-fn parse_sse(bytes: &[u8]) -> (Vec<Parsed>, Vec<String>) {
-    let text = String::from_utf8(bytes.to_vec()).expect("frames are UTF-8");
-    let (mut events, mut fields) = (Vec::new(), Vec::new());
-    let (mut event, mut data, mut id) = (String::new(), String::new(), String::new());
-    let mut rest = text.as_str();
-    while let Some(end) = rest.find(['\r', '\n']) {
-        let line = &rest[..end];
-        let skip = if rest[end..].starts_with("\r\n") {
-            2
-        } else {
-            1
-        };
-        rest = &rest[end + skip..];
-        if line.is_empty() {
-            if !data.is_empty() {
-                data.pop();
-                let name = if event.is_empty() {
-                    "message".into()
-                } else {
-                    std::mem::take(&mut event)
-                };
-                events.push(Parsed {
-                    event: name,
-                    data: std::mem::take(&mut data),
-                    id: id.clone(),
-                });
-            }
-            event.clear();
-            data.clear();
-            continue;
-        }
-        if line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        fields.push(field.to_owned());
-        match field {
-            "event" => event = value.to_owned(),
-            "data" => {
-                data.push_str(value);
-                data.push('\n');
-            }
-            "id" if !value.contains('\0') => id = value.to_owned(),
-            _ => {}
-        }
-    }
-    assert!(
-        rest.is_empty(),
-        "a frame ends without a line ending: {rest:?}"
-    );
-    (events, fields)
 }
 
 fn encode(name: Option<&str>, payload: &[u8], seq: u64) -> Option<Event> {

@@ -20,7 +20,9 @@ async fn deleted_topic_stops_and_recreated_stream_gets_reset() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "jobs", None).await;
-    let node = NodeProc::start(&nats.url(), &[]).await;
+    // Deletion is noticed from JetStream's advisory at once, or at the next
+    // re-listing of topics if the advisory is missed.
+    let node = NodeProc::start(&nats.url(), &[("SSE_NATS__TOPIC_REFRESH_SECONDS", "2")]).await;
     let mut client = SseClient::connect(&node.url("/v1/events?topic=jobs"), None)
         .await
         .unwrap();
@@ -32,7 +34,7 @@ async fn deleted_topic_stops_and_recreated_stream_gets_reset() {
 
     js.delete_stream("SSE_jobs").await.unwrap();
     // The open stream ends, and the topic is no longer served.
-    let rest = client.until_closed(T).await.unwrap();
+    let rest = client.until_closed(Duration::from_secs(15)).await.unwrap();
     assert!(rest.is_empty(), "{rest:?}");
     let (status, _) = get(&node.url("/v1/events?topic=jobs"), None).await;
     assert_eq!(status, 404);

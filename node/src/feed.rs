@@ -202,11 +202,6 @@ impl Feed {
         self.lock().history.after(after, upto, limit)
     }
 
-    /// Bytes of history held.
-    pub fn history_bytes(&self) -> usize {
-        self.lock().history.bytes()
-    }
-
     /// The last sequence processed.
     pub fn head(&self) -> u64 {
         self.lock().head

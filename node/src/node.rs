@@ -101,11 +101,6 @@ impl Node {
         &self.0.topics
     }
 
-    /// Cancelled when the node starts shutting down.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.0.shutdown.clone()
-    }
-
     /// Whether shutdown has begun; a plain atomic load.
     pub fn is_shutting_down(&self) -> bool {
         self.0.shutdown.is_cancelled()

@@ -434,7 +434,9 @@ impl ClientStream {
                 .heartbeat
                 .take()
                 .expect("heartbeat is put back after each wait");
-            let node = self.node.clone();
+            // Cloned only while catching up: live wakes of every client would
+            // otherwise all touch the node's shared reference count.
+            let node = catching_up.then(|| self.node.clone());
             let pace_until = self
                 .last_write
                 .map(|t| t + self.pacing)
@@ -443,7 +445,7 @@ impl ClientStream {
                 // Both kinds of work are safe to drop before they complete:
                 // a permit not yet granted, an event not yet taken.
                 let work = async {
-                    if catching_up {
+                    if let Some(node) = &node {
                         Work::Permit(node.jetstream_read_permit().await)
                     } else {
                         // A client that was written to a moment ago waits out
@@ -462,7 +464,7 @@ impl ClientStream {
                 let watch_shutdown = catching_up && !draining;
                 tokio::select! {
                     biased;
-                    _ = node.shutdown_cancelled(), if watch_shutdown => Wake::Shutdown,
+                    _ = shutdown_of(node.as_ref()), if watch_shutdown => Wake::Shutdown,
                     _ = sleep_until_opt(deadline), if deadline.is_some() => Wake::Deadline,
                     _ = heartbeat.tick() => Wake::Heartbeat,
                     gone = peer_closed(peer), if peer.is_some() => {
@@ -904,6 +906,13 @@ fn heartbeat_interval(period: Duration) -> Interval {
     let mut interval = tokio::time::interval_at(Instant::now() + period, period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval
+}
+
+async fn shutdown_of(node: Option<&Node>) {
+    match node {
+        Some(node) => node.shutdown_cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

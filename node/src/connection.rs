@@ -489,7 +489,13 @@ impl AsyncWrite for GuardedStream {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.inner).poll_flush(cx);
-        self.check(cx, result)
+        // A flush moves no byte: it must not keep an idle connection alive
+        // (hyper flushes whenever its task is polled, the idle timer's own
+        // wake-up included).
+        let idle_since = self.last_active;
+        let result = self.check(cx, result);
+        self.last_active = idle_since;
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -122,15 +122,7 @@ async fn nodes_live_while_fresh_and_drop_after_ttl() {
         admin.create_topic(json!({"name": "orders"})).await;
         let (_, topic) = admin.call("GET", "/v1/topics/orders", None).await;
         assert_eq!(topic["subscribers"], 6);
-        let metrics = admin
-            .http
-            .get(format!("{}/metrics", admin.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = admin.metrics().await;
         for line in [
             "sse_nodes_live 2",
             "sse_topic_subscribers_total{topic=\"orders\"} 6",
@@ -155,15 +147,7 @@ async fn nodes_live_while_fresh_and_drop_after_ttl() {
             node_ids(&admin).await.is_empty().then_some(())
         })
         .await;
-        let metrics = admin
-            .http
-            .get(format!("{}/metrics", admin.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = admin.metrics().await;
         assert!(metrics.contains("sse_nodes_live 0"), "{metrics}");
         assert!(
             metrics.contains("sse_topic_subscribers_total{topic=\"orders\"} 0"),

@@ -219,15 +219,7 @@ async fn bad_events_are_refused() {
         // Only the one good event reached the stream.
         let (_, topic) = admin.call("GET", "/v1/topics/orders", None).await;
         assert_eq!(topic["messages"], 1);
-        let metrics = admin
-            .http
-            .get(format!("{}/metrics", admin.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = admin.metrics().await;
         for line in [
             "sse_admin_events_published_total 1",
             "sse_admin_publish_failures_total{reason=\"too_large\"} 1",

@@ -153,6 +153,18 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
+    /// The Prometheus text of `/metrics`.
+    pub(crate) async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Starts admin against `nats` and waits until it is ready.
     pub(crate) async fn start(nats: &NatsServer) -> Self {
         Self::start_with(test_config(&nats.url, "")).await

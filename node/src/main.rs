@@ -56,6 +56,15 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
+        // The handlers are installed before the port opens: anyone who sees
+        // the port listening may send SIGTERM and expect a graceful drain.
+        let signals = match ShutdownSignals::install() {
+            Ok(signals) => signals,
+            Err(error) => {
+                tracing::error!(%error, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let listener = match tokio::net::TcpListener::bind(&config.http.listen).await {
             Ok(l) => l,
             Err(error) => {
@@ -64,7 +73,7 @@ fn main() -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
         match run(config, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -79,13 +88,28 @@ fn main() -> ExitCode {
     code
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, registered with the runtime.
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    tracing::info!("shutdown signal received");
-    shutdown.cancel();
+
+    /// Either signal starts a graceful shutdown.
+    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        tracing::info!("shutdown signal received");
+        shutdown.cancel();
+    }
 }

@@ -119,8 +119,9 @@ pub struct DeliveryConfig {
     pub path_queue_events: usize,
     /// Largest payload delivered as is.
     pub max_event_bytes: usize,
-    /// Least time between two writes to one client, in milliseconds; 0 =
-    /// write every event at once.
+    /// Least time between two writes to a busy client (one whose events
+    /// come more than twice per window), in milliseconds; 0 = write every
+    /// event at once.
     pub write_pacing_ms: u64,
     /// Seconds a socket may refuse writes before the connection is dropped.
     pub write_stall_seconds: u64,

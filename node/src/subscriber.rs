@@ -22,7 +22,6 @@
 //! client goes away.
 
 use std::{
-    pin::Pin,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -32,14 +31,16 @@ use async_nats::jetstream::{
     consumer::{DeliverPolicy, pull::OrderedConfig},
 };
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{FutureExt, Stream, StreamExt, stream::SelectAll};
+use futures_util::{FutureExt, Stream, StreamExt};
 use sse_protocol::{SubjectPath, TopicName, cursor::write_position};
 use tokio::{
     net::TcpStream,
-    sync::{OwnedSemaphorePermit, broadcast},
+    sync::{
+        OwnedSemaphorePermit, broadcast,
+        broadcast::error::{RecvError, TryRecvError},
+    },
     time::{Instant, Interval, MissedTickBehavior},
 };
-use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tracing::{Span, debug, info_span, warn};
 
 use crate::{
@@ -96,8 +97,68 @@ impl ClientTopic {
     }
 }
 
-type LiveItem = (usize, Option<Result<Arc<Event>, BroadcastStreamRecvError>>);
-type LiveStream = Pin<Box<dyn Stream<Item = LiveItem> + Send>>;
+/// What a client's live receivers yield.
+enum LiveItem {
+    /// An event of the topic at this index.
+    Event(usize, Arc<Event>),
+    /// The client fell behind its queue by this many events.
+    Lagged(u64),
+    /// A topic's feed closed.
+    Closed,
+}
+
+/// A client's live receivers, one per topic, in the client's topic order.
+///
+/// Polled by hand rather than through `BroadcastStream` and `SelectAll`:
+/// a batch drains them with `try_recv`, and only an empty queue waits, on
+/// a `recv` future held inside the caller's own future. That keeps the
+/// per-event path free of boxed futures and task re-queueing.
+struct LiveReceivers {
+    receivers: Vec<broadcast::Receiver<Arc<Event>>>,
+    // Where the next drain starts, so one busy topic cannot starve another.
+    next: usize,
+}
+
+impl LiveReceivers {
+    /// An item that is already waiting, if any.
+    fn try_next(&mut self) -> Option<LiveItem> {
+        let count = self.receivers.len();
+        for offset in 0..count {
+            let index = (self.next + offset) % count;
+            match self.receivers[index].try_recv() {
+                Ok(event) => {
+                    self.next = (index + 1) % count;
+                    return Some(LiveItem::Event(index, event));
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Lagged(missed)) => return Some(LiveItem::Lagged(missed)),
+                Err(TryRecvError::Closed) => return Some(LiveItem::Closed),
+            }
+        }
+        None
+    }
+
+    /// The next item, waiting for one if none is queued.
+    async fn next(&mut self) -> LiveItem {
+        if let Some(item) = self.try_next() {
+            return item;
+        }
+        let (result, index) = match self.receivers.as_mut_slice() {
+            [one] => (one.recv().await, 0),
+            many => {
+                // Several topics: rare, so a boxed future per topic is fine.
+                let waits = many.iter_mut().map(|r| Box::pin(r.recv()));
+                let (result, index, _) = futures_util::future::select_all(waits).await;
+                (result, index)
+            }
+        };
+        match result {
+            Ok(event) => LiveItem::Event(index, event),
+            Err(RecvError::Lagged(missed)) => LiveItem::Lagged(missed),
+            Err(RecvError::Closed) => LiveItem::Closed,
+        }
+    }
+}
 
 /// Why a stream ended; the label of `sse_connections_closed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +195,7 @@ impl CloseReason {
 
 enum Work {
     Permit(OwnedSemaphorePermit),
-    Live(Option<LiveItem>),
+    Live(LiveItem),
 }
 
 enum Wake {
@@ -160,7 +221,7 @@ pub struct ClientStream {
     jetstream_read: Option<Box<JetStreamRead>>,
     jetstream_permit: Option<OwnedSemaphorePermit>,
     catch_up_started: Instant,
-    live: SelectAll<LiveStream>,
+    live: LiveReceivers,
     heartbeat: Option<Interval>,
     wrote_since_heartbeat: bool,
     close_at: Option<(Instant, CloseReason)>,
@@ -175,6 +236,11 @@ pub struct ClientStream {
     lone_frame: Option<Bytes>,
     pacing: Duration,
     last_write: Option<Instant>,
+    // A smoothed estimate of the time between this client's live events,
+    // taken at each live batch: pacing only pays when a window would hold
+    // several events.
+    event_gap: Duration,
+    last_live_batch: Option<Instant>,
 }
 
 impl ClientStream {
@@ -189,8 +255,8 @@ impl ClientStream {
         prelude.put_slice(format!("retry: {retry}\n\n").as_bytes());
         let mut topics = Vec::with_capacity(requests.len());
         let mut resets = Vec::new();
-        let mut live = SelectAll::new();
-        for (index, (request, feed)) in requests.into_iter().enumerate() {
+        let mut receivers = Vec::with_capacity(requests.len());
+        for (request, feed) in requests {
             // A client of one concrete path hears only that path's events;
             // anything else reads the whole topic and filters. Never both:
             // one receiver per topic keeps its events in stream order.
@@ -220,7 +286,7 @@ impl ClientStream {
                     (0, attachment.head, true)
                 }
             };
-            live.push(live_stream(index, attachment.receiver));
+            receivers.push(attachment.receiver);
             node.metrics()
                 .topic_subscribers
                 .with_label_values(&[feed.topic.as_str()])
@@ -250,7 +316,7 @@ impl ClientStream {
             jetstream_read: None,
             jetstream_permit: None,
             catch_up_started: Instant::now(),
-            live,
+            live: LiveReceivers { receivers, next: 0 },
             wrote_since_heartbeat: false,
             close_at: None,
             done: false,
@@ -263,6 +329,8 @@ impl ClientStream {
             lone_frame: None,
             pacing,
             last_write: None,
+            event_gap: Duration::from_secs(1),
+            last_live_batch: None,
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {
@@ -437,10 +505,13 @@ impl ClientStream {
             // Cloned only while catching up: live wakes of every client would
             // otherwise all touch the node's shared reference count.
             let node = catching_up.then(|| self.node.clone());
+            // Only a busy stream is paced: one whose events come more than
+            // twice per window. A quiet one is written to at once.
             let pace_until = self
                 .last_write
+                .filter(|_| self.event_gap < self.pacing / 2)
                 .map(|t| t + self.pacing)
-                .filter(|until| !self.pacing.is_zero() && *until > Instant::now());
+                .filter(|until| *until > Instant::now());
             let wake = {
                 // Both kinds of work are safe to drop before they complete:
                 // a permit not yet granted, an event not yet taken.
@@ -564,28 +635,23 @@ impl ClientStream {
         Bytes::from(format!("retry: {retry}\n\n"))
     }
 
-    fn live_batch(
-        &mut self,
-        first: Option<LiveItem>,
-        out: &mut BytesMut,
-    ) -> Result<(), CloseReason> {
+    fn live_batch(&mut self, first: LiveItem, out: &mut BytesMut) -> Result<(), CloseReason> {
         let mut item = first;
         let mut delivered = 0u64;
         let mut oldest: Option<SystemTime> = None;
         loop {
             match item {
-                None => return Err(CloseReason::TopicClosed),
-                Some((_, None)) => return Err(CloseReason::TopicClosed),
-                Some((_, Some(Err(BroadcastStreamRecvError::Lagged(missed))))) => {
+                LiveItem::Closed => return Err(CloseReason::TopicClosed),
+                LiveItem::Lagged(missed) => {
                     debug!(missed, "client too slow; disconnecting");
                     return Err(CloseReason::Slow);
                 }
-                Some((_, Some(Ok(event)))) if event.is_drain_marker() => {
+                LiveItem::Event(_, event) if event.is_drain_marker() => {
                     if !self.draining() {
                         self.start_drain();
                     }
                 }
-                Some((index, Some(Ok(event)))) => {
+                LiveItem::Event(index, event) => {
                     if self.deliver(index, &event, out) {
                         delivered += 1;
                         oldest.get_or_insert(event.published);
@@ -595,12 +661,18 @@ impl ClientStream {
             if out.len() >= BATCH_BYTES {
                 break;
             }
-            match self.live.next().now_or_never() {
+            match self.live.try_next() {
                 Some(next) => item = next,
                 None => break,
             }
         }
         if delivered > 0 {
+            let now = Instant::now();
+            if let Some(previous) = self.last_live_batch {
+                let gap = (now - previous) / u32::try_from(delivered).unwrap_or(u32::MAX);
+                self.event_gap = (self.event_gap * 3 + gap) / 4;
+            }
+            self.last_live_batch = Some(now);
             // Shared counters are touched once per batch, and the lag is
             // sampled, so clients on both cores do not fight over them.
             self.batches = self.batches.wrapping_add(1);
@@ -867,14 +939,6 @@ impl Drop for ClientStream {
         self.span.record("close_reason", self.reason.as_str());
         debug!(reason = self.reason.as_str(), "client disconnected");
     }
-}
-
-fn live_stream(index: usize, receiver: broadcast::Receiver<Arc<Event>>) -> LiveStream {
-    Box::pin(
-        BroadcastStream::new(receiver)
-            .map(move |item| (index, Some(item)))
-            .chain(futures_util::stream::once(async move { (index, None) })),
-    )
 }
 
 fn write_reset_body(out: &mut BytesMut, data: &serde_json::Value) {

@@ -234,13 +234,62 @@ pub struct ClientStream {
     replayed: [u64; 2],
     batches: u32,
     lone_frame: Option<Bytes>,
-    pacing: Duration,
+    pacer: Pacer,
+}
+
+/// Decides when a client may be written to again.
+///
+/// A write costs a system call whatever it carries, so a busy client (one
+/// whose events come more than twice per window) gets one write per window;
+/// any other client is written to at once, and pays no latency for it.
+#[derive(Debug, Clone)]
+struct Pacer {
+    window: Duration,
     last_write: Option<Instant>,
     // A smoothed estimate of the time between this client's live events,
-    // taken at each live batch: pacing only pays when a window would hold
-    // several events.
-    event_gap: Duration,
+    // taken at each live batch; none until two batches have been seen.
+    event_gap: Option<Duration>,
     last_live_batch: Option<Instant>,
+}
+
+impl Pacer {
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            last_write: None,
+            event_gap: None,
+            last_live_batch: None,
+        }
+    }
+
+    /// Until when the next live batch waits, if it must.
+    fn hold_until(&self, now: Instant) -> Option<Instant> {
+        self.last_write
+            .filter(|_| self.event_gap.is_some_and(|gap| gap < self.window / 2))
+            .map(|t| t + self.window)
+            .filter(|until| *until > now)
+    }
+
+    /// Records a live batch of `delivered` events taken at `now`.
+    fn record_batch(&mut self, now: Instant, delivered: u64) {
+        if delivered == 0 {
+            return;
+        }
+        if let Some(previous) = self.last_live_batch {
+            let gap = (now - previous) / u32::try_from(delivered).unwrap_or(u32::MAX);
+            self.event_gap = Some(match self.event_gap {
+                Some(estimate) => (estimate * 3 + gap) / 4,
+                None => gap,
+            });
+        }
+        self.last_live_batch = Some(now);
+    }
+
+    /// Records a write at `now`; a full batch means more is waiting, so it
+    /// does not start a window.
+    fn record_write(&mut self, now: Instant, full: bool) {
+        self.last_write = (!self.window.is_zero() && !full).then_some(now);
+    }
 }
 
 impl ClientStream {
@@ -327,10 +376,7 @@ impl ClientStream {
             replayed: [0; 2],
             batches: 0,
             lone_frame: None,
-            pacing,
-            last_write: None,
-            event_gap: Duration::from_secs(1),
-            last_live_batch: None,
+            pacer: Pacer::new(pacing),
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {
@@ -505,13 +551,7 @@ impl ClientStream {
             // Cloned only while catching up: live wakes of every client would
             // otherwise all touch the node's shared reference count.
             let node = catching_up.then(|| self.node.clone());
-            // Only a busy stream is paced: one whose events come more than
-            // twice per window. A quiet one is written to at once.
-            let pace_until = self
-                .last_write
-                .filter(|_| self.event_gap < self.pacing / 2)
-                .map(|t| t + self.pacing)
-                .filter(|until| *until > Instant::now());
+            let pace_until = self.pacer.hold_until(Instant::now());
             let wake = {
                 // Both kinds of work are safe to drop before they complete:
                 // a permit not yet granted, an event not yet taken.
@@ -598,8 +638,8 @@ impl ClientStream {
             None => out.freeze(),
         };
         self.wrote_since_heartbeat = true;
-        // A full batch means more is waiting: write again at once.
-        self.last_write = (!self.pacing.is_zero() && bytes.len() < BATCH_BYTES).then(Instant::now);
+        self.pacer
+            .record_write(Instant::now(), bytes.len() >= BATCH_BYTES);
         Some(bytes)
     }
 
@@ -667,12 +707,7 @@ impl ClientStream {
             }
         }
         if delivered > 0 {
-            let now = Instant::now();
-            if let Some(previous) = self.last_live_batch {
-                let gap = (now - previous) / u32::try_from(delivered).unwrap_or(u32::MAX);
-                self.event_gap = (self.event_gap * 3 + gap) / 4;
-            }
-            self.last_live_batch = Some(now);
+            self.pacer.record_batch(Instant::now(), delivered);
             // Shared counters are touched once per batch, and the lag is
             // sampled, so clients on both cores do not fight over them.
             self.batches = self.batches.wrapping_add(1);
@@ -983,5 +1018,79 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_millis(10);
+
+    /// Feeds the pacer one event every `gap`, each written at once unless
+    /// held; returns the pacer and the time after the last event.
+    fn steady(pacer: &mut Pacer, start: Instant, gap: Duration, events: u32) -> Instant {
+        let mut now = start;
+        for _ in 0..events {
+            now += gap;
+            pacer.record_batch(now, 1);
+            pacer.record_write(now, false);
+        }
+        now
+    }
+
+    #[test]
+    fn a_quiet_client_is_never_held() {
+        let mut pacer = Pacer::new(WINDOW);
+        let start = Instant::now();
+        let now = steady(&mut pacer, start, Duration::from_millis(10), 50);
+        assert_eq!(pacer.hold_until(now + Duration::from_millis(1)), None);
+    }
+
+    #[test]
+    fn a_busy_client_waits_out_the_window_after_a_write() {
+        let mut pacer = Pacer::new(WINDOW);
+        let start = Instant::now();
+        let now = steady(&mut pacer, start, Duration::from_millis(1), 50);
+        let soon = now + Duration::from_millis(2);
+        assert_eq!(pacer.hold_until(soon), Some(now + WINDOW));
+        // Once the window has passed, the next batch goes out at once.
+        assert_eq!(pacer.hold_until(now + WINDOW), None);
+    }
+
+    #[test]
+    fn a_busy_client_that_falls_quiet_is_written_to_at_once_again() {
+        let mut pacer = Pacer::new(WINDOW);
+        let start = Instant::now();
+        let now = steady(&mut pacer, start, Duration::from_millis(1), 50);
+        let now = steady(&mut pacer, now, Duration::from_millis(200), 3);
+        assert_eq!(pacer.hold_until(now + Duration::from_millis(1)), None);
+    }
+
+    #[test]
+    fn batches_of_many_events_count_as_busy() {
+        // Ten events per 10 ms batch: the client is busy even though it is
+        // woken only once per window.
+        let mut pacer = Pacer::new(WINDOW);
+        let mut now = Instant::now();
+        for _ in 0..20 {
+            now += WINDOW;
+            pacer.record_batch(now, 10);
+            pacer.record_write(now, false);
+        }
+        assert!(pacer.hold_until(now + Duration::from_millis(1)).is_some());
+    }
+
+    #[test]
+    fn a_full_write_or_a_zero_window_never_holds() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(WINDOW);
+        let now = steady(&mut pacer, start, Duration::from_millis(1), 50);
+        pacer.record_write(now, true);
+        assert_eq!(pacer.hold_until(now), None);
+
+        let mut unpaced = Pacer::new(Duration::ZERO);
+        let now = steady(&mut unpaced, start, Duration::from_micros(10), 50);
+        assert_eq!(unpaced.hold_until(now), None);
     }
 }

@@ -245,6 +245,9 @@ pub struct ClientStream {
 #[derive(Debug, Clone)]
 struct Pacer {
     window: Duration,
+    // A hold never lets more than this many events pile up in the client's
+    // bounded queue, so pacing alone cannot make a client overflow it.
+    max_held_events: u32,
     last_write: Option<Instant>,
     // A smoothed estimate of the time between this client's live events,
     // taken at each live batch; none until two batches have been seen.
@@ -253,9 +256,10 @@ struct Pacer {
 }
 
 impl Pacer {
-    fn new(window: Duration) -> Self {
+    fn new(window: Duration, queue_events: usize) -> Self {
         Self {
             window,
+            max_held_events: u32::try_from(queue_events / 4).unwrap_or(u32::MAX).max(1),
             last_write: None,
             event_gap: None,
             last_live_batch: None,
@@ -264,9 +268,10 @@ impl Pacer {
 
     /// Until when the next live batch waits, if it must.
     fn hold_until(&self, now: Instant) -> Option<Instant> {
+        let gap = self.event_gap.filter(|gap| *gap < self.window / 2)?;
+        let hold = self.window.min(gap * self.max_held_events);
         self.last_write
-            .filter(|_| self.event_gap.is_some_and(|gap| gap < self.window / 2))
-            .map(|t| t + self.window)
+            .map(|t| t + hold)
             .filter(|until| *until > now)
     }
 
@@ -351,6 +356,19 @@ impl ClientStream {
         }
         let single_topic = topics.len() == 1;
         let pacing = Duration::from_millis(config.delivery.write_pacing_ms);
+        // The smallest of the client's live queues bounds how long it may
+        // be held.
+        let queue_events = topics
+            .iter()
+            .map(|t| {
+                if t.by_path {
+                    config.delivery.path_queue_events
+                } else {
+                    config.delivery.client_queue_events
+                }
+            })
+            .min()
+            .unwrap_or(config.delivery.path_queue_events);
         let mut stream = Self {
             heartbeat: Some(heartbeat_interval(config.heartbeat())),
             lifetime_end: (config.http.max_connection_lifetime_seconds > 0).then(|| {
@@ -376,7 +394,7 @@ impl ClientStream {
             replayed: [0; 2],
             batches: 0,
             lone_frame: None,
-            pacer: Pacer::new(pacing),
+            pacer: Pacer::new(pacing, queue_events),
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {
@@ -1026,6 +1044,7 @@ mod tests {
     use super::*;
 
     const WINDOW: Duration = Duration::from_millis(10);
+    const QUEUE: usize = 256;
 
     /// Feeds the pacer one event every `gap`, each written at once unless
     /// held; returns the pacer and the time after the last event.
@@ -1041,7 +1060,7 @@ mod tests {
 
     #[test]
     fn a_quiet_client_is_never_held() {
-        let mut pacer = Pacer::new(WINDOW);
+        let mut pacer = Pacer::new(WINDOW, QUEUE);
         let start = Instant::now();
         let now = steady(&mut pacer, start, Duration::from_millis(10), 50);
         assert_eq!(pacer.hold_until(now + Duration::from_millis(1)), None);
@@ -1049,7 +1068,7 @@ mod tests {
 
     #[test]
     fn a_busy_client_waits_out_the_window_after_a_write() {
-        let mut pacer = Pacer::new(WINDOW);
+        let mut pacer = Pacer::new(WINDOW, QUEUE);
         let start = Instant::now();
         let now = steady(&mut pacer, start, Duration::from_millis(1), 50);
         let soon = now + Duration::from_millis(2);
@@ -1060,7 +1079,7 @@ mod tests {
 
     #[test]
     fn a_busy_client_that_falls_quiet_is_written_to_at_once_again() {
-        let mut pacer = Pacer::new(WINDOW);
+        let mut pacer = Pacer::new(WINDOW, QUEUE);
         let start = Instant::now();
         let now = steady(&mut pacer, start, Duration::from_millis(1), 50);
         let now = steady(&mut pacer, now, Duration::from_millis(200), 3);
@@ -1071,7 +1090,7 @@ mod tests {
     fn batches_of_many_events_count_as_busy() {
         // Ten events per 10 ms batch: the client is busy even though it is
         // woken only once per window.
-        let mut pacer = Pacer::new(WINDOW);
+        let mut pacer = Pacer::new(WINDOW, QUEUE);
         let mut now = Instant::now();
         for _ in 0..20 {
             now += WINDOW;
@@ -1082,14 +1101,24 @@ mod tests {
     }
 
     #[test]
+    fn a_very_busy_client_is_held_only_while_its_queue_has_room() {
+        // 20 µs between events: a 10 ms hold would pile up 500 events in a
+        // queue of 256; the hold stops at a quarter of it, 64 events.
+        let mut pacer = Pacer::new(WINDOW, QUEUE);
+        let now = steady(&mut pacer, Instant::now(), Duration::from_micros(20), 200);
+        let until = pacer.hold_until(now).expect("a busy client is held");
+        assert_eq!(until - now, Duration::from_micros(20 * 64));
+    }
+
+    #[test]
     fn a_full_write_or_a_zero_window_never_holds() {
         let start = Instant::now();
-        let mut pacer = Pacer::new(WINDOW);
+        let mut pacer = Pacer::new(WINDOW, QUEUE);
         let now = steady(&mut pacer, start, Duration::from_millis(1), 50);
         pacer.record_write(now, true);
         assert_eq!(pacer.hold_until(now), None);
 
-        let mut unpaced = Pacer::new(Duration::ZERO);
+        let mut unpaced = Pacer::new(Duration::ZERO, QUEUE);
         let now = steady(&mut unpaced, start, Duration::from_micros(10), 50);
         assert_eq!(unpaced.hold_until(now), None);
     }

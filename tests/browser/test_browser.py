@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -186,5 +187,55 @@ def test_browser_eventsource_gets_every_event_once_when_its_node_is_killed(node_
             dups = sorted({n for n in got if got.count(n) > 1})
             assert got == list(range(1, total + 1)), f"missing {missing[:20]}, duplicated {dups[:20]}, {len(got)} events"
             assert state.get("opens", 0) >= 2, "the page never reconnected"
+        finally:
+            browser.close()
+
+
+@pytest.mark.timeout(120)
+def test_cross_origin_eventsource_works_for_allowed_origins_only(node_binary, cluster_factory, topic):
+    """Chromium's own CORS checks, not a hand-made preflight: a page on an
+    allowed origin streams with `withCredentials`; one on another origin is
+    refused by the browser and gets nothing."""
+    if not Path(CHROMIUM).exists() or not (TESTS / "node_modules" / "playwright-core").exists():
+        pytest.fail("needs /usr/bin/chromium and tests/node_modules/playwright-core (scripts/install-deps)", pytrace=False)
+    total = 20
+    with PageServer() as allowed, PageServer() as other:
+        allowed_origin = f"http://{LOOPBACK}:{allowed.port}"
+        c = cluster_factory(
+            nodes=1,
+            topics=[(topic, 1)],
+            node_env={
+                "SSE_CORS__ALLOWED_ORIGINS": json.dumps([allowed_origin]),
+                "SSE_CORS__ALLOW_CREDENTIALS": "true",
+            },
+        )
+        src = f"{c.lb_url}/v1/events?topic={topic}"
+        query = f"src={urllib.parse.quote(src, safe='')}"
+
+        refused = Browser(f"http://{LOOPBACK}:{other.port}/page/cors.html?{query}")
+        try:
+            try:
+                wait_until(lambda: refused.state.get("closed"), 30, "the browser to refuse the stream")
+            except TimeoutError:
+                raise AssertionError(f"a page on an origin not allowed was not refused: {refused.state}\n{refused.stderr_tail()}")
+            assert refused.state.get("opens") == 0, refused.state
+        finally:
+            refused.close()
+
+        browser = Browser(f"{allowed_origin}/page/cors.html?{query}")
+        try:
+            try:
+                wait_until(lambda: browser.state.get("opens", 0) >= 1, 30, "the allowed page's EventSource to open")
+            except TimeoutError:
+                raise AssertionError(f"the allowed page never opened its stream: {browser.state}\n{browser.stderr_tail()}")
+            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", total, 50.0).run())
+            try:
+                wait_until(lambda: len(browser.state.get("received", [])) >= total, 30, "the page to hold every event")
+            except TimeoutError:
+                pass
+            state = browser.state
+            assert state.get("received") == list(range(1, total + 1)), state
+            assert state.get("lastEventId", "").startswith(f"{topic}:"), state
+            assert not state.get("closed"), state
         finally:
             browser.close()

@@ -73,13 +73,29 @@ def test_compose_admin_environment(compose_model):
     assert_accepted(check_config(binary("sse-admin"), env), "admin environment")
 
 
+def mount_tls_secret(deploy: dict, env: dict[str, str], into: Path) -> dict[str, str]:
+    """Stands in for the kubelet mounting a `kubernetes.io/tls` Secret: a
+    self-signed pair is written under `into` and the env's paths into the
+    mount are pointed there."""
+    mounts = {m["name"]: m["mountPath"] for m in container(deploy, "sse-node").get("volumeMounts", [])}
+    if "tls" not in mounts:
+        return env
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=sse-cluster-node",
+         "-keyout", str(into / "tls.key"), "-out", str(into / "tls.crt")],
+        check=True, capture_output=True, timeout=60,
+    )
+    return {k: v.replace(mounts["tls"], str(into)) for k, v in env.items()}
+
+
 @pytest.mark.parametrize("values_file", value_files())
 def test_chart_node_config_and_env(tmp_path, values_file):
     objs = chart_objects(values_file)
     cm = one(objs, "ConfigMap", "-config")
     config = tmp_path / "node.toml"
     config.write_text(cm["data"]["node.toml"])
-    env = pod_env(one(objs, "Deployment", "-node"), "sse-node")
+    deploy = one(objs, "Deployment", "-node")
+    env = mount_tls_secret(deploy, pod_env(deploy, "sse-node"), tmp_path)
     assert_accepted(check_config(binary("sse-node"), env, config), f"chart node.toml ({values_file})")
 
 

@@ -69,7 +69,9 @@ def test_manifests_are_valid_kubernetes_1_31(values_file):
         if obj["kind"] == "ServiceMonitor":
             assert obj["apiVersion"] == "monitoring.coreos.com/v1"
             ep = obj["spec"]["endpoints"]
-            assert [e["path"] for e in ep] == ["/metrics"] and ep[0]["port"] == "http"
+            # One endpoint, or one per component when nodes serve HTTPS.
+            assert len(ep) in (1, 2)
+            assert all(e["path"] == "/metrics" and e["port"] == "http" for e in ep)
             labels = obj["spec"]["selector"]["matchLabels"]
             assert labels["app.kubernetes.io/instance"] == RELEASE
         if obj["kind"] == "HTTPRoute":
@@ -237,6 +239,44 @@ def test_ingress_is_set_up_for_sse():
     # heartbeats are far shorter than the proxy's idle timeout
     hb = node_toml(objs)["http"]["heartbeat_seconds"]
     assert hb * 4 <= int(ann["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+
+
+def test_node_tls_reaches_the_node_and_everything_that_talks_to_it():
+    objs = chart_objects("node-tls-values.yaml", tests=True)
+    node = one(objs, "Deployment", "-node")
+    c = container(node, "sse-node")
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["SSE_TLS__CERT_FILE"] == "/etc/sse-cluster/tls/tls.crt"
+    assert env["SSE_TLS__KEY_FILE"] == "/etc/sse-cluster/tls/tls.key"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["tls"]["mountPath"] == "/etc/sse-cluster/tls" and mounts["tls"]["readOnly"]
+    volumes = {v["name"]: v for v in node["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "sse-node-tls"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    ing = one(objs, "Ingress")
+    assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
+    monitor = one(objs, "ServiceMonitor")
+    by_component = {e["relabelings"][0]["regex"]: e for e in monitor["spec"]["endpoints"]}
+    assert by_component["node"]["scheme"] == "https"
+    assert by_component["node"]["tlsConfig"]["serverName"] == "sse-cluster-node"
+    assert by_component["admin"].get("scheme", "http") == "http"
+    assert all(e["relabelings"][0]["action"] == "keep" for e in by_component.values())
+    test_pod = one(objs, "Pod", "-test")
+    script = test_pod["spec"]["containers"][0]["args"][0]
+    assert "node=https://" in script and "k=-k" in script
+
+    # Without it, nothing of the above is rendered.
+    plain = chart_objects(tests=True)
+    c = container(one(plain, "Deployment", "-node"), "sse-node")
+    assert not any(e["name"].startswith("SSE_TLS__") for e in c["env"])
+    assert c["readinessProbe"]["httpGet"].get("scheme", "HTTP") == "HTTP"
+    assert "node=http://" in one(plain, "Pod", "-test")["spec"]["containers"][0]["args"][0]
+
+
+def test_node_tls_refuses_an_admin_ingress_that_would_get_https():
+    with pytest.raises(helm.HelmError, match="ingress.admin.enabled=false"):
+        render_chart("ingress-values.yaml", extra={"node": {"tls": {"secretName": "sse-node-tls"}}})
 
 
 def test_httproute_disables_request_timeout():

@@ -45,11 +45,18 @@ pub async fn serve(
     max_head: usize,
     wait: Duration,
 ) -> Outcome {
-    let Some((head_len, headers, query)) = read_head(state, &stream, max_head, wait).await else {
+    // The set-up futures are boxed: they are large and short-lived, and held
+    // inline they would size the task of every connection for its whole life.
+    let Some((head_len, headers, query)) =
+        Box::pin(read_head(state, &stream, max_head, wait)).await
+    else {
         return Outcome::Declined(stream);
     };
     let node = state.node();
-    let prepared = http::prepare_stream(state, &headers, &query).await;
+    let prepared = Box::pin(http::prepare_stream(state, &headers, &query)).await;
+    // Nothing below reads the request again: free it rather than hold it
+    // for the stream's life.
+    drop((headers, query));
     let mut stream = stream;
     // The head was only peeked at: take it off the socket now.
     let mut head = vec![0u8; head_len];
@@ -60,7 +67,7 @@ pub async fn serve(
     match prepared {
         Err(error) => {
             let response = http::reject(node, error);
-            let _ = write_response(&mut stream, response).await;
+            let _ = Box::pin(write_response(&mut stream, response)).await;
         }
         Ok(mut client) => {
             let mut head = BytesMut::with_capacity(160);

@@ -182,6 +182,12 @@ pub async fn serve(
             let stream = match fast {
                 Some(state) => match fastpath::serve(&state, stream, max_head, head_wait).await {
                     fastpath::Outcome::Served => return,
+                    fastpath::Outcome::Streaming(streaming) => {
+                        // The watcher goes with the stream: a graceful
+                        // shutdown waits for it as for any connection.
+                        tokio::spawn(streaming.run(watcher));
+                        return;
+                    }
                     fastpath::Outcome::Declined(stream) => stream,
                 },
                 None => stream,

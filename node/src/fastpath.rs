@@ -25,15 +25,21 @@ use tracing::debug;
 use crate::{
     connection::GuardedStream,
     http::{self, HttpState, STREAM_HEADERS},
+    subscriber::ClientStream,
 };
 
 /// How long the socket may take to close after the last frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What became of a connection.
+// Made once per connection and moved once: boxing the large variant would
+// only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// Served to the end here.
     Served,
+    /// The response head is written: [`Streaming::run`] writes the events.
+    Streaming(Streaming),
     /// Not an SSE request this path takes: serve it normally.
     Declined(GuardedStream),
 }
@@ -45,31 +51,92 @@ pub async fn serve(
     max_head: usize,
     wait: Duration,
 ) -> Outcome {
-    // The set-up futures are boxed: they are large and short-lived, and held
-    // inline they would size the task of every connection for its whole life.
-    let Some((head_len, headers, query)) =
-        Box::pin(read_head(state, &stream, max_head, wait)).await
-    else {
-        return Outcome::Declined(stream);
+    // The set-up is boxed: its futures are large and short-lived.
+    match Box::pin(open(state, stream, max_head, wait)).await {
+        Opened::Streaming(stream, client) => Outcome::Streaming(Streaming { stream, client }),
+        Opened::Answered(stream) => {
+            close(stream).await;
+            Outcome::Served
+        }
+        Opened::Gone => Outcome::Served,
+        Opened::Declined(stream) => Outcome::Declined(stream),
+    }
+}
+
+/// An event stream whose response head is written.
+pub struct Streaming {
+    stream: GuardedStream,
+    client: ClientStream,
+}
+
+impl Streaming {
+    /// Writes the client's frames until its stream ends or the socket
+    /// fails, holding `guard` as long.
+    ///
+    /// Meant to run as a task of its own, so a connection's task is sized by
+    /// what an open stream needs (the socket, the client's state, the write
+    /// loop), not by the largest step on the way to it. Not an `async fn`:
+    /// that would copy its arguments into locals of the future and hold
+    /// them twice for the stream's life.
+    pub fn run<G: Send + 'static>(self, guard: G) -> impl Future<Output = ()> + Send + 'static {
+        let Self {
+            mut stream,
+            mut client,
+        } = self;
+        async move {
+            while let Some(chunk) = client.next_chunk_watching(Some(stream.tcp())).await {
+                if let Err(error) = stream.write_all(&chunk).await {
+                    if error.kind() == std::io::ErrorKind::TimedOut {
+                        client.mark_slow();
+                    }
+                    break;
+                }
+            }
+            drop(client);
+            let _ = tokio::time::timeout(CLOSE_GRACE, stream.shutdown()).await;
+            drop(guard);
+        }
+    }
+}
+
+/// How the set-up of a connection ended.
+#[allow(clippy::large_enum_variant)] // as for `Outcome`
+enum Opened {
+    /// The response head is written: stream the client's events.
+    Streaming(GuardedStream, ClientStream),
+    /// The request was refused with a complete response.
+    Answered(GuardedStream),
+    /// The socket failed.
+    Gone,
+    /// Not for this path.
+    Declined(GuardedStream),
+}
+
+async fn open(
+    state: &HttpState,
+    mut stream: GuardedStream,
+    max_head: usize,
+    wait: Duration,
+) -> Opened {
+    let Some((head_len, headers, query)) = read_head(state, &stream, max_head, wait).await else {
+        return Opened::Declined(stream);
     };
     let node = state.node();
-    let prepared = Box::pin(http::prepare_stream(state, &headers, &query)).await;
-    // Nothing below reads the request again: free it rather than hold it
-    // for the stream's life.
+    let prepared = http::prepare_stream(state, &headers, &query).await;
+    // Nothing below reads the request again.
     drop((headers, query));
-    let mut stream = stream;
     // The head was only peeked at: take it off the socket now.
     let mut head = vec![0u8; head_len];
     if stream.read_exact(&mut head).await.is_err() {
-        return Outcome::Served;
+        return Opened::Gone;
     }
-    drop(head);
     match prepared {
         Err(error) => {
             let response = http::reject(node, error);
-            let _ = Box::pin(write_response(&mut stream, response)).await;
+            let _ = write_response(&mut stream, response).await;
+            Opened::Answered(stream)
         }
-        Ok(mut client) => {
+        Ok(client) => {
             let mut head = BytesMut::with_capacity(160);
             head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
             for (name, value) in STREAM_HEADERS {
@@ -80,22 +147,15 @@ pub async fn serve(
             }
             head.extend_from_slice(b"connection: close\r\n\r\n");
             if stream.write_all(&head).await.is_err() {
-                return Outcome::Served;
+                return Opened::Gone;
             }
-            drop(head);
-            while let Some(chunk) = client.next_chunk_watching(Some(stream.tcp())).await {
-                if let Err(error) = stream.write_all(&chunk).await {
-                    if error.kind() == std::io::ErrorKind::TimedOut {
-                        client.mark_slow();
-                    }
-                    break;
-                }
-            }
-            drop(client);
+            Opened::Streaming(stream, client)
         }
     }
+}
+
+async fn close(mut stream: GuardedStream) {
     let _ = tokio::time::timeout(CLOSE_GRACE, stream.shutdown()).await;
-    Outcome::Served
 }
 
 /// Peeks at the request head; returns its length, headers and query string

@@ -442,17 +442,21 @@ class Cluster:
             nc = await nats.connect(servers=self.nats_urls, connect_timeout=2)
             try:
                 js = nc.jetstream(timeout=5)
-                deadline = time.monotonic() + 30
+                # Right after start the meta leader may still be settling, and
+                # it places replicas only on peers whose statistics it has
+                # heard (sent every few seconds, up to 10 s apart): until
+                # then it answers "no suitable peers for placement". Seen to
+                # last over 30 s on a loaded 2-core machine.
+                deadline = time.monotonic() + 60
                 while True:
                     try:
                         await js.add_stream(
                             StreamConfig(name=f"SSE_{name}", subjects=[f"sse.{name}", f"sse.{name}.>"], num_replicas=replicas, **cfg)
                         )
                         break
-                    except Exception:
-                        # The meta leader may still be settling right after start.
+                    except Exception as error:
                         if time.monotonic() > deadline:
-                            raise
+                            raise RuntimeError(f"cannot create SSE_{name} (R{replicas}): {error}\n{self._jetstream_report()}") from error
                         await asyncio.sleep(0.25)
                 # Wait until the stream has a leader and all replicas current.
                 while True:
@@ -467,6 +471,21 @@ class Cluster:
                 await nc.close()
 
         run_async(go())
+
+    def _jetstream_report(self) -> str:
+        """Each server's view of the JetStream meta group and its routes, for
+        a failure message."""
+        lines = []
+        for i in range(self.nats_count):
+            try:
+                status, body = http_get(self.nats_http_ports[i], "/jsz", timeout=1.0)
+                meta = json.loads(body).get("meta_cluster", {}) if status == 200 else {}
+                status, body = http_get(self.nats_http_ports[i], "/routez", timeout=1.0)
+                routes = json.loads(body).get("num_routes") if status == 200 else None
+                lines.append(f"n{i}: routes={routes} meta={json.dumps(meta)}")
+            except Exception as error:  # a stopped or partitioned server
+                lines.append(f"n{i}: {error!r}")
+        return "\n".join(lines)
 
     # ----------------------------------------------------------------- nodes
     def set_node_nats_url(self, i: int, url: str) -> None:

@@ -95,7 +95,7 @@ def test_nats_cluster_forms_and_survives_losing_the_stream_leader(cluster_factor
     c.start_proc(c.nats_proc_for_server(old))
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_a_leaderless_stream_is_listed_as_missing_not_absent(cluster_factory, topic):
     """A NATS behaviour the node must allow for: while a stream elects a new
     leader, the stream listing answers (after ~4s) with the stream under
@@ -141,7 +141,7 @@ def test_haproxy_reports_node_slots_down_and_answers_503(cluster_factory):
     assert "balance roundrobin" in cfg and "inter 500ms fall 2 rise 1" in cfg and "timeout tunnel 1h" in cfg
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_tcp_proxy_cuts_and_restores_a_nats_client(cluster_factory, topic):
     c = cluster_factory(nodes=0, with_nodes=False, topics=[(topic, 3)])
     with TcpProxy(c.nats_ports) as proxy:

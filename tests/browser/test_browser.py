@@ -100,6 +100,14 @@ class Browser:
         self.log.close()
         shutil.rmtree(self.profile, ignore_errors=True)
 
+    def wait_open(self, what: str) -> None:
+        """Waits for the page's EventSource to open; fails with the page's
+        state and the browser's log if it never does."""
+        try:
+            wait_until(lambda: self.state.get("opens", 0) >= 1, 30, f"{what}'s EventSource to open")
+        except TimeoutError:
+            raise AssertionError(f"{what} never opened its stream: {self.state}\n{self.stderr_tail()}") from None
+
     def stderr_tail(self) -> str:
         self.log.flush()
         self.log.seek(0)
@@ -136,10 +144,7 @@ def test_browser_eventsource_gets_every_event_once_when_its_node_is_killed(node_
         c = cluster_factory(nodes=3, topics=[(topic, 3)], page_port=pages.port)
         browser = Browser(f"{c.lb_url}/page/index.html?topic={topic}")
         try:
-            try:
-                wait_until(lambda: browser.state.get("opens", 0) >= 1, 30, "the page's EventSource to open")
-            except TimeoutError:
-                raise AssertionError(f"page never opened its stream:\n{browser.stderr_tail()}")
+            browser.wait_open("the page")
             fig: dict = {"clients": 1, "events": total}
 
             def serving_node() -> str | None:
@@ -224,10 +229,7 @@ def test_cross_origin_eventsource_works_for_allowed_origins_only(node_binary, cl
 
         browser = Browser(f"{allowed_origin}/page/cors.html?{query}")
         try:
-            try:
-                wait_until(lambda: browser.state.get("opens", 0) >= 1, 30, "the allowed page's EventSource to open")
-            except TimeoutError:
-                raise AssertionError(f"the allowed page never opened its stream: {browser.state}\n{browser.stderr_tail()}")
+            browser.wait_open("the allowed page")
             asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", total, 50.0).run())
             try:
                 wait_until(lambda: len(browser.state.get("received", [])) >= total, 30, "the page to hold every event")

@@ -53,6 +53,10 @@ use crate::{
 
 /// Most bytes gathered into one write.
 const BATCH_BYTES: usize = 64 * 1024;
+/// A write at least this large starts no pacing window: it already spreads
+/// its system call over many bytes, and holding the client would only add
+/// latency and fill its queue (large events arrive faster than a window).
+const PACED_WRITE_MAX: usize = 8 * 1024;
 /// One live batch in this many records its delivery lag.
 const LAG_SAMPLE_EVERY: u32 = 8;
 /// Longest wait for the next message of a resume read.
@@ -290,8 +294,8 @@ impl Pacer {
         self.last_live_batch = Some(now);
     }
 
-    /// Records a write at `now`; a full batch means more is waiting, so it
-    /// does not start a window.
+    /// Records a write at `now`; a large write (more may be waiting, or the
+    /// events are big) does not start a window.
     fn record_write(&mut self, now: Instant, full: bool) {
         self.last_write = (!self.window.is_zero() && !full).then_some(now);
     }
@@ -657,7 +661,7 @@ impl ClientStream {
         };
         self.wrote_since_heartbeat = true;
         self.pacer
-            .record_write(Instant::now(), bytes.len() >= BATCH_BYTES);
+            .record_write(Instant::now(), bytes.len() >= PACED_WRITE_MAX);
         Some(bytes)
     }
 

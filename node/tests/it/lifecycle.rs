@@ -111,9 +111,12 @@ async fn slow_client_is_cut_while_fast_client_loses_nothing() {
     create_topic(&js, "firehose", None).await;
     let node = NodeProc::start(
         &nats.url(),
+        // The queue holds under half of what is published, so the silent
+        // client must overflow it; the stall limit leaves the reading
+        // client room for a busy test machine.
         &[
-            ("SSE_DELIVERY__CLIENT_QUEUE_EVENTS", "256"),
-            ("SSE_DELIVERY__WRITE_STALL_SECONDS", "2"),
+            ("SSE_DELIVERY__CLIENT_QUEUE_EVENTS", "512"),
+            ("SSE_DELIVERY__WRITE_STALL_SECONDS", "5"),
         ],
     )
     .await;

@@ -442,11 +442,11 @@ class Cluster:
             nc = await nats.connect(servers=self.nats_urls, connect_timeout=2)
             try:
                 js = nc.jetstream(timeout=5)
-                # Right after start the meta leader may still be settling, and
-                # it places replicas only on peers whose statistics it has
-                # heard (sent every few seconds, up to 10 s apart): until
-                # then it answers "no suitable peers for placement". Seen to
-                # last over 30 s on a loaded 2-core machine.
+                # Right after start the meta leader may still be settling and
+                # answer "no suitable peers for placement", most likely until
+                # it has heard every peer's statistics, which servers send
+                # seconds apart. Seen to last over 30 s on a loaded 2-core
+                # machine.
                 deadline = time.monotonic() + 60
                 while True:
                     try:

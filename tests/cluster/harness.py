@@ -20,6 +20,7 @@ import atexit
 import ctypes
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -40,8 +41,34 @@ LOOPBACK = "127.0.0.1"
 _live_clusters: "set[Cluster]" = set()
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (bind to 0, read, close)."""
+    """A TCP port nobody listens on right now, below the kernel's ephemeral
+    range. Ports for outgoing connections come from that range: a port
+    chosen there could be taken by, say, the first NATS server dialling its
+    routes before the server meant to listen on it has started. Never the
+    same port twice in one test process."""
+    low = _ephemeral_low()
+    for _ in range(2000):
+        port = random.randint(10000, max(10001, low - 1))
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
@@ -299,7 +326,10 @@ class Cluster:
         for i in range(self.nats_count):
             self._define_nats(i)
             self.procs[f"nats{i}"].start()
-        self.wait_nats_ready(timeout=timeout)
+        # Every server must come up: one that exited at start (a port taken,
+        # say) fails here with its log, not later as a cluster short of peers.
+        for i in range(self.nats_count):
+            self.wait_ready(f"nats{i}", timeout)
         for name, replicas in topics or []:
             self.create_topic(name, replicas)
         if self.node_bin is not None:

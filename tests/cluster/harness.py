@@ -473,10 +473,7 @@ class Cluster:
             try:
                 js = nc.jetstream(timeout=5)
                 # Right after start the meta leader may still be settling and
-                # answer "no suitable peers for placement", most likely until
-                # it has heard every peer's statistics, which servers send
-                # seconds apart. Seen to last over 30 s on a loaded 2-core
-                # machine.
+                # answer "no suitable peers for placement" for a few seconds.
                 deadline = time.monotonic() + 60
                 while True:
                     try:

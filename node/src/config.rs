@@ -125,6 +125,10 @@ pub struct DeliveryConfig {
     pub write_pacing_ms: u64,
     /// Seconds a socket may refuse writes before the connection is dropped.
     pub write_stall_seconds: u64,
+    /// Seconds a client stream, or a topic's feed, may make no progress
+    /// while it is behind before it is closed (the client resumes
+    /// elsewhere) or its consumer re-created.
+    pub no_progress_seconds: u64,
 }
 
 /// `[cluster]`
@@ -414,6 +418,11 @@ impl Config {
         check(
             self.delivery.write_stall_seconds > 0,
             "delivery.write_stall_seconds",
+            "must be at least 1",
+        );
+        check(
+            self.delivery.no_progress_seconds > 0,
+            "delivery.no_progress_seconds",
             "must be at least 1",
         );
         check(

@@ -17,7 +17,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -56,6 +56,9 @@ pub struct FeedSettings {
     pub path_queue_events: usize,
     /// Largest payload sent as is.
     pub max_event_bytes: usize,
+    /// How long the reader may make no progress while JetStream holds
+    /// newer events before its consumer is given up and re-created.
+    pub no_progress: Duration,
 }
 
 /// The live state of one topic on this node.
@@ -68,6 +71,9 @@ pub struct Feed {
     pub encode_context: Arc<EncodeContext>,
     stream_name: String,
     private: AtomicBool,
+    /// The last sequence processed, readable without the lock: clients
+    /// compare their position with it on every wait.
+    head: AtomicU64,
     state: Mutex<FeedState>,
     closed: CancellationToken,
 }
@@ -120,6 +126,23 @@ impl Feed {
         settings: &FeedSettings,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let (feed, start) = Self::new(topic, info, settings);
+        let ctx = feed.encode_context.clone();
+        info!(topic = %feed.topic, epoch = %ctx.epoch, start, "topic feed started");
+        let reader = Reader {
+            feed: feed.clone(),
+            js,
+            ctx,
+            path_offset: settings.subject_prefix.len() + 1,
+            no_progress: settings.no_progress,
+            metrics,
+        };
+        tokio::spawn(reader.run(start));
+        feed
+    }
+
+    /// The feed's state, and the first sequence its reader is to read.
+    fn new(topic: TopicName, info: &Info, settings: &FeedSettings) -> (Arc<Self>, u64) {
         let epoch = stream_epoch(info);
         let last = info.state.last_sequence;
         let first = info.state.first_sequence.max(1);
@@ -131,6 +154,7 @@ impl Feed {
         let feed = Arc::new(Self {
             stream_name: topic.stream_name(),
             private: AtomicBool::new(stream_access(info) == Access::Private),
+            head: AtomicU64::new(start - 1),
             epoch: epoch.clone(),
             state: Mutex::new(FeedState {
                 head: start - 1,
@@ -146,19 +170,9 @@ impl Feed {
                 epoch,
                 max_event_bytes: settings.max_event_bytes,
             }),
-            topic: topic.clone(),
+            topic,
         });
-        let ctx = feed.encode_context.clone();
-        info!(%topic, epoch = %ctx.epoch, start, "topic feed started");
-        let reader = Reader {
-            feed: feed.clone(),
-            js,
-            ctx,
-            path_offset: settings.subject_prefix.len() + 1,
-            metrics,
-        };
-        tokio::spawn(reader.run(start));
-        feed
+        (feed, start)
     }
 
     fn lock(&self) -> MutexGuard<'_, FeedState> {
@@ -172,6 +186,17 @@ impl Feed {
     /// reads of this topic; the client then hears only that path's events.
     pub fn attach(&self, path: Option<&str>) -> Attachment {
         let mut state = self.lock();
+        if self.is_closed() {
+            // A client that looked the feed up just before it closed must
+            // hear at once that it is gone, not wait on a channel that
+            // nobody sends on any more.
+            let (_, receiver) = broadcast::channel(1);
+            return Attachment {
+                epoch: self.epoch.clone(),
+                head: state.head,
+                receiver,
+            };
+        }
         let receiver = match path {
             None => state.sender.subscribe(),
             Some(path) => {
@@ -204,7 +229,7 @@ impl Feed {
 
     /// The last sequence processed.
     pub fn head(&self) -> u64 {
-        self.lock().head
+        self.head.load(Ordering::Acquire)
     }
 
     /// The JetStream stream name.
@@ -265,6 +290,7 @@ impl Feed {
             return (state.history.bytes(), 0);
         }
         state.head = event.seq;
+        self.head.store(event.seq, Ordering::Release);
         state.history.push(event.clone());
         // No receiver is not an error: the event is still held for resumes.
         let mut receivers = 0;
@@ -285,6 +311,7 @@ impl Feed {
     fn skip(&self, seq: u64) {
         let mut state = self.lock();
         state.head = state.head.max(seq);
+        self.head.store(state.head, Ordering::Release);
     }
 }
 
@@ -298,11 +325,27 @@ pub const PULL_EXPIRES: Duration = Duration::from_secs(4);
 /// acts on it.
 const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
 
+/// Longest wait for one JetStream API answer (stream or consumer info,
+/// consumer creation). async-nats bounds its requests too; this bound holds
+/// whatever it does, so a reader never waits on NATS without a deadline.
+pub const NATS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs one JetStream call under [`NATS_CALL_TIMEOUT`].
+pub async fn bounded<T, E: Into<async_nats::Error>>(
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, async_nats::Error> {
+    match tokio::time::timeout(NATS_CALL_TIMEOUT, call).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err("jetstream did not answer in time".into()),
+    }
+}
+
 struct Reader {
     feed: Arc<Feed>,
     js: jetstream::Context,
     ctx: Arc<EncodeContext>,
     path_offset: usize,
+    no_progress: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -311,6 +354,9 @@ enum ReadEnd {
     StreamGone,
     StreamRecreated,
     Ended,
+    /// JetStream holds events after the head, and the consumer delivered
+    /// none of them for a whole watchdog period.
+    Stalled,
 }
 
 impl Reader {
@@ -347,6 +393,10 @@ impl Reader {
                     backoff = Duration::from_millis(100);
                     debug!(topic = %self.feed.topic, "consumer ended; re-creating");
                 }
+                Ok(ReadEnd::Stalled) => {
+                    doubted = false;
+                    backoff = Duration::from_millis(100);
+                }
                 Err(error) => {
                     doubted = false;
                     self.metrics
@@ -365,31 +415,77 @@ impl Reader {
     }
 
     async fn read_from(&self, next: u64) -> Result<ReadEnd, async_nats::Error> {
-        let stream = match self.js.get_stream(self.feed.stream_name()).await {
+        let mut stream = match bounded(self.js.get_stream(self.feed.stream_name())).await {
             Ok(stream) => stream,
-            Err(e) if is_stream_not_found(&e) => return Ok(ReadEnd::StreamGone),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                return match e.downcast_ref::<jetstream::context::GetStreamError>() {
+                    Some(e) if is_stream_not_found(e) => Ok(ReadEnd::StreamGone),
+                    _ => Err(e),
+                };
+            }
         };
         if stream_epoch(stream.cached_info()) != self.feed.epoch {
             return Ok(ReadEnd::StreamRecreated);
         }
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: next,
-                },
-                // Short pulls mean idle heartbeats every couple of seconds, so
-                // a consumer lost with a stream leader is noticed and
-                // re-created in seconds, not after the 30 s default.
-                max_expires: PULL_EXPIRES,
-                ..Default::default()
-            })
-            .await?;
-        let mut messages = consumer.messages().await?;
+        let stream_last = stream.cached_info().state.last_sequence;
+        let consumer = bounded(stream.create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            },
+            // Short pulls mean idle heartbeats every couple of seconds, so
+            // a consumer lost with a stream leader is noticed and
+            // re-created in seconds, not after the 30 s default.
+            max_expires: PULL_EXPIRES,
+            ..Default::default()
+        }))
+        .await?;
+        // Sequences up to here hold nothing for this reader (deleted
+        // messages, say): a stream whose last sequence is no higher is not
+        // ahead of it.
+        let nothing_until = if consumer.cached_info().num_pending == 0 {
+            stream_last.max(next - 1)
+        } else {
+            next - 1
+        };
+        let mut messages = bounded(consumer.messages()).await?;
         let topic_label = [self.feed.topic.as_str()];
         let feed_events = self.metrics.feed_events.with_label_values(&topic_label);
         let history_bytes = self.metrics.history_bytes.with_label_values(&topic_label);
-        while let Some(item) = messages.next().await {
+        // The watchdog: async-nats re-creates an ordered consumer by itself,
+        // retrying without end, and meanwhile yields nothing. A reader whose
+        // head has not moved for a whole period while the stream holds newer
+        // events gives its consumer up and starts a new one at `head + 1`,
+        // so no feed waits silently while its topic moves on.
+        let mut watchdog = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.no_progress,
+            self.no_progress,
+        );
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut head_at_last_look = self.feed.head();
+        loop {
+            let item = tokio::select! {
+                item = messages.next() => item,
+                _ = watchdog.tick() => {
+                    let head = self.feed.head();
+                    if head != head_at_last_look {
+                        head_at_last_look = head;
+                        continue;
+                    }
+                    // Quiet for a whole period: ask whether JetStream is ahead.
+                    // No answer proves nothing (NATS may be away; the
+                    // consumer reports that itself).
+                    if let Ok(info) = bounded(stream.info()).await {
+                        let last = info.state.last_sequence;
+                        if last > head.max(nothing_until) {
+                            self.metrics.feed_stalls.inc();
+                            warn!(topic = %self.feed.topic, head, stream_last = last, waited_seconds = self.no_progress.as_secs(), "topic feed made no progress while jetstream holds newer events; re-creating its consumer");
+                            return Ok(ReadEnd::Stalled);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Some(item) = item else { break };
             let message = match item {
                 Ok(message) => message,
                 Err(error) => {
@@ -462,4 +558,82 @@ pub fn is_stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
         jetstream::context::GetStreamErrorKind::JetStream(e)
             if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    use super::*;
+
+    fn settings() -> FeedSettings {
+        FeedSettings {
+            subject_prefix: "sse".into(),
+            max_bytes: 1 << 20,
+            max_events: 100,
+            warm_events: 10,
+            client_queue_events: 16,
+            path_queue_events: 16,
+            max_event_bytes: 1024,
+            no_progress: Duration::from_secs(8),
+        }
+    }
+
+    fn info() -> Info {
+        let config = jetstream::stream::Config {
+            name: "SSE_t".into(),
+            subjects: vec!["sse.t".into(), "sse.t.>".into()],
+            ..Default::default()
+        };
+        serde_json::from_value(serde_json::json!({
+            "config": config,
+            "created": "2026-01-01T00:00:00Z",
+            "state": {
+                "messages": 5, "bytes": 50, "first_seq": 1, "first_ts": "2026-01-01T00:00:00Z",
+                "last_seq": 5, "last_ts": "2026-01-01T00:00:00Z", "consumer_count": 0
+            },
+            "cluster": null
+        }))
+        .expect("a stream info")
+    }
+
+    /// A client may look a feed up an instant before it closes and attach
+    /// an instant after. It must learn at once that the feed is gone: a
+    /// receiver on a channel nobody sends on and nobody closes would leave
+    /// it waiting forever, fed only heartbeats.
+    #[test]
+    fn attaching_to_a_closed_feed_yields_a_closed_receiver() {
+        let (feed, start) = Feed::new(TopicName::parse("t").unwrap(), &info(), &settings());
+        assert_eq!(start, 1);
+        let mut before = feed.attach(None).receiver;
+        let mut before_path = feed.attach(Some("t.a")).receiver;
+        feed.close();
+        assert!(matches!(before.try_recv(), Err(TryRecvError::Closed)));
+        assert!(matches!(before_path.try_recv(), Err(TryRecvError::Closed)));
+        for path in [None, Some("t.a")] {
+            let mut after = feed.attach(path).receiver;
+            assert!(
+                matches!(after.try_recv(), Err(TryRecvError::Closed)),
+                "an attachment made after close must be closed ({path:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn the_head_is_readable_without_the_lock_and_follows_published_events() {
+        let (feed, _) = Feed::new(TopicName::parse("t").unwrap(), &info(), &settings());
+        assert_eq!(feed.head(), 0);
+        let ctx = feed.encode_context.clone();
+        feed.publish(Event::encode(
+            &ctx,
+            1,
+            "t",
+            SystemTime::UNIX_EPOCH,
+            None,
+            b"x",
+        ));
+        feed.skip(3);
+        assert_eq!(feed.head(), 3);
+        assert_eq!(feed.lock().head, 3);
+    }
 }

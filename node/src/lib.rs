@@ -128,6 +128,7 @@ pub async fn run(
         client_queue_events: config.delivery.client_queue_events,
         path_queue_events: config.delivery.path_queue_events,
         max_event_bytes: config.delivery.max_event_bytes,
+        no_progress: Duration::from_secs(config.delivery.no_progress_seconds),
     };
     let topics = Topics::new(js.clone(), settings, metrics.clone());
     let local = listener.local_addr()?;

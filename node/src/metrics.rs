@@ -45,6 +45,12 @@ pub struct Metrics {
     pub feed_events: IntCounterVec,
     /// Errors reported by the per-topic JetStream readers.
     pub feed_errors: IntCounterVec,
+    /// Feeds whose consumer made no progress while JetStream held newer
+    /// events, and was re-created.
+    pub feed_stalls: IntCounter,
+    /// Client streams closed because they made no progress while behind
+    /// their topic's head.
+    pub stalled_streams: IntCounter,
     /// Stream requests refused by authentication or authorization, by reason.
     pub auth_failures: IntCounterVec,
     /// Requests or connections refused by a configured limit, by limit.
@@ -159,6 +165,14 @@ impl Metrics {
                 "sse_feed_errors_total",
                 "Errors reported by the per-topic JetStream readers, by kind.",
                 "kind",
+            ),
+            feed_stalls: counter(
+                "sse_feed_stalls_total",
+                "Topic feeds that made no progress while JetStream held newer events; their consumer was re-created.",
+            ),
+            stalled_streams: counter(
+                "sse_stalled_streams_total",
+                "Client streams closed with a retry hint because they made no progress while behind their topic (delivery.no_progress_seconds).",
             ),
             auth_failures: counter_vec(
                 "sse_auth_failures_total",

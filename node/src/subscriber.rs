@@ -45,7 +45,7 @@ use tracing::{Span, debug, info_span, warn};
 
 use crate::{
     event::{Event, MARKER_HEADER},
-    feed::{Feed, stream_epoch},
+    feed::{Feed, bounded, stream_epoch},
     history::Slice,
     node::Node,
     telemetry,
@@ -181,6 +181,9 @@ pub enum CloseReason {
     Error,
     /// The token that authorised the stream expired.
     TokenExpired,
+    /// The stream was behind its topic and made no progress for
+    /// `delivery.no_progress_seconds`.
+    Stalled,
 }
 
 impl CloseReason {
@@ -193,6 +196,7 @@ impl CloseReason {
             Self::TopicClosed => "topic_closed",
             Self::Error => "error",
             Self::TokenExpired => "token_expired",
+            Self::Stalled => "stalled",
         }
     }
 }
@@ -205,6 +209,7 @@ enum Work {
 enum Wake {
     Shutdown,
     Deadline,
+    NoProgress,
     Heartbeat,
     PeerClosed,
     Work(Work),
@@ -239,6 +244,44 @@ pub struct ClientStream {
     batches: u32,
     lone_frame: Option<Bytes>,
     pacer: Pacer,
+    progress: Progress,
+}
+
+/// The no-progress watchdog of one client stream.
+///
+/// Heartbeats keep a stream looking alive to the browser, so a stream that
+/// waits on something that never comes (a JetStream read, a feed gone
+/// quiet) would stall its client forever: `EventSource` only reconnects when
+/// the stream ends. A stream that is behind (catching up, or its topic's
+/// head is past its position) and whose positions have not moved for
+/// `delivery.no_progress_seconds` is closed with a retry hint instead; the
+/// client resumes from its cursor, on any node.
+#[derive(Debug)]
+struct Progress {
+    limit: Duration,
+    /// The sum of the client's positions when they last moved.
+    mark: u64,
+    since: Instant,
+}
+
+impl Progress {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            mark: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Records the positions' sum at `now`; returns the moment the stream
+    /// counts as stalled if it stays behind without moving.
+    fn observe(&mut self, mark: u64, now: Instant) -> Instant {
+        if mark != self.mark {
+            self.mark = mark;
+            self.since = now;
+        }
+        self.since + self.limit
+    }
 }
 
 /// Decides when a client may be written to again.
@@ -360,6 +403,7 @@ impl ClientStream {
         }
         let single_topic = topics.len() == 1;
         let pacing = Duration::from_millis(config.delivery.write_pacing_ms);
+        let no_progress = Duration::from_secs(config.delivery.no_progress_seconds);
         // The smallest of the client's live queues bounds how long it may
         // be held.
         let queue_events = topics
@@ -399,6 +443,7 @@ impl ClientStream {
             batches: 0,
             lone_frame: None,
             pacer: Pacer::new(pacing, queue_events),
+            progress: Progress::new(no_progress),
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {
@@ -550,6 +595,7 @@ impl ClientStream {
                 }
                 step_now = !needs || self.jetstream_permit.is_some();
             }
+            let stalled_at = self.stalled_at();
             if step_now {
                 // A catch-up step moves positions and writes the matching
                 // bytes together, so it runs to its end rather than being
@@ -557,6 +603,9 @@ impl ClientStream {
                 if deadline.is_some_and(|d| d <= Instant::now()) {
                     let reason = close_at.map(|(_, r)| r).unwrap_or(CloseReason::Shutdown);
                     return Some(self.finish(reason));
+                }
+                if stalled_at.is_some_and(|at| at <= Instant::now()) {
+                    return Some(self.stalled());
                 }
                 if let Err(reason) = Box::pin(self.catch_up_step(&mut out)).await {
                     return Some(self.finish(reason));
@@ -599,6 +648,7 @@ impl ClientStream {
                     biased;
                     _ = shutdown_of(node.as_ref()), if watch_shutdown => Wake::Shutdown,
                     _ = sleep_until_opt(deadline), if deadline.is_some() => Wake::Deadline,
+                    _ = sleep_until_opt(stalled_at), if stalled_at.is_some() => Wake::NoProgress,
                     _ = heartbeat.tick() => Wake::Heartbeat,
                     gone = peer_closed(peer), if peer.is_some() => {
                         if gone { Wake::PeerClosed } else { Wake::Heartbeat }
@@ -616,6 +666,7 @@ impl ClientStream {
                     let reason = close_at.map(|(_, r)| r).unwrap_or(CloseReason::Shutdown);
                     return Some(self.finish(reason));
                 }
+                Wake::NoProgress => return Some(self.stalled()),
                 Wake::PeerClosed => {
                     self.done = true;
                     return None;
@@ -687,6 +738,43 @@ impl ClientStream {
                 topic.feed.history_after(topic.pos, topic.catch_up_to, 0),
                 Slice::Missing { .. }
             )
+    }
+
+    /// When the stream counts as stalled, if it is behind: catching up, a
+    /// topic's head past its position, or events queued for it.
+    fn stalled_at(&mut self) -> Option<Instant> {
+        let catching_up = self.catching_up < self.topics.len();
+        let behind = catching_up
+            || self
+                .topics
+                .iter()
+                .zip(&self.live.receivers)
+                .any(|(t, rx)| (!t.by_path && t.feed.head() > t.pos) || !rx.is_empty());
+        let mark = self
+            .topics
+            .iter()
+            .fold(0u64, |sum, t| sum.wrapping_add(t.pos));
+        let at = self.progress.observe(mark, Instant::now());
+        behind.then_some(at)
+    }
+
+    /// Ends a stream that made no progress while behind; the client
+    /// resumes from its cursor when it reconnects.
+    fn stalled(&mut self) -> Bytes {
+        let metrics = self.node.metrics();
+        metrics.stalled_streams.inc();
+        let behind: Vec<String> = self
+            .topics
+            .iter()
+            .map(|t| format!("{}@{}/{}", t.feed.topic, t.pos, t.feed.head()))
+            .collect();
+        warn!(
+            topics = %behind.join(","),
+            catching_up = self.catching_up < self.topics.len(),
+            waited_seconds = self.progress.limit.as_secs(),
+            "client stream made no progress while behind its topic; closing it so the client resumes"
+        );
+        self.finish(CloseReason::Stalled)
     }
 
     fn finish(&mut self, reason: CloseReason) -> Bytes {
@@ -801,7 +889,7 @@ impl ClientStream {
     ) -> Result<(), CloseReason> {
         let js = self.node.jetstream().clone();
         let topic = &self.topics[index];
-        let stream = match js.get_stream(topic.feed.stream_name()).await {
+        let stream = match bounded(js.get_stream(topic.feed.stream_name())).await {
             Ok(stream) => stream,
             Err(error) => {
                 warn!(topic = %topic.feed.topic, %error, "cannot read stream for resume");
@@ -838,16 +926,15 @@ impl ClientStream {
             return Ok(());
         }
         let prefix = self.node.config().nats.subject_prefix.clone();
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: topic.pos + 1,
-                },
-                filter_subjects: topic.filters(&prefix),
-                max_expires: crate::feed::PULL_EXPIRES,
-                ..Default::default()
-            })
-            .await;
+        let consumer = bounded(stream.create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: topic.pos + 1,
+            },
+            filter_subjects: topic.filters(&prefix),
+            max_expires: crate::feed::PULL_EXPIRES,
+            ..Default::default()
+        }))
+        .await;
         let consumer = match consumer {
             Ok(c) => c,
             Err(error) => {
@@ -860,7 +947,7 @@ impl ClientStream {
             self.jetstream_permit = None;
             return Ok(());
         }
-        match consumer.messages().await {
+        match bounded(consumer.messages()).await {
             Ok(messages) => {
                 self.jetstream_read = Some(Box::new(JetStreamRead { messages, end }));
                 Ok(())

@@ -298,3 +298,98 @@ async fn readiness_waits_for_nats() {
     nats.restart().await;
     node.wait_ready().await;
 }
+
+/// A resume that can get no JetStream read slot waits with heartbeats only,
+/// which keep `EventSource` from ever reconnecting. Here the one slot is held
+/// by a client that stopped reading in the middle of its replay (its writes
+/// block long before `delivery.write_stall_seconds`). The waiting stream is
+/// behind its topic and makes no progress: after
+/// `delivery.no_progress_seconds` it is closed with a retry hint and
+/// counted, so its client resumes elsewhere instead of sitting silent.
+#[tokio::test]
+async fn a_resume_stuck_behind_a_blocked_read_is_closed_not_left_silent() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "backlog", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            // Every resume reads JetStream, one at a time.
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "1"),
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+            ("SSE_HISTORY__MAX_CONCURRENT_JETSTREAM_READS", "1"),
+            ("SSE_DELIVERY__WRITE_STALL_SECONDS", "300"),
+            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "2"),
+            ("SSE_HTTP__HEARTBEAT_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let mut probe = SseClient::connect(&node.url("/v1/events?topic=backlog"), None)
+        .await
+        .unwrap();
+    let start_id = probe.ready().await;
+    drop(probe);
+
+    // More than the loopback socket buffers hold, so the replay to a client
+    // that does not read blocks in a write while it holds the read slot.
+    let payload = "x".repeat(16 * 1024);
+    for chunk in (0..1500).collect::<Vec<_>>().chunks(50) {
+        join_all(chunk.iter().map(|i| {
+            let js = js.clone();
+            let data = format!("{i}:{payload}");
+            async move {
+                js.publish("sse.backlog", data.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+    }
+    let mut blocked = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
+        .await
+        .unwrap();
+    blocked
+        .write_all(
+            format!(
+                "GET /v1/events?topic=backlog HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {start_id}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    eventually(T, "the blocked replay to hold the read slot", || async {
+        (node
+            .metric(r#"sse_replay_events_total{source="jetstream"}"#)
+            .await
+            > 0.0)
+            .then_some(())
+    })
+    .await;
+
+    let opened = Instant::now();
+    let mut waiting = SseClient::connect(&node.url("/v1/events?topic=backlog"), Some(&start_id))
+        .await
+        .unwrap();
+    let got = waiting.until_closed(Duration::from_secs(20)).await.unwrap();
+    let waited = opened.elapsed();
+    assert!(
+        got.is_empty(),
+        "the waiting client got events: {}",
+        got.len()
+    );
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "closed after {waited:?}, not after about no_progress_seconds"
+    );
+    assert!(waiting.retry.is_some(), "closed without a retry hint");
+    assert!(node.metric("sse_jetstream_read_waits_total").await >= 1.0);
+    assert_eq!(node.metric("sse_stalled_streams_total").await, 1.0);
+    assert_eq!(
+        node.metric(r#"sse_connections_closed_total{reason="stalled"}"#)
+            .await,
+        1.0
+    );
+    drop(blocked);
+}

@@ -165,6 +165,9 @@ class ClientStats:
     io_errors: int = 0
     stalls: int = 0
     served_by: list[str] = field(default_factory=list)
+    # (monotonic time, node) of each stream opened, to name the node that
+    # served a client at any moment.
+    timeline: list[tuple[float, str]] = field(default_factory=list)
     first_event_at: float | None = None
     last_event_at: float | None = None
     max_event_gap: float = 0.0
@@ -255,6 +258,7 @@ class SseClient:
             server = hdrs.get("x-served-by", "?")
             self.current_server = server
             self.stats.served_by.append(server)
+            self.stats.timeline.append((time.monotonic(), server))
             self.open = True
             chunked = "chunked" in hdrs.get("transfer-encoding", "").lower()
             decoder = ChunkedDecoder() if chunked else None
@@ -290,6 +294,15 @@ class SseClient:
                 await asyncio.wait_for(writer.wait_closed(), 1)
             except Exception:  # noqa: BLE001 - the peer may be gone
                 pass
+
+    def server_at(self, t: float) -> str:
+        """The node whose stream this client had open (or last had) at `t`."""
+        server = "none yet"
+        for opened, name in self.stats.timeline:
+            if opened > t:
+                break
+            server = name
+        return server
 
     def _mark_byte(self) -> None:
         now = time.monotonic()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
 import secrets
 import time
 from collections import Counter
@@ -37,6 +39,9 @@ class Publisher:
         self.duplicates = 0
         self.errors: Counter[str] = Counter()
         self.max_ack_seconds = 0.0
+        # n -> monotonic time JetStream acknowledged event n: from then on
+        # every client should get it within moments.
+        self.acked_at: dict[int, float] = {}
         self.done = asyncio.Event()
         self._progress = asyncio.Condition()
 
@@ -82,7 +87,9 @@ class Publisher:
                         self.retries += 1
                         self.errors[type(e).__name__] += 1
                         await asyncio.sleep(0.05)
-                self.max_ack_seconds = max(self.max_ack_seconds, time.monotonic() - started)
+                acked = time.monotonic()
+                self.acked_at[n] = acked
+                self.max_ack_seconds = max(self.max_ack_seconds, acked - started)
                 async with self._progress:
                     self.published = n
                     self._progress.notify_all()
@@ -104,6 +111,8 @@ class Fleet:
             for i in range(count)
         ]
         self.received: dict[str, list[int]] = {c.name: [] for c in self.clients}
+        # When each client first got each event (monotonic), for stall checks.
+        self.received_at: dict[str, dict[int, float]] = {c.name: {} for c in self.clients}
         self.other_events: Counter[str] = Counter()
         self.bad_ids: dict[str, int] = {}
         self._cursor: dict[str, tuple[str, int]] = {}
@@ -114,7 +123,9 @@ class Fleet:
         if ev.type != "message":
             self.other_events[ev.type] += 1
             return
-        self.received[client.name].append(int(json.loads(ev.data)["n"]))
+        n = int(json.loads(ev.data)["n"])
+        self.received[client.name].append(n)
+        self.received_at[client.name].setdefault(n, time.monotonic())
         # The id is the resume cursor `<topic>:<epoch>:<seq>`: one epoch, and
         # sequences that only go up.
         topic, epoch, seq = ev.id.rsplit(":", 2)
@@ -162,6 +173,21 @@ class Fleet:
                 f"served by {self._client(name).stats.served_by}"
             )
         return problems
+
+    def delivery_delays(self, acked_at: dict[int, float], until: float) -> dict[str, tuple[float, int]]:
+        """Per client, the longest time an acknowledged event waited before
+        the client got it, and which event: how long the client sat silent
+        while its topic moved on. Heartbeats do not count. An event never
+        received counts until `until`."""
+        out = {}
+        for name, got in self.received_at.items():
+            worst, which = 0.0, 0
+            for n, acked in acked_at.items():
+                delay = got.get(n, until) - acked
+                if delay > worst:
+                    worst, which = delay, n
+            out[name] = (worst, which)
+        return out
 
     def _client(self, name: str) -> SseClient:
         return self.clients[int(name[1:])]
@@ -306,6 +332,9 @@ class Scenario:
     rate: float = 25.0
     settle_seconds: float = 45.0
     stall_seconds: float = 10.0
+    # Longest an acknowledged event may wait before a client gets it: a
+    # client silent for longer while events flow has stalled.
+    max_delivery_delay: float = 10.0
     extra: dict = field(default_factory=dict)
 
     async def run(self, action: Callable[["Scenario"], Awaitable[None]]) -> list[str]:
@@ -328,6 +357,7 @@ class Scenario:
             await self.watcher.stop()
             await self.fleet.stop()
         self.elapsed = time.monotonic() - started
+        self.delays = self.fleet.delivery_delays(self.publisher.acked_at, time.monotonic())
         problems = self.fleet.verify(self.total)
         self.report(problems)
         return problems
@@ -338,9 +368,34 @@ class Scenario:
         assert not self.fleet.other_events.get("reset"), f"reset events: {dict(self.fleet.other_events)}"
         stalls = sum(c.stats.stalls for c in self.fleet.clients)
         assert stalls == 0, f"{stalls} streams went silent for {self.stall_seconds}s"
+        assert not self.stalled(), (
+            f"{len(self.stalled())} of {self.clients} clients sat silent while events flowed "
+            f"(an event waited over {self.max_delivery_delay}s):\n" + "\n".join(self.stalled()[:10])
+        )
+
+    def stalled(self) -> list[str]:
+        """Clients that waited too long for an acknowledged event, each with
+        the event, the wait and the node that held the client then."""
+        out = []
+        for name, (delay, n) in sorted(self.delays.items(), key=lambda kv: -kv[1][0]):
+            if delay <= self.max_delivery_delay:
+                continue
+            client = self.fleet._client(name)
+            node = client.server_at(self.publisher.acked_at[n])
+            got = len(self.fleet.received[name])
+            out.append(
+                f"{name}: event {n} came {delay:.1f}s after its ack (on {node} at the ack; "
+                f"{got} events in all; served by {client.stats.served_by})"
+            )
+        return out
 
     async def at(self, fraction: float) -> None:
-        """Wait until this fraction of the events is published."""
+        """Wait until this fraction of the events is published. Under
+        `SSE_CHAOS_JITTER=1` (the soak) the moment moves by up to ±0.08, so
+        repeated runs hit the faults at other instants."""
+        if os.environ.get("SSE_CHAOS_JITTER") == "1":
+            fraction = min(0.95, max(0.02, fraction + random.uniform(-0.08, 0.08)))
+        self.extra.setdefault("fault moments", []).append(round(fraction, 3))
         await self.publisher.wait_published(max(1, int(self.total * fraction)))
 
     def report(self, problems: list[str]) -> dict:
@@ -368,6 +423,8 @@ class Scenario:
             "publish retries": self.publisher.retries,
             "publish dedup": self.publisher.duplicates,
             "longest publish s": round(self.publisher.max_ack_seconds, 2),
+            "longest delivery delay s": round(max((d for d, _ in self.delays.values()), default=0.0), 2),
+            "clients delayed over limit": sum(1 for d, _ in self.delays.values() if d > self.max_delivery_delay),
             "wall s": round(self.elapsed, 1),
         }
         by_node: dict[str, float] = {}

@@ -59,6 +59,9 @@ pub struct FeedSettings {
     /// How long the reader may make no progress while JetStream holds
     /// newer events before its consumer is given up and re-created.
     pub no_progress: Duration,
+    /// Counts reconnections to NATS; each one re-creates every feed's
+    /// consumer.
+    pub reconnections: tokio::sync::watch::Receiver<u64>,
 }
 
 /// The live state of one topic on this node.
@@ -135,6 +138,7 @@ impl Feed {
             ctx,
             path_offset: settings.subject_prefix.len() + 1,
             no_progress: settings.no_progress,
+            reconnections: settings.reconnections.clone(),
             metrics,
         };
         tokio::spawn(reader.run(start));
@@ -346,6 +350,7 @@ struct Reader {
     ctx: Arc<EncodeContext>,
     path_offset: usize,
     no_progress: Duration,
+    reconnections: tokio::sync::watch::Receiver<u64>,
     metrics: Arc<Metrics>,
 }
 
@@ -357,18 +362,22 @@ enum ReadEnd {
     /// JetStream holds events after the head, and the consumer delivered
     /// none of them for a whole watchdog period.
     Stalled,
+    /// The NATS connection was re-established.
+    Reconnected,
 }
 
 impl Reader {
-    async fn run(self, start: u64) {
+    async fn run(mut self, start: u64) {
+        self.reconnections.borrow_and_update();
         let mut backoff = Duration::from_millis(100);
         // "Not found" or another creation time may be a transient answer
         // during a leader election: act on it only when it holds twice.
         let mut doubted = false;
         loop {
             let next = self.feed.head() + 1;
+            let feed = self.feed.clone();
             let outcome = tokio::select! {
-                _ = self.feed.closed.cancelled() => Ok(ReadEnd::Closed),
+                _ = feed.closed.cancelled() => Ok(ReadEnd::Closed),
                 outcome = self.read_from(next.max(start)) => outcome,
             };
             match outcome {
@@ -393,7 +402,7 @@ impl Reader {
                     backoff = Duration::from_millis(100);
                     debug!(topic = %self.feed.topic, "consumer ended; re-creating");
                 }
-                Ok(ReadEnd::Stalled) => {
+                Ok(ReadEnd::Stalled | ReadEnd::Reconnected) => {
                     doubted = false;
                     backoff = Duration::from_millis(100);
                 }
@@ -414,7 +423,7 @@ impl Reader {
         }
     }
 
-    async fn read_from(&self, next: u64) -> Result<ReadEnd, async_nats::Error> {
+    async fn read_from(&mut self, next: u64) -> Result<ReadEnd, async_nats::Error> {
         let mut stream = match bounded(self.js.get_stream(self.feed.stream_name())).await {
             Ok(stream) => stream,
             Err(e) => {
@@ -451,36 +460,51 @@ impl Reader {
         let topic_label = [self.feed.topic.as_str()];
         let feed_events = self.metrics.feed_events.with_label_values(&topic_label);
         let history_bytes = self.metrics.history_bytes.with_label_values(&topic_label);
-        // The watchdog: async-nats re-creates an ordered consumer by itself,
-        // retrying without end, and meanwhile yields nothing. A reader whose
-        // head has not moved for a whole period while the stream holds newer
-        // events gives its consumer up and starts a new one at `head + 1`,
-        // so no feed waits silently while its topic moves on.
-        let mut watchdog = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.no_progress,
-            self.no_progress,
-        );
-        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut head_at_last_look = self.feed.head();
+        // The watchdog. After the NATS server holding an ordered consumer
+        // dies, async-nats may yield nothing at all from it: no error, no
+        // missed heartbeat, and its own re-creation retries without end.
+        // This was seen on a node whose connection moved to another server
+        // while the stream's leader was killed: the feed went silent and its
+        // clients got heartbeats only. So a reader whose head has not moved
+        // for `no_progress` while the stream holds newer events gives its
+        // consumer up and starts a new one at `head + 1`. JetStream is asked
+        // at most once per `no_progress` while the feed is quiet.
+        let mut tick = tokio::time::interval(self.no_progress / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut head_seen = self.feed.head();
+        let mut quiet_since = tokio::time::Instant::now();
         loop {
             let item = tokio::select! {
                 item = messages.next() => item,
-                _ = watchdog.tick() => {
+                Ok(()) = self.reconnections.changed() => {
+                    // The consumer may have lived on a server that is gone,
+                    // and async-nats may never say so: start a new one.
+                    info!(topic = %self.feed.topic, head = self.feed.head(), "reconnected to nats; re-creating the topic feed's consumer");
+                    return Ok(ReadEnd::Reconnected);
+                }
+                _ = tick.tick() => {
                     let head = self.feed.head();
-                    if head != head_at_last_look {
-                        head_at_last_look = head;
+                    let now = tokio::time::Instant::now();
+                    if head != head_seen {
+                        head_seen = head;
+                        quiet_since = now;
                         continue;
                     }
-                    // Quiet for a whole period: ask whether JetStream is ahead.
-                    // No answer proves nothing (NATS may be away; the
-                    // consumer reports that itself).
+                    if now.duration_since(quiet_since) < self.no_progress {
+                        continue;
+                    }
+                    // Quiet for a whole period: is JetStream ahead? No
+                    // answer proves nothing (NATS may be away; then the
+                    // consumer reports errors itself): look again next tick.
                     if let Ok(info) = bounded(stream.info()).await {
                         let last = info.state.last_sequence;
                         if last > head.max(nothing_until) {
                             self.metrics.feed_stalls.inc();
-                            warn!(topic = %self.feed.topic, head, stream_last = last, waited_seconds = self.no_progress.as_secs(), "topic feed made no progress while jetstream holds newer events; re-creating its consumer");
+                            warn!(topic = %self.feed.topic, head, stream_last = last, quiet_seconds = now.duration_since(quiet_since).as_secs(), "topic feed made no progress while jetstream holds newer events; re-creating its consumer");
                             return Ok(ReadEnd::Stalled);
                         }
+                        // A quiet topic: ask again after another period.
+                        quiet_since = now;
                     }
                     continue;
                 }
@@ -576,6 +600,7 @@ mod tests {
             path_queue_events: 16,
             max_event_bytes: 1024,
             no_progress: Duration::from_secs(8),
+            reconnections: tokio::sync::watch::channel(0).1,
         }
     }
 

@@ -74,6 +74,7 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     let metrics = Arc::new(Metrics::new());
     let (connected_tx, mut connected_rx) = watch::channel(false);
+    let (reconnections_tx, reconnections) = watch::channel(0u64);
     let reconnects = metrics.nats_reconnects.clone();
     let ever_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let addrs = config
@@ -91,6 +92,7 @@ pub async fn run(
         .reconnect_delay_callback(|attempt| Duration::from_millis((100 * attempt as u64).min(2000)))
         .event_callback(move |event| {
             let connected_tx = connected_tx.clone();
+            let reconnections_tx = reconnections_tx.clone();
             let reconnects = reconnects.clone();
             let ever_connected = ever_connected.clone();
             async move {
@@ -100,6 +102,7 @@ pub async fn run(
                         // The first connection is not a reconnection.
                         if ever_connected.swap(true, std::sync::atomic::Ordering::AcqRel) {
                             reconnects.inc();
+                            reconnections_tx.send_modify(|n| *n += 1);
                             info!("reconnected to nats");
                         } else {
                             info!("connected to nats");
@@ -129,6 +132,7 @@ pub async fn run(
         path_queue_events: config.delivery.path_queue_events,
         max_event_bytes: config.delivery.max_event_bytes,
         no_progress: Duration::from_secs(config.delivery.no_progress_seconds),
+        reconnections,
     };
     let topics = Topics::new(js.clone(), settings, metrics.clone());
     let local = listener.local_addr()?;

@@ -16,6 +16,41 @@ from cluster.workload import Scenario, chaos_timeout, scale, stream_leader
 pytestmark = [pytest.mark.needs_node]
 
 
+def connected_server(c, connection_name: str) -> str | None:
+    """The NATS server (name) a client with this connection name is on."""
+    for i, port in enumerate(c.nats_http_ports):
+        if not c[f"nats{i}"].running():
+            continue
+        status, body = http_get(port, "/connz?limit=4096")
+        if status == 200 and any(conn.get("name") == connection_name for conn in json.loads(body).get("connections", [])):
+            return c.nats_server_name(i)
+    return None
+
+
+async def move_stream_leader(urls: list[str], stream: str, to: str, timeout: float = 60.0) -> None:
+    """Asks the stream's leader to step down in favour of server `to`, until it has."""
+    import nats
+
+    nc = await nats.connect(servers=urls, connect_timeout=2)
+    try:
+        deadline = time.monotonic() + timeout
+        while (leader := await stream_leader(urls, stream)) != to:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{stream}'s leader stays on {leader}, not {to}")
+            try:
+                await nc.request(
+                    f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
+                    json.dumps({"placement": {"preferred": to}}).encode(),
+                    timeout=5,
+                )
+            except Exception:  # noqa: BLE001 - retried until the leader is where asked
+                pass
+            # The old leader steps down at once; wait for the election.
+            await stream_leader(urls, stream, not_=leader)
+    finally:
+        await nc.close()
+
+
 def meta_leader(c) -> str | None:
     """The JetStream meta leader's server name, from a monitoring endpoint."""
     for i, port in enumerate(c.nats_http_ports):
@@ -100,3 +135,39 @@ def test_a_node_cut_off_from_nats_and_reconnected(node_binary, cluster_factory, 
     finally:
         for p in proxy:
             p.close()
+
+
+@pytest.mark.timeout(chaos_timeout(150))
+def test_the_nats_server_a_node_reads_through_dies_with_the_stream_leader(node_binary, cluster_factory, topic):
+    """The failure behind silently stalled clients: the node's NATS
+    connection and the stream's leader are on one server, and it dies. The
+    node reconnects to another server, the stream elects a new leader, and
+    the node's feed must go on; its consumer is not left to async-nats,
+    which was seen to yield nothing at all from then on."""
+    # One node, so every client is on the node whose server dies.
+    c = cluster_factory(nodes=1, topics=[(topic, 3)])
+    stream = f"SSE_{topic}"
+    # Once a new leader is elected the feed must go on at once: an event
+    # acknowledged then may wait a few seconds at most.
+    scn = Scenario(c, "the node's NATS server dies with the stream leader", topic, max_delivery_delay=6.0, **scale())
+
+    async def action(s: Scenario) -> None:
+        await s.at(0.2)
+        server = connected_server(c, "sse-node0")
+        assert server, "node0 is on no NATS server"
+        await move_stream_leader(c.nats_urls, stream, server)
+        s.extra["node0 and the stream leader on"] = server
+        await s.at(0.35)
+        proc = c.nats_proc_for_server(server)
+        killed_at = time.monotonic()
+        c.kill(proc)
+        live = [u for i, u in enumerate(c.nats_urls) if f"nats{i}" != proc]
+        new_leader = await stream_leader(live, stream, not_=server)
+        s.extra["stream leader"] = f"{server} killed, {new_leader} elected in {time.monotonic() - killed_at:.1f}s"
+        await s.at(0.8)
+        c.start_proc(proc, wait=False)
+        await asyncio.to_thread(c.wait_ready, proc)
+
+    problems = asyncio.run(scn.run(action))
+    scn.assert_clean(problems)
+    assert scn.figures["reconnects"] == 0, f"node0 closed client streams: {scn.figures['closed by nodes']}"

@@ -98,6 +98,9 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryConfig {
+    /// Bytes of encoded events every live topic together keeps in memory;
+    /// the coldest topic's history is evicted first when it is exceeded.
+    pub max_bytes: usize,
     /// Bytes of encoded events each topic keeps in memory.
     pub max_bytes_per_topic: usize,
     /// Events each topic keeps in memory.
@@ -129,6 +132,9 @@ pub struct DeliveryConfig {
     /// while it is behind before it is closed (the client resumes
     /// elsewhere) or its consumer re-created.
     pub no_progress_seconds: u64,
+    /// Seconds a topic's feed keeps running after its last client on this
+    /// node left.
+    pub feed_linger_seconds: u64,
 }
 
 /// `[cluster]`

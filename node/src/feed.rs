@@ -17,7 +17,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -35,7 +35,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::{
     event::{EncodeContext, Event, MARKER_HEADER, TRACEPARENT_HEADER},
-    history::{History, Slice},
+    history::{History, HistoryBudget, Slice},
     metrics::Metrics,
 };
 
@@ -62,6 +62,8 @@ pub struct FeedSettings {
     /// Counts reconnections to NATS; each one re-creates every feed's
     /// consumer.
     pub reconnections: tokio::sync::watch::Receiver<u64>,
+    /// The node-wide bound on history memory.
+    pub budget: Arc<HistoryBudget>,
 }
 
 /// The live state of one topic on this node.
@@ -77,6 +79,17 @@ pub struct Feed {
     /// The last sequence processed, readable without the lock: clients
     /// compare their position with it on every wait.
     head: AtomicU64,
+    /// The stream's last sequence when the feed started: a client without a
+    /// cursor starts here, not at the older events the feed warms up with.
+    live_from: u64,
+    /// Streams and look-ups holding this feed ([`FeedLease`]s); the registry
+    /// stops a feed that has had none for `delivery.feed_linger_seconds`.
+    interest: AtomicUsize,
+    /// When the last lease was given back.
+    idle_since: Mutex<tokio::time::Instant>,
+    /// When the feed last read an event, for evicting the coldest history.
+    last_event: Mutex<tokio::time::Instant>,
+    budget: Arc<HistoryBudget>,
     state: Mutex<FeedState>,
     closed: CancellationToken,
 }
@@ -101,6 +114,10 @@ pub struct Attachment {
     /// The last sequence the feed had processed when the client attached;
     /// the receiver yields exactly the events after it.
     pub head: u64,
+    /// Where a client without a cursor starts: the later of `head` and the
+    /// stream's last sequence when the feed started, so events the feed is
+    /// still warming up with are not sent to it as new.
+    pub live_from: u64,
     /// Live events after `head`.
     pub receiver: broadcast::Receiver<Arc<Event>>,
 }
@@ -155,10 +172,16 @@ impl Feed {
             .saturating_add(1)
             .max(first);
         let (sender, _) = broadcast::channel(settings.client_queue_events);
+        let now = tokio::time::Instant::now();
         let feed = Arc::new(Self {
             stream_name: topic.stream_name(),
             private: AtomicBool::new(stream_access(info) == Access::Private),
             head: AtomicU64::new(start - 1),
+            live_from: last,
+            interest: AtomicUsize::new(0),
+            idle_since: Mutex::new(now),
+            last_event: Mutex::new(now),
+            budget: settings.budget.clone(),
             epoch: epoch.clone(),
             state: Mutex::new(FeedState {
                 head: start - 1,
@@ -198,6 +221,7 @@ impl Feed {
             return Attachment {
                 epoch: self.epoch.clone(),
                 head: state.head,
+                live_from: state.head.max(self.live_from),
                 receiver,
             };
         }
@@ -222,8 +246,49 @@ impl Feed {
         Attachment {
             epoch: self.epoch.clone(),
             head: state.head,
+            live_from: state.head.max(self.live_from),
             receiver,
         }
+    }
+
+    /// Takes a lease on the feed: it keeps running while any lease is held.
+    pub fn lease(self: &Arc<Self>) -> FeedLease {
+        self.interest.fetch_add(1, Ordering::AcqRel);
+        FeedLease(self.clone())
+    }
+
+    /// Leases held: open streams and look-ups under way.
+    pub fn interest(&self) -> usize {
+        self.interest.load(Ordering::Acquire)
+    }
+
+    /// How long the feed has had no lease, if it has none.
+    pub fn idle_for(&self, now: tokio::time::Instant) -> Option<Duration> {
+        if self.interest() > 0 {
+            return None;
+        }
+        let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        Some(now.saturating_duration_since(since))
+    }
+
+    /// When the feed last read an event.
+    pub fn last_event(&self) -> tokio::time::Instant {
+        *self.last_event.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes of history held.
+    pub fn history_bytes(&self) -> usize {
+        self.lock().history.bytes()
+    }
+
+    /// Drops the history held in memory (the node is over its budget);
+    /// resumes that needed it read JetStream. Returns the bytes released.
+    pub fn evict_history(&self) -> usize {
+        let mut state = self.lock();
+        let next = state.head + 1;
+        let freed = state.history.clear(next);
+        self.budget.adjust(freed, 0);
+        freed
     }
 
     /// Events held in memory after `after` and at most `upto`.
@@ -277,6 +342,9 @@ impl Feed {
         let (fresh, _) = broadcast::channel(1);
         state.sender = fresh;
         state.paths.clear();
+        let next = state.head + 1;
+        let freed = state.history.clear(next);
+        self.budget.adjust(freed, 0);
         info!(topic = %self.topic, epoch = %self.epoch, "topic feed closed");
     }
 
@@ -295,7 +363,9 @@ impl Feed {
         }
         state.head = event.seq;
         self.head.store(event.seq, Ordering::Release);
+        let before = state.history.bytes();
         state.history.push(event.clone());
+        self.budget.adjust(before, state.history.bytes());
         // No receiver is not an error: the event is still held for resumes.
         let mut receivers = 0;
         if let Some(tx) = state.paths.get(&*event.path) {
@@ -319,6 +389,28 @@ impl Feed {
     }
 }
 
+/// A hold on a feed by a client stream, or by a request on its way to
+/// becoming one. While any lease is held the feed keeps running; the last
+/// one given back starts the feed's linger time.
+pub struct FeedLease(Arc<Feed>);
+
+impl std::ops::Deref for FeedLease {
+    type Target = Arc<Feed>;
+
+    fn deref(&self) -> &Arc<Feed> {
+        &self.0
+    }
+}
+
+impl Drop for FeedLease {
+    fn drop(&mut self) {
+        if self.0.interest.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) =
+                tokio::time::Instant::now();
+        }
+    }
+}
+
 /// Every this many path attaches, paths nobody reads any more are dropped.
 const PATH_SWEEP_EVERY: u32 = 1024;
 
@@ -334,11 +426,28 @@ const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
 /// whatever it does, so a reader never waits on NATS without a deadline.
 pub const NATS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a feed waits for one JetStream answer while it (re)creates its
+/// consumer. Shorter than [`NATS_CALL_TIMEOUT`]: a request sent while a
+/// stream elects its leader is never answered, and the next one should go
+/// out soon after the election, not seconds later.
+const FEED_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest pause between two attempts of a feed to (re)create its consumer.
+const FEED_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// Runs one JetStream call under [`NATS_CALL_TIMEOUT`].
 pub async fn bounded<T, E: Into<async_nats::Error>>(
     call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, async_nats::Error> {
-    match tokio::time::timeout(NATS_CALL_TIMEOUT, call).await {
+    bounded_for(NATS_CALL_TIMEOUT, call).await
+}
+
+/// Runs one JetStream call under `limit`.
+async fn bounded_for<T, E: Into<async_nats::Error>>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, async_nats::Error> {
+    match tokio::time::timeout(limit, call).await {
         Ok(result) => result.map_err(Into::into),
         Err(_) => Err("jetstream did not answer in time".into()),
     }
@@ -419,12 +528,17 @@ impl Reader {
                 _ = self.feed.closed.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(FEED_RETRY_MAX);
         }
     }
 
     async fn read_from(&mut self, next: u64) -> Result<ReadEnd, async_nats::Error> {
-        let mut stream = match bounded(self.js.get_stream(self.feed.stream_name())).await {
+        let mut stream = match bounded_for(
+            FEED_CALL_TIMEOUT,
+            self.js.get_stream(self.feed.stream_name()),
+        )
+        .await
+        {
             Ok(stream) => stream,
             Err(e) => {
                 return match e.downcast_ref::<jetstream::context::GetStreamError>() {
@@ -437,16 +551,19 @@ impl Reader {
             return Ok(ReadEnd::StreamRecreated);
         }
         let stream_last = stream.cached_info().state.last_sequence;
-        let consumer = bounded(stream.create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: next,
-            },
-            // Short pulls mean idle heartbeats every couple of seconds, so
-            // a consumer lost with a stream leader is noticed and
-            // re-created in seconds, not after the 30 s default.
-            max_expires: PULL_EXPIRES,
-            ..Default::default()
-        }))
+        let consumer = bounded_for(
+            FEED_CALL_TIMEOUT,
+            stream.create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: next,
+                },
+                // Short pulls mean idle heartbeats every couple of seconds, so
+                // a consumer lost with a stream leader is noticed and
+                // re-created in seconds, not after the 30 s default.
+                max_expires: PULL_EXPIRES,
+                ..Default::default()
+            }),
+        )
         .await?;
         // Sequences up to here hold nothing for this reader (deleted
         // messages, say): a stream whose last sequence is no higher is not
@@ -456,7 +573,8 @@ impl Reader {
         } else {
             next - 1
         };
-        let mut messages = bounded(consumer.messages()).await?;
+        let _held = self.metrics.consumer_held();
+        let mut messages = bounded_for(FEED_CALL_TIMEOUT, consumer.messages()).await?;
         let topic_label = [self.feed.topic.as_str()];
         let feed_events = self.metrics.feed_events.with_label_values(&topic_label);
         let history_bytes = self.metrics.history_bytes.with_label_values(&topic_label);
@@ -570,6 +688,11 @@ impl Reader {
                 None => self.feed.publish(event).0,
             };
             history_bytes.set(bytes as i64);
+            *self
+                .feed
+                .last_event
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
         }
         Ok(ReadEnd::Ended)
     }
@@ -601,6 +724,7 @@ mod tests {
             max_event_bytes: 1024,
             no_progress: Duration::from_secs(8),
             reconnections: tokio::sync::watch::channel(0).1,
+            budget: Arc::new(HistoryBudget::new(1 << 30)),
         }
     }
 

@@ -6,9 +6,59 @@
 //! so a resume after sequence `s` is served from memory exactly when
 //! `s + 1 >= complete_from`; older gaps are read from JetStream.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use crate::event::Event;
+
+/// The node-wide bound on memory held by every topic's history
+/// (`history.max_bytes`). Feeds add and release what they hold; the topic
+/// registry evicts the coldest topics' histories while the total is over the
+/// budget.
+#[derive(Debug)]
+pub struct HistoryBudget {
+    max_bytes: usize,
+    held: AtomicUsize,
+}
+
+impl HistoryBudget {
+    /// A budget of `max_bytes`, nothing held.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// The bound.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Bytes held by every history together.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Whether the histories hold more than the bound.
+    pub fn over(&self) -> bool {
+        self.held() > self.max_bytes
+    }
+
+    /// Records a change in one history's size.
+    pub fn adjust(&self, before: usize, after: usize) {
+        if after >= before {
+            self.held.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.held.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+}
 
 /// A bounded window of the most recent events, oldest first.
 #[derive(Debug)]
@@ -75,6 +125,16 @@ impl History {
                 .cloned()
                 .collect(),
         )
+    }
+
+    /// Drops every event held; the history is complete again only from
+    /// `next` on. Returns the bytes released.
+    pub fn clear(&mut self, next: u64) -> usize {
+        let freed = self.bytes;
+        self.events.clear();
+        self.bytes = 0;
+        self.complete_from = next;
+        freed
     }
 
     /// Bytes held.
@@ -148,6 +208,25 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert!(h.bytes() <= one * 2);
         assert!(matches!(h.after(6, 100, 10), Slice::Missing { until: 8 }));
+    }
+
+    #[test]
+    fn a_cleared_history_is_complete_only_from_where_it_was_cleared() {
+        let mut h = History::new(1, usize::MAX, 100);
+        for s in 1..=5 {
+            h.push(ev(s));
+        }
+        let budget = HistoryBudget::new(1);
+        budget.adjust(0, h.bytes());
+        assert!(budget.over());
+        let freed = h.clear(6);
+        budget.adjust(freed, 0);
+        assert_eq!(budget.held(), 0);
+        assert!(h.is_empty());
+        assert!(matches!(h.after(3, 100, 10), Slice::Missing { until: 6 }));
+        assert_eq!(seqs(h.after(5, 100, 10)), Vec::<u64>::new());
+        h.push(ev(6));
+        assert_eq!(seqs(h.after(5, 100, 10)), vec![6]);
     }
 
     #[test]

@@ -133,8 +133,14 @@ pub async fn run(
         max_event_bytes: config.delivery.max_event_bytes,
         no_progress: Duration::from_secs(config.delivery.no_progress_seconds),
         reconnections,
+        budget: Arc::new(history::HistoryBudget::new(config.history.max_bytes)),
     };
-    let topics = Topics::new(js.clone(), settings, metrics.clone());
+    let topics = Topics::new(
+        js.clone(),
+        settings,
+        Duration::from_secs(config.delivery.feed_linger_seconds),
+        metrics.clone(),
+    );
     let local = listener.local_addr()?;
     let address = if config.cluster.advertise_address.is_empty() {
         local.to_string()

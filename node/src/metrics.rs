@@ -51,6 +51,21 @@ pub struct Metrics {
     /// Client streams closed because they made no progress while behind
     /// their topic's head.
     pub stalled_streams: IntCounter,
+    /// Topic feeds running on this node.
+    pub feeds_live: IntGauge,
+    /// Topic feeds started.
+    pub feed_starts: IntCounter,
+    /// Topic feeds stopped (last client gone, topic deleted or recreated).
+    pub feed_stops: IntCounter,
+    /// JetStream consumers this node holds: one per live feed, plus the
+    /// resume reads under way.
+    pub jetstream_consumers: IntGauge,
+    /// Bytes of history held by every live topic together.
+    pub history_held_bytes: IntGauge,
+    /// The node-wide history budget, `history.max_bytes`.
+    pub history_budget_bytes: IntGauge,
+    /// Histories evicted because the node was over its budget.
+    pub history_evictions: IntCounter,
     /// Stream requests refused by authentication or authorization, by reason.
     pub auth_failures: IntCounterVec,
     /// Requests or connections refused by a configured limit, by limit.
@@ -174,6 +189,34 @@ impl Metrics {
                 "sse_stalled_streams_total",
                 "Client streams closed with a retry hint because they made no progress while behind their topic (delivery.no_progress_seconds).",
             ),
+            feeds_live: gauge(
+                "sse_feeds_live",
+                "Topic feeds (one JetStream reader each) running on this node: topics with clients here, or left within delivery.feed_linger_seconds.",
+            ),
+            feed_starts: counter(
+                "sse_feed_starts_total",
+                "Topic feeds started, on the first client of a topic on this node.",
+            ),
+            feed_stops: counter(
+                "sse_feed_stops_total",
+                "Topic feeds stopped: no client for delivery.feed_linger_seconds, or the topic deleted, recreated or made private.",
+            ),
+            jetstream_consumers: gauge(
+                "sse_jetstream_consumers",
+                "JetStream consumers held by this node: one per live feed plus resume reads under way.",
+            ),
+            history_held_bytes: gauge(
+                "sse_history_held_bytes",
+                "Bytes of recent events held in memory by every live topic together.",
+            ),
+            history_budget_bytes: gauge(
+                "sse_history_budget_bytes",
+                "The node-wide bound on history memory (history.max_bytes).",
+            ),
+            history_evictions: counter(
+                "sse_history_evictions_total",
+                "Topic histories evicted, coldest first, because the node was over history.max_bytes.",
+            ),
             auth_failures: counter_vec(
                 "sse_auth_failures_total",
                 "Stream requests refused by authentication (401) or authorization (403), by reason.",
@@ -196,6 +239,12 @@ impl Metrics {
         }
     }
 
+    /// Counts a JetStream consumer as held until the guard is dropped.
+    pub fn consumer_held(&self) -> ConsumerHeld {
+        self.jetstream_consumers.inc();
+        ConsumerHeld(self.jetstream_consumers.clone())
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -207,5 +256,15 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One JetStream consumer counted in `sse_jetstream_consumers` while held.
+#[derive(Debug)]
+pub struct ConsumerHeld(IntGauge);
+
+impl Drop for ConsumerHeld {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

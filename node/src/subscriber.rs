@@ -45,7 +45,7 @@ use tracing::{Span, debug, info_span, warn};
 
 use crate::{
     event::{Event, MARKER_HEADER},
-    feed::{Feed, bounded, stream_epoch},
+    feed::{FeedLease, bounded, stream_epoch},
     history::Slice,
     node::Node,
     telemetry,
@@ -75,7 +75,7 @@ pub struct TopicRequest {
 }
 
 struct ClientTopic {
-    feed: Arc<Feed>,
+    feed: FeedLease,
     patterns: Vec<SubjectPath>,
     pos: u64,
     catch_up_to: u64,
@@ -218,6 +218,7 @@ enum Wake {
 struct JetStreamRead {
     messages: jetstream::consumer::pull::Ordered,
     end: u64,
+    _held: crate::metrics::ConsumerHeld,
 }
 
 /// The state of one client's SSE stream.
@@ -348,7 +349,7 @@ impl ClientStream {
     /// Attaches to every topic's feed and prepares the first bytes: a
     /// comment, the `retry:` hint, any `reset` events, and the id-only frame
     /// carrying the client's cursor.
-    pub fn open(node: Node, requests: Vec<(TopicRequest, Arc<Feed>)>) -> Self {
+    pub fn open(node: Node, requests: Vec<(TopicRequest, FeedLease)>) -> Self {
         let config = node.config();
         let mut prelude = BytesMut::with_capacity(256);
         prelude.put_slice(b": ok\n\n");
@@ -368,7 +369,7 @@ impl ClientStream {
             let attachment = feed.attach(only_path);
             let by_path = only_path.is_some();
             let (pos, catch_up_to, reset_sent) = match &request.resume {
-                None => (attachment.head, attachment.head, false),
+                None => (attachment.live_from, attachment.head, false),
                 Some((epoch, seq)) if *epoch == attachment.epoch => {
                     (*seq, attachment.head.max(*seq), false)
                 }
@@ -949,7 +950,11 @@ impl ClientStream {
         }
         match bounded(consumer.messages()).await {
             Ok(messages) => {
-                self.jetstream_read = Some(Box::new(JetStreamRead { messages, end }));
+                self.jetstream_read = Some(Box::new(JetStreamRead {
+                    messages,
+                    end,
+                    _held: self.node.metrics().consumer_held(),
+                }));
                 Ok(())
             }
             Err(error) => {

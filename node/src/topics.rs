@@ -1,32 +1,50 @@
-//! Which topics exist: discovered from JetStream, never configured.
+//! Which topics exist, and which of them this node reads.
 //!
 //! A topic exists exactly when its stream `SSE_<topic>` exists. The registry
-//! lists every such stream at start-up (the "topics loaded" readiness latch),
-//! follows JetStream's stream created/deleted advisories to react at once,
-//! and re-lists every `nats.topic_refresh_seconds` in case an advisory was
-//! missed while NATS was away. A request for a topic the registry does not
-//! know asks JetStream once, so a topic created a moment ago is served.
+//! learns every topic's facts (its stream's epoch and access) from a listing
+//! at start-up (the "topics loaded" readiness latch), from JetStream's
+//! stream created/deleted/updated advisories, and from a re-listing every
+//! `nats.topic_refresh_seconds` in case an advisory was missed. Knowing a
+//! topic costs a few bytes, never a consumer or history.
+//!
+//! A topic's [`Feed`] runs only while this node has clients for it: the
+//! first request for the topic (live or resuming) starts it, from fresh
+//! stream facts, and it stops `delivery.feed_linger_seconds` after the last
+//! client left. Concurrent first requests share one start. A request holds
+//! a [`FeedLease`] from the look-up on, so a feed is never stopped between
+//! a client finding it and attaching to it.
+//!
+//! Every live feed's history counts against one node-wide budget
+//! (`history.max_bytes`); while the total is over it, the coldest topic's
+//! history (the one whose last event is oldest) is evicted first, and
+//! resumes that needed it read JetStream instead.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, stream::Info};
 use futures_util::{StreamExt, TryStreamExt};
 use sse_protocol::{Access, TopicName};
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
-    feed::{Feed, FeedSettings, is_stream_not_found, stream_access, stream_epoch},
+    feed::{
+        Feed, FeedLease, FeedSettings, bounded, is_stream_not_found, stream_access, stream_epoch,
+    },
     metrics::Metrics,
 };
 
 /// How long a served topic's stream must stay "not found" before the
 /// topic is dropped without a deletion advisory.
 const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
+
+/// How often lingering feeds are stopped and the history budget enforced.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Errors looking a topic up.
 #[derive(Debug, thiserror::Error)]
@@ -39,36 +57,101 @@ pub enum LookupError {
     Unavailable(String),
 }
 
-/// The topics this node serves, each with its feed.
+/// What the registry knows of a topic without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TopicFacts {
+    epoch: String,
+    access: Access,
+}
+
+impl TopicFacts {
+    fn of(info: &Info) -> Self {
+        Self {
+            epoch: stream_epoch(info),
+            access: stream_access(info),
+        }
+    }
+}
+
+/// The topic registry and this node's live feeds.
 #[derive(Clone)]
 pub struct Topics(Arc<Inner>);
 
 struct Inner {
+    facts: RwLock<HashMap<TopicName, TopicFacts>>,
     feeds: RwLock<HashMap<TopicName, Arc<Feed>>>,
+    /// Feed starts under way, so a burst of first requests for one topic
+    /// asks JetStream once.
+    starting: Mutex<HashMap<TopicName, Arc<OnceCell<Info>>>>,
     js: jetstream::Context,
     settings: FeedSettings,
+    linger: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Topics {
-    /// An empty registry.
-    pub fn new(js: jetstream::Context, settings: FeedSettings, metrics: Arc<Metrics>) -> Self {
+    /// An empty registry; feeds stop `linger` after their last client.
+    pub fn new(
+        js: jetstream::Context,
+        settings: FeedSettings,
+        linger: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics
+            .history_budget_bytes
+            .set(i64::try_from(settings.budget.max_bytes()).unwrap_or(i64::MAX));
         Self(Arc::new(Inner {
+            facts: RwLock::new(HashMap::new()),
             feeds: RwLock::new(HashMap::new()),
+            starting: Mutex::new(HashMap::new()),
             js,
             settings,
+            linger,
             metrics,
         }))
     }
 
-    /// The feed of a topic, asking JetStream if the topic is not known yet.
-    pub async fn get(&self, topic: &TopicName) -> Result<Arc<Feed>, LookupError> {
-        if let Some(feed) = self.known(topic) {
-            return Ok(feed);
+    /// A lease on the topic's feed, starting the feed if this node has none;
+    /// asks JetStream whether the topic exists when it has to.
+    pub async fn get(&self, topic: &TopicName) -> Result<FeedLease, LookupError> {
+        if let Some(lease) = self.live(topic) {
+            return Ok(lease);
         }
-        self.refresh(topic).await?;
-        self.known(topic)
-            .ok_or_else(|| LookupError::NotFound(topic.to_string()))
+        let cell = {
+            let mut starting = self.0.starting.lock().unwrap_or_else(|p| p.into_inner());
+            starting.entry(topic.clone()).or_default().clone()
+        };
+        let fetched = cell
+            .get_or_try_init(|| async {
+                match bounded(self.0.js.get_stream(topic.stream_name())).await {
+                    Ok(stream) => Ok(stream.cached_info().clone()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+        let info = match fetched {
+            Ok(info) => info,
+            Err(e) => {
+                let not_found = e
+                    .downcast_ref::<jetstream::context::GetStreamError>()
+                    .is_some_and(is_stream_not_found);
+                self.forget_start(topic, &cell);
+                if not_found {
+                    if self.knows(topic) {
+                        // While a stream leader is being elected JetStream may
+                        // answer "not found" for a stream that exists. A known
+                        // topic is dropped on a deletion advisory, or when the
+                        // answer holds on a second look.
+                        self.confirm_gone(topic.clone());
+                    }
+                    return Err(LookupError::NotFound(topic.to_string()));
+                }
+                return Err(LookupError::Unavailable(e.to_string()));
+            }
+        };
+        let lease = self.start_or_lease(topic, info);
+        self.forget_start(topic, &cell);
+        Ok(lease)
     }
 
     /// Like [`Self::get`], but when the client's id names another epoch than
@@ -78,43 +161,89 @@ impl Topics {
         &self,
         topic: &TopicName,
         claimed_epoch: Option<&str>,
-    ) -> Result<Arc<Feed>, LookupError> {
-        let feed = self.get(topic).await?;
+    ) -> Result<FeedLease, LookupError> {
+        let lease = self.get(topic).await?;
         match claimed_epoch {
-            Some(epoch) if epoch != feed.epoch => {
+            Some(epoch) if epoch != lease.epoch => {
+                drop(lease);
                 self.refresh(topic).await?;
-                self.known(topic)
-                    .ok_or_else(|| LookupError::NotFound(topic.to_string()))
+                self.get(topic).await
             }
-            _ => Ok(feed),
+            _ => Ok(lease),
         }
     }
 
-    fn known(&self, topic: &TopicName) -> Option<Arc<Feed>> {
+    /// A lease on the topic's running feed, if there is one. Taken under
+    /// the registry's lock, so the sweeper cannot stop the feed meanwhile.
+    fn live(&self, topic: &TopicName) -> Option<FeedLease> {
         let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
-        feeds.get(topic).filter(|f| !f.is_closed()).cloned()
+        feeds
+            .get(topic)
+            .filter(|f| !f.is_closed())
+            .map(|f| f.lease())
     }
 
-    /// Every feed, for reporting.
+    fn knows(&self, topic: &TopicName) -> bool {
+        let facts = self.0.facts.read().unwrap_or_else(|p| p.into_inner());
+        facts.contains_key(topic)
+    }
+
+    fn forget_start(&self, topic: &TopicName, cell: &Arc<OnceCell<Info>>) {
+        let mut starting = self.0.starting.lock().unwrap_or_else(|p| p.into_inner());
+        if starting.get(topic).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            starting.remove(topic);
+        }
+    }
+
+    /// Leases the running feed, or starts one from `info`.
+    fn start_or_lease(&self, topic: &TopicName, info: &Info) -> FeedLease {
+        let facts = TopicFacts::of(info);
+        self.0
+            .facts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.clone(), facts.clone());
+        let mut feeds = self.0.feeds.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(feed) = feeds.get(topic).filter(|f| !f.is_closed()) {
+            return feed.lease();
+        }
+        let feed = Feed::start(
+            topic.clone(),
+            info,
+            self.0.js.clone(),
+            &self.0.settings,
+            self.0.metrics.clone(),
+        );
+        let lease = feed.lease();
+        feeds.insert(topic.clone(), feed);
+        self.0.metrics.feed_starts.inc();
+        self.0.metrics.feeds_live.set(feeds.len() as i64);
+        lease
+    }
+
+    /// Every running feed.
     pub fn feeds(&self) -> Vec<Arc<Feed>> {
         let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
         feeds.values().cloned().collect()
     }
 
-    /// Brings one topic in line with JetStream: starts, replaces or drops
-    /// its feed.
+    /// Topics known to exist.
+    pub fn known(&self) -> usize {
+        self.0.facts.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Brings one topic in line with JetStream.
     pub async fn refresh(&self, topic: &TopicName) -> Result<(), LookupError> {
-        match self.0.js.get_stream(topic.stream_name()).await {
+        match bounded(self.0.js.get_stream(topic.stream_name())).await {
             Ok(stream) => {
                 self.adopt(topic.clone(), stream.cached_info());
                 Ok(())
             }
-            Err(e) if is_stream_not_found(&e) => {
-                if self.known(topic).is_some() {
-                    // While a stream leader is being elected JetStream may
-                    // answer "not found" for a stream that exists. A served
-                    // topic is dropped on a deletion advisory, or when the
-                    // answer holds on a second look.
+            Err(e)
+                if e.downcast_ref::<jetstream::context::GetStreamError>()
+                    .is_some_and(is_stream_not_found) =>
+            {
+                if self.knows(topic) {
                     self.confirm_gone(topic.clone());
                 }
                 Err(LookupError::NotFound(topic.to_string()))
@@ -128,77 +257,105 @@ impl Topics {
         let topics = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(GONE_CONFIRM_DELAY).await;
-            match topics.0.js.get_stream(topic.stream_name()).await {
-                Err(e) if is_stream_not_found(&e) => topics.drop_topic(&topic),
+            match bounded(topics.0.js.get_stream(topic.stream_name())).await {
                 Ok(stream) => topics.adopt(topic, stream.cached_info()),
+                Err(e)
+                    if e.downcast_ref::<jetstream::context::GetStreamError>()
+                        .is_some_and(is_stream_not_found) =>
+                {
+                    topics.drop_topic(&topic)
+                }
                 Err(_) => {}
             }
         });
     }
 
-    fn adopt(&self, topic: TopicName, info: &jetstream::stream::Info) {
-        let epoch = stream_epoch(info);
-        let mut feeds = self.0.feeds.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(current) = feeds.get(&topic) {
-            let access = stream_access(info);
-            // A topic that turns private restarts its feed, which cuts the
-            // clients that read it without a token.
-            let turned_private = access == Access::Private && current.access() == Access::Public;
-            if current.epoch == epoch && !current.is_closed() && !turned_private {
-                current.set_access(access);
-                return;
-            }
-            if turned_private {
-                info!(%topic, "topic turned private; restarting its feed");
-            }
-            current.close();
+    /// Records what JetStream says of a topic. A running feed of another
+    /// epoch is closed (its clients come back and get `reset`), and so is one
+    /// whose topic turned private (its clients come back with a token).
+    fn adopt(&self, topic: TopicName, info: &Info) {
+        let facts = TopicFacts::of(info);
+        let stale = {
+            let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
+            feeds.get(&topic).and_then(|current| {
+                let turned_private =
+                    facts.access == Access::Private && current.access() == Access::Public;
+                if current.epoch != facts.epoch || turned_private {
+                    if turned_private {
+                        info!(%topic, "topic turned private; stopping its feed");
+                    }
+                    Some(current.clone())
+                } else {
+                    current.set_access(facts.access);
+                    None
+                }
+            })
+        };
+        if let Some(feed) = stale {
+            self.stop_feed(&topic, &feed);
         }
-        let feed = Feed::start(
-            topic.clone(),
-            info,
-            self.0.js.clone(),
-            &self.0.settings,
-            self.0.metrics.clone(),
-        );
-        feeds.insert(topic, feed);
+        self.0
+            .facts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic, facts);
+    }
+
+    /// Stops `feed` if it is still the topic's running feed.
+    fn stop_feed(&self, topic: &TopicName, feed: &Arc<Feed>) {
+        let removed = {
+            let mut feeds = self.0.feeds.write().unwrap_or_else(|p| p.into_inner());
+            let is_current = feeds.get(topic).is_some_and(|f| Arc::ptr_eq(f, feed));
+            let removed = is_current.then(|| feeds.remove(topic)).flatten();
+            self.0.metrics.feeds_live.set(feeds.len() as i64);
+            removed
+        };
+        feed.close();
+        if removed.is_some() {
+            self.0.metrics.feed_stops.inc();
+        }
+        self.forget_feed_labels(topic);
+    }
+
+    fn forget_feed_labels(&self, topic: &TopicName) {
+        let metrics = &self.0.metrics;
+        let _ = metrics.history_bytes.remove_label_values(&[topic.as_str()]);
+        let _ = metrics.feed_events.remove_label_values(&[topic.as_str()]);
     }
 
     fn drop_topic(&self, topic: &TopicName) {
-        let removed = self
-            .0
-            .feeds
+        self.0
+            .facts
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(topic);
-        if let Some(feed) = removed {
-            feed.close();
-            let _ = self
-                .0
-                .metrics
-                .history_bytes
-                .remove_label_values(&[topic.as_str()]);
-            info!(%topic, "topic removed");
+        let feed = {
+            let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
+            feeds.get(topic).cloned()
+        };
+        if let Some(feed) = feed {
+            self.stop_feed(topic, &feed);
         }
+        info!(%topic, "topic removed");
     }
 
-    /// Lists every topic stream and reconciles the feeds with it.
+    /// Lists every topic stream and reconciles the registry with it.
     pub async fn load_all(&self) -> Result<usize, async_nats::Error> {
-        let mut infos = Vec::new();
+        let mut present = HashMap::new();
         let mut list = self.0.js.streams();
         while let Some(info) = list.try_next().await? {
             if let Some(topic) = TopicName::from_stream_name(&info.config.name) {
-                infos.push((topic, info));
+                present.insert(topic, info);
             }
         }
-        let present: Vec<TopicName> = infos.iter().map(|(t, _)| t.clone()).collect();
-        for (topic, info) in &infos {
+        for (topic, info) in &present {
             self.adopt(topic.clone(), info);
         }
         let stale: Vec<TopicName> = {
-            let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
-            feeds
+            let facts = self.0.facts.read().unwrap_or_else(|p| p.into_inner());
+            facts
                 .keys()
-                .filter(|t| !present.contains(t))
+                .filter(|t| !present.contains_key(*t))
                 .cloned()
                 .collect()
         };
@@ -210,8 +367,61 @@ impl Topics {
         Ok(present.len())
     }
 
-    /// Follows stream advisories and re-lists periodically until `stop`.
-    /// `loaded` is called after the first successful listing.
+    /// Stops feeds that have had no client for the linger time, and evicts
+    /// the coldest histories while the node is over its history budget.
+    pub fn sweep(&self, now: tokio::time::Instant) {
+        let idle: Vec<(TopicName, Arc<Feed>)> = {
+            let mut feeds = self.0.feeds.write().unwrap_or_else(|p| p.into_inner());
+            let idle: Vec<TopicName> = feeds
+                .iter()
+                .filter(|(_, f)| {
+                    f.is_closed() || f.idle_for(now).is_some_and(|d| d >= self.0.linger)
+                })
+                .map(|(t, _)| t.clone())
+                .collect();
+            let removed = idle
+                .into_iter()
+                .filter_map(|t| feeds.remove(&t).map(|f| (t, f)))
+                .collect();
+            self.0.metrics.feeds_live.set(feeds.len() as i64);
+            removed
+        };
+        for (topic, feed) in idle {
+            if !feed.is_closed() {
+                debug!(%topic, linger_seconds = self.0.linger.as_secs(), "no client left; stopping topic feed");
+            }
+            feed.close();
+            self.0.metrics.feed_stops.inc();
+            self.forget_feed_labels(&topic);
+        }
+        let budget = &self.0.settings.budget;
+        if budget.over() {
+            let mut live = self.feeds();
+            live.sort_by_key(|f| f.last_event());
+            for feed in live {
+                if !budget.over() {
+                    break;
+                }
+                let freed = feed.evict_history();
+                if freed > 0 {
+                    self.0.metrics.history_evictions.inc();
+                    self.0
+                        .metrics
+                        .history_bytes
+                        .with_label_values(&[feed.topic.as_str()])
+                        .set(0);
+                    info!(topic = %feed.topic, freed_bytes = freed, budget_bytes = budget.max_bytes(), "history budget exceeded; evicted the coldest topic's history");
+                }
+            }
+        }
+        self.0
+            .metrics
+            .history_held_bytes
+            .set(i64::try_from(budget.held()).unwrap_or(i64::MAX));
+    }
+
+    /// Follows stream advisories, re-lists periodically and sweeps feeds
+    /// until `stop`. `loaded` is called after the first successful listing.
     pub async fn watch(
         self,
         client: async_nats::Client,
@@ -230,9 +440,12 @@ impl Topics {
         };
         let mut first = true;
         let mut ticker = tokio::time::interval(refresh);
+        let mut sweeper = tokio::time::interval(SWEEP_EVERY);
+        sweeper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
+                _ = sweeper.tick() => self.sweep(tokio::time::Instant::now()),
                 _ = ticker.tick() => {
                     match self.load_all().await {
                         Ok(count) => {

@@ -30,6 +30,15 @@ NODE_METRICS = {
     "sse_invalid_events_total": {"reason"},
     "sse_history_bytes": {"topic"},
     "sse_topic_subscribers": {"topic"},
+    "sse_stalled_streams_total": set(),
+    "sse_feed_stalls_total": set(),
+    "sse_feeds_live": set(),
+    "sse_feed_starts_total": set(),
+    "sse_feed_stops_total": set(),
+    "sse_jetstream_consumers": set(),
+    "sse_history_held_bytes": set(),
+    "sse_history_budget_bytes": set(),
+    "sse_history_evictions_total": set(),
 }
 ADMIN_METRICS = {
     "sse_topic_messages": {"topic"},

@@ -6,6 +6,7 @@ mod frames;
 mod hardening;
 mod http2;
 mod input;
+mod interest;
 mod lifecycle;
 mod metrics;
 mod resume;

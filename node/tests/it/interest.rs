@@ -1,0 +1,172 @@
+//! A node pays for what its own clients read: a topic's feed (its JetStream
+//! consumer and its history) runs only while the node has clients for it,
+//! and every history counts against one node-wide budget.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Topics without a client cost no consumer and no history; the first
+/// client starts its topic's feed, and the feed stops once the last client
+/// has been gone for the linger time.
+#[tokio::test]
+async fn a_feed_runs_only_while_its_topic_has_clients_here() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    for i in 0..20 {
+        create_topic(&js, &format!("quiet{i}"), None).await;
+        publish(&js, &format!("quiet{i}"), "old").await;
+    }
+    let node = NodeProc::start(&nats.url(), &[("SSE_DELIVERY__FEED_LINGER_SECONDS", "1")]).await;
+    assert_eq!(node.metric("sse_feeds_live").await, 0.0);
+    assert_eq!(node.metric("sse_jetstream_consumers").await, 0.0);
+    assert_eq!(node.metric("sse_history_held_bytes").await, 0.0);
+
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=quiet3"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    assert_eq!(node.metric("sse_feeds_live").await, 1.0);
+    assert_eq!(node.metric("sse_feed_starts_total").await, 1.0);
+    eventually(T, "the feed's consumer", || async {
+        (node.metric("sse_jetstream_consumers").await == 1.0).then_some(())
+    })
+    .await;
+    // A client without a cursor starts live: the event the feed warmed up
+    // with is not sent as new.
+    publish(&js, "quiet3", "new").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["new"]);
+
+    drop(client);
+    eventually(T, "the feed to stop after the linger time", || async {
+        (node.metric("sse_feeds_live").await == 0.0
+            && node.metric("sse_jetstream_consumers").await == 0.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(node.metric("sse_feed_stops_total").await, 1.0);
+    assert_eq!(node.metric("sse_history_held_bytes").await, 0.0);
+}
+
+/// Clients that come and go while a feed starts, lingers and stops lose
+/// nothing and get nothing twice: each resumes from its last id into
+/// whatever feed is there, or into a new one.
+#[tokio::test]
+async fn resumes_across_a_feed_stopping_and_starting_are_exact() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "hop", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_LINGER_SECONDS", "1"),
+            // Resumes after the feed restarted read JetStream.
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+        ],
+    )
+    .await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=hop"), None)
+        .await
+        .unwrap();
+    let mut last = client.ready().await;
+    let mut seen = Vec::new();
+    let mut next = 0;
+    for round in 0..4 {
+        for _ in 0..5 {
+            publish(&js, "hop", &next.to_string()).await;
+            next += 1;
+        }
+        let events = client.take(5, T).await;
+        last = events.last().unwrap().id.clone();
+        seen.extend(data_of(&events));
+        drop(client);
+        // Published while nobody reads the topic here.
+        for _ in 0..3 {
+            publish(&js, "hop", &next.to_string()).await;
+            next += 1;
+        }
+        if round % 2 == 0 {
+            // Gone longer than the linger time: the feed stops, and the
+            // resume starts a new one.
+            eventually(T, "the feed to stop", || async {
+                (node.metric("sse_feeds_live").await == 0.0).then_some(())
+            })
+            .await;
+        }
+        client = SseClient::connect(&node.url("/v1/events?topic=hop"), Some(&last))
+            .await
+            .unwrap();
+        let events = client.take(3, T).await;
+        seen.extend(data_of(&events));
+    }
+    let expected: Vec<String> = (0..next).map(|i| i.to_string()).collect();
+    assert_eq!(seen, expected);
+    assert!(
+        node.metric("sse_feed_starts_total").await >= 3.0,
+        "the feed did not really stop and start again"
+    );
+    assert!(
+        node.metric(r#"sse_replay_events_total{source="jetstream"}"#)
+            .await
+            > 0.0
+    );
+    let _ = last;
+}
+
+/// Over the node-wide history budget, the coldest topic's history goes
+/// first; a resume that needed it is served from JetStream, exactly.
+#[tokio::test]
+async fn the_coldest_history_is_evicted_first_and_resumes_stay_exact() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "cold", None).await;
+    create_topic(&js, "hot", None).await;
+    let node = NodeProc::start(&nats.url(), &[("SSE_HISTORY__MAX_BYTES", "60000")]).await;
+    let mut cold = SseClient::connect(&node.url("/v1/events?topic=cold"), None)
+        .await
+        .unwrap();
+    let cold_start = cold.ready().await;
+    let mut hot = SseClient::connect(&node.url("/v1/events?topic=hot"), None)
+        .await
+        .unwrap();
+    hot.ready().await;
+    let payload = "c".repeat(1000);
+    for i in 0..30 {
+        publish(&js, "cold", &format!("{i}:{payload}")).await;
+    }
+    cold.take(30, T).await;
+    // The hot topic now pushes the node over its budget.
+    for i in 0..40 {
+        publish(&js, "hot", &format!("{i}:{payload}")).await;
+    }
+    hot.take(40, T).await;
+    eventually(T, "an eviction", || async {
+        (node.metric("sse_history_evictions_total").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(node.metric(r#"sse_history_bytes{topic="cold"}"#).await, 0.0);
+    assert!(node.metric(r#"sse_history_bytes{topic="hot"}"#).await > 0.0);
+    assert!(node.metric("sse_history_held_bytes").await <= 60000.0);
+
+    let before = node
+        .metric(r#"sse_replay_events_total{source="jetstream"}"#)
+        .await;
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=cold"), Some(&cold_start))
+        .await
+        .unwrap();
+    let replayed: Vec<usize> = data_of(&resumed.take(30, T).await)
+        .iter()
+        .map(|d| d.split(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(replayed, (0..30).collect::<Vec<_>>());
+    let after = node
+        .metric(r#"sse_replay_events_total{source="jetstream"}"#)
+        .await;
+    assert_eq!(
+        after - before,
+        30.0,
+        "the evicted history was read from JetStream"
+    );
+}

@@ -70,6 +70,10 @@ pub struct FeedSettings {
 pub struct Feed {
     /// The topic.
     pub topic: TopicName,
+    /// The one concrete path this feed reads, or `None` for the whole topic.
+    /// A path feed serves a topic read sparsely (per-user channels): the
+    /// node then reads only its clients' paths, not the whole topic.
+    pub path: Option<Box<str>>,
     /// The stream incarnation this feed reads.
     pub epoch: String,
     /// What every event of this feed is encoded with; shared by replays.
@@ -90,6 +94,8 @@ pub struct Feed {
     /// When the feed last read an event, for evicting the coldest history.
     last_event: Mutex<tokio::time::Instant>,
     budget: Arc<HistoryBudget>,
+    /// Capacity of the feed's main broadcast: how far its clients may lag.
+    queue_events: usize,
     state: Mutex<FeedState>,
     closed: CancellationToken,
 }
@@ -138,22 +144,25 @@ pub fn stream_epoch(info: &Info) -> String {
 }
 
 impl Feed {
-    /// Starts reading `info`'s stream; the reader stops when the feed closes.
+    /// Starts reading `info`'s stream, the whole topic or only `path`; the
+    /// reader stops when the feed closes.
     pub fn start(
         topic: TopicName,
+        path: Option<&str>,
         info: &Info,
         js: jetstream::Context,
         settings: &FeedSettings,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let (feed, start) = Self::new(topic, info, settings);
+        let (feed, start) = Self::new(topic, path, info, settings);
         let ctx = feed.encode_context.clone();
-        info!(topic = %feed.topic, epoch = %ctx.epoch, start, "topic feed started");
+        info!(topic = %feed.topic, path = feed.path.as_deref().unwrap_or(""), epoch = %ctx.epoch, start, "topic feed started");
         let reader = Reader {
             feed: feed.clone(),
             js,
             ctx,
             path_offset: settings.subject_prefix.len() + 1,
+            prefix: format!("{}.", settings.subject_prefix),
             no_progress: settings.no_progress,
             reconnections: settings.reconnections.clone(),
             metrics,
@@ -163,7 +172,12 @@ impl Feed {
     }
 
     /// The feed's state, and the first sequence its reader is to read.
-    fn new(topic: TopicName, info: &Info, settings: &FeedSettings) -> (Arc<Self>, u64) {
+    fn new(
+        topic: TopicName,
+        path: Option<&str>,
+        info: &Info,
+        settings: &FeedSettings,
+    ) -> (Arc<Self>, u64) {
         let epoch = stream_epoch(info);
         let last = info.state.last_sequence;
         let first = info.state.first_sequence.max(1);
@@ -171,9 +185,18 @@ impl Feed {
             .saturating_sub(settings.warm_events)
             .saturating_add(1)
             .max(first);
-        let (sender, _) = broadcast::channel(settings.client_queue_events);
+        // A path feed's clients all read that one path: they get the
+        // smaller queue of path clients.
+        let queue_events = if path.is_some() {
+            settings.path_queue_events
+        } else {
+            settings.client_queue_events
+        };
+        let (sender, _) = broadcast::channel(queue_events);
         let now = tokio::time::Instant::now();
         let feed = Arc::new(Self {
+            path: path.map(Into::into),
+            queue_events,
             stream_name: topic.stream_name(),
             private: AtomicBool::new(stream_access(info) == Access::Private),
             head: AtomicU64::new(start - 1),
@@ -251,6 +274,11 @@ impl Feed {
         }
     }
 
+    /// How many events a client of the feed's main broadcast may lag.
+    pub fn queue_events(&self) -> usize {
+        self.queue_events
+    }
+
     /// Takes a lease on the feed: it keeps running while any lease is held.
     pub fn lease(self: &Arc<Self>) -> FeedLease {
         self.interest.fetch_add(1, Ordering::AcqRel);
@@ -279,6 +307,14 @@ impl Feed {
     /// Bytes of history held.
     pub fn history_bytes(&self) -> usize {
         self.lock().history.bytes()
+    }
+
+    /// Forgets events below `first`, the stream's first sequence as last
+    /// listed: purged or expired events are never served from memory.
+    pub fn forget_before(&self, first: u64) {
+        let mut state = self.lock();
+        let freed = state.history.drop_before(first);
+        self.budget.adjust(freed, 0);
     }
 
     /// Drops the history held in memory (the node is over its budget);
@@ -458,6 +494,8 @@ struct Reader {
     js: jetstream::Context,
     ctx: Arc<EncodeContext>,
     path_offset: usize,
+    /// `<subject prefix>.`, to build a path feed's filter subject.
+    prefix: String,
     no_progress: Duration,
     reconnections: tokio::sync::watch::Receiver<u64>,
     metrics: Arc<Metrics>,
@@ -551,12 +589,19 @@ impl Reader {
             return Ok(ReadEnd::StreamRecreated);
         }
         let stream_last = stream.cached_info().state.last_sequence;
+        let filter_subject = self
+            .feed
+            .path
+            .as_deref()
+            .map(|path| format!("{}{path}", &self.prefix))
+            .unwrap_or_default();
         let consumer = bounded_for(
             FEED_CALL_TIMEOUT,
             stream.create_consumer(OrderedConfig {
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: next,
                 },
+                filter_subject: filter_subject.clone(),
                 // Short pulls mean idle heartbeats every couple of seconds, so
                 // a consumer lost with a stream leader is noticed and
                 // re-created in seconds, not after the 30 s default.
@@ -614,8 +659,20 @@ impl Reader {
                     // Quiet for a whole period: is JetStream ahead? No
                     // answer proves nothing (NATS may be away; then the
                     // consumer reports errors itself): look again next tick.
-                    if let Ok(info) = bounded(stream.info()).await {
-                        let last = info.state.last_sequence;
+                    let last = if filter_subject.is_empty() {
+                        bounded(stream.info()).await.map(|info| info.state.last_sequence)
+                    } else {
+                        // The stream's last sequence says nothing of one
+                        // path: ask for that path's last event.
+                        match bounded(stream.get_last_raw_message_by_subject(&filter_subject)).await {
+                            Ok(message) => Ok(message.sequence),
+                            Err(e) if e
+                                .downcast_ref::<jetstream::stream::LastRawMessageError>()
+                                .is_some_and(|e| e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound) => Ok(0),
+                            Err(e) => Err(e),
+                        }
+                    };
+                    if let Ok(last) = last {
                         if last > head.max(nothing_until) {
                             self.metrics.feed_stalls.inc();
                             warn!(topic = %self.feed.topic, head, stream_last = last, quiet_seconds = now.duration_since(quiet_since).as_secs(), "topic feed made no progress while jetstream holds newer events; re-creating its consumer");
@@ -752,7 +809,7 @@ mod tests {
     /// it waiting forever, fed only heartbeats.
     #[test]
     fn attaching_to_a_closed_feed_yields_a_closed_receiver() {
-        let (feed, start) = Feed::new(TopicName::parse("t").unwrap(), &info(), &settings());
+        let (feed, start) = Feed::new(TopicName::parse("t").unwrap(), None, &info(), &settings());
         assert_eq!(start, 1);
         let mut before = feed.attach(None).receiver;
         let mut before_path = feed.attach(Some("t.a")).receiver;
@@ -770,7 +827,7 @@ mod tests {
 
     #[test]
     fn the_head_is_readable_without_the_lock_and_follows_published_events() {
-        let (feed, _) = Feed::new(TopicName::parse("t").unwrap(), &info(), &settings());
+        let (feed, _) = Feed::new(TopicName::parse("t").unwrap(), None, &info(), &settings());
         assert_eq!(feed.head(), 0);
         let ctx = feed.encode_context.clone();
         feed.publish(Event::encode(

@@ -127,6 +127,22 @@ impl History {
         )
     }
 
+    /// Drops the events below `first`, the stream's first sequence after a
+    /// purge or expiry: they are gone from the stream, so a resume that
+    /// needs them must learn so from JetStream (`reset`), not from memory.
+    /// Returns the bytes released.
+    pub fn drop_before(&mut self, first: u64) -> usize {
+        let mut freed = 0;
+        while self.events.front().is_some_and(|e| e.seq < first) {
+            if let Some(old) = self.events.pop_front() {
+                freed += old.weight();
+            }
+        }
+        self.bytes -= freed;
+        self.complete_from = self.complete_from.max(first);
+        freed
+    }
+
     /// Drops every event held; the history is complete again only from
     /// `next` on. Returns the bytes released.
     pub fn clear(&mut self, next: u64) -> usize {
@@ -227,6 +243,20 @@ mod tests {
         assert_eq!(seqs(h.after(5, 100, 10)), Vec::<u64>::new());
         h.push(ev(6));
         assert_eq!(seqs(h.after(5, 100, 10)), vec![6]);
+    }
+
+    #[test]
+    fn events_gone_from_the_stream_are_not_served() {
+        let mut h = History::new(1, usize::MAX, 100);
+        for s in 1..=5 {
+            h.push(ev(s));
+        }
+        let before = h.bytes();
+        let freed = h.drop_before(4);
+        assert_eq!(h.bytes(), before - freed);
+        assert_eq!(h.len(), 2);
+        assert!(matches!(h.after(1, 100, 10), Slice::Missing { until: 4 }));
+        assert_eq!(seqs(h.after(3, 100, 10)), vec![4, 5]);
     }
 
     #[test]

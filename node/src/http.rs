@@ -416,9 +416,11 @@ pub async fn prepare_stream(
             .as_ref()
             .and_then(|c| c.position(topic))
             .map(|p| p.epoch.as_str());
+        let patterns = request.topics.remove(topic).unwrap_or_default();
+        let only_path = crate::subscriber::only_path(&patterns);
         let feed = node
             .topics()
-            .get_current(topic, claimed_epoch)
+            .get_current(topic, only_path, claimed_epoch)
             .await
             .map_err(|e| match e {
                 LookupError::NotFound(_) => {
@@ -428,7 +430,6 @@ pub async fn prepare_stream(
                     ApiError::unavailable("nats_unavailable", e.to_string(), 2)
                 }
             })?;
-        let patterns = request.topics.remove(topic).unwrap_or_default();
         if feed.access() == Access::Private {
             private.extend(patterns.iter().cloned());
         }

@@ -139,6 +139,7 @@ pub async fn run(
         js.clone(),
         settings,
         Duration::from_secs(config.delivery.feed_linger_seconds),
+        config.delivery.max_path_feeds_per_topic,
         metrics.clone(),
     );
     let local = listener.local_addr()?;

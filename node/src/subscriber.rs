@@ -64,6 +64,15 @@ const JETSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most events taken from memory per step of catch-up.
 const MEMORY_CHUNK: usize = 512;
 
+/// The one concrete path a subscription reads of a topic, if that is all
+/// it reads: such a client hears only that path's events.
+pub fn only_path(patterns: &[SubjectPath]) -> Option<&str> {
+    match patterns {
+        [one] if !one.has_wildcard() && !one.is_whole_topic() => Some(one.as_str()),
+        _ => None,
+    }
+}
+
 /// One topic of a subscription.
 pub struct TopicRequest {
     /// The topic.
@@ -359,15 +368,15 @@ impl ClientStream {
         let mut resets = Vec::new();
         let mut receivers = Vec::with_capacity(requests.len());
         for (request, feed) in requests {
-            // A client of one concrete path hears only that path's events;
-            // anything else reads the whole topic and filters. Never both:
-            // one receiver per topic keeps its events in stream order.
-            let only_path = match request.patterns.as_slice() {
-                [one] if !one.has_wildcard() && !one.is_whole_topic() => Some(one.as_str()),
-                _ => None,
-            };
-            let attachment = feed.attach(only_path);
-            let by_path = only_path.is_some();
+            // A client of one concrete path hears only that path's events:
+            // from a feed of that path alone, or from the path's own channel
+            // of the whole topic's feed. Anything else reads the whole topic
+            // and filters. Never both: one receiver per topic keeps its
+            // events in stream order.
+            let on_whole_feed = feed.path.is_none();
+            let channel = only_path(&request.patterns).filter(|_| on_whole_feed);
+            let attachment = feed.attach(channel);
+            let by_path = channel.is_some();
             let (pos, catch_up_to, reset_sent) = match &request.resume {
                 None => (attachment.live_from, attachment.head, false),
                 Some((epoch, seq)) if *epoch == attachment.epoch => {
@@ -413,7 +422,7 @@ impl ClientStream {
                 if t.by_path {
                     config.delivery.path_queue_events
                 } else {
-                    config.delivery.client_queue_events
+                    t.feed.queue_events()
                 }
             })
             .min()
@@ -1064,12 +1073,9 @@ impl Drop for ClientStream {
         if self.reason == CloseReason::Client {
             // Dropped from outside (the client left, or its socket stalled):
             // if it was further behind than its queue allows, it was slow.
-            let queue = self.node.config().delivery.client_queue_events as u64;
-            if self
-                .topics
-                .iter()
-                .any(|t| !t.by_path && t.feed.head().saturating_sub(t.pos) > queue)
-            {
+            if self.topics.iter().any(|t| {
+                !t.by_path && t.feed.head().saturating_sub(t.pos) > t.feed.queue_events() as u64
+            }) {
                 self.reason = CloseReason::Slow;
             }
         }

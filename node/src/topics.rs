@@ -14,6 +14,19 @@
 //! a [`FeedLease`] from the look-up on, so a feed is never stopped between
 //! a client finding it and attaching to it.
 //!
+//! Sub-topic interest: a client that reads exactly one concrete path (a
+//! per-user channel such as `users.42`) gets a *path feed*, which reads
+//! only that path from JetStream (a consumer filtered on its subject), so
+//! a node whose clients read a few paths of a busy topic does not pay for
+//! the whole topic. Path feeds are per path, never per client, and at most
+//! `delivery.max_path_feeds_per_topic` run per topic; past that, or while
+//! the topic's whole feed runs anyway (a client reads all of it or a
+//! wildcard), path clients are served by the whole feed.
+//!
+//! Each listing also trims every live feed's history below its stream's
+//! first sequence, so events purged or expired from JetStream are not
+//! served from memory for longer than `nats.topic_refresh_seconds`.
+//!
 //! Every live feed's history counts against one node-wide budget
 //! (`history.max_bytes`); while the total is over it, the coldest topic's
 //! history (the one whose last event is oldest) is evicted first, and
@@ -42,6 +55,11 @@ use crate::{
 /// How long a served topic's stream must stay "not found" before the
 /// topic is dropped without a deletion advisory.
 const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
+
+/// Feeds running in `feeds`.
+fn count_feeds(feeds: &HashMap<TopicName, TopicFeeds>) -> i64 {
+    feeds.values().map(|t| t.all().count() as i64).sum()
+}
 
 /// How often lingering feeds are stopped and the history budget enforced.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -77,9 +95,45 @@ impl TopicFacts {
 #[derive(Clone)]
 pub struct Topics(Arc<Inner>);
 
+/// The feeds running for one topic.
+#[derive(Default)]
+struct TopicFeeds {
+    whole: Option<Arc<Feed>>,
+    paths: HashMap<Box<str>, Arc<Feed>>,
+}
+
+impl TopicFeeds {
+    fn all(&self) -> impl Iterator<Item = &Arc<Feed>> {
+        self.whole.iter().chain(self.paths.values())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.whole.is_none() && self.paths.is_empty()
+    }
+
+    /// The running feed that serves a client of `path` (one concrete path,
+    /// or `None` for anything wider), if any: the whole feed if it runs,
+    /// else the path's own.
+    fn serving(&self, path: Option<&str>) -> Option<&Arc<Feed>> {
+        let whole = self.whole.as_ref().filter(|f| !f.is_closed());
+        match path {
+            None => whole,
+            Some(path) => whole.or_else(|| self.paths.get(path).filter(|f| !f.is_closed())),
+        }
+    }
+
+    /// Which feed to start for a client of `path`: its own path feed while
+    /// the topic has fewer than `max_paths`, else the whole topic's.
+    fn to_start(&self, path: Option<&str>, max_paths: usize) -> Option<Box<str>> {
+        path.filter(|_| self.paths.len() < max_paths)
+            .map(Into::into)
+    }
+}
+
 struct Inner {
     facts: RwLock<HashMap<TopicName, TopicFacts>>,
-    feeds: RwLock<HashMap<TopicName, Arc<Feed>>>,
+    feeds: RwLock<HashMap<TopicName, TopicFeeds>>,
+    max_path_feeds: usize,
     /// Feed starts under way, so a burst of first requests for one topic
     /// asks JetStream once.
     starting: Mutex<HashMap<TopicName, Arc<OnceCell<Info>>>>,
@@ -95,6 +149,7 @@ impl Topics {
         js: jetstream::Context,
         settings: FeedSettings,
         linger: Duration,
+        max_path_feeds: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics
@@ -104,6 +159,7 @@ impl Topics {
             facts: RwLock::new(HashMap::new()),
             feeds: RwLock::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
+            max_path_feeds,
             js,
             settings,
             linger,
@@ -111,10 +167,16 @@ impl Topics {
         }))
     }
 
-    /// A lease on the topic's feed, starting the feed if this node has none;
-    /// asks JetStream whether the topic exists when it has to.
-    pub async fn get(&self, topic: &TopicName) -> Result<FeedLease, LookupError> {
-        if let Some(lease) = self.live(topic) {
+    /// A lease on the feed that serves a client of `path` in `topic` (one
+    /// concrete path, or `None` for anything wider), starting a feed if
+    /// this node has none; asks JetStream whether the topic exists when it
+    /// has to.
+    pub async fn get(
+        &self,
+        topic: &TopicName,
+        path: Option<&str>,
+    ) -> Result<FeedLease, LookupError> {
+        if let Some(lease) = self.live(topic, path) {
             return Ok(lease);
         }
         let cell = {
@@ -149,7 +211,7 @@ impl Topics {
                 return Err(LookupError::Unavailable(e.to_string()));
             }
         };
-        let lease = self.start_or_lease(topic, info);
+        let lease = self.start_or_lease(topic, path, info);
         self.forget_start(topic, &cell);
         Ok(lease)
     }
@@ -160,27 +222,26 @@ impl Topics {
     pub async fn get_current(
         &self,
         topic: &TopicName,
+        path: Option<&str>,
         claimed_epoch: Option<&str>,
     ) -> Result<FeedLease, LookupError> {
-        let lease = self.get(topic).await?;
+        let lease = self.get(topic, path).await?;
         match claimed_epoch {
             Some(epoch) if epoch != lease.epoch => {
                 drop(lease);
                 self.refresh(topic).await?;
-                self.get(topic).await
+                self.get(topic, path).await
             }
             _ => Ok(lease),
         }
     }
 
-    /// A lease on the topic's running feed, if there is one. Taken under
-    /// the registry's lock, so the sweeper cannot stop the feed meanwhile.
-    fn live(&self, topic: &TopicName) -> Option<FeedLease> {
+    /// A lease on the running feed that serves `path`, if there is one.
+    /// Taken under the registry's lock, so the sweeper cannot stop the feed
+    /// meanwhile.
+    fn live(&self, topic: &TopicName, path: Option<&str>) -> Option<FeedLease> {
         let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
-        feeds
-            .get(topic)
-            .filter(|f| !f.is_closed())
-            .map(|f| f.lease())
+        feeds.get(topic)?.serving(path).map(|f| f.lease())
     }
 
     fn knows(&self, topic: &TopicName) -> bool {
@@ -195,8 +256,9 @@ impl Topics {
         }
     }
 
-    /// Leases the running feed, or starts one from `info`.
-    fn start_or_lease(&self, topic: &TopicName, info: &Info) -> FeedLease {
+    /// Leases the running feed that serves `path`, or starts one from
+    /// `info`.
+    fn start_or_lease(&self, topic: &TopicName, path: Option<&str>, info: &Info) -> FeedLease {
         let facts = TopicFacts::of(info);
         self.0
             .facts
@@ -204,27 +266,35 @@ impl Topics {
             .unwrap_or_else(|p| p.into_inner())
             .insert(topic.clone(), facts.clone());
         let mut feeds = self.0.feeds.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(feed) = feeds.get(topic).filter(|f| !f.is_closed()) {
+        let entry = feeds.entry(topic.clone()).or_default();
+        if let Some(feed) = entry.serving(path) {
             return feed.lease();
         }
+        let own_path = entry.to_start(path, self.0.max_path_feeds);
         let feed = Feed::start(
             topic.clone(),
+            own_path.as_deref(),
             info,
             self.0.js.clone(),
             &self.0.settings,
             self.0.metrics.clone(),
         );
         let lease = feed.lease();
-        feeds.insert(topic.clone(), feed);
+        match own_path {
+            Some(path) => {
+                entry.paths.insert(path, feed);
+            }
+            None => entry.whole = Some(feed),
+        }
         self.0.metrics.feed_starts.inc();
-        self.0.metrics.feeds_live.set(feeds.len() as i64);
+        self.0.metrics.feeds_live.set(count_feeds(&feeds));
         lease
     }
 
     /// Every running feed.
     pub fn feeds(&self) -> Vec<Arc<Feed>> {
         let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
-        feeds.values().cloned().collect()
+        feeds.values().flat_map(|t| t.all().cloned()).collect()
     }
 
     /// Topics known to exist.
@@ -277,22 +347,24 @@ impl Topics {
         let facts = TopicFacts::of(info);
         let stale = {
             let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
-            feeds.get(&topic).and_then(|current| {
+            let mut stale = false;
+            for current in feeds.get(&topic).into_iter().flat_map(TopicFeeds::all) {
                 let turned_private =
                     facts.access == Access::Private && current.access() == Access::Public;
                 if current.epoch != facts.epoch || turned_private {
                     if turned_private {
-                        info!(%topic, "topic turned private; stopping its feed");
+                        info!(%topic, "topic turned private; stopping its feeds");
                     }
-                    Some(current.clone())
+                    stale = true;
                 } else {
                     current.set_access(facts.access);
-                    None
+                    current.forget_before(info.state.first_sequence);
                 }
-            })
+            }
+            stale
         };
-        if let Some(feed) = stale {
-            self.stop_feed(&topic, &feed);
+        if stale {
+            self.stop_feeds(&topic);
         }
         self.0
             .facts
@@ -301,17 +373,16 @@ impl Topics {
             .insert(topic, facts);
     }
 
-    /// Stops `feed` if it is still the topic's running feed.
-    fn stop_feed(&self, topic: &TopicName, feed: &Arc<Feed>) {
+    /// Stops every feed of `topic`; its clients come back through resume.
+    fn stop_feeds(&self, topic: &TopicName) {
         let removed = {
             let mut feeds = self.0.feeds.write().unwrap_or_else(|p| p.into_inner());
-            let is_current = feeds.get(topic).is_some_and(|f| Arc::ptr_eq(f, feed));
-            let removed = is_current.then(|| feeds.remove(topic)).flatten();
-            self.0.metrics.feeds_live.set(feeds.len() as i64);
+            let removed = feeds.remove(topic);
+            self.0.metrics.feeds_live.set(count_feeds(&feeds));
             removed
         };
-        feed.close();
-        if removed.is_some() {
+        for feed in removed.iter().flat_map(TopicFeeds::all) {
+            feed.close();
             self.0.metrics.feed_stops.inc();
         }
         self.forget_feed_labels(topic);
@@ -329,13 +400,7 @@ impl Topics {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(topic);
-        let feed = {
-            let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
-            feeds.get(topic).cloned()
-        };
-        if let Some(feed) = feed {
-            self.stop_feed(topic, &feed);
-        }
+        self.stop_feeds(topic);
         info!(%topic, "topic removed");
     }
 
@@ -370,29 +435,43 @@ impl Topics {
     /// Stops feeds that have had no client for the linger time, and evicts
     /// the coldest histories while the node is over its history budget.
     pub fn sweep(&self, now: tokio::time::Instant) {
-        let idle: Vec<(TopicName, Arc<Feed>)> = {
+        let linger = self.0.linger;
+        let done = |f: &Arc<Feed>| f.is_closed() || f.idle_for(now).is_some_and(|d| d >= linger);
+        let (idle, emptied) = {
             let mut feeds = self.0.feeds.write().unwrap_or_else(|p| p.into_inner());
-            let idle: Vec<TopicName> = feeds
+            let mut idle = Vec::new();
+            for topic_feeds in feeds.values_mut() {
+                if topic_feeds.whole.as_ref().is_some_and(done) {
+                    idle.extend(topic_feeds.whole.take());
+                }
+                topic_feeds.paths.retain(|_, f| {
+                    let keep = !done(f);
+                    if !keep {
+                        idle.push(f.clone());
+                    }
+                    keep
+                });
+            }
+            let emptied: Vec<TopicName> = feeds
                 .iter()
-                .filter(|(_, f)| {
-                    f.is_closed() || f.idle_for(now).is_some_and(|d| d >= self.0.linger)
-                })
-                .map(|(t, _)| t.clone())
+                .filter(|(_, t)| t.is_empty())
+                .map(|(topic, _)| topic.clone())
                 .collect();
-            let removed = idle
-                .into_iter()
-                .filter_map(|t| feeds.remove(&t).map(|f| (t, f)))
-                .collect();
-            self.0.metrics.feeds_live.set(feeds.len() as i64);
-            removed
+            for topic in &emptied {
+                feeds.remove(topic);
+            }
+            self.0.metrics.feeds_live.set(count_feeds(&feeds));
+            (idle, emptied)
         };
-        for (topic, feed) in idle {
+        for feed in idle {
             if !feed.is_closed() {
-                debug!(%topic, linger_seconds = self.0.linger.as_secs(), "no client left; stopping topic feed");
+                debug!(topic = %feed.topic, path = feed.path.as_deref().unwrap_or(""), linger_seconds = linger.as_secs(), "no client left; stopping topic feed");
             }
             feed.close();
             self.0.metrics.feed_stops.inc();
-            self.forget_feed_labels(&topic);
+        }
+        for topic in &emptied {
+            self.forget_feed_labels(topic);
         }
         let budget = &self.0.settings.budget;
         if budget.over() {

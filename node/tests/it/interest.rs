@@ -170,3 +170,85 @@ async fn the_coldest_history_is_evicted_first_and_resumes_stay_exact() {
         "the evicted history was read from JetStream"
     );
 }
+
+/// A node whose clients read a few concrete paths of a busy topic reads
+/// only those paths from JetStream (a path feed each, per path and never per
+/// client); a client of the whole topic makes the node read all of it, and
+/// path clients that come after it share that one feed.
+#[tokio::test]
+async fn clients_of_a_few_paths_cost_only_those_paths() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "users", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut alice = SseClient::connect(&node.url("/v1/events?topic=users.alice"), None)
+        .await
+        .unwrap();
+    alice.ready().await;
+    let mut alice_too = SseClient::connect(&node.url("/v1/events?topic=users.alice"), None)
+        .await
+        .unwrap();
+    alice_too.ready().await;
+    let mut bob = SseClient::connect(&node.url("/v1/events?topic=users.bob"), None)
+        .await
+        .unwrap();
+    let bob_start = bob.ready().await;
+    assert_eq!(
+        node.metric("sse_feeds_live").await,
+        2.0,
+        "one feed per path"
+    );
+
+    for i in 0..200 {
+        publish(&js, &format!("users.u{i}"), "other").await;
+        if i % 50 == 0 {
+            publish(&js, "users.alice", &format!("a{i}")).await;
+            publish(&js, "users.bob", &format!("b{i}")).await;
+        }
+    }
+    assert_eq!(
+        data_of(&alice.take(4, T).await),
+        ["a0", "a50", "a100", "a150"]
+    );
+    assert_eq!(
+        data_of(&alice_too.take(4, T).await),
+        ["a0", "a50", "a100", "a150"]
+    );
+    assert_eq!(
+        data_of(&bob.take(4, T).await),
+        ["b0", "b50", "b100", "b150"]
+    );
+    // The node read the 8 events of its clients' paths, not the 208.
+    assert_eq!(
+        node.metric(r#"sse_feed_events_total{topic="users"}"#).await,
+        8.0
+    );
+
+    // A resume of one path, on a fresh path feed of another node, is exact.
+    let other = NodeProc::start(&nats.url(), &[("SSE_HISTORY__WARM_EVENTS", "0")]).await;
+    let mut resumed =
+        SseClient::connect(&other.url("/v1/events?topic=users.bob"), Some(&bob_start))
+            .await
+            .unwrap();
+    assert_eq!(
+        data_of(&resumed.take(4, T).await),
+        ["b0", "b50", "b100", "b150"]
+    );
+
+    // A client of the whole topic: the node reads all of it, and a new path
+    // client rides on that feed instead of starting its own.
+    let mut everything = SseClient::connect(&node.url("/v1/events?topic=users"), None)
+        .await
+        .unwrap();
+    everything.ready().await;
+    let mut carol = SseClient::connect(&node.url("/v1/events?topic=users.carol"), None)
+        .await
+        .unwrap();
+    carol.ready().await;
+    assert_eq!(node.metric("sse_feeds_live").await, 3.0);
+    publish(&js, "users.carol", "c").await;
+    publish(&js, "users.alice", "a-last").await;
+    assert_eq!(data_of(&carol.take(1, T).await), ["c"]);
+    assert_eq!(data_of(&everything.take(2, T).await), ["c", "a-last"]);
+    assert_eq!(data_of(&alice.take(1, T).await), ["a-last"]);
+}

@@ -393,3 +393,49 @@ async fn a_resume_stuck_behind_a_blocked_read_is_closed_not_left_silent() {
     );
     drop(blocked);
 }
+
+/// Events purged from JetStream are not served from node memory: within a
+/// topic refresh the node forgets them, and a resume from before the purge
+/// gets `reset`, then what the stream still holds.
+#[tokio::test]
+async fn purged_events_held_in_memory_are_not_served_after_a_refresh() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "purged", None).await;
+    let node = NodeProc::start(&nats.url(), &[("SSE_NATS__TOPIC_REFRESH_SECONDS", "1")]).await;
+    let mut live = SseClient::connect(&node.url("/v1/events?topic=purged"), None)
+        .await
+        .unwrap();
+    let start = live.ready().await;
+    for i in 1..=3 {
+        publish(&js, "purged", &format!("g{i}")).await;
+    }
+    let first = live.take(3, T).await;
+    js.get_stream("SSE_purged")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    publish(&js, "purged", "g4").await;
+    live.take(1, T).await;
+    // The refresh after the purge trims the node's history.
+    eventually(T, "the history to be trimmed", || async {
+        let mut probe =
+            SseClient::connect(&node.url("/v1/events?topic=purged"), Some(&first[0].id))
+                .await
+                .ok()?;
+        let event = probe.next_event(T).await.ok()??;
+        (event.event == "reset").then_some(())
+    })
+    .await;
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=purged"), Some(&start))
+        .await
+        .unwrap();
+    let events = resumed.take(2, T).await;
+    let reset = reset_body(&events[0]);
+    assert_eq!(reset["reason"], "history_gone");
+    assert_eq!(reset["lost_from"], 1);
+    assert_eq!(reset["lost_to"], 3);
+    assert_eq!(data_of(&events[1..]), ["g4"]);
+}

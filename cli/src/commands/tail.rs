@@ -101,6 +101,9 @@ pub async fn run(settings: &Settings, out: Output, tail: Tail) -> Result<(), Err
                 let from = if last_id.is_empty() { "now" } else { &last_id };
                 eprintln!("ssectl: stream from {base} dropped ({why}); resuming from {from}");
                 resuming = true;
+                // A node that closes every stream at once must not be
+                // hammered: at most a few reconnects a second.
+                tokio::time::sleep(FIRST_PAUSE).await;
             }
             Ended::NotOpened(why) => {
                 failures_in_a_row += 1;

@@ -2,27 +2,26 @@
 
 use std::process::ExitCode;
 
-use sse_admin::{Config, EXIT_CONFIG, Error, cli::Args, cli::USAGE, telemetry};
+use clap::Parser;
+use sse_admin::{Config, EXIT_CONFIG, Error, cli::Args, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let args = match Args::parse(std::env::args_os().skip(1), std::env::var_os("SSE_CONFIG")) {
+    let args = match Args::try_parse() {
         Ok(args) => args,
-        Err(message) => {
-            eprintln!("sse-admin: {message}\n\n{USAGE}");
-            return ExitCode::from(EXIT_CONFIG);
+        Err(error) => {
+            // `--help` and `--version` come here too, to be printed on
+            // stdout with success; a bad argument is a usage error.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
-    if args.help {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    if args.version {
-        println!("sse-admin {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
-    }
-    let config = match Config::load(args.config.as_deref()) {
+    let config = match Config::load(args.config_file().as_deref()) {
         Ok(config) => config,
         Err(Error::Config(errors)) => {
             for error in errors {

@@ -13,6 +13,7 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use serde::Deserialize;
+pub use sse_token::{JwtConfig, Secret};
 
 /// The built-in defaults, with a comment on every key.
 pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
@@ -184,47 +185,6 @@ pub struct AuthConfig {
     pub jwt: JwtConfig,
 }
 
-/// `[auth.jwt]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtConfig {
-    /// Shared secret for HS256; empty = HS256 refused.
-    pub hs256_secret: Secret,
-    /// Shared secret for HS256, path of a file holding it.
-    pub hs256_secret_file: String,
-    /// RS256 public key, PEM text.
-    pub rs256_public_key_pem: String,
-    /// RS256 public key, path of a PEM file.
-    pub rs256_public_key_file: String,
-    /// ES256 (P-256) public key, PEM text.
-    pub es256_public_key_pem: String,
-    /// ES256 (P-256) public key, path of a PEM file.
-    pub es256_public_key_file: String,
-    /// Path of a JWKS file (RS256, ES256 or HS256 keys, chosen by `kid`).
-    pub jwks_file: String,
-    /// Required `aud`; empty = not checked.
-    pub audience: String,
-    /// Required `iss`; empty = not checked.
-    pub issuer: String,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds.
-    pub leeway_seconds: u64,
-}
-
-/// A value kept out of `Debug` output and logs.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "<redacted>"
-        })
-    }
-}
-
 /// `[cors]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -369,7 +329,7 @@ impl Config {
             "auth.cookie_name",
             "must be a cookie name of [A-Za-z0-9_-]",
         );
-        if let Err(problems) = crate::auth::Verifier::from_config(&self.auth) {
+        if let Err(problems) = crate::auth::Verifier::from_config(&self.auth.jwt) {
             for (key, why) in problems {
                 check(false, key, &why);
             }

@@ -156,7 +156,7 @@ pub fn router(node: Node) -> Result<Router, ConfigError> {
 /// The state shared by the router and the HTTP/1.1 fast path.
 pub fn state(node: Node) -> Result<HttpState, ConfigError> {
     let config = node.config();
-    let verifier = Verifier::from_config(&config.auth).map_err(|problems| {
+    let verifier = Verifier::from_config(&config.auth.jwt).map_err(|problems| {
         ConfigError(
             problems
                 .into_iter()

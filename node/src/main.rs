@@ -5,37 +5,50 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use clap::Parser;
 use sse_node::{config::Config, run, telemetry};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_CONFIG: u8 = 64;
 
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sse-node",
+    version,
+    about = "sse-cluster node: serves text/event-stream from NATS JetStream.",
+    after_help = "Every key can also be set as SSE_<SECTION>__<KEY>, e.g. SSE_NATS__URL."
+)]
+struct Args {
+    /// TOML file layered over the built-in defaults [env: SSE_CONFIG].
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Load and validate the configuration, then exit 0 or 64.
+    #[arg(long)]
+    check_config: bool,
+}
+
 fn main() -> ExitCode {
-    let mut file: Option<PathBuf> = std::env::var_os("SSE_CONFIG").map(PathBuf::from);
-    let mut check_only = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" => match args.next() {
-                Some(path) => file = Some(PathBuf::from(path)),
-                None => {
-                    eprintln!("--config needs a path");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            },
-            "--check-config" => check_only = true,
-            "--version" => {
-                println!("sse-node {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!(
-                    "unknown argument {other:?}; usage: sse-node [--config PATH] [--check-config]"
-                );
-                return ExitCode::from(EXIT_CONFIG);
-            }
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => {
+            // `--help` and `--version` come here too, to be printed on
+            // stdout with success; a bad argument is a usage error.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
-    }
+    };
+    let check_only = args.check_config;
+    // An empty SSE_CONFIG names no file, as if unset.
+    let file = args.config.or_else(|| {
+        std::env::var_os("SSE_CONFIG")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    });
     let config = match Config::load(file.as_deref()) {
         Ok(config) => config,
         Err(error) => {

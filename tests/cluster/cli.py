@@ -23,6 +23,8 @@ from pathlib import Path
 from .harness import REPO, Cluster
 
 STATE = REPO / ".cluster" / "cluster.json"
+# Settings for `ssectl` while the cluster runs (SSECTL_CONFIG).
+SSECTL_CONFIG = REPO / ".cluster" / "ssectl.toml"
 TOPIC = "demo"
 
 
@@ -87,15 +89,26 @@ def start(args: argparse.Namespace) -> int:
         print()
         print(c.describe())
         print(f"\ntopic '{TOPIC}' (3 replicas) created through {how}\n")
+        ssectl = (REPO / "target" / "debug" / "ssectl").relative_to(REPO)
+        SSECTL_CONFIG.write_text(
+            f'url = "{c.lb_url}"\n'
+            + (f'admin_url = "{c.admin_url}"\nadmin_token = "{c.admin_token}"\n' if state["admin"] else "")
+        )
+        print("ssectl (built by scripts/cluster) finds this cluster with:")
+        print(f"  export SSECTL_CONFIG={SSECTL_CONFIG.relative_to(REPO)}")
         print("subscribe:")
-        print(f"  curl -N '{state['events']}'")
-        print("publish:")
+        print(f"  {ssectl} tail {TOPIC}")
         if state["admin"]:
-            print(
-                f"  curl -X POST -H 'Authorization: Bearer {c.admin_token}' -H 'Content-Type: application/json' \\\n"
-                f"       -d '{{\"subject\":\"{TOPIC}\",\"event\":\"greeting\",\"data\":\"hello\"}}' {c.admin_url}/v1/topics/{TOPIC}/events"
-            )
-        print(f"  scripts/cluster publish {TOPIC} 'hello' --event greeting")
+            print("publish:")
+            print(f"  {ssectl} pub {TOPIC} 'hello' --event greeting")
+            print("topics, nodes:")
+            print(f"  {ssectl} topic ls")
+            print(f"  {ssectl} status")
+        else:
+            print("publish:")
+            print(f"  scripts/cluster publish {TOPIC} 'hello' --event greeting")
+        print("the HTTP API directly:")
+        print(f"  curl -N '{state['events']}'")
         print("\nCtrl-C stops everything.", flush=True)
         reported: set[str] = set()
         while not stop["now"]:
@@ -109,6 +122,7 @@ def start(args: argparse.Namespace) -> int:
     finally:
         c.close()
         STATE.unlink(missing_ok=True)
+        SSECTL_CONFIG.unlink(missing_ok=True)
         try:
             STATE.parent.rmdir()  # only when empty (--keep leaves the run folder)
         except OSError:

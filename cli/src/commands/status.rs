@@ -1,0 +1,191 @@
+//! `ssectl status`: the cluster as admin sees it.
+//!
+//! Nodes with their connections, events delivered per second and state come
+//! from admin's `/v1/nodes`; NATS reachability from admin's `/readyz`;
+//! topics with their subscribers from `/v1/topics`. Nodes report every few
+//! seconds, so delivered/s is the change between two reports of the same
+//! node, watched for up to `--rate-window`.
+//!
+//! Exit 3 when admin does not answer, 1 when admin cannot reach NATS.
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::{
+    Error,
+    args::Status,
+    client::Admin,
+    output::{self, Output},
+    settings::Settings,
+};
+
+/// How often node reports are read while waiting for a fresh one.
+const POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `ssectl status`.
+pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(), Error> {
+    let admin = Admin::new(settings)?;
+    // Readiness is public: it answers even without a token, and tells
+    // whether admin reaches NATS.
+    let ready = match admin.get("/readyz").await {
+        Ok(ready) => ready,
+        // 503 carries the same body: admin is up, NATS is not.
+        Err(Error::Refused { status: 503, .. }) => json!({ "nats_connected": false }),
+        Err(other) => return Err(other),
+    };
+    let nats_connected = ready["nats_connected"].as_bool().unwrap_or(false);
+    let (nodes, topics) = if nats_connected {
+        let first = admin.get("/v1/nodes").await?;
+        let topics = admin.get("/v1/topics").await?;
+        let nodes = with_rates(&admin, first, status.rate_window).await?;
+        (nodes, topics["topics"].clone())
+    } else {
+        (Vec::new(), json!([]))
+    };
+    if out.json() {
+        out.print_json(&json!({
+            "admin": admin.base(),
+            "nats_connected": nats_connected,
+            "nodes": nodes,
+            "topics": topics,
+        }));
+    } else {
+        println!(
+            "admin {}: NATS {}",
+            admin.base(),
+            if nats_connected {
+                "connected"
+            } else {
+                "UNREACHABLE"
+            }
+        );
+        println!();
+        let rows: Vec<Vec<String>> = nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    output::cell(&n["id"]),
+                    output::cell(&n["address"]),
+                    output::cell(&n["state"]),
+                    output::cell(&n["connections"]),
+                    match n["delivered_per_second"].as_f64() {
+                        Some(rate) => format!("{rate:.1}"),
+                        None => "-".to_owned(),
+                    },
+                    output::cell(&n["version"]),
+                ]
+            })
+            .collect();
+        output::print_table(
+            &[
+                "NODE",
+                "ADDRESS",
+                "STATE",
+                "CONNECTIONS",
+                "DELIVERED/S",
+                "VERSION",
+            ],
+            &rows,
+        );
+        println!();
+        let rows: Vec<Vec<String>> = topics
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                vec![
+                    output::cell(&t["name"]),
+                    output::cell(&t["subscribers"]),
+                    output::cell(&t["messages"]),
+                    output::cell(&t["last_sequence"]),
+                ]
+            })
+            .collect();
+        output::print_table(&["TOPIC", "SUBSCRIBERS", "MESSAGES", "LAST SEQ"], &rows);
+    }
+    if !nats_connected {
+        return Err(Error::Failed("admin cannot reach NATS".to_owned()));
+    }
+    Ok(())
+}
+
+/// Each node of `first` with `state` and, when a newer report came within
+/// `window`, `delivered_per_second`.
+async fn with_rates(
+    admin: &Admin,
+    first: Value,
+    window: std::time::Duration,
+) -> Result<Vec<Value>, Error> {
+    let mut nodes: Vec<Value> = first["nodes"].as_array().cloned().unwrap_or_default();
+    for node in &mut nodes {
+        let state = if node["draining"].as_bool() == Some(true) {
+            "draining"
+        } else {
+            "serving"
+        };
+        node["state"] = json!(state);
+        node["delivered_per_second"] = Value::Null;
+    }
+    let started = Instant::now();
+    while !nodes.is_empty() && started.elapsed() < window {
+        if nodes.iter().all(|n| !n["delivered_per_second"].is_null()) {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+        let later = admin.get("/v1/nodes").await?;
+        for node in &mut nodes {
+            if !node["delivered_per_second"].is_null() {
+                continue;
+            }
+            let Some(newer) = later["nodes"]
+                .as_array()
+                .and_then(|list| list.iter().find(|n| n["id"] == node["id"]))
+            else {
+                continue;
+            };
+            if let Some(rate) = rate(node, newer) {
+                node["delivered_per_second"] = json!(rate);
+            }
+        }
+    }
+    Ok(nodes)
+}
+
+/// Events per second between two reports of one node; `None` while the
+/// report has not changed.
+fn rate(old: &Value, new: &Value) -> Option<f64> {
+    let at = |v: &Value| v["reported_at"].as_str().and_then(parse_rfc3339_seconds);
+    let (t0, t1) = (at(old)?, at(new)?);
+    if t1 <= t0 {
+        return None;
+    }
+    let d0 = old["events_delivered"].as_u64()?;
+    let d1 = new["events_delivered"].as_u64()?;
+    Some(d1.saturating_sub(d0) as f64 / (t1 - t0))
+}
+
+/// Seconds since the epoch of an RFC 3339 time, as nodes write it.
+fn parse_rfc3339_seconds(text: &str) -> Option<f64> {
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(at.unix_timestamp_nanos() as f64 / 1e9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_come_from_two_reports() {
+        assert_eq!(
+            parse_rfc3339_seconds("1970-01-02T00:00:01Z"),
+            Some(86_401.0)
+        );
+        let old = json!({"reported_at": "2026-12-01T10:00:00Z", "events_delivered": 100});
+        let new = json!({"reported_at": "2026-12-01T10:00:05Z", "events_delivered": 600});
+        assert_eq!(rate(&old, &new), Some(100.0));
+        assert_eq!(rate(&old, &old), None);
+    }
+}

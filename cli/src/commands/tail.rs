@@ -1,0 +1,286 @@
+//! `ssectl tail`: read a stream the way a browser does, and resume the same
+//! way.
+//!
+//! It sends `GET /v1/events?topic=…` to the first stream URL, keeps the last
+//! event id the stream committed (id-only frames included), and when the
+//! stream drops (the node died, drained, or closed it) says so on stderr and
+//! reconnects with that id as `Last-Event-ID`, trying the next URL in the
+//! list. The node then sends exactly what was missed. `reset` events (history
+//! that is gone) are printed as notices, not counted as events.
+//!
+//! `--from-start` and `--last N` need no special support from the node: the
+//! epoch and sequences come from admin's topic info, and the cursor
+//! `<topic>:<epoch>:<seq>` built from them is sent as a plain resume.
+//!
+//! A refusal (4xx) ends the tail with exit 1. Before any node has answered,
+//! a round of the URLs that reaches none ends it with exit 3; once the tail
+//! has run, it keeps trying until `--give-up-after` passes without a node.
+
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+use sse_protocol::{Cursor, SubjectPath};
+
+use crate::{
+    Error,
+    args::Tail,
+    client::{Admin, http_client, refusal},
+    commands::topic::topic_name,
+    output::Output,
+    settings::Settings,
+    sse::{Event, Item, Reader},
+};
+
+/// Pause before the first reconnect; doubled on each failure in a row.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between reconnects.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// How a stream attempt ended, when it did not end the tail.
+enum Ended {
+    /// The stream was open and then dropped.
+    Dropped(String),
+    /// No stream opened: nothing answered, or a node said "not now".
+    NotOpened(String),
+}
+
+/// Runs `ssectl tail`.
+pub async fn run(settings: &Settings, out: Output, tail: Tail) -> Result<(), Error> {
+    for path in &tail.paths {
+        SubjectPath::parse_pattern(path)
+            .map_err(|e| Error::Usage(format!("subject path {path:?}: {e}")))?;
+    }
+    let mut last_id = match (&tail.from, tail.from_start, tail.last) {
+        (Some(id), _, _) => {
+            Cursor::parse(id).map_err(|e| Error::Usage(format!("--from: {e}")))?;
+            id.clone()
+        }
+        (None, true, _) => start_cursor(settings, &tail.paths, None).await?,
+        (None, false, Some(n)) => start_cursor(settings, &tail.paths, Some(n)).await?,
+        (None, false, None) => String::new(),
+    };
+    if tail.count == Some(0) {
+        return Ok(());
+    }
+    let http = http_client(None)?;
+    let urls = &settings.stream_urls;
+    let mut next_url = 0usize;
+    let mut printed: u64 = 0;
+    let mut connected_once = false;
+    let mut failures_in_a_row: u32 = 0;
+    let mut down_since: Option<Instant> = None;
+    let mut resuming = false;
+    loop {
+        let base = &urls[next_url % urls.len()];
+        next_url += 1;
+        let attempt = read_once(
+            &http,
+            base,
+            &tail,
+            &mut last_id,
+            resuming,
+            out,
+            &mut printed,
+        )
+        .await;
+        let ended = match attempt {
+            Ok(None) => return Ok(()),
+            Ok(Some(ended)) => ended,
+            Err(error) => return Err(error),
+        };
+        match &ended {
+            Ended::Dropped(why) => {
+                connected_once = true;
+                failures_in_a_row = 0;
+                down_since = None;
+                let from = if last_id.is_empty() { "now" } else { &last_id };
+                eprintln!("ssectl: stream from {base} dropped ({why}); resuming from {from}");
+                resuming = true;
+                // A node that closes every stream at once must not be
+                // hammered: at most a few reconnects a second.
+                tokio::time::sleep(FIRST_PAUSE).await;
+            }
+            Ended::NotOpened(why) => {
+                failures_in_a_row += 1;
+                let since = *down_since.get_or_insert_with(Instant::now);
+                let tried_all = failures_in_a_row as usize >= urls.len();
+                if !connected_once && tried_all {
+                    return Err(Error::Unreachable(format!(
+                        "no stream could be opened: {why}"
+                    )));
+                }
+                if since.elapsed() >= tail.give_up_after {
+                    return Err(Error::Unreachable(format!(
+                        "no node answered for {:?}: {why}",
+                        tail.give_up_after
+                    )));
+                }
+                eprintln!("ssectl: {why}; trying again");
+                let pause = FIRST_PAUSE
+                    .saturating_mul(1 << failures_in_a_row.min(5))
+                    .min(MAX_PAUSE);
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// One connection: `Ok(None)` when the tail is done (`-n` reached or stdout
+/// closed), `Ok(Some(_))` when it should go on elsewhere.
+async fn read_once(
+    http: &reqwest::Client,
+    base: &str,
+    tail: &Tail,
+    last_id: &mut String,
+    resuming: bool,
+    out: Output,
+    printed: &mut u64,
+) -> Result<Option<Ended>, Error> {
+    let mut url = reqwest::Url::parse(&format!("{base}/v1/events"))
+        .map_err(|e| Error::Usage(format!("{base}: {e}")))?;
+    for path in &tail.paths {
+        url.query_pairs_mut().append_pair("topic", path);
+    }
+    let mut request = http.get(url).header(header::ACCEPT, "text/event-stream");
+    if !last_id.is_empty() {
+        request = request.header("Last-Event-ID", last_id.as_str());
+    }
+    if let Some(token) = &tail.token {
+        request = request.bearer_auth(token);
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => {
+            let why = crate::client::transport_failure("node", base, &error);
+            return Ok(Some(Ended::NotOpened(why)));
+        }
+    };
+    let status = response.status();
+    if status != StatusCode::OK {
+        let body = response.bytes().await.unwrap_or_default();
+        let refused = refusal(status, &body);
+        // Full, draining, or a load balancer without a node: another node
+        // (or the same one, later) may take the stream.
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+        ) {
+            return Ok(Some(Ended::NotOpened(format!("node at {base}: {refused}"))));
+        }
+        return Err(refused);
+    }
+    if resuming {
+        eprintln!("ssectl: resumed on {base}");
+    }
+    let mut reader = Reader::starting_at(last_id);
+    let mut body = response.bytes_stream();
+    let why = loop {
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                let items = reader
+                    .feed(&chunk)
+                    .map_err(|e| Error::Failed(format!("node at {base} sent a bad stream: {e}")))?;
+                for item in items {
+                    let Item::Event(event) = item else { continue };
+                    if !print_event(out, &event) {
+                        return Ok(None);
+                    }
+                    if event.event != "reset" {
+                        *printed += 1;
+                        if tail.count.is_some_and(|n| *printed >= n) {
+                            return Ok(None);
+                        }
+                    }
+                }
+                last_id.clear();
+                last_id.push_str(reader.last_event_id());
+            }
+            Some(Err(error)) => break format!("read failed: {error}"),
+            None => break "the node closed it".to_owned(),
+        }
+    };
+    last_id.clear();
+    last_id.push_str(reader.last_event_id());
+    Ok(Some(Ended::Dropped(why)))
+}
+
+/// Prints one event; `false` when stdout is gone (`| head`).
+fn print_event(out: Output, event: &Event) -> bool {
+    let text = if out.json() {
+        json!({ "id": event.id, "event": event.event, "data": event.data }).to_string()
+    } else if event.event == "reset" {
+        describe_reset(&event.data)
+    } else {
+        let data = event.data.replace('\n', "\n    ");
+        format!("{}  {}  {data}", event.id, event.event)
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .is_ok()
+}
+
+/// A `reset` event as a notice people cannot miss.
+fn describe_reset(data: &str) -> String {
+    let Ok(reset) = serde_json::from_str::<Value>(data) else {
+        return format!("!! reset: {data}");
+    };
+    let topic = reset["topic"].as_str().unwrap_or("?");
+    match reset["reason"].as_str() {
+        Some("history_gone") => format!(
+            "!! reset: topic {topic}: events {}..{} are gone (expired or purged); continuing from {}",
+            reset["lost_from"], reset["lost_to"], reset["resume_from"]
+        ),
+        Some("stream_recreated") => format!(
+            "!! reset: topic {topic} was deleted and created again; continuing from its oldest event"
+        ),
+        _ => format!("!! reset: {data}"),
+    }
+}
+
+/// The cursor for `--from-start` (`last` = `None`) or `--last N`, from each
+/// topic's epoch and sequences as admin reports them.
+async fn start_cursor(
+    settings: &Settings,
+    paths: &[String],
+    last: Option<u64>,
+) -> Result<String, Error> {
+    let admin = Admin::new(settings)?;
+    let mut topics: Vec<String> = Vec::new();
+    for path in paths {
+        let topic = path.split('.').next().unwrap_or_default().to_owned();
+        if !topics.contains(&topic) {
+            topics.push(topic);
+        }
+    }
+    let mut cursor = String::new();
+    for topic in topics {
+        let name = topic_name(&topic)?;
+        let info = admin.get(&format!("/v1/topics/{name}")).await?;
+        let (Some(epoch), Some(first), Some(newest)) = (
+            info["epoch"].as_str(),
+            info["first_sequence"].as_u64(),
+            info["last_sequence"].as_u64(),
+        ) else {
+            return Err(Error::Failed(format!(
+                "admin's info for topic {name} lacks epoch or sequences"
+            )));
+        };
+        // The node sends every event after the cursor's sequence.
+        let before_oldest = first.saturating_sub(1);
+        let seq = match last {
+            None => before_oldest,
+            Some(n) => newest.saturating_sub(n).max(before_oldest),
+        };
+        if !cursor.is_empty() {
+            cursor.push(',');
+        }
+        let _ = sse_protocol::cursor::write_position(&mut cursor, name.as_str(), epoch, seq);
+    }
+    Ok(cursor)
+}

@@ -1,0 +1,212 @@
+//! `ssectl topic create|ls|info|purge|rm`, over admin's `/v1/topics`.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+use sse_protocol::TopicName;
+
+use crate::{
+    Error,
+    args::{TopicCommand, TopicCreate},
+    client::Admin,
+    output::{self, Output},
+    settings::Settings,
+};
+
+/// Runs one topic command.
+pub async fn run(settings: &Settings, out: Output, command: TopicCommand) -> Result<(), Error> {
+    let admin = Admin::new(settings)?;
+    match command {
+        TopicCommand::Create(create) => {
+            let topic = admin
+                .call(Method::POST, "/v1/topics", Some(&create_body(&create)?))
+                .await?;
+            print_topic(out, &topic);
+        }
+        TopicCommand::Ls => {
+            let list = admin.get("/v1/topics").await?;
+            if out.json() {
+                out.print_json(&list);
+            } else {
+                print_list(&list);
+            }
+        }
+        TopicCommand::Info { name } => {
+            let name = topic_name(&name)?;
+            let topic = admin.get(&format!("/v1/topics/{name}")).await?;
+            print_topic(out, &topic);
+        }
+        TopicCommand::Purge { name, subject, yes } => {
+            let name = topic_name(&name)?;
+            let what = match &subject {
+                Some(subject) => format!("purge the events of {subject:?} in topic {name}"),
+                None => format!("purge every event of topic {name}"),
+            };
+            confirm(&what, yes)?;
+            let body = match subject {
+                Some(subject) => json!({ "subject": subject }),
+                None => json!({}),
+            };
+            let purged = admin
+                .call(
+                    Method::POST,
+                    &format!("/v1/topics/{name}/purge"),
+                    Some(&body),
+                )
+                .await?;
+            if out.json() {
+                out.print_json(&purged);
+            } else {
+                println!(
+                    "purged {} events from {name}",
+                    output::cell(&purged["purged"])
+                );
+            }
+        }
+        TopicCommand::Rm { name, yes } => {
+            let name = topic_name(&name)?;
+            confirm(&format!("remove topic {name} and all its events"), yes)?;
+            admin
+                .call(Method::DELETE, &format!("/v1/topics/{name}"), None)
+                .await?;
+            if out.json() {
+                out.print_json(&json!({ "removed": name.as_str() }));
+            } else {
+                println!("removed topic {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A topic name checked here, so that it is safe in a URL path.
+pub fn topic_name(name: &str) -> Result<TopicName, Error> {
+    TopicName::parse(name).map_err(|e| Error::Usage(format!("{name:?}: {e}")))
+}
+
+fn create_body(create: &TopicCreate) -> Result<Value, Error> {
+    let name = topic_name(&create.name)?;
+    let mut body = Map::new();
+    body.insert("name".into(), json!(name.as_str()));
+    if let Some(replicas) = create.replicas {
+        body.insert("replicas".into(), json!(replicas));
+    }
+    if let Some(age) = create.max_age {
+        body.insert("max_age_seconds".into(), json!(age.as_secs()));
+    }
+    if let Some(bytes) = create.max_bytes {
+        body.insert("max_bytes".into(), json!(bytes));
+    }
+    if let Some(messages) = create.max_messages {
+        body.insert("max_messages".into(), json!(messages));
+    }
+    if create.memory {
+        body.insert("storage".into(), json!("memory"));
+    }
+    if create.private {
+        body.insert("access".into(), json!("private"));
+    }
+    Ok(Value::Object(body))
+}
+
+/// Asks on a terminal; without one, refuses unless `--yes` was given.
+fn confirm(what: &str, yes: bool) -> Result<(), Error> {
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() || !std::io::stderr().is_terminal() {
+        return Err(Error::Usage(format!(
+            "refusing to {what} without --yes: there is no terminal to ask on"
+        )));
+    }
+    eprint!("{what}? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::Failed(format!("cannot read the answer: {e}")))?;
+    match answer.trim() {
+        "y" | "Y" | "yes" | "YES" | "Yes" => Ok(()),
+        _ => Err(Error::Failed(format!("not confirmed; did not {what}"))),
+    }
+}
+
+fn print_topic(out: Output, topic: &Value) {
+    if out.json() {
+        out.print_json(topic);
+        return;
+    }
+    let s = &topic["settings"];
+    let limit = |v: &Value| match v.as_u64() {
+        Some(0) => "unlimited".to_owned(),
+        _ => output::cell(v),
+    };
+    output::print_pairs(&[
+        ("name", output::cell(&topic["name"])),
+        ("access", output::cell(&s["access"])),
+        ("replicas", output::cell(&s["replicas"])),
+        ("storage", output::cell(&s["storage"])),
+        (
+            "max age",
+            output::age(s["max_age_seconds"].as_u64().unwrap_or(0)),
+        ),
+        (
+            "max bytes",
+            match s["max_bytes"].as_u64() {
+                Some(0) | None => "unlimited".to_owned(),
+                Some(n) => output::bytes(n),
+            },
+        ),
+        ("max messages", limit(&s["max_messages"])),
+        ("messages", output::cell(&topic["messages"])),
+        ("bytes", output::bytes(topic["bytes"].as_u64().unwrap_or(0))),
+        (
+            "sequences",
+            format!(
+                "{}..{}",
+                output::cell(&topic["first_sequence"]),
+                output::cell(&topic["last_sequence"])
+            ),
+        ),
+        ("subject paths", output::cell(&topic["subject_paths"])),
+        ("subscribers", output::cell(&topic["subscribers"])),
+        ("epoch", output::cell(&topic["epoch"])),
+        ("created", output::cell(&topic["created"])),
+        ("stream", output::cell(&topic["stream"])),
+    ]);
+}
+
+fn print_list(list: &Value) {
+    let rows: Vec<Vec<String>> = list["topics"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            vec![
+                output::cell(&t["name"]),
+                output::cell(&t["settings"]["access"]),
+                output::cell(&t["settings"]["replicas"]),
+                output::cell(&t["messages"]),
+                output::bytes(t["bytes"].as_u64().unwrap_or(0)),
+                output::cell(&t["last_sequence"]),
+                output::cell(&t["subscribers"]),
+            ]
+        })
+        .collect();
+    output::print_table(
+        &[
+            "NAME",
+            "ACCESS",
+            "REPLICAS",
+            "MESSAGES",
+            "BYTES",
+            "LAST SEQ",
+            "SUBSCRIBERS",
+        ],
+        &rows,
+    );
+}

@@ -1,0 +1,112 @@
+//! Durations and sizes as operators type them.
+
+use std::time::Duration;
+
+/// Parses `90`, `90s`, `5m`, `2h`, `7d`, `1w`, or a sum such as `1h30m`. A
+/// bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("an empty duration".to_owned());
+    }
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!(
+                "{text:?} is not a duration such as 90s, 15m, 12h or 7d"
+            ));
+        }
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?} is too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = match &rest[..unit_len] {
+            "ms" => {
+                // Kept whole-second below: stream limits are in seconds.
+                rest = &rest[unit_len..];
+                total = total.saturating_add(value / 1000);
+                continue;
+            }
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            "" => return Err(format!("{text:?}: a number needs a unit (s, m, h, d, w)")),
+            other => return Err(format!("{text:?}: unknown unit {other:?} (s, m, h, d, w)")),
+        };
+        rest = &rest[unit_len..];
+        total = value
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{text:?} is too large"))?;
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Parses a byte size: `1024`, `10KiB`, `500MiB`, `2GiB` (powers of 1024,
+/// also written `K`, `M`, `G`, `T`) or `10KB`, `2GB` (powers of 1000).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!(
+            "{text:?} is not a size such as 1048576, 500MiB or 2GB"
+        ));
+    }
+    let value: u64 = text[..digits]
+        .parse()
+        .map_err(|_| format!("{text:?} is too large"))?;
+    let multiplier: u64 = match text[digits..].trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ));
+        }
+    };
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "s", "5x", "1h 5m", "99999999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("10KiB"), Ok(10_240));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        for bad in ["", "MiB", "5 parsecs", "99999999999999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! `ssectl` against a real cluster: a `nats-server` with JetStream, an
+//! `sse-admin` process and `sse-node` processes, all on ports chosen at run
+//! time. The binaries are cargo's: `ssectl` from this crate, `sse-node` and
+//! `sse-admin` from `target/debug` (built by `cargo test --workspace`, or
+//! named by `SSE_NODE_BIN` / `SSE_ADMIN_BIN`); a missing one fails the test.
+//!
+//! - `topics`: every topic command, `-o json` parsed back, refusals and exit
+//!   codes.
+//! - `streams`: `pub` and `tail`, `--from-start`/`--last`, and a tail that
+//!   survives the kill of its node and resumes exactly once.
+//! - `tokens`: a token minted by `ssectl` is accepted by a node; one that
+//!   `ssectl token check` declares invalid is refused by the node.
+//! - `status`: nodes, NATS and topics; exit 3 when nothing answers.
+
+mod status;
+mod streams;
+mod support;
+mod tokens;
+mod topics;

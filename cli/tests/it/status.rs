@@ -1,0 +1,54 @@
+//! `ssectl status`.
+
+use std::time::Duration;
+
+use crate::support::{Cluster, bounded, eventually};
+
+#[tokio::test]
+async fn status_shows_nodes_nats_and_topics() {
+    bounded(async {
+        let mut cluster = Cluster::start(1).await;
+        cluster.create_topic("cli-watched", &[]).await;
+        // A subscriber, so the topic shows one.
+        let mut tail = cluster
+            .ssectl()
+            .args(["tail", "cli-watched"])
+            .spawn()
+            .expect("tail starts");
+        let status = eventually(
+            "the node and the subscriber to show",
+            Duration::from_secs(20),
+            || {
+                let cluster = &cluster;
+                async move {
+                    let status = cluster.json(&["status", "--rate-window", "3s"]).await;
+                    let node = status["nodes"].as_array()?.first()?.clone();
+                    let topic = status["topics"]
+                        .as_array()?
+                        .iter()
+                        .find(|t| t["name"] == "cli-watched")?
+                        .clone();
+                    (node["connections"] == 1 && topic["subscribers"] == 1)
+                        .then_some((status, node))
+                }
+            },
+        )
+        .await;
+        let (status, node) = status;
+        assert_eq!(status["nats_connected"], true);
+        assert_eq!(node["state"], "serving");
+        // Reports come every second here: a rate within the 3 s window.
+        assert!(node["delivered_per_second"].is_number(), "{node}");
+        let table = cluster.run(&["status", "--rate-window", "0s"]).await;
+        assert_eq!(table.code, 0, "{}", table.stderr);
+        assert!(table.stdout.contains("NATS connected"), "{}", table.stdout);
+        assert!(table.stdout.contains("cli-watched"), "{}", table.stdout);
+        let _ = tail.kill().await;
+
+        // Admin down: nothing answers, exit 3.
+        cluster.admin.kill().await;
+        let down = cluster.run(&["status"]).await;
+        assert_eq!(down.code, 3, "{}", down.stderr);
+    })
+    .await;
+}

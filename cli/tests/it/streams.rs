@@ -1,0 +1,267 @@
+//! `ssectl pub` and `ssectl tail`, including a tail whose node is killed.
+
+use std::{process::Stdio, time::Duration};
+
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    sync::mpsc,
+};
+
+use crate::support::{Cluster, bounded, eventually, run_with_stdin};
+
+/// Publishes `data` on `path` and returns the printed id.
+async fn publish(cluster: &Cluster, path: &str, data: &str) -> String {
+    let run = cluster.run(&["pub", path, data]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let id = run.stdout.trim().to_owned();
+    assert!(
+        id.starts_with(&format!("{}:", path.split('.').next().unwrap())),
+        "{id}"
+    );
+    id
+}
+
+/// `tail … -o json` parsed into (id, event, data).
+fn events(stdout: &str) -> Vec<(String, String, String)> {
+    stdout
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            (
+                v["id"].as_str().unwrap().to_owned(),
+                v["event"].as_str().unwrap().to_owned(),
+                v["data"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pub_prints_ids_and_tail_reads_them_back() {
+    bounded(async {
+        let cluster = Cluster::start(1).await;
+        cluster.create_topic("cli-feed", &[]).await;
+
+        let first = publish(&cluster, "cli-feed.a", "one").await;
+        let json = cluster
+            .json(&["pub", "cli-feed.b", "two", "--event", "tick", "--id", "m-2"])
+            .await;
+        assert_eq!(json["duplicate"], false);
+        let second = json["id"].as_str().unwrap().to_owned();
+        // The same --id again: de-duplicated, the stored event's id.
+        let again = cluster
+            .json(&["pub", "cli-feed.b", "two", "--event", "tick", "--id", "m-2"])
+            .await;
+        assert_eq!(again["duplicate"], true);
+        assert_eq!(again["id"], second.as_str());
+        let from_stdin = run_with_stdin(
+            {
+                let mut c = cluster.ssectl();
+                c.args(["pub", "cli-feed.a", "-"]);
+                c
+            },
+            "line 1\nline 2\n",
+        )
+        .await;
+        assert_eq!(from_stdin.code, 0, "{}", from_stdin.stderr);
+        let lines = run_with_stdin(
+            {
+                let mut c = cluster.ssectl();
+                c.args(["-o", "json", "pub", "cli-feed.c", "--lines"]);
+                c
+            },
+            "x1\nx2\nx3\n",
+        )
+        .await;
+        assert_eq!(lines.code, 0, "{}", lines.stderr);
+        let summary: Value = serde_json::from_str(&lines.stdout).unwrap();
+        assert_eq!(summary["published"], 3);
+        assert!(summary["events_per_second"].as_f64().unwrap() > 0.0);
+
+        // Everything from the start, in order, with the ids pub printed.
+        let run = cluster
+            .run(&["-o", "json", "tail", "cli-feed", "--from-start", "-n", "6"])
+            .await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let got = events(&run.stdout);
+        let data: Vec<&str> = got.iter().map(|e| e.2.as_str()).collect();
+        assert_eq!(data, ["one", "two", "line 1\nline 2", "x1", "x2", "x3"]);
+        assert_eq!(got[0].0, first);
+        assert_eq!(got[1].0, second);
+        assert_eq!(got[1].1, "tick");
+        assert_eq!(got[0].1, "message");
+
+        // --last 2 starts two sequences before the newest.
+        let run = cluster
+            .run(&["-o", "json", "tail", "cli-feed", "--last", "2", "-n", "2"])
+            .await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let data: Vec<String> = events(&run.stdout).into_iter().map(|e| e.2).collect();
+        assert_eq!(data, ["x2", "x3"]);
+
+        // --from an id: what follows it; a narrower path filters.
+        let run = cluster
+            .run(&[
+                "-o",
+                "json",
+                "tail",
+                "cli-feed.a",
+                "--from",
+                &first,
+                "-n",
+                "1",
+            ])
+            .await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(events(&run.stdout)[0].2, "line 1\nline 2");
+
+        // The table shows id, event name and data.
+        let run = cluster
+            .run(&["tail", "cli-feed.b", "--from-start", "-n", "1"])
+            .await;
+        assert_eq!(run.stdout.trim(), format!("{second}  tick  two"));
+
+        // A reset is printed as a notice: resume with an id from a topic
+        // that was removed and created again.
+        cluster.create_topic("cli-again", &[]).await;
+        let old_id = publish(&cluster, "cli-again", "old").await;
+        let rm = cluster.run(&["topic", "rm", "cli-again", "--yes"]).await;
+        assert_eq!(rm.code, 0, "{}", rm.stderr);
+        cluster.create_topic("cli-again", &[]).await;
+        publish(&cluster, "cli-again", "new").await;
+        let run = cluster
+            .run(&["tail", "cli-again", "--from", &old_id, "-n", "1"])
+            .await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let out: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(
+            out[0], "!! reset: topic cli-again was deleted and created again; continuing from its oldest event",
+            "{}",
+            run.stdout
+        );
+        assert!(out[1].ends_with("  message  new"), "{}", run.stdout);
+        assert_eq!(out.len(), 2, "{}", run.stdout);
+
+        // Refusals from the node: exit 1 with its code.
+        let run = cluster.run(&["tail", "cli-nosuch"]).await;
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains("unknown_topic"), "{}", run.stderr);
+        let run = cluster
+            .run(&["tail", "cli-feed", "--from", "garbage"])
+            .await;
+        assert_eq!(run.code, 2, "{}", run.stderr);
+    })
+    .await;
+}
+
+/// Lines of a running child's stdout and stderr, as they come.
+fn collect_lines(
+    child: &mut tokio::process::Child,
+) -> (
+    mpsc::UnboundedReceiver<String>,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (err_tx, err_rx) = mpsc::unbounded_channel();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            let _ = out_tx.send(line);
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = err_tx.send(line);
+        }
+    });
+    (out_rx, err_rx)
+}
+
+#[tokio::test]
+async fn tail_survives_the_kill_of_its_node_and_resumes_once() {
+    bounded(async {
+        let mut cluster = Cluster::start(2).await;
+        cluster.create_topic("cli-live", &[]).await;
+        // SSECTL_URL lists node A then node B: the tail reads from A.
+        let mut tail = cluster
+            .ssectl()
+            .args(["-o", "json", "tail", "cli-live", "-n", "6"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tail starts");
+        let (mut out, mut err) = collect_lines(&mut tail);
+        // The tail is connected once node A counts a subscriber.
+        let node_a = cluster.nodes[0].base.clone();
+        eventually(
+            "the tail to subscribe on node A",
+            Duration::from_secs(15),
+            || {
+                let url = format!("{node_a}/metrics");
+                async move {
+                    let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+                    text.lines()
+                        .any(|l| l.starts_with("sse_clients_connected ") && !l.ends_with(" 0"))
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+        let mut got = Vec::new();
+        for n in 1..=3 {
+            publish(&cluster, "cli-live", &format!("e{n}")).await;
+        }
+        while got.len() < 3 {
+            got.push(
+                tokio::time::timeout(Duration::from_secs(15), out.recv())
+                    .await
+                    .expect("events before the kill")
+                    .expect("tail open"),
+            );
+        }
+        cluster.nodes[0].kill().await;
+        // Published while the tail has no node: it must get them on B.
+        for n in 4..=6 {
+            publish(&cluster, "cli-live", &format!("e{n}")).await;
+        }
+        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(20), out.recv()).await {
+            got.push(line);
+        }
+        let status = tokio::time::timeout(Duration::from_secs(10), tail.wait())
+            .await
+            .expect("tail ends after -n events")
+            .unwrap();
+        let mut stderr = Vec::new();
+        while let Ok(line) = err.try_recv() {
+            stderr.push(line);
+        }
+        assert!(status.success(), "{stderr:?}");
+        let got = events(&got.join("\n"));
+        let data: Vec<&str> = got.iter().map(|e| e.2.as_str()).collect();
+        assert_eq!(
+            data,
+            ["e1", "e2", "e3", "e4", "e5", "e6"],
+            "nothing lost, nothing twice"
+        );
+        let seqs: Vec<u64> = got
+            .iter()
+            .map(|e| e.0.rsplit(':').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+        let resumes = stderr
+            .iter()
+            .filter(|l| l.contains("resuming from"))
+            .count();
+        assert_eq!(resumes, 1, "{stderr:?}");
+        let node_b = &cluster.nodes[1].base;
+        assert!(
+            stderr
+                .iter()
+                .any(|l| l.contains(&format!("resumed on {node_b}"))),
+            "{stderr:?}"
+        );
+    })
+    .await;
+}

@@ -1,0 +1,172 @@
+//! Tokens: minted by `ssectl`, accepted by a node; declared invalid by
+//! `ssectl token check`, refused by the node.
+
+use serde_json::Value;
+
+use crate::support::{Cluster, HS256_SECRET, bounded};
+
+#[tokio::test]
+async fn minted_tokens_open_private_topics_and_check_agrees_with_the_node() {
+    bounded(async {
+        let cluster = Cluster::start(1).await;
+        cluster.create_topic("cli-private", &["--private"]).await;
+        let publish = cluster.run(&["pub", "cli-private.alice.1", "hello"]).await;
+        assert_eq!(publish.code, 0, "{}", publish.stderr);
+        let secret_file = cluster.secret_file.to_str().unwrap().to_owned();
+
+        let minted = cluster
+            .json(&[
+                "token",
+                "mint",
+                "--sub",
+                "alice",
+                "--grant",
+                "cli-private.alice.>",
+                "--ttl",
+                "10m",
+                "--hs256-secret-file",
+                &secret_file,
+            ])
+            .await;
+        assert_eq!(minted["algorithm"], "HS256");
+        let token = minted["token"].as_str().unwrap().to_owned();
+
+        // Check says valid, for the granted path and not for another.
+        let check = cluster
+            .json(&[
+                "token",
+                "check",
+                &token,
+                "--path",
+                "cli-private.alice.1",
+                "--hs256-secret-file",
+                &secret_file,
+            ])
+            .await;
+        assert_eq!(check["valid"], true);
+        let forbidden = cluster
+            .run(&[
+                "token",
+                "check",
+                &token,
+                "--path",
+                "cli-private.bob",
+                "--hs256-secret-file",
+                &secret_file,
+            ])
+            .await;
+        assert_eq!(forbidden.code, 1);
+        assert!(
+            forbidden.stderr.contains("forbidden"),
+            "{}",
+            forbidden.stderr
+        );
+
+        // The node accepts it for the granted path …
+        let tail = cluster
+            .run(&[
+                "-o",
+                "json",
+                "tail",
+                "cli-private.alice.1",
+                "--from-start",
+                "-n",
+                "1",
+                "--token",
+                &token,
+            ])
+            .await;
+        assert_eq!(tail.code, 0, "{}", tail.stderr);
+        let event: Value = serde_json::from_str(tail.stdout.trim()).unwrap();
+        assert_eq!(event["data"], "hello");
+        // … and refuses it for another, as check said.
+        let tail = cluster
+            .run(&["tail", "cli-private.bob", "--token", &token])
+            .await;
+        assert_eq!(tail.code, 1, "{}", tail.stderr);
+        assert!(tail.stderr.contains("forbidden"), "{}", tail.stderr);
+
+        // A token signed with another secret (from the environment): check
+        // calls it invalid, and the node refuses it.
+        let mut mint = cluster.ssectl();
+        mint.env("SSECTL_HS256_SECRET", "another-secret-0123456789abcdef0123")
+            .args([
+                "token",
+                "mint",
+                "--sub",
+                "mallory",
+                "--grant",
+                "cli-private",
+            ]);
+        let forged = crate::support::run(&mut mint).await;
+        assert_eq!(forged.code, 0, "{}", forged.stderr);
+        let forged = forged.stdout.trim().to_owned();
+        let mut check = cluster.ssectl();
+        check
+            .env("SSECTL_HS256_SECRET", HS256_SECRET)
+            .args(["-o", "json", "token", "check", &forged]);
+        let verdict = crate::support::run(&mut check).await;
+        assert_eq!(verdict.code, 1, "{}", verdict.stderr);
+        let verdict: Value = serde_json::from_str(verdict.stdout.trim()).unwrap();
+        assert_eq!(verdict["valid"], false);
+        assert_eq!(verdict["reason"], "signature");
+        let tail = cluster
+            .run(&["tail", "cli-private", "--token", &forged])
+            .await;
+        assert_eq!(tail.code, 1, "{}", tail.stderr);
+        assert!(tail.stderr.contains("invalid_token"), "{}", tail.stderr);
+
+        // An expired token, minted by hand: check and node agree again.
+        let expired = expired_token();
+        let verdict = cluster
+            .run(&[
+                "token",
+                "check",
+                &expired,
+                "--hs256-secret-file",
+                &secret_file,
+            ])
+            .await;
+        assert_eq!(verdict.code, 1);
+        assert!(verdict.stderr.contains("expired"), "{}", verdict.stderr);
+        let tail = cluster
+            .run(&["tail", "cli-private", "--token", &expired])
+            .await;
+        assert_eq!(tail.code, 1);
+        assert!(tail.stderr.contains("token_expired"), "{}", tail.stderr);
+
+        // Minting refuses what a node would not honour: exit 2.
+        for args in [
+            &[
+                "token",
+                "mint",
+                "--sub",
+                "a",
+                "--grant",
+                "x.>.y",
+                "--hs256-secret-file",
+                &secret_file,
+            ][..],
+            &["token", "mint", "--sub", "a", "--grant", "x"],
+        ] {
+            let run = cluster.run(args).await;
+            assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        }
+    })
+    .await;
+}
+
+/// An HS256 token with `exp` in the past, signed with the nodes' secret
+/// (`ssectl` itself refuses to mint one).
+fn expired_token() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({ "sub": "old", "exp": now - 60, "sse.subscribe": ["cli-private"] }),
+        &jsonwebtoken::EncodingKey::from_secret(HS256_SECRET.as_bytes()),
+    )
+    .unwrap()
+}

@@ -1,0 +1,529 @@
+//! Verification: a token's signature against the configured keys, then its
+//! claims.
+//!
+//! [`Verifier::verify`] checks the signature against the configured keys
+//! (HS256 secret, RS256 and ES256 public keys, a JWKS file), then `exp`
+//! (always required), `nbf`, and `aud` and `iss` when configured. Only
+//! algorithms with a configured key are accepted: `alg: none` has no key and
+//! can never pass, and a token signed with a public key as an HMAC secret
+//! finds no HS256 key of that kind.
+//!
+//! The claim `sse.subscribe` lists the subject patterns the holder may read;
+//! [`Authorized::allows`] checks a requested path against them (see
+//! `sse_protocol::grant`). The time the token expires is kept so the stream
+//! it opens is closed then.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    errors::ErrorKind,
+    jwk::{AlgorithmParameters, EllipticCurve, JwkSet},
+};
+use serde::Deserialize;
+use sse_protocol::{Grants, SubjectPath, grant::SUBSCRIBE_CLAIM};
+
+use crate::config::JwtConfig;
+
+/// Longest a token keeps a stream open, however far its `exp`: the stream
+/// deadline must stay a representable instant.
+const MAX_STREAM_AUTHORIZATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The shortest HS256 secret a node accepts: shorter ones are guessable.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// The secret held in a file's text: a file written by hand or by a
+/// Kubernetes Secret may end in a newline, which is not part of it.
+pub fn secret_from_file_text(text: &str) -> &str {
+    text.trim_end_matches(['\r', '\n'])
+}
+
+/// Why a token was refused. Every variant but [`AuthError::Forbidden`] is a
+/// 401; that one is a 403.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token in any accepted place.
+    #[error("this topic is private; send a token (Authorization: Bearer, access_token or cookie)")]
+    Missing,
+    /// The `Authorization` header is not a bearer token.
+    #[error("the Authorization header is not a Bearer token")]
+    NotBearer,
+    /// Not a well-formed JWT, or a claim has the wrong shape.
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+    /// The token names an algorithm no key is configured for.
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    /// No configured key verifies the signature.
+    #[error("the token's signature does not verify")]
+    Signature,
+    /// `exp` has passed.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is still to come.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `aud` is not the configured audience.
+    #[error("the token is not meant for this audience")]
+    Audience,
+    /// `iss` is not the configured issuer.
+    #[error("the token comes from another issuer")]
+    Issuer,
+    /// The token does not grant a requested path.
+    #[error("the token does not grant {0:?}")]
+    Forbidden(String),
+}
+
+impl AuthError {
+    /// The reason label of `sse_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::NotBearer | Self::Malformed(_) => "malformed",
+            Self::Algorithm => "algorithm",
+            Self::Signature => "signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Audience => "audience",
+            Self::Issuer => "issuer",
+            Self::Forbidden(_) => "forbidden",
+        }
+    }
+
+    /// The RFC 6750 error code for `WWW-Authenticate`; none when the
+    /// request carried no token at all.
+    pub fn bearer_error(&self) -> Option<&'static str> {
+        match self {
+            Self::Missing => None,
+            Self::Forbidden(_) => Some("insufficient_scope"),
+            _ => Some("invalid_token"),
+        }
+    }
+}
+
+/// A verified token: what it grants and until when.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    grants: Grants,
+    /// When the token stops being accepted (`exp` plus the leeway).
+    pub expires_at: SystemTime,
+}
+
+impl Authorized {
+    /// Whether the token grants every subject `path` can match.
+    pub fn allows(&self, path: &SubjectPath) -> bool {
+        self.grants.covers(path)
+    }
+
+    /// Time left before the token expires, at most a year; zero if it
+    /// already has.
+    pub fn remaining(&self) -> Duration {
+        self.expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(MAX_STREAM_AUTHORIZATION)
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    /// Required by the validation; kept to compute the stream's end.
+    exp: u64,
+    #[serde(rename = "sse.subscribe", default)]
+    subscribe: Vec<String>,
+}
+
+struct Key {
+    algorithm: Algorithm,
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// Verifies tokens against the configured keys and claims.
+pub struct Verifier {
+    keys: Vec<Key>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys.len())
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+/// Problems found in the `[auth.jwt]` section, each with the key it concerns.
+pub type ConfigProblems = Vec<(&'static str, String)>;
+
+impl Verifier {
+    /// Loads every configured key; reports each key that cannot be used.
+    pub fn from_config(jwt: &JwtConfig) -> Result<Self, ConfigProblems> {
+        let mut keys = Vec::new();
+        let mut problems = Vec::new();
+        let secret = match (
+            jwt.hs256_secret.0.is_empty(),
+            jwt.hs256_secret_file.is_empty(),
+        ) {
+            (true, true) => None,
+            (false, true) => Some((jwt.hs256_secret.0.clone(), "auth.jwt.hs256_secret")),
+            (true, false) => match std::fs::read_to_string(&jwt.hs256_secret_file) {
+                Ok(text) => Some((
+                    secret_from_file_text(&text).to_owned(),
+                    "auth.jwt.hs256_secret_file",
+                )),
+                Err(e) => {
+                    let file = &jwt.hs256_secret_file;
+                    problems.push((
+                        "auth.jwt.hs256_secret_file",
+                        format!("cannot read {file:?}: {e}"),
+                    ));
+                    None
+                }
+            },
+            (false, false) => {
+                problems.push((
+                    "auth.jwt.hs256_secret_file",
+                    "set either auth.jwt.hs256_secret or auth.jwt.hs256_secret_file".to_owned(),
+                ));
+                None
+            }
+        };
+        if let Some((secret, key_name)) = secret {
+            if secret.len() < MIN_HS256_SECRET_BYTES {
+                problems.push((key_name, "must be at least 32 bytes long".to_owned()));
+            }
+            keys.push(Key {
+                algorithm: Algorithm::HS256,
+                kid: None,
+                key: DecodingKey::from_secret(secret.as_bytes()),
+            });
+        }
+        let pem_keys: [(Algorithm, &str, &str, &'static str, &'static str); 2] = [
+            (
+                Algorithm::RS256,
+                &jwt.rs256_public_key_pem,
+                &jwt.rs256_public_key_file,
+                "auth.jwt.rs256_public_key_pem",
+                "auth.jwt.rs256_public_key_file",
+            ),
+            (
+                Algorithm::ES256,
+                &jwt.es256_public_key_pem,
+                &jwt.es256_public_key_file,
+                "auth.jwt.es256_public_key_pem",
+                "auth.jwt.es256_public_key_file",
+            ),
+        ];
+        for (algorithm, pem, file, pem_key, file_key) in pem_keys {
+            let (text, key_name) = match (pem.is_empty(), file.is_empty()) {
+                (true, true) => continue,
+                (false, false) => {
+                    problems.push((file_key, format!("set either {pem_key} or {file_key}")));
+                    continue;
+                }
+                (false, true) => (pem.to_owned(), pem_key),
+                (true, false) => match std::fs::read_to_string(file) {
+                    Ok(text) => (text, file_key),
+                    Err(e) => {
+                        problems.push((file_key, format!("cannot read {file:?}: {e}")));
+                        continue;
+                    }
+                },
+            };
+            let key = match algorithm {
+                Algorithm::RS256 => DecodingKey::from_rsa_pem(text.as_bytes()),
+                _ => DecodingKey::from_ec_pem(text.as_bytes()),
+            };
+            match key {
+                Ok(key) => keys.push(Key {
+                    algorithm,
+                    kid: None,
+                    key,
+                }),
+                Err(e) => problems.push((key_name, format!("not a usable public key: {e}"))),
+            }
+        }
+        if !jwt.jwks_file.is_empty() {
+            match load_jwks(&jwt.jwks_file) {
+                Ok(mut loaded) => keys.append(&mut loaded),
+                Err(why) => problems.push(("auth.jwt.jwks_file", why)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Ok(Self {
+            keys,
+            audience: non_empty(&jwt.audience),
+            issuer: non_empty(&jwt.issuer),
+            leeway: jwt.leeway_seconds,
+        })
+    }
+
+    /// Whether any key is configured; without one, private topics are
+    /// refused to everyone.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Verifies a token: signature, `exp`, `nbf`, `aud`, `iss`.
+    pub fn verify(&self, token: &str) -> Result<Authorized, AuthError> {
+        // An unknown `alg` (such as `none`) fails here: the enum has no such
+        // variant.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::Json(_) if token_names_alg_none(token) => AuthError::Algorithm,
+            _ => AuthError::Malformed(describe(&e)),
+        })?;
+        let candidates: Vec<&Key> = self
+            .keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg)
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(wanted), Some(kid)) => wanted == kid,
+                _ => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(AuthError::Algorithm);
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let mut last = AuthError::Signature;
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => {
+                    let claims = data.claims;
+                    // An absurd `exp` (year 10^11) must not overflow the clock.
+                    let expires_at = UNIX_EPOCH
+                        .checked_add(Duration::from_secs(claims.exp.saturating_add(self.leeway)))
+                        .unwrap_or_else(|| SystemTime::now() + MAX_STREAM_AUTHORIZATION);
+                    // RFC 7519: the token is expired from `exp` on. The
+                    // library only refuses it a second later; refusing it
+                    // here too keeps acceptance and the stream's end in step.
+                    if SystemTime::now() >= expires_at {
+                        return Err(AuthError::Expired);
+                    }
+                    return Ok(Authorized {
+                        grants: Grants::new(claims.subscribe.iter().map(String::as_str)),
+                        expires_at,
+                    });
+                }
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::InvalidSignature => AuthError::Signature,
+                        ErrorKind::ExpiredSignature => AuthError::Expired,
+                        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                        ErrorKind::InvalidAudience => AuthError::Audience,
+                        ErrorKind::InvalidIssuer => AuthError::Issuer,
+                        ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
+                        _ => AuthError::Malformed(describe(&e)),
+                    };
+                    // Another key of the same algorithm may still verify it.
+                    if last != AuthError::Signature {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// A token error described without echoing the token.
+fn describe(error: &jsonwebtoken::errors::Error) -> String {
+    match error.kind() {
+        ErrorKind::MissingRequiredClaim(claim) => format!("the claim {claim:?} is missing"),
+        ErrorKind::Json(_) => format!(
+            "a part is not the JSON expected (e.g. {SUBSCRIBE_CLAIM} must be a list of strings)"
+        ),
+        ErrorKind::Base64(_) | ErrorKind::Utf8(_) => "a part is not base64url".to_owned(),
+        ErrorKind::InvalidToken => "not three base64url parts".to_owned(),
+        _ => "cannot be read".to_owned(),
+    }
+}
+
+/// Whether the token's header names `alg: none` (any case), to report it
+/// as a refused algorithm rather than a malformed token.
+fn token_names_alg_none(token: &str) -> bool {
+    use jsonwebtoken::errors::Error;
+    let Some(first) = token.split('.').next() else {
+        return false;
+    };
+    let decoded: Result<Vec<u8>, Error> = base64_url_decode(first);
+    decoded
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| {
+            v.get("alg")?
+                .as_str()
+                .map(|a| a.eq_ignore_ascii_case("none"))
+        })
+        .unwrap_or(false)
+}
+
+/// Unpadded base64url, as JWT uses; small enough not to need a crate.
+fn base64_url_decode(text: &str) -> Result<Vec<u8>, jsonwebtoken::errors::Error> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for b in text.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            b'=' => break,
+            _ => return Err(ErrorKind::InvalidToken.into()),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
+}
+
+fn load_jwks(path: &str) -> Result<Vec<Key>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    let set: JwkSet =
+        serde_json::from_str(&text).map_err(|e| format!("{path:?} is not a JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let algorithm = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
+            _ => return Err(format!("key {i} is neither RSA, EC P-256 nor oct")),
+        };
+        if let Some(declared) = jwk.common.key_algorithm {
+            let declared = format!("{declared:?}");
+            if declared != format!("{algorithm:?}") {
+                return Err(format!(
+                    "key {i} declares alg {declared}; only RS256, ES256 and HS256 are accepted"
+                ));
+            }
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {i}: {e}"))?;
+        keys.push(Key {
+            algorithm,
+            kid: jwk.common.key_id.clone(),
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err(format!("{path:?} holds no key"));
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            hs256_secret: Secret(SECRET.into()),
+            ..JwtConfig::default()
+        }
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn verifies_and_grants() {
+        let v = Verifier::from_config(&config()).unwrap();
+        let t = token(serde_json::json!({"exp": now() + 60, "sse.subscribe": ["orders.alice.>"]}));
+        let a = v.verify(&t).unwrap();
+        assert!(a.allows(&SubjectPath::parse_pattern("orders.alice.1").unwrap()));
+        assert!(!a.allows(&SubjectPath::parse_pattern("orders.>").unwrap()));
+        assert!(a.remaining() > Duration::from_secs(50));
+    }
+
+    #[test]
+    fn reads_the_hs256_secret_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+        let mut c = config();
+        c.hs256_secret = Secret(String::new());
+        c.hs256_secret_file = path.to_str().unwrap().to_owned();
+        let v = Verifier::from_config(&c).unwrap();
+        let t = token(serde_json::json!({"exp": now() + 60}));
+        assert!(v.verify(&t).is_ok());
+        c.hs256_secret = Secret(SECRET.into());
+        let problems = Verifier::from_config(&c).unwrap_err();
+        assert_eq!(problems[0].0, "auth.jwt.hs256_secret_file");
+    }
+
+    #[test]
+    fn a_far_future_exp_does_not_overflow() {
+        let v = Verifier::from_config(&config()).unwrap();
+        let t = token(serde_json::json!({"exp": u64::MAX}));
+        let a = v.verify(&t).unwrap();
+        assert!(a.remaining() > MAX_STREAM_AUTHORIZATION - Duration::from_secs(60));
+        let t = token(serde_json::json!({"exp": 99_999_999_999u64}));
+        assert!(v.verify(&t).unwrap().remaining() <= MAX_STREAM_AUTHORIZATION);
+    }
+
+    #[test]
+    fn refuses_bad_tokens_precisely() {
+        let v = Verifier::from_config(&config()).unwrap();
+        let expired = token(serde_json::json!({"exp": now() - 10}));
+        assert_eq!(v.verify(&expired).unwrap_err(), AuthError::Expired);
+        let early = token(serde_json::json!({"exp": now() + 60, "nbf": now() + 30}));
+        assert_eq!(v.verify(&early).unwrap_err(), AuthError::NotYetValid);
+        let no_exp = token(serde_json::json!({"sse.subscribe": ["a"]}));
+        assert!(matches!(v.verify(&no_exp), Err(AuthError::Malformed(_))));
+        // alg: none, unsigned.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJleHAiOjQxMDI0NDQ4MDB9.";
+        assert_eq!(v.verify(none).unwrap_err(), AuthError::Algorithm);
+        let forged = format!("{}x", &expired[..expired.len() - 1]);
+        assert!(v.verify(&forged).is_err());
+        assert!(matches!(v.verify("abc"), Err(AuthError::Malformed(_))));
+    }
+
+    #[test]
+    fn base64url_decodes() {
+        assert_eq!(base64_url_decode("eyJhIjoxfQ").unwrap(), br#"{"a":1}"#);
+        assert!(base64_url_decode("a+b").is_err());
+    }
+}

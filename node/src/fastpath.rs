@@ -24,8 +24,8 @@ use tracing::debug;
 
 use crate::{
     connection::GuardedStream,
+    delivery::ClientStream,
     http::{self, HttpState, STREAM_HEADERS},
-    subscriber::ClientStream,
 };
 
 /// How long the socket may take to close after the last frame.

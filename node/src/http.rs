@@ -34,8 +34,8 @@ use tracing::{debug, warn};
 use crate::{
     auth::{self, AuthError, Verifier},
     config::{ConfigError, CorsConfig},
+    delivery::{ClientStream, TopicRequest},
     node::Node,
-    subscriber::{ClientStream, TopicRequest},
     topics::LookupError,
 };
 
@@ -417,7 +417,7 @@ pub async fn prepare_stream(
             .and_then(|c| c.position(topic))
             .map(|p| p.epoch.as_str());
         let patterns = request.topics.remove(topic).unwrap_or_default();
-        let only_path = crate::subscriber::only_path(&patterns);
+        let only_path = crate::delivery::only_path(&patterns);
         let feed = node
             .topics()
             .get_current(topic, only_path, claimed_epoch)

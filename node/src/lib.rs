@@ -6,7 +6,7 @@
 //!   it once as an SSE frame;
 //! - [`history`]: the topic's recent events are held in memory for resumes;
 //! - [`topics`]: which topics exist, discovered from JetStream;
-//! - [`subscriber`]: each client's stream catches up (memory or JetStream),
+//! - [`delivery`]: each client's stream catches up (memory or JetStream),
 //!   then fans out live events from the topic's broadcast;
 //! - [`http`]: the endpoints, request validation and error bodies;
 //!   [`auth`] checks tokens for private topics;
@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod delivery;
 pub mod event;
 pub mod fastpath;
 pub mod feed;
@@ -30,7 +31,6 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod report;
-pub mod subscriber;
 pub mod telemetry;
 pub mod topics;
 

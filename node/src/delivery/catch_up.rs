@@ -1,0 +1,274 @@
+//! Catch-up: a resuming client's position is brought up to the head its
+//! feed had when it attached, from node memory when the history reaches
+//! back far enough, otherwise from JetStream through a short-lived ordered
+//! consumer (one read slot of `history.max_concurrent_jetstream_reads`).
+//! History that is gone yields one `reset` event.
+
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull::OrderedConfig},
+};
+use bytes::BytesMut;
+use futures_util::{FutureExt, StreamExt};
+use tracing::{Span, warn};
+
+use super::{BATCH_BYTES, ClientStream, CloseReason, framing::write_reset_body};
+use crate::{
+    event::{Event, MARKER_HEADER},
+    feed::{bounded, stream_epoch},
+    history::Slice,
+};
+
+/// Longest wait for the next message of a resume read.
+const JETSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most events taken from memory per step of catch-up.
+const MEMORY_CHUNK: usize = 512;
+
+pub(super) struct JetStreamRead {
+    pub(super) messages: jetstream::consumer::pull::Ordered,
+    pub(super) end: u64,
+    pub(super) _held: crate::metrics::ConsumerHeld,
+}
+
+impl ClientStream {
+    /// Whether the next catch-up step reads JetStream, and so needs a slot.
+    pub(super) fn needs_jetstream(&self) -> bool {
+        if self.jetstream_read.is_some() {
+            return true;
+        }
+        let Some(topic) = self.topics.get(self.catching_up) else {
+            return false;
+        };
+        topic.pos < topic.catch_up_to
+            && matches!(
+                topic.feed.history_after(topic.pos, topic.catch_up_to, 0),
+                Slice::Missing { .. }
+            )
+    }
+
+    /// One step of catch-up: some events from memory or JetStream, or the
+    /// set-up of a JetStream read. Ends the phase when every topic is done.
+    pub(super) async fn catch_up_step(&mut self, out: &mut BytesMut) -> Result<(), CloseReason> {
+        let index = self.catching_up;
+        if self.jetstream_read.is_some() {
+            return self.jetstream_batch(out).await;
+        }
+        let topic = &self.topics[index];
+        if topic.pos >= topic.catch_up_to {
+            self.catching_up += 1;
+            if self.catching_up == self.topics.len() {
+                let replayed = self.catch_up_started.elapsed();
+                self.node
+                    .metrics()
+                    .replay_duration
+                    .observe(replayed.as_secs_f64());
+                self.resume_span.record("memory_events", self.replayed[0]);
+                self.resume_span
+                    .record("jetstream_events", self.replayed[1]);
+                // Ends the resume span.
+                self.resume_span = Span::none();
+            }
+            return Ok(());
+        }
+        match topic
+            .feed
+            .history_after(topic.pos, topic.catch_up_to, MEMORY_CHUNK)
+        {
+            Slice::Events(events) => {
+                let last = events.last().map(|e| e.seq).unwrap_or(topic.catch_up_to);
+                let mut delivered = 0;
+                for event in &events {
+                    if self.deliver(index, event, out) {
+                        delivered += 1;
+                    }
+                }
+                let topic = &mut self.topics[index];
+                topic.pos = topic.pos.max(last);
+                if events.len() < MEMORY_CHUNK {
+                    topic.pos = topic.pos.max(topic.catch_up_to);
+                }
+                self.count_replay("memory", delivered);
+                Ok(())
+            }
+            Slice::Missing { until } => self.start_jetstream_read(index, until, out).await,
+        }
+    }
+
+    pub(super) async fn start_jetstream_read(
+        &mut self,
+        index: usize,
+        until: u64,
+        out: &mut BytesMut,
+    ) -> Result<(), CloseReason> {
+        let js = self.node.jetstream().clone();
+        let topic = &self.topics[index];
+        let stream = match bounded(js.get_stream(topic.feed.stream_name())).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                warn!(topic = %topic.feed.topic, %error, "cannot read stream for resume");
+                return Err(CloseReason::Error);
+            }
+        };
+        let info = stream.cached_info();
+        if stream_epoch(info) != topic.feed.epoch {
+            return Err(CloseReason::TopicClosed);
+        }
+        let first = info.state.first_sequence;
+        if first > topic.pos + 1 && !topic.reset_sent {
+            let data = serde_json::json!({
+                "topic": topic.feed.topic.as_str(),
+                "reason": "history_gone",
+                "last_seen": topic.pos,
+                "lost_from": topic.pos + 1,
+                "lost_to": first - 1,
+                "resume_from": first,
+            });
+            self.node.metrics().reset_events.inc();
+            let topic = &mut self.topics[index];
+            topic.pos = first - 1;
+            topic.reset_sent = true;
+            write_reset_body(out, &data);
+            self.write_cursor(out);
+        }
+        let topic = &mut self.topics[index];
+        topic.reset_sent = true;
+        let end = until.saturating_sub(1).min(topic.catch_up_to);
+        if topic.pos >= end {
+            topic.pos = topic.pos.max(end);
+            self.jetstream_permit = None;
+            return Ok(());
+        }
+        let prefix = self.node.config().nats.subject_prefix.clone();
+        let consumer = bounded(stream.create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: topic.pos + 1,
+            },
+            filter_subjects: topic.filters(&prefix),
+            max_expires: crate::feed::PULL_EXPIRES,
+            ..Default::default()
+        }))
+        .await;
+        let consumer = match consumer {
+            Ok(c) => c,
+            Err(error) => {
+                warn!(topic = %topic.feed.topic, %error, "cannot create resume consumer");
+                return Err(CloseReason::Error);
+            }
+        };
+        if consumer.cached_info().num_pending == 0 {
+            topic.pos = end;
+            self.jetstream_permit = None;
+            return Ok(());
+        }
+        match bounded(consumer.messages()).await {
+            Ok(messages) => {
+                self.jetstream_read = Some(Box::new(JetStreamRead {
+                    messages,
+                    end,
+                    _held: self.node.metrics().consumer_held(),
+                }));
+                Ok(())
+            }
+            Err(error) => {
+                warn!(topic = %topic.feed.topic, %error, "cannot read resume consumer");
+                Err(CloseReason::Error)
+            }
+        }
+    }
+
+    pub(super) async fn jetstream_batch(&mut self, out: &mut BytesMut) -> Result<(), CloseReason> {
+        let index = self.catching_up;
+        let mut delivered = 0;
+        let mut finished = false;
+        let mut first = true;
+        while out.len() < BATCH_BYTES {
+            let Some(read) = self.jetstream_read.as_mut() else {
+                break;
+            };
+            let item = if first {
+                first = false;
+                match tokio::time::timeout(JETSTREAM_READ_TIMEOUT, read.messages.next()).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        warn!("resume read stalled; closing so the client retries");
+                        return Err(CloseReason::Error);
+                    }
+                }
+            } else {
+                match read.messages.next().now_or_never() {
+                    Some(item) => item,
+                    None => break,
+                }
+            };
+            let end = read.end;
+            let message = match item {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    warn!(%error, "resume read error");
+                    continue;
+                }
+                None => return Err(CloseReason::Error),
+            };
+            let Ok(info) = message.info() else {
+                continue;
+            };
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let published = SystemTime::from(info.published);
+            if seq > end {
+                finished = true;
+                break;
+            }
+            let is_marker = message
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(MARKER_HEADER).is_some());
+            if !is_marker {
+                let topic = &self.topics[index];
+                let prefix_len = self.node.config().nats.subject_prefix.len() + 1;
+                let path = message
+                    .subject
+                    .as_str()
+                    .get(prefix_len..)
+                    .unwrap_or_default();
+                let event = Event::encode(
+                    &topic.feed.encode_context,
+                    seq,
+                    path,
+                    published,
+                    message.headers.as_ref(),
+                    &message.payload,
+                );
+                if self.deliver(index, &event, out) {
+                    delivered += 1;
+                }
+            }
+            let topic = &mut self.topics[index];
+            topic.pos = topic.pos.max(seq);
+            if seq >= end || pending == 0 {
+                finished = true;
+                break;
+            }
+        }
+        self.count_replay("jetstream", delivered);
+        if finished && let Some(read) = self.jetstream_read.take() {
+            let topic = &mut self.topics[index];
+            topic.pos = topic.pos.max(read.end);
+            self.jetstream_permit = None;
+        }
+        Ok(())
+    }
+
+    pub(super) fn count_replay(&mut self, source: &str, delivered: u64) {
+        self.replayed[usize::from(source == "jetstream")] += delivered;
+        if delivered > 0 {
+            let metrics = self.node.metrics();
+            metrics
+                .replay_events
+                .with_label_values(&[source])
+                .inc_by(delivered);
+            metrics.events_delivered.inc_by(delivered);
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Framing: the bytes of one client's stream. Events arrive encoded once
+//! and shared; a lone frame is handed on without a copy, several are
+//! gathered into one write, and the resume cursor (`id:`) is written for
+//! clients of several topics.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sse_protocol::cursor::write_position;
+use tokio::time::Instant;
+
+use super::{ClientStream, PACED_WRITE_MAX};
+use crate::event::Event;
+
+impl ClientStream {
+    pub(super) fn write_cursor(&self, out: &mut BytesMut) {
+        out.put_slice(b"id: ");
+        self.write_id_value(out);
+        out.put_slice(b"\n\n");
+    }
+
+    pub(super) fn write_id_value(&self, out: &mut BytesMut) {
+        let mut text = String::with_capacity(48 * self.topics.len());
+        for (i, t) in self.topics.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            let _ = write_position(&mut text, t.feed.topic.as_str(), &t.feed.epoch, t.pos);
+        }
+        out.put_slice(text.as_bytes());
+    }
+
+    /// Writes an event if it is new for this client and matches; returns
+    /// whether it was written.
+    pub(super) fn deliver(&mut self, index: usize, event: &Event, out: &mut BytesMut) -> bool {
+        let topic = &mut self.topics[index];
+        if event.seq <= topic.pos {
+            return false;
+        }
+        topic.pos = event.seq;
+        if !topic.matches(&event.path) {
+            return false;
+        }
+        if self.single_topic {
+            // A lone frame is handed on as is, without a copy; a second one
+            // in the same write joins it in the buffer.
+            if out.is_empty() && self.lone_frame.is_none() {
+                self.lone_frame = Some(event.frame.clone());
+            } else {
+                if let Some(first) = self.lone_frame.take() {
+                    out.put_slice(&first);
+                }
+                out.put_slice(&event.frame);
+            }
+        } else {
+            out.put_slice(&event.frame[..event.body_len]);
+            out.put_slice(b"id: ");
+            self.write_id_value(out);
+            out.put_slice(b"\n\n");
+        }
+        true
+    }
+
+    /// What a step wrote, if anything: a lone shared frame or the buffer.
+    pub(super) fn take_output(&mut self, out: BytesMut) -> Option<Bytes> {
+        let bytes = match self.lone_frame.take() {
+            Some(frame) if out.is_empty() => frame,
+            Some(frame) => {
+                // Not reached: the buffer is only written after the lone frame
+                // has been moved into it. Keep both, in order, regardless.
+                let mut joined = BytesMut::with_capacity(frame.len() + out.len());
+                joined.put_slice(&frame);
+                joined.put_slice(&out);
+                joined.freeze()
+            }
+            None if out.is_empty() => return None,
+            None => out.freeze(),
+        };
+        self.wrote_since_heartbeat = true;
+        self.pacer
+            .record_write(Instant::now(), bytes.len() >= PACED_WRITE_MAX);
+        Some(bytes)
+    }
+}
+
+pub(super) fn write_reset_body(out: &mut BytesMut, data: &serde_json::Value) {
+    out.put_slice(b"event: reset\ndata: ");
+    out.put_slice(data.to_string().as_bytes());
+    out.put_u8(b'\n');
+}

@@ -1,0 +1,131 @@
+//! Live delivery: the topics' broadcast receivers, drained in batches.
+
+use std::{sync::Arc, time::SystemTime};
+
+use bytes::BytesMut;
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::{BATCH_BYTES, ClientStream, CloseReason, LAG_SAMPLE_EVERY};
+use crate::event::Event;
+
+/// What a client's live receivers yield.
+pub(super) enum LiveItem {
+    /// An event of the topic at this index.
+    Event(usize, Arc<Event>),
+    /// The client fell behind its queue by this many events.
+    Lagged(u64),
+    /// A topic's feed closed.
+    Closed,
+}
+
+/// A client's live receivers, one per topic, in the client's topic order.
+///
+/// Polled by hand rather than through `BroadcastStream` and `SelectAll`:
+/// a batch drains them with `try_recv`, and only an empty queue waits, on
+/// a `recv` future held inside the caller's own future. That keeps the
+/// per-event path free of boxed futures and task re-queueing.
+pub(super) struct LiveReceivers {
+    pub(super) receivers: Vec<broadcast::Receiver<Arc<Event>>>,
+    // Where the next drain starts, so one busy topic cannot starve another.
+    pub(super) next: usize,
+}
+
+impl LiveReceivers {
+    /// An item that is already waiting, if any.
+    pub(super) fn try_next(&mut self) -> Option<LiveItem> {
+        let count = self.receivers.len();
+        for offset in 0..count {
+            let index = (self.next + offset) % count;
+            match self.receivers[index].try_recv() {
+                Ok(event) => {
+                    self.next = (index + 1) % count;
+                    return Some(LiveItem::Event(index, event));
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Lagged(missed)) => return Some(LiveItem::Lagged(missed)),
+                Err(TryRecvError::Closed) => return Some(LiveItem::Closed),
+            }
+        }
+        None
+    }
+
+    /// The next item, waiting for one if none is queued.
+    pub(super) async fn next(&mut self) -> LiveItem {
+        if let Some(item) = self.try_next() {
+            return item;
+        }
+        let (result, index) = match self.receivers.as_mut_slice() {
+            [one] => (one.recv().await, 0),
+            many => {
+                // Several topics: rare, so a boxed future per topic is fine.
+                let waits = many.iter_mut().map(|r| Box::pin(r.recv()));
+                let (result, index, _) = futures_util::future::select_all(waits).await;
+                (result, index)
+            }
+        };
+        match result {
+            Ok(event) => LiveItem::Event(index, event),
+            Err(RecvError::Lagged(missed)) => LiveItem::Lagged(missed),
+            Err(RecvError::Closed) => LiveItem::Closed,
+        }
+    }
+}
+
+impl ClientStream {
+    pub(super) fn live_batch(
+        &mut self,
+        first: LiveItem,
+        out: &mut BytesMut,
+    ) -> Result<(), CloseReason> {
+        let mut item = first;
+        let mut delivered = 0u64;
+        let mut oldest: Option<SystemTime> = None;
+        loop {
+            match item {
+                LiveItem::Closed => return Err(CloseReason::TopicClosed),
+                LiveItem::Lagged(missed) => {
+                    debug!(missed, "client too slow; disconnecting");
+                    return Err(CloseReason::Slow);
+                }
+                LiveItem::Event(_, event) if event.is_drain_marker() => {
+                    if !self.draining() {
+                        self.start_drain();
+                    }
+                }
+                LiveItem::Event(index, event) => {
+                    if self.deliver(index, &event, out) {
+                        delivered += 1;
+                        oldest.get_or_insert(event.published);
+                    }
+                }
+            }
+            if out.len() >= BATCH_BYTES {
+                break;
+            }
+            match self.live.try_next() {
+                Some(next) => item = next,
+                None => break,
+            }
+        }
+        if delivered > 0 {
+            self.pacer.record_batch(Instant::now(), delivered);
+            // Shared counters are touched once per batch, and the lag is
+            // sampled, so clients on both cores do not fight over them.
+            self.batches = self.batches.wrapping_add(1);
+            let metrics = self.node.metrics();
+            metrics.events_delivered.inc_by(delivered);
+            if self.batches % LAG_SAMPLE_EVERY == 1
+                && let Some(published) = oldest
+                && let Ok(lag) = SystemTime::now().duration_since(published)
+            {
+                metrics.delivery_lag.observe(lag.as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+}

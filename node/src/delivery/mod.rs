@@ -1,0 +1,575 @@
+//! Where events are written to a client: one SSE stream per connection.
+//!
+//! A stream goes through two phases.
+//!
+//! 1. **Catch-up.** For each topic, the client's position is brought up to
+//!    the feed's head at the moment the client attached: from node memory
+//!    when the history reaches back far enough, otherwise from JetStream
+//!    through a short-lived ordered consumer, behind a semaphore that caps
+//!    concurrent reads. History that is gone yields one `reset` event.
+//! 2. **Live.** Events from the topics' broadcast channels, which have been
+//!    buffering since the client attached. A client that falls more than
+//!    `delivery.client_queue_events` behind is disconnected (`slow`) and
+//!    resumes from its last id when it reconnects.
+//!
+//! Per topic the client keeps `pos`: every event of that topic up to `pos`
+//! has been delivered or did not match the subscription. Events at or below
+//! `pos` are never written again, which is what makes resume exact.
+//!
+//! The stream ends on shutdown (at a random moment in the drain window, with
+//! a `retry:` hint), at the end of its lifetime if one is configured, when
+//! the token that opened it expires, when a topic's feed closes, or when the
+//! client goes away.
+//!
+//! The parts, in the order an event goes through them: [`catch_up`] (memory
+//! or JetStream, then `reset` where history is gone), [`live`] (the topics'
+//! broadcast receivers), [`framing`] (the bytes written), [`pacing`] (when a
+//! busy client is written to) and [`progress`] (the no-progress watchdog).
+//! This module holds the stream's state and its loop: what it waits on, and
+//! its deadlines (drain, lifetime, token expiry, heartbeat).
+
+mod catch_up;
+mod framing;
+mod live;
+mod pacing;
+mod progress;
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::Stream;
+use sse_protocol::{SubjectPath, TopicName};
+use tokio::{
+    net::TcpStream,
+    sync::OwnedSemaphorePermit,
+    time::{Instant, Interval, MissedTickBehavior},
+};
+use tracing::{Span, debug, info_span};
+
+use crate::{feed::FeedLease, node::Node, telemetry};
+use catch_up::JetStreamRead;
+use framing::write_reset_body;
+use live::{LiveItem, LiveReceivers};
+use pacing::Pacer;
+use progress::Progress;
+
+/// Most bytes gathered into one write.
+const BATCH_BYTES: usize = 64 * 1024;
+/// A write at least this large starts no pacing window: it already spreads
+/// its system call over many bytes, and holding the client would only add
+/// latency and fill its queue (large events arrive faster than a window).
+const PACED_WRITE_MAX: usize = 8 * 1024;
+/// One live batch in this many records its delivery lag.
+const LAG_SAMPLE_EVERY: u32 = 8;
+
+/// The one concrete path a subscription reads of a topic, if that is all
+/// it reads: such a client hears only that path's events.
+pub fn only_path(patterns: &[SubjectPath]) -> Option<&str> {
+    match patterns {
+        [one] if !one.has_wildcard() && !one.is_whole_topic() => Some(one.as_str()),
+        _ => None,
+    }
+}
+
+/// One topic of a subscription.
+pub struct TopicRequest {
+    /// The topic.
+    pub topic: TopicName,
+    /// The paths asked for within it.
+    pub patterns: Vec<SubjectPath>,
+    /// Where the client says it stands, if it gave an id naming this topic.
+    pub resume: Option<(String, u64)>,
+}
+
+struct ClientTopic {
+    feed: FeedLease,
+    patterns: Vec<SubjectPath>,
+    pos: u64,
+    catch_up_to: u64,
+    reset_sent: bool,
+    /// Whether the client hears only its one path's events (so `pos` does
+    /// not follow the topic's head).
+    by_path: bool,
+}
+
+impl ClientTopic {
+    fn matches(&self, path: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(path))
+    }
+
+    /// Subject filters for a JetStream read. Several patterns may overlap,
+    /// which JetStream refuses, so they fall back to the whole topic and
+    /// are filtered here.
+    fn filters(&self, prefix: &str) -> Vec<String> {
+        match self.patterns.as_slice() {
+            [one] if !one.is_whole_topic() => vec![one.nats_subject(prefix)],
+            _ => self.feed.topic.stream_subjects(prefix),
+        }
+    }
+}
+
+/// Why a stream ended; the label of `sse_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client went away.
+    Client,
+    /// The client fell too far behind.
+    Slow,
+    /// The node is shutting down.
+    Shutdown,
+    /// The configured connection lifetime passed.
+    Lifetime,
+    /// A topic was deleted or recreated.
+    TopicClosed,
+    /// Reading JetStream failed during catch-up.
+    Error,
+    /// The token that authorised the stream expired.
+    TokenExpired,
+    /// The stream was behind its topic and made no progress for
+    /// `delivery.no_progress_seconds`.
+    Stalled,
+}
+
+impl CloseReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Slow => "slow",
+            Self::Shutdown => "shutdown",
+            Self::Lifetime => "lifetime",
+            Self::TopicClosed => "topic_closed",
+            Self::Error => "error",
+            Self::TokenExpired => "token_expired",
+            Self::Stalled => "stalled",
+        }
+    }
+}
+
+enum Work {
+    Permit(OwnedSemaphorePermit),
+    Live(LiveItem),
+}
+
+enum Wake {
+    Shutdown,
+    Deadline,
+    NoProgress,
+    Heartbeat,
+    PeerClosed,
+    Work(Work),
+}
+
+/// The state of one client's SSE stream.
+pub struct ClientStream {
+    node: Node,
+    topics: Vec<ClientTopic>,
+    single_topic: bool,
+    prelude: Option<Bytes>,
+    catching_up: usize,
+    jetstream_read: Option<Box<JetStreamRead>>,
+    jetstream_permit: Option<OwnedSemaphorePermit>,
+    catch_up_started: Instant,
+    live: LiveReceivers,
+    heartbeat: Option<Interval>,
+    wrote_since_heartbeat: bool,
+    close_at: Option<(Instant, CloseReason)>,
+    lifetime_end: Option<Instant>,
+    token_expiry: Option<Instant>,
+    done: bool,
+    reason: CloseReason,
+    span: Span,
+    resume_span: Span,
+    replayed: [u64; 2],
+    batches: u32,
+    lone_frame: Option<Bytes>,
+    pacer: Pacer,
+    progress: Progress,
+}
+
+impl ClientStream {
+    /// Attaches to every topic's feed and prepares the first bytes: a
+    /// comment, the `retry:` hint, any `reset` events, and the id-only frame
+    /// carrying the client's cursor.
+    pub fn open(node: Node, requests: Vec<(TopicRequest, FeedLease)>) -> Self {
+        let config = node.config();
+        let mut prelude = BytesMut::with_capacity(256);
+        prelude.put_slice(b": ok\n\n");
+        let retry = config.http.retry_ms + fastrand::u64(0..=config.http.retry_jitter_ms);
+        prelude.put_slice(format!("retry: {retry}\n\n").as_bytes());
+        let mut topics = Vec::with_capacity(requests.len());
+        let mut resets = Vec::new();
+        let mut receivers = Vec::with_capacity(requests.len());
+        for (request, feed) in requests {
+            // A client of one concrete path hears only that path's events:
+            // from a feed of that path alone, or from the path's own channel
+            // of the whole topic's feed. Anything else reads the whole topic
+            // and filters. Never both: one receiver per topic keeps its
+            // events in stream order.
+            let on_whole_feed = feed.path.is_none();
+            let channel = only_path(&request.patterns).filter(|_| on_whole_feed);
+            let attachment = feed.attach(channel);
+            let by_path = channel.is_some();
+            let (pos, catch_up_to, reset_sent) = match &request.resume {
+                None => (attachment.live_from, attachment.head, false),
+                Some((epoch, seq)) if *epoch == attachment.epoch => {
+                    (*seq, attachment.head.max(*seq), false)
+                }
+                Some((old_epoch, old_seq)) => {
+                    // Another incarnation of the stream: its sequences mean
+                    // nothing here. Say so, then start from the oldest held.
+                    resets.push(serde_json::json!({
+                        "topic": feed.topic.as_str(),
+                        "reason": "stream_recreated",
+                        "old_epoch": old_epoch,
+                        "last_seen": old_seq,
+                        "lost_from": null,
+                        "lost_to": null,
+                        "resume_from": 1,
+                    }));
+                    (0, attachment.head, true)
+                }
+            };
+            receivers.push(attachment.receiver);
+            node.metrics()
+                .topic_subscribers
+                .with_label_values(&[feed.topic.as_str()])
+                .inc();
+            topics.push(ClientTopic {
+                feed,
+                patterns: request.patterns,
+                pos,
+                catch_up_to,
+                reset_sent,
+                by_path,
+            });
+        }
+        let single_topic = topics.len() == 1;
+        let pacing = Duration::from_millis(config.delivery.write_pacing_ms);
+        let no_progress = Duration::from_secs(config.delivery.no_progress_seconds);
+        // The smallest of the client's live queues bounds how long it may
+        // be held.
+        let queue_events = topics
+            .iter()
+            .map(|t| {
+                if t.by_path {
+                    config.delivery.path_queue_events
+                } else {
+                    t.feed.queue_events()
+                }
+            })
+            .min()
+            .unwrap_or(config.delivery.path_queue_events);
+        let mut stream = Self {
+            heartbeat: Some(heartbeat_interval(config.heartbeat())),
+            lifetime_end: (config.http.max_connection_lifetime_seconds > 0).then(|| {
+                let base = Duration::from_secs(config.http.max_connection_lifetime_seconds);
+                Instant::now() + base + base.mul_f64(fastrand::f64() * 0.2)
+            }),
+            node,
+            topics,
+            single_topic,
+            prelude: None,
+            catching_up: 0,
+            jetstream_read: None,
+            jetstream_permit: None,
+            catch_up_started: Instant::now(),
+            live: LiveReceivers { receivers, next: 0 },
+            wrote_since_heartbeat: false,
+            close_at: None,
+            done: false,
+            token_expiry: None,
+            reason: CloseReason::Client,
+            span: Span::none(),
+            resume_span: Span::none(),
+            replayed: [0; 2],
+            batches: 0,
+            lone_frame: None,
+            pacer: Pacer::new(pacing, queue_events),
+            progress: Progress::new(no_progress),
+        };
+        let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
+        if telemetry::tracing_enabled() {
+            let names: Vec<&str> = stream
+                .topics
+                .iter()
+                .map(|t| t.feed.topic.as_str())
+                .collect();
+            stream.span = info_span!(
+                "sse.connection",
+                topics = %names.join(","),
+                resumed = resuming,
+                close_reason = tracing::field::Empty,
+            );
+            if resuming {
+                stream.resume_span = info_span!(
+                    parent: &stream.span,
+                    "sse.resume",
+                    memory_events = tracing::field::Empty,
+                    jetstream_events = tracing::field::Empty,
+                );
+            }
+        }
+        debug!(
+            topics = stream.topics.len(),
+            resuming,
+            connections = stream.node.connections(),
+            "client connected"
+        );
+        for reset in &resets {
+            stream.node.metrics().reset_events.inc();
+            write_reset_body(&mut prelude, reset);
+            stream.write_cursor(&mut prelude);
+        }
+        if resets.is_empty() {
+            // The id-only frame: the browser takes it as lastEventId without
+            // firing an event, so even a client that gets no event before
+            // its node dies resumes from the moment it connected.
+            stream.write_cursor(&mut prelude);
+        }
+        stream.prelude = Some(prelude.freeze());
+        stream
+    }
+
+    /// Turns the state into the byte stream of the response body.
+    pub fn into_body_stream(self) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
+        futures_util::stream::unfold(self, |mut state| async move {
+            state.next_chunk().await.map(|bytes| (Ok(bytes), state))
+        })
+    }
+
+    /// Closes the stream at `at`, when the token that authorised it
+    /// expires; the client reconnects with a fresh one and resumes.
+    pub fn close_at_token_expiry(&mut self, at: Instant) {
+        self.token_expiry = Some(at);
+    }
+
+    /// The earliest planned end: the lifetime or the token's expiry.
+    fn planned_end(&self) -> Option<(Instant, CloseReason)> {
+        let lifetime = self.lifetime_end.map(|t| (t, CloseReason::Lifetime));
+        let token = self.token_expiry.map(|t| (t, CloseReason::TokenExpired));
+        match (lifetime, token) {
+            (Some(l), Some(t)) => Some(if t.0 <= l.0 { t } else { l }),
+            (l, t) => l.or(t),
+        }
+    }
+
+    /// Records that the client's socket stopped taking bytes.
+    pub fn mark_slow(&mut self) {
+        self.reason = CloseReason::Slow;
+    }
+
+    /// The next bytes to write, or `None` when the stream is over.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        self.next_chunk_watching(None).await
+    }
+
+    /// Like [`Self::next_chunk`], and also ends the stream (returns `None`)
+    /// when `peer` shows the client closed its side.
+    pub async fn next_chunk_watching(&mut self, peer: Option<&TcpStream>) -> Option<Bytes> {
+        if let Some(prelude) = self.prelude.take() {
+            return Some(prelude);
+        }
+        loop {
+            if self.done {
+                return None;
+            }
+            if !self.draining() && self.node.is_shutting_down() {
+                self.start_drain();
+            }
+            let draining = self.draining();
+            let close_at = self.close_at.or(self.planned_end());
+            let deadline = close_at.map(|(t, _)| t);
+            let catching_up = self.catching_up < self.topics.len();
+            let mut out = BytesMut::new();
+            let mut step_now = false;
+            if catching_up {
+                let needs = self.needs_jetstream();
+                if !needs {
+                    self.jetstream_permit = None;
+                }
+                step_now = !needs || self.jetstream_permit.is_some();
+            }
+            let stalled_at = self.stalled_at();
+            if step_now {
+                // A catch-up step moves positions and writes the matching
+                // bytes together, so it runs to its end rather than being
+                // raced against timers that could drop it half-way.
+                if deadline.is_some_and(|d| d <= Instant::now()) {
+                    let reason = close_at.map(|(_, r)| r).unwrap_or(CloseReason::Shutdown);
+                    return Some(self.finish(reason));
+                }
+                if stalled_at.is_some_and(|at| at <= Instant::now()) {
+                    return Some(self.stalled());
+                }
+                if let Err(reason) = Box::pin(self.catch_up_step(&mut out)).await {
+                    return Some(self.finish(reason));
+                }
+                if let Some(bytes) = self.take_output(out) {
+                    return Some(bytes);
+                }
+                continue;
+            }
+            let mut heartbeat = self
+                .heartbeat
+                .take()
+                .expect("heartbeat is put back after each wait");
+            // Cloned only while catching up: live wakes of every client would
+            // otherwise all touch the node's shared reference count.
+            let node = catching_up.then(|| self.node.clone());
+            let pace_until = self.pacer.hold_until(Instant::now());
+            let wake = {
+                // Both kinds of work are safe to drop before they complete:
+                // a permit not yet granted, an event not yet taken.
+                let work = async {
+                    if let Some(node) = &node {
+                        Work::Permit(node.jetstream_read_permit().await)
+                    } else {
+                        // A client that was written to a moment ago waits out
+                        // the rest of the pacing window first, so a busy
+                        // stream gets one write per window instead of one per
+                        // event; a quiet one is written to at once.
+                        if let Some(until) = pace_until {
+                            tokio::time::sleep_until(until).await;
+                        }
+                        Work::Live(self.live.next().await)
+                    }
+                };
+                // Live streams learn of a shutdown from a drain marker on
+                // their topics' feeds: waiting on the shared token here would
+                // take its lock on every wake of every client.
+                let watch_shutdown = catching_up && !draining;
+                tokio::select! {
+                    biased;
+                    _ = shutdown_of(node.as_ref()), if watch_shutdown => Wake::Shutdown,
+                    _ = sleep_until_opt(deadline), if deadline.is_some() => Wake::Deadline,
+                    _ = sleep_until_opt(stalled_at), if stalled_at.is_some() => Wake::NoProgress,
+                    _ = heartbeat.tick() => Wake::Heartbeat,
+                    gone = peer_closed(peer), if peer.is_some() => {
+                        if gone { Wake::PeerClosed } else { Wake::Heartbeat }
+                    }
+                    work = work => Wake::Work(work),
+                }
+            };
+            self.heartbeat = Some(heartbeat);
+            match wake {
+                Wake::Shutdown => {
+                    self.start_drain();
+                    continue;
+                }
+                Wake::Deadline => {
+                    let reason = close_at.map(|(_, r)| r).unwrap_or(CloseReason::Shutdown);
+                    return Some(self.finish(reason));
+                }
+                Wake::NoProgress => return Some(self.stalled()),
+                Wake::PeerClosed => {
+                    self.done = true;
+                    return None;
+                }
+                Wake::Heartbeat => {
+                    if !self.wrote_since_heartbeat {
+                        self.node.metrics().heartbeats.inc();
+                        return Some(Bytes::from_static(b": hb\n\n"));
+                    }
+                    self.wrote_since_heartbeat = false;
+                    continue;
+                }
+                Wake::Work(Work::Permit(permit)) => {
+                    self.jetstream_permit = Some(permit);
+                    continue;
+                }
+                Wake::Work(Work::Live(item)) => {
+                    if let Err(reason) = self.live_batch(item, &mut out) {
+                        return Some(self.finish(reason));
+                    }
+                }
+            }
+            if let Some(bytes) = self.take_output(out) {
+                return Some(bytes);
+            }
+        }
+    }
+
+    fn draining(&self) -> bool {
+        matches!(self.close_at, Some((_, CloseReason::Shutdown)))
+    }
+
+    fn start_drain(&mut self) {
+        let window = self.node.config().drain().mul_f64(0.9 * fastrand::f64());
+        self.close_at = Some((Instant::now() + window, CloseReason::Shutdown));
+    }
+
+    fn finish(&mut self, reason: CloseReason) -> Bytes {
+        self.done = true;
+        self.reason = reason;
+        let config = self.node.config();
+        let retry = config.http.retry_ms.min(1000) + fastrand::u64(0..=config.http.retry_jitter_ms);
+        Bytes::from(format!("retry: {retry}\n\n"))
+    }
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        if self.reason == CloseReason::Client {
+            // Dropped from outside (the client left, or its socket stalled):
+            // if it was further behind than its queue allows, it was slow.
+            if self.topics.iter().any(|t| {
+                !t.by_path && t.feed.head().saturating_sub(t.pos) > t.feed.queue_events() as u64
+            }) {
+                self.reason = CloseReason::Slow;
+            }
+        }
+        let metrics = self.node.metrics();
+        for topic in &self.topics {
+            metrics
+                .topic_subscribers
+                .with_label_values(&[topic.feed.topic.as_str()])
+                .dec();
+        }
+        metrics
+            .connections_closed
+            .with_label_values(&[self.reason.as_str()])
+            .inc();
+        self.node.connection_closed();
+        self.span.record("close_reason", self.reason.as_str());
+        debug!(reason = self.reason.as_str(), "client disconnected");
+    }
+}
+
+/// Resolves when `peer` is readable: `true` if the client closed its side
+/// (or the socket failed), `false` if it merely sent bytes, which are
+/// discarded: an SSE client has nothing more to say.
+async fn peer_closed(peer: Option<&TcpStream>) -> bool {
+    let Some(peer) = peer else {
+        return std::future::pending().await;
+    };
+    if peer.readable().await.is_err() {
+        return true;
+    }
+    let mut discard = [0u8; 64];
+    match peer.try_read(&mut discard) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
+}
+
+fn heartbeat_interval(period: Duration) -> Interval {
+    let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}
+
+async fn shutdown_of(node: Option<&Node>) {
+    match node {
+        Some(node) => node.shutdown_cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

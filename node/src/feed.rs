@@ -96,6 +96,8 @@ pub struct Feed {
     budget: Arc<HistoryBudget>,
     /// Capacity of the feed's main broadcast: how far its clients may lag.
     queue_events: usize,
+    /// Asks the reader to give its consumer up and start a new one.
+    renew: tokio::sync::Notify,
     state: Mutex<FeedState>,
     closed: CancellationToken,
 }
@@ -197,6 +199,7 @@ impl Feed {
         let feed = Arc::new(Self {
             path: path.map(Into::into),
             queue_events,
+            renew: tokio::sync::Notify::new(),
             stream_name: topic.stream_name(),
             private: AtomicBool::new(stream_access(info) == Access::Private),
             head: AtomicU64::new(start - 1),
@@ -272,6 +275,14 @@ impl Feed {
             live_from: state.head.max(self.live_from),
             receiver,
         }
+    }
+
+    /// Has the reader give its consumer up and start a new one at
+    /// `head + 1`: the stream elected a new leader, and the server that
+    /// held the consumer may be gone. async-nats was seen to yield nothing
+    /// at all from such a consumer, with no error, for as long as it lived.
+    pub fn renew_consumer(&self) {
+        self.renew.notify_one();
     }
 
     /// How many events a client of the feed's main broadcast may lag.
@@ -639,6 +650,10 @@ impl Reader {
         loop {
             let item = tokio::select! {
                 item = messages.next() => item,
+                _ = self.feed.renew.notified() => {
+                    info!(topic = %self.feed.topic, head = self.feed.head(), "stream elected a new leader; re-creating the topic feed's consumer");
+                    return Ok(ReadEnd::Reconnected);
+                }
                 Ok(()) = self.reconnections.changed() => {
                     // The consumer may have lived on a server that is gone,
                     // and async-nats may never say so: start a new one.

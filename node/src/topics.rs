@@ -499,6 +499,15 @@ impl Topics {
             .set(i64::try_from(budget.held()).unwrap_or(i64::MAX));
     }
 
+    /// Has every live feed of `topic` start a new consumer: its stream has
+    /// a new leader, and the old one may have taken the consumers with it.
+    fn renew_consumers(&self, topic: &TopicName) {
+        let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
+        for feed in feeds.get(topic).into_iter().flat_map(TopicFeeds::all) {
+            feed.renew_consumer();
+        }
+    }
+
     /// Follows stream advisories, re-lists periodically and sweeps feeds
     /// until `stop`. `loaded` is called after the first successful listing.
     pub async fn watch(
@@ -550,8 +559,9 @@ impl Topics {
                         None => std::future::pending().await,
                     }
                 } => {
-                    // `$JS.EVENT.ADVISORY.STREAM.<ACTION>.<stream>`; leader
-                    // elections and the like change nothing here.
+                    // `$JS.EVENT.ADVISORY.STREAM.<ACTION>.<stream>`. After a
+                    // leader election the feeds start new consumers: the old
+                    // leader may have held theirs.
                     let mut tokens = message.subject.as_str().rsplit('.');
                     let (stream, action) = (tokens.next().unwrap_or_default(), tokens.next());
                     if let Some(topic) = TopicName::from_stream_name(stream) {
@@ -560,6 +570,7 @@ impl Topics {
                             Some("CREATED" | "UPDATED") => {
                                 let _ = self.refresh(&topic).await;
                             }
+                            Some("LEADER_ELECTED") => self.renew_consumers(&topic),
                             _ => {}
                         }
                     }

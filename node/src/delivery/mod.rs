@@ -442,12 +442,14 @@ impl ClientStream {
                     biased;
                     _ = shutdown_of(node.as_ref()), if watch_shutdown => Wake::Shutdown,
                     _ = sleep_until_opt(deadline), if deadline.is_some() => Wake::Deadline,
-                    _ = sleep_until_opt(stalled_at), if stalled_at.is_some() => Wake::NoProgress,
                     _ = heartbeat.tick() => Wake::Heartbeat,
                     gone = peer_closed(peer), if peer.is_some() => {
                         if gone { Wake::PeerClosed } else { Wake::Heartbeat }
                     }
                     work = work => Wake::Work(work),
+                    // After the work: events waiting are progress about to
+                    // be made, not a stall.
+                    _ = sleep_until_opt(stalled_at), if stalled_at.is_some() => Wake::NoProgress,
                 }
             };
             self.heartbeat = Some(heartbeat);

@@ -13,16 +13,20 @@ use super::{ClientStream, CloseReason};
 /// Heartbeats keep a stream looking alive to the browser, so a stream that
 /// waits on something that never comes (a JetStream read, a feed gone
 /// quiet) would stall its client forever: `EventSource` only reconnects when
-/// the stream ends. A stream that is behind (catching up, or its topic's
-/// head is past its position) and whose positions have not moved for
-/// `delivery.no_progress_seconds` is closed with a retry hint instead; the
-/// client resumes from its cursor, on any node.
+/// the stream ends. A stream that has been behind (catching up, or its
+/// topic's head past its position) for `delivery.no_progress_seconds`, with
+/// no move of its positions meanwhile, is closed with a retry hint instead;
+/// the client resumes from its cursor, on any node. A stream that was idle
+/// and in step with its topic only starts that clock when it falls behind.
 #[derive(Debug)]
 pub(super) struct Progress {
     limit: Duration,
     /// The sum of the client's positions when they last moved.
     mark: u64,
-    since: Instant,
+    /// When they last moved.
+    moved: Instant,
+    /// Since when the stream has been behind, if it is.
+    behind: Option<Instant>,
 }
 
 impl Progress {
@@ -30,18 +34,25 @@ impl Progress {
         Self {
             limit,
             mark: 0,
-            since: Instant::now(),
+            moved: Instant::now(),
+            behind: None,
         }
     }
 
-    /// Records the positions' sum at `now`; returns the moment the stream
-    /// counts as stalled if it stays behind without moving.
-    pub(super) fn observe(&mut self, mark: u64, now: Instant) -> Instant {
+    /// Records the positions' sum and whether the stream is behind at
+    /// `now`; returns the moment it counts as stalled if it stays behind
+    /// without moving, or `None` while it is in step.
+    pub(super) fn observe(&mut self, mark: u64, behind: bool, now: Instant) -> Option<Instant> {
         if mark != self.mark {
             self.mark = mark;
-            self.since = now;
+            self.moved = now;
         }
-        self.since + self.limit
+        if !behind {
+            self.behind = None;
+            return None;
+        }
+        let since = *self.behind.get_or_insert(now);
+        Some(since.max(self.moved) + self.limit)
     }
 }
 
@@ -60,8 +71,7 @@ impl ClientStream {
             .topics
             .iter()
             .fold(0u64, |sum, t| sum.wrapping_add(t.pos));
-        let at = self.progress.observe(mark, Instant::now());
-        behind.then_some(at)
+        self.progress.observe(mark, behind, Instant::now())
     }
 
     /// Ends a stream that made no progress while behind; the client
@@ -81,5 +91,46 @@ impl ClientStream {
             "client stream made no progress while behind its topic; closing it so the client resumes"
         );
         self.finish(CloseReason::Stalled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(6);
+
+    #[test]
+    fn a_stream_in_step_is_never_stalled() {
+        let mut p = Progress::new(LIMIT);
+        let t0 = Instant::now();
+        assert_eq!(p.observe(0, false, t0 + Duration::from_secs(60)), None);
+    }
+
+    #[test]
+    fn the_clock_starts_when_the_stream_falls_behind_not_at_its_last_event() {
+        // Quiet for a minute, in step; then its topic moves on.
+        let mut p = Progress::new(LIMIT);
+        let t0 = Instant::now();
+        let behind_at = t0 + Duration::from_secs(60);
+        assert_eq!(p.observe(0, true, behind_at), Some(behind_at + LIMIT));
+        // Still behind and not moving: the same deadline.
+        assert_eq!(
+            p.observe(0, true, behind_at + Duration::from_secs(3)),
+            Some(behind_at + LIMIT)
+        );
+    }
+
+    #[test]
+    fn progress_while_behind_moves_the_deadline() {
+        let mut p = Progress::new(LIMIT);
+        let t0 = Instant::now();
+        p.observe(0, true, t0);
+        let later = t0 + Duration::from_secs(4);
+        assert_eq!(p.observe(7, true, later), Some(later + LIMIT));
+        // Back in step: no deadline; behind again later: a fresh clock.
+        assert_eq!(p.observe(9, false, later), None);
+        let again = later + Duration::from_secs(30);
+        assert_eq!(p.observe(9, true, again), Some(again + LIMIT));
     }
 }

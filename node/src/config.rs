@@ -13,6 +13,7 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use serde::Deserialize;
+use sse_protocol::node_report;
 
 /// The built-in defaults, with a comment on every key.
 pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
@@ -133,6 +134,8 @@ pub struct DeliveryConfig {
 pub struct ClusterConfig {
     /// Key-value bucket holding one entry per live node.
     pub nodes_bucket: String,
+    /// Copies JetStream keeps of the bucket (one on an unclustered server).
+    pub nodes_bucket_replicas: usize,
     /// Seconds between reports.
     pub report_seconds: u64,
     /// Seconds an entry lives without being renewed.
@@ -422,14 +425,14 @@ impl Config {
             "must be at least 1",
         );
         check(
-            !self.cluster.nodes_bucket.is_empty()
-                && self
-                    .cluster
-                    .nodes_bucket
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            node_report::valid_bucket_name(&self.cluster.nodes_bucket),
             "cluster.nodes_bucket",
             "must be a bucket name of [A-Za-z0-9_-]",
+        );
+        check(
+            node_report::valid_replicas(self.cluster.nodes_bucket_replicas),
+            "cluster.nodes_bucket_replicas",
+            "must be between 1 and 5",
         );
         check(
             self.cluster.report_seconds > 0,

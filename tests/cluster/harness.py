@@ -237,7 +237,7 @@ class Cluster:
     """The whole cluster. Use as a context manager; see module doc.
 
     `node_env` is added to every node's environment (e.g. a short
-    `SSE_HTTP__MAX_CONNECTION_LIFETIME_SECONDS`). `nats_url_for_node(i)` may
+    `SSE_HTTP__MAX_CONNECTION_LIFETIME_SECONDS`), `admin_env` to admin's. `nats_url_for_node(i)` may
     return the NATS URL list a node should use (e.g. through a TCP proxy).
     """
 
@@ -246,6 +246,7 @@ class Cluster:
         nodes: int = 3,
         max_nodes: int | None = None,
         node_env: dict[str, str] | None = None,
+        admin_env: dict[str, str] | None = None,
         nats_servers: int = 3,
         with_admin: bool | None = None,
         page_port: int | None = None,
@@ -256,6 +257,7 @@ class Cluster:
         self.initial_nodes = nodes
         self.max_nodes = max(max_nodes or nodes, nodes)
         self.node_env = dict(node_env or {})
+        self.admin_env = dict(admin_env or {})
         self.nats_count = nats_servers
         self.page_port = page_port
         self.keep = keep if keep is not None else os.environ.get("SSE_KEEP_CLUSTER") == "1"
@@ -571,6 +573,7 @@ class Cluster:
                 "SSE_LOG__LEVEL": "info",
             }
         )
+        env.update(self.admin_env)
         port = self.admin_port
         self.procs["admin"] = Proc(
             name="admin",
@@ -580,6 +583,13 @@ class Cluster:
             ready=lambda: http_get(port, "/readyz", timeout=1.0)[0] == 200,
             ports={"http": port},
         )
+
+    def start_admin(self, timeout: float = 30.0) -> None:
+        """Start admin late, in a cluster made with `with_admin=False`."""
+        if self.admin_bin is None:
+            raise Fatal("no sse-admin binary (cargo build -p sse-admin)")
+        self._define_admin()
+        self.start_proc("admin", timeout=timeout)
 
     # --------------------------------------------------------------- haproxy
     def haproxy_config(self) -> str:

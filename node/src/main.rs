@@ -6,6 +6,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use sse_node::{config::Config, run, telemetry};
+use sse_shutdown::ShutdownSignals;
 use tokio_util::sync::CancellationToken;
 
 const EXIT_CONFIG: u8 = 64;
@@ -86,30 +87,4 @@ fn main() -> ExitCode {
     // the runtime's context.
     telemetry.shutdown();
     code
-}
-
-/// SIGTERM and SIGINT, registered with the runtime.
-struct ShutdownSignals {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignals {
-    fn install() -> std::io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// Either signal starts a graceful shutdown.
-    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-        tracing::info!("shutdown signal received");
-        shutdown.cancel();
-    }
 }

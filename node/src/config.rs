@@ -240,6 +240,21 @@ pub struct TlsConfig {
     pub handshake_timeout_seconds: u64,
 }
 
+/// Whether `origin` is a serialized origin: `scheme://host[:port]`, no
+/// path, as browsers send in `Origin`.
+pub fn valid_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', ' ', '*'])
+        && axum::http::HeaderValue::from_str(origin).is_ok()
+}
+
 /// Everything wrong with a configuration, one line per problem.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .0.join("\n"))]
@@ -263,14 +278,22 @@ impl Config {
 
     /// Extracts and validates a configuration from layered sources.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))?;
+        let config = Self::extract(figment)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks the values serde cannot, naming each bad key.
+    /// Extracts a configuration from layered sources: types and unknown keys
+    /// checked, values not yet.
+    pub fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        figment
+            .extract()
+            .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))
+    }
+
+    /// Checks the values serde cannot, naming each bad key. Only the values
+    /// themselves: what needs a file read (JWT keys, TLS certificate) is
+    /// checked when `crate::startup` builds it, once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         let mut check = |ok: bool, key: &str, why: &str| {
@@ -359,11 +382,6 @@ impl Config {
             "auth.cookie_name",
             "must be a cookie name of [A-Za-z0-9_-]",
         );
-        if let Err(problems) = crate::auth::Verifier::from_config(&self.auth) {
-            for (key, why) in problems {
-                check(false, key, &why);
-            }
-        }
         let cors = &self.cors;
         let any_origin = cors.allowed_origins.iter().any(|o| o == "*");
         check(
@@ -373,7 +391,7 @@ impl Config {
         );
         for origin in cors.allowed_origins.iter().filter(|o| *o != "*") {
             check(
-                crate::http::valid_origin(origin),
+                valid_origin(origin),
                 "cors.allowed_origins",
                 &format!("{origin:?} is not an origin such as https://app.example.com"),
             );
@@ -383,12 +401,6 @@ impl Config {
             "tls.key_file",
             "tls.cert_file and tls.key_file are set together",
         );
-        if !self.tls.cert_file.is_empty()
-            && !self.tls.key_file.is_empty()
-            && let Err(e) = crate::connection::tls_acceptor(&self.tls)
-        {
-            check(false, "tls.cert_file", &e);
-        }
         check(
             (1..=3600).contains(&self.tls.handshake_timeout_seconds),
             "tls.handshake_timeout_seconds",
@@ -529,24 +541,9 @@ mod tests {
 
     #[test]
     fn security_settings_name_their_key() {
+        // Keys and certificates are checked where they are built:
+        // `startup`'s tests.
         for (key, value, needle) in [
-            ("auth.jwt.hs256_secret", "short", "auth.jwt.hs256_secret"),
-            (
-                "auth.jwt.hs256_secret_file",
-                "/no/such/file",
-                "auth.jwt.hs256_secret_file",
-            ),
-            (
-                "auth.jwt.rs256_public_key_file",
-                "/no/such.pem",
-                "auth.jwt.rs256_public_key_file",
-            ),
-            (
-                "auth.jwt.es256_public_key_pem",
-                "not a key",
-                "auth.jwt.es256_public_key_pem",
-            ),
-            ("auth.jwt.jwks_file", "/no/such.json", "auth.jwt.jwks_file"),
             ("auth.cookie_name", "a b", "auth.cookie_name"),
             ("tls.cert_file", "/no/cert.pem", "tls.key_file"),
         ] {
@@ -577,5 +574,25 @@ mod tests {
         assert!(err.contains("cors.allow_credentials"), "{err}");
         let secret = with("auth.jwt.hs256_secret", "0123456789abcdef0123456789abcdef").unwrap();
         assert_eq!(format!("{:?}", secret.auth.jwt.hs256_secret), "<redacted>");
+    }
+
+    #[test]
+    fn config_imports_no_module_above_it() {
+        let source = include_str!("config.rs");
+        let code = &source[..source.find("#[cfg(test)]").unwrap()];
+        for upper in [
+            "auth",
+            "connection",
+            "http",
+            "startup",
+            "node",
+            "fastpath",
+            "subscriber",
+        ] {
+            assert!(
+                !code.contains(&format!("crate::{upper}")),
+                "config.rs uses crate::{upper}"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use sse_node::{config::Config, run, telemetry};
+use sse_node::{run, startup::Startup, telemetry};
 use sse_shutdown::ShutdownSignals;
 use tokio_util::sync::CancellationToken;
 
@@ -37,8 +37,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    let config = match Config::load(file.as_deref()) {
-        Ok(config) => config,
+    let startup = match Startup::load(file.as_deref()) {
+        Ok(startup) => startup,
         Err(error) => {
             eprintln!("{error}");
             return ExitCode::from(EXIT_CONFIG);
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let telemetry = telemetry::init(&config.log, "sse-node");
+    let telemetry = telemetry::init(&startup.config.log, "sse-node");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(error) => {
@@ -66,16 +66,16 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let listener = match tokio::net::TcpListener::bind(&config.http.listen).await {
+        let listener = match tokio::net::TcpListener::bind(&startup.config.http.listen).await {
             Ok(l) => l,
             Err(error) => {
-                tracing::error!(listen = %config.http.listen, %error, "cannot listen");
+                tracing::error!(listen = %startup.config.http.listen, %error, "cannot listen");
                 return ExitCode::FAILURE;
             }
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
-        match run(config, listener, shutdown).await {
+        match run(startup, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "node failed");

@@ -207,6 +207,28 @@ pub fn write_data_lines(buf: &mut BytesMut, text: &str) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_invalid_reason_is_a_known_metric_label() {
+        for reason in [
+            InvalidReason::InvalidUtf8,
+            InvalidReason::BadEventName,
+            InvalidReason::TooLarge,
+        ] {
+            // A new reason must be added to the list too, so its series
+            // exists from start.
+            match reason {
+                InvalidReason::InvalidUtf8
+                | InvalidReason::BadEventName
+                | InvalidReason::TooLarge => {}
+            }
+            assert!(
+                crate::metrics::INVALID_EVENT_REASONS.contains(&reason.as_str()),
+                "{}",
+                reason.as_str()
+            );
+        }
+    }
+
     fn encode(name: Option<&str>, payload: &[u8]) -> Event {
         let mut headers = HeaderMap::new();
         if let Some(name) = name {

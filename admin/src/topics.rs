@@ -266,7 +266,8 @@ fn stream_config(
 /// and capturing `<prefix>.<topic>`.
 pub fn topic_of_stream(config: &stream::Config, prefix: &str) -> Option<TopicName> {
     let topic = TopicName::from_stream_name(&config.name)?;
-    let subject = format!("{prefix}.{topic}");
+    // The first subject is the topic's own, `<prefix>.<topic>`.
+    let subject = topic.stream_subjects(prefix).into_iter().next()?;
     config.subjects.contains(&subject).then_some(topic)
 }
 
@@ -604,7 +605,7 @@ pub async fn list_subjects(
         .map_err(|err| Error::from_get_stream(&err, topic.as_str()))?;
     let prefix = state.prefix();
     let mut all: Vec<(String, u64)> = Vec::new();
-    for filter in [format!("{prefix}.{topic}"), format!("{prefix}.{topic}.>")] {
+    for filter in topic.stream_subjects(prefix) {
         let subjects = stream
             .info_with_subjects(filter)
             .await

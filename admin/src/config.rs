@@ -262,7 +262,12 @@ mod tests {
         let c = with("[admin]\ntoken = \"s3cret\"").unwrap();
         assert_eq!(c.http.listen, "0.0.0.0:8090");
         assert_eq!(c.nats.subject_prefix, "sse");
-        assert_eq!(c.cluster.nodes_bucket, "sse_nodes");
+        // The bucket's defaults are the contract's, shared with the nodes.
+        assert_eq!(c.cluster.nodes_bucket, node_report::DEFAULT_NODES_BUCKET);
+        assert_eq!(
+            c.cluster.nodes_bucket_replicas,
+            node_report::DEFAULT_NODES_BUCKET_REPLICAS
+        );
     }
 
     #[test]

@@ -518,6 +518,12 @@ mod tests {
     fn defaults_are_valid() {
         let c = with("nats.url", "nats://a:4222, nats://b:4222").unwrap();
         assert_eq!(c.nats.server_addrs().unwrap().len(), 2);
+        // The bucket's defaults are the contract's, shared with admin.
+        assert_eq!(c.cluster.nodes_bucket, node_report::DEFAULT_NODES_BUCKET);
+        assert_eq!(
+            c.cluster.nodes_bucket_replicas,
+            node_report::DEFAULT_NODES_BUCKET_REPLICAS
+        );
     }
 
     #[test]

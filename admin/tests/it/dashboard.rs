@@ -4,10 +4,10 @@
 //! a node's connection count changes (the node is simulated by writing its
 //! report into the bucket, as a node does).
 //!
-//! Skipped, with the reason printed, only when Chromium, `node` or the
-//! script's `node_modules` are missing; install them with
-//! `apt-get install -y chromium nodejs npm` and
-//! `npm ci --prefix admin/tests/browser`.
+//! Fails, naming what is missing, when Chromium, `node` or the script's
+//! `node_modules` are absent (a test that did not run must not report `ok`);
+//! `scripts/install-deps` installs them (`apt-get install -y chromium nodejs
+//! npm`, `npm ci --prefix admin/tests/browser`).
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 

@@ -1,47 +1,26 @@
 //! The cluster view: live nodes, read from the JetStream KV bucket
 //! `cluster.nodes_bucket` (default `sse_nodes`).
 //!
-//! Each node puts a [`NodeReport`] under its id every 5 s and deletes it on
+//! Each node puts a [`NodeReport`] (defined with the bucket's settings in
+//! [`sse_protocol::node_report`]) under its id every 5 s and deletes it on
 //! shutdown; the bucket's `max_age` (the node TTL) removes the entry of a node
 //! that died. An entry whose `reported_at` is older than the TTL counts as
 //! gone too, so a node with a stuck clock or a bucket made with a longer
 //! `max_age` cannot linger. Admin reads the bucket on every request and keeps
 //! nothing, so every replica shows the same.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use async_nats::jetstream::{context::KeyValueErrorKind, kv};
+use async_nats::jetstream::kv;
 use axum::{Json, extract::State};
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
+pub use sse_protocol::NodeReport;
+use sse_protocol::node_report::{NodesBucket, open_nodes_bucket};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use utoipa::ToSchema;
 
 use crate::{error::Error, state::AppState};
-
-/// What a node reports about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct NodeReport {
-    /// Node id; also the bucket key.
-    pub id: String,
-    /// Where the node serves clients.
-    pub address: String,
-    /// The node's version.
-    pub version: String,
-    /// When the node started, RFC 3339.
-    pub started_at: String,
-    /// When this report was written, RFC 3339.
-    pub reported_at: String,
-    /// Open SSE connections.
-    pub connections: u64,
-    /// Events written to clients since start.
-    pub events_delivered: u64,
-    /// Whether the node is shutting down.
-    pub draining: bool,
-    /// Subscribers per topic.
-    #[serde(default)]
-    pub topics: BTreeMap<String, u64>,
-}
 
 /// `GET /v1/nodes`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -52,39 +31,21 @@ pub struct NodeList {
     pub ttl_seconds: u64,
 }
 
-/// Opens the node-report bucket, creating it (history 1, `max_age` = TTL)
-/// when missing. Nodes do the same; whoever comes first creates it.
+/// Opens the node-report bucket with the nodes' settings
+/// ([`open_nodes_bucket`]); whoever comes first creates it.
 pub async fn nodes_bucket(state: &AppState) -> Result<&kv::Store, Error> {
     let js = state.jetstream()?;
     state
         .nodes_bucket
         .get_or_try_init(|| async {
-            let bucket = &state.config.cluster.nodes_bucket;
-            match js.get_key_value(bucket).await {
-                Ok(store) => return Ok(store),
-                Err(err) if err.kind() == KeyValueErrorKind::GetBucket => {}
-                Err(err) => return Err(Error::NatsUnavailable(err.to_string())),
-            }
-            let created = js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: "sse-cluster node reports".to_owned(),
-                    history: 1,
-                    max_age: state.config.node_ttl(),
-                    ..Default::default()
-                })
-                .await;
-            match created {
-                Ok(store) => {
-                    tracing::info!(%bucket, "node-report bucket created");
-                    Ok(store)
-                }
-                // Lost a race with a node or another admin: open theirs.
-                Err(_) => js
-                    .get_key_value(bucket)
-                    .await
-                    .map_err(|err| Error::NatsUnavailable(err.to_string())),
-            }
+            let settings = NodesBucket {
+                name: state.config.cluster.nodes_bucket.clone(),
+                ttl: state.config.node_ttl(),
+                replicas: state.config.cluster.nodes_bucket_replicas,
+            };
+            open_nodes_bucket(js, &settings)
+                .await
+                .map_err(|err| Error::NatsUnavailable(err.to_string()))
         })
         .await
 }

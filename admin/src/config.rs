@@ -12,6 +12,7 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use serde::Deserialize;
+use sse_protocol::node_report;
 
 use crate::error::Error;
 
@@ -88,6 +89,8 @@ impl std::fmt::Debug for AdminConfig {
 pub struct ClusterConfig {
     /// KV bucket of node reports.
     pub nodes_bucket: String,
+    /// Copies JetStream keeps of the bucket (one on an unclustered server).
+    pub nodes_bucket_replicas: usize,
     /// Age after which a node report counts as gone, in seconds.
     pub node_ttl_seconds: u64,
 }
@@ -185,14 +188,13 @@ impl Config {
             bad.push("admin.max_dashboard_streams: must be at least 1".to_owned());
         }
         let bucket = &self.cluster.nodes_bucket;
-        if bucket.is_empty()
-            || !bucket
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !node_report::valid_bucket_name(bucket) {
             bad.push(format!(
                 "cluster.nodes_bucket: {bucket:?} must be [A-Za-z0-9_-]+"
             ));
+        }
+        if !node_report::valid_replicas(self.cluster.nodes_bucket_replicas) {
+            bad.push("cluster.nodes_bucket_replicas: must be between 1 and 5".to_owned());
         }
         if !(1..=3600).contains(&self.cluster.node_ttl_seconds) {
             bad.push("cluster.node_ttl_seconds: must be between 1 and 3600".to_owned());
@@ -260,7 +262,12 @@ mod tests {
         let c = with("[admin]\ntoken = \"s3cret\"").unwrap();
         assert_eq!(c.http.listen, "0.0.0.0:8090");
         assert_eq!(c.nats.subject_prefix, "sse");
-        assert_eq!(c.cluster.nodes_bucket, "sse_nodes");
+        // The bucket's defaults are the contract's, shared with the nodes.
+        assert_eq!(c.cluster.nodes_bucket, node_report::DEFAULT_NODES_BUCKET);
+        assert_eq!(
+            c.cluster.nodes_bucket_replicas,
+            node_report::DEFAULT_NODES_BUCKET_REPLICAS
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sse_admin::{Config, EXIT_CONFIG, Error, cli::Args, telemetry};
+use sse_shutdown::ShutdownSignals;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -61,30 +62,4 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
     sse_admin::run(config, listener, shutdown).await?;
     Ok(())
-}
-
-/// SIGTERM and SIGINT, registered with the runtime.
-struct ShutdownSignals {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignals {
-    fn install() -> std::io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// Either signal starts a graceful shutdown.
-    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-        tracing::info!("shutdown signal received");
-        shutdown.cancel();
-    }
 }

@@ -11,6 +11,9 @@ use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts
 
 use crate::{overview, state::AppState};
 
+/// Every value `sse_admin_publish_failures_total{reason}` takes.
+pub const PUBLISH_FAILURE_REASONS: &[&str] = &["too_large", "unavailable", "refused"];
+
 /// The metrics and their registry.
 pub struct Metrics {
     registry: Registry,
@@ -74,6 +77,11 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        // Known reasons exist from start, at 0: a dashboard shows 0, not
+        // "No data", and rate() sees the first failure.
+        for reason in PUBLISH_FAILURE_REASONS {
+            publish_failures.with_label_values(&[*reason]);
+        }
         for m in [
             Box::new(topic_messages.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(topic_bytes.clone()),
@@ -103,8 +111,10 @@ impl Metrics {
         self.published.inc();
     }
 
-    /// Counts a failed publish; `reason` is one of a fixed set.
+    /// Counts a failed publish; `reason` is one of
+    /// [`PUBLISH_FAILURE_REASONS`].
     pub fn publish_failed(&self, reason: &'static str) {
+        debug_assert!(PUBLISH_FAILURE_REASONS.contains(&reason), "{reason}");
         self.publish_failures.with_label_values(&[reason]).inc();
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! A topic exists exactly when its stream exists; its settings are the
 //! stream's config, and its access (which JetStream has no field for) is the
-//! stream metadata key [`ACCESS_KEY`]. There is no second registry.
+//! stream metadata key `sse.access` ([`ACCESS_METADATA_KEY`]). There is no second registry.
 //!
 //! Limits are given as positive numbers; `0` means "no limit" both ways.
 
@@ -19,14 +19,13 @@ use axum::{
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use sse_protocol::{SubjectPath, TopicName};
+pub use sse_protocol::Access;
+use sse_protocol::{SubjectPath, TopicName, grant::ACCESS_METADATA_KEY};
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{cluster, error::Error, http::JsonBody, state::AppState};
 
-/// Stream metadata key holding a topic's access: `public` or `private`.
-pub const ACCESS_KEY: &str = "sse.access";
 /// JetStream's default de-duplication window; shortened to `max_age` when
 /// that is smaller, as JetStream requires.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -43,37 +42,6 @@ pub enum Storage {
     File,
     /// In memory: lost when the server restarts.
     Memory,
-}
-
-/// Who may subscribe to a topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    /// Anyone (the default).
-    Public,
-    /// Only holders of a token that allows the topic.
-    Private,
-}
-
-impl Access {
-    fn as_str(self) -> &'static str {
-        match self {
-            Access::Public => "public",
-            Access::Private => "private",
-        }
-    }
-
-    /// Reads access from stream metadata with the nodes' rule: absent or
-    /// `public` is public, anything else is private, so a typo never opens
-    /// a topic.
-    pub fn from_metadata(metadata: &HashMap<String, String>) -> Self {
-        match sse_protocol::Access::from_metadata_value(
-            metadata.get(ACCESS_KEY).map(String::as_str),
-        ) {
-            sse_protocol::Access::Public => Access::Public,
-            sse_protocol::Access::Private => Access::Private,
-        }
-    }
 }
 
 /// Body of `POST /v1/topics`.
@@ -285,7 +253,7 @@ fn stream_config(
         // Nodes read recent history with direct get.
         allow_direct: true,
         metadata: HashMap::from([(
-            ACCESS_KEY.to_owned(),
+            ACCESS_METADATA_KEY.to_owned(),
             body.access.unwrap_or(Access::Public).as_str().to_owned(),
         )]),
         ..Default::default()
@@ -298,7 +266,8 @@ fn stream_config(
 /// and capturing `<prefix>.<topic>`.
 pub fn topic_of_stream(config: &stream::Config, prefix: &str) -> Option<TopicName> {
     let topic = TopicName::from_stream_name(&config.name)?;
-    let subject = format!("{prefix}.{topic}");
+    // The first subject is the topic's own, `<prefix>.<topic>`.
+    let subject = topic.stream_subjects(prefix).into_iter().next()?;
     config.subjects.contains(&subject).then_some(topic)
 }
 
@@ -492,7 +461,7 @@ pub async fn update_topic(
     if let Some(access) = body.access {
         config
             .metadata
-            .insert(ACCESS_KEY.to_owned(), access.as_str().to_owned());
+            .insert(ACCESS_METADATA_KEY.to_owned(), access.as_str().to_owned());
     }
     let info = state
         .jetstream()?
@@ -636,7 +605,7 @@ pub async fn list_subjects(
         .map_err(|err| Error::from_get_stream(&err, topic.as_str()))?;
     let prefix = state.prefix();
     let mut all: Vec<(String, u64)> = Vec::new();
-    for filter in [format!("{prefix}.{topic}"), format!("{prefix}.{topic}.>")] {
+    for filter in topic.stream_subjects(prefix) {
         let subjects = stream
             .info_with_subjects(filter)
             .await
@@ -685,7 +654,7 @@ mod tests {
         let c = stream_config(&t, "sse", &body(r#"{"name":"orders"}"#)).unwrap();
         assert_eq!(c.name, "SSE_orders");
         assert_eq!(c.subjects, vec!["sse.orders", "sse.orders.>"]);
-        assert_eq!(c.metadata.get(ACCESS_KEY).unwrap(), "public");
+        assert_eq!(c.metadata.get(ACCESS_METADATA_KEY).unwrap(), "public");
         assert_eq!(c.max_bytes, -1);
         assert_eq!(c.num_replicas, 1);
         assert_eq!(topic_of_stream(&c, "sse"), Some(t.clone()));

@@ -13,6 +13,7 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use serde::Deserialize;
+use sse_protocol::node_report;
 pub use sse_token::{JwtConfig, Secret};
 
 /// The built-in defaults, with a comment on every key.
@@ -147,6 +148,8 @@ pub struct DeliveryConfig {
 pub struct ClusterConfig {
     /// Key-value bucket holding one entry per live node.
     pub nodes_bucket: String,
+    /// Copies JetStream keeps of the bucket (one on an unclustered server).
+    pub nodes_bucket_replicas: usize,
     /// Seconds between reports.
     pub report_seconds: u64,
     /// Seconds an entry lives without being renewed.
@@ -210,6 +213,21 @@ pub struct TlsConfig {
     pub handshake_timeout_seconds: u64,
 }
 
+/// Whether `origin` is a serialized origin: `scheme://host[:port]`, no
+/// path, as browsers send in `Origin`.
+pub fn valid_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', ' ', '*'])
+        && axum::http::HeaderValue::from_str(origin).is_ok()
+}
+
 /// Everything wrong with a configuration, one line per problem.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .0.join("\n"))]
@@ -233,14 +251,22 @@ impl Config {
 
     /// Extracts and validates a configuration from layered sources.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))?;
+        let config = Self::extract(figment)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks the values serde cannot, naming each bad key.
+    /// Extracts a configuration from layered sources: types and unknown keys
+    /// checked, values not yet.
+    pub fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        figment
+            .extract()
+            .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))
+    }
+
+    /// Checks the values serde cannot, naming each bad key. Only the values
+    /// themselves: what needs a file read (JWT keys, TLS certificate) is
+    /// checked when `crate::startup` builds it, once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         let mut check = |ok: bool, key: &str, why: &str| {
@@ -329,11 +355,6 @@ impl Config {
             "auth.cookie_name",
             "must be a cookie name of [A-Za-z0-9_-]",
         );
-        if let Err(problems) = crate::auth::Verifier::from_config(&self.auth.jwt) {
-            for (key, why) in problems {
-                check(false, key, &why);
-            }
-        }
         let cors = &self.cors;
         let any_origin = cors.allowed_origins.iter().any(|o| o == "*");
         check(
@@ -343,7 +364,7 @@ impl Config {
         );
         for origin in cors.allowed_origins.iter().filter(|o| *o != "*") {
             check(
-                crate::http::valid_origin(origin),
+                valid_origin(origin),
                 "cors.allowed_origins",
                 &format!("{origin:?} is not an origin such as https://app.example.com"),
             );
@@ -353,12 +374,6 @@ impl Config {
             "tls.key_file",
             "tls.cert_file and tls.key_file are set together",
         );
-        if !self.tls.cert_file.is_empty()
-            && !self.tls.key_file.is_empty()
-            && let Err(e) = crate::connection::tls_acceptor(&self.tls)
-        {
-            check(false, "tls.cert_file", &e);
-        }
         check(
             (1..=3600).contains(&self.tls.handshake_timeout_seconds),
             "tls.handshake_timeout_seconds",
@@ -400,14 +415,14 @@ impl Config {
             "must be at least 1",
         );
         check(
-            !self.cluster.nodes_bucket.is_empty()
-                && self
-                    .cluster
-                    .nodes_bucket
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            node_report::valid_bucket_name(&self.cluster.nodes_bucket),
             "cluster.nodes_bucket",
             "must be a bucket name of [A-Za-z0-9_-]",
+        );
+        check(
+            node_report::valid_replicas(self.cluster.nodes_bucket_replicas),
+            "cluster.nodes_bucket_replicas",
+            "must be between 1 and 5",
         );
         check(
             self.cluster.report_seconds > 0,
@@ -481,6 +496,12 @@ mod tests {
     fn defaults_are_valid() {
         let c = with("nats.url", "nats://a:4222, nats://b:4222").unwrap();
         assert_eq!(c.nats.server_addrs().unwrap().len(), 2);
+        // The bucket's defaults are the contract's, shared with admin.
+        assert_eq!(c.cluster.nodes_bucket, node_report::DEFAULT_NODES_BUCKET);
+        assert_eq!(
+            c.cluster.nodes_bucket_replicas,
+            node_report::DEFAULT_NODES_BUCKET_REPLICAS
+        );
     }
 
     #[test]
@@ -504,24 +525,9 @@ mod tests {
 
     #[test]
     fn security_settings_name_their_key() {
+        // Keys and certificates are checked where they are built:
+        // `startup`'s tests.
         for (key, value, needle) in [
-            ("auth.jwt.hs256_secret", "short", "auth.jwt.hs256_secret"),
-            (
-                "auth.jwt.hs256_secret_file",
-                "/no/such/file",
-                "auth.jwt.hs256_secret_file",
-            ),
-            (
-                "auth.jwt.rs256_public_key_file",
-                "/no/such.pem",
-                "auth.jwt.rs256_public_key_file",
-            ),
-            (
-                "auth.jwt.es256_public_key_pem",
-                "not a key",
-                "auth.jwt.es256_public_key_pem",
-            ),
-            ("auth.jwt.jwks_file", "/no/such.json", "auth.jwt.jwks_file"),
             ("auth.cookie_name", "a b", "auth.cookie_name"),
             ("tls.cert_file", "/no/cert.pem", "tls.key_file"),
         ] {
@@ -552,5 +558,28 @@ mod tests {
         assert!(err.contains("cors.allow_credentials"), "{err}");
         let secret = with("auth.jwt.hs256_secret", "0123456789abcdef0123456789abcdef").unwrap();
         assert_eq!(format!("{:?}", secret.auth.jwt.hs256_secret), "<redacted>");
+    }
+
+    #[test]
+    fn config_imports_no_module_above_it() {
+        let source = include_str!("config.rs");
+        let code: String = source[..source.find("#[cfg(test)]").unwrap()]
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect();
+        for upper in [
+            "auth",
+            "connection",
+            "http",
+            "startup",
+            "node",
+            "fastpath",
+            "subscriber",
+        ] {
+            assert!(
+                !code.contains(&format!("crate::{upper}")),
+                "config.rs uses crate::{upper}"
+            );
+        }
     }
 }

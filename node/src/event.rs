@@ -19,14 +19,11 @@ use std::time::SystemTime;
 use async_nats::HeaderMap;
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// NATS header naming the SSE event type.
-pub const EVENT_NAME_HEADER: &str = "Sse-Event";
-/// Header JetStream puts on subject delete markers, which are not events.
-pub const MARKER_HEADER: &str = "Nats-Marker-Reason";
-/// W3C trace context header, continued into the node's delivery span.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
-/// Longest accepted event name, in bytes.
-pub const MAX_EVENT_NAME_BYTES: usize = 128;
+// The header names and the event-name limit are the contract with
+// publishers and admin; they live in `sse_protocol::headers`.
+pub use sse_protocol::headers::{
+    EVENT_NAME_HEADER, MARKER_HEADER, MAX_EVENT_NAME_BYTES, TRACEPARENT_HEADER, valid_event_name,
+};
 /// Name given to events whose publisher set none.
 pub const DEFAULT_EVENT_NAME: &str = "message";
 /// Name of the event that replaces one that could not be sent as is.
@@ -181,14 +178,6 @@ impl Event {
     }
 }
 
-/// Whether an `Sse-Event` value may be written as an event name.
-pub fn valid_event_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_EVENT_NAME_BYTES
-        && !name.chars().any(char::is_control)
-        && name.trim() == name
-}
-
 /// Writes `text` as `data:` lines, splitting on `\r\n`, `\r` and `\n`.
 pub fn write_data_lines(buf: &mut BytesMut, text: &str) {
     let bytes = text.as_bytes();
@@ -217,6 +206,28 @@ pub fn write_data_lines(buf: &mut BytesMut, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_invalid_reason_is_a_known_metric_label() {
+        for reason in [
+            InvalidReason::InvalidUtf8,
+            InvalidReason::BadEventName,
+            InvalidReason::TooLarge,
+        ] {
+            // A new reason must be added to the list too, so its series
+            // exists from start.
+            match reason {
+                InvalidReason::InvalidUtf8
+                | InvalidReason::BadEventName
+                | InvalidReason::TooLarge => {}
+            }
+            assert!(
+                crate::metrics::INVALID_EVENT_REASONS.contains(&reason.as_str()),
+                "{}",
+                reason.as_str()
+            );
+        }
+    }
 
     fn encode(name: Option<&str>, payload: &[u8]) -> Event {
         let mut headers = HeaderMap::new();

@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 
 use crate::{
     auth::{self, AuthError, Verifier},
-    config::{ConfigError, CorsConfig},
+    config::CorsConfig,
     delivery::{ClientStream, TopicRequest},
     node::Node,
     topics::LookupError,
@@ -127,11 +127,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// What every request handler shares: the node and the token verifier.
+/// What every request handler shares: the node, the token verifier and the
+/// CORS rules, built once at start-up ([`crate::startup`]).
 #[derive(Clone)]
 pub struct HttpState {
     node: Node,
     verifier: Arc<Verifier>,
+    cors: Option<CorsLayer>,
 }
 
 impl HttpState {
@@ -147,35 +149,21 @@ impl FromRef<HttpState> for Node {
     }
 }
 
-/// The node's router. Fails only on an `[auth]` or `[cors]` section that
-/// `Config::validate` would refuse too.
-pub fn router(node: Node) -> Result<Router, ConfigError> {
-    Ok(router_with(state(node)?))
-}
-
 /// The state shared by the router and the HTTP/1.1 fast path.
-pub fn state(node: Node) -> Result<HttpState, ConfigError> {
-    let config = node.config();
-    let verifier = Verifier::from_config(&config.auth.jwt).map_err(|problems| {
-        ConfigError(
-            problems
-                .into_iter()
-                .map(|(key, why)| format!("{key}: {why}"))
-                .collect(),
-        )
-    })?;
+pub fn state(node: Node, verifier: Verifier, cors: Option<CorsLayer>) -> HttpState {
     if !verifier.has_keys() {
         debug!("no JWT key configured: private topics are refused to everyone");
     }
-    Ok(HttpState {
+    HttpState {
         node,
         verifier: Arc::new(verifier),
-    })
+        cors,
+    }
 }
 
 /// The router over an existing state.
 pub fn router_with(state: HttpState) -> Router {
-    let cors = cors_layer(&state.node.config().cors);
+    let cors = state.cors.clone();
     let router = Router::new()
         .route("/v1/events", get(events))
         .route("/healthz", get(|| async { "ok" }))
@@ -191,25 +179,10 @@ pub fn router_with(state: HttpState) -> Router {
     }
 }
 
-/// Whether `origin` is a serialized origin: `scheme://host[:port]`, no
-/// path, as browsers send in `Origin`.
-pub fn valid_origin(origin: &str) -> bool {
-    let Some((scheme, rest)) = origin.split_once("://") else {
-        return false;
-    };
-    !scheme.is_empty()
-        && scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-        && !rest.is_empty()
-        && !rest.contains(['/', '?', '#', ' ', '*'])
-        && HeaderValue::from_str(origin).is_ok()
-}
-
 /// CORS for browsers on other origins: simple `GET`s and preflights for
 /// `GET` with `Authorization` or `Last-Event-ID`. `None` when no origin is
 /// allowed, so no CORS header is ever sent.
-fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
+pub fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
     if config.allowed_origins.is_empty() {
         return None;
     }

@@ -14,9 +14,10 @@
 //!   socket; [`connection`] accepts sockets and hands everything else (other
 //!   endpoints, HTTP/2, TLS) to hyper.
 //!
-//! Around them: [`config`], [`metrics`], [`node`] (shared state and
-//! readiness), [`report`] (the cluster view) and [`telemetry`] (logs and
-//! traces).
+//! Around them: [`config`] (values, checked; imports nothing above it),
+//! [`startup`] (what is built from the config once: verifier, TLS, CORS),
+//! [`metrics`], [`node`] (shared state and readiness), [`report`] (the
+//! cluster view) and [`telemetry`] (logs and traces).
 //! [`run`] wires them together; `main.rs` only loads the config and calls it.
 
 pub mod auth;
@@ -31,6 +32,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod report;
+pub mod startup;
 pub mod telemetry;
 pub mod topics;
 
@@ -41,7 +43,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{config::Config, feed::FeedSettings, metrics::Metrics, node::Node, topics::Topics};
+use crate::{feed::FeedSettings, metrics::Metrics, node::Node, startup::Startup, topics::Topics};
 
 /// Why the node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +68,18 @@ pub enum NodeError {
 const SERVER_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs a node on `listener` until `shutdown` is cancelled and the drain is
-/// over.
+/// over, with the parts [`Startup`] built from the configuration.
 pub async fn run(
-    config: Config,
+    startup: Startup,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
+    let Startup {
+        config,
+        verifier,
+        tls,
+        cors,
+    } = startup;
     let metrics = Arc::new(Metrics::new());
     let (connected_tx, mut connected_rx) = watch::channel(false);
     let (reconnections_tx, reconnections) = watch::channel(0u64);
@@ -190,14 +198,7 @@ pub async fn run(
     ));
 
     let server_stop = CancellationToken::new();
-    let http_state = http::state(node.clone())?;
-    let tls = if config.tls.cert_file.is_empty() {
-        None
-    } else {
-        let acceptor = connection::tls_acceptor(&config.tls)
-            .map_err(|e| config::ConfigError(vec![format!("tls.cert_file: {e}")]))?;
-        Some(acceptor)
-    };
+    let http_state = http::state(node.clone(), verifier, cors);
     let serving = tokio::spawn(connection::serve(
         listener,
         http_state,

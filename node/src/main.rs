@@ -6,7 +6,8 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use sse_node::{config::Config, run, telemetry};
+use sse_node::{run, startup::Startup, telemetry};
+use sse_shutdown::ShutdownSignals;
 use tokio_util::sync::CancellationToken;
 
 const EXIT_CONFIG: u8 = 64;
@@ -49,8 +50,8 @@ fn main() -> ExitCode {
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
     });
-    let config = match Config::load(file.as_deref()) {
-        Ok(config) => config,
+    let startup = match Startup::load(file.as_deref()) {
+        Ok(startup) => startup,
         Err(error) => {
             eprintln!("{error}");
             return ExitCode::from(EXIT_CONFIG);
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let telemetry = telemetry::init(&config.log, "sse-node");
+    let telemetry = telemetry::init(&startup.config.log, "sse-node");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(error) => {
@@ -78,16 +79,16 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let listener = match tokio::net::TcpListener::bind(&config.http.listen).await {
+        let listener = match tokio::net::TcpListener::bind(&startup.config.http.listen).await {
             Ok(l) => l,
             Err(error) => {
-                tracing::error!(listen = %config.http.listen, %error, "cannot listen");
+                tracing::error!(listen = %startup.config.http.listen, %error, "cannot listen");
                 return ExitCode::FAILURE;
             }
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
-        match run(config, listener, shutdown).await {
+        match run(startup, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "node failed");
@@ -99,30 +100,4 @@ fn main() -> ExitCode {
     // the runtime's context.
     telemetry.shutdown();
     code
-}
-
-/// SIGTERM and SIGINT, registered with the runtime.
-struct ShutdownSignals {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignals {
-    fn install() -> std::io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// Either signal starts a graceful shutdown.
-    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-        tracing::info!("shutdown signal received");
-        shutdown.cancel();
-    }
 }

@@ -2,11 +2,57 @@
 //!
 //! Labels stay bounded: a topic name (created through admin), a close reason,
 //! a replay source, a status code. Never a client, a subject path or an IP.
+//!
+//! A series with a known label value exists from start, at 0, so a
+//! dashboard shows 0 instead of "No data" and `rate()` sees the first
+//! increment: the lists below name every such value, and the unit tests of
+//! the modules that count them check that they name no other.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+/// Every value `sse_connections_closed_total{reason}` takes.
+pub const CLOSE_REASONS: &[&str] = &[
+    "client",
+    "slow",
+    "shutdown",
+    "lifetime",
+    "topic_closed",
+    "error",
+    "token_expired",
+    "stalled",
+];
+/// Every value `sse_replay_events_total{source}` takes.
+pub const REPLAY_SOURCES: &[&str] = &["memory", "jetstream"];
+/// Every status `sse_requests_rejected_total{status}` counts.
+pub const REJECTED_STATUSES: &[&str] = &["400", "401", "403", "404", "431", "503"];
+/// Every value `sse_invalid_events_total{reason}` takes.
+pub const INVALID_EVENT_REASONS: &[&str] = &["invalid_utf8", "bad_event_name", "too_large"];
+/// Every value `sse_auth_failures_total{reason}` takes.
+pub const AUTH_FAILURE_REASONS: &[&str] = &[
+    "missing",
+    "malformed",
+    "algorithm",
+    "signature",
+    "expired",
+    "not_yet_valid",
+    "audience",
+    "issuer",
+    "forbidden",
+];
+/// Every value `sse_limit_rejections_total{limit}` takes.
+pub const LIMITS: &[&str] = &[
+    "max_topics_per_connection",
+    "max_last_event_id_bytes",
+    "max_connections",
+    "idle_timeout",
+    "ip_rate",
+    "header_read_timeout",
+    "tls_handshake",
+    "request_head",
+];
 
 /// The node's metrics, registered in their own registry.
 pub struct Metrics {
@@ -85,8 +131,11 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("unique");
             c
         };
-        let counter_vec = |name: &str, help: &str, label: &str| {
+        let counter_vec = |name: &str, help: &str, label: &str, known: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            for value in known {
+                c.with_label_values(&[*value]);
+            }
             registry.register(Box::new(c.clone())).expect("unique");
             c
         };
@@ -127,6 +176,7 @@ impl Metrics {
                 "sse_connections_closed_total",
                 "SSE streams closed, by reason.",
                 "reason",
+                CLOSE_REASONS,
             ),
             events_delivered: counter(
                 "sse_events_delivered_total",
@@ -136,6 +186,7 @@ impl Metrics {
                 "sse_replay_events_total",
                 "Events replayed to resuming clients, by source.",
                 "source",
+                REPLAY_SOURCES,
             ),
             replay_duration: histogram(
                 "sse_replay_duration_seconds",
@@ -153,6 +204,7 @@ impl Metrics {
                 "sse_requests_rejected_total",
                 "Stream requests refused, by HTTP status.",
                 "status",
+                REJECTED_STATUSES,
             ),
             reset_events: counter("sse_reset_events_total", "reset events sent to clients."),
             heartbeats: counter("sse_heartbeats_total", "Heartbeat comments written."),
@@ -160,6 +212,7 @@ impl Metrics {
                 "sse_invalid_events_total",
                 "Events that could not be sent as is and became invalid events, by reason.",
                 "reason",
+                INVALID_EVENT_REASONS,
             ),
             history_bytes: gauge_vec(
                 "sse_history_bytes",
@@ -175,11 +228,13 @@ impl Metrics {
                 "sse_feed_events_total",
                 "Events read from JetStream by the per-topic feeds.",
                 "topic",
+                &[],
             ),
             feed_errors: counter_vec(
                 "sse_feed_errors_total",
                 "Errors reported by the per-topic JetStream readers, by kind.",
                 "kind",
+                &[],
             ),
             feed_stalls: counter(
                 "sse_feed_stalls_total",
@@ -221,11 +276,13 @@ impl Metrics {
                 "sse_auth_failures_total",
                 "Stream requests refused by authentication (401) or authorization (403), by reason.",
                 "reason",
+                AUTH_FAILURE_REASONS,
             ),
             limit_rejections: counter_vec(
                 "sse_limit_rejections_total",
                 "Requests or connections refused by a configured limit, by limit.",
                 "limit",
+                LIMITS,
             ),
             tls_handshake_failures: counter(
                 "sse_tls_handshake_failures_total",
@@ -266,5 +323,28 @@ pub struct ConsumerHeld(IntGauge);
 impl Drop for ConsumerHeld {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_label_values_exist_from_start() {
+        let text = Metrics::new().render();
+        for (name, label, values) in [
+            ("sse_connections_closed_total", "reason", CLOSE_REASONS),
+            ("sse_replay_events_total", "source", REPLAY_SOURCES),
+            ("sse_requests_rejected_total", "status", REJECTED_STATUSES),
+            ("sse_invalid_events_total", "reason", INVALID_EVENT_REASONS),
+            ("sse_auth_failures_total", "reason", AUTH_FAILURE_REASONS),
+            ("sse_limit_rejections_total", "limit", LIMITS),
+        ] {
+            for value in values {
+                let series = format!("{name}{{{label}=\"{value}\"}} 0");
+                assert!(text.contains(&series), "{series} missing from:\n{text}");
+            }
+        }
     }
 }

@@ -3,60 +3,18 @@
 //! Every `cluster.report_seconds` the node writes its figures to its own key
 //! in the JetStream key-value bucket `cluster.nodes_bucket`, whose entries
 //! expire after `cluster.node_ttl_seconds`. A node that dies drops out of the
-//! view when its entry expires; one that shuts down deletes its entry.
+//! view when its entry expires; one that shuts down deletes its entry. The
+//! report's shape and the bucket's settings (replicated, see
+//! [`sse_protocol::node_report`]) are shared with admin.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
-use serde::Serialize;
+use sse_protocol::node_report::{NodeReport, NodesBucket, open_nodes_bucket};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::node::Node;
-
-/// One node's entry in the bucket.
-#[derive(Debug, Serialize)]
-pub struct NodeReport {
-    /// Node id, also the key.
-    pub id: String,
-    /// Where the node can be reached.
-    pub address: String,
-    /// Build version.
-    pub version: &'static str,
-    /// Start time, RFC 3339.
-    pub started_at: String,
-    /// Time of this report, RFC 3339.
-    pub reported_at: String,
-    /// Open SSE streams.
-    pub connections: u64,
-    /// Events written to clients since start.
-    pub events_delivered: u64,
-    /// Whether the node is shutting down.
-    pub draining: bool,
-    /// Open streams per topic.
-    pub topics: BTreeMap<String, u64>,
-}
-
-/// Opens the bucket, creating it when missing.
-pub async fn nodes_bucket(
-    js: &jetstream::Context,
-    bucket: &str,
-    ttl: Duration,
-) -> Result<kv::Store, async_nats::Error> {
-    match js.get_key_value(bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => Ok(js
-            .create_key_value(kv::Config {
-                bucket: bucket.to_owned(),
-                history: 1,
-                max_age: ttl,
-                description: "live sse-node instances".into(),
-                ..Default::default()
-            })
-            .await?),
-    }
-}
 
 fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
@@ -68,7 +26,11 @@ fn now_rfc3339() -> String {
 pub async fn report_loop(node: Node, address: String, stop: CancellationToken) {
     let cluster = node.config().cluster.clone();
     let started_at = now_rfc3339();
-    let ttl = Duration::from_secs(cluster.node_ttl_seconds);
+    let bucket = NodesBucket {
+        name: cluster.nodes_bucket.clone(),
+        ttl: Duration::from_secs(cluster.node_ttl_seconds),
+        replicas: cluster.nodes_bucket_replicas,
+    };
     let mut store = None;
     let mut ticker = tokio::time::interval(Duration::from_secs(cluster.report_seconds));
     loop {
@@ -77,7 +39,7 @@ pub async fn report_loop(node: Node, address: String, stop: CancellationToken) {
             _ = ticker.tick() => {}
         }
         if store.is_none() {
-            match nodes_bucket(node.jetstream(), &cluster.nodes_bucket, ttl).await {
+            match open_nodes_bucket(node.jetstream(), &bucket).await {
                 Ok(s) => store = Some(s),
                 Err(error) => {
                     debug!(%error, "cannot open the nodes bucket yet");
@@ -102,7 +64,7 @@ pub async fn report_loop(node: Node, address: String, stop: CancellationToken) {
         let report = NodeReport {
             id: node.id().to_owned(),
             address: address.clone(),
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: started_at.clone(),
             reported_at: now_rfc3339(),
             connections: node.connections() as u64,

@@ -18,10 +18,13 @@ pub const ACCESS_METADATA_KEY: &str = "sse.access";
 /// The JWT claim listing the patterns a token may read.
 pub const SUBSCRIBE_CLAIM: &str = "sse.subscribe";
 
-/// Who may read a topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Who may read a topic; `public` or `private` in admin's API and in the
+/// stream metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
 pub enum Access {
-    /// Anyone, without a token.
+    /// Anyone, without a token (the default).
     #[default]
     Public,
     /// Only holders of a token granting the paths read.
@@ -36,6 +39,12 @@ impl Access {
             None | Some("public") => Self::Public,
             Some(_) => Self::Private,
         }
+    }
+
+    /// Reads a topic's access from its stream metadata, under
+    /// [`ACCESS_METADATA_KEY`].
+    pub fn from_metadata(metadata: &std::collections::HashMap<String, String>) -> Self {
+        Self::from_metadata_value(metadata.get(ACCESS_METADATA_KEY).map(String::as_str))
     }
 
     /// `public` or `private`.

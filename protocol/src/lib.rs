@@ -6,15 +6,24 @@
 //!   patterns a token grants.
 //! - [`cursor`]: the event id, `<topic>:<epoch>:<seq>` joined with `,`, that
 //!   clients send back as `Last-Event-ID` to resume.
+//! - [`headers`]: the NATS header names and their limits (`Sse-Event`,
+//!   `traceparent`, `Nats-Msg-Id`).
+//! - [`node_report`]: the report each node writes to the cluster view and the
+//!   key-value bucket that holds it (opening the bucket needs the `nats`
+//!   feature).
+//! - [`event_stream`]: the `text/event-stream` parser tests read frames with.
 //!
-//! Everything here is pure and allocation-light so both binaries, the fuzz
-//! targets and the property tests share one definition.
+//! Everything but the bucket opener is pure and allocation-light, so both
+//! binaries, the fuzz targets and the property tests share one definition.
 
 pub mod cursor;
 pub mod event_stream;
 pub mod grant;
+pub mod headers;
+pub mod node_report;
 pub mod topic;
 
 pub use cursor::{Cursor, CursorError, TopicPosition};
 pub use grant::{Access, GrantPattern, Grants};
+pub use node_report::NodeReport;
 pub use topic::{SubjectPath, TopicError, TopicName};

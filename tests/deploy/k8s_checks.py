@@ -8,9 +8,9 @@ import tomllib
 
 import pytest
 
-from deploy_support import REQS
+from deploy_support import require_module
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason=REQS)
+kubernetes_validate = require_module("kubernetes_validate")
 
 from deploy_support import KUBE_VERSION
 

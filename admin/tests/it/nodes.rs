@@ -5,41 +5,40 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use serde_json::{Value, json};
+use sse_protocol::node_report::{
+    DEFAULT_NODES_BUCKET, DEFAULT_NODES_BUCKET_REPLICAS, NodeReport, NodesBucket, open_nodes_bucket,
+};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::support::{Admin, NatsServer, bounded, eventually, test_config};
 
-/// A node report as a node writes it, reported `age` ago.
+/// A node report as a node writes it (the shared [`NodeReport`]), reported
+/// `age` ago.
 pub(crate) fn report(id: &str, connections: u64, topics: Value, age: Duration) -> Value {
     let now = OffsetDateTime::now_utc();
-    json!({
-        "id": id,
-        "address": format!("127.0.0.1:80{}", id.len()),
-        "version": "0.1.0",
-        "started_at": (now - Duration::from_secs(60)).format(&Rfc3339).unwrap(),
-        "reported_at": (now - age).format(&Rfc3339).unwrap(),
-        "connections": connections,
-        "events_delivered": connections * 10,
-        "draining": false,
-        "topics": topics,
-    })
+    let report = NodeReport {
+        id: id.to_owned(),
+        address: format!("127.0.0.1:80{}", id.len()),
+        version: "0.1.0".to_owned(),
+        started_at: (now - Duration::from_secs(60)).format(&Rfc3339).unwrap(),
+        reported_at: (now - age).format(&Rfc3339).unwrap(),
+        connections,
+        events_delivered: connections * 10,
+        draining: false,
+        topics: serde_json::from_value(topics).unwrap(),
+    };
+    serde_json::to_value(report).unwrap()
 }
 
 /// Opens the bucket the way a node does.
 pub(crate) async fn bucket(nats: &NatsServer, ttl: Duration) -> kv::Store {
     let js = nats.jetstream().await;
-    match js.get_key_value("sse_nodes").await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: "sse_nodes".into(),
-                history: 1,
-                max_age: ttl,
-                ..Default::default()
-            })
-            .await
-            .unwrap(),
-    }
+    let settings = NodesBucket {
+        name: DEFAULT_NODES_BUCKET.to_owned(),
+        ttl,
+        replicas: DEFAULT_NODES_BUCKET_REPLICAS,
+    };
+    open_nodes_bucket(&js, &settings).await.unwrap()
 }
 
 pub(crate) async fn put(store: &kv::Store, report: &Value) {

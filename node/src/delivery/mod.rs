@@ -575,3 +575,30 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CloseReason::{self, *};
+
+    /// `sse_connections_closed_total{reason}` is created at 0 for every
+    /// reason a stream can end with.
+    #[test]
+    fn every_close_reason_is_a_known_metric_label() {
+        let all: [CloseReason; 8] = [
+            Client,
+            Slow,
+            Shutdown,
+            Lifetime,
+            TopicClosed,
+            Error,
+            TokenExpired,
+            Stalled,
+        ];
+        for reason in all {
+            assert!(
+                crate::metrics::CLOSE_REASONS.contains(&reason.as_str()),
+                "{reason:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! What start-up builds from the configuration, once, before the node
+//! serves: the JWT verifier (reads the key files), the TLS acceptor (reads
+//! the certificate and key) and the CORS rules.
+//!
+//! [`Startup::load`] reads the configuration layers, checks the values
+//! ([`Config::validate`]) and builds these parts, and reports every problem
+//! of either kind by its key, so `--check-config` proves what a start would.
+//! [`crate::run`] takes the result and reads no file again. This module sits
+//! above `config`, `auth`, `connection` and `http`; `config` imports none of
+//! them.
+
+use std::path::Path;
+
+use tokio_rustls::TlsAcceptor;
+use tower_http::cors::CorsLayer;
+
+use crate::{
+    auth::Verifier,
+    config::{Config, ConfigError},
+    connection, http,
+};
+
+/// A checked configuration and the parts built from it.
+pub struct Startup {
+    /// The configuration, its values checked.
+    pub config: Config,
+    /// Verifies tokens for private topics.
+    pub verifier: Verifier,
+    /// `Some` when `[tls]` names a certificate and key.
+    pub tls: Option<TlsAcceptor>,
+    /// `Some` when `[cors]` allows any origin.
+    pub cors: Option<CorsLayer>,
+}
+
+impl Startup {
+    /// Loads defaults, then `file` if given, then `SSE_*` variables, and
+    /// builds the parts; every problem is reported at once.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::build(Config::extract(Config::figment(file))?)
+    }
+
+    /// Checks `config` and builds its parts.
+    pub fn build(config: Config) -> Result<Self, ConfigError> {
+        let mut errors = config.validate().err().map(|e| e.0).unwrap_or_default();
+        let verifier = match Verifier::from_config(&config.auth.jwt) {
+            Ok(verifier) => Some(verifier),
+            Err(problems) => {
+                errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|(key, why)| format!("{key}: {why}")),
+                );
+                None
+            }
+        };
+        let tls = if config.tls.cert_file.is_empty() || config.tls.key_file.is_empty() {
+            // Only one of the two set is refused by `validate`.
+            None
+        } else {
+            match connection::tls_acceptor(&config.tls) {
+                Ok(acceptor) => Some(acceptor),
+                Err(why) => {
+                    errors.push(format!("tls.cert_file: {why}"));
+                    None
+                }
+            }
+        };
+        match verifier {
+            Some(verifier) if errors.is_empty() => Ok(Self {
+                cors: http::cors_layer(&config.cors),
+                config,
+                verifier,
+                tls,
+            }),
+            _ => Err(ConfigError(errors)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::{
+        Figment,
+        providers::{Format, Serialized, Toml},
+    };
+
+    use super::*;
+    use crate::config::DEFAULT_TOML;
+
+    fn build_with(settings: &[(&str, &str)]) -> Result<Startup, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        for (key, value) in settings {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        Startup::build(Config::extract(figment)?)
+    }
+
+    #[test]
+    fn defaults_build() {
+        let startup = build_with(&[]).unwrap();
+        assert!(startup.tls.is_none());
+        assert!(startup.cors.is_none());
+    }
+
+    #[test]
+    fn keys_and_certificates_name_their_key() {
+        for (key, value) in [
+            ("auth.jwt.hs256_secret", "short"),
+            ("auth.jwt.hs256_secret_file", "/no/such/file"),
+            ("auth.jwt.rs256_public_key_file", "/no/such.pem"),
+            ("auth.jwt.es256_public_key_pem", "not a key"),
+            ("auth.jwt.jwks_file", "/no/such.json"),
+        ] {
+            let err = build_with(&[(key, value)]).err().expect(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let err = build_with(&[
+            ("tls.cert_file", "/no/cert.pem"),
+            ("tls.key_file", "/no/key.pem"),
+        ])
+        .err()
+        .expect("missing certificate")
+        .to_string();
+        assert!(err.contains("tls.cert_file"), "{err}");
+    }
+
+    #[test]
+    fn value_and_file_problems_are_reported_together() {
+        let err = build_with(&[
+            ("auth.jwt.jwks_file", "/no/such.json"),
+            ("log.format", "xml"),
+        ])
+        .err()
+        .expect("two problems")
+        .to_string();
+        assert!(
+            err.contains("auth.jwt.jwks_file") && err.contains("log.format"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! NATS message headers that publishers, admin and the nodes agree on, and
+//! their limits.
+//!
+//! - [`EVENT_NAME_HEADER`] (`Sse-Event`): the SSE event name. At most
+//!   [`MAX_EVENT_NAME_BYTES`] (128) bytes, not empty, no control character
+//!   (so no line break), no leading or trailing space: [`valid_event_name`].
+//!   This one limit holds for every path an event takes. Admin refuses a
+//!   name that breaks it with 400; a node that reads one published straight
+//!   to NATS sends an `invalid` event in its place.
+//! - [`TRACEPARENT_HEADER`] (`traceparent`): W3C trace context, continued
+//!   into the node's delivery span.
+//! - [`MSG_ID_HEADER`] (`Nats-Msg-Id`): JetStream de-duplication; a retried
+//!   publish carries the same id.
+//! - [`MARKER_HEADER`] (`Nats-Marker-Reason`): set by JetStream on subject
+//!   delete markers, which are stored messages but not events.
+
+/// NATS header naming the SSE event type.
+pub const EVENT_NAME_HEADER: &str = "Sse-Event";
+/// W3C trace context header.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// JetStream de-duplication header.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// Header JetStream puts on subject delete markers.
+pub const MARKER_HEADER: &str = "Nats-Marker-Reason";
+/// Longest event name, in bytes, on every path.
+pub const MAX_EVENT_NAME_BYTES: usize = 128;
+
+/// Whether an `Sse-Event` value may be written as an event name: it fits in
+/// one `event:` line and reads back the same.
+pub fn valid_event_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_EVENT_NAME_BYTES
+        && !name.chars().any(char::is_control)
+        && name.trim() == name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names_follow_one_limit() {
+        assert!(valid_event_name("order.created"));
+        assert!(valid_event_name(&"x".repeat(MAX_EVENT_NAME_BYTES)));
+        assert!(!valid_event_name(&"x".repeat(MAX_EVENT_NAME_BYTES + 1)));
+        assert!(!valid_event_name(""));
+        assert!(!valid_event_name("a\nb"));
+        assert!(!valid_event_name("a\rb"));
+        assert!(!valid_event_name(" padded"));
+    }
+}

@@ -1,0 +1,233 @@
+//! How nodes show themselves in the cluster view: the [`NodeReport`] each
+//! node writes and admin reads, and the JetStream key-value bucket that holds
+//! the reports.
+//!
+//! Every `cluster.report_seconds` a node puts its report under its own id in
+//! the bucket (default [`DEFAULT_NODES_BUCKET`]); the bucket's `max_age` (the
+//! node TTL) removes the entry of a node that died, and a node that shuts
+//! down deletes its own. Nodes and admin both open the bucket with
+//! [`open_nodes_bucket`] (feature `nats`), so whoever comes first creates it
+//! with the same settings.
+//!
+//! # Replication
+//! The bucket is the JetStream stream `KV_<bucket>` and is replicated like
+//! the topics: `cluster.nodes_bucket_replicas` (default
+//! [`DEFAULT_NODES_BUCKET_REPLICAS`], 3) copies, so the cluster view outlives
+//! the loss of any one NATS server. A server that is not part of a cluster
+//! cannot hold more than one copy; there the bucket gets one. A bucket that
+//! exists with fewer copies than configured (made by an older version, or on
+//! a cluster that was short of a server at the time) is raised to the
+//! configured count when it is opened. Lowering is left to operators: fewer
+//! copies is never an upgrade.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The bucket's name unless `cluster.nodes_bucket` says otherwise.
+pub const DEFAULT_NODES_BUCKET: &str = "sse_nodes";
+/// Copies of the bucket unless `cluster.nodes_bucket_replicas` says
+/// otherwise; one on a server that is not clustered.
+pub const DEFAULT_NODES_BUCKET_REPLICAS: usize = 3;
+/// Most copies JetStream keeps of a stream.
+pub const MAX_NODES_BUCKET_REPLICAS: usize = 5;
+/// Description given to the bucket when it is created.
+pub const NODES_BUCKET_DESCRIPTION: &str = "sse-cluster node reports";
+
+/// One node's entry in the bucket, serialised as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeReport {
+    /// Node id; also the bucket key.
+    pub id: String,
+    /// Where the node serves clients.
+    pub address: String,
+    /// The node's version.
+    pub version: String,
+    /// When the node started, RFC 3339.
+    pub started_at: String,
+    /// When this report was written, RFC 3339.
+    pub reported_at: String,
+    /// Open SSE connections.
+    pub connections: u64,
+    /// Events written to clients since start.
+    pub events_delivered: u64,
+    /// Whether the node is shutting down.
+    pub draining: bool,
+    /// Subscribers per topic.
+    #[serde(default)]
+    pub topics: BTreeMap<String, u64>,
+}
+
+/// Whether `name` may name the bucket: `[A-Za-z0-9_-]+`, as JetStream
+/// requires of key-value buckets.
+pub fn valid_bucket_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether `replicas` is a copy count JetStream accepts (1 to 5).
+pub fn valid_replicas(replicas: usize) -> bool {
+    (1..=MAX_NODES_BUCKET_REPLICAS).contains(&replicas)
+}
+
+/// The JetStream stream behind the key-value bucket `bucket`.
+pub fn bucket_stream_name(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// Copies the bucket gets: the configured count, or one where the server
+/// is not part of a cluster (JetStream refuses more there).
+pub fn effective_replicas(configured: usize, clustered: bool) -> usize {
+    if clustered { configured.max(1) } else { 1 }
+}
+
+#[cfg(feature = "nats")]
+pub use nats::{BucketError, NodesBucket, open_nodes_bucket};
+
+#[cfg(feature = "nats")]
+mod nats {
+    use std::time::Duration;
+
+    use async_nats::jetstream::{self, context::KeyValueErrorKind, kv};
+
+    use super::{NODES_BUCKET_DESCRIPTION, bucket_stream_name, effective_replicas};
+
+    /// How the bucket is made.
+    #[derive(Debug, Clone)]
+    pub struct NodesBucket {
+        /// Bucket name (`cluster.nodes_bucket`).
+        pub name: String,
+        /// Entries expire after this long (`cluster.node_ttl_seconds`).
+        pub ttl: Duration,
+        /// Copies wanted (`cluster.nodes_bucket_replicas`).
+        pub replicas: usize,
+    }
+
+    /// Why the bucket could not be opened.
+    #[derive(Debug, thiserror::Error)]
+    pub enum BucketError {
+        /// Neither opening nor creating the bucket worked.
+        #[error("cannot open or create the node-report bucket {bucket:?}: {reason}")]
+        Unavailable {
+            /// The bucket name.
+            bucket: String,
+            /// What NATS answered.
+            reason: String,
+        },
+    }
+
+    /// Opens the bucket, creating it when missing and raising its copies to
+    /// the configured count when it has fewer.
+    pub async fn open_nodes_bucket(
+        js: &jetstream::Context,
+        settings: &NodesBucket,
+    ) -> Result<kv::Store, BucketError> {
+        let unavailable = |reason: String| BucketError::Unavailable {
+            bucket: settings.name.clone(),
+            reason,
+        };
+        let opened = js.get_key_value(settings.name.as_str()).await;
+        // Read after the first answer: a client made with
+        // `retry_on_initial_connect` has seen no server INFO before it.
+        let clustered = js.client().server_info().cluster.is_some();
+        let replicas = effective_replicas(settings.replicas, clustered);
+        let store = match opened {
+            Ok(store) => store,
+            Err(err) if err.kind() == KeyValueErrorKind::GetBucket => {
+                let created = js
+                    .create_key_value(kv::Config {
+                        bucket: settings.name.clone(),
+                        description: NODES_BUCKET_DESCRIPTION.to_owned(),
+                        history: 1,
+                        max_age: settings.ttl,
+                        num_replicas: replicas,
+                        ..Default::default()
+                    })
+                    .await;
+                match created {
+                    Ok(store) => {
+                        tracing::info!(bucket = %settings.name, replicas, "node-report bucket created");
+                        return Ok(store);
+                    }
+                    // Lost a race with a node or another admin: open theirs.
+                    Err(create_err) => js
+                        .get_key_value(settings.name.as_str())
+                        .await
+                        .map_err(|_| unavailable(create_err.to_string()))?,
+                }
+            }
+            Err(err) => return Err(unavailable(err.to_string())),
+        };
+        raise_replicas(js, &settings.name, replicas).await;
+        Ok(store)
+    }
+
+    /// Raises the bucket's stream to `replicas` copies when it has fewer.
+    /// A failure is logged, not returned: the bucket still works with the
+    /// copies it has, and the next open tries again.
+    async fn raise_replicas(js: &jetstream::Context, bucket: &str, replicas: usize) {
+        let stream_name = bucket_stream_name(bucket);
+        let stream = match js.get_stream(&stream_name).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%bucket, %error, "cannot read the node-report bucket's replicas");
+                return;
+            }
+        };
+        let mut config = stream.cached_info().config.clone();
+        if config.num_replicas >= replicas {
+            return;
+        }
+        let from = config.num_replicas;
+        config.num_replicas = replicas;
+        match js.update_stream(&config).await {
+            Ok(_) => {
+                tracing::info!(%bucket, from, to = replicas, "node-report bucket replicas raised")
+            }
+            Err(error) => tracing::warn!(
+                %bucket, from, to = replicas, %error,
+                "cannot raise the node-report bucket's replicas"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_copy_without_a_cluster() {
+        assert_eq!(effective_replicas(3, false), 1);
+        assert_eq!(effective_replicas(3, true), 3);
+        assert_eq!(effective_replicas(0, true), 1);
+        assert!(valid_replicas(1) && valid_replicas(5));
+        assert!(!valid_replicas(0) && !valid_replicas(6));
+    }
+
+    #[test]
+    fn bucket_names_are_what_jetstream_takes() {
+        assert!(valid_bucket_name("sse_nodes-2"));
+        assert!(!valid_bucket_name(""));
+        assert!(!valid_bucket_name("a.b"));
+    }
+
+    #[test]
+    fn report_reads_what_it_writes_and_ignores_unknown_fields() {
+        let json = serde_json::json!({
+            "id": "n1", "address": "10.0.0.1:8080", "version": "0.1.0",
+            "started_at": "2026-01-01T00:00:00Z", "reported_at": "2026-01-01T00:00:05Z",
+            "connections": 3, "events_delivered": 10, "draining": false,
+            "topics": {"orders": 2}, "extra": "ignored"
+        });
+        let report: NodeReport = serde_json::from_value(json).unwrap();
+        assert_eq!(report.topics["orders"], 2);
+        let back: NodeReport =
+            serde_json::from_slice(&serde_json::to_vec(&report).unwrap()).unwrap();
+        assert_eq!(back, report);
+        assert_eq!(bucket_stream_name(DEFAULT_NODES_BUCKET), "KV_sse_nodes");
+    }
+}

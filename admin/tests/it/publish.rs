@@ -166,7 +166,12 @@ async fn bad_events_are_refused() {
             "event",
         );
         assert_error(
-            &publish(json!({"subject": "orders.1", "event": "a b", "data": "x"})).await,
+            &publish(json!({"subject": "orders.1", "event": "x".repeat(129), "data": "x"})).await,
+            400,
+            "event",
+        );
+        assert_error(
+            &publish(json!({"subject": "orders.1", "event": " padded", "data": "x"})).await,
             400,
             "event",
         );

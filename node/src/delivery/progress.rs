@@ -57,16 +57,20 @@ impl Progress {
 }
 
 impl ClientStream {
-    /// When the stream counts as stalled, if it is behind: catching up, a
-    /// topic's head past its position, or events queued for it.
+    /// When the stream counts as stalled, if it is behind: catching up, or a
+    /// topic's head past its position.
     pub(super) fn stalled_at(&mut self) -> Option<Instant> {
         let catching_up = self.catching_up < self.topics.len();
+        // Atomic loads only: this runs on every wake of every stream. (A
+        // broadcast receiver's `is_empty` takes the channel's lock, which
+        // thousands of clients of one topic would fight over.) A client of
+        // one path on the whole topic's feed is never behind the topic's
+        // head; its feed's own watchdog covers it.
         let behind = catching_up
             || self
                 .topics
                 .iter()
-                .zip(&self.live.receivers)
-                .any(|(t, rx)| (!t.by_path && t.feed.head() > t.pos) || !rx.is_empty());
+                .any(|t| !t.by_path && t.feed.head() > t.pos);
         let mark = self
             .topics
             .iter()

@@ -19,6 +19,8 @@ import json
 import random
 import time
 from collections import Counter, defaultdict
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +69,9 @@ class HoppingClient(SseClient):
         # One entry per connection: [subscription, topic -> seq resumed from,
         # events as (topic, seq, subject), the connection's first id].
         self.segments: list[list] = []
+        # Per connection that was answered: (wall-clock time of the request,
+        # subscription, the node that served it).
+        self.requests: list[tuple[float, str, str]] = []
 
     async def _one_connection(self, stop: asyncio.Event) -> None:
         sub = self.rng.choice(self.choices)
@@ -76,7 +81,10 @@ class HoppingClient(SseClient):
             topic, _epoch, seq = part.rsplit(":", 2)
             cursor[topic] = int(seq)
         self.segments.append([sub, cursor, [], None])
+        asked_at, answered = time.time(), len(self.stats.served_by)
         await super()._one_connection(stop)
+        if len(self.stats.served_by) > answered:
+            self.requests.append((asked_at, sub, self.stats.served_by[answered]))
 
     def _event(self, _client: SseClient, ev: Event) -> None:
         if ev.type != "message":
@@ -161,11 +169,26 @@ def check(clients: list[HoppingClient], published: dict[str, dict[int, str]]) ->
     return problems
 
 
-async def run_hops(c, topics: list[str], clients: int, total: int, rate: float, action=None, seed: int | None = None) -> dict:
+async def run_hops(
+    c,
+    topics: list[str],
+    clients: int,
+    total: int,
+    rate: float,
+    action=None,
+    seed: int | None = None,
+    choices_of=None,
+) -> dict:
+    """Runs `clients` hopping clients while `total` events are published;
+    `choices_of(i)` gives what client `i` may read (by default: any path,
+    whole topic or wildcard of any topic)."""
     seed = seed if seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     choices = [f"{t}.p{i}" for t in topics for i in range(PATHS)] + topics + [f"{t}.*" for t in topics]
-    fleet = [HoppingClient(f"h{i}", c.lb_port, choices, random.Random(rng.random())) for i in range(clients)]
+    fleet = [
+        HoppingClient(f"h{i}", c.lb_port, choices_of(i) if choices_of else choices, random.Random(rng.random()))
+        for i in range(clients)
+    ]
     stop = asyncio.Event()
     watcher = MetricsWatcher(c)
     published: dict[str, dict[int, str]] = defaultdict(dict)
@@ -199,7 +222,7 @@ async def run_hops(c, topics: list[str], clients: int, total: int, rate: float, 
         "closed by nodes": watcher.by_label("sse_connections_closed_total", "reason"),
     }
     print(f"\n[hops] {json.dumps(figures)}")
-    return {"problems": problems, "figures": figures}
+    return {"problems": problems, "figures": figures, "fleet": fleet}
 
 
 NODE_ENV = {
@@ -253,3 +276,59 @@ def test_a_node_killed_while_many_feeds_start(node_binary, cluster_factory):
     assert not result["problems"], f"{len(result['problems'])} problems:\n" + "\n".join(result["problems"][:10])
     assert killed.get("feeds", 0) >= 5, f"the killed node ran few feeds: {killed}"
     assert f["feed starts"] >= 30, f
+
+
+def feed_stops_logged(log: Path) -> list[tuple[float, str]]:
+    """(wall-clock time, topic) of every feed stop a node logged as JSON
+    (debug level for `sse_node::topics`)."""
+    stops = []
+    for line in log.read_text(errors="replace").splitlines():
+        if "stopping topic feed" not in line or not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        at = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp()
+        stops.append((at, entry["topic"]))
+    return stops
+
+
+@pytest.mark.timeout(chaos_timeout(180))
+def test_clients_connecting_as_their_feeds_stop_lose_nothing(node_binary, cluster_factory):
+    """Each client reads one subscription and, after every stream ends,
+    comes back 0.9-2.1 s later: about when the feed it left stops (1 s of
+    linger, then the next sweep within 1 s). So requests keep arriving just
+    before a feed stops (it is reused), just after (a new one starts and the
+    resume reads JetStream) and at the same moment."""
+    topics = [f"s{i}" for i in range(8)]
+    env = dict(
+        NODE_ENV,
+        SSE_HTTP__RETRY_MS="900",
+        SSE_HTTP__RETRY_JITTER_MS="1200",
+        SSE_LOG__FORMAT="json",
+        SSE_LOG__LEVEL="info,sse_node::topics=debug",
+        # A feed that starts again holds only the last two events, so a
+        # client that was away for a stop resumes from JetStream.
+        SSE_HISTORY__WARM_EVENTS="2",
+    )
+    c = cluster_factory(nodes=2, topics=[(t, 3) for t in topics], node_env=env)
+    # Two clients per topic: one reads it whole, one reads a path of it.
+    subscriptions = [t for t in topics] + [f"{t}.p{i % PATHS}" for i, t in enumerate(topics)]
+    result = asyncio.run(
+        run_hops(c, topics, clients=len(subscriptions), total=480, rate=20.0, choices_of=lambda i: [subscriptions[i]])
+    )
+    f = result["figures"]
+    assert not result["problems"], f"{len(result['problems'])} problems:\n" + "\n".join(result["problems"][:10])
+    # The scenario did what it says: requests for a topic reached a node
+    # within 250 ms of that node stopping the topic's feed.
+    stops = {name: feed_stops_logged(c.procs[name].log) for name in c.running_nodes()}
+    near = 0
+    for client in result["fleet"]:
+        for asked_at, sub, server in client.requests:
+            topic = sub.split(".", 1)[0]
+            if any(t == topic and abs(at - asked_at) <= 0.25 for at, t in stops.get(server, [])):
+                near += 1
+    f["requests within 250 ms of their feed stopping"] = near
+    f["stops logged"] = sum(len(s) for s in stops.values())
+    print(f"[stopping] {json.dumps(f)}")
+    assert f["stops logged"] >= 20 and f["feed stops"] >= f["stops logged"], f
+    assert near >= 10, f
+    assert f["replayed memory"] > 0 and f["replayed jetstream"] > 0, f

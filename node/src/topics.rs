@@ -3,9 +3,9 @@
 //! A topic exists exactly when its stream `SSE_<topic>` exists. The registry
 //! learns every topic's facts (its stream's epoch and access) from a listing
 //! at start-up (the "topics loaded" readiness latch), from JetStream's
-//! stream created/deleted/updated advisories, and from a re-listing every
-//! `nats.topic_refresh_seconds` in case an advisory was missed. Knowing a
-//! topic costs a few bytes, never a consumer or history.
+//! stream created/deleted/updated advisories, and from a re-listing of
+//! stream names every `nats.topic_refresh_seconds` in case an advisory was
+//! missed. Knowing a topic costs a few bytes, never a consumer or history.
 //!
 //! A topic's [`Feed`] runs only while this node has clients for it: the
 //! first request for the topic (live or resuming) starts it, from fresh
@@ -33,7 +33,7 @@
 //! resumes that needed it read JetStream instead.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
@@ -55,6 +55,11 @@ use crate::{
 /// How long a served topic's stream must stay "not found" before the
 /// topic is dropped without a deletion advisory.
 const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
+
+/// Past this many topics to ask JetStream about one by one (new ones and
+/// ones with live feeds), a re-listing asks for every stream's facts in
+/// one listing instead.
+const FULL_LISTING_ABOVE: usize = 64;
 
 /// Feeds running in `feeds`.
 fn count_feeds(feeds: &HashMap<TopicName, TopicFeeds>) -> i64 {
@@ -432,6 +437,50 @@ impl Topics {
         Ok(present.len())
     }
 
+    /// Reconciles the registry with JetStream's stream names, asking for
+    /// the full facts only of topics that are new or have live feeds (whose
+    /// histories follow their stream's first sequence). Listing every
+    /// stream's facts makes JetStream compute each one's state, which costs
+    /// NATS a steady share of a core with many topics; names cost little.
+    /// Falls back to a full listing when more than [`FULL_LISTING_ABOVE`]
+    /// topics need their facts.
+    pub async fn relist(&self) -> Result<usize, async_nats::Error> {
+        let mut present = HashSet::new();
+        let mut names = self.0.js.stream_names();
+        while let Some(name) = names.try_next().await? {
+            if let Some(topic) = TopicName::from_stream_name(&name) {
+                present.insert(topic);
+            }
+        }
+        let (to_ask, stale): (Vec<TopicName>, Vec<TopicName>) = {
+            let facts = self.0.facts.read().unwrap_or_else(|p| p.into_inner());
+            let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
+            let mut to_ask: Vec<TopicName> = present
+                .iter()
+                .filter(|t| !facts.contains_key(*t))
+                .cloned()
+                .collect();
+            to_ask.extend(feeds.keys().filter(|t| present.contains(*t)).cloned());
+            let stale: HashSet<TopicName> = facts
+                .keys()
+                .chain(feeds.keys())
+                .filter(|t| !present.contains(*t))
+                .cloned()
+                .collect();
+            (to_ask, stale.into_iter().collect())
+        };
+        if to_ask.len() > FULL_LISTING_ABOVE {
+            return self.load_all().await;
+        }
+        for topic in to_ask.iter().chain(&stale) {
+            // A topic listed but not found a moment later is dropped once
+            // that answer holds (`refresh`); other errors wait for the next
+            // listing.
+            let _ = self.refresh(topic).await;
+        }
+        Ok(present.len())
+    }
+
     /// Stops feeds that have had no client for the linger time, and evicts
     /// the coldest histories while the node is over its history budget.
     pub fn sweep(&self, now: tokio::time::Instant) {
@@ -535,7 +584,8 @@ impl Topics {
                 _ = stop.cancelled() => break,
                 _ = sweeper.tick() => self.sweep(tokio::time::Instant::now()),
                 _ = ticker.tick() => {
-                    match self.load_all().await {
+                    let listed = if first { self.load_all().await } else { self.relist().await };
+                    match listed {
                         Ok(count) => {
                             if first {
                                 info!(topics = count, "topics loaded");

@@ -8,7 +8,9 @@ sse-node (the binary given) and measures:
 - how long until /readyz answers 200;
 - the node's RSS and the JetStream consumers that exist, 5 s after ready
   (no client);
-- the node's and nats-server's CPU over --idle seconds with no client;
+- nats-server's CPU over --idle seconds before the node starts (its own
+  cost for these streams), then the node's and nats-server's CPU over
+  --idle seconds with the node and no client;
 - the same RSS and consumers with --clients SSE clients, one per topic, each
   checked to have its stream open (its id-only frame).
 
@@ -142,6 +144,12 @@ def main() -> None:
         t = time.monotonic()
         asyncio.run(fill(f"nats://127.0.0.1:{port}", a.topics, a.events))
         filled = time.monotonic() - t
+        # NATS's own idle cost for these streams, before any node runs: the
+        # node's share is what it adds to this.
+        time.sleep(5)
+        s0, w0 = cpu_seconds(nats.pid), time.monotonic()
+        time.sleep(a.idle)
+        nats_alone = (cpu_seconds(nats.pid) - s0) / (time.monotonic() - w0) * 100
         http_port = free_port()
         env = dict(os.environ, SSE_NATS__URL=f"nats://127.0.0.1:{port}", SSE_HTTP__LISTEN=f"127.0.0.1:{http_port}", SSE_LOG__LEVEL="warn")
         started = time.monotonic()
@@ -175,6 +183,7 @@ def main() -> None:
             "fill_s": round(filled, 1), "ready_s": round(ready_s, 2),
             "idle_rss_mib": round(idle_rss, 1), "idle_consumers": idle_consumers,
             "idle_node_cpu_pct": round(node_cpu, 2), "idle_nats_cpu_pct": round(nats_cpu, 2),
+            "nats_alone_cpu_pct": round(nats_alone, 2),
             "clients": a.clients, "clients_connected": len(streams),
             "with_clients_rss_mib": round(with_rss, 1), "with_clients_consumers": with_consumers,
         }))

@@ -213,3 +213,80 @@ async fn serve(mut stream: TcpStream, tx: mpsc::UnboundedSender<Message>) -> any
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        net::TcpStream,
+        time::{Duration, Instant},
+    };
+
+    /// Reads from `stream` until `want` has arrived, or fails after 10 s.
+    fn read_until(stream: &mut TcpStream, want: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(want) {
+            assert!(Instant::now() < deadline, "no {want:?} in {seen:?}");
+            match stream.read(&mut buf) {
+                Ok(0) => panic!("closed before {want:?}: {seen:?}"),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    #[test]
+    fn every_subscriber_of_a_channel_gets_each_event_once_and_no_other() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let server = listen.clone();
+        std::thread::spawn(move || super::run(&server));
+        let connect = || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(s) = TcpStream::connect(&listen) {
+                    s.set_read_timeout(Some(Duration::from_millis(100)))
+                        .unwrap();
+                    return s;
+                }
+                assert!(Instant::now() < deadline, "bare loop did not listen");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let mut subscribers: Vec<TcpStream> = ["a", "a", "b"]
+            .iter()
+            .map(|channel| {
+                let mut s = connect();
+                write!(s, "GET /sub?id={channel} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                read_until(&mut s, "\r\n\r\n");
+                s
+            })
+            .collect();
+        let mut publisher = connect();
+        for (channel, body) in [("a", "1 0 x"), ("b", "1 0 y"), ("a", "2 0 x")] {
+            write!(
+                publisher,
+                "POST /pub?id={channel} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        }
+        let replies = read_until(&mut publisher, "200 OK");
+        assert!(replies.starts_with("HTTP/1.1 200 OK"), "{replies}");
+        for s in &mut subscribers[..2] {
+            let got = read_until(s, "data: 2 0 x\n\n");
+            assert_eq!(got, "data: 1 0 x\n\ndata: 2 0 x\n\n");
+        }
+        let got = read_until(&mut subscribers[2], "data: 1 0 y\n\n");
+        assert_eq!(got, "data: 1 0 y\n\n");
+    }
+}

@@ -6,7 +6,8 @@
 //!   by [`sse`], latencies kept in a [`histogram`];
 //! - [`publish`]: JetStream and HTTP publishers;
 //! - [`report`]: result lines to the Markdown tables of `docs/benchmarks.md`;
-//! - [`bare`]: the bare write loop, the baseline server.
+//! - [`bare`]: the bare write loop, the baseline server;
+//! - [`probe`]: a JetStream consumer timing events with no node in between.
 //!
 //! `scripts/bench` starts the servers and calls this binary per scenario;
 //! see `docs/benchmarks.md`.
@@ -14,6 +15,7 @@
 pub mod args;
 pub mod bare;
 pub mod histogram;
+pub mod probe;
 pub mod procstat;
 pub mod publish;
 pub mod report;

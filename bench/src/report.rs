@@ -87,6 +87,7 @@ fn columns(scenario: &str) -> Vec<Column> {
             Column("p99.9 ms", "p999_ms", 1, 1.0),
             Column("max ms", "max_ms", 1, 1.0),
             Column("JetStream ack p99 ms", "ack_p99_ms", 1, 1.0),
+            Column("JetStream consumer p99 ms", "consumer_p99_ms", 1, 1.0),
             Column("server peak RSS MiB", "server_hwm_kib", 1, 1.0 / 1024.0),
         ],
     };

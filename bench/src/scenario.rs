@@ -7,6 +7,9 @@
 //! sample a third time → collect the workers' figures. The result is one
 //! JSON object on stdout (see [`report`](crate::report) for the table).
 //!
+//! `--probe 1` (sse-node) runs the [consumer probe](crate::probe) beside
+//! the node and reports its latency as `consumer_p50_ms`/`consumer_p99_ms`.
+//!
 //! `--variant NAME` names a configuration of the target in the tables
 //! (`no pacing`); by default a multi-subject node run is named by its
 //! layout.
@@ -46,6 +49,7 @@ use tokio::{
 use crate::{
     args::Args,
     histogram::Histogram,
+    probe::Probe,
     procstat::{self, Sample},
     publish::Publisher,
     sse::{Body, parse_head, payload},
@@ -395,6 +399,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         );
     }
     tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+    // The consumer probe (`--probe 1`, sse-node, one topic) reads from now.
+    let probe = if args.or("probe", 0u8)? == 1 && target == Target::Node {
+        let url = args.get("nats").unwrap_or("nats://127.0.0.1:4222");
+        Some(Probe::start(url, &plan.topics[0]).await?)
+    } else {
+        None
+    };
     let connected = sample_all(&pids);
     let client_cpu_start = cpu_of(&worker_pids);
 
@@ -574,6 +585,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     }
     let ms = |q: f64| hist.quantile(q) as f64 / 1000.0;
     let ack_times = publisher.ack_times().filter(|h| !h.is_empty());
+    let probe_times = probe.map(Probe::finish).filter(|h| !h.is_empty());
     let variant = match args.get("variant") {
         Some(variant) => variant.to_owned(),
         None if target == Target::Node && subjects > 1 => layout.clone(),
@@ -633,6 +645,22 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         (
             "ack_p99_ms",
             json!(ack_times.as_ref().map(|h| h.quantile(0.99) as f64 / 1000.0)),
+        ),
+        (
+            "consumer_p50_ms",
+            json!(
+                probe_times
+                    .as_ref()
+                    .map(|h| h.quantile(0.5) as f64 / 1000.0)
+            ),
+        ),
+        (
+            "consumer_p99_ms",
+            json!(
+                probe_times
+                    .as_ref()
+                    .map(|h| h.quantile(0.99) as f64 / 1000.0)
+            ),
         ),
         ("ok", json!(failures.is_empty())),
         ("failures", json!(failures)),

@@ -5,13 +5,17 @@
 //! - [`worker`]: child processes holding the SSE connections, each parsed
 //!   by [`sse`], latencies kept in a [`histogram`];
 //! - [`publish`]: JetStream and HTTP publishers;
-//! - [`report`]: result lines to the Markdown tables of `docs/benchmarks.md`.
+//! - [`report`]: result lines to the Markdown tables of `docs/benchmarks.md`;
+//! - [`bare`]: the bare write loop, the baseline server;
+//! - [`probe`]: a JetStream consumer timing events with no node in between.
 //!
 //! `scripts/bench` starts the servers and calls this binary per scenario;
 //! see `docs/benchmarks.md`.
 
 pub mod args;
+pub mod bare;
 pub mod histogram;
+pub mod probe;
 pub mod procstat;
 pub mod publish;
 pub mod report;

@@ -3,19 +3,22 @@
 //! - `run --scenario S --target node|nchan --url HOST:PORT [--pid NAME=PID]… [flags]`:
 //!   one measured run; prints a JSON result line (see `scenario`);
 //! - `prefill --target node|nchan --topic T [--events N]`: history for `catchup`;
-//! - `table FILE`: result lines to Markdown tables;
+//! - `table FILE`: result lines to Markdown tables, one row per run;
+//! - `check FILE`: exits non-zero, naming each failed run, if any run lost,
+//!   duplicated or skipped an event or connected only part of its clients;
+//! - `bare --listen HOST:PORT`: the bare write loop, a baseline server;
 //! - `worker`: internal, started by `run`.
 
 use std::io::Read as _;
 
-use sse_bench::{args::Args, report, scenario, worker};
+use sse_bench::{args::Args, bare, report, scenario, worker};
 
 fn main() -> anyhow::Result<()> {
     let mut argv = std::env::args().skip(1);
     let command = argv.next().unwrap_or_default();
     match command.as_str() {
         "worker" => worker::run(),
-        "table" => {
+        "table" | "check" => {
             let mut text = String::new();
             match argv.next() {
                 Some(path) => text = std::fs::read_to_string(path)?,
@@ -23,8 +26,22 @@ fn main() -> anyhow::Result<()> {
                     std::io::stdin().read_to_string(&mut text)?;
                 }
             }
-            print!("{}", report::render(&text)?);
+            if command == "table" {
+                print!("{}", report::render(&text)?);
+                return Ok(());
+            }
+            let failed = report::failures(&text)?;
+            for line in &failed {
+                eprintln!("{line}");
+            }
+            if !failed.is_empty() {
+                std::process::exit(1);
+            }
             Ok(())
+        }
+        "bare" => {
+            let args = Args::parse(argv)?;
+            bare::run(args.required("listen")?)
         }
         "run" | "prefill" => {
             let args = Args::parse(argv)?;
@@ -43,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: sse-bench run|prefill|table|worker [--flag value]…\n(see docs/benchmarks.md)"
+                "usage: sse-bench run|prefill|table|check|bare|worker [--flag value]…\n(see docs/benchmarks.md)"
             );
             std::process::exit(64);
         }

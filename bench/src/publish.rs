@@ -3,10 +3,20 @@
 //! Both keep publish order per subject, so a subscriber's counters arrive
 //! in order unless the server reorders them. JetStream publishes are
 //! pipelined: up to [`WINDOW`] acknowledgements outstanding, checked in
-//! order. HTTP publishes are pipelined on one keep-alive connection, up to
-//! [`WINDOW`] requests in flight, each response read and checked.
+//! order, each one timed (publish to acknowledgement: the store's share of
+//! the latency). HTTP publishes are pipelined on one keep-alive connection,
+//! up to [`WINDOW`] requests in flight, each response read and checked.
+//!
+//! [`Publisher::publish_by`] never waits for room in the window past a
+//! deadline: a server that slows its publisher down gets fewer events, not
+//! a longer publishing phase.
 
-use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use async_nats::{
@@ -18,9 +28,14 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, tcp::OwnedWriteHalf},
     sync::Semaphore,
+    task::JoinHandle,
+    time::Instant,
 };
 
-use crate::sse::{Body, parse_head};
+use crate::{
+    histogram::Histogram,
+    sse::{Body, parse_head},
+};
 
 /// Publishes in flight at once.
 pub const WINDOW: usize = 256;
@@ -33,8 +48,11 @@ pub enum Publisher {
         js: Box<jetstream::Context>,
         /// NATS subject per benchmark subject.
         subjects: Vec<Subject>,
-        /// Acknowledgements not yet checked, oldest first.
-        acks: VecDeque<PublishAckFuture>,
+        /// Acknowledgements not yet checked, oldest first; each waits in
+        /// a task of its own, so its time is taken when it arrives.
+        acks: VecDeque<JoinHandle<anyhow::Result<()>>>,
+        /// Publish-to-acknowledgement times, µs.
+        ack_times: Arc<Mutex<Histogram>>,
     },
     /// HTTP `POST` on one pipelined connection.
     Http(HttpPublisher),
@@ -69,6 +87,7 @@ impl Publisher {
                 .map(|s| Subject::from(format!("{prefix}.{s}")))
                 .collect(),
             acks: VecDeque::with_capacity(WINDOW),
+            ack_times: Arc::default(),
         })
     }
 
@@ -81,21 +100,65 @@ impl Publisher {
 
     /// Publishes `payload` to benchmark subject `subject`.
     pub async fn publish(&mut self, subject: usize, payload: Vec<u8>) -> anyhow::Result<()> {
+        self.publish_by(subject, payload, None).await?;
+        Ok(())
+    }
+
+    /// Publishes `payload` to benchmark subject `subject` if the window has
+    /// room for it by `deadline`; `false` when the deadline passed first,
+    /// and then nothing was sent.
+    pub async fn publish_by(
+        &mut self,
+        subject: usize,
+        payload: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> anyhow::Result<bool> {
         match self {
-            Self::Nats { js, subjects, acks } => {
+            Self::Nats {
+                js,
+                subjects,
+                acks,
+                ack_times,
+            } => {
                 if acks.len() >= WINDOW
-                    && let Some(ack) = acks.pop_front()
+                    && let Some(oldest) = acks.front_mut()
                 {
-                    ack.await.context("jetstream refused a publish")?;
+                    let checked = match deadline {
+                        Some(at) => match tokio::time::timeout_at(at, oldest).await {
+                            Ok(checked) => checked,
+                            Err(_) => return Ok(false),
+                        },
+                        None => oldest.await,
+                    };
+                    acks.pop_front();
+                    checked.context("ack task")??;
                 }
-                let ack = js
+                let sent = Instant::now();
+                let ack: PublishAckFuture = js
                     .publish(subjects[subject].clone(), Bytes::from(payload))
                     .await
                     .context("jetstream publish failed")?;
-                acks.push_back(ack);
-                Ok(())
+                let times = ack_times.clone();
+                acks.push_back(tokio::spawn(async move {
+                    ack.await.context("jetstream refused a publish")?;
+                    let us = sent.elapsed().as_micros() as u64;
+                    times
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .record(us);
+                    Ok(())
+                }));
+                Ok(true)
             }
-            Self::Http(http) => http.publish(subject, &payload).await,
+            Self::Http(http) => http.publish(subject, &payload, deadline).await,
+        }
+    }
+
+    /// Publish-to-acknowledgement times so far (JetStream only).
+    pub fn ack_times(&self) -> Option<Histogram> {
+        match self {
+            Self::Nats { ack_times, .. } => ack_times.lock().ok().map(|h| h.clone()),
+            Self::Http(_) => None,
         }
     }
 
@@ -104,7 +167,7 @@ impl Publisher {
         match self {
             Self::Nats { acks, .. } => {
                 while let Some(ack) = acks.pop_front() {
-                    ack.await.context("jetstream refused a publish")?;
+                    ack.await.context("ack task")??;
                 }
                 Ok(())
             }
@@ -191,17 +254,29 @@ impl HttpPublisher {
         })
     }
 
-    async fn publish(&mut self, channel: usize, payload: &[u8]) -> anyhow::Result<()> {
+    async fn publish(
+        &mut self,
+        channel: usize,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> anyhow::Result<bool> {
         if self.reader.is_finished() {
             bail!("the publish connection closed");
         }
-        self.window.acquire().await?.forget();
+        let permit = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, self.window.acquire()).await {
+                Ok(permit) => permit?,
+                Err(_) => return Ok(false),
+            },
+            None => self.window.acquire().await?,
+        };
+        permit.forget();
         let mut request = Vec::with_capacity(self.requests[channel].len() + payload.len() + 8);
         request.extend_from_slice(&self.requests[channel]);
         request.extend_from_slice(format!("{}\r\n\r\n", payload.len()).as_bytes());
         request.extend_from_slice(payload);
         self.writer.write_all(&request).await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn flush(&mut self) -> anyhow::Result<()> {

@@ -1,7 +1,12 @@
-//! `sse-bench table`: result lines (JSON, one per run) to Markdown tables.
+//! `sse-bench table`: result lines (JSON, one per run) to Markdown tables,
+//! one row per run; `sse-bench check`: the runs that failed.
 //!
-//! Runs of the same scenario, target and variant are folded into one row
-//! holding the median of each figure; the row says how many runs it folds.
+//! Rows are not folded into medians: a run that went wrong stays in sight.
+//! Each row says whether the run is sound (every connection streamed, every
+//! event arrived once, in order) and, at a set rate, whether the publisher
+//! kept to it. For the equal-rate scenarios a headline table pairs the
+//! targets of each run: deliveries per server CPU-second, as a ratio to the
+//! bare write loop and to Nchan, and the p99s side by side.
 
 use std::collections::BTreeMap;
 
@@ -11,30 +16,26 @@ use serde_json::Value;
 /// scale.
 struct Column(&'static str, &'static str, usize, f64);
 
+/// Scenarios in the order of the report; the first two are the equal-rate
+/// headline.
+const ORDER: [&str; 7] = [
+    "latency",
+    "fanout",
+    "saturation",
+    "quiet",
+    "idle",
+    "storm",
+    "catchup",
+];
+
 fn columns(scenario: &str) -> Vec<Column> {
-    let common_rate = [
-        Column("subscribers", "subscribers", 0, 1.0),
-        Column("subjects", "subjects", 0, 1.0),
-        Column("published ev/s", "publish_rate", 0, 1.0),
-        Column("deliveries/s", "deliveries_per_s", 0, 1.0),
-        Column("server CPU-s", "server_cpu_s", 2, 1.0),
-        Column(
-            "deliveries per server CPU-s",
-            "deliveries_per_cpu_s",
-            0,
-            1.0,
-        ),
-        Column("nats CPU-s", "nats_cpu_s", 2, 1.0),
-        Column("client CPU-s", "client_cpu_s", 2, 1.0),
+    let sound = [
+        Column("connected", "connected_count", 0, 1.0),
         Column("lost", "lost", 0, 1.0),
         Column("dups", "dups", 0, 1.0),
-        Column("p50 ms", "p50_ms", 1, 1.0),
-        Column("p99 ms", "p99_ms", 1, 1.0),
-        Column("p99.9 ms", "p999_ms", 1, 1.0),
-        Column("max ms", "max_ms", 1, 1.0),
-        Column("server peak RSS MiB", "server_hwm_kib", 1, 1.0 / 1024.0),
+        Column("gaps", "gaps", 0, 1.0),
     ];
-    match scenario {
+    let mut cols = match scenario {
         "idle" => vec![
             Column("connections", "subscribers", 0, 1.0),
             Column("connect s", "connect_s", 1, 1.0),
@@ -52,11 +53,8 @@ fn columns(scenario: &str) -> Vec<Column> {
             Column("subscribers", "subscribers", 0, 1.0),
             Column("events while away", "published", 0, 1.0),
             Column("all caught up after kill, s", "catch_up_s", 2, 1.0),
-            Column("caught up", "caught_up", 0, 1.0),
-            Column("lost", "lost", 0, 1.0),
-            Column("dups", "dups", 0, 1.0),
             Column("reconnects", "reconnects", 0, 1.0),
-            Column("node B CPU-s", "server_cpu_s", 2, 1.0),
+            Column("node B + NATS CPU-s", "server_cpu_s", 2, 1.0),
             Column("client CPU-s", "client_cpu_s", 2, 1.0),
             Column("p50 ms", "p50_ms", 0, 1.0),
             Column("p99 ms", "p99_ms", 0, 1.0),
@@ -67,25 +65,34 @@ fn columns(scenario: &str) -> Vec<Column> {
             Column("replay events/s", "replay_per_s", 0, 1.0),
             Column("from JetStream", "/replay_sources/jetstream", 0, 1.0),
             Column("from memory", "/replay_sources/memory", 0, 1.0),
-            Column("lost", "lost", 0, 1.0),
-            Column("dups", "dups", 0, 1.0),
             Column("server CPU-s", "server_cpu_s", 2, 1.0),
         ],
-        _ => common_rate.into_iter().collect(),
-    }
-}
-
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    Some(if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    })
+        _ => vec![
+            Column("subscribers", "subscribers", 0, 1.0),
+            Column("subjects", "subjects", 0, 1.0),
+            Column("asked ev/s", "asked_rate", 0, 1.0),
+            Column("published ev/s", "publish_rate", 0, 1.0),
+            Column("deliveries/s", "deliveries_per_s", 0, 1.0),
+            Column("server CPU-s", "server_cpu_s", 2, 1.0),
+            Column("of which NATS", "nats_cpu_s", 2, 1.0),
+            Column(
+                "deliveries per server CPU-s",
+                "deliveries_per_cpu_s",
+                0,
+                1.0,
+            ),
+            Column("client CPU-s", "client_cpu_s", 2, 1.0),
+            Column("p50 ms", "p50_ms", 1, 1.0),
+            Column("p99 ms", "p99_ms", 1, 1.0),
+            Column("p99.9 ms", "p999_ms", 1, 1.0),
+            Column("max ms", "max_ms", 1, 1.0),
+            Column("JetStream ack p99 ms", "ack_p99_ms", 1, 1.0),
+            Column("JetStream consumer p99 ms", "consumer_p99_ms", 1, 1.0),
+            Column("server peak RSS MiB", "server_hwm_kib", 1, 1.0 / 1024.0),
+        ],
+    };
+    cols.extend(sound);
+    cols
 }
 
 fn number(v: &Value) -> Option<f64> {
@@ -95,80 +102,226 @@ fn number(v: &Value) -> Option<f64> {
     }
 }
 
-/// Renders the tables for every scenario found in `lines`.
-pub fn render(lines: &str) -> anyhow::Result<String> {
-    let runs: Vec<Value> = lines
+fn field(run: &Value, name: &str) -> Option<f64> {
+    if name.starts_with('/') {
+        run.pointer(name).and_then(number)
+    } else {
+        number(&run[name])
+    }
+}
+
+fn text<'a>(run: &'a Value, name: &str) -> &'a str {
+    run[name].as_str().unwrap_or_default()
+}
+
+/// `node`, `nchan`, `bare`, with the variant in brackets.
+fn target_name(run: &Value) -> String {
+    match text(run, "variant") {
+        "" => text(run, "target").to_owned(),
+        variant => format!("{} ({variant})", text(run, "target")),
+    }
+}
+
+/// The run number: the last `/` part of the label (`fanout/node/2`).
+fn run_number(run: &Value) -> String {
+    text(run, "label")
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Why a run is not sound; empty when it is. Lines written before the
+/// `failures` field are judged from their counters.
+fn problems(run: &Value) -> Vec<String> {
+    if let Some(list) = run["failures"].as_array() {
+        return list
+            .iter()
+            .filter_map(|f| f.as_str().map(str::to_owned))
+            .collect();
+    }
+    let mut out = Vec::new();
+    for name in ["lost", "dups", "gaps"] {
+        if field(run, name).unwrap_or(0.0) > 0.0 {
+            out.push(format!("{} {name}", field(run, name).unwrap_or(0.0)));
+        }
+    }
+    if run["connected"] == Value::Bool(false) {
+        out.push("not every connection streamed".to_owned());
+    }
+    out
+}
+
+fn parse(lines: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(lines
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    let order = ["fanout", "latency", "quiet", "idle", "storm", "catchup"];
-    let mut groups: BTreeMap<(usize, String, bool, String, String), Vec<&Value>> = BTreeMap::new();
+        .collect::<Result<_, _>>()?)
+}
+
+/// One line per failed run: its label and what went wrong.
+pub fn failures(lines: &str) -> anyhow::Result<Vec<String>> {
+    Ok(parse(lines)?
+        .iter()
+        .filter_map(|run| {
+            let problems = problems(run);
+            (!problems.is_empty()).then(|| {
+                format!(
+                    "FAILED {} ({}): {}",
+                    text(run, "label"),
+                    target_name(run),
+                    problems.join(", ")
+                )
+            })
+        })
+        .collect())
+}
+
+fn cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".to_owned(),
+    }
+}
+
+/// For each run number of an equal-rate scenario: the targets side by side.
+fn headline(scenario: &str, runs: &[&Value]) -> String {
+    let mut by_run: BTreeMap<String, BTreeMap<String, &Value>> = BTreeMap::new();
+    for run in runs {
+        by_run
+            .entry(run_number(run))
+            .or_default()
+            .insert(target_name(run), run);
+    }
+    let mut out = format!(
+        "\nHeadline, {scenario}: deliveries per server CPU-second (node: node + NATS) and p99, \
+         run by run. \"kept rate\" says whether every target published what was asked; \
+         only then is the comparison at equal load.\n\n\
+         | run | kept rate | node | node (no pacing) | Nchan | Nchan (nodelay) | bare loop | node ÷ bare | node ÷ Nchan | \
+         p99 ms node | p99 ms node (no pacing) | p99 ms Nchan | p99 ms Nchan (nodelay) | p99 ms bare |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for (number, targets) in &by_run {
+        let get = |name: &str, f: &str| targets.get(name).and_then(|r| field(r, f));
+        let kept = targets
+            .values()
+            .all(|r| r["kept_rate"].as_bool().unwrap_or(false));
+        let per_cpu = "deliveries_per_cpu_s";
+        out.push_str(&format!(
+            "| {number} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            if kept { "yes" } else { "**no**" },
+            cell(get("node", per_cpu), 0),
+            cell(get("node (no pacing)", per_cpu), 0),
+            cell(get("nchan", per_cpu), 0),
+            cell(get("nchan (nodelay)", per_cpu), 0),
+            cell(get("bare", per_cpu), 0),
+            ratio(get("node", per_cpu), get("bare", per_cpu)),
+            ratio(get("node", per_cpu), get("nchan", per_cpu)),
+            cell(get("node", "p99_ms"), 1),
+            cell(get("node (no pacing)", "p99_ms"), 1),
+            cell(get("nchan", "p99_ms"), 1),
+            cell(get("nchan (nodelay)", "p99_ms"), 1),
+            cell(get("bare", "p99_ms"), 1),
+        ));
+    }
+    out
+}
+
+/// Renders the tables for every scenario found in `lines`, one row per run.
+pub fn render(lines: &str) -> anyhow::Result<String> {
+    let runs = parse(lines)?;
+    let mut groups: BTreeMap<(usize, String), Vec<&Value>> = BTreeMap::new();
     for run in &runs {
-        let scenario = run["scenario"].as_str().unwrap_or_default().to_owned();
-        let rank = order
+        let scenario = text(run, "scenario").to_owned();
+        let rank = ORDER
             .iter()
             .position(|s| *s == scenario)
-            .unwrap_or(order.len());
-        let target = run["target"].as_str().unwrap_or_default().to_owned();
-        let variant = run["variant"].as_str().unwrap_or_default().to_owned();
-        groups
-            .entry((rank, scenario, target != "node", target, variant))
-            .or_default()
-            .push(run);
+            .unwrap_or(ORDER.len());
+        groups.entry((rank, scenario)).or_default().push(run);
     }
     let mut out = String::new();
-    let mut current = String::new();
-    for ((_, scenario, _, target, variant), runs) in &groups {
+    for ((_, scenario), runs) in &mut groups {
+        runs.sort_by_key(|r| (run_number(r), target_name(r)));
         let cols = columns(scenario);
-        if *scenario != current {
-            current.clone_from(scenario);
-            out.push_str(&format!("\n#### {scenario}\n\n| target | runs |"));
-            for c in &cols {
-                out.push_str(&format!(" {} |", c.0));
-            }
-            out.push_str("\n|---|---|");
-            out.push_str(&"---:|".repeat(cols.len()));
-            out.push('\n');
+        out.push_str(&format!("\n#### {scenario}\n"));
+        if scenario == "latency" || scenario == "fanout" {
+            out.push_str(&headline(scenario, runs));
+            out.push_str("\nEvery run:\n");
         }
-        let name = if variant.is_empty() {
-            target.clone()
-        } else {
-            format!("{target} ({variant})")
-        };
-        out.push_str(&format!("| {name} | {} |", runs.len()));
+        out.push_str("\n| run | target |");
         for c in &cols {
-            let values: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| {
-                    if c.1.starts_with('/') {
-                        r.pointer(c.1).and_then(number)
-                    } else {
-                        number(&r[c.1])
-                    }
-                })
-                .collect();
-            match median(values) {
-                Some(v) => out.push_str(&format!(" {:.*} |", c.2, v * c.3)),
-                None => out.push_str(" – |"),
-            }
+            out.push_str(&format!(" {} |", c.0));
         }
-        out.push('\n');
+        out.push_str(" kept rate | sound |\n|---|---|");
+        out.push_str(&"---:|".repeat(cols.len()));
+        out.push_str("---|---|\n");
+        for run in runs.iter() {
+            out.push_str(&format!("| {} | {} |", run_number(run), target_name(run)));
+            for c in &cols {
+                out.push_str(&format!(
+                    " {} |",
+                    cell(field(run, c.1).map(|v| v * c.3), c.2)
+                ));
+            }
+            let kept = match run["kept_rate"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            };
+            let problems = problems(run);
+            let sound = if problems.is_empty() {
+                "yes".to_owned()
+            } else {
+                format!("**FAILED: {}**", problems.join(", "))
+            };
+            out.push_str(&format!(" {kept} | {sound} |\n"));
+        }
     }
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    const LINES: &str = r#"{"scenario":"idle","target":"node","variant":"","label":"idle/node/1","subscribers":10,"rss_per_conn_kib":4.0,"connected_count":10,"lost":0,"dups":0,"gaps":0,"failures":[]}
+{"scenario":"idle","target":"node","variant":"","label":"idle/node/2","subscribers":10,"rss_per_conn_kib":6.0,"connected_count":9,"lost":0,"dups":0,"gaps":0,"failures":["9 of 10 connected"]}
+{"scenario":"latency","target":"node","variant":"","label":"latency/node/1","kept_rate":true,"deliveries_per_cpu_s":100.0,"p99_ms":9.0,"lost":0,"dups":0,"gaps":0}
+{"scenario":"latency","target":"bare","variant":"","label":"latency/bare/1","kept_rate":true,"deliveries_per_cpu_s":200.0,"p99_ms":1.0,"lost":0,"dups":0,"gaps":0}"#;
+
     #[test]
-    fn folds_runs_into_medians() {
-        let lines = r#"{"scenario":"idle","target":"node","variant":"","subscribers":10,"rss_per_conn_kib":4.0}
-{"scenario":"idle","target":"node","variant":"","subscribers":10,"rss_per_conn_kib":6.0}
-{"scenario":"idle","target":"node","variant":"","subscribers":10,"rss_per_conn_kib":5.0}"#;
-        let table = super::render(lines).unwrap();
+    fn one_row_per_run_and_failed_runs_stay_in_sight() {
+        let table = super::render(LINES).unwrap();
         assert!(
-            table.contains("| node | 3 | 10 | – | – | – | 5.00 | – |"),
+            table.contains("| 1 | node | 10 | – | – | – | 4.00 | – | 10 | 0 | 0 | 0 | – | yes |"),
             "{table}"
+        );
+        assert!(table.contains("| 2 | node | 10 |"), "{table}");
+        assert!(table.contains("**FAILED: 9 of 10 connected**"), "{table}");
+    }
+
+    #[test]
+    fn headline_pairs_targets_of_a_run() {
+        let table = super::render(LINES).unwrap();
+        assert!(
+            table.contains(
+                "| 1 | yes | 100 | – | – | – | 200 | 0.50× | – | 9.0 | – | – | – | 1.0 |"
+            ),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn check_names_each_failed_run() {
+        let failed = super::failures(LINES).unwrap();
+        assert_eq!(failed, vec!["FAILED idle/node/2 (node): 9 of 10 connected"]);
+        let old_style = r#"{"scenario":"fanout","target":"nchan","label":"x","lost":3,"dups":0,"connected":true}"#;
+        assert_eq!(
+            super::failures(old_style).unwrap(),
+            vec!["FAILED x (nchan): 3 lost"]
         );
     }
 }

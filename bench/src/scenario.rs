@@ -7,10 +7,19 @@
 //! sample a third time → collect the workers' figures. The result is one
 //! JSON object on stdout (see [`report`](crate::report) for the table).
 //!
+//! `--probe 1` (sse-node) runs the [consumer probe](crate::probe) beside
+//! the node and reports its latency as `consumer_p50_ms`/`consumer_p99_ms`.
+//!
+//! `--variant NAME` names a configuration of the target in the tables
+//! (`no pacing`); by default a multi-subject node run is named by its
+//! layout.
+//!
 //! Scenarios (defaults in brackets, each overridable by a flag):
 //! - `fanout`: `--subscribers` [1000] on one subject, `--rate` [1000]/s for
 //!   `--duration` [10] s, `--payload` [100] bytes;
 //! - `latency`: as fan-out at 100 events/s (100k deliveries/s);
+//! - `saturation`: as fan-out at 10,000 events/s offered, more than any
+//!   server here keeps up with: what each one achieves;
 //! - `quiet`: 10,000 subscribers over `--subjects` [1000] subjects, 1,000
 //!   events/s in total; on sse-node `--layout paths` (one topic, subject
 //!   paths `<topic>.p<i>`) or `streams` (one topic, so one stream, each);
@@ -40,6 +49,7 @@ use tokio::{
 use crate::{
     args::Args,
     histogram::Histogram,
+    probe::Probe,
     procstat::{self, Sample},
     publish::Publisher,
     sse::{Body, parse_head, payload},
@@ -53,6 +63,9 @@ pub enum Target {
     Node,
     /// nginx with the Nchan module.
     Nchan,
+    /// `sse-bench bare`: pre-encoded frames written to every socket from
+    /// one loop, the floor for a server's cost per delivery.
+    Bare,
 }
 
 /// Names of things for one run: what clients request, where events go.
@@ -89,7 +102,7 @@ impl Plan {
                 topics: (0..subjects).map(name).collect(),
                 publish_to: (0..subjects).map(name).collect(),
             },
-            Target::Nchan => {
+            Target::Nchan | Target::Bare => {
                 let sub = if scenario == "catchup" {
                     "/sub_oldest"
                 } else {
@@ -118,6 +131,7 @@ fn defaults(scenario: &str) -> anyhow::Result<Defaults> {
     let (subscribers, subjects, rate, duration) = match scenario {
         "fanout" => (1000, 1, 1000.0, 10.0),
         "latency" => (1000, 1, 100.0, 10.0),
+        "saturation" => (1000, 1, 10_000.0, 10.0),
         "quiet" => (10_000, 1000, 1000.0, 10.0),
         "idle" => (15_000, 1, 0.0, 5.0),
         "storm" => (10_000, 1, 0.0, 0.0),
@@ -136,7 +150,8 @@ fn parse_target(args: &Args) -> anyhow::Result<Target> {
     match args.required("target")? {
         "node" => Ok(Target::Node),
         "nchan" => Ok(Target::Nchan),
-        other => bail!("unknown target {other:?} (node or nchan)"),
+        "bare" => Ok(Target::Bare),
+        other => bail!("unknown target {other:?} (node, nchan or bare)"),
     }
 }
 
@@ -164,7 +179,7 @@ async fn publisher(
             let prefix = args.get("prefix").unwrap_or("sse");
             Publisher::nats(url, prefix, &plan.topics, &plan.publish_to).await
         }
-        Target::Nchan => Publisher::http(addr, path, &plan.publish_to).await,
+        Target::Nchan | Target::Bare => Publisher::http(addr, path, &plan.publish_to).await,
     }
 }
 
@@ -178,7 +193,7 @@ pub async fn prefill(args: &Args) -> anyhow::Result<()> {
     let plan = Plan::new(target, topic, 1, "paths", "catchup");
     let addr = match target {
         Target::Node => "127.0.0.1:0".parse()?,
-        Target::Nchan => addrs(args)?[0],
+        Target::Nchan | Target::Bare => addrs(args)?[0],
     };
     let mut publisher = publisher(target, args, &plan, addr, "/pub_deep").await?;
     // Nchan's message ids count within a second in 16 bits: more than
@@ -319,11 +334,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         })
         .collect::<anyhow::Result<_>>()?;
     let kill = args.get("kill").map(str::to_owned);
-    let server = pids
+    // The server's cost is every process it needs, NATS included, but for
+    // one killed on purpose.
+    let server: Vec<String> = pids
         .iter()
-        .find(|(name, _)| Some(name) != kill.as_ref())
+        .filter(|(name, _)| Some(name) != kill.as_ref())
         .map(|(name, _)| name.clone())
-        .unwrap_or_default();
+        .collect();
 
     let plan = Plan::new(target, &base, subjects, &layout, &scenario);
     let mut publisher = publisher(target, args, &plan, addrs[0], "/pub").await?;
@@ -382,6 +399,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         );
     }
     tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+    // The consumer probe (`--probe 1`, sse-node, one topic) reads from now.
+    let probe = if args.or("probe", 0u8)? == 1 && target == Target::Node {
+        let url = args.get("nats").unwrap_or("nats://127.0.0.1:4222");
+        Some(Probe::start(url, &plan.topics[0]).await?)
+    } else {
+        None
+    };
     let connected = sample_all(&pids);
     let client_cpu_start = cpu_of(&worker_pids);
 
@@ -391,6 +415,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut published = 0u64;
     let mut killed_us = None;
+    let mut publish_loop_s = 0.0;
     match scenario.as_str() {
         "idle" => tokio::time::sleep(Duration::from_secs_f64(duration)).await,
         "catchup" => counters[0] = backlog,
@@ -413,9 +438,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             // A server that slows its publisher down gets fewer events, not
-            // a longer run.
-            let window = (duration > 0.0).then(|| Duration::from_secs_f64(duration));
-            while published < total && window.is_none_or(|w| started.elapsed() < w) {
+            // a longer run: no publish starts after the window, and none
+            // waits for room past it.
+            let deadline = (duration > 0.0).then(|| {
+                tokio::time::Instant::from_std(started + Duration::from_secs_f64(duration))
+            });
+            'publishing: while published < total
+                && deadline.is_none_or(|d| tokio::time::Instant::now() < d)
+            {
                 let due = if rate > 0.0 {
                     tick.tick().await;
                     ((started.elapsed().as_secs_f64() * rate) as u64).min(total)
@@ -423,14 +453,20 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
                     total
                 };
                 while published < due {
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        break 'publishing;
+                    }
                     let subject = (published % subjects as u64) as usize;
-                    counters[subject] += 1;
-                    publisher
-                        .publish(subject, payload(counters[subject], now_us(), size))
-                        .await?;
+                    let counter = counters[subject] + 1;
+                    let payload = payload(counter, now_us(), size);
+                    if !publisher.publish_by(subject, payload, deadline).await? {
+                        break 'publishing;
+                    }
+                    counters[subject] = counter;
                     published += 1;
                 }
             }
+            publish_loop_s = started.elapsed().as_secs_f64();
             publisher.flush().await?;
         }
     }
@@ -488,7 +524,18 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     } else {
         &connected
     };
-    let server_cpu_s = cpu(&server, cpu_base);
+    let cpu_sum = |names: &[String]| -> Option<f64> {
+        names.iter().map(|n| cpu(n, cpu_base)).sum::<Option<f64>>()
+    };
+    let server_cpu_s = cpu_sum(&server);
+    let nats_cpu_s = cpu("nats", cpu_base);
+    let main_cpu_s = cpu_sum(
+        &server
+            .iter()
+            .filter(|n| *n != "nats")
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     let mut procs = serde_json::Map::new();
     for (name, _) in &pids {
         procs.insert(
@@ -502,25 +549,62 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             }),
         );
     }
-    let rss_per_conn_kib = match (before.get(&server), connected.get(&server)) {
-        (Some(b), Some(c)) if subscribers > 0 => {
-            Some((c.rss_kib as f64 - b.rss_kib as f64) / subscribers as f64)
-        }
+    let kib_sum = |names: &[String], from: &BTreeMap<String, Sample>, f: fn(&Sample) -> u64| {
+        names
+            .iter()
+            .map(|n| from.get(n).map(f))
+            .sum::<Option<u64>>()
+    };
+    let rss = |s: &Sample| s.rss_kib;
+    let hwm = |s: &Sample| s.hwm_kib;
+    // Summed over the server's processes (each nginx worker holds its own
+    // connections): what the connections added, whoever holds them.
+    let rss_per_conn_kib = match (
+        kib_sum(&server, &before, rss),
+        kib_sum(&server, &connected, rss),
+    ) {
+        (Some(b), Some(c)) if subscribers > 0 => Some((c as f64 - b as f64) / subscribers as f64),
         _ => None,
     };
+    let asked_rate = if scenario == "storm" || scenario == "catchup" || scenario == "idle" {
+        0.0
+    } else {
+        rate
+    };
+    let mut failures = Vec::new();
+    if t.ever_ready < subscribers {
+        failures.push(format!("{} of {subscribers} connected", t.ever_ready));
+    }
+    for (what, count) in [("lost", lost), ("dups", t.dups), ("gaps", t.gaps)] {
+        if count > 0 {
+            failures.push(format!("{count} {what}"));
+        }
+    }
+    if scenario != "idle" && !caught_up {
+        failures.push("not every connection caught up".to_owned());
+    }
     let ms = |q: f64| hist.quantile(q) as f64 / 1000.0;
+    let ack_times = publisher.ack_times().filter(|h| !h.is_empty());
+    let probe_times = probe.map(Probe::finish).filter(|h| !h.is_empty());
+    let variant = match args.get("variant") {
+        Some(variant) => variant.to_owned(),
+        None if target == Target::Node && subjects > 1 => layout.clone(),
+        None => String::new(),
+    };
     let mut result = json!({
         "scenario": scenario,
         "target": args.required("target")?,
-        "variant": if target == Target::Node && subjects > 1 { layout.clone() } else { String::new() },
+        "variant": variant,
         "label": args.get("label").unwrap_or_default(),
         "subscribers": subscribers,
         "subjects": subjects,
         "payload_bytes": size,
         "connected": all_connected,
+        "connected_count": t.ever_ready,
         "connect_s": connect_s,
         "published": published,
-        "publish_rate": if publish_s > 0.0 { published as f64 / publish_s } else { 0.0 },
+        "publish_rate": if publish_loop_s > 0.0 { published as f64 / publish_loop_s } else { 0.0 },
+        "kept_rate": asked_rate == 0.0 || published as f64 >= 0.98 * asked_rate * duration,
         "expected": expected,
         "received": t.received,
         "lost": lost,
@@ -535,12 +619,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         "server": server,
         "server_cpu_s": server_cpu_s,
         "deliveries_per_cpu_s": server_cpu_s.filter(|c| *c > 0.0).map(|c| t.received as f64 / c),
-        "nats_cpu_s": cpu("nats", cpu_base),
+        "main_cpu_s": main_cpu_s,
+        "nats_cpu_s": nats_cpu_s,
         "client_cpu_s": client_cpu_s,
         "rss_per_conn_kib": rss_per_conn_kib,
-        "server_hwm_kib": after.get(&server).map(|s| s.hwm_kib),
-        "server_rss_before_kib": before.get(&server).map(|s| s.rss_kib),
-        "server_rss_connected_kib": connected.get(&server).map(|s| s.rss_kib),
+        "server_hwm_kib": kib_sum(&server, &after, hwm).or(kib_sum(&server, &connected, hwm)),
+        "server_rss_before_kib": kib_sum(&server, &before, rss),
+        "server_rss_connected_kib": kib_sum(&server, &connected, rss),
         "p50_ms": ms(0.5),
         "p90_ms": ms(0.9),
         "p99_ms": ms(0.99),
@@ -548,6 +633,40 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         "max_ms": ms(1.0),
         "procs": procs,
     });
+    for (name, value) in [
+        ("asked_rate", json!(asked_rate)),
+        ("publish_window_s", json!(duration)),
+        ("publish_loop_s", json!(publish_loop_s)),
+        ("publish_s", json!(publish_s)),
+        (
+            "ack_p50_ms",
+            json!(ack_times.as_ref().map(|h| h.quantile(0.5) as f64 / 1000.0)),
+        ),
+        (
+            "ack_p99_ms",
+            json!(ack_times.as_ref().map(|h| h.quantile(0.99) as f64 / 1000.0)),
+        ),
+        (
+            "consumer_p50_ms",
+            json!(
+                probe_times
+                    .as_ref()
+                    .map(|h| h.quantile(0.5) as f64 / 1000.0)
+            ),
+        ),
+        (
+            "consumer_p99_ms",
+            json!(
+                probe_times
+                    .as_ref()
+                    .map(|h| h.quantile(0.99) as f64 / 1000.0)
+            ),
+        ),
+        ("ok", json!(failures.is_empty())),
+        ("failures", json!(failures)),
+    ] {
+        result[name] = value;
+    }
     if let Some(killed) = killed_us {
         result["catch_up_s"] =
             json!(caught_up.then(|| t.last_event_us.saturating_sub(killed) as f64 / 1e6));

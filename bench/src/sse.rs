@@ -204,7 +204,8 @@ fn strip_space(value: &[u8]) -> &[u8] {
     value.strip_prefix(b" ").unwrap_or(value)
 }
 
-fn parse_payload(data: &[u8]) -> Event {
+/// A data field as a benchmark payload, or [`Event::Other`].
+pub fn parse_payload(data: &[u8]) -> Event {
     let mut parts = data.split(|&b| b == b' ');
     let mut number = || -> Option<u64> { std::str::from_utf8(parts.next()?).ok()?.parse().ok() };
     match (number(), number()) {

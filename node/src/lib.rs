@@ -10,9 +10,10 @@
 //!   then fans out live events from the topic's broadcast;
 //! - [`http`]: the endpoints, request validation and error bodies;
 //!   [`auth`] checks tokens for private topics;
-//! - [`fastpath`]: plain HTTP/1.1 event streams, written straight to the
-//!   socket; [`connection`] accepts sockets and hands everything else (other
-//!   endpoints, HTTP/2, TLS) to hyper.
+//! - [`fastpath`]: HTTP/1.1 event streams, in cleartext or over TLS, written
+//!   straight to the socket; [`connection`] accepts sockets, completes TLS
+//!   handshakes and hands everything else (other endpoints, preflights,
+//!   HTTP/2) to hyper.
 //!
 //! Around them: [`config`] (values, checked; imports nothing above it),
 //! [`startup`] (what is built from the config once: verifier, TLS, CORS),

@@ -99,6 +99,10 @@ pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
+/// Encrypted bytes rustls may hold for a lean-path stream whose socket is
+/// full (rustls's default is 64 KiB).
+const TLS_SEND_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Serves `router` on `listener` until `stop` is cancelled, then waits for
 /// every connection to finish.
 pub async fn serve(
@@ -230,7 +234,7 @@ async fn serve_tls(
     hyper: Hyper,
 ) {
     let metrics = hyper.node.metrics();
-    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+    let mut stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             metrics.tls_handshake_failures.inc();
@@ -250,6 +254,12 @@ async fn serve_tls(
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     match fast {
         Some(state) if !h2 => {
+            // A client that stops reading holds this much in rustls, on top
+            // of the socket's buffers, until the write stall ends it.
+            stream
+                .get_mut()
+                .1
+                .set_buffer_limit(Some(TLS_SEND_BUFFER_BYTES));
             match fastpath::serve_tls(&state, stream, max_head, head_wait).await {
                 fastpath::Outcome::Served => {}
                 fastpath::Outcome::Streaming(streaming) => {

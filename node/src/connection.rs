@@ -96,12 +96,11 @@ pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not make a TLS identity: {e}"))?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The lean path takes the write key of an HTTP/1.1 stream over from
+    // rustls once its head is out (see `tls_records`).
+    server.enable_secret_extraction = true;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
-
-/// Encrypted bytes rustls may hold for a lean-path stream whose socket is
-/// full (rustls's default is 64 KiB).
-const TLS_SEND_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Serves `router` on `listener` until `stop` is cancelled, then waits for
 /// every connection to finish.
@@ -234,7 +233,7 @@ async fn serve_tls(
     hyper: Hyper,
 ) {
     let metrics = hyper.node.metrics();
-    let mut stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             metrics.tls_handshake_failures.inc();
@@ -251,15 +250,13 @@ async fn serve_tls(
             return;
         }
     };
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let tls = stream.get_ref().1;
+    // HTTP/2 streams share their connection: hyper serves them. TLS 1.2 is
+    // left to hyper too: the lean path writes TLS 1.3 records itself.
+    let lean = tls.alpn_protocol() != Some(b"h2")
+        && tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
     match fast {
-        Some(state) if !h2 => {
-            // A client that stops reading holds this much in rustls, on top
-            // of the socket's buffers, until the write stall ends it.
-            stream
-                .get_mut()
-                .1
-                .set_buffer_limit(Some(TLS_SEND_BUFFER_BYTES));
+        Some(state) if lean => {
             match fastpath::serve_tls(&state, stream, max_head, head_wait).await {
                 fastpath::Outcome::Served => {}
                 fastpath::Outcome::Streaming(streaming) => {

@@ -19,8 +19,11 @@
 //! another path or method, HTTP/2 (h2c), a head split over several packets
 //! — is left unread and handed to hyper. A TLS stream cannot be peeked, so
 //! [`serve_tls`] reads the head into a buffer, and a connection it declines
-//! goes to hyper as a [`Replay`] that yields those bytes first. Only
-//! connections that chose HTTP/1.1 by ALPN (or chose nothing) come here.
+//! goes to hyper as a [`Replay`] that yields those bytes first. Only TLS 1.3
+//! connections that chose HTTP/1.1 by ALPN (or chose nothing) come here, and
+//! once the head is out their events are sealed by a
+//! [`RecordWriter`](crate::tls_records::RecordWriter) instead of rustls's
+//! whole connection.
 
 use std::{
     convert::Infallible,
@@ -42,32 +45,59 @@ use tokio::{
 };
 use tokio_rustls::server::TlsStream;
 use tower::{Layer, ServiceExt, service_fn};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
     connection::GuardedStream,
     delivery::ClientStream,
     http::{self, HttpState},
+    tls_records::RecordWriter,
 };
 
 /// How long the socket may take to close after the last frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// A connection the lean path can write a stream to.
+/// A connection the lean path answers on.
 pub trait LeanIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// What an open stream's events are written to.
+    type Writer: EventWriter;
+
+    /// The writer for the events, once the response head is written and
+    /// flushed; `Err` says why the stream cannot go on.
+    fn into_writer(self) -> Result<Self::Writer, &'static str>;
+}
+
+/// Where an open stream's events go.
+pub trait EventWriter: AsyncWrite + Unpin + Send + 'static {
     /// The TCP socket under it, watched for the client closing its side.
     fn tcp(&self) -> &TcpStream;
 }
 
 impl LeanIo for GuardedStream {
+    type Writer = Self;
+
+    fn into_writer(self) -> Result<Self, &'static str> {
+        Ok(self)
+    }
+}
+
+impl EventWriter for GuardedStream {
     fn tcp(&self) -> &TcpStream {
         GuardedStream::tcp(self)
     }
 }
 
 impl LeanIo for TlsStream<GuardedStream> {
+    type Writer = RecordWriter;
+
+    fn into_writer(self) -> Result<RecordWriter, &'static str> {
+        RecordWriter::take_over(self)
+    }
+}
+
+impl EventWriter for RecordWriter {
     fn tcp(&self) -> &TcpStream {
-        self.get_ref().0.tcp()
+        RecordWriter::tcp(self)
     }
 }
 
@@ -104,11 +134,11 @@ pub async fn serve_tls(
     stream: TlsStream<GuardedStream>,
     max_head: usize,
     wait: Duration,
-) -> Outcome<TlsStream<GuardedStream>, Replay<TlsStream<GuardedStream>>> {
+) -> Outcome<RecordWriter, Replay<TlsStream<GuardedStream>>> {
     finish(Box::pin(open_tls(state, stream, max_head, wait)).await).await
 }
 
-async fn finish<S: LeanIo, D>(opened: Opened<S, D>) -> Outcome<S, D> {
+async fn finish<S: LeanIo, D>(opened: Opened<S, D>) -> Outcome<S::Writer, D> {
     match opened {
         Opened::Streaming(stream, client) => Outcome::Streaming(Streaming { stream, client }),
         Opened::Answered(mut stream) => {
@@ -126,7 +156,7 @@ pub struct Streaming<S> {
     client: ClientStream,
 }
 
-impl<S: LeanIo> Streaming<S> {
+impl<S: EventWriter> Streaming<S> {
     /// Writes the client's frames until its stream ends or the socket
     /// fails, holding `guard` as long.
     ///
@@ -145,7 +175,13 @@ impl<S: LeanIo> Streaming<S> {
             // client sends nothing more this path reads, so whatever comes
             // (a close_notify, then the end) only says it is leaving.
             while let Some(chunk) = client.next_chunk_watching(Some(stream.tcp())).await {
-                if let Err(error) = stream.write_all(&chunk).await {
+                // The flush sends what a TLS writer sealed but the socket
+                // did not take yet; on TCP it costs nothing.
+                let written = match stream.write_all(&chunk).await {
+                    Ok(()) => stream.flush().await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = written {
                     if error.kind() == io::ErrorKind::TimedOut {
                         client.mark_slow();
                     }
@@ -161,9 +197,9 @@ impl<S: LeanIo> Streaming<S> {
 
 /// How the set-up of a connection ended.
 #[allow(clippy::large_enum_variant)] // as for `Outcome`
-enum Opened<S, D> {
+enum Opened<S: LeanIo, D> {
     /// The response head is written: stream the client's events.
-    Streaming(S, ClientStream),
+    Streaming(S::Writer, ClientStream),
     /// The request was refused with a complete response.
     Answered(S),
     /// The socket failed.
@@ -333,11 +369,20 @@ async fn answer<S: LeanIo, D>(
         Some(client) => {
             let head = encode_head(&parts, None);
             drop(parts);
-            if stream.write_all(&head).await.is_err() {
+            if stream.write_all(&head).await.is_err() || stream.flush().await.is_err() {
                 return Opened::Gone;
             }
-            http::served_by(node, "lean");
-            Opened::Streaming(stream, client)
+            match stream.into_writer() {
+                Ok(writer) => {
+                    http::served_by(node, "lean");
+                    Opened::Streaming(writer, client)
+                }
+                Err(why) => {
+                    // The client reconnects and resumes elsewhere.
+                    warn!(why, "an event stream could not go on after its head");
+                    Opened::Gone
+                }
+            }
         }
         None => {
             let body = axum::body::to_bytes(body, 64 * 1024)

@@ -11,7 +11,8 @@
 //! - [`http`]: the endpoints, request validation and error bodies;
 //!   [`auth`] checks tokens for private topics;
 //! - [`fastpath`]: HTTP/1.1 event streams, in cleartext or over TLS, written
-//!   straight to the socket; [`connection`] accepts sockets, completes TLS
+//!   straight to the socket ([`tls_records`] seals them for TLS);
+//!   [`connection`] accepts sockets, completes TLS
 //!   handshakes and hands everything else (other endpoints, preflights,
 //!   HTTP/2) to hyper.
 //!
@@ -35,6 +36,7 @@ pub mod node;
 pub mod report;
 pub mod startup;
 pub mod telemetry;
+pub mod tls_records;
 pub mod topics;
 
 use std::{sync::Arc, time::Duration};

@@ -426,7 +426,12 @@ async fn tls_streams_are_served_on_the_lean_path_and_everything_else_by_hyper() 
     let js = nats.jetstream().await;
     create_topic(&js, "secure", None).await;
     let cert = Cert::new();
-    let env = [cert.env(), cors_env()].concat();
+    let env = [
+        cert.env(),
+        cors_env(),
+        vec![("SSE_SHUTDOWN__DRAIN_SECONDS", "1".to_owned())],
+    ]
+    .concat();
     let env_pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let node = NodeProc::spawn(&nats.url(), &env_pairs);
     // Readiness over TLS: a request the lean path declines, replayed to hyper.
@@ -534,6 +539,12 @@ async fn tls_streams_are_served_on_the_lean_path_and_everything_else_by_hyper() 
     assert_eq!(response.version(), hyper::Version::HTTP_2);
     assert_eq!(cert_metric(&cert, &node, &served("router")).await, 1.0);
     assert_eq!(cert_metric(&cert, &node, &served("lean")).await, 2.0);
+
+    // A stream the node ends is closed the TLS way (close_notify, then the
+    // end of the connection): the client reads a clean end, no error.
+    node.terminate();
+    let rest = resumed.until_closed(T).await;
+    assert!(rest.is_ok(), "{rest:?}");
 }
 
 /// A metric of a node that speaks only TLS.

@@ -25,7 +25,9 @@
 //! The kind of request, in any scenario: `--header "Name: value"` (may
 //! repeat: `Origin`, `Cookie`), `--tls-ca CERT.pem` (TLS, trusting that
 //! certificate for `localhost`), `--h2-streams N` (HTTP/2 in cleartext, N
-//! streams per connection); `--private 1` creates the topics private.
+//! streams per connection), `--query "name=value"` (added to each request's
+//! query string, e.g. `access_token=…`); `--private 1` creates the topics
+//! private.
 
 use std::{
     collections::BTreeMap,
@@ -331,7 +333,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         .map(|(name, _)| name.clone())
         .unwrap_or_default();
 
-    let plan = Plan::new(target, &base, subjects, &layout, &scenario);
+    let mut plan = Plan::new(target, &base, subjects, &layout, &scenario);
+    if let Some(query) = args.get("query") {
+        for path in &mut plan.paths {
+            path.push('&');
+            path.push_str(query);
+        }
+    }
     let mut publisher = publisher(target, args, &plan, addrs[0], "/pub").await?;
     let (last_event_id, start_counter) = match (target, scenario.as_str()) {
         (Target::Node, "catchup") => (
@@ -526,6 +534,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         "kind": {
             "headers": args.all("header").iter().map(|h| h.split(':').next().unwrap_or_default()).collect::<Vec<_>>(),
             "tls": args.get("tls-ca").is_some(),
+            "query": args.get("query").and_then(|q| q.split('=').next()),
             "h2_streams": args.or("h2-streams", 0)?,
             "private": args.or("private", 0u8)? == 1,
         },

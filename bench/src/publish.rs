@@ -60,12 +60,14 @@ pub enum Publisher {
 
 impl Publisher {
     /// A JetStream publisher; creates each topic's stream (`SSE_<topic>`,
-    /// subjects `<prefix>.<topic>` and `<prefix>.<topic>.>`) if missing.
+    /// subjects `<prefix>.<topic>` and `<prefix>.<topic>.>`, read with a
+    /// token when `private`) if missing.
     pub async fn nats(
         url: &str,
         prefix: &str,
         topics: &[String],
         subjects: &[String],
+        private: bool,
     ) -> anyhow::Result<Self> {
         let client = async_nats::connect(url)
             .await
@@ -75,6 +77,11 @@ impl Publisher {
             js.get_or_create_stream(Config {
                 name: format!("SSE_{topic}"),
                 subjects: vec![format!("{prefix}.{topic}"), format!("{prefix}.{topic}.>")],
+                metadata: if private {
+                    [("sse.access".to_owned(), "private".to_owned())].into()
+                } else {
+                    Default::default()
+                },
                 ..Default::default()
             })
             .await

@@ -30,6 +30,13 @@
 //!   once, and the run measures when every subscriber has them all;
 //! - `catchup`: one subscriber resumes from before a `--backlog` [100000]
 //!   events long history, written beforehand by `sse-bench prefill`.
+//!
+//! The kind of request, in any scenario: `--header "Name: value"` (may
+//! repeat: `Origin`, `Cookie`), `--tls-ca CERT.pem` (TLS, trusting that
+//! certificate for `localhost`), `--h2-streams N` (HTTP/2 in cleartext, N
+//! streams per connection), `--query "name=value"` (added to each request's
+//! query string, e.g. `access_token=…`); `--private 1` creates the topics
+//! private.
 
 use std::{
     collections::BTreeMap,
@@ -177,7 +184,8 @@ async fn publisher(
         Target::Node => {
             let url = args.get("nats").unwrap_or("nats://127.0.0.1:4222");
             let prefix = args.get("prefix").unwrap_or("sse");
-            Publisher::nats(url, prefix, &plan.topics, &plan.publish_to).await
+            let private = args.or("private", 0u8)? == 1;
+            Publisher::nats(url, prefix, &plan.topics, &plan.publish_to, private).await
         }
         Target::Nchan | Target::Bare => Publisher::http(addr, path, &plan.publish_to).await,
     }
@@ -342,7 +350,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         .map(|(name, _)| name.clone())
         .collect();
 
-    let plan = Plan::new(target, &base, subjects, &layout, &scenario);
+    let mut plan = Plan::new(target, &base, subjects, &layout, &scenario);
+    if let Some(query) = args.get("query") {
+        for path in &mut plan.paths {
+            path.push('&');
+            path.push_str(query);
+        }
+    }
     let mut publisher = publisher(target, args, &plan, addrs[0], "/pub").await?;
     let (last_event_id, start_counter) = match (target, scenario.as_str()) {
         (Target::Node, "catchup") => (
@@ -375,6 +389,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             start_counter,
             connect_concurrency: args.or("connect-concurrency", 200)?,
             retry_ms: args.get("retry-ms").map(str::parse).transpose()?,
+            headers: args.all("header").to_vec(),
+            tls_ca: args.get("tls-ca").map(str::to_owned),
+            h2_streams: args.or("h2-streams", 0)?,
         });
         first += count;
     }
@@ -596,6 +613,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         "target": args.required("target")?,
         "variant": variant,
         "label": args.get("label").unwrap_or_default(),
+        "kind": {
+            "headers": args.all("header").iter().map(|h| h.split(':').next().unwrap_or_default()).collect::<Vec<_>>(),
+            "tls": args.get("tls-ca").is_some(),
+            "query": args.get("query").and_then(|q| q.split('=').next()),
+            "h2_streams": args.or("h2-streams", 0)?,
+            "private": args.or("private", 0u8)? == 1,
+        },
         "subscribers": subscribers,
         "subjects": subjects,
         "payload_bytes": size,

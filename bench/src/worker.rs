@@ -13,22 +13,35 @@
 //! gaps and duplicates, and records publish-to-receipt latency. When its
 //! stream ends it reconnects after the server's `retry:` hint, to the next
 //! address of the list, sending `Last-Event-ID`, as a browser would.
+//!
+//! The kind of request is set by the config: extra headers (`Origin`,
+//! `Cookie`), TLS (trusting one certificate, for `localhost`), or HTTP/2 in
+//! cleartext with `h2_streams` streams per connection. HTTP/2 streams do
+//! not reconnect: they are for measuring idle streams.
 
 use std::{
     cell::{Cell, RefCell},
     io::Write as _,
     net::{Ipv4Addr, SocketAddr},
     rc::Rc,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     net::{TcpSocket, TcpStream},
     sync::Semaphore,
     task::LocalSet,
+};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{
+        self,
+        pki_types::{CertificateDer, ServerName, pem::PemObject},
+    },
 };
 
 use crate::{
@@ -61,6 +74,15 @@ pub struct WorkerConfig {
     pub connect_concurrency: usize,
     /// Reconnect delay; `None` follows the server's `retry:` hint.
     pub retry_ms: Option<u64>,
+    /// Extra request header lines, `Name: value`.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Speak TLS, trusting this PEM certificate for the name `localhost`.
+    #[serde(default)]
+    pub tls_ca: Option<String>,
+    /// Streams per HTTP/2 (h2c) connection; 0 speaks HTTP/1.1.
+    #[serde(default)]
+    pub h2_streams: usize,
 }
 
 /// A request from the coordinator.
@@ -152,13 +174,28 @@ pub fn run() -> anyhow::Result<()> {
             ..Shared::default()
         });
         let handshakes = Rc::new(Semaphore::new(config.connect_concurrency.max(1)));
-        for k in 0..config.count {
-            tokio::task::spawn_local(connection(
-                shared.clone(),
-                config.clone(),
-                handshakes.clone(),
-                k,
-            ));
+        let tls = config.tls_ca.as_deref().map(tls_connector).transpose()?;
+        if config.h2_streams > 0 {
+            for first in (0..config.count).step_by(config.h2_streams) {
+                let n = config.h2_streams.min(config.count - first);
+                tokio::task::spawn_local(h2_connection(
+                    shared.clone(),
+                    config.clone(),
+                    handshakes.clone(),
+                    first,
+                    n,
+                ));
+            }
+        } else {
+            for k in 0..config.count {
+                tokio::task::spawn_local(connection(
+                    shared.clone(),
+                    config.clone(),
+                    handshakes.clone(),
+                    tls.clone(),
+                    k,
+                ));
+            }
         }
         while let Some(line) = lines.next_line().await? {
             let command: Command = serde_json::from_str(&line)?;
@@ -227,6 +264,7 @@ async fn connection(
     shared: Rc<Shared>,
     config: Rc<WorkerConfig>,
     handshakes: Rc<Semaphore>,
+    tls: Option<TlsConnector>,
     k: usize,
 ) {
     let global = config.first_index + k;
@@ -244,7 +282,8 @@ async fn connection(
     let mut attempt = 0;
     loop {
         let addr = config.addrs[(global + attempt) % config.addrs.len()];
-        let ended = attempt_stream(&shared, &config, &handshakes, &mut conn, addr).await;
+        let ended =
+            attempt_stream(&shared, &config, &handshakes, tls.as_ref(), &mut conn, addr).await;
         let delay = match ended {
             Ended::Streamed => {
                 attempt += 1;
@@ -265,29 +304,65 @@ async fn connection(
     }
 }
 
-async fn open(conn: &Conn, addr: SocketAddr) -> std::io::Result<TcpStream> {
+async fn open(source: SocketAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
-    socket.bind(conn.source)?;
+    socket.bind(source)?;
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// A connection's byte stream: TCP, or TLS over it.
+trait Duplex: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
+
+/// A TLS client that trusts the certificate in `pem_file`.
+fn tls_connector(pem_file: &str) -> anyhow::Result<TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pem_file)
+        .with_context(|| format!("cannot read {pem_file}"))?
+    {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 async fn attempt_stream(
     shared: &Shared,
     config: &WorkerConfig,
     handshakes: &Semaphore,
+    tls: Option<&TlsConnector>,
     conn: &mut Conn,
     addr: SocketAddr,
 ) -> Ended {
     let permit = handshakes.acquire().await;
-    let Ok(mut stream) = open(conn, addr).await else {
+    let Ok(tcp) = open(conn.source, addr).await else {
         return Ended::Unreachable;
+    };
+    let mut stream: Box<dyn Duplex> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let name = ServerName::try_from("localhost").expect("a valid name");
+            match tls.connect(name, tcp).await {
+                Ok(stream) => Box::new(stream),
+                Err(_) => return Ended::Refused,
+            }
+        }
     };
     let mut request = format!(
         "GET {} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n",
         config.paths[conn.subject]
     );
+    for header in &config.headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
     if !conn.parser.last_id.is_empty() {
         request.push_str("Last-Event-ID: ");
         request.push_str(&String::from_utf8_lossy(&conn.parser.last_id));
@@ -333,28 +408,7 @@ async fn attempt_stream(
                 Err(_) => break,
             }
             if !body.is_empty() {
-                let now = now_us();
-                let last = &shared.last[conn.index];
-                let mut hist = shared.hist.borrow_mut();
-                let mut got = 0;
-                conn.parser.feed(&mut body, |event| match event {
-                    Event::Payload { counter, sent_us } => {
-                        got += 1;
-                        let seen = last.get();
-                        if counter <= seen {
-                            bump(&shared.dups, 1);
-                        } else {
-                            bump(&shared.gaps, counter - seen - 1);
-                            last.set(counter);
-                        }
-                        hist.record(now.saturating_sub(sent_us));
-                    }
-                    Event::Other => bump(&shared.other_events, 1),
-                });
-                if got > 0 {
-                    bump(&shared.received, got);
-                    shared.last_event_us.set(now);
-                }
+                account(shared, conn.index, &mut conn.parser, &mut body);
             }
             if body_state == Body::Done {
                 break;
@@ -370,4 +424,114 @@ async fn attempt_stream(
     }
     shared.ready.set(shared.ready.get() - 1);
     Ended::Streamed
+}
+
+/// Counts the events of the complete lines in `body` for connection `index`.
+fn account(shared: &Shared, index: usize, parser: &mut Parser, body: &mut Vec<u8>) {
+    let now = now_us();
+    let last = &shared.last[index];
+    let mut hist = shared.hist.borrow_mut();
+    let mut got = 0;
+    parser.feed(body, |event| match event {
+        Event::Payload { counter, sent_us } => {
+            got += 1;
+            let seen = last.get();
+            if counter <= seen {
+                bump(&shared.dups, 1);
+            } else {
+                bump(&shared.gaps, counter - seen - 1);
+                last.set(counter);
+            }
+            hist.record(now.saturating_sub(sent_us));
+        }
+        Event::Other => bump(&shared.other_events, 1),
+    });
+    if got > 0 {
+        bump(&shared.received, got);
+        shared.last_event_us.set(now);
+    }
+}
+
+fn streaming(shared: &Shared) {
+    if shared.first_ready_us.get() == 0 {
+        shared.first_ready_us.set(now_us());
+    }
+    bump(&shared.ready, 1);
+    bump(&shared.ever_ready, 1);
+}
+
+/// One HTTP/2 connection in cleartext (prior knowledge) carrying `n`
+/// streams, for connections `first..first + n` of this worker.
+async fn h2_connection(
+    shared: Rc<Shared>,
+    config: Rc<WorkerConfig>,
+    handshakes: Rc<Semaphore>,
+    first: usize,
+    n: usize,
+) {
+    let global = config.first_index + first;
+    let source_octet = 2 + (global % config.sources.clamp(1, 250)) as u8;
+    let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, source_octet), 0));
+    let addr = config.addrs[global % config.addrs.len()];
+    let permit = handshakes.acquire().await;
+    let Ok(tcp) = open(source, addr).await else {
+        bump(&shared.failed_attempts, n as u64);
+        return;
+    };
+    let Ok((client, connection)) = h2::client::handshake(tcp).await else {
+        bump(&shared.failed_attempts, n as u64);
+        return;
+    };
+    tokio::task::spawn_local(async move {
+        let _ = connection.await;
+    });
+    drop(permit);
+    let mut client = client;
+    for k in first..first + n {
+        let subject = (config.first_index + k) % config.paths.len();
+        let mut request = http::Request::get(format!("http://{addr}{}", config.paths[subject]))
+            .header("accept", "text/event-stream");
+        for header in &config.headers {
+            if let Some((name, value)) = header.split_once(':') {
+                request = request.header(name.trim(), value.trim());
+            }
+        }
+        let Ok(request) = request.body(()) else {
+            bump(&shared.failed_attempts, 1);
+            continue;
+        };
+        client = match client.ready().await {
+            Ok(client) => client,
+            Err(_) => {
+                bump(&shared.failed_attempts, (first + n - k) as u64);
+                return;
+            }
+        };
+        match client.send_request(request, true) {
+            Ok((response, _)) => {
+                tokio::task::spawn_local(h2_stream(shared.clone(), k, response));
+            }
+            Err(_) => bump(&shared.failed_attempts, 1),
+        }
+    }
+}
+
+async fn h2_stream(shared: Rc<Shared>, index: usize, response: h2::client::ResponseFuture) {
+    let response = match response.await {
+        Ok(response) if response.status() == 200 => response,
+        _ => {
+            bump(&shared.failed_attempts, 1);
+            return;
+        }
+    };
+    streaming(&shared);
+    let mut stream = response.into_body();
+    let mut parser = Parser::default();
+    let mut body = Vec::new();
+    while let Some(Ok(data)) = stream.data().await {
+        let _ = stream.flow_control().release_capacity(data.len());
+        body.extend_from_slice(&data);
+        account(&shared, index, &mut parser, &mut body);
+    }
+    shared.ready.set(shared.ready.get() - 1);
 }

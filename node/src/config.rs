@@ -88,7 +88,8 @@ pub struct HttpConfig {
     /// Seconds a connection may move no byte either way before it is
     /// closed; 0 = never.
     pub idle_timeout_seconds: u64,
-    /// Serve plain HTTP/1.1 event streams without hyper (see `fastpath`).
+    /// Serve HTTP/1.1 event streams, cleartext or TLS, without hyper (see
+    /// `fastpath`).
     pub fast_path: bool,
     /// Most concurrent streams on one HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,

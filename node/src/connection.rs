@@ -2,9 +2,11 @@
 //! what a client may send, and a guard against clients that stop reading.
 //!
 //! [`serve`] accepts TCP connections, optionally completes a TLS handshake
-//! (ALPN offers `h2` and `http/1.1`), and serves each with hyper's automatic
-//! builder, which speaks HTTP/1.1 or, on seeing the HTTP/2 preface, HTTP/2
-//! (h2c with prior knowledge in cleartext). Limits applied here, each with a
+//! (ALPN offers `h2` and `http/1.1`), offers HTTP/1.1 connections to the lean
+//! path ([`fastpath`], when `http.fast_path` is on) and serves the rest with
+//! hyper's automatic builder, which speaks HTTP/1.1 or, on seeing the HTTP/2
+//! preface, HTTP/2 (h2c with prior knowledge in cleartext). Which path served
+//! each stream is counted in `sse_streams_served_total{path}`. Limits applied here, each with a
 //! metric (`sse_limit_rejections_total{limit}`):
 //!
 //! - `request_head`: a request line plus headers longer than
@@ -65,7 +67,7 @@ use tokio_rustls::{
         pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     },
 };
-use tokio_util::{either::Either, sync::CancellationToken};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::{
@@ -94,6 +96,9 @@ pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not make a TLS identity: {e}"))?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The lean path takes the write key of an HTTP/1.1 stream over from
+    // rustls once its head is out (see `tls_records`).
+    server.enable_secret_extraction = true;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
@@ -135,8 +140,7 @@ pub async fn serve(
     let handshake_timeout = Duration::from_secs(config.tls.handshake_timeout_seconds);
     let head_wait = Duration::from_secs(http.header_read_timeout_seconds);
     let max_head = http.max_header_bytes;
-    // TLS connections always go through hyper.
-    let fast = (http.fast_path && tls.is_none()).then_some(state);
+    let fast = http.fast_path.then_some(state);
     let mut rate = IpRate::new(http.max_connections_per_ip_per_minute);
     let graceful = GracefulShutdown::new();
     info!(tls = tls.is_some(), "serving http/1.1 and http/2");
@@ -154,30 +158,45 @@ pub async fn serve(
             drop(stream);
             continue;
         }
-        let builder = builder.clone();
-        let router = router.clone();
-        let watcher = graceful.watcher();
+        let hyper = Hyper {
+            builder: builder.clone(),
+            router: router.clone(),
+            watcher: graceful.watcher(),
+            node: node.clone(),
+        };
         let tls = tls.clone();
-        let node = node.clone();
         let fast = fast.clone();
         tokio::spawn(async move {
+            if let Some(acceptor) = tls {
+                // Boxed, as the hyper path below: the handshake's future is
+                // large and lives only until the stream is open.
+                Box::pin(serve_tls(
+                    stream,
+                    acceptor,
+                    handshake_timeout,
+                    fast,
+                    max_head,
+                    head_wait,
+                    hyper,
+                ))
+                .await;
+                return;
+            }
             // hyper's header timer starts only with the first byte: a client
             // that sends nothing would hold its socket forever. (With TLS,
-            // the handshake timeout covers this.)
-            if tls.is_none() {
-                // A peek, not `readable()`: readiness may be reported before
-                // any byte has arrived.
-                let mut first_byte = [0u8; 1];
-                let first =
-                    tokio::time::timeout(head_wait, stream.tcp().peek(&mut first_byte)).await;
-                if !matches!(first, Ok(Ok(1))) {
-                    node.metrics()
-                        .limit_rejections
-                        .with_label_values(&["header_read_timeout"])
-                        .inc();
-                    debug!("connection closed: no request within the header timeout");
-                    return;
-                }
+            // the handshake timeout covers this.) A peek, not `readable()`:
+            // readiness may be reported before any byte has arrived.
+            let mut first_byte = [0u8; 1];
+            let first = tokio::time::timeout(head_wait, stream.tcp().peek(&mut first_byte)).await;
+            if !matches!(first, Ok(Ok(1))) {
+                hyper
+                    .node
+                    .metrics()
+                    .limit_rejections
+                    .with_label_values(&["header_read_timeout"])
+                    .inc();
+                debug!("connection closed: no request within the header timeout");
+                return;
             }
             let stream = match fast {
                 Some(state) => match fastpath::serve(&state, stream, max_head, head_wait).await {
@@ -185,7 +204,7 @@ pub async fn serve(
                     fastpath::Outcome::Streaming(streaming) => {
                         // The watcher goes with the stream: a graceful
                         // shutdown waits for it as for any connection.
-                        tokio::spawn(streaming.run(watcher));
+                        tokio::spawn(streaming.run(hyper.watcher));
                         return;
                     }
                     fastpath::Outcome::Declined(stream) => stream,
@@ -194,16 +213,7 @@ pub async fn serve(
             };
             // Boxed, so a connection served on the fast path does not carry
             // the size of hyper's connection state in its task.
-            Box::pin(serve_hyper(
-                stream,
-                builder,
-                router,
-                watcher,
-                tls,
-                node,
-                handshake_timeout,
-            ))
-            .await;
+            Box::pin(hyper.serve(stream)).await;
         });
     }
     drop(listener);
@@ -211,41 +221,73 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_hyper(
+/// A TLS connection: the handshake, then the lean path for HTTP/1.1 (when
+/// on) and hyper for the rest, HTTP/2 by ALPN included.
+async fn serve_tls(
     stream: GuardedStream,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    fast: Option<HttpState>,
+    max_head: usize,
+    head_wait: Duration,
+    hyper: Hyper,
+) {
+    let metrics = hyper.node.metrics();
+    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            metrics.tls_handshake_failures.inc();
+            debug!(%error, "tls handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics.tls_handshake_failures.inc();
+            metrics
+                .limit_rejections
+                .with_label_values(&["tls_handshake"])
+                .inc();
+            debug!("tls handshake timed out");
+            return;
+        }
+    };
+    let tls = stream.get_ref().1;
+    // HTTP/2 streams share their connection: hyper serves them. TLS 1.2 is
+    // left to hyper too: the lean path writes TLS 1.3 records itself.
+    let lean = tls.alpn_protocol() != Some(b"h2")
+        && tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    match fast {
+        Some(state) if lean => {
+            match fastpath::serve_tls(&state, stream, max_head, head_wait).await {
+                fastpath::Outcome::Served => {}
+                fastpath::Outcome::Streaming(streaming) => {
+                    tokio::spawn(streaming.run(hyper.watcher));
+                }
+                fastpath::Outcome::Declined(replay) => Box::pin(hyper.serve(replay)).await,
+            }
+        }
+        _ => Box::pin(hyper.serve(stream)).await,
+    }
+}
+
+/// What serving a connection with hyper takes.
+struct Hyper {
     builder: Arc<auto::Builder<TokioExecutor>>,
     router: Router,
     watcher: Watcher,
-    tls: Option<TlsAcceptor>,
     node: Node,
-    handshake_timeout: Duration,
-) {
-    let io = match tls {
-        None => Either::Left(stream),
-        Some(acceptor) => {
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => Either::Right(tls_stream),
-                Ok(Err(error)) => {
-                    node.metrics().tls_handshake_failures.inc();
-                    debug!(%error, "tls handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    node.metrics().tls_handshake_failures.inc();
-                    node.metrics()
-                        .limit_rejections
-                        .with_label_values(&["tls_handshake"])
-                        .inc();
-                    debug!("tls handshake timed out");
-                    return;
-                }
-            }
+}
+
+impl Hyper {
+    /// Serves `io` (HTTP/1.1 or HTTP/2) with the router until it closes.
+    async fn serve<IO>(self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = TowerToHyperService::new(self.router);
+        let connection = self.builder.serve_connection(TokioIo::new(io), service);
+        if let Err(error) = self.watcher.watch(connection).await {
+            note_connection_error(&self.node, error.as_ref());
         }
-    };
-    let service = TowerToHyperService::new(router);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    if let Err(error) = watcher.watch(connection).await {
-        note_connection_error(&node, error.as_ref());
     }
 }
 

@@ -1,61 +1,148 @@
-//! The lean path for SSE over plain HTTP/1.1.
+//! The lean path for SSE over HTTP/1.1, in cleartext or over TLS.
 //!
 //! Most connections a node holds are long, mostly idle HTTP/1.1 event
 //! streams. Served through hyper, each keeps hyper's read and write buffers
 //! and connection state for its whole life. This path answers them with
-//! much less: it peeks at the request head without consuming it, and when
-//! the head is complete and asks for `GET /v1/events` (with no `Origin`
-//! header when CORS is configured), it validates it exactly as the router
-//! does ([`http::prepare_stream`]), writes the response head itself and
-//! then writes the client's frames straight to the socket. The response is
+//! much less: it reads the request head, and when it asks for
+//! `GET /v1/events` it validates it exactly as the router does
+//! ([`http::prepare_stream`]), writes the response head itself and then
+//! writes the client's frames straight to the socket. The response is
 //! delimited by closing the connection (`Connection: close`), so no chunked
 //! framing is added to each event.
 //!
-//! Anything else — another path or method, HTTP/2 (h2c), a head split over
-//! several packets, a cross-origin request — is left unread and handed to
-//! hyper, which serves it as before.
+//! Every answer, the 200 head as well as a refusal, goes through the same
+//! CORS layer as the router's ([`HttpState::cors`]) before it is written,
+//! so a browser on another origin gets the same `Access-Control-*` and
+//! `Vary` headers from either path. Preflights (`OPTIONS`) go to the router.
+//!
+//! In cleartext the head is only peeked at ([`serve`]): anything else —
+//! another path or method, HTTP/2 (h2c), a head split over several packets
+//! — is left unread and handed to hyper. A TLS stream cannot be peeked, so
+//! [`serve_tls`] reads the head into a buffer, and a connection it declines
+//! goes to hyper as a [`Replay`] that yields those bytes first. Only TLS 1.3
+//! connections that chose HTTP/1.1 by ALPN (or chose nothing) come here, and
+//! once the head is out their events are sealed by a
+//! [`RecordWriter`](crate::tls_records::RecordWriter) instead of rustls's
+//! whole connection.
 
-use std::time::Duration;
+use std::{
+    convert::Infallible,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::debug;
+use axum::{
+    body::Body,
+    http::{HeaderName, HeaderValue, Method, Request, response::Parts},
+    response::Response,
+};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::server::TlsStream;
+use tower::{Layer, ServiceExt, service_fn};
+use tracing::{debug, warn};
 
 use crate::{
     connection::GuardedStream,
     delivery::ClientStream,
-    http::{self, HttpState, STREAM_HEADERS},
+    http::{self, HttpState},
+    tls_records::RecordWriter,
 };
 
 /// How long the socket may take to close after the last frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// What became of a connection.
+/// A connection the lean path answers on.
+pub trait LeanIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// What an open stream's events are written to.
+    type Writer: EventWriter;
+
+    /// The writer for the events, once the response head is written and
+    /// flushed; `Err` says why the stream cannot go on.
+    fn into_writer(self) -> Result<Self::Writer, &'static str>;
+}
+
+/// Where an open stream's events go.
+pub trait EventWriter: AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket under it, watched for the client closing its side.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl LeanIo for GuardedStream {
+    type Writer = Self;
+
+    fn into_writer(self) -> Result<Self, &'static str> {
+        Ok(self)
+    }
+}
+
+impl EventWriter for GuardedStream {
+    fn tcp(&self) -> &TcpStream {
+        GuardedStream::tcp(self)
+    }
+}
+
+impl LeanIo for TlsStream<GuardedStream> {
+    type Writer = RecordWriter;
+
+    fn into_writer(self) -> Result<RecordWriter, &'static str> {
+        RecordWriter::take_over(self)
+    }
+}
+
+impl EventWriter for RecordWriter {
+    fn tcp(&self) -> &TcpStream {
+        RecordWriter::tcp(self)
+    }
+}
+
+/// What became of a connection: `S` is the stream the events go to, `D`
+/// what is handed to hyper when this path declines.
 // Made once per connection and moved once: boxing the large variant would
 // only add an allocation.
 #[allow(clippy::large_enum_variant)]
-pub enum Outcome {
+pub enum Outcome<S, D> {
     /// Served to the end here.
     Served,
     /// The response head is written: [`Streaming::run`] writes the events.
-    Streaming(Streaming),
+    Streaming(Streaming<S>),
     /// Not an SSE request this path takes: serve it normally.
-    Declined(GuardedStream),
+    Declined(D),
 }
 
-/// Serves the connection if its first request is an HTTP/1.x SSE request.
+/// Serves a cleartext connection if its first request is an HTTP/1.x SSE
+/// request; otherwise hands it back unread.
 pub async fn serve(
     state: &HttpState,
     stream: GuardedStream,
     max_head: usize,
     wait: Duration,
-) -> Outcome {
+) -> Outcome<GuardedStream, GuardedStream> {
     // The set-up is boxed: its futures are large and short-lived.
-    match Box::pin(open(state, stream, max_head, wait)).await {
+    finish(Box::pin(open_plain(state, stream, max_head, wait)).await).await
+}
+
+/// Serves a TLS connection (HTTP/1.1 by ALPN, or none) if its first request
+/// is an SSE request; otherwise hands it back with the bytes read so far.
+pub async fn serve_tls(
+    state: &HttpState,
+    stream: TlsStream<GuardedStream>,
+    max_head: usize,
+    wait: Duration,
+) -> Outcome<RecordWriter, Replay<TlsStream<GuardedStream>>> {
+    finish(Box::pin(open_tls(state, stream, max_head, wait)).await).await
+}
+
+async fn finish<S: LeanIo, D>(opened: Opened<S, D>) -> Outcome<S::Writer, D> {
+    match opened {
         Opened::Streaming(stream, client) => Outcome::Streaming(Streaming { stream, client }),
-        Opened::Answered(stream) => {
-            close(stream).await;
+        Opened::Answered(mut stream) => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, stream.shutdown()).await;
             Outcome::Served
         }
         Opened::Gone => Outcome::Served,
@@ -64,12 +151,12 @@ pub async fn serve(
 }
 
 /// An event stream whose response head is written.
-pub struct Streaming {
-    stream: GuardedStream,
+pub struct Streaming<S> {
+    stream: S,
     client: ClientStream,
 }
 
-impl Streaming {
+impl<S: EventWriter> Streaming<S> {
     /// Writes the client's frames until its stream ends or the socket
     /// fails, holding `guard` as long.
     ///
@@ -84,9 +171,18 @@ impl Streaming {
             mut client,
         } = self;
         async move {
+            // Under TLS the socket is watched below the TLS layer: the
+            // client sends nothing more this path reads, so whatever comes
+            // (a close_notify, then the end) only says it is leaving.
             while let Some(chunk) = client.next_chunk_watching(Some(stream.tcp())).await {
-                if let Err(error) = stream.write_all(&chunk).await {
-                    if error.kind() == std::io::ErrorKind::TimedOut {
+                // The flush sends what a TLS writer sealed but the socket
+                // did not take yet; on TCP it costs nothing.
+                let written = match stream.write_all(&chunk).await {
+                    Ok(()) => stream.flush().await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = written {
+                    if error.kind() == io::ErrorKind::TimedOut {
                         client.mark_slow();
                     }
                     break;
@@ -101,71 +197,43 @@ impl Streaming {
 
 /// How the set-up of a connection ended.
 #[allow(clippy::large_enum_variant)] // as for `Outcome`
-enum Opened {
+enum Opened<S: LeanIo, D> {
     /// The response head is written: stream the client's events.
-    Streaming(GuardedStream, ClientStream),
+    Streaming(S::Writer, ClientStream),
     /// The request was refused with a complete response.
-    Answered(GuardedStream),
+    Answered(S),
     /// The socket failed.
     Gone,
     /// Not for this path.
-    Declined(GuardedStream),
+    Declined(D),
 }
 
-async fn open(
+async fn open_plain(
     state: &HttpState,
     mut stream: GuardedStream,
     max_head: usize,
     wait: Duration,
-) -> Opened {
-    let Some((head_len, headers, query)) = read_head(state, &stream, max_head, wait).await else {
+) -> Opened<GuardedStream, GuardedStream> {
+    let Some((head_len, request)) = peek_head(state, &stream, max_head, wait).await else {
         return Opened::Declined(stream);
     };
-    let node = state.node();
-    let prepared = http::prepare_stream(state, &headers, &query).await;
-    // Nothing below reads the request again.
-    drop((headers, query));
     // The head was only peeked at: take it off the socket now.
     let mut head = vec![0u8; head_len];
     if stream.read_exact(&mut head).await.is_err() {
         return Opened::Gone;
     }
-    match prepared {
-        Err(error) => {
-            let response = http::reject(node, error);
-            let _ = write_response(&mut stream, response).await;
-            Opened::Answered(stream)
-        }
-        Ok(client) => {
-            let mut head = BytesMut::with_capacity(160);
-            head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-            for (name, value) in STREAM_HEADERS {
-                head.extend_from_slice(name.as_bytes());
-                head.extend_from_slice(b": ");
-                head.extend_from_slice(value.as_bytes());
-                head.extend_from_slice(b"\r\n");
-            }
-            head.extend_from_slice(b"connection: close\r\n\r\n");
-            if stream.write_all(&head).await.is_err() {
-                return Opened::Gone;
-            }
-            Opened::Streaming(stream, client)
-        }
-    }
+    drop(head);
+    answer(state, stream, request).await
 }
 
-async fn close(mut stream: GuardedStream) {
-    let _ = tokio::time::timeout(CLOSE_GRACE, stream.shutdown()).await;
-}
-
-/// Peeks at the request head; returns its length, headers and query string
-/// if this path should serve it.
-async fn read_head(
+/// Peeks at the request head; returns its length and the request if this
+/// path should serve it.
+async fn peek_head(
     state: &HttpState,
     stream: &GuardedStream,
     max_head: usize,
     wait: Duration,
-) -> Option<(usize, HeaderMap, String)> {
+) -> Option<(usize, Request<()>)> {
     let tcp = stream.tcp();
     tokio::time::timeout(wait, tcp.readable())
         .await
@@ -173,24 +241,107 @@ async fn read_head(
         .ok()?;
     let mut buf = vec![0u8; max_head];
     let peeked = tcp.peek(&mut buf).await.ok()?;
+    match parse_head(state, &buf[..peeked]) {
+        Head::Take(len, request) => Some((len, request)),
+        Head::Incomplete | Head::Decline => None,
+    }
+}
+
+async fn open_tls(
+    state: &HttpState,
+    mut stream: TlsStream<GuardedStream>,
+    max_head: usize,
+    wait: Duration,
+) -> Opened<TlsStream<GuardedStream>, Replay<TlsStream<GuardedStream>>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    // Grown as bytes come, up to `max_head`: most heads are a few hundred
+    // bytes, and this buffer is gone once the stream is open.
+    let mut buf = BytesMut::with_capacity(max_head.min(1024));
+    loop {
+        let room = max_head - buf.len();
+        if room == 0 {
+            // Too long for this path: hyper answers 431 and counts it.
+            return Opened::Declined(Replay::new(buf.freeze(), stream));
+        }
+        let mut limited = (&mut stream).take(room as u64);
+        match tokio::time::timeout_at(deadline, limited.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Opened::Gone,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                // Slow or silent after the handshake: hyper's header timer
+                // would only start again, so the connection ends here.
+                state
+                    .node()
+                    .metrics()
+                    .limit_rejections
+                    .with_label_values(&["header_read_timeout"])
+                    .inc();
+                debug!("tls connection closed: no request within the header timeout");
+                return Opened::Gone;
+            }
+        }
+        match parse_head(state, &buf) {
+            Head::Incomplete => continue,
+            Head::Decline => return Opened::Declined(Replay::new(buf.freeze(), stream)),
+            Head::Take(_, request) => {
+                // Bytes after the head (a pipelined request) are not read:
+                // the stream's response ends only when the connection does.
+                drop(buf);
+                return answer(state, stream, request).await;
+            }
+        }
+    }
+}
+
+/// What a request head says to this path.
+#[allow(clippy::large_enum_variant)] // made once per connection, as `Outcome`
+enum Head {
+    /// More bytes are needed.
+    Incomplete,
+    /// Another kind of request: hyper serves it.
+    Decline,
+    /// An event stream request, with the head's length.
+    Take(usize, Request<()>),
+}
+
+fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
     // `http.max_headers` bounds this path as it bounds hyper: a head with
     // more fields fails to parse here and is handed to hyper, which answers
     // 431 and counts it.
     let mut raw_headers = vec![httparse::EMPTY_HEADER; state.node().config().http.max_headers];
-    let mut request = httparse::Request::new(&mut raw_headers);
-    let httparse::Status::Complete(head_len) = request.parse(&buf[..peeked]).ok()? else {
-        return None;
+    let mut parsed = httparse::Request::new(&mut raw_headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Incomplete,
+        Err(_) => return Head::Decline,
     };
-    if request.method != Some("GET") {
+    match to_request(&parsed) {
+        Some(request) => {
+            debug!("serving an event stream on the lean path");
+            Head::Take(head_len, request)
+        }
+        None => Head::Decline,
+    }
+}
+
+/// The request as `http` types, if it is an event stream request.
+fn to_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
+    if parsed.method != Some("GET") {
         return None;
     }
-    let target = request.path?;
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let target = parsed.path?;
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
     if path != "/v1/events" {
         return None;
     }
-    let mut headers = HeaderMap::with_capacity(request.headers.len());
-    for header in request.headers.iter() {
+    let mut request = Request::builder()
+        .method(Method::GET)
+        .uri(target)
+        .body(())
+        .ok()?;
+    let headers = request.headers_mut();
+    headers.reserve(parsed.headers.len());
+    for header in parsed.headers.iter() {
         let name = HeaderName::from_bytes(header.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(header.value).ok()?;
         headers.append(name, value);
@@ -198,23 +349,73 @@ async fn read_head(
     if headers.contains_key("upgrade") {
         return None;
     }
-    if headers.contains_key("origin") && !state.node().config().cors.allowed_origins.is_empty() {
-        // Cross-origin answers need the CORS layer's headers.
-        return None;
-    }
-    debug!("serving an event stream on the fast path");
-    Some((head_len, headers, query.to_owned()))
+    Some(request)
 }
 
-async fn write_response(
-    stream: &mut GuardedStream,
-    response: axum::response::Response,
-) -> std::io::Result<()> {
-    let (parts, body) = response.into_parts();
-    let body = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let mut out = BytesMut::with_capacity(256 + body.len());
+/// Validates the request as the router does, and writes the answer.
+async fn answer<S: LeanIo, D>(
+    state: &HttpState,
+    mut stream: S,
+    request: Request<()>,
+) -> Opened<S, D> {
+    let node = state.node();
+    let query = request.uri().query().unwrap_or("");
+    let (response, client) = match http::prepare_stream(state, request.headers(), query).await {
+        Ok(client) => (http::stream_response(Body::empty()), Some(client)),
+        Err(error) => (http::reject(node, error), None),
+    };
+    let (parts, body) = with_cors(state, request, response).await.into_parts();
+    match client {
+        Some(client) => {
+            let head = encode_head(&parts, None);
+            drop(parts);
+            if stream.write_all(&head).await.is_err() || stream.flush().await.is_err() {
+                return Opened::Gone;
+            }
+            match stream.into_writer() {
+                Ok(writer) => {
+                    http::served_by(node, "lean");
+                    Opened::Streaming(writer, client)
+                }
+                Err(why) => {
+                    // The client reconnects and resumes elsewhere.
+                    warn!(why, "an event stream could not go on after its head");
+                    Opened::Gone
+                }
+            }
+        }
+        None => {
+            let body = axum::body::to_bytes(body, 64 * 1024)
+                .await
+                .unwrap_or_default();
+            let mut out = encode_head(&parts, Some(body.len()));
+            out.extend_from_slice(&body);
+            let _ = stream.write_all(&out).await;
+            Opened::Answered(stream)
+        }
+    }
+}
+
+/// `response` as the router would send it: through the CORS layer, when
+/// one is configured.
+async fn with_cors(state: &HttpState, request: Request<()>, response: Response) -> Response {
+    let Some(cors) = state.cors() else {
+        return response;
+    };
+    let mut response = Some(response);
+    let answer = service_fn(move |_: Request<()>| {
+        std::future::ready(Ok::<_, Infallible>(response.take().unwrap_or_default()))
+    });
+    match cors.layer(answer).oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// The status line and headers of a response closed by `Connection: close`,
+/// with its `Content-Length` when it has a body.
+fn encode_head(parts: &Parts, content_length: Option<usize>) -> BytesMut {
+    let mut out = BytesMut::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -229,13 +430,88 @@ async fn write_response(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(
-        format!(
-            "content-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    out.extend_from_slice(&body);
-    stream.write_all(&out).await
+    if let Some(length) = content_length {
+        out.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out
+}
+
+/// A stream that yields `buffered` before reading `inner`: what hyper gets
+/// of a TLS connection whose head the lean path has read and declined.
+pub struct Replay<S> {
+    buffered: Bytes,
+    inner: S,
+}
+
+impl<S> Replay<S> {
+    fn new(buffered: Bytes, inner: S) -> Self {
+        Self { buffered, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.buffered.has_remaining() {
+            let n = self.buffered.len().min(buf.remaining());
+            buf.put_slice(&self.buffered[..n]);
+            self.buffered.advance(n);
+            if !self.buffered.has_remaining() {
+                // Release the head's buffer for the connection's life.
+                self.buffered = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replay_yields_the_buffered_bytes_then_the_stream() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut replay = Replay::new(Bytes::from_static(b"GET / HTTP/1.1\r\n"), server);
+        client.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        drop(client);
+        let mut all = Vec::new();
+        replay.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
 }

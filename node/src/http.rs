@@ -141,6 +141,14 @@ impl HttpState {
     pub fn node(&self) -> &Node {
         &self.node
     }
+
+    /// The CORS rules, `None` when no origin is allowed. The router wraps
+    /// every response in this layer, and the lean path runs its responses
+    /// through the same layer ([`crate::fastpath`]), so both answer a
+    /// browser alike.
+    pub fn cors(&self) -> Option<&CorsLayer> {
+        self.cors.as_ref()
+    }
 }
 
 impl FromRef<HttpState> for Node {
@@ -239,23 +247,38 @@ async fn events(
 ) -> Response {
     match prepare_stream(&state, &headers, query.as_deref().unwrap_or("")).await {
         Ok(stream) => {
-            let mut response = Response::new(Body::from_stream(stream.into_body_stream()));
-            let headers = response.headers_mut();
-            for (name, value) in STREAM_HEADERS {
-                headers.insert(*name, HeaderValue::from_static(value));
-            }
-            response
+            served_by(&state.node, "router");
+            stream_response(Body::from_stream(stream.into_body_stream()))
         }
         Err(error) => reject(&state.node, error),
     }
 }
 
 /// Headers of every SSE response.
-pub const STREAM_HEADERS: &[(&str, &str)] = &[
+const STREAM_HEADERS: &[(&str, &str)] = &[
     ("content-type", "text/event-stream; charset=utf-8"),
     ("cache-control", "no-cache"),
     ("x-accel-buffering", "no"),
 ];
+
+/// The 200 answer to a stream request, before CORS: `body` carries the
+/// events (the lean path writes them itself and passes an empty body).
+pub fn stream_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    for (name, value) in STREAM_HEADERS {
+        headers.insert(*name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Counts an event stream opened on `path` (`lean` or `router`).
+pub fn served_by(node: &Node, path: &'static str) {
+    node.metrics()
+        .streams_served
+        .with_label_values(&[path])
+        .inc();
+}
 
 /// Counts a refused stream request and turns it into its response.
 pub fn reject(node: &Node, error: ApiError) -> Response {

@@ -10,9 +10,11 @@
 //!   then fans out live events from the topic's broadcast;
 //! - [`http`]: the endpoints, request validation and error bodies;
 //!   [`auth`] checks tokens for private topics;
-//! - [`fastpath`]: plain HTTP/1.1 event streams, written straight to the
-//!   socket; [`connection`] accepts sockets and hands everything else (other
-//!   endpoints, HTTP/2, TLS) to hyper.
+//! - [`fastpath`]: HTTP/1.1 event streams, in cleartext or over TLS, written
+//!   straight to the socket ([`tls_records`] seals them for TLS);
+//!   [`connection`] accepts sockets, completes TLS
+//!   handshakes and hands everything else (other endpoints, preflights,
+//!   HTTP/2) to hyper.
 //!
 //! Around them: [`config`] (values, checked; imports nothing above it),
 //! [`startup`] (what is built from the config once: verifier, TLS, CORS),
@@ -34,6 +36,7 @@ pub mod node;
 pub mod report;
 pub mod startup;
 pub mod telemetry;
+pub mod tls_records;
 pub mod topics;
 
 use std::{sync::Arc, time::Duration};

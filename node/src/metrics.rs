@@ -42,6 +42,9 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "issuer",
     "forbidden",
 ];
+/// Every value `sse_streams_served_total{path}` takes: the lean HTTP/1.1
+/// path or the router (hyper and axum).
+pub const SERVING_PATHS: &[&str] = &["lean", "router"];
 /// Every value `sse_limit_rejections_total{limit}` takes.
 pub const LIMITS: &[&str] = &[
     "max_topics_per_connection",
@@ -61,6 +64,8 @@ pub struct Metrics {
     pub clients_connected: IntGauge,
     /// Streams opened.
     pub connections_opened: IntCounter,
+    /// Streams opened, by the path that serves them.
+    pub streams_served: IntCounterVec,
     /// Streams closed, by reason.
     pub connections_closed: IntCounterVec,
     /// Events written to clients (live and replayed).
@@ -172,6 +177,12 @@ impl Metrics {
         Self {
             clients_connected: gauge("sse_clients_connected", "Open SSE streams."),
             connections_opened: counter("sse_connections_opened_total", "SSE streams opened."),
+            streams_served: counter_vec(
+                "sse_streams_served_total",
+                "SSE streams opened, by the path that serves them: lean (HTTP/1.1 written straight to the socket) or router (hyper and axum).",
+                "path",
+                SERVING_PATHS,
+            ),
             connections_closed: counter_vec(
                 "sse_connections_closed_total",
                 "SSE streams closed, by reason.",
@@ -340,6 +351,7 @@ mod tests {
             ("sse_invalid_events_total", "reason", INVALID_EVENT_REASONS),
             ("sse_auth_failures_total", "reason", AUTH_FAILURE_REASONS),
             ("sse_limit_rejections_total", "limit", LIMITS),
+            ("sse_streams_served_total", "path", SERVING_PATHS),
         ] {
             for value in values {
                 let series = format!("{name}{{{label}=\"{value}\"}} 0");

@@ -7,6 +7,7 @@ mod hardening;
 mod http2;
 mod input;
 mod interest;
+mod lean;
 mod lifecycle;
 mod metrics;
 mod resume;

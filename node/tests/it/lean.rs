@@ -1,0 +1,569 @@
+//! The lean HTTP/1.1 path against the router: browsers' cross-origin
+//! requests (CORS, credentials, the token cookie on a private topic) and
+//! TLS are served on the lean path, and every response head it writes is
+//! the one the router writes for the same request.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::json;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{self, pki_types::ServerName},
+};
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(15);
+const SECRET: &str = "lean-secret-lean-secret-lean-secret!";
+const APP: &str = "https://app.example";
+const EVIL: &str = "https://evil.example";
+
+fn token(patterns: &[&str]) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "exp": now + 300, "sse.subscribe": patterns }),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Settings of a node that lets `APP` in with credentials and knows the
+/// token secret.
+fn cors_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("SSE_CORS__ALLOWED_ORIGINS", format!("[\"{APP}\"]")),
+        ("SSE_CORS__ALLOW_CREDENTIALS", "true".into()),
+        ("SSE_AUTH__JWT__HS256_SECRET", SECRET.into()),
+    ]
+}
+
+fn with(
+    env: &[(&'static str, String)],
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut all = env.to_vec();
+    all.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    all
+}
+
+async fn start(nats: &Nats, env: &[(&'static str, String)]) -> NodeProc {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    NodeProc::start(&nats.url(), &env).await
+}
+
+/// A response read off the wire: status, headers (lowercase names, in
+/// order), the body of a refusal, and the connection for a stream's events.
+struct Raw<IO> {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    rest: Vec<u8>,
+    io: IO,
+}
+
+impl<IO> Raw<IO> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The headers both paths must agree on: all but those of the
+    /// connection's framing (`connection`, `transfer-encoding`) and `date`.
+    fn comparable(&self) -> BTreeMap<String, Vec<String>> {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, value) in &self.headers {
+            if !matches!(name.as_str(), "connection" | "transfer-encoding" | "date") {
+                map.entry(name.clone()).or_default().push(value.clone());
+            }
+        }
+        map
+    }
+}
+
+impl<IO: AsyncRead + Unpin + Send + 'static> Raw<IO> {
+    /// The event stream of a 200 answered with `Connection: close` (the
+    /// lean path's framing), read as a browser would.
+    fn events(self) -> SseClient {
+        assert_eq!(self.header("connection"), Some("close"));
+        let headers = reqwest::header::HeaderMap::new();
+        let first = Bytes::from(self.rest);
+        let body = futures_util::stream::once(async move { Ok(first) }).chain(
+            futures_util::stream::unfold(self.io, |mut io| async move {
+                let mut buf = vec![0u8; 4096];
+                match io.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok(Bytes::from(buf)), io))
+                    }
+                    Err(e) => Some((Err(e.into()), io)),
+                }
+            }),
+        );
+        SseClient::from_body(headers, body.boxed())
+    }
+}
+
+/// Sends a `GET` with `headers` on `io` and reads the response head (and
+/// the body of a refusal, by its length).
+async fn raw_get<IO>(mut io: IO, target: &str, headers: &[(&str, &str)]) -> Result<Raw<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut request =
+        format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    io.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let mut chunk = [0u8; 2048];
+        let n = tokio::time::timeout(T, io.read(&mut chunk)).await??;
+        if n == 0 {
+            bail!("connection closed before a response head");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..end].to_vec())?;
+    let mut rest = buf[end + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = String::new();
+    if status != 200 {
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .context("a refusal without a length")?
+            .1
+            .parse()?;
+        while rest.len() < length {
+            let mut chunk = [0u8; 2048];
+            let n = tokio::time::timeout(T, io.read(&mut chunk)).await??;
+            if n == 0 {
+                bail!("connection closed inside the body");
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        body = String::from_utf8(rest[..length].to_vec())?;
+        rest.clear();
+    }
+    Ok(Raw {
+        status,
+        headers,
+        body,
+        rest,
+        io,
+    })
+}
+
+async fn tcp_get(node: &NodeProc, target: &str, headers: &[(&str, &str)]) -> Raw<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    raw_get(tcp, target, headers).await.unwrap()
+}
+
+fn served(path: &str) -> String {
+    format!("sse_streams_served_total{{path=\"{path}\"}}")
+}
+
+#[tokio::test]
+async fn cross_origin_requests_get_the_routers_answer_on_the_lean_path() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "web", None).await;
+    create_private_topic(&js, "vault").await;
+    let lean = start(&nats, &cors_env()).await;
+    let router = start(
+        &nats,
+        &with(&cors_env(), &[("SSE_HTTP__FAST_PATH", "false")]),
+    )
+    .await;
+    let cookie = format!("theme=dark; sse_token={}", token(&["vault.>", "vault"]));
+    let narrow_cookie = format!("sse_token={}", token(&["vault.other"]));
+    let bearer = format!("Bearer {}", token(&["vault"]));
+    let query_target = format!("/v1/events?topic=vault&access_token={}", token(&["vault"]));
+    // What is asked, the request target, its headers, the status expected.
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Case> = vec![
+        (
+            "allowed origin",
+            "/v1/events?topic=web".into(),
+            vec![("Origin", APP)],
+            200,
+        ),
+        (
+            "other origin",
+            "/v1/events?topic=web".into(),
+            vec![("Origin", EVIL)],
+            200,
+        ),
+        ("no origin", "/v1/events?topic=web".into(), vec![], 200),
+        (
+            "cookie, private topic",
+            "/v1/events?topic=vault".into(),
+            vec![("Origin", APP), ("Cookie", &cookie)],
+            200,
+        ),
+        (
+            "bearer, private topic",
+            "/v1/events?topic=vault".into(),
+            vec![("Origin", APP), ("Authorization", &bearer)],
+            200,
+        ),
+        (
+            "query token, private topic",
+            query_target.clone(),
+            vec![("Origin", APP)],
+            200,
+        ),
+        (
+            "no token",
+            "/v1/events?topic=vault".into(),
+            vec![("Origin", APP)],
+            401,
+        ),
+        (
+            "token without the grant",
+            "/v1/events?topic=vault".into(),
+            vec![("Origin", APP), ("Cookie", &narrow_cookie)],
+            403,
+        ),
+        (
+            "unknown topic",
+            "/v1/events?topic=nosuch".into(),
+            vec![("Origin", APP)],
+            404,
+        ),
+        ("no topic", "/v1/events".into(), vec![("Origin", APP)], 400),
+        (
+            "refused, other origin",
+            "/v1/events?topic=vault".into(),
+            vec![("Origin", EVIL)],
+            401,
+        ),
+    ];
+    let mut streams = 0.0;
+    for (what, target, headers, status) in &cases {
+        let from_lean = tcp_get(&lean, target, headers).await;
+        let from_router = tcp_get(&router, target, headers).await;
+        assert_eq!(from_lean.status, *status, "{what}: {}", from_lean.body);
+        assert_eq!(from_router.status, *status, "{what}: {}", from_router.body);
+        assert_eq!(
+            from_lean.comparable(),
+            from_router.comparable(),
+            "{what}: the lean path and the router disagree"
+        );
+        assert_eq!(from_lean.body, from_router.body, "{what}");
+        // The heads are compared above; these say the comparison was of
+        // something: the CORS layer answered on both.
+        let origin = headers
+            .iter()
+            .find(|(n, _)| *n == "Origin")
+            .map(|(_, v)| *v);
+        let allowed = from_lean.header("access-control-allow-origin");
+        match origin {
+            Some(APP) => {
+                assert_eq!(allowed, Some(APP), "{what}");
+                assert_eq!(
+                    from_lean.header("access-control-allow-credentials"),
+                    Some("true")
+                );
+            }
+            _ => assert_eq!(allowed, None, "{what}"),
+        }
+        assert!(
+            from_lean
+                .header("vary")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("origin")),
+            "{what}: {:?}",
+            from_lean.headers
+        );
+        if *status == 200 {
+            streams += 1.0;
+            assert_eq!(from_lean.header("connection"), Some("close"), "{what}");
+            assert_eq!(
+                from_router.header("transfer-encoding"),
+                Some("chunked"),
+                "{what}"
+            );
+        }
+    }
+    assert_eq!(lean.metric(&served("lean")).await, streams);
+    assert_eq!(lean.metric(&served("router")).await, 0.0);
+    assert_eq!(router.metric(&served("router")).await, streams);
+    assert_eq!(router.metric(&served("lean")).await, 0.0);
+
+    // A browser's EventSource with credentials on the private topic gets
+    // its events on the lean path, and resumes from its Last-Event-ID.
+    let mut browser = tcp_get(
+        &lean,
+        "/v1/events?topic=vault",
+        &[("Origin", APP), ("Cookie", &cookie)],
+    )
+    .await
+    .events();
+    browser.ready().await;
+    publish(&js, "vault.a", "one").await;
+    publish(&js, "vault.b", "two").await;
+    let first = browser.take(2, T).await;
+    assert_eq!(data_of(&first), ["one", "two"]);
+    drop(browser);
+    publish(&js, "vault.a", "three").await;
+    let mut resumed = tcp_get(
+        &lean,
+        "/v1/events?topic=vault",
+        &[
+            ("Origin", APP),
+            ("Cookie", &cookie),
+            ("Last-Event-ID", &first[0].id),
+        ],
+    )
+    .await
+    .events();
+    assert_eq!(data_of(&resumed.take(2, T).await), ["two", "three"]);
+    assert_eq!(lean.metric(&served("lean")).await, streams + 2.0);
+}
+
+/// A self-signed certificate for `localhost`, and a client trusting it.
+struct Cert {
+    dir: tempfile::TempDir,
+    connector: TlsConnector,
+    connector_h2: TlsConnector,
+}
+
+impl Cert {
+    fn new() -> Self {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("key.pem"),
+            certified.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).unwrap();
+        let connector = |alpn: &[&[u8]]| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            TlsConnector::from(Arc::new(config))
+        };
+        Self {
+            connector: connector(&[b"http/1.1"]),
+            connector_h2: connector(&[b"h2", b"http/1.1"]),
+            dir,
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let path = |name: &str| self.dir.path().join(name).to_str().unwrap().to_owned();
+        vec![
+            ("SSE_TLS__CERT_FILE", path("cert.pem")),
+            ("SSE_TLS__KEY_FILE", path("key.pem")),
+        ]
+    }
+
+    async fn connect(
+        &self,
+        node: &NodeProc,
+        connector: &TlsConnector,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(("127.0.0.1", node.port)).await?;
+        Ok(connector
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?)
+    }
+
+    async fn get(
+        &self,
+        node: &NodeProc,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Raw<tokio_rustls::client::TlsStream<TcpStream>>> {
+        let tls = self.connect(node, &self.connector).await?;
+        raw_get(tls, target, headers).await
+    }
+}
+
+#[tokio::test]
+async fn tls_streams_are_served_on_the_lean_path_and_everything_else_by_hyper() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "secure", None).await;
+    let cert = Cert::new();
+    let env = [
+        cert.env(),
+        cors_env(),
+        vec![("SSE_SHUTDOWN__DRAIN_SECONDS", "1".to_owned())],
+    ]
+    .concat();
+    let env_pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let node = NodeProc::spawn(&nats.url(), &env_pairs);
+    // Readiness over TLS: a request the lean path declines, replayed to hyper.
+    eventually(T, "the node to be ready over TLS", || async {
+        let ready = cert.get(&node, "/readyz", &[]).await.ok()?;
+        (ready.status == 200).then_some(())
+    })
+    .await;
+    let router_env = with(&env, &[("SSE_HTTP__FAST_PATH", "false")]);
+    let router_pairs: Vec<(&str, &str)> =
+        router_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let router = NodeProc::spawn(&nats.url(), &router_pairs);
+    eventually(T, "the router node to be ready over TLS", || async {
+        let ready = cert.get(&router, "/readyz", &[]).await.ok()?;
+        (ready.status == 200).then_some(())
+    })
+    .await;
+
+    let target = "/v1/events?topic=secure";
+    let stream = cert.get(&node, target, &[("Origin", APP)]).await.unwrap();
+    assert_eq!(stream.status, 200);
+    let from_router = cert.get(&router, target, &[("Origin", APP)]).await.unwrap();
+    assert_eq!(stream.comparable(), from_router.comparable());
+    assert_eq!(stream.header("access-control-allow-origin"), Some(APP));
+    let mut client = stream.events();
+    client.ready().await;
+    for data in ["a", "b", "c"] {
+        publish(&js, "secure.x", data).await;
+    }
+    let events = client.take(3, T).await;
+    assert_eq!(data_of(&events), ["a", "b", "c"]);
+    assert_eq!(cert_metric(&cert, &node, &served("lean")).await, 1.0);
+
+    // Resume over TLS from the first event's id.
+    drop(client);
+    publish(&js, "secure.x", "d").await;
+    let mut resumed = cert
+        .get(&node, target, &[("Last-Event-ID", &events[0].id)])
+        .await
+        .unwrap()
+        .events();
+    assert_eq!(data_of(&resumed.take(3, T).await), ["b", "c", "d"]);
+    assert_eq!(cert_metric(&cert, &node, &served("lean")).await, 2.0);
+
+    // A refusal over TLS is written by the lean path, as the router's.
+    let refused = cert
+        .get(&node, "/v1/events?topic=nosuch", &[("Origin", APP)])
+        .await
+        .unwrap();
+    let router_refused = cert
+        .get(&router, "/v1/events?topic=nosuch", &[("Origin", APP)])
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 404);
+    assert_eq!(refused.comparable(), router_refused.comparable());
+    assert_eq!(refused.body, router_refused.body);
+
+    // Declined requests go to hyper with the bytes already read: other
+    // endpoints, and a keep-alive connection's second request.
+    let mut health = cert.get(&node, "/healthz", &[]).await.unwrap();
+    assert_eq!(health.status, 200);
+    while health.rest.len() < 2 {
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(T, health.io.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed inside the body");
+        health.rest.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(health.rest, b"ok");
+    assert_ne!(health.header("connection"), Some("close"));
+    health
+        .io
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut again = Vec::new();
+    while !again.ends_with(b"ok") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(T, health.io.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the keep-alive connection closed");
+        again.extend_from_slice(&chunk[..n]);
+    }
+    assert!(again.starts_with(b"HTTP/1.1 200"));
+
+    // HTTP/2 by ALPN goes to hyper.
+    let h2 = cert.connect(&node, &cert.connector_h2).await.unwrap();
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(h2),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("https://localhost:{}{target}", node.port))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(cert_metric(&cert, &node, &served("router")).await, 1.0);
+    assert_eq!(cert_metric(&cert, &node, &served("lean")).await, 2.0);
+
+    // A stream the node ends is closed the TLS way (close_notify, then the
+    // end of the connection): the client reads a clean end, no error.
+    node.terminate();
+    let rest = resumed.until_closed(T).await;
+    assert!(rest.is_ok(), "{rest:?}");
+}
+
+/// A metric of a node that speaks only TLS.
+async fn cert_metric(cert: &Cert, node: &NodeProc, series: &str) -> f64 {
+    let mut response = cert.get(node, "/metrics", &[]).await.unwrap();
+    assert_eq!(response.status, 200);
+    let length: usize = response.header("content-length").unwrap().parse().unwrap();
+    let mut text = std::mem::take(&mut response.rest);
+    while text.len() < length {
+        let mut chunk = [0u8; 8192];
+        let n = response.io.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        text.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}

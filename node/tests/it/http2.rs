@@ -119,18 +119,8 @@ struct TestCert {
 
 impl TestCert {
     fn new() -> Self {
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
-        std::fs::write(
-            dir.path().join("key.pem"),
-            certified.signing_key.serialize_pem(),
-        )
-        .unwrap();
-        Self {
-            der: certified.cert.der().clone(),
-            dir,
-        }
+        let (dir, der) = self_signed_localhost();
+        Self { der, dir }
     }
 
     fn path(&self, name: &str) -> String {

@@ -363,16 +363,9 @@ struct Cert {
 
 impl Cert {
     fn new() -> Self {
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
-        std::fs::write(
-            dir.path().join("key.pem"),
-            certified.signing_key.serialize_pem(),
-        )
-        .unwrap();
+        let (dir, der) = self_signed_localhost();
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(certified.cert.der().clone()).unwrap();
+        roots.add(der).unwrap();
         let connector = |alpn: &[&[u8]]| {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let mut config = rustls::ClientConfig::builder_with_provider(provider)

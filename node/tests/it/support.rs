@@ -16,6 +16,23 @@ use futures_util::StreamExt;
 use tokio::process::{Child, Command};
 
 /// A port free at the time of asking.
+/// A self-signed certificate for `localhost`, written as `cert.pem` and
+/// `key.pem` into a fresh folder (removed when the folder is dropped).
+pub(crate) fn self_signed_localhost() -> (
+    tempfile::TempDir,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("key.pem"),
+        certified.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    (dir, certified.cert.der().clone())
+}
+
 pub(crate) fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

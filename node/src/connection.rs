@@ -398,8 +398,7 @@ impl axum::serve::Listener for GuardedListener {
                     let _ = stream.set_nodelay(true);
                     let guarded = GuardedStream {
                         inner: stream,
-                        stall: self.stall,
-                        blocked: None,
+                        stall: WriteStall::new(self.stall),
                         idle: self.idle,
                         idle_closed: self.idle_closed.clone(),
                         last_active: Instant::now(),
@@ -426,9 +425,7 @@ impl axum::serve::Listener for GuardedListener {
 /// fail once the connection has been idle too long.
 pub struct GuardedStream {
     inner: TcpStream,
-    stall: Duration,
-    // Allocated only while a write is blocked, so idle connections stay small.
-    blocked: Option<Pin<Box<Sleep>>>,
+    stall: WriteStall,
     idle: Duration,
     idle_closed: Option<IntCounter>,
     last_active: Instant,
@@ -472,26 +469,102 @@ impl GuardedStream {
         cx: &mut Context<'_>,
         result: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        match result {
-            Poll::Ready(r) => {
-                self.blocked = None;
-                if r.is_ok() {
-                    self.last_active = Instant::now();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let stall = self.stall;
-                let timer = self
-                    .blocked
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-                ready!(timer.as_mut().poll(cx));
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "client stopped reading",
-                )))
-            }
+        let result = self.stall.check(cx, result);
+        if let Poll::Ready(Ok(_)) = result {
+            self.last_active = Instant::now();
         }
+        result
+    }
+
+    /// The write side as a [`SharedWriter`], for an event stream whose
+    /// socket its feed's writer may write to while the stream is parked.
+    pub fn into_shared(self) -> SharedWriter {
+        SharedWriter {
+            tcp: Arc::new(self.inner),
+            stall: self.stall,
+        }
+    }
+}
+
+/// Fails a write once the socket has refused bytes for too long.
+struct WriteStall {
+    limit: Duration,
+    // Allocated only while a write is blocked, so idle connections stay small.
+    blocked: Option<Pin<Box<Sleep>>>,
+}
+
+impl WriteStall {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            blocked: None,
+        }
+    }
+
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.blocked = None;
+            return result;
+        }
+        let limit = self.limit;
+        let timer = self
+            .blocked
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client stopped reading",
+        )))
+    }
+}
+
+/// The socket of an event stream on the lean path, shared: the stream's
+/// own task writes to it, and while the stream is parked its feed's writer
+/// does, never both at once (see `delivery::parked`). Writes fail as a
+/// [`GuardedStream`]'s do once the socket stalls.
+pub struct SharedWriter {
+    tcp: Arc<TcpStream>,
+    stall: WriteStall,
+}
+
+impl SharedWriter {
+    /// The shared socket.
+    pub fn tcp(&self) -> &Arc<TcpStream> {
+        &self.tcp
+    }
+}
+
+impl AsyncWrite for SharedWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = loop {
+            match this.tcp.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => match this.tcp.try_write(buf) {
+                    // The readiness was stale; `try_write` cleared it.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    written => break Poll::Ready(written),
+                },
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
+            }
+        };
+        this.stall.check(cx, result)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.tcp).shutdown(std::net::Shutdown::Write))
     }
 }
 

@@ -29,6 +29,7 @@ use std::{
     convert::Infallible,
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -48,7 +49,7 @@ use tower::{Layer, ServiceExt, service_fn};
 use tracing::{debug, warn};
 
 use crate::{
-    connection::GuardedStream,
+    connection::{GuardedStream, SharedWriter},
     delivery::ClientStream,
     http::{self, HttpState},
     tls_records::RecordWriter,
@@ -71,19 +72,29 @@ pub trait LeanIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 pub trait EventWriter: AsyncWrite + Unpin + Send + 'static {
     /// The TCP socket under it, watched for the client closing its side.
     fn tcp(&self) -> &TcpStream;
-}
 
-impl LeanIo for GuardedStream {
-    type Writer = Self;
-
-    fn into_writer(self) -> Result<Self, &'static str> {
-        Ok(self)
+    /// The socket as its feed's writer may share it, if frames go to it as
+    /// they are (cleartext).
+    fn shared(&self) -> Option<&Arc<TcpStream>> {
+        None
     }
 }
 
-impl EventWriter for GuardedStream {
+impl LeanIo for GuardedStream {
+    type Writer = SharedWriter;
+
+    fn into_writer(self) -> Result<SharedWriter, &'static str> {
+        Ok(self.into_shared())
+    }
+}
+
+impl EventWriter for SharedWriter {
     fn tcp(&self) -> &TcpStream {
-        GuardedStream::tcp(self)
+        SharedWriter::tcp(self)
+    }
+
+    fn shared(&self) -> Option<&Arc<TcpStream>> {
+        Some(SharedWriter::tcp(self))
     }
 }
 
@@ -122,7 +133,7 @@ pub async fn serve(
     stream: GuardedStream,
     max_head: usize,
     wait: Duration,
-) -> Outcome<GuardedStream, GuardedStream> {
+) -> Outcome<SharedWriter, GuardedStream> {
     // The set-up is boxed: its futures are large and short-lived.
     finish(Box::pin(open_plain(state, stream, max_head, wait)).await).await
 }
@@ -174,7 +185,10 @@ impl<S: EventWriter> Streaming<S> {
             // Under TLS the socket is watched below the TLS layer: the
             // client sends nothing more this path reads, so whatever comes
             // (a close_notify, then the end) only says it is leaving.
-            while let Some(chunk) = client.next_chunk_watching(Some(stream.tcp())).await {
+            while let Some(chunk) = client
+                .next_chunk_watching(Some(stream.tcp()), stream.shared())
+                .await
+            {
                 // The flush sends what a TLS writer sealed but the socket
                 // did not take yet; on TCP it costs nothing.
                 let written = match stream.write_all(&chunk).await {

@@ -29,14 +29,16 @@ use async_nats::jetstream::{
 };
 use futures_util::StreamExt;
 use sse_protocol::{Access, TopicName, cursor::epoch_from_unix_nanos, grant::ACCESS_METADATA_KEY};
-use tokio::sync::broadcast;
+use tokio::{net::TcpStream, sync::broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
 use crate::{
+    delivery::parked::{self, ParkedSockets, Ticket},
     event::{EncodeContext, Event, MARKER_HEADER, TRACEPARENT_HEADER},
     history::{History, HistoryBudget, Slice},
     metrics::Metrics,
+    node::Node,
 };
 
 /// Settings a feed needs from the node configuration.
@@ -98,12 +100,16 @@ pub struct Feed {
     queue_events: usize,
     /// Asks the reader to give its consumer up and start a new one.
     renew: tokio::sync::Notify,
+    /// Sockets of caught-up clients, written to by the feed's writer.
+    parked: Arc<ParkedSockets>,
     state: Mutex<FeedState>,
     closed: CancellationToken,
 }
 
 struct FeedState {
     head: u64,
+    /// The node is draining: no stream parks any more.
+    draining: bool,
     history: History,
     /// Clients of the whole topic, or of several paths or wildcards.
     sender: broadcast::Sender<Arc<Event>>,
@@ -200,6 +206,7 @@ impl Feed {
             path: path.map(Into::into),
             queue_events,
             renew: tokio::sync::Notify::new(),
+            parked: Arc::default(),
             stream_name: topic.stream_name(),
             private: AtomicBool::new(stream_access(info) == Access::Private),
             head: AtomicU64::new(start - 1),
@@ -211,6 +218,7 @@ impl Feed {
             epoch: epoch.clone(),
             state: Mutex::new(FeedState {
                 head: start - 1,
+                draining: false,
                 history: History::new(start, settings.max_bytes, settings.max_events),
                 sender,
                 paths: HashMap::new(),
@@ -275,6 +283,39 @@ impl Feed {
             live_from: state.head.max(self.live_from),
             receiver,
         }
+    }
+
+    /// Parks a client's socket with the feed's writer, if the client's
+    /// `receiver` holds nothing: the client then has every event it reads
+    /// up to the head. The socket takes the events after `pos` or the head,
+    /// whichever is later (a client may stand ahead of a feed that is still
+    /// warming up); that position is returned with the client's ticket.
+    /// `path` is the one path the client reads, if it reads only one of the
+    /// topic's paths.
+    pub(crate) fn park(
+        &self,
+        receiver: &broadcast::Receiver<Arc<Event>>,
+        path: Option<&str>,
+        pos: u64,
+        socket: &Arc<TcpStream>,
+        node: &Node,
+    ) -> Option<(Ticket, u64)> {
+        let state = self.lock();
+        if state.draining || self.is_closed() || !receiver.is_empty() {
+            return None;
+        }
+        let pos = pos.max(state.head);
+        let ticket = self.parked.park(socket, path, pos, || {
+            // Subscribed under the feed's lock, before the first socket
+            // parks at the head: the writer sees every later event.
+            parked::start_writer(
+                self.parked.clone(),
+                state.sender.subscribe(),
+                node.clone(),
+                self.queue_events,
+            );
+        });
+        Some((ticket, pos))
     }
 
     /// Has the reader give its consumer up and start a new one at
@@ -370,7 +411,8 @@ impl Feed {
 
     /// Tells every attached client that the node is draining.
     pub fn announce_drain(&self) {
-        let state = self.lock();
+        let mut state = self.lock();
+        state.draining = true;
         let marker = Arc::new(Event::drain_marker());
         let _ = state.sender.send(marker.clone());
         for tx in state.paths.values() {

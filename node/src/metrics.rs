@@ -66,6 +66,11 @@ pub struct Metrics {
     pub connections_opened: IntCounter,
     /// Streams opened, by the path that serves them.
     pub streams_served: IntCounterVec,
+    /// Streams whose socket their feed's writer holds.
+    pub streams_parked: IntGauge,
+    /// Parked sockets the writer gave back because they did not take a
+    /// whole batch (full or failed).
+    pub parked_refusals: IntCounter,
     /// Streams closed, by reason.
     pub connections_closed: IntCounterVec,
     /// Events written to clients (live and replayed).
@@ -182,6 +187,14 @@ impl Metrics {
                 "SSE streams opened, by the path that serves them: lean (HTTP/1.1 written straight to the socket) or router (hyper and axum).",
                 "path",
                 SERVING_PATHS,
+            ),
+            streams_parked: gauge(
+                "sse_streams_parked",
+                "SSE streams in step with their topic whose socket the topic feed's writer holds and writes to.",
+            ),
+            parked_refusals: counter(
+                "sse_parked_refusals_total",
+                "Parked sockets given back to their stream because they did not take a whole batch (full or failed); the stream catches up by itself.",
             ),
             connections_closed: counter_vec(
                 "sse_connections_closed_total",

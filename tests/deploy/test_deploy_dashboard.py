@@ -39,6 +39,8 @@ NODE_METRICS = {
     "sse_history_held_bytes": set(),
     "sse_history_budget_bytes": set(),
     "sse_history_evictions_total": set(),
+    "sse_streams_parked": set(),
+    "sse_parked_refusals_total": set(),
 }
 ADMIN_METRICS = {
     "sse_topic_messages": {"topic"},

@@ -58,7 +58,9 @@ impl ClientStream {
         let topic = &self.topics[index];
         if topic.pos >= topic.catch_up_to {
             self.catching_up += 1;
-            if self.catching_up == self.topics.len() {
+            if self.catching_up == self.topics.len() && std::mem::take(&mut self.rejoining) {
+                // Back from parking: in step again, and no resume to record.
+            } else if self.catching_up == self.topics.len() {
                 let replayed = self.catch_up_started.elapsed();
                 self.node
                     .metrics()
@@ -261,6 +263,10 @@ impl ClientStream {
     }
 
     pub(super) fn count_replay(&mut self, source: &str, delivered: u64) {
+        if delivered > 0 && self.rejoining {
+            self.node.metrics().events_delivered.inc_by(delivered);
+            return;
+        }
         self.replayed[usize::from(source == "jetstream")] += delivered;
         if delivered > 0 {
             let metrics = self.node.metrics();

@@ -11,6 +11,13 @@
 //!    buffering since the client attached. A client that falls more than
 //!    `delivery.client_queue_events` behind is disconnected (`slow`) and
 //!    resumes from its last id when it reconnects.
+//! 3. **Parked.** A cleartext lean-path stream of one topic that is in step
+//!    with its feed leaves its socket with the feed's writer, which writes
+//!    each batch of events to every parked socket from one task (see
+//!    [`parked`]). The stream's own task then wakes only for its deadlines,
+//!    its heartbeat, its client leaving, or the socket being given back
+//!    (full, or the writer behind); it then catches up as in phase 1 and
+//!    parks again.
 //!
 //! Per topic the client keeps `pos`: every event of that topic up to `pos`
 //! has been delivered or did not match the subscription. Events at or below
@@ -24,7 +31,8 @@
 //! The parts, in the order an event goes through them: [`catch_up`] (memory
 //! or JetStream, then `reset` where history is gone), [`live`] (the topics'
 //! broadcast receivers), [`framing`] (the bytes written), [`pacing`] (when a
-//! busy client is written to) and [`progress`] (the no-progress watchdog).
+//! busy client is written to), [`park`] and [`parked`] (a stream's side and
+//! its feed's side of parking) and [`progress`] (the no-progress watchdog).
 //! This module holds the stream's state and its loop: what it waits on, and
 //! its deadlines (drain, lifetime, token expiry, heartbeat).
 
@@ -32,9 +40,11 @@ mod catch_up;
 mod framing;
 mod live;
 mod pacing;
+mod park;
+pub(crate) mod parked;
 mod progress;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
@@ -51,6 +61,7 @@ use catch_up::JetStreamRead;
 use framing::write_reset_body;
 use live::{LiveItem, LiveReceivers};
 use pacing::Pacer;
+use park::ParkedWake;
 use progress::Progress;
 
 /// Most bytes gathered into one write.
@@ -184,6 +195,11 @@ pub struct ClientStream {
     lone_frame: Option<Bytes>,
     pacer: Pacer,
     progress: Progress,
+    /// The stream's claim on its socket while the feed's writer holds it.
+    parked: Option<parked::Ticket>,
+    /// Catching up after taking the socket back: not a resume, so it is
+    /// not counted as one.
+    rejoining: bool,
 }
 
 impl ClientStream {
@@ -286,6 +302,8 @@ impl ClientStream {
             lone_frame: None,
             pacer: Pacer::new(pacing, queue_events),
             progress: Progress::new(no_progress),
+            parked: None,
+            rejoining: false,
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {
@@ -360,12 +378,18 @@ impl ClientStream {
 
     /// The next bytes to write, or `None` when the stream is over.
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
-        self.next_chunk_watching(None).await
+        self.next_chunk_watching(None, None).await
     }
 
     /// Like [`Self::next_chunk`], and also ends the stream (returns `None`)
-    /// when `peer` shows the client closed its side.
-    pub async fn next_chunk_watching(&mut self, peer: Option<&TcpStream>) -> Option<Bytes> {
+    /// when `peer` shows the client closed its side. With `parkable`, a
+    /// shared handle of the socket the chunks go to, the stream parks it
+    /// with its feed's writer whenever it is caught up (see [`parked`]).
+    pub async fn next_chunk_watching(
+        &mut self,
+        peer: Option<&TcpStream>,
+        parkable: Option<&Arc<TcpStream>>,
+    ) -> Option<Bytes> {
         if let Some(prelude) = self.prelude.take() {
             return Some(prelude);
         }
@@ -408,6 +432,23 @@ impl ClientStream {
                     return Some(bytes);
                 }
                 continue;
+            }
+            if !catching_up
+                && !self.is_parked()
+                && let Some(socket) = parkable
+            {
+                self.try_park(socket);
+            }
+            if self.is_parked() {
+                match self.wait_parked(close_at, peer).await {
+                    ParkedWake::Write(bytes) => return Some(bytes),
+                    ParkedWake::Resume => continue,
+                    ParkedWake::End(reason) => return Some(self.finish(reason)),
+                    ParkedWake::Gone => {
+                        self.done = true;
+                        return None;
+                    }
+                }
             }
             let mut heartbeat = self
                 .heartbeat
@@ -511,7 +552,7 @@ impl ClientStream {
 
 impl Drop for ClientStream {
     fn drop(&mut self) {
-        if self.reason == CloseReason::Client {
+        if self.reason == CloseReason::Client && self.parked.is_none() {
             // Dropped from outside (the client left, or its socket stalled):
             // if it was further behind than its queue allows, it was slow.
             if self.topics.iter().any(|t| {
@@ -521,6 +562,9 @@ impl Drop for ClientStream {
             }
         }
         let metrics = self.node.metrics();
+        if self.parked.take().is_some() {
+            metrics.streams_parked.dec();
+        }
         for topic in &self.topics {
             metrics
                 .topic_subscribers

@@ -240,6 +240,11 @@ async fn sigterm_drains_streams_and_exits_within_the_window() {
         c.ready().await;
         clients.push(c);
     }
+    // The drain reaches streams that their feed's writer holds, too.
+    eventually(T, "the streams to park", || async {
+        (node.metric("sse_streams_parked").await == 5.0).then_some(())
+    })
+    .await;
     let started = Instant::now();
     node.terminate();
     eventually(T, "readiness to go false", || async {

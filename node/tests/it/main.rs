@@ -10,6 +10,7 @@ mod interest;
 mod lean;
 mod lifecycle;
 mod metrics;
+mod parked;
 mod resume;
 mod support;
 mod traces;

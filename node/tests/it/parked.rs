@@ -1,0 +1,253 @@
+//! Parked streams: a lean-path stream in step with its topic leaves its
+//! socket with the topic feed's writer, which writes each batch of events
+//! to every parked socket. What a parked stream must still be: exact (no
+//! event lost, repeated or cut), filtered to what it asked for, kept alive by
+//! heartbeats, ended on time, and given back whole when its socket fills up.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(15);
+
+async fn parked(node: &NodeProc) -> f64 {
+    node.metric("sse_streams_parked").await
+}
+
+async fn wait_parked(node: &NodeProc, count: f64) {
+    eventually(T, &format!("{count} streams to park"), || async {
+        (parked(node).await == count).then_some(())
+    })
+    .await;
+}
+
+/// Clients of the whole topic and of one path park; clients of a wildcard
+/// do not. All get exactly their events, in order, with ids, and park
+/// again after each burst.
+#[tokio::test]
+async fn streams_in_step_are_written_by_their_feed_and_lose_nothing() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "park", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut whole = Vec::new();
+    for _ in 0..3 {
+        let mut client = SseClient::connect(&node.url("/v1/events?topic=park"), None)
+            .await
+            .unwrap();
+        client.ready().await;
+        whole.push(client);
+    }
+    let mut one_path = Vec::new();
+    for _ in 0..2 {
+        let mut client = SseClient::connect(&node.url("/v1/events?topic=park.a"), None)
+            .await
+            .unwrap();
+        client.ready().await;
+        one_path.push(client);
+    }
+    let mut wildcard = SseClient::connect(&node.url("/v1/events?topic=park.*"), None)
+        .await
+        .unwrap();
+    wildcard.ready().await;
+    wait_parked(&node, 5.0).await;
+
+    let total = 300;
+    let mut sequences = Vec::new();
+    for i in 0..total {
+        let path = if i % 3 == 0 { "park.a" } else { "park.b" };
+        sequences.push((path, publish(&js, path, &format!("e{i}")).await));
+    }
+    let all: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
+    let of_a: Vec<String> = (0..total)
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("e{i}"))
+        .collect();
+    for client in &mut whole {
+        let events = client.take(total, T).await;
+        assert_eq!(data_of(&events), all);
+        let ids: Vec<u64> = events.iter().map(|e| seq_of(&e.id)).collect();
+        let published: Vec<u64> = sequences.iter().map(|(_, seq)| *seq).collect();
+        assert_eq!(ids, published, "each event carries its own id");
+    }
+    for client in &mut one_path {
+        assert_eq!(data_of(&client.take(of_a.len(), T).await), of_a);
+    }
+    assert_eq!(data_of(&wildcard.take(total, T).await), all);
+    // Nothing more than asked for: a marker published last is the next
+    // event every client of the whole topic sees.
+    publish(&js, "park.b", "last").await;
+    for client in &mut whole {
+        assert_eq!(data_of(&client.take(1, T).await), ["last"]);
+    }
+    wait_parked(&node, 5.0).await;
+    let delivered = node.metric("sse_events_delivered_total").await;
+    assert!(
+        delivered >= (3 * total + 2 * of_a.len() + total + 3) as f64,
+        "{delivered}"
+    );
+}
+
+/// A parked socket whose client reads slowly fills up: the writer gives it
+/// back with what it did not take, the stream writes that itself, catches
+/// up and parks again. The client gets every event whole, once, in order.
+#[tokio::test]
+async fn a_parked_socket_that_fills_up_is_given_back_and_its_stream_stays_whole() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "bulk", None).await;
+    let node = NodeProc::start(&nats.url(), &[("SSE_DELIVERY__WRITE_STALL_SECONDS", "30")]).await;
+    let mut slow = slow_reader(node.port, "/v1/events?topic=bulk")
+        .await
+        .unwrap();
+    slow.ready().await;
+    wait_parked(&node, 1.0).await;
+
+    let total = 400;
+    let payload = |i: usize| format!("{i}:{}", "abcdefghij".repeat(1600));
+    let reader = tokio::spawn(async move {
+        let events = slow.take(total, Duration::from_secs(60)).await;
+        (events, slow)
+    });
+    // Published 50 at a time: JetStream's order within a batch is the order
+    // the events carry in their ids.
+    for chunk in (0..total).collect::<Vec<_>>().chunks(50) {
+        let acks = futures_util::future::join_all(chunk.iter().map(|i| {
+            let js = js.clone();
+            let data = payload(*i);
+            async move {
+                js.publish("sse.bulk", data.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+        assert_eq!(acks.len(), chunk.len());
+    }
+    let (received, _still_open) = reader.await.unwrap();
+    let ids: Vec<u64> = received.iter().map(|e| seq_of(&e.id)).collect();
+    assert_eq!(
+        ids,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    let mut seen = vec![false; total];
+    for event in &received {
+        let index: usize = event.data.split(':').next().unwrap().parse().unwrap();
+        assert!(
+            event.data == payload(index),
+            "event {} is not whole: {} bytes",
+            event.id,
+            event.data.len()
+        );
+        seen[index] = true;
+    }
+    assert!(seen.iter().all(|s| *s));
+    assert!(
+        node.metric("sse_parked_refusals_total").await >= 1.0,
+        "the socket never filled up: the test did not test a give-back"
+    );
+    wait_parked(&node, 1.0).await;
+    assert_eq!(
+        node.metric("sse_connections_closed_total{reason=\"slow\"}")
+            .await,
+        0.0
+    );
+}
+
+/// A parked stream on a quiet topic still gets its heartbeats, and ends at
+/// the end of its lifetime with a retry hint.
+#[tokio::test]
+async fn a_parked_stream_gets_heartbeats_and_ends_on_time() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "quiet", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HTTP__HEARTBEAT_SECONDS", "1"),
+            ("SSE_HTTP__MAX_CONNECTION_LIFETIME_SECONDS", "4"),
+        ],
+    )
+    .await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=quiet"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    wait_parked(&node, 1.0).await;
+    let heartbeats_before = node.metric("sse_heartbeats_total").await;
+    let events = client.until_closed(Duration::from_secs(10)).await.unwrap();
+    assert!(events.is_empty(), "{events:?}");
+    assert!(client.comments >= 3, "heartbeats: {}", client.comments);
+    assert!(node.metric("sse_heartbeats_total").await >= heartbeats_before + 2.0);
+    assert!(client.retry.is_some());
+    eventually(
+        T,
+        "the stream to be counted as ended by its lifetime",
+        || async {
+            (node
+                .metric("sse_connections_closed_total{reason=\"lifetime\"}")
+                .await
+                == 1.0
+                && parked(&node).await == 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The sequence of an id `topic@epoch:seq`.
+fn seq_of(id: &str) -> u64 {
+    id.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// A client whose socket has a small receive buffer and which reads a few
+/// KiB at a time with pauses: the node's socket to it fills up.
+async fn slow_reader(port: u16, path: &str) -> Result<SseClient> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut stream: TcpStream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream
+            .read_exact(&mut byte)
+            .await
+            .context("response head")?;
+        head.push(byte[0]);
+    }
+    anyhow::ensure!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let body = futures_util::stream::unfold(stream, |mut stream| async move {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let mut buf = vec![0u8; 2048];
+        match stream.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), stream))
+            }
+            Err(error) => Some((Err(error.into()), stream)),
+        }
+    });
+    Ok(SseClient::from_body(
+        reqwest::header::HeaderMap::new(),
+        body.boxed(),
+    ))
+}

@@ -66,11 +66,12 @@ impl ClientStream {
                     .metrics()
                     .replay_duration
                     .observe(replayed.as_secs_f64());
-                self.resume_span.record("memory_events", self.replayed[0]);
-                self.resume_span
-                    .record("jetstream_events", self.replayed[1]);
-                // Ends the resume span.
-                self.resume_span = Span::none();
+                if let Some(spans) = &mut self.spans {
+                    spans.resume.record("memory_events", self.replayed[0]);
+                    spans.resume.record("jetstream_events", self.replayed[1]);
+                    // Ends the resume span.
+                    spans.resume = Span::none();
+                }
             }
             return Ok(());
         }

@@ -170,6 +170,13 @@ enum Wake {
     Work(Work),
 }
 
+/// A stream's trace spans.
+struct StreamSpans {
+    connection: Span,
+    /// The resume under way, if any; ended when catch-up is done.
+    resume: Span,
+}
+
 /// The state of one client's SSE stream.
 pub struct ClientStream {
     node: Node,
@@ -188,15 +195,18 @@ pub struct ClientStream {
     token_expiry: Option<Instant>,
     done: bool,
     reason: CloseReason,
-    span: Span,
-    resume_span: Span,
+    /// Only while tracing is on: every stream would otherwise carry two
+    /// empty spans.
+    spans: Option<Box<StreamSpans>>,
     replayed: [u64; 2],
     batches: u32,
     lone_frame: Option<Bytes>,
     pacer: Pacer,
     progress: Progress,
     /// The stream's claim on its socket while the feed's writer holds it.
-    parked: Option<parked::Ticket>,
+    /// Boxed, as the wait below: every stream carries the field, and most
+    /// kinds of stream never park.
+    parked: Option<Box<parked::Ticket>>,
     /// Catching up after taking the socket back: not a resume, so it is
     /// not counted as one.
     rejoining: bool,
@@ -295,8 +305,7 @@ impl ClientStream {
             done: false,
             token_expiry: None,
             reason: CloseReason::Client,
-            span: Span::none(),
-            resume_span: Span::none(),
+            spans: None,
             replayed: [0; 2],
             batches: 0,
             lone_frame: None,
@@ -312,20 +321,23 @@ impl ClientStream {
                 .iter()
                 .map(|t| t.feed.topic.as_str())
                 .collect();
-            stream.span = info_span!(
+            let connection = info_span!(
                 "sse.connection",
                 topics = %names.join(","),
                 resumed = resuming,
                 close_reason = tracing::field::Empty,
             );
-            if resuming {
-                stream.resume_span = info_span!(
-                    parent: &stream.span,
+            let resume = if resuming {
+                info_span!(
+                    parent: &connection,
                     "sse.resume",
                     memory_events = tracing::field::Empty,
                     jetstream_events = tracing::field::Empty,
-                );
-            }
+                )
+            } else {
+                Span::none()
+            };
+            stream.spans = Some(Box::new(StreamSpans { connection, resume }));
         }
         debug!(
             topics = stream.topics.len(),
@@ -576,7 +588,11 @@ impl Drop for ClientStream {
             .with_label_values(&[self.reason.as_str()])
             .inc();
         self.node.connection_closed();
-        self.span.record("close_reason", self.reason.as_str());
+        if let Some(spans) = &self.spans {
+            spans
+                .connection
+                .record("close_reason", self.reason.as_str());
+        }
         debug!(reason = self.reason.as_str(), "client disconnected");
     }
 }

@@ -70,7 +70,7 @@ impl ClientStream {
         // The writer takes the events from here: the stream's own queue would
         // only fill up.
         self.live.receivers.clear();
-        self.parked = Some(ticket);
+        self.parked = Some(Box::new(ticket));
         self.node.metrics().streams_parked.inc();
         true
     }
@@ -93,7 +93,7 @@ impl ClientStream {
             return Ok(None);
         };
         self.node.metrics().streams_parked.dec();
-        let returned = ticket.take_back().ok_or(CloseReason::Error)?;
+        let returned = (*ticket).take_back().ok_or(CloseReason::Error)?;
         let topic = &mut self.topics[0];
         topic.pos = topic.pos.max(returned.pos);
         let channel = if topic.by_path {

@@ -305,15 +305,14 @@ impl Feed {
             return None;
         }
         let pos = pos.max(state.head);
-        let ticket = self.parked.park(socket, path, pos, || {
+        let pacing = (
+            Duration::from_millis(node.config().delivery.write_pacing_ms),
+            self.queue_events,
+        );
+        let ticket = self.parked.park(socket, path, pos, pacing, || {
             // Subscribed under the feed's lock, before the first socket
             // parks at the head: the writer sees every later event.
-            parked::start_writer(
-                self.parked.clone(),
-                state.sender.subscribe(),
-                node.clone(),
-                self.queue_events,
-            );
+            parked::start_writer(self.parked.clone(), state.sender.subscribe(), node.clone());
         });
         Some((ticket, pos))
     }

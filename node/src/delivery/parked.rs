@@ -54,20 +54,104 @@ pub(crate) struct ParkedSockets {
 #[derive(Default)]
 struct Parked {
     /// Sockets that take every event of the feed.
-    all: Slab<Entry>,
+    all: Group,
     /// Sockets that take one path's events, by path.
-    by_path: HashMap<Box<str>, Slab<Entry>>,
+    by_path: HashMap<Box<str>, Group>,
+    /// Paths whose group holds events not yet written.
+    waiting: Vec<Box<str>>,
+    /// The pacing window and the feed's queue, once the writer runs.
+    pacing: (Duration, usize),
     /// Whether the feed's writer runs.
     writer: bool,
 }
 
 impl Parked {
-    fn slab(&mut self, path: Option<&str>) -> Option<&mut Slab<Entry>> {
+    fn group(&mut self, path: Option<&str>) -> Option<&mut Group> {
         match path {
             None => Some(&mut self.all),
             Some(path) => self.by_path.get_mut(path),
         }
     }
+}
+
+/// Sockets that take the same events, and the events held for them.
+///
+/// Each group keeps the pacing rule on its own, as a client's task does:
+/// one write per window while its events come more than twice per window,
+/// at once otherwise. So the quiet path of a busy topic is not held
+/// because the topic is busy.
+struct Group {
+    entries: Slab<Entry>,
+    /// Events taken from the feed and not written yet, while paced.
+    pending: Vec<Arc<Event>>,
+    pending_bytes: usize,
+    pacer: Pacer,
+}
+
+impl Group {
+    fn new((window, queue_events): (Duration, usize)) -> Self {
+        Self {
+            entries: Slab::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            pacer: Pacer::new(window, queue_events),
+        }
+    }
+
+    fn hold(&mut self, event: &Arc<Event>) {
+        self.pending_bytes += event.frame.len();
+        self.pending.push(event.clone());
+    }
+
+    /// Writes what the group holds unless it is paced (and not `forced`);
+    /// returns until when it stays held, if it does.
+    fn write_due(&mut self, now: Instant, forced: bool, sweep: &mut Sweep) -> Option<Instant> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        if self.entries.is_empty() {
+            self.pending.clear();
+            self.pending_bytes = 0;
+            return None;
+        }
+        // A full batch goes out whatever the window: holding more would only
+        // make a write that sockets take in part.
+        if !forced
+            && self.pending_bytes < BATCH_BYTES
+            && let Some(until) = self.pacer.hold_until(now)
+        {
+            return Some(until);
+        }
+        let frames = Frames::of(self.pending.iter());
+        let (delivered, refusals) = write_frames(&mut self.entries, &frames);
+        sweep.delivered += delivered;
+        sweep.refusals += refusals;
+        let published = self.pending[0].published;
+        sweep.oldest = Some(sweep.oldest.map_or(published, |o| o.min(published)));
+        self.pacer.record_batch(now, self.pending.len() as u64);
+        self.pacer
+            .record_write(now, self.pending_bytes >= super::PACED_WRITE_MAX);
+        self.pending.clear();
+        self.pending_bytes = 0;
+        None
+    }
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Self::new((Duration::ZERO, 1))
+    }
+}
+
+/// What one pass of the writer did.
+#[derive(Default)]
+struct Sweep {
+    delivered: u64,
+    refusals: u64,
+    /// The publication time of the oldest event written.
+    oldest: Option<SystemTime>,
+    /// When the next held group is due.
+    next_due: Option<Instant>,
 }
 
 struct Entry {
@@ -152,11 +236,14 @@ impl ParkedSockets {
         socket: &Arc<TcpStream>,
         path: Option<&str>,
         pos: u64,
+        pacing: (Duration, usize),
         start_writer: impl FnOnce(),
     ) -> Ticket {
         let mut parked = self.lock();
         if !parked.writer {
             parked.writer = true;
+            parked.pacing = pacing;
+            parked.all = Group::new(pacing);
             start_writer();
         }
         let handback = Arc::new(Handback::default());
@@ -165,9 +252,15 @@ impl ParkedSockets {
             pos,
             handback: handback.clone(),
         };
+        let pacing = parked.pacing;
         let key = match path {
-            None => parked.all.insert(entry),
-            Some(path) => parked.by_path.entry(path.into()).or_default().insert(entry),
+            None => parked.all.entries.insert(entry),
+            Some(path) => parked
+                .by_path
+                .entry(path.into())
+                .or_insert_with(|| Group::new(pacing))
+                .entries
+                .insert(entry),
         };
         Ticket {
             sockets: self.clone(),
@@ -185,13 +278,14 @@ impl ParkedSockets {
         handback: &Arc<Handback>,
     ) -> Option<Returned> {
         let mut parked = self.lock();
-        if let Some(slab) = parked.slab(path)
-            && slab
+        if let Some(group) = parked.group(path)
+            && group
+                .entries
                 .get(key)
                 .is_some_and(|e| Arc::ptr_eq(&e.handback, handback))
         {
-            let entry = slab.remove(key);
-            if slab.is_empty()
+            let entry = group.entries.remove(key);
+            if group.entries.is_empty()
                 && let Some(path) = path
             {
                 parked.by_path.remove(path);
@@ -211,44 +305,60 @@ impl ParkedSockets {
             .take()
     }
 
-    /// Gives every socket back where it stands.
+    /// Gives every socket back where it stands; events held for them are
+    /// dropped, as the streams catch up from the feed's history.
     fn give_all_back(&self) {
         let mut parked = self.lock();
-        let mut slabs: Vec<Slab<Entry>> = parked.by_path.drain().map(|(_, s)| s).collect();
-        slabs.push(std::mem::take(&mut parked.all));
-        for entry in slabs.into_iter().flatten().map(|(_, e)| e) {
+        let mut groups: Vec<Group> = parked.by_path.drain().map(|(_, g)| g).collect();
+        groups.push(std::mem::take(&mut parked.all));
+        parked.all = Group::new(parked.pacing);
+        parked.waiting.clear();
+        for entry in groups.into_iter().flat_map(|g| g.entries).map(|(_, e)| e) {
             let pos = entry.pos;
             give_back(entry, pos, None, false);
         }
     }
 
-    /// Writes `batch` to every socket it concerns; returns the events
-    /// delivered and the sockets given back.
-    fn write(&self, batch: &[Arc<Event>]) -> (u64, u64) {
-        let mut parked = self.lock();
-        let (mut delivered, mut refusals) = (0, 0);
-        if !parked.all.is_empty() {
-            let frames = Frames::of(batch.iter());
-            let (d, r) = sweep(&mut parked.all, &frames);
-            (delivered, refusals) = (delivered + d, refusals + r);
+    /// Hands `incoming` to the groups it concerns, then writes every group
+    /// that is due (all of them if `forced`).
+    fn take_in(&self, incoming: &[Arc<Event>], forced: bool) -> Sweep {
+        let mut guard = self.lock();
+        let parked = &mut *guard;
+        if !parked.all.entries.is_empty() {
+            for event in incoming {
+                parked.all.hold(event);
+            }
         }
         if !parked.by_path.is_empty() {
-            let mut paths: Vec<&str> = batch.iter().map(|e| &*e.path).collect();
-            paths.sort_unstable();
-            paths.dedup();
-            for path in paths {
-                let Some(slab) = parked.by_path.get_mut(path) else {
-                    continue;
-                };
-                let frames = Frames::of(batch.iter().filter(|e| &*e.path == path));
-                let (d, r) = sweep(slab, &frames);
-                (delivered, refusals) = (delivered + d, refusals + r);
-                if slab.is_empty() {
-                    parked.by_path.remove(path);
+            for event in incoming {
+                if let Some(group) = parked.by_path.get_mut(&*event.path) {
+                    if group.pending.is_empty() {
+                        parked.waiting.push(event.path.clone());
+                    }
+                    group.hold(event);
                 }
             }
         }
-        (delivered, refusals)
+        let now = Instant::now();
+        let mut sweep = Sweep::default();
+        let mut due = parked.all.write_due(now, forced, &mut sweep);
+        let by_path = &mut parked.by_path;
+        parked.waiting.retain(|path| {
+            let Some(group) = by_path.get_mut(path) else {
+                return false;
+            };
+            let held = group.write_due(now, forced, &mut sweep);
+            if group.entries.is_empty() {
+                by_path.remove(path);
+                return false;
+            }
+            if let Some(until) = held {
+                due = Some(due.map_or(until, |d| d.min(until)));
+            }
+            held.is_some()
+        });
+        sweep.next_due = due;
+        sweep
     }
 }
 
@@ -309,7 +419,7 @@ impl Frames {
 /// Writes `frames` to each socket of `slab`; gives back those that do not
 /// take all they need. Returns the events delivered and the sockets given
 /// back.
-fn sweep(slab: &mut Slab<Entry>, frames: &Frames) -> (u64, u64) {
+fn write_frames(slab: &mut Slab<Entry>, frames: &Frames) -> (u64, u64) {
     let Some(&(last, _)) = frames.ends.last() else {
         return (0, 0);
     };
@@ -351,37 +461,38 @@ pub(crate) fn start_writer(
     sockets: Arc<ParkedSockets>,
     events: broadcast::Receiver<Arc<Event>>,
     node: Node,
-    queue_events: usize,
 ) {
-    tokio::spawn(write_parked(sockets, events, node, queue_events));
+    tokio::spawn(write_parked(sockets, events, node));
 }
 
 async fn write_parked(
     sockets: Arc<ParkedSockets>,
     mut events: broadcast::Receiver<Arc<Event>>,
     node: Node,
-    queue_events: usize,
 ) {
-    let window = Duration::from_millis(node.config().delivery.write_pacing_ms);
-    let mut pacer = Pacer::new(window, queue_events);
-    let mut batch: Vec<Arc<Event>> = Vec::new();
-    let mut batches = 0u32;
+    let mut incoming: Vec<Arc<Event>> = Vec::new();
+    let mut next_due: Option<Instant> = None;
+    let mut passes = 0u32;
     loop {
-        if let Some(until) = pacer.hold_until(Instant::now()) {
-            tokio::time::sleep_until(until).await;
-        }
         let (mut lagged, mut closed) = (false, false);
-        match events.recv().await {
-            Ok(event) => batch.push(event),
-            Err(RecvError::Lagged(_)) => lagged = true,
-            Err(RecvError::Closed) => closed = true,
+        // New events, or the end of a held group's window.
+        let received = tokio::select! {
+            biased;
+            received = events.recv() => Some(received),
+            _ = super::sleep_until_opt(next_due), if next_due.is_some() => None,
+        };
+        match received {
+            Some(Ok(event)) => incoming.push(event),
+            Some(Err(RecvError::Lagged(_))) => lagged = true,
+            Some(Err(RecvError::Closed)) => closed = true,
+            None => {}
         }
-        let mut bytes = batch.first().map_or(0, |e| e.frame.len());
-        while !lagged && !closed && bytes < BATCH_BYTES {
+        let mut bytes = incoming.first().map_or(0, |e| e.frame.len());
+        while !incoming.is_empty() && !lagged && !closed && bytes < BATCH_BYTES {
             match events.try_recv() {
                 Ok(event) => {
                     bytes += event.frame.len();
-                    batch.push(event);
+                    incoming.push(event);
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Lagged(_)) => lagged = true,
@@ -389,35 +500,34 @@ async fn write_parked(
             }
         }
         // A drain marker ends the batch: what came before it is written,
-        // then every stream is handed its socket back to drain itself.
-        let drain = batch.iter().position(|e| e.is_drain_marker());
+        // held or not, then every stream is handed its socket back to drain
+        // itself.
+        let drain = incoming.iter().position(|e| e.is_drain_marker());
         if let Some(at) = drain {
-            batch.truncate(at);
+            incoming.truncate(at);
         }
-        if !batch.is_empty() {
-            let (delivered, refusals) = sockets.write(&batch);
-            if refusals > 0 {
-                node.metrics().parked_refusals.inc_by(refusals);
+        let sweep = sockets.take_in(&incoming, drain.is_some());
+        incoming.clear();
+        next_due = sweep.next_due;
+        let metrics = node.metrics();
+        if sweep.refusals > 0 {
+            metrics.parked_refusals.inc_by(sweep.refusals);
+        }
+        if sweep.delivered > 0 {
+            metrics.events_delivered.inc_by(sweep.delivered);
+            passes = passes.wrapping_add(1);
+            if passes % LAG_SAMPLE_EVERY == 1
+                && let Some(oldest) = sweep.oldest
+                && let Ok(lag) = SystemTime::now().duration_since(oldest)
+            {
+                metrics.delivery_lag.observe(lag.as_secs_f64());
             }
-            let now = Instant::now();
-            pacer.record_batch(now, batch.len() as u64);
-            pacer.record_write(now, bytes >= super::PACED_WRITE_MAX);
-            if delivered > 0 {
-                let metrics = node.metrics();
-                metrics.events_delivered.inc_by(delivered);
-                batches = batches.wrapping_add(1);
-                if batches % LAG_SAMPLE_EVERY == 1
-                    && let Ok(lag) = SystemTime::now().duration_since(batch[0].published)
-                {
-                    metrics.delivery_lag.observe(lag.as_secs_f64());
-                }
-            }
-            batch.clear();
         }
         if lagged || closed || drain.is_some() {
             // Behind the queue, the feed gone, or the node draining: each
             // stream takes it from here, from where its socket stands.
             sockets.give_all_back();
+            next_due = None;
         }
         if closed {
             return;

@@ -128,9 +128,14 @@ impl Group {
         sweep.refusals += refusals;
         let published = self.pending[0].published;
         sweep.oldest = Some(sweep.oldest.map_or(published, |o| o.min(published)));
-        self.pacer.record_batch(now, self.pending.len() as u64);
+        // The window starts when the sweep is done, not when it began: a
+        // sweep of many sockets takes a while, and each of them is to get
+        // one write per window. It also leaves the writer a window's rest
+        // between sweeps, however long a sweep takes.
+        let done = Instant::now();
+        self.pacer.record_batch(done, self.pending.len() as u64);
         self.pacer
-            .record_write(now, self.pending_bytes >= super::PACED_WRITE_MAX);
+            .record_write(done, self.pending_bytes >= super::PACED_WRITE_MAX);
         self.pending.clear();
         self.pending_bytes = 0;
         None
@@ -561,5 +566,56 @@ mod tests {
         assert_eq!(batch.after(6), Some((2, 5)));
         assert_eq!(batch.after(9), None);
         assert_eq!(batch.after(40), None);
+    }
+}
+
+#[cfg(test)]
+mod pacing_tests {
+    use std::time::{Duration, SystemTime};
+
+    use tokio::{io::AsyncReadExt, net::TcpListener};
+
+    use super::*;
+    use crate::event::EncodeContext;
+
+    /// A busy group is written to once per window, with every event of it
+    /// in that one write; a quiet one at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_group_gets_one_write_per_window() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let sockets = Arc::new(ParkedSockets::default());
+        let pacing = (Duration::from_millis(10), 1024);
+        let _ticket = sockets.park(&Arc::new(server), None, 0, pacing, || {});
+        let ctx = EncodeContext {
+            topic: "t".into(),
+            epoch: "e".into(),
+            max_event_bytes: 1024,
+        };
+        let mut writes = 0;
+        let mut seq = 0;
+        let mut held = None;
+        for _ in 0..200 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            seq += 1;
+            let event = Arc::new(Event::encode(&ctx, seq, "t", SystemTime::now(), None, b"x"));
+            if held.is_some_and(|until| until <= Instant::now()) {
+                let sweep = sockets.take_in(&[], false);
+                writes += u64::from(sweep.delivered > 0);
+            }
+            let sweep = sockets.take_in(&[event], false);
+            writes += u64::from(sweep.delivered > 0);
+            held = sweep.next_due;
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        let read = client.read(&mut buf).await.unwrap();
+        assert!(read > 0);
+        assert!(
+            (15..=30).contains(&writes),
+            "{writes} writes for 200 events over 200 ms"
+        );
     }
 }

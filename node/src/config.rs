@@ -129,6 +129,9 @@ pub struct DeliveryConfig {
     /// come more than twice per window), in milliseconds; 0 = write every
     /// event at once.
     pub write_pacing_ms: u64,
+    /// Whether lean-path streams in step with their topic park their
+    /// socket with the topic feed's writer.
+    pub park_streams: bool,
     /// Seconds a socket may refuse writes before the connection is dropped.
     pub write_stall_seconds: u64,
     /// Seconds a client stream, or a topic's feed, may make no progress

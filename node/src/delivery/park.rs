@@ -26,7 +26,8 @@ impl ClientStream {
     /// topic, caught up, not ending, and reading either every event of its
     /// feed or one concrete path.
     fn park_filter(&self) -> Option<Option<&str>> {
-        if !self.single_topic
+        if !self.node.config().delivery.park_streams
+            || !self.single_topic
             || self.catching_up < self.topics.len()
             || self.jetstream_read.is_some()
             || self.close_at.is_some()

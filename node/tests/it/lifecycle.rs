@@ -231,7 +231,11 @@ async fn sigterm_drains_streams_and_exits_within_the_window() {
     let js = nats.jetstream().await;
     create_topic(&js, "drain", None).await;
     let drain = Duration::from_secs(3);
-    let mut node = NodeProc::start(&nats.url(), &[("SSE_SHUTDOWN__DRAIN_SECONDS", "3")]).await;
+    let mut node = NodeProc::start(
+        &nats.url(),
+        &[crate::parked::PARK, ("SSE_SHUTDOWN__DRAIN_SECONDS", "3")],
+    )
+    .await;
     let mut clients = Vec::new();
     for _ in 0..5 {
         let mut c = SseClient::connect(&node.url("/v1/events?topic=drain"), None)

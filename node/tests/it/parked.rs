@@ -17,6 +17,8 @@ use tokio::{
 use crate::support::*;
 
 const T: Duration = Duration::from_secs(15);
+/// Parking is off by default.
+pub(crate) const PARK: (&str, &str) = ("SSE_DELIVERY__PARK_STREAMS", "true");
 
 async fn parked(node: &NodeProc) -> f64 {
     node.metric("sse_streams_parked").await
@@ -37,7 +39,7 @@ async fn streams_in_step_are_written_by_their_feed_and_lose_nothing() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "park", None).await;
-    let node = NodeProc::start(&nats.url(), &[]).await;
+    let node = NodeProc::start(&nats.url(), &[PARK]).await;
     let mut whole = Vec::new();
     for _ in 0..3 {
         let mut client = SseClient::connect(&node.url("/v1/events?topic=park"), None)
@@ -104,7 +106,11 @@ async fn a_parked_socket_that_fills_up_is_given_back_and_its_stream_stays_whole(
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "bulk", None).await;
-    let node = NodeProc::start(&nats.url(), &[("SSE_DELIVERY__WRITE_STALL_SECONDS", "30")]).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[PARK, ("SSE_DELIVERY__WRITE_STALL_SECONDS", "30")],
+    )
+    .await;
     let mut slow = slow_reader(node.port, "/v1/events?topic=bulk")
         .await
         .unwrap();
@@ -175,6 +181,7 @@ async fn a_parked_stream_gets_heartbeats_and_ends_on_time() {
     let node = NodeProc::start(
         &nats.url(),
         &[
+            PARK,
             ("SSE_HTTP__HEARTBEAT_SECONDS", "1"),
             ("SSE_HTTP__MAX_CONNECTION_LIFETIME_SECONDS", "4"),
         ],

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::*;
@@ -146,21 +145,10 @@ async fn slow_client_is_cut_while_fast_client_loses_nothing() {
             .map(|d| d.split(':').next().unwrap().parse::<usize>().unwrap())
             .collect::<Vec<_>>()
     });
-    for chunk in (0..total).collect::<Vec<_>>().chunks(20) {
-        let acks = join_all(chunk.iter().map(|i| {
-            let js = js.clone();
-            let data = format!("{i}:{payload}");
-            async move {
-                js.publish(format!("sse.firehose.{}", i % 7), data.into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap()
-            }
-        }))
-        .await;
-        assert_eq!(acks.len(), chunk.len());
-    }
+    publish_many(&js, total, 20, |i| {
+        (format!("sse.firehose.{}", i % 7), format!("{i}:{payload}"))
+    })
+    .await;
     let received = reader.await.unwrap();
     assert_eq!(
         received,
@@ -342,20 +330,10 @@ async fn a_resume_stuck_behind_a_blocked_read_is_closed_not_left_silent() {
     // More than the loopback socket buffers hold, so the replay to a client
     // that does not read blocks in a write while it holds the read slot.
     let payload = "x".repeat(16 * 1024);
-    for chunk in (0..1500).collect::<Vec<_>>().chunks(50) {
-        join_all(chunk.iter().map(|i| {
-            let js = js.clone();
-            let data = format!("{i}:{payload}");
-            async move {
-                js.publish("sse.backlog", data.into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap()
-            }
-        }))
-        .await;
-    }
+    publish_many(&js, 1500, 50, |i| {
+        ("sse.backlog".to_owned(), format!("{i}:{payload}"))
+    })
+    .await;
     let mut blocked = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
         .await
         .unwrap();

@@ -125,21 +125,7 @@ async fn a_parked_socket_that_fills_up_is_given_back_and_its_stream_stays_whole(
     });
     // Published 50 at a time: JetStream's order within a batch is the order
     // the events carry in their ids.
-    for chunk in (0..total).collect::<Vec<_>>().chunks(50) {
-        let acks = futures_util::future::join_all(chunk.iter().map(|i| {
-            let js = js.clone();
-            let data = payload(*i);
-            async move {
-                js.publish("sse.bulk", data.into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap()
-            }
-        }))
-        .await;
-        assert_eq!(acks.len(), chunk.len());
-    }
+    publish_many(&js, total, 50, |i| ("sse.bulk".to_owned(), payload(i))).await;
     let (received, _still_open) = reader.await.unwrap();
     let ids: Vec<u64> = received.iter().map(|e| seq_of(&e.id)).collect();
     assert_eq!(

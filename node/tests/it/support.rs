@@ -188,6 +188,32 @@ pub(crate) async fn publish_with(
         .sequence
 }
 
+/// Publishes `count` events, `at_once` at a time, each to the subject and
+/// with the data `event(i)` gives, and waits for every acknowledgement.
+/// Within a batch JetStream may store them in any order.
+pub(crate) async fn publish_many(
+    js: &jetstream::Context,
+    count: usize,
+    at_once: usize,
+    event: impl Fn(usize) -> (String, String),
+) {
+    for chunk in (0..count).collect::<Vec<_>>().chunks(at_once) {
+        let acks = futures_util::future::join_all(chunk.iter().map(|i| {
+            let js = js.clone();
+            let (subject, data) = event(*i);
+            async move {
+                js.publish(subject, data.into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack")
+            }
+        }))
+        .await;
+        assert_eq!(acks.len(), chunk.len());
+    }
+}
+
 /// A running `sse-node` process.
 pub(crate) struct NodeProc {
     child: Child,

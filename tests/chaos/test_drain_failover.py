@@ -57,7 +57,8 @@ def test_node_kill_then_drain_and_restart_then_stream_leader_kill(node_binary, c
         live = [u for i, u in enumerate(c.nats_urls) if f"nats{i}" != proc]
         killed_at = time.monotonic()
         new_leader = await stream_leader(live, f"SSE_{topic}", not_=leader)
-        s.extra["new stream leader"] = f"{new_leader} in {time.monotonic() - killed_at:.1f}s"
+        s.unreadable_until = time.monotonic()
+        s.extra["new stream leader"] = f"{new_leader} in {s.unreadable_until - killed_at:.1f}s"
         c.start_proc(proc, wait=False)
         c.start_proc(first, wait=False)
         await asyncio.to_thread(c.wait_ready, proc, 60)

@@ -335,6 +335,12 @@ class Scenario:
     # Longest an acknowledged event may wait before a client gets it: a
     # client silent for longer while events flow has stalled.
     max_delivery_delay: float = 10.0
+    # Set by an action that kills a stream's leader: the moment its
+    # successor was seen. An event acknowledged just before the kill is
+    # stored on a quorum, but the followers learn that it was committed only
+    # from the next leader, so no reader anywhere can see it before then.
+    # Such an event's wait counts from this moment, not from its ack.
+    unreadable_until: float | None = None
     extra: dict = field(default_factory=dict)
 
     async def run(self, action: Callable[["Scenario"], Awaitable[None]]) -> list[str]:
@@ -357,7 +363,10 @@ class Scenario:
             await self.watcher.stop()
             await self.fleet.stop()
         self.elapsed = time.monotonic() - started
-        self.delays = self.fleet.delivery_delays(self.publisher.acked_at, time.monotonic())
+        readable_at = self.publisher.acked_at
+        if self.unreadable_until is not None:
+            readable_at = {n: max(t, self.unreadable_until) for n, t in readable_at.items()}
+        self.delays = self.fleet.delivery_delays(readable_at, time.monotonic())
         problems = self.fleet.verify(self.total)
         self.report(problems)
         return problems
@@ -384,7 +393,7 @@ class Scenario:
             node = client.server_at(self.publisher.acked_at[n])
             got = len(self.fleet.received[name])
             out.append(
-                f"{name}: event {n} came {delay:.1f}s after its ack (on {node} at the ack; "
+                f"{name}: event {n} came {delay:.1f}s after its ack or the election it waited for (on {node} at the ack; "
                 f"{got} events in all; served by {client.stats.served_by})"
             )
         return out

@@ -73,6 +73,9 @@ const PACED_WRITE_MAX: usize = 8 * 1024;
 /// One live batch in this many records its delivery lag.
 const LAG_SAMPLE_EVERY: u32 = 8;
 
+/// A heartbeat: an SSE comment line, which clients ignore.
+const HEARTBEAT: &[u8] = b": hb\n\n";
+
 /// The one concrete path a subscription reads of a topic, if that is all
 /// it reads: such a client hears only that path's events.
 pub fn only_path(patterns: &[SubjectPath]) -> Option<&str> {
@@ -523,7 +526,7 @@ impl ClientStream {
                 Wake::Heartbeat => {
                     if !self.wrote_since_heartbeat {
                         self.node.metrics().heartbeats.inc();
-                        return Some(Bytes::from_static(b": hb\n\n"));
+                        return Some(Bytes::from_static(HEARTBEAT));
                     }
                     self.wrote_since_heartbeat = false;
                     continue;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::{net::TcpStream, time::Instant};
 
-use super::{ClientStream, CloseReason, only_path, peer_closed, sleep_until_opt};
+use super::{ClientStream, CloseReason, HEARTBEAT, only_path, peer_closed, sleep_until_opt};
 
 /// What a parked stream does next.
 pub(super) enum ParkedWake {
@@ -180,12 +180,16 @@ impl ClientStream {
                 self.wrote_since_heartbeat = false;
                 ParkedWake::Resume
             }
+            Woke::Heartbeat if ticket.heartbeat(HEARTBEAT) => {
+                self.node.metrics().heartbeats.inc();
+                ParkedWake::Resume
+            }
             Woke::Heartbeat => match self.unpark() {
                 Err(reason) => ParkedWake::End(reason),
                 Ok(Some(rest)) => ParkedWake::Write(rest),
                 Ok(None) => {
                     self.node.metrics().heartbeats.inc();
-                    ParkedWake::Write(Bytes::from_static(b": hb\n\n"))
+                    ParkedWake::Write(Bytes::from_static(HEARTBEAT))
                 }
             },
             Woke::Deadline => {

@@ -207,6 +207,16 @@ impl Ticket {
         self.handback.wrote.swap(false, Ordering::Relaxed)
     }
 
+    /// Writes `beat` (a heartbeat's comment line) to the parked socket
+    /// between two of the writer's batches, so that the stream stays
+    /// parked. Returns whether the socket took it whole. If not, the stream
+    /// takes the socket back: a part of `beat` the socket did not take comes
+    /// back with it, and a socket that took none is written to as any other.
+    pub(crate) fn heartbeat(&self, beat: &'static [u8]) -> bool {
+        self.sockets
+            .heartbeat(self.path.as_deref(), self.key, &self.handback, beat)
+    }
+
     /// Takes the socket back, with the position the writer left it at.
     /// `None` only if the writer lost track of it, which it never does.
     pub(crate) fn take_back(mut self) -> Option<Returned> {
@@ -308,6 +318,45 @@ impl ParkedSockets {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
+    }
+
+    fn heartbeat(
+        &self,
+        path: Option<&str>,
+        key: usize,
+        handback: &Arc<Handback>,
+        beat: &'static [u8],
+    ) -> bool {
+        // Under the lock the writer is between batches: every parked socket
+        // stands at the end of a whole frame.
+        let mut parked = self.lock();
+        let Some(group) = parked.group(path) else {
+            return false;
+        };
+        let Some(entry) = group
+            .entries
+            .get(key)
+            .filter(|e| Arc::ptr_eq(&e.handback, handback))
+        else {
+            return false;
+        };
+        let taken = match entry.socket.try_write(beat) {
+            Ok(n) if n == beat.len() => return true,
+            Ok(n) => n,
+            Err(_) => 0,
+        };
+        if taken == 0 {
+            return false;
+        }
+        let entry = group.entries.remove(key);
+        if group.entries.is_empty()
+            && let Some(path) = path
+        {
+            parked.by_path.remove(path);
+        }
+        let pos = entry.pos;
+        give_back(entry, pos, Some(Bytes::from_static(&beat[taken..])), true);
+        false
     }
 
     /// Gives every socket back where it stands; events held for them are
@@ -566,6 +615,57 @@ mod tests {
         assert_eq!(batch.after(6), Some((2, 5)));
         assert_eq!(batch.after(9), None);
         assert_eq!(batch.after(40), None);
+    }
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use std::time::Duration;
+
+    use tokio::{io::AsyncReadExt, net::TcpListener};
+
+    use super::*;
+
+    async fn pair() -> (TcpStream, Arc<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, Arc::new(server))
+    }
+
+    /// A heartbeat goes out through the parked socket and the stream stays
+    /// parked where it was.
+    #[tokio::test]
+    async fn a_heartbeat_leaves_the_stream_parked() {
+        let (mut client, server) = pair().await;
+        let sockets = Arc::new(ParkedSockets::default());
+        let ticket = sockets.park(&server, Some("a"), 7, (Duration::ZERO, 16), || {});
+        assert!(ticket.heartbeat(b": hb\n\n"));
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b": hb\n\n");
+        assert_eq!(sockets.lock().by_path["a"].entries.len(), 1);
+        let returned = ticket.take_back().unwrap();
+        assert_eq!(returned.pos, 7);
+        assert_eq!(returned.remainder, None);
+    }
+
+    /// A socket that takes no bytes is left to its stream: the heartbeat is
+    /// refused and the socket is still parked, untouched, for the stream to
+    /// take back and write to itself.
+    #[tokio::test]
+    async fn a_full_socket_refuses_the_heartbeat() {
+        let (_client, server) = pair().await;
+        let filler = vec![b'x'; 1 << 20];
+        while server.try_write(&filler).is_ok_and(|n| n > 0) {}
+        let sockets = Arc::new(ParkedSockets::default());
+        let ticket = sockets.park(&server, None, 3, (Duration::ZERO, 16), || {});
+        assert!(!ticket.heartbeat(b": hb\n\n"));
+        assert_eq!(sockets.lock().all.entries.len(), 1);
+        let returned = ticket.take_back().unwrap();
+        assert_eq!((returned.pos, returned.remainder), (3, None));
     }
 }
 

@@ -541,6 +541,50 @@ async fn bounded_for<T, E: Into<async_nats::Error>>(
     }
 }
 
+/// An ordered consumer of the node's, deleted from JetStream when dropped.
+///
+/// NATS keeps an ordered consumer for 30 s after its last pull, and since
+/// 2.15 a stream holds at most `default_max_consumers` (1,000) unless told
+/// otherwise. Left to expire, the consumers of a burst of resumes, or of
+/// feeds that start and stop, pile up to that limit, and every further one
+/// is refused with "maximum consumers limit reached". So each one is
+/// deleted as soon as it is no longer read. The deletion runs on its own
+/// (bounded) and a failed one is left to the 30 s expiry.
+pub(crate) struct OwnedConsumer {
+    js: jetstream::Context,
+    stream: String,
+    name: String,
+}
+
+impl OwnedConsumer {
+    /// Takes charge of `name`, a consumer of `stream`.
+    pub(crate) fn new(js: &jetstream::Context, stream: &str, name: &str) -> Self {
+        Self {
+            js: js.clone(),
+            stream: stream.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for OwnedConsumer {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let js = self.js.clone();
+        let (stream, name) = (
+            std::mem::take(&mut self.stream),
+            std::mem::take(&mut self.name),
+        );
+        runtime.spawn(async move {
+            if let Err(error) = bounded(js.delete_consumer_from_stream(&name, &stream)).await {
+                debug!(%stream, consumer = %name, %error, "cannot delete consumer; it expires on its own");
+            }
+        });
+    }
+}
+
 struct Reader {
     feed: Arc<Feed>,
     js: jetstream::Context,
@@ -662,6 +706,11 @@ impl Reader {
             }),
         )
         .await?;
+        let _owned = OwnedConsumer::new(
+            &self.js,
+            self.feed.stream_name(),
+            &consumer.cached_info().name,
+        );
         // Sequences up to here hold nothing for this reader (deleted
         // messages, say): a stream whose last sequence is no higher is not
         // ahead of it.

@@ -17,7 +17,7 @@ use tracing::{Span, warn};
 use super::{BATCH_BYTES, ClientStream, CloseReason, framing::write_reset_body};
 use crate::{
     event::{Event, MARKER_HEADER},
-    feed::{bounded, stream_epoch},
+    feed::{OwnedConsumer, bounded, stream_epoch},
     history::Slice,
 };
 
@@ -30,6 +30,8 @@ pub(super) struct JetStreamRead {
     pub(super) messages: jetstream::consumer::pull::Ordered,
     pub(super) end: u64,
     pub(super) _held: crate::metrics::ConsumerHeld,
+    /// Declared last: the consumer is deleted after `messages` stops pulling.
+    pub(super) _owned: OwnedConsumer,
 }
 
 impl ClientStream {
@@ -160,6 +162,7 @@ impl ClientStream {
                 return Err(CloseReason::Error);
             }
         };
+        let owned = OwnedConsumer::new(&js, topic.feed.stream_name(), &consumer.cached_info().name);
         if consumer.cached_info().num_pending == 0 {
             topic.pos = end;
             self.jetstream_permit = None;
@@ -171,6 +174,7 @@ impl ClientStream {
                     messages,
                     end,
                     _held: self.node.metrics().consumer_held(),
+                    _owned: owned,
                 }));
                 Ok(())
             }

@@ -48,6 +48,15 @@ async fn a_feed_runs_only_while_its_topic_has_clients_here() {
     .await;
     assert_eq!(node.metric("sse_feed_stops_total").await, 1.0);
     assert_eq!(node.metric("sse_history_held_bytes").await, 0.0);
+    // A stopped feed's consumer is deleted from JetStream too, not left to
+    // NATS's 30 s expiry (where it would count against the stream's
+    // consumer limit).
+    eventually(T, "the stream to hold no consumer", || async {
+        let mut stream = js.get_stream("SSE_quiet3").await.ok()?;
+        let consumers = stream.info().await.ok()?.state.consumer_count;
+        (consumers == 0).then_some(())
+    })
+    .await;
 }
 
 /// Clients that come and go while a feed starts, lingers and stops lose

@@ -208,3 +208,55 @@ async fn a_client_of_one_path_hears_only_that_path_and_resumes_exactly() {
         );
     }
 }
+
+/// A resume read from JetStream deletes its consumer when it is done. NATS
+/// would keep it for 30 s, and a stream holds 1,000 consumers by default
+/// (NATS 2.15): a burst of resumes would fill the stream up, and every
+/// resume after that would be refused.
+#[tokio::test]
+async fn jetstream_resumes_leave_no_consumer_behind() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "tidy", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "0"),
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+        ],
+    )
+    .await;
+    let mut live = SseClient::connect(&node.url("/v1/events?topic=tidy"), None)
+        .await
+        .unwrap();
+    let start = live.ready().await;
+    for i in 0..10 {
+        publish(&js, "tidy", &format!("{i}")).await;
+    }
+    live.take(10, T).await;
+    let consumers = || async {
+        js.get_stream("SSE_tidy")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .consumer_count
+    };
+    // The live client's feed.
+    assert_eq!(consumers().await, 1);
+    let series = "sse_replay_events_total{source=\"jetstream\"}";
+    for round in 1..=12 {
+        let mut resumed = SseClient::connect(&node.url("/v1/events?topic=tidy"), Some(&start))
+            .await
+            .unwrap();
+        assert_eq!(resumed.take(10, T).await.len(), 10);
+        assert_eq!(node.metric(series).await, f64::from(round * 10));
+    }
+    // Well inside NATS's own 30 s expiry.
+    eventually(T, "only the feed's consumer", || async {
+        (consumers().await == 1).then_some(())
+    })
+    .await;
+}

@@ -17,7 +17,7 @@ use tokio::{
 use crate::support::*;
 
 const T: Duration = Duration::from_secs(15);
-/// Parking is off by default.
+/// Parking, set explicitly so that these tests do not depend on the default.
 pub(crate) const PARK: (&str, &str) = ("SSE_DELIVERY__PARK_STREAMS", "true");
 
 async fn parked(node: &NodeProc) -> f64 {

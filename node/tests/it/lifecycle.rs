@@ -63,14 +63,7 @@ async fn expired_history_gets_reset_then_continues() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "ticks", Some(Duration::from_secs(1))).await;
-    let node = NodeProc::start(
-        &nats.url(),
-        &[
-            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "0"),
-            ("SSE_HISTORY__WARM_EVENTS", "0"),
-        ],
-    )
-    .await;
+    let node = NodeProc::start(&nats.url(), &NO_MEMORY).await;
     let mut client = SseClient::connect(&node.url("/v1/events?topic=ticks"), None)
         .await
         .unwrap();

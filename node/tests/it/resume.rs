@@ -115,14 +115,7 @@ async fn resume_is_served_from_memory_or_from_jetstream() {
     create_topic(&js, "feed", None).await;
     // `memory` keeps everything; `disk` keeps nothing in memory.
     let memory = NodeProc::start(&nats.url(), &[]).await;
-    let disk = NodeProc::start(
-        &nats.url(),
-        &[
-            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "0"),
-            ("SSE_HISTORY__WARM_EVENTS", "0"),
-        ],
-    )
-    .await;
+    let disk = NodeProc::start(&nats.url(), &NO_MEMORY).await;
     let mut client = SseClient::connect(&memory.url("/v1/events?topic=feed"), None)
         .await
         .unwrap();
@@ -166,14 +159,7 @@ async fn a_client_of_one_path_hears_only_that_path_and_resumes_exactly() {
     let js = nats.jetstream().await;
     create_topic(&js, "rooms", None).await;
     let a = NodeProc::start(&nats.url(), &[]).await;
-    let b = NodeProc::start(
-        &nats.url(),
-        &[
-            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "0"),
-            ("SSE_HISTORY__WARM_EVENTS", "0"),
-        ],
-    )
-    .await;
+    let b = NodeProc::start(&nats.url(), &NO_MEMORY).await;
     let mut one = SseClient::connect(&a.url("/v1/events?topic=rooms.r1"), None)
         .await
         .unwrap();
@@ -218,14 +204,7 @@ async fn jetstream_resumes_leave_no_consumer_behind() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "tidy", None).await;
-    let node = NodeProc::start(
-        &nats.url(),
-        &[
-            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "0"),
-            ("SSE_HISTORY__WARM_EVENTS", "0"),
-        ],
-    )
-    .await;
+    let node = NodeProc::start(&nats.url(), &NO_MEMORY).await;
     let mut live = SseClient::connect(&node.url("/v1/events?topic=tidy"), None)
         .await
         .unwrap();

@@ -137,6 +137,13 @@ impl Drop for Nats {
     }
 }
 
+/// Settings of a node that keeps no event in memory: every resume reads
+/// JetStream.
+pub(crate) const NO_MEMORY: [(&str, &str); 2] = [
+    ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "0"),
+    ("SSE_HISTORY__WARM_EVENTS", "0"),
+];
+
 /// Creates topic `name`: the stream `SSE_<name>` capturing `sse.<name>` and
 /// `sse.<name>.>`.
 pub(crate) async fn create_topic(js: &jetstream::Context, name: &str, max_age: Option<Duration>) {

@@ -429,14 +429,16 @@ impl ClientStream {
                 step_now = !needs || self.jetstream_permit.is_some();
             }
             let stalled_at = self.stalled_at();
+            // Checked on every turn, not only by the wait's timer below: a
+            // stream with events always ready would never let that fire.
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                let reason = close_at.map(|(_, r)| r).unwrap_or(CloseReason::Shutdown);
+                return Some(self.finish(reason));
+            }
             if step_now {
                 // A catch-up step moves positions and writes the matching
                 // bytes together, so it runs to its end rather than being
                 // raced against timers that could drop it half-way.
-                if deadline.is_some_and(|d| d <= Instant::now()) {
-                    let reason = close_at.map(|(_, r)| r).unwrap_or(CloseReason::Shutdown);
-                    return Some(self.finish(reason));
-                }
                 if stalled_at.is_some_and(|at| at <= Instant::now()) {
                     return Some(self.stalled());
                 }
@@ -494,18 +496,30 @@ impl ClientStream {
                 // their topics' feeds: waiting on the shared token here would
                 // take its lock on every wake of every client.
                 let watch_shutdown = catching_up && !draining;
+                // One timer for the deadline and the stall watch: each timer
+                // a waiting stream holds costs it over 100 bytes.
+                let wake_at = match (deadline, stalled_at) {
+                    (Some(d), Some(s)) => Some(d.min(s)),
+                    (d, s) => d.or(s),
+                };
                 tokio::select! {
                     biased;
                     _ = shutdown_of(node.as_ref()), if watch_shutdown => Wake::Shutdown,
-                    _ = sleep_until_opt(deadline), if deadline.is_some() => Wake::Deadline,
                     _ = heartbeat.tick() => Wake::Heartbeat,
                     gone = peer_closed(peer), if peer.is_some() => {
                         if gone { Wake::PeerClosed } else { Wake::Heartbeat }
                     }
                     work = work => Wake::Work(work),
                     // After the work: events waiting are progress about to
-                    // be made, not a stall.
-                    _ = sleep_until_opt(stalled_at), if stalled_at.is_some() => Wake::NoProgress,
+                    // be made, not a stall (the deadline is met on the next
+                    // turn if it is also due).
+                    _ = sleep_until_opt(wake_at), if wake_at.is_some() => {
+                        if deadline.is_some_and(|d| d <= Instant::now()) {
+                            Wake::Deadline
+                        } else {
+                            Wake::NoProgress
+                        }
+                    }
                 }
             };
             self.heartbeat = Some(heartbeat);

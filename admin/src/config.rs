@@ -69,6 +69,8 @@ pub struct AdminConfig {
     pub dashboard_interval_ms: u64,
     /// Dashboard streams open at once.
     pub max_dashboard_streams: usize,
+    /// Consumer limit set on the stream of each topic created without one.
+    pub topic_max_consumers: u64,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -79,6 +81,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("max_event_bytes", &self.max_event_bytes)
             .field("dashboard_interval_ms", &self.dashboard_interval_ms)
             .field("max_dashboard_streams", &self.max_dashboard_streams)
+            .field("topic_max_consumers", &self.topic_max_consumers)
             .finish()
     }
 }
@@ -183,6 +186,12 @@ impl Config {
         }
         if !(100..=60_000).contains(&self.admin.dashboard_interval_ms) {
             bad.push("admin.dashboard_interval_ms: must be between 100 and 60000".to_owned());
+        }
+        if i32::try_from(self.admin.topic_max_consumers).is_err() {
+            bad.push(format!(
+                "admin.topic_max_consumers: must be at most {} (0: the NATS server's default)",
+                i32::MAX
+            ));
         }
         if self.admin.max_dashboard_streams == 0 {
             bad.push("admin.max_dashboard_streams: must be at least 1".to_owned());

@@ -60,6 +60,10 @@ pub struct CreateTopic {
     pub max_messages_per_subject: Option<u64>,
     /// 1 or 3; default 1.
     pub replicas: Option<u64>,
+    /// Consumers the topic's stream may hold: each node reading the topic
+    /// holds a few (its feeds and the resumes under way). Absent:
+    /// `admin.topic_max_consumers`; 0: the NATS server's default.
+    pub max_consumers: Option<u64>,
     /// `file` (default) or `memory`.
     pub storage: Option<Storage>,
     /// `public` (default) or `private`.
@@ -79,6 +83,8 @@ pub struct UpdateTopic {
     pub max_messages: Option<u64>,
     /// New per-subject-path limit.
     pub max_messages_per_subject: Option<u64>,
+    /// New consumer limit; 0: the NATS server's default.
+    pub max_consumers: Option<u64>,
     /// New access.
     pub access: Option<Access>,
 }
@@ -113,6 +119,9 @@ pub struct TopicSettings {
     pub max_message_bytes: u64,
     /// Replicas.
     pub replicas: u64,
+    /// Consumers the stream may hold; 0: the NATS server's default (1,000
+    /// since NATS 2.15).
+    pub max_consumers: u64,
     /// Storage.
     pub storage: Storage,
     /// Access.
@@ -204,6 +213,15 @@ fn limit_from_i64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// A consumer limit as JetStream takes it: -1 leaves the server's default.
+fn consumer_limit(value: u64) -> Result<i32, Error> {
+    match value {
+        0 => Ok(-1),
+        v => i32::try_from(v)
+            .map_err(|_| Error::BadRequest(format!("max_consumers is {v}; at most {}", i32::MAX))),
+    }
+}
+
 /// Applies a maximum age, keeping the duplicate window inside it.
 fn set_max_age(config: &mut stream::Config, seconds: u64) -> Result<(), Error> {
     if seconds > 100 * 365 * 24 * 3600 {
@@ -225,6 +243,7 @@ fn stream_config(
     topic: &TopicName,
     prefix: &str,
     body: &CreateTopic,
+    default_max_consumers: u64,
 ) -> Result<stream::Config, Error> {
     let replicas = match body.replicas.unwrap_or(1) {
         r @ (1 | 3) => r as usize,
@@ -245,6 +264,7 @@ fn stream_config(
             body.max_messages_per_subject.unwrap_or(0),
         )?,
         num_replicas: replicas,
+        max_consumers: consumer_limit(body.max_consumers.unwrap_or(default_max_consumers))?,
         storage: match body.storage.unwrap_or(Storage::File) {
             Storage::File => StorageType::File,
             Storage::Memory => StorageType::Memory,
@@ -287,6 +307,7 @@ pub fn topic_view(topic: &TopicName, info: &stream::Info, subscribers: u64) -> T
             max_messages_per_subject: limit_from_i64(c.max_messages_per_subject),
             max_message_bytes: u64::try_from(c.max_message_size).unwrap_or(0),
             replicas: c.num_replicas as u64,
+            max_consumers: u64::try_from(c.max_consumers).unwrap_or(0),
             storage: match c.storage {
                 StorageType::Memory => Storage::Memory,
                 StorageType::File => Storage::File,
@@ -358,7 +379,12 @@ pub async fn create_topic(
     JsonBody(body): JsonBody<CreateTopic>,
 ) -> Result<impl IntoResponse, Error> {
     let topic = parse_topic(&body.name)?;
-    let config = stream_config(&topic, state.prefix(), &body)?;
+    let config = stream_config(
+        &topic,
+        state.prefix(),
+        &body,
+        state.config.admin.topic_max_consumers,
+    )?;
     let js = state.jetstream()?;
     // JetStream answers a create with an identical config as a success, so
     // an existing stream is looked for first.
@@ -457,6 +483,9 @@ pub async fn update_topic(
     }
     if let Some(v) = body.max_messages_per_subject {
         config.max_messages_per_subject = limit_to_i64("max_messages_per_subject", v)?;
+    }
+    if let Some(v) = body.max_consumers {
+        config.max_consumers = consumer_limit(v)?;
     }
     if let Some(access) = body.access {
         config
@@ -651,7 +680,7 @@ mod tests {
     #[test]
     fn stream_config_follows_the_naming_contract() {
         let t = TopicName::parse("orders").unwrap();
-        let c = stream_config(&t, "sse", &body(r#"{"name":"orders"}"#)).unwrap();
+        let c = stream_config(&t, "sse", &body(r#"{"name":"orders"}"#), 10_000).unwrap();
         assert_eq!(c.name, "SSE_orders");
         assert_eq!(c.subjects, vec!["sse.orders", "sse.orders.>"]);
         assert_eq!(c.metadata.get(ACCESS_METADATA_KEY).unwrap(), "public");
@@ -664,7 +693,13 @@ mod tests {
     #[test]
     fn short_max_age_shortens_the_duplicate_window() {
         let t = TopicName::parse("t").unwrap();
-        let c = stream_config(&t, "sse", &body(r#"{"name":"t","max_age_seconds":30}"#)).unwrap();
+        let c = stream_config(
+            &t,
+            "sse",
+            &body(r#"{"name":"t","max_age_seconds":30}"#),
+            10_000,
+        )
+        .unwrap();
         assert_eq!(c.max_age, Duration::from_secs(30));
         assert_eq!(c.duplicate_window, Duration::from_secs(30));
     }
@@ -672,7 +707,8 @@ mod tests {
     #[test]
     fn replicas_are_one_or_three() {
         let t = TopicName::parse("t").unwrap();
-        let err = stream_config(&t, "sse", &body(r#"{"name":"t","replicas":2}"#)).unwrap_err();
+        let err =
+            stream_config(&t, "sse", &body(r#"{"name":"t","replicas":2}"#), 10_000).unwrap_err();
         assert!(err.to_string().contains("replicas"), "{err}");
     }
 

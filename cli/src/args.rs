@@ -147,6 +147,10 @@ pub struct TopicCreate {
     /// Drop the oldest events beyond this many.
     #[arg(long, value_name = "N")]
     pub max_messages: Option<u64>,
+    /// Consumers the topic's stream may hold (node feeds and resumes);
+    /// default: admin's `topic_max_consumers`; 0: the NATS server's default.
+    #[arg(long, value_name = "N")]
+    pub max_consumers: Option<u64>,
     /// Store events in memory rather than on disk.
     #[arg(long)]
     pub memory: bool,

@@ -172,6 +172,11 @@ async fn bad_names_and_values_are_refused() {
             400,
             "max_bytes",
         );
+        assert_error(
+            &create(json!({"name": "t", "max_consumers": 3_000_000_000u64})).await,
+            400,
+            "max_consumers",
+        );
         assert_error(&create(json!({})).await, 400, "name");
         // Replicas 3 on a single server: JetStream's refusal is passed on.
         assert_error(
@@ -202,6 +207,75 @@ async fn bad_names_and_values_are_refused() {
         // Nothing was created by any of it.
         let (_, list) = admin.call("GET", "/v1/topics", None).await;
         assert_eq!(list["topics"], json!([]));
+    })
+    .await;
+}
+
+/// NATS 2.15 allows a stream 1,000 consumers unless the stream sets its own
+/// limit; a cluster of 7 nodes can need more for one topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_hold_more_consumers_than_the_nats_default() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        let created = admin.create_topic(json!({"name": "wide"})).await;
+        assert_eq!(created["settings"]["max_consumers"], 10_000);
+        let own = admin
+            .create_topic(json!({"name": "narrow", "max_consumers": 5}))
+            .await;
+        assert_eq!(own["settings"]["max_consumers"], 5);
+
+        let js = nats.jetstream().await;
+        let consumer = |stream: &'static str, i: usize| {
+            let js = js.clone();
+            async move {
+                js.create_consumer_on_stream(
+                    async_nats::jetstream::consumer::pull::Config {
+                        durable_name: Some(format!("c{i}")),
+                        ..Default::default()
+                    },
+                    stream,
+                )
+                .await
+            }
+        };
+        for i in 0..1001 {
+            consumer("SSE_wide", i)
+                .await
+                .unwrap_or_else(|e| panic!("consumer {i} refused: {e}"));
+        }
+        for i in 0..5 {
+            consumer("SSE_narrow", i).await.unwrap();
+        }
+        assert!(
+            consumer("SSE_narrow", 5).await.is_err(),
+            "the topic's own limit holds"
+        );
+
+        // 0 gives the server's default back: 1,001 is then over it.
+        let (status, patched) = admin
+            .call(
+                "PATCH",
+                "/v1/topics/wide",
+                Some(json!({"max_consumers": 0})),
+            )
+            .await;
+        assert_eq!(status, 200, "{patched}");
+        assert_eq!(patched["settings"]["max_consumers"], 0);
+        assert!(
+            consumer("SSE_wide", 1001).await.is_err(),
+            "the server's default holds"
+        );
+        let (status, patched) = admin
+            .call(
+                "PATCH",
+                "/v1/topics/wide",
+                Some(json!({"max_consumers": 2000})),
+            )
+            .await;
+        assert_eq!(status, 200, "{patched}");
+        assert_eq!(patched["settings"]["max_consumers"], 2000);
+        consumer("SSE_wide", 1001).await.unwrap();
     })
     .await;
 }

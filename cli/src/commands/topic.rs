@@ -101,6 +101,9 @@ fn create_body(create: &TopicCreate) -> Result<Value, Error> {
     if let Some(messages) = create.max_messages {
         body.insert("max_messages".into(), json!(messages));
     }
+    if let Some(consumers) = create.max_consumers {
+        body.insert("max_consumers".into(), json!(consumers));
+    }
     if create.memory {
         body.insert("storage".into(), json!("memory"));
     }
@@ -161,6 +164,13 @@ fn print_topic(out: Output, topic: &Value) {
             },
         ),
         ("max messages", limit(&s["max_messages"])),
+        (
+            "max consumers",
+            match s["max_consumers"].as_u64() {
+                Some(0) | None => "the NATS server's default".to_owned(),
+                Some(n) => n.to_string(),
+            },
+        ),
         ("messages", output::cell(&topic["messages"])),
         ("bytes", output::bytes(topic["bytes"].as_u64().unwrap_or(0))),
         (

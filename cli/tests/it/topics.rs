@@ -10,14 +10,24 @@ async fn topic_commands_round_trip_through_admin() {
         let created = cluster
             .create_topic(
                 "cli-orders",
-                &["--max-age", "2h", "--max-bytes", "10MiB", "--private"],
+                &[
+                    "--max-age",
+                    "2h",
+                    "--max-bytes",
+                    "10MiB",
+                    "--max-consumers",
+                    "3000",
+                    "--private",
+                ],
             )
             .await;
         assert_eq!(created["name"], "cli-orders");
         assert_eq!(created["settings"]["max_age_seconds"], 7200);
         assert_eq!(created["settings"]["max_bytes"], 10 << 20);
         assert_eq!(created["settings"]["access"], "private");
-        cluster.create_topic("cli-news", &[]).await;
+        assert_eq!(created["settings"]["max_consumers"], 3000);
+        let news = cluster.create_topic("cli-news", &[]).await;
+        assert_eq!(news["settings"]["max_consumers"], 10_000, "admin's default");
 
         let listed = cluster.json(&["topic", "ls"]).await;
         let names: Vec<&str> = listed["topics"]
@@ -42,6 +52,7 @@ async fn topic_commands_round_trip_through_admin() {
         assert_eq!(info["messages"], 3);
         let table = cluster.run(&["topic", "info", "cli-news"]).await;
         assert!(table.stdout.contains("messages"), "{}", table.stdout);
+        assert!(table.stdout.contains("10000"), "{}", table.stdout);
 
         // Without --yes and without a terminal: refused, nothing purged.
         let refused = cluster.run(&["topic", "purge", "cli-news"]).await;

@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use sse_protocol::{Access, TopicName, cursor::epoch_from_unix_nanos, grant::ACCESS_METADATA_KEY};
 use tokio::{net::TcpStream, sync::broadcast};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use crate::{
     delivery::parked::{self, ParkedSockets, Ticket},
@@ -541,6 +541,20 @@ async fn bounded_for<T, E: Into<async_nats::Error>>(
     }
 }
 
+/// What to do when JetStream refuses a consumer for its stream's limit.
+pub(crate) const CONSUMER_LIMIT_HINT: &str = "jetstream refuses a consumer: the topic's stream holds as many as its limit allows (NATS 2.15 allows 1,000 unless the stream sets max_consumers); raise the topic's limit: PATCH /v1/topics/<topic> {\"max_consumers\": N} (docs/deploy.md, \"Consumers per stream\")";
+
+/// Whether `error` is JetStream refusing a new consumer because the stream
+/// holds as many as its limit allows (error code 10026).
+pub(crate) fn is_consumer_limit(error: &async_nats::Error) -> bool {
+    error
+        .downcast_ref::<jetstream::stream::ConsumerError>()
+        .is_some_and(|e| {
+            matches!(e.kind(), jetstream::stream::ConsumerErrorKind::JetStream(js)
+                if js.error_code() == jetstream::ErrorCode::MAXIMUM_CONSUMERS_LIMIT)
+        })
+}
+
 /// An ordered consumer of the node's, deleted from JetStream when dropped.
 ///
 /// NATS keeps an ordered consumer for 30 s after its last pull, and since
@@ -648,6 +662,14 @@ impl Reader {
                 Ok(ReadEnd::Stalled | ReadEnd::Reconnected) => {
                     doubted = false;
                     backoff = Duration::from_millis(100);
+                }
+                Err(error) if is_consumer_limit(&error) => {
+                    doubted = false;
+                    self.metrics
+                        .feed_errors
+                        .with_label_values(&["consumer_limit"])
+                        .inc();
+                    error!(topic = %self.feed.topic, %error, "{CONSUMER_LIMIT_HINT}; retrying");
                 }
                 Err(error) => {
                     doubted = false;

@@ -157,6 +157,10 @@ impl ClientStream {
         .await;
         let consumer = match consumer {
             Ok(c) => c,
+            Err(error) if crate::feed::is_consumer_limit(&error) => {
+                tracing::error!(topic = %topic.feed.topic, %error, "cannot create resume consumer: {}", crate::feed::CONSUMER_LIMIT_HINT);
+                return Err(CloseReason::Error);
+            }
             Err(error) => {
                 warn!(topic = %topic.feed.topic, %error, "cannot create resume consumer");
                 return Err(CloseReason::Error);

@@ -59,6 +59,58 @@ async fn a_feed_runs_only_while_its_topic_has_clients_here() {
     .await;
 }
 
+/// A stream at its consumer limit (NATS 2.15 allows 1,000 unless the stream
+/// sets its own) refuses a feed its consumer. The node counts that under its
+/// own kind, keeps asking, and its clients get every event once a consumer
+/// is free, including the one published while none was.
+#[tokio::test]
+async fn a_feed_refused_for_the_consumer_limit_says_so_and_catches_up() {
+    use async_nats::jetstream::{consumer::pull, stream};
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    js.create_stream(stream::Config {
+        name: "SSE_full".into(),
+        subjects: vec!["sse.full".into(), "sse.full.>".into()],
+        max_consumers: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Another reader holds the stream's one consumer.
+    js.create_consumer_on_stream(
+        pull::Config {
+            durable_name: Some("other".into()),
+            ..Default::default()
+        },
+        "SSE_full",
+    )
+    .await
+    .unwrap();
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=full"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    eventually(T, "the refusal counted as the consumer limit", || async {
+        (node
+            .metric(r#"sse_feed_errors_total{kind="consumer_limit"}"#)
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(node.metric("sse_jetstream_consumers").await, 0.0);
+    publish(&js, "full", "while refused").await;
+    js.delete_consumer_from_stream("other", "SSE_full")
+        .await
+        .unwrap();
+    publish(&js, "full", "after").await;
+    assert_eq!(
+        data_of(&client.take(2, T).await),
+        ["while refused", "after"]
+    );
+}
+
 /// Clients that come and go while a feed starts, lingers and stops lose
 /// nothing and get nothing twice: each resumes from its last id into
 /// whatever feed is there, or into a new one.

@@ -837,6 +837,13 @@ impl Reader {
                 self.feed.skip(seq);
                 continue;
             }
+            // Events older than the feed, read to warm its history up, were
+            // not late: only live ones count.
+            if seq > self.feed.live_from
+                && let Ok(lag) = SystemTime::now().duration_since(published)
+            {
+                self.metrics.feed_read_lag.observe(lag.as_secs_f64());
+            }
             let path = message
                 .subject
                 .as_str()

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub replay_duration: Histogram,
     /// Time from the JetStream timestamp to the write to a client.
     pub delivery_lag: Histogram,
+    /// Time from the JetStream timestamp to a feed reading the event.
+    pub feed_read_lag: Histogram,
     /// 1 while connected to NATS.
     pub nats_connected: IntGauge,
     /// Reconnections to NATS.
@@ -220,6 +222,11 @@ impl Metrics {
             delivery_lag: histogram(
                 "sse_delivery_lag_seconds",
                 "Time from the JetStream timestamp to the write to a client.",
+                latency_buckets.clone(),
+            ),
+            feed_read_lag: histogram(
+                "sse_feed_read_lag_seconds",
+                "Time from the JetStream timestamp to a topic feed reading the event: the part of the delivery lag spent before the node has the event.",
                 latency_buckets,
             ),
             nats_connected: gauge("sse_nats_connected", "1 while connected to NATS."),

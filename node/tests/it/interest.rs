@@ -38,6 +38,9 @@ async fn a_feed_runs_only_while_its_topic_has_clients_here() {
     // with is not sent as new.
     publish(&js, "quiet3", "new").await;
     assert_eq!(data_of(&client.take(1, T).await), ["new"]);
+    // Only the live event counts in the feed's read lag, not the one it
+    // warmed its history up with.
+    assert_eq!(node.metric("sse_feed_read_lag_seconds_count").await, 1.0);
 
     drop(client);
     eventually(T, "the feed to stop after the linger time", || async {

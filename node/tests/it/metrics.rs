@@ -45,6 +45,7 @@ async fn every_promised_metric_is_exported() {
         "sse_replay_events_total{source=\"memory\"}",
         "sse_replay_duration_seconds_bucket",
         "sse_delivery_lag_seconds_bucket",
+        "sse_feed_read_lag_seconds_bucket",
         "sse_nats_connected 1",
         "sse_nats_reconnects_total 0",
         "sse_build_info{version=\"",
@@ -58,6 +59,8 @@ async fn every_promised_metric_is_exported() {
     }
     assert_eq!(node.metric("sse_connections_opened_total").await, 2.0);
     assert_eq!(node.metric("sse_events_delivered_total").await, 2.0);
+    // The one event published was read once, by the topic's feed.
+    assert_eq!(node.metric("sse_feed_read_lag_seconds_count").await, 1.0);
     // No label value names a client, a subject path or an address.
     assert!(!text.contains("127.0.0.1"));
 }

@@ -663,21 +663,18 @@ impl Reader {
                     doubted = false;
                     backoff = Duration::from_millis(100);
                 }
-                Err(error) if is_consumer_limit(&error) => {
-                    doubted = false;
-                    self.metrics
-                        .feed_errors
-                        .with_label_values(&["consumer_limit"])
-                        .inc();
-                    error!(topic = %self.feed.topic, %error, "{CONSUMER_LIMIT_HINT}; retrying");
-                }
                 Err(error) => {
                     doubted = false;
+                    let limit = is_consumer_limit(&error);
                     self.metrics
                         .feed_errors
-                        .with_label_values(&["consumer"])
+                        .with_label_values(&[if limit { "consumer_limit" } else { "consumer" }])
                         .inc();
-                    warn!(topic = %self.feed.topic, %error, "topic feed cannot read; retrying");
+                    if limit {
+                        error!(topic = %self.feed.topic, %error, "{CONSUMER_LIMIT_HINT}; retrying");
+                    } else {
+                        warn!(topic = %self.feed.topic, %error, "topic feed cannot read; retrying");
+                    }
                 }
             }
             tokio::select! {

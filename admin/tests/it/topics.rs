@@ -253,29 +253,22 @@ async fn topics_hold_more_consumers_than_the_nats_default() {
         );
 
         // 0 gives the server's default back: 1,001 is then over it.
-        let (status, patched) = admin
-            .call(
-                "PATCH",
-                "/v1/topics/wide",
-                Some(json!({"max_consumers": 0})),
-            )
-            .await;
-        assert_eq!(status, 200, "{patched}");
-        assert_eq!(patched["settings"]["max_consumers"], 0);
-        assert!(
-            consumer("SSE_wide", 1001).await.is_err(),
-            "the server's default holds"
-        );
-        let (status, patched) = admin
-            .call(
-                "PATCH",
-                "/v1/topics/wide",
-                Some(json!({"max_consumers": 2000})),
-            )
-            .await;
-        assert_eq!(status, 200, "{patched}");
-        assert_eq!(patched["settings"]["max_consumers"], 2000);
-        consumer("SSE_wide", 1001).await.unwrap();
+        for (limit, accepted) in [(0, false), (2000, true)] {
+            let (status, patched) = admin
+                .call(
+                    "PATCH",
+                    "/v1/topics/wide",
+                    Some(json!({ "max_consumers": limit })),
+                )
+                .await;
+            assert_eq!(status, 200, "{patched}");
+            assert_eq!(patched["settings"]["max_consumers"], limit);
+            assert_eq!(
+                consumer("SSE_wide", 1001).await.is_ok(),
+                accepted,
+                "the 1,002nd consumer with a limit of {limit}"
+            );
+        }
     })
     .await;
 }

@@ -24,12 +24,9 @@ fn node_binary() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "../../../node/tests/it/ports.rs"]
+mod ports;
+use ports::free_port;
 
 struct Node {
     child: Child,

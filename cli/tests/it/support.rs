@@ -45,12 +45,9 @@ where
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "../../../node/tests/it/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// A workspace binary: `env` names it, else `target/debug/<name>`. A missing
 /// one fails the test: these tests must never pass by not running.

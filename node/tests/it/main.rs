@@ -11,6 +11,7 @@ mod lean;
 mod lifecycle;
 mod metrics;
 mod parked;
+mod ports;
 mod resume;
 mod support;
 mod traces;

@@ -3,7 +3,6 @@
 //! tells browsers to.
 
 use std::{
-    net::TcpListener as StdListener,
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
@@ -33,12 +32,7 @@ pub(crate) fn self_signed_localhost() -> (
     (dir, certified.cert.der().clone())
 }
 
-pub(crate) fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub(crate) use crate::ports::free_port;
 
 /// Polls `check` until it returns `Some`, or fails after `timeout`.
 pub(crate) async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T

@@ -158,6 +158,11 @@ impl ClientStream {
         let consumer = match consumer {
             Ok(c) => c,
             Err(error) if crate::feed::is_consumer_limit(&error) => {
+                self.node
+                    .metrics()
+                    .feed_errors
+                    .with_label_values(&["consumer_limit"])
+                    .inc();
                 tracing::error!(topic = %topic.feed.topic, %error, "cannot create resume consumer: {}", crate::feed::CONSUMER_LIMIT_HINT);
                 return Err(CloseReason::Error);
             }

@@ -68,27 +68,11 @@ async fn a_feed_runs_only_while_its_topic_has_clients_here() {
 /// is free, including the one published while none was.
 #[tokio::test]
 async fn a_feed_refused_for_the_consumer_limit_says_so_and_catches_up() {
-    use async_nats::jetstream::{consumer::pull, stream};
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    js.create_stream(stream::Config {
-        name: "SSE_full".into(),
-        subjects: vec!["sse.full".into(), "sse.full.>".into()],
-        max_consumers: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_topic_with_consumer_limit(&js, "full", 1).await;
     // Another reader holds the stream's one consumer.
-    js.create_consumer_on_stream(
-        pull::Config {
-            durable_name: Some("other".into()),
-            ..Default::default()
-        },
-        "SSE_full",
-    )
-    .await
-    .unwrap();
+    hold_a_consumer(&js, "SSE_full").await;
     let node = NodeProc::start(&nats.url(), &[]).await;
     let mut client = SseClient::connect(&node.url("/v1/events?topic=full"), None)
         .await
@@ -112,6 +96,82 @@ async fn a_feed_refused_for_the_consumer_limit_says_so_and_catches_up() {
         data_of(&client.take(2, T).await),
         ["while refused", "after"]
     );
+}
+
+/// A resume that must read JetStream while the stream is at its consumer
+/// limit is refused the same way: counted under its own kind, and the
+/// stream ends, so that the client comes back rather than waiting.
+#[tokio::test]
+async fn a_resume_refused_for_the_consumer_limit_says_so_and_ends() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic_with_consumer_limit(&js, "tight", 2).await;
+    // The node keeps one event of history: a resume from further back reads
+    // JetStream.
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "1"),
+        ],
+    )
+    .await;
+    let mut live = SseClient::connect(&node.url("/v1/events?topic=tight"), None)
+        .await
+        .unwrap();
+    let start = live.ready().await;
+    eventually(T, "the feed's consumer", || async {
+        (node.metric("sse_jetstream_consumers").await == 1.0).then_some(())
+    })
+    .await;
+    // Another reader takes the stream's last consumer.
+    hold_a_consumer(&js, "SSE_tight").await;
+    for i in 0..3 {
+        publish(&js, "tight", &format!("e{i}")).await;
+    }
+    assert_eq!(data_of(&live.take(3, T).await), ["e0", "e1", "e2"]);
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=tight"), Some(&start))
+        .await
+        .unwrap();
+    let ended = resumed
+        .until_closed(T)
+        .await
+        .expect("the refused resume ends");
+    assert!(data_of(&ended).is_empty(), "{ended:?}");
+    assert_eq!(
+        node.metric(r#"sse_feed_errors_total{kind="consumer_limit"}"#)
+            .await,
+        1.0
+    );
+}
+
+/// Creates topic `name` whose stream holds at most `limit` consumers.
+async fn create_topic_with_consumer_limit(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    limit: i32,
+) {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: format!("SSE_{name}"),
+        subjects: vec![format!("sse.{name}"), format!("sse.{name}.>")],
+        max_consumers: limit,
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+}
+
+/// Takes one of `stream`'s consumers (named `other`), as another reader would.
+async fn hold_a_consumer(js: &async_nats::jetstream::Context, stream: &str) {
+    js.create_consumer_on_stream(
+        async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("other".into()),
+            ..Default::default()
+        },
+        stream,
+    )
+    .await
+    .expect("another reader's consumer");
 }
 
 /// Clients that come and go while a feed starts, lingers and stops lose

@@ -192,6 +192,14 @@ impl IntoResponse for Error {
             }),
         )
             .into_response();
+        if matches!(self, Error::BodyTooLarge) {
+            // The rest of the body was never read, so the connection cannot
+            // carry another request: say so, or a client may send its next
+            // request on a connection the server is closing.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -203,12 +203,23 @@ async fn bad_events_are_refused() {
         );
         let (status, _) = publish(json!({"subject": "orders.1", "data": "x".repeat(1024)})).await;
         assert_eq!(status, 200);
-        // A body far over the limit is refused before it is read whole.
-        assert_error(
-            &publish(json!({"subject": "orders.1", "data": "x".repeat(200_000)})).await,
-            413,
-            "large",
+        // A body far over the limit is refused before it is read whole, and
+        // the connection is not offered for another request.
+        let refused = admin
+            .http
+            .post(format!("{}/v1/topics/orders/events", admin.base))
+            .bearer_auth(crate::support::TOKEN)
+            .json(&json!({"subject": "orders.1", "data": "x".repeat(200_000)}))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(
+            refused.headers().get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..])
         );
+        let status = refused.status().as_u16();
+        let body: serde_json::Value = refused.json().await.expect("a JSON error");
+        assert_error(&(status, body), 413, "large");
         assert_error(
             &admin
                 .call(

@@ -40,12 +40,13 @@ use std::{
     io,
     net::IpAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, ready},
     time::Duration,
 };
 
 use axum::{Router, serve::Listener as _};
+use bytes::Bytes;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{
@@ -63,7 +64,7 @@ use tokio::{
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
-        self,
+        self, ContentType,
         pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     },
 };
@@ -75,6 +76,7 @@ use crate::{
     fastpath,
     http::{self, HttpState},
     node::Node,
+    tls_records::{CLOSE_NOTIFY, RecordSealer, Sent},
 };
 
 /// Builds the TLS acceptor for `[tls]`: the certificate chain and key from
@@ -480,8 +482,22 @@ impl GuardedStream {
     /// socket its feed's writer may write to while the stream is parked.
     pub fn into_shared(self) -> SharedWriter {
         SharedWriter {
-            tcp: Arc::new(self.inner),
+            socket: Arc::new(SharedSocket::plain(self.inner)),
             stall: self.stall,
+            closing: false,
+        }
+    }
+
+    /// As [`Self::into_shared`], for a TLS stream whose records `sealer`
+    /// seals from here on.
+    pub fn into_shared_sealed(self, sealer: RecordSealer) -> SharedWriter {
+        SharedWriter {
+            socket: Arc::new(SharedSocket {
+                tcp: self.inner,
+                records: Some(Mutex::new(sealer)),
+            }),
+            stall: self.stall,
+            closing: false,
         }
     }
 }
@@ -524,17 +540,125 @@ impl WriteStall {
 
 /// The socket of an event stream on the lean path, shared: the stream's
 /// own task writes to it, and while the stream is parked its feed's writer
-/// does, never both at once (see `delivery::parked`). Writes fail as a
-/// [`GuardedStream`]'s do once the socket stalls.
+/// does, never both at once (see `delivery::parked`). Under TLS it carries
+/// the connection's [`RecordSealer`], so both seal with the same key and
+/// record sequence.
+#[derive(Debug)]
+pub struct SharedSocket {
+    tcp: TcpStream,
+    // Locked only by whichever of the two writes at the moment: never
+    // contended, never held across a wait.
+    records: Option<Mutex<RecordSealer>>,
+}
+
+impl SharedSocket {
+    /// A cleartext socket.
+    pub fn plain(tcp: TcpStream) -> Self {
+        Self { tcp, records: None }
+    }
+
+    /// The TCP socket.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    fn sealer(&self) -> Option<MutexGuard<'_, RecordSealer>> {
+        // A panic while sealing leaves at worst a record unsent, which the
+        // stream's next write fails on: the lock itself stays usable.
+        self.records
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether bytes the socket has not taken yet wait to go out first; such
+    /// a socket is not handed to its feed's writer.
+    pub fn has_unsent(&self) -> bool {
+        self.sealer().is_some_and(|s| !s.unsent.is_empty())
+    }
+
+    /// Writes `frames[start..]` (event frames, cleartext) without waiting.
+    pub(crate) fn try_send(&self, frames: &Bytes, start: usize) -> Sent {
+        if let Some(mut sealer) = self.sealer() {
+            return sealer.try_send(self, &frames[start..]);
+        }
+        match self.tcp.try_write(&frames[start..]) {
+            Ok(n) if n == frames.len() - start => Sent::Whole,
+            Ok(n) if n > 0 => Sent::Partly(frames.slice(start + n..)),
+            _ => Sent::Refused,
+        }
+    }
+}
+
+/// The write side of a [`SharedSocket`] for its stream's own task. Writes
+/// fail as a [`GuardedStream`]'s do once the socket stalls; under TLS each
+/// write is sealed into records first.
 pub struct SharedWriter {
-    tcp: Arc<TcpStream>,
+    socket: Arc<SharedSocket>,
     stall: WriteStall,
+    closing: bool,
 }
 
 impl SharedWriter {
     /// The shared socket.
-    pub fn tcp(&self) -> &Arc<TcpStream> {
-        &self.tcp
+    pub fn socket(&self) -> &Arc<SharedSocket> {
+        &self.socket
+    }
+
+    /// Writes `buf` to the socket as it is.
+    fn poll_raw(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let tcp = &self.socket.tcp;
+        let result = loop {
+            match tcp.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => match tcp.try_write(buf) {
+                    // The readiness was stale; `try_write` cleared it.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    written => break Poll::Ready(written),
+                },
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
+            }
+        };
+        self.stall.check(cx, result)
+    }
+
+    /// Writes what is left of sealed records the socket did not take.
+    fn poll_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            // Taken out of the lock for the write: only this task writes now.
+            let unsent = match self.socket.sealer() {
+                Some(mut sealer) if !sealer.unsent.is_empty() => std::mem::take(&mut sealer.unsent),
+                _ => return Poll::Ready(Ok(())),
+            };
+            let written = match self.poll_raw(cx, &unsent) {
+                Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => Ok(n),
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => {
+                    self.put_back_unsent(unsent);
+                    return Poll::Pending;
+                }
+            };
+            match written {
+                Ok(n) => self.put_back_unsent(unsent.slice(n..)),
+                Err(e) => {
+                    self.put_back_unsent(unsent);
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+
+    fn put_back_unsent(&self, rest: Bytes) {
+        if let Some(mut sealer) = self.socket.sealer() {
+            sealer.unsent = rest;
+        }
+    }
+
+    fn seal_into_unsent(&self, typ: ContentType, plaintext: &[u8]) -> io::Result<()> {
+        if let Some(mut sealer) = self.socket.sealer() {
+            sealer.unsent = sealer.seal(typ, plaintext)?;
+        }
+        Ok(())
     }
 }
 
@@ -545,26 +669,33 @@ impl AsyncWrite for SharedWriter {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let result = loop {
-            match this.tcp.poll_write_ready(cx) {
-                Poll::Ready(Ok(())) => match this.tcp.try_write(buf) {
-                    // The readiness was stale; `try_write` cleared it.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    written => break Poll::Ready(written),
-                },
-                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
-                Poll::Pending => break Poll::Pending,
-            }
-        };
-        this.stall.check(cx, result)
+        if this.socket.records.is_none() {
+            return this.poll_raw(cx, buf);
+        }
+        ready!(this.poll_unsent(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        this.seal_into_unsent(ContentType::ApplicationData, buf)?;
+        // The bytes are accepted once sealed: what the socket does not take
+        // now goes out on the next write or flush.
+        let _ = this.poll_unsent(cx)?;
+        Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_unsent(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(socket2::SockRef::from(&*self.tcp).shutdown(std::net::Shutdown::Write))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        ready!(this.poll_unsent(cx))?;
+        if this.socket.records.is_some() && !this.closing {
+            this.closing = true;
+            this.seal_into_unsent(ContentType::Alert, &CLOSE_NOTIFY)?;
+            ready!(this.poll_unsent(cx))?;
+        }
+        Poll::Ready(socket2::SockRef::from(&this.socket.tcp).shutdown(std::net::Shutdown::Write))
     }
 }
 

@@ -22,8 +22,8 @@
 //! goes to hyper as a [`Replay`] that yields those bytes first. Only TLS 1.3
 //! connections that chose HTTP/1.1 by ALPN (or chose nothing) come here, and
 //! once the head is out their events are sealed by a
-//! [`RecordWriter`](crate::tls_records::RecordWriter) instead of rustls's
-//! whole connection.
+//! [`RecordSealer`](crate::tls_records::RecordSealer) instead of rustls's
+//! whole connection; they park as cleartext streams do.
 
 use std::{
     convert::Infallible,
@@ -49,10 +49,10 @@ use tower::{Layer, ServiceExt, service_fn};
 use tracing::{debug, warn};
 
 use crate::{
-    connection::{GuardedStream, SharedWriter},
+    connection::{GuardedStream, SharedSocket, SharedWriter},
     delivery::ClientStream,
     http::{self, HttpState},
-    tls_records::RecordWriter,
+    tls_records,
 };
 
 /// How long the socket may take to close after the last frame.
@@ -73,9 +73,8 @@ pub trait EventWriter: AsyncWrite + Unpin + Send + 'static {
     /// The TCP socket under it, watched for the client closing its side.
     fn tcp(&self) -> &TcpStream;
 
-    /// The socket as its feed's writer may share it, if frames go to it as
-    /// they are (cleartext).
-    fn shared(&self) -> Option<&Arc<TcpStream>> {
+    /// The socket as its feed's writer may share it.
+    fn shared(&self) -> Option<&Arc<SharedSocket>> {
         None
     }
 }
@@ -90,25 +89,19 @@ impl LeanIo for GuardedStream {
 
 impl EventWriter for SharedWriter {
     fn tcp(&self) -> &TcpStream {
-        SharedWriter::tcp(self)
+        self.socket().tcp()
     }
 
-    fn shared(&self) -> Option<&Arc<TcpStream>> {
-        Some(SharedWriter::tcp(self))
+    fn shared(&self) -> Option<&Arc<SharedSocket>> {
+        Some(self.socket())
     }
 }
 
 impl LeanIo for TlsStream<GuardedStream> {
-    type Writer = RecordWriter;
+    type Writer = SharedWriter;
 
-    fn into_writer(self) -> Result<RecordWriter, &'static str> {
-        RecordWriter::take_over(self)
-    }
-}
-
-impl EventWriter for RecordWriter {
-    fn tcp(&self) -> &TcpStream {
-        RecordWriter::tcp(self)
+    fn into_writer(self) -> Result<SharedWriter, &'static str> {
+        tls_records::take_over(self)
     }
 }
 
@@ -145,7 +138,7 @@ pub async fn serve_tls(
     stream: TlsStream<GuardedStream>,
     max_head: usize,
     wait: Duration,
-) -> Outcome<RecordWriter, Replay<TlsStream<GuardedStream>>> {
+) -> Outcome<SharedWriter, Replay<TlsStream<GuardedStream>>> {
     finish(Box::pin(open_tls(state, stream, max_head, wait)).await).await
 }
 

@@ -29,11 +29,12 @@ use async_nats::jetstream::{
 };
 use futures_util::StreamExt;
 use sse_protocol::{Access, TopicName, cursor::epoch_from_unix_nanos, grant::ACCESS_METADATA_KEY};
-use tokio::{net::TcpStream, sync::broadcast};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::{
+    connection::SharedSocket,
     delivery::parked::{self, ParkedSockets, Ticket},
     event::{EncodeContext, Event, MARKER_HEADER, TRACEPARENT_HEADER},
     history::{History, HistoryBudget, Slice},
@@ -297,7 +298,7 @@ impl Feed {
         receiver: &broadcast::Receiver<Arc<Event>>,
         path: Option<&str>,
         pos: u64,
-        socket: &Arc<TcpStream>,
+        socket: &Arc<SharedSocket>,
         node: &Node,
     ) -> Option<(Ticket, u64)> {
         let state = self.lock();

@@ -403,7 +403,7 @@ impl ClientStream {
     pub async fn next_chunk_watching(
         &mut self,
         peer: Option<&TcpStream>,
-        parkable: Option<&Arc<TcpStream>>,
+        parkable: Option<&Arc<crate::connection::SharedSocket>>,
     ) -> Option<Bytes> {
         if let Some(prelude) = self.prelude.take() {
             return Some(prelude);

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::{net::TcpStream, time::Instant};
 
+use crate::connection::SharedSocket;
+
 use super::{ClientStream, CloseReason, HEARTBEAT, only_path, peer_closed, sleep_until_opt};
 
 /// What a parked stream does next.
@@ -52,10 +54,13 @@ impl ClientStream {
 
     /// Parks the stream's `socket` with its feed's writer if the stream may
     /// and has nothing waiting; returns whether it did.
-    pub(super) fn try_park(&mut self, socket: &Arc<TcpStream>) -> bool {
+    pub(super) fn try_park(&mut self, socket: &Arc<SharedSocket>) -> bool {
         let Some(path) = self.park_filter() else {
             return false;
         };
+        if socket.has_unsent() {
+            return false;
+        }
         let [receiver] = self.live.receivers.as_slice() else {
             return false;
         };

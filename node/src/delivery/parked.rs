@@ -19,6 +19,13 @@
 //! socket back the same way. A position moves only past bytes the socket
 //! took, so nothing is skipped or written twice.
 //!
+//! A TLS stream parks too: its socket carries the stream's record sealer,
+//! and the writer seals each batch for each such socket as the stream would
+//! (the same key, the next record sequence). A record the socket does not
+//! take at all is dropped and its sequence reused; the rest of one it takes
+//! in part waits in the sealer, and the stream writes it before anything
+//! else.
+//!
 //! The writer keeps the pacing rule for its sockets: while events come more
 //! than twice per `delivery.write_pacing_ms`, it writes once per window.
 
@@ -34,7 +41,6 @@ use std::{
 use bytes::{BufMut, Bytes, BytesMut};
 use slab::Slab;
 use tokio::{
-    net::TcpStream,
     sync::{
         Notify,
         broadcast::{self, error::RecvError, error::TryRecvError},
@@ -43,7 +49,7 @@ use tokio::{
 };
 
 use super::{BATCH_BYTES, LAG_SAMPLE_EVERY, pacing::Pacer};
-use crate::{event::Event, node::Node};
+use crate::{connection::SharedSocket, event::Event, node::Node, tls_records::Sent};
 
 /// The sockets parked on one feed.
 #[derive(Default)]
@@ -160,7 +166,7 @@ struct Sweep {
 }
 
 struct Entry {
-    socket: Arc<TcpStream>,
+    socket: Arc<SharedSocket>,
     /// The last event the socket took.
     pos: u64,
     handback: Arc<Handback>,
@@ -248,7 +254,7 @@ impl ParkedSockets {
     /// is published between its check of the client's queue and this.
     pub(crate) fn park(
         self: &Arc<Self>,
-        socket: &Arc<TcpStream>,
+        socket: &Arc<SharedSocket>,
         path: Option<&str>,
         pos: u64,
         pacing: (Duration, usize),
@@ -340,14 +346,11 @@ impl ParkedSockets {
         else {
             return false;
         };
-        let taken = match entry.socket.try_write(beat) {
-            Ok(n) if n == beat.len() => return true,
-            Ok(n) => n,
-            Err(_) => 0,
+        let rest = match entry.socket.try_send(&Bytes::from_static(beat), 0) {
+            Sent::Whole => return true,
+            Sent::Partly(rest) => rest,
+            Sent::Refused => return false,
         };
-        if taken == 0 {
-            return false;
-        }
         let entry = group.entries.remove(key);
         if group.entries.is_empty()
             && let Some(path) = path
@@ -355,7 +358,7 @@ impl ParkedSockets {
             parked.by_path.remove(path);
         }
         let pos = entry.pos;
-        give_back(entry, pos, Some(Bytes::from_static(&beat[taken..])), true);
+        give_back(entry, pos, Some(rest), true);
         false
     }
 
@@ -483,22 +486,20 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames) -> (u64, u64) {
         let Some((first, start)) = frames.after(entry.pos) else {
             continue;
         };
-        let wanted = &frames.bytes[start..];
-        match entry.socket.try_write(wanted) {
-            Ok(n) if n == wanted.len() => {
+        match entry.socket.try_send(&frames.bytes, start) {
+            Sent::Whole => {
                 entry.pos = last;
                 entry.handback.wrote.store(true, Ordering::Relaxed);
                 delivered += (frames.ends.len() - first) as u64;
             }
-            Ok(n) if n > 0 => {
+            Sent::Partly(rest) => {
                 // The socket took part of the batch: the stream writes the
                 // rest itself, and owns every event of it from here.
-                let rest = frames.bytes.slice(start + n..);
                 delivered += (frames.ends.len() - first) as u64;
                 refused.push((key, last, Some(rest)));
             }
             // Full, or failed: the stream finds out which when it writes.
-            _ => refused.push((key, entry.pos, None)),
+            Sent::Refused => refused.push((key, entry.pos, None)),
         }
     }
     let refusals = refused.len() as u64;
@@ -622,17 +623,20 @@ mod tests {
 mod heartbeat_tests {
     use std::time::Duration;
 
-    use tokio::{io::AsyncReadExt, net::TcpListener};
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpListener, TcpStream},
+    };
 
     use super::*;
 
-    async fn pair() -> (TcpStream, Arc<TcpStream>) {
+    async fn pair() -> (TcpStream, Arc<SharedSocket>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (client, Arc::new(server))
+        (client, Arc::new(SharedSocket::plain(server)))
     }
 
     /// A heartbeat goes out through the parked socket and the stream stays
@@ -659,7 +663,7 @@ mod heartbeat_tests {
     async fn a_full_socket_refuses_the_heartbeat() {
         let (_client, server) = pair().await;
         let filler = vec![b'x'; 1 << 20];
-        while server.try_write(&filler).is_ok_and(|n| n > 0) {}
+        while server.tcp().try_write(&filler).is_ok_and(|n| n > 0) {}
         let sockets = Arc::new(ParkedSockets::default());
         let ticket = sockets.park(&server, None, 3, (Duration::ZERO, 16), || {});
         assert!(!ticket.heartbeat(b": hb\n\n"));
@@ -689,7 +693,13 @@ mod pacing_tests {
         let (server, _) = listener.accept().await.unwrap();
         let sockets = Arc::new(ParkedSockets::default());
         let pacing = (Duration::from_millis(10), 1024);
-        let _ticket = sockets.park(&Arc::new(server), None, 0, pacing, || {});
+        let _ticket = sockets.park(
+            &Arc::new(SharedSocket::plain(server)),
+            None,
+            0,
+            pacing,
+            || {},
+        );
         let ctx = EncodeContext {
             topic: "t".into(),
             epoch: "e".into(),

@@ -69,12 +69,12 @@ async fn start(nats: &Nats, env: &[(&'static str, String)]) -> NodeProc {
 
 /// A response read off the wire: status, headers (lowercase names, in
 /// order), the body of a refusal, and the connection for a stream's events.
-struct Raw<IO> {
-    status: u16,
+pub(crate) struct Raw<IO> {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     body: String,
-    rest: Vec<u8>,
-    io: IO,
+    pub(crate) rest: Vec<u8>,
+    pub(crate) io: IO,
 }
 
 impl<IO> Raw<IO> {
@@ -101,7 +101,7 @@ impl<IO> Raw<IO> {
 impl<IO: AsyncRead + Unpin + Send + 'static> Raw<IO> {
     /// The event stream of a 200 answered with `Connection: close` (the
     /// lean path's framing), read as a browser would.
-    fn events(self) -> SseClient {
+    pub(crate) fn events(self) -> SseClient {
         assert_eq!(self.header("connection"), Some("close"));
         let headers = reqwest::header::HeaderMap::new();
         let first = Bytes::from(self.rest);
@@ -124,7 +124,11 @@ impl<IO: AsyncRead + Unpin + Send + 'static> Raw<IO> {
 
 /// Sends a `GET` with `headers` on `io` and reads the response head (and
 /// the body of a refusal, by its length).
-async fn raw_get<IO>(mut io: IO, target: &str, headers: &[(&str, &str)]) -> Result<Raw<IO>>
+pub(crate) async fn raw_get<IO>(
+    mut io: IO,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Result<Raw<IO>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -192,7 +196,7 @@ async fn tcp_get(node: &NodeProc, target: &str, headers: &[(&str, &str)]) -> Raw
     raw_get(tcp, target, headers).await.unwrap()
 }
 
-fn served(path: &str) -> String {
+pub(crate) fn served(path: &str) -> String {
     format!("sse_streams_served_total{{path=\"{path}\"}}")
 }
 
@@ -355,14 +359,14 @@ async fn cross_origin_requests_get_the_routers_answer_on_the_lean_path() {
 }
 
 /// A self-signed certificate for `localhost`, and a client trusting it.
-struct Cert {
+pub(crate) struct Cert {
     dir: tempfile::TempDir,
-    connector: TlsConnector,
+    pub(crate) connector: TlsConnector,
     connector_h2: TlsConnector,
 }
 
 impl Cert {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (dir, der) = self_signed_localhost();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).unwrap();
@@ -383,7 +387,7 @@ impl Cert {
         }
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         let path = |name: &str| self.dir.path().join(name).to_str().unwrap().to_owned();
         vec![
             ("SSE_TLS__CERT_FILE", path("cert.pem")),
@@ -402,7 +406,7 @@ impl Cert {
             .await?)
     }
 
-    async fn get(
+    pub(crate) async fn get(
         &self,
         node: &NodeProc,
         target: &str,
@@ -541,7 +545,7 @@ async fn tls_streams_are_served_on_the_lean_path_and_everything_else_by_hyper() 
 }
 
 /// A metric of a node that speaks only TLS.
-async fn cert_metric(cert: &Cert, node: &NodeProc, series: &str) -> f64 {
+pub(crate) async fn cert_metric(cert: &Cert, node: &NodeProc, series: &str) -> f64 {
     let mut response = cert.get(node, "/metrics", &[]).await.unwrap();
     assert_eq!(response.status, 200);
     let length: usize = response.header("content-length").unwrap().parse().unwrap();

@@ -14,7 +14,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::support::*;
+use crate::{
+    lean::{Cert, cert_metric, raw_get, served},
+    support::*,
+};
 
 const T: Duration = Duration::from_secs(15);
 /// Parking, set explicitly so that these tests do not depend on the default.
@@ -243,4 +246,180 @@ async fn slow_reader(port: u16, path: &str) -> Result<SseClient> {
         reqwest::header::HeaderMap::new(),
         body.boxed(),
     ))
+}
+
+/// A node serving TLS (with a certificate for `localhost`) and parking, and
+/// the client side of it.
+async fn tls_node(nats: &Nats, extra: &[(&str, &str)]) -> (NodeProc, Cert) {
+    let cert = Cert::new();
+    let env = cert.env();
+    let mut pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    pairs.push(PARK);
+    pairs.extend_from_slice(extra);
+    let node = NodeProc::spawn(&nats.url(), &pairs);
+    eventually(T, "the node to be ready over TLS", || async {
+        let ready = cert.get(&node, "/readyz", &[]).await.ok()?;
+        (ready.status == 200).then_some(())
+    })
+    .await;
+    (node, cert)
+}
+
+async fn wait_parked_tls(cert: &Cert, node: &NodeProc, count: f64) {
+    eventually(T, &format!("{count} tls streams to park"), || async {
+        (cert_metric(cert, node, "sse_streams_parked").await == count).then_some(())
+    })
+    .await;
+}
+
+/// TLS streams park too: the feed's writer seals their events with each
+/// connection's own key and record sequence, and the stream's own records
+/// (a heartbeat, the close) go on from where the writer left it. A wrong
+/// sequence number would fail the client's decryption at the next record.
+#[tokio::test]
+async fn tls_streams_park_and_their_records_stay_in_sequence() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "sealed", None).await;
+    let (node, cert) = tls_node(
+        &nats,
+        &[
+            ("SSE_HTTP__HEARTBEAT_SECONDS", "1"),
+            ("SSE_HTTP__MAX_CONNECTION_LIFETIME_SECONDS", "8"),
+        ],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for target in [
+        "/v1/events?topic=sealed",
+        "/v1/events?topic=sealed",
+        "/v1/events?topic=sealed.a",
+    ] {
+        let response = cert.get(&node, target, &[]).await.unwrap();
+        assert_eq!(response.status, 200);
+        let mut client = response.events();
+        client.ready().await;
+        clients.push(client);
+    }
+    wait_parked_tls(&cert, &node, 3.0).await;
+
+    let total = 200;
+    for i in 0..total {
+        let path = if i % 2 == 0 { "sealed.a" } else { "sealed.b" };
+        publish(&js, path, &format!("e{i}")).await;
+    }
+    let all: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
+    let of_a: Vec<String> = (0..total).step_by(2).map(|i| format!("e{i}")).collect();
+    for client in &mut clients[..2] {
+        assert_eq!(data_of(&client.take(total, T).await), all);
+    }
+    assert_eq!(data_of(&clients[2].take(of_a.len(), T).await), of_a);
+    wait_parked_tls(&cert, &node, 3.0).await;
+    assert_eq!(
+        cert_metric(&cert, &node, &served("lean")).await,
+        3.0,
+        "the streams were not served by the lean path"
+    );
+
+    // Heartbeats while parked, and the close at the end of the lifetime,
+    // sealed after the writer's records: the client reads them all and a
+    // clean close_notify (rustls reports a close without one as an error).
+    for client in &mut clients {
+        let comments_before = client.comments;
+        let rest = client.until_closed(Duration::from_secs(15)).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        assert!(client.comments > comments_before, "no heartbeat came");
+        assert!(client.retry.is_some(), "no retry hint before the close");
+    }
+}
+
+/// A parked TLS socket whose client reads slowly fills up in the middle of
+/// a record: the rest of that record goes out first, from the stream, and
+/// the client gets every event whole, once, in order.
+#[tokio::test]
+async fn a_parked_tls_socket_that_fills_up_gets_the_rest_of_its_record_first() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "bulk", None).await;
+    let (node, cert) = tls_node(&nats, &[("SSE_DELIVERY__WRITE_STALL_SECONDS", "30")]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket
+        .connect(([127, 0, 0, 1], node.port).into())
+        .await
+        .unwrap();
+    let tls = cert
+        .connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let response = raw_get(tls, "/v1/events?topic=bulk", &[]).await.unwrap();
+    assert_eq!(response.status, 200);
+    let mut slow = slow_events(response.rest, response.io);
+    slow.ready().await;
+    wait_parked_tls(&cert, &node, 1.0).await;
+
+    let total = 300;
+    let payload = |i: usize| format!("{i}:{}", "abcdefghij".repeat(1600));
+    let reader = tokio::spawn(async move {
+        let events = slow.take(total, Duration::from_secs(60)).await;
+        (events, slow)
+    });
+    publish_many(&js, total, 50, |i| ("sse.bulk".to_owned(), payload(i))).await;
+    let (received, _still_open) = reader.await.unwrap();
+    let ids: Vec<u64> = received.iter().map(|e| seq_of(&e.id)).collect();
+    assert_eq!(
+        ids,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    for event in &received {
+        let index: usize = event.data.split(':').next().unwrap().parse().unwrap();
+        assert!(
+            event.data == payload(index),
+            "event {} is not whole",
+            event.id
+        );
+    }
+    assert!(
+        cert_metric(&cert, &node, "sse_parked_refusals_total").await >= 1.0,
+        "the socket never filled up: the test did not test a give-back"
+    );
+    wait_parked_tls(&cert, &node, 1.0).await;
+    assert_eq!(
+        cert_metric(
+            &cert,
+            &node,
+            "sse_connections_closed_total{reason=\"slow\"}"
+        )
+        .await,
+        0.0
+    );
+}
+
+/// Events from `io` read a couple of KiB at a time with pauses, after the
+/// bytes `first` already read with the head.
+fn slow_events<IO>(first: Vec<u8>, io: IO) -> SseClient
+where
+    IO: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let first = Bytes::from(first);
+    let body = futures_util::stream::once(async move { Ok(first) }).chain(
+        futures_util::stream::unfold(io, |mut io| async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let mut buf = vec![0u8; 2048];
+            match io.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), io))
+                }
+                Err(error) => Some((Err(error.into()), io)),
+            }
+        }),
+    );
+    SseClient::from_body(reqwest::header::HeaderMap::new(), body.boxed())
 }

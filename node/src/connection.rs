@@ -494,7 +494,7 @@ impl GuardedStream {
         SharedWriter {
             socket: Arc::new(SharedSocket {
                 tcp: self.inner,
-                records: Some(Mutex::new(sealer)),
+                records: Some(Box::new(Mutex::new(sealer))),
             }),
             stall: self.stall,
             closing: false,
@@ -547,8 +547,9 @@ impl WriteStall {
 pub struct SharedSocket {
     tcp: TcpStream,
     // Locked only by whichever of the two writes at the moment: never
-    // contended, never held across a wait.
-    records: Option<Mutex<RecordSealer>>,
+    // contended, never held across a wait. Boxed: a cleartext socket pays
+    // one pointer for it, not the sealer's size.
+    records: Option<Box<Mutex<RecordSealer>>>,
 }
 
 impl SharedSocket {

@@ -135,13 +135,31 @@ def _replayed(c, source: str) -> float:
     return sum(metric_sum(c.metrics(n) or {}, "sse_replay_events_total", source=source) for n in c.running_nodes())
 
 
+def _self_signed(folder: Path) -> tuple[str, str]:
+    """A certificate for localhost and its key, as PEM files in `folder`."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
 @pytest.mark.timeout(150)
-def test_browser_eventsource_gets_every_event_once_when_its_node_is_killed(node_binary, cluster_factory, topic):
+@pytest.mark.parametrize("to_nodes", ["http", "tls"])
+def test_browser_eventsource_gets_every_event_once_when_its_node_is_killed(node_binary, cluster_factory, topic, to_nodes, tmp_path):
+    """With `tls`, HAProxy re-encrypts to the nodes (TLS 1.3, HTTP/1.1), as a
+    load balancer in front of TLS backends does: the nodes serve those
+    streams on the lean path and park them, the topic's writer sealing
+    every batch per connection."""
     if not Path(CHROMIUM).exists() or not (TESTS / "node_modules" / "playwright-core").exists():
         pytest.fail("needs /usr/bin/chromium and tests/node_modules/playwright-core (scripts/install-deps)", pytrace=False)
     total, rate = 200, 10.0
+    node_tls = _self_signed(tmp_path) if to_nodes == "tls" else None
     with PageServer() as pages:
-        c = cluster_factory(nodes=3, topics=[(topic, 3)], page_port=pages.port)
+        c = cluster_factory(nodes=3, topics=[(topic, 3)], page_port=pages.port, node_tls=node_tls)
         browser = Browser(f"{c.lb_url}/page/index.html?topic={topic}")
         try:
             browser.wait_open("the page")
@@ -160,6 +178,9 @@ def test_browser_eventsource_gets_every_event_once_when_its_node_is_killed(node_
                 await pub.wait_published(int(total * 0.4))
                 victim = await asyncio.to_thread(wait_until, serving_node, 10, "the node serving the page")
                 fig["victim"] = victim
+                served = c.metrics(victim) or {}
+                fig["parked on victim"] = metric_sum(served, "sse_streams_parked")
+                fig["lean streams on victim"] = metric_sum(served, "sse_streams_served_total", path="lean")
                 fig["received before kill"] = len(browser.state.get("received", []))
                 c.kill(victim)
                 await task
@@ -185,13 +206,17 @@ def test_browser_eventsource_gets_every_event_once_when_its_node_is_killed(node_
                     "last id": state.get("lastEventId"),
                 }
             )
-            FIGURES.append(("browser EventSource, node killed", fig))
+            FIGURES.append((f"browser EventSource, node killed, {to_nodes} to the nodes", fig))
             print(f"\n[browser] {json.dumps(fig)}")
             assert not state.get("closed"), "the browser gave up reconnecting (EventSource CLOSED)"
             missing = sorted(set(range(1, total + 1)) - set(got))
             dups = sorted({n for n in got if got.count(n) > 1})
             assert got == list(range(1, total + 1)), f"missing {missing[:20]}, duplicated {dups[:20]}, {len(got)} events"
             assert state.get("opens", 0) >= 2, "the page never reconnected"
+            # The stream was written the way this case is about: on the lean
+            # path and, in step with its topic, by the topic's writer.
+            assert fig["lean streams on victim"] >= 1, fig
+            assert fig["parked on victim"] >= 1, fig
         finally:
             browser.close()
 

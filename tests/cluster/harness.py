@@ -112,11 +112,20 @@ def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
-    """GET on loopback; returns (status, body) and never raises on HTTP errors."""
-    req = urllib.request.Request(f"http://{LOOPBACK}:{port}{path}")
+def http_get(port: int, path: str, timeout: float = 2.0, tls: bool = False) -> tuple[int, str]:
+    """GET on loopback; returns (status, body) and never raises on HTTP errors.
+    With `tls`, over HTTPS without checking the certificate (the test's own)."""
+    scheme = "https" if tls else "http"
+    req = urllib.request.Request(f"{scheme}://{LOOPBACK}:{port}{path}")
+    context = None
+    if tls:
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return r.status, r.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode("utf-8", "replace")
@@ -239,7 +248,9 @@ class Cluster:
     """The whole cluster. Use as a context manager; see module doc.
 
     `node_env` is added to every node's environment (e.g. a short
-    `SSE_HTTP__MAX_CONNECTION_LIFETIME_SECONDS`), `admin_env` to admin's. `nats_url_for_node(i)` may
+    `SSE_HTTP__MAX_CONNECTION_LIFETIME_SECONDS`), `admin_env` to admin's.
+    `node_tls` (certificate and key PEM files) makes every node serve TLS;
+    the harness then reads their readiness and metrics over HTTPS. `nats_url_for_node(i)` may
     return the NATS URL list a node should use (e.g. through a TCP proxy).
     """
 
@@ -253,12 +264,16 @@ class Cluster:
         with_admin: bool | None = None,
         page_port: int | None = None,
         with_nodes: bool = True,
+        node_tls: tuple[str, str] | None = None,
         workdir: str | None = None,
         keep: bool | None = None,
     ):
         self.initial_nodes = nodes
         self.max_nodes = max(max_nodes or nodes, nodes)
         self.node_env = dict(node_env or {})
+        self.node_tls = node_tls
+        if node_tls:
+            self.node_env.update({"SSE_TLS__CERT_FILE": node_tls[0], "SSE_TLS__KEY_FILE": node_tls[1]})
         self.admin_env = dict(admin_env or {})
         self.nats_count = nats_servers
         self.page_port = page_port
@@ -533,7 +548,7 @@ class Cluster:
         env.update(self.node_env)
 
         def ready() -> bool:
-            return http_get(port, "/readyz", timeout=1.0)[0] == 200
+            return http_get(port, "/readyz", timeout=1.0, tls=bool(self.node_tls))[0] == 200
 
         self.procs[f"node{i}"] = Proc(
             name=f"node{i}",
@@ -547,7 +562,7 @@ class Cluster:
     def metrics(self, name: str, timeout: float = 2.0) -> dict[str, float] | None:
         """A node's `/metrics` as {'name{labels}': value}; None when unreachable."""
         try:
-            status, body = http_get(self.node_port(name), "/metrics", timeout=timeout)
+            status, body = http_get(self.node_port(name), "/metrics", timeout=timeout, tls=bool(self.node_tls))
         except OSError:
             return None
         return parse_prometheus(body) if status == 200 else None
@@ -585,8 +600,11 @@ class Cluster:
     def haproxy_config(self) -> str:
         """The shipped `deploy/haproxy/haproxy.cfg` with this cluster's ports
         and servers (the test page, when there is one, as `pages`)."""
+        # Nodes serving TLS are reached over TLS, as a load balancer that
+        # re-encrypts to its backends does (health checks included).
+        to_node = " ssl verify none" if self.node_tls else ""
         servers = {
-            "sse_nodes": [(f"node{i}", f"{LOOPBACK}:{p}") for i, p in enumerate(self.node_ports)],
+            "sse_nodes": [(f"node{i}", f"{LOOPBACK}:{p}{to_node}") for i, p in enumerate(self.node_ports)],
             "pages": [("page", f"{LOOPBACK}:{self.page_port}")] if self.page_port else [],
         }
         return render_haproxy(lb=f"{LOOPBACK}:{self.lb_port}", stats=f"{LOOPBACK}:{self.stats_port}", servers=servers)

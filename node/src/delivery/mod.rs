@@ -11,10 +11,10 @@
 //!    buffering since the client attached. A client that falls more than
 //!    `delivery.client_queue_events` behind is disconnected (`slow`) and
 //!    resumes from its last id when it reconnects.
-//! 3. **Parked.** A cleartext lean-path stream of one topic that is in step
-//!    with its feed leaves its socket with the feed's writer, which writes
-//!    each batch of events to every parked socket from one task (see
-//!    [`parked`]). The stream's own task then wakes only for its deadlines,
+//! 3. **Parked.** A lean-path stream (cleartext or TLS) of one topic that
+//!    is in step with its feed leaves its socket with the feed's writer,
+//!    which writes each batch of events to every parked socket from one
+//!    task, sealing it per socket under TLS (see [`parked`]). The stream's own task then wakes only for its deadlines,
 //!    its heartbeat, its client leaving, or the socket being given back
 //!    (full, or the writer behind); it then catches up as in phase 1 and
 //!    parks again.

@@ -120,34 +120,7 @@ async fn a_parked_socket_that_fills_up_is_given_back_and_its_stream_stays_whole(
     slow.ready().await;
     wait_parked(&node, 1.0).await;
 
-    let total = 400;
-    let payload = |i: usize| format!("{i}:{}", "abcdefghij".repeat(1600));
-    let reader = tokio::spawn(async move {
-        let events = slow.take(total, Duration::from_secs(60)).await;
-        (events, slow)
-    });
-    // Published 50 at a time: JetStream's order within a batch is the order
-    // the events carry in their ids.
-    publish_many(&js, total, 50, |i| ("sse.bulk".to_owned(), payload(i))).await;
-    let (received, _still_open) = reader.await.unwrap();
-    let ids: Vec<u64> = received.iter().map(|e| seq_of(&e.id)).collect();
-    assert_eq!(
-        ids,
-        (1..=total as u64).collect::<Vec<_>>(),
-        "every event once, in order"
-    );
-    let mut seen = vec![false; total];
-    for event in &received {
-        let index: usize = event.data.split(':').next().unwrap().parse().unwrap();
-        assert!(
-            event.data == payload(index),
-            "event {} is not whole: {} bytes",
-            event.id,
-            event.data.len()
-        );
-        seen[index] = true;
-    }
-    assert!(seen.iter().all(|s| *s));
+    let _still_open = bulk_reaches_a_slow_reader(&js, slow, 400).await;
     assert!(
         node.metric("sse_parked_refusals_total").await >= 1.0,
         "the socket never filled up: the test did not test a give-back"
@@ -202,6 +175,46 @@ async fn a_parked_stream_gets_heartbeats_and_ends_on_time() {
     .await;
 }
 
+/// Publishes `total` events of 16 KiB to `sse.bulk` while `slow` reads
+/// them, and checks that it got every one whole, once, in order. Returns
+/// the client, its stream still open.
+async fn bulk_reaches_a_slow_reader(
+    js: &async_nats::jetstream::Context,
+    mut slow: SseClient,
+    total: usize,
+) -> SseClient {
+    let payload = |i: usize| format!("{i}:{}", "abcdefghij".repeat(1600));
+    let reader = tokio::spawn(async move {
+        let events = slow.take(total, Duration::from_secs(60)).await;
+        (events, slow)
+    });
+    // Published 50 at a time: JetStream's order within a batch is the order
+    // the events carry in their ids.
+    publish_many(js, total, 50, |i| ("sse.bulk".to_owned(), payload(i))).await;
+    let (received, still_open) = reader.await.unwrap();
+    let ids: Vec<u64> = received.iter().map(|e| seq_of(&e.id)).collect();
+    assert_eq!(
+        ids,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    // Each batch's events may take their ids in any order among
+    // themselves, so each payload is checked for being there once.
+    let mut seen = vec![false; total];
+    for event in &received {
+        let index: usize = event.data.split(':').next().unwrap().parse().unwrap();
+        assert!(!seen[index], "payload {index} came twice");
+        seen[index] = true;
+        assert!(
+            event.data == payload(index),
+            "event {} is not whole: {} bytes",
+            event.id,
+            event.data.len()
+        );
+    }
+    still_open
+}
+
 /// The sequence of an id `topic@epoch:seq`.
 fn seq_of(id: &str) -> u64 {
     id.rsplit(':').next().unwrap().parse().unwrap()
@@ -230,22 +243,7 @@ async fn slow_reader(port: u16, path: &str) -> Result<SseClient> {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    let body = futures_util::stream::unfold(stream, |mut stream| async move {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        let mut buf = vec![0u8; 2048];
-        match stream.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), stream))
-            }
-            Err(error) => Some((Err(error.into()), stream)),
-        }
-    });
-    Ok(SseClient::from_body(
-        reqwest::header::HeaderMap::new(),
-        body.boxed(),
-    ))
+    Ok(slow_events(Vec::new(), stream))
 }
 
 /// A node serving TLS (with a certificate for `localhost`) and parking, and
@@ -362,28 +360,7 @@ async fn a_parked_tls_socket_that_fills_up_gets_the_rest_of_its_record_first() {
     slow.ready().await;
     wait_parked_tls(&cert, &node, 1.0).await;
 
-    let total = 300;
-    let payload = |i: usize| format!("{i}:{}", "abcdefghij".repeat(1600));
-    let reader = tokio::spawn(async move {
-        let events = slow.take(total, Duration::from_secs(60)).await;
-        (events, slow)
-    });
-    publish_many(&js, total, 50, |i| ("sse.bulk".to_owned(), payload(i))).await;
-    let (received, _still_open) = reader.await.unwrap();
-    let ids: Vec<u64> = received.iter().map(|e| seq_of(&e.id)).collect();
-    assert_eq!(
-        ids,
-        (1..=total as u64).collect::<Vec<_>>(),
-        "every event once, in order"
-    );
-    for event in &received {
-        let index: usize = event.data.split(':').next().unwrap().parse().unwrap();
-        assert!(
-            event.data == payload(index),
-            "event {} is not whole",
-            event.id
-        );
-    }
+    let _still_open = bulk_reaches_a_slow_reader(&js, slow, 300).await;
     assert!(
         cert_metric(&cert, &node, "sse_parked_refusals_total").await >= 1.0,
         "the socket never filled up: the test did not test a give-back"

@@ -36,7 +36,9 @@
 //! certificate for `localhost`), `--h2-streams N` (HTTP/2 in cleartext, N
 //! streams per connection), `--query "name=value"` (added to each request's
 //! query string, e.g. `access_token=…`); `--private 1` creates the topics
-//! private.
+//! private. Against Nchan or the bare loop, `--publish-url host:port`
+//! publishes there instead of the first `--url` (a server whose
+//! subscribers' port speaks TLS or HTTP/2 only).
 
 use std::{
     collections::BTreeMap,
@@ -357,7 +359,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             path.push_str(query);
         }
     }
-    let mut publisher = publisher(target, args, &plan, addrs[0], "/pub").await?;
+    let publish_addr = match args.get("publish-url") {
+        Some(url) => url
+            .parse()
+            .with_context(|| format!("bad --publish-url {url:?}"))?,
+        None => addrs[0],
+    };
+    let mut publisher = publisher(target, args, &plan, publish_addr, "/pub").await?;
     let (last_event_id, start_counter) = match (target, scenario.as_str()) {
         (Target::Node, "catchup") => (
             Some(format!("{base}:{}:0", publisher.epoch(&base).await?)),

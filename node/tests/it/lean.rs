@@ -103,23 +103,40 @@ impl<IO: AsyncRead + Unpin + Send + 'static> Raw<IO> {
     /// lean path's framing), read as a browser would.
     pub(crate) fn events(self) -> SseClient {
         assert_eq!(self.header("connection"), Some("close"));
-        let headers = reqwest::header::HeaderMap::new();
-        let first = Bytes::from(self.rest);
-        let body = futures_util::stream::once(async move { Ok(first) }).chain(
-            futures_util::stream::unfold(self.io, |mut io| async move {
-                let mut buf = vec![0u8; 4096];
-                match io.read(&mut buf).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some((Ok(Bytes::from(buf)), io))
-                    }
-                    Err(e) => Some((Err(e.into()), io)),
-                }
-            }),
-        );
-        SseClient::from_body(headers, body.boxed())
+        events_from(self.rest, self.io, None, 4096)
     }
+}
+
+/// The events of a stream whose head is read: the bytes `first` read with
+/// it, then `io` read `read_size` bytes at a time, after `pause` each time
+/// if there is one (a slow reader).
+pub(crate) fn events_from<IO>(
+    first: Vec<u8>,
+    io: IO,
+    pause: Option<Duration>,
+    read_size: usize,
+) -> SseClient
+where
+    IO: AsyncRead + Unpin + Send + 'static,
+{
+    let first = Bytes::from(first);
+    let body = futures_util::stream::once(async move { Ok(first) }).chain(
+        futures_util::stream::unfold(io, move |mut io| async move {
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
+            let mut buf = vec![0u8; read_size];
+            match io.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), io))
+                }
+                Err(e) => Some((Err(e.into()), io)),
+            }
+        }),
+    );
+    SseClient::from_body(reqwest::header::HeaderMap::new(), body.boxed())
 }
 
 /// Sends a `GET` with `headers` on `io` and reads the response head (and

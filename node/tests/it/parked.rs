@@ -7,15 +7,13 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
 use crate::{
-    lean::{Cert, cert_metric, raw_get, served},
+    lean::{Cert, cert_metric, events_from, raw_get, served},
     support::*,
 };
 
@@ -383,20 +381,5 @@ fn slow_events<IO>(first: Vec<u8>, io: IO) -> SseClient
 where
     IO: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
-    let first = Bytes::from(first);
-    let body = futures_util::stream::once(async move { Ok(first) }).chain(
-        futures_util::stream::unfold(io, |mut io| async move {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            let mut buf = vec![0u8; 2048];
-            match io.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(Bytes::from(buf)), io))
-                }
-                Err(error) => Some((Err(error.into()), io)),
-            }
-        }),
-    );
-    SseClient::from_body(reqwest::header::HeaderMap::new(), body.boxed())
+    events_from(first, io, Some(Duration::from_millis(2)), 2048)
 }

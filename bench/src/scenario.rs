@@ -36,7 +36,8 @@
 //! certificate for `localhost`), `--h2-streams N` (HTTP/2 in cleartext, N
 //! streams per connection), `--query "name=value"` (added to each request's
 //! query string, e.g. `access_token=…`); `--private 1` creates the topics
-//! private. Against Nchan or the bare loop, `--publish-url host:port`
+//! private; `--also-topics a,b` (sse-node) has each stream read these
+//! quiet topics too, beside its own. Against Nchan or the bare loop, `--publish-url host:port`
 //! publishes there instead of the first `--url` (a server whose
 //! subscribers' port speaks TLS or HTTP/2 only).
 
@@ -191,6 +192,26 @@ async fn publisher(
         }
         Target::Nchan | Target::Bare => Publisher::http(addr, path, &plan.publish_to).await,
     }
+}
+
+/// The quiet topics each stream reads besides its own (`--also-topics
+/// a,b`, sse-node only): created empty and never published to, so every
+/// event is one topic's of several and each delivery carries the stream's
+/// cursor over all of them.
+fn also_topics(args: &Args, target: Target) -> anyhow::Result<Vec<String>> {
+    let Some(list) = args.get("also-topics") else {
+        return Ok(Vec::new());
+    };
+    anyhow::ensure!(
+        target == Target::Node,
+        "--also-topics applies to sse-node only"
+    );
+    let topics: Vec<String> = list.split(',').map(str::to_owned).collect();
+    anyhow::ensure!(
+        topics.iter().all(|t| !t.is_empty()),
+        "--also-topics is a comma-separated list of topic names"
+    );
+    Ok(topics)
 }
 
 /// `sse-bench prefill`: writes `--events` payloads to one subject before a
@@ -353,6 +374,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         .collect();
 
     let mut plan = Plan::new(target, &base, subjects, &layout, &scenario);
+    let also_topics = also_topics(args, target)?;
+    for path in &mut plan.paths {
+        for topic in &also_topics {
+            path.push_str("&topic=");
+            path.push_str(topic);
+        }
+    }
+    plan.topics.extend(also_topics.iter().cloned());
     if let Some(query) = args.get("query") {
         for path in &mut plan.paths {
             path.push('&');
@@ -634,6 +663,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "query": args.get("query").and_then(|q| q.split('=').next()),
             "h2_streams": args.or("h2-streams", 0)?,
             "private": args.or("private", 0u8)? == 1,
+            "also_topics": also_topics.len(),
         },
         "subscribers": subscribers,
         "subjects": subjects,
@@ -703,6 +733,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         ),
         ("ok", json!(failures.is_empty())),
         ("failures", json!(failures)),
+        // Streams still open when the wait for the last events ended: with
+        // losses, fewer than `connected_count` means streams ended (HTTP/2
+        // streams do not reconnect); as many means streams stayed open and
+        // stopped getting events.
+        ("streaming_at_end", json!(now.ready)),
     ] {
         result[name] = value;
     }

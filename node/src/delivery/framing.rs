@@ -18,14 +18,14 @@ impl ClientStream {
     }
 
     pub(super) fn write_id_value(&self, out: &mut BytesMut) {
-        let mut text = String::with_capacity(48 * self.topics.len());
         for (i, t) in self.topics.iter().enumerate() {
             if i > 0 {
-                text.push(',');
+                out.put_u8(b',');
             }
-            let _ = write_position(&mut text, t.feed.topic.as_str(), &t.feed.epoch, t.pos);
+            // Straight into the write buffer: a stream of several topics
+            // writes its cursor with every event.
+            let _ = write_position(out, t.feed.topic.as_str(), &t.feed.epoch, t.pos);
         }
-        out.put_slice(text.as_bytes());
     }
 
     /// Writes an event if it is new for this client and matches; returns

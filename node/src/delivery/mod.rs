@@ -104,11 +104,14 @@ struct ClientTopic {
     /// Whether the client hears only its one path's events (so `pos` does
     /// not follow the topic's head).
     by_path: bool,
+    /// Whether one of the patterns is the whole topic, which every event
+    /// of the topic matches: no per-event comparison of paths.
+    whole_topic: bool,
 }
 
 impl ClientTopic {
     fn matches(&self, path: &str) -> bool {
-        self.patterns.iter().any(|p| p.matches(path))
+        self.whole_topic || self.patterns.iter().any(|p| p.matches(path))
     }
 
     /// Subject filters for a JetStream read. Several patterns may overlap,
@@ -265,6 +268,7 @@ impl ClientStream {
                 .inc();
             topics.push(ClientTopic {
                 feed,
+                whole_topic: request.patterns.iter().any(SubjectPath::is_whole_topic),
                 patterns: request.patterns,
                 pos,
                 catch_up_to,

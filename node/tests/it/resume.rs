@@ -239,3 +239,74 @@ async fn jetstream_resumes_leave_no_consumer_behind() {
     })
     .await;
 }
+
+/// A stream of several topics waits on all of them at once and keeps its
+/// place in each: bursts on three topics at the same time arrive whole,
+/// once each, every topic in its stream order; the stream ends when one of
+/// its topics is deleted.
+#[tokio::test]
+async fn a_stream_of_several_topics_gets_concurrent_bursts_once_in_each_topics_order() {
+    const PER_TOPIC: usize = 300;
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    let names = ["red", "green", "blue"];
+    for name in names {
+        create_topic(&js, name, None).await;
+    }
+    let node = NodeProc::start(&nats.url(), &[("SSE_NATS__TOPIC_REFRESH_SECONDS", "2")]).await;
+    let mut client = SseClient::connect(
+        &node.url("/v1/events?topic=red&topic=green&topic=blue"),
+        None,
+    )
+    .await
+    .unwrap();
+    client.ready().await;
+
+    futures_util::future::join_all(names.map(|name| {
+        let js = js.clone();
+        async move {
+            publish_many(&js, PER_TOPIC, 25, |i| {
+                (format!("sse.{name}.x"), format!("{name}-{i}"))
+            })
+            .await;
+        }
+    }))
+    .await;
+    let events = client.take(3 * PER_TOPIC, T).await;
+
+    // The position of an event's own topic in its id is that event's
+    // sequence in the topic: 1, 2, … with nothing skipped or repeated.
+    let mut next_seq = [1u64; 3];
+    for event in &events {
+        let topic = names
+            .iter()
+            .position(|n| event.data.starts_with(&format!("{n}-")))
+            .unwrap_or_else(|| panic!("unexpected data {:?}", event.data));
+        let positions: Vec<u64> = event
+            .id
+            .split(',')
+            .map(|part| part.rsplit(':').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(positions.len(), 3, "{}", event.id);
+        assert_eq!(
+            positions[topic], next_seq[topic],
+            "{} out of order: {}",
+            names[topic], event.id
+        );
+        next_seq[topic] += 1;
+    }
+    assert_eq!(next_seq, [PER_TOPIC as u64 + 1; 3]);
+    assert!(
+        client.next_event(Duration::from_millis(300)).await.is_err(),
+        "no event may follow"
+    );
+
+    js.delete_stream("SSE_green").await.unwrap();
+    let rest = client.until_closed(Duration::from_secs(15)).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(
+        node.metric("sse_connections_closed_total{reason=\"topic_closed\"}")
+            .await,
+        1.0
+    );
+}

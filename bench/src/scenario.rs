@@ -34,7 +34,9 @@
 //! The kind of request, in any scenario: `--header "Name: value"` (may
 //! repeat: `Origin`, `Cookie`), `--tls-ca CERT.pem` (TLS, trusting that
 //! certificate for `localhost`), `--h2-streams N` (HTTP/2 in cleartext, N
-//! streams per connection), `--query "name=value"` (added to each request's
+//! streams per connection, granting Chromium's flow-control windows;
+//! `--h2-window BYTES` grants BYTES per stream and per connection instead,
+//! 65535 being the protocol's default), `--query "name=value"` (added to each request's
 //! query string, e.g. `access_token=…`); `--private 1` creates the topics
 //! private; `--also-topics a,b` (sse-node) has each stream read these
 //! quiet topics too, beside its own. Against Nchan or the bare loop, `--publish-url host:port`
@@ -301,6 +303,8 @@ struct Totals {
     dups: u64,
     failed_attempts: u64,
     reconnects: u64,
+    h2_stream_errors: u64,
+    h2_first_error: Option<String>,
     caught_up: usize,
     first_ready_us: u64,
     last_event_us: u64,
@@ -317,6 +321,10 @@ fn totals(stats: &[WorkerStats]) -> Totals {
         t.dups += s.dups;
         t.failed_attempts += s.failed_attempts;
         t.reconnects += s.reconnects;
+        t.h2_stream_errors += s.h2_stream_errors;
+        if t.h2_first_error.is_none() {
+            t.h2_first_error.clone_from(&s.h2_first_error);
+        }
         t.caught_up += s.caught_up;
         if s.first_ready_us > 0 && (t.first_ready_us == 0 || s.first_ready_us < t.first_ready_us) {
             t.first_ready_us = s.first_ready_us;
@@ -429,6 +437,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             headers: args.all("header").to_vec(),
             tls_ca: args.get("tls-ca").map(str::to_owned),
             h2_streams: args.or("h2-streams", 0)?,
+            h2_window: args.get("h2-window").map(str::parse).transpose()?,
         });
         first += count;
     }
@@ -641,6 +650,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             failures.push(format!("{count} {what}"));
         }
     }
+    if t.h2_stream_errors > 0 {
+        failures.push(format!(
+            "{} HTTP/2 streams ended by an error; the first: {}",
+            t.h2_stream_errors,
+            t.h2_first_error.as_deref().unwrap_or("unknown")
+        ));
+    }
     if scenario != "idle" && !caught_up {
         failures.push("not every connection caught up".to_owned());
     }
@@ -738,6 +754,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         // streams do not reconnect); as many means streams stayed open and
         // stopped getting events.
         ("streaming_at_end", json!(now.ready)),
+        ("h2_stream_errors", json!(t.h2_stream_errors)),
+        ("h2_first_error", json!(t.h2_first_error)),
     ] {
         result[name] = value;
     }

@@ -83,6 +83,12 @@ pub struct WorkerConfig {
     /// Streams per HTTP/2 (h2c) connection; 0 speaks HTTP/1.1.
     #[serde(default)]
     pub h2_streams: usize,
+    /// The HTTP/2 flow-control windows this client grants, per stream and
+    /// per connection; `None` grants what Chromium grants (6 MiB per
+    /// stream, 15 MiB per connection), as the browsers that open most
+    /// HTTP/2 event streams do. `Some(65535)` is the protocol's default.
+    #[serde(default)]
+    pub h2_window: Option<u32>,
 }
 
 /// A request from the coordinator.
@@ -116,6 +122,13 @@ pub struct WorkerStats {
     pub failed_attempts: u64,
     /// Streams that ended and were opened again.
     pub reconnects: u64,
+    /// HTTP/2 streams ended by an error (their connection's, mostly), with
+    /// the first such error's text; they are not opened again.
+    #[serde(default)]
+    pub h2_stream_errors: u64,
+    /// The first of those errors.
+    #[serde(default)]
+    pub h2_first_error: Option<String>,
     /// Connections at or past the command's targets.
     pub caught_up: usize,
     /// When the first connection started streaming, µs since the epoch.
@@ -144,6 +157,8 @@ struct Shared {
     dups: Cell<u64>,
     failed_attempts: Cell<u64>,
     reconnects: Cell<u64>,
+    h2_stream_errors: Cell<u64>,
+    h2_first_error: RefCell<Option<String>>,
     first_ready_us: Cell<u64>,
     last_event_us: Cell<u64>,
     last: Vec<Cell<u64>>,
@@ -235,6 +250,8 @@ fn snapshot(shared: &Shared, config: &WorkerConfig, command: &Command) -> Worker
         dups: shared.dups.get(),
         failed_attempts: shared.failed_attempts.get(),
         reconnects: shared.reconnects.get(),
+        h2_stream_errors: shared.h2_stream_errors.get(),
+        h2_first_error: shared.h2_first_error.borrow().clone(),
         caught_up,
         first_ready_us: shared.first_ready_us.get(),
         last_event_us: shared.last_event_us.get(),
@@ -462,6 +479,11 @@ fn streaming(shared: &Shared) {
 
 /// One HTTP/2 connection in cleartext (prior knowledge) carrying `n`
 /// streams, for connections `first..first + n` of this worker.
+/// The flow-control window Chromium grants each HTTP/2 stream.
+const CHROMIUM_STREAM_WINDOW: u32 = 6 * 1024 * 1024;
+/// The flow-control window Chromium grants an HTTP/2 connection.
+const CHROMIUM_CONNECTION_WINDOW: u32 = 15 * 1024 * 1024;
+
 async fn h2_connection(
     shared: Rc<Shared>,
     config: Rc<WorkerConfig>,
@@ -478,12 +500,24 @@ async fn h2_connection(
         bump(&shared.failed_attempts, n as u64);
         return;
     };
-    let Ok((client, connection)) = h2::client::handshake(tcp).await else {
+    let (stream_window, connection_window) = match config.h2_window {
+        Some(window) => (window, window),
+        None => (CHROMIUM_STREAM_WINDOW, CHROMIUM_CONNECTION_WINDOW),
+    };
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(stream_window)
+        .initial_connection_window_size(connection_window);
+    let Ok((client, connection)) = builder.handshake::<_, bytes::Bytes>(tcp).await else {
         bump(&shared.failed_attempts, n as u64);
         return;
     };
     tokio::task::spawn_local(async move {
-        let _ = connection.await;
+        // Said on stderr: an HTTP/2 connection that fails takes all its
+        // streams with it, and they do not reconnect.
+        if let Err(error) = connection.await {
+            eprintln!("h2 connection to {addr} failed: {error}");
+        }
     });
     drop(permit);
     let mut client = client;
@@ -528,7 +562,18 @@ async fn h2_stream(shared: Rc<Shared>, index: usize, response: h2::client::Respo
     let mut stream = response.into_body();
     let mut parser = Parser::default();
     let mut body = Vec::new();
-    while let Some(Ok(data)) = stream.data().await {
+    while let Some(data) = stream.data().await {
+        let data = match data {
+            Ok(data) => data,
+            Err(error) => {
+                bump(&shared.h2_stream_errors, 1);
+                shared
+                    .h2_first_error
+                    .borrow_mut()
+                    .get_or_insert_with(|| error.to_string());
+                break;
+            }
+        };
         let _ = stream.flow_control().release_capacity(data.len());
         body.extend_from_slice(&data);
         account(&shared, index, &mut parser, &mut body);

@@ -207,6 +207,13 @@ async def run_hops(
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+        # With every client gone, each node stops each of its feeds after
+        # the linger time; the last scrape then counts those stops too.
+        def feeds_live() -> float:
+            return sum(metric_sum(c.metrics(n) or {}, "sse_feeds_live") for n in c.running_nodes())
+
+        await wait_for(lambda: feeds_live() == 0, 15, "every feed to stop once its clients left", soft=True)
         await watcher.stop()
     problems = check(fleet, published)
     figures = {
@@ -243,12 +250,17 @@ def test_clients_hopping_between_topics_and_paths_lose_nothing(node_binary, clus
     result = asyncio.run(run_hops(c, topics, clients=40, total=600, rate=40.0))
     f = result["figures"]
     assert not result["problems"], f"{len(result['problems'])} problems:\n" + "\n".join(result["problems"][:10])
-    # The scenario did what it says: clients hopped, feeds started and
-    # stopped while they did, and resumes were served from both sources.
+    # The scenario did what it says: clients hopped, feeds started while
+    # they did, and resumes were served from both sources.
     assert f["connections"] >= 40 * 5, f
-    # At least a few feeds started and stopped while clients hopped (how
-    # many depends on timing: feeds linger 1 s and clients reuse them).
-    assert f["feed starts"] >= 4 and f["feed stops"] >= 2, f
+    # How many feeds start depends on timing: feeds linger 1 s and clients
+    # reuse them. How many stop while clients still hop depends on it more
+    # (a whole-topic feed that some client always reads never stops), so
+    # stops are not counted during the run.
+    assert f["feed starts"] >= 4, f
+    # No node was killed, so once the clients have left, every feed that
+    # started has stopped: a node keeps no feed that nobody reads.
+    assert f["feed stops"] == f["feed starts"], f
     assert f["replayed memory"] > 0 and f["replayed jetstream"] > 0, f
 
 

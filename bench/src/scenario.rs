@@ -678,6 +678,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "tls": args.get("tls-ca").is_some(),
             "query": args.get("query").and_then(|q| q.split('=').next()),
             "h2_streams": args.or("h2-streams", 0)?,
+            // null: Chromium's windows.
+            "h2_window": args.get("h2-window"),
             "private": args.or("private", 0u8)? == 1,
             "also_topics": also_topics.len(),
         },

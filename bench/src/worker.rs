@@ -122,11 +122,11 @@ pub struct WorkerStats {
     pub failed_attempts: u64,
     /// Streams that ended and were opened again.
     pub reconnects: u64,
-    /// HTTP/2 streams ended by an error (their connection's, mostly), with
-    /// the first such error's text; they are not opened again.
+    /// HTTP/2 streams ended by an error (their connection's, mostly); they
+    /// are not opened again.
     #[serde(default)]
     pub h2_stream_errors: u64,
-    /// The first of those errors.
+    /// The text of the first of those errors.
     #[serde(default)]
     pub h2_first_error: Option<String>,
     /// Connections at or past the command's targets.
@@ -477,13 +477,13 @@ fn streaming(shared: &Shared) {
     bump(&shared.ever_ready, 1);
 }
 
-/// One HTTP/2 connection in cleartext (prior knowledge) carrying `n`
-/// streams, for connections `first..first + n` of this worker.
 /// The flow-control window Chromium grants each HTTP/2 stream.
 const CHROMIUM_STREAM_WINDOW: u32 = 6 * 1024 * 1024;
 /// The flow-control window Chromium grants an HTTP/2 connection.
 const CHROMIUM_CONNECTION_WINDOW: u32 = 15 * 1024 * 1024;
 
+/// One HTTP/2 connection in cleartext (prior knowledge) carrying `n`
+/// streams, for connections `first..first + n` of this worker.
 async fn h2_connection(
     shared: Rc<Shared>,
     config: Rc<WorkerConfig>,

@@ -300,6 +300,14 @@ async fn a_stream_of_several_topics_gets_concurrent_bursts_once_in_each_topics_o
         client.next_event(Duration::from_millis(300)).await.is_err(),
         "no event may follow"
     );
+    // A lone event on each quiet topic arrives at once: the stream waits on
+    // every topic, not only on its first (a heartbeat, 15 s away, would
+    // otherwise be what delivers it).
+    for name in ["green", "blue"] {
+        publish(&js, &format!("{name}.x"), &format!("{name}-alone")).await;
+        let lone = client.take(1, Duration::from_secs(3)).await;
+        assert_eq!(data_of(&lone), [format!("{name}-alone")]);
+    }
 
     js.delete_stream("SSE_green").await.unwrap();
     let rest = client.until_closed(Duration::from_secs(15)).await.unwrap();

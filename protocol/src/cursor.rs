@@ -153,7 +153,14 @@ pub fn write_position(
     epoch: &str,
     seq: u64,
 ) -> fmt::Result {
-    write!(out, "{topic}:{epoch}:{seq}")
+    write_position_prefix(out, topic, epoch)?;
+    write!(out, "{seq}")
+}
+
+/// Writes the `<topic>:<epoch>:` that comes before a part's sequence, for
+/// a writer that fills the sequence in later, once per event.
+pub fn write_position_prefix(out: &mut impl fmt::Write, topic: &str, epoch: &str) -> fmt::Result {
+    write!(out, "{topic}:{epoch}:")
 }
 
 /// The epoch for a stream created at `unix_nanos`: base36, lowercase.

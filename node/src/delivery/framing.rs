@@ -4,10 +4,10 @@
 //! clients of several topics.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use sse_protocol::cursor::write_position;
+use sse_protocol::cursor::{write_position, write_position_prefix};
 use tokio::time::Instant;
 
-use super::{ClientStream, PACED_WRITE_MAX};
+use super::{ClientStream, ClientTopic, PACED_WRITE_MAX, parked::CursorAround};
 use crate::event::Event;
 
 impl ClientStream {
@@ -18,13 +18,22 @@ impl ClientStream {
     }
 
     pub(super) fn write_id_value(&self, out: &mut BytesMut) {
-        for (i, t) in self.topics.iter().enumerate() {
-            if i > 0 {
-                out.put_u8(b',');
-            }
-            // Straight into the write buffer: a stream of several topics
-            // writes its cursor with every event.
-            let _ = write_position(out, t.feed.topic.as_str(), &t.feed.epoch, t.pos);
+        write_positions(out, &self.topics, None);
+    }
+
+    /// The `id:` line this stream writes after each event of the topic at
+    /// `parked`, around that event's sequence, for its feed's writer to
+    /// fill in while the stream is parked on it.
+    pub(super) fn cursor_around(&self, parked: usize) -> CursorAround {
+        let mut line = BytesMut::with_capacity(128);
+        line.put_slice(b"id: ");
+        let split = write_positions(&mut line, &self.topics, Some(parked));
+        line.put_slice(b"\n\n");
+        let line = String::from_utf8_lossy(&line);
+        let (before, after) = line.split_at(split.unwrap_or(line.len()));
+        CursorAround {
+            before: before.into(),
+            after: after.into(),
         }
     }
 
@@ -79,6 +88,32 @@ impl ClientStream {
             .record_write(Instant::now(), bytes.len() >= PACED_WRITE_MAX);
         Some(bytes)
     }
+}
+
+/// Writes the positions of `topics`, comma-separated: the cursor. With
+/// `open`, that topic's sequence is left out, and where it would go in
+/// `out` is returned.
+fn write_positions(
+    out: &mut BytesMut,
+    topics: &[ClientTopic],
+    open: Option<usize>,
+) -> Option<usize> {
+    let mut split = None;
+    for (i, t) in topics.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        let (topic, epoch) = (t.feed.topic.as_str(), &*t.feed.epoch);
+        // Straight into the write buffer: a stream of several topics writes
+        // its cursor with every event.
+        if open == Some(i) {
+            let _ = write_position_prefix(out, topic, epoch);
+            split = Some(out.len());
+        } else {
+            let _ = write_position(out, topic, epoch, t.pos);
+        }
+    }
+    split
 }
 
 pub(super) fn write_reset_body(out: &mut BytesMut, data: &serde_json::Value) {

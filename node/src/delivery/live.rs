@@ -33,14 +33,26 @@ pub(super) struct LiveReceivers {
     pub(super) receivers: Vec<broadcast::Receiver<Arc<Event>>>,
     // Where the next drain starts, so one busy topic cannot starve another.
     pub(super) next: usize,
+    /// The topic a stream of several topics is parked on: its feed's writer
+    /// takes its events, so its receiver is not read.
+    pub(super) parked: Option<usize>,
+    /// The item that took the stream out of parking: the first one read
+    /// once the stream has caught up again.
+    pub(super) held: Option<Box<LiveItem>>,
 }
 
 impl LiveReceivers {
     /// An item that is already waiting, if any.
     pub(super) fn try_next(&mut self) -> Option<LiveItem> {
+        if let Some(item) = self.held.take() {
+            return Some(*item);
+        }
         let count = self.receivers.len();
         for offset in 0..count {
             let index = (self.next + offset) % count;
+            if self.parked == Some(index) {
+                continue;
+            }
             match self.receivers[index].try_recv() {
                 Ok(event) => {
                     self.next = (index + 1) % count;
@@ -54,17 +66,23 @@ impl LiveReceivers {
         None
     }
 
-    /// The next item, waiting for one if none is queued.
+    /// The next item, waiting for one if none is queued. There must be a
+    /// receiver to wait on that is not parked.
     pub(super) async fn next(&mut self) -> LiveItem {
         if let Some(item) = self.try_next() {
             return item;
         }
+        let parked = self.parked;
         let (result, index) = match self.receivers.as_mut_slice() {
             [one] => (one.recv().await, 0),
             many => {
                 // Several topics: rare, so a boxed future per topic is fine.
-                let waits = many.iter_mut().map(|r| Box::pin(r.recv()));
-                let (result, index, _) = futures_util::future::select_all(waits).await;
+                let waits = many
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(index, _)| parked != Some(*index))
+                    .map(|(index, r)| Box::pin(async move { (r.recv().await, index) }));
+                let ((result, index), _, _) = futures_util::future::select_all(waits).await;
                 (result, index)
             }
         };
@@ -98,6 +116,9 @@ impl ClientStream {
                     }
                 }
                 LiveItem::Event(index, event) => {
+                    if !self.single_topic {
+                        self.note_run(index);
+                    }
                     if self.deliver(index, &event, out) {
                         delivered += 1;
                         oldest.get_or_insert(event.published);

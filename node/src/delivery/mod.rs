@@ -11,8 +11,9 @@
 //!    buffering since the client attached. A client that falls more than
 //!    `delivery.client_queue_events` behind is disconnected (`slow`) and
 //!    resumes from its last id when it reconnects.
-//! 3. **Parked.** A lean-path stream (cleartext or TLS) of one topic that
-//!    is in step with its feed leaves its socket with the feed's writer,
+//! 3. **Parked.** A lean-path stream (cleartext or TLS) that is in step
+//!    with its feed (with one of its feeds, if it reads several topics and
+//!    only that one has been busy) leaves its socket with the feed's writer,
 //!    which writes each batch of events to every parked socket from one
 //!    task, sealing it per socket under TLS (see [`parked`]). The stream's own task then wakes only for its deadlines,
 //!    its heartbeat, its client leaving, or the socket being given back
@@ -216,6 +217,9 @@ pub struct ClientStream {
     /// Catching up after taking the socket back: not a resume, so it is
     /// not counted as one.
     rejoining: bool,
+    /// The topic a stream of several topics last heard from, and how many
+    /// of its events came in a row (see [`park::PARK_AFTER_RUN`]).
+    run: (u32, u32),
 }
 
 impl ClientStream {
@@ -306,7 +310,12 @@ impl ClientStream {
             jetstream_read: None,
             jetstream_permit: None,
             catch_up_started: Instant::now(),
-            live: LiveReceivers { receivers, next: 0 },
+            live: LiveReceivers {
+                receivers,
+                next: 0,
+                parked: None,
+                held: None,
+            },
             wrote_since_heartbeat: false,
             close_at: None,
             done: false,
@@ -320,6 +329,7 @@ impl ClientStream {
             progress: Progress::new(no_progress),
             parked: None,
             rejoining: false,
+            run: (0, 0),
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {

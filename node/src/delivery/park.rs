@@ -1,5 +1,14 @@
 //! A stream's side of parking (see [`super::parked`]): when it may leave
 //! its socket with its feed's writer, and how it takes it back.
+//!
+//! A stream of several topics parks on the one it has been hearing from
+//! alone for [`PARK_AFTER_RUN`] events in a row, and keeps reading the
+//! others itself: an event of another topic takes the socket back, and the
+//! stream writes that event and catches up before it may park again. So a
+//! stream of one busy topic and some quiet ones is written by its busy
+//! topic's writer, and one whose topics are all busy never parks, where
+//! taking its socket back for nearly every event would cost more than its
+//! own wake-ups.
 
 use std::sync::Arc;
 
@@ -8,7 +17,13 @@ use tokio::{net::TcpStream, time::Instant};
 
 use crate::connection::SharedSocket;
 
-use super::{ClientStream, CloseReason, HEARTBEAT, only_path, peer_closed, sleep_until_opt};
+use super::{
+    ClientStream, CloseReason, HEARTBEAT, live::LiveItem, only_path, peer_closed, sleep_until_opt,
+};
+
+/// Events of one topic in a row, with none of the stream's other topics
+/// between them, after which a stream of several topics parks on it.
+pub(super) const PARK_AFTER_RUN: u32 = 32;
 
 /// What a parked stream does next.
 pub(super) enum ParkedWake {
@@ -23,24 +38,34 @@ pub(super) enum ParkedWake {
 }
 
 impl ClientStream {
-    /// The path whose events the stream would take from its feed's writer
-    /// (`Some(None)`: every event of the feed), if it may park at all: one
-    /// topic, caught up, not ending, and reading either every event of its
-    /// feed or one concrete path.
-    fn park_filter(&self) -> Option<Option<&str>> {
+    /// The topic the stream would park on, and the path whose events it
+    /// would take from that feed's writer (`None`: every event of the
+    /// feed), if it may park at all: caught up, not ending, on a topic it
+    /// reads every event of or one concrete path of, and that topic its
+    /// only one or the one it has heard from alone for a while.
+    fn park_filter(&self) -> Option<(usize, Option<&str>)> {
         if !self.node.config().delivery.park_streams
-            || !self.single_topic
             || self.catching_up < self.topics.len()
             || self.jetstream_read.is_some()
             || self.close_at.is_some()
             || self.lone_frame.is_some()
+            || self.live.held.is_some()
         {
             return None;
         }
-        let topic = &self.topics[0];
+        let index = if self.single_topic {
+            0
+        } else {
+            let (topic, run) = self.run;
+            if run < PARK_AFTER_RUN {
+                return None;
+            }
+            topic as usize
+        };
+        let topic = self.topics.get(index)?;
         let one_path = only_path(&topic.patterns);
         if topic.by_path {
-            return one_path.map(Some);
+            return one_path.map(|path| (index, Some(path)));
         }
         let takes_every_event = match topic.patterns.as_slice() {
             [one] => {
@@ -49,33 +74,64 @@ impl ClientStream {
             }
             _ => false,
         };
-        takes_every_event.then_some(None)
+        takes_every_event.then_some((index, None))
+    }
+
+    /// Counts an event of the topic at `index` towards the run of events
+    /// one topic alone has sent.
+    pub(super) fn note_run(&mut self, index: usize) {
+        let index = index as u32;
+        if self.run.0 == index {
+            self.run.1 = self.run.1.saturating_add(1);
+        } else {
+            self.run = (index, 1);
+        }
     }
 
     /// Parks the stream's `socket` with its feed's writer if the stream may
     /// and has nothing waiting; returns whether it did.
     pub(super) fn try_park(&mut self, socket: &Arc<SharedSocket>) -> bool {
-        let Some(path) = self.park_filter() else {
+        let Some((index, path)) = self.park_filter() else {
             return false;
         };
-        if socket.has_unsent() {
+        if socket.has_unsent() || self.live.receivers.len() != self.topics.len() {
             return false;
         }
-        let [receiver] = self.live.receivers.as_slice() else {
+        // An event of another topic waiting would take the socket straight
+        // back. One that comes after this check does so too, and it is
+        // written then.
+        let others_waiting = self
+            .live
+            .receivers
+            .iter()
+            .enumerate()
+            .any(|(i, r)| i != index && !r.is_empty());
+        if others_waiting {
             return false;
-        };
-        let topic = &self.topics[0];
-        let Some((ticket, pos)) = topic
-            .feed
-            .park(receiver, path, topic.pos, socket, &self.node)
-        else {
+        }
+        let cursor = (!self.single_topic).then(|| self.cursor_around(index));
+        let topic = &self.topics[index];
+        let Some((ticket, pos)) = topic.feed.park(
+            &self.live.receivers[index],
+            path,
+            cursor,
+            topic.pos,
+            socket,
+            &self.node,
+        ) else {
             return false;
         };
         // Nothing the stream reads came between its position and the head.
-        self.topics[0].pos = pos;
-        // The writer takes the events from here: the stream's own queue would
-        // only fill up.
-        self.live.receivers.clear();
+        self.topics[index].pos = pos;
+        if self.single_topic {
+            // The writer takes the events from here: the stream's own queue
+            // would only fill up.
+            self.live.receivers.clear();
+        } else {
+            // Left in place, unread: other topics keep their index, and an
+            // unread receiver costs its channel nothing.
+            self.live.parked = Some(index);
+        }
         self.parked = Some(Box::new(ticket));
         self.node.metrics().streams_parked.inc();
         true
@@ -100,7 +156,11 @@ impl ClientStream {
         };
         self.node.metrics().streams_parked.dec();
         let returned = (*ticket).take_back().ok_or(CloseReason::Error)?;
-        let topic = &mut self.topics[0];
+        let index = self.live.parked.take().unwrap_or(0);
+        // A fresh run before parking again, so a stream whose topics take
+        // turns does not park and come back for each event.
+        self.run = (0, 0);
+        let topic = &mut self.topics[index];
         topic.pos = topic.pos.max(returned.pos);
         let channel = if topic.by_path {
             only_path(&topic.patterns)
@@ -109,8 +169,12 @@ impl ClientStream {
         };
         let attachment = topic.feed.attach(channel);
         topic.catch_up_to = attachment.head.max(topic.pos);
-        self.live.receivers = vec![attachment.receiver];
-        self.live.next = 0;
+        if self.single_topic {
+            self.live.receivers = vec![attachment.receiver];
+            self.live.next = 0;
+        } else {
+            self.live.receivers[index] = attachment.receiver;
+        }
         let ended = if topic.feed.is_closed() {
             Some(CloseReason::TopicClosed)
         } else if returned.refused
@@ -157,6 +221,7 @@ impl ClientStream {
             Heartbeat,
             Peer(bool),
             GivenBack,
+            Other(LiveItem),
         }
         let mut heartbeat = self
             .heartbeat
@@ -167,12 +232,16 @@ impl ClientStream {
             self.heartbeat = Some(heartbeat);
             return ParkedWake::Resume;
         };
+        // A stream of several topics still reads the others.
+        let reads_others = self.live.parked.is_some();
+        let live = &mut self.live;
         let woke = tokio::select! {
             biased;
             _ = sleep_until_opt(deadline), if deadline.is_some() => Woke::Deadline,
             _ = heartbeat.tick() => Woke::Heartbeat,
             gone = peer_closed(peer), if peer.is_some() => Woke::Peer(gone),
             _ = ticket.given_back() => Woke::GivenBack,
+            item = live.next(), if reads_others => Woke::Other(item),
         };
         self.heartbeat = Some(heartbeat);
         match woke {
@@ -214,6 +283,17 @@ impl ClientStream {
                 Ok(Some(rest)) => ParkedWake::Write(rest),
                 Ok(None) => ParkedWake::Resume,
             },
+            Woke::Other(item) => {
+                // Handled once the parked topic has caught up: its events
+                // and this one's are in no order with each other, but each
+                // topic's own stay in theirs.
+                self.live.held = Some(Box::new(item));
+                match self.unpark() {
+                    Err(reason) => ParkedWake::End(reason),
+                    Ok(Some(rest)) => ParkedWake::Write(rest),
+                    Ok(None) => ParkedWake::Resume,
+                }
+            }
         }
     }
 }

@@ -26,11 +26,18 @@
 //! in part waits in the sealer, and the stream writes it before anything
 //! else.
 //!
+//! A stream of several topics parks on one of them, whose events carry its
+//! cursor over all its topics: the socket joins a group of sockets with the
+//! same topics at the same positions in the others, and the writer frames
+//! each event once for that group, the parked topic's sequence filled in.
+//! An event of another topic takes the socket back (see [`super::park`]).
+//!
 //! The writer keeps the pacing rule for its sockets: while events come more
 //! than twice per `delivery.write_pacing_ms`, it writes once per window.
 
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -65,6 +72,9 @@ struct Parked {
     by_path: HashMap<Box<str>, Group>,
     /// Paths whose group holds events not yet written.
     waiting: Vec<Box<str>>,
+    /// Sockets of streams of several topics, by what they take and the
+    /// cursor their events carry.
+    with_cursor: HashMap<CursorGroup, Group>,
     /// The pacing window and the feed's queue, once the writer runs.
     pacing: (Duration, usize),
     /// Whether the feed's writer runs.
@@ -72,10 +82,71 @@ struct Parked {
 }
 
 impl Parked {
-    fn group(&mut self, path: Option<&str>) -> Option<&mut Group> {
-        match path {
-            None => Some(&mut self.all),
-            Some(path) => self.by_path.get_mut(path),
+    fn group(&mut self, place: &Place) -> Option<&mut Group> {
+        match place {
+            Place::All => Some(&mut self.all),
+            Place::Path(path) => self.by_path.get_mut(path),
+            Place::Cursor(key) => self.with_cursor.get_mut(key),
+        }
+    }
+
+    /// Forgets the group at `place` if no socket is left in it.
+    fn drop_if_empty(&mut self, place: &Place) {
+        match place {
+            Place::All => {}
+            Place::Path(path) => {
+                if self.by_path.get(path).is_some_and(|g| g.entries.is_empty()) {
+                    self.by_path.remove(path);
+                }
+            }
+            Place::Cursor(key) => {
+                if self
+                    .with_cursor
+                    .get(key)
+                    .is_some_and(|g| g.entries.is_empty())
+                {
+                    self.with_cursor.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// The `id:` line that a stream of several topics writes after each event:
+/// its cursor over all its topics, around the sequence of the topic it
+/// parked on, which the writer fills in for each event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct CursorAround {
+    /// From `id: ` up to the parked topic's sequence.
+    pub(crate) before: Box<str>,
+    /// From just after that sequence to the end of the frame.
+    pub(crate) after: Box<str>,
+}
+
+/// The group of sockets of several-topic streams that take the same events
+/// (every event of the feed, or one path's) with the same cursor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CursorGroup {
+    path: Option<Box<str>>,
+    cursor: CursorAround,
+}
+
+/// Where a parked socket sits.
+enum Place {
+    All,
+    Path(Box<str>),
+    Cursor(Box<CursorGroup>),
+}
+
+impl Place {
+    fn of(path: Option<&str>, cursor: Option<CursorAround>) -> Self {
+        match (path, cursor) {
+            (path, Some(cursor)) => Self::Cursor(Box::new(CursorGroup {
+                path: path.map(Into::into),
+                cursor,
+            })),
+            (None, None) => Self::All,
+            (Some(path), None) => Self::Path(path.into()),
         }
     }
 }
@@ -92,6 +163,8 @@ struct Group {
     pending: Vec<Arc<Event>>,
     pending_bytes: usize,
     pacer: Pacer,
+    /// The cursor written after each event, for streams of several topics.
+    cursor: Option<CursorAround>,
 }
 
 impl Group {
@@ -101,6 +174,7 @@ impl Group {
             pending: Vec::new(),
             pending_bytes: 0,
             pacer: Pacer::new(window, queue_events),
+            cursor: None,
         }
     }
 
@@ -128,7 +202,7 @@ impl Group {
         {
             return Some(until);
         }
-        let frames = Frames::of(self.pending.iter());
+        let frames = Frames::of(self.pending.iter(), self.cursor.as_ref());
         let (delivered, refusals) = write_frames(&mut self.entries, &frames);
         sweep.delivered += delivered;
         sweep.refusals += refusals;
@@ -196,7 +270,7 @@ pub(crate) struct Returned {
 /// A stream's claim on its parked socket.
 pub(crate) struct Ticket {
     sockets: Arc<ParkedSockets>,
-    path: Option<Box<str>>,
+    place: Place,
     key: usize,
     handback: Arc<Handback>,
     held: bool,
@@ -220,7 +294,7 @@ impl Ticket {
     /// back with it, and a socket that took none is written to as any other.
     pub(crate) fn heartbeat(&self, beat: &'static [u8]) -> bool {
         self.sockets
-            .heartbeat(self.path.as_deref(), self.key, &self.handback, beat)
+            .heartbeat(&self.place, self.key, &self.handback, beat)
     }
 
     /// Takes the socket back, with the position the writer left it at.
@@ -228,7 +302,7 @@ impl Ticket {
     pub(crate) fn take_back(mut self) -> Option<Returned> {
         self.held = false;
         self.sockets
-            .take_back(self.path.as_deref(), self.key, &self.handback)
+            .take_back(&self.place, self.key, &self.handback)
     }
 }
 
@@ -236,7 +310,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         if self.held {
             self.sockets
-                .take_back(self.path.as_deref(), self.key, &self.handback);
+                .take_back(&self.place, self.key, &self.handback);
         }
     }
 }
@@ -249,13 +323,15 @@ impl ParkedSockets {
     }
 
     /// Parks `socket` at `pos`, for every event of the feed (`path` `None`)
-    /// or for one path's. `start_writer` is called, under the lock, if the
+    /// or for one path's, each followed by `cursor` if the stream reads
+    /// several topics. `start_writer` is called, under the lock, if the
     /// feed has no writer yet. The caller holds the feed's lock, so no event
     /// is published between its check of the client's queue and this.
     pub(crate) fn park(
         self: &Arc<Self>,
         socket: &Arc<SharedSocket>,
         path: Option<&str>,
+        cursor: Option<CursorAround>,
         pos: u64,
         pacing: (Duration, usize),
         start_writer: impl FnOnce(),
@@ -274,43 +350,44 @@ impl ParkedSockets {
             handback: handback.clone(),
         };
         let pacing = parked.pacing;
-        let key = match path {
-            None => parked.all.entries.insert(entry),
-            Some(path) => parked
+        let place = Place::of(path, cursor);
+        let key = match &place {
+            Place::All => parked.all.entries.insert(entry),
+            Place::Path(path) => parked
                 .by_path
-                .entry(path.into())
+                .entry(path.clone())
                 .or_insert_with(|| Group::new(pacing))
+                .entries
+                .insert(entry),
+            Place::Cursor(key) => parked
+                .with_cursor
+                .entry((**key).clone())
+                .or_insert_with(|| Group {
+                    cursor: Some(key.cursor.clone()),
+                    ..Group::new(pacing)
+                })
                 .entries
                 .insert(entry),
         };
         Ticket {
             sockets: self.clone(),
-            path: path.map(Into::into),
+            place,
             key,
             handback,
             held: true,
         }
     }
 
-    fn take_back(
-        &self,
-        path: Option<&str>,
-        key: usize,
-        handback: &Arc<Handback>,
-    ) -> Option<Returned> {
+    fn take_back(&self, place: &Place, key: usize, handback: &Arc<Handback>) -> Option<Returned> {
         let mut parked = self.lock();
-        if let Some(group) = parked.group(path)
+        if let Some(group) = parked.group(place)
             && group
                 .entries
                 .get(key)
                 .is_some_and(|e| Arc::ptr_eq(&e.handback, handback))
         {
             let entry = group.entries.remove(key);
-            if group.entries.is_empty()
-                && let Some(path) = path
-            {
-                parked.by_path.remove(path);
-            }
+            parked.drop_if_empty(place);
             return Some(Returned {
                 pos: entry.pos,
                 remainder: None,
@@ -328,7 +405,7 @@ impl ParkedSockets {
 
     fn heartbeat(
         &self,
-        path: Option<&str>,
+        place: &Place,
         key: usize,
         handback: &Arc<Handback>,
         beat: &'static [u8],
@@ -336,7 +413,7 @@ impl ParkedSockets {
         // Under the lock the writer is between batches: every parked socket
         // stands at the end of a whole frame.
         let mut parked = self.lock();
-        let Some(group) = parked.group(path) else {
+        let Some(group) = parked.group(place) else {
             return false;
         };
         let Some(entry) = group
@@ -352,11 +429,7 @@ impl ParkedSockets {
             Sent::Refused => return false,
         };
         let entry = group.entries.remove(key);
-        if group.entries.is_empty()
-            && let Some(path) = path
-        {
-            parked.by_path.remove(path);
-        }
+        parked.drop_if_empty(place);
         let pos = entry.pos;
         give_back(entry, pos, Some(rest), true);
         false
@@ -367,6 +440,7 @@ impl ParkedSockets {
     fn give_all_back(&self) {
         let mut parked = self.lock();
         let mut groups: Vec<Group> = parked.by_path.drain().map(|(_, g)| g).collect();
+        groups.extend(parked.with_cursor.drain().map(|(_, g)| g));
         groups.push(std::mem::take(&mut parked.all));
         parked.all = Group::new(parked.pacing);
         parked.waiting.clear();
@@ -414,6 +488,19 @@ impl ParkedSockets {
             }
             held.is_some()
         });
+        // Few groups, as a rule: streams of several topics that share a
+        // topic and stand at the same place in the others.
+        parked.with_cursor.retain(|key, group| {
+            for event in incoming {
+                if key.path.as_deref().is_none_or(|path| path == &*event.path) {
+                    group.hold(event);
+                }
+            }
+            if let Some(until) = group.write_due(now, forced, &mut sweep) {
+                due = Some(due.map_or(until, |d| d.min(until)));
+            }
+            !group.entries.is_empty()
+        });
         sweep.next_due = due;
         sweep
     }
@@ -441,19 +528,34 @@ struct Frames {
 }
 
 impl Frames {
-    fn of<'a>(events: impl Iterator<Item = &'a Arc<Event>>) -> Self {
+    /// The frames of `events`, each with its own `id:` line, or with
+    /// `cursor` around its sequence instead.
+    fn of<'a>(events: impl Iterator<Item = &'a Arc<Event>>, cursor: Option<&CursorAround>) -> Self {
         let events: Vec<&Arc<Event>> = events.collect();
         let mut ends = Vec::with_capacity(events.len());
-        let bytes = match events.as_slice() {
+        let bytes = match (events.as_slice(), cursor) {
             // One frame is written as it is, without a copy.
-            [one] => {
+            ([one], None) => {
                 ends.push((one.seq, one.frame.len()));
                 one.frame.clone()
             }
-            many => {
+            (many, None) => {
                 let mut joined = BytesMut::with_capacity(many.iter().map(|e| e.frame.len()).sum());
                 for event in many {
                     joined.put_slice(&event.frame);
+                    ends.push((event.seq, joined.len()));
+                }
+                joined.freeze()
+            }
+            (many, Some(cursor)) => {
+                let around = cursor.before.len() + cursor.after.len() + 20;
+                let mut joined =
+                    BytesMut::with_capacity(many.iter().map(|e| e.body_len + around).sum());
+                for event in many {
+                    joined.put_slice(&event.frame[..event.body_len]);
+                    joined.put_slice(cursor.before.as_bytes());
+                    let _ = write!(joined, "{}", event.seq);
+                    joined.put_slice(cursor.after.as_bytes());
                     ends.push((event.seq, joined.len()));
                 }
                 joined.freeze()
@@ -645,7 +747,7 @@ mod heartbeat_tests {
     async fn a_heartbeat_leaves_the_stream_parked() {
         let (mut client, server) = pair().await;
         let sockets = Arc::new(ParkedSockets::default());
-        let ticket = sockets.park(&server, Some("a"), 7, (Duration::ZERO, 16), || {});
+        let ticket = sockets.park(&server, Some("a"), None, 7, (Duration::ZERO, 16), || {});
         assert!(ticket.heartbeat(b": hb\n\n"));
         let mut got = [0u8; 6];
         client.read_exact(&mut got).await.unwrap();
@@ -665,7 +767,7 @@ mod heartbeat_tests {
         let filler = vec![b'x'; 1 << 20];
         while server.tcp().try_write(&filler).is_ok_and(|n| n > 0) {}
         let sockets = Arc::new(ParkedSockets::default());
-        let ticket = sockets.park(&server, None, 3, (Duration::ZERO, 16), || {});
+        let ticket = sockets.park(&server, None, None, 3, (Duration::ZERO, 16), || {});
         assert!(!ticket.heartbeat(b": hb\n\n"));
         assert_eq!(sockets.lock().all.entries.len(), 1);
         let returned = ticket.take_back().unwrap();
@@ -695,6 +797,7 @@ mod pacing_tests {
         let pacing = (Duration::from_millis(10), 1024);
         let _ticket = sockets.park(
             &Arc::new(SharedSocket::plain(server)),
+            None,
             None,
             0,
             pacing,

@@ -173,6 +173,101 @@ async fn a_parked_stream_gets_heartbeats_and_ends_on_time() {
     .await;
 }
 
+/// A stream of several topics parks on the one it has heard from alone for
+/// a while; that topic's writer writes each event with the stream's cursor
+/// over both topics. An event of the other topic takes the socket back, and
+/// the stream parks again only after another run of the busy topic. Every
+/// id is exact: its own topic's position is the event's sequence, the
+/// other's is the last event of that topic the client got. Resuming from
+/// the last id gets exactly what was published while away.
+#[tokio::test]
+async fn a_stream_of_several_topics_parks_on_its_busy_topic_with_exact_ids() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "busy", None).await;
+    create_topic(&js, "calm", None).await;
+    let node = NodeProc::start(&nats.url(), &[PARK]).await;
+    let url = node.url("/v1/events?topic=busy&topic=calm");
+    let mut client = SseClient::connect(&url, None).await.unwrap();
+    client.ready().await;
+    assert_eq!(parked(&node).await, 0.0, "parked before any run of events");
+
+    let mut got = Vec::new();
+    for round in 0..3 {
+        // A run long enough to park on, then events for the writer alone.
+        for i in 0..40 {
+            publish(&js, "busy.x", &format!("busy-{round}-{i}")).await;
+        }
+        got.extend(client.take(40, T).await);
+        wait_parked(&node, 1.0).await;
+        for i in 40..60 {
+            publish(&js, "busy.x", &format!("busy-{round}-{i}")).await;
+        }
+        got.extend(client.take(20, T).await);
+        publish(&js, "calm.x", &format!("calm-{round}")).await;
+        got.extend(client.take(1, T).await);
+        // Taken back, and not parked again before another run.
+        wait_parked(&node, 0.0).await;
+    }
+    let busy: Vec<String> = (0..3)
+        .flat_map(|round| (0..60).map(move |i| format!("busy-{round}-{i}")))
+        .collect();
+    let calm: Vec<String> = (0..3).map(|round| format!("calm-{round}")).collect();
+    let of = |prefix: &str, events: &[SseEvent]| -> Vec<String> {
+        data_of(events)
+            .into_iter()
+            .filter(|d| d.starts_with(prefix))
+            .collect()
+    };
+    assert_eq!(of("busy-", &got), busy);
+    assert_eq!(of("calm-", &got), calm);
+    assert_cursors_exact(&got, &[0, 0]);
+    let delivered = node.metric("sse_events_delivered_total").await;
+    assert!(delivered >= 183.0, "{delivered}");
+
+    // Away: resuming from the last id gets exactly what came meanwhile.
+    let last_id = got.last().unwrap().id.clone();
+    drop(client);
+    for i in 0..5 {
+        publish(&js, "busy.x", &format!("away-{i}")).await;
+    }
+    publish(&js, "calm.x", "calm-away").await;
+    let mut back = SseClient::connect(&url, Some(&last_id)).await.unwrap();
+    let missed = back.take(6, T).await;
+    assert_eq!(
+        of("away-", &missed),
+        (0..5).map(|i| format!("away-{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(of("calm-", &missed), ["calm-away"]);
+    assert!(
+        back.next_event(Duration::from_millis(300)).await.is_err(),
+        "no event may follow"
+    );
+    let last = [positions(&last_id)[0], positions(&last_id)[1]];
+    assert_cursors_exact(&missed, &last);
+}
+
+/// The positions, by topic, of a cursor `topic:epoch:seq,…`.
+fn positions(id: &str) -> Vec<u64> {
+    id.split(',').map(seq_of).collect()
+}
+
+/// Checks that each event of a stream of the topics `busy` and `calm`,
+/// starting from the positions `from`, carries the cursor it must: its own
+/// topic at the next sequence of that topic, the other where the client's
+/// last event of it left it.
+fn assert_cursors_exact(events: &[SseEvent], from: &[u64; 2]) {
+    let mut seen = *from;
+    for event in events {
+        let own = usize::from(event.data.starts_with("calm-"));
+        let at = positions(&event.id);
+        assert_eq!(at.len(), 2, "{}", event.id);
+        assert_eq!(at[own], seen[own] + 1, "{} at {}", event.data, event.id);
+        assert_eq!(at[1 - own], seen[1 - own], "{} at {}", event.data, event.id);
+        seen[own] = at[own];
+    }
+}
+
 /// Publishes `total` events of 16 KiB to `sse.bulk` while `slow` reads
 /// them, and checks that it got every one whole, once, in order. Returns
 /// the client, its stream still open.

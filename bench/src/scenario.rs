@@ -39,7 +39,8 @@
 //! 65535 being the protocol's default), `--query "name=value"` (added to each request's
 //! query string, e.g. `access_token=…`); `--private 1` creates the topics
 //! private; `--also-topics a,b` (sse-node) has each stream read these
-//! quiet topics too, beside its own. Against Nchan or the bare loop, `--publish-url host:port`
+//! quiet topics too, beside its own, and `--spread-topics 1` publishes to
+//! its own and these in turn instead. Against Nchan or the bare loop, `--publish-url host:port`
 //! publishes there instead of the first `--url` (a server whose
 //! subscribers' port speaks TLS or HTTP/2 only).
 
@@ -64,7 +65,7 @@ use crate::{
     probe::Probe,
     procstat::{self, Sample},
     publish::Publisher,
-    sse::{Body, parse_head, payload},
+    sse::{Body, parse_head, payload, payload_in_lane},
     worker::{self, MAX_CONNECTIONS_PER_WORKER, WorkerConfig, WorkerStats, now_us},
 };
 
@@ -196,10 +197,10 @@ async fn publisher(
     }
 }
 
-/// The quiet topics each stream reads besides its own (`--also-topics
-/// a,b`, sse-node only): created empty and never published to, so every
-/// event is one topic's of several and each delivery carries the stream's
-/// cursor over all of them.
+/// The topics each stream reads besides its own (`--also-topics a,b`,
+/// sse-node only): created empty and, unless `--spread-topics 1`, never
+/// published to, so every event is one topic's of several and each
+/// delivery carries the stream's cursor over all of them.
 fn also_topics(args: &Args, target: Target) -> anyhow::Result<Vec<String>> {
     let Some(list) = args.get("also-topics") else {
         return Ok(Vec::new());
@@ -390,6 +391,18 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         }
     }
     plan.topics.extend(also_topics.iter().cloned());
+    let spread = args.or("spread-topics", 0u8)? == 1;
+    anyhow::ensure!(
+        !spread || (!also_topics.is_empty() && subjects == 1),
+        "--spread-topics 1 needs --also-topics and one subject"
+    );
+    // With --spread-topics, events go to each of a stream's topics in turn,
+    // each topic counting its own: one lane per topic.
+    let lanes = if spread { 1 + also_topics.len() } else { 0 };
+    if spread {
+        plan.publish_to.extend(also_topics.iter().cloned());
+    }
+    let publish_to = lanes.max(subjects);
     if let Some(query) = args.get("query") {
         for path in &mut plan.paths {
             path.push('&');
@@ -438,6 +451,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             tls_ca: args.get("tls-ca").map(str::to_owned),
             h2_streams: args.or("h2-streams", 0)?,
             h2_window: args.get("h2-window").map(str::parse).transpose()?,
+            lanes,
         });
         first += count;
     }
@@ -473,7 +487,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let client_cpu_start = cpu_of(&worker_pids);
 
     // The event phase.
-    let mut counters = vec![0u64; subjects];
+    let mut counters = vec![0u64; publish_to];
     let started_us = now_us();
     let started = Instant::now();
     let mut published = 0u64;
@@ -519,9 +533,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
                     if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                         break 'publishing;
                     }
-                    let subject = (published % subjects as u64) as usize;
+                    let subject = (published % publish_to as u64) as usize;
                     let counter = counters[subject] + 1;
-                    let payload = payload(counter, now_us(), size);
+                    let payload = if spread {
+                        payload_in_lane(counter, now_us(), subject, size)
+                    } else {
+                        payload(counter, now_us(), size)
+                    };
                     if !publisher.publish_by(subject, payload, deadline).await? {
                         break 'publishing;
                     }
@@ -566,11 +584,20 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     for g in 0..subscribers {
         per_subject[g % subjects] += 1;
     }
-    let expected: u64 = per_subject
-        .iter()
-        .zip(&counters)
-        .map(|(n, c)| n * c.saturating_sub(start_counter))
-        .sum();
+    let expected: u64 = if spread {
+        // Every stream reads every lane.
+        subscribers as u64
+            * counters
+                .iter()
+                .map(|c| c.saturating_sub(start_counter))
+                .sum::<u64>()
+    } else {
+        per_subject
+            .iter()
+            .zip(&counters)
+            .map(|(n, c)| n * c.saturating_sub(start_counter))
+            .sum()
+    };
     let unique = t.received.saturating_sub(t.dups);
     let lost = expected.saturating_sub(unique);
     let active_s = if t.last_event_us > started_us {
@@ -682,6 +709,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "h2_window": args.get("h2-window"),
             "private": args.or("private", 0u8)? == 1,
             "also_topics": also_topics.len(),
+            "spread_topics": spread,
         },
         "subscribers": subscribers,
         "subjects": subjects,

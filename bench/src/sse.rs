@@ -148,6 +148,9 @@ pub enum Event {
         counter: u64,
         /// Publish time, µs since the epoch.
         sent_us: u64,
+        /// Which of a stream's topics the counter counts in, for streams
+        /// that read events of several (`--spread-topics`); 0 otherwise.
+        lane: usize,
     },
     /// An event with data that is not a benchmark payload, or a named event
     /// (`reset`, `invalid`).
@@ -209,7 +212,12 @@ pub fn parse_payload(data: &[u8]) -> Event {
     let mut parts = data.split(|&b| b == b' ');
     let mut number = || -> Option<u64> { std::str::from_utf8(parts.next()?).ok()?.parse().ok() };
     match (number(), number()) {
-        (Some(counter), Some(sent_us)) => Event::Payload { counter, sent_us },
+        (Some(counter), Some(sent_us)) => Event::Payload {
+            counter,
+            sent_us,
+            // The padding after the numbers is never a number.
+            lane: number().unwrap_or(0) as usize,
+        },
         _ => Event::Other,
     }
 }
@@ -217,7 +225,16 @@ pub fn parse_payload(data: &[u8]) -> Event {
 /// The payload of the `counter`-th event of a subject, sent at `sent_us`,
 /// padded with `x` to `size` bytes.
 pub fn payload(counter: u64, sent_us: u64, size: usize) -> Vec<u8> {
-    let mut out = format!("{counter} {sent_us} ").into_bytes();
+    pad(format!("{counter} {sent_us} ").into_bytes(), size)
+}
+
+/// The payload of the `counter`-th event of lane `lane` (one of the
+/// topics a stream reads), as [`payload`] otherwise.
+pub fn payload_in_lane(counter: u64, sent_us: u64, lane: usize, size: usize) -> Vec<u8> {
+    pad(format!("{counter} {sent_us} {lane} ").into_bytes(), size)
+}
+
+fn pad(mut out: Vec<u8>, size: usize) -> Vec<u8> {
     if out.len() < size {
         out.resize(size, b'x');
     }
@@ -259,12 +276,14 @@ mod tests {
                 vec![
                     Event::Payload {
                         counter: 1,
-                        sent_us: 100
+                        sent_us: 100,
+                        lane: 0,
                     },
                     Event::Other,
                     Event::Payload {
                         counter: 2,
-                        sent_us: 200
+                        sent_us: 200,
+                        lane: 0,
                     },
                 ]
             );
@@ -281,7 +300,18 @@ mod tests {
             parse_payload(&p),
             Event::Payload {
                 counter: 42,
-                sent_us: 123456
+                sent_us: 123456,
+                lane: 0,
+            }
+        );
+        let p = payload_in_lane(7, 99, 2, 100);
+        assert_eq!(p.len(), 100);
+        assert_eq!(
+            parse_payload(&p),
+            Event::Payload {
+                counter: 7,
+                sent_us: 99,
+                lane: 2,
             }
         );
     }

@@ -89,13 +89,17 @@ pub struct WorkerConfig {
     /// HTTP/2 event streams do. `Some(65535)` is the protocol's default.
     #[serde(default)]
     pub h2_window: Option<u32>,
+    /// The topics of each stream that events are published on, each with
+    /// its own counter (`--spread-topics`); 0 or 1: one.
+    #[serde(default)]
+    pub lanes: usize,
 }
 
 /// A request from the coordinator.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Command {
-    /// The last counter published per subject: connections at or past it
-    /// count as caught up.
+    /// The last counter published per subject (per lane, with lanes):
+    /// connections at or past it count as caught up.
     pub targets: Option<Vec<u64>>,
     /// Send the latency histogram and exit.
     pub finish: bool,
@@ -161,7 +165,9 @@ struct Shared {
     h2_first_error: RefCell<Option<String>>,
     first_ready_us: Cell<u64>,
     last_event_us: Cell<u64>,
+    /// The last counter per connection, and per lane within it.
     last: Vec<Cell<u64>>,
+    lanes: usize,
     hist: RefCell<Histogram>,
 }
 
@@ -182,10 +188,12 @@ pub fn run() -> anyhow::Result<()> {
             !config.addrs.is_empty() && !config.paths.is_empty(),
             "worker needs addresses and paths"
         );
+        let lanes = config.lanes.max(1);
         let shared = Rc::new(Shared {
-            last: (0..config.count)
+            last: (0..config.count * lanes)
                 .map(|_| Cell::new(config.start_counter))
                 .collect(),
+            lanes,
             ..Shared::default()
         });
         let handshakes = Rc::new(Semaphore::new(config.connect_concurrency.max(1)));
@@ -230,6 +238,18 @@ pub fn run() -> anyhow::Result<()> {
 
 fn snapshot(shared: &Shared, config: &WorkerConfig, command: &Command) -> WorkerStats {
     let caught_up = command.targets.as_ref().map_or(0, |targets| {
+        if shared.lanes > 1 {
+            return shared
+                .last
+                .chunks(shared.lanes)
+                .filter(|lanes| {
+                    lanes
+                        .iter()
+                        .zip(targets)
+                        .all(|(last, target)| last.get() >= *target)
+                })
+                .count();
+        }
         shared
             .last
             .iter()
@@ -446,12 +466,20 @@ async fn attempt_stream(
 /// Counts the events of the complete lines in `body` for connection `index`.
 fn account(shared: &Shared, index: usize, parser: &mut Parser, body: &mut Vec<u8>) {
     let now = now_us();
-    let last = &shared.last[index];
+    let lanes = &shared.last[index * shared.lanes..(index + 1) * shared.lanes];
     let mut hist = shared.hist.borrow_mut();
     let mut got = 0;
     parser.feed(body, |event| match event {
-        Event::Payload { counter, sent_us } => {
+        Event::Payload {
+            counter,
+            sent_us,
+            lane,
+        } => {
             got += 1;
+            let Some(last) = lanes.get(lane) else {
+                bump(&shared.other_events, 1);
+                return;
+            };
             let seen = last.get();
             if counter <= seen {
                 bump(&shared.dups, 1);

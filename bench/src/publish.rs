@@ -21,7 +21,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use async_nats::{
     Subject,
-    jetstream::{self, context::PublishAckFuture, stream::Config},
+    jetstream::{
+        self,
+        context::PublishAckFuture,
+        stream::{Config, StorageType},
+    },
 };
 use bytes::Bytes;
 use tokio::{
@@ -61,13 +65,14 @@ pub enum Publisher {
 impl Publisher {
     /// A JetStream publisher; creates each topic's stream (`SSE_<topic>`,
     /// subjects `<prefix>.<topic>` and `<prefix>.<topic>.>`, read with a
-    /// token when `private`) if missing.
+    /// token when `private`, kept in memory when `in_memory`) if missing.
     pub async fn nats(
         url: &str,
         prefix: &str,
         topics: &[String],
         subjects: &[String],
         private: bool,
+        in_memory: bool,
     ) -> anyhow::Result<Self> {
         let client = async_nats::connect(url)
             .await
@@ -81,6 +86,11 @@ impl Publisher {
                     [("sse.access".to_owned(), "private".to_owned())].into()
                 } else {
                     Default::default()
+                },
+                storage: if in_memory {
+                    StorageType::Memory
+                } else {
+                    StorageType::File
                 },
                 ..Default::default()
             })

@@ -40,7 +40,8 @@
 //! query string, e.g. `access_token=…`); `--private 1` creates the topics
 //! private; `--also-topics a,b` (sse-node) has each stream read these
 //! quiet topics too, beside its own, and `--spread-topics 1` publishes to
-//! its own and these in turn instead. Against Nchan or the bare loop, `--publish-url host:port`
+//! its own and these in turn instead; `--storage memory` (sse-node) creates
+//! the topics' streams in memory rather than in files. Against Nchan or the bare loop, `--publish-url host:port`
 //! publishes there instead of the first `--url` (a server whose
 //! subscribers' port speaks TLS or HTTP/2 only).
 
@@ -191,9 +192,27 @@ async fn publisher(
             let url = args.get("nats").unwrap_or("nats://127.0.0.1:4222");
             let prefix = args.get("prefix").unwrap_or("sse");
             let private = args.or("private", 0u8)? == 1;
-            Publisher::nats(url, prefix, &plan.topics, &plan.publish_to, private).await
+            let in_memory = storage(args)? == "memory";
+            Publisher::nats(
+                url,
+                prefix,
+                &plan.topics,
+                &plan.publish_to,
+                private,
+                in_memory,
+            )
+            .await
         }
         Target::Nchan | Target::Bare => Publisher::http(addr, path, &plan.publish_to).await,
+    }
+}
+
+/// Where the topics' streams keep their events (`--storage file|memory`,
+/// sse-node only; file unless asked, as the admin service creates them).
+fn storage(args: &Args) -> anyhow::Result<&str> {
+    match args.get("storage").unwrap_or("file") {
+        storage @ ("file" | "memory") => Ok(storage),
+        other => bail!("--storage is file or memory, not {other:?}"),
     }
 }
 
@@ -710,6 +729,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "private": args.or("private", 0u8)? == 1,
             "also_topics": also_topics.len(),
             "spread_topics": spread,
+            "storage": storage(args)?,
         },
         "subscribers": subscribers,
         "subjects": subjects,

@@ -247,6 +247,46 @@ async fn a_stream_of_several_topics_parks_on_its_busy_topic_with_exact_ids() {
     assert_cursors_exact(&missed, &last);
 }
 
+/// A stream of several topics parked on its busy topic ends as
+/// `topic_closed` when either topic is deleted: the one it is parked on
+/// (its writer gives the socket back) or the one it still reads itself.
+#[tokio::test]
+async fn a_parked_stream_of_several_topics_ends_when_either_topic_is_deleted() {
+    for deleted in ["busy", "calm"] {
+        let nats = Nats::start().await;
+        let js = nats.jetstream().await;
+        create_topic(&js, "busy", None).await;
+        create_topic(&js, "calm", None).await;
+        let node = NodeProc::start(
+            &nats.url(),
+            &[PARK, ("SSE_NATS__TOPIC_REFRESH_SECONDS", "2")],
+        )
+        .await;
+        let mut client = SseClient::connect(&node.url("/v1/events?topic=busy&topic=calm"), None)
+            .await
+            .unwrap();
+        client.ready().await;
+        for i in 0..40 {
+            publish(&js, "busy.x", &format!("busy-{i}")).await;
+        }
+        assert_eq!(client.take(40, T).await.len(), 40);
+        wait_parked(&node, 1.0).await;
+
+        js.delete_stream(format!("SSE_{deleted}")).await.unwrap();
+        let rest = client.until_closed(T).await.unwrap();
+        assert!(rest.is_empty(), "deleting {deleted}: {rest:?}");
+        eventually(T, "the stream to be counted as ended", || async {
+            (node
+                .metric("sse_connections_closed_total{reason=\"topic_closed\"}")
+                .await
+                == 1.0
+                && parked(&node).await == 0.0)
+                .then_some(())
+        })
+        .await;
+    }
+}
+
 /// The positions, by topic, of a cursor `topic:epoch:seq,…`.
 fn positions(id: &str) -> Vec<u64> {
     id.split(',').map(seq_of).collect()

@@ -158,19 +158,7 @@ async fn a_parked_stream_gets_heartbeats_and_ends_on_time() {
     assert!(client.comments >= 3, "heartbeats: {}", client.comments);
     assert!(node.metric("sse_heartbeats_total").await >= heartbeats_before + 2.0);
     assert!(client.retry.is_some());
-    eventually(
-        T,
-        "the stream to be counted as ended by its lifetime",
-        || async {
-            (node
-                .metric("sse_connections_closed_total{reason=\"lifetime\"}")
-                .await
-                == 1.0
-                && parked(&node).await == 0.0)
-                .then_some(())
-        },
-    )
-    .await;
+    wait_ended_unparked(&node, "lifetime").await;
 }
 
 /// A stream of several topics parks on the one it has heard from alone for
@@ -275,16 +263,20 @@ async fn a_parked_stream_of_several_topics_ends_when_either_topic_is_deleted() {
         js.delete_stream(format!("SSE_{deleted}")).await.unwrap();
         let rest = client.until_closed(T).await.unwrap();
         assert!(rest.is_empty(), "deleting {deleted}: {rest:?}");
-        eventually(T, "the stream to be counted as ended", || async {
-            (node
-                .metric("sse_connections_closed_total{reason=\"topic_closed\"}")
-                .await
-                == 1.0
-                && parked(&node).await == 0.0)
-                .then_some(())
-        })
-        .await;
+        wait_ended_unparked(&node, "topic_closed").await;
     }
+}
+
+/// Waits until the node counts one stream ended for `reason` and none
+/// parked.
+async fn wait_ended_unparked(node: &NodeProc, reason: &str) {
+    let series = format!("sse_connections_closed_total{{reason=\"{reason}\"}}");
+    eventually(
+        T,
+        &format!("one stream ended as {reason}, none parked"),
+        || async { (node.metric(&series).await == 1.0 && parked(node).await == 0.0).then_some(()) },
+    )
+    .await;
 }
 
 /// The positions, by topic, of a cursor `topic:epoch:seq,…`.

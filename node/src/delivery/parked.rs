@@ -163,8 +163,6 @@ struct Group {
     pending: Vec<Arc<Event>>,
     pending_bytes: usize,
     pacer: Pacer,
-    /// The cursor written after each event, for streams of several topics.
-    cursor: Option<CursorAround>,
 }
 
 impl Group {
@@ -174,7 +172,6 @@ impl Group {
             pending: Vec::new(),
             pending_bytes: 0,
             pacer: Pacer::new(window, queue_events),
-            cursor: None,
         }
     }
 
@@ -183,9 +180,16 @@ impl Group {
         self.pending.push(event.clone());
     }
 
-    /// Writes what the group holds unless it is paced (and not `forced`);
+    /// Writes what the group holds, each event followed by `cursor` for
+    /// streams of several topics, unless it is paced (and not `forced`);
     /// returns until when it stays held, if it does.
-    fn write_due(&mut self, now: Instant, forced: bool, sweep: &mut Sweep) -> Option<Instant> {
+    fn write_due(
+        &mut self,
+        now: Instant,
+        forced: bool,
+        cursor: Option<&CursorAround>,
+        sweep: &mut Sweep,
+    ) -> Option<Instant> {
         if self.pending.is_empty() {
             return None;
         }
@@ -202,7 +206,7 @@ impl Group {
         {
             return Some(until);
         }
-        let frames = Frames::of(self.pending.iter(), self.cursor.as_ref());
+        let frames = Frames::of(self.pending.iter(), cursor);
         let (delivered, refusals) = write_frames(&mut self.entries, &frames);
         sweep.delivered += delivered;
         sweep.refusals += refusals;
@@ -362,10 +366,7 @@ impl ParkedSockets {
             Place::Cursor(key) => parked
                 .with_cursor
                 .entry((**key).clone())
-                .or_insert_with(|| Group {
-                    cursor: Some(key.cursor.clone()),
-                    ..Group::new(pacing)
-                })
+                .or_insert_with(|| Group::new(pacing))
                 .entries
                 .insert(entry),
         };
@@ -472,13 +473,13 @@ impl ParkedSockets {
         }
         let now = Instant::now();
         let mut sweep = Sweep::default();
-        let mut due = parked.all.write_due(now, forced, &mut sweep);
+        let mut due = parked.all.write_due(now, forced, None, &mut sweep);
         let by_path = &mut parked.by_path;
         parked.waiting.retain(|path| {
             let Some(group) = by_path.get_mut(path) else {
                 return false;
             };
-            let held = group.write_due(now, forced, &mut sweep);
+            let held = group.write_due(now, forced, None, &mut sweep);
             if group.entries.is_empty() {
                 by_path.remove(path);
                 return false;
@@ -496,7 +497,7 @@ impl ParkedSockets {
                     group.hold(event);
                 }
             }
-            if let Some(until) = group.write_due(now, forced, &mut sweep) {
+            if let Some(until) = group.write_due(now, forced, Some(&key.cursor), &mut sweep) {
                 due = Some(due.map_or(until, |d| d.min(until)));
             }
             !group.entries.is_empty()

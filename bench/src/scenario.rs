@@ -33,10 +33,11 @@
 //!
 //! The kind of request, in any scenario: `--header "Name: value"` (may
 //! repeat: `Origin`, `Cookie`), `--tls-ca CERT.pem` (TLS, trusting that
-//! certificate for `localhost`), `--h2-streams N` (HTTP/2 in cleartext, N
-//! streams per connection, granting Chromium's flow-control windows;
-//! `--h2-window BYTES` grants BYTES per stream and per connection instead,
-//! 65535 being the protocol's default), `--query "name=value"` (added to each request's
+//! certificate for `localhost`), `--h2-streams N` (HTTP/2, N streams per
+//! connection: h2c, or with `--tls-ca` TLS with ALPN `h2`; granting
+//! Chromium's flow-control windows; `--h2-window BYTES` grants BYTES per
+//! stream and per connection instead, 65535 being the protocol's default),
+//! `--query "name=value"` (added to each request's
 //! query string, e.g. `access_token=…`); `--private 1` creates the topics
 //! private; `--also-topics a,b` (sse-node) has each stream read these
 //! quiet topics too, beside its own, and `--spread-topics 1` publishes to

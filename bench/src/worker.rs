@@ -80,7 +80,9 @@ pub struct WorkerConfig {
     /// Speak TLS, trusting this PEM certificate for the name `localhost`.
     #[serde(default)]
     pub tls_ca: Option<String>,
-    /// Streams per HTTP/2 (h2c) connection; 0 speaks HTTP/1.1.
+    /// Streams per HTTP/2 connection; 0 speaks HTTP/1.1. HTTP/2 is h2c
+    /// (prior knowledge), or with `tls_ca` TLS with ALPN `h2`, as a browser
+    /// reaching a server over TLS negotiates it.
     #[serde(default)]
     pub h2_streams: usize,
     /// The HTTP/2 flow-control windows this client grants, per stream and
@@ -197,7 +199,16 @@ pub fn run() -> anyhow::Result<()> {
             ..Shared::default()
         });
         let handshakes = Rc::new(Semaphore::new(config.connect_concurrency.max(1)));
-        let tls = config.tls_ca.as_deref().map(tls_connector).transpose()?;
+        let alpn: &[u8] = if config.h2_streams > 0 {
+            b"h2"
+        } else {
+            b"http/1.1"
+        };
+        let tls = config
+            .tls_ca
+            .as_deref()
+            .map(|ca| tls_connector(ca, alpn))
+            .transpose()?;
         if config.h2_streams > 0 {
             for first in (0..config.count).step_by(config.h2_streams) {
                 let n = config.h2_streams.min(config.count - first);
@@ -205,6 +216,7 @@ pub fn run() -> anyhow::Result<()> {
                     shared.clone(),
                     config.clone(),
                     handshakes.clone(),
+                    tls.clone(),
                     first,
                     n,
                 ));
@@ -353,8 +365,9 @@ async fn open(source: SocketAddr, addr: SocketAddr) -> std::io::Result<TcpStream
 trait Duplex: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
 
-/// A TLS client that trusts the certificate in `pem_file`.
-fn tls_connector(pem_file: &str) -> anyhow::Result<TlsConnector> {
+/// A TLS client that trusts the certificate in `pem_file` and offers the
+/// one application protocol `alpn`.
+fn tls_connector(pem_file: &str, alpn: &[u8]) -> anyhow::Result<TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(pem_file)
         .with_context(|| format!("cannot read {pem_file}"))?
@@ -366,7 +379,7 @@ fn tls_connector(pem_file: &str) -> anyhow::Result<TlsConnector> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
@@ -510,12 +523,14 @@ const CHROMIUM_STREAM_WINDOW: u32 = 6 * 1024 * 1024;
 /// The flow-control window Chromium grants an HTTP/2 connection.
 const CHROMIUM_CONNECTION_WINDOW: u32 = 15 * 1024 * 1024;
 
-/// One HTTP/2 connection in cleartext (prior knowledge) carrying `n`
-/// streams, for connections `first..first + n` of this worker.
+/// One HTTP/2 connection carrying `n` streams, for connections
+/// `first..first + n` of this worker: in cleartext (prior knowledge), or
+/// over TLS when `tls` is given, which must then agree on `h2`.
 async fn h2_connection(
     shared: Rc<Shared>,
     config: Rc<WorkerConfig>,
     handshakes: Rc<Semaphore>,
+    tls: Option<TlsConnector>,
     first: usize,
     n: usize,
 ) {
@@ -528,6 +543,26 @@ async fn h2_connection(
         bump(&shared.failed_attempts, n as u64);
         return;
     };
+    let (io, scheme): (Box<dyn Duplex>, &str) = match &tls {
+        None => (Box::new(tcp), "http"),
+        Some(tls) => {
+            let name = ServerName::try_from("localhost").expect("a valid name");
+            match tls.connect(name, tcp).await {
+                Ok(stream) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    (Box::new(stream), "https")
+                }
+                Ok(_) => {
+                    eprintln!("TLS connection to {addr} did not agree on h2 by ALPN");
+                    bump(&shared.failed_attempts, n as u64);
+                    return;
+                }
+                Err(_) => {
+                    bump(&shared.failed_attempts, n as u64);
+                    return;
+                }
+            }
+        }
+    };
     let (stream_window, connection_window) = match config.h2_window {
         Some(window) => (window, window),
         None => (CHROMIUM_STREAM_WINDOW, CHROMIUM_CONNECTION_WINDOW),
@@ -536,7 +571,7 @@ async fn h2_connection(
     builder
         .initial_window_size(stream_window)
         .initial_connection_window_size(connection_window);
-    let Ok((client, connection)) = builder.handshake::<_, bytes::Bytes>(tcp).await else {
+    let Ok((client, connection)) = builder.handshake::<_, bytes::Bytes>(io).await else {
         bump(&shared.failed_attempts, n as u64);
         return;
     };
@@ -551,8 +586,13 @@ async fn h2_connection(
     let mut client = client;
     for k in first..first + n {
         let subject = (config.first_index + k) % config.paths.len();
-        let mut request = http::Request::get(format!("http://{addr}{}", config.paths[subject]))
-            .header("accept", "text/event-stream");
+        let authority = if tls.is_some() {
+            format!("localhost:{}", addr.port())
+        } else {
+            addr.to_string()
+        };
+        let uri = format!("{scheme}://{authority}{}", config.paths[subject]);
+        let mut request = http::Request::get(uri).header("accept", "text/event-stream");
         for header in &config.headers {
             if let Some((name, value)) = header.split_once(':') {
                 request = request.header(name.trim(), value.trim());

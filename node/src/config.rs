@@ -91,6 +91,8 @@ pub struct HttpConfig {
     /// Serve HTTP/1.1 event streams, cleartext or TLS, without hyper (see
     /// `fastpath`).
     pub fast_path: bool,
+    /// Speak HTTP/2: by ALPN over TLS, and h2c with prior knowledge.
+    pub h2: bool,
     /// Most concurrent streams on one HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
     /// New connections accepted per client IP per minute; 0 = no limit.

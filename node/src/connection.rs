@@ -5,8 +5,10 @@
 //! (ALPN offers `h2` and `http/1.1`), offers HTTP/1.1 connections to the lean
 //! path ([`fastpath`], when `http.fast_path` is on) and serves the rest with
 //! hyper's automatic builder, which speaks HTTP/1.1 or, on seeing the HTTP/2
-//! preface, HTTP/2 (h2c with prior knowledge in cleartext). Which path served
-//! each stream is counted in `sse_streams_served_total{path}`. Limits applied here, each with a
+//! preface, HTTP/2 (h2c with prior knowledge in cleartext). With `http.h2`
+//! off, ALPN offers only `http/1.1` and the h2c preface gets GOAWAY with
+//! `HTTP_1_1_REQUIRED`. Which path served each stream is counted in
+//! `sse_streams_served_total{path}`. Limits applied here, each with a
 //! metric (`sse_limit_rejections_total{limit}`):
 //!
 //! - `request_head`: a request line plus headers longer than
@@ -57,7 +59,7 @@ use hyper_util::{
 };
 use prometheus::IntCounter;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     time::{Instant, Sleep},
 };
@@ -80,8 +82,8 @@ use crate::{
 };
 
 /// Builds the TLS acceptor for `[tls]`: the certificate chain and key from
-/// PEM files, ALPN `h2` then `http/1.1`, the ring provider.
-pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
+/// PEM files, ALPN `h2` (if `h2`) then `http/1.1`, the ring provider.
+pub fn tls_acceptor(config: &TlsConfig, h2: bool) -> Result<TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert_file)
         .and_then(|certs| certs.collect())
         .map_err(|e| format!("cannot read certificates from {:?}: {e}", config.cert_file))?;
@@ -97,7 +99,11 @@ pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not make a TLS identity: {e}"))?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    server.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     // The lean path takes the write key of an HTTP/1.1 stream over from
     // rustls once its head is out (see `tls_records`).
     server.enable_secret_extraction = true;
@@ -127,6 +133,9 @@ pub async fn serve(
             .with_label_values(&["idle_timeout"]),
     );
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    if !http.h2 {
+        builder = builder.http1_only();
+    }
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -143,11 +152,12 @@ pub async fn serve(
     let head_wait = Duration::from_secs(http.header_read_timeout_seconds);
     let max_head = http.max_header_bytes;
     let fast = http.fast_path.then_some(state);
+    let h2 = http.h2;
     let mut rate = IpRate::new(http.max_connections_per_ip_per_minute);
     let graceful = GracefulShutdown::new();
     info!(tls = tls.is_some(), "serving http/1.1 and http/2");
     loop {
-        let (stream, addr) = tokio::select! {
+        let (mut stream, addr) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
@@ -198,6 +208,9 @@ pub async fn serve(
                     .with_label_values(&["header_read_timeout"])
                     .inc();
                 debug!("connection closed: no request within the header timeout");
+                return;
+            }
+            if !h2 && refuse_h2c(&mut stream).await {
                 return;
             }
             let stream = match fast {
@@ -269,6 +282,46 @@ async fn serve_tls(
         }
         _ => Box::pin(hyper.serve(stream)).await,
     }
+}
+
+/// The HTTP/2 connection preface up to where it differs from any
+/// HTTP/1.1 request line.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// What a server that speaks no HTTP/2 sends a client that opened with the
+/// HTTP/2 preface (RFC 9113, 3.4 and 6.8): an empty SETTINGS frame, then
+/// GOAWAY for no stream with the error `HTTP_1_1_REQUIRED`.
+const H2_REFUSAL: [u8; 26] = [
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS, empty, stream 0
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes, stream 0
+    0, 0, 0, 0, // last stream: none
+    0, 0, 0, 0xd, // HTTP_1_1_REQUIRED
+];
+
+/// With HTTP/2 off: if the client opened with the HTTP/2 preface, tells it
+/// that HTTP/1.1 is required and returns true (the connection is done).
+/// A preface that has not fully arrived yet goes on to hyper, which speaks
+/// only HTTP/1.1 then and closes the connection.
+async fn refuse_h2c(stream: &mut GuardedStream) -> bool {
+    let mut start = [0u8; H2_PREFACE_START.len()];
+    let Ok(peeked) = stream.tcp().peek(&mut start).await else {
+        return false;
+    };
+    if start[..peeked] != *H2_PREFACE_START {
+        return false;
+    }
+    debug!("h2c refused: http.h2 is off");
+    let _ = stream.write_all(&H2_REFUSAL).await;
+    let _ = stream.shutdown().await;
+    // Closing with the client's bytes unread would send a reset, which may
+    // discard the GOAWAY before the client reads it: read until the client
+    // closes, for a moment at most.
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    true
 }
 
 /// What serving a connection with hyper takes.

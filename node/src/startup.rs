@@ -57,7 +57,7 @@ impl Startup {
             // Only one of the two set is refused by `validate`.
             None
         } else {
-            match connection::tls_acceptor(&config.tls) {
+            match connection::tls_acceptor(&config.tls, config.http.h2) {
                 Ok(acceptor) => Some(acceptor),
                 Err(why) => {
                     errors.push(format!("tls.cert_file: {why}"));

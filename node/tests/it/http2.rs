@@ -288,3 +288,77 @@ async fn private_topics_need_a_token_over_http2_too() {
         }
     }
 }
+
+#[tokio::test]
+async fn with_h2_off_browsers_get_http1_over_tls_and_h2c_gets_http_1_1_required() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "h1only", None).await;
+    let cert = TestCert::new();
+    let node = NodeProc::spawn(
+        &nats.url(),
+        &[
+            ("SSE_HTTP__H2", "false"),
+            ("SSE_TLS__CERT_FILE", &cert.path("cert.pem")),
+            ("SSE_TLS__KEY_FILE", &cert.path("key.pem")),
+        ],
+    );
+    eventually(T, "the node to be ready over TLS", || async {
+        let (status, _) = cert.http1_get(node.port, "/readyz").await.ok()?;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    // A browser offers h2 first; the node picks HTTP/1.1, and the stream
+    // takes the lean path.
+    let (tls, alpn) = cert
+        .connect(node.port, &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let (mut sender, connection) = http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("/v1/events?topic=h1only")
+        .header("host", "localhost")
+        .header("accept", "text/event-stream")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (parts, body) = response.into_parts();
+    let body = BodyStream::new(body)
+        .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })
+        .map(|r| r.map_err(anyhow::Error::from));
+    let mut client = SseClient::from_body(parts.headers, body.boxed());
+    client.ready().await;
+    publish(&js, "h1only", "over-http1").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["over-http1"]);
+    let (_, metrics) = cert.http1_get(node.port, "/metrics").await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "sse_streams_served_total{path=\"lean\"} 1"),
+        "{metrics}"
+    );
+
+    // A client that will speak nothing but h2 is refused in the handshake.
+    assert!(cert.connect(node.port, &[b"h2"]).await.is_err());
+
+    // In cleartext, the HTTP/2 preface gets GOAWAY with HTTP_1_1_REQUIRED.
+    let plain = NodeProc::start(&nats.url(), &[("SSE_HTTP__H2", "false")]).await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", plain.port)).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(T, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the node closes the connection")
+        .unwrap();
+    let goaway = [0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xd];
+    assert!(answer.ends_with(&goaway), "{answer:?}");
+    // HTTP/1.1 still works there.
+    let (status, _) = get(&plain.url("/healthz"), None).await;
+    assert_eq!(status, 200);
+}

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""What nats-server spends per message at a low rate, with nothing else running.
+
+Starts a fresh nats-server (JetStream on, from PATH) for every run, publishes
+--messages 100-byte messages at --rate per second from nats-py, and reads the
+server's CPU time (utime + stime) from /proc around the publishing. Modes:
+
+  core           core NATS publish, no stream, no subscriber
+  file, memory   acknowledged JetStream publish into a file or memory stream
+  file+consumer  the same into a file stream, with one ordered consumer
+                 reading every message
+
+One JSON line per run on stdout. Needs `pip install nats-py`.
+
+    python3 bench/nats/per_message.py --runs 3 > results.jsonl
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+
+import nats
+from nats.js.api import StorageType, StreamConfig
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def publish(url: str, mode: str, messages: int, rate: float) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    if mode != "core":
+        storage = StorageType.MEMORY if mode == "memory" else StorageType.FILE
+        await js.add_stream(StreamConfig(name="S", subjects=["s"], storage=storage))
+    received = 0
+    done = asyncio.Event()
+    if mode == "file+consumer":
+
+        async def on_message(_msg):
+            nonlocal received
+            received += 1
+            if received == messages:
+                done.set()
+
+        await js.subscribe("s", ordered_consumer=True, cb=on_message)
+    start = time.monotonic()
+    for i in range(messages):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if mode == "core":
+            await nc.publish("s", b"x" * 100)
+        else:
+            await js.publish("s", b"x" * 100)
+    if mode == "file+consumer":
+        await asyncio.wait_for(done.wait(), 30)
+    await nc.close()
+
+
+def run(mode: str, messages: int, rate: float) -> dict:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as store:
+        server = subprocess.Popen(
+            ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"nats://127.0.0.1:{port}"
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            before = cpu_seconds(server.pid)
+            asyncio.run(publish(url, mode, messages, rate))
+            spent = cpu_seconds(server.pid) - before
+        finally:
+            server.terminate()
+            server.wait(10)
+    return {
+        "mode": mode,
+        "messages": messages,
+        "rate": rate,
+        "nats_cpu_s": round(spent, 3),
+        "nats_cpu_us_per_message": round(spent / messages * 1e6, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=100.0)
+    args = parser.parse_args()
+    for _ in range(args.runs):
+        for mode in ("core", "file", "memory", "file+consumer"):
+            print(json.dumps(run(mode, args.messages, args.rate)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
 // Opens one page in Debian's Chromium and prints `window.state` as a JSON
 // line every 200 ms until stdin closes or says "quit".
 // Usage: node drive.mjs <url> <fresh user-data-dir>
+// IGNORE_HTTPS_ERRORS=1 accepts a self-signed server certificate.
 import { chromium } from "playwright-core";
 import readline from "node:readline";
 
@@ -8,6 +9,7 @@ const [url, userDataDir] = process.argv.slice(2);
 const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
+  ignoreHTTPSErrors: process.env.IGNORE_HTTPS_ERRORS === "1",
   args: [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -59,7 +59,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 class Browser:
     """`node drive.mjs` in its own process group; `state` is the page's last state."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ignore_https_errors: bool = False) -> None:
         self.profile = tempfile.mkdtemp(prefix="sse-chromium-")
         self.log = open(Path(self.profile).with_suffix(".log"), "w+")
         self.state: dict = {}
@@ -71,6 +71,7 @@ class Browser:
             stderr=self.log,
             text=True,
             start_new_session=True,
+            env={**os.environ, "IGNORE_HTTPS_ERRORS": "1" if ignore_https_errors else "0"},
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -264,5 +265,51 @@ def test_cross_origin_eventsource_works_for_allowed_origins_only(node_binary, cl
             assert state.get("received") == list(range(1, total + 1)), state
             assert state.get("lastEventId", "").startswith(f"{topic}:"), state
             assert not state.get("closed"), state
+        finally:
+            browser.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("h2", ["on", "off"])
+def test_a_browser_reaching_a_node_over_tls_streams_on_http2_or_with_h2_off_on_the_lean_path(
+    node_binary, cluster_factory, topic, h2, tmp_path
+):
+    """TLS passthrough: Chromium itself negotiates with a node over TLS. By
+    default it picks HTTP/2 by ALPN, and hyper serves the stream; with
+    `http.h2 = false` it speaks HTTP/1.1 and the lean path serves it. Either
+    way the page gets every event once, in order."""
+    if not Path(CHROMIUM).exists() or not (TESTS / "node_modules" / "playwright-core").exists():
+        pytest.fail("needs /usr/bin/chromium and tests/node_modules/playwright-core (scripts/install-deps)", pytrace=False)
+    total = 20
+    with PageServer() as pages:
+        origin = f"http://{LOOPBACK}:{pages.port}"
+        node_env = {
+            "SSE_CORS__ALLOWED_ORIGINS": json.dumps([origin]),
+            "SSE_CORS__ALLOW_CREDENTIALS": "true",
+        }
+        if h2 == "off":
+            node_env["SSE_HTTP__H2"] = "false"
+        c = cluster_factory(
+            nodes=1, nats_servers=1, topics=[(topic, 1)], node_env=node_env, node_tls=_self_signed(tmp_path)
+        )
+        src = f"https://{LOOPBACK}:{c.node_port('node0')}/v1/events?topic={topic}"
+        query = f"src={urllib.parse.quote(src, safe='')}"
+        browser = Browser(f"{origin}/page/cors.html?{query}", ignore_https_errors=True)
+        try:
+            browser.wait_open("the page")
+            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", total, 50.0).run())
+            try:
+                wait_until(lambda: len(browser.state.get("received", [])) >= total, 30, "the page to hold every event")
+            except TimeoutError:
+                pass
+            state = browser.state
+            assert state.get("received") == list(range(1, total + 1)), state
+            assert not state.get("closed"), state
+            metrics = c.metrics("node0") or {}
+            served = {
+                path: metric_sum(metrics, "sse_streams_served_total", path=path) for path in ("lean", "router")
+            }
+            want = {"lean": 0.0, "router": 1.0} if h2 == "on" else {"lean": 1.0, "router": 0.0}
+            assert served == want, served
         finally:
             browser.close()

@@ -136,6 +136,20 @@ def _replayed(c, source: str) -> float:
     return sum(metric_sum(c.metrics(n) or {}, "sse_replay_events_total", source=source) for n in c.running_nodes())
 
 
+def _publish_and_expect_every_event(browser: Browser, c, topic: str, total: int) -> dict:
+    """Publishes events 1..total on `topic`; the page must hold each once, in
+    order, with its EventSource still open. Returns the page's state."""
+    asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", total, 50.0).run())
+    try:
+        wait_until(lambda: len(browser.state.get("received", [])) >= total, 30, "the page to hold every event")
+    except TimeoutError:
+        pass
+    state = browser.state
+    assert state.get("received") == list(range(1, total + 1)), state
+    assert not state.get("closed"), state
+    return state
+
+
 def _self_signed(folder: Path) -> tuple[str, str]:
     """A certificate for localhost and its key, as PEM files in `folder`."""
     cert, key = folder / "cert.pem", folder / "key.pem"
@@ -256,15 +270,8 @@ def test_cross_origin_eventsource_works_for_allowed_origins_only(node_binary, cl
         browser = Browser(f"{allowed_origin}/page/cors.html?{query}")
         try:
             browser.wait_open("the allowed page")
-            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", total, 50.0).run())
-            try:
-                wait_until(lambda: len(browser.state.get("received", [])) >= total, 30, "the page to hold every event")
-            except TimeoutError:
-                pass
-            state = browser.state
-            assert state.get("received") == list(range(1, total + 1)), state
+            state = _publish_and_expect_every_event(browser, c, topic, total)
             assert state.get("lastEventId", "").startswith(f"{topic}:"), state
-            assert not state.get("closed"), state
         finally:
             browser.close()
 
@@ -297,14 +304,7 @@ def test_a_browser_reaching_a_node_over_tls_streams_on_http2_or_with_h2_off_on_t
         browser = Browser(f"{origin}/page/cors.html?{query}", ignore_https_errors=True)
         try:
             browser.wait_open("the page")
-            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", total, 50.0).run())
-            try:
-                wait_until(lambda: len(browser.state.get("received", [])) >= total, 30, "the page to hold every event")
-            except TimeoutError:
-                pass
-            state = browser.state
-            assert state.get("received") == list(range(1, total + 1)), state
-            assert not state.get("closed"), state
+            _publish_and_expect_every_event(browser, c, topic, total)
             metrics = c.metrics("node0") or {}
             served = {
                 path: metric_sum(metrics, "sse_streams_served_total", path=path) for path in ("lean", "router")

@@ -150,6 +150,24 @@ impl TestCert {
         Ok((tls, chosen))
     }
 
+    /// A node serving TLS with this certificate, with `env` beside it,
+    /// once it answers `/readyz` over TLS.
+    async fn start_node(&self, nats_url: &str, env: &[(&str, &str)]) -> NodeProc {
+        let (cert, key) = (self.path("cert.pem"), self.path("key.pem"));
+        let mut all = vec![
+            ("SSE_TLS__CERT_FILE", cert.as_str()),
+            ("SSE_TLS__KEY_FILE", key.as_str()),
+        ];
+        all.extend_from_slice(env);
+        let node = NodeProc::spawn(nats_url, &all);
+        eventually(T, "the node to be ready over TLS", || async {
+            let (status, _) = self.http1_get(node.port, "/readyz").await.ok()?;
+            (status == 200).then_some(())
+        })
+        .await;
+        node
+    }
+
     /// `GET path` over HTTP/1.1 on TLS; the status and body.
     async fn http1_get(&self, port: u16, path: &str) -> Result<(u16, String)> {
         let (tls, alpn) = self.connect(port, &[b"http/1.1"]).await?;
@@ -172,18 +190,7 @@ async fn twenty_streams_share_one_tls_connection_negotiated_by_alpn() {
     let js = nats.jetstream().await;
     create_topic(&js, "tls", None).await;
     let cert = TestCert::new();
-    let node = NodeProc::spawn(
-        &nats.url(),
-        &[
-            ("SSE_TLS__CERT_FILE", &cert.path("cert.pem")),
-            ("SSE_TLS__KEY_FILE", &cert.path("key.pem")),
-        ],
-    );
-    eventually(T, "the node to be ready over TLS", || async {
-        let (status, _) = cert.http1_get(node.port, "/readyz").await.ok()?;
-        (status == 200).then_some(())
-    })
-    .await;
+    let node = cert.start_node(&nats.url(), &[]).await;
 
     let (tls, alpn) = cert
         .connect(node.port, &[b"h2", b"http/1.1"])
@@ -295,19 +302,9 @@ async fn with_h2_off_browsers_get_http1_over_tls_and_h2c_gets_http_1_1_required(
     let js = nats.jetstream().await;
     create_topic(&js, "h1only", None).await;
     let cert = TestCert::new();
-    let node = NodeProc::spawn(
-        &nats.url(),
-        &[
-            ("SSE_HTTP__H2", "false"),
-            ("SSE_TLS__CERT_FILE", &cert.path("cert.pem")),
-            ("SSE_TLS__KEY_FILE", &cert.path("key.pem")),
-        ],
-    );
-    eventually(T, "the node to be ready over TLS", || async {
-        let (status, _) = cert.http1_get(node.port, "/readyz").await.ok()?;
-        (status == 200).then_some(())
-    })
-    .await;
+    let node = cert
+        .start_node(&nats.url(), &[("SSE_HTTP__H2", "false")])
+        .await;
 
     // A browser offers h2 first; the node picks HTTP/1.1, and the stream
     // takes the lean path.

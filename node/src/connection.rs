@@ -155,7 +155,10 @@ pub async fn serve(
     let h2 = http.h2;
     let mut rate = IpRate::new(http.max_connections_per_ip_per_minute);
     let graceful = GracefulShutdown::new();
-    info!(tls = tls.is_some(), "serving http/1.1 and http/2");
+    info!(
+        tls = tls.is_some(),
+        h2, "serving http/1.1, and http/2 if h2"
+    );
     loop {
         let (mut stream, addr) = tokio::select! {
             _ = stop.cancelled() => break,

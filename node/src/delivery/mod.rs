@@ -44,17 +44,14 @@ mod pacing;
 mod park;
 pub(crate) mod parked;
 mod progress;
+mod timer;
 
 use std::{sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use sse_protocol::{SubjectPath, TopicName};
-use tokio::{
-    net::TcpStream,
-    sync::OwnedSemaphorePermit,
-    time::{Instant, Interval, MissedTickBehavior},
-};
+use tokio::{net::TcpStream, sync::OwnedSemaphorePermit, time::Instant};
 use tracing::{Span, debug, info_span};
 
 use crate::{feed::FeedLease, node::Node, telemetry};
@@ -64,6 +61,7 @@ use live::{LiveItem, LiveReceivers};
 use pacing::Pacer;
 use park::ParkedWake;
 use progress::Progress;
+use timer::{StreamTimer, TimerFired};
 
 /// Most bytes gathered into one write.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -172,6 +170,8 @@ enum Wake {
     Shutdown,
     Deadline,
     NoProgress,
+    /// The pacing window is over: the stream may read its events.
+    PaceOver,
     Heartbeat,
     PeerClosed,
     Work(Work),
@@ -195,7 +195,9 @@ pub struct ClientStream {
     jetstream_permit: Option<OwnedSemaphorePermit>,
     catch_up_started: Instant,
     live: LiveReceivers,
-    heartbeat: Option<Interval>,
+    /// The next heartbeat and the one other time the stream waits for;
+    /// taken out during each wait, which borrows the rest of the stream.
+    timer: Option<StreamTimer>,
     wrote_since_heartbeat: bool,
     close_at: Option<(Instant, CloseReason)>,
     lifetime_end: Option<Instant>,
@@ -297,7 +299,7 @@ impl ClientStream {
             .min()
             .unwrap_or(config.delivery.path_queue_events);
         let mut stream = Self {
-            heartbeat: Some(heartbeat_interval(config.heartbeat())),
+            timer: Some(StreamTimer::new(config.heartbeat())),
             lifetime_end: (config.http.max_connection_lifetime_seconds > 0).then(|| {
                 let base = Duration::from_secs(config.http.max_connection_lifetime_seconds);
                 Instant::now() + base + base.mul_f64(fastrand::f64() * 0.2)
@@ -481,14 +483,33 @@ impl ClientStream {
                     }
                 }
             }
-            let mut heartbeat = self
-                .heartbeat
+            let mut timer = self
+                .timer
                 .take()
-                .expect("heartbeat is put back after each wait");
+                .expect("the timer is put back after each wait");
             // Cloned only while catching up: live wakes of every client would
             // otherwise all touch the node's shared reference count.
             let node = catching_up.then(|| self.node.clone());
-            let pace_until = self.pacer.hold_until(Instant::now());
+            // A client that was written to a moment ago waits out the rest
+            // of the pacing window before it reads its events, so a busy
+            // stream gets one write per window instead of one per event; a
+            // quiet one is written to at once.
+            let pace_until = if catching_up {
+                None
+            } else {
+                self.pacer.hold_until(Instant::now())
+            };
+            // One timer for the deadline, the stall watch and the pacing
+            // window, beside the heartbeat: each timer a waiting stream
+            // holds costs it over 100 bytes.
+            let wake_at = match (deadline, stalled_at) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            };
+            let timer_at = match (wake_at, pace_until) {
+                (Some(w), Some(p)) => Some(w.min(p)),
+                (w, p) => w.or(p),
+            };
             let wake = {
                 // Both kinds of work are safe to drop before they complete:
                 // a permit not yet granted, an event not yet taken.
@@ -496,13 +517,6 @@ impl ClientStream {
                     if let Some(node) = &node {
                         Work::Permit(node.jetstream_read_permit().await)
                     } else {
-                        // A client that was written to a moment ago waits out
-                        // the rest of the pacing window first, so a busy
-                        // stream gets one write per window instead of one per
-                        // event; a quiet one is written to at once.
-                        if let Some(until) = pace_until {
-                            tokio::time::sleep_until(until).await;
-                        }
                         Work::Live(self.live.next().await)
                     }
                 };
@@ -510,33 +524,32 @@ impl ClientStream {
                 // their topics' feeds: waiting on the shared token here would
                 // take its lock on every wake of every client.
                 let watch_shutdown = catching_up && !draining;
-                // One timer for the deadline and the stall watch: each timer
-                // a waiting stream holds costs it over 100 bytes.
-                let wake_at = match (deadline, stalled_at) {
-                    (Some(d), Some(s)) => Some(d.min(s)),
-                    (d, s) => d.or(s),
-                };
                 tokio::select! {
                     biased;
                     _ = shutdown_of(node.as_ref()), if watch_shutdown => Wake::Shutdown,
-                    _ = heartbeat.tick() => Wake::Heartbeat,
                     gone = peer_closed(peer), if peer.is_some() => {
                         if gone { Wake::PeerClosed } else { Wake::Heartbeat }
                     }
-                    work = work => Wake::Work(work),
+                    work = work, if pace_until.is_none() => Wake::Work(work),
                     // After the work: events waiting are progress about to
                     // be made, not a stall (the deadline is met on the next
-                    // turn if it is also due).
-                    _ = sleep_until_opt(wake_at), if wake_at.is_some() => {
-                        if deadline.is_some_and(|d| d <= Instant::now()) {
+                    // turn if it is also due), and a stream being written to
+                    // needs no heartbeat.
+                    fired = timer.wait(timer_at) => {
+                        let now = Instant::now();
+                        if fired == TimerFired::Heartbeat {
+                            Wake::Heartbeat
+                        } else if deadline.is_some_and(|d| d <= now) {
                             Wake::Deadline
-                        } else {
+                        } else if wake_at.is_some_and(|w| w <= now) {
                             Wake::NoProgress
+                        } else {
+                            Wake::PaceOver
                         }
                     }
                 }
             };
-            self.heartbeat = Some(heartbeat);
+            self.timer = Some(timer);
             match wake {
                 Wake::Shutdown => {
                     self.start_drain();
@@ -547,6 +560,7 @@ impl ClientStream {
                     return Some(self.finish(reason));
                 }
                 Wake::NoProgress => return Some(self.stalled()),
+                Wake::PaceOver => continue,
                 Wake::PeerClosed => {
                     self.done = true;
                     return None;
@@ -650,12 +664,6 @@ async fn peer_closed(peer: Option<&TcpStream>) -> bool {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
         Err(_) => true,
     }
-}
-
-fn heartbeat_interval(period: Duration) -> Interval {
-    let mut interval = tokio::time::interval_at(Instant::now() + period, period);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    interval
 }
 
 async fn shutdown_of(node: Option<&Node>) {

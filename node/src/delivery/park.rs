@@ -18,7 +18,7 @@ use tokio::{net::TcpStream, time::Instant};
 use crate::connection::SharedSocket;
 
 use super::{
-    ClientStream, CloseReason, HEARTBEAT, live::LiveItem, only_path, peer_closed, sleep_until_opt,
+    ClientStream, CloseReason, HEARTBEAT, live::LiveItem, only_path, peer_closed, timer::TimerFired,
 };
 
 /// Events of one topic in a row, with none of the stream's other topics
@@ -223,13 +223,13 @@ impl ClientStream {
             GivenBack,
             Other(LiveItem),
         }
-        let mut heartbeat = self
-            .heartbeat
+        let mut timer = self
+            .timer
             .take()
-            .expect("heartbeat is put back after each wait");
+            .expect("the timer is put back after each wait");
         let deadline = close_at.map(|(at, _)| at);
         let Some(ticket) = self.parked.as_ref() else {
-            self.heartbeat = Some(heartbeat);
+            self.timer = Some(timer);
             return ParkedWake::Resume;
         };
         // A stream of several topics still reads the others.
@@ -237,13 +237,15 @@ impl ClientStream {
         let live = &mut self.live;
         let woke = tokio::select! {
             biased;
-            _ = sleep_until_opt(deadline), if deadline.is_some() => Woke::Deadline,
-            _ = heartbeat.tick() => Woke::Heartbeat,
+            fired = timer.wait(deadline) => match fired {
+                TimerFired::Other => Woke::Deadline,
+                TimerFired::Heartbeat => Woke::Heartbeat,
+            },
             gone = peer_closed(peer), if peer.is_some() => Woke::Peer(gone),
             _ = ticket.given_back() => Woke::GivenBack,
             item = live.next(), if reads_others => Woke::Other(item),
         };
-        self.heartbeat = Some(heartbeat);
+        self.timer = Some(timer);
         match woke {
             Woke::Peer(false) => ParkedWake::Resume,
             Woke::Peer(true) => {

@@ -33,9 +33,10 @@
 //! or JetStream, then `reset` where history is gone), [`live`] (the topics'
 //! broadcast receivers), [`framing`] (the bytes written), [`pacing`] (when a
 //! busy client is written to), [`park`] and [`parked`] (a stream's side and
-//! its feed's side of parking) and [`progress`] (the no-progress watchdog).
-//! This module holds the stream's state and its loop: what it waits on, and
-//! its deadlines (drain, lifetime, token expiry, heartbeat).
+//! its feed's side of parking), [`progress`] (the no-progress watchdog) and
+//! [`timer`] (the one timer a stream waits on for all of its times). This
+//! module holds the stream's state and its loop: what it waits on, and its
+//! deadlines (drain, lifetime, token expiry, heartbeat).
 
 mod catch_up;
 mod framing;

@@ -561,7 +561,18 @@ impl ClientStream {
                     return Some(self.finish(reason));
                 }
                 Wake::NoProgress => return Some(self.stalled()),
-                Wake::PaceOver => continue,
+                Wake::PaceOver => {
+                    // What the window held back is written now, before the
+                    // stream tries to park: with events waiting it could not
+                    // park, and trying takes the lock its feed's writer holds
+                    // while it writes.
+                    let Some(item) = self.live.try_next() else {
+                        continue;
+                    };
+                    if let Err(reason) = self.live_batch(item, &mut out) {
+                        return Some(self.finish(reason));
+                    }
+                }
                 Wake::PeerClosed => {
                     self.done = true;
                     return None;

@@ -106,23 +106,43 @@ def topic() -> str:
     return "t" + secrets.token_hex(4)
 
 
+FIGURE_PROPERTY = "chaos figure"
+_figures_sent = 0
+_figures_reported: list[tuple[str, dict]] = []
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
+    global _figures_sent
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
+    if rep.when == "teardown":
+        # Figures travel on the test's last report: under pytest-xdist that
+        # is how they reach the process that prints the summary.
+        try:
+            from cluster.workload import FIGURES
+        except ImportError:
+            FIGURES = []
+        fresh = FIGURES[_figures_sent:]
+        _figures_sent = len(FIGURES)
+        if fresh:
+            rep.user_properties = list(rep.user_properties) + [(FIGURE_PROPERTY, (name, dict(fig))) for name, fig in fresh]
     return rep
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for key, value in report.user_properties:
+        if key == FIGURE_PROPERTY:
+            name, fig = value
+            _figures_reported.append((name, fig))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    try:
-        from cluster.workload import FIGURES
-    except ImportError:
-        return
-    if not FIGURES:
+    if not _figures_reported:
         return
     tr = terminalreporter
     tr.section("chaos figures")
-    for name, fig in FIGURES:
+    for name, fig in _figures_reported:
         tr.write_line(f"{name}:")
         for k, v in fig.items():
             tr.write_line(f"    {k:<26} {v}")

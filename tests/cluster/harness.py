@@ -53,15 +53,32 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _port_range() -> tuple[int, int]:
+    """This test process's share of the ports below the ephemeral range.
+
+    Under pytest-xdist each worker takes a slice of its own: a port checked
+    free by one worker could otherwise be chosen by another before either
+    starts the server meant to listen on it."""
+    low, high = 10000, max(10001, _ephemeral_low() - 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        index = int(worker[2:]) % count
+        width = (high - low) // count
+        low += index * width
+        high = low + width - 1
+    return low, high
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now, below the kernel's ephemeral
     range. Ports for outgoing connections come from that range: a port
     chosen there could be taken by, say, the first NATS server dialling its
     routes before the server meant to listen on it has started. Never the
-    same port twice in one test process."""
-    low = _ephemeral_low()
+    same port twice in one test process, nor one another worker may pick."""
+    low, high = _port_range()
     for _ in range(2000):
-        port = random.randint(10000, max(10001, low - 1))
+        port = random.randint(low, high)
         if port in _handed_out:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -15,6 +15,7 @@
 pub mod args;
 pub mod bare;
 pub mod histogram;
+pub mod node_lag;
 pub mod probe;
 pub mod procstat;
 pub mod publish;

@@ -10,6 +10,11 @@
 //! `--probe 1` (sse-node) runs the [consumer probe](crate::probe) beside
 //! the node and reports its latency as `consumer_p50_ms`/`consumer_p99_ms`.
 //!
+//! For sse-node, the node's own split of its lag is read from its
+//! `/metrics` before and after the event phase ([`node_lag`](crate::node_lag)):
+//! `node_read_*` up to its topic feed's read, `node_written_*` up to the
+//! write on a client's socket, each quantile as the upper bound of its bucket.
+//!
 //! `--variant NAME` names a configuration of the target in the tables
 //! (`no pacing`); by default a multi-subject node run is named by its
 //! layout.
@@ -64,6 +69,7 @@ use tokio::{
 use crate::{
     args::Args,
     histogram::Histogram,
+    node_lag,
     probe::Probe,
     procstat::{self, Sample},
     publish::Publisher,
@@ -503,6 +509,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     } else {
         None
     };
+    // Scraped before the CPU samples, so that the node's work answering
+    // stays out of the run's cost.
+    let lag_before = if target == Target::Node {
+        node_lag::scrape(&addrs).await
+    } else {
+        Vec::new()
+    };
     let connected = sample_all(&pids);
     let client_cpu_start = cpu_of(&worker_pids);
 
@@ -587,6 +600,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let caught_up = now.caught_up >= subscribers;
     let after = sample_all(&pids);
     let client_cpu_s = cpu_of(&worker_pids) - client_cpu_start;
+    let [lag_read, lag_written] = if target == Target::Node {
+        node_lag::observed(&lag_before, &node_lag::scrape(&addrs).await)
+    } else {
+        Default::default()
+    };
     let finish = worker::Command {
         targets: Some(counters.clone()),
         finish: true,
@@ -809,6 +827,15 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         ("h2_first_error", json!(t.h2_first_error)),
     ] {
         result[name] = value;
+    }
+    // Where the node's own part of the tail lies: the upper bounds of the
+    // buckets holding each quantile (see `node_lag`).
+    for (prefix, observed) in [("node_read", &lag_read), ("node_written", &lag_written)] {
+        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+            result[format!("{prefix}_{name}_le_ms")] =
+                json!(node_lag::quantile_bucket(observed, q).map(|((_, upper), _)| upper * 1000.0));
+        }
+        result[format!("{prefix}_samples")] = json!(observed.last().map(|(_, count)| *count));
     }
     if let Some(killed) = killed_us {
         result["catch_up_s"] =

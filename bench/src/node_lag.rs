@@ -19,9 +19,13 @@ pub const WRITTEN: &str = "sse_delivery_lag_seconds";
 /// Cumulative counts of one histogram, by upper bound in seconds, rising.
 pub type Buckets = Vec<(f64, f64)>;
 
-/// One node's scrape: [`FEED_READ`], then [`WRITTEN`]; `None` if it did
-/// not answer.
-pub type NodeScrape = Option<[Buckets; 2]>;
+/// The counter of parked sockets given back because they did not take a
+/// whole write: their client did not read fast enough.
+pub const REFUSALS: &str = "sse_parked_refusals_total";
+
+/// One node's scrape: [`FEED_READ`], [`WRITTEN`], and [`REFUSALS`] as a
+/// one-bucket histogram; `None` if it did not answer.
+pub type NodeScrape = Option<[Buckets; 3]>;
 
 /// Cumulative counts of one histogram, by upper bound in seconds, in the
 /// order of `/metrics` (rising, `+Inf` last). Empty when it is absent.
@@ -89,8 +93,16 @@ pub fn merge(into: &mut Buckets, extra: &[(f64, f64)]) {
     }
 }
 
-/// Both histograms ([`FEED_READ`], [`WRITTEN`]) of each node at `addrs`;
-/// `None` for a node that does not answer.
+/// The value of a counter without labels; `None` when it is absent.
+pub fn counter(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+}
+
+/// Both histograms ([`FEED_READ`], [`WRITTEN`]) and [`REFUSALS`] of each
+/// node at `addrs`; `None` for a node that does not answer.
 pub async fn scrape(addrs: &[SocketAddr]) -> Vec<NodeScrape> {
     let mut nodes = Vec::with_capacity(addrs.len());
     for addr in addrs {
@@ -98,19 +110,24 @@ pub async fn scrape(addrs: &[SocketAddr]) -> Vec<NodeScrape> {
             crate::scenario::http_get(*addr, "/metrics")
                 .await
                 .ok()
-                .map(|text| [buckets(&text, FEED_READ), buckets(&text, WRITTEN)]),
+                .map(|text| {
+                    let refusals = counter(&text, REFUSALS)
+                        .map(|n| vec![(f64::INFINITY, n)])
+                        .unwrap_or_default();
+                    [buckets(&text, FEED_READ), buckets(&text, WRITTEN), refusals]
+                }),
         );
     }
     nodes
 }
 
 /// What every node that answered both scrapes observed in between, merged:
-/// [`FEED_READ`], then [`WRITTEN`].
-pub fn observed(before: &[NodeScrape], after: &[NodeScrape]) -> [Buckets; 2] {
-    let mut merged = [Vec::new(), Vec::new()];
+/// [`FEED_READ`], [`WRITTEN`], [`REFUSALS`].
+pub fn observed(before: &[NodeScrape], after: &[NodeScrape]) -> [Buckets; 3] {
+    let mut merged = [Vec::new(), Vec::new(), Vec::new()];
     for (b, a) in before.iter().zip(after) {
         if let (Some(b), Some(a)) = (b, a) {
-            for k in 0..2 {
+            for k in 0..3 {
                 if let Some(d) = between(&b[k], &a[k]) {
                     merge(&mut merged[k], &d);
                 }
@@ -177,14 +194,28 @@ mod tests {
 
     #[test]
     fn a_node_that_missed_a_scrape_is_left_out() {
+        let refused = |n| vec![(f64::INFINITY, n)];
         let before = [
-            Some([buckets(BEFORE, FEED_READ), Vec::new()]),
-            Some([buckets(BEFORE, FEED_READ), Vec::new()]),
+            Some([buckets(BEFORE, FEED_READ), Vec::new(), refused(2.0)]),
+            Some([buckets(BEFORE, FEED_READ), Vec::new(), refused(5.0)]),
         ];
-        let after = [Some([buckets(AFTER, FEED_READ), Vec::new()]), None];
-        let [read, written] = observed(&before, &after);
+        let after = [
+            Some([buckets(AFTER, FEED_READ), Vec::new(), refused(7.0)]),
+            None,
+        ];
+        let [read, written, refusals] = observed(&before, &after);
         assert_eq!(read.last(), Some(&(f64::INFINITY, 1000.0)));
         assert!(written.is_empty());
+        assert_eq!(refusals, refused(5.0));
+    }
+
+    #[test]
+    fn a_counter_is_read_by_its_whole_name() {
+        let text = "# TYPE sse_parked_refusals_total counter\n\
+            sse_parked_refusals_total_other 9\n\
+            sse_parked_refusals_total 42\n";
+        assert_eq!(counter(text, REFUSALS), Some(42.0));
+        assert_eq!(counter(text, "sse_missing_total"), None);
     }
 
     #[test]

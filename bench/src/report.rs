@@ -90,6 +90,7 @@ fn columns(scenario: &str) -> Vec<Column> {
             Column("JetStream consumer p99 ms", "consumer_p99_ms", 1, 1.0),
             Column("node: read p99 ≤ ms", "node_read_p99_le_ms", 1, 1.0),
             Column("node: written p99 ≤ ms", "node_written_p99_le_ms", 1, 1.0),
+            Column("node: sockets full", "node_parked_refusals", 0, 1.0),
             Column("server peak RSS MiB", "server_hwm_kib", 1, 1.0 / 1024.0),
         ],
     };

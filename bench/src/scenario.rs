@@ -13,7 +13,9 @@
 //! For sse-node, the node's own split of its lag is read from its
 //! `/metrics` before and after the event phase ([`node_lag`](crate::node_lag)):
 //! `node_read_*` up to its topic feed's read, `node_written_*` up to the
-//! write on a client's socket, each quantile as the upper bound of its bucket.
+//! write on a client's socket, each quantile as the upper bound of its
+//! bucket; `node_parked_refusals`, parked sockets that did not take a whole
+//! write because their client had not read enough.
 //!
 //! `--variant NAME` names a configuration of the target in the tables
 //! (`no pacing`); by default a multi-subject node run is named by its
@@ -600,7 +602,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let caught_up = now.caught_up >= subscribers;
     let after = sample_all(&pids);
     let client_cpu_s = cpu_of(&worker_pids) - client_cpu_start;
-    let [lag_read, lag_written] = if target == Target::Node {
+    let [lag_read, lag_written, refusals] = if target == Target::Node {
         node_lag::observed(&lag_before, &node_lag::scrape(&addrs).await)
     } else {
         Default::default()
@@ -837,6 +839,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         }
         result[format!("{prefix}_samples")] = json!(observed.last().map(|(_, count)| *count));
     }
+    // Parked sockets that did not take a whole write: clients that fell
+    // behind in reading.
+    result["node_parked_refusals"] = json!(refusals.last().map(|(_, count)| *count));
     if let Some(killed) = killed_us {
         result["catch_up_s"] =
             json!(caught_up.then(|| t.last_event_us.saturating_sub(killed) as f64 / 1e6));

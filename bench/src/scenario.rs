@@ -838,6 +838,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
                 json!(node_lag::quantile_bucket(observed, q).map(|((_, upper), _)| upper * 1000.0));
         }
         result[format!("{prefix}_samples")] = json!(observed.last().map(|(_, count)| *count));
+        // The whole histogram of the run, cumulative, by upper bound in ms
+        // (`null` for +Inf): any quantile can be read again from the raw file.
+        result[format!("{prefix}_buckets")] = json!(
+            observed
+                .iter()
+                .map(|(upper, count)| (upper.is_finite().then_some(upper * 1000.0), *count))
+                .collect::<Vec<_>>()
+        );
     }
     // Parked sockets that did not take a whole write: clients that fell
     // behind in reading.

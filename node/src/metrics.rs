@@ -221,7 +221,7 @@ impl Metrics {
             ),
             delivery_lag: histogram(
                 "sse_delivery_lag_seconds",
-                "Time from the JetStream timestamp to the write to a client: for a client's own writes one batch in eight, for a feed's writer each pass over its parked sockets, timing the oldest event of the batch or pass up to the end of its write.",
+                "Time from the JetStream timestamp to the write to a client: for a client's own writes one batch in eight, timing its oldest event; for a feed's writer every event, up to the end of its pass over the parked sockets.",
                 latency_buckets.clone(),
             ),
             feed_read_lag: histogram(

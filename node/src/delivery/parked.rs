@@ -210,8 +210,9 @@ impl Group {
         let (delivered, refusals) = write_frames(&mut self.entries, &frames);
         sweep.delivered += delivered;
         sweep.refusals += refusals;
-        let published = self.pending[0].published;
-        sweep.oldest = Some(sweep.oldest.map_or(published, |o| o.min(published)));
+        sweep
+            .written
+            .extend(self.pending.iter().map(|event| event.published));
         // The window starts when the sweep is done, not when it began: a
         // sweep of many sockets takes a while, and each of them is to get
         // one write per window. It also leaves the writer a window's rest
@@ -237,8 +238,8 @@ impl Default for Group {
 struct Sweep {
     delivered: u64,
     refusals: u64,
-    /// The publication time of the oldest event written.
-    oldest: Option<SystemTime>,
+    /// The publication time of each event written, once per group.
+    written: Vec<SystemTime>,
     /// When the next held group is due.
     next_due: Option<Instant>,
 }
@@ -672,13 +673,15 @@ async fn write_parked(
         }
         if sweep.delivered > 0 {
             metrics.events_delivered.inc_by(sweep.delivered);
-            // Every pass: one observation beside a write to every parked
-            // socket costs nothing worth sampling away, and a pass late
-            // once in a hundred still shows in the p99.
-            if let Some(oldest) = sweep.oldest
-                && let Ok(lag) = SystemTime::now().duration_since(oldest)
-            {
-                metrics.delivery_lag.observe(lag.as_secs_f64());
+            // Every event written, not one per pass: a pass after a stall
+            // carries many events, and the lag's quantiles are to weigh
+            // them as clients do. A few observations beside a write to
+            // every parked socket cost nothing worth sampling away.
+            let now = SystemTime::now();
+            for published in &sweep.written {
+                if let Ok(lag) = now.duration_since(*published) {
+                    metrics.delivery_lag.observe(lag.as_secs_f64());
+                }
             }
         }
         if lagged || closed || drain.is_some() {

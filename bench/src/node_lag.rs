@@ -9,7 +9,7 @@
 //! counts, so a quantile is known to lie within one bucket: the report
 //! gives that bucket's upper bound, never a figure finer than the buckets.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 /// The histogram of the time to the feed's read.
 pub const FEED_READ: &str = "sse_feed_read_lag_seconds";
@@ -101,15 +101,21 @@ pub fn counter(metrics: &str, name: &str) -> Option<f64> {
         .find_map(|value| value.trim().parse().ok())
 }
 
+/// How long a node may take to answer a scrape before it counts as not
+/// answering: a run is never held up by its measurement.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Both histograms ([`FEED_READ`], [`WRITTEN`]) and [`REFUSALS`] of each
-/// node at `addrs`; `None` for a node that does not answer.
+/// node at `addrs`; `None` for a node that does not answer in time (killed,
+/// or a port that speaks only TLS).
 pub async fn scrape(addrs: &[SocketAddr]) -> Vec<NodeScrape> {
     let mut nodes = Vec::with_capacity(addrs.len());
     for addr in addrs {
         nodes.push(
-            crate::scenario::http_get(*addr, "/metrics")
+            tokio::time::timeout(SCRAPE_TIMEOUT, crate::scenario::http_get(*addr, "/metrics"))
                 .await
                 .ok()
+                .and_then(Result::ok)
                 .map(|text| {
                     let refusals = counter(&text, REFUSALS)
                         .map(|n| vec![(f64::INFINITY, n)])

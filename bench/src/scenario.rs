@@ -513,7 +513,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     };
     // Scraped before the CPU samples, so that the node's work answering
     // stays out of the run's cost.
-    let lag_before = if target == Target::Node {
+    // Not in the idle scenario: nothing is delivered, and the scrape's own
+    // allocations would land in the memory per connection.
+    let split_lag = target == Target::Node && scenario != "idle";
+    let lag_before = if split_lag {
         node_lag::scrape(&addrs).await
     } else {
         Vec::new()
@@ -602,7 +605,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let caught_up = now.caught_up >= subscribers;
     let after = sample_all(&pids);
     let client_cpu_s = cpu_of(&worker_pids) - client_cpu_start;
-    let [lag_read, lag_written, refusals] = if target == Target::Node {
+    let [lag_read, lag_written, refusals] = if split_lag {
         node_lag::observed(&lag_before, &node_lag::scrape(&addrs).await)
     } else {
         Default::default()

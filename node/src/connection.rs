@@ -41,6 +41,7 @@ use std::{
     collections::HashMap,
     io,
     net::IpAddr,
+    os::fd::AsRawFd as _,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, ready},
@@ -58,6 +59,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use prometheus::IntCounter;
+use socket2::SockRef;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -633,12 +635,23 @@ impl SharedSocket {
         self.sealer().is_some_and(|s| !s.unsent.is_empty())
     }
 
+    /// Reads what [`Self::try_send`] reads first, so that it is in the
+    /// cache by then; the value means nothing.
+    pub(crate) fn warm(&self) -> i32 {
+        self.tcp.as_raw_fd() ^ i32::from(self.records.is_some())
+    }
+
     /// Writes `frames[start..]` (event frames, cleartext) without waiting.
     pub(crate) fn try_send(&self, frames: &Bytes, start: usize) -> Sent {
         if let Some(mut sealer) = self.sealer() {
             return sealer.try_send(self, &frames[start..]);
         }
-        match self.tcp.try_write(&frames[start..]) {
+        // A plain send, past tokio's readiness: the feed's writer calls this
+        // for every parked socket and every batch, and the readiness check
+        // would touch one more allocation per socket. A refusal leaves
+        // tokio's readiness set; the stream's own writes find it stale and
+        // clear it (`poll_raw`).
+        match SockRef::from(&self.tcp).send(&frames[start..]) {
             Ok(n) if n == frames.len() - start => Sent::Whole,
             Ok(n) if n > 0 => Sent::Partly(frames.slice(start + n..)),
             _ => Sent::Refused,

@@ -18,7 +18,8 @@ use tokio::{net::TcpStream, time::Instant};
 use crate::connection::SharedSocket;
 
 use super::{
-    ClientStream, CloseReason, HEARTBEAT, live::LiveItem, only_path, peer_closed, timer::TimerFired,
+    ClientStream, CloseReason, HEARTBEAT, live::LiveItem, only_path, parked::Beat, peer_closed,
+    timer::TimerFired,
 };
 
 /// Events of one topic in a row, with none of the stream's other topics
@@ -142,11 +143,6 @@ impl ClientStream {
         self.parked.is_some()
     }
 
-    /// Whether the writer wrote to the parked socket since the last call.
-    pub(super) fn parked_wrote(&self) -> bool {
-        self.parked.as_ref().is_some_and(|t| t.take_wrote())
-    }
-
     /// Takes the socket back from the feed's writer: the stream attaches to
     /// its feed again and catches up from where the socket stands. Returns
     /// bytes of a partial write, which must be written before anything else.
@@ -252,22 +248,23 @@ impl ClientStream {
                 let _ = self.unpark();
                 ParkedWake::Gone
             }
-            Woke::Heartbeat if self.parked_wrote() || self.wrote_since_heartbeat => {
-                self.wrote_since_heartbeat = false;
-                ParkedWake::Resume
-            }
-            Woke::Heartbeat if ticket.heartbeat(HEARTBEAT) => {
-                self.node.metrics().heartbeats.inc();
-                ParkedWake::Resume
-            }
-            Woke::Heartbeat => match self.unpark() {
-                Err(reason) => ParkedWake::End(reason),
-                Ok(Some(rest)) => ParkedWake::Write(rest),
-                Ok(None) => {
-                    self.node.metrics().heartbeats.inc();
-                    ParkedWake::Write(Bytes::from_static(HEARTBEAT))
+            Woke::Heartbeat => {
+                match ticket.heartbeat(HEARTBEAT, std::mem::take(&mut self.wrote_since_heartbeat)) {
+                    Beat::NotDue => ParkedWake::Resume,
+                    Beat::Sent => {
+                        self.node.metrics().heartbeats.inc();
+                        ParkedWake::Resume
+                    }
+                    Beat::Refused => match self.unpark() {
+                        Err(reason) => ParkedWake::End(reason),
+                        Ok(Some(rest)) => ParkedWake::Write(rest),
+                        Ok(None) => {
+                            self.node.metrics().heartbeats.inc();
+                            ParkedWake::Write(Bytes::from_static(HEARTBEAT))
+                        }
+                    },
                 }
-            },
+            }
             Woke::Deadline => {
                 let reason = close_at.map_or(CloseReason::Shutdown, |(_, r)| r);
                 match self.unpark() {

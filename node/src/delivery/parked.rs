@@ -40,7 +40,7 @@ use std::{
     fmt::Write as _,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -159,6 +159,9 @@ impl Place {
 /// because the topic is busy.
 struct Group {
     entries: Slab<Entry>,
+    /// Passes that wrote to any of the group's sockets; its streams read it
+    /// to tell whether a heartbeat is due, without the lock.
+    passes: Arc<AtomicU64>,
     /// Events taken from the feed and not written yet, while paced.
     pending: Vec<Arc<Event>>,
     pending_bytes: usize,
@@ -169,6 +172,7 @@ impl Group {
     fn new((window, queue_events): (Duration, usize)) -> Self {
         Self {
             entries: Slab::new(),
+            passes: Arc::default(),
             pending: Vec::new(),
             pending_bytes: 0,
             pacer: Pacer::new(window, queue_events),
@@ -208,6 +212,9 @@ impl Group {
         }
         let frames = Frames::of(self.pending.iter(), cursor);
         let (delivered, refusals) = write_frames(&mut self.entries, &frames);
+        if delivered > 0 {
+            self.passes.fetch_add(1, Ordering::Relaxed);
+        }
         sweep.delivered += delivered;
         sweep.refusals += refusals;
         sweep
@@ -255,8 +262,17 @@ struct Entry {
 struct Handback {
     returned: Mutex<Option<Returned>>,
     given_back: Notify,
-    /// Set on each write, cleared by the stream's heartbeat.
-    wrote: AtomicBool,
+}
+
+/// What a parked stream's heartbeat did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Beat {
+    /// The writer wrote to the socket since the last heartbeat: none needed.
+    NotDue,
+    /// The heartbeat went out whole; the stream stays parked.
+    Sent,
+    /// The socket did not take it whole: the stream takes the socket back.
+    Refused,
 }
 
 /// A socket given back to its stream.
@@ -279,6 +295,9 @@ pub(crate) struct Ticket {
     key: usize,
     handback: Arc<Handback>,
     held: bool,
+    /// The group's count of passes, and its value at the last heartbeat.
+    passes: Arc<AtomicU64>,
+    passes_seen: AtomicU64,
 }
 
 impl Ticket {
@@ -287,17 +306,24 @@ impl Ticket {
         self.handback.given_back.notified().await;
     }
 
-    /// Whether the writer wrote to the socket since the last call.
-    pub(crate) fn take_wrote(&self) -> bool {
-        self.handback.wrote.swap(false, Ordering::Relaxed)
-    }
-
-    /// Writes `beat` (a heartbeat's comment line) to the parked socket
-    /// between two of the writer's batches, so that the stream stays
-    /// parked. Returns whether the socket took it whole. If not, the stream
-    /// takes the socket back: a part of `beat` the socket did not take comes
-    /// back with it, and a socket that took none is written to as any other.
-    pub(crate) fn heartbeat(&self, beat: &'static [u8]) -> bool {
+    /// Unless the writer wrote to the socket since the last call, or the
+    /// stream did (`stream_wrote`), writes
+    /// `beat` (a heartbeat's comment line) to the parked socket between two
+    /// of the writer's batches, so that the stream stays parked. If the
+    /// socket does not take it whole, the stream takes the socket back: a
+    /// part of `beat` the socket did not take comes back with it, and a
+    /// socket that took none is written to as any other.
+    ///
+    /// A pass of the writer over the socket's group counts as a write to
+    /// it. The writer skips a socket only for events it already has, which
+    /// happens at most in the first pass after it parked: a heartbeat may
+    /// then come one interval late, never more.
+    pub(crate) fn heartbeat(&self, beat: &'static [u8], stream_wrote: bool) -> Beat {
+        let passes = self.passes.load(Ordering::Relaxed);
+        let writer_wrote = self.passes_seen.swap(passes, Ordering::Relaxed) != passes;
+        if writer_wrote || stream_wrote {
+            return Beat::NotDue;
+        }
         self.sockets
             .heartbeat(&self.place, self.key, &self.handback, beat)
     }
@@ -356,27 +382,28 @@ impl ParkedSockets {
         };
         let pacing = parked.pacing;
         let place = Place::of(path, cursor);
-        let key = match &place {
-            Place::All => parked.all.entries.insert(entry),
+        let group = match &place {
+            Place::All => &mut parked.all,
             Place::Path(path) => parked
                 .by_path
                 .entry(path.clone())
-                .or_insert_with(|| Group::new(pacing))
-                .entries
-                .insert(entry),
+                .or_insert_with(|| Group::new(pacing)),
             Place::Cursor(key) => parked
                 .with_cursor
                 .entry((**key).clone())
-                .or_insert_with(|| Group::new(pacing))
-                .entries
-                .insert(entry),
+                .or_insert_with(|| Group::new(pacing)),
         };
+        let key = group.entries.insert(entry);
+        let passes = group.passes.clone();
+        let passes_seen = AtomicU64::new(passes.load(Ordering::Relaxed));
         Ticket {
             sockets: self.clone(),
             place,
             key,
             handback,
             held: true,
+            passes,
+            passes_seen,
         }
     }
 
@@ -411,30 +438,30 @@ impl ParkedSockets {
         key: usize,
         handback: &Arc<Handback>,
         beat: &'static [u8],
-    ) -> bool {
+    ) -> Beat {
         // Under the lock the writer is between batches: every parked socket
         // stands at the end of a whole frame.
         let mut parked = self.lock();
         let Some(group) = parked.group(place) else {
-            return false;
+            return Beat::Refused;
         };
         let Some(entry) = group
             .entries
             .get(key)
             .filter(|e| Arc::ptr_eq(&e.handback, handback))
         else {
-            return false;
+            return Beat::Refused;
         };
         let rest = match entry.socket.try_send(&Bytes::from_static(beat), 0) {
-            Sent::Whole => return true,
+            Sent::Whole => return Beat::Sent,
             Sent::Partly(rest) => rest,
-            Sent::Refused => return false,
+            Sent::Refused => return Beat::Refused,
         };
         let entry = group.entries.remove(key);
         parked.drop_if_empty(place);
         let pos = entry.pos;
         give_back(entry, pos, Some(rest), true);
-        false
+        Beat::Refused
     }
 
     /// Gives every socket back where it stands; events held for them are
@@ -577,6 +604,9 @@ impl Frames {
     }
 }
 
+/// Sockets whose state is read ahead of their sends, together.
+const WARM_RUN: usize = 16;
+
 /// Writes `frames` to each socket of `slab`; gives back those that do not
 /// take all they need. Returns the events delivered and the sockets given
 /// back.
@@ -586,26 +616,34 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames) -> (u64, u64) {
     };
     let mut delivered = 0u64;
     let mut refused: Vec<(usize, u64, Option<Bytes>)> = Vec::new();
-    for (key, entry) in slab.iter_mut() {
-        let Some((first, start)) = frames.after(entry.pos) else {
-            continue;
-        };
-        match entry.socket.try_send(&frames.bytes, start) {
-            Sent::Whole => {
-                entry.pos = last;
-                entry.handback.wrote.store(true, Ordering::Relaxed);
-                delivered += (frames.ends.len() - first) as u64;
+    let mut entries: Vec<(usize, &mut Entry)> = slab.iter_mut().collect();
+    for run in entries.chunks_mut(WARM_RUN) {
+        // Each socket's state sits in an allocation of its own that the
+        // sends in between have pushed out of the cache. Read with no
+        // system call between them, a run's sockets miss the cache together
+        // rather than one after another, each behind a send.
+        std::hint::black_box(run.iter().fold(0, |acc, (_, e)| acc ^ e.socket.warm()));
+        for (key, entry) in run.iter_mut() {
+            let Some((first, start)) = frames.after(entry.pos) else {
+                continue;
+            };
+            match entry.socket.try_send(&frames.bytes, start) {
+                Sent::Whole => {
+                    entry.pos = last;
+                    delivered += (frames.ends.len() - first) as u64;
+                }
+                Sent::Partly(rest) => {
+                    // The socket took part of the batch: the stream writes the
+                    // rest itself, and owns every event of it from here.
+                    delivered += (frames.ends.len() - first) as u64;
+                    refused.push((*key, last, Some(rest)));
+                }
+                // Full, or failed: the stream finds out which when it writes.
+                Sent::Refused => refused.push((*key, entry.pos, None)),
             }
-            Sent::Partly(rest) => {
-                // The socket took part of the batch: the stream writes the
-                // rest itself, and owns every event of it from here.
-                delivered += (frames.ends.len() - first) as u64;
-                refused.push((key, last, Some(rest)));
-            }
-            // Full, or failed: the stream finds out which when it writes.
-            Sent::Refused => refused.push((key, entry.pos, None)),
         }
     }
+    drop(entries);
     let refusals = refused.len() as u64;
     for (key, pos, remainder) in refused {
         give_back(slab.remove(key), pos, remainder, true);
@@ -752,7 +790,7 @@ mod heartbeat_tests {
         let (mut client, server) = pair().await;
         let sockets = Arc::new(ParkedSockets::default());
         let ticket = sockets.park(&server, Some("a"), None, 7, (Duration::ZERO, 16), || {});
-        assert!(ticket.heartbeat(b": hb\n\n"));
+        assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::Sent);
         let mut got = [0u8; 6];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b": hb\n\n");
@@ -760,6 +798,42 @@ mod heartbeat_tests {
         let returned = ticket.take_back().unwrap();
         assert_eq!(returned.pos, 7);
         assert_eq!(returned.remainder, None);
+    }
+
+    /// No heartbeat follows a write of the feed's writer or of the stream
+    /// itself; one follows a quiet interval.
+    #[tokio::test]
+    async fn a_heartbeat_goes_out_only_after_a_quiet_interval() {
+        let (mut client, server) = pair().await;
+        let sockets = Arc::new(ParkedSockets::default());
+        let ticket = sockets.park(&server, None, None, 0, (Duration::ZERO, 16), || {});
+        let ctx = crate::event::EncodeContext {
+            topic: "t".into(),
+            epoch: "e".into(),
+            max_event_bytes: 1024,
+        };
+        let event = Arc::new(Event::encode(
+            &ctx,
+            1,
+            "t",
+            std::time::SystemTime::now(),
+            None,
+            b"x",
+        ));
+        assert_eq!(
+            sockets
+                .take_in(std::slice::from_ref(&event), false)
+                .delivered,
+            1
+        );
+        assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::NotDue);
+        assert_eq!(ticket.heartbeat(b": hb\n\n", true), Beat::NotDue);
+        assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::Sent);
+        let mut got = vec![0u8; event.frame.len() + 6];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..event.frame.len()], &event.frame[..]);
+        assert_eq!(&got[event.frame.len()..], b": hb\n\n");
+        assert_eq!(ticket.take_back().unwrap().pos, 1);
     }
 
     /// A socket that takes no bytes is left to its stream: the heartbeat is
@@ -772,7 +846,7 @@ mod heartbeat_tests {
         while server.tcp().try_write(&filler).is_ok_and(|n| n > 0) {}
         let sockets = Arc::new(ParkedSockets::default());
         let ticket = sockets.park(&server, None, None, 3, (Duration::ZERO, 16), || {});
-        assert!(!ticket.heartbeat(b": hb\n\n"));
+        assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::Refused);
         assert_eq!(sockets.lock().all.entries.len(), 1);
         let returned = ticket.take_back().unwrap();
         assert_eq!((returned.pos, returned.remainder), (3, None));

@@ -641,17 +641,21 @@ impl SharedSocket {
         self.tcp.as_raw_fd() ^ i32::from(self.records.is_some())
     }
 
+    /// Sends `buf` without waiting, with a plain `send` past tokio's
+    /// readiness: the feed's writer sends to every parked socket for every
+    /// batch, and the readiness check would touch one more allocation per
+    /// socket. A refusal leaves tokio's readiness set; the stream's own
+    /// writes find it stale and clear it (`poll_raw`).
+    pub(crate) fn send_now(&self, buf: &[u8]) -> io::Result<usize> {
+        SockRef::from(&self.tcp).send(buf)
+    }
+
     /// Writes `frames[start..]` (event frames, cleartext) without waiting.
     pub(crate) fn try_send(&self, frames: &Bytes, start: usize) -> Sent {
         if let Some(mut sealer) = self.sealer() {
             return sealer.try_send(self, &frames[start..]);
         }
-        // A plain send, past tokio's readiness: the feed's writer calls this
-        // for every parked socket and every batch, and the readiness check
-        // would touch one more allocation per socket. A refusal leaves
-        // tokio's readiness set; the stream's own writes find it stale and
-        // clear it (`poll_raw`).
-        match SockRef::from(&self.tcp).send(&frames[start..]) {
+        match self.send_now(&frames[start..]) {
             Ok(n) if n == frames.len() - start => Sent::Whole,
             Ok(n) if n > 0 => Sent::Partly(frames.slice(start + n..)),
             _ => Sent::Refused,

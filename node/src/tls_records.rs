@@ -139,7 +139,7 @@ impl RecordSealer {
         let Ok(sealed) = self.seal(ContentType::ApplicationData, plaintext) else {
             return Sent::Refused;
         };
-        match socket.tcp().try_write(&sealed) {
+        match socket.send_now(&sealed) {
             Ok(n) if n == sealed.len() => Sent::Whole,
             Ok(n) if n > 0 => {
                 self.unsent = sealed.slice(n..);

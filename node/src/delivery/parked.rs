@@ -307,12 +307,12 @@ impl Ticket {
     }
 
     /// Unless the writer wrote to the socket since the last call, or the
-    /// stream did (`stream_wrote`), writes
-    /// `beat` (a heartbeat's comment line) to the parked socket between two
-    /// of the writer's batches, so that the stream stays parked. If the
-    /// socket does not take it whole, the stream takes the socket back: a
-    /// part of `beat` the socket did not take comes back with it, and a
-    /// socket that took none is written to as any other.
+    /// stream did (`stream_wrote`), writes `beat` (a heartbeat's comment
+    /// line) to the parked socket between two of the writer's batches, so
+    /// that the stream stays parked. If the socket does not take it whole,
+    /// the stream takes the socket back: a part of `beat` the socket did not
+    /// take comes back with it, and a socket that took none is written to as
+    /// any other.
     ///
     /// A pass of the writer over the socket's group counts as a write to
     /// it. The writer skips a socket only for events it already has, which

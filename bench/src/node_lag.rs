@@ -2,12 +2,14 @@
 //!
 //! A node times each live event from its JetStream timestamp twice: when
 //! its topic feed reads it (`sse_feed_read_lag_seconds`) and when it is
-//! written to a client's socket (`sse_delivery_lag_seconds`, sampled once
-//! every few writes, timing the oldest event of the write). Scraped before
-//! and after a run's event phase, the difference of the two histograms is
-//! what that run's events saw. Prometheus histograms keep only bucket
-//! counts, so a quantile is known to lie within one bucket: the report
-//! gives that bucket's upper bound, never a figure finer than the buckets.
+//! written to a client's socket (`sse_delivery_lag_seconds`: every event a
+//! feed's writer writes to parked sockets, timed to the end of its pass;
+//! for a stream's own writes, one batch in eight by its oldest event).
+//! Scraped before and after a run's event phase, the difference of the two
+//! histograms is what that run's events saw. Prometheus histograms keep
+//! only bucket counts, so a quantile is known to lie within one bucket: the
+//! report gives that bucket's upper bound, never a figure finer than the
+//! buckets.
 
 use std::{net::SocketAddr, time::Duration};
 

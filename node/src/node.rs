@@ -12,7 +12,7 @@ use async_nats::jetstream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, metrics::Metrics, topics::Topics};
+use crate::{config::Config, delivery::merged::MergedFeeds, metrics::Metrics, topics::Topics};
 
 /// Shared state of one running node.
 #[derive(Clone)]
@@ -30,6 +30,7 @@ struct Inner {
     topics_loaded: AtomicBool,
     draining: AtomicBool,
     shutdown: CancellationToken,
+    merged_feeds: MergedFeeds,
 }
 
 /// Why the node is not ready, as shown by `/readyz`.
@@ -73,6 +74,7 @@ impl Node {
             topics_loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             shutdown,
+            merged_feeds: MergedFeeds::default(),
         }))
     }
 
@@ -99,6 +101,11 @@ impl Node {
     /// The topic registry.
     pub fn topics(&self) -> &Topics {
         &self.0.topics
+    }
+
+    /// The merged feeds of sets of topics that streams park on.
+    pub(crate) fn merged_feeds(&self) -> &MergedFeeds {
+        &self.0.merged_feeds
     }
 
     /// Whether shutdown has begun; a plain atomic load.

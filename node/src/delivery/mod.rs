@@ -41,6 +41,7 @@
 mod catch_up;
 mod framing;
 mod live;
+pub(crate) mod merged;
 mod pacing;
 mod park;
 pub(crate) mod parked;
@@ -60,7 +61,7 @@ use catch_up::JetStreamRead;
 use framing::write_reset_body;
 use live::{LiveItem, LiveReceivers};
 use pacing::Pacer;
-use park::ParkedWake;
+use park::{ParkTry, ParkedWake};
 use progress::Progress;
 use timer::{StreamTimer, TimerFired};
 
@@ -75,6 +76,10 @@ const LAG_SAMPLE_EVERY: u32 = 8;
 
 /// A heartbeat: an SSE comment line, which clients ignore.
 const HEARTBEAT: &[u8] = b": hb\n\n";
+
+/// Times a stream lets a merged feed's relay run before it, per chunk, when
+/// it could park but the relay has not caught up with it yet.
+const RELAY_TURNS: u32 = 3;
 
 /// The one concrete path a subscription reads of a topic, if that is all
 /// it reads: such a client hears only that path's events.
@@ -216,13 +221,16 @@ pub struct ClientStream {
     /// The stream's claim on its socket while the feed's writer holds it.
     /// Boxed, as the wait below: every stream carries the field, and most
     /// kinds of stream never park.
-    parked: Option<Box<parked::Ticket>>,
+    parked: Option<Box<park::Parking>>,
     /// Catching up after taking the socket back: not a resume, so it is
     /// not counted as one.
     rejoining: bool,
     /// The topic a stream of several topics last heard from, and how many
     /// of its events came in a row (see [`park::PARK_AFTER_RUN`]).
     run: (u32, u32),
+    /// Runs in a row shorter than [`park::PARK_AFTER_RUN`]: topics taking
+    /// turns (see [`park::MERGE_AFTER_TURNS`]).
+    turns: u32,
 }
 
 impl ClientStream {
@@ -333,6 +341,7 @@ impl ClientStream {
             parked: None,
             rejoining: false,
             run: (0, 0),
+            turns: 0,
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {
@@ -425,6 +434,7 @@ impl ClientStream {
         if let Some(prelude) = self.prelude.take() {
             return Some(prelude);
         }
+        let mut relay_turns = 0;
         loop {
             if self.done {
                 return None;
@@ -470,8 +480,14 @@ impl ClientStream {
             if !catching_up
                 && !self.is_parked()
                 && let Some(socket) = parkable
+                && self.try_park(socket) == ParkTry::RelayBehind
+                && relay_turns < RELAY_TURNS
             {
-                self.try_park(socket);
+                // The merged feed's relay was woken by the same events and
+                // has yet to run: let it, then try again.
+                relay_turns += 1;
+                tokio::task::yield_now().await;
+                continue;
             }
             if self.is_parked() {
                 match self.wait_parked(close_at, peer).await {

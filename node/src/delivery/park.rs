@@ -8,7 +8,10 @@
 //! stream of one busy topic and some quiet ones is written by its busy
 //! topic's writer, and one whose topics are all busy never parks, where
 //! taking its socket back for nearly every event would cost more than its
-//! own wake-ups.
+//! own wake-ups. Such a stream, once its topics have taken turns for
+//! [`MERGE_AFTER_TURNS`] runs in a row, parks on the merged feed of its
+//! whole topics instead (see [`super::merged`]), which writes every event
+//! of any of them.
 
 use std::sync::Arc;
 
@@ -18,13 +21,44 @@ use tokio::{net::TcpStream, time::Instant};
 use crate::connection::SharedSocket;
 
 use super::{
-    ClientStream, CloseReason, HEARTBEAT, live::LiveItem, only_path, parked::Beat, peer_closed,
+    ClientStream, CloseReason, HEARTBEAT,
+    live::LiveItem,
+    merged::{Behind, MergedFeed},
+    only_path,
+    parked::{Beat, Returned, Ticket},
+    peer_closed,
     timer::TimerFired,
 };
 
 /// Events of one topic in a row, with none of the stream's other topics
 /// between them, after which a stream of several topics parks on it.
 pub(super) const PARK_AFTER_RUN: u32 = 32;
+
+/// Runs in a row shorter than [`PARK_AFTER_RUN`], after which a stream
+/// of several whole topics parks on their merged feed.
+pub(super) const MERGE_AFTER_TURNS: u32 = 8;
+
+/// Most topics a stream may have to park on a merged feed: the relay
+/// waits on each topic on every wake.
+const MERGE_MAX_TOPICS: usize = 16;
+
+/// A parked stream's claim on its socket.
+pub(super) struct Parking {
+    ticket: Ticket,
+    /// The merged feed the socket is parked on, if not a topic's writer.
+    merged: Option<Arc<MergedFeed>>,
+}
+
+/// What an attempt to park came to.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ParkTry {
+    Parked,
+    /// Not now.
+    No,
+    /// The merged feed has not yet read the stream's last events; worth
+    /// another try once it has had a turn.
+    RelayBehind,
+}
 
 /// What a parked stream does next.
 pub(super) enum ParkedWake {
@@ -45,13 +79,7 @@ impl ClientStream {
     /// reads every event of or one concrete path of, and that topic its
     /// only one or the one it has heard from alone for a while.
     fn park_filter(&self) -> Option<(usize, Option<&str>)> {
-        if !self.node.config().delivery.park_streams
-            || self.catching_up < self.topics.len()
-            || self.jetstream_read.is_some()
-            || self.close_at.is_some()
-            || self.lone_frame.is_some()
-            || self.live.held.is_some()
-        {
+        if !self.may_park() {
             return None;
         }
         let index = if self.single_topic {
@@ -85,13 +113,84 @@ impl ClientStream {
         if self.run.0 == index {
             self.run.1 = self.run.1.saturating_add(1);
         } else {
+            self.turns = if self.run.1 < PARK_AFTER_RUN {
+                self.turns.saturating_add(1)
+            } else {
+                0
+            };
             self.run = (index, 1);
         }
     }
 
+    /// Whether the stream is in a state to leave its socket to a writer:
+    /// caught up, not ending, nothing of its own to write first.
+    fn may_park(&self) -> bool {
+        self.node.config().delivery.park_streams
+            && self.catching_up == self.topics.len()
+            && self.jetstream_read.is_none()
+            && self.close_at.is_none()
+            && self.lone_frame.is_none()
+            && self.live.held.is_none()
+    }
+
+    /// Whether the stream may park on the merged feed of its topics: it
+    /// reads every event of each, on the topic's own feed, and they have
+    /// been taking turns.
+    fn may_merge(&self) -> bool {
+        !self.single_topic
+            && self.turns >= MERGE_AFTER_TURNS
+            && self.topics.len() <= MERGE_MAX_TOPICS
+            && self.topics.iter().all(|t| {
+                !t.by_path
+                    && t.feed.path.is_none()
+                    && matches!(t.patterns.as_slice(), [one] if one.is_whole_topic())
+            })
+            && self.may_park()
+    }
+
+    /// Parks the stream's `socket` on the merged feed of its topics, if it
+    /// may and stands where that feed's relay stands.
+    fn try_park_merged(&mut self, socket: &Arc<SharedSocket>) -> ParkTry {
+        if !self.may_merge()
+            || socket.has_unsent()
+            || self.live.receivers.len() != self.topics.len()
+            || self.live.receivers.iter().any(|r| !r.is_empty())
+        {
+            return ParkTry::No;
+        }
+        let merged = self
+            .node
+            .merged_feeds()
+            .get_or_start(self.topics.iter().map(|t| &t.feed), &self.node);
+        let (ticket, _) = match merged.park(self.topics.iter().map(|t| t.pos), socket, &self.node) {
+            Ok(parked) => parked,
+            Err(Behind(true)) => return ParkTry::RelayBehind,
+            Err(Behind(false)) => return ParkTry::No,
+        };
+        // The relay writes every event from here: the stream's own queues
+        // would only fill up.
+        self.live.receivers.clear();
+        self.live.parked = None;
+        self.parked = Some(Box::new(Parking {
+            ticket,
+            merged: Some(merged),
+        }));
+        self.node.metrics().streams_parked.inc();
+        ParkTry::Parked
+    }
+
+    /// Parks the stream's `socket` with its feed's writer, or with the
+    /// merged feed of its topics, if the stream may and has nothing waiting.
+    pub(super) fn try_park(&mut self, socket: &Arc<SharedSocket>) -> ParkTry {
+        if self.try_park_on_topic(socket) {
+            return ParkTry::Parked;
+        }
+        self.try_park_merged(socket)
+    }
+
     /// Parks the stream's `socket` with its feed's writer if the stream may
     /// and has nothing waiting; returns whether it did.
-    pub(super) fn try_park(&mut self, socket: &Arc<SharedSocket>) -> bool {
+    fn try_park_on_topic(&mut self, socket: &Arc<SharedSocket>) -> bool {
         let Some((index, path)) = self.park_filter() else {
             return false;
         };
@@ -133,7 +232,10 @@ impl ClientStream {
             // unread receiver costs its channel nothing.
             self.live.parked = Some(index);
         }
-        self.parked = Some(Box::new(ticket));
+        self.parked = Some(Box::new(Parking {
+            ticket,
+            merged: None,
+        }));
         self.node.metrics().streams_parked.inc();
         true
     }
@@ -147,11 +249,15 @@ impl ClientStream {
     /// its feed again and catches up from where the socket stands. Returns
     /// bytes of a partial write, which must be written before anything else.
     pub(super) fn unpark(&mut self) -> Result<Option<Bytes>, CloseReason> {
-        let Some(ticket) = self.parked.take() else {
+        let Some(parking) = self.parked.take() else {
             return Ok(None);
         };
         self.node.metrics().streams_parked.dec();
-        let returned = (*ticket).take_back().ok_or(CloseReason::Error)?;
+        let Parking { ticket, merged } = *parking;
+        let returned = ticket.take_back().ok_or(CloseReason::Error)?;
+        if let Some(merged) = merged {
+            return self.unpark_merged(&merged, returned);
+        }
         let index = self.live.parked.take().unwrap_or(0);
         // A fresh run before parking again, so a stream whose topics take
         // turns does not park and come back for each event.
@@ -183,25 +289,74 @@ impl ClientStream {
         } else {
             None
         };
+        let behind = topic.pos < topic.catch_up_to;
+        self.take_over(ended, behind, returned.remainder)
+    }
+
+    /// Takes the socket back from a merged feed: every topic resumes from
+    /// the set's cursor where the socket stands.
+    fn unpark_merged(
+        &mut self,
+        merged: &MergedFeed,
+        returned: Returned,
+    ) -> Result<Option<Bytes>, CloseReason> {
+        self.run = (0, 0);
+        let Some(cursor) = merged.cursor_at(returned.pos) else {
+            // Not reached: a socket is given back at most a queue behind
+            // its relay, which keeps two. Should it be, the stream ends and
+            // the client resumes from the last id it got.
+            return self.take_over(Some(CloseReason::Error), false, returned.remainder);
+        };
+        let mut ended = None;
+        let mut behind = false;
+        let mut receivers = Vec::with_capacity(self.topics.len());
+        for (topic, pos) in self.topics.iter_mut().zip(cursor) {
+            topic.pos = topic.pos.max(pos);
+            let attachment = topic.feed.attach(None);
+            topic.catch_up_to = attachment.head.max(topic.pos);
+            receivers.push(attachment.receiver);
+            behind |= topic.pos < topic.catch_up_to;
+            if topic.feed.is_closed() {
+                ended = Some(CloseReason::TopicClosed);
+            } else if returned.refused
+                && topic.catch_up_to - topic.pos > topic.feed.queue_events() as u64
+            {
+                ended = ended.or(Some(CloseReason::Slow));
+            }
+        }
+        self.live.receivers = receivers;
+        self.live.next = 0;
+        self.take_over(ended, behind, returned.remainder)
+    }
+
+    /// The stream's part once its socket is back: end it for `ended`,
+    /// after the `remainder` of a partial frame if there is one; or catch up
+    /// if it is `behind` its feeds, writing the remainder first.
+    fn take_over(
+        &mut self,
+        ended: Option<CloseReason>,
+        behind: bool,
+        remainder: Option<Bytes>,
+    ) -> Result<Option<Bytes>, CloseReason> {
         if let Some(reason) = ended {
-            if returned.remainder.is_none() {
+            if remainder.is_none() {
                 return Err(reason);
             }
             // The partial frame is completed first, or the client would
             // read the closing bytes as part of it.
             self.close_at = Some((Instant::now(), reason));
-            return Ok(returned.remainder);
+            return Ok(remainder);
         }
-        if topic.pos < topic.catch_up_to {
+        if behind {
             self.catching_up = 0;
             self.rejoining = true;
         }
-        if let Some(rest) = &returned.remainder {
+        if let Some(rest) = &remainder {
             self.wrote_since_heartbeat = true;
             self.pacer
                 .record_write(Instant::now(), rest.len() >= super::PACED_WRITE_MAX);
         }
-        Ok(returned.remainder)
+        Ok(remainder)
     }
 
     /// Waits while parked, on what only the stream itself can act on: its
@@ -224,7 +379,7 @@ impl ClientStream {
             .take()
             .expect("the timer is put back after each wait");
         let deadline = close_at.map(|(at, _)| at);
-        let Some(ticket) = self.parked.as_ref() else {
+        let Some(ticket) = self.parked.as_ref().map(|p| &p.ticket) else {
             self.timer = Some(timer);
             return ParkedWake::Resume;
         };

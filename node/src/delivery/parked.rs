@@ -242,13 +242,36 @@ impl Default for Group {
 
 /// What one pass of the writer did.
 #[derive(Default)]
-struct Sweep {
+pub(super) struct Sweep {
     delivered: u64,
     refusals: u64,
     /// The publication time of each event written, once per group.
     written: Vec<SystemTime>,
     /// When the next held group is due.
-    next_due: Option<Instant>,
+    pub(super) next_due: Option<Instant>,
+}
+
+impl Sweep {
+    /// Counts what the pass wrote in the node's metrics.
+    pub(super) fn count(&self, node: &Node) {
+        let metrics = node.metrics();
+        if self.refusals > 0 {
+            metrics.parked_refusals.inc_by(self.refusals);
+        }
+        if self.delivered > 0 {
+            metrics.events_delivered.inc_by(self.delivered);
+            // Every event written, not one per pass: a pass after a stall
+            // carries many events, and the lag's quantiles are to weigh
+            // them as clients do. A few observations beside a write to
+            // every parked socket cost nothing worth sampling away.
+            let now = SystemTime::now();
+            for published in &self.written {
+                if let Ok(lag) = now.duration_since(*published) {
+                    metrics.delivery_lag.observe(lag.as_secs_f64());
+                }
+            }
+        }
+    }
 }
 
 struct Entry {
@@ -466,7 +489,7 @@ impl ParkedSockets {
 
     /// Gives every socket back where it stands; events held for them are
     /// dropped, as the streams catch up from the feed's history.
-    fn give_all_back(&self) {
+    pub(super) fn give_all_back(&self) {
         let mut parked = self.lock();
         let mut groups: Vec<Group> = parked.by_path.drain().map(|(_, g)| g).collect();
         groups.extend(parked.with_cursor.drain().map(|(_, g)| g));
@@ -481,7 +504,7 @@ impl ParkedSockets {
 
     /// Hands `incoming` to the groups it concerns, then writes every group
     /// that is due (all of them if `forced`).
-    fn take_in(&self, incoming: &[Arc<Event>], forced: bool) -> Sweep {
+    pub(super) fn take_in(&self, incoming: &[Arc<Event>], forced: bool) -> Sweep {
         let mut guard = self.lock();
         let parked = &mut *guard;
         if !parked.all.entries.is_empty() {
@@ -705,23 +728,7 @@ async fn write_parked(
         let sweep = sockets.take_in(&incoming, drain.is_some());
         incoming.clear();
         next_due = sweep.next_due;
-        let metrics = node.metrics();
-        if sweep.refusals > 0 {
-            metrics.parked_refusals.inc_by(sweep.refusals);
-        }
-        if sweep.delivered > 0 {
-            metrics.events_delivered.inc_by(sweep.delivered);
-            // Every event written, not one per pass: a pass after a stall
-            // carries many events, and the lag's quantiles are to weigh
-            // them as clients do. A few observations beside a write to
-            // every parked socket cost nothing worth sampling away.
-            let now = SystemTime::now();
-            for published in &sweep.written {
-                if let Ok(lag) = now.duration_since(*published) {
-                    metrics.delivery_lag.observe(lag.as_secs_f64());
-                }
-            }
-        }
+        sweep.count(&node);
         if lagged || closed || drain.is_some() {
             // Behind the queue, the feed gone, or the node draining: each
             // stream takes it from here, from where its socket stands.

@@ -267,6 +267,192 @@ async fn a_parked_stream_of_several_topics_ends_when_either_topic_is_deleted() {
     }
 }
 
+/// Streams of several topics whose events take turns park on the merged
+/// feed of their topics: one relay writes every event of any of them to
+/// every such stream, framed once, with the stream's cursor after it. Both
+/// streams get the same events in the same order, every id is exact, and
+/// resuming from the last id gets exactly what was published while away.
+/// Deleting one of the topics ends a stream parked this way.
+#[tokio::test]
+async fn streams_whose_topics_take_turns_park_on_their_merged_feed_with_exact_ids() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    for topic in ["t0", "t1", "t2"] {
+        create_topic(&js, topic, None).await;
+    }
+    let node = NodeProc::start(
+        &nats.url(),
+        &[PARK, ("SSE_NATS__TOPIC_REFRESH_SECONDS", "2")],
+    )
+    .await;
+    let url = node.url("/v1/events?topic=t0&topic=t1&topic=t2");
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut client = SseClient::connect(&url, None).await.unwrap();
+        client.ready().await;
+        clients.push(client);
+    }
+    let in_turn = |i: usize| (format!("t{}.x", i % 3), format!("t{}-{i}", i % 3));
+    let mut got = vec![Vec::new(), Vec::new()];
+    // Turns enough to park: no topic ever has a run to park on alone.
+    for i in 0..30 {
+        let (subject, data) = in_turn(i);
+        publish(&js, &subject, &data).await;
+    }
+    for (client, got) in clients.iter_mut().zip(&mut got) {
+        got.extend(client.take(30, T).await);
+    }
+    wait_parked(&node, 2.0).await;
+    for i in 30..330 {
+        let (subject, data) = in_turn(i);
+        publish(&js, &subject, &data).await;
+        if i % 60 == 0 {
+            assert_eq!(
+                parked(&node).await,
+                2.0,
+                "parked while the topics take turns"
+            );
+        }
+    }
+    for (client, got) in clients.iter_mut().zip(&mut got) {
+        got.extend(client.take(300, T).await);
+    }
+    assert_eq!(parked(&node).await, 2.0, "still parked");
+    for got in &got {
+        for topic in 0..3 {
+            let prefix = format!("t{topic}-");
+            let expected: Vec<String> = (0..330)
+                .filter(|i| i % 3 == topic)
+                .map(|i| format!("{prefix}{i}"))
+                .collect();
+            let of_topic: Vec<String> = data_of(got)
+                .into_iter()
+                .filter(|d| d.starts_with(&prefix))
+                .collect();
+            assert_eq!(of_topic, expected);
+        }
+        assert_cursors_exact_by(got, &[0, 0, 0], topic_of_turn);
+    }
+    let order =
+        |got: &[SseEvent]| -> Vec<String> { got[30..].iter().map(|e| e.id.clone()).collect() };
+    assert_eq!(order(&got[0]), order(&got[1]), "one order for the set");
+
+    // Away: resuming from the last id gets exactly what came meanwhile.
+    let last_id = got[0].last().unwrap().id.clone();
+    drop(clients);
+    for i in 330..336 {
+        let (subject, data) = in_turn(i);
+        publish(&js, &subject, &data).await;
+    }
+    let mut back = SseClient::connect(&url, Some(&last_id)).await.unwrap();
+    let missed = back.take(6, T).await;
+    let mut data = data_of(&missed);
+    data.sort();
+    let mut expected: Vec<String> = (330..336).map(|i| in_turn(i).1).collect();
+    expected.sort();
+    assert_eq!(data, expected);
+    assert!(
+        back.next_event(Duration::from_millis(300)).await.is_err(),
+        "no event may follow"
+    );
+    let from = positions(&last_id);
+    assert_cursors_exact_by(&missed, &from, topic_of_turn);
+
+    // Parked again on the merged feed, and ended when a topic goes.
+    for i in 336..366 {
+        let (subject, data) = in_turn(i);
+        publish(&js, &subject, &data).await;
+    }
+    assert_eq!(back.take(30, T).await.len(), 30);
+    wait_parked(&node, 1.0).await;
+    js.delete_stream("SSE_t1").await.unwrap();
+    let rest = back.until_closed(T).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    wait_ended_unparked(&node, "topic_closed").await;
+}
+
+/// A socket parked on a merged feed that fills up is given back with what
+/// it did not take; its stream writes that, catches up on every topic from
+/// the set's cursor and parks again. Every event arrives whole, once, in
+/// its topic's order, with an exact cursor.
+#[tokio::test]
+async fn a_socket_on_a_merged_feed_that_fills_up_is_given_back_whole() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    for topic in ["t0", "t1", "t2"] {
+        create_topic(&js, topic, None).await;
+    }
+    let node = NodeProc::start(
+        &nats.url(),
+        &[PARK, ("SSE_DELIVERY__WRITE_STALL_SECONDS", "30")],
+    )
+    .await;
+    let mut slow = slow_reader(node.port, "/v1/events?topic=t0&topic=t1&topic=t2")
+        .await
+        .unwrap();
+    slow.ready().await;
+    let payload = |i: usize| format!("t{}-{i}:{}", i % 3, "abcdefghij".repeat(1600));
+    for i in 0..30 {
+        publish(&js, &format!("t{}.x", i % 3), &format!("t{}-{i}:", i % 3)).await;
+    }
+    let mut got = slow.take(30, T).await;
+    wait_parked(&node, 1.0).await;
+
+    let total = 300;
+    let reader = tokio::spawn(async move {
+        let events = slow.take(total, Duration::from_secs(60)).await;
+        (events, slow)
+    });
+    // One topic at a time per batch, so that each topic's order is the
+    // order of publication.
+    for chunk in (30..30 + total).collect::<Vec<_>>().chunks(30) {
+        for topic in 0..3 {
+            let acks = futures_util::future::join_all(
+                chunk
+                    .iter()
+                    .filter(|i| *i % 3 == topic)
+                    .map(|i| js.publish(format!("sse.t{topic}.x"), payload(*i).into())),
+            )
+            .await;
+            for ack in acks {
+                ack.expect("publish").await.expect("ack");
+            }
+        }
+    }
+    let (received, _still_open) = reader.await.unwrap();
+    assert!(
+        node.metric("sse_parked_refusals_total").await >= 1.0,
+        "the socket never filled up: the test did not test a give-back"
+    );
+    for event in &received {
+        let index: usize = event
+            .data
+            .split(['-', ':'])
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            event.data == payload(index),
+            "event {} is not whole",
+            event.id
+        );
+    }
+    got.extend(received);
+    assert_cursors_exact_by(&got, &[0, 0, 0], topic_of_turn);
+    wait_parked(&node, 1.0).await;
+    assert_eq!(
+        node.metric("sse_connections_closed_total{reason=\"slow\"}")
+            .await,
+        0.0
+    );
+}
+
+/// The topic of an event `t<topic>-…` of the tests of topics in turn.
+fn topic_of_turn(data: &str) -> usize {
+    data[1..2].parse().unwrap()
+}
+
 /// Waits until the node counts one stream ended for `reason` and none
 /// parked.
 async fn wait_ended_unparked(node: &NodeProc, reason: &str) {
@@ -289,13 +475,22 @@ fn positions(id: &str) -> Vec<u64> {
 /// topic at the next sequence of that topic, the other where the client's
 /// last event of it left it.
 fn assert_cursors_exact(events: &[SseEvent], from: &[u64; 2]) {
-    let mut seen = *from;
+    assert_cursors_exact_by(events, from, |data| usize::from(data.starts_with("calm-")));
+}
+
+/// Checks that each event, starting from the positions `from`, carries its
+/// own topic (`topic_of` its data) at that topic's next sequence and every
+/// other topic where the client's last event of it left it.
+fn assert_cursors_exact_by(events: &[SseEvent], from: &[u64], topic_of: impl Fn(&str) -> usize) {
+    let mut seen = from.to_vec();
     for event in events {
-        let own = usize::from(event.data.starts_with("calm-"));
+        let own = topic_of(&event.data);
         let at = positions(&event.id);
-        assert_eq!(at.len(), 2, "{}", event.id);
-        assert_eq!(at[own], seen[own] + 1, "{} at {}", event.data, event.id);
-        assert_eq!(at[1 - own], seen[1 - own], "{} at {}", event.data, event.id);
+        assert_eq!(at.len(), seen.len(), "{}", event.id);
+        for (topic, (at, seen)) in at.iter().zip(&seen).enumerate() {
+            let expected = if topic == own { seen + 1 } else { *seen };
+            assert_eq!(*at, expected, "{} at {}", event.data, event.id);
+        }
         seen[own] = at[own];
     }
 }

@@ -1,0 +1,427 @@
+//! Merged feeds: one writer for the parked streams of one set of whole
+//! topics whose events take turns.
+//!
+//! A stream of several topics writes its cursor over all of them after each
+//! event, so one topic's writer can take its socket only while that topic
+//! alone speaks (see [`super::park`]). A stream whose topics take turns
+//! parks on a merged feed instead: one relay task per set of topics, in the
+//! stream's order, reads each topic's broadcast, frames each event once with
+//! the set's cursor after it, numbers it in a sequence of its own, and hands
+//! it to the same [`ParkedSockets`] a topic's writer uses. All of a set's
+//! parked sockets get the relay's one order of events, so one frame serves
+//! them all.
+//!
+//! A stream parks only while its positions are exactly the relay's cursor,
+//! checked under the relay's lock, so every event after that cursor is one
+//! the relay writes to the socket and none before it is. When the socket is
+//! given back, the merged sequence it stands at is turned back into the
+//! cursor the stream then resumes from.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    time::Duration,
+};
+
+use bytes::{BufMut, BytesMut};
+use sse_protocol::cursor::write_position;
+use tokio::{
+    sync::{
+        Notify,
+        broadcast::{
+            self,
+            error::{RecvError, TryRecvError},
+        },
+    },
+    time::Instant,
+};
+
+use super::{
+    BATCH_BYTES,
+    parked::{ParkedSockets, Ticket},
+};
+use crate::{
+    connection::SharedSocket,
+    event::Event,
+    feed::{Feed, FeedLease},
+    node::Node,
+};
+
+/// The merged feeds of a node, by their topics' feeds in a stream's order.
+#[derive(Default)]
+pub(crate) struct MergedFeeds {
+    sets: Mutex<HashMap<Box<[usize]>, Weak<MergedFeed>>>,
+}
+
+impl MergedFeeds {
+    /// The merged feed of `feeds`, in this order, started if none runs.
+    pub(crate) fn get_or_start<'a>(
+        &self,
+        feeds: impl Iterator<Item = &'a FeedLease> + Clone,
+        node: &Node,
+    ) -> Arc<MergedFeed> {
+        // The feeds' own addresses: a merged feed holds its feeds, so while
+        // it lives no other feed can have one of them.
+        let key: Box<[usize]> = feeds.clone().map(|f| Arc::as_ptr(f) as usize).collect();
+        let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(merged) = sets.get(&key).and_then(Weak::upgrade)
+            && !merged.is_closed()
+        {
+            return merged;
+        }
+        sets.retain(|_, set| set.strong_count() > 0);
+        let merged = MergedFeed::start(feeds.map(|f| Arc::clone(f)).collect(), node);
+        sets.insert(key, Arc::downgrade(&merged));
+        merged
+    }
+}
+
+/// One set of topics' relay, and the sockets parked on it.
+pub(crate) struct MergedFeed {
+    /// Held so that no feed of the set is freed while the relay reads it.
+    _feeds: Vec<Arc<Feed>>,
+    relayed: Arc<Mutex<Relayed>>,
+    sockets: Arc<ParkedSockets>,
+    /// Ends the relay once no stream holds the merged feed.
+    stop: Arc<Notify>,
+    queue_events: usize,
+}
+
+/// What the relay has framed so far.
+struct Relayed {
+    /// Each topic's position after the last event relayed.
+    cursor: Vec<u64>,
+    /// The merged sequence of the last event relayed.
+    seq: u64,
+    /// The cursor at `base_seq`, and the topic and sequence of each event
+    /// after it: enough to tell the cursor at any recent merged sequence.
+    base: Vec<u64>,
+    base_seq: u64,
+    steps: VecDeque<(usize, u64)>,
+    /// Steps kept: a socket is given back at most a queue behind the relay.
+    keep: usize,
+    /// No more parking: the relay ended, or the node drains.
+    closed: bool,
+}
+
+impl Relayed {
+    fn cursor_at(&self, seq: u64) -> Option<Vec<u64>> {
+        let after = usize::try_from(seq.checked_sub(self.base_seq)?).ok()?;
+        if after > self.steps.len() {
+            return None;
+        }
+        let mut cursor = self.base.clone();
+        for &(topic, pos) in self.steps.iter().take(after) {
+            cursor[topic] = pos;
+        }
+        Some(cursor)
+    }
+
+    fn record(&mut self, topic: usize, pos: u64) {
+        self.cursor[topic] = pos;
+        self.seq += 1;
+        self.steps.push_back((topic, pos));
+        if self.steps.len() > self.keep
+            && let Some((old_topic, old_pos)) = self.steps.pop_front()
+        {
+            self.base[old_topic] = old_pos;
+            self.base_seq += 1;
+        }
+    }
+}
+
+impl MergedFeed {
+    fn start(feeds: Vec<Arc<Feed>>, node: &Node) -> Arc<Self> {
+        let mut receivers = Vec::with_capacity(feeds.len());
+        let mut cursor = Vec::with_capacity(feeds.len());
+        for feed in &feeds {
+            let attachment = feed.attach(None);
+            cursor.push(attachment.head);
+            receivers.push(attachment.receiver);
+        }
+        let queue_events = feeds.iter().map(|f| f.queue_events()).max().unwrap_or(1);
+        let relayed = Arc::new(Mutex::new(Relayed {
+            base: cursor.clone(),
+            cursor,
+            seq: 0,
+            base_seq: 0,
+            steps: VecDeque::new(),
+            keep: 2 * queue_events,
+            closed: false,
+        }));
+        let names = feeds
+            .iter()
+            .map(|f| (f.topic.as_str().into(), f.epoch.as_str().into()))
+            .collect();
+        let merged = Arc::new(Self {
+            _feeds: feeds,
+            relayed: relayed.clone(),
+            sockets: Arc::default(),
+            stop: Arc::default(),
+            queue_events,
+        });
+        let relay = Relay {
+            receivers,
+            names,
+            relayed,
+            sockets: merged.sockets.clone(),
+            stop: merged.stop.clone(),
+            node: node.clone(),
+        };
+        tokio::spawn(relay.run());
+        merged
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Relayed> {
+        lock(&self.relayed)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Parks `socket` if `positions` are the relay's cursor; returns the
+    /// ticket and the merged sequence the socket stands at. Otherwise
+    /// returns whether the relay is behind the stream, which it catches up
+    /// with in a moment.
+    pub(crate) fn park(
+        &self,
+        positions: impl Iterator<Item = u64>,
+        socket: &Arc<SharedSocket>,
+        node: &Node,
+    ) -> Result<(Ticket, u64), Behind> {
+        let relayed = self.lock();
+        if relayed.closed || node.is_shutting_down() {
+            return Err(Behind(false));
+        }
+        let mut behind = false;
+        for (own, relay) in positions.zip(&relayed.cursor) {
+            if own < *relay {
+                return Err(Behind(false));
+            }
+            behind |= own > *relay;
+        }
+        if behind {
+            return Err(Behind(true));
+        }
+        let pacing = (
+            Duration::from_millis(node.config().delivery.write_pacing_ms),
+            self.queue_events,
+        );
+        // Under the relay's lock: no event is numbered between the check
+        // and the socket taking its place at `seq`.
+        let ticket = self
+            .sockets
+            .park(socket, None, None, relayed.seq, pacing, || {});
+        Ok((ticket, relayed.seq))
+    }
+
+    /// The cursor of the set at merged sequence `seq`, if still known.
+    pub(crate) fn cursor_at(&self, seq: u64) -> Option<Vec<u64>> {
+        self.lock().cursor_at(seq)
+    }
+}
+
+impl Drop for MergedFeed {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+    }
+}
+
+/// Why a stream could not park on a merged feed: `true` if only because
+/// the relay has not read the stream's last events yet.
+pub(crate) struct Behind(pub(crate) bool);
+
+fn lock(relayed: &Mutex<Relayed>) -> MutexGuard<'_, Relayed> {
+    // Whole steps only are made under the lock: a panic cannot tear one.
+    relayed.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The task of one merged feed.
+struct Relay {
+    receivers: Vec<broadcast::Receiver<Arc<Event>>>,
+    /// Each topic's name and epoch, for the cursor.
+    names: Vec<(Box<str>, Box<str>)>,
+    relayed: Arc<Mutex<Relayed>>,
+    sockets: Arc<ParkedSockets>,
+    stop: Arc<Notify>,
+    node: Node,
+}
+
+/// What a relay read from its topics.
+enum Read {
+    Event(usize, Arc<Event>),
+    Lagged,
+    Closed,
+}
+
+impl Relay {
+    async fn run(mut self) {
+        let mut incoming: Vec<(usize, Arc<Event>)> = Vec::new();
+        let mut merged: Vec<Arc<Event>> = Vec::new();
+        let mut next_due: Option<Instant> = None;
+        let mut next = 0;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = self.stop.notified() => {
+                    // No stream holds the feed, so none is parked on it.
+                    self.sockets.give_all_back();
+                    return;
+                }
+                read = recv_any(&mut self.receivers) => Some(read),
+                _ = super::sleep_until_opt(next_due), if next_due.is_some() => None,
+            };
+            let (mut lagged, mut closed) = (false, false);
+            let mut bytes = 0;
+            let mut read = first;
+            // Round the topics from a moving start, so that one busy topic
+            // cannot keep the others out of a batch.
+            loop {
+                match read {
+                    Some(Read::Event(topic, event)) => {
+                        bytes += event.frame.len();
+                        incoming.push((topic, event));
+                    }
+                    Some(Read::Lagged) => lagged = true,
+                    Some(Read::Closed) => closed = true,
+                    None => break,
+                }
+                if lagged || closed || bytes >= BATCH_BYTES {
+                    break;
+                }
+                read = try_recv_any(&mut self.receivers, &mut next);
+            }
+            let drain = incoming.iter().position(|(_, e)| e.is_drain_marker());
+            if let Some(at) = drain {
+                incoming.truncate(at);
+            }
+            let ending = lagged || closed || drain.is_some();
+            {
+                let mut relayed = lock(&self.relayed);
+                for (topic, event) in incoming.drain(..) {
+                    if event.seq <= relayed.cursor[topic] {
+                        continue;
+                    }
+                    relayed.record(topic, event.seq);
+                    merged.push(Arc::new(self.frame(&event, &relayed.cursor, relayed.seq)));
+                }
+                relayed.closed |= ending;
+            }
+            let sweep = self.sockets.take_in(&merged, drain.is_some());
+            merged.clear();
+            next_due = sweep.next_due;
+            sweep.count(&self.node);
+            if ending {
+                // Behind a topic's queue, a topic gone, or the node
+                // draining: each stream takes it from here, from where its
+                // socket stands, and a new relay serves those that park
+                // again.
+                self.sockets.give_all_back();
+                return;
+            }
+        }
+    }
+
+    /// `event` as a stream of the set writes it: its body, then the set's
+    /// cursor after it.
+    fn frame(&self, event: &Event, cursor: &[u64], seq: u64) -> Event {
+        let mut frame = BytesMut::with_capacity(event.body_len + 32 * cursor.len() + 8);
+        frame.put_slice(&event.frame[..event.body_len]);
+        frame.put_slice(b"id: ");
+        for (i, ((topic, epoch), pos)) in self.names.iter().zip(cursor).enumerate() {
+            if i > 0 {
+                frame.put_u8(b',');
+            }
+            let _ = write_position(&mut frame, topic, epoch, *pos);
+        }
+        frame.put_slice(b"\n\n");
+        Event {
+            seq,
+            path: event.path.clone(),
+            published: event.published,
+            frame: frame.freeze(),
+            body_len: event.body_len,
+            invalid: event.invalid,
+        }
+    }
+}
+
+/// The next event of any topic, waiting for one.
+async fn recv_any(receivers: &mut [broadcast::Receiver<Arc<Event>>]) -> Read {
+    let waits = receivers
+        .iter_mut()
+        .enumerate()
+        .map(|(topic, r)| Box::pin(async move { (r.recv().await, topic) }));
+    let ((result, topic), _, _) = futures_util::future::select_all(waits).await;
+    match result {
+        Ok(event) => Read::Event(topic, event),
+        Err(RecvError::Lagged(_)) => Read::Lagged,
+        Err(RecvError::Closed) => Read::Closed,
+    }
+}
+
+/// An event already waiting on any topic, starting at `next`.
+fn try_recv_any(
+    receivers: &mut [broadcast::Receiver<Arc<Event>>],
+    next: &mut usize,
+) -> Option<Read> {
+    let count = receivers.len();
+    for offset in 0..count {
+        let topic = (*next + offset) % count;
+        match receivers[topic].try_recv() {
+            Ok(event) => {
+                *next = (topic + 1) % count;
+                return Some(Read::Event(topic, event));
+            }
+            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Lagged(_)) => return Some(Read::Lagged),
+            Err(TryRecvError::Closed) => return Some(Read::Closed),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relayed(keep: usize) -> Relayed {
+        Relayed {
+            cursor: vec![5, 7],
+            seq: 0,
+            base: vec![5, 7],
+            base_seq: 0,
+            steps: VecDeque::new(),
+            keep,
+            closed: false,
+        }
+    }
+
+    #[test]
+    fn the_cursor_at_each_merged_sequence_is_what_the_relay_had_written_by_then() {
+        let mut r = relayed(100);
+        r.record(0, 6);
+        r.record(1, 9);
+        r.record(0, 8);
+        assert_eq!(r.cursor_at(0), Some(vec![5, 7]));
+        assert_eq!(r.cursor_at(1), Some(vec![6, 7]));
+        assert_eq!(r.cursor_at(2), Some(vec![6, 9]));
+        assert_eq!(r.cursor_at(3), Some(vec![8, 9]));
+        assert_eq!(r.cursor, vec![8, 9]);
+        assert_eq!(r.cursor_at(4), None, "not relayed yet");
+    }
+
+    #[test]
+    fn old_sequences_are_forgotten_and_recent_ones_stay_exact() {
+        let mut r = relayed(2);
+        for pos in 6..=10 {
+            r.record(0, pos);
+        }
+        r.record(1, 8);
+        assert_eq!(r.cursor_at(3), None, "older than what is kept");
+        assert_eq!(r.cursor_at(4), Some(vec![9, 7]));
+        assert_eq!(r.cursor_at(5), Some(vec![10, 7]));
+        assert_eq!(r.cursor_at(6), Some(vec![10, 8]));
+    }
+}

@@ -98,11 +98,27 @@ struct Relayed {
     base: Vec<u64>,
     base_seq: u64,
     steps: VecDeque<(usize, u64)>,
-    /// Steps kept: a socket is given back at most a queue behind the relay.
-    keep: usize,
+    /// The merged sequence reached at about each second, oldest first:
+    /// steps older than [`KEEP_STEPS_FOR`] are folded into `base`.
+    marks: VecDeque<(Instant, u64)>,
     /// No more parking: the relay ended, or the node drains.
     closed: bool,
 }
+
+/// How long the relay can still tell the cursor at a merged sequence.
+///
+/// A parked socket stands at the last event written to it, and all of a
+/// set's sockets are written in each pass, so it is never older than the
+/// pass before. What must be remembered longer is a socket given back
+/// whose stream has not yet asked where it stands: it asks as soon as it
+/// is woken, well within this.
+const KEEP_STEPS_FOR: Duration = Duration::from_secs(5);
+
+/// Most steps kept whatever their age, so that a busy set's memory stays
+/// bounded; at more than this many events in [`KEEP_STEPS_FOR`], a stream
+/// that takes that long to take its socket back ends, and its client
+/// resumes from its last id.
+const MAX_STEPS: usize = 8192;
 
 impl Relayed {
     fn cursor_at(&self, seq: u64) -> Option<Vec<u64>> {
@@ -121,11 +137,36 @@ impl Relayed {
         self.cursor[topic] = pos;
         self.seq += 1;
         self.steps.push_back((topic, pos));
-        if self.steps.len() > self.keep
-            && let Some((old_topic, old_pos)) = self.steps.pop_front()
+        if self.steps.len() > MAX_STEPS {
+            self.fold_one();
+        }
+    }
+
+    /// Folds the oldest step into `base`.
+    fn fold_one(&mut self) -> bool {
+        let Some((topic, pos)) = self.steps.pop_front() else {
+            return false;
+        };
+        self.base[topic] = pos;
+        self.base_seq += 1;
+        true
+    }
+
+    /// Marks where the relay stands at `now`, and forgets the steps made
+    /// more than [`KEEP_STEPS_FOR`] before it.
+    fn fold_old(&mut self, now: Instant) {
+        if self
+            .marks
+            .back()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1))
         {
-            self.base[old_topic] = old_pos;
-            self.base_seq += 1;
+            self.marks.push_back((now, self.seq));
+        }
+        while let Some(&(at, seq)) = self.marks.front()
+            && now.duration_since(at) > KEEP_STEPS_FOR
+        {
+            self.marks.pop_front();
+            while self.base_seq < seq && self.fold_one() {}
         }
     }
 }
@@ -146,7 +187,7 @@ impl MergedFeed {
             seq: 0,
             base_seq: 0,
             steps: VecDeque::new(),
-            keep: 2 * queue_events,
+            marks: VecDeque::new(),
             closed: false,
         }));
         let names = feeds
@@ -306,6 +347,7 @@ impl Relay {
                     relayed.record(topic, event.seq);
                     merged.push(Arc::new(self.frame(&event, &relayed.cursor, relayed.seq)));
                 }
+                relayed.fold_old(Instant::now());
                 relayed.closed |= ending;
             }
             let sweep = self.sockets.take_in(&merged, drain.is_some());
@@ -386,21 +428,21 @@ fn try_recv_any(
 mod tests {
     use super::*;
 
-    fn relayed(keep: usize) -> Relayed {
+    fn relayed() -> Relayed {
         Relayed {
             cursor: vec![5, 7],
             seq: 0,
             base: vec![5, 7],
             base_seq: 0,
             steps: VecDeque::new(),
-            keep,
+            marks: VecDeque::new(),
             closed: false,
         }
     }
 
     #[test]
     fn the_cursor_at_each_merged_sequence_is_what_the_relay_had_written_by_then() {
-        let mut r = relayed(100);
+        let mut r = relayed();
         r.record(0, 6);
         r.record(1, 9);
         r.record(0, 8);
@@ -412,16 +454,40 @@ mod tests {
         assert_eq!(r.cursor_at(4), None, "not relayed yet");
     }
 
-    #[test]
-    fn old_sequences_are_forgotten_and_recent_ones_stay_exact() {
-        let mut r = relayed(2);
-        for pos in 6..=10 {
+    #[tokio::test(start_paused = true)]
+    async fn steps_older_than_the_time_kept_are_forgotten_and_later_ones_stay_exact() {
+        let mut r = relayed();
+        let start = Instant::now();
+        for pos in 6..=8 {
             r.record(0, pos);
         }
+        r.fold_old(start);
         r.record(1, 8);
-        assert_eq!(r.cursor_at(3), None, "older than what is kept");
-        assert_eq!(r.cursor_at(4), Some(vec![9, 7]));
-        assert_eq!(r.cursor_at(5), Some(vec![10, 7]));
-        assert_eq!(r.cursor_at(6), Some(vec![10, 8]));
+        r.fold_old(start + Duration::from_secs(2));
+        r.fold_old(start + KEEP_STEPS_FOR);
+        assert_eq!(
+            r.cursor_at(0),
+            Some(vec![5, 7]),
+            "kept for {KEEP_STEPS_FOR:?}"
+        );
+        r.fold_old(start + KEEP_STEPS_FOR + Duration::from_millis(1));
+        assert_eq!(r.cursor_at(2), None, "older than what is kept");
+        assert_eq!(r.cursor_at(3), Some(vec![8, 7]));
+        assert_eq!(r.cursor_at(4), Some(vec![8, 8]));
+        r.fold_old(start + 3 * KEEP_STEPS_FOR);
+        assert_eq!(r.cursor_at(3), None);
+        assert_eq!(r.cursor_at(4), Some(vec![8, 8]), "where the relay stands");
+        assert!(r.steps.is_empty());
+    }
+
+    #[test]
+    fn a_busy_set_keeps_a_bounded_number_of_steps() {
+        let mut r = relayed();
+        for pos in 6..6 + MAX_STEPS as u64 + 10 {
+            r.record(0, pos);
+        }
+        assert_eq!(r.steps.len(), MAX_STEPS);
+        assert_eq!(r.cursor_at(9), None);
+        assert_eq!(r.cursor_at(10), Some(vec![15, 7]));
     }
 }

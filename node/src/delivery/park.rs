@@ -155,6 +155,8 @@ impl ClientStream {
             || socket.has_unsent()
             || self.live.receivers.len() != self.topics.len()
             || self.live.receivers.iter().any(|r| !r.is_empty())
+            // Ahead of a feed still warming up: no relay could stand there.
+            || self.topics.iter().any(|t| t.pos > t.feed.head())
         {
             return ParkTry::No;
         }

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cluster.harness import metric_sum
 from cluster.workload import Scenario, chaos_timeout, scale
 
 pytestmark = [pytest.mark.needs_node]
@@ -32,6 +33,33 @@ def test_kill_9_a_node_while_it_serves_clients(node_binary, cluster_factory, top
 
     problems = asyncio.run(scn.run(action))
     scn.assert_clean(problems)
+
+
+@pytest.mark.timeout(chaos_timeout(150))
+def test_kill_9_a_node_while_its_clients_read_topics_that_take_turns(node_binary, cluster_factory, topic):
+    # Each client reads three topics on one stream and the events take turns
+    # among them, so by the kill the streams are parked on the merged feed
+    # of their topics, and every id is a cursor over all three.
+    topics = [topic, f"{topic}b", f"{topic}c"]
+    c = cluster_factory(nodes=3, topics=[(t, 3) for t in topics])
+    scn = Scenario(c, "kill -9 a node, three topics in turn", topic, also_topics=tuple(topics[1:]), **scale())
+    parked: dict[str, float] = {}
+
+    async def action(s: Scenario) -> None:
+        await s.at(0.3)
+        victim, held = s.fleet.spread().most_common(1)[0]
+        metrics = await asyncio.to_thread(c.metrics, victim, 2.0)
+        parked.update(held=held, parked=metric_sum(metrics or {}, "sse_streams_parked"))
+        s.extra["victim"] = f"{victim} serving {held} clients, {parked['parked']:.0f} parked"
+        c.kill(victim)
+        await asyncio.to_thread(c.wait_backend, victim, False)
+        await s.at(0.6)
+        c.start_proc(victim, wait=False)
+        await asyncio.to_thread(c.wait_ready, victim)
+
+    problems = asyncio.run(scn.run(action))
+    scn.assert_clean(problems)
+    assert parked["parked"] >= parked["held"] / 2, f"few streams parked before the kill: {parked}"
 
 
 @pytest.mark.timeout(chaos_timeout(180))

@@ -248,3 +248,35 @@ def test_the_checker_names_lost_repeated_and_reordered_events():
     assert "missing 1 [3]" in problems[0]
     assert "duplicated 1 [2]" in problems[1]
     assert "out of order 1" in problems[2]
+
+
+def test_the_checker_of_several_topics_allows_any_order_among_them_but_not_within_one():
+    from cluster.workload import Fleet
+
+    f = Fleet(1, ["a", "b"], 4)
+    # Event n is of topic n % 2: 2 and 4 of `a`, 1 and 3 of `b`.
+    f.received.update({"c0": [2, 1, 4, 3], "c1": [1, 3, 2], "c2": [1, 2, 4, 3, 3], "c3": [4, 1, 2, 3]})
+    problems = f.verify(4)
+    assert [p.split(":", 1)[0] for p in problems] == ["c1", "c2", "c3"]
+    assert "missing 1 [4]" in problems[0]
+    assert "duplicated 1 [3]" in problems[1]
+    assert "out of order 1" in problems[2]
+
+
+def test_the_checker_of_several_topics_wants_exact_cursors():
+    from cluster.workload import Event, Fleet
+
+    f = Fleet(1, ["a", "b"], 2)
+    c0, c1 = f.clients
+
+    def event(n: int, cursor: str) -> Event:
+        return Event(type="message", data=f'{{"n": {n}}}', id=cursor)
+
+    # Exact: each event moves its own topic (n % 2: 0 is a, 1 is b) only.
+    for n, cursor in [(1, "a:e:0,b:e:1"), (2, "a:e:1,b:e:1"), (3, "a:e:1,b:e:2")]:
+        f._on_event(c0, event(n, cursor))
+    # Wrong: event 2 (of a) moves b as well; event 3 (of b) stays where it was.
+    for n, cursor in [(1, "a:e:0,b:e:1"), (2, "a:e:1,b:e:2"), (3, "a:e:1,b:e:2")]:
+        f._on_event(c1, event(n, cursor))
+    assert "c0" not in f.bad_ids
+    assert f.bad_ids["c1"] == 2

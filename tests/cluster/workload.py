@@ -6,6 +6,12 @@ JetStream publish, retrying a timed-out or refused publish with the same
 `Nats-Msg-Id` (so a retry of a publish that did land is de-duplicated).
 Clients connect before the first publish, so each must end with exactly
 `1..total`, in order.
+
+With several topics, each client reads all of them on one stream and the
+publisher sends event `n` to topic `n % k`, so the topics take turns. Each
+client must then hold `1..total` once, each topic's events in order (the
+topics' events among each other in any order), and every id must be the
+exact cursor: the event's own topic moved on, every other one where it was.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ FIGURES: list[tuple[str, dict]] = []
 
 
 class Publisher:
-    def __init__(self, urls: list[str], subject: str, total: int, rate: float):
+    def __init__(self, urls: list[str], subject: str | list[str], total: int, rate: float):
         self.urls = urls
-        self.subject = subject
+        # Event n goes to subjects[n % len(subjects)].
+        self.subjects = [subject] if isinstance(subject, str) else list(subject)
         self.total = total
         self.rate = rate
         self.run_id = secrets.token_hex(4)
@@ -71,7 +78,8 @@ class Publisher:
                 started = time.monotonic()
                 while True:
                     try:
-                        ack = await js.publish(self.subject, payload, timeout=1.0, headers=headers)
+                        subject = self.subjects[n % len(self.subjects)]
+                        ack = await js.publish(subject, payload, timeout=1.0, headers=headers)
                         if ack.duplicate:
                             self.duplicates += 1
                         break
@@ -102,12 +110,15 @@ class Publisher:
 
 
 class Fleet:
-    """`count` SSE clients of one topic through the load balancer."""
+    """`count` SSE clients of one topic, or of several on one stream, through
+    the load balancer."""
 
-    def __init__(self, port: int, topic: str, count: int, stall_seconds: float = 10.0):
-        self.topic = topic
+    def __init__(self, port: int, topic: str | list[str], count: int, stall_seconds: float = 10.0):
+        self.topics = [topic] if isinstance(topic, str) else list(topic)
+        self.topic = self.topics[0]
+        query = "&".join(f"topic={t}" for t in self.topics)
         self.clients = [
-            SseClient(f"c{i}", port, f"/v1/events?topic={topic}", on_event=self._on_event, stall_seconds=stall_seconds)
+            SseClient(f"c{i}", port, f"/v1/events?{query}", on_event=self._on_event, stall_seconds=stall_seconds)
             for i in range(count)
         ]
         self.received: dict[str, list[int]] = {c.name: [] for c in self.clients}
@@ -116,6 +127,8 @@ class Fleet:
         self.other_events: Counter[str] = Counter()
         self.bad_ids: dict[str, int] = {}
         self._cursor: dict[str, tuple[str, int]] = {}
+        # Clients of several topics: each topic's (epoch, seq) in the last id.
+        self._cursors: dict[str, dict[str, tuple[str, int]]] = {}
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
@@ -126,6 +139,9 @@ class Fleet:
         n = int(json.loads(ev.data)["n"])
         self.received[client.name].append(n)
         self.received_at[client.name].setdefault(n, time.monotonic())
+        if len(self.topics) > 1:
+            self._check_cursor(client.name, n, ev.id)
+            return
         # The id is the resume cursor `<topic>:<epoch>:<seq>`: one epoch, and
         # sequences that only go up.
         topic, epoch, seq = ev.id.rsplit(":", 2)
@@ -133,6 +149,26 @@ class Fleet:
         if topic != self.topic or (prev and (prev[0] != epoch or int(seq) <= prev[1])):
             self.bad_ids[client.name] = self.bad_ids.get(client.name, 0) + 1
         self._cursor[client.name] = (epoch, int(seq))
+
+    def _check_cursor(self, name: str, n: int, id_: str) -> None:
+        """The id of event `n` of a client of several topics: every topic in
+        the client's order, one epoch each, the event's own topic past where
+        it was and every other one where it was."""
+        own = self.topics[n % len(self.topics)]
+        positions = [p.rsplit(":", 2) for p in id_.split(",")]
+        prev = self._cursors.get(name)
+        ok = [t for t, _, _ in positions] == self.topics
+        now = {t: (e, int(q)) for t, e, q in positions} if ok else {}
+        if ok and prev is not None:
+            for topic, (epoch, seq) in now.items():
+                was_epoch, was = prev[topic]
+                moved = seq > was if topic == own else seq == was
+                ok = ok and epoch == was_epoch and moved
+        if not ok:
+            self.bad_ids[name] = self.bad_ids.get(name, 0) + 1
+        if now:
+            self._cursors[name] = now
+            self._cursor[name] = now[own]
 
     async def start(self, timeout: float = 60.0) -> None:
         for i, c in enumerate(self.clients):
@@ -166,7 +202,12 @@ class Fleet:
             counts = Counter(got)
             dups = sorted(n for n, k in counts.items() if k > 1)
             missing = sorted(set(expected) - set(counts))
-            disorder = sum(1 for a, b in zip(got, got[1:]) if b <= a)
+            k = len(self.topics)
+            # Several topics: in order within each topic, any order among them.
+            lanes = [[n for n in got if n % k == lane] for lane in range(k)]
+            disorder = sum(1 for lane in lanes for a, b in zip(lane, lane[1:]) if b <= a)
+            if k > 1 and not dups and not missing and not disorder:
+                continue
             problems.append(
                 f"{name}: {len(got)} events, missing {len(missing)} {_ranges(missing)}, "
                 f"duplicated {len(dups)} {_ranges(dups)}, out of order {disorder}, "
@@ -342,10 +383,14 @@ class Scenario:
     # Such an event's wait counts from this moment, not from its ack.
     unreadable_until: float | None = None
     extra: dict = field(default_factory=dict)
+    # Topics each client reads besides `topic`, on the same stream; the
+    # publisher's events take turns among all of them.
+    also_topics: tuple[str, ...] = ()
 
     async def run(self, action: Callable[["Scenario"], Awaitable[None]]) -> list[str]:
-        self.fleet = Fleet(self.cluster.lb_port, self.topic, self.clients, stall_seconds=self.stall_seconds)
-        self.publisher = Publisher(self.cluster.nats_urls, f"sse.{self.topic}", self.total, self.rate)
+        topics = [self.topic, *self.also_topics]
+        self.fleet = Fleet(self.cluster.lb_port, topics, self.clients, stall_seconds=self.stall_seconds)
+        self.publisher = Publisher(self.cluster.nats_urls, [f"sse.{t}" for t in topics], self.total, self.rate)
         self.watcher = MetricsWatcher(self.cluster)
         started = time.monotonic()
         try:

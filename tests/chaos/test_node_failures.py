@@ -63,15 +63,20 @@ def test_kill_9_a_node_while_its_clients_read_topics_that_take_turns(node_binary
 
 
 @pytest.mark.timeout(chaos_timeout(180))
-def test_rolling_restart_of_every_node(node_binary, cluster_factory, topic):
+@pytest.mark.parametrize("topics", [1, 3], ids=["one topic", "three topics in turn"])
+def test_rolling_restart_of_every_node(node_binary, cluster_factory, topic, topics):
     # Node memory holds only the last few events, so the clients moved by
-    # each restart (about a second behind) resume from JetStream.
+    # each restart (about a second behind) resume from JetStream. With three
+    # topics the streams drain from their merged feed, and resume each topic
+    # from JetStream.
+    names = [topic, *(f"{topic}{i}" for i in range(1, topics))]
     c = cluster_factory(
         nodes=3,
-        topics=[(topic, 3)],
+        topics=[(t, 3) for t in names],
         node_env={"SSE_HISTORY__MAX_EVENTS_PER_TOPIC": "5", "SSE_HISTORY__WARM_EVENTS": "5"},
     )
-    scn = Scenario(c, "rolling restart", topic, **scale())
+    name = "rolling restart" if topics == 1 else "rolling restart, three topics in turn"
+    scn = Scenario(c, name, topic, also_topics=tuple(names[1:]), **scale())
     exits: dict[str, str] = {}
 
     async def action(s: Scenario) -> None:

@@ -304,9 +304,10 @@ impl ClientStream {
     ) -> Result<Option<Bytes>, CloseReason> {
         self.run = (0, 0);
         let Some(cursor) = merged.cursor_at(returned.pos) else {
-            // Not reached: a socket is given back at most a queue behind
-            // its relay, which keeps two. Should it be, the stream ends and
-            // the client resumes from the last id it got.
+            // Not expected: a socket stands at its relay's last pass or
+            // later, and its stream asks as soon as it is woken, while the
+            // relay remembers five seconds. Should it happen, the stream
+            // ends and the client resumes from the last id it got.
             return self.take_over(Some(CloseReason::Error), false, returned.remainder);
         };
         let mut ended = None;

@@ -258,13 +258,35 @@ async fn a_parked_stream_of_several_topics_ends_when_either_topic_is_deleted() {
             publish(&js, "busy.x", &format!("busy-{i}")).await;
         }
         assert_eq!(client.take(40, T).await.len(), 40);
-        wait_parked(&node, 1.0).await;
-
-        js.delete_stream(format!("SSE_{deleted}")).await.unwrap();
-        let rest = client.until_closed(T).await.unwrap();
-        assert!(rest.is_empty(), "deleting {deleted}: {rest:?}");
-        wait_ended_unparked(&node, "topic_closed").await;
+        a_deleted_topic_ends_the_parked_stream(&js, &node, &mut client, deleted).await;
     }
+}
+
+/// Waits for one stream, `client`'s, to park, deletes `topic`, and checks
+/// that the stream ends as `topic_closed` with nothing more.
+async fn a_deleted_topic_ends_the_parked_stream(
+    js: &async_nats::jetstream::Context,
+    node: &NodeProc,
+    client: &mut SseClient,
+    topic: &str,
+) {
+    wait_parked(node, 1.0).await;
+    js.delete_stream(format!("SSE_{topic}")).await.unwrap();
+    let rest = client.until_closed(T).await.unwrap();
+    assert!(rest.is_empty(), "deleting {topic}: {rest:?}");
+    wait_ended_unparked(node, "topic_closed").await;
+}
+
+/// NATS with the topics `t0`, `t1` and `t2`, and a node that parks, with
+/// `env` besides.
+async fn three_topics(env: (&str, &str)) -> (Nats, async_nats::jetstream::Context, NodeProc) {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    for topic in ["t0", "t1", "t2"] {
+        create_topic(&js, topic, None).await;
+    }
+    let node = NodeProc::start(&nats.url(), &[PARK, env]).await;
+    (nats, js, node)
 }
 
 /// Streams of several topics whose events take turns park on the merged
@@ -275,16 +297,7 @@ async fn a_parked_stream_of_several_topics_ends_when_either_topic_is_deleted() {
 /// Deleting one of the topics ends a stream parked this way.
 #[tokio::test]
 async fn streams_whose_topics_take_turns_park_on_their_merged_feed_with_exact_ids() {
-    let nats = Nats::start().await;
-    let js = nats.jetstream().await;
-    for topic in ["t0", "t1", "t2"] {
-        create_topic(&js, topic, None).await;
-    }
-    let node = NodeProc::start(
-        &nats.url(),
-        &[PARK, ("SSE_NATS__TOPIC_REFRESH_SECONDS", "2")],
-    )
-    .await;
+    let (_nats, js, node) = three_topics(("SSE_NATS__TOPIC_REFRESH_SECONDS", "2")).await;
     let url = node.url("/v1/events?topic=t0&topic=t1&topic=t2");
     let mut clients = Vec::new();
     for _ in 0..2 {
@@ -364,11 +377,7 @@ async fn streams_whose_topics_take_turns_park_on_their_merged_feed_with_exact_id
         publish(&js, &subject, &data).await;
     }
     assert_eq!(back.take(30, T).await.len(), 30);
-    wait_parked(&node, 1.0).await;
-    js.delete_stream("SSE_t1").await.unwrap();
-    let rest = back.until_closed(T).await.unwrap();
-    assert!(rest.is_empty(), "{rest:?}");
-    wait_ended_unparked(&node, "topic_closed").await;
+    a_deleted_topic_ends_the_parked_stream(&js, &node, &mut back, "t1").await;
 }
 
 /// A socket parked on a merged feed that fills up is given back with what
@@ -377,16 +386,7 @@ async fn streams_whose_topics_take_turns_park_on_their_merged_feed_with_exact_id
 /// its topic's order, with an exact cursor.
 #[tokio::test]
 async fn a_socket_on_a_merged_feed_that_fills_up_is_given_back_whole() {
-    let nats = Nats::start().await;
-    let js = nats.jetstream().await;
-    for topic in ["t0", "t1", "t2"] {
-        create_topic(&js, topic, None).await;
-    }
-    let node = NodeProc::start(
-        &nats.url(),
-        &[PARK, ("SSE_DELIVERY__WRITE_STALL_SECONDS", "30")],
-    )
-    .await;
+    let (_nats, js, node) = three_topics(("SSE_DELIVERY__WRITE_STALL_SECONDS", "30")).await;
     let mut slow = slow_reader(node.port, "/v1/events?topic=t0&topic=t1&topic=t2")
         .await
         .unwrap();

@@ -25,19 +25,11 @@ use std::{
 
 use bytes::{BufMut, BytesMut};
 use sse_protocol::cursor::write_position;
-use tokio::{
-    sync::{
-        Notify,
-        broadcast::{
-            self,
-            error::{RecvError, TryRecvError},
-        },
-    },
-    time::Instant,
-};
+use tokio::{sync::Notify, time::Instant};
 
 use super::{
     BATCH_BYTES,
+    live::{LiveItem, LiveReceivers},
     parked::{ParkedSockets, Ticket},
 };
 use crate::{
@@ -202,7 +194,12 @@ impl MergedFeed {
             queue_events,
         });
         let relay = Relay {
-            receivers,
+            topics: LiveReceivers {
+                receivers,
+                next: 0,
+                parked: None,
+                held: None,
+            },
             names,
             relayed,
             sockets: merged.sockets.clone(),
@@ -280,7 +277,8 @@ fn lock(relayed: &Mutex<Relayed>) -> MutexGuard<'_, Relayed> {
 
 /// The task of one merged feed.
 struct Relay {
-    receivers: Vec<broadcast::Receiver<Arc<Event>>>,
+    /// A receiver per topic, read as a stream of several topics reads them.
+    topics: LiveReceivers,
     /// Each topic's name and epoch, for the cursor.
     names: Vec<(Box<str>, Box<str>)>,
     relayed: Arc<Mutex<Relayed>>,
@@ -289,19 +287,11 @@ struct Relay {
     node: Node,
 }
 
-/// What a relay read from its topics.
-enum Read {
-    Event(usize, Arc<Event>),
-    Lagged,
-    Closed,
-}
-
 impl Relay {
     async fn run(mut self) {
         let mut incoming: Vec<(usize, Arc<Event>)> = Vec::new();
         let mut merged: Vec<Arc<Event>> = Vec::new();
         let mut next_due: Option<Instant> = None;
-        let mut next = 0;
         loop {
             let first = tokio::select! {
                 biased;
@@ -310,28 +300,28 @@ impl Relay {
                     self.sockets.give_all_back();
                     return;
                 }
-                read = recv_any(&mut self.receivers) => Some(read),
+                read = self.topics.next() => Some(read),
                 _ = super::sleep_until_opt(next_due), if next_due.is_some() => None,
             };
             let (mut lagged, mut closed) = (false, false);
             let mut bytes = 0;
             let mut read = first;
-            // Round the topics from a moving start, so that one busy topic
-            // cannot keep the others out of a batch.
+            // The receivers are drained from a moving start, so that one
+            // busy topic cannot keep the others out of a batch.
             loop {
                 match read {
-                    Some(Read::Event(topic, event)) => {
+                    Some(LiveItem::Event(topic, event)) => {
                         bytes += event.frame.len();
                         incoming.push((topic, event));
                     }
-                    Some(Read::Lagged) => lagged = true,
-                    Some(Read::Closed) => closed = true,
+                    Some(LiveItem::Lagged(_)) => lagged = true,
+                    Some(LiveItem::Closed) => closed = true,
                     None => break,
                 }
                 if lagged || closed || bytes >= BATCH_BYTES {
                     break;
                 }
-                read = try_recv_any(&mut self.receivers, &mut next);
+                read = self.topics.try_next();
             }
             let drain = incoming.iter().position(|(_, e)| e.is_drain_marker());
             if let Some(at) = drain {
@@ -387,41 +377,6 @@ impl Relay {
             invalid: event.invalid,
         }
     }
-}
-
-/// The next event of any topic, waiting for one.
-async fn recv_any(receivers: &mut [broadcast::Receiver<Arc<Event>>]) -> Read {
-    let waits = receivers
-        .iter_mut()
-        .enumerate()
-        .map(|(topic, r)| Box::pin(async move { (r.recv().await, topic) }));
-    let ((result, topic), _, _) = futures_util::future::select_all(waits).await;
-    match result {
-        Ok(event) => Read::Event(topic, event),
-        Err(RecvError::Lagged(_)) => Read::Lagged,
-        Err(RecvError::Closed) => Read::Closed,
-    }
-}
-
-/// An event already waiting on any topic, starting at `next`.
-fn try_recv_any(
-    receivers: &mut [broadcast::Receiver<Arc<Event>>],
-    next: &mut usize,
-) -> Option<Read> {
-    let count = receivers.len();
-    for offset in 0..count {
-        let topic = (*next + offset) % count;
-        match receivers[topic].try_recv() {
-            Ok(event) => {
-                *next = (topic + 1) % count;
-                return Some(Read::Event(topic, event));
-            }
-            Err(TryRecvError::Empty) => {}
-            Err(TryRecvError::Lagged(_)) => return Some(Read::Lagged),
-            Err(TryRecvError::Closed) => return Some(Read::Closed),
-        }
-    }
-    None
 }
 
 #[cfg(test)]

@@ -651,6 +651,64 @@ async fn tls_streams_park_and_their_records_stay_in_sequence() {
     }
 }
 
+/// TLS streams of several topics in turn park on their merged feed too:
+/// its relay's events are sealed for each socket in the connection's own
+/// record sequence, and the stream's own records (heartbeats, the close)
+/// follow on from it. Every event arrives once, with an exact cursor.
+#[tokio::test]
+async fn tls_streams_on_a_merged_feed_keep_their_records_in_sequence() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    for topic in ["t0", "t1", "t2"] {
+        create_topic(&js, topic, None).await;
+    }
+    let (node, cert) = tls_node(
+        &nats,
+        &[
+            ("SSE_HTTP__HEARTBEAT_SECONDS", "1"),
+            ("SSE_HTTP__MAX_CONNECTION_LIFETIME_SECONDS", "8"),
+        ],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let response = cert
+            .get(&node, "/v1/events?topic=t0&topic=t1&topic=t2", &[])
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+        let mut client = response.events();
+        client.ready().await;
+        clients.push(client);
+    }
+    let mut got = vec![Vec::new(), Vec::new()];
+    let publish_in_turn = |from: usize, to: usize| {
+        let js = js.clone();
+        async move {
+            for i in from..to {
+                publish(&js, &format!("t{}.x", i % 3), &format!("t{}-{i}", i % 3)).await;
+            }
+        }
+    };
+    publish_in_turn(0, 30).await;
+    for (client, got) in clients.iter_mut().zip(&mut got) {
+        got.extend(client.take(30, T).await);
+    }
+    wait_parked_tls(&cert, &node, 2.0).await;
+    publish_in_turn(30, 150).await;
+    for (client, got) in clients.iter_mut().zip(&mut got) {
+        got.extend(client.take(120, T).await);
+        assert_cursors_exact_by(got, &[0, 0, 0], topic_of_turn);
+    }
+    for client in &mut clients {
+        let comments_before = client.comments;
+        let rest = client.until_closed(Duration::from_secs(15)).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        assert!(client.comments > comments_before, "no heartbeat came");
+        assert!(client.retry.is_some(), "no retry hint before the close");
+    }
+}
+
 /// A parked TLS socket whose client reads slowly fills up in the middle of
 /// a record: the rest of that record goes out first, from the stream, and
 /// the client gets every event whole, once, in order.

@@ -583,6 +583,32 @@ async fn tls_node(nats: &Nats, extra: &[(&str, &str)]) -> (NodeProc, Cert) {
     (node, cert)
 }
 
+/// A TLS node that parks, with 1 s heartbeats and streams that end after
+/// 8 s.
+async fn short_lived_tls_node(nats: &Nats) -> (NodeProc, Cert) {
+    tls_node(
+        nats,
+        &[
+            ("SSE_HTTP__HEARTBEAT_SECONDS", "1"),
+            ("SSE_HTTP__MAX_CONNECTION_LIFETIME_SECONDS", "8"),
+        ],
+    )
+    .await
+}
+
+/// Checks that each of `clients`, TLS streams of a short-lived node, gets
+/// heartbeats and then its stream's end with a retry hint and no event,
+/// all of it decrypting.
+async fn heartbeats_then_a_clean_close(clients: &mut [SseClient]) {
+    for client in clients {
+        let comments_before = client.comments;
+        let rest = client.until_closed(Duration::from_secs(15)).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        assert!(client.comments > comments_before, "no heartbeat came");
+        assert!(client.retry.is_some(), "no retry hint before the close");
+    }
+}
+
 async fn wait_parked_tls(cert: &Cert, node: &NodeProc, count: f64) {
     eventually(T, &format!("{count} tls streams to park"), || async {
         (cert_metric(cert, node, "sse_streams_parked").await == count).then_some(())
@@ -599,14 +625,7 @@ async fn tls_streams_park_and_their_records_stay_in_sequence() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "sealed", None).await;
-    let (node, cert) = tls_node(
-        &nats,
-        &[
-            ("SSE_HTTP__HEARTBEAT_SECONDS", "1"),
-            ("SSE_HTTP__MAX_CONNECTION_LIFETIME_SECONDS", "8"),
-        ],
-    )
-    .await;
+    let (node, cert) = short_lived_tls_node(&nats).await;
     let mut clients = Vec::new();
     for target in [
         "/v1/events?topic=sealed",
@@ -642,13 +661,7 @@ async fn tls_streams_park_and_their_records_stay_in_sequence() {
     // Heartbeats while parked, and the close at the end of the lifetime,
     // sealed after the writer's records: the client reads them all and a
     // clean close_notify (rustls reports a close without one as an error).
-    for client in &mut clients {
-        let comments_before = client.comments;
-        let rest = client.until_closed(Duration::from_secs(15)).await.unwrap();
-        assert!(rest.is_empty(), "{rest:?}");
-        assert!(client.comments > comments_before, "no heartbeat came");
-        assert!(client.retry.is_some(), "no retry hint before the close");
-    }
+    heartbeats_then_a_clean_close(&mut clients).await;
 }
 
 /// TLS streams of several topics in turn park on their merged feed too:
@@ -662,14 +675,7 @@ async fn tls_streams_on_a_merged_feed_keep_their_records_in_sequence() {
     for topic in ["t0", "t1", "t2"] {
         create_topic(&js, topic, None).await;
     }
-    let (node, cert) = tls_node(
-        &nats,
-        &[
-            ("SSE_HTTP__HEARTBEAT_SECONDS", "1"),
-            ("SSE_HTTP__MAX_CONNECTION_LIFETIME_SECONDS", "8"),
-        ],
-    )
-    .await;
+    let (node, cert) = short_lived_tls_node(&nats).await;
     let mut clients = Vec::new();
     for _ in 0..2 {
         let response = cert
@@ -700,13 +706,7 @@ async fn tls_streams_on_a_merged_feed_keep_their_records_in_sequence() {
         got.extend(client.take(120, T).await);
         assert_cursors_exact_by(got, &[0, 0, 0], topic_of_turn);
     }
-    for client in &mut clients {
-        let comments_before = client.comments;
-        let rest = client.until_closed(Duration::from_secs(15)).await.unwrap();
-        assert!(rest.is_empty(), "{rest:?}");
-        assert!(client.comments > comments_before, "no heartbeat came");
-        assert!(client.retry.is_some(), "no retry hint before the close");
-    }
+    heartbeats_then_a_clean_close(&mut clients).await;
 }
 
 /// A parked TLS socket whose client reads slowly fills up in the middle of

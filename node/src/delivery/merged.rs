@@ -172,7 +172,9 @@ impl MergedFeed {
             cursor.push(attachment.head);
             receivers.push(attachment.receiver);
         }
-        let queue_events = feeds.iter().map(|f| f.queue_events()).max().unwrap_or(1);
+        // As for a stream of several topics: the smallest of the queues
+        // bounds how long the relay's sockets may be held.
+        let queue_events = feeds.iter().map(|f| f.queue_events()).min().unwrap_or(1);
         let relayed = Arc::new(Mutex::new(Relayed {
             base: cursor.clone(),
             cursor,

@@ -129,6 +129,25 @@ pub async fn scrape(addrs: &[SocketAddr]) -> Vec<NodeScrape> {
     nodes
 }
 
+/// The gauge of streams parked on a feed's writer.
+pub const PARKED: &str = "sse_streams_parked";
+
+/// [`PARKED`] summed over the nodes at `addrs`; `None` when none answers.
+pub async fn parked(addrs: &[SocketAddr]) -> Option<f64> {
+    let mut total = None;
+    for addr in addrs {
+        let text =
+            tokio::time::timeout(SCRAPE_TIMEOUT, crate::scenario::http_get(*addr, "/metrics"))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        if let Some(n) = text.and_then(|t| counter(&t, PARKED)) {
+            *total.get_or_insert(0.0) += n;
+        }
+    }
+    total
+}
+
 /// What every node that answered both scrapes observed in between, merged:
 /// [`FEED_READ`], [`WRITTEN`], [`REFUSALS`].
 pub fn observed(before: &[NodeScrape], after: &[NodeScrape]) -> [Buckets; 3] {

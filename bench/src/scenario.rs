@@ -143,6 +143,51 @@ impl Plan {
     }
 }
 
+/// Topics per stream with `--topic-sets`.
+const SET_SIZE: usize = 3;
+
+impl Plan {
+    /// `--topic-sets S`: S streams' worth of different sets of three topics,
+    /// as streams that combine a team's, a region's and a product's topic
+    /// read them. The topics come in three families of F each, F the
+    /// smallest with F³ ≥ S; set `s` reads the `s mod F`-th of the first
+    /// family, the `(s / F) mod F`-th of the second and the `(s / F²) mod
+    /// F`-th of the third. Events go to the 3F topics in turn, so each stream
+    /// gets a third of an F-th of them, its topics taking turns. Returns
+    /// each path's lanes: the places of its topics among those published to.
+    fn read_topic_sets(&mut self, base: &str, sets: usize) -> Vec<Vec<usize>> {
+        let families = (1..).find(|f: &usize| f.pow(3) >= sets).unwrap_or(1);
+        let topic = |family: usize, i: usize| format!("{base}-{}{i}", ['a', 'b', 'c'][family]);
+        self.topics = (0..SET_SIZE)
+            .flat_map(|family| (0..families).map(move |i| (family, i)))
+            .map(|(family, i)| topic(family, i))
+            .collect();
+        self.publish_to = self.topics.clone();
+        let mut paths = Vec::new();
+        let mut lanes = Vec::new();
+        for s in 0..sets {
+            let picks = [
+                s % families,
+                (s / families) % families,
+                (s / families / families) % families,
+            ];
+            let set: Vec<usize> = picks
+                .iter()
+                .enumerate()
+                .map(|(family, i)| family * families + i)
+                .collect();
+            let query: Vec<String> = set
+                .iter()
+                .map(|l| format!("topic={}", self.topics[*l]))
+                .collect();
+            paths.push(format!("/v1/events?{}", query.join("&")));
+            lanes.push(set);
+        }
+        self.paths = paths;
+        lanes
+    }
+}
+
 struct Defaults {
     subscribers: usize,
     subjects: usize,
@@ -426,11 +471,22 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     );
     // With --spread-topics, events go to each of a stream's topics in turn,
     // each topic counting its own: one lane per topic.
-    let lanes = if spread { 1 + also_topics.len() } else { 0 };
+    let mut lanes = if spread { 1 + also_topics.len() } else { 0 };
     if spread {
         plan.publish_to.extend(also_topics.iter().cloned());
     }
-    let publish_to = lanes.max(subjects);
+    let topic_sets: usize = args.or("topic-sets", 0)?;
+    let path_lanes = if topic_sets > 0 {
+        anyhow::ensure!(
+            target == Target::Node && also_topics.is_empty() && subjects == 1,
+            "--topic-sets is for sse-node, with one subject and no --also-topics"
+        );
+        lanes = SET_SIZE;
+        plan.read_topic_sets(&base, topic_sets)
+    } else {
+        Vec::new()
+    };
+    let publish_to = lanes.max(subjects).max(plan.publish_to.len());
     if let Some(query) = args.get("query") {
         for path in &mut plan.paths {
             path.push('&');
@@ -480,6 +536,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             h2_streams: args.or("h2-streams", 0)?,
             h2_window: args.get("h2-window").map(str::parse).transpose()?,
             lanes,
+            path_lanes: path_lanes.clone(),
         });
         first += count;
     }
@@ -573,7 +630,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
                     }
                     let subject = (published % publish_to as u64) as usize;
                     let counter = counters[subject] + 1;
-                    let payload = if spread {
+                    let payload = if lanes > 0 {
                         payload_in_lane(counter, now_us(), subject, size)
                     } else {
                         payload(counter, now_us(), size)
@@ -610,6 +667,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     } else {
         Default::default()
     };
+    // Streams parked on a feed's writer when the run ended: which way the
+    // node delivered.
+    let parked_at_end = if split_lag {
+        node_lag::parked(&addrs).await
+    } else {
+        None
+    };
     let finish = worker::Command {
         targets: Some(counters.clone()),
         finish: true,
@@ -627,7 +691,16 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     for g in 0..subscribers {
         per_subject[g % subjects] += 1;
     }
-    let expected: u64 = if spread {
+    let expected: u64 = if !path_lanes.is_empty() {
+        (0..subscribers)
+            .map(|g| {
+                path_lanes[g % path_lanes.len()]
+                    .iter()
+                    .map(|lane| counters[*lane].saturating_sub(start_counter))
+                    .sum::<u64>()
+            })
+            .sum()
+    } else if spread {
         // Every stream reads every lane.
         subscribers as u64
             * counters
@@ -753,6 +826,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "private": args.or("private", 0u8)? == 1,
             "also_topics": also_topics.len(),
             "spread_topics": spread,
+            "topic_sets": topic_sets,
             "storage": storage(args)?,
         },
         "subscribers": subscribers,
@@ -853,6 +927,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     // Parked sockets that did not take a whole write: clients that fell
     // behind in reading.
     result["node_parked_refusals"] = json!(refusals.last().map(|(_, count)| *count));
+    result["node_parked_at_end"] = json!(parked_at_end);
     if let Some(killed) = killed_us {
         result["catch_up_s"] =
             json!(caught_up.then(|| t.last_event_us.saturating_sub(killed) as f64 / 1e6));
@@ -897,4 +972,31 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         .decode(&raw[head.len..], &mut body)
         .map_err(anyhow::Error::msg)?;
     Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_sets_are_distinct_and_read_one_topic_of_each_family() {
+        for sets in [1, 10, 100, 1000] {
+            let mut plan = Plan::new(Target::Node, "t", 1, "paths", "latency");
+            let lanes = plan.read_topic_sets("t", sets);
+            let families = plan.topics.len() / SET_SIZE;
+            assert!(families.pow(3) >= sets && (families - 1).pow(3) < sets);
+            assert_eq!(plan.paths.len(), sets);
+            let distinct: std::collections::BTreeSet<_> = lanes.iter().collect();
+            assert_eq!(distinct.len(), sets, "{sets} sets");
+            for (path, set) in plan.paths.iter().zip(&lanes) {
+                for (family, lane) in set.iter().enumerate() {
+                    assert_eq!(lane / families, family);
+                    assert!(
+                        path.contains(&format!("topic={}&", plan.topics[*lane]))
+                            || path.ends_with(&format!("topic={}", plan.topics[*lane]))
+                    );
+                }
+            }
+        }
+    }
 }

@@ -95,6 +95,12 @@ pub struct WorkerConfig {
     /// its own counter (`--spread-topics`); 0 or 1: one.
     #[serde(default)]
     pub lanes: usize,
+    /// Per path, the lanes its stream reads, when streams read different
+    /// sets of them (`--topic-sets`): a payload's lane is its place in the
+    /// publisher's list, and the connection counts it at its place in this
+    /// one. Empty: every stream reads lanes `0..lanes`.
+    #[serde(default)]
+    pub path_lanes: Vec<Vec<usize>>,
 }
 
 /// A request from the coordinator.
@@ -170,7 +176,22 @@ struct Shared {
     /// The last counter per connection, and per lane within it.
     last: Vec<Cell<u64>>,
     lanes: usize,
+    /// `WorkerConfig::path_lanes` and what finds a connection's path.
+    path_lanes: Vec<Vec<usize>>,
+    first_index: usize,
     hist: RefCell<Histogram>,
+}
+
+impl Shared {
+    /// Where connection `index` counts an event of the publisher's lane
+    /// `lane`.
+    fn local_lane(&self, index: usize, lane: usize) -> Option<usize> {
+        if self.path_lanes.is_empty() {
+            return Some(lane);
+        }
+        let path = (self.first_index + index) % self.path_lanes.len();
+        self.path_lanes[path].iter().position(|l| *l == lane)
+    }
 }
 
 fn bump<T: Copy + std::ops::Add<Output = T>>(cell: &Cell<T>, by: T) {
@@ -196,6 +217,8 @@ pub fn run() -> anyhow::Result<()> {
                 .map(|_| Cell::new(config.start_counter))
                 .collect(),
             lanes,
+            path_lanes: config.path_lanes.clone(),
+            first_index: config.first_index,
             ..Shared::default()
         });
         let handshakes = Rc::new(Semaphore::new(config.connect_concurrency.max(1)));
@@ -254,11 +277,15 @@ fn snapshot(shared: &Shared, config: &WorkerConfig, command: &Command) -> Worker
             return shared
                 .last
                 .chunks(shared.lanes)
-                .filter(|lanes| {
-                    lanes
-                        .iter()
-                        .zip(targets)
-                        .all(|(last, target)| last.get() >= *target)
+                .enumerate()
+                .filter(|(k, lanes)| {
+                    lanes.iter().enumerate().all(|(local, last)| {
+                        let lane = match shared.path_lanes.as_slice() {
+                            [] => local,
+                            sets => sets[(config.first_index + k) % sets.len()][local],
+                        };
+                        last.get() >= targets.get(lane).copied().unwrap_or(0)
+                    })
                 })
                 .count();
         }
@@ -489,7 +516,7 @@ fn account(shared: &Shared, index: usize, parser: &mut Parser, body: &mut Vec<u8
             lane,
         } => {
             got += 1;
-            let Some(last) = lanes.get(lane) else {
+            let Some(last) = shared.local_lane(index, lane).and_then(|l| lanes.get(l)) else {
                 bump(&shared.other_events, 1);
                 return;
             };

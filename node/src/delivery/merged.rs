@@ -1,5 +1,5 @@
-//! Merged feeds: one writer for the parked streams of one set of whole
-//! topics whose events take turns.
+//! Merged feeds: one writer for the parked streams of one set of topics
+//! whose events take turns, each read whole or at one path.
 //!
 //! A stream of several topics writes its cursor over all of them after each
 //! event, so one topic's writer can take its socket only while that topic
@@ -13,7 +13,11 @@
 //!
 //! A stream parks only while its positions are exactly the relay's cursor,
 //! checked under the relay's lock, so every event after that cursor is one
-//! the relay writes to the socket and none before it is. When the socket is
+//! the relay writes to the socket and none before it is. A topic read at
+//! one path is the exception: its position is the last event of the path
+//! the stream wrote, or the head when it attached, and the relay's may be
+//! later with no event of the path in between; a stream that has taken
+//! every event its receiver got may then park behind it. When the socket is
 //! given back, the merged sequence it stands at is turned back into the
 //! cursor the stream then resumes from.
 
@@ -39,22 +43,30 @@ use crate::{
     node::Node,
 };
 
-/// The merged feeds of a node, by their topics' feeds in a stream's order.
+/// What a merged feed reads of one topic: its feed, and the one path's
+/// channel of it, or `None` for every event of the feed.
+type Read = (usize, Option<Box<str>>);
+
+/// The merged feeds of a node, by what they read in a stream's order.
 #[derive(Default)]
 pub(crate) struct MergedFeeds {
-    sets: Mutex<HashMap<Box<[usize]>, Weak<MergedFeed>>>,
+    sets: Mutex<HashMap<Box<[Read]>, Weak<MergedFeed>>>,
 }
 
 impl MergedFeeds {
-    /// The merged feed of `feeds`, in this order, started if none runs.
+    /// The merged feed of `feeds`, in this order, each read whole or at the
+    /// path's channel given, started if none runs.
     pub(crate) fn get_or_start<'a>(
         &self,
-        feeds: impl Iterator<Item = &'a FeedLease> + Clone,
+        feeds: impl Iterator<Item = (&'a FeedLease, Option<&'a str>)> + Clone,
         node: &Node,
     ) -> Arc<MergedFeed> {
         // The feeds' own addresses: a merged feed holds its feeds, so while
         // it lives no other feed can have one of them.
-        let key: Box<[usize]> = feeds.clone().map(|f| Arc::as_ptr(f) as usize).collect();
+        let key: Box<[Read]> = feeds
+            .clone()
+            .map(|(f, path)| (Arc::as_ptr(f) as usize, path.map(Into::into)))
+            .collect();
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(merged) = sets.get(&key).and_then(Weak::upgrade)
             && !merged.is_closed()
@@ -62,7 +74,8 @@ impl MergedFeeds {
             return merged;
         }
         sets.retain(|_, set| set.strong_count() > 0);
-        let merged = MergedFeed::start(feeds.map(|f| Arc::clone(f)).collect(), node);
+        let merged =
+            MergedFeed::start(feeds.map(|(f, path)| (Arc::clone(f), path)).collect(), node);
         sets.insert(key, Arc::downgrade(&merged));
         merged
     }
@@ -77,6 +90,9 @@ pub(crate) struct MergedFeed {
     /// Ends the relay once no stream holds the merged feed.
     stop: Arc<Notify>,
     queue_events: usize,
+    /// Per topic, whether it is read at one path: a stream's position there
+    /// may lag the relay's with nothing of the path in between.
+    at_path: Vec<bool>,
 }
 
 /// What the relay has framed so far.
@@ -164,17 +180,25 @@ impl Relayed {
 }
 
 impl MergedFeed {
-    fn start(feeds: Vec<Arc<Feed>>, node: &Node) -> Arc<Self> {
-        let mut receivers = Vec::with_capacity(feeds.len());
-        let mut cursor = Vec::with_capacity(feeds.len());
-        for feed in &feeds {
-            let attachment = feed.attach(None);
+    fn start(reads: Vec<(Arc<Feed>, Option<&str>)>, node: &Node) -> Arc<Self> {
+        let mut receivers = Vec::with_capacity(reads.len());
+        let mut cursor = Vec::with_capacity(reads.len());
+        let mut at_path = Vec::with_capacity(reads.len());
+        let mut queue_events = usize::MAX;
+        for (feed, channel) in &reads {
+            let attachment = feed.attach(*channel);
             cursor.push(attachment.head);
             receivers.push(attachment.receiver);
+            at_path.push(channel.is_some() || feed.path.is_some());
+            // As for a stream of several topics: the smallest of the
+            // queues bounds how long the relay's sockets may be held.
+            queue_events = queue_events.min(if channel.is_some() {
+                node.config().delivery.path_queue_events
+            } else {
+                feed.queue_events()
+            });
         }
-        // As for a stream of several topics: the smallest of the queues
-        // bounds how long the relay's sockets may be held.
-        let queue_events = feeds.iter().map(|f| f.queue_events()).min().unwrap_or(1);
+        let feeds: Vec<Arc<Feed>> = reads.into_iter().map(|(feed, _)| feed).collect();
         let relayed = Arc::new(Mutex::new(Relayed {
             base: cursor.clone(),
             cursor,
@@ -194,6 +218,7 @@ impl MergedFeed {
             sockets: Arc::default(),
             stop: Arc::default(),
             queue_events,
+            at_path,
         });
         let relay = Relay {
             topics: LiveReceivers {
@@ -223,10 +248,12 @@ impl MergedFeed {
     /// Parks `socket` if `positions` are the relay's cursor; returns the
     /// ticket and the merged sequence the socket stands at. Otherwise
     /// returns whether the relay is behind the stream, which it catches up
-    /// with in a moment.
+    /// with in a moment. `nothing_waiting` tells whether the stream's
+    /// receivers are still empty.
     pub(crate) fn park(
         &self,
         positions: impl Iterator<Item = u64>,
+        nothing_waiting: impl FnOnce() -> bool,
         socket: &Arc<SharedSocket>,
         node: &Node,
     ) -> Result<(Ticket, u64), Behind> {
@@ -234,15 +261,25 @@ impl MergedFeed {
         if relayed.closed || node.is_shutting_down() {
             return Err(Behind(false));
         }
-        let mut behind = false;
-        for (own, relay) in positions.zip(&relayed.cursor) {
+        let (mut behind, mut trails_at_path) = (false, false);
+        for ((own, relay), at_path) in positions.zip(&relayed.cursor).zip(&self.at_path) {
             if own < *relay {
-                return Err(Behind(false));
+                if !at_path {
+                    return Err(Behind(false));
+                }
+                trails_at_path = true;
             }
             behind |= own > *relay;
         }
         if behind {
             return Err(Behind(true));
+        }
+        // Every event in the relay's cursor was sent before this lock was
+        // taken, so it is in the stream's receiver unless the stream wrote
+        // it. With both empty, nothing of a path lies between the stream's
+        // position and the relay's.
+        if trails_at_path && !nothing_waiting() {
+            return Err(Behind(false));
         }
         let pacing = (
             Duration::from_millis(node.config().delivery.write_pacing_ms),

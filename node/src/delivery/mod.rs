@@ -115,6 +115,26 @@ struct ClientTopic {
 }
 
 impl ClientTopic {
+    /// What a merged feed reads of this topic for the stream, if the
+    /// stream takes every event its receiver gets: `Some(None)` for the
+    /// whole of its feed (the whole topic, or the one path a path feed
+    /// reads), `Some(Some(path))` for the path's channel of the whole
+    /// topic's feed. `None` when the stream filters (wildcards, several
+    /// patterns), which a merged feed does not.
+    fn merge_read(&self) -> Option<Option<&str>> {
+        if self.by_path {
+            return only_path(&self.patterns).map(Some);
+        }
+        let whole = match self.patterns.as_slice() {
+            [one] => match self.feed.path.as_deref() {
+                None => one.is_whole_topic(),
+                own => only_path(&self.patterns) == own,
+            },
+            _ => false,
+        };
+        whole.then_some(None)
+    }
+
     fn matches(&self, path: &str) -> bool {
         self.whole_topic || self.patterns.iter().any(|p| p.matches(path))
     }

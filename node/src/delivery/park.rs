@@ -134,17 +134,13 @@ impl ClientStream {
     }
 
     /// Whether the stream may park on the merged feed of its topics: it
-    /// reads every event of each, on the topic's own feed, and they have
-    /// been taking turns.
+    /// takes every event its receiver of each gets (a whole topic, or one
+    /// path), and they have been taking turns.
     fn may_merge(&self) -> bool {
         !self.single_topic
             && self.turns >= MERGE_AFTER_TURNS
             && self.topics.len() <= MERGE_MAX_TOPICS
-            && self.topics.iter().all(|t| {
-                !t.by_path
-                    && t.feed.path.is_none()
-                    && matches!(t.patterns.as_slice(), [one] if one.is_whole_topic())
-            })
+            && self.topics.iter().all(|t| t.merge_read().is_some())
             && self.may_park()
     }
 
@@ -160,11 +156,20 @@ impl ClientStream {
         {
             return ParkTry::No;
         }
-        let merged = self
-            .node
-            .merged_feeds()
-            .get_or_start(self.topics.iter().map(|t| &t.feed), &self.node);
-        let (ticket, _) = match merged.park(self.topics.iter().map(|t| t.pos), socket, &self.node) {
+        let merged = self.node.merged_feeds().get_or_start(
+            self.topics
+                .iter()
+                .map(|t| (&t.feed, t.merge_read().flatten())),
+            &self.node,
+        );
+        let receivers = &self.live.receivers;
+        let parked = merged.park(
+            self.topics.iter().map(|t| t.pos),
+            || receivers.iter().all(|r| r.is_empty()),
+            socket,
+            &self.node,
+        );
+        let (ticket, _) = match parked {
             Ok(parked) => parked,
             Err(Behind(true)) => return ParkTry::RelayBehind,
             Err(Behind(false)) => return ParkTry::No,
@@ -315,13 +320,19 @@ impl ClientStream {
         let mut receivers = Vec::with_capacity(self.topics.len());
         for (topic, pos) in self.topics.iter_mut().zip(cursor) {
             topic.pos = topic.pos.max(pos);
-            let attachment = topic.feed.attach(None);
+            let channel = if topic.by_path {
+                only_path(&topic.patterns)
+            } else {
+                None
+            };
+            let attachment = topic.feed.attach(channel);
             topic.catch_up_to = attachment.head.max(topic.pos);
             receivers.push(attachment.receiver);
             behind |= topic.pos < topic.catch_up_to;
             if topic.feed.is_closed() {
                 ended = Some(CloseReason::TopicClosed);
             } else if returned.refused
+                && !topic.by_path
                 && topic.catch_up_to - topic.pos > topic.feed.queue_events() as u64
             {
                 ended = ended.or(Some(CloseReason::Slow));

@@ -380,6 +380,150 @@ async fn streams_whose_topics_take_turns_park_on_their_merged_feed_with_exact_id
     a_deleted_topic_ends_the_parked_stream(&js, &node, &mut back, "t1").await;
 }
 
+/// Streams of a whole topic and one user's path of another, whose events
+/// take turns, park on a merged feed too: the path read from a path feed of
+/// its own (no client reads the rest of the topic), or from the path's
+/// channel of the topic's whole feed (another client reads all of it).
+/// Every event of the stream arrives once, in order, and carries the cursor
+/// the stream itself would write; other users' events never arrive; a
+/// resume from the last id is exact.
+#[tokio::test]
+async fn streams_of_a_topic_and_a_path_that_take_turns_park_on_a_merged_feed() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "news", None).await;
+    create_topic(&js, "users", None).await;
+    for whole_feed_runs in [false, true] {
+        let node = NodeProc::start(&nats.url(), &[PARK]).await;
+        let mut watcher = None;
+        if whole_feed_runs {
+            let mut all = SseClient::connect(&node.url("/v1/events?topic=users"), None)
+                .await
+                .unwrap();
+            all.ready().await;
+            wait_parked(&node, 1.0).await;
+            watcher = Some(all);
+        }
+        let watching = f64::from(u8::from(whole_feed_runs));
+        let url = node.url("/v1/events?topic=news&topic=users.u1");
+        let mut client = SseClient::connect(&url, None).await.unwrap();
+        client.ready().await;
+        let mut expected = Vec::new();
+        for i in 0..40 {
+            expected.push(publish_turn(&js, i).await);
+        }
+        let mut got = client.take(40, T).await;
+        wait_parked(&node, 1.0 + watching).await;
+        for i in 40..240 {
+            expected.push(publish_turn(&js, i).await);
+            if i % 50 == 0 {
+                assert_eq!(
+                    parked(&node).await,
+                    1.0 + watching,
+                    "parked while the topic and the path take turns"
+                );
+            }
+        }
+        got.extend(client.take(200, T).await);
+        assert_eq!(parked(&node).await, 1.0 + watching, "still parked");
+        assert_each_topic_in_order(&got, &expected);
+        assert_cursor_is_each_topics_last(&got, &expected);
+
+        // Away: resuming from the last id gets exactly what came meanwhile.
+        let last_id = got.last().unwrap().id.clone();
+        drop(client);
+        let mut missed_expected = Vec::new();
+        for i in 240..246 {
+            missed_expected.push(publish_turn(&js, i).await);
+        }
+        let mut back = SseClient::connect(&url, Some(&last_id)).await.unwrap();
+        let missed = back.take(6, T).await;
+        assert_each_topic_in_order(&missed, &missed_expected);
+        assert!(
+            back.next_event(Duration::from_millis(300)).await.is_err(),
+            "no event may follow"
+        );
+        drop(watcher);
+    }
+}
+
+/// Publishes event `i` of a topic and a path in turn: to `news`, then to
+/// user u1's path of `users`, and so on; every fifth time another user's
+/// event first, which a stream of u1 must not get. Returns what a stream of
+/// `news` and u1 gets: the data, its topic's place in the stream, and its
+/// sequence.
+async fn publish_turn(js: &async_nats::jetstream::Context, i: usize) -> (String, usize, u64) {
+    if i.is_multiple_of(5) {
+        publish(js, "users.u2", &format!("u2-{i}")).await;
+    }
+    let (subject, topic) = if i.is_multiple_of(2) {
+        ("news.x", 0)
+    } else {
+        ("users.u1", 1)
+    };
+    let data = format!("{topic}-{i}");
+    let seq = publish(js, subject, &data).await;
+    (data, topic, seq)
+}
+
+/// Checks that `got` holds exactly the events of `expected`, (data, topic,
+/// sequence) in publication order, each topic's in that order: topics are
+/// read apart, so their events may interleave otherwise.
+fn assert_each_topic_in_order(got: &[SseEvent], expected: &[(String, usize, u64)]) {
+    for topic in 0..2 {
+        let of = |data: Vec<String>| -> Vec<String> {
+            data.into_iter()
+                .filter(|d| d.starts_with(&format!("{topic}-")))
+                .collect()
+        };
+        let want = of(expected.iter().map(|(d, _, _)| d.clone()).collect());
+        assert_eq!(
+            of(data_of(got)),
+            want,
+            "topic {topic}: every event once, in order"
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "nothing else");
+}
+
+/// Checks that each event carries its own topic at the event's sequence
+/// and the other topic at or past the last event of it before, but short of
+/// the next: a resume from any of these ids skips nothing and repeats
+/// nothing. A topic read at one path may stand past its last event of that
+/// path (at the topic's head when the stream or its relay attached).
+/// `expected` is (data, topic, sequence) per event, in publication order.
+fn assert_cursor_is_each_topics_last(got: &[SseEvent], expected: &[(String, usize, u64)]) {
+    let facts = |event: &SseEvent| -> (usize, u64) {
+        let (_, topic, seq) = expected
+            .iter()
+            .find(|(d, _, _)| *d == event.data)
+            .expect("an event published");
+        (*topic, *seq)
+    };
+    let mut last: [Option<u64>; 2] = [None, None];
+    let mut previous = vec![0, 0];
+    for (k, event) in got.iter().enumerate() {
+        let (topic, seq) = facts(event);
+        let (data, at) = (&event.data, positions(&event.id));
+        assert!(
+            at.iter().zip(&previous).all(|(now, before)| now >= before),
+            "{data} at {} goes back from {previous:?}",
+            event.id
+        );
+        previous.clone_from(&at);
+        assert_eq!(at[topic], seq, "{data} at {}", event.id);
+        let other = 1 - topic;
+        if let Some(before) = last[other] {
+            assert!(at[other] >= before, "{data} at {}", event.id);
+        }
+        let next = got[k..].iter().map(facts).find(|(t, _)| *t == other);
+        if let Some((_, next)) = next {
+            assert!(at[other] < next, "{data} at {} skips {next}", event.id);
+        }
+        last[topic] = Some(seq);
+    }
+}
+
 /// A socket parked on a merged feed that fills up is given back with what
 /// it did not take; its stream writes that, catches up on every topic from
 /// the set's cursor and parks again. Every event arrives whole, once, in

@@ -9,7 +9,8 @@
 //! the set's cursor after it, numbers it in a sequence of its own, and hands
 //! it to the same [`ParkedSockets`] a topic's writer uses. All of a set's
 //! parked sockets get the relay's one order of events, so one frame serves
-//! them all.
+//! them all. A relay starts only for a set that two streams share; a stream
+//! alone on its set keeps its own task, which costs no more per event.
 //!
 //! A stream parks only while its positions are exactly the relay's cursor,
 //! checked under the relay's lock, so every event after that cursor is one
@@ -48,36 +49,127 @@ use crate::{
 type Read = (usize, Option<Box<str>>);
 
 /// The merged feeds of a node, by what they read in a stream's order.
+///
+/// A merged feed starts only for a set of topics that two streams share:
+/// a stream alone on its set saves nothing by a relay (one wake per event
+/// either way) and would hold one more task and its cursor's last seconds.
+/// The first stream of a set waits; the second starts the relay, and both
+/// park on it.
 #[derive(Default)]
 pub(crate) struct MergedFeeds {
-    sets: Mutex<HashMap<Box<[Read]>, Weak<MergedFeed>>>,
+    sets: Mutex<Sets>,
+}
+
+#[derive(Default)]
+struct Sets {
+    by_reads: HashMap<Box<[Read]>, Set>,
+    /// How many sets there were at the last sweep of those gone: sweeping
+    /// again only once they have doubled keeps each start cheap.
+    swept_at: usize,
+}
+
+/// One set's relay, or the stream waiting for a second one.
+struct Set {
+    merged: Weak<MergedFeed>,
+    waiting: Weak<MergeWait>,
+}
+
+impl Sets {
+    fn sweep(&mut self) {
+        if self.by_reads.len() < 2 * self.swept_at.max(32) {
+            return;
+        }
+        self.by_reads
+            .retain(|_, set| set.merged.strong_count() > 0 || set.waiting.strong_count() > 0);
+        self.swept_at = self.by_reads.len();
+    }
+}
+
+/// A stream's wait for a second stream of its set to start the set's
+/// merged feed. The stream holds it; dropping it gives up the wait.
+#[derive(Default)]
+pub(crate) struct MergeWait {
+    started: Mutex<Option<Weak<MergedFeed>>>,
+}
+
+/// Where a stream's wait for its set's merged feed stands.
+pub(crate) enum Waited {
+    /// No second stream yet.
+    Waiting,
+    /// The merged feed a second stream started.
+    Started(Arc<MergedFeed>),
+    /// That merged feed has ended: the stream asks again.
+    Ended,
+}
+
+impl MergeWait {
+    /// Whether a second stream has started the set's merged feed.
+    pub(crate) fn waited(&self) -> Waited {
+        match &*self.started.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Waited::Waiting,
+            Some(merged) => match merged.upgrade() {
+                Some(merged) if !merged.is_closed() => Waited::Started(merged),
+                _ => Waited::Ended,
+            },
+        }
+    }
+}
+
+/// What a stream gets when it asks for its set's merged feed.
+pub(crate) enum Merge {
+    /// The set's merged feed, running.
+    Feed(Arc<MergedFeed>),
+    /// The stream is the first of its set: it waits for a second.
+    Wait(Arc<MergeWait>),
 }
 
 impl MergedFeeds {
     /// The merged feed of `feeds`, in this order, each read whole or at the
-    /// path's channel given, started if none runs.
+    /// path's channel given: the running one, one started now if another
+    /// stream of the set waits, or else a wait for a second stream.
     pub(crate) fn get_or_start<'a>(
         &self,
         feeds: impl Iterator<Item = (&'a FeedLease, Option<&'a str>)> + Clone,
         node: &Node,
-    ) -> Arc<MergedFeed> {
-        // The feeds' own addresses: a merged feed holds its feeds, so while
-        // it lives no other feed can have one of them.
+    ) -> Merge {
+        // The feeds' own addresses: a merged feed holds its feeds, and a
+        // waiting stream its leases, so while either lives no other feed
+        // can have one of them.
         let key: Box<[Read]> = feeds
             .clone()
             .map(|(f, path)| (Arc::as_ptr(f) as usize, path.map(Into::into)))
             .collect();
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(merged) = sets.get(&key).and_then(Weak::upgrade)
-            && !merged.is_closed()
-        {
-            return merged;
-        }
-        sets.retain(|_, set| set.strong_count() > 0);
+        let waiting = match sets.by_reads.get(&key) {
+            Some(set) => {
+                if let Some(merged) = set.merged.upgrade()
+                    && !merged.is_closed()
+                {
+                    return Merge::Feed(merged);
+                }
+                set.waiting.upgrade()
+            }
+            None => None,
+        };
+        sets.sweep();
+        let Some(waiting) = waiting else {
+            let wait = Arc::new(MergeWait::default());
+            let set = Set {
+                merged: Weak::new(),
+                waiting: Arc::downgrade(&wait),
+            };
+            sets.by_reads.insert(key, set);
+            return Merge::Wait(wait);
+        };
         let merged =
             MergedFeed::start(feeds.map(|(f, path)| (Arc::clone(f), path)).collect(), node);
-        sets.insert(key, Arc::downgrade(&merged));
-        merged
+        *waiting.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&merged));
+        let set = Set {
+            merged: Arc::downgrade(&merged),
+            waiting: Weak::new(),
+        };
+        sets.by_reads.insert(key, set);
+        Merge::Feed(merged)
     }
 }
 

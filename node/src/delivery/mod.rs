@@ -251,6 +251,9 @@ pub struct ClientStream {
     /// Runs in a row shorter than [`park::PARK_AFTER_RUN`]: topics taking
     /// turns (see [`park::MERGE_AFTER_TURNS`]).
     turns: u32,
+    /// The stream's wait for a second stream of its set of topics to start
+    /// their merged feed (see [`merged::MergedFeeds`]).
+    merge_wait: Option<Arc<merged::MergeWait>>,
 }
 
 impl ClientStream {
@@ -362,6 +365,7 @@ impl ClientStream {
             rejoining: false,
             run: (0, 0),
             turns: 0,
+            merge_wait: None,
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {

@@ -23,7 +23,7 @@ use crate::connection::SharedSocket;
 use super::{
     ClientStream, CloseReason, HEARTBEAT,
     live::LiveItem,
-    merged::{Behind, MergedFeed},
+    merged::{Behind, Merge, MergedFeed, Waited},
     only_path,
     parked::{Beat, Returned, Ticket},
     peer_closed,
@@ -156,12 +156,30 @@ impl ClientStream {
         {
             return ParkTry::No;
         }
-        let merged = self.node.merged_feeds().get_or_start(
-            self.topics
-                .iter()
-                .map(|t| (&t.feed, t.merge_read().flatten())),
-            &self.node,
-        );
+        let waited = match &self.merge_wait {
+            Some(wait) => wait.waited(),
+            None => Waited::Ended,
+        };
+        let merged = match waited {
+            Waited::Waiting => return ParkTry::No,
+            Waited::Started(merged) => merged,
+            Waited::Ended => {
+                let asked = self.node.merged_feeds().get_or_start(
+                    self.topics
+                        .iter()
+                        .map(|t| (&t.feed, t.merge_read().flatten())),
+                    &self.node,
+                );
+                match asked {
+                    Merge::Feed(merged) => merged,
+                    Merge::Wait(wait) => {
+                        self.merge_wait = Some(wait);
+                        return ParkTry::No;
+                    }
+                }
+            }
+        };
+        self.merge_wait = None;
         let receivers = &self.live.receivers;
         let parked = merged.park(
             self.topics.iter().map(|t| t.pos),

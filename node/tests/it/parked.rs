@@ -158,7 +158,7 @@ async fn a_parked_stream_gets_heartbeats_and_ends_on_time() {
     assert!(client.comments >= 3, "heartbeats: {}", client.comments);
     assert!(node.metric("sse_heartbeats_total").await >= heartbeats_before + 2.0);
     assert!(client.retry.is_some());
-    wait_ended_unparked(&node, "lifetime").await;
+    wait_ended_unparked(&node, "lifetime", 1).await;
 }
 
 /// A stream of several topics parks on the one it has heard from alone for
@@ -258,23 +258,26 @@ async fn a_parked_stream_of_several_topics_ends_when_either_topic_is_deleted() {
             publish(&js, "busy.x", &format!("busy-{i}")).await;
         }
         assert_eq!(client.take(40, T).await.len(), 40);
-        a_deleted_topic_ends_the_parked_stream(&js, &node, &mut client, deleted).await;
+        a_deleted_topic_ends_the_parked_streams(&js, &node, &mut [client], deleted).await;
     }
 }
 
-/// Waits for one stream, `client`'s, to park, deletes `topic`, and checks
-/// that the stream ends as `topic_closed` with nothing more.
-async fn a_deleted_topic_ends_the_parked_stream(
+/// Waits for the `clients`' streams to park, deletes `topic`, and checks
+/// that each ends at once with nothing more, counted as `topic_closed`, and
+/// none is left parked.
+async fn a_deleted_topic_ends_the_parked_streams(
     js: &async_nats::jetstream::Context,
     node: &NodeProc,
-    client: &mut SseClient,
+    clients: &mut [SseClient],
     topic: &str,
 ) {
-    wait_parked(node, 1.0).await;
+    wait_parked(node, clients.len() as f64).await;
     js.delete_stream(format!("SSE_{topic}")).await.unwrap();
-    let rest = client.until_closed(T).await.unwrap();
-    assert!(rest.is_empty(), "deleting {topic}: {rest:?}");
-    wait_ended_unparked(node, "topic_closed").await;
+    for client in clients.iter_mut() {
+        let rest = client.until_closed(T).await.unwrap();
+        assert!(rest.is_empty(), "deleting {topic}: {rest:?}");
+    }
+    wait_ended_unparked(node, "topic_closed", clients.len()).await;
 }
 
 /// NATS with the topics `t0`, `t1` and `t2`, and a node that parks, with
@@ -371,13 +374,17 @@ async fn streams_whose_topics_take_turns_park_on_their_merged_feed_with_exact_id
     let from = positions(&last_id);
     assert_cursors_exact_by(&missed, &from, topic_of_turn);
 
-    // Parked again on the merged feed, and ended when a topic goes.
+    // Parked again on the merged feed, with a second stream of the set
+    // (a feed is merged for two), and ended when a topic goes.
+    let mut second = SseClient::connect(&url, None).await.unwrap();
+    second.ready().await;
     for i in 336..366 {
         let (subject, data) = in_turn(i);
         publish(&js, &subject, &data).await;
     }
     assert_eq!(back.take(30, T).await.len(), 30);
-    a_deleted_topic_ends_the_parked_stream(&js, &node, &mut back, "t1").await;
+    assert_eq!(second.take(30, T).await.len(), 30);
+    a_deleted_topic_ends_the_parked_streams(&js, &node, &mut [back, second], "t1").await;
 }
 
 /// Streams of a whole topic and one user's path of another, whose events
@@ -413,8 +420,22 @@ async fn streams_of_a_topic_and_a_path_that_take_turns_park_on_a_merged_feed() {
             expected.push(publish_turn(&js, i).await);
         }
         let mut got = client.take(40, T).await;
+        // Alone on its set of topics, the stream keeps its own task: a relay
+        // would save it nothing. A second tab of the same user starts the
+        // set's merged feed, and both park on it.
+        assert_eq!(parked(&node).await, watching, "alone: not merged");
+        let mut tab = SseClient::connect(&url, None).await.unwrap();
+        tab.ready().await;
+        for i in 40..60 {
+            expected.push(publish_turn(&js, i).await);
+        }
+        got.extend(client.take(20, T).await);
+        let tab_got = tab.take(20, T).await;
+        assert_each_topic_in_order(&tab_got, &expected[40..]);
+        wait_parked(&node, 2.0 + watching).await;
+        drop(tab);
         wait_parked(&node, 1.0 + watching).await;
-        for i in 40..240 {
+        for i in 60..240 {
             expected.push(publish_turn(&js, i).await);
             if i % 50 == 0 {
                 assert_eq!(
@@ -424,7 +445,7 @@ async fn streams_of_a_topic_and_a_path_that_take_turns_park_on_a_merged_feed() {
                 );
             }
         }
-        got.extend(client.take(200, T).await);
+        got.extend(client.take(180, T).await);
         assert_eq!(parked(&node).await, 1.0 + watching, "still parked");
         assert_each_topic_in_order(&got, &expected);
         assert_cursor_is_each_topics_last(&got, &expected);
@@ -531,21 +552,28 @@ fn assert_cursor_is_each_topics_last(got: &[SseEvent], expected: &[(String, usiz
 #[tokio::test]
 async fn a_socket_on_a_merged_feed_that_fills_up_is_given_back_whole() {
     let (_nats, js, node) = three_topics(("SSE_DELIVERY__WRITE_STALL_SECONDS", "30")).await;
-    let mut slow = slow_reader(node.port, "/v1/events?topic=t0&topic=t1&topic=t2")
-        .await
-        .unwrap();
+    let path = "/v1/events?topic=t0&topic=t1&topic=t2";
+    let mut slow = slow_reader(node.port, path).await.unwrap();
     slow.ready().await;
+    // A set's merged feed starts once two streams share it.
+    let mut companion = SseClient::connect(&node.url(path), None).await.unwrap();
+    companion.ready().await;
     let payload = |i: usize| format!("t{}-{i}:{}", i % 3, "abcdefghij".repeat(1600));
     for i in 0..30 {
         publish(&js, &format!("t{}.x", i % 3), &format!("t{}-{i}:", i % 3)).await;
     }
     let mut got = slow.take(30, T).await;
-    wait_parked(&node, 1.0).await;
+    assert_eq!(companion.take(30, T).await.len(), 30);
+    wait_parked(&node, 2.0).await;
 
     let total = 300;
     let reader = tokio::spawn(async move {
         let events = slow.take(total, Duration::from_secs(60)).await;
         (events, slow)
+    });
+    let companion_reader = tokio::spawn(async move {
+        let events = companion.take(total, Duration::from_secs(60)).await;
+        (events, companion)
     });
     // One topic at a time per batch, so that each topic's order is the
     // order of publication.
@@ -584,7 +612,9 @@ async fn a_socket_on_a_merged_feed_that_fills_up_is_given_back_whole() {
     }
     got.extend(received);
     assert_cursors_exact_by(&got, &[0, 0, 0], topic_of_turn);
-    wait_parked(&node, 1.0).await;
+    let (beside, _still_open) = companion_reader.await.unwrap();
+    assert_eq!(beside.len(), total, "the companion got every event");
+    wait_parked(&node, 2.0).await;
     assert_eq!(
         node.metric("sse_connections_closed_total{reason=\"slow\"}")
             .await,
@@ -597,14 +627,17 @@ fn topic_of_turn(data: &str) -> usize {
     data[1..2].parse().unwrap()
 }
 
-/// Waits until the node counts one stream ended for `reason` and none
-/// parked.
-async fn wait_ended_unparked(node: &NodeProc, reason: &str) {
+/// Waits until the node counts `count` streams ended for `reason` and
+/// none parked.
+async fn wait_ended_unparked(node: &NodeProc, reason: &str, count: usize) {
     let series = format!("sse_connections_closed_total{{reason=\"{reason}\"}}");
     eventually(
         T,
-        &format!("one stream ended as {reason}, none parked"),
-        || async { (node.metric(&series).await == 1.0 && parked(node).await == 0.0).then_some(()) },
+        &format!("{count} streams ended as {reason}, none parked"),
+        || async {
+            let ended = node.metric(&series).await == count as f64;
+            (ended && parked(node).await == 0.0).then_some(())
+        },
     )
     .await;
 }

@@ -188,6 +188,32 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// `--user-paths U`: each stream reads a shared topic and its own user's
+    /// path of a second topic (`?topic=<base>&topic=<base>-users.u<i>`), as a
+    /// page with a live feed and the user's notifications does. Lane 0 is
+    /// the shared topic, lane `1 + i` user `i`'s path. Returns the lane of
+    /// each publish in turn: one to the shared topic, then one to each of
+    /// the next `between` users, and so on, so that at a publish rate of
+    /// `R · (between + 1)` the shared topic gets R events a second and each
+    /// user `R · between / U`.
+    fn read_shared_and_user(&mut self, base: &str, users: usize, between: usize) -> Vec<usize> {
+        let user_topic = format!("{base}-users");
+        self.topics = vec![base.to_owned(), user_topic.clone()];
+        self.publish_to = std::iter::once(base.to_owned())
+            .chain((0..users).map(|i| format!("{user_topic}.u{i}")))
+            .collect();
+        self.paths = (0..users)
+            .map(|i| format!("/v1/events?topic={base}&topic={user_topic}.u{i}"))
+            .collect();
+        (0..users / between)
+            .flat_map(|round| {
+                std::iter::once(0).chain((0..between).map(move |k| 1 + round * between + k))
+            })
+            .collect()
+    }
+}
+
 struct Defaults {
     subscribers: usize,
     subjects: usize,
@@ -476,13 +502,27 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         plan.publish_to.extend(also_topics.iter().cloned());
     }
     let topic_sets: usize = args.or("topic-sets", 0)?;
+    let user_paths: usize = args.or("user-paths", 0)?;
+    let users_between: usize = args.or("user-events-between", 10)?;
+    anyhow::ensure!(
+        (topic_sets == 0 && user_paths == 0)
+            || (target == Target::Node && also_topics.is_empty() && subjects == 1),
+        "--topic-sets and --user-paths are for sse-node, with one subject and no --also-topics"
+    );
+    // The lane of each publish in turn, when lanes are not published to
+    // evenly; empty: round robin.
+    let mut publish_order = Vec::new();
     let path_lanes = if topic_sets > 0 {
-        anyhow::ensure!(
-            target == Target::Node && also_topics.is_empty() && subjects == 1,
-            "--topic-sets is for sse-node, with one subject and no --also-topics"
-        );
         lanes = SET_SIZE;
         plan.read_topic_sets(&base, topic_sets)
+    } else if user_paths > 0 {
+        anyhow::ensure!(
+            users_between > 0 && user_paths.is_multiple_of(users_between),
+            "--user-paths must be a multiple of --user-events-between"
+        );
+        lanes = 2;
+        publish_order = plan.read_shared_and_user(&base, user_paths, users_between);
+        (0..user_paths).map(|i| vec![0, 1 + i]).collect()
     } else {
         Vec::new()
     };
@@ -628,7 +668,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
                     if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                         break 'publishing;
                     }
-                    let subject = (published % publish_to as u64) as usize;
+                    let subject = if publish_order.is_empty() {
+                        (published % publish_to as u64) as usize
+                    } else {
+                        publish_order[(published % publish_order.len() as u64) as usize]
+                    };
                     let counter = counters[subject] + 1;
                     let payload = if lanes > 0 {
                         payload_in_lane(counter, now_us(), subject, size)
@@ -827,6 +871,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "also_topics": also_topics.len(),
             "spread_topics": spread,
             "topic_sets": topic_sets,
+            "user_paths": user_paths,
+            "user_events_between": (user_paths > 0).then_some(users_between),
             "storage": storage(args)?,
         },
         "subscribers": subscribers,
@@ -977,6 +1023,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_user_gets_one_publish_in_each_cycle_and_the_shared_topic_one_in_between() {
+        let mut plan = Plan::new(Target::Node, "s", 1, "paths", "latency");
+        let order = plan.read_shared_and_user("s", 20, 5);
+        assert_eq!(order.len(), 24);
+        assert_eq!(order.iter().filter(|l| **l == 0).count(), 4);
+        for user in 1..=20 {
+            assert_eq!(order.iter().filter(|l| **l == user).count(), 1);
+        }
+        assert_eq!(&order[..7], &[0, 1, 2, 3, 4, 5, 0]);
+        assert_eq!(plan.publish_to[3], "s-users.u2");
+        assert_eq!(plan.paths[2], "/v1/events?topic=s&topic=s-users.u2");
+    }
 
     #[test]
     fn topic_sets_are_distinct_and_read_one_topic_of_each_family() {

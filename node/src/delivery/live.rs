@@ -116,10 +116,12 @@ impl ClientStream {
                     }
                 }
                 LiveItem::Event(index, event) => {
-                    if !self.single_topic {
-                        self.note_run(index);
-                    }
+                    // Only what the stream writes counts towards a run: a
+                    // feed warming up hands on events it already has.
                     if self.deliver(index, &event, out) {
+                        if !self.single_topic {
+                            self.note_run(index);
+                        }
                         delivered += 1;
                         oldest.get_or_insert(event.published);
                     }

@@ -251,6 +251,10 @@ pub struct ClientStream {
     /// Runs in a row shorter than [`park::PARK_AFTER_RUN`]: topics taking
     /// turns (see [`park::MERGE_AFTER_TURNS`]).
     turns: u32,
+    /// The topic of the last run of at least [`park::PARK_AFTER_RUN`]
+    /// events, or `u32::MAX`: after one short run of another topic the
+    /// stream parks on it again at its next event.
+    busy_topic: u32,
     /// The stream's wait for a second stream of its set of topics to start
     /// their merged feed (see [`merged::MergedFeeds`]).
     merge_wait: Option<Arc<merged::MergeWait>>,
@@ -365,6 +369,7 @@ impl ClientStream {
             rejoining: false,
             run: (0, 0),
             turns: 0,
+            busy_topic: u32::MAX,
             merge_wait: None,
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);

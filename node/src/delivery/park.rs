@@ -4,9 +4,12 @@
 //! A stream of several topics parks on the one it has been hearing from
 //! alone for [`PARK_AFTER_RUN`] events in a row, and keeps reading the
 //! others itself: an event of another topic takes the socket back, and the
-//! stream writes that event and catches up before it may park again. So a
-//! stream of one busy topic and some quiet ones is written by its busy
-//! topic's writer, and one whose topics are all busy never parks, where
+//! stream writes that event and catches up before it may park again. If
+//! that event was the only one between two runs of the busy topic, the
+//! stream parks on the busy topic again at its next event; otherwise after
+//! another long run. So a stream of one busy topic and some quiet ones is
+//! written by its busy topic's writer but for the quiet topics' events,
+//! and one whose topics are all busy never parks on one of them, where
 //! taking its socket back for nearly every event would cost more than its
 //! own wake-ups. Such a stream, once its topics have taken turns for
 //! [`MERGE_AFTER_TURNS`] runs in a row, parks on the merged feed of its
@@ -86,7 +89,11 @@ impl ClientStream {
             0
         } else {
             let (topic, run) = self.run;
-            if run < PARK_AFTER_RUN {
+            // Back to the topic that had the last long run, after one short
+            // run of another (a quiet topic's event): that topic is still
+            // the busy one, and another run of it would only cost wake-ups.
+            let back_on_busy = topic == self.busy_topic && self.turns <= 1;
+            if run < PARK_AFTER_RUN && !back_on_busy {
                 return None;
             }
             topic as usize
@@ -116,6 +123,7 @@ impl ClientStream {
             self.turns = if self.run.1 < PARK_AFTER_RUN {
                 self.turns.saturating_add(1)
             } else {
+                self.busy_topic = self.run.0;
                 0
             };
             self.run = (index, 1);
@@ -284,10 +292,25 @@ impl ClientStream {
             return self.unpark_merged(&merged, returned);
         }
         let index = self.live.parked.take().unwrap_or(0);
-        // A fresh run before parking again, so a stream whose topics take
-        // turns does not park and come back for each event.
-        self.run = (0, 0);
         let topic = &mut self.topics[index];
+        // The writer's events go on the topic's run: a long one makes it
+        // the busy topic to park on again after the event that took the
+        // socket back; a short one counts as a turn, so a stream whose
+        // topics take turns does not park and come back for each event.
+        // Sequences count the events of a whole topic only; of a path they
+        // would count other paths' too, so a path's run stays as it was.
+        let whole = !topic.by_path && topic.feed.path.is_none();
+        let written = if whole {
+            u32::try_from(returned.pos.saturating_sub(topic.pos)).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        let before = if self.run.0 == index as u32 {
+            self.run.1
+        } else {
+            0
+        };
+        self.run = (index as u32, before.saturating_add(written));
         topic.pos = topic.pos.max(returned.pos);
         let channel = if topic.by_path {
             only_path(&topic.patterns)

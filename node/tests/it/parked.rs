@@ -163,11 +163,12 @@ async fn a_parked_stream_gets_heartbeats_and_ends_on_time() {
 
 /// A stream of several topics parks on the one it has heard from alone for
 /// a while; that topic's writer writes each event with the stream's cursor
-/// over both topics. An event of the other topic takes the socket back, and
-/// the stream parks again only after another run of the busy topic. Every
-/// id is exact: its own topic's position is the event's sequence, the
-/// other's is the last event of that topic the client got. Resuming from
-/// the last id gets exactly what was published while away.
+/// over both topics. An event of the other topic takes the socket back; the
+/// stream parks on the busy topic again at its next event, but not when the
+/// topics take turns. Every id is exact: its own topic's position is the
+/// event's sequence, the other's is the last event of that topic the client
+/// got. Resuming from the last id gets exactly what was published while
+/// away.
 #[tokio::test]
 async fn a_stream_of_several_topics_parks_on_its_busy_topic_with_exact_ids() {
     let nats = Nats::start().await;
@@ -181,26 +182,55 @@ async fn a_stream_of_several_topics_parks_on_its_busy_topic_with_exact_ids() {
     assert_eq!(parked(&node).await, 0.0, "parked before any run of events");
 
     let mut got = Vec::new();
+    // A run long enough to park on.
+    for i in 0..40 {
+        publish(&js, "busy.x", &format!("busy-0-{i}")).await;
+    }
+    got.extend(client.take(40, T).await);
+    wait_parked(&node, 1.0).await;
     for round in 0..3 {
-        // A run long enough to park on, then events for the writer alone.
-        for i in 0..40 {
-            publish(&js, "busy.x", &format!("busy-{round}-{i}")).await;
-        }
-        got.extend(client.take(40, T).await);
-        wait_parked(&node, 1.0).await;
+        // Events for the writer alone, then one of the calm topic, which
+        // takes the socket back.
         for i in 40..60 {
             publish(&js, "busy.x", &format!("busy-{round}-{i}")).await;
         }
         got.extend(client.take(20, T).await);
         publish(&js, "calm.x", &format!("calm-{round}")).await;
         got.extend(client.take(1, T).await);
-        // Taken back, and not parked again before another run.
         wait_parked(&node, 0.0).await;
+        // Parked on the busy topic again at its next event.
+        for i in 0..40 {
+            publish(&js, "busy.x", &format!("busy-{}-{i}", round + 1)).await;
+            if i == 0 {
+                got.extend(client.take(1, T).await);
+                wait_parked(&node, 1.0).await;
+            }
+        }
+        got.extend(client.take(39, T).await);
     }
-    let busy: Vec<String> = (0..3)
-        .flat_map(|round| (0..60).map(move |i| format!("busy-{round}-{i}")))
+    // Topics taking turns: after the first turn, the stream keeps its
+    // socket.
+    for i in 0..10 {
+        publish(&js, "calm.x", &format!("calm-turn-{i}")).await;
+        publish(&js, "busy.x", &format!("busy-turn-{i}")).await;
+    }
+    got.extend(client.take(20, T).await);
+    assert_eq!(
+        parked(&node).await,
+        0.0,
+        "parked while the topics take turns"
+    );
+    let busy: Vec<String> = (0..4)
+        .flat_map(|round| {
+            let count = if round == 3 { 40 } else { 60 };
+            (0..count).map(move |i| format!("busy-{round}-{i}"))
+        })
+        .chain((0..10).map(|i| format!("busy-turn-{i}")))
         .collect();
-    let calm: Vec<String> = (0..3).map(|round| format!("calm-{round}")).collect();
+    let calm: Vec<String> = (0..3)
+        .map(|round| format!("calm-{round}"))
+        .chain((0..10).map(|i| format!("calm-turn-{i}")))
+        .collect();
     let of = |prefix: &str, events: &[SseEvent]| -> Vec<String> {
         data_of(events)
             .into_iter()
@@ -211,7 +241,7 @@ async fn a_stream_of_several_topics_parks_on_its_busy_topic_with_exact_ids() {
     assert_eq!(of("calm-", &got), calm);
     assert_cursors_exact(&got, &[0, 0]);
     let delivered = node.metric("sse_events_delivered_total").await;
-    assert!(delivered >= 183.0, "{delivered}");
+    assert!(delivered >= 243.0, "{delivered}");
 
     // Away: resuming from the last id gets exactly what came meanwhile.
     let last_id = got.last().unwrap().id.clone();

@@ -320,6 +320,21 @@ impl Feed {
         Some((ticket, pos))
     }
 
+    /// Drops the channel of `path` if no client reads it any more: a client
+    /// of one path that parks lets go of its receiver, and an idle path's
+    /// channel, whose queue is allocated whole, would otherwise stay until
+    /// the path's next event or the next sweep.
+    pub(crate) fn forget_path_if_unread(&self, path: &str) {
+        let mut state = self.lock();
+        if state
+            .paths
+            .get(path)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            state.paths.remove(path);
+        }
+    }
+
     /// Has the reader give its consumer up and start a new one at
     /// `head + 1`: the stream elected a new leader, and the server that
     /// held the consumer may be gone. async-nats was seen to yield nothing
@@ -957,6 +972,33 @@ mod tests {
                 "an attachment made after close must be closed ({path:?})"
             );
         }
+    }
+
+    /// A path's channel goes as soon as nobody reads it, and not before: its
+    /// queue is allocated whole, and idle clients of one path each would
+    /// otherwise hold one until the path's next event.
+    #[test]
+    fn a_path_channel_is_forgotten_once_unread_and_made_again_when_read() {
+        let (feed, _) = Feed::new(TopicName::parse("t").unwrap(), None, &info(), &settings());
+        let first = feed.attach(Some("t.a")).receiver;
+        let second = feed.attach(Some("t.a")).receiver;
+        drop(first);
+        feed.forget_path_if_unread("t.a");
+        assert!(feed.lock().paths.contains_key("t.a"), "still read by one");
+        drop(second);
+        feed.forget_path_if_unread("t.a");
+        assert!(!feed.lock().paths.contains_key("t.a"), "read by none");
+        let mut again = feed.attach(Some("t.a")).receiver;
+        let ctx = feed.encode_context.clone();
+        feed.publish(Event::encode(
+            &ctx,
+            1,
+            "t.a",
+            SystemTime::UNIX_EPOCH,
+            None,
+            b"x",
+        ));
+        assert_eq!(again.try_recv().expect("the path's event").seq, 1);
     }
 
     #[test]

@@ -227,6 +227,7 @@ impl ClientStream {
         let Some((index, path)) = self.park_filter() else {
             return false;
         };
+        let by_one_path = path.is_some();
         if socket.has_unsent() || self.live.receivers.len() != self.topics.len() {
             return false;
         }
@@ -260,6 +261,10 @@ impl ClientStream {
             // The writer takes the events from here: the stream's own queue
             // would only fill up.
             self.live.receivers.clear();
+            let topic = &self.topics[index];
+            if let (true, Some(path)) = (by_one_path, only_path(&topic.patterns)) {
+                topic.feed.forget_path_if_unread(path);
+            }
         } else {
             // Left in place, unread: other topics keep their index, and an
             // unread receiver costs its channel nothing.

@@ -227,7 +227,6 @@ impl ClientStream {
         let Some((index, path)) = self.park_filter() else {
             return false;
         };
-        let by_one_path = path.is_some();
         if socket.has_unsent() || self.live.receivers.len() != self.topics.len() {
             return false;
         }
@@ -262,7 +261,7 @@ impl ClientStream {
             // would only fill up.
             self.live.receivers.clear();
             let topic = &self.topics[index];
-            if let (true, Some(path)) = (by_one_path, only_path(&topic.patterns)) {
+            if let Some(path) = only_path(&topic.patterns).filter(|_| topic.by_path) {
                 topic.feed.forget_path_if_unread(path);
             }
         } else {

@@ -113,20 +113,23 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn scrape(addrs: &[SocketAddr]) -> Vec<NodeScrape> {
     let mut nodes = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        nodes.push(
-            tokio::time::timeout(SCRAPE_TIMEOUT, crate::scenario::http_get(*addr, "/metrics"))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|text| {
-                    let refusals = counter(&text, REFUSALS)
-                        .map(|n| vec![(f64::INFINITY, n)])
-                        .unwrap_or_default();
-                    [buckets(&text, FEED_READ), buckets(&text, WRITTEN), refusals]
-                }),
-        );
+        nodes.push(metrics_of(*addr).await.map(|text| {
+            let refusals = counter(&text, REFUSALS)
+                .map(|n| vec![(f64::INFINITY, n)])
+                .unwrap_or_default();
+            [buckets(&text, FEED_READ), buckets(&text, WRITTEN), refusals]
+        }));
     }
     nodes
+}
+
+/// The `/metrics` text of the node at `addr`; `None` if it does not answer
+/// in time.
+async fn metrics_of(addr: SocketAddr) -> Option<String> {
+    tokio::time::timeout(SCRAPE_TIMEOUT, crate::scenario::http_get(addr, "/metrics"))
+        .await
+        .ok()
+        .and_then(Result::ok)
 }
 
 /// The gauge of streams parked on a feed's writer.
@@ -136,12 +139,7 @@ pub const PARKED: &str = "sse_streams_parked";
 pub async fn parked(addrs: &[SocketAddr]) -> Option<f64> {
     let mut total = None;
     for addr in addrs {
-        let text =
-            tokio::time::timeout(SCRAPE_TIMEOUT, crate::scenario::http_get(*addr, "/metrics"))
-                .await
-                .ok()
-                .and_then(Result::ok);
-        if let Some(n) = text.and_then(|t| counter(&t, PARKED)) {
+        if let Some(n) = metrics_of(*addr).await.and_then(|t| counter(&t, PARKED)) {
             *total.get_or_insert(0.0) += n;
         }
     }

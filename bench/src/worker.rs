@@ -192,6 +192,14 @@ impl Shared {
         let path = (self.first_index + index) % self.path_lanes.len();
         self.path_lanes[path].iter().position(|l| *l == lane)
     }
+
+    /// The publisher's lane that connection `index` counts at `local`.
+    fn global_lane(&self, index: usize, local: usize) -> usize {
+        match self.path_lanes.as_slice() {
+            [] => local,
+            sets => sets[(self.first_index + index) % sets.len()][local],
+        }
+    }
 }
 
 fn bump<T: Copy + std::ops::Add<Output = T>>(cell: &Cell<T>, by: T) {
@@ -280,10 +288,7 @@ fn snapshot(shared: &Shared, config: &WorkerConfig, command: &Command) -> Worker
                 .enumerate()
                 .filter(|(k, lanes)| {
                     lanes.iter().enumerate().all(|(local, last)| {
-                        let lane = match shared.path_lanes.as_slice() {
-                            [] => local,
-                            sets => sets[(config.first_index + k) % sets.len()][local],
-                        };
+                        let lane = shared.global_lane(*k, local);
                         last.get() >= targets.get(lane).copied().unwrap_or(0)
                     })
                 })

@@ -105,6 +105,9 @@ pub struct Feed {
     parked: Arc<ParkedSockets>,
     state: Mutex<FeedState>,
     closed: CancellationToken,
+    /// The whole topic's feed that took this path feed's clients over (see
+    /// [`Feed::retire`]).
+    successor: std::sync::OnceLock<Arc<Feed>>,
 }
 
 struct FeedState {
@@ -227,6 +230,7 @@ impl Feed {
                 attaches: 0,
             }),
             closed: CancellationToken::new(),
+            successor: std::sync::OnceLock::new(),
             encode_context: Arc::new(EncodeContext {
                 topic: topic.to_string(),
                 epoch,
@@ -439,8 +443,35 @@ impl Feed {
 
     /// Stops the reader and disconnects every attached client.
     pub fn close(&self) {
+        if self.shut() {
+            info!(topic = %self.topic, epoch = %self.epoch, "topic feed closed");
+        }
+    }
+
+    /// Stops this path feed in favour of `whole`, the topic's whole feed:
+    /// its clients see the feed close, find `whole` as its [`successor`],
+    /// and go on from their positions on `whole`'s channel of their path.
+    /// The node then holds one consumer for the topic, not one per path.
+    ///
+    /// [`successor`]: Feed::successor
+    pub fn retire(&self, whole: &Arc<Feed>) {
+        // Set before the close, so that no client sees the feed closed
+        // without its successor.
+        let _ = self.successor.set(whole.clone());
+        if self.shut() {
+            debug!(topic = %self.topic, path = self.path.as_deref().unwrap_or(""), "path feed retired; its clients move to the whole topic's feed");
+        }
+    }
+
+    /// The feed that took this retired feed's clients over, if any.
+    pub fn successor(&self) -> Option<&Arc<Feed>> {
+        self.successor.get()
+    }
+
+    /// Closes the feed; returns whether this call closed it.
+    fn shut(&self) -> bool {
         if self.closed.is_cancelled() {
-            return;
+            return false;
         }
         self.closed.cancel();
         let mut state = self.lock();
@@ -451,7 +482,7 @@ impl Feed {
         let next = state.head + 1;
         let freed = state.history.clear(next);
         self.budget.adjust(freed, 0);
-        info!(topic = %self.topic, epoch = %self.epoch, "topic feed closed");
+        true
     }
 
     /// Whether the feed was closed.

@@ -19,9 +19,11 @@
 //! only that path from JetStream (a consumer filtered on its subject), so
 //! a node whose clients read a few paths of a busy topic does not pay for
 //! the whole topic. Path feeds are per path, never per client, and at most
-//! `delivery.max_path_feeds_per_topic` run per topic; past that, or while
-//! the topic's whole feed runs anyway (a client reads all of it or a
-//! wildcard), path clients are served by the whole feed.
+//! `delivery.max_path_feeds_per_topic` run per topic. While the topic's
+//! whole feed runs anyway (a client reads all of it or a wildcard), new
+//! path clients are served by the whole feed. Past the cap the whole feed
+//! starts and the path feeds retire: their clients move to it from where
+//! they stand, so a topic read at many paths costs one consumer.
 //!
 //! Each listing also trims every live feed's history below its stream's
 //! first sequence, so events purged or expired from JetStream are not
@@ -289,7 +291,22 @@ impl Topics {
             Some(path) => {
                 entry.paths.insert(path, feed);
             }
-            None => entry.whole = Some(feed),
+            None => {
+                if path.is_some() {
+                    // Started because the topic has as many path feeds as
+                    // it may: its paths are read widely on this node, and
+                    // one consumer of the whole topic is cheaper than one
+                    // per path (each holds some 100 KiB across the node
+                    // and NATS, and pulls on its own). Their clients move.
+                    // A whole feed started for a wider read leaves them:
+                    // it stops when that read ends, and they would keep it.
+                    for (_, retired) in entry.paths.drain() {
+                        retired.retire(&feed);
+                        self.0.metrics.feed_stops.inc();
+                    }
+                }
+                entry.whole = Some(feed);
+            }
         }
         self.0.metrics.feed_starts.inc();
         self.0.metrics.feeds_live.set(count_feeds(&feeds));

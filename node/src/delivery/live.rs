@@ -19,8 +19,8 @@ pub(super) enum LiveItem {
     Event(usize, Arc<Event>),
     /// The client fell behind its queue by this many events.
     Lagged(u64),
-    /// A topic's feed closed.
-    Closed,
+    /// The feed of the topic at this index closed.
+    Closed(usize),
 }
 
 /// A client's live receivers, one per topic, in the client's topic order.
@@ -60,7 +60,7 @@ impl LiveReceivers {
                 }
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Lagged(missed)) => return Some(LiveItem::Lagged(missed)),
-                Err(TryRecvError::Closed) => return Some(LiveItem::Closed),
+                Err(TryRecvError::Closed) => return Some(LiveItem::Closed(index)),
             }
         }
         None
@@ -89,12 +89,33 @@ impl LiveReceivers {
         match result {
             Ok(event) => LiveItem::Event(index, event),
             Err(RecvError::Lagged(missed)) => LiveItem::Lagged(missed),
-            Err(RecvError::Closed) => LiveItem::Closed,
+            Err(RecvError::Closed) => LiveItem::Closed(index),
         }
     }
 }
 
 impl ClientStream {
+    /// After the feed of the topic at `index` closed: moves the topic to
+    /// the feed that took over from it, if any, and returns whether it did.
+    /// The stream then catches up there from where it stands.
+    pub(super) fn follow_successor(&mut self, index: usize) -> bool {
+        let topic = &mut self.topics[index];
+        if !topic.follow_successor() {
+            return false;
+        }
+        let attachment = topic.feed.attach(topic.channel());
+        topic.catch_up_to = attachment.head.max(topic.pos);
+        self.live.receivers[index] = attachment.receiver;
+        // A wait for a second stream of the old set of feeds: no stream
+        // will start that set now.
+        self.merge_wait = None;
+        if topic.pos < topic.catch_up_to {
+            self.catching_up = self.catching_up.min(index);
+            self.rejoining = true;
+        }
+        true
+    }
+
     pub(super) fn live_batch(
         &mut self,
         first: LiveItem,
@@ -105,7 +126,14 @@ impl ClientStream {
         let mut oldest: Option<SystemTime> = None;
         loop {
             match item {
-                LiveItem::Closed => return Err(CloseReason::TopicClosed),
+                LiveItem::Closed(index) => {
+                    if !self.follow_successor(index) {
+                        return Err(CloseReason::TopicClosed);
+                    }
+                    // The topic goes on from the whole topic's feed: catch
+                    // up there before reading more.
+                    break;
+                }
                 LiveItem::Lagged(missed) => {
                     debug!(missed, "client too slow; disconnecting");
                     return Err(CloseReason::Slow);

@@ -446,7 +446,7 @@ impl Relay {
                         incoming.push((topic, event));
                     }
                     Some(LiveItem::Lagged(_)) => lagged = true,
-                    Some(LiveItem::Closed) => closed = true,
+                    Some(LiveItem::Closed(_)) => closed = true,
                     None => break,
                 }
                 if lagged || closed || bytes >= BATCH_BYTES {

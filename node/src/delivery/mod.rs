@@ -135,6 +135,35 @@ impl ClientTopic {
         whole.then_some(None)
     }
 
+    /// Moves the topic onto the feed that took over from its own, if its
+    /// feed was retired (see [`crate::feed::Feed::retire`]): the whole
+    /// topic's feed, where the client hears its path's channel. Positions
+    /// carry over, as both feeds read the same stream. Returns whether it
+    /// moved; the caller attaches to the new feed.
+    fn follow_successor(&mut self) -> bool {
+        let Some(successor) = self.feed.successor() else {
+            return false;
+        };
+        if successor.epoch != self.feed.epoch {
+            // The stream was recreated meanwhile: positions mean nothing on
+            // the new one, and the client resumes with a reset instead.
+            return false;
+        }
+        let lease = successor.lease();
+        self.by_path = lease.path.is_none() && only_path(&self.patterns).is_some();
+        self.feed = lease;
+        true
+    }
+
+    /// The path whose channel of its feed the client hears, if any.
+    fn channel(&self) -> Option<&str> {
+        if self.by_path {
+            only_path(&self.patterns)
+        } else {
+            None
+        }
+    }
+
     fn matches(&self, path: &str) -> bool {
         self.whole_topic || self.patterns.iter().any(|p| p.matches(path))
     }

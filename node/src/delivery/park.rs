@@ -316,12 +316,10 @@ impl ClientStream {
         };
         self.run = (index as u32, before.saturating_add(written));
         topic.pos = topic.pos.max(returned.pos);
-        let channel = if topic.by_path {
-            only_path(&topic.patterns)
-        } else {
-            None
-        };
-        let attachment = topic.feed.attach(channel);
+        if topic.feed.is_closed() && topic.follow_successor() {
+            self.merge_wait = None;
+        }
+        let attachment = topic.feed.attach(topic.channel());
         topic.catch_up_to = attachment.head.max(topic.pos);
         if self.single_topic {
             self.live.receivers = vec![attachment.receiver];
@@ -365,12 +363,10 @@ impl ClientStream {
         let mut receivers = Vec::with_capacity(self.topics.len());
         for (topic, pos) in self.topics.iter_mut().zip(cursor) {
             topic.pos = topic.pos.max(pos);
-            let channel = if topic.by_path {
-                only_path(&topic.patterns)
-            } else {
-                None
-            };
-            let attachment = topic.feed.attach(channel);
+            if topic.feed.is_closed() {
+                topic.follow_successor();
+            }
+            let attachment = topic.feed.attach(topic.channel());
             topic.catch_up_to = attachment.head.max(topic.pos);
             receivers.push(attachment.receiver);
             behind |= topic.pos < topic.catch_up_to;

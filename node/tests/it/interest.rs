@@ -376,3 +376,130 @@ async fn clients_of_a_few_paths_cost_only_those_paths() {
     assert_eq!(data_of(&everything.take(2, T).await), ["c", "a-last"]);
     assert_eq!(data_of(&alice.take(1, T).await), ["a-last"]);
 }
+
+/// Past `delivery.max_path_feeds_per_topic` the node reads the whole topic
+/// once instead of once per path: the path feeds retire, and their clients
+/// (parked or not, of one topic or several) move to the whole topic's feed
+/// while events keep coming, each getting every event of its path once and
+/// in order, and resuming exactly afterwards.
+#[tokio::test]
+async fn past_the_path_feed_cap_path_clients_move_to_one_whole_feed_exactly() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "users", None).await;
+    create_topic(&js, "news", None).await;
+    // Without warm events the whole feed's memory starts at the stream's
+    // end, so a client that moves from behind it reads the gap from
+    // JetStream.
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__MAX_PATH_FEEDS_PER_TOPIC", "3"),
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+        ],
+    )
+    .await;
+    let open = |query: &'static str| {
+        let url = node.url(&format!("/v1/events?{query}"));
+        async move {
+            let mut client = SseClient::connect(&url, None).await.unwrap();
+            client.ready().await;
+            client
+        }
+    };
+    let mut alice = open("topic=users.alice").await;
+    let mut bob = open("topic=users.bob").await;
+    let mut dave = open("topic=users.dave&topic=news").await;
+    assert_eq!(
+        node.metric("sse_feeds_live").await,
+        4.0,
+        "three paths and news"
+    );
+    let users_consumers = || async {
+        let mut stream = js.get_stream("SSE_users").await.ok()?;
+        Some(stream.info().await.ok()?.state.consumer_count)
+    };
+    eventually(T, "a consumer per path", || async {
+        (users_consumers().await == Some(3)).then_some(())
+    })
+    .await;
+
+    let expected = publish_round(&js, "a", 20).await;
+    publish(&js, "news", "n").await;
+    assert_eq!(data_of(&alice.take(20, T).await), expected["alice"]);
+    assert_eq!(data_of(&bob.take(20, T).await), expected["bob"]);
+    // Topics keep their own order, not one between them.
+    let of_users = |events: &[SseEvent], news: &str| {
+        let data = data_of(events);
+        assert!(data.iter().any(|d| d == news), "{data:?}");
+        data.into_iter().filter(|d| d != news).collect::<Vec<_>>()
+    };
+    assert_eq!(of_users(&dave.take(21, T).await, "n"), expected["dave"]);
+    eventually(T, "the lone path streams to park", || async {
+        (node.metric("sse_streams_parked").await >= 2.0).then_some(())
+    })
+    .await;
+
+    // A fourth path while events keep coming: the whole feed starts and the
+    // three path feeds retire.
+    let (mut carol, mut expected) =
+        tokio::join!(open("topic=users.carol"), publish_round(&js, "b", 100));
+    eventually(T, "one feed of users and one of news", || async {
+        (node.metric("sse_feeds_live").await == 2.0).then_some(())
+    })
+    .await;
+    for (name, more) in publish_round(&js, "c", 20).await {
+        expected.entry(name).or_default().extend(more);
+    }
+    publish(&js, "users.carol", "carol-c").await;
+    publish(&js, "news", "n-last").await;
+    for name in ["alice", "bob", "dave"] {
+        let end = format!("{name}-end");
+        publish(&js, &format!("users.{name}"), &end).await;
+        expected.entry(name).or_default().push(end);
+    }
+    assert_eq!(data_of(&alice.take(121, T).await), expected["alice"]);
+    assert_eq!(data_of(&bob.take(121, T).await), expected["bob"]);
+    assert_eq!(
+        of_users(&dave.take(122, T).await, "n-last"),
+        expected["dave"]
+    );
+    assert_eq!(data_of(&carol.take(1, T).await), ["carol-c"]);
+    eventually(T, "one consumer of users", || async {
+        (users_consumers().await == Some(1)).then_some(())
+    })
+    .await;
+    assert_eq!(node.metric("sse_jetstream_consumers").await, 2.0);
+
+    // Nothing more arrives, and a resume from the last id is exact.
+    publish(&js, "users.alice", "alice-after").await;
+    assert_eq!(data_of(&alice.take(1, T).await), ["alice-after"]);
+    let mut resumed =
+        SseClient::connect(&node.url("/v1/events?topic=users.bob"), Some(&bob.last_id))
+            .await
+            .unwrap();
+    resumed.ready().await;
+    publish(&js, "users.bob", "bob-after").await;
+    assert_eq!(data_of(&resumed.take(1, T).await), ["bob-after"]);
+    assert_eq!(data_of(&bob.take(1, T).await), ["bob-after"]);
+}
+
+/// Publishes `count` rounds of one event to each of the paths of alice, bob
+/// and dave of topic `users`, after one to another path each time; returns
+/// each one's data in order.
+async fn publish_round(
+    js: &async_nats::jetstream::Context,
+    round: &str,
+    count: usize,
+) -> std::collections::HashMap<&'static str, Vec<String>> {
+    let mut published: std::collections::HashMap<&'static str, Vec<String>> = Default::default();
+    for i in 0..count {
+        publish(js, &format!("users.u{i}"), "other").await;
+        for name in ["alice", "bob", "dave"] {
+            let data = format!("{name}-{round}{i}");
+            publish(js, &format!("users.{name}"), &data).await;
+            published.entry(name).or_default().push(data);
+        }
+    }
+    published
+}

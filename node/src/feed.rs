@@ -573,20 +573,28 @@ const FEED_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const FEED_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Runs one JetStream call under [`NATS_CALL_TIMEOUT`].
-pub async fn bounded<T, E: Into<async_nats::Error>>(
+pub fn bounded<T, E: Into<async_nats::Error>>(
     call: impl Future<Output = Result<T, E>>,
-) -> Result<T, async_nats::Error> {
-    bounded_for(NATS_CALL_TIMEOUT, call).await
+) -> impl Future<Output = Result<T, async_nats::Error>> {
+    bounded_for(NATS_CALL_TIMEOUT, call)
 }
 
 /// Runs one JetStream call under `limit`.
-async fn bounded_for<T, E: Into<async_nats::Error>>(
+///
+/// The call is boxed at once and only while it runs: async-nats's request
+/// futures are large, and a caller that holds one inline (a feed's reader,
+/// between its consumer's messages) would carry that size in its own state
+/// for as long as it lives, some 8 KiB per feed.
+fn bounded_for<T, E: Into<async_nats::Error>>(
     limit: Duration,
     call: impl Future<Output = Result<T, E>>,
-) -> Result<T, async_nats::Error> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => Err("jetstream did not answer in time".into()),
+) -> impl Future<Output = Result<T, async_nats::Error>> {
+    let call = Box::pin(call);
+    async move {
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err("jetstream did not answer in time".into()),
+        }
     }
 }
 
@@ -658,6 +666,18 @@ struct Reader {
     no_progress: Duration,
     reconnections: tokio::sync::watch::Receiver<u64>,
     metrics: Arc<Metrics>,
+}
+
+/// A reader's consumer, as [`Reader::open_consumer`] made it.
+struct Opened {
+    /// The stream, without its info.
+    stream: jetstream::stream::Stream<()>,
+    messages: jetstream::consumer::pull::Ordered,
+    /// Deletes the consumer when dropped: after `messages` (fields drop in
+    /// order), so that the consumer is deleted once nothing pulls from it.
+    _owned: OwnedConsumer,
+    /// Up to this sequence the stream holds nothing for the reader.
+    nothing_until: u64,
 }
 
 enum ReadEnd {
@@ -735,60 +755,18 @@ impl Reader {
     }
 
     async fn read_from(&mut self, next: u64) -> Result<ReadEnd, async_nats::Error> {
-        let mut stream = match bounded_for(
-            FEED_CALL_TIMEOUT,
-            self.js.get_stream(self.feed.stream_name()),
-        )
-        .await
-        {
-            Ok(stream) => stream,
-            Err(e) => {
-                return match e.downcast_ref::<jetstream::context::GetStreamError>() {
-                    Some(e) if is_stream_not_found(e) => Ok(ReadEnd::StreamGone),
-                    _ => Err(e),
-                };
-            }
-        };
-        if stream_epoch(stream.cached_info()) != self.feed.epoch {
-            return Ok(ReadEnd::StreamRecreated);
-        }
-        let stream_last = stream.cached_info().state.last_sequence;
         let filter_subject = self
             .feed
             .path
             .as_deref()
             .map(|path| format!("{}{path}", &self.prefix))
             .unwrap_or_default();
-        let consumer = bounded_for(
-            FEED_CALL_TIMEOUT,
-            stream.create_consumer(OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: next,
-                },
-                filter_subject: filter_subject.clone(),
-                // Short pulls mean idle heartbeats every couple of seconds, so
-                // a consumer lost with a stream leader is noticed and
-                // re-created in seconds, not after the 30 s default.
-                max_expires: PULL_EXPIRES,
-                ..Default::default()
-            }),
-        )
-        .await?;
-        let _owned = OwnedConsumer::new(
-            &self.js,
-            self.feed.stream_name(),
-            &consumer.cached_info().name,
-        );
-        // Sequences up to here hold nothing for this reader (deleted
-        // messages, say): a stream whose last sequence is no higher is not
-        // ahead of it.
-        let nothing_until = if consumer.cached_info().num_pending == 0 {
-            stream_last.max(next - 1)
-        } else {
-            next - 1
+        let mut opened = match Box::pin(self.open_consumer(next, &filter_subject)).await? {
+            Ok(opened) => opened,
+            Err(end) => return Ok(end),
         };
+        let nothing_until = opened.nothing_until;
         let _held = self.metrics.consumer_held();
-        let mut messages = bounded_for(FEED_CALL_TIMEOUT, consumer.messages()).await?;
         let topic_label = [self.feed.topic.as_str()];
         let feed_events = self.metrics.feed_events.with_label_values(&topic_label);
         let history_bytes = self.metrics.history_bytes.with_label_values(&topic_label);
@@ -807,7 +785,7 @@ impl Reader {
         let mut quiet_since = tokio::time::Instant::now();
         loop {
             let item = tokio::select! {
-                item = messages.next() => item,
+                item = opened.messages.next() => item,
                 _ = self.feed.renew.notified() => {
                     info!(topic = %self.feed.topic, head = self.feed.head(), "stream elected a new leader; re-creating the topic feed's consumer");
                     return Ok(ReadEnd::Reconnected);
@@ -833,11 +811,11 @@ impl Reader {
                     // answer proves nothing (NATS may be away; then the
                     // consumer reports errors itself): look again next tick.
                     let last = if filter_subject.is_empty() {
-                        bounded(stream.info()).await.map(|info| info.state.last_sequence)
+                        bounded(opened.stream.get_info()).await.map(|info| info.state.last_sequence)
                     } else {
                         // The stream's last sequence says nothing of one
                         // path: ask for that path's last event.
-                        match bounded(stream.get_last_raw_message_by_subject(&filter_subject)).await {
+                        match bounded(opened.stream.get_last_raw_message_by_subject(&filter_subject)).await {
                             Ok(message) => Ok(message.sequence),
                             Err(e) if e
                                 .downcast_ref::<jetstream::stream::LastRawMessageError>()
@@ -932,6 +910,72 @@ impl Reader {
                 .unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
         }
         Ok(ReadEnd::Ended)
+    }
+
+    /// Creates the reader's consumer from `next`, reading `filter_subject`
+    /// (or the whole stream), unless the stream is gone or was recreated.
+    /// Boxed by the caller: what it holds on the way (the stream's and the
+    /// consumer's info, some 2 KiB) is not kept while the reader reads.
+    async fn open_consumer(
+        &self,
+        next: u64,
+        filter_subject: &str,
+    ) -> Result<Result<Opened, ReadEnd>, async_nats::Error> {
+        let stream = match bounded_for(
+            FEED_CALL_TIMEOUT,
+            self.js.get_stream(self.feed.stream_name()),
+        )
+        .await
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                return match e.downcast_ref::<jetstream::context::GetStreamError>() {
+                    Some(e) if is_stream_not_found(e) => Ok(Err(ReadEnd::StreamGone)),
+                    _ => Err(e),
+                };
+            }
+        };
+        if stream_epoch(stream.cached_info()) != self.feed.epoch {
+            return Ok(Err(ReadEnd::StreamRecreated));
+        }
+        let stream_last = stream.cached_info().state.last_sequence;
+        let consumer = bounded_for(
+            FEED_CALL_TIMEOUT,
+            stream.create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: next,
+                },
+                filter_subject: filter_subject.to_owned(),
+                // Short pulls mean idle heartbeats every couple of seconds, so
+                // a consumer lost with a stream leader is noticed and
+                // re-created in seconds, not after the 30 s default.
+                max_expires: PULL_EXPIRES,
+                ..Default::default()
+            }),
+        )
+        .await?;
+        let owned = OwnedConsumer::new(
+            &self.js,
+            self.feed.stream_name(),
+            &consumer.cached_info().name,
+        );
+        // Sequences up to here hold nothing for this reader (deleted
+        // messages, say): a stream whose last sequence is no higher is not
+        // ahead of it.
+        let nothing_until = if consumer.cached_info().num_pending == 0 {
+            stream_last.max(next - 1)
+        } else {
+            next - 1
+        };
+        let messages = bounded_for(FEED_CALL_TIMEOUT, consumer.messages()).await?;
+        // A handle without the stream's info, for the watchdog's questions.
+        let stream = self.js.get_stream_no_info(self.feed.stream_name()).await?;
+        Ok(Ok(Opened {
+            stream,
+            messages,
+            _owned: owned,
+            nothing_until,
+        }))
     }
 }
 

@@ -116,13 +116,73 @@ struct FeedState {
     draining: bool,
     history: History,
     /// Clients of the whole topic, or of several paths or wildcards.
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: Channel,
     /// Clients of exactly one concrete path, by path: an event wakes only
     /// the clients of its own path, so many quiet paths in one topic do not
     /// wake every client of the topic for every event.
-    paths: HashMap<Box<str>, broadcast::Sender<Arc<Event>>>,
+    paths: HashMap<Box<str>, Channel>,
     path_queue_events: usize,
     attaches: u32,
+}
+
+/// Queue slots a feed's main channel starts with.
+const FIRST_QUEUE_EVENTS: usize = 64;
+/// Queue slots a path's channel starts with.
+const FIRST_PATH_QUEUE_EVENTS: usize = 16;
+
+/// One of a feed's broadcast channels, which starts small and grows.
+///
+/// A tokio broadcast channel allocates its whole queue up front, 32 bytes a
+/// slot: a feed with the full lag allowance of `client_queue_events` (1,024)
+/// would hold 32 KiB however quiet its topic. So a channel starts with a
+/// few slots, and once half of them hold events some receiver has yet to
+/// read, it moves to a channel four times as large, up to `max`. The old
+/// channel's receivers read what it still holds and then find it closed
+/// while the feed runs: they attach again and catch up from the feed's
+/// history (the feed's writer is handed a receiver of the new channel
+/// instead). No receiver can lag in a channel smaller than `max`: it
+/// moves at half full, and one event is sent at a time.
+struct Channel {
+    sender: broadcast::Sender<Arc<Event>>,
+    capacity: usize,
+    max: usize,
+}
+
+impl Channel {
+    fn new(first: usize, max: usize) -> Self {
+        let capacity = first.min(max).max(1);
+        Self {
+            sender: broadcast::channel(capacity).0,
+            capacity,
+            max,
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.sender.subscribe()
+    }
+
+    fn receiver_count(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
+    /// Sends `event`, after moving to a larger channel if this one is half
+    /// full; `moved` is called with the new channel, before the event goes
+    /// on it. Returns the receivers the event went to.
+    fn send(
+        &mut self,
+        event: Arc<Event>,
+        moved: impl FnOnce(&broadcast::Sender<Arc<Event>>),
+    ) -> usize {
+        if self.capacity < self.max && self.sender.len() >= self.capacity.div_ceil(2) {
+            self.capacity = (self.capacity * 4).min(self.max);
+            // Dropping the only sender closes the old channel behind what
+            // it holds.
+            self.sender = broadcast::channel(self.capacity).0;
+            moved(&self.sender);
+        }
+        self.sender.send(event).unwrap_or(0)
+    }
 }
 
 /// A client's attachment to a feed.
@@ -204,7 +264,7 @@ impl Feed {
         } else {
             settings.client_queue_events
         };
-        let (sender, _) = broadcast::channel(queue_events);
+        let sender = Channel::new(FIRST_QUEUE_EVENTS, queue_events);
         let now = tokio::time::Instant::now();
         let feed = Arc::new(Self {
             path: path.map(Into::into),
@@ -271,15 +331,12 @@ impl Feed {
                 if state.attaches.is_multiple_of(PATH_SWEEP_EVERY) {
                     state.paths.retain(|_, tx| tx.receiver_count() > 0);
                 }
-                let capacity = state.path_queue_events;
-                match state.paths.get(path) {
-                    Some(tx) => tx.subscribe(),
-                    None => {
-                        let (tx, rx) = broadcast::channel(capacity);
-                        state.paths.insert(path.into(), tx);
-                        rx
-                    }
-                }
+                let max = state.path_queue_events;
+                state
+                    .paths
+                    .entry(path.into())
+                    .or_insert_with(|| Channel::new(FIRST_PATH_QUEUE_EVENTS, max))
+                    .subscribe()
             }
         };
         Attachment {
@@ -308,7 +365,9 @@ impl Feed {
         node: &Node,
     ) -> Option<(Ticket, u64)> {
         let state = self.lock();
-        if state.draining || self.is_closed() || !receiver.is_empty() {
+        // A receiver of a channel the feed has moved on from is closed, and
+        // empty once read: events went to the new channel since.
+        if state.draining || self.is_closed() || !receiver.is_empty() || receiver.is_closed() {
             return None;
         }
         let pos = pos.max(state.head);
@@ -435,9 +494,9 @@ impl Feed {
         let mut state = self.lock();
         state.draining = true;
         let marker = Arc::new(Event::drain_marker());
-        let _ = state.sender.send(marker.clone());
+        let _ = state.sender.sender.send(marker.clone());
         for tx in state.paths.values() {
-            let _ = tx.send(marker.clone());
+            let _ = tx.sender.send(marker.clone());
         }
     }
 
@@ -476,8 +535,7 @@ impl Feed {
         self.closed.cancel();
         let mut state = self.lock();
         // Dropping the only sender tells every receiver the feed is gone.
-        let (fresh, _) = broadcast::channel(1);
-        state.sender = fresh;
+        state.sender = Channel::new(1, 1);
         state.paths.clear();
         let next = state.head + 1;
         let freed = state.history.clear(next);
@@ -505,16 +563,18 @@ impl Feed {
         self.budget.adjust(before, state.history.bytes());
         // No receiver is not an error: the event is still held for resumes.
         let mut receivers = 0;
-        if let Some(tx) = state.paths.get(&*event.path) {
-            match tx.send(event.clone()) {
-                Ok(n) => receivers += n,
-                Err(_) => {
-                    state.paths.remove(&*event.path);
-                }
+        if let Some(tx) = state.paths.get_mut(&*event.path) {
+            if tx.receiver_count() > 0 {
+                receivers += tx.send(event.clone(), |_| {});
+            } else {
+                state.paths.remove(&*event.path);
             }
         }
         if state.sender.receiver_count() > 0 {
-            receivers += state.sender.send(event).unwrap_or(0);
+            let parked = &self.parked;
+            receivers += state
+                .sender
+                .send(event, |moved| parked.hand_over(moved.subscribe()));
         }
         (state.history.bytes(), receivers)
     }
@@ -1092,5 +1152,82 @@ mod tests {
         feed.skip(3);
         assert_eq!(feed.head(), 3);
         assert_eq!(feed.lock().head, 3);
+    }
+
+    /// A feed's channels start small and grow before any receiver could
+    /// lag: a reader of the old channel gets every event sent on it, then
+    /// finds it closed while the feed runs, and an attachment then picks up
+    /// exactly after its last event (the rest from history). Memory grows
+    /// with use, up to the configured lag allowance and no further.
+    #[test]
+    fn a_channel_half_full_moves_to_a_larger_one_without_a_gap() {
+        let settings = FeedSettings {
+            client_queue_events: 1024,
+            path_queue_events: 256,
+            max_events: 2000,
+            ..settings()
+        };
+        let (feed, _) = Feed::new(TopicName::parse("t").unwrap(), None, &info(), &settings);
+        let ctx = feed.encode_context.clone();
+        let publish = |seqs: std::ops::RangeInclusive<u64>| {
+            for seq in seqs {
+                feed.publish(Event::encode(
+                    &ctx,
+                    seq,
+                    "t.a",
+                    SystemTime::UNIX_EPOCH,
+                    None,
+                    b"x",
+                ));
+            }
+        };
+        // Reads `receiver` to its end; returns the last sequence read.
+        let read_to_close = |receiver: &mut broadcast::Receiver<Arc<Event>>, from: u64| {
+            let mut last = from;
+            loop {
+                match receiver.try_recv() {
+                    Ok(event) => {
+                        assert_eq!(event.seq, last + 1, "no gap, no repeat");
+                        last = event.seq;
+                    }
+                    Err(TryRecvError::Closed) => return last,
+                    Err(other) => panic!("the channel must close, not {other:?}"),
+                }
+            }
+        };
+        let mut whole = feed.attach(None).receiver;
+        let mut path = feed.attach(Some("t.a")).receiver;
+        assert_eq!(feed.lock().sender.capacity, FIRST_QUEUE_EVENTS);
+        assert_eq!(feed.lock().paths["t.a"].capacity, FIRST_PATH_QUEUE_EVENTS);
+        publish(1..=200);
+        for (receiver, path, first) in [
+            (&mut whole, None, FIRST_QUEUE_EVENTS),
+            (&mut path, Some("t.a"), FIRST_PATH_QUEUE_EVENTS),
+        ] {
+            let last = read_to_close(receiver, 0);
+            assert!(!feed.is_closed(), "the feed runs on");
+            assert!(last as usize <= first / 2 + 1, "moved at half full: {last}");
+            let attachment = feed.attach(path);
+            assert_eq!(attachment.head, 200);
+            let Slice::Events(rest) = feed.history_after(last, attachment.head, 2000) else {
+                panic!("the rest is in history");
+            };
+            assert_eq!(rest.first().map(|e| e.seq), Some(last + 1));
+            assert_eq!(rest.last().map(|e| e.seq), Some(200));
+            *receiver = attachment.receiver;
+        }
+        assert_eq!(feed.lock().sender.capacity, 4 * FIRST_QUEUE_EVENTS);
+        // Behind by 200 of 256: the next move is to the allowance.
+        publish(201..=400);
+        let last = read_to_close(&mut whole, 200);
+        assert!(last <= 200 + 129, "moved at half full: {last}");
+        let mut whole = feed.attach(None).receiver;
+        assert_eq!(feed.lock().sender.capacity, 1024);
+        // At the allowance it stays: 1,000 behind is within it.
+        publish(401..=1400);
+        assert_eq!(feed.lock().sender.capacity, 1024, "no further");
+        for seq in 401..=1400 {
+            assert_eq!(whole.try_recv().expect("within the allowance").seq, seq);
+        }
     }
 }

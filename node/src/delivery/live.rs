@@ -19,7 +19,8 @@ pub(super) enum LiveItem {
     Event(usize, Arc<Event>),
     /// The client fell behind its queue by this many events.
     Lagged(u64),
-    /// The feed of the topic at this index closed.
+    /// The channel of the topic at this index closed: its feed closed, or
+    /// moved to a larger channel.
     Closed(usize),
 }
 
@@ -95,12 +96,13 @@ impl LiveReceivers {
 }
 
 impl ClientStream {
-    /// After the feed of the topic at `index` closed: moves the topic to
-    /// the feed that took over from it, if any, and returns whether it did.
-    /// The stream then catches up there from where it stands.
-    pub(super) fn follow_successor(&mut self, index: usize) -> bool {
+    /// After the channel of the topic at `index` closed: attaches again,
+    /// to the same feed if it only moved to a larger channel, or to the
+    /// feed that took over from it if it was retired. Returns whether the
+    /// topic goes on; the stream then catches up from where it stands.
+    pub(super) fn rejoin(&mut self, index: usize) -> bool {
         let topic = &mut self.topics[index];
-        if !topic.follow_successor() {
+        if topic.feed.is_closed() && !topic.follow_successor() {
             return false;
         }
         let attachment = topic.feed.attach(topic.channel());
@@ -127,11 +129,10 @@ impl ClientStream {
         loop {
             match item {
                 LiveItem::Closed(index) => {
-                    if !self.follow_successor(index) {
+                    if !self.rejoin(index) {
                         return Err(CloseReason::TopicClosed);
                     }
-                    // The topic goes on from the whole topic's feed: catch
-                    // up there before reading more.
+                    // Catch up on the new channel before reading more.
                     break;
                 }
                 LiveItem::Lagged(missed) => {

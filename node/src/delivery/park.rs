@@ -158,7 +158,7 @@ impl ClientStream {
         if !self.may_merge()
             || socket.has_unsent()
             || self.live.receivers.len() != self.topics.len()
-            || self.live.receivers.iter().any(|r| !r.is_empty())
+            || self.live.receivers.iter().any(|r| !r.is_empty() || r.is_closed())
             // Ahead of a feed still warming up: no relay could stand there.
             || self.topics.iter().any(|t| t.pos > t.feed.head())
         {
@@ -191,7 +191,7 @@ impl ClientStream {
         let receivers = &self.live.receivers;
         let parked = merged.park(
             self.topics.iter().map(|t| t.pos),
-            || receivers.iter().all(|r| r.is_empty()),
+            || receivers.iter().all(|r| r.is_empty() && !r.is_closed()),
             socket,
             &self.node,
         );
@@ -232,13 +232,14 @@ impl ClientStream {
         }
         // An event of another topic waiting would take the socket straight
         // back. One that comes after this check does so too, and it is
-        // written then.
+        // written then. A closed channel is read first too: the stream
+        // attaches again (see `live_batch`).
         let others_waiting = self
             .live
             .receivers
             .iter()
             .enumerate()
-            .any(|(i, r)| i != index && !r.is_empty());
+            .any(|(i, r)| i != index && (!r.is_empty() || r.is_closed()));
         if others_waiting {
             return false;
         }

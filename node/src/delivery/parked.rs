@@ -79,6 +79,9 @@ struct Parked {
     pacing: (Duration, usize),
     /// Whether the feed's writer runs.
     writer: bool,
+    /// Receivers of the channels the feed moved to (it grew), oldest first:
+    /// the writer takes the next when the channel it reads closes.
+    handed_over: std::collections::VecDeque<broadcast::Receiver<Arc<Event>>>,
 }
 
 impl Parked {
@@ -374,6 +377,22 @@ impl ParkedSockets {
         // Entries are only added and removed whole under the lock: a panic
         // cannot leave one half-written.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands the writer, if it runs, `events`: a receiver of the channel
+    /// the feed moved to, subscribed before the feed's first event on it.
+    /// The caller holds the feed's lock, as the writer's start does.
+    pub(crate) fn hand_over(&self, events: broadcast::Receiver<Arc<Event>>) {
+        let mut parked = self.lock();
+        if parked.writer {
+            parked.handed_over.push_back(events);
+        }
+    }
+
+    /// The receiver to read once the current one is closed, if the feed
+    /// moved to a larger channel rather than closing.
+    fn next_events(&self) -> Option<broadcast::Receiver<Arc<Event>>> {
+        self.lock().handed_over.pop_front()
     }
 
     /// Parks `socket` at `pos`, for every event of the feed (`path` `None`)
@@ -729,6 +748,12 @@ async fn write_parked(
         incoming.clear();
         next_due = sweep.next_due;
         sweep.count(&node);
+        if closed && let Some(next) = sockets.next_events() {
+            // The feed moved to a larger channel: every event after this
+            // one's last goes there, and the writer goes on from it.
+            events = next;
+            closed = false;
+        }
         if lagged || closed || drain.is_some() {
             // Behind the queue, the feed gone, or the node draining: each
             // stream takes it from here, from where its socket stands.

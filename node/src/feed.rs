@@ -137,12 +137,12 @@ const FIRST_PATH_QUEUE_EVENTS: usize = 16;
 /// would hold 32 KiB however quiet its topic. So a channel starts with a
 /// few slots, and once half of them hold events some receiver has yet to
 /// read, it moves to a channel of the whole allowance, `max`: one move at
-/// most, as each one has every reader attach again. The old
-/// channel's receivers read what it still holds and then find it closed
-/// while the feed runs: they attach again and catch up from the feed's
-/// history (the feed's writer is handed a receiver of the new channel
-/// instead). No receiver can lag in a channel smaller than `max`: it
-/// moves at half full, and one event is sent at a time.
+/// most, as each one has every reader attach again. The old channel's
+/// receivers read what it still holds and then find it closed while the
+/// feed runs: they attach again and catch up from the feed's history (the
+/// feed's writer is handed a receiver of the new channel instead). No
+/// receiver can lag in a channel smaller than `max`: it moves at half
+/// full, and one event is sent at a time.
 struct Channel {
     sender: broadcast::Sender<Arc<Event>>,
     capacity: usize,
@@ -171,8 +171,8 @@ impl Channel {
     }
 
     /// Sends `event`, after moving to the whole allowance if this channel
-    /// is half full; `moved` is called with the new channel, before the event goes
-    /// on it. Returns the receivers the event went to.
+    /// is half full; `moved` is called with the new channel, before the
+    /// event goes on it. Returns the receivers the event went to.
     fn send(
         &mut self,
         event: Arc<Event>,
@@ -336,12 +336,15 @@ impl Feed {
                 if state.attaches.is_multiple_of(PATH_SWEEP_EVERY) {
                     state.paths.retain(|_, tx| tx.receiver_count() > 0);
                 }
-                let max = state.path_queue_events;
-                state
-                    .paths
-                    .entry(path.into())
-                    .or_insert_with(|| Channel::new(FIRST_PATH_QUEUE_EVENTS, max))
-                    .subscribe()
+                match state.paths.get(path) {
+                    Some(tx) => tx.subscribe(),
+                    None => {
+                        let tx = Channel::new(FIRST_PATH_QUEUE_EVENTS, state.path_queue_events);
+                        let rx = tx.subscribe();
+                        state.paths.insert(path.into(), tx);
+                        rx
+                    }
+                }
             }
         };
         Attachment {
@@ -652,7 +655,7 @@ pub fn bounded<T, E: Into<async_nats::Error>>(
 /// The call is boxed at once and only while it runs: async-nats's request
 /// futures are large, and a caller that holds one inline (a feed's reader,
 /// between its consumer's messages) would carry that size in its own state
-/// for as long as it lives, some 8 KiB per feed.
+/// for as long as it lives.
 fn bounded_for<T, E: Into<async_nats::Error>>(
     limit: Duration,
     call: impl Future<Output = Result<T, E>>,

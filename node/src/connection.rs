@@ -661,6 +661,30 @@ impl SharedSocket {
             _ => Sent::Refused,
         }
     }
+
+    /// Writes `parts`, back to back (event frames, cleartext), without
+    /// waiting: in one gathering `sendmsg`, so that frames that differ from
+    /// socket to socket in their `id:` line only are never copied whole.
+    pub(crate) fn try_send_parts(&self, parts: &[io::IoSlice<'_>]) -> Sent {
+        let joined = || {
+            let mut all = bytes::BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+            for part in parts {
+                all.extend_from_slice(part);
+            }
+            all.freeze()
+        };
+        if let Some(mut sealer) = self.sealer() {
+            return sealer.try_send(self, &joined());
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        match SockRef::from(&self.tcp).send_vectored(parts) {
+            Ok(n) if n == total => Sent::Whole,
+            // Rare: the copy of what is left is paid only for a socket that
+            // fills up.
+            Ok(n) if n > 0 => Sent::Partly(joined().slice(n..)),
+            _ => Sent::Refused,
+        }
+    }
 }
 
 /// The write side of a [`SharedSocket`] for its stream's own task. Writes

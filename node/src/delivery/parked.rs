@@ -27,17 +27,20 @@
 //! else.
 //!
 //! A stream of several topics parks on one of them, whose events carry its
-//! cursor over all its topics: the socket joins a group of sockets with the
-//! same topics at the same positions in the others, and the writer frames
-//! each event once for that group, the parked topic's sequence filled in.
-//! An event of another topic takes the socket back (see [`super::park`]).
+//! cursor over all its topics: its socket joins the group that takes the
+//! same events, and carries the `id:` line around the parked topic's
+//! sequence. The writer sends such a socket each event's body, that line
+//! and the sequence from the event's own frame in one gathering write, so
+//! a thousand users' streams, each at its own place in its own path, cost
+//! no copy and no group of their own. An event of another topic takes the
+//! socket back (see [`super::park`]).
 //!
 //! The writer keeps the pacing rule for its sockets: while events come more
 //! than twice per `delivery.write_pacing_ms`, it writes once per window.
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
+    io::IoSlice,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -72,9 +75,6 @@ struct Parked {
     by_path: HashMap<Box<str>, Group>,
     /// Paths whose group holds events not yet written.
     waiting: Vec<Box<str>>,
-    /// Sockets of streams of several topics, by what they take and the
-    /// cursor their events carry.
-    with_cursor: HashMap<CursorGroup, Group>,
     /// The pacing window and the feed's queue, once the writer runs.
     pacing: (Duration, usize),
     /// Whether the feed's writer runs.
@@ -89,7 +89,6 @@ impl Parked {
         match place {
             Place::All => Some(&mut self.all),
             Place::Path(path) => self.by_path.get_mut(path),
-            Place::Cursor(key) => self.with_cursor.get_mut(key),
         }
     }
 
@@ -100,15 +99,6 @@ impl Parked {
             Place::Path(path) => {
                 if self.by_path.get(path).is_some_and(|g| g.entries.is_empty()) {
                     self.by_path.remove(path);
-                }
-            }
-            Place::Cursor(key) => {
-                if self
-                    .with_cursor
-                    .get(key)
-                    .is_some_and(|g| g.entries.is_empty())
-                {
-                    self.with_cursor.remove(key);
                 }
             }
         }
@@ -126,31 +116,15 @@ pub(crate) struct CursorAround {
     pub(crate) after: Box<str>,
 }
 
-/// The group of sockets of several-topic streams that take the same events
-/// (every event of the feed, or one path's) with the same cursor.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct CursorGroup {
-    path: Option<Box<str>>,
-    cursor: CursorAround,
-}
-
 /// Where a parked socket sits.
 enum Place {
     All,
     Path(Box<str>),
-    Cursor(Box<CursorGroup>),
 }
 
 impl Place {
-    fn of(path: Option<&str>, cursor: Option<CursorAround>) -> Self {
-        match (path, cursor) {
-            (path, Some(cursor)) => Self::Cursor(Box::new(CursorGroup {
-                path: path.map(Into::into),
-                cursor,
-            })),
-            (None, None) => Self::All,
-            (Some(path), None) => Self::Path(path.into()),
-        }
+    fn of(path: Option<&str>) -> Self {
+        path.map_or(Self::All, |path| Self::Path(path.into()))
     }
 }
 
@@ -187,16 +161,9 @@ impl Group {
         self.pending.push(event.clone());
     }
 
-    /// Writes what the group holds, each event followed by `cursor` for
-    /// streams of several topics, unless it is paced (and not `forced`);
+    /// Writes what the group holds, unless it is paced (and not `forced`);
     /// returns until when it stays held, if it does.
-    fn write_due(
-        &mut self,
-        now: Instant,
-        forced: bool,
-        cursor: Option<&CursorAround>,
-        sweep: &mut Sweep,
-    ) -> Option<Instant> {
+    fn write_due(&mut self, now: Instant, forced: bool, sweep: &mut Sweep) -> Option<Instant> {
         if self.pending.is_empty() {
             return None;
         }
@@ -213,7 +180,7 @@ impl Group {
         {
             return Some(until);
         }
-        let frames = Frames::of(self.pending.iter(), cursor);
+        let frames = Frames::of(&self.pending);
         let (delivered, refusals) = write_frames(&mut self.entries, &frames);
         if delivered > 0 {
             self.passes.fetch_add(1, Ordering::Relaxed);
@@ -282,6 +249,9 @@ struct Entry {
     /// The last event the socket took.
     pos: u64,
     handback: Arc<Handback>,
+    /// For a stream of several topics, the `id:` line each of its events
+    /// ends in; boxed, as most sockets have none.
+    cursor: Option<Box<CursorAround>>,
 }
 
 #[derive(Default)]
@@ -421,18 +391,15 @@ impl ParkedSockets {
             socket: socket.clone(),
             pos,
             handback: handback.clone(),
+            cursor: cursor.map(Box::new),
         };
         let pacing = parked.pacing;
-        let place = Place::of(path, cursor);
+        let place = Place::of(path);
         let group = match &place {
             Place::All => &mut parked.all,
             Place::Path(path) => parked
                 .by_path
                 .entry(path.clone())
-                .or_insert_with(|| Group::new(pacing)),
-            Place::Cursor(key) => parked
-                .with_cursor
-                .entry((**key).clone())
                 .or_insert_with(|| Group::new(pacing)),
         };
         let key = group.entries.insert(entry);
@@ -511,7 +478,6 @@ impl ParkedSockets {
     pub(super) fn give_all_back(&self) {
         let mut parked = self.lock();
         let mut groups: Vec<Group> = parked.by_path.drain().map(|(_, g)| g).collect();
-        groups.extend(parked.with_cursor.drain().map(|(_, g)| g));
         groups.push(std::mem::take(&mut parked.all));
         parked.all = Group::new(parked.pacing);
         parked.waiting.clear();
@@ -543,13 +509,13 @@ impl ParkedSockets {
         }
         let now = Instant::now();
         let mut sweep = Sweep::default();
-        let mut due = parked.all.write_due(now, forced, None, &mut sweep);
+        let mut due = parked.all.write_due(now, forced, &mut sweep);
         let by_path = &mut parked.by_path;
         parked.waiting.retain(|path| {
             let Some(group) = by_path.get_mut(path) else {
                 return false;
             };
-            let held = group.write_due(now, forced, None, &mut sweep);
+            let held = group.write_due(now, forced, &mut sweep);
             if group.entries.is_empty() {
                 by_path.remove(path);
                 return false;
@@ -558,19 +524,6 @@ impl ParkedSockets {
                 due = Some(due.map_or(until, |d| d.min(until)));
             }
             held.is_some()
-        });
-        // Few groups, as a rule: streams of several topics that share a
-        // topic and stand at the same place in the others.
-        parked.with_cursor.retain(|key, group| {
-            for event in incoming {
-                if key.path.as_deref().is_none_or(|path| path == &*event.path) {
-                    group.hold(event);
-                }
-            }
-            if let Some(until) = group.write_due(now, forced, Some(&key.cursor), &mut sweep) {
-                due = Some(due.map_or(until, |d| d.min(until)));
-            }
-            !group.entries.is_empty()
         });
         sweep.next_due = due;
         sweep
@@ -592,25 +545,25 @@ fn give_back(entry: Entry, pos: u64, remainder: Option<Bytes>, refused: bool) {
 }
 
 /// A batch's frames, back to back, and where each event ends in them.
-struct Frames {
+struct Frames<'a> {
     bytes: Bytes,
     /// Each event's sequence and the offset just past its frame.
     ends: Vec<(u64, usize)>,
+    /// The events themselves, for sockets whose `id:` lines differ.
+    events: &'a [Arc<Event>],
 }
 
-impl Frames {
-    /// The frames of `events`, each with its own `id:` line, or with
-    /// `cursor` around its sequence instead.
-    fn of<'a>(events: impl Iterator<Item = &'a Arc<Event>>, cursor: Option<&CursorAround>) -> Self {
-        let events: Vec<&Arc<Event>> = events.collect();
+impl<'a> Frames<'a> {
+    /// The frames of `events`, each with its own `id:` line.
+    fn of(events: &'a [Arc<Event>]) -> Self {
         let mut ends = Vec::with_capacity(events.len());
-        let bytes = match (events.as_slice(), cursor) {
+        let bytes = match events {
             // One frame is written as it is, without a copy.
-            ([one], None) => {
+            [one] => {
                 ends.push((one.seq, one.frame.len()));
                 one.frame.clone()
             }
-            (many, None) => {
+            many => {
                 let mut joined = BytesMut::with_capacity(many.iter().map(|e| e.frame.len()).sum());
                 for event in many {
                     joined.put_slice(&event.frame);
@@ -618,21 +571,12 @@ impl Frames {
                 }
                 joined.freeze()
             }
-            (many, Some(cursor)) => {
-                let around = cursor.before.len() + cursor.after.len() + 20;
-                let mut joined =
-                    BytesMut::with_capacity(many.iter().map(|e| e.body_len + around).sum());
-                for event in many {
-                    joined.put_slice(&event.frame[..event.body_len]);
-                    joined.put_slice(cursor.before.as_bytes());
-                    let _ = write!(joined, "{}", event.seq);
-                    joined.put_slice(cursor.after.as_bytes());
-                    ends.push((event.seq, joined.len()));
-                }
-                joined.freeze()
-            }
         };
-        Self { bytes, ends }
+        Self {
+            bytes,
+            ends,
+            events,
+        }
     }
 
     /// The bytes a socket at `pos` still needs, from which event on.
@@ -644,6 +588,50 @@ impl Frames {
         let start = first.checked_sub(1).map_or(0, |i| self.ends[i].1);
         Some((first, start))
     }
+
+    /// Writes the events from the `first` on to `socket`, each ending in
+    /// `cursor` around its sequence rather than in its own `id:` line.
+    fn send_with_cursor(&self, socket: &SharedSocket, first: usize, cursor: &CursorAround) -> Sent {
+        let events = &self.events[first..];
+        if events.len() > GATHERED_EVENTS {
+            // A paced batch: one copy for the socket, as its stream would make.
+            return socket.try_send(&joined_with_cursor(events, cursor), 0);
+        }
+        let empty = IoSlice::new(&[]);
+        let mut parts = [empty; 4 * GATHERED_EVENTS];
+        for (event, parts) in events.iter().zip(parts.chunks_exact_mut(4)) {
+            parts[0] = IoSlice::new(&event.frame[..event.body_len]);
+            parts[1] = IoSlice::new(cursor.before.as_bytes());
+            parts[2] = IoSlice::new(sequence_in_frame(event));
+            parts[3] = IoSlice::new(cursor.after.as_bytes());
+        }
+        socket.try_send_parts(&parts[..4 * events.len()])
+    }
+}
+
+/// Events sent to a socket with a cursor of its own in one gathering write
+/// at most; a batch of more is joined into one buffer for the socket.
+const GATHERED_EVENTS: usize = 4;
+
+/// The digits of `event`'s sequence, at the end of its own frame's `id:`
+/// line (`…:<seq>\n\n`).
+fn sequence_in_frame(event: &Event) -> &[u8] {
+    let digits = event.seq.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let end = event.frame.len() - 2;
+    &event.frame[end - digits..end]
+}
+
+/// `events`' bodies, each followed by `cursor` around its sequence.
+fn joined_with_cursor(events: &[Arc<Event>], cursor: &CursorAround) -> Bytes {
+    let around = cursor.before.len() + cursor.after.len() + 20;
+    let mut joined = BytesMut::with_capacity(events.iter().map(|e| e.body_len + around).sum());
+    for event in events {
+        joined.put_slice(&event.frame[..event.body_len]);
+        joined.put_slice(cursor.before.as_bytes());
+        joined.put_slice(sequence_in_frame(event));
+        joined.put_slice(cursor.after.as_bytes());
+    }
+    joined.freeze()
 }
 
 /// Sockets whose state is read ahead of their sends, together.
@@ -652,7 +640,7 @@ const WARM_RUN: usize = 16;
 /// Writes `frames` to each socket of `slab`; gives back those that do not
 /// take all they need. Returns the events delivered and the sockets given
 /// back.
-fn write_frames(slab: &mut Slab<Entry>, frames: &Frames) -> (u64, u64) {
+fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>) -> (u64, u64) {
     let Some(&(last, _)) = frames.ends.last() else {
         return (0, 0);
     };
@@ -669,7 +657,11 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames) -> (u64, u64) {
             let Some((first, start)) = frames.after(entry.pos) else {
                 continue;
             };
-            match entry.socket.try_send(&frames.bytes, start) {
+            let sent = match &entry.cursor {
+                None => entry.socket.try_send(&frames.bytes, start),
+                Some(cursor) => frames.send_with_cursor(&entry.socket, first, cursor),
+            };
+            match sent {
                 Sent::Whole => {
                     entry.pos = last;
                     delivered += (frames.ends.len() - first) as u64;
@@ -770,7 +762,7 @@ async fn write_parked(
 mod tests {
     use super::*;
 
-    fn frames(seqs: &[(u64, &'static str)]) -> Frames {
+    fn frames(seqs: &[(u64, &'static str)]) -> Frames<'static> {
         let mut ends = Vec::new();
         let mut bytes = BytesMut::new();
         for (seq, frame) in seqs {
@@ -780,6 +772,7 @@ mod tests {
         Frames {
             bytes: bytes.freeze(),
             ends,
+            events: &[],
         }
     }
 
@@ -940,5 +933,152 @@ mod pacing_tests {
             (15..=30).contains(&writes),
             "{writes} writes for 200 events over 200 ms"
         );
+    }
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use std::time::{Duration, SystemTime};
+
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::event::EncodeContext;
+
+    async fn pair() -> (TcpStream, Arc<SharedSocket>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, Arc::new(SharedSocket::plain(server)))
+    }
+
+    fn events(first_seq: u64, count: u64, payload: &[u8]) -> Vec<Arc<Event>> {
+        let ctx = EncodeContext {
+            topic: "news".into(),
+            epoch: "e1".into(),
+            max_event_bytes: 1 << 24,
+        };
+        (first_seq..first_seq + count)
+            .map(|seq| {
+                Arc::new(Event::encode(
+                    &ctx,
+                    seq,
+                    "news.x",
+                    SystemTime::now(),
+                    None,
+                    payload,
+                ))
+            })
+            .collect()
+    }
+
+    fn cursor(user_pos: u64) -> CursorAround {
+        CursorAround {
+            before: "id: news:e1:".into(),
+            after: format!(",users:e2:{user_pos}\n\n").into(),
+        }
+    }
+
+    /// What a stream with `cursor` writes for `events` itself.
+    fn expected(events: &[Arc<Event>], cursor: &CursorAround) -> Vec<u8> {
+        let mut out = Vec::new();
+        for event in events {
+            out.extend_from_slice(&event.frame[..event.body_len]);
+            out.extend_from_slice(cursor.before.as_bytes());
+            out.extend_from_slice(event.seq.to_string().as_bytes());
+            out.extend_from_slice(cursor.after.as_bytes());
+        }
+        out
+    }
+
+    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut got = vec![0u8; len];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .expect("the bytes never came")
+            .unwrap();
+        got
+    }
+
+    /// Sockets of streams of one topic and of several, each at its own place
+    /// in its other topics, sit in one group and share its pass; each gets
+    /// every event with its own `id:` line, in a gathering write for a few
+    /// events and in one buffer for a paced batch.
+    #[tokio::test]
+    async fn streams_of_several_topics_share_the_group_and_keep_their_own_ids() {
+        let sockets = Arc::new(ParkedSockets::default());
+        let (mut plain_client, plain) = pair().await;
+        let (mut first_client, first) = pair().await;
+        let (mut second_client, second) = pair().await;
+        let pacing = (Duration::ZERO, 64);
+        let _tickets = [
+            sockets.park(&plain, None, None, 0, pacing, || {}),
+            sockets.park(&first, None, Some(cursor(7)), 0, pacing, || {}),
+            sockets.park(&second, None, Some(cursor(1234)), 0, pacing, || {}),
+        ];
+        {
+            let parked = sockets.lock();
+            assert_eq!(parked.all.entries.len(), 3);
+            assert!(parked.by_path.is_empty());
+        }
+        // Two events: gathered. Then a batch past what one gathering write
+        // takes, with a sequence of more digits.
+        let few = events(9, 2, b"hello");
+        let many = events(11, GATHERED_EVENTS as u64 + 3, b"line one\nline two");
+        for batch in [&few, &many] {
+            let sweep = sockets.take_in(batch, false);
+            assert_eq!(sweep.delivered, 3 * batch.len() as u64);
+        }
+        let all: Vec<Arc<Event>> = few.iter().chain(&many).cloned().collect();
+        let plain_bytes: Vec<u8> = all.iter().flat_map(|e| e.frame.to_vec()).collect();
+        assert_eq!(
+            read_exactly(&mut plain_client, plain_bytes.len()).await,
+            plain_bytes
+        );
+        for (client, user_pos) in [(&mut first_client, 7), (&mut second_client, 1234)] {
+            let want = expected(&all, &cursor(user_pos));
+            let got = read_exactly(client, want.len()).await;
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want)
+            );
+        }
+    }
+
+    /// A socket with a cursor that takes part of a gathering write comes
+    /// back with exactly the bytes it did not take.
+    #[tokio::test]
+    async fn a_socket_with_a_cursor_that_fills_up_gets_the_rest_back_exactly() {
+        let (mut client, server) = pair().await;
+        socket2::SockRef::from(server.tcp())
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let sockets = Arc::new(ParkedSockets::default());
+        let own = cursor(42);
+        let ticket = sockets.park(
+            &server,
+            None,
+            Some(own.clone()),
+            0,
+            (Duration::ZERO, 64),
+            || {},
+        );
+        let batch = events(1, 2, &vec![b'x'; 2 << 20]);
+        let sweep = sockets.take_in(&batch, false);
+        assert_eq!(sweep.delivered, 2);
+        assert_eq!(sweep.refusals, 1, "the socket took the whole batch");
+        let returned = ticket.take_back().unwrap();
+        assert_eq!(returned.pos, 2);
+        let rest = returned.remainder.expect("no remainder");
+        let want = expected(&batch, &own);
+        assert!(!rest.is_empty() && rest.len() < want.len());
+        let taken = read_exactly(&mut client, want.len() - rest.len()).await;
+        assert_eq!(taken, want[..taken.len()]);
+        assert_eq!(rest, want[taken.len()..]);
     }
 }

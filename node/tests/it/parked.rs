@@ -827,17 +827,21 @@ async fn wait_parked_tls(cert: &Cert, node: &NodeProc, count: f64) {
 /// connection's own key and record sequence, and the stream's own records
 /// (a heartbeat, the close) go on from where the writer left it. A wrong
 /// sequence number would fail the client's decryption at the next record.
+/// A stream of two topics parked on its busy one gets its own `id:` lines
+/// sealed the same way.
 #[tokio::test]
 async fn tls_streams_park_and_their_records_stay_in_sequence() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "sealed", None).await;
+    create_topic(&js, "calm", None).await;
     let (node, cert) = short_lived_tls_node(&nats).await;
     let mut clients = Vec::new();
     for target in [
         "/v1/events?topic=sealed",
         "/v1/events?topic=sealed",
         "/v1/events?topic=sealed.a",
+        "/v1/events?topic=sealed&topic=calm",
     ] {
         let response = cert.get(&node, target, &[]).await.unwrap();
         assert_eq!(response.status, 200);
@@ -847,21 +851,39 @@ async fn tls_streams_park_and_their_records_stay_in_sequence() {
     }
     wait_parked_tls(&cert, &node, 3.0).await;
 
+    // A burst, with the writer's pacing putting several events in a write,
+    // then one event at a time, each awaited: one event per write.
     let total = 200;
+    let name = |i: usize| format!("e{i}");
     for i in 0..total {
         let path = if i % 2 == 0 { "sealed.a" } else { "sealed.b" };
-        publish(&js, path, &format!("e{i}")).await;
+        publish(&js, path, &name(i)).await;
     }
-    let all: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
-    let of_a: Vec<String> = (0..total).step_by(2).map(|i| format!("e{i}")).collect();
+    let all: Vec<String> = (0..total).map(name).collect();
+    let of_a: Vec<String> = (0..total).step_by(2).map(name).collect();
     for client in &mut clients[..2] {
         assert_eq!(data_of(&client.take(total, T).await), all);
     }
     assert_eq!(data_of(&clients[2].take(of_a.len(), T).await), of_a);
-    wait_parked_tls(&cert, &node, 3.0).await;
+    let mut got_both = clients[3].take(total, T).await;
+    assert_eq!(data_of(&got_both), all);
+    // The stream of two topics parks on the busy one after a run of its
+    // events.
+    wait_parked_tls(&cert, &node, 4.0).await;
+    for i in total..total + 20 {
+        publish(&js, "sealed.a", &name(i)).await;
+        for client in &mut clients[..3] {
+            assert_eq!(data_of(&client.take(1, T).await), [name(i)]);
+        }
+        let one = clients[3].take(1, T).await;
+        assert_eq!(data_of(&one), [name(i)]);
+        got_both.extend(one);
+    }
+    wait_parked_tls(&cert, &node, 4.0).await;
+    assert_cursors_exact(&got_both, &[0, 0]);
     assert_eq!(
         cert_metric(&cert, &node, &served("lean")).await,
-        3.0,
+        4.0,
         "the streams were not served by the lean path"
     );
 

@@ -662,26 +662,15 @@ impl SharedSocket {
         }
     }
 
-    /// Writes `parts`, back to back (event frames, cleartext), without
-    /// waiting: in one gathering `sendmsg`, so that frames that differ from
-    /// socket to socket in their `id:` line only are never copied whole.
-    pub(crate) fn try_send_parts(&self, parts: &[io::IoSlice<'_>]) -> Sent {
-        let joined = || {
-            let mut all = bytes::BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
-            for part in parts {
-                all.extend_from_slice(part);
-            }
-            all.freeze()
-        };
+    /// Writes `buf` (event frames, cleartext) without waiting; what the
+    /// socket does not take comes back as a copy.
+    pub(crate) fn try_send_slice(&self, buf: &[u8]) -> Sent {
         if let Some(mut sealer) = self.sealer() {
-            return sealer.try_send(self, &joined());
+            return sealer.try_send(self, buf);
         }
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        match SockRef::from(&self.tcp).send_vectored(parts) {
-            Ok(n) if n == total => Sent::Whole,
-            // Rare: the copy of what is left is paid only for a socket that
-            // fills up.
-            Ok(n) if n > 0 => Sent::Partly(joined().slice(n..)),
+        match self.send_now(buf) {
+            Ok(n) if n == buf.len() => Sent::Whole,
+            Ok(n) if n > 0 => Sent::Partly(Bytes::copy_from_slice(&buf[n..])),
             _ => Sent::Refused,
         }
     }

@@ -29,18 +29,17 @@
 //! A stream of several topics parks on one of them, whose events carry its
 //! cursor over all its topics: its socket joins the group that takes the
 //! same events, and carries the `id:` line around the parked topic's
-//! sequence. The writer sends such a socket each event's body, that line
-//! and the sequence from the event's own frame in one gathering write, so
-//! a thousand users' streams, each at its own place in its own path, cost
-//! no copy and no group of their own. An event of another topic takes the
-//! socket back (see [`super::park`]).
+//! sequence. The writer frames the batch once for each run of such sockets
+//! with the same line, so streams of the same topics share their frames,
+//! and a thousand users' streams, each at its own place in its own path,
+//! cost a frame each but no group, no pacing and no pass of their own. An
+//! event of another topic takes the socket back (see [`super::park`]).
 //!
 //! The writer keeps the pacing rule for its sockets: while events come more
 //! than twice per `delivery.write_pacing_ms`, it writes once per window.
 
 use std::{
     collections::HashMap,
-    io::IoSlice,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -250,8 +249,8 @@ struct Entry {
     pos: u64,
     handback: Arc<Handback>,
     /// For a stream of several topics, the `id:` line each of its events
-    /// ends in; boxed, as most sockets have none.
-    cursor: Option<Box<CursorAround>>,
+    /// ends in; behind a pointer, as most sockets have none.
+    cursor: Option<Arc<CursorAround>>,
 }
 
 #[derive(Default)]
@@ -391,7 +390,7 @@ impl ParkedSockets {
             socket: socket.clone(),
             pos,
             handback: handback.clone(),
-            cursor: cursor.map(Box::new),
+            cursor: cursor.map(Arc::new),
         };
         let pacing = parked.pacing;
         let place = Place::of(path);
@@ -589,29 +588,19 @@ impl<'a> Frames<'a> {
         Some((first, start))
     }
 
-    /// Writes the events from the `first` on to `socket`, each ending in
-    /// `cursor` around its sequence rather than in its own `id:` line.
-    fn send_with_cursor(&self, socket: &SharedSocket, first: usize, cursor: &CursorAround) -> Sent {
-        let events = &self.events[first..];
-        if events.len() > GATHERED_EVENTS {
-            // A paced batch: one copy for the socket, as its stream would make.
-            return socket.try_send(&joined_with_cursor(events, cursor), 0);
+    /// Writes into `out` the frames of the events from the `first` on,
+    /// each ending in `cursor` around its sequence rather than in its own
+    /// `id:` line.
+    fn with_cursor(&self, first: usize, cursor: &CursorAround, out: &mut Vec<u8>) {
+        out.clear();
+        for event in &self.events[first..] {
+            out.extend_from_slice(&event.frame[..event.body_len]);
+            out.extend_from_slice(cursor.before.as_bytes());
+            out.extend_from_slice(sequence_in_frame(event));
+            out.extend_from_slice(cursor.after.as_bytes());
         }
-        let empty = IoSlice::new(&[]);
-        let mut parts = [empty; 4 * GATHERED_EVENTS];
-        for (event, parts) in events.iter().zip(parts.chunks_exact_mut(4)) {
-            parts[0] = IoSlice::new(&event.frame[..event.body_len]);
-            parts[1] = IoSlice::new(cursor.before.as_bytes());
-            parts[2] = IoSlice::new(sequence_in_frame(event));
-            parts[3] = IoSlice::new(cursor.after.as_bytes());
-        }
-        socket.try_send_parts(&parts[..4 * events.len()])
     }
 }
-
-/// Events sent to a socket with a cursor of its own in one gathering write
-/// at most; a batch of more is joined into one buffer for the socket.
-const GATHERED_EVENTS: usize = 4;
 
 /// The digits of `event`'s sequence, at the end of its own frame's `id:`
 /// line (`…:<seq>\n\n`).
@@ -619,19 +608,6 @@ fn sequence_in_frame(event: &Event) -> &[u8] {
     let digits = event.seq.checked_ilog10().map_or(1, |d| d as usize + 1);
     let end = event.frame.len() - 2;
     &event.frame[end - digits..end]
-}
-
-/// `events`' bodies, each followed by `cursor` around its sequence.
-fn joined_with_cursor(events: &[Arc<Event>], cursor: &CursorAround) -> Bytes {
-    let around = cursor.before.len() + cursor.after.len() + 20;
-    let mut joined = BytesMut::with_capacity(events.iter().map(|e| e.body_len + around).sum());
-    for event in events {
-        joined.put_slice(&event.frame[..event.body_len]);
-        joined.put_slice(cursor.before.as_bytes());
-        joined.put_slice(sequence_in_frame(event));
-        joined.put_slice(cursor.after.as_bytes());
-    }
-    joined.freeze()
 }
 
 /// Sockets whose state is read ahead of their sends, together.
@@ -646,6 +622,11 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>) -> (u64, u64) {
     };
     let mut delivered = 0u64;
     let mut refused: Vec<(usize, u64, Option<Bytes>)> = Vec::new();
+    // The frames with a stream's cursor, for as long as the next sockets
+    // share it and stand at the same place: streams of the same topics
+    // park one after another as a rule.
+    let mut with_cursor: Option<(Arc<CursorAround>, usize)> = None;
+    let mut cursor_frames = Vec::new();
     let mut entries: Vec<(usize, &mut Entry)> = slab.iter_mut().collect();
     for run in entries.chunks_mut(WARM_RUN) {
         // Each socket's state sits in an allocation of its own that the
@@ -659,7 +640,16 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>) -> (u64, u64) {
             };
             let sent = match &entry.cursor {
                 None => entry.socket.try_send(&frames.bytes, start),
-                Some(cursor) => frames.send_with_cursor(&entry.socket, first, cursor),
+                Some(cursor) => {
+                    let built = with_cursor.as_ref().is_some_and(|(built, from)| {
+                        *from == first && (Arc::ptr_eq(built, cursor) || built == cursor)
+                    });
+                    if !built {
+                        frames.with_cursor(first, cursor, &mut cursor_frames);
+                        with_cursor = Some((cursor.clone(), first));
+                    }
+                    entry.socket.try_send_slice(&cursor_frames)
+                }
             };
             match sent {
                 Sent::Whole => {
@@ -1007,41 +997,45 @@ mod cursor_tests {
 
     /// Sockets of streams of one topic and of several, each at its own place
     /// in its other topics, sit in one group and share its pass; each gets
-    /// every event with its own `id:` line, in a gathering write for a few
-    /// events and in one buffer for a paced batch.
+    /// every event with its own `id:` line.
     #[tokio::test]
     async fn streams_of_several_topics_share_the_group_and_keep_their_own_ids() {
         let sockets = Arc::new(ParkedSockets::default());
         let (mut plain_client, plain) = pair().await;
-        let (mut first_client, first) = pair().await;
-        let (mut second_client, second) = pair().await;
+        // Sockets one after another with the same cursor share its frames;
+        // the one that stands further on, or has another cursor, does not.
+        let mut with_cursors = Vec::new();
+        for (user_pos, from) in [(7, 0), (7, 0), (7, 12), (1234, 0)] {
+            let (client, server) = pair().await;
+            with_cursors.push((client, server, user_pos, from));
+        }
         let pacing = (Duration::ZERO, 64);
-        let _tickets = [
-            sockets.park(&plain, None, None, 0, pacing, || {}),
-            sockets.park(&first, None, Some(cursor(7)), 0, pacing, || {}),
-            sockets.park(&second, None, Some(cursor(1234)), 0, pacing, || {}),
-        ];
+        let mut tickets = vec![sockets.park(&plain, None, None, 0, pacing, || {})];
+        for (_, server, user_pos, from) in &with_cursors {
+            let parked = sockets.park(server, None, Some(cursor(*user_pos)), *from, pacing, || {});
+            tickets.push(parked);
+        }
         {
             let parked = sockets.lock();
-            assert_eq!(parked.all.entries.len(), 3);
+            assert_eq!(parked.all.entries.len(), 5);
             assert!(parked.by_path.is_empty());
         }
-        // Two events: gathered. Then a batch past what one gathering write
-        // takes, with a sequence of more digits.
+        // Two events, then seven whose sequences have more digits.
         let few = events(9, 2, b"hello");
-        let many = events(11, GATHERED_EVENTS as u64 + 3, b"line one\nline two");
-        for batch in [&few, &many] {
-            let sweep = sockets.take_in(batch, false);
-            assert_eq!(sweep.delivered, 3 * batch.len() as u64);
-        }
+        let many = events(11, 7, b"line one\nline two");
+        let sweep = sockets.take_in(&few, false);
+        assert_eq!(sweep.delivered, 4 * 2, "the socket at 12 has both");
+        let sweep = sockets.take_in(&many, false);
+        assert_eq!(sweep.delivered, 4 * 7 + 5);
         let all: Vec<Arc<Event>> = few.iter().chain(&many).cloned().collect();
         let plain_bytes: Vec<u8> = all.iter().flat_map(|e| e.frame.to_vec()).collect();
         assert_eq!(
             read_exactly(&mut plain_client, plain_bytes.len()).await,
             plain_bytes
         );
-        for (client, user_pos) in [(&mut first_client, 7), (&mut second_client, 1234)] {
-            let want = expected(&all, &cursor(user_pos));
+        for (client, _, user_pos, from) in &mut with_cursors {
+            let after: Vec<Arc<Event>> = all.iter().filter(|e| e.seq > *from).cloned().collect();
+            let want = expected(&after, &cursor(*user_pos));
             let got = read_exactly(client, want.len()).await;
             assert_eq!(
                 String::from_utf8_lossy(&got),
@@ -1050,8 +1044,8 @@ mod cursor_tests {
         }
     }
 
-    /// A socket with a cursor that takes part of a gathering write comes
-    /// back with exactly the bytes it did not take.
+    /// A socket with a cursor that takes part of its frames comes back with
+    /// exactly the bytes it did not take.
     #[tokio::test]
     async fn a_socket_with_a_cursor_that_fills_up_gets_the_rest_back_exactly() {
         let (mut client, server) = pair().await;

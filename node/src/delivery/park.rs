@@ -3,15 +3,19 @@
 //!
 //! A stream of several topics parks on the one it has been hearing from
 //! alone for [`PARK_AFTER_RUN`] events in a row, and keeps reading the
-//! others itself: an event of another topic takes the socket back, and the
-//! stream writes that event and catches up before it may park again. If
-//! that event was the only one between two runs of the busy topic, the
-//! stream parks on the busy topic again at its next event; otherwise after
-//! another long run. So a stream of one busy topic and some quiet ones is
-//! written by its busy topic's writer but for the quiet topics' events,
-//! and one whose topics are all busy never parks on one of them, where
-//! taking its socket back for nearly every event would cost more than its
-//! own wake-ups. Such a stream, once its topics have taken turns for
+//! others itself. An event of another topic that comes after such a run
+//! of the busy topic is written by the stream through the parked socket,
+//! between two of the writer's batches, and the stream stays parked: the
+//! quiet topic's event costs one wake-up and one write, as a user's own
+//! notification beside a busy shared topic does. Any other event of
+//! another topic takes the socket back, and the stream writes that event
+//! and catches up before it may park again. If that event was the only
+//! one between two runs of the busy topic, the stream parks on the busy
+//! topic again at its next event; otherwise after another long run. So a
+//! stream of one busy topic and some quiet ones is written by its busy
+//! topic's writer, and one whose topics are all busy never parks on one
+//! of them, where taking its socket back for nearly every event would cost
+//! more than its own wake-ups. Such a stream, once its topics have taken turns for
 //! [`MERGE_AFTER_TURNS`] runs in a row, parks on the merged feed of its
 //! whole topics instead (see [`super::merged`]), which writes every event
 //! of any of them.
@@ -21,14 +25,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::{net::TcpStream, time::Instant};
 
-use crate::connection::SharedSocket;
+use crate::{connection::SharedSocket, event::Event};
 
 use super::{
     ClientStream, CloseReason, HEARTBEAT,
     live::LiveItem,
     merged::{Behind, Merge, MergedFeed, Waited},
     only_path,
-    parked::{Beat, Returned, Ticket},
+    parked::{Beat, Returned, Through, Ticket},
     peer_closed,
     timer::TimerFired,
 };
@@ -344,6 +348,70 @@ impl ClientStream {
         self.take_over(ended, behind, returned.remainder)
     }
 
+    /// Writes `event`, of the topic at `index`, through the socket parked
+    /// on another topic, if that topic is still the busy one: it has sent
+    /// a run of events since the last event of another topic. The stream
+    /// stays parked, and the writer's events carry its new cursor. `None`
+    /// if the event is not written so: the stream takes its socket back
+    /// and writes it itself.
+    fn write_through_parked(&mut self, index: usize, event: &Arc<Event>) -> Option<ParkedWake> {
+        let parking = self.parked.as_deref()?;
+        let parked = self.live.parked?;
+        let busy = &self.topics[parked];
+        // A run is counted in sequences, which for a path would count other
+        // paths' events too.
+        let whole = !busy.by_path && busy.feed.path.is_none();
+        if parking.merged.is_some() || index == parked || !whole || event.is_drain_marker() {
+            return None;
+        }
+        let topic = &self.topics[index];
+        if event.seq <= topic.pos {
+            // Had already, as the stream's own delivery would find.
+            return Some(ParkedWake::Resume);
+        }
+        if !topic.matches(&event.path) {
+            return None;
+        }
+        // The busy topic's run: what the stream wrote of it before it
+        // parked, if its last run was that topic's, and what the writer
+        // wrote since.
+        let (run_topic, run) = self.run;
+        let written_before = if run_topic == parked as u32 { run } else { 0 };
+        let run_to = busy.pos + u64::from(PARK_AFTER_RUN.saturating_sub(written_before));
+        let had = std::mem::replace(&mut self.topics[index].pos, event.seq);
+        let cursor = self.cursor_around(parked);
+        let ticket = &self.parked.as_deref()?.ticket;
+        let through = ticket.write_through(&event.frame[..event.body_len], cursor, run_to);
+        let busy_run = |pos: u64| {
+            let written =
+                u32::try_from(pos.saturating_sub(self.topics[parked].pos)).unwrap_or(u32::MAX);
+            (parked as u32, written_before.saturating_add(written))
+        };
+        let wake = match through {
+            Through::Not => {
+                self.topics[index].pos = had;
+                return None;
+            }
+            Through::Whole(pos) => {
+                self.run = busy_run(pos);
+                self.topics[parked].pos = pos;
+                self.wrote_since_heartbeat = true;
+                ParkedWake::Resume
+            }
+            // The rest of the frame comes back with the socket, first.
+            Through::Partly => match self.unpark() {
+                Err(reason) => ParkedWake::End(reason),
+                Ok(Some(rest)) => ParkedWake::Write(rest),
+                Ok(None) => ParkedWake::Resume,
+            },
+        };
+        // As the stream's own delivery counts it: a long run of the busy
+        // topic, then one of this topic.
+        self.note_run(index);
+        self.node.metrics().events_delivered.inc();
+        Some(wake)
+    }
+
     /// Takes the socket back from a merged feed: every topic resumes from
     /// the set's cursor where the socket stands.
     fn unpark_merged(
@@ -494,6 +562,11 @@ impl ClientStream {
                 Ok(None) => ParkedWake::Resume,
             },
             Woke::Other(item) => {
+                if let LiveItem::Event(index, event) = &item
+                    && let Some(wake) = self.write_through_parked(*index, event)
+                {
+                    return wake;
+                }
                 // Handled once the parked topic has caught up: its events
                 // and this one's are in no order with each other, but each
                 // topic's own stay in theirs.

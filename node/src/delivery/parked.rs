@@ -33,13 +33,15 @@
 //! with the same line, so streams of the same topics share their frames,
 //! and a thousand users' streams, each at its own place in its own path,
 //! cost a frame each but no group, no pacing and no pass of their own. An
-//! event of another topic takes the socket back (see [`super::park`]).
+//! event of another topic is written through the parked socket by the
+//! stream, or takes the socket back (see [`super::park`]).
 //!
 //! The writer keeps the pacing rule for its sockets: while events come more
 //! than twice per `delivery.write_pacing_ms`, it writes once per window.
 
 use std::{
     collections::HashMap,
+    io::Write as _,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -270,6 +272,19 @@ pub(crate) enum Beat {
     Refused,
 }
 
+/// What a write through a parked socket did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Through {
+    /// Nothing: the parked topic's run was short, or the socket took no
+    /// byte. The socket stays parked as it was.
+    Not,
+    /// The socket took the frame whole and stays parked, at this position
+    /// of the parked topic.
+    Whole(u64),
+    /// The socket took part of the frame and is given back with the rest.
+    Partly,
+}
+
 /// A socket given back to its stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Returned {
@@ -321,6 +336,18 @@ impl Ticket {
         }
         self.sockets
             .heartbeat(&self.place, self.key, &self.handback, beat)
+    }
+
+    /// Writes an event of another of the stream's topics through the
+    /// parked socket, between two of the writer's batches, if the writer
+    /// has written the socket at least `run_to` of the parked topic's
+    /// sequence: `body` (the event's frame up to its `id:` line), then
+    /// `cursor` around the parked topic's position. From then on the writer
+    /// ends the socket's events in `cursor`. A socket that takes part of
+    /// the frame is given back with the rest, for the stream to write.
+    pub(crate) fn write_through(&self, body: &[u8], cursor: CursorAround, run_to: u64) -> Through {
+        self.sockets
+            .write_through(&self.place, self.key, &self.handback, body, cursor, run_to)
     }
 
     /// Takes the socket back, with the position the writer left it at.
@@ -470,6 +497,50 @@ impl ParkedSockets {
         let pos = entry.pos;
         give_back(entry, pos, Some(rest), true);
         Beat::Refused
+    }
+
+    fn write_through(
+        &self,
+        place: &Place,
+        key: usize,
+        handback: &Arc<Handback>,
+        body: &[u8],
+        cursor: CursorAround,
+        run_to: u64,
+    ) -> Through {
+        let mut parked = self.lock();
+        let Some(group) = parked.group(place) else {
+            return Through::Not;
+        };
+        let Some(entry) = group
+            .entries
+            .get_mut(key)
+            .filter(|e| Arc::ptr_eq(&e.handback, handback))
+        else {
+            return Through::Not;
+        };
+        let pos = entry.pos;
+        if pos < run_to {
+            return Through::Not;
+        }
+        let mut frame =
+            Vec::with_capacity(body.len() + cursor.before.len() + cursor.after.len() + 20);
+        frame.extend_from_slice(body);
+        frame.extend_from_slice(cursor.before.as_bytes());
+        let _ = write!(frame, "{pos}");
+        frame.extend_from_slice(cursor.after.as_bytes());
+        let rest = match entry.socket.try_send_slice(&frame) {
+            Sent::Whole => {
+                entry.cursor = Some(Arc::new(cursor));
+                return Through::Whole(pos);
+            }
+            Sent::Refused => return Through::Not,
+            Sent::Partly(rest) => rest,
+        };
+        let entry = group.entries.remove(key);
+        parked.drop_if_empty(place);
+        give_back(entry, pos, Some(rest), true);
+        Through::Partly
     }
 
     /// Gives every socket back where it stands; events held for them are
@@ -1071,6 +1142,136 @@ mod cursor_tests {
         let rest = returned.remainder.expect("no remainder");
         let want = expected(&batch, &own);
         assert!(!rest.is_empty() && rest.len() < want.len());
+        let taken = read_exactly(&mut client, want.len() - rest.len()).await;
+        assert_eq!(taken, want[..taken.len()]);
+        assert_eq!(rest, want[taken.len()..]);
+    }
+}
+
+#[cfg(test)]
+mod through_tests {
+    use std::time::{Duration, SystemTime};
+
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::event::EncodeContext;
+
+    async fn pair() -> (TcpStream, Arc<SharedSocket>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, Arc::new(SharedSocket::plain(server)))
+    }
+
+    fn event(topic: &str, seq: u64, payload: &[u8]) -> Arc<Event> {
+        let ctx = EncodeContext {
+            topic: topic.into(),
+            epoch: "e".into(),
+            max_event_bytes: 1 << 24,
+        };
+        Arc::new(Event::encode(
+            &ctx,
+            seq,
+            topic,
+            SystemTime::now(),
+            None,
+            payload,
+        ))
+    }
+
+    fn cursor(user_pos: u64) -> CursorAround {
+        CursorAround {
+            before: "id: news:e:".into(),
+            after: format!(",user:e:{user_pos}\n\n").into(),
+        }
+    }
+
+    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut got = vec![0u8; len];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .expect("the bytes never came")
+            .unwrap();
+        got
+    }
+
+    /// An event of another topic goes through the parked socket with the
+    /// parked topic's position in its id once that topic has run long
+    /// enough, and the writer's next events carry the new cursor; before
+    /// that, nothing is written and nothing changes.
+    #[tokio::test]
+    async fn another_topics_event_goes_through_the_parked_socket_after_a_run() {
+        let (mut client, server) = pair().await;
+        let sockets = Arc::new(ParkedSockets::default());
+        let ticket = sockets.park(
+            &server,
+            None,
+            Some(cursor(3)),
+            5,
+            (Duration::ZERO, 64),
+            || {},
+        );
+        let news = event("news", 6, b"n6");
+        assert_eq!(
+            sockets
+                .take_in(std::slice::from_ref(&news), false)
+                .delivered,
+            1
+        );
+
+        let user = event("user", 4, b"u4");
+        let body = &user.frame[..user.body_len];
+        assert_eq!(ticket.write_through(body, cursor(4), 7), Through::Not);
+        assert_eq!(ticket.write_through(body, cursor(4), 6), Through::Whole(6));
+        let later = event("news", 7, b"n7");
+        assert_eq!(
+            sockets
+                .take_in(std::slice::from_ref(&later), false)
+                .delivered,
+            1
+        );
+
+        let want = "data: n6\nid: news:e:6,user:e:3\n\n\
+                    data: u4\nid: news:e:6,user:e:4\n\n\
+                    data: n7\nid: news:e:7,user:e:4\n\n";
+        let got = read_exactly(&mut client, want.len()).await;
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        assert_eq!(ticket.take_back().unwrap().pos, 7);
+    }
+
+    /// A socket that takes part of the frame is given back with the rest of
+    /// it, and nothing else.
+    #[tokio::test]
+    async fn a_socket_that_takes_part_of_it_comes_back_with_the_rest() {
+        let (mut client, server) = pair().await;
+        socket2::SockRef::from(server.tcp())
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let sockets = Arc::new(ParkedSockets::default());
+        let ticket = sockets.park(
+            &server,
+            None,
+            Some(cursor(3)),
+            5,
+            (Duration::ZERO, 64),
+            || {},
+        );
+        let user = event("user", 4, &vec![b'u'; 2 << 20]);
+        let body = &user.frame[..user.body_len];
+        assert_eq!(ticket.write_through(body, cursor(4), 0), Through::Partly);
+        assert!(sockets.lock().all.entries.is_empty());
+        let returned = ticket.take_back().unwrap();
+        assert!(returned.refused);
+        assert_eq!(returned.pos, 5);
+        let rest = returned.remainder.expect("no rest");
+        let mut want = body.to_vec();
+        want.extend_from_slice(b"id: news:e:5,user:e:4\n\n");
         let taken = read_exactly(&mut client, want.len() - rest.len()).await;
         assert_eq!(taken, want[..taken.len()]);
         assert_eq!(rest, want[taken.len()..]);

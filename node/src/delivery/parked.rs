@@ -83,6 +83,9 @@ struct Parked {
     /// Receivers of the channels the feed moved to (it grew), oldest first:
     /// the writer takes the next when the channel it reads closes.
     handed_over: std::collections::VecDeque<broadcast::Receiver<Arc<Event>>>,
+    /// The cursor a stream of several topics last parked with: the next
+    /// with the same one shares it, and the writer frames their events once.
+    last_cursor: Option<Arc<CursorAround>>,
 }
 
 impl Parked {
@@ -417,7 +420,10 @@ impl ParkedSockets {
             socket: socket.clone(),
             pos,
             handback: handback.clone(),
-            cursor: cursor.map(Arc::new),
+            cursor: cursor.map(|cursor| match &parked.last_cursor {
+                Some(last) if **last == cursor => last.clone(),
+                _ => parked.last_cursor.insert(Arc::new(cursor)).clone(),
+            }),
         };
         let pacing = parked.pacing;
         let place = Place::of(path);
@@ -695,7 +701,7 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>) -> (u64, u64) {
     let mut refused: Vec<(usize, u64, Option<Bytes>)> = Vec::new();
     // The frames with a stream's cursor, for as long as the next sockets
     // share it and stand at the same place: streams of the same topics
-    // park one after another as a rule.
+    // park one after another as a rule, and share their cursor then.
     let mut with_cursor: Option<(Arc<CursorAround>, usize)> = None;
     let mut cursor_frames = Vec::new();
     let mut entries: Vec<(usize, &mut Entry)> = slab.iter_mut().collect();
@@ -712,9 +718,9 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>) -> (u64, u64) {
             let sent = match &entry.cursor {
                 None => entry.socket.try_send(&frames.bytes, start),
                 Some(cursor) => {
-                    let built = with_cursor.as_ref().is_some_and(|(built, from)| {
-                        *from == first && (Arc::ptr_eq(built, cursor) || built == cursor)
-                    });
+                    let built = with_cursor
+                        .as_ref()
+                        .is_some_and(|(built, from)| *from == first && Arc::ptr_eq(built, cursor));
                     if !built {
                         frames.with_cursor(first, cursor, &mut cursor_frames);
                         with_cursor = Some((cursor.clone(), first));

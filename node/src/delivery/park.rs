@@ -15,10 +15,10 @@
 //! stream of one busy topic and some quiet ones is written by its busy
 //! topic's writer, and one whose topics are all busy never parks on one
 //! of them, where taking its socket back for nearly every event would cost
-//! more than its own wake-ups. Such a stream, once its topics have taken turns for
-//! [`MERGE_AFTER_TURNS`] runs in a row, parks on the merged feed of its
-//! whole topics instead (see [`super::merged`]), which writes every event
-//! of any of them.
+//! more than its own wake-ups. Such a stream, once its topics have taken
+//! turns for [`MERGE_AFTER_TURNS`] runs in a row, parks on the merged feed
+//! of its whole topics instead (see [`super::merged`]), which writes every
+//! event of any of them.
 
 use std::sync::Arc;
 

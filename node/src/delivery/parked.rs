@@ -855,18 +855,20 @@ mod tests {
     }
 }
 
+/// Sockets for the tests below: a connected client and the server's side
+/// of it, as the writer holds it.
 #[cfg(test)]
-mod heartbeat_tests {
-    use std::time::Duration;
+mod test_sockets {
+    use std::{sync::Arc, time::Duration};
 
     use tokio::{
         io::AsyncReadExt,
         net::{TcpListener, TcpStream},
     };
 
-    use super::*;
+    use crate::connection::SharedSocket;
 
-    async fn pair() -> (TcpStream, Arc<SharedSocket>) {
+    pub(super) async fn pair() -> (TcpStream, Arc<SharedSocket>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -874,6 +876,25 @@ mod heartbeat_tests {
         let (server, _) = listener.accept().await.unwrap();
         (client, Arc::new(SharedSocket::plain(server)))
     }
+
+    pub(super) async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut got = vec![0u8; len];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .expect("the bytes never came")
+            .unwrap();
+        got
+    }
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::test_sockets::pair;
+    use super::*;
 
     /// A heartbeat goes out through the parked socket and the stream stays
     /// parked where it was.
@@ -1007,22 +1028,9 @@ mod pacing_tests {
 mod cursor_tests {
     use std::time::{Duration, SystemTime};
 
-    use tokio::{
-        io::AsyncReadExt,
-        net::{TcpListener, TcpStream},
-    };
-
+    use super::test_sockets::{pair, read_exactly};
     use super::*;
     use crate::event::EncodeContext;
-
-    async fn pair() -> (TcpStream, Arc<SharedSocket>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, Arc::new(SharedSocket::plain(server)))
-    }
 
     fn events(first_seq: u64, count: u64, payload: &[u8]) -> Vec<Arc<Event>> {
         let ctx = EncodeContext {
@@ -1061,15 +1069,6 @@ mod cursor_tests {
             out.extend_from_slice(cursor.after.as_bytes());
         }
         out
-    }
-
-    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
-        let mut got = vec![0u8; len];
-        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
-            .await
-            .expect("the bytes never came")
-            .unwrap();
-        got
     }
 
     /// Sockets of streams of one topic and of several, each at its own place
@@ -1158,22 +1157,9 @@ mod cursor_tests {
 mod through_tests {
     use std::time::{Duration, SystemTime};
 
-    use tokio::{
-        io::AsyncReadExt,
-        net::{TcpListener, TcpStream},
-    };
-
+    use super::test_sockets::{pair, read_exactly};
     use super::*;
     use crate::event::EncodeContext;
-
-    async fn pair() -> (TcpStream, Arc<SharedSocket>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, Arc::new(SharedSocket::plain(server)))
-    }
 
     fn event(topic: &str, seq: u64, payload: &[u8]) -> Arc<Event> {
         let ctx = EncodeContext {
@@ -1196,15 +1182,6 @@ mod through_tests {
             before: "id: news:e:".into(),
             after: format!(",user:e:{user_pos}\n\n").into(),
         }
-    }
-
-    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
-        let mut got = vec![0u8; len];
-        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
-            .await
-            .expect("the bytes never came")
-            .unwrap();
-        got
     }
 
     /// An event of another topic goes through the parked socket with the

@@ -473,6 +473,34 @@ impl ParkedSockets {
             .take()
     }
 
+    /// Runs `act` on the socket's entry while the writer is between
+    /// batches, if the socket is still parked: every parked socket then
+    /// stands at the end of a whole frame. If `act` wrote part of its bytes
+    /// and returns the rest, the socket is given back with them (`Err`).
+    fn between_batches<T>(
+        &self,
+        place: &Place,
+        key: usize,
+        handback: &Arc<Handback>,
+        act: impl FnOnce(&mut Entry) -> Result<T, Bytes>,
+    ) -> Option<Result<T, ()>> {
+        let mut parked = self.lock();
+        let group = parked.group(place)?;
+        let entry = group
+            .entries
+            .get_mut(key)
+            .filter(|e| Arc::ptr_eq(&e.handback, handback))?;
+        let rest = match act(entry) {
+            Ok(done) => return Some(Ok(done)),
+            Err(rest) => rest,
+        };
+        let entry = group.entries.remove(key);
+        parked.drop_if_empty(place);
+        let pos = entry.pos;
+        give_back(entry, pos, Some(rest), true);
+        Some(Err(()))
+    }
+
     fn heartbeat(
         &self,
         place: &Place,
@@ -480,29 +508,17 @@ impl ParkedSockets {
         handback: &Arc<Handback>,
         beat: &'static [u8],
     ) -> Beat {
-        // Under the lock the writer is between batches: every parked socket
-        // stands at the end of a whole frame.
-        let mut parked = self.lock();
-        let Some(group) = parked.group(place) else {
-            return Beat::Refused;
-        };
-        let Some(entry) = group
-            .entries
-            .get(key)
-            .filter(|e| Arc::ptr_eq(&e.handback, handback))
-        else {
-            return Beat::Refused;
-        };
-        let rest = match entry.socket.try_send(&Bytes::from_static(beat), 0) {
-            Sent::Whole => return Beat::Sent,
-            Sent::Partly(rest) => rest,
-            Sent::Refused => return Beat::Refused,
-        };
-        let entry = group.entries.remove(key);
-        parked.drop_if_empty(place);
-        let pos = entry.pos;
-        give_back(entry, pos, Some(rest), true);
-        Beat::Refused
+        let sent = self.between_batches(place, key, handback, |entry| {
+            match entry.socket.try_send(&Bytes::from_static(beat), 0) {
+                Sent::Whole => Ok(Beat::Sent),
+                Sent::Refused => Ok(Beat::Refused),
+                Sent::Partly(rest) => Err(rest),
+            }
+        });
+        match sent {
+            Some(Ok(beat)) => beat,
+            Some(Err(())) | None => Beat::Refused,
+        }
     }
 
     fn write_through(
@@ -514,39 +530,31 @@ impl ParkedSockets {
         cursor: CursorAround,
         run_to: u64,
     ) -> Through {
-        let mut parked = self.lock();
-        let Some(group) = parked.group(place) else {
-            return Through::Not;
-        };
-        let Some(entry) = group
-            .entries
-            .get_mut(key)
-            .filter(|e| Arc::ptr_eq(&e.handback, handback))
-        else {
-            return Through::Not;
-        };
-        let pos = entry.pos;
-        if pos < run_to {
-            return Through::Not;
-        }
-        let mut frame =
-            Vec::with_capacity(body.len() + cursor.before.len() + cursor.after.len() + 20);
-        frame.extend_from_slice(body);
-        frame.extend_from_slice(cursor.before.as_bytes());
-        let _ = write!(frame, "{pos}");
-        frame.extend_from_slice(cursor.after.as_bytes());
-        let rest = match entry.socket.try_send_slice(&frame) {
-            Sent::Whole => {
-                entry.cursor = Some(Arc::new(cursor));
-                return Through::Whole(pos);
+        let written = self.between_batches(place, key, handback, |entry| {
+            let pos = entry.pos;
+            if pos < run_to {
+                return Ok(Through::Not);
             }
-            Sent::Refused => return Through::Not,
-            Sent::Partly(rest) => rest,
-        };
-        let entry = group.entries.remove(key);
-        parked.drop_if_empty(place);
-        give_back(entry, pos, Some(rest), true);
-        Through::Partly
+            let around = cursor.before.len() + cursor.after.len() + 20;
+            let mut frame = Vec::with_capacity(body.len() + around);
+            frame.extend_from_slice(body);
+            frame.extend_from_slice(cursor.before.as_bytes());
+            let _ = write!(frame, "{pos}");
+            frame.extend_from_slice(cursor.after.as_bytes());
+            match entry.socket.try_send_slice(&frame) {
+                Sent::Whole => {
+                    entry.cursor = Some(Arc::new(cursor));
+                    Ok(Through::Whole(pos))
+                }
+                Sent::Refused => Ok(Through::Not),
+                Sent::Partly(rest) => Err(rest),
+            }
+        });
+        match written {
+            Some(Ok(through)) => through,
+            Some(Err(())) => Through::Partly,
+            None => Through::Not,
+        }
     }
 
     /// Gives every socket back where it stands; events held for them are

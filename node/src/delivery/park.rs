@@ -306,20 +306,12 @@ impl ClientStream {
         // the busy topic to park on again after the event that took the
         // socket back; a short one counts as a turn, so a stream whose
         // topics take turns does not park and come back for each event.
-        // Sequences count the events of a whole topic only; of a path they
-        // would count other paths' too, so a path's run stays as it was.
-        let whole = !topic.by_path && topic.feed.path.is_none();
-        let written = if whole {
-            u32::try_from(returned.pos.saturating_sub(topic.pos)).unwrap_or(u32::MAX)
-        } else {
-            0
-        };
         let before = if self.run.0 == index as u32 {
             self.run.1
         } else {
             0
         };
-        self.run = (index as u32, before.saturating_add(written));
+        self.run = (index as u32, before.saturating_add(returned.run));
         topic.pos = topic.pos.max(returned.pos);
         if topic.feed.is_closed() && topic.follow_successor() {
             self.merge_wait = None;
@@ -357,11 +349,7 @@ impl ClientStream {
     fn write_through_parked(&mut self, index: usize, event: &Arc<Event>) -> Option<ParkedWake> {
         let parking = self.parked.as_deref()?;
         let parked = self.live.parked?;
-        let busy = &self.topics[parked];
-        // A run is counted in sequences, which for a path would count other
-        // paths' events too.
-        let whole = !busy.by_path && busy.feed.path.is_none();
-        if parking.merged.is_some() || index == parked || !whole || event.is_drain_marker() {
+        if parking.merged.is_some() || index == parked || event.is_drain_marker() {
             return None;
         }
         let topic = &self.topics[index];
@@ -377,23 +365,18 @@ impl ClientStream {
         // wrote since.
         let (run_topic, run) = self.run;
         let written_before = if run_topic == parked as u32 { run } else { 0 };
-        let run_to = busy.pos + u64::from(PARK_AFTER_RUN.saturating_sub(written_before));
+        let min_run = PARK_AFTER_RUN.saturating_sub(written_before);
         let had = std::mem::replace(&mut self.topics[index].pos, event.seq);
         let cursor = self.cursor_around(parked);
         let ticket = &self.parked.as_deref()?.ticket;
-        let through = ticket.write_through(&event.frame[..event.body_len], cursor, run_to);
-        let busy_run = |pos: u64| {
-            let written =
-                u32::try_from(pos.saturating_sub(self.topics[parked].pos)).unwrap_or(u32::MAX);
-            (parked as u32, written_before.saturating_add(written))
-        };
+        let through = ticket.write_through(&event.frame[..event.body_len], cursor, min_run);
         let wake = match through {
             Through::Not => {
                 self.topics[index].pos = had;
                 return None;
             }
-            Through::Whole(pos) => {
-                self.run = busy_run(pos);
+            Through::Whole { pos, run } => {
+                self.run = (parked as u32, written_before.saturating_add(run));
                 self.topics[parked].pos = pos;
                 self.wrote_since_heartbeat = true;
                 ParkedWake::Resume

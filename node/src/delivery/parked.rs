@@ -256,6 +256,17 @@ struct Entry {
     /// For a stream of several topics, the `id:` line each of its events
     /// ends in; behind a pointer, as most sockets have none.
     cursor: Option<Arc<CursorAround>>,
+    /// The events written to the socket since it parked or since its
+    /// stream last wrote through it: the parked topic's run.
+    run: u32,
+}
+
+impl Entry {
+    fn note_run(&mut self, events: usize) {
+        self.run = self
+            .run
+            .saturating_add(u32::try_from(events).unwrap_or(u32::MAX));
+    }
 }
 
 #[derive(Default)]
@@ -281,9 +292,10 @@ pub(crate) enum Through {
     /// Nothing: the parked topic's run was short, or the socket took no
     /// byte. The socket stays parked as it was.
     Not,
-    /// The socket took the frame whole and stays parked, at this position
-    /// of the parked topic.
-    Whole(u64),
+    /// The socket took the frame whole and stays parked, at `pos` of the
+    /// parked topic, after `run` events of it since it parked or since the
+    /// last write through it.
+    Whole { pos: u64, run: u32 },
     /// The socket took part of the frame and is given back with the rest.
     Partly,
 }
@@ -299,6 +311,9 @@ pub(crate) struct Returned {
     /// Whether the socket itself refused bytes (full or failed), rather than
     /// the writer giving every socket back.
     pub(crate) refused: bool,
+    /// The events the writer wrote to the socket since it parked or since
+    /// the stream last wrote through it.
+    pub(crate) run: u32,
 }
 
 /// A stream's claim on its parked socket.
@@ -343,14 +358,15 @@ impl Ticket {
 
     /// Writes an event of another of the stream's topics through the
     /// parked socket, between two of the writer's batches, if the writer
-    /// has written the socket at least `run_to` of the parked topic's
-    /// sequence: `body` (the event's frame up to its `id:` line), then
+    /// has written the socket a run of at least `min_run` events since it
+    /// parked or since the last such write: `body` (the event's frame up to
+    /// its `id:` line), then
     /// `cursor` around the parked topic's position. From then on the writer
     /// ends the socket's events in `cursor`. A socket that takes part of
     /// the frame is given back with the rest, for the stream to write.
-    pub(crate) fn write_through(&self, body: &[u8], cursor: CursorAround, run_to: u64) -> Through {
+    pub(crate) fn write_through(&self, body: &[u8], cursor: CursorAround, min_run: u32) -> Through {
         self.sockets
-            .write_through(&self.place, self.key, &self.handback, body, cursor, run_to)
+            .write_through(&self.place, self.key, &self.handback, body, cursor, min_run)
     }
 
     /// Takes the socket back, with the position the writer left it at.
@@ -424,6 +440,7 @@ impl ParkedSockets {
                 Some(last) if **last == cursor => last.clone(),
                 _ => parked.last_cursor.insert(Arc::new(cursor)).clone(),
             }),
+            run: 0,
         };
         let pacing = parked.pacing;
         let place = Place::of(path);
@@ -462,6 +479,7 @@ impl ParkedSockets {
                 pos: entry.pos,
                 remainder: None,
                 refused: false,
+                run: entry.run,
             });
         }
         // The writer gave it back already, and left word under this lock.
@@ -528,11 +546,11 @@ impl ParkedSockets {
         handback: &Arc<Handback>,
         body: &[u8],
         cursor: CursorAround,
-        run_to: u64,
+        min_run: u32,
     ) -> Through {
         let written = self.between_batches(place, key, handback, |entry| {
-            let pos = entry.pos;
-            if pos < run_to {
+            let (pos, run) = (entry.pos, entry.run);
+            if run < min_run {
                 return Ok(Through::Not);
             }
             let around = cursor.before.len() + cursor.after.len() + 20;
@@ -544,7 +562,8 @@ impl ParkedSockets {
             match entry.socket.try_send_slice(&frame) {
                 Sent::Whole => {
                     entry.cursor = Some(Arc::new(cursor));
-                    Ok(Through::Whole(pos))
+                    entry.run = 0;
+                    Ok(Through::Whole { pos, run })
                 }
                 Sent::Refused => Ok(Through::Not),
                 Sent::Partly(rest) => Err(rest),
@@ -624,6 +643,7 @@ fn give_back(entry: Entry, pos: u64, remainder: Option<Bytes>, refused: bool) {
         pos,
         remainder,
         refused,
+        run: entry.run,
     });
     entry.handback.given_back.notify_one();
 }
@@ -739,11 +759,13 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>) -> (u64, u64) {
             match sent {
                 Sent::Whole => {
                     entry.pos = last;
+                    entry.note_run(frames.ends.len() - first);
                     delivered += (frames.ends.len() - first) as u64;
                 }
                 Sent::Partly(rest) => {
                     // The socket took part of the batch: the stream writes the
                     // rest itself, and owns every event of it from here.
+                    entry.note_run(frames.ends.len() - first);
                     delivered += (frames.ends.len() - first) as u64;
                     refused.push((*key, last, Some(rest)));
                 }
@@ -1193,9 +1215,10 @@ mod through_tests {
     }
 
     /// An event of another topic goes through the parked socket with the
-    /// parked topic's position in its id once that topic has run long
-    /// enough, and the writer's next events carry the new cursor; before
-    /// that, nothing is written and nothing changes.
+    /// parked topic's position in its id once the writer has written a run
+    /// long enough, and the writer's next events carry the new cursor;
+    /// before that, nothing is written and nothing changes. The run starts
+    /// again after it.
     #[tokio::test]
     async fn another_topics_event_goes_through_the_parked_socket_after_a_run() {
         let (mut client, server) = pair().await;
@@ -1218,8 +1241,15 @@ mod through_tests {
 
         let user = event("user", 4, b"u4");
         let body = &user.frame[..user.body_len];
-        assert_eq!(ticket.write_through(body, cursor(4), 7), Through::Not);
-        assert_eq!(ticket.write_through(body, cursor(4), 6), Through::Whole(6));
+        assert_eq!(ticket.write_through(body, cursor(4), 2), Through::Not);
+        assert_eq!(
+            ticket.write_through(body, cursor(4), 1),
+            Through::Whole { pos: 6, run: 1 }
+        );
+        // A new run starts after it.
+        let user_again = event("user", 5, b"u5");
+        let body_again = &user_again.frame[..user_again.body_len];
+        assert_eq!(ticket.write_through(body_again, cursor(5), 1), Through::Not);
         let later = event("news", 7, b"n7");
         assert_eq!(
             sockets
@@ -1233,7 +1263,8 @@ mod through_tests {
                     data: n7\nid: news:e:7,user:e:4\n\n";
         let got = read_exactly(&mut client, want.len()).await;
         assert_eq!(String::from_utf8_lossy(&got), want);
-        assert_eq!(ticket.take_back().unwrap().pos, 7);
+        let returned = ticket.take_back().unwrap();
+        assert_eq!((returned.pos, returned.run), (7, 1));
     }
 
     /// A socket that takes part of the frame is given back with the rest of

@@ -171,12 +171,23 @@ async fn a_parked_stream_gets_heartbeats_and_ends_on_time() {
 /// id gets exactly what was published while away.
 #[tokio::test]
 async fn a_stream_of_several_topics_parks_on_its_busy_topic_with_exact_ids() {
+    several_topics_park_on_the_busy_one("busy").await;
+}
+
+/// The same, the busy topic read at one path: the stream parks on its
+/// path, and the writer's run counts the events it wrote to the socket.
+#[tokio::test]
+async fn a_stream_of_a_path_and_a_topic_parks_on_its_busy_path_with_exact_ids() {
+    several_topics_park_on_the_busy_one("busy.x").await;
+}
+
+async fn several_topics_park_on_the_busy_one(busy: &str) {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "busy", None).await;
     create_topic(&js, "calm", None).await;
     let node = NodeProc::start(&nats.url(), &[PARK]).await;
-    let url = node.url("/v1/events?topic=busy&topic=calm");
+    let url = node.url(&format!("/v1/events?topic={busy}&topic=calm"));
     let mut client = SseClient::connect(&url, None).await.unwrap();
     client.ready().await;
     assert_eq!(parked(&node).await, 0.0, "parked before any run of events");

@@ -192,19 +192,28 @@ impl Plan {
     /// `--user-paths U`: each stream reads a shared topic and its own user's
     /// path of a second topic (`?topic=<base>&topic=<base>-users.u<i>`), as a
     /// page with a live feed and the user's notifications does. Lane 0 is
-    /// the shared topic, lane `1 + i` user `i`'s path. Returns the lane of
+    /// the shared topic, lane `1 + i` user `i`'s path. With `shared_path`
+    /// (`--shared-path P`), the shared part is the path `<base>.<P>` of the
+    /// first topic, as one room of a topic of rooms. Returns the lane of
     /// each publish in turn: one to the shared topic, then one to each of
     /// the next `between` users, and so on, so that at a publish rate of
     /// `R · (between + 1)` the shared topic gets R events a second and each
     /// user `R · between / U`.
-    fn read_shared_and_user(&mut self, base: &str, users: usize, between: usize) -> Vec<usize> {
+    fn read_shared_and_user(
+        &mut self,
+        base: &str,
+        shared_path: Option<&str>,
+        users: usize,
+        between: usize,
+    ) -> Vec<usize> {
         let user_topic = format!("{base}-users");
+        let shared = shared_path.map_or_else(|| base.to_owned(), |path| format!("{base}.{path}"));
         self.topics = vec![base.to_owned(), user_topic.clone()];
-        self.publish_to = std::iter::once(base.to_owned())
+        self.publish_to = std::iter::once(shared.clone())
             .chain((0..users).map(|i| format!("{user_topic}.u{i}")))
             .collect();
         self.paths = (0..users)
-            .map(|i| format!("/v1/events?topic={base}&topic={user_topic}.u{i}"))
+            .map(|i| format!("/v1/events?topic={shared}&topic={user_topic}.u{i}"))
             .collect();
         (0..users / between)
             .flat_map(|round| {
@@ -521,7 +530,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "--user-paths must be a multiple of --user-events-between"
         );
         lanes = 2;
-        publish_order = plan.read_shared_and_user(&base, user_paths, users_between);
+        publish_order =
+            plan.read_shared_and_user(&base, args.get("shared-path"), user_paths, users_between);
         (0..user_paths).map(|i| vec![0, 1 + i]).collect()
     } else {
         Vec::new()
@@ -873,6 +883,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "topic_sets": topic_sets,
             "user_paths": user_paths,
             "user_events_between": (user_paths > 0).then_some(users_between),
+            "shared_path": args.get("shared-path"),
             "storage": storage(args)?,
         },
         "subscribers": subscribers,
@@ -1027,7 +1038,7 @@ mod tests {
     #[test]
     fn each_user_gets_one_publish_in_each_cycle_and_the_shared_topic_one_in_between() {
         let mut plan = Plan::new(Target::Node, "s", 1, "paths", "latency");
-        let order = plan.read_shared_and_user("s", 20, 5);
+        let order = plan.read_shared_and_user("s", None, 20, 5);
         assert_eq!(order.len(), 24);
         assert_eq!(order.iter().filter(|l| **l == 0).count(), 4);
         for user in 1..=20 {
@@ -1036,6 +1047,10 @@ mod tests {
         assert_eq!(&order[..7], &[0, 1, 2, 3, 4, 5, 0]);
         assert_eq!(plan.publish_to[3], "s-users.u2");
         assert_eq!(plan.paths[2], "/v1/events?topic=s&topic=s-users.u2");
+        let mut rooms = Plan::new(Target::Node, "s", 1, "paths", "latency");
+        rooms.read_shared_and_user("s", Some("room"), 20, 5);
+        assert_eq!(rooms.publish_to[0], "s.room");
+        assert_eq!(rooms.paths[2], "/v1/events?topic=s.room&topic=s-users.u2");
     }
 
     #[test]

@@ -1207,6 +1207,21 @@ mod through_tests {
         ))
     }
 
+    /// Parks `server` for a stream of two topics, at 5 of the parked one
+    /// and 3 of the other.
+    fn park_at_five(server: &Arc<SharedSocket>) -> (Arc<ParkedSockets>, Ticket) {
+        let sockets = Arc::new(ParkedSockets::default());
+        let ticket = sockets.park(
+            server,
+            None,
+            Some(cursor(3)),
+            5,
+            (Duration::ZERO, 64),
+            || {},
+        );
+        (sockets, ticket)
+    }
+
     fn cursor(user_pos: u64) -> CursorAround {
         CursorAround {
             before: "id: news:e:".into(),
@@ -1222,15 +1237,7 @@ mod through_tests {
     #[tokio::test]
     async fn another_topics_event_goes_through_the_parked_socket_after_a_run() {
         let (mut client, server) = pair().await;
-        let sockets = Arc::new(ParkedSockets::default());
-        let ticket = sockets.park(
-            &server,
-            None,
-            Some(cursor(3)),
-            5,
-            (Duration::ZERO, 64),
-            || {},
-        );
+        let (sockets, ticket) = park_at_five(&server);
         let news = event("news", 6, b"n6");
         assert_eq!(
             sockets
@@ -1275,15 +1282,7 @@ mod through_tests {
         socket2::SockRef::from(server.tcp())
             .set_send_buffer_size(4096)
             .unwrap();
-        let sockets = Arc::new(ParkedSockets::default());
-        let ticket = sockets.park(
-            &server,
-            None,
-            Some(cursor(3)),
-            5,
-            (Duration::ZERO, 64),
-            || {},
-        );
+        let (sockets, ticket) = park_at_five(&server);
         let user = event("user", 4, &vec![b'u'; 2 << 20]);
         let body = &user.frame[..user.body_len];
         assert_eq!(ticket.write_through(body, cursor(4), 0), Through::Partly);

@@ -154,13 +154,18 @@ pub fn write_position(
     seq: u64,
 ) -> fmt::Result {
     write_position_prefix(out, topic, epoch)?;
-    write!(out, "{seq}")
+    // Not `write!`: a stream of several topics writes its cursor with
+    // every event, and the formatting machinery costs more than the copy.
+    out.write_str(itoa::Buffer::new().format(seq))
 }
 
 /// Writes the `<topic>:<epoch>:` that comes before a part's sequence, for
 /// a writer that fills the sequence in later, once per event.
 pub fn write_position_prefix(out: &mut impl fmt::Write, topic: &str, epoch: &str) -> fmt::Result {
-    write!(out, "{topic}:{epoch}:")
+    out.write_str(topic)?;
+    out.write_char(':')?;
+    out.write_str(epoch)?;
+    out.write_char(':')
 }
 
 /// The epoch for a stream created at `unix_nanos`: base36, lowercase.

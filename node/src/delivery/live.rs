@@ -43,15 +43,19 @@ pub(super) struct LiveReceivers {
 }
 
 impl LiveReceivers {
-    /// An item that is already waiting, if any.
-    pub(super) fn try_next(&mut self) -> Option<LiveItem> {
+    /// An item that is already waiting, if any. Receivers for which
+    /// `may_hold(index)` is false are not looked at: finding a receiver
+    /// empty takes its channel's lock, which the feed and every other
+    /// reader of the topic share. A receiver skipped wrongly costs
+    /// nothing but a later read: [`Self::next`] waits on every receiver.
+    pub(super) fn try_next(&mut self, may_hold: impl Fn(usize) -> bool) -> Option<LiveItem> {
         if let Some(item) = self.held.take() {
             return Some(*item);
         }
         let count = self.receivers.len();
         for offset in 0..count {
             let index = (self.next + offset) % count;
-            if self.parked == Some(index) {
+            if self.parked == Some(index) || !may_hold(index) {
                 continue;
             }
             match self.receivers[index].try_recv() {
@@ -67,10 +71,11 @@ impl LiveReceivers {
         None
     }
 
-    /// The next item, waiting for one if none is queued. There must be a
-    /// receiver to wait on that is not parked.
-    pub(super) async fn next(&mut self) -> LiveItem {
-        if let Some(item) = self.try_next() {
+    /// The next item, waiting for one if none is queued (`may_hold` as in
+    /// [`Self::try_next`]). There must be a receiver to wait on that is
+    /// not parked.
+    pub(super) async fn next(&mut self, may_hold: impl Fn(usize) -> bool) -> LiveItem {
+        if let Some(item) = self.try_next(may_hold) {
             return item;
         }
         let parked = self.parked;
@@ -159,7 +164,8 @@ impl ClientStream {
             if out.len() >= BATCH_BYTES {
                 break;
             }
-            match self.live.try_next() {
+            let topics = &self.topics;
+            match self.live.try_next(|index| topics[index].may_hold_news()) {
                 Some(next) => item = next,
                 None => break,
             }

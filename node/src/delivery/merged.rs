@@ -431,7 +431,7 @@ impl Relay {
                     self.sockets.give_all_back();
                     return;
                 }
-                read = self.topics.next() => Some(read),
+                read = self.topics.next(|_| true) => Some(read),
                 _ = super::sleep_until_opt(next_due), if next_due.is_some() => None,
             };
             let (mut lagged, mut closed) = (false, false);
@@ -452,7 +452,7 @@ impl Relay {
                 if lagged || closed || bytes >= BATCH_BYTES {
                     break;
                 }
-                read = self.topics.try_next();
+                read = self.topics.try_next(|_| true);
             }
             let drain = incoming.iter().position(|(_, e)| e.is_drain_marker());
             if let Some(at) = drain {

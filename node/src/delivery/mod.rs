@@ -115,6 +115,14 @@ struct ClientTopic {
 }
 
 impl ClientTopic {
+    /// Whether the topic's receiver may hold an event the stream has not
+    /// read: its feed has read past the stream's position. The feed moves
+    /// its head before it sends, so an event sent before this look is seen;
+    /// a drain marker or a closed channel is not, and is read by the wait.
+    fn may_hold_news(&self) -> bool {
+        self.feed.head() > self.pos
+    }
+
     /// What a merged feed reads of this topic for the stream, if the
     /// stream takes every event its receiver gets: `Some(None)` for the
     /// whole of its feed (the whole topic, or the one path a path feed
@@ -588,11 +596,12 @@ impl ClientStream {
             let wake = {
                 // Both kinds of work are safe to drop before they complete:
                 // a permit not yet granted, an event not yet taken.
+                let (live, topics) = (&mut self.live, &self.topics);
                 let work = async {
                     if let Some(node) = &node {
                         Work::Permit(node.jetstream_read_permit().await)
                     } else {
-                        Work::Live(self.live.next().await)
+                        Work::Live(live.next(|index| topics[index].may_hold_news()).await)
                     }
                 };
                 // Live streams learn of a shutdown from a drain marker on
@@ -640,7 +649,9 @@ impl ClientStream {
                     // stream tries to park: with events waiting it could not
                     // park, and trying takes the lock its feed's writer holds
                     // while it writes.
-                    let Some(item) = self.live.try_next() else {
+                    let topics = &self.topics;
+                    let Some(item) = self.live.try_next(|index| topics[index].may_hold_news())
+                    else {
                         continue;
                     };
                     if let Err(reason) = self.live_batch(item, &mut out) {

@@ -159,6 +159,15 @@ impl ClientStream {
     /// Parks the stream's `socket` on the merged feed of its topics, if it
     /// may and stands where that feed's relay stands.
     fn try_park_merged(&mut self, socket: &Arc<SharedSocket>) -> ParkTry {
+        // Asked first: a stream alone on its set waits for a second one on
+        // every turn, and the checks below take each channel's lock.
+        if self
+            .merge_wait
+            .as_ref()
+            .is_some_and(|wait| matches!(wait.waited(), Waited::Waiting))
+        {
+            return ParkTry::No;
+        }
         if !self.may_merge()
             || socket.has_unsent()
             || self.live.receivers.len() != self.topics.len()
@@ -492,7 +501,7 @@ impl ClientStream {
         };
         // A stream of several topics still reads the others.
         let reads_others = self.live.parked.is_some();
-        let live = &mut self.live;
+        let (live, topics) = (&mut self.live, &self.topics);
         let woke = tokio::select! {
             biased;
             fired = timer.wait(deadline) => match fired {
@@ -501,7 +510,9 @@ impl ClientStream {
             },
             gone = peer_closed(peer), if peer.is_some() => Woke::Peer(gone),
             _ = ticket.given_back() => Woke::GivenBack,
-            item = live.next(), if reads_others => Woke::Other(item),
+            item = live.next(|index| topics[index].may_hold_news()), if reads_others => {
+                Woke::Other(item)
+            }
         };
         self.timer = Some(timer);
         match woke {

@@ -41,7 +41,6 @@
 
 use std::{
     collections::HashMap,
-    io::Write as _,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -557,7 +556,7 @@ impl ParkedSockets {
             let mut frame = Vec::with_capacity(body.len() + around);
             frame.extend_from_slice(body);
             frame.extend_from_slice(cursor.before.as_bytes());
-            let _ = write!(frame, "{pos}");
+            frame.extend_from_slice(itoa::Buffer::new().format(pos).as_bytes());
             frame.extend_from_slice(cursor.after.as_bytes());
             match entry.socket.try_send_slice(&frame) {
                 Sent::Whole => {

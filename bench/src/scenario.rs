@@ -48,7 +48,10 @@
 //! query string, e.g. `access_token=…`); `--private 1` creates the topics
 //! private; `--also-topics a,b` (sse-node) has each stream read these
 //! quiet topics too, beside its own, and `--spread-topics 1` publishes to
-//! its own and these in turn instead; `--storage memory` (sse-node) creates
+//! its own and these in turn instead; `--wildcard 1` (sse-node) has each
+//! stream read the children of its topic or path with a wildcard
+//! (`?topic=<path>.*`), and publishes to one child of each (`<path>.e`), as
+//! a user's channels are read; `--storage memory` (sse-node) creates
 //! the topics' streams in memory rather than in files. Against Nchan or the bare loop, `--publish-url host:port`
 //! publishes there instead of the first `--url` (a server whose
 //! subscribers' port speaks TLS or HTTP/2 only).
@@ -491,6 +494,19 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         .collect();
 
     let mut plan = Plan::new(target, &base, subjects, &layout, &scenario);
+    let wildcard = args.or("wildcard", 0u8)? == 1;
+    anyhow::ensure!(
+        !wildcard || target == Target::Node,
+        "--wildcard is for sse-node"
+    );
+    if wildcard {
+        for path in &mut plan.paths {
+            path.push_str(".*");
+        }
+        for subject in &mut plan.publish_to {
+            subject.push_str(".e");
+        }
+    }
     let also_topics = also_topics(args, target)?;
     for path in &mut plan.paths {
         for topic in &also_topics {
@@ -884,6 +900,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "user_paths": user_paths,
             "user_events_between": (user_paths > 0).then_some(users_between),
             "shared_path": args.get("shared-path"),
+            "wildcard": wildcard,
             "storage": storage(args)?,
         },
         "subscribers": subscribers,

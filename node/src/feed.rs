@@ -360,13 +360,13 @@ impl Feed {
     /// up to the head. The socket takes the events after `pos` or the head,
     /// whichever is later (a client may stand ahead of a feed that is still
     /// warming up); that position is returned with the client's ticket.
-    /// `path` is the one path the client reads, if it reads only one of the
-    /// topic's paths; `cursor`, the `id:` line around each event's sequence
-    /// for a client of several topics.
+    /// `reads` is what the client takes of the topic (all of it, one path,
+    /// or what matches its patterns); `cursor`, the `id:` line around each
+    /// event's sequence for a client of several topics.
     pub(crate) fn park(
         &self,
         receiver: &broadcast::Receiver<Arc<Event>>,
-        path: Option<&str>,
+        reads: parked::Reads<'_>,
         cursor: Option<parked::CursorAround>,
         pos: u64,
         socket: &Arc<SharedSocket>,
@@ -383,7 +383,7 @@ impl Feed {
             Duration::from_millis(node.config().delivery.write_pacing_ms),
             self.queue_events,
         );
-        let ticket = self.parked.park(socket, path, cursor, pos, pacing, || {
+        let ticket = self.parked.park(socket, reads, cursor, pos, pacing, || {
             // Subscribed under the feed's lock, before the first socket
             // parks at the head: the writer sees every later event.
             parked::start_writer(self.parked.clone(), state.sender.subscribe(), node.clone());

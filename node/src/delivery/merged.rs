@@ -35,7 +35,7 @@ use tokio::{sync::Notify, time::Instant};
 use super::{
     BATCH_BYTES,
     live::{LiveItem, LiveReceivers},
-    parked::{ParkedSockets, Ticket},
+    parked::{ParkedSockets, Reads, Ticket},
 };
 use crate::{
     connection::SharedSocket,
@@ -381,7 +381,7 @@ impl MergedFeed {
         // and the socket taking its place at `seq`.
         let ticket = self
             .sockets
-            .park(socket, None, None, relayed.seq, pacing, || {});
+            .park(socket, Reads::All, None, relayed.seq, pacing, || {});
         Ok((ticket, relayed.seq))
     }
 

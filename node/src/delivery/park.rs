@@ -32,7 +32,7 @@ use super::{
     live::LiveItem,
     merged::{Behind, Merge, MergedFeed, Waited},
     only_path,
-    parked::{Beat, Returned, Through, Ticket},
+    parked::{Beat, Reads, Returned, Through, Ticket},
     peer_closed,
     timer::TimerFired,
 };
@@ -80,12 +80,14 @@ pub(super) enum ParkedWake {
 }
 
 impl ClientStream {
-    /// The topic the stream would park on, and the path whose events it
-    /// would take from that feed's writer (`None`: every event of the
-    /// feed), if it may park at all: caught up, not ending, on a topic it
-    /// reads every event of or one concrete path of, and that topic its
-    /// only one or the one it has heard from alone for a while.
-    fn park_filter(&self) -> Option<(usize, Option<&str>)> {
+    /// The topic the stream would park on, and what it would take of that
+    /// feed's writer, if it may park at all: caught up, not ending, and on
+    /// its only topic or the one it has heard from alone for a while, read
+    /// whole or at one concrete path. A stream of one topic also parks on
+    /// the events matching its patterns (wildcards, several paths); a
+    /// stream of several topics does not, as its cursor would then carry
+    /// the writer's position in events it never hears of.
+    fn park_filter(&self) -> Option<(usize, Reads<'_>)> {
         if !self.may_park() {
             return None;
         }
@@ -105,7 +107,7 @@ impl ClientStream {
         let topic = self.topics.get(index)?;
         let one_path = only_path(&topic.patterns);
         if topic.by_path {
-            return one_path.map(|path| (index, Some(path)));
+            return one_path.map(|path| (index, Reads::Path(path)));
         }
         let takes_every_event = match topic.patterns.as_slice() {
             [one] => {
@@ -114,7 +116,12 @@ impl ClientStream {
             }
             _ => false,
         };
-        takes_every_event.then_some((index, None))
+        if takes_every_event {
+            Some((index, Reads::All))
+        } else {
+            self.single_topic
+                .then_some((index, Reads::Patterns(&topic.patterns)))
+        }
     }
 
     /// Counts an event of the topic at `index` towards the run of events
@@ -237,7 +244,7 @@ impl ClientStream {
     /// Parks the stream's `socket` with its feed's writer if the stream may
     /// and has nothing waiting; returns whether it did.
     fn try_park_on_topic(&mut self, socket: &Arc<SharedSocket>) -> bool {
-        let Some((index, path)) = self.park_filter() else {
+        let Some((index, reads)) = self.park_filter() else {
             return false;
         };
         if socket.has_unsent() || self.live.receivers.len() != self.topics.len() {
@@ -260,7 +267,7 @@ impl ClientStream {
         let topic = &self.topics[index];
         let Some((ticket, pos)) = topic.feed.park(
             &self.live.receivers[index],
-            path,
+            reads,
             cursor,
             topic.pos,
             socket,

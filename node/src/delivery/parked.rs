@@ -36,6 +36,13 @@
 //! event of another topic is written through the parked socket by the
 //! stream, or takes the socket back (see [`super::park`]).
 //!
+//! A stream of one topic read with wildcards or several patterns parks too:
+//! its socket joins the group of sockets with the same patterns, and the
+//! writer matches each event against the group's patterns once, where each
+//! stream's own task would be woken for every event of the topic to match
+//! it. The group counts the events that do not match as passed, so a socket
+//! given back stands where its stream would.
+//!
 //! The writer keeps the pacing rule for its sockets: while events come more
 //! than twice per `delivery.write_pacing_ms`, it writes once per window.
 
@@ -58,6 +65,8 @@ use tokio::{
     time::Instant,
 };
 
+use sse_protocol::topic::SubjectPath;
+
 use super::{BATCH_BYTES, pacing::Pacer};
 use crate::{connection::SharedSocket, event::Event, node::Node, tls_records::Sent};
 
@@ -73,6 +82,8 @@ struct Parked {
     all: Group,
     /// Sockets that take one path's events, by path.
     by_path: HashMap<Box<str>, Group>,
+    /// Sockets that take the events matching some patterns, by patterns.
+    by_patterns: HashMap<Box<str>, Group>,
     /// Paths whose group holds events not yet written.
     waiting: Vec<Box<str>>,
     /// The pacing window and the feed's queue, once the writer runs.
@@ -92,6 +103,7 @@ impl Parked {
         match place {
             Place::All => Some(&mut self.all),
             Place::Path(path) => self.by_path.get_mut(path),
+            Place::Patterns(key) => self.by_patterns.get_mut(key),
         }
     }
 
@@ -102,6 +114,15 @@ impl Parked {
             Place::Path(path) => {
                 if self.by_path.get(path).is_some_and(|g| g.entries.is_empty()) {
                     self.by_path.remove(path);
+                }
+            }
+            Place::Patterns(key) => {
+                if self
+                    .by_patterns
+                    .get(key)
+                    .is_some_and(|g| g.entries.is_empty())
+                {
+                    self.by_patterns.remove(key);
                 }
             }
         }
@@ -119,15 +140,39 @@ pub(crate) struct CursorAround {
     pub(crate) after: Box<str>,
 }
 
+/// What a parked socket takes of its feed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reads<'a> {
+    /// Every event.
+    All,
+    /// The events of one path.
+    Path(&'a str),
+    /// The events that match any of these patterns (wildcards, or several).
+    Patterns(&'a [SubjectPath]),
+}
+
 /// Where a parked socket sits.
 enum Place {
     All,
     Path(Box<str>),
+    /// Keyed by the patterns, one space between two (no pattern holds one).
+    Patterns(Box<str>),
 }
 
 impl Place {
-    fn of(path: Option<&str>) -> Self {
-        path.map_or(Self::All, |path| Self::Path(path.into()))
+    fn of(reads: Reads<'_>) -> Self {
+        match reads {
+            Reads::All => Self::All,
+            Reads::Path(path) => Self::Path(path.into()),
+            Reads::Patterns(patterns) => Self::Patterns(
+                patterns
+                    .iter()
+                    .map(SubjectPath::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .into(),
+            ),
+        }
     }
 }
 
@@ -146,6 +191,14 @@ struct Group {
     pending: Vec<Arc<Event>>,
     pending_bytes: usize,
     pacer: Pacer,
+    /// The patterns an event must match to be held, for a group of sockets
+    /// that take some of the feed's events; `None` takes them all.
+    patterns: Option<Box<[SubjectPath]>>,
+    /// The last event the group was handed, whether it matched or not.
+    seen: u64,
+    /// The last event every socket of the group is past: written, or not
+    /// for them. A socket parked later stands further on already.
+    passed: u64,
 }
 
 impl Group {
@@ -156,6 +209,32 @@ impl Group {
             pending: Vec::new(),
             pending_bytes: 0,
             pacer: Pacer::new(window, queue_events),
+            patterns: None,
+            seen: 0,
+            passed: 0,
+        }
+    }
+
+    /// Where `entry`'s socket stands: past the last event written to it,
+    /// and past every event of the group's feed since that did not match.
+    fn position(&self, entry: &Entry) -> u64 {
+        entry.pos.max(self.passed)
+    }
+
+    /// Holds those of `incoming` that match the group's patterns.
+    fn take_matching(&mut self, incoming: &[Arc<Event>]) {
+        let Some(patterns) = &self.patterns else {
+            return;
+        };
+        for event in incoming {
+            self.seen = event.seq;
+            if patterns.iter().any(|p| p.matches(&event.path)) {
+                self.pending_bytes += event.frame.len();
+                self.pending.push(event.clone());
+            }
+        }
+        if self.pending.is_empty() {
+            self.passed = self.seen;
         }
     }
 
@@ -173,6 +252,7 @@ impl Group {
         if self.entries.is_empty() {
             self.pending.clear();
             self.pending_bytes = 0;
+            self.passed = self.passed.max(self.seen);
             return None;
         }
         // A full batch goes out whatever the window: holding more would only
@@ -184,7 +264,7 @@ impl Group {
             return Some(until);
         }
         let frames = Frames::of(&self.pending);
-        let (delivered, refusals) = write_frames(&mut self.entries, &frames);
+        let (delivered, refusals) = write_frames(&mut self.entries, &frames, self.passed);
         if delivered > 0 {
             self.passes.fetch_add(1, Ordering::Relaxed);
         }
@@ -203,6 +283,7 @@ impl Group {
             .record_write(done, self.pending_bytes >= super::PACED_WRITE_MAX);
         self.pending.clear();
         self.pending_bytes = 0;
+        self.passed = self.passed.max(self.seen);
         None
     }
 }
@@ -409,15 +490,14 @@ impl ParkedSockets {
         self.lock().handed_over.pop_front()
     }
 
-    /// Parks `socket` at `pos`, for every event of the feed (`path` `None`)
-    /// or for one path's, each followed by `cursor` if the stream reads
-    /// several topics. `start_writer` is called, under the lock, if the
+    /// Parks `socket` at `pos`, for the events of the feed it `reads`, each
+    /// followed by `cursor` if the stream reads several topics. `start_writer` is called, under the lock, if the
     /// feed has no writer yet. The caller holds the feed's lock, so no event
     /// is published between its check of the client's queue and this.
     pub(crate) fn park(
         self: &Arc<Self>,
         socket: &Arc<SharedSocket>,
-        path: Option<&str>,
+        reads: Reads<'_>,
         cursor: Option<CursorAround>,
         pos: u64,
         pacing: (Duration, usize),
@@ -442,13 +522,20 @@ impl ParkedSockets {
             run: 0,
         };
         let pacing = parked.pacing;
-        let place = Place::of(path);
-        let group = match &place {
-            Place::All => &mut parked.all,
-            Place::Path(path) => parked
+        let place = Place::of(reads);
+        let group = match (&place, reads) {
+            (Place::Path(path), _) => parked
                 .by_path
                 .entry(path.clone())
                 .or_insert_with(|| Group::new(pacing)),
+            (Place::Patterns(key), Reads::Patterns(patterns)) => parked
+                .by_patterns
+                .entry(key.clone())
+                .or_insert_with(|| Group {
+                    patterns: Some(patterns.into()),
+                    ..Group::new(pacing)
+                }),
+            _ => &mut parked.all,
         };
         let key = group.entries.insert(entry);
         let passes = group.passes.clone();
@@ -473,9 +560,10 @@ impl ParkedSockets {
                 .is_some_and(|e| Arc::ptr_eq(&e.handback, handback))
         {
             let entry = group.entries.remove(key);
+            let pos = group.position(&entry);
             parked.drop_if_empty(place);
             return Some(Returned {
-                pos: entry.pos,
+                pos,
                 remainder: None,
                 refused: false,
                 run: entry.run,
@@ -512,8 +600,8 @@ impl ParkedSockets {
             Err(rest) => rest,
         };
         let entry = group.entries.remove(key);
+        let pos = group.position(&entry);
         parked.drop_if_empty(place);
-        let pos = entry.pos;
         give_back(entry, pos, Some(rest), true);
         Some(Err(()))
     }
@@ -580,12 +668,16 @@ impl ParkedSockets {
     pub(super) fn give_all_back(&self) {
         let mut parked = self.lock();
         let mut groups: Vec<Group> = parked.by_path.drain().map(|(_, g)| g).collect();
+        groups.extend(parked.by_patterns.drain().map(|(_, g)| g));
         groups.push(std::mem::take(&mut parked.all));
         parked.all = Group::new(parked.pacing);
         parked.waiting.clear();
-        for entry in groups.into_iter().flat_map(|g| g.entries).map(|(_, e)| e) {
-            let pos = entry.pos;
-            give_back(entry, pos, None, false);
+        for group in groups {
+            let passed = group.passed;
+            for (_, entry) in group.entries {
+                let pos = entry.pos.max(passed);
+                give_back(entry, pos, None, false);
+            }
         }
     }
 
@@ -612,6 +704,13 @@ impl ParkedSockets {
         let now = Instant::now();
         let mut sweep = Sweep::default();
         let mut due = parked.all.write_due(now, forced, &mut sweep);
+        parked.by_patterns.retain(|_, group| {
+            group.take_matching(incoming);
+            if let Some(until) = group.write_due(now, forced, &mut sweep) {
+                due = Some(due.map_or(until, |d| d.min(until)));
+            }
+            !group.entries.is_empty()
+        });
         let by_path = &mut parked.by_path;
         parked.waiting.retain(|path| {
             let Some(group) = by_path.get_mut(path) else {
@@ -718,9 +817,10 @@ fn sequence_in_frame(event: &Event) -> &[u8] {
 const WARM_RUN: usize = 16;
 
 /// Writes `frames` to each socket of `slab`; gives back those that do not
-/// take all they need. Returns the events delivered and the sockets given
-/// back.
-fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>) -> (u64, u64) {
+/// take all they need, a socket that took none of them standing at least at
+/// `passed` (see [`Group::passed`]). Returns the events delivered and the
+/// sockets given back.
+fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>, passed: u64) -> (u64, u64) {
     let Some(&(last, _)) = frames.ends.last() else {
         return (0, 0);
     };
@@ -769,7 +869,7 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>) -> (u64, u64) {
                     refused.push((*key, last, Some(rest)));
                 }
                 // Full, or failed: the stream finds out which when it writes.
-                Sent::Refused => refused.push((*key, entry.pos, None)),
+                Sent::Refused => refused.push((*key, entry.pos.max(passed), None)),
             }
         }
     }
@@ -931,7 +1031,14 @@ mod heartbeat_tests {
     async fn a_heartbeat_leaves_the_stream_parked() {
         let (mut client, server) = pair().await;
         let sockets = Arc::new(ParkedSockets::default());
-        let ticket = sockets.park(&server, Some("a"), None, 7, (Duration::ZERO, 16), || {});
+        let ticket = sockets.park(
+            &server,
+            Reads::Path("a"),
+            None,
+            7,
+            (Duration::ZERO, 16),
+            || {},
+        );
         assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::Sent);
         let mut got = [0u8; 6];
         client.read_exact(&mut got).await.unwrap();
@@ -948,7 +1055,7 @@ mod heartbeat_tests {
     async fn a_heartbeat_goes_out_only_after_a_quiet_interval() {
         let (mut client, server) = pair().await;
         let sockets = Arc::new(ParkedSockets::default());
-        let ticket = sockets.park(&server, None, None, 0, (Duration::ZERO, 16), || {});
+        let ticket = sockets.park(&server, Reads::All, None, 0, (Duration::ZERO, 16), || {});
         let ctx = crate::event::EncodeContext {
             topic: "t".into(),
             epoch: "e".into(),
@@ -987,7 +1094,7 @@ mod heartbeat_tests {
         let filler = vec![b'x'; 1 << 20];
         while server.tcp().try_write(&filler).is_ok_and(|n| n > 0) {}
         let sockets = Arc::new(ParkedSockets::default());
-        let ticket = sockets.park(&server, None, None, 3, (Duration::ZERO, 16), || {});
+        let ticket = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), || {});
         assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::Refused);
         assert_eq!(sockets.lock().all.entries.len(), 1);
         let returned = ticket.take_back().unwrap();
@@ -1017,7 +1124,7 @@ mod pacing_tests {
         let pacing = (Duration::from_millis(10), 1024);
         let _ticket = sockets.park(
             &Arc::new(SharedSocket::plain(server)),
-            None,
+            Reads::All,
             None,
             0,
             pacing,
@@ -1115,9 +1222,16 @@ mod cursor_tests {
             with_cursors.push((client, server, user_pos, from));
         }
         let pacing = (Duration::ZERO, 64);
-        let mut tickets = vec![sockets.park(&plain, None, None, 0, pacing, || {})];
+        let mut tickets = vec![sockets.park(&plain, Reads::All, None, 0, pacing, || {})];
         for (_, server, user_pos, from) in &with_cursors {
-            let parked = sockets.park(server, None, Some(cursor(*user_pos)), *from, pacing, || {});
+            let parked = sockets.park(
+                server,
+                Reads::All,
+                Some(cursor(*user_pos)),
+                *from,
+                pacing,
+                || {},
+            );
             tickets.push(parked);
         }
         {
@@ -1161,7 +1275,7 @@ mod cursor_tests {
         let own = cursor(42);
         let ticket = sockets.park(
             &server,
-            None,
+            Reads::All,
             Some(own.clone()),
             0,
             (Duration::ZERO, 64),
@@ -1212,7 +1326,7 @@ mod through_tests {
         let sockets = Arc::new(ParkedSockets::default());
         let ticket = sockets.park(
             server,
-            None,
+            Reads::All,
             Some(cursor(3)),
             5,
             (Duration::ZERO, 64),
@@ -1295,5 +1409,125 @@ mod through_tests {
         let taken = read_exactly(&mut client, want.len() - rest.len()).await;
         assert_eq!(taken, want[..taken.len()]);
         assert_eq!(rest, want[taken.len()..]);
+    }
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::test_sockets::{pair, read_exactly};
+    use super::*;
+    use crate::event::EncodeContext;
+
+    fn event(seq: u64, path: &str) -> Arc<Event> {
+        let ctx = EncodeContext {
+            topic: "t".into(),
+            epoch: "e".into(),
+            max_event_bytes: 1024,
+        };
+        Arc::new(Event::encode(
+            &ctx,
+            seq,
+            path,
+            SystemTime::now(),
+            None,
+            b"x",
+        ))
+    }
+
+    fn patterns(paths: &[&str]) -> Vec<SubjectPath> {
+        paths
+            .iter()
+            .map(|p| SubjectPath::parse_pattern(p).unwrap())
+            .collect()
+    }
+
+    /// Sockets of the same patterns share a group and get exactly the
+    /// events that match them; a socket given back stands past the events
+    /// that did not, so its stream goes on from where it would stand.
+    #[tokio::test]
+    async fn sockets_of_patterns_get_the_matching_events_and_stand_past_the_rest() {
+        let sockets = Arc::new(ParkedSockets::default());
+        let pacing = (Duration::ZERO, 16);
+        let wildcard = patterns(&["t.a.*"]);
+        let two_paths = patterns(&["t.b", "t.c.>"]);
+        let (mut first_client, first) = pair().await;
+        let (mut second_client, second) = pair().await;
+        let (mut other_client, other) = pair().await;
+        let first_ticket = sockets.park(&first, Reads::Patterns(&wildcard), None, 0, pacing, || {});
+        let second_ticket =
+            sockets.park(&second, Reads::Patterns(&wildcard), None, 0, pacing, || {});
+        let other_ticket =
+            sockets.park(&other, Reads::Patterns(&two_paths), None, 0, pacing, || {});
+        assert_eq!(sockets.lock().by_patterns.len(), 2);
+        assert_eq!(sockets.lock().by_patterns["t.a.*"].entries.len(), 2);
+
+        let batch = [
+            event(1, "t.a.1"),
+            event(2, "t.b"),
+            event(3, "t.a"),
+            event(4, "t.c.x.y"),
+            event(5, "t.a.2"),
+            event(6, "t.a.2.deeper"),
+        ];
+        let sweep = sockets.take_in(&batch, false);
+        assert_eq!(sweep.delivered, 2 + 2 + 2);
+        let wildcard_bytes = [&batch[0].frame[..], &batch[4].frame[..]].concat();
+        for client in [&mut first_client, &mut second_client] {
+            assert_eq!(
+                read_exactly(client, wildcard_bytes.len()).await,
+                wildcard_bytes
+            );
+        }
+        let other_bytes = [&batch[1].frame[..], &batch[3].frame[..]].concat();
+        assert_eq!(
+            read_exactly(&mut other_client, other_bytes.len()).await,
+            other_bytes
+        );
+
+        // Nothing matches: no write, but every socket is past it.
+        let sweep = sockets.take_in(&[event(7, "t.d")], false);
+        assert_eq!(sweep.delivered, 0);
+        assert_eq!(first_ticket.take_back().unwrap().pos, 7);
+        assert_eq!(other_ticket.take_back().unwrap().pos, 7);
+
+        // The group that lost a socket still writes to the one left, and a
+        // socket given back with the rest stands past what it passed too.
+        let sweep = sockets.take_in(&[event(8, "t.a.3"), event(9, "t.b")], false);
+        assert_eq!(sweep.delivered, 1);
+        assert_eq!(
+            read_exactly(&mut second_client, batch[0].frame.len()).await,
+            event(8, "t.a.3").frame[..]
+        );
+        assert!(!sockets.lock().by_patterns.contains_key("t.b t.c.>"));
+        sockets.give_all_back();
+        let returned = second_ticket.take_back().unwrap();
+        assert_eq!(returned.pos, 9);
+        assert!(sockets.lock().by_patterns.is_empty());
+    }
+
+    /// A socket parked ahead of the writer (the feed's head is further on
+    /// than the writer has read) is not written what it already has.
+    #[tokio::test]
+    async fn a_socket_parked_ahead_of_the_writer_skips_what_it_has() {
+        let sockets = Arc::new(ParkedSockets::default());
+        let wildcard = patterns(&["t.>"]);
+        let (mut client, server) = pair().await;
+        let ticket = sockets.park(
+            &server,
+            Reads::Patterns(&wildcard),
+            None,
+            2,
+            (Duration::ZERO, 16),
+            || {},
+        );
+        let batch = [event(1, "t.a"), event(2, "t.b"), event(3, "t.c")];
+        assert_eq!(sockets.take_in(&batch, false).delivered, 1);
+        assert_eq!(
+            read_exactly(&mut client, batch[2].frame.len()).await,
+            batch[2].frame[..]
+        );
+        assert_eq!(ticket.take_back().unwrap().pos, 3);
     }
 }

@@ -32,71 +32,83 @@ async fn wait_parked(node: &NodeProc, count: f64) {
     .await;
 }
 
-/// Clients of the whole topic and of one path park; clients of a wildcard
-/// do not. All get exactly their events, in order, with ids, and park
-/// again after each burst.
+/// Clients of the whole topic, of one path, of a wildcard and of several
+/// patterns park. All get exactly their events, in order, each with its
+/// own id, and park again after each burst.
 #[tokio::test]
 async fn streams_in_step_are_written_by_their_feed_and_lose_nothing() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "park", None).await;
     let node = NodeProc::start(&nats.url(), &[PARK]).await;
+    let connect = |query: &'static str| {
+        let url = node.url(&format!("/v1/events?{query}"));
+        async move {
+            let mut client = SseClient::connect(&url, None).await.unwrap();
+            client.ready().await;
+            client
+        }
+    };
     let mut whole = Vec::new();
     for _ in 0..3 {
-        let mut client = SseClient::connect(&node.url("/v1/events?topic=park"), None)
-            .await
-            .unwrap();
-        client.ready().await;
-        whole.push(client);
+        whole.push(connect("topic=park").await);
     }
     let mut one_path = Vec::new();
     for _ in 0..2 {
-        let mut client = SseClient::connect(&node.url("/v1/events?topic=park.a"), None)
-            .await
-            .unwrap();
-        client.ready().await;
-        one_path.push(client);
+        one_path.push(connect("topic=park.a").await);
     }
-    let mut wildcard = SseClient::connect(&node.url("/v1/events?topic=park.*"), None)
-        .await
-        .unwrap();
-    wildcard.ready().await;
-    wait_parked(&node, 5.0).await;
+    // `park.*` takes park.a and park.b but not park.c.x; the patterns take
+    // park.b and park.c.x but not park.a.
+    let mut wildcard = connect("topic=park.*").await;
+    let mut patterns = connect("topic=park.b&topic=park.c.*").await;
+    let clients = 7.0;
+    wait_parked(&node, clients).await;
 
     let total = 300;
+    let path_of = |i: usize| ["park.a", "park.b", "park.c.x", "park.b"][i % 4];
     let mut sequences = Vec::new();
     for i in 0..total {
-        let path = if i % 3 == 0 { "park.a" } else { "park.b" };
-        sequences.push((path, publish(&js, path, &format!("e{i}")).await));
+        sequences.push(publish(&js, path_of(i), &format!("e{i}")).await);
     }
-    let all: Vec<String> = (0..total).map(|i| format!("e{i}")).collect();
-    let of_a: Vec<String> = (0..total)
-        .filter(|i| i % 3 == 0)
-        .map(|i| format!("e{i}"))
-        .collect();
-    for client in &mut whole {
-        let events = client.take(total, T).await;
-        assert_eq!(data_of(&events), all);
+    let expect = |takes: &dyn Fn(&str) -> bool| -> (Vec<String>, Vec<u64>) {
+        (0..total)
+            .filter(|i| takes(path_of(*i)))
+            .map(|i| (format!("e{i}"), sequences[i]))
+            .unzip()
+    };
+    let check = |events: &[SseEvent], (data, seqs): &(Vec<String>, Vec<u64>)| {
+        assert_eq!(&data_of(events), data);
         let ids: Vec<u64> = events.iter().map(|e| seq_of(&e.id)).collect();
-        let published: Vec<u64> = sequences.iter().map(|(_, seq)| *seq).collect();
-        assert_eq!(ids, published, "each event carries its own id");
+        assert_eq!(&ids, seqs, "each event carries its own id");
+    };
+    let all = expect(&|_| true);
+    let of_a = expect(&|path| path == "park.a");
+    let of_wildcard = expect(&|path| path != "park.c.x");
+    let of_patterns = expect(&|path| path != "park.a");
+    for client in &mut whole {
+        check(&client.take(total, T).await, &all);
     }
     for client in &mut one_path {
-        assert_eq!(data_of(&client.take(of_a.len(), T).await), of_a);
+        check(&client.take(of_a.0.len(), T).await, &of_a);
     }
-    assert_eq!(data_of(&wildcard.take(total, T).await), all);
-    // Nothing more than asked for: a marker published last is the next
-    // event every client of the whole topic sees.
+    check(&wildcard.take(of_wildcard.0.len(), T).await, &of_wildcard);
+    check(&patterns.take(of_patterns.0.len(), T).await, &of_patterns);
+    // Nothing more than asked for: after an event only the whole topic and
+    // the patterns take, a marker is the next event each of them sees.
+    publish(&js, "park.c.x", "not for the wildcard").await;
     publish(&js, "park.b", "last").await;
     for client in &mut whole {
-        assert_eq!(data_of(&client.take(1, T).await), ["last"]);
+        assert_eq!(data_of(&client.take(1, T).await), ["not for the wildcard"]);
     }
-    wait_parked(&node, 5.0).await;
-    let delivered = node.metric("sse_events_delivered_total").await;
-    assert!(
-        delivered >= (3 * total + 2 * of_a.len() + total + 3) as f64,
-        "{delivered}"
+    assert_eq!(data_of(&wildcard.take(1, T).await), ["last"]);
+    assert_eq!(
+        data_of(&patterns.take(2, T).await),
+        ["not for the wildcard", "last"]
     );
+    wait_parked(&node, clients).await;
+    let delivered = node.metric("sse_events_delivered_total").await;
+    let expected = 3 * total + 2 * of_a.0.len() + of_wildcard.0.len() + of_patterns.0.len();
+    assert!(delivered >= expected as f64, "{delivered} < {expected}");
 }
 
 /// A parked socket whose client reads slowly fills up: the writer gives it

@@ -37,11 +37,13 @@
 //! stream, or takes the socket back (see [`super::park`]).
 //!
 //! A stream of one topic read with wildcards or several patterns parks too:
-//! its socket joins the group of sockets with the same patterns, and the
-//! writer matches each event against the group's patterns once, where each
+//! its socket joins the group of sockets with the same patterns, where each
 //! stream's own task would be woken for every event of the topic to match
-//! it. The group counts the events that do not match as passed, so a socket
-//! given back stands where its stream would.
+//! it. The writer finds the groups an event may concern by the literal
+//! part of their patterns (`users.42` of `users.42.*`), so a thousand
+//! users' wildcards cost each event a few look-ups, not a thousand
+//! matches. A socket given back stands past the events its patterns did
+//! not match, where its stream would.
 //!
 //! The writer keeps the pacing rule for its sockets: while events come more
 //! than twice per `delivery.write_pacing_ms`, it writes once per window.
@@ -84,6 +86,15 @@ struct Parked {
     by_path: HashMap<Box<str>, Group>,
     /// Sockets that take the events matching some patterns, by patterns.
     by_patterns: HashMap<Box<str>, Group>,
+    /// The keys of `by_patterns` by the literal part of each of their
+    /// patterns: the groups an event of a path may concern are found under
+    /// the path's leading tokens.
+    patterns_by_prefix: HashMap<Box<str>, Vec<Box<str>>>,
+    /// Pattern groups that hold events not yet written.
+    waiting_patterns: Vec<Box<str>>,
+    /// The last event the writer handed on: every socket of a pattern group
+    /// with nothing held is past it.
+    seen: u64,
     /// Paths whose group holds events not yet written.
     waiting: Vec<Box<str>>,
     /// The pacing window and the feed's queue, once the writer runs.
@@ -122,11 +133,94 @@ impl Parked {
                     .get(key)
                     .is_some_and(|g| g.entries.is_empty())
                 {
-                    self.by_patterns.remove(key);
+                    self.forget_patterns(key);
                 }
             }
         }
     }
+
+    /// The group of `patterns` at `key`, made and indexed if new.
+    fn patterns_group(&mut self, key: &str, patterns: &[SubjectPath]) -> &mut Group {
+        if !self.by_patterns.contains_key(key) {
+            for pattern in patterns {
+                let keys = self
+                    .patterns_by_prefix
+                    .entry(literal_prefix(pattern.as_str()).into())
+                    .or_default();
+                if !keys.iter().any(|k| **k == *key) {
+                    keys.push(key.into());
+                }
+            }
+            let group = Group {
+                patterns: Some(patterns.into()),
+                ..Group::new(self.pacing)
+            };
+            self.by_patterns.insert(key.into(), group);
+        }
+        self.by_patterns.get_mut(key).expect("made above")
+    }
+
+    /// Drops the pattern group at `key` and its place in the index.
+    fn forget_patterns(&mut self, key: &str) {
+        let Some(group) = self.by_patterns.remove(key) else {
+            return;
+        };
+        for pattern in group.patterns.iter().flatten() {
+            let prefix = literal_prefix(pattern.as_str());
+            if let Some(keys) = self.patterns_by_prefix.get_mut(prefix) {
+                keys.retain(|k| **k != *key);
+                if keys.is_empty() {
+                    self.patterns_by_prefix.remove(prefix);
+                }
+            }
+        }
+    }
+
+    /// Holds `event` for each pattern group it matches.
+    fn hold_for_patterns(&mut self, event: &Arc<Event>) {
+        let path = &*event.path;
+        let ends = path
+            .match_indices('.')
+            .map(|(at, _)| at)
+            .chain([path.len()]);
+        for end in ends {
+            let Some(keys) = self.patterns_by_prefix.get(&path[..end]) else {
+                continue;
+            };
+            for key in keys {
+                let Some(group) = self.by_patterns.get_mut(key) else {
+                    continue;
+                };
+                // Held already, through another of the group's patterns.
+                if group.pending.last().is_some_and(|e| e.seq == event.seq) {
+                    continue;
+                }
+                if group.patterns.iter().flatten().any(|p| p.matches(path)) {
+                    if group.pending.is_empty() {
+                        self.waiting_patterns.push(key.clone());
+                    }
+                    group.hold(event);
+                }
+            }
+        }
+    }
+}
+
+/// The part of a pattern before its first wildcard token: every path it
+/// matches starts with it, up to a dot or the end.
+fn literal_prefix(pattern: &str) -> &str {
+    let mut end = 0;
+    for token in pattern.split('.') {
+        if token == "*" || token == ">" {
+            break;
+        }
+        end += if end == 0 {
+            token.len()
+        } else {
+            token.len() + 1
+        };
+    }
+    &pattern[..end]
 }
 
 /// The `id:` line that a stream of several topics writes after each event:
@@ -192,13 +286,9 @@ struct Group {
     pending_bytes: usize,
     pacer: Pacer,
     /// The patterns an event must match to be held, for a group of sockets
-    /// that take some of the feed's events; `None` takes them all.
+    /// that take some of the feed's events; `None` for a group of the whole
+    /// feed or of one path.
     patterns: Option<Box<[SubjectPath]>>,
-    /// The last event the group was handed, whether it matched or not.
-    seen: u64,
-    /// The last event every socket of the group is past: written, or not
-    /// for them. A socket parked later stands further on already.
-    passed: u64,
 }
 
 impl Group {
@@ -210,32 +300,24 @@ impl Group {
             pending_bytes: 0,
             pacer: Pacer::new(window, queue_events),
             patterns: None,
-            seen: 0,
-            passed: 0,
         }
     }
 
-    /// Where `entry`'s socket stands: past the last event written to it,
-    /// and past every event of the group's feed since that did not match.
-    fn position(&self, entry: &Entry) -> u64 {
-        entry.pos.max(self.passed)
+    /// The last event every socket of a pattern group is past, written to
+    /// it or not for it, given `seen`, the last the writer handed on: the
+    /// one before the first the group holds, if any. A socket parked later
+    /// stands further on already. Zero for the other groups, whose sockets'
+    /// own positions say where they stand.
+    fn passed(&self, seen: u64) -> u64 {
+        if self.patterns.is_none() {
+            return 0;
+        }
+        self.pending.first().map_or(seen, |first| first.seq - 1)
     }
 
-    /// Holds those of `incoming` that match the group's patterns.
-    fn take_matching(&mut self, incoming: &[Arc<Event>]) {
-        let Some(patterns) = &self.patterns else {
-            return;
-        };
-        for event in incoming {
-            self.seen = event.seq;
-            if patterns.iter().any(|p| p.matches(&event.path)) {
-                self.pending_bytes += event.frame.len();
-                self.pending.push(event.clone());
-            }
-        }
-        if self.pending.is_empty() {
-            self.passed = self.seen;
-        }
+    /// Where `entry`'s socket stands, given `seen` (see [`Self::passed`]).
+    fn position(&self, entry: &Entry, seen: u64) -> u64 {
+        entry.pos.max(self.passed(seen))
     }
 
     fn hold(&mut self, event: &Arc<Event>) {
@@ -252,7 +334,6 @@ impl Group {
         if self.entries.is_empty() {
             self.pending.clear();
             self.pending_bytes = 0;
-            self.passed = self.passed.max(self.seen);
             return None;
         }
         // A full batch goes out whatever the window: holding more would only
@@ -264,7 +345,9 @@ impl Group {
             return Some(until);
         }
         let frames = Frames::of(&self.pending);
-        let (delivered, refusals) = write_frames(&mut self.entries, &frames, self.passed);
+        // What is held is all this batch: the group has nothing else.
+        let passed = self.passed(0);
+        let (delivered, refusals) = write_frames(&mut self.entries, &frames, passed);
         if delivered > 0 {
             self.passes.fetch_add(1, Ordering::Relaxed);
         }
@@ -283,7 +366,6 @@ impl Group {
             .record_write(done, self.pending_bytes >= super::PACED_WRITE_MAX);
         self.pending.clear();
         self.pending_bytes = 0;
-        self.passed = self.passed.max(self.seen);
         None
     }
 }
@@ -528,13 +610,9 @@ impl ParkedSockets {
                 .by_path
                 .entry(path.clone())
                 .or_insert_with(|| Group::new(pacing)),
-            (Place::Patterns(key), Reads::Patterns(patterns)) => parked
-                .by_patterns
-                .entry(key.clone())
-                .or_insert_with(|| Group {
-                    patterns: Some(patterns.into()),
-                    ..Group::new(pacing)
-                }),
+            (Place::Patterns(key), Reads::Patterns(patterns)) => {
+                parked.patterns_group(key, patterns)
+            }
             _ => &mut parked.all,
         };
         let key = group.entries.insert(entry);
@@ -553,6 +631,7 @@ impl ParkedSockets {
 
     fn take_back(&self, place: &Place, key: usize, handback: &Arc<Handback>) -> Option<Returned> {
         let mut parked = self.lock();
+        let seen = parked.seen;
         if let Some(group) = parked.group(place)
             && group
                 .entries
@@ -560,7 +639,7 @@ impl ParkedSockets {
                 .is_some_and(|e| Arc::ptr_eq(&e.handback, handback))
         {
             let entry = group.entries.remove(key);
-            let pos = group.position(&entry);
+            let pos = group.position(&entry, seen);
             parked.drop_if_empty(place);
             return Some(Returned {
                 pos,
@@ -590,6 +669,7 @@ impl ParkedSockets {
         act: impl FnOnce(&mut Entry) -> Result<T, Bytes>,
     ) -> Option<Result<T, ()>> {
         let mut parked = self.lock();
+        let seen = parked.seen;
         let group = parked.group(place)?;
         let entry = group
             .entries
@@ -600,7 +680,7 @@ impl ParkedSockets {
             Err(rest) => rest,
         };
         let entry = group.entries.remove(key);
-        let pos = group.position(&entry);
+        let pos = group.position(&entry, seen);
         parked.drop_if_empty(place);
         give_back(entry, pos, Some(rest), true);
         Some(Err(()))
@@ -669,11 +749,13 @@ impl ParkedSockets {
         let mut parked = self.lock();
         let mut groups: Vec<Group> = parked.by_path.drain().map(|(_, g)| g).collect();
         groups.extend(parked.by_patterns.drain().map(|(_, g)| g));
+        parked.patterns_by_prefix.clear();
+        parked.waiting_patterns.clear();
         groups.push(std::mem::take(&mut parked.all));
         parked.all = Group::new(parked.pacing);
         parked.waiting.clear();
         for group in groups {
-            let passed = group.passed;
+            let passed = group.passed(parked.seen);
             for (_, entry) in group.entries {
                 let pos = entry.pos.max(passed);
                 give_back(entry, pos, None, false);
@@ -691,6 +773,14 @@ impl ParkedSockets {
                 parked.all.hold(event);
             }
         }
+        if !parked.by_patterns.is_empty() {
+            for event in incoming {
+                parked.hold_for_patterns(event);
+            }
+        }
+        if let Some(last) = incoming.last() {
+            parked.seen = last.seq;
+        }
         if !parked.by_path.is_empty() {
             for event in incoming {
                 if let Some(group) = parked.by_path.get_mut(&*event.path) {
@@ -704,13 +794,25 @@ impl ParkedSockets {
         let now = Instant::now();
         let mut sweep = Sweep::default();
         let mut due = parked.all.write_due(now, forced, &mut sweep);
-        parked.by_patterns.retain(|_, group| {
-            group.take_matching(incoming);
-            if let Some(until) = group.write_due(now, forced, &mut sweep) {
+        let by_patterns = &mut parked.by_patterns;
+        let mut emptied = Vec::new();
+        parked.waiting_patterns.retain(|key| {
+            let Some(group) = by_patterns.get_mut(key) else {
+                return false;
+            };
+            let held = group.write_due(now, forced, &mut sweep);
+            if group.entries.is_empty() {
+                emptied.push(key.clone());
+                return false;
+            }
+            if let Some(until) = held {
                 due = Some(due.map_or(until, |d| d.min(until)));
             }
-            !group.entries.is_empty()
+            held.is_some()
         });
+        for key in emptied {
+            parked.forget_patterns(&key);
+        }
         let by_path = &mut parked.by_path;
         parked.waiting.retain(|path| {
             let Some(group) = by_path.get_mut(path) else {
@@ -1505,6 +1607,52 @@ mod pattern_tests {
         let returned = second_ticket.take_back().unwrap();
         assert_eq!(returned.pos, 9);
         assert!(sockets.lock().by_patterns.is_empty());
+    }
+
+    #[test]
+    fn a_patterns_literal_part_ends_before_its_first_wildcard() {
+        assert_eq!(literal_prefix("t"), "t");
+        assert_eq!(literal_prefix("t.a.b"), "t.a.b");
+        assert_eq!(literal_prefix("t.a.*"), "t.a");
+        assert_eq!(literal_prefix("t.*.b"), "t");
+        assert_eq!(literal_prefix("t.>"), "t");
+        assert_eq!(literal_prefix("t.ab.*.c.>"), "t.ab");
+    }
+
+    /// An event that two patterns of one group match, each found under its
+    /// own literal part, is written once; one that only a pattern listed
+    /// under a shorter part matches is found too.
+    #[tokio::test]
+    async fn overlapping_patterns_of_one_group_write_an_event_once() {
+        let sockets = Arc::new(ParkedSockets::default());
+        let overlapping = patterns(&["t.a.*", "t.*.b", "t.a.c"]);
+        let (mut client, server) = pair().await;
+        let ticket = sockets.park(
+            &server,
+            Reads::Patterns(&overlapping),
+            None,
+            0,
+            (Duration::ZERO, 16),
+            || {},
+        );
+        let batch = [
+            event(1, "t.a.b"),
+            event(2, "t.a.c"),
+            event(3, "t.x.b"),
+            event(4, "t.x.c"),
+            event(5, "t.a.b.c"),
+        ];
+        assert_eq!(sockets.take_in(&batch, false).delivered, 3);
+        let want = [
+            &batch[0].frame[..],
+            &batch[1].frame[..],
+            &batch[2].frame[..],
+        ]
+        .concat();
+        assert_eq!(read_exactly(&mut client, want.len()).await, want);
+        assert_eq!(ticket.take_back().unwrap().pos, 5);
+        let parked = sockets.lock();
+        assert!(parked.by_patterns.is_empty() && parked.patterns_by_prefix.is_empty());
     }
 
     /// A socket parked ahead of the writer (the feed's head is further on

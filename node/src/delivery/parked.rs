@@ -153,6 +153,10 @@ impl Parked {
             }
             let group = Group {
                 patterns: Some(patterns.into()),
+                // Most patterns are one user's, with one socket: room for
+                // one, not the four a first insert makes. (Tried for a
+                // path's group too, it measured no better there.)
+                entries: Slab::with_capacity(1),
                 ..Group::new(self.pacing)
             };
             self.by_patterns.insert(key.into(), group);

@@ -1549,6 +1549,18 @@ mod pattern_tests {
             .collect()
     }
 
+    /// One socket parked at `pos` for the events matching `paths`.
+    async fn park_one(
+        paths: &[&str],
+        pos: u64,
+    ) -> (Arc<ParkedSockets>, tokio::net::TcpStream, Ticket) {
+        let sockets = Arc::new(ParkedSockets::default());
+        let (client, server) = pair().await;
+        let reads = Reads::Patterns(&patterns(paths));
+        let ticket = sockets.park(&server, reads, None, pos, (Duration::ZERO, 16), || {});
+        (sockets, client, ticket)
+    }
+
     /// Sockets of the same patterns share a group and get exactly the
     /// events that match them; a socket given back stands past the events
     /// that did not, so its stream goes on from where it would stand.
@@ -1628,17 +1640,7 @@ mod pattern_tests {
     /// under a shorter part matches is found too.
     #[tokio::test]
     async fn overlapping_patterns_of_one_group_write_an_event_once() {
-        let sockets = Arc::new(ParkedSockets::default());
-        let overlapping = patterns(&["t.a.*", "t.*.b", "t.a.c"]);
-        let (mut client, server) = pair().await;
-        let ticket = sockets.park(
-            &server,
-            Reads::Patterns(&overlapping),
-            None,
-            0,
-            (Duration::ZERO, 16),
-            || {},
-        );
+        let (sockets, mut client, ticket) = park_one(&["t.a.*", "t.*.b", "t.a.c"], 0).await;
         let batch = [
             event(1, "t.a.b"),
             event(2, "t.a.c"),
@@ -1663,17 +1665,7 @@ mod pattern_tests {
     /// than the writer has read) is not written what it already has.
     #[tokio::test]
     async fn a_socket_parked_ahead_of_the_writer_skips_what_it_has() {
-        let sockets = Arc::new(ParkedSockets::default());
-        let wildcard = patterns(&["t.>"]);
-        let (mut client, server) = pair().await;
-        let ticket = sockets.park(
-            &server,
-            Reads::Patterns(&wildcard),
-            None,
-            2,
-            (Duration::ZERO, 16),
-            || {},
-        );
+        let (sockets, mut client, ticket) = park_one(&["t.>"], 2).await;
         let batch = [event(1, "t.a"), event(2, "t.b"), event(3, "t.c")];
         assert_eq!(sockets.take_in(&batch, false).delivered, 1);
         assert_eq!(

@@ -62,6 +62,9 @@ pub struct FeedSettings {
     /// How long the reader may make no progress while JetStream holds
     /// newer events before its consumer is given up and re-created.
     pub no_progress: Duration,
+    /// How long a feed may read no event before it lets its consumer go and
+    /// waits for its topic's next publish instead; `None` keeps it always.
+    pub doze_after: Option<Duration>,
     /// Counts reconnections to NATS; each one re-creates every feed's
     /// consumer.
     pub reconnections: tokio::sync::watch::Receiver<u64>,
@@ -241,6 +244,8 @@ impl Feed {
             path_offset: settings.subject_prefix.len() + 1,
             prefix: format!("{}.", settings.subject_prefix),
             no_progress: settings.no_progress,
+            doze_after: settings.doze_after,
+            nothing_until: 0,
             reconnections: settings.reconnections.clone(),
             metrics,
         };
@@ -640,6 +645,10 @@ pub const NATS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// out soon after the election, not seconds later.
 const FEED_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// When a dozing feed looks at JetStream a second time: by then every
+/// server of the cluster routes the topic's publishes to its subscriptions.
+const DOZE_SECOND_LOOK: Duration = Duration::from_secs(1);
+
 /// Longest pause between two attempts of a feed to (re)create its consumer.
 const FEED_RETRY_MAX: Duration = Duration::from_secs(1);
 
@@ -735,6 +744,10 @@ struct Reader {
     /// `<subject prefix>.`, to build a path feed's filter subject.
     prefix: String,
     no_progress: Duration,
+    doze_after: Option<Duration>,
+    /// Up to this sequence the stream held nothing for the reader when its
+    /// last consumer was made (deleted messages, other paths).
+    nothing_until: u64,
     reconnections: tokio::sync::watch::Receiver<u64>,
     metrics: Arc<Metrics>,
 }
@@ -761,6 +774,8 @@ enum ReadEnd {
     Stalled,
     /// The NATS connection was re-established.
     Reconnected,
+    /// No event for `doze_after`: the consumer is let go.
+    Quiet,
 }
 
 impl Reader {
@@ -803,6 +818,14 @@ impl Reader {
                     doubted = false;
                     backoff = Duration::from_millis(100);
                 }
+                Ok(ReadEnd::Quiet) => {
+                    doubted = false;
+                    backoff = Duration::from_millis(100);
+                    if !self.doze().await {
+                        return;
+                    }
+                    continue;
+                }
                 Err(error) => {
                     doubted = false;
                     let limit = is_consumer_limit(&error);
@@ -837,6 +860,7 @@ impl Reader {
             Err(end) => return Ok(end),
         };
         let nothing_until = opened.nothing_until;
+        self.nothing_until = nothing_until;
         let _held = self.metrics.consumer_held();
         let topic_label = [self.feed.topic.as_str()];
         let feed_events = self.metrics.feed_events.with_label_values(&topic_label);
@@ -850,10 +874,15 @@ impl Reader {
         // for `no_progress` while the stream holds newer events gives its
         // consumer up and starts a new one at `head + 1`. JetStream is asked
         // at most once per `no_progress` while the feed is quiet.
-        let mut tick = tokio::time::interval(self.no_progress / 4);
+        let period = self
+            .doze_after
+            .map_or(self.no_progress, |after| after.min(self.no_progress));
+        let mut tick = tokio::time::interval(period / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut head_seen = self.feed.head();
         let mut quiet_since = tokio::time::Instant::now();
+        // When the head last moved; `quiet_since` restarts at every check.
+        let mut moved_at = quiet_since;
         loop {
             let item = tokio::select! {
                 item = opened.messages.next() => item,
@@ -873,7 +902,11 @@ impl Reader {
                     if head != head_seen {
                         head_seen = head;
                         quiet_since = now;
+                        moved_at = now;
                         continue;
+                    }
+                    if self.doze_after.is_some_and(|after| now.duration_since(moved_at) >= after) {
+                        return Ok(ReadEnd::Quiet);
                     }
                     if now.duration_since(quiet_since) < self.no_progress {
                         continue;
@@ -881,20 +914,7 @@ impl Reader {
                     // Quiet for a whole period: is JetStream ahead? No
                     // answer proves nothing (NATS may be away; then the
                     // consumer reports errors itself): look again next tick.
-                    let last = if filter_subject.is_empty() {
-                        bounded(opened.stream.get_info()).await.map(|info| info.state.last_sequence)
-                    } else {
-                        // The stream's last sequence says nothing of one
-                        // path: ask for that path's last event.
-                        match bounded(opened.stream.get_last_raw_message_by_subject(&filter_subject)).await {
-                            Ok(message) => Ok(message.sequence),
-                            Err(e) if e
-                                .downcast_ref::<jetstream::stream::LastRawMessageError>()
-                                .is_some_and(|e| e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound) => Ok(0),
-                            Err(e) => Err(e),
-                        }
-                    };
-                    if let Ok(last) = last {
+                    if let Ok(last) = last_stored(&opened.stream, &filter_subject).await {
                         if last > head.max(nothing_until) {
                             self.metrics.feed_stalls.inc();
                             warn!(topic = %self.feed.topic, head, stream_last = last, quiet_seconds = now.duration_since(quiet_since).as_secs(), "topic feed made no progress while jetstream holds newer events; re-creating its consumer");
@@ -983,6 +1003,85 @@ impl Reader {
         Ok(ReadEnd::Ended)
     }
 
+    /// Waits, without a consumer, until the topic (or the feed's path) may
+    /// hold an event past the head; false if the feed closed meanwhile.
+    ///
+    /// An idle consumer costs NATS some 50 KiB and a pull every few seconds,
+    /// so a feed that read nothing for `doze_after` lets it go and listens
+    /// to the topic's subjects instead. A publish there only wakes the feed:
+    /// core NATS delivery is at most once, so the events themselves are
+    /// read from JetStream by a new consumer from `head + 1`, and JetStream
+    /// is asked whether it holds anything past the head right after the
+    /// subscriptions stand, a second later, after each reconnection to NATS,
+    /// and then every `doze_after` (or `no_progress`, if longer), so a
+    /// publish the subscriptions missed is read late, never lost.
+    async fn doze(&mut self) -> bool {
+        let _dozing = DozingGauge::hold(&self.metrics.feeds_dozing);
+        let client = self.js.client();
+        let subjects = match &self.feed.path {
+            Some(path) => vec![format!("{}{path}", &self.prefix)],
+            None => vec![
+                format!("{}{}", &self.prefix, self.feed.topic),
+                format!("{}{}.>", &self.prefix, self.feed.topic),
+            ],
+        };
+        let mut publishes = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            match client.subscribe(subject).await {
+                Ok(subscriber) => publishes.push(subscriber),
+                // No subscription, no doze: read with a consumer again.
+                Err(error) => {
+                    debug!(topic = %self.feed.topic, %error, "cannot listen for publishes; reading on");
+                    return true;
+                }
+            }
+        }
+        let mut publishes = futures_util::stream::select_all(publishes);
+        let Ok(stream) = self.js.get_stream_no_info(self.feed.stream_name()).await else {
+            return true;
+        };
+        let filter_subject = self
+            .feed
+            .path
+            .as_deref()
+            .map(|path| format!("{}{path}", &self.prefix))
+            .unwrap_or_default();
+        debug!(topic = %self.feed.topic, path = self.feed.path.as_deref().unwrap_or(""), head = self.feed.head(), "topic feed is quiet; letting its consumer go");
+        // The first look comes once the server has the subscriptions, and a
+        // second a moment later, once other servers of the cluster have
+        // heard of them too.
+        let mut look_in = match bounded(client.flush()).await {
+            Ok(()) => Duration::ZERO,
+            Err(_) => DOZE_SECOND_LOOK,
+        };
+        let mut looks = 0u32;
+        loop {
+            tokio::select! {
+                _ = self.feed.closed.cancelled() => return false,
+                _ = publishes.next() => return true,
+                Ok(()) = self.reconnections.changed() => {}
+                _ = self.feed.renew.notified() => {}
+                _ = tokio::time::sleep(look_in) => {}
+            }
+            // No answer proves nothing (NATS may be away): look again later.
+            // A deleted or recreated topic is the registry's to act on: it
+            // closes the feed.
+            if let Ok(last) = last_stored(&stream, &filter_subject).await
+                && last > self.feed.head().max(self.nothing_until)
+            {
+                return true;
+            }
+            looks += 1;
+            look_in = if looks == 1 {
+                DOZE_SECOND_LOOK
+            } else {
+                // A look costs NATS a request: at most one per `doze_after`
+                // per quiet feed, and not more often than the watchdog's.
+                self.no_progress.max(self.doze_after.unwrap_or_default())
+            };
+        }
+    }
+
     /// Creates the reader's consumer from `next`, reading `filter_subject`
     /// (or the whole stream), unless the stream is gone or was recreated.
     /// Boxed by the caller: what it holds on the way (the stream's and the
@@ -1050,6 +1149,49 @@ impl Reader {
     }
 }
 
+/// The last sequence `stream` holds of `filter_subject` (of any subject
+/// when empty); 0 when it holds none.
+async fn last_stored(
+    stream: &jetstream::stream::Stream<()>,
+    filter_subject: &str,
+) -> Result<u64, async_nats::Error> {
+    if filter_subject.is_empty() {
+        return bounded(stream.get_info())
+            .await
+            .map(|info| info.state.last_sequence);
+    }
+    // The stream's last sequence says nothing of one path: ask for that
+    // path's last event.
+    match bounded(stream.get_last_raw_message_by_subject(filter_subject)).await {
+        Ok(message) => Ok(message.sequence),
+        Err(e)
+            if e.downcast_ref::<jetstream::stream::LastRawMessageError>()
+                .is_some_and(|e| {
+                    e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                }) =>
+        {
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Counts a dozing feed in `sse_feeds_dozing` while held.
+struct DozingGauge(prometheus::IntGauge);
+
+impl DozingGauge {
+    fn hold(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for DozingGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Whether a stream lookup failed because the stream does not exist.
 pub fn is_stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
     matches!(
@@ -1075,6 +1217,7 @@ mod tests {
             path_queue_events: 16,
             max_event_bytes: 1024,
             no_progress: Duration::from_secs(8),
+            doze_after: None,
             reconnections: tokio::sync::watch::channel(0).1,
             budget: Arc::new(HistoryBudget::new(1 << 30)),
         }

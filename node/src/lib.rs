@@ -143,6 +143,8 @@ pub async fn run(
         path_queue_events: config.delivery.path_queue_events,
         max_event_bytes: config.delivery.max_event_bytes,
         no_progress: Duration::from_secs(config.delivery.no_progress_seconds),
+        doze_after: (config.delivery.feed_doze_seconds > 0)
+            .then(|| Duration::from_secs(config.delivery.feed_doze_seconds)),
         reconnections,
         budget: Arc::new(history::HistoryBudget::new(config.history.max_bytes)),
     };

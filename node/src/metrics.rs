@@ -111,6 +111,8 @@ pub struct Metrics {
     pub stalled_streams: IntCounter,
     /// Topic feeds running on this node.
     pub feeds_live: IntGauge,
+    /// Topic feeds without a consumer while their topic is quiet.
+    pub feeds_dozing: IntGauge,
     /// Topic feeds started.
     pub feed_starts: IntCounter,
     /// Topic feeds stopped (last client gone, topic deleted or recreated).
@@ -278,6 +280,10 @@ impl Metrics {
             feeds_live: gauge(
                 "sse_feeds_live",
                 "Topic feeds (one JetStream reader each) running on this node: topics with clients here, or left within delivery.feed_linger_seconds.",
+            ),
+            feeds_dozing: gauge(
+                "sse_feeds_dozing",
+                "Topic feeds that read no event for delivery.feed_doze_seconds: they hold no JetStream consumer and wait for their topic's next publish.",
             ),
             feed_starts: counter(
                 "sse_feed_starts_total",

@@ -34,6 +34,7 @@ NODE_METRICS = {
     "sse_stalled_streams_total": set(),
     "sse_feed_stalls_total": set(),
     "sse_feeds_live": set(),
+    "sse_feeds_dozing": set(),
     "sse_feed_starts_total": set(),
     "sse_feed_stops_total": set(),
     "sse_jetstream_consumers": set(),

@@ -503,3 +503,105 @@ async fn publish_round(
     }
     published
 }
+
+/// A feed that reads nothing for `delivery.feed_doze_seconds` lets its
+/// JetStream consumer go, and the topic's next publish wakes it: its
+/// clients, of the whole topic and of one path, get every event once and
+/// in order, across dozes and a NATS restart while dozing, and a resume
+/// from any id is exact.
+#[tokio::test]
+async fn a_quiet_feed_lets_its_consumer_go_and_reads_on_exactly_when_woken() {
+    let mut nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "doze", None).await;
+    create_topic(&js, "users", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
+            // Past the test's time: its events are read because a publish
+            // or a reconnection woke the feed, not by the periodic look.
+            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
+        ],
+    )
+    .await;
+    let open = |query: &'static str| {
+        let url = node.url(&format!("/v1/events?{query}"));
+        async move {
+            let mut client = SseClient::connect(&url, None).await.unwrap();
+            client.ready().await;
+            client
+        }
+    };
+    let mut whole = open("topic=doze").await;
+    let mut alice = open("topic=users.alice").await;
+    let consumers = |stream: &'static str| {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream(stream).await.ok()?;
+            Some(stream.info().await.ok()?.state.consumer_count)
+        }
+    };
+    let dozing = || async {
+        (node.metric("sse_feeds_dozing").await == 2.0
+            && node.metric("sse_jetstream_consumers").await == 0.0
+            && consumers("SSE_doze").await == Some(0)
+            && consumers("SSE_users").await == Some(0))
+        .then_some(())
+    };
+    let mut expected_whole = Vec::new();
+    let mut expected_alice = Vec::new();
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        eventually(T, "both feeds to doze without a consumer", dozing).await;
+        // The feeds look at JetStream once more a second into their doze;
+        // after that only a publish (or a reconnection) wakes them before
+        // the periodic look, which comes after the test's time.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if round == 2 {
+            // Published before the node is back on NATS (its attempts to
+            // reconnect come further apart the longer NATS is away): no
+            // subscription sees them, and the look after the reconnection
+            // finds them.
+            nats.stop().await;
+            eventually(T, "the node to lose NATS", || async {
+                (node.metric("sse_nats_connected").await == 0.0).then_some(())
+            })
+            .await;
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            nats.restart().await;
+        }
+        let js = nats.jetstream().await;
+        for i in 0..20 {
+            let data = format!("w{round}-{i}");
+            publish(&js, "doze", &data).await;
+            expected_whole.push(data);
+            if i % 4 == 0 {
+                let data = format!("a{round}-{i}");
+                publish(&js, "users.alice", &data).await;
+                expected_alice.push(data);
+                publish(&js, "users.bob", "not alice's").await;
+            }
+        }
+        let events = whole.take(20, T).await;
+        ids.extend(events.iter().map(|e| e.id.clone()));
+        assert_eq!(data_of(&events), expected_whole[round * 20..]);
+        assert_eq!(
+            data_of(&alice.take(5, T).await),
+            expected_alice[round * 5..]
+        );
+    }
+    assert!(
+        whole.next_event(Duration::from_millis(300)).await.is_err(),
+        "no duplicate"
+    );
+    assert!(
+        node.metric("sse_feed_starts_total").await == 2.0,
+        "the feeds ran on"
+    );
+    // A resume from an id read before a doze is exact.
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=doze"), Some(&ids[10]))
+        .await
+        .unwrap();
+    assert_eq!(data_of(&resumed.take(49, T).await), expected_whole[11..]);
+}

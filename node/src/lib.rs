@@ -123,6 +123,9 @@ pub async fn run(
                         connected_tx.send_replace(false);
                         warn!("disconnected from nats");
                     }
+                    // A refused subscription (a quiet feed listening for
+                    // its topic's next publish) is only ever said here.
+                    NatsEvent::ServerError(error) => warn!(%error, "nats server error"),
                     other => info!(event = %other, "nats event"),
                 }
             }

@@ -848,13 +848,17 @@ impl Reader {
         }
     }
 
-    async fn read_from(&mut self, next: u64) -> Result<ReadEnd, async_nats::Error> {
-        let filter_subject = self
-            .feed
+    /// The subject a path feed reads; empty for a whole topic's feed.
+    fn filter_subject(&self) -> String {
+        self.feed
             .path
             .as_deref()
             .map(|path| format!("{}{path}", &self.prefix))
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    async fn read_from(&mut self, next: u64) -> Result<ReadEnd, async_nats::Error> {
+        let filter_subject = self.filter_subject();
         let mut opened = match Box::pin(self.open_consumer(next, &filter_subject)).await? {
             Ok(opened) => opened,
             Err(end) => return Ok(end),
@@ -1018,12 +1022,14 @@ impl Reader {
     async fn doze(&mut self) -> bool {
         let _dozing = DozingGauge::hold(&self.metrics.feeds_dozing);
         let client = self.js.client();
-        let subjects = match &self.feed.path {
-            Some(path) => vec![format!("{}{path}", &self.prefix)],
-            None => vec![
+        let filter_subject = self.filter_subject();
+        let subjects = if filter_subject.is_empty() {
+            vec![
                 format!("{}{}", &self.prefix, self.feed.topic),
                 format!("{}{}.>", &self.prefix, self.feed.topic),
-            ],
+            ]
+        } else {
+            vec![filter_subject.clone()]
         };
         let mut publishes = Vec::with_capacity(subjects.len());
         for subject in subjects {
@@ -1040,12 +1046,6 @@ impl Reader {
         let Ok(stream) = self.js.get_stream_no_info(self.feed.stream_name()).await else {
             return true;
         };
-        let filter_subject = self
-            .feed
-            .path
-            .as_deref()
-            .map(|path| format!("{}{path}", &self.prefix))
-            .unwrap_or_default();
         debug!(topic = %self.feed.topic, path = self.feed.path.as_deref().unwrap_or(""), head = self.feed.head(), "topic feed is quiet; letting its consumer go");
         // The first look comes once the server has the subscriptions, and a
         // second a moment later, once other servers of the cluster have

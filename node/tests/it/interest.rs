@@ -55,9 +55,7 @@ async fn a_feed_runs_only_while_its_topic_has_clients_here() {
     // NATS's 30 s expiry (where it would count against the stream's
     // consumer limit).
     eventually(T, "the stream to hold no consumer", || async {
-        let mut stream = js.get_stream("SSE_quiet3").await.ok()?;
-        let consumers = stream.info().await.ok()?.state.consumer_count;
-        (consumers == 0).then_some(())
+        (consumer_count(&js, "SSE_quiet3").await? == 0).then_some(())
     })
     .await;
 }
@@ -399,14 +397,7 @@ async fn past_the_path_feed_cap_path_clients_move_to_one_whole_feed_exactly() {
         ],
     )
     .await;
-    let open = |query: &'static str| {
-        let url = node.url(&format!("/v1/events?{query}"));
-        async move {
-            let mut client = SseClient::connect(&url, None).await.unwrap();
-            client.ready().await;
-            client
-        }
-    };
+    let open = |query: &'static str| open_stream(&node, query);
     let mut alice = open("topic=users.alice").await;
     let mut bob = open("topic=users.bob").await;
     let mut dave = open("topic=users.dave&topic=news").await;
@@ -415,10 +406,7 @@ async fn past_the_path_feed_cap_path_clients_move_to_one_whole_feed_exactly() {
         4.0,
         "three paths and news"
     );
-    let users_consumers = || async {
-        let mut stream = js.get_stream("SSE_users").await.ok()?;
-        Some(stream.info().await.ok()?.state.consumer_count)
-    };
+    let users_consumers = || consumer_count(&js, "SSE_users");
     eventually(T, "a consumer per path", || async {
         (users_consumers().await == Some(3)).then_some(())
     })
@@ -484,6 +472,21 @@ async fn past_the_path_feed_cap_path_clients_move_to_one_whole_feed_exactly() {
     assert_eq!(data_of(&bob.take(1, T).await), ["bob-after"]);
 }
 
+/// A stream of `query` on `node`, once the node has said it is ready.
+async fn open_stream(node: &NodeProc, query: &str) -> SseClient {
+    let mut client = SseClient::connect(&node.url(&format!("/v1/events?{query}")), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    client
+}
+
+/// The consumers `stream` holds, if JetStream answers.
+async fn consumer_count(js: &async_nats::jetstream::Context, stream: &str) -> Option<usize> {
+    let mut stream = js.get_stream(stream).await.ok()?;
+    Some(stream.info().await.ok()?.state.consumer_count)
+}
+
 /// Publishes `count` rounds of one event to each of the paths of alice, bob
 /// and dave of topic `users`, after one to another path each time; returns
 /// each one's data in order.
@@ -525,28 +528,14 @@ async fn a_quiet_feed_lets_its_consumer_go_and_reads_on_exactly_when_woken() {
         ],
     )
     .await;
-    let open = |query: &'static str| {
-        let url = node.url(&format!("/v1/events?{query}"));
-        async move {
-            let mut client = SseClient::connect(&url, None).await.unwrap();
-            client.ready().await;
-            client
-        }
-    };
+    let open = |query: &'static str| open_stream(&node, query);
     let mut whole = open("topic=doze").await;
     let mut alice = open("topic=users.alice").await;
-    let consumers = |stream: &'static str| {
-        let js = js.clone();
-        async move {
-            let mut stream = js.get_stream(stream).await.ok()?;
-            Some(stream.info().await.ok()?.state.consumer_count)
-        }
-    };
     let dozing = || async {
         (node.metric("sse_feeds_dozing").await == 2.0
             && node.metric("sse_jetstream_consumers").await == 0.0
-            && consumers("SSE_doze").await == Some(0)
-            && consumers("SSE_users").await == Some(0))
+            && consumer_count(&js, "SSE_doze").await == Some(0)
+            && consumer_count(&js, "SSE_users").await == Some(0))
         .then_some(())
     };
     let mut expected_whole = Vec::new();

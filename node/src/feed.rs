@@ -174,8 +174,9 @@ impl Channel {
     }
 
     /// Sends `event`, after moving to the whole allowance if this channel
-    /// is half full; `moved` is called with the new channel, before the
-    /// event goes on it. Returns the receivers the event went to.
+    /// is half full; `moved` is called with the new channel before the old
+    /// one closes and before the event goes on the new one. Returns the
+    /// receivers the event went to.
     fn send(
         &mut self,
         event: Arc<Event>,
@@ -184,10 +185,16 @@ impl Channel {
         if self.capacity < self.max && self.sender.len() >= self.capacity.div_ceil(2) {
             self.capacity = self.max;
             self.grown = true;
+            let larger = broadcast::channel(self.capacity).0;
+            // A reader that takes the new channel without the feed's lock
+            // (the parked sockets' writer) looks for it as soon as it sees
+            // the old one closed: it must be handed over first, or that
+            // reader finds nothing, stops, and the sockets parked on the
+            // feed are never written again.
+            moved(&larger);
             // Dropping the only sender closes the old channel behind what
             // it holds.
-            self.sender = broadcast::channel(self.capacity).0;
-            moved(&self.sender);
+            self.sender = larger;
         }
         self.sender.send(event).unwrap_or(0)
     }
@@ -1239,6 +1246,28 @@ mod tests {
             "cluster": null
         }))
         .expect("a stream info")
+    }
+
+    /// The parked sockets' writer takes a grown channel's receiver without
+    /// the feed's lock, once the old channel closes: it must find the new
+    /// receiver there by then.
+    #[test]
+    fn a_grown_channel_is_handed_over_before_the_old_one_closes() {
+        let mut channel = Channel::new(2, 16);
+        let old = channel.subscribe();
+        let mut old_closed_when_moved = None;
+        for _ in 0..2 {
+            channel.send(Arc::new(Event::drain_marker()), |_| {
+                old_closed_when_moved = Some(old.is_closed());
+            });
+        }
+        assert_eq!(
+            old_closed_when_moved,
+            Some(false),
+            "the channel never grew, or closed first"
+        );
+        assert!(old.is_closed(), "the old channel stays open after the move");
+        assert!(channel.grown);
     }
 
     /// A client may look a feed up an instant before it closes and attach

@@ -118,6 +118,25 @@ impl Parked {
         }
     }
 
+    /// Gives every socket back where it stands; events held for them are
+    /// dropped, as the streams catch up from the feed's history.
+    fn give_all_back(&mut self) {
+        let mut groups: Vec<Group> = self.by_path.drain().map(|(_, g)| g).collect();
+        groups.extend(self.by_patterns.drain().map(|(_, g)| g));
+        self.patterns_by_prefix.clear();
+        self.waiting_patterns.clear();
+        groups.push(std::mem::take(&mut self.all));
+        self.all = Group::new(self.pacing);
+        self.waiting.clear();
+        for group in groups {
+            let passed = group.passed(self.seen);
+            for (_, entry) in group.entries {
+                let pos = entry.pos.max(passed);
+                give_back(entry, pos, None, false);
+            }
+        }
+    }
+
     /// Forgets the group at `place` if no socket is left in it.
     fn drop_if_empty(&mut self, place: &Place) {
         match place {
@@ -750,21 +769,17 @@ impl ParkedSockets {
     /// Gives every socket back where it stands; events held for them are
     /// dropped, as the streams catch up from the feed's history.
     pub(super) fn give_all_back(&self) {
+        self.lock().give_all_back();
+    }
+
+    /// Gives every socket back and forgets the writer, under one lock: a
+    /// socket parked after this starts a new writer, and none is left with
+    /// a writer that has stopped.
+    fn stop_writing(&self) {
         let mut parked = self.lock();
-        let mut groups: Vec<Group> = parked.by_path.drain().map(|(_, g)| g).collect();
-        groups.extend(parked.by_patterns.drain().map(|(_, g)| g));
-        parked.patterns_by_prefix.clear();
-        parked.waiting_patterns.clear();
-        groups.push(std::mem::take(&mut parked.all));
-        parked.all = Group::new(parked.pacing);
-        parked.waiting.clear();
-        for group in groups {
-            let passed = group.passed(parked.seen);
-            for (_, entry) in group.entries {
-                let pos = entry.pos.max(passed);
-                give_back(entry, pos, None, false);
-            }
-        }
+        parked.give_all_back();
+        parked.writer = false;
+        parked.handed_over.clear();
     }
 
     /// Hands `incoming` to the groups it concerns, then writes every group
@@ -1048,14 +1063,16 @@ async fn write_parked(
             events = next;
             closed = false;
         }
-        if lagged || closed || drain.is_some() {
-            // Behind the queue, the feed gone, or the node draining: each
-            // stream takes it from here, from where its socket stands.
+        if closed {
+            // The feed is gone: each stream takes it from here.
+            sockets.stop_writing();
+            return;
+        }
+        if lagged || drain.is_some() {
+            // Behind the queue, or the node draining: each stream takes it
+            // from here, from where its socket stands.
             sockets.give_all_back();
             next_due = None;
-        }
-        if closed {
-            return;
         }
     }
 }
@@ -1153,6 +1170,36 @@ mod heartbeat_tests {
         let returned = ticket.take_back().unwrap();
         assert_eq!(returned.pos, 7);
         assert_eq!(returned.remainder, None);
+    }
+
+    /// A writer that stops gives every socket back and is forgotten: the
+    /// next socket to park starts another, rather than waiting on it.
+    #[tokio::test]
+    async fn a_socket_parked_after_the_writer_stopped_starts_another() {
+        let (_client, server) = pair().await;
+        let sockets = Arc::new(ParkedSockets::default());
+        let mut starts = 0;
+        let first = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), || {
+            starts += 1
+        });
+        let (_, events) = broadcast::channel::<Arc<Event>>(1);
+        sockets.hand_over(events);
+        sockets.stop_writing();
+        tokio::time::timeout(Duration::from_secs(5), first.given_back())
+            .await
+            .expect("the parked socket was not given back");
+        assert_eq!(first.take_back().map(|r| r.pos), Some(3));
+        assert!(
+            sockets.next_events().is_none(),
+            "a stopped writer's hand-over is kept"
+        );
+        let _second = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), || {
+            starts += 1
+        });
+        assert_eq!(
+            starts, 2,
+            "no writer started for the socket parked after the stop"
+        );
     }
 
     /// No heartbeat follows a write of the feed's writer or of the stream

@@ -111,6 +111,82 @@ async fn streams_in_step_are_written_by_their_feed_and_lose_nothing() {
     assert!(delivered >= expected as f64, "{delivered} < {expected}");
 }
 
+/// A burst that one stream cannot keep up with moves the feed to its
+/// larger channel while the other streams are parked. The writer goes on
+/// from the new channel: every stream that reads gets every event exactly,
+/// parks again, and gets what is published after. A writer that lost the
+/// new channel would stop, and the streams parked again after it would get
+/// heartbeats only.
+#[tokio::test]
+async fn a_burst_that_grows_the_feeds_channel_leaves_no_parked_stream_behind() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "grow", None).await;
+    let node = NodeProc::start(&nats.url(), &[PARK]).await;
+    let url = node.url("/v1/events?topic=grow");
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut client = SseClient::connect(&url, None).await.unwrap();
+        client.ready().await;
+        clients.push(client);
+    }
+    // Reads nothing once connected: its socket fills, its stream takes it
+    // back and falls behind on the feed's channel, which then grows.
+    let mut stuck = slow_reader(node.port, "/v1/events?topic=grow")
+        .await
+        .unwrap();
+    stuck.ready().await;
+    wait_parked(&node, 5.0).await;
+    let payload = "x".repeat(16 * 1024);
+    let mut published = 0;
+    let mut bursts_after_the_stuck_one_left = 0;
+    // Bursts until the stuck socket is full and its stream took it back,
+    // then one more while that stream waits on it.
+    while bursts_after_the_stuck_one_left < 2 {
+        assert!(published < 10_000, "the stuck socket never filled");
+        let burst = 100;
+        // Published at once, so they are stored in no particular order.
+        publish_many(&js, burst, burst, |i| {
+            (
+                "sse.grow.a".to_owned(),
+                format!("{:05}{payload}", published + i),
+            )
+        })
+        .await;
+        let expected: Vec<String> = (published..published + burst)
+            .map(|i| format!("{i:05}"))
+            .collect();
+        published += burst;
+        let mut first = None;
+        for client in &mut clients {
+            let events = client.take(burst, T).await;
+            let ids: Vec<u64> = events.iter().map(|e| seq_of(&e.id)).collect();
+            assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids {ids:?}");
+            let data = data_of(&events);
+            // Every client gets the events in the stream's one order.
+            assert!(
+                *first.get_or_insert_with(|| data.clone()) == data,
+                "clients differ in order"
+            );
+            let mut got: Vec<&str> = data.iter().map(|d| &d[..5]).collect();
+            got.sort_unstable();
+            assert_eq!(got, expected);
+        }
+        if bursts_after_the_stuck_one_left > 0 || parked(&node).await < 5.0 {
+            bursts_after_the_stuck_one_left += 1;
+        }
+    }
+    wait_parked(&node, 4.0).await;
+    drop(stuck);
+    // After the bursts, single events still reach the parked streams.
+    for i in 0..5 {
+        publish(&js, "grow.a", &format!("after-{i}")).await;
+        for client in &mut clients {
+            assert_eq!(data_of(&client.take(1, T).await), [format!("after-{i}")]);
+        }
+    }
+}
+
 /// A parked socket whose client reads slowly fills up: the writer gives it
 /// back with what it did not take, the stream writes that itself, catches
 /// up and parks again. The client gets every event whole, once, in order.

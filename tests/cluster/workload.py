@@ -291,6 +291,25 @@ class MetricsWatcher:
     def total(self, name: str, **labels: str) -> float:
         return sum(metric_sum(m, name, **labels) for m in self.last.values())
 
+    def node_states(self) -> dict[str, dict[str, int]]:
+        """Each node incarnation's last sample of what tells a stalled feed
+        (events read) from stalled delivery (events written, parked)."""
+        names = {
+            "read": "sse_feed_events_total",
+            "delivered": "sse_events_delivered_total",
+            "clients": "sse_clients_connected",
+            "parked": "sse_streams_parked",
+            "feed stalls": "sse_feed_stalls_total",
+            "feed errors": "sse_feed_errors_total",
+            "dozing": "sse_feeds_dozing",
+            "consumers": "sse_jetstream_consumers",
+            "nats reconnects": "sse_nats_reconnects_total",
+        }
+        return {
+            f"{node}#{inc}": {k: int(metric_sum(m, v)) for k, v in names.items()}
+            for (node, inc), m in sorted(self.last.items())
+        }
+
 
 async def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.1, soft: bool = False) -> bool:
     deadline = time.monotonic() + timeout
@@ -487,6 +506,8 @@ class Scenario:
             by_node[last] = round(max(by_node.get(last, 0.0), s.max_event_gap), 2)
         fig["longest gap by last node s"] = dict(sorted(by_node.items()))
         fig.update(self.extra)
+        if problems or fig["clients delayed over limit"]:
+            fig["node states at the end"] = self.watcher.node_states()
         if problems:
             fig["faulty clients"] = len(problems)
             fig["first problems"] = problems[:5]

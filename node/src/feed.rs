@@ -395,11 +395,18 @@ impl Feed {
             Duration::from_millis(node.config().delivery.write_pacing_ms),
             self.queue_events,
         );
-        let ticket = self.parked.park(socket, reads, cursor, pos, pacing, || {
-            // Subscribed under the feed's lock, before the first socket
-            // parks at the head: the writer sees every later event.
-            parked::start_writer(self.parked.clone(), state.sender.subscribe(), node.clone());
-        });
+        let ticket = self
+            .parked
+            .park(socket, reads, cursor, pos, pacing, |generation| {
+                // Subscribed under the feed's lock, before the first socket
+                // parks at the head: the writer sees every later event.
+                parked::start_writer(
+                    self.parked.clone(),
+                    state.sender.subscribe(),
+                    generation,
+                    node.clone(),
+                );
+            });
         Some((ticket, pos))
     }
 
@@ -595,9 +602,11 @@ impl Feed {
         }
         if state.sender.receiver_count() > 0 {
             let parked = &self.parked;
+            let seq = event.seq;
             receivers += state
                 .sender
                 .send(event, |moved| parked.hand_over(moved.subscribe()));
+            parked.note_sent(seq);
         }
         (state.history.bytes(), receivers)
     }
@@ -870,8 +879,7 @@ impl Reader {
             Ok(opened) => opened,
             Err(end) => return Ok(end),
         };
-        let nothing_until = opened.nothing_until;
-        self.nothing_until = nothing_until;
+        self.nothing_until = opened.nothing_until;
         let _held = self.metrics.consumer_held();
         let topic_label = [self.feed.topic.as_str()];
         let feed_events = self.metrics.feed_events.with_label_values(&topic_label);
@@ -894,6 +902,8 @@ impl Reader {
         let mut quiet_since = tokio::time::Instant::now();
         // When the head last moved; `quiet_since` restarts at every check.
         let mut moved_at = quiet_since;
+        // Looks at JetStream in a row that got no answer.
+        let mut unanswered = 0u32;
         loop {
             let item = tokio::select! {
                 item = opened.messages.next() => item,
@@ -925,14 +935,25 @@ impl Reader {
                     // Quiet for a whole period: is JetStream ahead? No
                     // answer proves nothing (NATS may be away; then the
                     // consumer reports errors itself): look again next tick.
-                    if let Ok(last) = last_stored(&opened.stream, &filter_subject).await {
-                        if last > head.max(nothing_until) {
+                    match last_stored(&opened.stream, &filter_subject).await {
+                        Ok(last) if last > head.max(self.nothing_until) => {
                             self.metrics.feed_stalls.inc();
                             warn!(topic = %self.feed.topic, head, stream_last = last, quiet_seconds = now.duration_since(quiet_since).as_secs(), "topic feed made no progress while jetstream holds newer events; re-creating its consumer");
                             return Ok(ReadEnd::Stalled);
                         }
-                        // A quiet topic: ask again after another period.
-                        quiet_since = now;
+                        Ok(_) => {
+                            // A quiet topic: ask again after another period.
+                            quiet_since = now;
+                            unanswered = 0;
+                        }
+                        Err(error) => {
+                            // Asked again each tick; a watchdog that cannot
+                            // look for a whole period says so, once a period.
+                            unanswered += 1;
+                            if unanswered.is_multiple_of(4) {
+                                warn!(topic = %self.feed.topic, head, %error, unanswered, "topic feed's watchdog gets no answer from jetstream");
+                            }
+                        }
                     }
                     continue;
                 }

@@ -106,6 +106,8 @@ pub struct Metrics {
     /// Feeds whose consumer made no progress while JetStream held newer
     /// events, and was re-created.
     pub feed_stalls: IntCounter,
+    /// Feeds whose parked sockets' writer was found stuck and replaced.
+    pub parked_writer_stalls: IntCounter,
     /// Client streams closed because they made no progress while behind
     /// their topic's head.
     pub stalled_streams: IntCounter,
@@ -272,6 +274,10 @@ impl Metrics {
             feed_stalls: counter(
                 "sse_feed_stalls_total",
                 "Topic feeds that made no progress while JetStream held newer events; their consumer was re-created.",
+            ),
+            parked_writer_stalls: counter(
+                "sse_parked_writer_stalls_total",
+                "Topic feeds whose parked streams' writer took no event it was sent for a heartbeat interval; its streams took their sockets back and a new writer started.",
             ),
             stalled_streams: counter(
                 "sse_stalled_streams_total",

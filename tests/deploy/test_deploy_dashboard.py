@@ -33,6 +33,7 @@ NODE_METRICS = {
     "sse_topic_subscribers": {"topic"},
     "sse_stalled_streams_total": set(),
     "sse_feed_stalls_total": set(),
+    "sse_parked_writer_stalls_total": set(),
     "sse_feeds_live": set(),
     "sse_feeds_dozing": set(),
     "sse_feed_starts_total": set(),

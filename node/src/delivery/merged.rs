@@ -381,7 +381,7 @@ impl MergedFeed {
         // and the socket taking its place at `seq`.
         let ticket = self
             .sockets
-            .park(socket, Reads::All, None, relayed.seq, pacing, || {});
+            .park(socket, Reads::All, None, relayed.seq, pacing, |_| {});
         Ok((ticket, relayed.seq))
     }
 

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::{net::TcpStream, time::Instant};
+use tracing::warn;
 
 use crate::{connection::SharedSocket, event::Event};
 
@@ -529,6 +530,21 @@ impl ClientStream {
                 ParkedWake::Gone
             }
             Woke::Heartbeat => {
+                let on_topic = self.parked.as_ref().is_some_and(|p| p.merged.is_none());
+                if on_topic && ticket.writer_stuck() {
+                    // Never expected: a safety net, so that a writer that
+                    // stops or hangs costs its streams a heartbeat interval
+                    // or two, not the rest of their lives.
+                    let topic = &self.topics[self.live.parked.unwrap_or(0)];
+                    warn!(topic = %topic.feed.topic, parked_at = topic.pos, head = topic.feed.head(), "the writer of a topic's parked streams took no event for a heartbeat interval; its streams take their sockets back and a new writer starts");
+                    self.node.metrics().parked_writer_stalls.inc();
+                    ticket.replace_writer();
+                    return match self.unpark() {
+                        Err(reason) => ParkedWake::End(reason),
+                        Ok(Some(rest)) => ParkedWake::Write(rest),
+                        Ok(None) => ParkedWake::Resume,
+                    };
+                }
                 match ticket.heartbeat(HEARTBEAT, std::mem::take(&mut self.wrote_since_heartbeat)) {
                     Beat::NotDue => ParkedWake::Resume,
                     Beat::Sent => {

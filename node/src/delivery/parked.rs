@@ -76,6 +76,10 @@ use crate::{connection::SharedSocket, event::Event, node::Node, tls_records::Sen
 #[derive(Default)]
 pub(crate) struct ParkedSockets {
     inner: Mutex<Parked>,
+    /// The last event the feed sent on the channel its writer reads.
+    sent: AtomicU64,
+    /// The last event the writer took in; when it started, `sent`.
+    taken: AtomicU64,
 }
 
 #[derive(Default)]
@@ -101,6 +105,9 @@ struct Parked {
     pacing: (Duration, usize),
     /// Whether the feed's writer runs.
     writer: bool,
+    /// Counts the writers started: a writer whose number is not the last
+    /// was replaced, and stops at its next batch without touching a socket.
+    generation: u64,
     /// Receivers of the channels the feed moved to (it grew), oldest first:
     /// the writer takes the next when the channel it reads closes.
     handed_over: std::collections::VecDeque<broadcast::Receiver<Arc<Event>>>,
@@ -511,6 +518,9 @@ pub(crate) struct Ticket {
     /// The group's count of passes, and its value at the last heartbeat.
     passes: Arc<AtomicU64>,
     passes_seen: AtomicU64,
+    /// What the feed had sent its writer at the last look for a stuck
+    /// writer.
+    sent_at_last_look: AtomicU64,
 }
 
 impl Ticket {
@@ -539,6 +549,24 @@ impl Ticket {
         }
         self.sockets
             .heartbeat(&self.place, self.key, &self.handback, beat)
+    }
+
+    /// Whether the feed's writer has not taken in an event the feed had
+    /// sent it at the last call: a writer that stopped or hangs. A stream
+    /// parked on a topic's writer asks once per heartbeat interval, far
+    /// longer than a working writer takes to read its channel, which
+    /// holds a bounded number of events.
+    pub(crate) fn writer_stuck(&self) -> bool {
+        let sent = self.sockets.sent.load(Ordering::Relaxed);
+        let before = self.sent_at_last_look.swap(sent, Ordering::Relaxed);
+        self.sockets.taken.load(Ordering::Relaxed) < before
+    }
+
+    /// Gives every socket of the feed back and forgets its writer, which
+    /// stops at its next batch if it ever gets there: the next stream to
+    /// park starts a new one.
+    pub(crate) fn replace_writer(&self) {
+        self.sockets.stop_writing(None);
     }
 
     /// Writes an event of another of the stream's topics through the
@@ -589,10 +617,22 @@ impl ParkedSockets {
         }
     }
 
-    /// The receiver to read once the current one is closed, if the feed
-    /// moved to a larger channel rather than closing.
-    fn next_events(&self) -> Option<broadcast::Receiver<Arc<Event>>> {
-        self.lock().handed_over.pop_front()
+    /// Notes that the feed sent the event `seq` on its channel of every
+    /// event, the one its writer reads.
+    pub(crate) fn note_sent(&self, seq: u64) {
+        self.sent.store(seq, Ordering::Relaxed);
+    }
+
+    /// The lock, if writer `generation` is still the feed's writer.
+    fn lock_as(&self, generation: u64) -> Option<MutexGuard<'_, Parked>> {
+        let parked = self.lock();
+        (parked.writer && parked.generation == generation).then_some(parked)
+    }
+
+    /// The receiver for writer `generation` to read once the current one is
+    /// closed, if the feed moved to a larger channel rather than closing.
+    fn next_events(&self, generation: u64) -> Option<broadcast::Receiver<Arc<Event>>> {
+        self.lock_as(generation)?.handed_over.pop_front()
     }
 
     /// Parks `socket` at `pos`, for the events of the feed it `reads`, each
@@ -606,14 +646,19 @@ impl ParkedSockets {
         cursor: Option<CursorAround>,
         pos: u64,
         pacing: (Duration, usize),
-        start_writer: impl FnOnce(),
+        start_writer: impl FnOnce(u64),
     ) -> Ticket {
         let mut parked = self.lock();
         if !parked.writer {
             parked.writer = true;
+            parked.generation += 1;
             parked.pacing = pacing;
             parked.all = Group::new(pacing);
-            start_writer();
+            // The caller holds the feed's lock: nothing is sent meanwhile,
+            // and the writer's channel holds only what is sent after this.
+            self.taken
+                .store(self.sent.load(Ordering::Relaxed), Ordering::Relaxed);
+            start_writer(parked.generation);
         }
         let handback = Arc::new(Handback::default());
         let entry = Entry {
@@ -649,6 +694,7 @@ impl ParkedSockets {
             held: true,
             passes,
             passes_seen,
+            sent_at_last_look: AtomicU64::new(0),
         }
     }
 
@@ -772,21 +818,48 @@ impl ParkedSockets {
         self.lock().give_all_back();
     }
 
-    /// Gives every socket back and forgets the writer, under one lock: a
-    /// socket parked after this starts a new writer, and none is left with
-    /// a writer that has stopped.
-    fn stop_writing(&self) {
-        let mut parked = self.lock();
+    /// Gives every socket back, as writer `generation` (if it is still the
+    /// feed's writer).
+    fn give_all_back_as(&self, generation: u64) {
+        if let Some(mut parked) = self.lock_as(generation) {
+            parked.give_all_back();
+        }
+    }
+
+    /// Gives every socket back and forgets the writer (`generation`, or
+    /// whichever runs), under one lock: a socket parked after this starts a
+    /// new writer, and none is left with a writer that has stopped.
+    fn stop_writing(&self, generation: Option<u64>) {
+        let mut parked = match generation {
+            Some(generation) => match self.lock_as(generation) {
+                Some(parked) => parked,
+                None => return,
+            },
+            None => self.lock(),
+        };
         parked.give_all_back();
         parked.writer = false;
         parked.handed_over.clear();
     }
 
+    /// As [`take_in`](Self::take_in), by writer `generation`; `None`, and
+    /// nothing written, if it is no longer the feed's writer.
+    fn take_in_as(&self, generation: u64, incoming: &[Arc<Event>], forced: bool) -> Option<Sweep> {
+        let mut parked = self.lock_as(generation)?;
+        let sweep = Self::take_in_locked(&mut parked, incoming, forced);
+        if let Some(last) = incoming.last() {
+            self.taken.store(last.seq, Ordering::Relaxed);
+        }
+        Some(sweep)
+    }
+
     /// Hands `incoming` to the groups it concerns, then writes every group
     /// that is due (all of them if `forced`).
     pub(super) fn take_in(&self, incoming: &[Arc<Event>], forced: bool) -> Sweep {
-        let mut guard = self.lock();
-        let parked = &mut *guard;
+        Self::take_in_locked(&mut self.lock(), incoming, forced)
+    }
+
+    fn take_in_locked(parked: &mut Parked, incoming: &[Arc<Event>], forced: bool) -> Sweep {
         if !parked.all.entries.is_empty() {
             for event in incoming {
                 parked.all.hold(event);
@@ -1008,14 +1081,16 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>, passed: u64) -> (u6
 pub(crate) fn start_writer(
     sockets: Arc<ParkedSockets>,
     events: broadcast::Receiver<Arc<Event>>,
+    generation: u64,
     node: Node,
 ) {
-    tokio::spawn(write_parked(sockets, events, node));
+    tokio::spawn(write_parked(sockets, events, generation, node));
 }
 
 async fn write_parked(
     sockets: Arc<ParkedSockets>,
     mut events: broadcast::Receiver<Arc<Event>>,
+    generation: u64,
     node: Node,
 ) {
     let mut incoming: Vec<Arc<Event>> = Vec::new();
@@ -1053,11 +1128,14 @@ async fn write_parked(
         if let Some(at) = drain {
             incoming.truncate(at);
         }
-        let sweep = sockets.take_in(&incoming, drain.is_some());
+        let Some(sweep) = sockets.take_in_as(generation, &incoming, drain.is_some()) else {
+            // Replaced: the sockets are the new writer's.
+            return;
+        };
         incoming.clear();
         next_due = sweep.next_due;
         sweep.count(&node);
-        if closed && let Some(next) = sockets.next_events() {
+        if closed && let Some(next) = sockets.next_events(generation) {
             // The feed moved to a larger channel: every event after this
             // one's last goes there, and the writer goes on from it.
             events = next;
@@ -1065,13 +1143,13 @@ async fn write_parked(
         }
         if closed {
             // The feed is gone: each stream takes it from here.
-            sockets.stop_writing();
+            sockets.stop_writing(Some(generation));
             return;
         }
         if lagged || drain.is_some() {
             // Behind the queue, or the node draining: each stream takes it
             // from here, from where its socket stands.
-            sockets.give_all_back();
+            sockets.give_all_back_as(generation);
             next_due = None;
         }
     }
@@ -1160,7 +1238,7 @@ mod heartbeat_tests {
             None,
             7,
             (Duration::ZERO, 16),
-            || {},
+            |_| {},
         );
         assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::Sent);
         let mut got = [0u8; 6];
@@ -1179,21 +1257,21 @@ mod heartbeat_tests {
         let (_client, server) = pair().await;
         let sockets = Arc::new(ParkedSockets::default());
         let mut starts = 0;
-        let first = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), || {
+        let first = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), |_| {
             starts += 1
         });
         let (_, events) = broadcast::channel::<Arc<Event>>(1);
         sockets.hand_over(events);
-        sockets.stop_writing();
+        sockets.stop_writing(None);
         tokio::time::timeout(Duration::from_secs(5), first.given_back())
             .await
             .expect("the parked socket was not given back");
         assert_eq!(first.take_back().map(|r| r.pos), Some(3));
         assert!(
-            sockets.next_events().is_none(),
+            sockets.lock().handed_over.is_empty(),
             "a stopped writer's hand-over is kept"
         );
-        let _second = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), || {
+        let _second = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), |_| {
             starts += 1
         });
         assert_eq!(
@@ -1202,13 +1280,95 @@ mod heartbeat_tests {
         );
     }
 
+    fn test_event(seq: u64) -> Event {
+        let ctx = crate::event::EncodeContext {
+            topic: "t".into(),
+            epoch: "e".into(),
+            max_event_bytes: 1024,
+        };
+        Event::encode(&ctx, seq, "t", std::time::SystemTime::now(), None, b"x")
+    }
+
+    /// A writer that takes in what the feed sends it is never found stuck;
+    /// one that has not taken in, at a look, what the feed had sent it by
+    /// the look before is.
+    #[tokio::test]
+    async fn a_writer_is_stuck_when_it_took_no_event_sent_before_the_last_look() {
+        let (_client, server) = pair().await;
+        let sockets = Arc::new(ParkedSockets::default());
+        sockets.note_sent(4);
+        let mut generation = 0;
+        let ticket = sockets.park(&server, Reads::All, None, 4, (Duration::ZERO, 16), |g| {
+            generation = g
+        });
+        assert!(!ticket.writer_stuck(), "stuck at the first look");
+        // Sent and taken in between two looks.
+        sockets.note_sent(5);
+        let event = Arc::new(test_event(5));
+        assert!(sockets.take_in_as(generation, &[event], false).is_some());
+        assert!(!ticket.writer_stuck());
+        // Sent, not yet taken in: a writer may be behind at one look.
+        sockets.note_sent(6);
+        assert!(
+            !ticket.writer_stuck(),
+            "a writer busy at the look is not stuck"
+        );
+        // Still not taken in at the next look.
+        assert!(
+            ticket.writer_stuck(),
+            "a writer that took nothing for a whole interval is stuck"
+        );
+    }
+
+    /// A replaced writer stops at its next batch without writing to any
+    /// socket: the new writer's sockets get each event once.
+    #[tokio::test]
+    async fn a_replaced_writer_writes_nothing() {
+        let (mut client, server) = pair().await;
+        let sockets = Arc::new(ParkedSockets::default());
+        let mut generations = Vec::new();
+        let first = sockets.park(&server, Reads::All, None, 4, (Duration::ZERO, 16), |g| {
+            generations.push(g)
+        });
+        first.replace_writer();
+        assert_eq!(first.take_back().map(|r| r.pos), Some(4));
+        let _second = sockets.park(&server, Reads::All, None, 4, (Duration::ZERO, 16), |g| {
+            generations.push(g)
+        });
+        let [old, new] = generations[..] else {
+            panic!("writers started: {generations:?}");
+        };
+        let event = Arc::new(test_event(5));
+        assert!(
+            sockets
+                .take_in_as(old, std::slice::from_ref(&event), false)
+                .is_none()
+        );
+        assert!(sockets.next_events(old).is_none());
+        sockets.give_all_back_as(old);
+        sockets.stop_writing(Some(old));
+        assert_eq!(
+            sockets.lock().all.entries.len(),
+            1,
+            "the old writer moved the new one's socket"
+        );
+        assert!(
+            sockets
+                .take_in_as(new, std::slice::from_ref(&event), false)
+                .is_some()
+        );
+        let mut got = vec![0u8; event.frame.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, event.frame, "the new writer's event, once");
+    }
+
     /// No heartbeat follows a write of the feed's writer or of the stream
     /// itself; one follows a quiet interval.
     #[tokio::test]
     async fn a_heartbeat_goes_out_only_after_a_quiet_interval() {
         let (mut client, server) = pair().await;
         let sockets = Arc::new(ParkedSockets::default());
-        let ticket = sockets.park(&server, Reads::All, None, 0, (Duration::ZERO, 16), || {});
+        let ticket = sockets.park(&server, Reads::All, None, 0, (Duration::ZERO, 16), |_| {});
         let ctx = crate::event::EncodeContext {
             topic: "t".into(),
             epoch: "e".into(),
@@ -1247,7 +1407,7 @@ mod heartbeat_tests {
         let filler = vec![b'x'; 1 << 20];
         while server.tcp().try_write(&filler).is_ok_and(|n| n > 0) {}
         let sockets = Arc::new(ParkedSockets::default());
-        let ticket = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), || {});
+        let ticket = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), |_| {});
         assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::Refused);
         assert_eq!(sockets.lock().all.entries.len(), 1);
         let returned = ticket.take_back().unwrap();
@@ -1281,7 +1441,7 @@ mod pacing_tests {
             None,
             0,
             pacing,
-            || {},
+            |_| {},
         );
         let ctx = EncodeContext {
             topic: "t".into(),
@@ -1375,7 +1535,7 @@ mod cursor_tests {
             with_cursors.push((client, server, user_pos, from));
         }
         let pacing = (Duration::ZERO, 64);
-        let mut tickets = vec![sockets.park(&plain, Reads::All, None, 0, pacing, || {})];
+        let mut tickets = vec![sockets.park(&plain, Reads::All, None, 0, pacing, |_| {})];
         for (_, server, user_pos, from) in &with_cursors {
             let parked = sockets.park(
                 server,
@@ -1383,7 +1543,7 @@ mod cursor_tests {
                 Some(cursor(*user_pos)),
                 *from,
                 pacing,
-                || {},
+                |_| {},
             );
             tickets.push(parked);
         }
@@ -1432,7 +1592,7 @@ mod cursor_tests {
             Some(own.clone()),
             0,
             (Duration::ZERO, 64),
-            || {},
+            |_| {},
         );
         let batch = events(1, 2, &vec![b'x'; 2 << 20]);
         let sweep = sockets.take_in(&batch, false);
@@ -1483,7 +1643,7 @@ mod through_tests {
             Some(cursor(3)),
             5,
             (Duration::ZERO, 64),
-            || {},
+            |_| {},
         );
         (sockets, ticket)
     }
@@ -1604,7 +1764,7 @@ mod pattern_tests {
         let sockets = Arc::new(ParkedSockets::default());
         let (client, server) = pair().await;
         let reads = Reads::Patterns(&patterns(paths));
-        let ticket = sockets.park(&server, reads, None, pos, (Duration::ZERO, 16), || {});
+        let ticket = sockets.park(&server, reads, None, pos, (Duration::ZERO, 16), |_| {});
         (sockets, client, ticket)
     }
 
@@ -1620,11 +1780,12 @@ mod pattern_tests {
         let (mut first_client, first) = pair().await;
         let (mut second_client, second) = pair().await;
         let (mut other_client, other) = pair().await;
-        let first_ticket = sockets.park(&first, Reads::Patterns(&wildcard), None, 0, pacing, || {});
+        let first_ticket =
+            sockets.park(&first, Reads::Patterns(&wildcard), None, 0, pacing, |_| {});
         let second_ticket =
-            sockets.park(&second, Reads::Patterns(&wildcard), None, 0, pacing, || {});
+            sockets.park(&second, Reads::Patterns(&wildcard), None, 0, pacing, |_| {});
         let other_ticket =
-            sockets.park(&other, Reads::Patterns(&two_paths), None, 0, pacing, || {});
+            sockets.park(&other, Reads::Patterns(&two_paths), None, 0, pacing, |_| {});
         assert_eq!(sockets.lock().by_patterns.len(), 2);
         assert_eq!(sockets.lock().by_patterns["t.a.*"].entries.len(), 2);
 

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""What dozing feeds cost a NATS cluster when their topics wake them often.
+
+A feed that reads no event for `delivery.feed_doze_seconds` lets its consumer
+go, and makes a new one at the topic's next event. In a NATS cluster a
+consumer's creation and deletion go through the meta leader, so a topic with an
+event a little less often than the doze time costs a consumer created and
+deleted per event. This starts three nats-servers in a cluster (the test
+harness's, `tests/cluster/harness.py`) and one sse-node (SSE_NODE_BIN, default
+target/debug/sse-node), creates --topics topics of three replicas, opens one
+event stream per topic on the node, and publishes one event to each topic every
+--period seconds, spread evenly. After a warm-up it counts, over --window
+seconds, the CPU of the three nats-servers and of the node, and checks that
+every stream got every event once, in order. One JSON line on stdout.
+
+    python3 bench/nats/doze_churn.py --doze 2 --period 5
+    python3 bench/nats/doze_churn.py --doze 0 --period 5
+"""
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from cluster.harness import Cluster, metric_sum  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+async def read_stream(port: int, topic: str, got: list[int], ready: asyncio.Event) -> None:
+    """Appends each event's sequence (from its id) to `got`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /v1/events?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"{topic}: {head[:80]!r}")
+    ready.set()
+    buf = b""
+    try:
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n\n" in buf:
+                frame, buf = buf.split(b"\n\n", 1)
+                lines = frame.split(b"\n")
+                # The id-only frame after the headers carries no event.
+                if not any(line.startswith(b"data:") for line in lines):
+                    continue
+                for line in lines:
+                    if line.startswith(b"id: "):
+                        # <topic>:<epoch>:<seq>
+                        got.append(int(line.rsplit(b":", 1)[1]))
+    finally:
+        writer.close()
+
+
+async def run(args) -> dict:
+    env = {"SSE_DELIVERY__FEED_DOZE_SECONDS": str(args.doze)}
+    cluster = Cluster(nodes=1, node_env=env, with_admin=False)
+    topics = [f"churn{i}" for i in range(args.topics)]
+    try:
+        cluster.start(topics=[(t, 3) for t in topics], timeout=120)
+        port = cluster.node_port("node0")
+        got = {t: [] for t in topics}
+        readies = {t: asyncio.Event() for t in topics}
+        readers = [asyncio.create_task(read_stream(port, t, got[t], readies[t])) for t in topics]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in readies.values())), 60)
+
+        import nats
+
+        nc = await nats.connect(servers=cluster.nats_urls)
+        js = nc.jetstream(timeout=10)
+        published = {t: [] for t in topics}
+        stop = time.monotonic() + args.warmup + args.window
+        window: dict[str, float] = {}
+
+        async def publisher() -> None:
+            step = args.period / len(topics)
+            i = 0
+            start = time.monotonic()
+            while time.monotonic() < stop:
+                t = topics[i % len(topics)]
+                ack = await js.publish(f"sse.{t}", b"x")
+                published[t].append(ack.seq)
+                i += 1
+                await asyncio.sleep(max(0.0, start + i * step - time.monotonic()))
+
+        created = 0
+
+        async def on_created(_msg) -> None:
+            nonlocal created
+            created += 1
+
+        async def measure() -> None:
+            await asyncio.sleep(args.warmup)
+            # JetStream's own advisories count the consumers made.
+            sub = await nc.subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.>", cb=on_created)
+            procs = {n: cluster.procs[n].pid for n in ("nats0", "nats1", "nats2", "node0")}
+            before = {n: cpu_seconds(p) for n, p in procs.items()}
+            await asyncio.sleep(args.window)
+            after = {n: cpu_seconds(p) for n, p in procs.items()}
+            await sub.unsubscribe()
+            m1 = cluster.metrics("node0") or {}
+            window.update({n: round(after[n] - before[n], 2) for n in procs})
+            window["dozing_at_end"] = metric_sum(m1, "sse_feeds_dozing")
+
+        await asyncio.gather(publisher(), measure())
+        await nc.close()
+        # The last events reach every stream.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(len(got[t]) < len(published[t]) for t in topics):
+            await asyncio.sleep(0.2)
+        for r in readers:
+            r.cancel()
+        lost = sum(len(set(published[t]) - set(got[t])) for t in topics)
+        dups = sum(len(got[t]) - len(set(got[t])) for t in topics)
+        out_of_order = sum(1 for t in topics if got[t] != sorted(got[t]))
+        events = sum(len(p) for p in published.values())
+        nats_cpu = round(window["nats0"] + window["nats1"] + window["nats2"], 2)
+        return {
+            "doze_s": args.doze,
+            "topics": args.topics,
+            "period_s": args.period,
+            "window_s": args.window,
+            "events": events,
+            "events_in_window": round(args.topics * args.window / args.period),
+            "nats_cpu_s": nats_cpu,
+            "nats_cpu_by_server": [window["nats0"], window["nats1"], window["nats2"]],
+            "node_cpu_s": window["node0"],
+            "consumers_created_in_window": created,
+            "dozing_at_end": int(window["dozing_at_end"]),
+            "lost": lost,
+            "dups": dups,
+            "streams_out_of_order": out_of_order,
+            "ok": lost == 0 and dups == 0 and out_of_order == 0,
+        }
+    finally:
+        cluster.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--doze", type=int, default=2, help="delivery.feed_doze_seconds (0: never)")
+    p.add_argument("--topics", type=int, default=100)
+    p.add_argument("--period", type=float, default=5.0, help="seconds between two events of a topic")
+    p.add_argument("--warmup", type=float, default=15.0)
+    p.add_argument("--window", type=float, default=60.0)
+    args = p.parse_args()
+    result = asyncio.run(run(args))
+    print(json.dumps(result), flush=True)
+    if not result["ok"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

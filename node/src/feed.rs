@@ -152,6 +152,9 @@ struct Channel {
     max: usize,
     /// Whether it moved to the whole allowance.
     grown: bool,
+    /// The last event sent on it, so that a reader's progress can be
+    /// checked against it (see [`Feed::sent_on`]).
+    last_sent: u64,
 }
 
 impl Channel {
@@ -162,6 +165,7 @@ impl Channel {
             capacity,
             max,
             grown: false,
+            last_sent: 0,
         }
     }
 
@@ -196,6 +200,8 @@ impl Channel {
             // it holds.
             self.sender = larger;
         }
+        // A drain marker (sequence 0) is no event a reader must take in.
+        self.last_sent = self.last_sent.max(event.seq);
         self.sender.send(event).unwrap_or(0)
     }
 }
@@ -494,6 +500,17 @@ impl Feed {
     /// The last sequence processed.
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
+    }
+
+    /// The last event sent on the channel a reader of `path` (or of every
+    /// event, for `None`) takes in: a reader that is past it has taken in
+    /// everything sent before.
+    pub(crate) fn sent_on(&self, path: Option<&str>) -> u64 {
+        let state = self.lock();
+        match path {
+            None => state.sender.last_sent,
+            Some(path) => state.paths.get(path).map_or(0, |c| c.last_sent),
+        }
     }
 
     /// The JetStream stream name.

@@ -185,6 +185,42 @@ pub(crate) struct MergedFeed {
     /// Per topic, whether it is read at one path: a stream's position there
     /// may lag the relay's with nothing of the path in between.
     at_path: Vec<bool>,
+    /// Per topic, the path whose channel the relay reads, or `None` for
+    /// the channel of every event.
+    channels: Vec<Option<Box<str>>>,
+    /// The last look for a stuck relay.
+    look: Mutex<RelayLook>,
+}
+
+/// What the set's topics had sent the relay at the last look for a stuck
+/// relay, and when that look was.
+#[derive(Default)]
+struct RelayLook {
+    at: Option<Instant>,
+    sent: Vec<u64>,
+}
+
+impl RelayLook {
+    /// Whether the relay, standing at `relayed`, has not relayed an event
+    /// its topics had sent it by the last look, if that look was at least
+    /// `interval` before `now`: a relay that stopped or hangs. A look
+    /// sooner than that after the last one finds nothing and notes
+    /// nothing, so that many streams looking cost one look per interval.
+    fn stuck(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        sent_now: impl FnOnce() -> Vec<u64>,
+        relayed: &[u64],
+    ) -> bool {
+        if self.at.is_some_and(|at| now.duration_since(at) < interval) {
+            return false;
+        }
+        let stuck = self.sent.iter().zip(relayed).any(|(sent, at)| at < sent);
+        self.at = Some(now);
+        self.sent = sent_now();
+        stuck
+    }
 }
 
 /// What the relay has framed so far.
@@ -276,12 +312,14 @@ impl MergedFeed {
         let mut receivers = Vec::with_capacity(reads.len());
         let mut cursor = Vec::with_capacity(reads.len());
         let mut at_path = Vec::with_capacity(reads.len());
+        let mut channels = Vec::with_capacity(reads.len());
         let mut queue_events = usize::MAX;
         for (feed, channel) in &reads {
             let attachment = feed.attach(*channel);
             cursor.push(attachment.head);
             receivers.push(attachment.receiver);
             at_path.push(channel.is_some() || feed.path.is_some());
+            channels.push(channel.map(Box::from));
             // As for a stream of several topics: the smallest of the
             // queues bounds how long the relay's sockets may be held.
             queue_events = queue_events.min(if channel.is_some() {
@@ -311,6 +349,8 @@ impl MergedFeed {
             stop: Arc::default(),
             queue_events,
             at_path,
+            channels,
+            look: Mutex::default(),
         });
         let relay = Relay {
             topics: LiveReceivers {
@@ -320,8 +360,10 @@ impl MergedFeed {
                 held: None,
             },
             names,
-            relayed,
-            sockets: merged.sockets.clone(),
+            end: RelayEnd {
+                relayed,
+                sockets: merged.sockets.clone(),
+            },
             stop: merged.stop.clone(),
             node: node.clone(),
         };
@@ -389,6 +431,43 @@ impl MergedFeed {
     pub(crate) fn cursor_at(&self, seq: u64) -> Option<Vec<u64>> {
         self.lock().cursor_at(seq)
     }
+
+    /// Whether the relay has not relayed an event its topics had sent it by
+    /// a look at least `interval` ago (see [`RelayLook::stuck`]). A relay
+    /// that ended is not stuck: it gave every socket back.
+    pub(crate) fn relay_stuck(&self, interval: Duration) -> bool {
+        let mut look = self.look.lock().unwrap_or_else(|p| p.into_inner());
+        let relayed = {
+            let relayed = self.lock();
+            if relayed.closed {
+                return false;
+            }
+            relayed.cursor.clone()
+        };
+        let sent_now = || {
+            self._feeds
+                .iter()
+                .zip(&self.channels)
+                .map(|(feed, path)| feed.sent_on(path.as_deref()))
+                .collect()
+        };
+        look.stuck(Instant::now(), interval, sent_now, &relayed)
+    }
+
+    /// Ends a stuck relay's hold on the set: no stream parks on it again,
+    /// and every parked one takes its socket back; the next to park starts
+    /// a new relay. Should the old one ever wake, it writes to no socket.
+    pub(crate) fn replace_relay(&self) {
+        self.lock().closed = true;
+        self.stop.notify_one();
+        self.sockets.give_all_back();
+    }
+
+    /// The set's topics, for a log line.
+    pub(crate) fn topics(&self) -> String {
+        let names: Vec<&str> = self._feeds.iter().map(|f| f.topic.as_str()).collect();
+        names.join(",")
+    }
 }
 
 impl Drop for MergedFeed {
@@ -412,10 +491,26 @@ struct Relay {
     topics: LiveReceivers,
     /// Each topic's name and epoch, for the cursor.
     names: Vec<(Box<str>, Box<str>)>,
-    relayed: Arc<Mutex<Relayed>>,
-    sockets: Arc<ParkedSockets>,
+    end: RelayEnd,
     stop: Arc<Notify>,
     node: Node,
+}
+
+/// What the relay has framed, and its sockets: closed and given back
+/// however the relay ends, a panic included, so that no stream is left
+/// parked on a relay that no longer runs.
+struct RelayEnd {
+    relayed: Arc<Mutex<Relayed>>,
+    sockets: Arc<ParkedSockets>,
+}
+
+impl Drop for RelayEnd {
+    fn drop(&mut self) {
+        // Closed first: a stream parks only under this lock, so none parks
+        // after the sockets are given back.
+        lock(&self.relayed).closed = true;
+        self.sockets.give_all_back();
+    }
 }
 
 impl Relay {
@@ -426,11 +521,8 @@ impl Relay {
         loop {
             let first = tokio::select! {
                 biased;
-                _ = self.stop.notified() => {
-                    // No stream holds the feed, so none is parked on it.
-                    self.sockets.give_all_back();
-                    return;
-                }
+                // No stream holds the feed, or the relay was replaced.
+                _ = self.stop.notified() => return,
                 read = self.topics.next(|_| true) => Some(read),
                 _ = super::sleep_until_opt(next_due), if next_due.is_some() => None,
             };
@@ -460,7 +552,7 @@ impl Relay {
             }
             let ending = lagged || closed || drain.is_some();
             {
-                let mut relayed = lock(&self.relayed);
+                let mut relayed = lock(&self.end.relayed);
                 for (topic, event) in incoming.drain(..) {
                     if event.seq <= relayed.cursor[topic] {
                         continue;
@@ -471,16 +563,15 @@ impl Relay {
                 relayed.fold_old(Instant::now());
                 relayed.closed |= ending;
             }
-            let sweep = self.sockets.take_in(&merged, drain.is_some());
+            let sweep = self.end.sockets.take_in(&merged, drain.is_some());
             merged.clear();
             next_due = sweep.next_due;
             sweep.count(&self.node);
             if ending {
                 // Behind a topic's queue, a topic gone, or the node
                 // draining: each stream takes it from here, from where its
-                // socket stands, and a new relay serves those that park
-                // again.
-                self.sockets.give_all_back();
+                // socket stands (the relay's end gives every socket back),
+                // and a new relay serves those that park again.
                 return;
             }
         }
@@ -512,6 +603,7 @@ impl Relay {
 
 #[cfg(test)]
 mod tests {
+    use super::super::parked::{Reads, test_sockets::pair};
     use super::*;
 
     fn relayed() -> Relayed {
@@ -564,6 +656,57 @@ mod tests {
         assert_eq!(r.cursor_at(3), None);
         assert_eq!(r.cursor_at(4), Some(vec![8, 8]), "where the relay stands");
         assert!(r.steps.is_empty());
+    }
+
+    /// A relay is stuck when, at a look an interval or more after the
+    /// last, it has not relayed what its topics had sent it by then; what
+    /// they sent since does not count, and looks closer together than the
+    /// interval find nothing.
+    #[test]
+    fn a_relay_is_stuck_when_it_relayed_nothing_sent_before_the_last_look() {
+        let interval = Duration::from_secs(10);
+        let start = Instant::now();
+        let mut look = RelayLook::default();
+        assert!(!look.stuck(start, interval, || vec![5, 9], &[5, 7]));
+        assert!(
+            !look.stuck(start + interval / 2, interval, || vec![6, 9], &[5, 7]),
+            "a look within the interval of the last"
+        );
+        assert!(
+            !look.stuck(start + interval, interval, || vec![6, 9], &[5, 9]),
+            "relayed what was sent by the last look"
+        );
+        assert!(
+            !look.stuck(start + 2 * interval, interval, || vec![8, 9], &[6, 9]),
+            "event 8 was sent since the last look"
+        );
+        assert!(
+            look.stuck(start + 3 * interval, interval, || vec![8, 9], &[7, 9]),
+            "event 8 was sent by the last look and is not relayed yet"
+        );
+    }
+
+    /// However a relay ends, a panic included, no stream parks on it again
+    /// and every parked socket is given back.
+    #[tokio::test]
+    async fn a_relay_that_panics_closes_and_gives_every_socket_back() {
+        let (_client, server) = pair().await;
+        let relayed = Arc::new(Mutex::new(relayed()));
+        let sockets = Arc::new(ParkedSockets::default());
+        let ticket = sockets.park(&server, Reads::All, None, 0, (Duration::ZERO, 16), |_| {});
+        let end = RelayEnd {
+            relayed: relayed.clone(),
+            sockets,
+        };
+        let relay = tokio::spawn(async move {
+            let _end = end;
+            panic!("a relay's bug");
+        });
+        assert!(relay.await.unwrap_err().is_panic());
+        tokio::time::timeout(Duration::from_secs(5), ticket.given_back())
+            .await
+            .expect("the parked socket was not given back");
+        assert!(lock(&relayed).closed, "streams would park on it still");
     }
 
     #[test]

@@ -530,8 +530,21 @@ impl ClientStream {
                 ParkedWake::Gone
             }
             Woke::Heartbeat => {
-                let on_topic = self.parked.as_ref().is_some_and(|p| p.merged.is_none());
-                if on_topic && ticket.writer_stuck() {
+                let merged = self.parked.as_ref().and_then(|p| p.merged.as_ref());
+                if let Some(merged) = merged
+                    && merged.relay_stuck(self.node.config().heartbeat())
+                {
+                    // As for a topic's writer, below.
+                    warn!(topics = %merged.topics(), "the relay of a merged feed's parked streams relayed no event for a heartbeat interval; its streams take their sockets back and a new relay starts");
+                    self.node.metrics().parked_writer_stalls.inc();
+                    merged.replace_relay();
+                    return match self.unpark() {
+                        Err(reason) => ParkedWake::End(reason),
+                        Ok(Some(rest)) => ParkedWake::Write(rest),
+                        Ok(None) => ParkedWake::Resume,
+                    };
+                }
+                if merged.is_none() && ticket.writer_stuck() {
                     // Never expected: a safety net, so that a writer that
                     // stops or hangs costs its streams a heartbeat interval
                     // or two, not the rest of their lives.

@@ -1087,12 +1087,30 @@ pub(crate) fn start_writer(
     tokio::spawn(write_parked(sockets, events, generation, node));
 }
 
+/// A writer's hold on its sockets: however the writer ends, a panic
+/// included, they are given back and the writer is forgotten, so that the
+/// next stream to park starts another.
+struct WriterEnd {
+    sockets: Arc<ParkedSockets>,
+    generation: u64,
+}
+
+impl Drop for WriterEnd {
+    fn drop(&mut self) {
+        self.sockets.stop_writing(Some(self.generation));
+    }
+}
+
 async fn write_parked(
     sockets: Arc<ParkedSockets>,
     mut events: broadcast::Receiver<Arc<Event>>,
     generation: u64,
     node: Node,
 ) {
+    let _end = WriterEnd {
+        sockets: sockets.clone(),
+        generation,
+    };
     let mut incoming: Vec<Arc<Event>> = Vec::new();
     let mut next_due: Option<Instant> = None;
     loop {
@@ -1142,8 +1160,8 @@ async fn write_parked(
             closed = false;
         }
         if closed {
-            // The feed is gone: each stream takes it from here.
-            sockets.stop_writing(Some(generation));
+            // The feed is gone: each stream takes it from here (the
+            // writer's end gives every socket back).
             return;
         }
         if lagged || drain.is_some() {
@@ -1188,7 +1206,7 @@ mod tests {
 /// Sockets for the tests below: a connected client and the server's side
 /// of it, as the writer holds it.
 #[cfg(test)]
-mod test_sockets {
+pub(super) mod test_sockets {
     use std::{sync::Arc, time::Duration};
 
     use tokio::{
@@ -1198,7 +1216,7 @@ mod test_sockets {
 
     use crate::connection::SharedSocket;
 
-    pub(super) async fn pair() -> (TcpStream, Arc<SharedSocket>) {
+    pub(in crate::delivery) async fn pair() -> (TcpStream, Arc<SharedSocket>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -1248,6 +1266,35 @@ mod heartbeat_tests {
         let returned = ticket.take_back().unwrap();
         assert_eq!(returned.pos, 7);
         assert_eq!(returned.remainder, None);
+    }
+
+    /// A writer that ends however it ends, a panic included, gives every
+    /// socket back and is forgotten: the next socket to park starts another.
+    #[tokio::test]
+    async fn a_writer_that_panics_gives_its_sockets_back_and_is_forgotten() {
+        let (_client, server) = pair().await;
+        let sockets = Arc::new(ParkedSockets::default());
+        let mut generations = Vec::new();
+        let ticket = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), |g| {
+            generations.push(g)
+        });
+        let end = WriterEnd {
+            sockets: sockets.clone(),
+            generation: generations[0],
+        };
+        let writer = tokio::spawn(async move {
+            let _end = end;
+            panic!("a writer's bug");
+        });
+        assert!(writer.await.unwrap_err().is_panic());
+        tokio::time::timeout(Duration::from_secs(5), ticket.given_back())
+            .await
+            .expect("the parked socket was not given back");
+        assert_eq!(ticket.take_back().map(|r| r.pos), Some(3));
+        let _again = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), |g| {
+            generations.push(g)
+        });
+        assert_eq!(generations.len(), 2, "no writer started after the panic");
     }
 
     /// A writer that stops gives every socket back and is forgotten: the

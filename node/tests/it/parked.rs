@@ -696,35 +696,38 @@ async fn a_socket_on_a_merged_feed_that_fills_up_is_given_back_whole() {
     wait_parked(&node, 2.0).await;
 
     let total = 300;
-    let reader = tokio::spawn(async move {
-        let events = slow.take(total, Duration::from_secs(60)).await;
-        (events, slow)
-    });
     let companion_reader = tokio::spawn(async move {
         let events = companion.take(total, Duration::from_secs(60)).await;
         (events, companion)
     });
-    // One topic at a time per batch, so that each topic's order is the
-    // order of publication.
-    for chunk in (30..30 + total).collect::<Vec<_>>().chunks(30) {
-        for topic in 0..3 {
-            let acks = futures_util::future::join_all(
-                chunk
-                    .iter()
-                    .filter(|i| *i % 3 == topic)
-                    .map(|i| js.publish(format!("sse.t{topic}.x"), payload(*i).into())),
-            )
-            .await;
-            for ack in acks {
-                ack.expect("publish").await.expect("ack");
+    let publisher = tokio::spawn(async move {
+        // One topic at a time per batch, so that each topic's order is the
+        // order of publication.
+        for chunk in (30..30 + total).collect::<Vec<_>>().chunks(30) {
+            for topic in 0..3 {
+                let acks = futures_util::future::join_all(
+                    chunk
+                        .iter()
+                        .filter(|i| *i % 3 == topic)
+                        .map(|i| js.publish(format!("sse.t{topic}.x"), payload(*i).into())),
+                )
+                .await;
+                for ack in acks {
+                    ack.expect("publish").await.expect("ack");
+                }
             }
         }
-    }
-    let (received, _still_open) = reader.await.unwrap();
-    assert!(
-        node.metric("sse_parked_refusals_total").await >= 1.0,
-        "the socket never filled up: the test did not test a give-back"
-    );
+    });
+    // The slow client reads nothing until its socket has filled, however
+    // fast the machine reads for it.
+    eventually(
+        Duration::from_secs(60),
+        "the slow socket to fill up",
+        || async { (node.metric("sse_parked_refusals_total").await >= 1.0).then_some(()) },
+    )
+    .await;
+    let received = slow.take(total, Duration::from_secs(60)).await;
+    publisher.await.unwrap();
     for event in &received {
         let index: usize = event
             .data

@@ -277,7 +277,7 @@ impl Metrics {
             ),
             parked_writer_stalls: counter(
                 "sse_parked_writer_stalls_total",
-                "Topic feeds whose parked streams' writer took no event it was sent for a heartbeat interval; its streams took their sockets back and a new writer started.",
+                "Writers of parked streams (a topic's writer, or a merged feed's relay) that took in no event they were sent for a heartbeat interval; their streams took their sockets back and a new writer started.",
             ),
             stalled_streams: counter(
                 "sse_stalled_streams_total",

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cluster.harness import http_get
+from cluster.harness import http_get, metric_sum
 from cluster.tcp_proxy import TcpProxy
 from cluster.workload import Scenario, chaos_timeout, scale, stream_leader
 
@@ -86,6 +86,46 @@ def test_kill_9_the_stream_leaders_nats_server_while_publishing(node_binary, clu
     # A NATS server failing is a NATS outage for the nodes, not a reason to
     # drop their clients: "clients stay connected with heartbeats; when NATS
     # is back the node resumes from its last sequence" (DESIGN.md).
+    closed = {k: v for k, v in scn.figures["closed by nodes"].items() if v}
+    assert scn.figures["reconnects"] == 0, f"nodes closed client streams during the failover: {closed}"
+
+
+@pytest.mark.timeout(chaos_timeout(150))
+def test_kill_9_the_leader_of_three_topics_that_take_turns(node_binary, cluster_factory, topic):
+    # Each client reads three topics whose events take turns, so its stream
+    # parks on the merged feed of the three. All three streams' leaders are
+    # moved to one server first, and that server is killed: every feed of
+    # the set loses its consumer at once while the relay writes.
+    topics = [topic, f"{topic}b", f"{topic}c"]
+    c = cluster_factory(nodes=3, topics=[(t, 3) for t in topics])
+    leader = asyncio.run(stream_leader(c.nats_urls, f"SSE_{topic}"))
+    for other in topics[1:]:
+        asyncio.run(move_stream_leader(c.nats_urls, f"SSE_{other}", leader))
+    scn = Scenario(c, "kill -9 the leader of three topics in turn", topic, also_topics=tuple(topics[1:]), **scale())
+    parked: dict[str, float] = {}
+
+    async def action(s: Scenario) -> None:
+        await s.at(0.3)
+        leaders = [await stream_leader(c.nats_urls, f"SSE_{t}") for t in topics]
+        assert leaders == [leader] * 3, f"the streams' leaders moved before the kill: {leaders}"
+        scraped = [await asyncio.to_thread(c.metrics, n, 2.0) for n in c.running_nodes()]
+        parked["parked"] = sum(metric_sum(m or {}, "sse_streams_parked") for m in scraped)
+        proc = c.nats_proc_for_server(leader)
+        killed_at = time.monotonic()
+        c.kill(proc)
+        live = [u for i, u in enumerate(c.nats_urls) if f"nats{i}" != proc]
+        for t in topics:
+            await stream_leader(live, f"SSE_{t}", not_=leader)
+        s.unreadable_until = time.monotonic()
+        s.extra["stream leaders"] = f"{leader} killed, all three elected again in {s.unreadable_until - killed_at:.1f}s"
+        s.extra["parked at the kill"] = parked["parked"]
+        await s.at(0.6)
+        c.start_proc(proc, wait=False)
+        await asyncio.to_thread(c.wait_ready, proc)
+
+    problems = asyncio.run(scn.run(action))
+    scn.assert_clean(problems)
+    assert parked["parked"] >= scn.clients / 2, f"few streams parked on their merged feed before the kill: {parked}"
     closed = {k: v for k, v in scn.figures["closed by nodes"].items() if v}
     assert scn.figures["reconnects"] == 0, f"nodes closed client streams during the failover: {closed}"
 

@@ -104,6 +104,13 @@ pub struct Feed {
     queue_events: usize,
     /// Asks the reader to give its consumer up and start a new one.
     renew: tokio::sync::Notify,
+    /// Whether the reader dozes: listens for publishes without a consumer.
+    dozing: AtomicBool,
+    /// Asks a dozing reader to look at JetStream now.
+    look_now: tokio::sync::Notify,
+    /// The highest last sequence of the stream a listing told the dozing
+    /// reader of: each one makes it look once.
+    listed_last: AtomicU64,
     /// Sockets of caught-up clients, written to by the feed's writer.
     parked: Arc<ParkedSockets>,
     state: Mutex<FeedState>,
@@ -221,6 +228,16 @@ pub struct Attachment {
     pub receiver: broadcast::Receiver<Arc<Event>>,
 }
 
+/// Whether every event of a stream comes from a publish on the subjects it
+/// stores it under, which a dozing feed's subscriptions see: not so for a
+/// stream that mirrors or sources others, or transforms its subjects.
+fn fed_by_publishes(info: &Info) -> bool {
+    let config = &info.config;
+    config.mirror.is_none()
+        && config.sources.as_ref().is_none_or(Vec::is_empty)
+        && config.subject_transform.is_none()
+}
+
 /// A stream's access, from its metadata key `sse.access`.
 pub fn stream_access(info: &Info) -> Access {
     Access::from_metadata_value(
@@ -257,7 +274,9 @@ impl Feed {
             path_offset: settings.subject_prefix.len() + 1,
             prefix: format!("{}.", settings.subject_prefix),
             no_progress: settings.no_progress,
-            doze_after: settings.doze_after,
+            // A stream fed otherwise than by publishes on its subjects gets
+            // events that no subscription of a dozing feed would see.
+            doze_after: settings.doze_after.filter(|_| fed_by_publishes(info)),
             nothing_until: 0,
             reconnections: settings.reconnections.clone(),
             metrics,
@@ -293,6 +312,9 @@ impl Feed {
             path: path.map(Into::into),
             queue_events,
             renew: tokio::sync::Notify::new(),
+            dozing: AtomicBool::new(false),
+            look_now: tokio::sync::Notify::new(),
+            listed_last: AtomicU64::new(0),
             parked: Arc::default(),
             stream_name: topic.stream_name(),
             private: AtomicBool::new(stream_access(info) == Access::Private),
@@ -437,6 +459,23 @@ impl Feed {
     /// at all from such a consumer, with no error, for as long as it lived.
     pub fn renew_consumer(&self) {
         self.renew.notify_one();
+    }
+
+    /// Tells the feed the last sequence a listing of its stream found. A
+    /// dozing feed behind it looks at JetStream at once instead of at its
+    /// next periodic look: its wake-up is a core NATS subscription, which
+    /// can miss a publish (a route between servers down for a moment, say),
+    /// and the listing comes every `nats.topic_refresh_seconds` anyway. So
+    /// a missed publish is read a listing late, not a doze period late.
+    /// Each new last sequence makes the reader look once; a path feed's
+    /// look may find that nothing of its path came.
+    pub(crate) fn listed(&self, last_sequence: u64) {
+        if self.dozing.load(Ordering::Acquire)
+            && last_sequence > self.head()
+            && self.listed_last.fetch_max(last_sequence, Ordering::AcqRel) < last_sequence
+        {
+            self.look_now.notify_one();
+        }
     }
 
     /// How many events a client of the feed's main broadcast may lag.
@@ -1062,10 +1101,11 @@ impl Reader {
     /// read from JetStream by a new consumer from `head + 1`, and JetStream
     /// is asked whether it holds anything past the head right after the
     /// subscriptions stand, a second later, after each reconnection to NATS,
+    /// when a listing finds the stream past the head ([`Feed::listed`]),
     /// and then every `doze_after` (or `no_progress`, if longer), so a
     /// publish the subscriptions missed is read late, never lost.
     async fn doze(&mut self) -> bool {
-        let _dozing = DozingGauge::hold(&self.metrics.feeds_dozing);
+        let _dozing = DozingGauge::hold(&self.metrics.feeds_dozing, &self.feed.dozing);
         let client = self.js.client();
         let filter_subject = self.filter_subject();
         let subjects = if filter_subject.is_empty() {
@@ -1106,6 +1146,7 @@ impl Reader {
                 _ = publishes.next() => return true,
                 Ok(()) = self.reconnections.changed() => {}
                 _ = self.feed.renew.notified() => {}
+                _ = self.feed.look_now.notified() => {}
                 _ = tokio::time::sleep(look_in) => {}
             }
             // No answer proves nothing (NATS may be away): look again later.
@@ -1221,18 +1262,21 @@ async fn last_stored(
     }
 }
 
-/// Counts a dozing feed in `sse_feeds_dozing` while held.
-struct DozingGauge(prometheus::IntGauge);
+/// Counts a dozing feed in `sse_feeds_dozing`, and marks it dozing, while
+/// held.
+struct DozingGauge<'a>(prometheus::IntGauge, &'a AtomicBool);
 
-impl DozingGauge {
-    fn hold(gauge: &prometheus::IntGauge) -> Self {
+impl<'a> DozingGauge<'a> {
+    fn hold(gauge: &prometheus::IntGauge, dozing: &'a AtomicBool) -> Self {
         gauge.inc();
-        Self(gauge.clone())
+        dozing.store(true, Ordering::Release);
+        Self(gauge.clone(), dozing)
     }
 }
 
-impl Drop for DozingGauge {
+impl Drop for DozingGauge<'_> {
     fn drop(&mut self) {
+        self.1.store(false, Ordering::Release);
         self.0.dec();
     }
 }

@@ -27,7 +27,9 @@
 //!
 //! Each listing also trims every live feed's history below its stream's
 //! first sequence, so events purged or expired from JetStream are not
-//! served from memory for longer than `nats.topic_refresh_seconds`.
+//! served from memory for longer than `nats.topic_refresh_seconds`, and
+//! has a dozing feed whose stream is past its head look at JetStream, so a
+//! publish its subscriptions missed waits at most that long.
 //!
 //! Every live feed's history counts against one node-wide budget
 //! (`history.max_bytes`); while the total is over it, the coldest topic's
@@ -381,6 +383,7 @@ impl Topics {
                 } else {
                     current.set_access(facts.access);
                     current.forget_before(info.state.first_sequence);
+                    current.listed(info.state.last_sequence);
                 }
             }
             stale

@@ -594,3 +594,110 @@ async fn a_quiet_feed_lets_its_consumer_go_and_reads_on_exactly_when_woken() {
         .unwrap();
     assert_eq!(data_of(&resumed.take(49, T).await), expected_whole[11..]);
 }
+
+/// Makes topic `name`'s stream take publishes on `in.<name>.>` and store
+/// them as `sse.<name>.>`, where the topic's clients read them: a publish
+/// there is one that no subscription on the topic's subjects sees.
+fn relayed_config(
+    mut config: async_nats::jetstream::stream::Config,
+    name: &str,
+) -> async_nats::jetstream::stream::Config {
+    config.subjects = vec![format!("in.{name}.>")];
+    config.subject_transform = Some(async_nats::jetstream::stream::SubjectTransform {
+        source: format!("in.{name}.>"),
+        destination: format!("sse.{name}.>"),
+    });
+    config
+}
+
+/// Publishes `data` on `subject` and waits for JetStream's ack.
+async fn publish_on(js: &async_nats::jetstream::Context, subject: &str, data: &'static str) {
+    js.publish(subject.to_owned(), data.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+}
+
+/// A publish that a dozing feed's subscriptions never see (here the stream
+/// takes it on another subject; in a NATS cluster a route down for a moment
+/// does the same) is read once the next listing of the topics finds the
+/// stream past the feed's head, not at the feed's periodic look.
+#[tokio::test]
+async fn a_publish_a_dozing_feed_did_not_hear_is_read_after_the_next_listing() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "hidden", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
+            // The periodic look comes after the test's time.
+            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
+            ("SSE_NATS__TOPIC_REFRESH_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let mut client = open_stream(&node, "topic=hidden").await;
+    eventually(T, "the feed to doze", || async {
+        (node.metric("sse_feeds_dozing").await == 1.0).then_some(())
+    })
+    .await;
+    let config = js
+        .get_stream("SSE_hidden")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    js.update_stream(relayed_config(config, "hidden"))
+        .await
+        .expect("update stream");
+    // Past the look a dozing feed takes a second into its doze.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    publish_on(&js, "in.hidden.x", "unheard").await;
+    assert_eq!(
+        data_of(&client.take(1, Duration::from_secs(8)).await),
+        ["unheard"]
+    );
+}
+
+/// A topic whose stream stores events under other subjects than it takes
+/// them on never dozes: its feed keeps its consumer, and every event comes
+/// at once.
+#[tokio::test]
+async fn a_feed_of_a_stream_that_transforms_its_subjects_does_not_doze() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    let config = async_nats::jetstream::stream::Config {
+        name: "SSE_relayed".into(),
+        ..Default::default()
+    };
+    js.create_stream(relayed_config(config, "relayed"))
+        .await
+        .expect("create stream");
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
+            // Neither the periodic look nor a listing comes in the test's
+            // time: only the consumer can bring the events.
+            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
+            ("SSE_NATS__TOPIC_REFRESH_SECONDS", "60"),
+        ],
+    )
+    .await;
+    let mut client = open_stream(&node, "topic=relayed").await;
+    publish_on(&js, "in.relayed.a", "first").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["first"]);
+    // Twice the doze time with nothing read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node.metric("sse_feeds_dozing").await, 0.0);
+    publish_on(&js, "in.relayed.b", "second").await;
+    assert_eq!(
+        data_of(&client.take(1, Duration::from_secs(3)).await),
+        ["second"]
+    );
+}

@@ -299,6 +299,44 @@ impl ClientStream {
         true
     }
 
+    /// Takes the socket back (see [`Self::unpark`]): the stream writes what
+    /// the writer left of a partial frame, or goes on.
+    fn take_socket_back(&mut self) -> ParkedWake {
+        match self.unpark() {
+            Err(reason) => ParkedWake::End(reason),
+            Ok(Some(rest)) => ParkedWake::Write(rest),
+            Ok(None) => ParkedWake::Resume,
+        }
+    }
+
+    /// Whether the task that writes the stream's parked socket (its topic's
+    /// writer, or its merged feed's relay) has stopped taking events in; if
+    /// so it is replaced, with a warning, and the stream is to take its
+    /// socket back. Never expected: a safety net, so that a writer that
+    /// stops or hangs costs its streams a heartbeat interval or two, not
+    /// the rest of their lives.
+    fn replaced_a_stuck_writer(&self, ticket: &Ticket) -> bool {
+        match self.parked.as_ref().and_then(|p| p.merged.as_ref()) {
+            Some(merged) => {
+                if !merged.relay_stuck(self.node.config().heartbeat()) {
+                    return false;
+                }
+                warn!(topics = %merged.topics(), "the relay of a merged feed's parked streams relayed no event for a heartbeat interval; its streams take their sockets back and a new relay starts");
+                merged.replace_relay();
+            }
+            None => {
+                if !ticket.writer_stuck() {
+                    return false;
+                }
+                let topic = &self.topics[self.live.parked.unwrap_or(0)];
+                warn!(topic = %topic.feed.topic, parked_at = topic.pos, head = topic.feed.head(), "the writer of a topic's parked streams took no event for a heartbeat interval; its streams take their sockets back and a new writer starts");
+                ticket.replace_writer();
+            }
+        }
+        self.node.metrics().parked_writer_stalls.inc();
+        true
+    }
+
     /// Whether the stream is parked.
     pub(super) fn is_parked(&self) -> bool {
         self.parked.is_some()
@@ -399,11 +437,7 @@ impl ClientStream {
                 ParkedWake::Resume
             }
             // The rest of the frame comes back with the socket, first.
-            Through::Partly => match self.unpark() {
-                Err(reason) => ParkedWake::End(reason),
-                Ok(Some(rest)) => ParkedWake::Write(rest),
-                Ok(None) => ParkedWake::Resume,
-            },
+            Through::Partly => self.take_socket_back(),
         };
         // As the stream's own delivery counts it: a long run of the busy
         // topic, then one of this topic.
@@ -530,33 +564,8 @@ impl ClientStream {
                 ParkedWake::Gone
             }
             Woke::Heartbeat => {
-                let merged = self.parked.as_ref().and_then(|p| p.merged.as_ref());
-                if let Some(merged) = merged
-                    && merged.relay_stuck(self.node.config().heartbeat())
-                {
-                    // As for a topic's writer, below.
-                    warn!(topics = %merged.topics(), "the relay of a merged feed's parked streams relayed no event for a heartbeat interval; its streams take their sockets back and a new relay starts");
-                    self.node.metrics().parked_writer_stalls.inc();
-                    merged.replace_relay();
-                    return match self.unpark() {
-                        Err(reason) => ParkedWake::End(reason),
-                        Ok(Some(rest)) => ParkedWake::Write(rest),
-                        Ok(None) => ParkedWake::Resume,
-                    };
-                }
-                if merged.is_none() && ticket.writer_stuck() {
-                    // Never expected: a safety net, so that a writer that
-                    // stops or hangs costs its streams a heartbeat interval
-                    // or two, not the rest of their lives.
-                    let topic = &self.topics[self.live.parked.unwrap_or(0)];
-                    warn!(topic = %topic.feed.topic, parked_at = topic.pos, head = topic.feed.head(), "the writer of a topic's parked streams took no event for a heartbeat interval; its streams take their sockets back and a new writer starts");
-                    self.node.metrics().parked_writer_stalls.inc();
-                    ticket.replace_writer();
-                    return match self.unpark() {
-                        Err(reason) => ParkedWake::End(reason),
-                        Ok(Some(rest)) => ParkedWake::Write(rest),
-                        Ok(None) => ParkedWake::Resume,
-                    };
+                if self.replaced_a_stuck_writer(ticket) {
+                    return self.take_socket_back();
                 }
                 match ticket.heartbeat(HEARTBEAT, std::mem::take(&mut self.wrote_since_heartbeat)) {
                     Beat::NotDue => ParkedWake::Resume,
@@ -586,11 +595,7 @@ impl ClientStream {
                     Ok(None) => ParkedWake::End(reason),
                 }
             }
-            Woke::GivenBack => match self.unpark() {
-                Err(reason) => ParkedWake::End(reason),
-                Ok(Some(rest)) => ParkedWake::Write(rest),
-                Ok(None) => ParkedWake::Resume,
-            },
+            Woke::GivenBack => self.take_socket_back(),
             Woke::Other(item) => {
                 if let LiveItem::Event(index, event) = &item
                     && let Some(wake) = self.write_through_parked(*index, event)
@@ -601,11 +606,7 @@ impl ClientStream {
                 // and this one's are in no order with each other, but each
                 // topic's own stay in theirs.
                 self.live.held = Some(Box::new(item));
-                match self.unpark() {
-                    Err(reason) => ParkedWake::End(reason),
-                    Ok(Some(rest)) => ParkedWake::Write(rest),
-                    Ok(None) => ParkedWake::Resume,
-                }
+                self.take_socket_back()
             }
         }
     }

@@ -37,6 +37,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+async def paced(until: float, step: float, send) -> None:
+    """Awaits `send(i)` for i = 0, 1, ..., one every `step` seconds from now
+    on, until monotonic time `until`."""
+    i = 0
+    start = time.monotonic()
+    while time.monotonic() < until:
+        await send(i)
+        i += 1
+        await asyncio.sleep(max(0.0, start + i * step - time.monotonic()))
+
+
 async def read_stream(port: int, topic: str, got: list[int], ready: asyncio.Event) -> None:
     """Appends each event's sequence (from its id) to `got`."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -87,16 +98,13 @@ async def run(args) -> dict:
         stop = time.monotonic() + args.warmup + args.window
         window: dict[str, float] = {}
 
+        async def publish_one(i: int) -> None:
+            t = topics[i % len(topics)]
+            ack = await js.publish(f"sse.{t}", b"x")
+            published[t].append(ack.seq)
+
         async def publisher() -> None:
-            step = args.period / len(topics)
-            i = 0
-            start = time.monotonic()
-            while time.monotonic() < stop:
-                t = topics[i % len(topics)]
-                ack = await js.publish(f"sse.{t}", b"x")
-                published[t].append(ack.seq)
-                i += 1
-                await asyncio.sleep(max(0.0, start + i * step - time.monotonic()))
+            await paced(stop, args.period / len(topics), publish_one)
 
         created = 0
 

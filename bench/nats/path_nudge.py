@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cluster.harness import Cluster, http_get, metric_sum  # noqa: E402
-from doze_churn import cpu_seconds, read_stream  # noqa: E402
+from doze_churn import cpu_seconds, paced, read_stream  # noqa: E402
 
 
 def api_requests(cluster: Cluster) -> int:
@@ -72,26 +72,20 @@ async def run(args) -> dict:
         stop = time.monotonic() + args.warmup + args.window
         window: dict[str, float] = {}
 
+        async def to_path(i: int) -> None:
+            p = paths[i % len(paths)]
+            ack = await js.publish(f"sse.{p}", b"x")
+            published[p].append(ack.seq)
+
+        async def to_busy_path(_i: int) -> None:
+            await js.publish("sse.users.busy", b"y")
+
         async def to_paths() -> None:
-            step = args.path_period / len(paths)
-            i = 0
-            start = time.monotonic()
-            while time.monotonic() < stop:
-                p = paths[i % len(paths)]
-                ack = await js.publish(f"sse.{p}", b"x")
-                published[p].append(ack.seq)
-                i += 1
-                await asyncio.sleep(max(0.0, start + i * step - time.monotonic()))
+            await paced(stop, args.path_period / len(paths), to_path)
 
         async def busy() -> None:
-            if args.busy_rate <= 0:
-                return
-            i = 0
-            start = time.monotonic()
-            while time.monotonic() < stop:
-                await js.publish("sse.users.busy", b"y")
-                i += 1
-                await asyncio.sleep(max(0.0, start + i / args.busy_rate - time.monotonic()))
+            if args.busy_rate > 0:
+                await paced(stop, 1 / args.busy_rate, to_busy_path)
 
         counts = {"looks": 0, "consumers": 0}
 

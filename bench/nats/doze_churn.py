@@ -78,6 +78,36 @@ async def read_stream(port: int, topic: str, got: list[int], ready: asyncio.Even
         writer.close()
 
 
+async def open_streams(port: int, names: list[str]) -> tuple[dict[str, list[int]], list[asyncio.Task]]:
+    """Opens one event stream per topic (or path) in `names` on the node at
+    `port`, and returns, once every one is open, the sequences each has got
+    (filled in as they come) and the reading tasks."""
+    got: dict[str, list[int]] = {n: [] for n in names}
+    readies = {n: asyncio.Event() for n in names}
+    readers = [asyncio.create_task(read_stream(port, n, got[n], readies[n])) for n in names]
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in readies.values())), 60)
+    return got, readers
+
+
+async def check_streams(published: dict[str, list[int]], got: dict[str, list[int]], readers: list[asyncio.Task]) -> dict:
+    """Waits up to 30 s for the last events to reach every stream, stops the
+    readers, and counts what was lost, duplicated or out of order."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(len(got[n]) < len(published[n]) for n in published):
+        await asyncio.sleep(0.2)
+    for r in readers:
+        r.cancel()
+    lost = sum(len(set(published[n]) - set(got[n])) for n in published)
+    dups = sum(len(got[n]) - len(set(got[n])) for n in published)
+    out_of_order = sum(1 for n in published if got[n] != sorted(got[n]))
+    return {
+        "lost": lost,
+        "dups": dups,
+        "streams_out_of_order": out_of_order,
+        "ok": lost == 0 and dups == 0 and out_of_order == 0,
+    }
+
+
 async def run(args) -> dict:
     env = {"SSE_DELIVERY__FEED_DOZE_SECONDS": str(args.doze)}
     cluster = Cluster(nodes=1, node_env=env, with_admin=False)
@@ -85,10 +115,7 @@ async def run(args) -> dict:
     try:
         cluster.start(topics=[(t, 3) for t in topics], timeout=120)
         port = cluster.node_port("node0")
-        got = {t: [] for t in topics}
-        readies = {t: asyncio.Event() for t in topics}
-        readers = [asyncio.create_task(read_stream(port, t, got[t], readies[t])) for t in topics]
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in readies.values())), 60)
+        got, readers = await open_streams(port, topics)
 
         import nats
 
@@ -127,15 +154,7 @@ async def run(args) -> dict:
 
         await asyncio.gather(publisher(), measure())
         await nc.close()
-        # The last events reach every stream.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(len(got[t]) < len(published[t]) for t in topics):
-            await asyncio.sleep(0.2)
-        for r in readers:
-            r.cancel()
-        lost = sum(len(set(published[t]) - set(got[t])) for t in topics)
-        dups = sum(len(got[t]) - len(set(got[t])) for t in topics)
-        out_of_order = sum(1 for t in topics if got[t] != sorted(got[t]))
+        checked = await check_streams(published, got, readers)
         events = sum(len(p) for p in published.values())
         nats_cpu = round(window["nats0"] + window["nats1"] + window["nats2"], 2)
         return {
@@ -150,10 +169,7 @@ async def run(args) -> dict:
             "node_cpu_s": window["node0"],
             "consumers_created_in_window": created,
             "dozing_at_end": int(window["dozing_at_end"]),
-            "lost": lost,
-            "dups": dups,
-            "streams_out_of_order": out_of_order,
-            "ok": lost == 0 and dups == 0 and out_of_order == 0,
+            **checked,
         }
     finally:
         cluster.close()

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cluster.harness import Cluster, http_get, metric_sum  # noqa: E402
-from doze_churn import cpu_seconds, paced, read_stream  # noqa: E402
+from doze_churn import check_streams, cpu_seconds, open_streams, paced  # noqa: E402
 
 
 def api_requests(cluster: Cluster) -> int:
@@ -59,10 +59,7 @@ async def run(args) -> dict:
     try:
         cluster.start(topics=[("users", 3)], timeout=120)
         port = cluster.node_port("node0")
-        got = {p: [] for p in paths}
-        readies = {p: asyncio.Event() for p in paths}
-        readers = [asyncio.create_task(read_stream(port, p, got[p], readies[p])) for p in paths]
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in readies.values())), 60)
+        got, readers = await open_streams(port, paths)
 
         import nats
 
@@ -123,15 +120,7 @@ async def run(args) -> dict:
 
         await asyncio.gather(to_paths(), busy(), measure())
         await nc.close()
-        # The last events reach every stream.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(len(got[p]) < len(published[p]) for p in paths):
-            await asyncio.sleep(0.2)
-        for r in readers:
-            r.cancel()
-        lost = sum(len(set(published[p]) - set(got[p])) for p in paths)
-        dups = sum(len(got[p]) - len(set(got[p])) for p in paths)
-        out_of_order = sum(1 for p in paths if got[p] != sorted(got[p]))
+        checked = await check_streams(published, got, readers)
         nats_cpu = round(window["nats0"] + window["nats1"] + window["nats2"], 2)
         return {
             "node_bin": os.environ.get("SSE_NODE_BIN", "target/debug/sse-node"),
@@ -150,10 +139,7 @@ async def run(args) -> dict:
             "path_looks_in_window": counts["looks"],
             "consumers_created_in_window": counts["consumers"],
             "path_feeds_dozing_mean": window["dozing_mean"],
-            "lost": lost,
-            "dups": dups,
-            "streams_out_of_order": out_of_order,
-            "ok": lost == 0 and dups == 0 and out_of_order == 0,
+            **checked,
         }
     finally:
         cluster.close()

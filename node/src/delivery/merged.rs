@@ -175,8 +175,9 @@ impl MergedFeeds {
 
 /// One set of topics' relay, and the sockets parked on it.
 pub(crate) struct MergedFeed {
-    /// Held so that no feed of the set is freed while the relay reads it.
-    _feeds: Vec<Arc<Feed>>,
+    /// The set's feeds, held so that none is freed while the relay reads
+    /// it; asked what they sent, for the look for a stuck relay.
+    feeds: Vec<Arc<Feed>>,
     relayed: Arc<Mutex<Relayed>>,
     sockets: Arc<ParkedSockets>,
     /// Ends the relay once no stream holds the merged feed.
@@ -343,7 +344,7 @@ impl MergedFeed {
             .map(|f| (f.topic.as_str().into(), f.epoch.as_str().into()))
             .collect();
         let merged = Arc::new(Self {
-            _feeds: feeds,
+            feeds,
             relayed: relayed.clone(),
             sockets: Arc::default(),
             stop: Arc::default(),
@@ -445,7 +446,7 @@ impl MergedFeed {
             relayed.cursor.clone()
         };
         let sent_now = || {
-            self._feeds
+            self.feeds
                 .iter()
                 .zip(&self.channels)
                 .map(|(feed, path)| feed.sent_on(path.as_deref()))
@@ -465,7 +466,7 @@ impl MergedFeed {
 
     /// The set's topics, for a log line.
     pub(crate) fn topics(&self) -> String {
-        let names: Vec<&str> = self._feeds.iter().map(|f| f.topic.as_str()).collect();
+        let names: Vec<&str> = self.feeds.iter().map(|f| f.topic.as_str()).collect();
         names.join(",")
     }
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -22,9 +23,12 @@ from pathlib import Path
 
 from .harness import REPO, Cluster
 
-STATE = REPO / ".cluster" / "cluster.json"
+# Where a running cluster says where it is: `.cluster/`, or SSE_CLUSTER_DIR
+# (a test's own folder, so that it never touches a cluster someone runs).
+STATE_DIR = Path(os.environ.get("SSE_CLUSTER_DIR") or REPO / ".cluster")
+STATE = STATE_DIR / "cluster.json"
 # Settings for `ssectl` while the cluster runs (SSECTL_CONFIG).
-SSECTL_CONFIG = REPO / ".cluster" / "ssectl.toml"
+SSECTL_CONFIG = STATE_DIR / "ssectl.toml"
 TOPIC = "demo"
 
 
@@ -47,8 +51,13 @@ def _admin_create_topic(c: Cluster, name: str, replicas: int) -> str | None:
         return str(e)
 
 
+def _shown(path: Path) -> Path:
+    """The path as the README's commands, run from the repository, name it."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
 def start(args: argparse.Namespace) -> int:
-    STATE.parent.mkdir(exist_ok=True)
+    STATE.parent.mkdir(parents=True, exist_ok=True)
     workdir = STATE.parent / time.strftime("run-%Y%m%d-%H%M%S")
     c = Cluster(nodes=args.nodes, max_nodes=args.nodes, workdir=str(workdir), keep=args.keep)
     if c.node_bin is None:
@@ -95,7 +104,7 @@ def start(args: argparse.Namespace) -> int:
             + (f'admin_url = "{c.admin_url}"\nadmin_token = "{c.admin_token}"\n' if state["admin"] else "")
         )
         print("ssectl (built by scripts/cluster) finds this cluster with:")
-        print(f"  export SSECTL_CONFIG={SSECTL_CONFIG.relative_to(REPO)}")
+        print(f"  export SSECTL_CONFIG={_shown(SSECTL_CONFIG)}")
         print("subscribe:")
         print(f"  {ssectl} tail {TOPIC}")
         if state["admin"]:

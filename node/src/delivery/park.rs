@@ -83,11 +83,13 @@ pub(super) enum ParkedWake {
 impl ClientStream {
     /// The topic the stream would park on, and what it would take of that
     /// feed's writer, if it may park at all: caught up, not ending, and on
-    /// its only topic or the one it has heard from alone for a while, read
-    /// whole or at one concrete path. A stream of one topic also parks on
-    /// the events matching its patterns (wildcards, several paths); a
-    /// stream of several topics does not, as its cursor would then carry
-    /// the writer's position in events it never hears of.
+    /// its only topic or the one it has heard from alone for a while: the
+    /// whole topic, one concrete path, or the events matching its patterns
+    /// (wildcards, several paths). Parked on patterns, a stream's position
+    /// in that topic is the last event the writer wrote it, which is what
+    /// its ids carry when another topic's event goes through: events after
+    /// it that did not match are read again on a resume, and filtered out
+    /// again.
     fn park_filter(&self) -> Option<(usize, Reads<'_>)> {
         if !self.may_park() {
             return None;
@@ -120,8 +122,7 @@ impl ClientStream {
         if takes_every_event {
             Some((index, Reads::All))
         } else {
-            self.single_topic
-                .then_some((index, Reads::Patterns(&topic.patterns)))
+            Some((index, Reads::Patterns(&topic.patterns)))
         }
     }
 

@@ -269,6 +269,132 @@ async fn a_stream_of_a_path_and_a_topic_parks_on_its_busy_path_with_exact_ids() 
     several_topics_park_on_the_busy_one("busy.x").await;
 }
 
+/// A stream of several topics whose busy topic it reads with a wildcard
+/// parks on that topic's events that match. Events of the busy topic that
+/// do not match are never written. Each id carries the busy topic at the
+/// event's own sequence; an event of the calm topic, written through the
+/// parked socket, carries the busy topic where the client's last event of
+/// it left it or later, never past the next one it gets. Resuming from the
+/// last id gets exactly what matched while away.
+#[tokio::test]
+async fn a_stream_of_a_wildcard_and_a_topic_parks_on_its_busy_wildcard_with_exact_ids() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "busy", None).await;
+    create_topic(&js, "calm", None).await;
+    let node = NodeProc::start(&nats.url(), &[PARK]).await;
+    let url = node.url("/v1/events?topic=busy.x.*&topic=calm");
+    let mut client = SseClient::connect(&url, None).await.unwrap();
+    client.ready().await;
+
+    // Each event the client must get, by its data: its topic (0 busy,
+    // 1 calm) and its sequence there.
+    let mut published: Vec<(String, usize, u64)> = Vec::new();
+    let mut got = Vec::new();
+    let busy_run = async |round: usize, count: usize, published: &mut Vec<(String, usize, u64)>| {
+        for i in 0..count {
+            let data = format!("busy-{round}-{i}");
+            let seq = publish(&js, "busy.x.a", &data).await;
+            published.push((data, 0, seq));
+            // Not the client's: `busy.x.*` does not take `busy.y.a`.
+            publish(&js, "busy.y.a", &format!("other-{round}-{i}")).await;
+        }
+    };
+    // Runs long enough to park on: only what the stream writes live counts,
+    // not what it caught up on while the feed started.
+    for round in 0..10 {
+        busy_run(round, 10, &mut published).await;
+        got.extend(client.take(10, T).await);
+        if round >= 3 && parked(&node).await == 1.0 {
+            break;
+        }
+    }
+    wait_parked(&node, 1.0).await;
+    for round in 10..13 {
+        busy_run(round, 20, &mut published).await;
+        got.extend(client.take(20, T).await);
+        let data = format!("calm-{round}");
+        let seq = publish(&js, "calm.x", &data).await;
+        published.push((data, 1, seq));
+        got.extend(client.take(1, T).await);
+        assert_eq!(
+            parked(&node).await,
+            1.0,
+            "the calm topic's event took the socket back"
+        );
+        // A run of the busy topic again before the next calm event.
+        busy_run(round + 10, 40, &mut published).await;
+        got.extend(client.take(40, T).await);
+    }
+    assert_eq!(parked(&node).await, 1.0);
+
+    assert_eq!(
+        data_of(&got),
+        published
+            .iter()
+            .map(|(d, _, _)| d.clone())
+            .collect::<Vec<_>>(),
+        "every matching event once, in order, and no other"
+    );
+    assert_wildcard_cursors(&got, &published, [0, 0]);
+
+    // Away: resuming from the last id gets exactly what matched meanwhile.
+    let last_id = got.last().unwrap().id.clone();
+    drop(client);
+    let mut away = Vec::new();
+    busy_run(30, 5, &mut away).await;
+    let seq = publish(&js, "calm.x", "calm-away").await;
+    away.push(("calm-away".to_owned(), 1, seq));
+    let mut back = SseClient::connect(&url, Some(&last_id)).await.unwrap();
+    let missed = back.take(6, T).await;
+    assert_eq!(
+        data_of(&missed),
+        away.iter().map(|(d, _, _)| d.clone()).collect::<Vec<_>>()
+    );
+    assert!(
+        back.next_event(Duration::from_millis(300)).await.is_err(),
+        "no event may follow"
+    );
+    let last = positions(&last_id);
+    assert_wildcard_cursors(&missed, &away, [last[0], last[1]]);
+}
+
+/// Checks the ids of `events`, which must be `published` (data, topic,
+/// sequence) in order, starting from the positions `from`: each carries its
+/// own topic at its sequence; the calm topic (1) stands exactly at the last
+/// calm event got; the busy topic (0), read with a wildcard, stands at or
+/// after the last busy event got and before the next one the client gets.
+fn assert_wildcard_cursors(
+    events: &[SseEvent],
+    published: &[(String, usize, u64)],
+    from: [u64; 2],
+) {
+    let mut seen = from;
+    for (n, event) in events.iter().enumerate() {
+        let (_, own, seq) = &published[n];
+        let at = positions(&event.id);
+        assert_eq!(at.len(), 2, "{}", event.id);
+        assert_eq!(at[*own], *seq, "{} at {}", event.data, event.id);
+        if *own == 0 {
+            assert_eq!(at[1], seen[1], "{} at {}", event.data, event.id);
+        } else {
+            let next_busy = published[n..]
+                .iter()
+                .find(|(_, topic, _)| *topic == 0)
+                .map_or(u64::MAX, |(_, _, seq)| *seq);
+            assert!(
+                at[0] >= seen[0] && at[0] < next_busy,
+                "{} at {}: the busy topic at {}, after {} and before {next_busy}",
+                event.data,
+                event.id,
+                at[0],
+                seen[0]
+            );
+        }
+        seen[*own] = *seq;
+    }
+}
+
 async fn several_topics_park_on_the_busy_one(busy: &str) {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;

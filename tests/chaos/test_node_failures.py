@@ -62,6 +62,46 @@ def test_kill_9_a_node_while_its_clients_read_topics_that_take_turns(node_binary
     assert parked["parked"] >= parked["held"] / 2, f"few streams parked before the kill: {parked}"
 
 
+@pytest.mark.timeout(chaos_timeout(150))
+def test_kill_9_a_node_while_its_clients_read_a_busy_wildcard_beside_a_calm_topic(
+    node_binary, cluster_factory, topic
+):
+    # Each client reads the children of a busy topic with a wildcard and a
+    # calm topic whole, as a user's page reads a shared feed and the user's
+    # own notifications: 40 events of the busy topic, then one of the calm.
+    # By the kill the streams are parked on the busy topic's events that
+    # match, the calm topic's events go through their parked sockets, and
+    # every id is a cursor over both topics.
+    calm = f"{topic}calm"
+    c = cluster_factory(nodes=3, topics=[(topic, 3), (calm, 3)])
+    scn = Scenario(
+        c,
+        "kill -9 a node, a busy wildcard and a calm topic",
+        topic,
+        also_topics=(calm,),
+        reads=(f"{topic}.*", calm),
+        cycle=(0,) * 40 + (1,),
+        **scale(),
+    )
+    parked: dict[str, float] = {}
+
+    async def action(s: Scenario) -> None:
+        await s.at(0.3)
+        victim, held = s.fleet.spread().most_common(1)[0]
+        metrics = await asyncio.to_thread(c.metrics, victim, 2.0)
+        parked.update(held=held, parked=metric_sum(metrics or {}, "sse_streams_parked"))
+        s.extra["victim"] = f"{victim} serving {held} clients, {parked['parked']:.0f} parked"
+        c.kill(victim)
+        await asyncio.to_thread(c.wait_backend, victim, False)
+        await s.at(0.6)
+        c.start_proc(victim, wait=False)
+        await asyncio.to_thread(c.wait_ready, victim)
+
+    problems = asyncio.run(scn.run(action))
+    scn.assert_clean(problems)
+    assert parked["parked"] >= parked["held"] / 2, f"few streams parked before the kill: {parked}"
+
+
 @pytest.mark.timeout(chaos_timeout(180))
 @pytest.mark.parametrize("topics", [1, 3], ids=["one topic", "three topics in turn"])
 def test_rolling_restart_of_every_node(node_binary, cluster_factory, topic, topics):

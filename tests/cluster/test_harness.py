@@ -263,6 +263,17 @@ def test_the_checker_of_several_topics_allows_any_order_among_them_but_not_withi
     assert "out of order 1" in problems[2]
 
 
+def test_the_checker_of_a_cycle_of_topics_knows_each_events_topic():
+    from cluster.workload import Fleet
+
+    f = Fleet(1, ["a", "b"], 3, cycle=[0, 0, 1])
+    # Event n is of topic cycle[n % 3]: 1, 3 and 4 of `a`, 2 and 5 of `b`.
+    f.received.update({"c0": [1, 3, 2, 4, 5], "c1": [1, 2, 5, 3, 4], "c2": [3, 1, 2, 4, 5]})
+    problems = f.verify(5)
+    assert [p.split(":", 1)[0] for p in problems] == ["c2"]
+    assert "out of order 1" in problems[0]
+
+
 def test_the_checker_of_several_topics_wants_exact_cursors():
     from cluster.workload import Event, Fleet
 

@@ -113,10 +113,23 @@ class Fleet:
     """`count` SSE clients of one topic, or of several on one stream, through
     the load balancer."""
 
-    def __init__(self, port: int, topic: str | list[str], count: int, stall_seconds: float = 10.0):
+    def __init__(
+        self,
+        port: int,
+        topic: str | list[str],
+        count: int,
+        stall_seconds: float = 10.0,
+        reads: list[str] | None = None,
+        cycle: list[int] | None = None,
+    ):
+        """`reads`: what each client asks for of each topic (a `topic=`
+        value each, in the topics' order; the topics themselves if not
+        given). `cycle`: the topic (its index) of event n is
+        `cycle[n % len(cycle)]`; the topics take turns if not given."""
         self.topics = [topic] if isinstance(topic, str) else list(topic)
         self.topic = self.topics[0]
-        query = "&".join(f"topic={t}" for t in self.topics)
+        self.cycle = cycle or list(range(len(self.topics)))
+        query = "&".join(f"topic={t}" for t in (reads or self.topics))
         self.clients = [
             SseClient(f"c{i}", port, f"/v1/events?{query}", on_event=self._on_event, stall_seconds=stall_seconds)
             for i in range(count)
@@ -154,7 +167,7 @@ class Fleet:
         """The id of event `n` of a client of several topics: every topic in
         the client's order, one epoch each, the event's own topic past where
         it was and every other one where it was."""
-        own = self.topics[n % len(self.topics)]
+        own = self.topics[self.cycle[n % len(self.cycle)]]
         positions = [p.rsplit(":", 2) for p in id_.split(",")]
         prev = self._cursors.get(name)
         ok = [t for t, _, _ in positions] == self.topics
@@ -204,7 +217,7 @@ class Fleet:
             missing = sorted(set(expected) - set(counts))
             k = len(self.topics)
             # Several topics: in order within each topic, any order among them.
-            lanes = [[n for n in got if n % k == lane] for lane in range(k)]
+            lanes = [[n for n in got if self.cycle[n % len(self.cycle)] == lane] for lane in range(k)]
             disorder = sum(1 for lane in lanes for a, b in zip(lane, lane[1:]) if b <= a)
             if k > 1 and not dups and not missing and not disorder:
                 continue
@@ -405,11 +418,22 @@ class Scenario:
     # Topics each client reads besides `topic`, on the same stream; the
     # publisher's events take turns among all of them.
     also_topics: tuple[str, ...] = ()
+    # What each client asks for of each topic, if not the whole topic: a
+    # `<topic>.*` read gets its events published to `<topic>.x`.
+    reads: tuple[str, ...] = ()
+    # The topic (its index) of each event, in a cycle, if the topics do not
+    # simply take turns.
+    cycle: tuple[int, ...] = ()
 
     async def run(self, action: Callable[["Scenario"], Awaitable[None]]) -> list[str]:
         topics = [self.topic, *self.also_topics]
-        self.fleet = Fleet(self.cluster.lb_port, topics, self.clients, stall_seconds=self.stall_seconds)
-        self.publisher = Publisher(self.cluster.nats_urls, [f"sse.{t}" for t in topics], self.total, self.rate)
+        reads = list(self.reads) or topics
+        cycle = list(self.cycle) or list(range(len(topics)))
+        self.fleet = Fleet(
+            self.cluster.lb_port, topics, self.clients, stall_seconds=self.stall_seconds, reads=reads, cycle=cycle
+        )
+        subjects = [f"sse.{t}.x" if r.endswith(".*") else f"sse.{t}" for t, r in zip(topics, reads)]
+        self.publisher = Publisher(self.cluster.nats_urls, [subjects[i] for i in cycle], self.total, self.rate)
         self.watcher = MetricsWatcher(self.cluster)
         started = time.monotonic()
         try:

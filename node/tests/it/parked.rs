@@ -278,12 +278,24 @@ async fn a_stream_of_a_path_and_a_topic_parks_on_its_busy_path_with_exact_ids() 
 /// last id gets exactly what matched while away.
 #[tokio::test]
 async fn a_stream_of_a_wildcard_and_a_topic_parks_on_its_busy_wildcard_with_exact_ids() {
+    busy_patterns_and_a_calm_topic_park("topic=busy.x.*&topic=calm").await;
+}
+
+/// The same with the busy topic read at several paths.
+#[tokio::test]
+async fn a_stream_of_several_paths_and_a_topic_parks_on_its_busy_paths_with_exact_ids() {
+    busy_patterns_and_a_calm_topic_park("topic=busy.x.a&topic=busy.x.b&topic=calm").await;
+}
+
+/// A stream of `query`, which reads `busy.x.a` but not `busy.y.a` of the
+/// topic `busy`, and the topic `calm` whole: see above.
+async fn busy_patterns_and_a_calm_topic_park(query: &str) {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "busy", None).await;
     create_topic(&js, "calm", None).await;
     let node = NodeProc::start(&nats.url(), &[PARK]).await;
-    let url = node.url("/v1/events?topic=busy.x.*&topic=calm");
+    let url = node.url(&format!("/v1/events?{query}"));
     let mut client = SseClient::connect(&url, None).await.unwrap();
     client.ready().await;
 

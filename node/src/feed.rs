@@ -834,6 +834,13 @@ struct Opened {
     _owned: OwnedConsumer,
     /// Up to this sequence the stream holds nothing for the reader.
     nothing_until: u64,
+    /// How long the topic had gone without an event when the consumer was
+    /// made, while the feed had read none of its live events yet (zero
+    /// once it has): such a feed dozes once it has read what was pending,
+    /// not `doze_after` after it started.
+    quiet_before: Duration,
+    /// Whether the consumer had nothing pending when it was made.
+    caught_up: bool,
 }
 
 enum ReadEnd {
@@ -936,6 +943,7 @@ impl Reader {
             Err(end) => return Ok(end),
         };
         self.nothing_until = opened.nothing_until;
+        let mut caught_up = opened.caught_up;
         let _held = self.metrics.consumer_held();
         let topic_label = [self.feed.topic.as_str()];
         let feed_events = self.metrics.feed_events.with_label_values(&topic_label);
@@ -982,7 +990,18 @@ impl Reader {
                         moved_at = now;
                         continue;
                     }
-                    if self.doze_after.is_some_and(|after| now.duration_since(moved_at) >= after) {
+                    // A feed that has read only events older than itself
+                    // counts the topic's quiet time from its last event,
+                    // so a topic that was quiet when the feed started
+                    // lets its consumer go as soon as the feed has read
+                    // what was pending.
+                    let quiet_before = if caught_up && head <= self.feed.live_from {
+                        opened.quiet_before
+                    } else {
+                        Duration::ZERO
+                    };
+                    let quiet_for = now.duration_since(moved_at).saturating_add(quiet_before);
+                    if self.doze_after.is_some_and(|after| quiet_for >= after) {
                         return Ok(ReadEnd::Quiet);
                     }
                     if now.duration_since(quiet_since) < self.no_progress {
@@ -1029,7 +1048,10 @@ impl Reader {
                 }
             };
             let (seq, published) = match message.info() {
-                Ok(info) => (info.stream_sequence, SystemTime::from(info.published)),
+                Ok(info) => {
+                    caught_up = info.pending == 0;
+                    (info.stream_sequence, SystemTime::from(info.published))
+                }
                 Err(error) => {
                     warn!(topic = %self.feed.topic, %error, "message without JetStream info");
                     continue;
@@ -1173,7 +1195,7 @@ impl Reader {
     /// Boxed by the caller: what it holds on the way (the stream's and the
     /// consumer's info, some 2 KiB) is not kept while the reader reads.
     async fn open_consumer(
-        &self,
+        &mut self,
         next: u64,
         filter_subject: &str,
     ) -> Result<Result<Opened, ReadEnd>, async_nats::Error> {
@@ -1195,6 +1217,17 @@ impl Reader {
             return Ok(Err(ReadEnd::StreamRecreated));
         }
         let stream_last = stream.cached_info().state.last_sequence;
+        let quiet_before = if self.feed.head() <= self.feed.live_from {
+            topic_quiet_for(&stream.cached_info().state)
+        } else {
+            Duration::ZERO
+        };
+        if next > stream_last && self.doze_after.is_some_and(|after| quiet_before >= after) {
+            // Nothing to read, and the topic was already quiet when the
+            // feed started: no consumer at all until its next publish.
+            self.nothing_until = stream_last.max(next - 1);
+            return Ok(Err(ReadEnd::Quiet));
+        }
         let consumer = bounded_for(
             FEED_CALL_TIMEOUT,
             stream.create_consumer(OrderedConfig {
@@ -1218,7 +1251,8 @@ impl Reader {
         // Sequences up to here hold nothing for this reader (deleted
         // messages, say): a stream whose last sequence is no higher is not
         // ahead of it.
-        let nothing_until = if consumer.cached_info().num_pending == 0 {
+        let caught_up = consumer.cached_info().num_pending == 0;
+        let nothing_until = if caught_up {
             stream_last.max(next - 1)
         } else {
             next - 1
@@ -1231,8 +1265,22 @@ impl Reader {
             messages,
             _owned: owned,
             nothing_until,
+            quiet_before,
+            caught_up,
         }))
     }
+}
+
+/// How long the stream had gone without a new event, by its last event's
+/// JetStream timestamp against the node's clock; `Duration::MAX` for a
+/// stream that never held one, zero for a timestamp ahead of the clock.
+fn topic_quiet_for(state: &jetstream::stream::State) -> Duration {
+    if state.last_sequence == 0 {
+        return Duration::MAX;
+    }
+    SystemTime::now()
+        .duration_since(SystemTime::from(state.last_timestamp))
+        .unwrap_or_default()
 }
 
 /// The last sequence `stream` holds of `filter_subject` (of any subject

@@ -2,6 +2,7 @@
 //! consumer and its history) runs only while the node has clients for it,
 //! and every history counts against one node-wide budget.
 
+use futures_util::StreamExt;
 use std::time::Duration;
 
 use crate::support::*;
@@ -71,6 +72,9 @@ async fn a_feed_refused_for_the_consumer_limit_says_so_and_catches_up() {
     create_topic_with_consumer_limit(&js, "full", 1).await;
     // Another reader holds the stream's one consumer.
     hold_a_consumer(&js, "SSE_full").await;
+    // A topic with a recent event: its feed wants a consumer from the start
+    // (one that never held an event asks for none until its first publish).
+    publish(&js, "full", "before").await;
     let node = NodeProc::start(&nats.url(), &[]).await;
     let mut client = SseClient::connect(&node.url("/v1/events?topic=full"), None)
         .await
@@ -104,6 +108,8 @@ async fn a_resume_refused_for_the_consumer_limit_says_so_and_ends() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic_with_consumer_limit(&js, "tight", 2).await;
+    // A recent event, so that the feed reads with a consumer from the start.
+    publish(&js, "tight", "before").await;
     // The node keeps one event of history: a resume from further back reads
     // JetStream.
     let node = NodeProc::start(
@@ -386,6 +392,9 @@ async fn past_the_path_feed_cap_path_clients_move_to_one_whole_feed_exactly() {
     let js = nats.jetstream().await;
     create_topic(&js, "users", None).await;
     create_topic(&js, "news", None).await;
+    // Recent events, so that each feed reads with a consumer from the start.
+    publish(&js, "users.someone", "before").await;
+    publish(&js, "news", "before").await;
     // Without warm events the whole feed's memory starts at the stream's
     // end, so a client that moves from behind it reads the gap from
     // JetStream.
@@ -593,6 +602,98 @@ async fn a_quiet_feed_lets_its_consumer_go_and_reads_on_exactly_when_woken() {
         .await
         .unwrap();
     assert_eq!(data_of(&resumed.take(49, T).await), expected_whole[11..]);
+}
+
+/// A feed counts its topic's quiet time from the topic's last event, not
+/// from its own start: a feed of a topic that never held an event makes no
+/// consumer at all, one whose last event is older than
+/// `delivery.feed_doze_seconds` lets its consumer go as soon as it has
+/// warmed its history up, and one of a topic with a recent event keeps its
+/// consumer. The next publish wakes each, and its clients read on exactly.
+#[tokio::test]
+async fn a_feed_of_a_topic_already_quiet_dozes_once_it_has_warmed_up() {
+    const DOZE: Duration = Duration::from_secs(8);
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    for topic in ["empty", "old", "recent"] {
+        create_topic(&js, topic, None).await;
+    }
+    for i in 0..3 {
+        publish(&js, "old", &format!("old{i}")).await;
+    }
+    // The condition under test is the age of `old`'s events.
+    tokio::time::sleep(DOZE).await;
+    publish(&js, "recent", "recent0").await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "8"),
+            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
+        ],
+    )
+    .await;
+    let watcher = async_nats::connect(nats.url()).await.unwrap();
+    let mut made_for_empty = watcher
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.SSE_empty.>")
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+
+    let connected = tokio::time::Instant::now();
+    let node = &node;
+    let connect = |topic: &'static str| async move {
+        let mut client = SseClient::connect(&node.url(&format!("/v1/events?topic={topic}")), None)
+            .await
+            .unwrap();
+        let start = client.ready().await;
+        (client, start)
+    };
+    let (mut empty, _) = connect("empty").await;
+    let (mut old, old_start) = connect("old").await;
+    let (mut recent, _) = connect("recent").await;
+    eventually(T, "the feeds of the quiet topics to doze", || async {
+        (node.metric("sse_feeds_dozing").await == 2.0
+            && consumer_count(&js, "SSE_empty").await == Some(0)
+            && consumer_count(&js, "SSE_old").await == Some(0))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        connected.elapsed() < DOZE,
+        "dozed {:?} after the clients came, not within the doze time",
+        connected.elapsed()
+    );
+    assert_eq!(
+        consumer_count(&js, "SSE_recent").await,
+        Some(1),
+        "a topic with a recent event keeps its consumer"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), made_for_empty.next())
+            .await
+            .is_err(),
+        "a consumer was made for a topic that never held an event"
+    );
+
+    for topic in ["empty", "old", "recent"] {
+        publish(&js, topic, &format!("{topic}-new")).await;
+    }
+    assert_eq!(data_of(&empty.take(1, T).await), ["empty-new"]);
+    assert_eq!(data_of(&old.take(1, T).await), ["old-new"]);
+    assert_eq!(data_of(&recent.take(1, T).await), ["recent-new"]);
+    assert!(
+        tokio::time::timeout(T, made_for_empty.next()).await.is_ok(),
+        "the publish woke the empty topic's feed to read with a consumer"
+    );
+    // A resume from the cursor `old`'s client got before the doze is exact.
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=old"), Some(&old_start))
+        .await
+        .unwrap();
+    assert_eq!(data_of(&resumed.take(1, T).await), ["old-new"]);
+    assert!(
+        old.next_event(Duration::from_millis(300)).await.is_err(),
+        "no duplicate"
+    );
 }
 
 /// Makes topic `name`'s stream take publishes on `in.<name>.>` and store

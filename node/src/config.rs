@@ -143,8 +143,9 @@ pub struct DeliveryConfig {
     /// Seconds a topic's feed keeps running after its last client on this
     /// node left.
     pub feed_linger_seconds: u64,
-    /// Seconds a topic's feed may read no event before it lets its
-    /// JetStream consumer go until the topic's next publish; 0 = never.
+    /// Seconds a topic may go without a new event (counted from its last
+    /// event's JetStream timestamp) before its feed lets its JetStream
+    /// consumer go until the topic's next publish; 0 = never.
     pub feed_doze_seconds: u64,
     /// Paths of one topic read on their own (a consumer each) before the
     /// node reads the whole topic instead; 0 always reads whole topics.

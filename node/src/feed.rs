@@ -62,8 +62,10 @@ pub struct FeedSettings {
     /// How long the reader may make no progress while JetStream holds
     /// newer events before its consumer is given up and re-created.
     pub no_progress: Duration,
-    /// How long a feed may read no event before it lets its consumer go and
-    /// waits for its topic's next publish instead; `None` keeps it always.
+    /// How long a topic may go without a new event (from its last event's
+    /// JetStream timestamp until the feed reads a new one) before its feed
+    /// lets its consumer go and waits for the topic's next publish instead;
+    /// `None` keeps it always.
     pub doze_after: Option<Duration>,
     /// Counts reconnections to NATS; each one re-creates every feed's
     /// consumer.
@@ -1117,7 +1119,7 @@ impl Reader {
     /// hold an event past the head; false if the feed closed meanwhile.
     ///
     /// An idle consumer costs NATS some 50 KiB and a pull every few seconds,
-    /// so a feed that read nothing for `doze_after` lets it go and listens
+    /// so a feed whose topic had no event for `doze_after` lets it go and listens
     /// to the topic's subjects instead. A publish there only wakes the feed:
     /// core NATS delivery is at most once, so the events themselves are
     /// read from JetStream by a new consumer from `head + 1`, and JetStream

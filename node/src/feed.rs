@@ -297,8 +297,17 @@ impl Feed {
         let epoch = stream_epoch(info);
         let last = info.state.last_sequence;
         let first = info.state.first_sequence.max(1);
+        // A topic that has been quiet for the doze time warms nothing up:
+        // its clients are almost all where it stands, and what a client
+        // from further back misses is read from JetStream for it alone.
+        // So its feed needs no consumer until the topic's next publish.
+        let quiet = settings
+            .doze_after
+            .filter(|_| fed_by_publishes(info))
+            .is_some_and(|after| topic_quiet_for(&info.state) >= after);
+        let warm_events = if quiet { 0 } else { settings.warm_events };
         let start = last
-            .saturating_sub(settings.warm_events)
+            .saturating_sub(warm_events)
             .saturating_add(1)
             .max(first);
         // A path feed's clients all read that one path: they get the
@@ -989,14 +998,18 @@ impl Reader {
                     if head != head_seen {
                         head_seen = head;
                         quiet_since = now;
-                        moved_at = now;
+                        // Events older than the feed, read to warm its
+                        // history up, are not the topic's news.
+                        if head > self.feed.live_from {
+                            moved_at = now;
+                        }
                         continue;
                     }
                     // A feed that has read only events older than itself
                     // counts the topic's quiet time from its last event,
-                    // so a topic that was quiet when the feed started
-                    // lets its consumer go as soon as the feed has read
-                    // what was pending.
+                    // so a feed that started on a topic already quiet for
+                    // a while lets its consumer go that much sooner, once
+                    // it has read what was pending.
                     let quiet_before = if caught_up && head <= self.feed.live_from {
                         opened.quiet_before
                     } else {
@@ -1378,6 +1391,26 @@ mod tests {
             "cluster": null
         }))
         .expect("a stream info")
+    }
+
+    /// A topic quiet for the doze time warms no history up: its feed starts
+    /// where the topic stands, with nothing to read until its next publish.
+    /// One with a recent event, or whose feeds never doze, warms up.
+    #[test]
+    fn only_a_topic_quiet_for_the_doze_time_warms_nothing_up() {
+        let topic = || TopicName::parse("t").unwrap();
+        let dozing = FeedSettings {
+            doze_after: Some(Duration::from_secs(120)),
+            ..settings()
+        };
+        let (_, start) = Feed::new(topic(), None, &info(), &dozing);
+        assert_eq!(start, 6, "the topic's last event is old");
+        let (_, start) = Feed::new(topic(), None, &info(), &settings());
+        assert_eq!(start, 1, "without dozing the feed warms up");
+        let mut recent = info();
+        recent.state.last_timestamp = time::OffsetDateTime::now_utc() - time::Duration::seconds(60);
+        let (_, start) = Feed::new(topic(), None, &recent, &dozing);
+        assert_eq!(start, 1, "the topic's last event is a minute old");
     }
 
     /// The parked sockets' writer takes a grown channel's receiver without

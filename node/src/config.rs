@@ -110,7 +110,8 @@ pub struct HistoryConfig {
     pub max_bytes_per_topic: usize,
     /// Events each topic keeps in memory.
     pub max_events_per_topic: usize,
-    /// Events read into memory when a topic is first read.
+    /// Events read into memory when a topic is first read; none for a topic
+    /// quiet for `delivery.feed_doze_seconds`.
     pub warm_events: u64,
     /// Concurrent resumes that read JetStream.
     pub max_concurrent_jetstream_reads: usize,

@@ -25,6 +25,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard, Weak},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -89,7 +90,17 @@ impl Sets {
 /// merged feed. The stream holds it; dropping it gives up the wait.
 #[derive(Default)]
 pub(crate) struct MergeWait {
-    started: Mutex<Option<Weak<MergedFeed>>>,
+    state: Mutex<WaitState>,
+}
+
+#[derive(Default)]
+struct WaitState {
+    started: Option<Weak<MergedFeed>>,
+    /// The waiting stream's task, woken when the merged feed starts: the
+    /// second stream may start it while handling the last event both get,
+    /// and the first would otherwise stay on its own task until its next
+    /// event or heartbeat.
+    waker: Option<Waker>,
 }
 
 /// Where a stream's wait for its set's merged feed stands.
@@ -105,13 +116,45 @@ pub(crate) enum Waited {
 impl MergeWait {
     /// Whether a second stream has started the set's merged feed.
     pub(crate) fn waited(&self) -> Waited {
-        match &*self.started.lock().unwrap_or_else(|p| p.into_inner()) {
+        match &self.lock().started {
             None => Waited::Waiting,
             Some(merged) => match merged.upgrade() {
                 Some(merged) if !merged.is_closed() => Waited::Started(merged),
                 _ => Waited::Ended,
             },
         }
+    }
+
+    /// Ready once a second stream has started the set's merged feed;
+    /// until then the task polling it is woken when that happens.
+    pub(crate) fn poll_started(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if state.started.is_some() {
+            return Poll::Ready(());
+        }
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    fn start(&self, merged: &Arc<MergedFeed>) {
+        let waker = {
+            let mut state = self.lock();
+            state.started = Some(Arc::downgrade(merged));
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, WaitState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -163,7 +206,7 @@ impl MergedFeeds {
         };
         let merged =
             MergedFeed::start(feeds.map(|(f, path)| (Arc::clone(f), path)).collect(), node);
-        *waiting.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&merged));
+        waiting.start(&merged);
         let set = Set {
             merged: Arc::downgrade(&merged),
             waiting: Weak::new(),

@@ -81,6 +81,17 @@ const HEARTBEAT: &[u8] = b": hb\n\n";
 /// it could park but the relay has not caught up with it yet.
 const RELAY_TURNS: u32 = 3;
 
+/// The first wait before a stream tries again to park on its set's merged
+/// feed when the relay is still behind it after [`RELAY_TURNS`]; each later
+/// wait is twice as long, up to [`PARK_RETRIES`] of them (some 2.5 s in
+/// all). Without them a stream whose last event came at such a moment
+/// would stay on its own task until its next event or heartbeat.
+const PARK_RETRY_FIRST: Duration = Duration::from_millis(10);
+
+/// Most tries again to park after [`PARK_RETRY_FIRST`] since the stream's
+/// last event.
+const PARK_RETRIES: u8 = 8;
+
 /// The one concrete path a subscription reads of a topic, if that is all
 /// it reads: such a client hears only that path's events.
 pub fn only_path(patterns: &[SubjectPath]) -> Option<&str> {
@@ -238,6 +249,9 @@ enum Wake {
     Heartbeat,
     PeerClosed,
     Work(Work),
+    /// A second stream of the set started the merged feed this one waits
+    /// for: it may park on it.
+    MergeStarted,
 }
 
 /// A stream's trace spans.
@@ -295,6 +309,10 @@ pub struct ClientStream {
     /// The stream's wait for a second stream of its set of topics to start
     /// their merged feed (see [`merged::MergedFeeds`]).
     merge_wait: Option<Arc<merged::MergeWait>>,
+    /// When the stream tries again to park on its merged feed, and how many
+    /// such tries it has made (see [`PARK_RETRY_FIRST`]).
+    park_retry_at: Option<Instant>,
+    park_retries: u8,
 }
 
 impl ClientStream {
@@ -408,6 +426,8 @@ impl ClientStream {
             turns: 0,
             busy_topic: u32::MAX,
             merge_wait: None,
+            park_retry_at: None,
+            park_retries: 0,
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {
@@ -543,17 +563,29 @@ impl ClientStream {
                 }
                 continue;
             }
+            // A try that came due is made now if the stream may park, and
+            // never left in the past to fire again at once.
+            if self.park_retry_at.is_some_and(|at| at <= Instant::now()) {
+                self.park_retry_at = None;
+            }
             if !catching_up
                 && !self.is_parked()
                 && let Some(socket) = parkable
-                && self.try_park(socket) == ParkTry::RelayBehind
-                && relay_turns < RELAY_TURNS
             {
-                // The merged feed's relay was woken by the same events and
-                // has yet to run: let it, then try again.
-                relay_turns += 1;
-                tokio::task::yield_now().await;
-                continue;
+                match self.try_park(socket) {
+                    ParkTry::RelayBehind if relay_turns < RELAY_TURNS => {
+                        // The merged feed's relay was woken by the same
+                        // events and has yet to run: let it, then try again.
+                        relay_turns += 1;
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    ParkTry::RelayBehind => self.park_later(),
+                    ParkTry::Parked | ParkTry::No => {
+                        self.park_retry_at = None;
+                        self.park_retries = 0;
+                    }
+                }
             }
             if self.is_parked() {
                 match self.wait_parked(close_at, peer).await {
@@ -589,10 +621,10 @@ impl ClientStream {
                 (Some(d), Some(s)) => Some(d.min(s)),
                 (d, s) => d.or(s),
             };
-            let timer_at = match (wake_at, pace_until) {
-                (Some(w), Some(p)) => Some(w.min(p)),
-                (w, p) => w.or(p),
-            };
+            let timer_at = [wake_at, pace_until, self.park_retry_at]
+                .into_iter()
+                .flatten()
+                .min();
             let wake = {
                 // Both kinds of work are safe to drop before they complete:
                 // a permit not yet granted, an event not yet taken.
@@ -608,6 +640,16 @@ impl ClientStream {
                 // their topics' feeds: waiting on the shared token here would
                 // take its lock on every wake of every client.
                 let watch_shutdown = catching_up && !draining;
+                // Only while no relay has started: one that has, and that
+                // the stream could not park on, would wake it at once.
+                let merge_wait = self
+                    .merge_wait
+                    .as_deref()
+                    .filter(|wait| matches!(wait.waited(), merged::Waited::Waiting));
+                let merge_started = std::future::poll_fn(|cx| match merge_wait {
+                    Some(wait) => wait.poll_started(cx),
+                    None => std::task::Poll::Pending,
+                });
                 tokio::select! {
                     biased;
                     _ = shutdown_of(node.as_ref()), if watch_shutdown => Wake::Shutdown,
@@ -615,6 +657,7 @@ impl ClientStream {
                         if gone { Wake::PeerClosed } else { Wake::Heartbeat }
                     }
                     work = work, if pace_until.is_none() => Wake::Work(work),
+                    () = merge_started, if merge_wait.is_some() => Wake::MergeStarted,
                     // After the work: events waiting are progress about to
                     // be made, not a stall (the deadline is met on the next
                     // turn if it is also due), and a stream being written to
@@ -674,7 +717,10 @@ impl ClientStream {
                     self.jetstream_permit = Some(permit);
                     continue;
                 }
+                Wake::MergeStarted => continue,
                 Wake::Work(Work::Live(item)) => {
+                    // The tries to park again count from the last event.
+                    self.park_retries = 0;
                     if let Err(reason) = self.live_batch(item, &mut out) {
                         return Some(self.finish(reason));
                     }
@@ -684,6 +730,20 @@ impl ClientStream {
                 return Some(bytes);
             }
         }
+    }
+
+    /// Sets the time of the stream's next try to park, if it has tries
+    /// left; a try that comes due wakes the stream like the end of a
+    /// pacing window, and it tries again on its next turn.
+    fn park_later(&mut self) {
+        let now = Instant::now();
+        if self.park_retry_at.is_some_and(|at| at > now) {
+            return;
+        }
+        self.park_retry_at = (self.park_retries < PARK_RETRIES).then(|| {
+            self.park_retries += 1;
+            now + PARK_RETRY_FIRST * (1 << (self.park_retries - 1))
+        });
     }
 
     fn draining(&self) -> bool {

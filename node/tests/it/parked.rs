@@ -851,13 +851,13 @@ async fn a_socket_on_a_merged_feed_that_fills_up_is_given_back_whole() {
     wait_parked(&node, 2.0).await;
 
     let total = 300;
-    let companion_reader = tokio::spawn(async move {
-        let events = companion.take(total, Duration::from_secs(60)).await;
-        (events, companion)
-    });
     let publisher = tokio::spawn(async move {
+        let mut beside = Vec::new();
         // One topic at a time per batch, so that each topic's order is the
-        // order of publication.
+        // order of publication. Each batch waits for the companion to have
+        // the one before: the relay then never trails a topic by half its
+        // first channel, whose move would end the relay and give the
+        // sockets back before the slow one fills.
         for chunk in (30..30 + total).collect::<Vec<_>>().chunks(30) {
             for topic in 0..3 {
                 let acks = futures_util::future::join_all(
@@ -871,7 +871,9 @@ async fn a_socket_on_a_merged_feed_that_fills_up_is_given_back_whole() {
                     ack.expect("publish").await.expect("ack");
                 }
             }
+            beside.extend(companion.take(chunk.len(), T).await);
         }
+        (beside, companion)
     });
     // The slow client reads nothing until its socket has filled, however
     // fast the machine reads for it.
@@ -882,7 +884,7 @@ async fn a_socket_on_a_merged_feed_that_fills_up_is_given_back_whole() {
     )
     .await;
     let received = slow.take(total, Duration::from_secs(60)).await;
-    publisher.await.unwrap();
+    let (beside, _still_open) = publisher.await.unwrap();
     for event in &received {
         let index: usize = event
             .data
@@ -899,7 +901,6 @@ async fn a_socket_on_a_merged_feed_that_fills_up_is_given_back_whole() {
     }
     got.extend(received);
     assert_cursors_exact_by(&got, &[0, 0, 0], topic_of_turn);
-    let (beside, _still_open) = companion_reader.await.unwrap();
     assert_eq!(beside.len(), total, "the companion got every event");
     wait_parked(&node, 2.0).await;
     assert_eq!(
@@ -907,6 +908,98 @@ async fn a_socket_on_a_merged_feed_that_fills_up_is_given_back_whole() {
             .await,
         0.0
     );
+}
+
+/// A stream that waits for a second stream of its set to start their
+/// merged feed parks on it even when that second stream starts it while
+/// handling the last event both get, with no event after to try again at:
+/// it is woken to park, long before its heartbeat. Twenty-four sets (every
+/// order of five topics that starts with t0) run at once, so that in one
+/// set or another the waiting stream handles that last event before its
+/// second does.
+#[tokio::test]
+async fn a_stream_waiting_for_its_merged_feed_parks_once_a_second_starts_it_after_the_last_event() {
+    const TOPICS: usize = 5;
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    for topic in 0..TOPICS {
+        create_topic(&js, &format!("t{topic}"), None).await;
+    }
+    // No heartbeat in the test's time: only the stream itself can try
+    // again to park.
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            PARK,
+            ("SSE_HTTP__HEARTBEAT_SECONDS", "600"),
+            ("SSE_HTTP__IDLE_TIMEOUT_SECONDS", "0"),
+        ],
+    )
+    .await;
+    let mut orders: Vec<Vec<usize>> = vec![vec![0]];
+    for _ in 1..TOPICS {
+        orders = orders
+            .into_iter()
+            .flat_map(|order| {
+                (1..TOPICS)
+                    .filter(|t| !order.contains(t))
+                    .map(|t| [order.clone(), vec![t]].concat())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+    }
+    assert_eq!(orders.len(), 24);
+    let url = |order: &[usize]| {
+        let query: Vec<String> = order.iter().map(|t| format!("topic=t{t}")).collect();
+        node.url(&format!("/v1/events?{}", query.join("&")))
+    };
+    let in_turn = |i: usize| (format!("t{}.x", i % TOPICS), format!("t{}-{i}", i % TOPICS));
+    let mut first = Vec::new();
+    for order in &orders {
+        let mut client = SseClient::connect(&url(order), None).await.unwrap();
+        client.ready().await;
+        first.push(client);
+    }
+    // Turns enough for each first stream to ask for its set's merged
+    // feed, and to wait, alone on its set.
+    for i in 0..3 * TOPICS {
+        let (subject, data) = in_turn(i);
+        publish(&js, &subject, &data).await;
+    }
+    for client in &mut first {
+        assert_eq!(client.take(3 * TOPICS, T).await.len(), 3 * TOPICS);
+    }
+    assert_eq!(parked(&node).await, 0.0, "a stream alone on its set waits");
+    let mut second = Vec::new();
+    for order in &orders {
+        let mut client = SseClient::connect(&url(order), None).await.unwrap();
+        client.ready().await;
+        second.push(client);
+    }
+    // One event at a time from t0, so that each stream takes each in on
+    // its own wake. A new stream counts a turn at every event but the
+    // first, of t0, the topic it lists first: every second stream has
+    // turns enough at the ninth and last event, and starts its set's
+    // merged feed while the first stream of its set handles that event.
+    let from = 3 * TOPICS;
+    for i in from..from + 9 {
+        let (subject, data) = in_turn(i);
+        publish(&js, &subject, &data).await;
+        for client in first.iter_mut().chain(&mut second) {
+            assert_eq!(data_of(&client.take(1, T).await), vec![data.clone()]);
+        }
+    }
+    eventually(Duration::from_secs(10), "every stream to park", || async {
+        (parked(&node).await == 48.0).then_some(())
+    })
+    .await;
+    // Parked, each still gets the next event exactly once.
+    let (subject, data) = in_turn(from + 9);
+    publish(&js, &subject, &data).await;
+    for client in first.iter_mut().chain(&mut second) {
+        let next = client.take(1, T).await;
+        assert_eq!(data_of(&next), vec![data.clone()]);
+    }
 }
 
 /// The topic of an event `t<topic>-…` of the tests of topics in turn.

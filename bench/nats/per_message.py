@@ -9,6 +9,9 @@ server's CPU time (utime + stime) from /proc around the publishing. Modes:
   file, memory   acknowledged JetStream publish into a file or memory stream
   file+consumer  the same into a file stream, with one ordered consumer
                  reading every message
+  file+republish the same into a file stream that republishes each stored
+                 message (with its stream sequence in a header) to a
+                 subject one core subscription reads, instead of a consumer
 
 One JSON line per run on stdout. Needs `pip install nats-py`.
 
@@ -25,7 +28,7 @@ import tempfile
 import time
 
 import nats
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import RePublish, StorageType, StreamConfig
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -47,18 +50,23 @@ async def publish(url: str, mode: str, messages: int, rate: float) -> None:
     js = nc.jetstream()
     if mode != "core":
         storage = StorageType.MEMORY if mode == "memory" else StorageType.FILE
-        await js.add_stream(StreamConfig(name="S", subjects=["s"], storage=storage))
+        republish = RePublish(src="s", dest="rp.s") if mode == "file+republish" else None
+        await js.add_stream(
+            StreamConfig(name="S", subjects=["s"], storage=storage, republish=republish)
+        )
     received = 0
     done = asyncio.Event()
+
+    async def on_message(_msg):
+        nonlocal received
+        received += 1
+        if received == messages:
+            done.set()
+
     if mode == "file+consumer":
-
-        async def on_message(_msg):
-            nonlocal received
-            received += 1
-            if received == messages:
-                done.set()
-
         await js.subscribe("s", ordered_consumer=True, cb=on_message)
+    elif mode == "file+republish":
+        await nc.subscribe("rp.s", cb=on_message)
     start = time.monotonic()
     for i in range(messages):
         delay = start + i / rate - time.monotonic()
@@ -68,7 +76,7 @@ async def publish(url: str, mode: str, messages: int, rate: float) -> None:
             await nc.publish("s", b"x" * 100)
         else:
             await js.publish("s", b"x" * 100)
-    if mode == "file+consumer":
+    if mode in ("file+consumer", "file+republish"):
         await asyncio.wait_for(done.wait(), 30)
     await nc.close()
 
@@ -112,9 +120,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument(
+        "--modes", default="core,file,memory,file+consumer,file+republish"
+    )
     args = parser.parse_args()
     for _ in range(args.runs):
-        for mode in ("core", "file", "memory", "file+consumer"):
+        for mode in args.modes.split(","):
             print(json.dumps(run(mode, args.messages, args.rate)), flush=True)
 
 

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""How nats-server's memory grows with the JetStream API requests a node makes about its topics.
+
+Starts a fresh nats-server (JetStream on, from PATH) for every run, creates
+--topics topic streams (`SSE_t<i>`, subjects `sse.t<i>` and `sse.t<i>.>`),
+with one 100-byte message each if --with-message, waits --settle seconds,
+and then makes rounds of requests, reading the server's RSS from /proc after
+each round:
+
+  info    one STREAM.INFO per stream (a feed starting, or a dozing feed's look)
+  list    one full STREAM.LIST, page by page (a node's listing of its topics)
+  names   one STREAM.NAMES (a node's relisting when few feeds run)
+  wait    nothing for 10 s
+
+One JSON line per run on stdout, with the RSS in KiB at the start and after
+each round. Needs `pip install nats-py`.
+
+    python3 bench/nats/api_memory.py --with-message --rounds info*10,wait
+"""
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import tempfile
+import time
+
+import nats
+from nats.js.api import StreamConfig
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def expand(rounds: str) -> list[str]:
+    steps = []
+    for item in rounds.split(","):
+        name, _, times = item.partition("*")
+        steps += [name] * int(times or 1)
+    return steps
+
+
+async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
+    nc = await nats.connect(f"nats://127.0.0.1:{port}")
+    js = nc.jetstream()
+    for i in range(args.topics):
+        await js.add_stream(StreamConfig(name=f"SSE_t{i}", subjects=[f"sse.t{i}", f"sse.t{i}.>"]))
+        if args.with_message:
+            await js.publish(f"sse.t{i}.x", b"x" * 100)
+    await asyncio.sleep(args.settle)
+    result = {
+        "topics": args.topics,
+        "with_message": args.with_message,
+        "start_kib": rss_kib(pid),
+        "rounds": [],
+    }
+    for step in expand(args.rounds):
+        if step == "info":
+            for i in range(args.topics):
+                await js.stream_info(f"SSE_t{i}")
+        elif step == "list":
+            offset = 0
+            while offset < args.topics:
+                page = await js.streams_info(offset)
+                if not page:
+                    break
+                offset += len(page)
+        elif step == "names":
+            await nc.request("$JS.API.STREAM.NAMES", b"{}", timeout=10)
+        elif step == "wait":
+            await asyncio.sleep(10)
+        else:
+            raise SystemExit(f"unknown round {step!r}")
+        result["rounds"].append([step, rss_kib(pid)])
+    await nc.close()
+    return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as store:
+        server = subprocess.Popen(
+            ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            return asyncio.run(measure(port, server.pid, args))
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--topics", type=int, default=1000)
+    parser.add_argument("--with-message", action="store_true")
+    parser.add_argument("--settle", type=float, default=15.0)
+    parser.add_argument("--rounds", default="info*10,wait")
+    args = parser.parse_args()
+    print(json.dumps(run(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

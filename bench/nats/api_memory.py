@@ -21,13 +21,10 @@ each round. Needs `pip install nats-py`.
 import argparse
 import asyncio
 import json
-import socket
-import subprocess
-import tempfile
-import time
 
 import nats
 from nats.js.api import StreamConfig
+from per_message import nats_server
 
 
 def rss_kib(pid: int) -> int:
@@ -36,12 +33,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def expand(rounds: str) -> list[str]:
@@ -89,27 +80,8 @@ async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as store:
-        server = subprocess.Popen(
-            ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            return asyncio.run(measure(port, server.pid, args))
-        finally:
-            server.terminate()
-            server.wait(10)
+    with nats_server() as (server, port):
+        return asyncio.run(measure(port, server.pid, args))
 
 
 def main() -> None:

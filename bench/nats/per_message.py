@@ -20,6 +20,7 @@ One JSON line per run on stdout. Needs `pip install nats-py`.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -81,7 +82,10 @@ async def publish(url: str, mode: str, messages: int, rate: float) -> None:
     await nc.close()
 
 
-def run(mode: str, messages: int, rate: float) -> dict:
+@contextlib.contextmanager
+def nats_server():
+    """A fresh nats-server with JetStream in a store of its own, ready for
+    clients: yields its process and port, and stops it afterwards."""
     port = free_port()
     with tempfile.TemporaryDirectory() as store:
         server = subprocess.Popen(
@@ -90,7 +94,6 @@ def run(mode: str, messages: int, rate: float) -> dict:
             stderr=subprocess.DEVNULL,
         )
         try:
-            url = f"nats://127.0.0.1:{port}"
             deadline = time.monotonic() + 10
             while True:
                 try:
@@ -100,12 +103,17 @@ def run(mode: str, messages: int, rate: float) -> dict:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
-            before = cpu_seconds(server.pid)
-            asyncio.run(publish(url, mode, messages, rate))
-            spent = cpu_seconds(server.pid) - before
+            yield server, port
         finally:
             server.terminate()
             server.wait(10)
+
+
+def run(mode: str, messages: int, rate: float) -> dict:
+    with nats_server() as (server, port):
+        before = cpu_seconds(server.pid)
+        asyncio.run(publish(f"nats://127.0.0.1:{port}", mode, messages, rate))
+        spent = cpu_seconds(server.pid) - before
     return {
         "mode": mode,
         "messages": messages,

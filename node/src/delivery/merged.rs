@@ -142,10 +142,10 @@ impl MergeWait {
         Poll::Pending
     }
 
-    fn start(&self, merged: &Arc<MergedFeed>) {
+    fn start(&self, merged: Weak<MergedFeed>) {
         let waker = {
             let mut state = self.lock();
-            state.started = Some(Arc::downgrade(merged));
+            state.started = Some(merged);
             state.waker.take()
         };
         if let Some(waker) = waker {
@@ -206,7 +206,7 @@ impl MergedFeeds {
         };
         let merged =
             MergedFeed::start(feeds.map(|(f, path)| (Arc::clone(f), path)).collect(), node);
-        waiting.start(&merged);
+        waiting.start(Arc::downgrade(&merged));
         let set = Set {
             merged: Arc::downgrade(&merged),
             waiting: Weak::new(),
@@ -751,6 +751,32 @@ mod tests {
             .await
             .expect("the parked socket was not given back");
         assert!(lock(&relayed).closed, "streams would park on it still");
+    }
+
+    /// A stream waiting for a second one to start its set's merged feed
+    /// is woken when that happens, and no longer finds itself waiting.
+    #[tokio::test]
+    async fn a_waiting_stream_is_woken_when_its_merged_feed_starts() {
+        let wait = Arc::new(MergeWait::default());
+        let waiting = tokio::spawn({
+            let wait = Arc::clone(&wait);
+            async move { std::future::poll_fn(|cx| wait.poll_started(cx)).await }
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while wait.lock().waker.is_none() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the waiting task left no waker");
+        assert!(matches!(wait.waited(), Waited::Waiting));
+        assert!(!waiting.is_finished(), "woken before the start");
+        wait.start(Weak::new());
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting task was not woken")
+            .unwrap();
+        assert!(!matches!(wait.waited(), Waited::Waiting));
     }
 
     #[test]

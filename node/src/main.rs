@@ -12,6 +12,16 @@ use tokio_util::sync::CancellationToken;
 
 const EXIT_CONFIG: u8 = 64;
 
+/// jemalloc, not glibc's allocator: a burst of requests (a storm of
+/// reconnections, HTTP/2 clients opening many streams with large cookies)
+/// frees its memory between the streams that stay, and glibc keeps such
+/// freed pages resident for good, while jemalloc's background thread gives
+/// them back within seconds (its settings: `.cargo/config.toml`;
+/// docs/benchmarks.md, "A browser's cookie jar").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The command line.
 #[derive(Debug, Parser)]
 #[command(

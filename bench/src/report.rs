@@ -185,9 +185,11 @@ fn cell(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
+/// Three decimals: the targets are ratios such as 1.5× and 0.95×, and a
+/// run at 1.4954× must not read as one that met 1.5×.
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.3}×", a / b),
         _ => "–".to_owned(),
     }
 }
@@ -311,10 +313,16 @@ mod tests {
         let table = super::render(LINES).unwrap();
         assert!(
             table.contains(
-                "| 1 | yes | 100 | – | – | – | 200 | 0.50× | – | 9.0 | – | – | – | 1.0 |"
+                "| 1 | yes | 100 | – | – | – | 200 | 0.500× | – | 9.0 | – | – | – | 1.0 |"
             ),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_ratio_just_under_a_target_does_not_round_up_to_it() {
+        assert_eq!(super::ratio(Some(152_287.0), Some(101_835.0)), "1.495×");
+        assert_eq!(super::ratio(Some(1.0), None), "–");
     }
 
     #[test]

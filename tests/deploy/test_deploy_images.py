@@ -108,7 +108,8 @@ def test_dockerignore_keeps_the_workspace_and_drops_the_rest():
     members = workspace["members"]
     assert {"node", "admin"} <= set(members)
     needed = ["Cargo.toml", "Cargo.lock"] + [f"{m}/Cargo.toml" for m in members] + [f"{m}/src/main.rs" for m in ("node", "admin")]
-    needed += ["node/config.default.toml", "node/tests/it/main.rs"]
+    # .cargo/config.toml sets jemalloc's settings, built into the node.
+    needed += ["node/config.default.toml", "node/tests/it/main.rs", ".cargo/config.toml"]
     for path in needed:
         assert not _ignored(path, patterns), f"{path} is needed by cargo but .dockerignore drops it"
     for path in ["target/debug/sse-node", "node/target/x", ".git/HEAD", "helm/sse-cluster/values.yaml",

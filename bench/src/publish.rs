@@ -92,6 +92,8 @@ impl Publisher {
                 } else {
                     StorageType::File
                 },
+                // As the admin service makes a topic's stream.
+                allow_direct: true,
                 ..Default::default()
             })
             .await

@@ -106,6 +106,9 @@ pub struct Metrics {
     /// Feeds whose consumer made no progress while JetStream held newer
     /// events, and was re-created.
     pub feed_stalls: IntCounter,
+    /// Events that feeds woken from their doze read with a direct get,
+    /// before making their consumer.
+    pub feed_direct_reads: IntCounter,
     /// Feeds whose parked sockets' writer was found stuck and replaced.
     pub parked_writer_stalls: IntCounter,
     /// Client streams closed because they made no progress while behind
@@ -274,6 +277,10 @@ impl Metrics {
             feed_stalls: counter(
                 "sse_feed_stalls_total",
                 "Topic feeds that made no progress while JetStream held newer events; their consumer was re-created.",
+            ),
+            feed_direct_reads: counter(
+                "sse_feed_direct_reads_total",
+                "Events that topic feeds woken from their doze read with a direct get, before making their consumer.",
             ),
             parked_writer_stalls: counter(
                 "sse_parked_writer_stalls_total",

@@ -501,8 +501,15 @@ class Cluster:
                 deadline = time.monotonic() + 60
                 while True:
                     try:
+                        # As the admin service makes a topic's stream, with
+                        # direct gets allowed, unless a test says otherwise.
                         await js.add_stream(
-                            StreamConfig(name=f"SSE_{name}", subjects=[f"sse.{name}", f"sse.{name}.>"], num_replicas=replicas, **cfg)
+                            StreamConfig(
+                                name=f"SSE_{name}",
+                                subjects=[f"sse.{name}", f"sse.{name}.>"],
+                                num_replicas=replicas,
+                                **{"allow_direct": True, **cfg},
+                            )
                         )
                         break
                     except Exception as error:

@@ -604,6 +604,92 @@ async fn a_quiet_feed_lets_its_consumer_go_and_reads_on_exactly_when_woken() {
     assert_eq!(data_of(&resumed.take(49, T).await), expected_whole[11..]);
 }
 
+/// A dozing feed reads an event now and then with direct gets, without
+/// making a consumer; a burst makes it read with a consumer again, and it
+/// dozes once more when the topic is quiet. Every event comes once and in
+/// order, and a resume from an event read either way is exact.
+#[tokio::test]
+async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "sparse", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
+            // Past the test's time: events are read because a publish was
+            // heard, not by the periodic look.
+            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
+        ],
+    )
+    .await;
+    let mut client = open_stream(&node, "topic=sparse").await;
+    let dozing = || async {
+        (node.metric("sse_feeds_dozing").await == 1.0
+            && consumer_count(&js, "SSE_sparse").await == Some(0))
+        .then_some(())
+    };
+    eventually(T, "the feed to doze without a consumer", dozing).await;
+    let mut expected = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let data = format!("sparse-{i}");
+        publish(&js, "sparse", &data).await;
+        expected.push(data);
+        let events = client.take(1, T).await;
+        assert_eq!(data_of(&events), expected[i..]);
+        ids.extend(events.into_iter().map(|e| e.id));
+        // A consumer would be made before the event is read, and the
+        // event counted as read directly only without one.
+        assert_eq!(
+            node.metric("sse_feed_direct_reads_total").await,
+            (i + 1) as f64,
+            "event {i} read with a direct get"
+        );
+        assert_eq!(node.metric("sse_feeds_dozing").await, 1.0, "still dozing");
+    }
+    assert_eq!(consumer_count(&js, "SSE_sparse").await, Some(0));
+
+    // A burst: more than a dozing feed reads directly in a second.
+    for i in 0..40 {
+        let data = format!("burst-{i}");
+        publish(&js, "sparse", &data).await;
+        expected.push(data);
+    }
+    let events = client.take(40, T).await;
+    assert_eq!(data_of(&events), expected[5..]);
+    ids.extend(events.into_iter().map(|e| e.id));
+    let direct = node.metric("sse_feed_direct_reads_total").await;
+    assert!(
+        direct < 45.0,
+        "a burst is read with a consumer, not all directly ({direct} direct reads)"
+    );
+    eventually(T, "the feed to doze again", dozing).await;
+    publish(&js, "sparse", "after").await;
+    expected.push("after".into());
+    assert_eq!(data_of(&client.take(1, T).await), ["after"]);
+    assert_eq!(
+        node.metric("sse_feed_direct_reads_total").await,
+        direct + 1.0,
+        "read directly again once dozing"
+    );
+    assert!(
+        client.next_event(Duration::from_millis(300)).await.is_err(),
+        "no duplicate"
+    );
+    // Resumes from an event read directly, and from one of the burst.
+    for from in [2, 20] {
+        let mut resumed =
+            SseClient::connect(&node.url("/v1/events?topic=sparse"), Some(&ids[from]))
+                .await
+                .unwrap();
+        assert_eq!(
+            data_of(&resumed.take(expected.len() - from - 1, T).await),
+            expected[from + 1..]
+        );
+    }
+}
+
 /// A feed counts its topic's quiet time from the topic's last event, not
 /// from its own start. A feed of a topic that never held an event, or whose
 /// last event is older than `delivery.feed_doze_seconds`, makes no consumer

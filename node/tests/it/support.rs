@@ -145,6 +145,8 @@ pub(crate) async fn create_topic(js: &jetstream::Context, name: &str, max_age: O
         name: format!("SSE_{name}"),
         subjects: vec![format!("sse.{name}"), format!("sse.{name}.>")],
         max_age: max_age.unwrap_or_default(),
+        // As the admin service makes a topic's stream.
+        allow_direct: true,
         ..Default::default()
     })
     .await
@@ -158,6 +160,7 @@ pub(crate) async fn create_private_topic(js: &jetstream::Context, name: &str) {
         name: format!("SSE_{name}"),
         subjects: vec![format!("sse.{name}"), format!("sse.{name}.>")],
         metadata: [("sse.access".to_owned(), "private".to_owned())].into(),
+        allow_direct: true,
         ..Default::default()
     })
     .await

@@ -146,7 +146,8 @@ pub struct DeliveryConfig {
     pub feed_linger_seconds: u64,
     /// Seconds a topic may go without a new event (counted from its last
     /// event's JetStream timestamp) before its feed lets its JetStream
-    /// consumer go until the topic's next publish; 0 = never.
+    /// consumer go: it then reads the topic's next events with direct gets
+    /// until the topic gets more than ten a second; 0 = never.
     pub feed_doze_seconds: u64,
     /// Paths of one topic read on their own (a consumer each) before the
     /// node reads the whole topic instead; 0 always reads whole topics.

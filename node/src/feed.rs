@@ -5,7 +5,10 @@
 //! into `All` when it re-creates a consumer that has delivered nothing). Each
 //! event is encoded once, appended to the topic's [`History`] and broadcast
 //! to the topic's clients, all under one lock, so a client that subscribes
-//! sees exactly the events after the head it was given.
+//! sees exactly the events after the head it was given. A feed whose topic
+//! is quiet lets its consumer go and listens for publishes instead; while
+//! the topic then gets only a few events a second, it reads each one it
+//! hears of with a direct get by sequence, without a consumer.
 //!
 //! Errors from the consumer (a missed heartbeat, NATS away) are logged and
 //! counted and the reader goes on; if the consumer ends, it is re-created at
@@ -302,7 +305,7 @@ impl Feed {
         // A topic that has been quiet for the doze time warms nothing up:
         // its clients are almost all where it stands, and what a client
         // from further back misses is read from JetStream for it alone.
-        // So its feed needs no consumer until the topic's next publish.
+        // So its feed needs no consumer until the topic gets busy.
         let quiet = settings
             .doze_after
             .filter(|_| fed_by_publishes(info))

@@ -283,7 +283,7 @@ impl Feed {
             // events that no subscription of a dozing feed would see.
             doze_after: settings.doze_after.filter(|_| fed_by_publishes(info)),
             nothing_until: 0,
-            direct_reads: path.is_none() && info.config.allow_direct,
+            direct_reads: info.config.allow_direct,
             head_time: None,
             reconnections: settings.reconnections.clone(),
             metrics,
@@ -860,9 +860,8 @@ struct Reader {
     /// Up to this sequence the stream held nothing for the reader when its
     /// last consumer was made (deleted messages, other paths).
     nothing_until: u64,
-    /// Whether a woken feed reads its topic's first events with direct gets
-    /// ([`Reader::read_directly`]): a whole topic's dozing feed on a stream
-    /// that allows them.
+    /// Whether a dozing feed reads its topic's events with direct gets
+    /// ([`Reader::read_directly`]): one on a stream that allows them.
     direct_reads: bool,
     /// The JetStream time of the event at the head, once the reader read one.
     head_time: Option<SystemTime>,
@@ -1217,11 +1216,13 @@ impl Reader {
     /// stream itself, beside the API queue, and a topic that gets an event
     /// now and then needs no consumer at all.
     ///
-    /// Only the sequence right after the head is read, so nothing can be
-    /// stepped over: a deleted sequence, or a replica that has not stored
-    /// the newest event yet, ends the reads and the consumer reads on from
-    /// the head. A publish not heard of (NATS away for a moment) is read
-    /// with the next one heard of, and the last of them at the dozing
+    /// Nothing can be stepped over. A whole topic's feed asks only for the
+    /// sequence right after the head; a path feed for its path's first
+    /// event after the head, which a replica answers from what it holds, a
+    /// prefix of the stream. A deleted sequence, or a replica that has not
+    /// stored the newest event yet, ends the reads and the consumer reads
+    /// on from the head. A publish not heard of (NATS away for a moment) is
+    /// read with the next one heard of, and the last of them at the dozing
     /// feed's next look, as a dozing feed's always were.
     async fn read_directly(
         &mut self,
@@ -1231,6 +1232,7 @@ impl Reader {
         direct: &mut DirectReads,
     ) -> bool {
         let mut unread = heard;
+        let filter_subject = self.filter_subject();
         let topic_label = [self.feed.topic.as_str()];
         let feed_events = self.metrics.feed_events.with_label_values(&topic_label);
         let history_bytes = self.metrics.history_bytes.with_label_values(&topic_label);
@@ -1249,8 +1251,19 @@ impl Reader {
                 return false;
             }
             let next = self.feed.head() + 1;
-            let message = match bounded_for(FEED_CALL_TIMEOUT, stream.direct_get(next)).await {
-                Ok(message) if message.sequence == next => message,
+            let mut get = stream.direct_get_builder().sequence(next);
+            if !filter_subject.is_empty() {
+                get = get.next_by_subject(filter_subject.as_str());
+            }
+            let message = match bounded_for(FEED_CALL_TIMEOUT, get.send()).await {
+                Ok(message)
+                    if message.sequence == next
+                        || (!filter_subject.is_empty()
+                            && message.sequence > next
+                            && message.subject.as_str() == filter_subject) =>
+                {
+                    message
+                }
                 Err(e)
                     if tries < DIRECT_READ_TRIES
                         && e.downcast_ref::<jetstream::stream::DirectGetError>()
@@ -1270,7 +1283,7 @@ impl Reader {
             direct.in_window += 1;
             self.metrics.feed_direct_reads.inc();
             let event = self.deliver(
-                next,
+                message.sequence,
                 SystemTime::from(message.time),
                 message.subject.as_str(),
                 Some(&message.headers),
@@ -1295,7 +1308,7 @@ impl Reader {
     /// that an event came: core NATS delivery is at most once, so the events
     /// themselves are read from JetStream from `head + 1`, by direct gets
     /// while the topic gets a few a second ([`Reader::read_directly`]: a
-    /// whole topic's feed on a stream that allows them), else by a new
+    /// feed on a stream that allows them), else by a new
     /// consumer. JetStream is asked whether it holds anything past the head
     /// right after the subscriptions stand, a second later, after each
     /// reconnection to NATS, when a listing finds the stream past the head

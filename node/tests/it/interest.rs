@@ -690,6 +690,56 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     }
 }
 
+/// A dozing feed of one user's path reads that path's events with direct
+/// gets, stepping over other users' events, without a consumer; a resume
+/// is exact.
+#[tokio::test]
+async fn a_dozing_path_feed_reads_its_path_without_a_consumer() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "notes", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
+            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
+        ],
+    )
+    .await;
+    let mut alice = open_stream(&node, "topic=notes.alice").await;
+    eventually(T, "the path feed to doze without a consumer", || async {
+        (node.metric("sse_feeds_dozing").await == 1.0
+            && consumer_count(&js, "SSE_notes").await == Some(0))
+        .then_some(())
+    })
+    .await;
+    let mut expected = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        publish(&js, "notes.bob", "not alice's").await;
+        let data = format!("alice-{i}");
+        publish(&js, "notes.alice", &data).await;
+        expected.push(data);
+        let events = alice.take(1, T).await;
+        assert_eq!(data_of(&events), expected[i..]);
+        ids.extend(events.into_iter().map(|e| e.id));
+        assert_eq!(
+            node.metric("sse_feed_direct_reads_total").await,
+            (i + 1) as f64,
+            "alice's event {i} read with a direct get"
+        );
+    }
+    assert_eq!(consumer_count(&js, "SSE_notes").await, Some(0));
+    assert!(
+        alice.next_event(Duration::from_millis(300)).await.is_err(),
+        "no duplicate, nothing of bob's"
+    );
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=notes.alice"), Some(&ids[1]))
+        .await
+        .unwrap();
+    assert_eq!(data_of(&resumed.take(2, T).await), expected[2..]);
+}
+
 /// A feed counts its topic's quiet time from the topic's last event, not
 /// from its own start. A feed of a topic that never held an event, or whose
 /// last event is older than `delivery.feed_doze_seconds`, makes no consumer

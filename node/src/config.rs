@@ -149,6 +149,10 @@ pub struct DeliveryConfig {
     /// consumer go: it then reads the topic's next events with direct gets
     /// until the topic gets more than ten a second; 0 = never.
     pub feed_doze_seconds: u64,
+    /// The same for a topic whose stream allows direct gets, where a wake
+    /// costs NATS no consumer: the shorter of the two applies; 0 = as
+    /// `feed_doze_seconds`.
+    pub feed_direct_doze_seconds: u64,
     /// Paths of one topic read on their own (a consumer each) before the
     /// node reads the whole topic instead; 0 always reads whole topics.
     pub max_path_feeds_per_topic: usize,

@@ -70,6 +70,10 @@ pub struct FeedSettings {
     /// lets its consumer go and waits for the topic's next publish instead;
     /// `None` keeps it always.
     pub doze_after: Option<Duration>,
+    /// The same, if shorter, for a topic whose stream allows direct gets: a
+    /// dozing feed reads a few events a second with them, so its wakes cost
+    /// NATS no consumer ([`Reader::read_directly`]).
+    pub direct_doze_after: Option<Duration>,
     /// Counts reconnections to NATS; each one re-creates every feed's
     /// consumer.
     pub reconnections: tokio::sync::watch::Receiver<u64>,
@@ -279,9 +283,10 @@ impl Feed {
             path_offset: settings.subject_prefix.len() + 1,
             prefix: format!("{}.", settings.subject_prefix),
             no_progress: settings.no_progress,
-            // A stream fed otherwise than by publishes on its subjects gets
-            // events that no subscription of a dozing feed would see.
-            doze_after: settings.doze_after.filter(|_| fed_by_publishes(info)),
+            doze_after: doze_time(settings, info),
+            look_every: settings
+                .no_progress
+                .max(settings.doze_after.unwrap_or_default()),
             nothing_until: 0,
             direct_reads: info.config.allow_direct,
             head_time: None,
@@ -306,10 +311,8 @@ impl Feed {
         // its clients are almost all where it stands, and what a client
         // from further back misses is read from JetStream for it alone.
         // So its feed needs no consumer until the topic gets busy.
-        let quiet = settings
-            .doze_after
-            .filter(|_| fed_by_publishes(info))
-            .is_some_and(|after| topic_quiet_for(&info.state) >= after);
+        let quiet =
+            doze_time(settings, info).is_some_and(|after| topic_quiet_for(&info.state) >= after);
         let warm_events = if quiet { 0 } else { settings.warm_events };
         let start = last
             .saturating_sub(warm_events)
@@ -857,6 +860,8 @@ struct Reader {
     prefix: String,
     no_progress: Duration,
     doze_after: Option<Duration>,
+    /// How often a dozing feed looks at JetStream, past its first looks.
+    look_every: Duration,
     /// Up to this sequence the stream held nothing for the reader when its
     /// last consumer was made (deleted messages, other paths).
     nothing_until: u64,
@@ -1200,12 +1205,12 @@ impl Reader {
         }
     }
 
-    /// Reads, with direct gets by sequence from the head on, the events of
-    /// `heard` publishes a dozing feed heard of, and at least up to sequence
-    /// `until`; true once it has, false when the feed is to make its
-    /// consumer: the topic got busy, or the stream does not hold (or not
-    /// yet, after a few tries) what was heard of, or JetStream does not
-    /// answer.
+    /// Reads, with direct gets from the head on, the events of `heard`
+    /// publishes a dozing feed heard of, up to the last of them, `last_heard`
+    /// (by its subject and payload), and at least up to sequence `until`;
+    /// true once it has, false when the feed is to make its consumer: the
+    /// topic got busy, or the stream does not hold (or not yet, after a few
+    /// tries) what was heard of, or JetStream does not answer.
     ///
     /// Why: making a consumer is a JetStream API request, and so is the
     /// stream info before it. NATS serves them from one queue per server,
@@ -1221,13 +1226,15 @@ impl Reader {
     /// event after the head, which a replica answers from what it holds, a
     /// prefix of the stream. A deleted sequence, or a replica that has not
     /// stored the newest event yet, ends the reads and the consumer reads
-    /// on from the head. A publish not heard of (NATS away for a moment) is
-    /// read with the next one heard of, and the last of them at the dozing
-    /// feed's next look, as a dozing feed's always were.
+    /// on from the head. Publishes not heard of (NATS away for a moment) are
+    /// read with the next one heard of: the reads go on until the last one
+    /// heard of. (One with the same subject and payload as an earlier one
+    /// stops them early; the feed's next wake or look reads on.)
     async fn read_directly(
         &mut self,
         stream: &jetstream::stream::Stream<()>,
         heard: usize,
+        mut last_heard: Option<&async_nats::Message>,
         until: u64,
         direct: &mut DirectReads,
     ) -> bool {
@@ -1237,7 +1244,7 @@ impl Reader {
         let feed_events = self.metrics.feed_events.with_label_values(&topic_label);
         let history_bytes = self.metrics.history_bytes.with_label_values(&topic_label);
         let mut tries = 0u32;
-        while unread > 0 || self.feed.head() < until {
+        while unread > 0 || last_heard.is_some() || self.feed.head() < until {
             if self.feed.is_closed() {
                 return true;
             }
@@ -1294,6 +1301,11 @@ impl Reader {
             // A delete marker is stored without a publish.
             if event {
                 unread = unread.saturating_sub(1);
+            }
+            if last_heard.is_some_and(|last| {
+                last.subject.as_str() == message.subject.as_str() && last.payload == message.payload
+            }) {
+                last_heard = None;
             }
         }
         true
@@ -1353,6 +1365,8 @@ impl Reader {
                 Err(_) => DOZE_SECOND_LOOK,
             };
         let mut looks = 0u32;
+        // Looks in a row that got no answer.
+        let mut unanswered = 0u32;
         let mut direct =
             (self.direct_reads && self.head_still_read(&stream).await).then(|| DirectReads {
                 since: tokio::time::Instant::now(),
@@ -1362,16 +1376,17 @@ impl Reader {
             tokio::select! {
                 _ = self.feed.closed.cancelled() => return false,
                 heard = publishes.next() => {
-                    let (Some(_), Some(direct)) = (heard, direct.as_mut()) else {
+                    let (Some(mut last), Some(direct)) = (heard, direct.as_mut()) else {
                         return true;
                     };
                     let mut heard = 1;
-                    while let Some(Some(_)) = publishes.next().now_or_never() {
+                    while let Some(Some(message)) = publishes.next().now_or_never() {
                         heard += 1;
+                        last = message;
                     }
                     // Boxed: the reads' state is not kept in the reader's
                     // own while it reads with a consumer.
-                    if !Box::pin(self.read_directly(&stream, heard, 0, direct)).await {
+                    if !Box::pin(self.read_directly(&stream, heard, Some(&last), 0, direct)).await {
                         return true;
                     }
                     continue;
@@ -1381,31 +1396,40 @@ impl Reader {
                 _ = self.feed.look_now.notified() => {}
                 _ = tokio::time::sleep_until(look_at) => {}
             }
-            // No answer proves nothing (NATS may be away): look again later.
             // A deleted or recreated topic is the registry's to act on: it
             // closes the feed.
-            match self.look(&stream, &filter_subject).await {
+            let answered = match self.look(&stream, &filter_subject).await {
                 Ok(Some(last)) if last > self.feed.head().max(self.nothing_until) => {
                     let Some(direct) = direct.as_mut() else {
                         return true;
                     };
-                    if !Box::pin(self.read_directly(&stream, 0, last, direct)).await {
+                    if !Box::pin(self.read_directly(&stream, 0, None, last, direct)).await {
                         return true;
                     }
+                    true
                 }
                 // Another epoch: the consumer's reader sees it and closes
                 // the feed.
                 Ok(None) => return true,
-                _ => {}
-            }
+                Ok(Some(_)) => true,
+                Err(_) => false,
+            };
             looks += 1;
+            unanswered = if answered { 0 } else { unanswered + 1 };
             look_at = tokio::time::Instant::now()
-                + if looks == 1 {
+                + if unanswered > 0 {
+                    // No answer proves nothing: NATS may be away, or
+                    // electing the stream's leader, and publishes made
+                    // meanwhile may not be heard. Look again soon, less
+                    // often the longer it lasts.
+                    (DOZE_SECOND_LOOK * 2u32.pow(unanswered.min(6))).min(self.look_every)
+                } else if looks == 1 {
                     DOZE_SECOND_LOOK
                 } else {
-                    // A look costs NATS a request: at most one per `doze_after`
-                    // per quiet feed, and not more often than the watchdog's.
-                    self.no_progress.max(self.doze_after.unwrap_or_default())
+                    // A look costs NATS a request: at most one per configured
+                    // doze time per quiet feed (not the shorter direct one),
+                    // and not more often than the watchdog's.
+                    self.look_every
                 };
         }
     }
@@ -1506,6 +1530,20 @@ impl Reader {
     }
 }
 
+/// How long a feed of `info`'s stream reads nothing before it lets its
+/// consumer go; `None` if it never does.
+fn doze_time(settings: &FeedSettings, info: &Info) -> Option<Duration> {
+    // A stream fed otherwise than by publishes on its subjects gets events
+    // that no subscription of a dozing feed would see.
+    settings
+        .doze_after
+        .filter(|_| fed_by_publishes(info))
+        .map(|after| match settings.direct_doze_after {
+            Some(direct) if info.config.allow_direct => after.min(direct),
+            _ => after,
+        })
+}
+
 /// How long the stream had gone without a new event, by its last event's
 /// JetStream timestamp against the node's clock; `Duration::MAX` for a
 /// stream that never held one, zero for a timestamp ahead of the clock.
@@ -1590,6 +1628,7 @@ mod tests {
             max_event_bytes: 1024,
             no_progress: Duration::from_secs(8),
             doze_after: None,
+            direct_doze_after: None,
             reconnections: tokio::sync::watch::channel(0).1,
             budget: Arc::new(HistoryBudget::new(1 << 30)),
         }
@@ -1631,6 +1670,40 @@ mod tests {
         recent.state.last_timestamp = time::OffsetDateTime::now_utc() - time::Duration::seconds(60);
         let (_, start) = Feed::new(topic(), None, &recent, &dozing);
         assert_eq!(start, 1, "the topic's last event is a minute old");
+    }
+
+    /// A feed of a stream that allows direct gets dozes after the shorter of
+    /// the two doze times; one of another stream after the configured one;
+    /// none dozes when dozing is off or its stream is fed otherwise than by
+    /// publishes.
+    #[test]
+    fn the_direct_doze_time_applies_only_to_streams_that_allow_direct_gets() {
+        let minutes = |m: u64| Some(Duration::from_secs(m * 60));
+        let both = FeedSettings {
+            doze_after: minutes(2),
+            direct_doze_after: Some(Duration::from_secs(10)),
+            ..settings()
+        };
+        let mut direct = info();
+        direct.config.allow_direct = true;
+        assert_eq!(doze_time(&both, &direct), Some(Duration::from_secs(10)));
+        assert_eq!(doze_time(&both, &info()), minutes(2));
+        let longer = FeedSettings {
+            direct_doze_after: minutes(5),
+            ..both.clone()
+        };
+        assert_eq!(doze_time(&longer, &direct), minutes(2));
+        let never = FeedSettings {
+            doze_after: None,
+            ..both.clone()
+        };
+        assert_eq!(doze_time(&never, &direct), None);
+        let mut relayed = direct.clone();
+        relayed.config.mirror = Some(jetstream::stream::Source {
+            name: "SSE_other".into(),
+            ..Default::default()
+        });
+        assert_eq!(doze_time(&both, &relayed), None);
     }
 
     /// The parked sockets' writer takes a grown channel's receiver without

@@ -148,6 +148,8 @@ pub async fn run(
         no_progress: Duration::from_secs(config.delivery.no_progress_seconds),
         doze_after: (config.delivery.feed_doze_seconds > 0)
             .then(|| Duration::from_secs(config.delivery.feed_doze_seconds)),
+        direct_doze_after: (config.delivery.feed_direct_doze_seconds > 0)
+            .then(|| Duration::from_secs(config.delivery.feed_direct_doze_seconds)),
         reconnections,
         budget: Arc::new(history::HistoryBudget::new(config.history.max_bytes)),
     };

@@ -606,17 +606,28 @@ async fn a_quiet_feed_lets_its_consumer_go_and_reads_on_exactly_when_woken() {
 
 /// A dozing feed reads an event now and then with direct gets, without
 /// making a consumer; a burst makes it read with a consumer again, and it
-/// dozes once more when the topic is quiet. Every event comes once and in
-/// order, and a resume from an event read either way is exact.
+/// dozes once more after `delivery.feed_direct_doze_seconds` without an
+/// event, while a feed of a stream without direct gets keeps its consumer
+/// for `delivery.feed_doze_seconds`. Every event comes once and in order,
+/// and a resume from an event read either way is exact.
 #[tokio::test]
 async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "sparse", None).await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SSE_plain".into(),
+        subjects: vec!["sse.plain".into(), "sse.plain.>".into()],
+        allow_direct: false,
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
     let node = NodeProc::start(
         &nats.url(),
         &[
-            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "60"),
+            ("SSE_DELIVERY__FEED_DIRECT_DOZE_SECONDS", "1"),
             // Past the test's time: events are read because a publish was
             // heard, not by the periodic look.
             ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
@@ -624,12 +635,23 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     )
     .await;
     let mut client = open_stream(&node, "topic=sparse").await;
+    let mut plain = open_stream(&node, "topic=plain").await;
+    // Both topics were never published: their feeds doze from the start.
+    eventually(T, "both feeds to doze without a consumer", || async {
+        (node.metric("sse_feeds_dozing").await == 2.0
+            && consumer_count(&js, "SSE_sparse").await == Some(0)
+            && consumer_count(&js, "SSE_plain").await == Some(0))
+        .then_some(())
+    })
+    .await;
+    publish(&js, "plain", "plain-0").await;
+    assert_eq!(data_of(&plain.take(1, T).await), ["plain-0"]);
     let dozing = || async {
         (node.metric("sse_feeds_dozing").await == 1.0
             && consumer_count(&js, "SSE_sparse").await == Some(0))
         .then_some(())
     };
-    eventually(T, "the feed to doze without a consumer", dozing).await;
+    eventually(T, "the plain topic's feed to make its consumer", dozing).await;
     let mut expected = Vec::new();
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -665,6 +687,11 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
         "a burst is read with a consumer, not all directly ({direct} direct reads)"
     );
     eventually(T, "the feed to doze again", dozing).await;
+    assert_eq!(
+        consumer_count(&js, "SSE_plain").await,
+        Some(1),
+        "a stream without direct gets keeps its consumer for the doze time"
+    );
     publish(&js, "sparse", "after").await;
     expected.push("after".into());
     assert_eq!(data_of(&client.take(1, T).await), ["after"]);
@@ -768,6 +795,8 @@ async fn a_feed_counts_its_topics_quiet_time_from_the_topics_last_event() {
         &nats.url(),
         &[
             ("SSE_DELIVERY__FEED_DOZE_SECONDS", "12"),
+            // One doze time for every topic here, with direct gets or not.
+            ("SSE_DELIVERY__FEED_DIRECT_DOZE_SECONDS", "0"),
             ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
         ],
     )
@@ -923,6 +952,55 @@ async fn a_publish_a_dozing_feed_did_not_hear_is_read_after_the_next_listing() {
         data_of(&client.take(1, Duration::from_secs(8)).await),
         ["unheard"]
     );
+}
+
+/// Publishes a dozing feed did not hear (here the stream takes them on
+/// another subject too) are read directly with the next publish it hears,
+/// in order, not a listing later.
+#[tokio::test]
+async fn publishes_a_dozing_feed_did_not_hear_are_read_with_the_next_one_it_hears() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "missed", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
+            // Past the test's time: no look and no listing reads them.
+            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
+            ("SSE_NATS__TOPIC_REFRESH_SECONDS", "60"),
+        ],
+    )
+    .await;
+    let mut client = open_stream(&node, "topic=missed").await;
+    eventually(T, "the feed to doze", || async {
+        (node.metric("sse_feeds_dozing").await == 1.0).then_some(())
+    })
+    .await;
+    let mut config = js
+        .get_stream("SSE_missed")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    let topic_subjects = config.subjects.clone();
+    config = relayed_config(config, "missed");
+    config.subjects.extend(topic_subjects);
+    js.update_stream(config).await.expect("update stream");
+    // Past the look a dozing feed takes a second into its doze.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    publish_on(&js, "in.missed.a", "unheard-1").await;
+    publish_on(&js, "in.missed.a", "unheard-2").await;
+    publish(&js, "missed.b", "heard").await;
+    assert_eq!(
+        data_of(&client.take(3, Duration::from_secs(3)).await),
+        ["unheard-1", "unheard-2", "heard"]
+    );
+    assert_eq!(node.metric("sse_feed_direct_reads_total").await, 3.0);
+    assert_eq!(consumer_count(&js, "SSE_missed").await, Some(0));
 }
 
 /// A topic whose stream stores events under other subjects than it takes

@@ -204,7 +204,17 @@ async fn jetstream_resumes_leave_no_consumer_behind() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "tidy", None).await;
-    let node = NodeProc::start(&nats.url(), &NO_MEMORY).await;
+    // The live client's feed keeps its consumer: a dozing one would read
+    // this topic's few events without one.
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            NO_MEMORY[0],
+            NO_MEMORY[1],
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "0"),
+        ],
+    )
+    .await;
     let mut live = SseClient::connect(&node.url("/v1/events?topic=tidy"), None)
         .await
         .unwrap();

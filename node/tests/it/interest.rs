@@ -909,6 +909,43 @@ async fn publish_on(js: &async_nats::jetstream::Context, subject: &str, data: &'
         .expect("ack");
 }
 
+/// Creates `topic`, and starts a node whose feeds doze after a second and
+/// take no periodic look within a test's time, listing the topics every
+/// `refresh_seconds`; returns it with a client of the topic, once the
+/// topic's feed dozes, and the topic's stream config.
+async fn dozing_feed(
+    nats: &Nats,
+    js: &async_nats::jetstream::Context,
+    topic: &str,
+    refresh_seconds: &str,
+) -> (NodeProc, SseClient, async_nats::jetstream::stream::Config) {
+    create_topic(js, topic, None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
+            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
+            ("SSE_NATS__TOPIC_REFRESH_SECONDS", refresh_seconds),
+        ],
+    )
+    .await;
+    let client = open_stream(&node, &format!("topic={topic}")).await;
+    eventually(T, "the feed to doze", || async {
+        (node.metric("sse_feeds_dozing").await == 1.0).then_some(())
+    })
+    .await;
+    let config = js
+        .get_stream(format!("SSE_{topic}"))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    (node, client, config)
+}
+
 /// A publish that a dozing feed's subscriptions never see (here the stream
 /// takes it on another subject; in a NATS cluster a route down for a moment
 /// does the same) is read once the next listing of the topics finds the
@@ -917,31 +954,7 @@ async fn publish_on(js: &async_nats::jetstream::Context, subject: &str, data: &'
 async fn a_publish_a_dozing_feed_did_not_hear_is_read_after_the_next_listing() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    create_topic(&js, "hidden", None).await;
-    let node = NodeProc::start(
-        &nats.url(),
-        &[
-            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
-            // The periodic look comes after the test's time.
-            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
-            ("SSE_NATS__TOPIC_REFRESH_SECONDS", "1"),
-        ],
-    )
-    .await;
-    let mut client = open_stream(&node, "topic=hidden").await;
-    eventually(T, "the feed to doze", || async {
-        (node.metric("sse_feeds_dozing").await == 1.0).then_some(())
-    })
-    .await;
-    let config = js
-        .get_stream("SSE_hidden")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let (_node, mut client, config) = dozing_feed(&nats, &js, "hidden", "1").await;
     js.update_stream(relayed_config(config, "hidden"))
         .await
         .expect("update stream");
@@ -961,31 +974,8 @@ async fn a_publish_a_dozing_feed_did_not_hear_is_read_after_the_next_listing() {
 async fn publishes_a_dozing_feed_did_not_hear_are_read_with_the_next_one_it_hears() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    create_topic(&js, "missed", None).await;
-    let node = NodeProc::start(
-        &nats.url(),
-        &[
-            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
-            // Past the test's time: no look and no listing reads them.
-            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
-            ("SSE_NATS__TOPIC_REFRESH_SECONDS", "60"),
-        ],
-    )
-    .await;
-    let mut client = open_stream(&node, "topic=missed").await;
-    eventually(T, "the feed to doze", || async {
-        (node.metric("sse_feeds_dozing").await == 1.0).then_some(())
-    })
-    .await;
-    let mut config = js
-        .get_stream("SSE_missed")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    // No listing within the test's time reads them either.
+    let (node, mut client, mut config) = dozing_feed(&nats, &js, "missed", "60").await;
     let topic_subjects = config.subjects.clone();
     config = relayed_config(config, "missed");
     config.subjects.extend(topic_subjects);

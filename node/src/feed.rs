@@ -762,6 +762,19 @@ struct DirectReads {
     since: tokio::time::Instant,
     /// Events read in it.
     in_window: u32,
+    /// The consumer being made, once the topic got busy: direct reads go on
+    /// until it stands ([`Reader::doze`]).
+    making: Option<tokio::task::JoinHandle<Result<Opening, async_nats::Error>>>,
+}
+
+/// How a doze ends ([`Reader::doze`]).
+enum Wake {
+    /// The feed closed.
+    Closed,
+    /// The feed reads on from the head with a new consumer.
+    Read,
+    /// The feed reads on with the consumer made while it read directly.
+    Made(Result<Opening, async_nats::Error>),
 }
 
 /// Longest pause between two attempts of a feed to (re)create its consumer.
@@ -893,6 +906,18 @@ struct Opened {
     caught_up: bool,
 }
 
+/// What [`open_consumer`] found.
+enum Opening {
+    /// A consumer, ready to read.
+    Opened(Box<Opened>),
+    /// Nothing to read, on a topic already quiet for the doze time: no
+    /// consumer, and up to this sequence the stream holds nothing for the
+    /// reader.
+    Quiet { nothing_until: u64 },
+    /// The stream is gone or was recreated.
+    End(ReadEnd),
+}
+
 enum ReadEnd {
     Closed,
     StreamGone,
@@ -914,12 +939,14 @@ impl Reader {
         // "Not found" or another creation time may be a transient answer
         // during a leader election: act on it only when it holds twice.
         let mut doubted = false;
+        // A consumer made while the feed dozed and read directly.
+        let mut made = None;
         loop {
             let next = self.feed.head() + 1;
             let feed = self.feed.clone();
             let outcome = tokio::select! {
                 _ = feed.closed.cancelled() => Ok(ReadEnd::Closed),
-                outcome = self.read_from(next.max(start)) => outcome,
+                outcome = self.read_from(next.max(start), made.take()) => outcome,
             };
             match outcome {
                 Ok(ReadEnd::Closed) => return,
@@ -950,8 +977,10 @@ impl Reader {
                 Ok(ReadEnd::Quiet) => {
                     doubted = false;
                     backoff = Duration::from_millis(100);
-                    if !self.doze().await {
-                        return;
+                    match self.doze().await {
+                        Wake::Closed => return,
+                        Wake::Read => {}
+                        Wake::Made(opening) => made = Some(opening),
                     }
                     continue;
                 }
@@ -986,11 +1015,34 @@ impl Reader {
             .unwrap_or_default()
     }
 
-    async fn read_from(&mut self, next: u64) -> Result<ReadEnd, async_nats::Error> {
+    /// Reads with a consumer from `next`, or with `made`, one made while
+    /// the feed dozed, until the consumer ends or is let go.
+    async fn read_from(
+        &mut self,
+        next: u64,
+        made: Option<Result<Opening, async_nats::Error>>,
+    ) -> Result<ReadEnd, async_nats::Error> {
         let filter_subject = self.filter_subject();
-        let mut opened = match Box::pin(self.open_consumer(next, &filter_subject)).await? {
-            Ok(opened) => opened,
-            Err(end) => return Ok(end),
+        let opening = match made {
+            Some(opening) => opening?,
+            None => {
+                Box::pin(open_consumer(
+                    self.js.clone(),
+                    self.feed.clone(),
+                    self.doze_after,
+                    next,
+                    filter_subject.clone(),
+                ))
+                .await?
+            }
+        };
+        let mut opened = match opening {
+            Opening::Opened(opened) => opened,
+            Opening::Quiet { nothing_until } => {
+                self.nothing_until = nothing_until;
+                return Ok(ReadEnd::Quiet);
+            }
+            Opening::End(end) => return Ok(end),
         };
         self.nothing_until = opened.nothing_until;
         let mut caught_up = opened.caught_up;
@@ -1111,6 +1163,11 @@ impl Reader {
                     continue;
                 }
             };
+            // A consumer made while the feed read directly delivers again
+            // what those reads took in.
+            if seq <= self.feed.head() {
+                continue;
+            }
             let headers = message.headers.as_ref();
             self.deliver(
                 seq,
@@ -1208,9 +1265,11 @@ impl Reader {
     /// Reads, with direct gets from the head on, the events of `heard`
     /// publishes a dozing feed heard of, up to the last of them, `last_heard`
     /// (by its subject and payload), and at least up to sequence `until`;
-    /// true once it has, false when the feed is to make its consumer: the
-    /// topic got busy, or the stream does not hold (or not yet, after a few
-    /// tries) what was heard of, or JetStream does not answer.
+    /// true once it has, false when the feed is to read with a consumer:
+    /// the stream does not hold (or not yet, after a few tries) what was
+    /// heard of, or JetStream does not answer. A topic that got busy gets
+    /// its consumer made meanwhile (`direct.making`), and is read directly
+    /// until it stands.
     ///
     /// Why: making a consumer is a JetStream API request, and so is the
     /// stream info before it. NATS serves them from one queue per server,
@@ -1219,7 +1278,10 @@ impl Reader {
     /// waited for its consumer behind all the others: 50–94 ms at the 99th
     /// percentile over 1,000 fresh topics. A direct get is answered by the
     /// stream itself, beside the API queue, and a topic that gets an event
-    /// now and then needs no consumer at all.
+    /// now and then needs no consumer at all. A topic that gets more than
+    /// [`DIRECT_READS_MAX`] events in a window is read by a consumer, which
+    /// costs NATS less per event; its events are read directly until that
+    /// consumer stands, so that none of them waits for it.
     ///
     /// Nothing can be stepped over. A whole topic's feed asks only for the
     /// sequence right after the head; a path feed for its path's first
@@ -1245,7 +1307,9 @@ impl Reader {
         let history_bytes = self.metrics.history_bytes.with_label_values(&topic_label);
         let mut tries = 0u32;
         while unread > 0 || last_heard.is_some() || self.feed.head() < until {
-            if self.feed.is_closed() {
+            if self.feed.is_closed() || direct.making.as_ref().is_some_and(|m| m.is_finished()) {
+                // A consumer that stands reads on from where the direct
+                // reads began.
                 return true;
             }
             let now = tokio::time::Instant::now();
@@ -1253,9 +1317,15 @@ impl Reader {
                 direct.since = now;
                 direct.in_window = 0;
             }
-            if direct.in_window >= DIRECT_READS_MAX {
+            if direct.in_window >= DIRECT_READS_MAX && direct.making.is_none() {
                 debug!(topic = %self.feed.topic, head = self.feed.head(), "topic is busy; making a consumer");
-                return false;
+                direct.making = Some(tokio::spawn(open_consumer(
+                    self.js.clone(),
+                    self.feed.clone(),
+                    self.doze_after,
+                    self.feed.head() + 1,
+                    filter_subject.clone(),
+                )));
             }
             let next = self.feed.head() + 1;
             let mut get = stream.direct_get_builder().sequence(next);
@@ -1312,7 +1382,7 @@ impl Reader {
     }
 
     /// Waits, without a consumer, until the topic (or the feed's path) may
-    /// hold an event past the head; false if the feed closed meanwhile.
+    /// hold an event past the head, and says how the feed reads on.
     ///
     /// An idle consumer costs NATS some 50 KiB and a pull every few seconds,
     /// so a feed whose topic had no event for `doze_after` lets it go and listens
@@ -1320,14 +1390,14 @@ impl Reader {
     /// that an event came: core NATS delivery is at most once, so the events
     /// themselves are read from JetStream from `head + 1`, by direct gets
     /// while the topic gets a few a second ([`Reader::read_directly`]: a
-    /// feed on a stream that allows them), else by a new
-    /// consumer. JetStream is asked whether it holds anything past the head
+    /// feed on a stream that allows them), else by a new consumer (which a
+    /// feed reading directly makes while it reads on). JetStream is asked whether it holds anything past the head
     /// right after the subscriptions stand, a second later, after each
     /// reconnection to NATS, when a listing finds the stream past the head
     /// ([`Feed::listed`]), and then every `doze_after` (or `no_progress`, if
     /// longer), so a publish the subscriptions missed is read late, never
     /// lost.
-    async fn doze(&mut self) -> bool {
+    async fn doze(&mut self) -> Wake {
         let feed = self.feed.clone();
         let _dozing = DozingGauge::hold(&self.metrics.feeds_dozing, &feed.dozing);
         let client = self.js.client();
@@ -1347,13 +1417,13 @@ impl Reader {
                 // No subscription, no doze: read with a consumer again.
                 Err(error) => {
                     debug!(topic = %self.feed.topic, %error, "cannot listen for publishes; reading on");
-                    return true;
+                    return Wake::Read;
                 }
             }
         }
         let mut publishes = futures_util::stream::select_all(publishes);
         let Ok(stream) = self.js.get_stream_no_info(self.feed.stream_name()).await else {
-            return true;
+            return Wake::Read;
         };
         debug!(topic = %self.feed.topic, path = self.feed.path.as_deref().unwrap_or(""), head = self.feed.head(), "topic feed is quiet; letting its consumer go");
         // The first look comes once the server has the subscriptions, and a
@@ -1371,13 +1441,27 @@ impl Reader {
             (self.direct_reads && self.head_still_read(&stream).await).then(|| DirectReads {
                 since: tokio::time::Instant::now(),
                 in_window: 0,
+                making: None,
             });
         loop {
             tokio::select! {
-                _ = self.feed.closed.cancelled() => return false,
+                // The consumer, once it stands, before more direct reads.
+                biased;
+                _ = self.feed.closed.cancelled() => return Wake::Closed,
+                made = async {
+                    match direct.as_mut().and_then(|direct| direct.making.as_mut()) {
+                        Some(making) => making.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    return match made {
+                        Ok(opening) => Wake::Made(opening),
+                        Err(_) => Wake::Read,
+                    };
+                }
                 heard = publishes.next() => {
                     let (Some(mut last), Some(direct)) = (heard, direct.as_mut()) else {
-                        return true;
+                        return Wake::Read;
                     };
                     let mut heard = 1;
                     while let Some(Some(message)) = publishes.next().now_or_never() {
@@ -1387,7 +1471,7 @@ impl Reader {
                     // Boxed: the reads' state is not kept in the reader's
                     // own while it reads with a consumer.
                     if !Box::pin(self.read_directly(&stream, heard, Some(&last), 0, direct)).await {
-                        return true;
+                        return self.consumer_made(direct.making.take()).await;
                     }
                     continue;
                 }
@@ -1401,16 +1485,16 @@ impl Reader {
             let answered = match self.look(&stream, &filter_subject).await {
                 Ok(Some(last)) if last > self.feed.head().max(self.nothing_until) => {
                     let Some(direct) = direct.as_mut() else {
-                        return true;
+                        return Wake::Read;
                     };
                     if !Box::pin(self.read_directly(&stream, 0, None, last, direct)).await {
-                        return true;
+                        return self.consumer_made(direct.making.take()).await;
                     }
                     true
                 }
                 // Another epoch: the consumer's reader sees it and closes
                 // the feed.
-                Ok(None) => return true,
+                Ok(None) => return Wake::Read,
                 Ok(Some(_)) => true,
                 Err(_) => false,
             };
@@ -1434,6 +1518,25 @@ impl Reader {
         }
     }
 
+    /// How a doze whose direct reads failed ends: with the consumer being
+    /// made, if the topic had got busy (it reads from where they began),
+    /// else with a new one.
+    async fn consumer_made(
+        &self,
+        making: Option<tokio::task::JoinHandle<Result<Opening, async_nats::Error>>>,
+    ) -> Wake {
+        let Some(making) = making else {
+            return Wake::Read;
+        };
+        tokio::select! {
+            _ = self.feed.closed.cancelled() => Wake::Closed,
+            made = making => match made {
+                Ok(opening) => Wake::Made(opening),
+                Err(_) => Wake::Read,
+            },
+        }
+    }
+
     /// A dozing feed's look at JetStream: the last sequence the stream holds
     /// of `filter_subject` (of any subject when empty), or `None` when the
     /// stream is of another epoch than the feed's.
@@ -1448,86 +1551,82 @@ impl Reader {
         let info = bounded(stream.get_info()).await?;
         Ok((stream_epoch(&info) == self.feed.epoch).then_some(info.state.last_sequence))
     }
+}
 
-    /// Creates the reader's consumer from `next`, reading `filter_subject`
-    /// (or the whole stream), unless the stream is gone or was recreated.
-    /// Boxed by the caller: what it holds on the way (the stream's and the
-    /// consumer's info, some 2 KiB) is not kept while the reader reads.
-    async fn open_consumer(
-        &mut self,
-        next: u64,
-        filter_subject: &str,
-    ) -> Result<Result<Opened, ReadEnd>, async_nats::Error> {
-        let stream = match bounded_for(
-            FEED_CALL_TIMEOUT,
-            self.js.get_stream(self.feed.stream_name()),
-        )
-        .await
-        {
-            Ok(stream) => stream,
-            Err(e) => {
-                return match e.downcast_ref::<jetstream::context::GetStreamError>() {
-                    Some(e) if is_stream_not_found(e) => Ok(Err(ReadEnd::StreamGone)),
-                    _ => Err(e),
-                };
-            }
-        };
-        if stream_epoch(stream.cached_info()) != self.feed.epoch {
-            return Ok(Err(ReadEnd::StreamRecreated));
+/// Creates a consumer for `feed`'s reader from `next`, reading
+/// `filter_subject` (or the whole stream), unless the stream is gone or was
+/// recreated. Boxed or spawned by the caller: what it holds on the way (the
+/// stream's and the consumer's info, some 2 KiB) is not kept while the
+/// reader reads, and it owns what it uses, so that a dozing feed can read
+/// on directly while it runs.
+async fn open_consumer(
+    js: jetstream::Context,
+    feed: Arc<Feed>,
+    doze_after: Option<Duration>,
+    next: u64,
+    filter_subject: String,
+) -> Result<Opening, async_nats::Error> {
+    let stream = match bounded_for(FEED_CALL_TIMEOUT, js.get_stream(feed.stream_name())).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            return match e.downcast_ref::<jetstream::context::GetStreamError>() {
+                Some(e) if is_stream_not_found(e) => Ok(Opening::End(ReadEnd::StreamGone)),
+                _ => Err(e),
+            };
         }
-        let stream_last = stream.cached_info().state.last_sequence;
-        let quiet_before = if self.feed.head() <= self.feed.live_from {
-            topic_quiet_for(&stream.cached_info().state)
-        } else {
-            Duration::ZERO
-        };
-        if next > stream_last && self.doze_after.is_some_and(|after| quiet_before >= after) {
-            // Nothing to read, and the topic was already quiet when the
-            // feed started: no consumer at all until its next publish.
-            self.nothing_until = stream_last.max(next - 1);
-            return Ok(Err(ReadEnd::Quiet));
-        }
-        let consumer = bounded_for(
-            FEED_CALL_TIMEOUT,
-            stream.create_consumer(OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: next,
-                },
-                filter_subject: filter_subject.to_owned(),
-                // Short pulls mean idle heartbeats every couple of seconds, so
-                // a consumer lost with a stream leader is noticed and
-                // re-created in seconds, not after the 30 s default.
-                max_expires: PULL_EXPIRES,
-                ..Default::default()
-            }),
-        )
-        .await?;
-        let owned = OwnedConsumer::new(
-            &self.js,
-            self.feed.stream_name(),
-            &consumer.cached_info().name,
-        );
-        // Sequences up to here hold nothing for this reader (deleted
-        // messages, say): a stream whose last sequence is no higher is not
-        // ahead of it.
-        let caught_up = consumer.cached_info().num_pending == 0;
-        let nothing_until = if caught_up {
-            stream_last.max(next - 1)
-        } else {
-            next - 1
-        };
-        let messages = bounded_for(FEED_CALL_TIMEOUT, consumer.messages()).await?;
-        // A handle without the stream's info, for the watchdog's questions.
-        let stream = self.js.get_stream_no_info(self.feed.stream_name()).await?;
-        Ok(Ok(Opened {
-            stream,
-            messages,
-            _owned: owned,
-            nothing_until,
-            quiet_before,
-            caught_up,
-        }))
+    };
+    if stream_epoch(stream.cached_info()) != feed.epoch {
+        return Ok(Opening::End(ReadEnd::StreamRecreated));
     }
+    let stream_last = stream.cached_info().state.last_sequence;
+    let quiet_before = if feed.head() <= feed.live_from {
+        topic_quiet_for(&stream.cached_info().state)
+    } else {
+        Duration::ZERO
+    };
+    if next > stream_last && doze_after.is_some_and(|after| quiet_before >= after) {
+        // Nothing to read, and the topic was already quiet when the
+        // feed started: no consumer at all until its next publish.
+        return Ok(Opening::Quiet {
+            nothing_until: stream_last.max(next - 1),
+        });
+    }
+    let consumer = bounded_for(
+        FEED_CALL_TIMEOUT,
+        stream.create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            },
+            filter_subject,
+            // Short pulls mean idle heartbeats every couple of seconds, so
+            // a consumer lost with a stream leader is noticed and
+            // re-created in seconds, not after the 30 s default.
+            max_expires: PULL_EXPIRES,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let owned = OwnedConsumer::new(&js, feed.stream_name(), &consumer.cached_info().name);
+    // Sequences up to here hold nothing for this reader (deleted
+    // messages, say): a stream whose last sequence is no higher is not
+    // ahead of it.
+    let caught_up = consumer.cached_info().num_pending == 0;
+    let nothing_until = if caught_up {
+        stream_last.max(next - 1)
+    } else {
+        next - 1
+    };
+    let messages = bounded_for(FEED_CALL_TIMEOUT, consumer.messages()).await?;
+    // A handle without the stream's info, for the watchdog's questions.
+    let stream = js.get_stream_no_info(feed.stream_name()).await?;
+    Ok(Opening::Opened(Box::new(Opened {
+        stream,
+        messages,
+        _owned: owned,
+        nothing_until,
+        quiet_before,
+        caught_up,
+    })))
 }
 
 /// How long a feed of `info`'s stream reads nothing before it lets its

@@ -605,7 +605,8 @@ async fn a_quiet_feed_lets_its_consumer_go_and_reads_on_exactly_when_woken() {
 }
 
 /// A dozing feed reads an event now and then with direct gets, without
-/// making a consumer; a burst makes it read with a consumer again, and it
+/// making a consumer; a burst makes it read with a consumer again (read
+/// directly until that consumer stands), and it
 /// dozes once more after `delivery.feed_direct_doze_seconds` without an
 /// event, while a feed of a stream without direct gets keeps its consumer
 /// for `delivery.feed_doze_seconds`. Every event comes once and in order,
@@ -672,19 +673,51 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     }
     assert_eq!(consumer_count(&js, "SSE_sparse").await, Some(0));
 
-    // A burst: more than a dozing feed reads directly in a second.
+    // A burst, published at once: more than a dozing feed reads directly
+    // in a second. The feed makes a consumer, and reads on directly until
+    // it stands, so that no event waits for it; the consumer then
+    // delivers again what those reads took in, and the feed skips it.
+    let mut created = js
+        .client()
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.SSE_sparse.>")
+        .await
+        .expect("subscribe to advisories");
+    js.client().flush().await.expect("flush");
+    // A feed reads at most ten events directly in a second before it makes
+    // a consumer: the burst starts a second of its own, so that its first
+    // ten events are read directly, and the next ones only because the
+    // consumer does not stand yet.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut acks = Vec::new();
     for i in 0..40 {
         let data = format!("burst-{i}");
-        publish(&js, "sparse", &data).await;
+        let ack = js
+            .publish("sse.sparse", data.clone().into())
+            .await
+            .expect("publish");
+        acks.push(ack);
         expected.push(data);
+    }
+    for ack in acks {
+        ack.await.expect("ack");
     }
     let events = client.take(40, T).await;
     assert_eq!(data_of(&events), expected[5..]);
     ids.extend(events.into_iter().map(|e| e.id));
+    tokio::time::timeout(T, created.next())
+        .await
+        .expect("a consumer made for the burst");
     let direct = node.metric("sse_feed_direct_reads_total").await;
     assert!(
-        direct < 45.0,
-        "a burst is read with a consumer, not all directly ({direct} direct reads)"
+        direct - 5.0 > 10.0,
+        "events of the burst past the tenth were read directly while the consumer was made ({} direct reads)",
+        direct - 5.0
+    );
+    assert_eq!(
+        node.metric(r#"sse_feed_events_total{topic="sparse"}"#)
+            .await,
+        45.0,
+        "each event read once, none counted again when the consumer delivered it"
     );
     eventually(T, "the feed to doze again", dozing).await;
     assert_eq!(

@@ -284,6 +284,8 @@ impl Feed {
             prefix: format!("{}.", settings.subject_prefix),
             no_progress: settings.no_progress,
             doze_after: doze_time(settings, info),
+            sparse_doze_after: doze_time(settings, info),
+            busy_doze_after: settings.doze_after.filter(|_| fed_by_publishes(info)),
             look_every: settings
                 .no_progress
                 .max(settings.doze_after.unwrap_or_default()),
@@ -873,6 +875,16 @@ struct Reader {
     prefix: String,
     no_progress: Duration,
     doze_after: Option<Duration>,
+    /// `doze_after` for a feed whose last wake it read directly: the
+    /// shorter `delivery.feed_direct_doze_seconds` on a stream that allows
+    /// direct gets ([`doze_time`]).
+    sparse_doze_after: Option<Duration>,
+    /// `doze_after` for a feed whose last wake needed a consumer (its topic
+    /// got busy): `delivery.feed_doze_seconds`. A topic that gets bursts
+    /// of events keeps its consumer between them, where a consumer made
+    /// and deleted per burst cost a NATS cluster half as much CPU again,
+    /// and the node three times as much.
+    busy_doze_after: Option<Duration>,
     /// How often a dozing feed looks at JetStream, past its first looks.
     look_every: Duration,
     /// Up to this sequence the stream held nothing for the reader when its
@@ -977,10 +989,16 @@ impl Reader {
                 Ok(ReadEnd::Quiet) => {
                     doubted = false;
                     backoff = Duration::from_millis(100);
+                    // Until a wake shows the topic busy, the feed reads it
+                    // as a sparse one.
+                    self.doze_after = self.sparse_doze_after;
                     match self.doze().await {
                         Wake::Closed => return,
                         Wake::Read => {}
-                        Wake::Made(opening) => made = Some(opening),
+                        Wake::Made(opening) => {
+                            self.doze_after = self.busy_doze_after;
+                            made = Some(opening);
+                        }
                     }
                     continue;
                 }

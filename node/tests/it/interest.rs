@@ -605,11 +605,12 @@ async fn a_quiet_feed_lets_its_consumer_go_and_reads_on_exactly_when_woken() {
 }
 
 /// A dozing feed reads an event now and then with direct gets, without
-/// making a consumer; a burst makes it read with a consumer again (read
-/// directly until that consumer stands), and it
-/// dozes once more after `delivery.feed_direct_doze_seconds` without an
-/// event, while a feed of a stream without direct gets keeps its consumer
-/// for `delivery.feed_doze_seconds`. Every event comes once and in order,
+/// making a consumer, while a feed of a stream without direct gets keeps
+/// its consumer for `delivery.feed_doze_seconds`, past
+/// `delivery.feed_direct_doze_seconds`; a burst makes the first read with a
+/// consumer again (read directly until that consumer stands), which it
+/// keeps for `delivery.feed_doze_seconds` too, as its topic got busy, before
+/// it dozes once more. Every event comes once and in order,
 /// and a resume from an event read either way is exact.
 #[tokio::test]
 async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
@@ -627,7 +628,7 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     let node = NodeProc::start(
         &nats.url(),
         &[
-            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "60"),
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "5"),
             ("SSE_DELIVERY__FEED_DIRECT_DOZE_SECONDS", "1"),
             // Past the test's time: events are read because a publish was
             // heard, not by the periodic look.
@@ -688,6 +689,11 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     // ten events are read directly, and the next ones only because the
     // consumer does not stand yet.
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        consumer_count(&js, "SSE_plain").await,
+        Some(1),
+        "a stream without direct gets keeps its consumer past the direct doze time"
+    );
     let mut acks = Vec::new();
     for i in 0..40 {
         let data = format!("burst-{i}");
@@ -702,6 +708,7 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
         ack.await.expect("ack");
     }
     let events = client.take(40, T).await;
+    let burst_read = std::time::Instant::now();
     assert_eq!(data_of(&events), expected[5..]);
     ids.extend(events.into_iter().map(|e| e.id));
     tokio::time::timeout(T, created.next())
@@ -719,11 +726,22 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
         45.0,
         "each event read once, none counted again when the consumer delivered it"
     );
-    eventually(T, "the feed to doze again", dozing).await;
-    assert_eq!(
-        consumer_count(&js, "SSE_plain").await,
-        Some(1),
-        "a stream without direct gets keeps its consumer for the doze time"
+    eventually(
+        T,
+        "the busy topic's feed to let its consumer go",
+        || async { (consumer_count(&js, "SSE_sparse").await == Some(0)).then_some(()) },
+    )
+    .await;
+    let kept = burst_read.elapsed();
+    eventually(T, "both feeds to doze again", || async {
+        (node.metric("sse_feeds_dozing").await == 2.0
+            && consumer_count(&js, "SSE_plain").await == Some(0))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        kept >= Duration::from_secs(4),
+        "a topic that got busy keeps its consumer for feed_doze_seconds (5 s), not the direct doze time (1 s): dozed {kept:?} after the burst"
     );
     publish(&js, "sparse", "after").await;
     expected.push("after".into());

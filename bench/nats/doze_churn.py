@@ -9,12 +9,14 @@ deleted per event. This starts three nats-servers in a cluster (the test
 harness's, `tests/cluster/harness.py`) and one sse-node (SSE_NODE_BIN, default
 target/debug/sse-node), creates --topics topics of three replicas, opens one
 event stream per topic on the node, and publishes one event to each topic every
---period seconds, spread evenly. After a warm-up it counts, over --window
-seconds, the CPU of the three nats-servers and of the node, and checks that
-every stream got every event once, in order. One JSON line on stdout.
+--period seconds, spread evenly (with --burst N, N events at once). After a
+warm-up it counts, over --window seconds, the CPU of the three nats-servers
+and of the node, times each event from its publish to the client, and checks
+that every stream got every event once, in order. One JSON line on stdout.
 
     python3 bench/nats/doze_churn.py --doze 2 --period 5
     python3 bench/nats/doze_churn.py --doze 0 --period 5
+    python3 bench/nats/doze_churn.py --doze 120 --period 15 --burst 30
 """
 import argparse
 import asyncio
@@ -48,8 +50,9 @@ async def paced(until: float, step: float, send) -> None:
         await asyncio.sleep(max(0.0, start + i * step - time.monotonic()))
 
 
-async def read_stream(port: int, topic: str, got: list[int], ready: asyncio.Event) -> None:
-    """Appends each event's sequence (from its id) to `got`."""
+async def read_stream(port: int, topic: str, got: list[int], ready: asyncio.Event, arrived: dict[int, float]) -> None:
+    """Appends each event's sequence (from its id) to `got`, and notes when
+    it arrived in `arrived`."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET /v1/events?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     await writer.drain()
@@ -73,18 +76,26 @@ async def read_stream(port: int, topic: str, got: list[int], ready: asyncio.Even
                 for line in lines:
                     if line.startswith(b"id: "):
                         # <topic>:<epoch>:<seq>
-                        got.append(int(line.rsplit(b":", 1)[1]))
+                        seq = int(line.rsplit(b":", 1)[1])
+                        got.append(seq)
+                        arrived.setdefault(seq, time.monotonic())
     finally:
         writer.close()
 
 
-async def open_streams(port: int, names: list[str]) -> tuple[dict[str, list[int]], list[asyncio.Task]]:
+async def open_streams(
+    port: int, names: list[str], arrived: dict[str, dict[int, float]] | None = None
+) -> tuple[dict[str, list[int]], list[asyncio.Task]]:
     """Opens one event stream per topic (or path) in `names` on the node at
     `port`, and returns, once every one is open, the sequences each has got
-    (filled in as they come) and the reading tasks."""
+    (filled in as they come) and the reading tasks. When `arrived` is given,
+    each event's arrival time is noted there, by name and sequence."""
     got: dict[str, list[int]] = {n: [] for n in names}
+    times = arrived if arrived is not None else {}
+    for n in names:
+        times.setdefault(n, {})
     readies = {n: asyncio.Event() for n in names}
-    readers = [asyncio.create_task(read_stream(port, n, got[n], readies[n])) for n in names]
+    readers = [asyncio.create_task(read_stream(port, n, got[n], readies[n], times[n])) for n in names]
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in readies.values())), 60)
     return got, readers
 
@@ -110,12 +121,16 @@ async def check_streams(published: dict[str, list[int]], got: dict[str, list[int
 
 async def run(args) -> dict:
     env = {"SSE_DELIVERY__FEED_DOZE_SECONDS": str(args.doze)}
+    if args.direct_doze is not None:
+        env["SSE_DELIVERY__FEED_DIRECT_DOZE_SECONDS"] = str(args.direct_doze)
     cluster = Cluster(nodes=1, node_env=env, with_admin=False)
     topics = [f"churn{i}" for i in range(args.topics)]
     try:
         cluster.start(topics=[(t, 3) for t in topics], timeout=120)
         port = cluster.node_port("node0")
-        got, readers = await open_streams(port, topics)
+        arrived: dict[str, dict[int, float]] = {}
+        got, readers = await open_streams(port, topics, arrived)
+        sent: dict[str, dict[int, float]] = {t: {} for t in topics}
 
         import nats
 
@@ -127,8 +142,11 @@ async def run(args) -> dict:
 
         async def publish_one(i: int) -> None:
             t = topics[i % len(topics)]
-            ack = await js.publish(f"sse.{t}", b"x")
-            published[t].append(ack.seq)
+            at = time.monotonic()
+            acks = await asyncio.gather(*(js.publish(f"sse.{t}", b"x") for _ in range(args.burst)))
+            for ack in acks:
+                published[t].append(ack.seq)
+                sent[t][ack.seq] = at
 
         async def publisher() -> None:
             await paced(stop, args.period / len(topics), publish_one)
@@ -156,11 +174,20 @@ async def run(args) -> dict:
         await nc.close()
         checked = await check_streams(published, got, readers)
         events = sum(len(p) for p in published.values())
+        lags = sorted(
+            (arrived[t][seq] - at) * 1000 for t in topics for seq, at in sent[t].items() if seq in arrived[t]
+        )
+
+        def pct(q: float) -> float | None:
+            return round(lags[min(len(lags) - 1, int(q * len(lags)))], 1) if lags else None
+
         nats_cpu = round(window["nats0"] + window["nats1"] + window["nats2"], 2)
         return {
             "doze_s": args.doze,
             "topics": args.topics,
             "period_s": args.period,
+            "burst": args.burst,
+            "direct_doze_s": args.direct_doze,
             "window_s": args.window,
             "events": events,
             "events_in_window": round(args.topics * args.window / args.period),
@@ -169,6 +196,9 @@ async def run(args) -> dict:
             "node_cpu_s": window["node0"],
             "consumers_created_in_window": created,
             "dozing_at_end": int(window["dozing_at_end"]),
+            "latency_p50_ms": pct(0.5),
+            "latency_p99_ms": pct(0.99),
+            "latency_max_ms": round(lags[-1], 1) if lags else None,
             **checked,
         }
     finally:
@@ -179,7 +209,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--doze", type=int, default=2, help="delivery.feed_doze_seconds (0: never)")
     p.add_argument("--topics", type=int, default=100)
-    p.add_argument("--period", type=float, default=5.0, help="seconds between two events of a topic")
+    p.add_argument("--period", type=float, default=5.0, help="seconds between two events (or bursts) of a topic")
+    p.add_argument("--burst", type=int, default=1, help="events published at once to a topic at its turn")
+    p.add_argument("--direct-doze", type=int, default=None, help="delivery.feed_direct_doze_seconds (default: the node's)")
     p.add_argument("--warmup", type=float, default=15.0)
     p.add_argument("--window", type=float, default=60.0)
     args = p.parse_args()

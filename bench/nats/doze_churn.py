@@ -162,6 +162,7 @@ async def run(args) -> dict:
             # JetStream's own advisories count the consumers made.
             sub = await nc.subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.>", cb=on_created)
             procs = {n: cluster.procs[n].pid for n in ("nats0", "nats1", "nats2", "node0")}
+            m0 = cluster.metrics("node0") or {}
             before = {n: cpu_seconds(p) for n, p in procs.items()}
             await asyncio.sleep(args.window)
             after = {n: cpu_seconds(p) for n, p in procs.items()}
@@ -169,6 +170,9 @@ async def run(args) -> dict:
             m1 = cluster.metrics("node0") or {}
             window.update({n: round(after[n] - before[n], 2) for n in procs})
             window["dozing_at_end"] = metric_sum(m1, "sse_feeds_dozing")
+            window["direct_reads"] = metric_sum(m1, "sse_feed_direct_reads_total") - metric_sum(
+                m0, "sse_feed_direct_reads_total"
+            )
 
         await asyncio.gather(publisher(), measure())
         await nc.close()
@@ -196,6 +200,7 @@ async def run(args) -> dict:
             "node_cpu_s": window["node0"],
             "consumers_created_in_window": created,
             "dozing_at_end": int(window["dozing_at_end"]),
+            "direct_reads_in_window": int(window["direct_reads"]),
             "latency_p50_ms": pct(0.5),
             "latency_p99_ms": pct(0.99),
             "latency_max_ms": round(lags[-1], 1) if lags else None,

@@ -276,6 +276,7 @@ impl Feed {
         let (feed, start) = Self::new(topic, path, info, settings);
         let ctx = feed.encode_context.clone();
         info!(topic = %feed.topic, path = feed.path.as_deref().unwrap_or(""), epoch = %ctx.epoch, start, "topic feed started");
+        let sparse_doze_after = doze_time(settings, info);
         let reader = Reader {
             feed: feed.clone(),
             js,
@@ -283,8 +284,8 @@ impl Feed {
             path_offset: settings.subject_prefix.len() + 1,
             prefix: format!("{}.", settings.subject_prefix),
             no_progress: settings.no_progress,
-            doze_after: doze_time(settings, info),
-            sparse_doze_after: doze_time(settings, info),
+            doze_after: sparse_doze_after,
+            sparse_doze_after,
             busy_doze_after: settings.doze_after.filter(|_| fed_by_publishes(info)),
             look_every: settings
                 .no_progress

@@ -743,13 +743,14 @@ const FEED_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// server of the cluster routes the topic's publishes to its subscriptions.
 const DOZE_SECOND_LOOK: Duration = Duration::from_secs(1);
 
-/// Most events a dozing feed reads with direct gets in one
-/// [`DIRECT_READS_WINDOW`]: a topic busier than that is read with a
-/// consumer, which costs NATS less per event.
-const DIRECT_READS_MAX: u32 = 10;
+/// Most direct gets a dozing feed sends in one [`DIRECT_GETS_WINDOW`]: a
+/// topic whose events come one by one more often than that is read with a
+/// consumer, which costs NATS less per event. Publishes heard together are
+/// read with one get ([`direct_get_batch`]), so a burst needs no consumer.
+const DIRECT_GETS_MAX: u32 = 10;
 
-/// See [`DIRECT_READS_MAX`].
-const DIRECT_READS_WINDOW: Duration = Duration::from_secs(1);
+/// See [`DIRECT_GETS_MAX`].
+const DIRECT_GETS_WINDOW: Duration = Duration::from_secs(1);
 
 /// The first pause before a dozing feed asks again for an event it heard of
 /// and JetStream did not hold yet; each next one is four times longer.
@@ -759,11 +760,25 @@ const DIRECT_READ_RETRY: Duration = Duration::from_millis(1);
 /// it makes a consumer to read it.
 const DIRECT_READ_TRIES: u32 = 4;
 
+/// Most events a dozing feed asks for in one direct get.
+const DIRECT_BATCH_MAX: u64 = 64;
+
+/// Most bytes of events one batched direct get is answered with (at least
+/// one event, whatever its size).
+const DIRECT_BATCH_BYTES: usize = 1 << 20;
+
+/// The subscriptions through which a dozing feed hears of its topic's
+/// publishes.
+type Publishes = futures_util::stream::SelectAll<async_nats::Subscriber>;
+
 /// What a dozing feed's direct reads have counted ([`Reader::read_directly`]).
 struct DirectReads {
-    /// When the current [`DIRECT_READS_WINDOW`] started.
+    /// Whether the NATS server answers a direct get for several events
+    /// ([`direct_get_batch`]).
+    batches: bool,
+    /// When the current [`DIRECT_GETS_WINDOW`] started.
     since: tokio::time::Instant,
-    /// Events read in it.
+    /// Direct gets sent in it.
     in_window: u32,
     /// The consumer being made, once the topic got busy: direct reads go on
     /// until it stands ([`Reader::doze`]).
@@ -1297,25 +1312,30 @@ impl Reader {
     /// waited for its consumer behind all the others: 50–94 ms at the 99th
     /// percentile over 1,000 fresh topics. A direct get is answered by the
     /// stream itself, beside the API queue, and a topic that gets an event
-    /// now and then needs no consumer at all. A topic that gets more than
-    /// [`DIRECT_READS_MAX`] events in a window is read by a consumer, which
-    /// costs NATS less per event; its events are read directly until that
-    /// consumer stands, so that none of them waits for it.
+    /// now and then needs no consumer at all. Publishes heard together
+    /// (a burst) are read with one get of as many events, where each took a
+    /// round trip of its own, so that the burst's last event does not wait
+    /// for all the others' gets. A topic that needs more than
+    /// [`DIRECT_GETS_MAX`] gets in a window (its events come one by one) is
+    /// read by a consumer, which costs NATS less per event; its events are
+    /// read directly until that consumer stands, so that none of them waits
+    /// for it.
     ///
-    /// Nothing can be stepped over. A whole topic's feed asks only for the
-    /// sequence right after the head; a path feed for its path's first
-    /// event after the head, which a replica answers from what it holds, a
-    /// prefix of the stream. A deleted sequence, or a replica that has not
-    /// stored the newest event yet, ends the reads and the consumer reads
-    /// on from the head. Publishes not heard of (NATS away for a moment) are
+    /// Nothing can be stepped over. A whole topic's feed takes only the
+    /// sequences right after the head, one after the other; a path feed its
+    /// path's events after the head, which a replica answers from what it
+    /// holds, a prefix of the stream. A deleted sequence, or a replica that
+    /// has not stored the newest event yet (after a few tries), ends the
+    /// reads and the consumer reads on from the head. Publishes not heard of (NATS away for a moment) are
     /// read with the next one heard of: the reads go on until the last one
     /// heard of. (One with the same subject and payload as an earlier one
     /// stops them early; the feed's next wake or look reads on.)
     async fn read_directly(
         &mut self,
         stream: &jetstream::stream::Stream<()>,
+        publishes: &mut Publishes,
         heard: usize,
-        mut last_heard: Option<&async_nats::Message>,
+        mut last_heard: Option<async_nats::Message>,
         until: u64,
         direct: &mut DirectReads,
     ) -> bool {
@@ -1331,73 +1351,120 @@ impl Reader {
                 // reads began.
                 return true;
             }
-            let now = tokio::time::Instant::now();
-            if now.duration_since(direct.since) >= DIRECT_READS_WINDOW {
-                direct.since = now;
-                direct.in_window = 0;
+            // Publishes heard while the last request was answered are read
+            // with the next one.
+            while let Some(Some(message)) = publishes.next().now_or_never() {
+                unread += 1;
+                last_heard = Some(message);
             }
-            if direct.in_window >= DIRECT_READS_MAX && direct.making.is_none() {
-                debug!(topic = %self.feed.topic, head = self.feed.head(), "topic is busy; making a consumer");
-                direct.making = Some(tokio::spawn(open_consumer(
-                    self.js.clone(),
-                    self.feed.clone(),
-                    self.doze_after,
-                    self.feed.head() + 1,
-                    filter_subject.clone(),
-                )));
-            }
-            let next = self.feed.head() + 1;
-            let mut get = stream.direct_get_builder().sequence(next);
-            if !filter_subject.is_empty() {
-                get = get.next_by_subject(filter_subject.as_str());
-            }
-            let message = match bounded_for(FEED_CALL_TIMEOUT, get.send()).await {
-                Ok(message)
-                    if message.sequence == next
-                        || (!filter_subject.is_empty()
-                            && message.sequence > next
-                            && message.subject.as_str() == filter_subject) =>
-                {
-                    message
+            self.make_consumer_if_busy(direct, &filter_subject);
+            let head = self.feed.head();
+            let next = head + 1;
+            // As many events as publishes were heard of, so that no event
+            // is read before its publish is heard of and counted.
+            let wanted = (unread.max(1) as u64)
+                .max(until.saturating_sub(head))
+                .min(DIRECT_BATCH_MAX);
+            direct.in_window += 1;
+            let read = if wanted > 1 && direct.batches {
+                bounded_for(
+                    FEED_CALL_TIMEOUT,
+                    direct_get_batch(
+                        &self.js.client(),
+                        self.feed.stream_name(),
+                        next,
+                        &filter_subject,
+                        wanted,
+                    ),
+                )
+                .await
+            } else {
+                let mut get = stream.direct_get_builder().sequence(next);
+                if !filter_subject.is_empty() {
+                    get = get.next_by_subject(filter_subject.as_str());
                 }
-                Err(e)
-                    if tries < DIRECT_READ_TRIES
-                        && e.downcast_ref::<jetstream::stream::DirectGetError>()
+                match bounded_for(FEED_CALL_TIMEOUT, get.send()).await {
+                    Ok(message) => Ok(vec![message]),
+                    Err(e)
+                        if e.downcast_ref::<jetstream::stream::DirectGetError>()
                             .is_some_and(|e| {
                                 e.kind() == jetstream::stream::DirectGetErrorKind::NotFound
                             }) =>
-                {
+                    {
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            let Ok(messages) = read else {
+                return false;
+            };
+            if messages.is_empty() {
+                if tries < DIRECT_READ_TRIES {
                     // A publish is heard of as soon as the stream has it,
                     // not once it has stored it: ask again a moment later.
                     tokio::time::sleep(DIRECT_READ_RETRY * 4u32.pow(tries)).await;
                     tries += 1;
                     continue;
                 }
-                _ => return false,
-            };
-            tries = 0;
-            direct.in_window += 1;
-            self.metrics.feed_direct_reads.inc();
-            let event = self.deliver(
-                message.sequence,
-                SystemTime::from(message.time),
-                message.subject.as_str(),
-                Some(&message.headers),
-                &message.payload,
-                &feed_events,
-                &history_bytes,
-            );
-            // A delete marker is stored without a publish.
-            if event {
-                unread = unread.saturating_sub(1);
+                return false;
             }
-            if last_heard.is_some_and(|last| {
-                last.subject.as_str() == message.subject.as_str() && last.payload == message.payload
-            }) {
-                last_heard = None;
+            tries = 0;
+            for message in messages {
+                let expected = self.feed.head() + 1;
+                let follows = message.sequence == expected
+                    || (!filter_subject.is_empty()
+                        && message.sequence > expected
+                        && message.subject.as_str() == filter_subject);
+                if !follows {
+                    // A deleted sequence (or a gap in what a replica holds)
+                    // is the consumer's to read past.
+                    return false;
+                }
+                self.metrics.feed_direct_reads.inc();
+                let event = self.deliver(
+                    message.sequence,
+                    SystemTime::from(message.time),
+                    message.subject.as_str(),
+                    Some(&message.headers),
+                    &message.payload,
+                    &feed_events,
+                    &history_bytes,
+                );
+                // A delete marker is stored without a publish.
+                if event {
+                    unread = unread.saturating_sub(1);
+                }
+                if last_heard.as_ref().is_some_and(|last| {
+                    last.subject.as_str() == message.subject.as_str()
+                        && last.payload == message.payload
+                }) {
+                    last_heard = None;
+                }
             }
         }
+        self.make_consumer_if_busy(direct, &filter_subject);
         true
+    }
+
+    /// Starts making a consumer, once, when the direct gets of the current
+    /// window have reached [`DIRECT_GETS_MAX`]: the topic got busy.
+    fn make_consumer_if_busy(&self, direct: &mut DirectReads, filter_subject: &str) {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(direct.since) >= DIRECT_GETS_WINDOW {
+            direct.since = now;
+            direct.in_window = 0;
+        }
+        if direct.in_window >= DIRECT_GETS_MAX && direct.making.is_none() {
+            debug!(topic = %self.feed.topic, head = self.feed.head(), "topic is busy; making a consumer");
+            direct.making = Some(tokio::spawn(open_consumer(
+                self.js.clone(),
+                self.feed.clone(),
+                self.doze_after,
+                self.feed.head() + 1,
+                filter_subject.to_owned(),
+            )));
+        }
     }
 
     /// Waits, without a consumer, until the topic (or the feed's path) may
@@ -1458,6 +1525,7 @@ impl Reader {
         let mut unanswered = 0u32;
         let mut direct =
             (self.direct_reads && self.head_still_read(&stream).await).then(|| DirectReads {
+                batches: answers_batched_gets(&client.server_info().version),
                 since: tokio::time::Instant::now(),
                 in_window: 0,
                 making: None,
@@ -1489,7 +1557,7 @@ impl Reader {
                     }
                     // Boxed: the reads' state is not kept in the reader's
                     // own while it reads with a consumer.
-                    if !Box::pin(self.read_directly(&stream, heard, Some(&last), 0, direct)).await {
+                    if !Box::pin(self.read_directly(&stream, &mut publishes, heard, Some(last), 0, direct)).await {
                         return self.consumer_made(direct.making.take()).await;
                     }
                     continue;
@@ -1506,7 +1574,9 @@ impl Reader {
                     let Some(direct) = direct.as_mut() else {
                         return Wake::Read;
                     };
-                    if !Box::pin(self.read_directly(&stream, 0, None, last, direct)).await {
+                    if !Box::pin(self.read_directly(&stream, &mut publishes, 0, None, last, direct))
+                        .await
+                    {
                         return self.consumer_made(direct.making.take()).await;
                     }
                     true
@@ -1570,6 +1640,72 @@ impl Reader {
         let info = bounded(stream.get_info()).await?;
         Ok((stream_epoch(&info) == self.feed.epoch).then_some(info.state.last_sequence))
     }
+}
+
+/// Reads up to `batch` events of the stream `stream_name` from the sequence
+/// `from` (of `filter_subject` only, when not empty) with one direct get:
+/// NATS 2.11 and later answer it with each event and then an end-of-batch
+/// status, where one get per event took a round trip each. Empty when the
+/// stream holds nothing there yet.
+///
+/// A server before 2.11 would answer one event and no end: the feed asks
+/// for batches only of a server that announces 2.11 or later
+/// ([`answers_batched_gets`]), and stops at `batch` events without waiting
+/// for the end.
+async fn direct_get_batch(
+    client: &async_nats::Client,
+    stream_name: &str,
+    from: u64,
+    filter_subject: &str,
+    batch: u64,
+) -> Result<Vec<jetstream::message::StreamMessage>, async_nats::Error> {
+    let mut request = serde_json::json!({
+        "seq": from,
+        "batch": batch,
+        "max_bytes": DIRECT_BATCH_BYTES,
+    });
+    if !filter_subject.is_empty() {
+        request["next_by_subj"] = filter_subject.into();
+    }
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{stream_name}"),
+            inbox,
+            serde_json::to_vec(&request)?.into(),
+        )
+        .await?;
+    let mut messages = Vec::new();
+    while (messages.len() as u64) < batch {
+        let Some(answer) = answers.next().await else {
+            return Err("the direct get's subscription ended".into());
+        };
+        match answer.status.map(|status| status.as_u16()) {
+            None => messages.push(jetstream::message::StreamMessage::try_from(answer)?),
+            // Nothing at or past `from`, or the end of the batch.
+            Some(404 | 204) => break,
+            Some(status) => {
+                return Err(format!(
+                    "direct get answered {status} {}",
+                    answer.description.as_deref().unwrap_or("")
+                )
+                .into());
+            }
+        }
+    }
+    Ok(messages)
+}
+
+/// Whether a NATS server of `version` (as its INFO announces it, say
+/// "2.11.0" or "2.12.0-RC.1") answers a direct get for a batch of events.
+fn answers_batched_gets(version: &str) -> bool {
+    let mut numbers = version
+        .split(['.', '-'])
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (2, 11)
 }
 
 /// Creates a consumer for `feed`'s reader from `next`, reading
@@ -1788,6 +1924,17 @@ mod tests {
         recent.state.last_timestamp = time::OffsetDateTime::now_utc() - time::Duration::seconds(60);
         let (_, start) = Feed::new(topic(), None, &recent, &dozing);
         assert_eq!(start, 1, "the topic's last event is a minute old");
+    }
+
+    /// Batched direct gets are asked of NATS 2.11 and later only.
+    #[test]
+    fn only_nats_2_11_and_later_are_asked_for_batches() {
+        for version in ["2.11.0", "2.12.0-RC.1", "2.15.1", "3.0.0"] {
+            assert!(answers_batched_gets(version), "{version}");
+        }
+        for version in ["2.10.24", "2.9.0", "", "garbage"] {
+            assert!(!answers_batched_gets(version), "{version}");
+        }
     }
 
     /// A feed of a stream that allows direct gets dozes after the shorter of

@@ -2,7 +2,7 @@
 //! consumer and its history) runs only while the node has clients for it,
 //! and every history counts against one node-wide budget.
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::time::Duration;
 
 use crate::support::*;
@@ -607,11 +607,12 @@ async fn a_quiet_feed_lets_its_consumer_go_and_reads_on_exactly_when_woken() {
 /// A dozing feed reads an event now and then with direct gets, without
 /// making a consumer, while a feed of a stream without direct gets keeps
 /// its consumer for `delivery.feed_doze_seconds`, past
-/// `delivery.feed_direct_doze_seconds`; a burst makes the first read with a
-/// consumer again (read directly until that consumer stands), which it
-/// keeps for `delivery.feed_doze_seconds` too, as its topic got busy, before
-/// it dozes once more. Every event comes once and in order,
-/// and a resume from an event read either way is exact.
+/// `delivery.feed_direct_doze_seconds`; a burst is read with a direct get or
+/// a few, still without a consumer; events one by one, more than ten a
+/// second, make the first read with a consumer again (read directly until
+/// that consumer stands), which it keeps for `delivery.feed_doze_seconds`
+/// too, as its topic got busy, before it dozes once more. Every event comes
+/// once and in order, and a resume from an event read either way is exact.
 #[tokio::test]
 async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     let nats = Nats::start().await;
@@ -674,20 +675,23 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     }
     assert_eq!(consumer_count(&js, "SSE_sparse").await, Some(0));
 
-    // A burst, published at once: more than a dozing feed reads directly
-    // in a second. The feed makes a consumer, and reads on directly until
-    // it stands, so that no event waits for it; the consumer then
-    // delivers again what those reads took in, and the feed skips it.
+    // A burst, published at once: the feed hears its publishes together and
+    // reads them with one direct get, or a few, where each event took a
+    // get of its own; a burst needs no consumer.
     let mut created = js
         .client()
         .subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.SSE_sparse.>")
         .await
         .expect("subscribe to advisories");
+    // The direct gets the feed sends, as NATS sees them.
+    let mut direct_gets = js
+        .client()
+        .subscribe("$JS.API.DIRECT.GET.SSE_sparse")
+        .await
+        .expect("subscribe to direct gets");
     js.client().flush().await.expect("flush");
-    // A feed reads at most ten events directly in a second before it makes
-    // a consumer: the burst starts a second of its own, so that its first
-    // ten events are read directly, and the next ones only because the
-    // consumer does not stand yet.
+    // The feed sends at most ten direct gets in a second before it makes a
+    // consumer: the burst starts a second of its own.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
         consumer_count(&js, "SSE_plain").await,
@@ -708,22 +712,59 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
         ack.await.expect("ack");
     }
     let events = client.take(40, T).await;
-    let burst_read = std::time::Instant::now();
     assert_eq!(data_of(&events), expected[5..]);
     ids.extend(events.into_iter().map(|e| e.id));
+    assert_eq!(
+        node.metric("sse_feed_direct_reads_total").await,
+        45.0,
+        "the burst read directly"
+    );
+    js.client().flush().await.expect("flush");
+    let mut gets = 0;
+    while let Some(Some(_)) = direct_gets.next().now_or_never() {
+        gets += 1;
+    }
+    assert!(
+        (1..10).contains(&gets),
+        "the burst's 40 events took {gets} direct gets"
+    );
+    // A second: a consumer made for the burst would stand by then, and the
+    // next events start a window of direct gets of their own.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1100), created.next())
+            .await
+            .is_err(),
+        "no consumer made for a burst read in {gets} gets"
+    );
+    assert_eq!(consumer_count(&js, "SSE_sparse").await, Some(0));
+
+    // Events one by one, each published once the last one was read: a get
+    // each, more than ten in a second. The feed makes a consumer, and reads
+    // on directly until it stands, so that no event waits for it; the
+    // consumer then delivers again what those reads took in, and the feed
+    // skips it.
+    for i in 0..20 {
+        let data = format!("busy-{i}");
+        publish(&js, "sparse", &data).await;
+        expected.push(data);
+        let events = client.take(1, T).await;
+        assert_eq!(data_of(&events), expected[45 + i..]);
+        ids.extend(events.into_iter().map(|e| e.id));
+    }
+    let busy_read = std::time::Instant::now();
     tokio::time::timeout(T, created.next())
         .await
-        .expect("a consumer made for the burst");
+        .expect("a consumer made for the busy topic");
     let direct = node.metric("sse_feed_direct_reads_total").await;
     assert!(
-        direct - 5.0 > 10.0,
-        "events of the burst past the tenth were read directly while the consumer was made ({} direct reads)",
-        direct - 5.0
+        direct - 45.0 >= 10.0,
+        "the busy topic's first ten events were read directly ({} direct reads)",
+        direct - 45.0
     );
     assert_eq!(
         node.metric(r#"sse_feed_events_total{topic="sparse"}"#)
             .await,
-        45.0,
+        65.0,
         "each event read once, none counted again when the consumer delivered it"
     );
     eventually(
@@ -732,7 +773,7 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
         || async { (consumer_count(&js, "SSE_sparse").await == Some(0)).then_some(()) },
     )
     .await;
-    let kept = burst_read.elapsed();
+    let kept = busy_read.elapsed();
     eventually(T, "both feeds to doze again", || async {
         (node.metric("sse_feeds_dozing").await == 2.0
             && consumer_count(&js, "SSE_plain").await == Some(0))
@@ -741,7 +782,7 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     .await;
     assert!(
         kept >= Duration::from_secs(4),
-        "a topic that got busy keeps its consumer for feed_doze_seconds (5 s), not the direct doze time (1 s): dozed {kept:?} after the burst"
+        "a topic that got busy keeps its consumer for feed_doze_seconds (5 s), not the direct doze time (1 s): dozed {kept:?} after its events"
     );
     publish(&js, "sparse", "after").await;
     expected.push("after".into());
@@ -755,8 +796,9 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
         client.next_event(Duration::from_millis(300)).await.is_err(),
         "no duplicate"
     );
-    // Resumes from an event read directly, and from one of the burst.
-    for from in [2, 20] {
+    // Resumes from an event read directly, from one of the burst, and from
+    // one of the busy topic's.
+    for from in [2, 20, 50] {
         let mut resumed =
             SseClient::connect(&node.url("/v1/events?topic=sparse"), Some(&ids[from]))
                 .await

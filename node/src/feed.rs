@@ -1326,10 +1326,11 @@ impl Reader {
     /// path's events after the head, which a replica answers from what it
     /// holds, a prefix of the stream. A deleted sequence, or a replica that
     /// has not stored the newest event yet (after a few tries), ends the
-    /// reads and the consumer reads on from the head. Publishes not heard of (NATS away for a moment) are
-    /// read with the next one heard of: the reads go on until the last one
-    /// heard of. (One with the same subject and payload as an earlier one
-    /// stops them early; the feed's next wake or look reads on.)
+    /// reads and the consumer reads on from the head. Publishes not heard
+    /// of (NATS away for a moment) are read with the next one heard of: the
+    /// reads go on until the last one heard of. (One with the same subject
+    /// and payload as an earlier one stops them early; the feed's next wake
+    /// or look reads on.)
     async fn read_directly(
         &mut self,
         stream: &jetstream::stream::Stream<()>,

@@ -811,8 +811,8 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
 }
 
 /// A dozing feed of one user's path reads that path's events with direct
-/// gets, stepping over other users' events, without a consumer; a resume
-/// is exact.
+/// gets, stepping over other users' events, without a consumer, a burst of
+/// them with a get or a few; a resume is exact.
 #[tokio::test]
 async fn a_dozing_path_feed_reads_its_path_without_a_consumer() {
     let nats = Nats::start().await;
@@ -850,14 +850,61 @@ async fn a_dozing_path_feed_reads_its_path_without_a_consumer() {
         );
     }
     assert_eq!(consumer_count(&js, "SSE_notes").await, Some(0));
+
+    // A burst of alice's and bob's events, published at once: alice's are
+    // read with a get of her path's events or a few, bob's stepped over.
+    let mut direct_gets = js
+        .client()
+        .subscribe("$JS.API.DIRECT.GET.SSE_notes")
+        .await
+        .expect("subscribe to direct gets");
+    js.client().flush().await.expect("flush");
+    let mut acks = Vec::new();
+    for i in 0..10 {
+        let data = format!("alice-burst-{i}");
+        for (subject, payload) in [
+            ("sse.notes.bob", "not alice's".to_owned()),
+            ("sse.notes.alice", data.clone()),
+        ] {
+            acks.push(js.publish(subject, payload.into()).await.expect("publish"));
+        }
+        expected.push(data);
+    }
+    for ack in acks {
+        ack.await.expect("ack");
+    }
+    let events = alice.take(10, T).await;
+    assert_eq!(data_of(&events), expected[4..]);
+    ids.extend(events.into_iter().map(|e| e.id));
+    assert_eq!(
+        node.metric("sse_feed_direct_reads_total").await,
+        14.0,
+        "alice's burst read directly"
+    );
+    js.client().flush().await.expect("flush");
+    let mut gets = 0;
+    while let Some(Some(_)) = direct_gets.next().now_or_never() {
+        gets += 1;
+    }
+    assert!(
+        (1..10).contains(&gets),
+        "alice's 10 events of the burst took {gets} direct gets"
+    );
+    assert_eq!(consumer_count(&js, "SSE_notes").await, Some(0));
     assert!(
         alice.next_event(Duration::from_millis(300)).await.is_err(),
         "no duplicate, nothing of bob's"
     );
-    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=notes.alice"), Some(&ids[1]))
-        .await
-        .unwrap();
-    assert_eq!(data_of(&resumed.take(2, T).await), expected[2..]);
+    for from in [1, 7] {
+        let mut resumed =
+            SseClient::connect(&node.url("/v1/events?topic=notes.alice"), Some(&ids[from]))
+                .await
+                .unwrap();
+        assert_eq!(
+            data_of(&resumed.take(expected.len() - from - 1, T).await),
+            expected[from + 1..]
+        );
+    }
 }
 
 /// A feed counts its topic's quiet time from the topic's last event, not

@@ -698,19 +698,9 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
         Some(1),
         "a stream without direct gets keeps its consumer past the direct doze time"
     );
-    let mut acks = Vec::new();
-    for i in 0..40 {
-        let data = format!("burst-{i}");
-        let ack = js
-            .publish("sse.sparse", data.clone().into())
-            .await
-            .expect("publish");
-        acks.push(ack);
-        expected.push(data);
-    }
-    for ack in acks {
-        ack.await.expect("ack");
-    }
+    let burst: Vec<String> = (0..40).map(|i| format!("burst-{i}")).collect();
+    publish_at_once(&js, burst.iter().map(|data| ("sse.sparse", data.clone()))).await;
+    expected.extend(burst);
     let events = client.take(40, T).await;
     assert_eq!(data_of(&events), expected[5..]);
     ids.extend(events.into_iter().map(|e| e.id));
@@ -719,11 +709,7 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
         45.0,
         "the burst read directly"
     );
-    js.client().flush().await.expect("flush");
-    let mut gets = 0;
-    while let Some(Some(_)) = direct_gets.next().now_or_never() {
-        gets += 1;
-    }
+    let gets = received_by_now(&js, &mut direct_gets).await;
     assert!(
         (1..10).contains(&gets),
         "the burst's 40 events took {gets} direct gets"
@@ -859,20 +845,18 @@ async fn a_dozing_path_feed_reads_its_path_without_a_consumer() {
         .await
         .expect("subscribe to direct gets");
     js.client().flush().await.expect("flush");
-    let mut acks = Vec::new();
-    for i in 0..10 {
-        let data = format!("alice-burst-{i}");
-        for (subject, payload) in [
-            ("sse.notes.bob", "not alice's".to_owned()),
-            ("sse.notes.alice", data.clone()),
-        ] {
-            acks.push(js.publish(subject, payload.into()).await.expect("publish"));
-        }
-        expected.push(data);
-    }
-    for ack in acks {
-        ack.await.expect("ack");
-    }
+    let burst: Vec<String> = (0..10).map(|i| format!("alice-burst-{i}")).collect();
+    publish_at_once(
+        &js,
+        burst.iter().flat_map(|data| {
+            [
+                ("sse.notes.bob", "not alice's".to_owned()),
+                ("sse.notes.alice", data.clone()),
+            ]
+        }),
+    )
+    .await;
+    expected.extend(burst);
     let events = alice.take(10, T).await;
     assert_eq!(data_of(&events), expected[4..]);
     ids.extend(events.into_iter().map(|e| e.id));
@@ -881,11 +865,7 @@ async fn a_dozing_path_feed_reads_its_path_without_a_consumer() {
         14.0,
         "alice's burst read directly"
     );
-    js.client().flush().await.expect("flush");
-    let mut gets = 0;
-    while let Some(Some(_)) = direct_gets.next().now_or_never() {
-        gets += 1;
-    }
+    let gets = received_by_now(&js, &mut direct_gets).await;
     assert!(
         (1..10).contains(&gets),
         "alice's 10 events of the burst took {gets} direct gets"
@@ -1169,4 +1149,33 @@ async fn a_feed_of_a_stream_that_transforms_its_subjects_does_not_doze() {
         data_of(&client.take(1, Duration::from_secs(3)).await),
         ["second"]
     );
+}
+
+/// Publishes every (subject, payload) at once, as a backend sending a burst
+/// does: each acknowledgement is awaited only once all are sent.
+async fn publish_at_once(
+    js: &async_nats::jetstream::Context,
+    messages: impl IntoIterator<Item = (&'static str, String)>,
+) {
+    let mut acks = Vec::new();
+    for (subject, payload) in messages {
+        acks.push(js.publish(subject, payload.into()).await.expect("publish"));
+    }
+    for ack in acks {
+        ack.await.expect("ack");
+    }
+}
+
+/// How many messages `subscriber` got until now: those NATS routed to it
+/// before it answered a round trip.
+async fn received_by_now(
+    js: &async_nats::jetstream::Context,
+    subscriber: &mut async_nats::Subscriber,
+) -> usize {
+    js.client().flush().await.expect("flush");
+    let mut received = 0;
+    while let Some(Some(_)) = subscriber.next().now_or_never() {
+        received += 1;
+    }
+    received
 }

@@ -129,14 +129,17 @@ async def run(args) -> dict:
     try:
         cluster.start(topics=[(t, 3) for t in topics], timeout=120)
         port = cluster.node_port("node0")
-        arrived: dict[str, dict[int, float]] = {}
-        got, readers = await open_streams(port, topics, arrived)
-        sent: dict[str, dict[int, float]] = {t: {} for t in topics}
 
         import nats
 
         nc = await nats.connect(servers=cluster.nats_urls)
         js = nc.jetstream(timeout=10)
+        if args.started_busy:
+            # A recent event: each feed starts with a consumer, not dozing.
+            await asyncio.gather(*(js.publish(f"sse.{t}", b"before") for t in topics))
+        arrived: dict[str, dict[int, float]] = {}
+        got, readers = await open_streams(port, topics, arrived)
+        sent: dict[str, dict[int, float]] = {t: {} for t in topics}
         published = {t: [] for t in topics}
         stop = time.monotonic() + args.warmup + args.window
         window: dict[str, float] = {}
@@ -199,6 +202,7 @@ async def run(args) -> dict:
             "period_s": args.period,
             "burst": args.burst,
             "direct_doze_s": args.direct_doze,
+            "started_busy": args.started_busy,
             "window_s": args.window,
             "events": events,
             "events_in_window": round(args.topics * args.window / args.period),
@@ -227,6 +231,11 @@ def main() -> None:
     p.add_argument("--direct-doze", type=int, default=None, help="delivery.feed_direct_doze_seconds (default: the node's)")
     p.add_argument("--warmup", type=float, default=15.0)
     p.add_argument("--window", type=float, default=60.0)
+    p.add_argument(
+        "--started-busy",
+        action="store_true",
+        help="publish an event to each topic before the streams open, so that feeds start with a consumer",
+    )
     args = p.parse_args()
     result = asyncio.run(run(args))
     print(json.dumps(result), flush=True)

@@ -1444,12 +1444,11 @@ impl Reader {
                 }
             }
         }
-        self.make_consumer_if_busy(direct, &filter_subject);
         true
     }
 
-    /// Starts making a consumer, once, when the direct gets of the current
-    /// window have reached [`DIRECT_GETS_MAX`]: the topic got busy.
+    /// Starts making a consumer, once, before a direct get past
+    /// [`DIRECT_GETS_MAX`] in the current window: the topic got busy.
     fn make_consumer_if_busy(&self, direct: &mut DirectReads, filter_subject: &str) {
         let now = tokio::time::Instant::now();
         if now.duration_since(direct.since) >= DIRECT_GETS_WINDOW {

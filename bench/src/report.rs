@@ -6,7 +6,8 @@
 //! event arrived once, in order) and, at a set rate, whether the publisher
 //! kept to it. For the equal-rate scenarios a headline table pairs the
 //! targets of each run: deliveries per server CPU-second, as a ratio to the
-//! bare write loop and to Nchan, and the p99s side by side.
+//! bare write loop and to Nchan, and the p99s side by side. At 100 events/s
+//! it also gives node ÷ bare per client CPU ([`machine_adjusted`]).
 
 use std::collections::BTreeMap;
 
@@ -194,6 +195,26 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// Node ÷ bare, each target's server CPU counted against its own clients'
+/// CPU over the same window.
+///
+/// The targets run one after another, and on a shared machine the speed of
+/// both CPUs moves between them: the bare loop alone gave 237k and 351k
+/// deliveries per CPU-second in two runs of one benchmark. The clients do
+/// the same work for both targets when both write each event on its own (at
+/// 1,000 × 100 events/s, where pacing does not engage), so their CPU per
+/// delivery measures how fast the machine was during each target's window.
+/// Not meaningful where one target coalesces writes and the other does not.
+fn machine_adjusted(node: Option<&Value>, bare: Option<&Value>) -> String {
+    let server_per_client = |run: Option<&Value>| {
+        let run = run?;
+        let server = field(run, "server_cpu_s")?;
+        let client = field(run, "client_cpu_s")?;
+        (server > 0.0 && client > 0.0).then(|| client / server)
+    };
+    ratio(server_per_client(node), server_per_client(bare))
+}
+
 /// For each run number of an equal-rate scenario: the targets side by side.
 fn headline(scenario: &str, runs: &[&Value]) -> String {
     let mut by_run: BTreeMap<String, BTreeMap<String, &Value>> = BTreeMap::new();
@@ -203,13 +224,29 @@ fn headline(scenario: &str, runs: &[&Value]) -> String {
             .or_default()
             .insert(target_name(run), run);
     }
+    // At 1,000 × 1,000 events/s pacing puts several events in a write, which
+    // saves the node's clients CPU too: no adjustment there.
+    let adjusted = scenario == "latency";
     let mut out = format!(
         "\nHeadline, {scenario}: deliveries per server CPU-second (node: node + NATS) and p99, \
          run by run. \"kept rate\" says whether every target published what was asked; \
-         only then is the comparison at equal load.\n\n\
-         | run | kept rate | node | node (no pacing) | Nchan | Nchan (nodelay) | bare loop | node ÷ bare | node ÷ Nchan | \
+         only then is the comparison at equal load.{}\n\n\
+         | run | kept rate | node | node (no pacing) | Nchan | Nchan (nodelay) | bare loop | node ÷ bare |{} node ÷ Nchan | \
          p99 ms node | p99 ms node (no pacing) | p99 ms Nchan | p99 ms Nchan (nodelay) | p99 ms bare |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+         |---|---|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|---:|---:|---:|\n",
+        if adjusted {
+            " \"per client CPU\" counts each target's server CPU against its own clients' \
+             CPU in the same window: the clients do the same work for both, so it takes out \
+             how fast the machine was while each ran."
+        } else {
+            ""
+        },
+        if adjusted {
+            " node ÷ bare per client CPU |"
+        } else {
+            ""
+        },
+        if adjusted { "---:|" } else { "" },
     );
     for (number, targets) in &by_run {
         let get = |name: &str, f: &str| targets.get(name).and_then(|r| field(r, f));
@@ -217,8 +254,16 @@ fn headline(scenario: &str, runs: &[&Value]) -> String {
             .values()
             .all(|r| r["kept_rate"].as_bool().unwrap_or(false));
         let per_cpu = "deliveries_per_cpu_s";
+        let per_client = if adjusted {
+            format!(
+                " {} |",
+                machine_adjusted(targets.get("node").copied(), targets.get("bare").copied())
+            )
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "| {number} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {number} | {} | {} | {} | {} | {} | {} | {} |{per_client} {} | {} | {} | {} | {} | {} |\n",
             if kept { "yes" } else { "**no**" },
             cell(get("node", per_cpu), 0),
             cell(get("node (no pacing)", per_cpu), 0),
@@ -294,8 +339,8 @@ pub fn render(lines: &str) -> anyhow::Result<String> {
 mod tests {
     const LINES: &str = r#"{"scenario":"idle","target":"node","variant":"","label":"idle/node/1","subscribers":10,"rss_per_conn_kib":4.0,"connected_count":10,"lost":0,"dups":0,"gaps":0,"failures":[]}
 {"scenario":"idle","target":"node","variant":"","label":"idle/node/2","subscribers":10,"rss_per_conn_kib":6.0,"connected_count":9,"lost":0,"dups":0,"gaps":0,"failures":["9 of 10 connected"]}
-{"scenario":"latency","target":"node","variant":"","label":"latency/node/1","kept_rate":true,"deliveries_per_cpu_s":100.0,"p99_ms":9.0,"lost":0,"dups":0,"gaps":0}
-{"scenario":"latency","target":"bare","variant":"","label":"latency/bare/1","kept_rate":true,"deliveries_per_cpu_s":200.0,"p99_ms":1.0,"lost":0,"dups":0,"gaps":0}"#;
+{"scenario":"latency","target":"node","variant":"","label":"latency/node/1","kept_rate":true,"deliveries_per_cpu_s":100.0,"server_cpu_s":10.0,"client_cpu_s":8.0,"p99_ms":9.0,"lost":0,"dups":0,"gaps":0}
+{"scenario":"latency","target":"bare","variant":"","label":"latency/bare/1","kept_rate":true,"deliveries_per_cpu_s":200.0,"server_cpu_s":5.0,"client_cpu_s":5.0,"p99_ms":1.0,"lost":0,"dups":0,"gaps":0}"#;
 
     #[test]
     fn one_row_per_run_and_failed_runs_stay_in_sight() {
@@ -313,10 +358,24 @@ mod tests {
         let table = super::render(LINES).unwrap();
         assert!(
             table.contains(
-                "| 1 | yes | 100 | – | – | – | 200 | 0.500× | – | 9.0 | – | – | – | 1.0 |"
+                "| 1 | yes | 100 | – | – | – | 200 | 0.500× | 0.800× | – | 9.0 | – | – | – | 1.0 |"
             ),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_slower_machine_during_one_target_is_taken_out_per_client_cpu() {
+        // The same server work per client CPU-second: a machine half as fast
+        // while the node ran doubles both its server's and its clients' CPU.
+        let node: serde_json::Value =
+            serde_json::json!({"server_cpu_s": 8.0, "client_cpu_s": 10.0});
+        let bare: serde_json::Value = serde_json::json!({"server_cpu_s": 4.0, "client_cpu_s": 5.0});
+        assert_eq!(super::machine_adjusted(Some(&node), Some(&bare)), "1.000×");
+        assert_eq!(super::machine_adjusted(Some(&node), None), "–");
+        let no_clients: serde_json::Value =
+            serde_json::json!({"server_cpu_s": 4.0, "client_cpu_s": 0.0});
+        assert_eq!(super::machine_adjusted(Some(&node), Some(&no_clients)), "–");
     }
 
     #[test]

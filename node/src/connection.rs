@@ -7,7 +7,11 @@
 //! hyper's automatic builder, which speaks HTTP/1.1 or, on seeing the HTTP/2
 //! preface, HTTP/2 (h2c with prior knowledge in cleartext). With `http.h2`
 //! off, ALPN offers only `http/1.1` and the h2c preface gets GOAWAY with
-//! `HTTP_1_1_REQUIRED`. Which path served each stream is counted in
+//! `HTTP_1_1_REQUIRED`. An HTTP/2 connection over TLS 1.3 is served over
+//! its own records once the handshake is done, without rustls's buffers
+//! ([`tls_records::take_over_connection`]); each connection hyper serves
+//! has a task of its own, sized for hyper's state only, not for the
+//! handshake's or the lean path's try. Which path served each stream is counted in
 //! `sse_streams_served_total{path}`. Limits applied here, each with a
 //! metric (`sse_limit_rejections_total{limit}`):
 //!
@@ -80,7 +84,7 @@ use crate::{
     fastpath,
     http::{self, HttpState},
     node::Node,
-    tls_records::{CLOSE_NOTIFY, RecordSealer, Sent},
+    tls_records::{self, CLOSE_NOTIFY, RecordSealer, Sent},
 };
 
 /// Builds the TLS acceptor for `[tls]`: the certificate chain and key from
@@ -231,9 +235,9 @@ pub async fn serve(
                 },
                 None => stream,
             };
-            // Boxed, so a connection served on the fast path does not carry
-            // the size of hyper's connection state in its task.
-            Box::pin(hyper.serve(stream)).await;
+            // A task of its own, so that hyper's connection state is not
+            // kept beside what this task held for the fast path's try.
+            drop(tokio::spawn(hyper.serve(stream)));
         });
     }
     drop(listener);
@@ -244,7 +248,7 @@ pub async fn serve(
 /// A TLS connection: the handshake, then the lean path for HTTP/1.1 (when
 /// on) and hyper for the rest, HTTP/2 by ALPN included.
 async fn serve_tls(
-    stream: GuardedStream,
+    mut stream: GuardedStream,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
     fast: Option<HttpState>,
@@ -253,7 +257,10 @@ async fn serve_tls(
     hyper: Hyper,
 ) {
     let metrics = hyper.node.metrics();
-    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+    // So that an HTTP/2 connection's records can be taken over from rustls
+    // once the handshake is done.
+    stream.align_tls_records(true);
+    let mut stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             metrics.tls_handshake_failures.inc();
@@ -271,10 +278,25 @@ async fn serve_tls(
         }
     };
     let tls = stream.get_ref().1;
-    // HTTP/2 streams share their connection: hyper serves them. TLS 1.2 is
-    // left to hyper too: the lean path writes TLS 1.3 records itself.
-    let lean = tls.alpn_protocol() != Some(b"h2")
-        && tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    let tls13 = tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    let h2 = tls.alpn_protocol() == Some(b"h2");
+    if !(h2 && tls13) {
+        stream.get_mut().0.align_tls_records(false);
+    }
+    // HTTP/2 streams share their connection: hyper serves them, over the
+    // connection's records without rustls's buffers (TLS 1.3). TLS 1.2 is
+    // left to rustls and hyper: the node writes only TLS 1.3 records.
+    if h2 && tls13 {
+        match tls_records::take_over_connection(stream, head_wait).await {
+            // A task of its own: what the handshake and the take-over held
+            // in this one is freed, not kept for the connection's life.
+            Ok(records) => drop(tokio::spawn(hyper.serve(records))),
+            Err(tls_records::NotTaken::Kept(stream)) => drop(tokio::spawn(hyper.serve(*stream))),
+            Err(tls_records::NotTaken::Lost(why)) => debug!(why, "tls connection lost"),
+        }
+        return;
+    }
+    let lean = !h2 && tls13;
     match fast {
         Some(state) if lean => {
             match fastpath::serve_tls(&state, stream, max_head, head_wait).await {
@@ -282,10 +304,10 @@ async fn serve_tls(
                 fastpath::Outcome::Streaming(streaming) => {
                     tokio::spawn(streaming.run(hyper.watcher));
                 }
-                fastpath::Outcome::Declined(replay) => Box::pin(hyper.serve(replay)).await,
+                fastpath::Outcome::Declined(replay) => drop(tokio::spawn(hyper.serve(replay))),
             }
         }
-        _ => Box::pin(hyper.serve(stream)).await,
+        _ => drop(tokio::spawn(hyper.serve(stream))),
     }
 }
 
@@ -463,6 +485,7 @@ impl axum::serve::Listener for GuardedListener {
                         idle_closed: self.idle_closed.clone(),
                         last_active: Instant::now(),
                         idle_timer: None,
+                        records: None,
                     };
                     return (guarded, addr);
                 }
@@ -491,12 +514,74 @@ pub struct GuardedStream {
     last_active: Instant,
     // Allocated only while a read waits.
     idle_timer: Option<Pin<Box<Sleep>>>,
+    // Set only during a TLS handshake: see `align_tls_records`.
+    records: Option<Box<RecordBoundary>>,
 }
+
+/// Where a read stands in the TLS record it is reading.
+#[derive(Default)]
+struct RecordBoundary {
+    header: [u8; TLS_RECORD_HEADER],
+    header_read: usize,
+    body_left: usize,
+}
+
+/// A TLS record's header: content type, version, length.
+const TLS_RECORD_HEADER: usize = 5;
 
 impl GuardedStream {
     /// The TCP stream, for peeking and readiness.
     pub fn tcp(&self) -> &TcpStream {
         &self.inner
+    }
+
+    /// While on, no read returns bytes of two TLS records: each ends where
+    /// the record it reads ends, so that it can be told when rustls holds
+    /// no part of a record ([`Self::at_tls_record_boundary`]) and its keys
+    /// can be taken over with nothing left behind in its buffers
+    /// (`tls_records::take_over_connection`).
+    pub fn align_tls_records(&mut self, on: bool) {
+        self.records = on.then(Box::default);
+    }
+
+    /// True unless a read stopped inside a TLS record (with
+    /// [`Self::align_tls_records`] on).
+    pub fn at_tls_record_boundary(&self) -> bool {
+        self.records.as_ref().is_none_or(|at| at.header_read == 0)
+    }
+
+    /// Reads no further than the end of the current TLS record.
+    fn poll_read_record(
+        inner: &mut TcpStream,
+        at: &mut RecordBoundary,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if at.header_read < TLS_RECORD_HEADER {
+            let want = (TLS_RECORD_HEADER - at.header_read).min(buf.remaining());
+            let mut header = ReadBuf::new(&mut at.header[at.header_read..at.header_read + want]);
+            ready!(Pin::new(inner).poll_read(cx, &mut header))?;
+            let read = header.filled().len();
+            buf.put_slice(&at.header[at.header_read..at.header_read + read]);
+            at.header_read += read;
+            if at.header_read == TLS_RECORD_HEADER {
+                at.body_left = usize::from(u16::from_be_bytes([at.header[3], at.header[4]]));
+                if at.body_left == 0 {
+                    at.header_read = 0;
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let want = at.body_left.min(buf.remaining());
+        let mut body = ReadBuf::new(buf.initialize_unfilled_to(want));
+        ready!(Pin::new(inner).poll_read(cx, &mut body))?;
+        let read = body.filled().len();
+        buf.advance(read);
+        at.body_left -= read;
+        if at.body_left == 0 {
+            at.header_read = 0;
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// A pending read fails once nothing has moved for the idle timeout.
@@ -792,7 +877,12 @@ impl AsyncRead for GuardedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+        let this = &mut *self;
+        let read = match this.records.as_deref_mut() {
+            Some(at) => Self::poll_read_record(&mut this.inner, at, cx, buf),
+            None => Pin::new(&mut this.inner).poll_read(cx, buf),
+        };
+        match read {
             Poll::Ready(result) => {
                 self.last_active = Instant::now();
                 self.idle_timer = None;

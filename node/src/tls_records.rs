@@ -13,19 +13,34 @@
 //! the stream is parked, see `delivery::parked`) seal with the same key and
 //! record sequence, one after the other.
 //!
-//! Limits: TLS 1.3 only (TLS 1.2 connections stay on hyper, see
+//! An HTTP/2 connection over TLS 1.3 reads as well as writes, for its whole
+//! life. [`take_over_connection`] takes both keys from rustls right after
+//! the handshake, and hyper then serves the connection over a
+//! [`RecordStream`], which opens each record the client sends and seals
+//! each write, holding two keys and, while a record is read, that record.
+//!
+//! Limits: TLS 1.3 only (TLS 1.2 connections stay on rustls and hyper, see
 //! [`crate::connection`]). The stream ends, and the client resumes on a new
 //! connection, before the suite's confidentiality limit would call for a
 //! key update. A `KeyUpdate` the client may send goes unanswered, as every
-//! other byte it sends: browsers send none on a connection this quiet.
+//! other byte it sends, on a lean-path stream; on an HTTP/2 connection it
+//! ends the connection. Browsers send none.
 
-use std::io;
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::{
     rustls::{
         ConnectionTrafficSecrets, ContentType, ProtocolVersion, ServerConnection,
-        crypto::cipher::{MessageEncrypter, OutboundChunks, OutboundPlainMessage},
+        crypto::cipher::{
+            InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks,
+            OutboundPlainMessage,
+        },
     },
     server::TlsStream,
 };
@@ -153,6 +168,283 @@ impl RecordSealer {
     }
 }
 
+/// Most bytes of a TLS 1.3 record's body: the plaintext, its content type
+/// and up to 255 bytes of tag and padding (RFC 8446, 5.2).
+const MAX_RECORD_BODY: usize = MAX_RECORD_PLAINTEXT + 256;
+
+/// What a refused take-over of a whole connection leaves the caller.
+pub enum NotTaken {
+    /// rustls keeps the connection: serve it as it is.
+    Kept(Box<TlsStream<GuardedStream>>),
+    /// The keys were taken but could not be used: close the connection.
+    Lost(&'static str),
+}
+
+/// Takes a whole TLS 1.3 connection over from rustls right after its
+/// handshake, both ways: an HTTP/2 connection's reads and writes then go
+/// through a [`RecordStream`], which holds two AEAD keys and the record
+/// being read, where rustls's `ServerConnection` held about 10 KiB for the
+/// connection's whole life.
+///
+/// Only for a handshake read with `GuardedStream::align_tls_records` on.
+/// rustls goes on reading after the handshake's last record (tokio-rustls
+/// reads while rustls wants to), and may hold part of the client's next
+/// record: the connection is read through rustls until the record ends
+/// (for `wait` at most), and what it decrypted goes first.
+pub async fn take_over_connection(
+    mut stream: TlsStream<GuardedStream>,
+    wait: std::time::Duration,
+) -> Result<RecordStream, NotTaken> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let connection = stream.get_ref().1;
+    let Some(suite) = connection.negotiated_cipher_suite().and_then(|s| s.tls13()) else {
+        stream.get_mut().0.align_tls_records(false);
+        return Err(NotTaken::Kept(Box::new(stream)));
+    };
+    let mut early = Vec::new();
+    let settled = tokio::time::timeout(wait, async {
+        // Session tickets and the like go out before the keys change hands.
+        stream.flush().await?;
+        let mut chunk = [0u8; 1024];
+        while !stream.get_ref().0.at_tls_record_boundary() {
+            match stream.read(&mut chunk).await? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => early.extend_from_slice(&chunk[..n]),
+            }
+        }
+        // Whole records rustls decrypted before the boundary.
+        loop {
+            match io::Read::read(&mut stream.get_mut().1.reader(), &mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => early.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    if !matches!(settled, Ok(Ok(()))) || stream.get_ref().1.wants_write() {
+        return Err(NotTaken::Lost("the client's record did not end"));
+    }
+    stream.get_mut().0.align_tls_records(false);
+    let (io, connection): (GuardedStream, ServerConnection) = stream.into_inner();
+    let secrets = connection
+        .dangerous_extract_secrets()
+        .map_err(|_| NotTaken::Lost("rustls refused to hand over the keys"))?;
+    let key_and_iv = |traffic| match traffic {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+        _ => Err(NotTaken::Lost("an unknown cipher")),
+    };
+    let (tx_seq, tx) = secrets.tx;
+    let (rx_seq, rx) = secrets.rx;
+    let (tx_key, tx_iv) = key_and_iv(tx)?;
+    let (rx_key, rx_iv) = key_and_iv(rx)?;
+    let plain = 0..early.len();
+    Ok(RecordStream {
+        io,
+        sealer: RecordSealer {
+            encrypter: suite.aead_alg.encrypter(tx_key, tx_iv),
+            seq: tx_seq,
+            seq_limit: suite.common.confidentiality_limit.saturating_sub(1),
+            unsent: Bytes::new(),
+        },
+        opener: suite.aead_alg.decrypter(rx_key, rx_iv),
+        rx_seq,
+        header: [0; 5],
+        header_read: 0,
+        body: early,
+        body_read: 0,
+        plain,
+        peer_closed: false,
+        close_sent: false,
+    })
+}
+
+/// A TLS 1.3 connection's records, read and written with its two keys and
+/// nothing else of rustls ([`take_over_connection`]).
+///
+/// A record is read whole into a buffer of its own size, opened in place
+/// and handed out; the buffer is freed once it has all been read, so an
+/// idle connection holds none. Writes are sealed into records as they
+/// come; what the socket does not take waits in the sealer and goes out
+/// before anything else. The client's `close_notify` ends the reads; any
+/// other alert, and any handshake message (a `KeyUpdate`: browsers send
+/// none), fails them, and the connection closes.
+pub struct RecordStream {
+    io: GuardedStream,
+    sealer: RecordSealer,
+    opener: Box<dyn MessageDecrypter>,
+    rx_seq: u64,
+    header: [u8; 5],
+    header_read: usize,
+    /// The record being read, then its plaintext while `plain` is not
+    /// empty; unallocated otherwise.
+    body: Vec<u8>,
+    body_read: usize,
+    plain: std::ops::Range<usize>,
+    peer_closed: bool,
+    close_sent: bool,
+}
+
+impl std::fmt::Debug for RecordStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordStream")
+            .field("rx_seq", &self.rx_seq)
+            .field("sealer", &self.sealer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad_record(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+impl RecordStream {
+    /// Reads one whole record and opens it: its plaintext lands in `plain`,
+    /// or the peer's `close_notify` in `peer_closed`.
+    fn poll_record(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.header_read < self.header.len() {
+            let mut header = ReadBuf::new(&mut self.header[self.header_read..]);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut header))?;
+            let read = header.filled().len();
+            if read == 0 {
+                if self.header_read == 0 {
+                    // Closed without close_notify: an end all the same.
+                    self.peer_closed = true;
+                    return Poll::Ready(Ok(()));
+                }
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.header_read += read;
+            if self.header_read == self.header.len() {
+                if ContentType::from(self.header[0]) != ContentType::ApplicationData {
+                    return Poll::Ready(Err(bad_record("a record that is not application data")));
+                }
+                let len = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                if len > MAX_RECORD_BODY {
+                    return Poll::Ready(Err(bad_record("an oversized tls record")));
+                }
+                self.body = vec![0; len];
+                self.body_read = 0;
+            }
+        }
+        while self.body_read < self.body.len() {
+            let mut body = ReadBuf::new(&mut self.body[self.body_read..]);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut body))?;
+            let read = body.filled().len();
+            if read == 0 {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.body_read += read;
+        }
+        self.header_read = 0;
+        let base = self.body.as_ptr() as usize;
+        let message = InboundOpaqueMessage::new(
+            ContentType::ApplicationData,
+            ProtocolVersion::TLSv1_2,
+            &mut self.body,
+        );
+        let opened = self
+            .opener
+            .decrypt(message, self.rx_seq)
+            .map_err(|_| bad_record("a tls record that does not open"))?;
+        self.rx_seq += 1;
+        let start = opened.payload.as_ptr() as usize - base;
+        let range = start..start + opened.payload.len();
+        match opened.typ {
+            ContentType::ApplicationData => self.plain = range,
+            ContentType::Alert if self.body[range] == CLOSE_NOTIFY => self.peer_closed = true,
+            ContentType::Alert => {
+                return Poll::Ready(Err(bad_record("the client sent a tls alert")));
+            }
+            _ => {
+                return Poll::Ready(Err(bad_record(
+                    "a tls handshake message after the handshake (a key update?)",
+                )));
+            }
+        }
+        if self.plain.is_empty() {
+            self.body = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes what the sealer holds unsent.
+    fn poll_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.sealer.unsent.is_empty() {
+            let written = ready!(Pin::new(&mut self.io).poll_write(cx, &self.sealer.unsent))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sealer.unsent = self.sealer.unsent.slice(written..);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for RecordStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.plain.is_empty() && !this.peer_closed {
+            ready!(this.poll_record(cx))?;
+        }
+        if this.plain.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let n = this.plain.len().min(buf.remaining());
+        buf.put_slice(&this.body[this.plain.start..this.plain.start + n]);
+        this.plain.start += n;
+        if this.plain.is_empty() {
+            this.body = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for RecordStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_unsent(cx))?;
+        let n = buf.len().min(MAX_RECORD_PLAINTEXT);
+        let sealed = this.sealer.seal(ContentType::ApplicationData, &buf[..n])?;
+        // The plaintext is taken once sealed: what the socket does not take
+        // now waits in the sealer, for the next write or flush.
+        this.sealer.unsent = sealed;
+        if let Poll::Ready(Err(error)) = this.poll_unsent(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_unsent(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_unsent(cx))?;
+        if !this.close_sent {
+            this.close_sent = true;
+            this.sealer.unsent = this.sealer.seal(ContentType::Alert, &CLOSE_NOTIFY)?;
+            ready!(this.poll_unsent(cx))?;
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
 /// What a write without waiting did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Sent {
@@ -168,6 +460,8 @@ pub(crate) enum Sent {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::{
         io::AsyncReadExt,
         net::{TcpListener, TcpStream},
@@ -306,5 +600,224 @@ mod tests {
         write_all(&socket, &sealed).await;
         assert_eq!(sealer.seq, 3);
         assert_eq!(reader.await.unwrap(), big);
+    }
+
+    /// A TLS 1.3 connection with ALPN `h2` between a rustls client and the
+    /// node's side, handshaken as `serve_tls` does it and taken over from
+    /// rustls; the client's first bytes go out right after its handshake.
+    async fn taken_over_pair() -> (tokio_rustls::client::TlsStream<TcpStream>, RecordStream) {
+        use std::sync::Arc;
+
+        use tokio::io::AsyncWriteExt;
+        use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
+
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let der = certified.cert.der().clone();
+        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        server.enable_secret_extraction = true;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"h2".to_vec()];
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client_side = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            tls.write_all(b"PRI * HTTP/2.0").await.unwrap();
+            tls.flush().await.unwrap();
+            tls
+        });
+        let mut listener =
+            crate::connection::GuardedListener::new(listener, std::time::Duration::from_secs(5));
+        let (mut stream, _) = axum::serve::Listener::accept(&mut listener).await;
+        stream.align_tls_records(true);
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(server))
+            .accept(stream)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let Ok(records) = take_over_connection(tls, Duration::from_secs(5)).await else {
+            panic!("a tls 1.3 connection is taken over")
+        };
+        (client_side.await.unwrap(), records)
+    }
+
+    /// Both ways, the connection's bytes go through as they would through
+    /// rustls: what the client sent right after its handshake, a write of
+    /// several records, and the client's close at the end.
+    #[tokio::test]
+    async fn a_connection_taken_over_from_rustls_reads_and_writes_its_records() {
+        use tokio::io::AsyncWriteExt;
+
+        let (mut client, mut node) =
+            tokio::time::timeout(Duration::from_secs(10), taken_over_pair())
+                .await
+                .unwrap();
+        let mut preface = [0u8; 14];
+        node.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, b"PRI * HTTP/2.0");
+
+        let big: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        node.write_all(&big).await.unwrap();
+        node.flush().await.unwrap();
+        let mut got = vec![0u8; big.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, big);
+
+        client.write_all(b"SM\r\n\r\n").await.unwrap();
+        client.flush().await.unwrap();
+        let mut more = [0u8; 6];
+        node.read_exact(&mut more).await.unwrap();
+        assert_eq!(&more, b"SM\r\n\r\n");
+
+        // The node's close reaches the client as a TLS close, and the
+        // client's close ends the node's reads.
+        node.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
+        client.shutdown().await.unwrap();
+        let mut end = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), node.read_to_end(&mut end)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+    }
+
+    /// A key update from the client cannot be followed: the node's reads
+    /// fail at once rather than wait or return garbage.
+    #[tokio::test]
+    async fn a_key_update_from_the_client_fails_the_reads() {
+        use tokio::io::AsyncWriteExt;
+
+        let (mut client, mut node) =
+            tokio::time::timeout(Duration::from_secs(10), taken_over_pair())
+                .await
+                .unwrap();
+        let mut preface = [0u8; 14];
+        node.read_exact(&mut preface).await.unwrap();
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(b"after").await.unwrap();
+        client.flush().await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), node.read(&mut buf))
+            .await
+            .expect("the read ends");
+        let error = read.expect_err("a key update fails the read");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    }
+
+    /// A client whose records reach the node a few bytes at a time, its
+    /// first bytes of HTTP/2 sent together with the end of its handshake:
+    /// rustls ends the handshake with no part of the next record read, so
+    /// nothing is lost when the node takes the connection over.
+    #[tokio::test]
+    async fn bytes_sent_with_the_handshakes_end_are_not_lost_in_the_take_over() {
+        use std::{
+            io::{Read, Write},
+            sync::Arc,
+        };
+
+        use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
+
+        /// Writes at most a few bytes at a time, a moment apart.
+        struct Trickle(std::net::TcpStream);
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0.read(buf)
+            }
+        }
+        impl Write for Trickle {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(1));
+                self.0.write(&buf[..buf.len().min(7)])
+            }
+            // rustls writes each record as a buffer of its own: the few
+            // bytes go across records, as TCP may cut them.
+            fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                let joined: Vec<u8> = bufs
+                    .iter()
+                    .flat_map(|b| b.iter().copied())
+                    .take(7)
+                    .collect();
+                self.write(&joined)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                self.0.flush()
+            }
+        }
+
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let der = certified.cert.der().clone();
+        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        server.enable_secret_extraction = true;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"h2".to_vec()];
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client_side = tokio::task::spawn_blocking(move || {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+            // Sent as soon as the handshake allows: with its last flight.
+            tls.writer().write_all(b"PRI * HTTP/2.0\r\n\r\nSM").unwrap();
+            let tcp = std::net::TcpStream::connect(addr).unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let mut trickle = Trickle(tcp);
+            while tls.is_handshaking() || tls.wants_write() {
+                tls.complete_io(&mut trickle).unwrap();
+            }
+            (tls, trickle)
+        });
+        let mut listener =
+            crate::connection::GuardedListener::new(listener, Duration::from_secs(5));
+        let (mut stream, _) = axum::serve::Listener::accept(&mut listener).await;
+        stream.align_tls_records(true);
+        let tls = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(stream),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let Ok(mut node) = take_over_connection(tls, Duration::from_secs(5)).await else {
+            panic!("a tls 1.3 connection is taken over")
+        };
+        let mut preface = [0u8; 20];
+        tokio::time::timeout(Duration::from_secs(10), node.read_exact(&mut preface))
+            .await
+            .expect("the client's first bytes arrive")
+            .unwrap();
+        assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM");
+        let _client = client_side.await.unwrap();
     }
 }

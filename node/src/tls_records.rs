@@ -414,6 +414,9 @@ impl AsyncWrite for RecordStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         let this = self.get_mut();
         ready!(this.poll_unsent(cx))?;
         let n = buf.len().min(MAX_RECORD_PLAINTEXT);

@@ -248,6 +248,43 @@ async fn sigterm_drains_http2_streams_and_exits() {
     );
 }
 
+/// The same over TLS, where each connection runs on the node's own records
+/// (`tls_records::RecordStream`): the drain's GOAWAY and the TLS close go
+/// out through them, and every stream ends cleanly.
+#[tokio::test]
+async fn sigterm_drains_http2_streams_over_tls_and_exits() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "byetls", None).await;
+    let cert = TestCert::new();
+    let mut node = cert
+        .start_node(&nats.url(), &[("SSE_SHUTDOWN__DRAIN_SECONDS", "2")])
+        .await;
+    let (tls, alpn) = cert.connect(node.port, &[b"h2"]).await.unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let mut sender = h2_connect(tls).await;
+    let uri = format!("https://localhost:{}/v1/events?topic=byetls", node.port);
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut client = h2_stream(&mut sender, &uri).await.unwrap();
+        client.ready().await;
+        clients.push(client);
+    }
+    let started = std::time::Instant::now();
+    node.terminate();
+    for client in &mut clients {
+        let rest = client.until_closed(T).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    let status = node.wait_exit(Duration::from_secs(8)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn private_topics_need_a_token_over_http2_too() {
     let nats = Nats::start().await;

@@ -605,13 +605,14 @@ mod tests {
         assert_eq!(reader.await.unwrap(), big);
     }
 
-    /// A TLS 1.3 connection with ALPN `h2` between a rustls client and the
-    /// node's side, handshaken as `serve_tls` does it and taken over from
-    /// rustls; the client's first bytes go out right after its handshake.
-    async fn taken_over_pair() -> (tokio_rustls::client::TlsStream<TcpStream>, RecordStream) {
+    /// A server that offers `h2` and lets its keys be taken, as the node's
+    /// does, and a client that trusts it and asks for `h2`.
+    fn h2_configs() -> (
+        tokio_rustls::rustls::ServerConfig,
+        tokio_rustls::rustls::ClientConfig,
+    ) {
         use std::sync::Arc;
 
-        use tokio::io::AsyncWriteExt;
         use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
 
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
@@ -634,6 +635,20 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         client.alpn_protocols = vec![b"h2".to_vec()];
+        (server, client)
+    }
+
+    /// A TLS 1.3 connection with ALPN `h2` between a rustls client and the
+    /// node's side, handshaken as `serve_tls` does it and taken over from
+    /// rustls, once the node has read the bytes the client sent right
+    /// after its handshake.
+    async fn taken_over_pair() -> (tokio_rustls::client::TlsStream<TcpStream>, RecordStream) {
+        use std::sync::Arc;
+
+        use tokio::io::AsyncWriteExt;
+        use tokio_rustls::rustls;
+
+        let (server, client) = h2_configs();
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -660,6 +675,13 @@ mod tests {
         let Ok(records) = take_over_connection(tls, Duration::from_secs(5)).await else {
             panic!("a tls 1.3 connection is taken over")
         };
+        let mut records = records;
+        let mut preface = [0u8; 14];
+        tokio::time::timeout(Duration::from_secs(10), records.read_exact(&mut preface))
+            .await
+            .expect("the client's first bytes arrive")
+            .unwrap();
+        assert_eq!(&preface, b"PRI * HTTP/2.0");
         (client_side.await.unwrap(), records)
     }
 
@@ -670,13 +692,7 @@ mod tests {
     async fn a_connection_taken_over_from_rustls_reads_and_writes_its_records() {
         use tokio::io::AsyncWriteExt;
 
-        let (mut client, mut node) =
-            tokio::time::timeout(Duration::from_secs(10), taken_over_pair())
-                .await
-                .unwrap();
-        let mut preface = [0u8; 14];
-        node.read_exact(&mut preface).await.unwrap();
-        assert_eq!(&preface, b"PRI * HTTP/2.0");
+        let (mut client, mut node) = taken_over_pair().await;
 
         let big: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
         node.write_all(&big).await.unwrap();
@@ -708,12 +724,7 @@ mod tests {
     async fn a_key_update_from_the_client_fails_the_reads() {
         use tokio::io::AsyncWriteExt;
 
-        let (mut client, mut node) =
-            tokio::time::timeout(Duration::from_secs(10), taken_over_pair())
-                .await
-                .unwrap();
-        let mut preface = [0u8; 14];
-        node.read_exact(&mut preface).await.unwrap();
+        let (mut client, mut node) = taken_over_pair().await;
         client.get_mut().1.refresh_traffic_keys().unwrap();
         client.write_all(b"after").await.unwrap();
         client.flush().await.unwrap();
@@ -736,7 +747,7 @@ mod tests {
             sync::Arc,
         };
 
-        use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
+        use tokio_rustls::rustls;
 
         /// Writes at most a few bytes at a time, a moment apart.
         struct Trickle(std::net::TcpStream);
@@ -765,26 +776,7 @@ mod tests {
             }
         }
 
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let der = certified.cert.der().clone();
-        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![der.clone()], key)
-            .unwrap();
-        server.alpn_protocols = vec![b"h2".to_vec()];
-        server.enable_secret_extraction = true;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(der).unwrap();
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        client.alpn_protocols = vec![b"h2".to_vec()];
+        let (server, client) = h2_configs();
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -36,9 +36,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::{
     rustls::{
-        ConnectionTrafficSecrets, ContentType, ProtocolVersion, ServerConnection,
+        ConnectionTrafficSecrets, ContentType, ProtocolVersion, ServerConnection, Tls13CipherSuite,
         crypto::cipher::{
-            InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks,
+            AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks,
             OutboundPlainMessage,
         },
     },
@@ -90,23 +90,38 @@ pub fn take_over(stream: TlsStream<GuardedStream>) -> Result<SharedWriter, &'sta
         .dangerous_extract_secrets()
         .map_err(|_| "rustls refused to hand over the keys")?;
     let (seq, traffic) = secrets.tx;
-    let (key, iv) = match traffic {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
-        _ => return Err("an unknown cipher"),
-    };
-    let sealer = RecordSealer {
-        encrypter: suite.aead_alg.encrypter(key, iv),
-        seq,
-        // Stop short of the limit: the last record carries the close.
-        seq_limit: suite.common.confidentiality_limit.saturating_sub(1),
-        unsent: Bytes::new(),
-    };
+    let sealer = RecordSealer::new(suite, traffic, seq)?;
     Ok(tcp.into_shared_sealed(sealer))
 }
 
+/// The key and IV of one direction's traffic secrets.
+fn key_and_iv(traffic: ConnectionTrafficSecrets) -> Result<(AeadKey, Iv), &'static str> {
+    match traffic {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+        _ => Err("an unknown cipher"),
+    }
+}
+
 impl RecordSealer {
+    /// A sealer with the write secrets rustls handed over, from record
+    /// number `seq` on.
+    fn new(
+        suite: &Tls13CipherSuite,
+        traffic: ConnectionTrafficSecrets,
+        seq: u64,
+    ) -> Result<Self, &'static str> {
+        let (key, iv) = key_and_iv(traffic)?;
+        Ok(Self {
+            encrypter: suite.aead_alg.encrypter(key, iv),
+            seq,
+            // Stop short of the limit: the last record carries the close.
+            seq_limit: suite.common.confidentiality_limit.saturating_sub(1),
+            unsent: Bytes::new(),
+        })
+    }
+
     /// Seals `plaintext` into as many records as it needs, back to back.
     pub(crate) fn seal(&mut self, typ: ContentType, plaintext: &[u8]) -> io::Result<Bytes> {
         let records = plaintext.len().div_ceil(MAX_RECORD_PLAINTEXT).max(1) as u64;
@@ -232,25 +247,14 @@ pub async fn take_over_connection(
     let secrets = connection
         .dangerous_extract_secrets()
         .map_err(|_| NotTaken::Lost("rustls refused to hand over the keys"))?;
-    let key_and_iv = |traffic| match traffic {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
-        _ => Err(NotTaken::Lost("an unknown cipher")),
-    };
     let (tx_seq, tx) = secrets.tx;
     let (rx_seq, rx) = secrets.rx;
-    let (tx_key, tx_iv) = key_and_iv(tx)?;
-    let (rx_key, rx_iv) = key_and_iv(rx)?;
+    let sealer = RecordSealer::new(suite, tx, tx_seq).map_err(NotTaken::Lost)?;
+    let (rx_key, rx_iv) = key_and_iv(rx).map_err(NotTaken::Lost)?;
     let plain = 0..early.len();
     Ok(RecordStream {
         io,
-        sealer: RecordSealer {
-            encrypter: suite.aead_alg.encrypter(tx_key, tx_iv),
-            seq: tx_seq,
-            seq_limit: suite.common.confidentiality_limit.saturating_sub(1),
-            unsent: Bytes::new(),
-        },
+        sealer,
         opener: suite.aead_alg.decrypter(rx_key, rx_iv),
         rx_seq,
         header: [0; 5],

@@ -22,4 +22,5 @@ pub mod publish;
 pub mod report;
 pub mod scenario;
 pub mod sse;
+pub mod syscall_cost;
 pub mod worker;

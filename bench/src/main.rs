@@ -7,11 +7,13 @@
 //! - `check FILE`: exits non-zero, naming each failed run, if any run lost,
 //!   duplicated or skipped an event or connected only part of its clients;
 //! - `bare --listen HOST:PORT`: the bare write loop, a baseline server;
+//! - `syscall-cost [--calls N]`: what a system call costs here (see
+//!   `syscall_cost`);
 //! - `worker`: internal, started by `run`.
 
 use std::io::Read as _;
 
-use sse_bench::{args::Args, bare, report, scenario, worker};
+use sse_bench::{args::Args, bare, report, scenario, syscall_cost, worker};
 
 fn main() -> anyhow::Result<()> {
     let mut argv = std::env::args().skip(1);
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
             let args = Args::parse(argv)?;
             bare::run(args.required("listen")?)
         }
+        "syscall-cost" => syscall_cost::run(&Args::parse(argv)?),
         "run" | "prefill" => {
             let args = Args::parse(argv)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -60,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: sse-bench run|prefill|table|check|bare|worker [--flag value]…\n(see docs/benchmarks.md)"
+                "usage: sse-bench run|prefill|table|check|bare|syscall-cost|worker [--flag value]…\n(see docs/benchmarks.md)"
             );
             std::process::exit(64);
         }

@@ -783,6 +783,10 @@ struct DirectReads {
     /// The consumer being made, once the topic got busy: direct reads go on
     /// until it stands ([`Reader::doze`]).
     making: Option<tokio::task::JoinHandle<Result<Opening, async_nats::Error>>>,
+    /// The topic's event counter and history gauge, looked up once per
+    /// doze rather than at every read.
+    feed_events: prometheus::IntCounter,
+    history_bytes: prometheus::IntGauge,
 }
 
 /// How a doze ends ([`Reader::doze`]).
@@ -1342,9 +1346,6 @@ impl Reader {
     ) -> bool {
         let mut unread = heard;
         let filter_subject = self.filter_subject();
-        let topic_label = [self.feed.topic.as_str()];
-        let feed_events = self.metrics.feed_events.with_label_values(&topic_label);
-        let history_bytes = self.metrics.history_bytes.with_label_values(&topic_label);
         let mut tries = 0u32;
         while unread > 0 || last_heard.is_some() || self.feed.head() < until {
             if self.feed.is_closed() || direct.making.as_ref().is_some_and(|m| m.is_finished()) {
@@ -1429,8 +1430,8 @@ impl Reader {
                     message.subject.as_str(),
                     Some(&message.headers),
                     &message.payload,
-                    &feed_events,
-                    &history_bytes,
+                    &direct.feed_events,
+                    &direct.history_bytes,
                 );
                 // A delete marker is stored without a publish.
                 if event {
@@ -1523,13 +1524,17 @@ impl Reader {
         let mut looks = 0u32;
         // Looks in a row that got no answer.
         let mut unanswered = 0u32;
-        let mut direct =
-            (self.direct_reads && self.head_still_read(&stream).await).then(|| DirectReads {
+        let mut direct = (self.direct_reads && self.head_still_read(&stream).await).then(|| {
+            let topic_label = [self.feed.topic.as_str()];
+            DirectReads {
                 batches: answers_batched_gets(&client.server_info().version),
                 since: tokio::time::Instant::now(),
                 in_window: 0,
                 making: None,
-            });
+                feed_events: self.metrics.feed_events.with_label_values(&topic_label),
+                history_bytes: self.metrics.history_bytes.with_label_values(&topic_label),
+            }
+        });
         loop {
             tokio::select! {
                 // The consumer, once it stands, before more direct reads.

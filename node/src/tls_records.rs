@@ -667,26 +667,40 @@ mod tests {
             tls.flush().await.unwrap();
             tls
         });
+        let records = accept_and_take_over(listener, server, b"PRI * HTTP/2.0").await;
+        (client_side.await.unwrap(), records)
+    }
+
+    /// The node's side of a connection from `listener`: handshaken with
+    /// `server` as `serve_tls` does it (ALPN `h2`), taken over from rustls,
+    /// and its first bytes read and checked against `preface`.
+    async fn accept_and_take_over(
+        listener: TcpListener,
+        server: tokio_rustls::rustls::ServerConfig,
+        preface: &[u8],
+    ) -> RecordStream {
         let mut listener =
-            crate::connection::GuardedListener::new(listener, std::time::Duration::from_secs(5));
+            crate::connection::GuardedListener::new(listener, Duration::from_secs(5));
         let (mut stream, _) = axum::serve::Listener::accept(&mut listener).await;
         stream.align_tls_records(true);
-        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(server))
-            .accept(stream)
-            .await
-            .unwrap();
+        let tls = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server)).accept(stream),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let Ok(records) = take_over_connection(tls, Duration::from_secs(5)).await else {
+        let Ok(mut records) = take_over_connection(tls, Duration::from_secs(5)).await else {
             panic!("a tls 1.3 connection is taken over")
         };
-        let mut records = records;
-        let mut preface = [0u8; 14];
-        tokio::time::timeout(Duration::from_secs(10), records.read_exact(&mut preface))
+        let mut first = vec![0u8; preface.len()];
+        tokio::time::timeout(Duration::from_secs(10), records.read_exact(&mut first))
             .await
             .expect("the client's first bytes arrive")
             .unwrap();
-        assert_eq!(&preface, b"PRI * HTTP/2.0");
-        (client_side.await.unwrap(), records)
+        assert_eq!(first, preface);
+        records
     }
 
     /// Both ways, the connection's bytes go through as they would through
@@ -797,26 +811,7 @@ mod tests {
             }
             (tls, trickle)
         });
-        let mut listener =
-            crate::connection::GuardedListener::new(listener, Duration::from_secs(5));
-        let (mut stream, _) = axum::serve::Listener::accept(&mut listener).await;
-        stream.align_tls_records(true);
-        let tls = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(stream),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        let Ok(mut node) = take_over_connection(tls, Duration::from_secs(5)).await else {
-            panic!("a tls 1.3 connection is taken over")
-        };
-        let mut preface = [0u8; 20];
-        tokio::time::timeout(Duration::from_secs(10), node.read_exact(&mut preface))
-            .await
-            .expect("the client's first bytes arrive")
-            .unwrap();
-        assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM");
+        let _node = accept_and_take_over(listener, server, b"PRI * HTTP/2.0\r\n\r\nSM").await;
         let _client = client_side.await.unwrap();
     }
 }

@@ -152,7 +152,10 @@ impl Config {
         }
         for url in self.nats.url.split(',').map(str::trim) {
             if !url.is_empty() && async_nats::ServerAddr::from_str(url).is_err() {
-                bad.push(format!("nats.url: {url:?} is not a NATS server address"));
+                bad.push(format!(
+                    "nats.url: {:?} is not a NATS server address",
+                    sse_protocol::nats_url::redact(url)
+                ));
             }
         }
         let prefix = &self.nats.subject_prefix;

@@ -101,7 +101,7 @@ async fn connect(config: &Config) -> Result<async_nats::Client, Error> {
         .map(|s| s.parse())
         .collect::<Result<_, _>>()
         .map_err(|err| Error::Config(vec![format!("nats.url: {err}")]))?;
-    async_nats::ConnectOptions::new()
+    sse_protocol::nats_url::with_url_credentials(async_nats::ConnectOptions::new(), &servers)
         .name(&config.nats.connection_name)
         .request_timeout(Some(config.request_timeout()))
         .retry_on_initial_connect()

@@ -487,7 +487,12 @@ impl NatsConfig {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
-                ServerAddr::from_str(s).map_err(|e| format!("{s:?} is not a NATS server URL: {e}"))
+                ServerAddr::from_str(s).map_err(|e| {
+                    format!(
+                        "{:?} is not a NATS server URL: {e}",
+                        sse_protocol::nats_url::redact(s)
+                    )
+                })
             })
             .collect();
         match addrs {

@@ -92,10 +92,10 @@ pub async fn run(
         .nats
         .server_addrs()
         .map_err(|reason| NodeError::Nats {
-            url: config.nats.url.clone(),
+            url: sse_protocol::nats_url::redact(&config.nats.url),
             reason,
         })?;
-    let client = ConnectOptions::new()
+    let client = sse_protocol::nats_url::with_url_credentials(ConnectOptions::new(), &addrs)
         .name(&config.nats.connection_name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -133,7 +133,7 @@ pub async fn run(
         .connect(addrs)
         .await
         .map_err(|e| NodeError::Nats {
-            url: config.nats.url.clone(),
+            url: sse_protocol::nats_url::redact(&config.nats.url),
             reason: e.to_string(),
         })?;
     let js = jetstream::new(client.clone());

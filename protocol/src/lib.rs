@@ -11,6 +11,8 @@
 //! - [`node_report`]: the report each node writes to the cluster view and the
 //!   key-value bucket that holds it (opening the bucket needs the `nats`
 //!   feature).
+//! - `nats_url`: the credentials a NATS server URL carries, sent as
+//!   async-nats's connect options (the `nats` feature).
 //! - [`event_stream`]: the `text/event-stream` parser tests read frames with.
 //!
 //! Everything but the bucket opener is pure and allocation-light, so both
@@ -20,6 +22,8 @@ pub mod cursor;
 pub mod event_stream;
 pub mod grant;
 pub mod headers;
+#[cfg(feature = "nats")]
+pub mod nats_url;
 pub mod node_report;
 pub mod topic;
 

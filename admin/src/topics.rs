@@ -272,6 +272,7 @@ fn stream_config(
         discard: DiscardPolicy::Old,
         // Nodes read recent history with direct get.
         allow_direct: true,
+        republish: Some(live_republish(prefix)),
         metadata: HashMap::from([(
             ACCESS_METADATA_KEY.to_owned(),
             body.access.unwrap_or(Access::Public).as_str().to_owned(),
@@ -280,6 +281,18 @@ fn stream_config(
     };
     set_max_age(&mut config, body.max_age_seconds.unwrap_or(0))?;
     Ok(config)
+}
+
+/// The republish of every topic's stream: each event it stores goes out
+/// again, with its sequence, to `<prefix>.LIVE.<subject>`, where a node
+/// whose feed of a quiet topic let its consumer go hears it and takes it
+/// in without asking JetStream for it.
+pub fn live_republish(prefix: &str) -> stream::Republish {
+    stream::Republish {
+        source: ">".to_owned(),
+        destination: sse_protocol::topic::live_destination(prefix),
+        headers_only: false,
+    }
 }
 
 /// Whether a stream is one of this deployment's topics: named `SSE_<topic>`
@@ -491,6 +504,11 @@ pub async fn update_topic(
         config
             .metadata
             .insert(ACCESS_METADATA_KEY.to_owned(), access.as_str().to_owned());
+    }
+    // A topic made before its stream republished gets the republish with
+    // its first update.
+    if config.republish.is_none() {
+        config.republish = Some(live_republish(state.prefix()));
     }
     let info = state
         .jetstream()?

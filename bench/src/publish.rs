@@ -65,7 +65,8 @@ pub enum Publisher {
 impl Publisher {
     /// A JetStream publisher; creates each topic's stream (`SSE_<topic>`,
     /// subjects `<prefix>.<topic>` and `<prefix>.<topic>.>`, read with a
-    /// token when `private`, kept in memory when `in_memory`) if missing.
+    /// token when `private`, kept in memory when `in_memory`, republishing
+    /// each event to the live subjects when `republish`) if missing.
     pub async fn nats(
         url: &str,
         prefix: &str,
@@ -73,6 +74,7 @@ impl Publisher {
         subjects: &[String],
         private: bool,
         in_memory: bool,
+        republish: bool,
     ) -> anyhow::Result<Self> {
         let client = async_nats::connect(url)
             .await
@@ -94,6 +96,11 @@ impl Publisher {
                 },
                 // As the admin service makes a topic's stream.
                 allow_direct: true,
+                republish: republish.then(|| async_nats::jetstream::stream::Republish {
+                    source: ">".to_owned(),
+                    destination: sse_protocol::topic::live_destination(prefix),
+                    headers_only: false,
+                }),
                 ..Default::default()
             })
             .await

@@ -52,7 +52,8 @@
 //! stream read the children of its topic or path with a wildcard
 //! (`?topic=<path>.*`), and publishes to one child of each (`<path>.e`), as
 //! a user's channels are read; `--storage memory` (sse-node) creates
-//! the topics' streams in memory rather than in files. Against Nchan or the bare loop, `--publish-url host:port`
+//! the topics' streams in memory rather than in files, and `--republish 0`
+//! (sse-node) without the republish the admin service gives them. Against Nchan or the bare loop, `--publish-url host:port`
 //! publishes there instead of the first `--url` (a server whose
 //! subscribers' port speaks TLS or HTTP/2 only).
 
@@ -292,6 +293,7 @@ async fn publisher(
                 &plan.publish_to,
                 private,
                 in_memory,
+                republish(args)?,
             )
             .await
         }
@@ -305,6 +307,17 @@ fn storage(args: &Args) -> anyhow::Result<&str> {
     match args.get("storage").unwrap_or("file") {
         storage @ ("file" | "memory") => Ok(storage),
         other => bail!("--storage is file or memory, not {other:?}"),
+    }
+}
+
+/// Whether the topics' streams republish their events to the live subjects
+/// (`--republish 1|0`, sse-node only; 1 unless asked, as the admin service
+/// creates them; 0 as it did before).
+fn republish(args: &Args) -> anyhow::Result<bool> {
+    match args.or("republish", 1u8)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => bail!("--republish is 1 or 0, not {other}"),
     }
 }
 
@@ -902,6 +915,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "shared_path": args.get("shared-path"),
             "wildcard": wildcard,
             "storage": storage(args)?,
+            "republish": republish(args)?,
         },
         "subscribers": subscribers,
         "subjects": subjects,

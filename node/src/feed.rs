@@ -8,7 +8,11 @@
 //! sees exactly the events after the head it was given. A feed whose topic
 //! is quiet lets its consumer go and listens for publishes instead; while
 //! the topic then gets only a few events a second, it reads each one it
-//! hears of with a direct get by sequence, without a consumer.
+//! hears of with a direct get by sequence, without a consumer. A topic's
+//! stream made by the admin service republishes each event it stores, with
+//! its sequence; a dozing feed listens there and takes such an event in as
+//! it comes when it follows the feed's head, and asks JetStream only for
+//! what it did not hear.
 //!
 //! Errors from the consumer (a missed heartbeat, NATS away) are logged and
 //! counted and the reader goes on; if the consumer ends, it is re-created at
@@ -31,7 +35,10 @@ use async_nats::jetstream::{
     stream::Info,
 };
 use futures_util::{FutureExt, StreamExt};
-use sse_protocol::{Access, TopicName, cursor::epoch_from_unix_nanos, grant::ACCESS_METADATA_KEY};
+use sse_protocol::{
+    Access, TopicName, cursor::epoch_from_unix_nanos, grant::ACCESS_METADATA_KEY,
+    topic::live_subject,
+};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn};
@@ -115,6 +122,9 @@ pub struct Feed {
     renew: tokio::sync::Notify,
     /// Whether the reader dozes: listens for publishes without a consumer.
     dozing: AtomicBool,
+    /// Whether the topic's stream republishes its events to the live
+    /// subjects ([`republishes_live`]), where a dozing feed listens then.
+    republished: AtomicBool,
     /// Asks a dozing reader to look at JetStream now.
     look_now: tokio::sync::Notify,
     /// The highest last sequence of the stream a listing told the dozing
@@ -247,6 +257,18 @@ fn fed_by_publishes(info: &Info) -> bool {
         && config.subject_transform.is_none()
 }
 
+/// Whether a stream republishes every event it stores, headers and data, to
+/// the deployment's live subjects under `subject_prefix`, as the admin
+/// service makes a topic's stream
+/// ([`sse_protocol::topic::live_destination`]).
+pub fn republishes_live(info: &Info, subject_prefix: &str) -> bool {
+    info.config.republish.as_ref().is_some_and(|republish| {
+        !republish.headers_only
+            && matches!(republish.source.as_str(), "" | ">")
+            && republish.destination == sse_protocol::topic::live_destination(subject_prefix)
+    })
+}
+
 /// A stream's access, from its metadata key `sse.access`.
 pub fn stream_access(info: &Info) -> Access {
     Access::from_metadata_value(
@@ -283,6 +305,7 @@ impl Feed {
             ctx,
             path_offset: settings.subject_prefix.len() + 1,
             prefix: format!("{}.", settings.subject_prefix),
+            live_prefix: live_subject(&settings.subject_prefix, ""),
             no_progress: settings.no_progress,
             doze_after: sparse_doze_after,
             sparse_doze_after,
@@ -335,6 +358,7 @@ impl Feed {
             queue_events,
             renew: tokio::sync::Notify::new(),
             dozing: AtomicBool::new(false),
+            republished: AtomicBool::new(republishes_live(info, &settings.subject_prefix)),
             look_now: tokio::sync::Notify::new(),
             listed_last: AtomicU64::new(0),
             parked: Arc::default(),
@@ -588,6 +612,15 @@ impl Feed {
         }
     }
 
+    /// Records whether the topic's stream republishes to the live subjects
+    /// ([`republishes_live`]) after a re-listing. A dozing feed that listens
+    /// elsewhere looks at JetStream at once and listens there instead.
+    pub(crate) fn set_republished(&self, republished: bool) {
+        if self.republished.swap(republished, Ordering::AcqRel) != republished {
+            self.look_now.notify_one();
+        }
+    }
+
     /// Records the topic's access after a re-listing.
     pub fn set_access(&self, access: Access) {
         self.private
@@ -752,6 +785,13 @@ const DIRECT_GETS_MAX: u32 = 10;
 /// See [`DIRECT_GETS_MAX`].
 const DIRECT_GETS_WINDOW: Duration = Duration::from_secs(1);
 
+/// Republished events that wake a dozing feed count as one direct get
+/// towards [`DIRECT_GETS_MAX`] once this long has passed since the last
+/// ones that counted: a burst, which comes over a few wakes, counts once,
+/// as it would take a get or a few, while events that keep coming more
+/// than ten a second make the topic's consumer.
+const LIVE_WAKES_APART: Duration = Duration::from_millis(50);
+
 /// The first pause before a dozing feed asks again for an event it heard of
 /// and JetStream did not hold yet; each next one is four times longer.
 const DIRECT_READ_RETRY: Duration = Duration::from_millis(1);
@@ -783,10 +823,75 @@ struct DirectReads {
     /// The consumer being made, once the topic got busy: direct reads go on
     /// until it stands ([`Reader::doze`]).
     making: Option<tokio::task::JoinHandle<Result<Opening, async_nats::Error>>>,
+    /// When republished events last counted as a direct get.
+    live_counted: Option<tokio::time::Instant>,
     /// The topic's event counter and history gauge, looked up once per
     /// doze rather than at every read.
     feed_events: prometheus::IntCounter,
     history_bytes: prometheus::IntGauge,
+}
+
+/// What a dozing feed heard and did not take in at once ([`Reader::hear`]).
+#[derive(Default)]
+struct Heard {
+    /// Publishes heard, when the feed listens on the topic's own subjects.
+    unread: usize,
+    /// The last of them.
+    last: Option<async_nats::Message>,
+    /// The last sequence of the republished events that did not follow the
+    /// head: JetStream holds every event up to it.
+    until: u64,
+    /// Something came on a live subject that the stream did not republish.
+    look: bool,
+}
+
+/// An event as its stream republished it, from the message's headers.
+struct Republished<'a> {
+    /// Its stream sequence (`Nats-Sequence`).
+    seq: u64,
+    /// The sequence of the previous event of its subject, 0 for the first
+    /// (`Nats-Last-Sequence`).
+    subject_last: u64,
+    /// The subject the stream stored it under (`Nats-Subject`).
+    subject: &'a str,
+    /// When the stream stored it (`Nats-Time-Stamp`).
+    published: SystemTime,
+}
+
+/// What `message`, heard on a live subject, says of itself if the stream
+/// `stream_name` republished it; `None` for anything else published there.
+fn republished_of<'a>(
+    message: &'a async_nats::Message,
+    stream_name: &str,
+) -> Option<Republished<'a>> {
+    let headers = message.headers.as_ref()?;
+    let value = |name: &str| headers.get(name).map(|value| value.as_str());
+    if value("Nats-Stream")? != stream_name {
+        return None;
+    }
+    Some(Republished {
+        seq: value("Nats-Sequence")?.parse().ok()?,
+        subject_last: value("Nats-Last-Sequence").map_or(Some(0), |v| v.parse().ok())?,
+        subject: value("Nats-Subject")?,
+        published: time::OffsetDateTime::parse(
+            value("Nats-Time-Stamp")?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?
+        .into(),
+    })
+}
+
+/// Whether a feed at `head` may take `event` in as it comes: nothing it
+/// reads lies between. A whole topic's feed reads every sequence, so the
+/// event must be the next one; a path feed reads one subject, whose
+/// previous event the feed must hold already.
+fn takes_in(event: &Republished<'_>, head: u64, filter_subject: &str) -> bool {
+    if filter_subject.is_empty() {
+        event.seq == head + 1
+    } else {
+        event.subject == filter_subject && event.subject_last <= head && event.seq > head
+    }
 }
 
 /// How a doze ends ([`Reader::doze`]).
@@ -893,6 +998,9 @@ struct Reader {
     path_offset: usize,
     /// `<subject prefix>.`, to build a path feed's filter subject.
     prefix: String,
+    /// `<subject prefix>.LIVE.`, before a subject the topic's stream
+    /// republishes ([`live_subject`]).
+    live_prefix: String,
     no_progress: Duration,
     doze_after: Option<Duration>,
     /// `doze_after` for a feed whose last wake it read directly: the
@@ -1335,13 +1443,15 @@ impl Reader {
     /// reads go on until the last one heard of. (One with the same subject
     /// and payload as an earlier one stops them early; the feed's next wake
     /// or look reads on.)
+    #[allow(clippy::too_many_arguments)]
     async fn read_directly(
         &mut self,
         stream: &jetstream::stream::Stream<()>,
         publishes: &mut Publishes,
+        live: bool,
         heard: usize,
         mut last_heard: Option<async_nats::Message>,
-        until: u64,
+        mut until: u64,
         direct: &mut DirectReads,
     ) -> bool {
         let mut unread = heard;
@@ -1354,10 +1464,14 @@ impl Reader {
                 return true;
             }
             // Publishes heard while the last request was answered are read
-            // with the next one.
+            // with the next one; republished events say up to where.
             while let Some(Some(message)) = publishes.next().now_or_never() {
-                unread += 1;
-                last_heard = Some(message);
+                if !live {
+                    unread += 1;
+                    last_heard = Some(message);
+                } else if let Some(event) = republished_of(&message, self.feed.stream_name()) {
+                    until = until.max(event.seq);
+                }
             }
             self.make_consumer_if_busy(direct, &filter_subject);
             let head = self.feed.head();
@@ -1489,26 +1603,11 @@ impl Reader {
         let _dozing = DozingGauge::hold(&self.metrics.feeds_dozing, &feed.dozing);
         let client = self.js.client();
         let filter_subject = self.filter_subject();
-        let subjects = if filter_subject.is_empty() {
-            vec![
-                format!("{}{}", &self.prefix, self.feed.topic),
-                format!("{}{}.>", &self.prefix, self.feed.topic),
-            ]
-        } else {
-            vec![filter_subject.clone()]
+        let mut live = self.feed.republished.load(Ordering::Acquire);
+        // No subscription, no doze: read with a consumer again.
+        let Some(mut publishes) = self.listen(&client, &filter_subject, live).await else {
+            return Wake::Read;
         };
-        let mut publishes = Vec::with_capacity(subjects.len());
-        for subject in subjects {
-            match client.subscribe(subject).await {
-                Ok(subscriber) => publishes.push(subscriber),
-                // No subscription, no doze: read with a consumer again.
-                Err(error) => {
-                    debug!(topic = %self.feed.topic, %error, "cannot listen for publishes; reading on");
-                    return Wake::Read;
-                }
-            }
-        }
-        let mut publishes = futures_util::stream::select_all(publishes);
         let Ok(stream) = self.js.get_stream_no_info(self.feed.stream_name()).await else {
             return Wake::Read;
         };
@@ -1531,6 +1630,7 @@ impl Reader {
                 since: tokio::time::Instant::now(),
                 in_window: 0,
                 making: None,
+                live_counted: None,
                 feed_events: self.metrics.feed_events.with_label_values(&topic_label),
                 history_bytes: self.metrics.history_bytes.with_label_values(&topic_label),
             }
@@ -1552,25 +1652,51 @@ impl Reader {
                     };
                 }
                 heard = publishes.next() => {
-                    let (Some(mut last), Some(direct)) = (heard, direct.as_mut()) else {
+                    let (Some(first), Some(direct)) = (heard, direct.as_mut()) else {
                         return Wake::Read;
                     };
-                    let mut heard = 1;
+                    let now = tokio::time::Instant::now();
+                    if live && direct.live_counted.is_none_or(|at| now.duration_since(at) >= LIVE_WAKES_APART) {
+                        // Events taken in as they come count as a direct
+                        // get each time they wake the feed: a topic that
+                        // gets busy is read with a consumer all the same.
+                        direct.live_counted = Some(now);
+                        self.make_consumer_if_busy(direct, &filter_subject);
+                        direct.in_window += 1;
+                    }
+                    let mut heard = Heard::default();
+                    self.hear(first, live, &filter_subject, direct, &mut heard);
                     while let Some(Some(message)) = publishes.next().now_or_never() {
-                        heard += 1;
-                        last = message;
+                        self.hear(message, live, &filter_subject, direct, &mut heard);
                     }
-                    // Boxed: the reads' state is not kept in the reader's
-                    // own while it reads with a consumer.
-                    if !Box::pin(self.read_directly(&stream, &mut publishes, heard, Some(last), 0, direct)).await {
-                        return self.consumer_made(direct.making.take()).await;
+                    if heard.unread > 0 || heard.until > self.feed.head() {
+                        // Boxed: the reads' state is not kept in the reader's
+                        // own while it reads with a consumer.
+                        if !Box::pin(self.read_directly(&stream, &mut publishes, live, heard.unread, heard.last, heard.until, direct)).await {
+                            return self.consumer_made(direct.making.take()).await;
+                        }
                     }
-                    continue;
+                    // Something on a live subject that the stream did not
+                    // republish: JetStream says what it holds.
+                    if !heard.look {
+                        continue;
+                    }
                 }
                 Ok(()) = self.reconnections.changed() => {}
                 _ = self.feed.renew.notified() => {}
                 _ = self.feed.look_now.notified() => {}
                 _ = tokio::time::sleep_until(look_at) => {}
+            }
+            if self.feed.republished.load(Ordering::Acquire) != live {
+                // The stream's republish came or went: listen where its
+                // events are announced now; the look below reads what came
+                // in between.
+                live = !live;
+                debug!(topic = %self.feed.topic, live, "topic's republish changed; listening anew");
+                let Some(listening) = self.listen(&client, &filter_subject, live).await else {
+                    return Wake::Read;
+                };
+                publishes = listening;
             }
             // A deleted or recreated topic is the registry's to act on: it
             // closes the feed.
@@ -1579,8 +1705,16 @@ impl Reader {
                     let Some(direct) = direct.as_mut() else {
                         return Wake::Read;
                     };
-                    if !Box::pin(self.read_directly(&stream, &mut publishes, 0, None, last, direct))
-                        .await
+                    if !Box::pin(self.read_directly(
+                        &stream,
+                        &mut publishes,
+                        live,
+                        0,
+                        None,
+                        last,
+                        direct,
+                    ))
+                    .await
                     {
                         return self.consumer_made(direct.making.take()).await;
                     }
@@ -1609,6 +1743,83 @@ impl Reader {
                     // and not more often than the watchdog's.
                     self.look_every
                 };
+        }
+    }
+
+    /// Subscribes to where a dozing feed hears of its topic's (or its
+    /// path's) events: the subjects themselves, or with `live` the subjects
+    /// the stream republishes them to. `None` if NATS refuses.
+    async fn listen(
+        &self,
+        client: &async_nats::Client,
+        filter_subject: &str,
+        live: bool,
+    ) -> Option<Publishes> {
+        let subjects = if filter_subject.is_empty() {
+            vec![
+                format!("{}{}", &self.prefix, self.feed.topic),
+                format!("{}{}.>", &self.prefix, self.feed.topic),
+            ]
+        } else {
+            vec![filter_subject.to_owned()]
+        };
+        let mut publishes = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let subject = if live {
+                format!("{}{subject}", self.live_prefix)
+            } else {
+                subject
+            };
+            match client.subscribe(subject).await {
+                Ok(subscriber) => publishes.push(subscriber),
+                Err(error) => {
+                    debug!(topic = %self.feed.topic, %error, "cannot listen for publishes; reading on");
+                    return None;
+                }
+            }
+        }
+        Some(futures_util::stream::select_all(publishes))
+    }
+
+    /// Takes in what a dozing feed heard: a republished event that follows
+    /// the head is delivered at once ([`takes_in`]); anything else is noted
+    /// in `heard` for [`Reader::read_directly`].
+    fn hear(
+        &mut self,
+        message: async_nats::Message,
+        live: bool,
+        filter_subject: &str,
+        direct: &DirectReads,
+        heard: &mut Heard,
+    ) {
+        if !live {
+            heard.unread += 1;
+            heard.last = Some(message);
+            return;
+        }
+        let Some(event) = republished_of(&message, self.feed.stream_name()) else {
+            heard.look = true;
+            return;
+        };
+        let head = self.feed.head();
+        if event.seq <= head {
+            // Read already, by a direct get for an earlier gap.
+            return;
+        }
+        if heard.until == 0 && takes_in(&event, head, filter_subject) {
+            self.metrics.feed_live_reads.inc();
+            self.deliver(
+                event.seq,
+                event.published,
+                event.subject,
+                message.headers.as_ref(),
+                &message.payload,
+                &direct.feed_events,
+                &direct.history_bytes,
+            );
+        } else {
+            // Something between the head and this event was not heard.
+            heard.until = heard.until.max(event.seq);
         }
     }
 
@@ -1914,6 +2125,108 @@ mod tests {
     /// A topic quiet for the doze time warms no history up: its feed starts
     /// where the topic stands, with nothing to read until its next publish.
     /// One with a recent event, or whose feeds never doze, warms up.
+    /// A message as a stream republishes an event, with `headers`.
+    fn republished_message(headers: &[(&str, &str)]) -> async_nats::Message {
+        let mut map = async_nats::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, *value);
+        }
+        async_nats::Message {
+            subject: "sse.LIVE.sse.notes.alice".into(),
+            reply: None,
+            payload: "data".into(),
+            headers: Some(map),
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    const REPUBLISHED: [(&str, &str); 5] = [
+        ("Nats-Stream", "SSE_notes"),
+        ("Nats-Subject", "sse.notes.alice"),
+        ("Nats-Sequence", "7"),
+        ("Nats-Last-Sequence", "4"),
+        ("Nats-Time-Stamp", "2026-12-05T03:48:47.68227522Z"),
+    ];
+
+    #[test]
+    fn a_republished_event_says_its_sequence_subject_and_time() {
+        let message = republished_message(&REPUBLISHED);
+        let event = republished_of(&message, "SSE_notes").expect("republished");
+        assert_eq!(
+            (event.seq, event.subject_last, event.subject),
+            (7, 4, "sse.notes.alice")
+        );
+        let nanos = event
+            .published
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        assert_eq!(nanos % 1_000_000_000, 682_275_220);
+        assert!(
+            republished_of(&message, "SSE_other").is_none(),
+            "another stream's"
+        );
+        for missing in [
+            "Nats-Stream",
+            "Nats-Subject",
+            "Nats-Sequence",
+            "Nats-Time-Stamp",
+        ] {
+            let headers: Vec<_> = REPUBLISHED
+                .into_iter()
+                .filter(|(name, _)| *name != missing)
+                .collect();
+            assert!(
+                republished_of(&republished_message(&headers), "SSE_notes").is_none(),
+                "without {missing}"
+            );
+        }
+        let mut bad = REPUBLISHED;
+        bad[2].1 = "seven";
+        assert!(republished_of(&republished_message(&bad), "SSE_notes").is_none());
+    }
+
+    #[test]
+    fn only_an_event_with_nothing_unread_before_it_is_taken_in() {
+        let message = republished_message(&REPUBLISHED);
+        let event = republished_of(&message, "SSE_notes").unwrap();
+        // A whole topic's feed reads every sequence: only the next one.
+        assert!(takes_in(&event, 6, ""));
+        assert!(!takes_in(&event, 5, ""), "sequence 6 unread");
+        // A path feed reads its subject: the subject's previous event (4)
+        // must be at or before the head.
+        assert!(takes_in(&event, 4, "sse.notes.alice"));
+        assert!(takes_in(&event, 6, "sse.notes.alice"));
+        assert!(!takes_in(&event, 3, "sse.notes.alice"), "event 4 unread");
+        assert!(!takes_in(&event, 7, "sse.notes.alice"), "read already");
+        assert!(!takes_in(&event, 6, "sse.notes.bob"), "another path");
+        assert!(!takes_in(&event, 6, "sse.notes.*"), "a pattern");
+    }
+
+    #[test]
+    fn only_a_whole_republish_to_the_live_subjects_counts() {
+        let republish = |source: &str, destination: &str, headers_only: bool| {
+            let mut info = info();
+            info.config.republish = Some(async_nats::jetstream::stream::Republish {
+                source: source.into(),
+                destination: destination.into(),
+                headers_only,
+            });
+            republishes_live(&info, "sse")
+        };
+        assert!(republish(">", "sse.LIVE.>", false));
+        assert!(republish("", "sse.LIVE.>", false));
+        assert!(!republish(">", "sse.LIVE.>", true), "headers only");
+        assert!(
+            !republish("sse.notes.>", "sse.LIVE.>", false),
+            "some subjects"
+        );
+        assert!(!republish(">", "elsewhere.>", false), "elsewhere");
+        assert!(!republishes_live(&info(), "sse"), "no republish");
+    }
+
     #[test]
     fn only_a_topic_quiet_for_the_doze_time_warms_nothing_up() {
         let topic = || TopicName::parse("t").unwrap();

@@ -109,6 +109,8 @@ pub struct Metrics {
     /// Events that feeds woken from their doze read with a direct get,
     /// before making their consumer.
     pub feed_direct_reads: IntCounter,
+    /// Events dozing feeds took in as their stream republished them.
+    pub feed_live_reads: IntCounter,
     /// Feeds whose parked sockets' writer was found stuck and replaced.
     pub parked_writer_stalls: IntCounter,
     /// Client streams closed because they made no progress while behind
@@ -281,6 +283,10 @@ impl Metrics {
             feed_direct_reads: counter(
                 "sse_feed_direct_reads_total",
                 "Events that topic feeds woken from their doze read with a direct get, before making their consumer.",
+            ),
+            feed_live_reads: counter(
+                "sse_feed_live_reads_total",
+                "Events that dozing topic feeds took in as their stream republished them, without asking JetStream.",
             ),
             parked_writer_stalls: counter(
                 "sse_parked_writer_stalls_total",

@@ -51,7 +51,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     feed::{
-        Feed, FeedLease, FeedSettings, bounded, is_stream_not_found, stream_access, stream_epoch,
+        Feed, FeedLease, FeedSettings, bounded, is_stream_not_found, republishes_live,
+        stream_access, stream_epoch,
     },
     metrics::Metrics,
 };
@@ -382,6 +383,8 @@ impl Topics {
                     stale = true;
                 } else {
                     current.set_access(facts.access);
+                    current
+                        .set_republished(republishes_live(info, &self.0.settings.subject_prefix));
                     current.forget_before(info.state.first_sequence);
                     current.listed(info.state.last_sequence);
                 }

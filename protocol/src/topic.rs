@@ -17,6 +17,26 @@ pub const MAX_TOPIC_BYTES: usize = 64;
 /// Prefix of every topic's JetStream stream name.
 pub const STREAM_PREFIX: &str = "SSE_";
 
+/// The token under the subject prefix to which a topic's stream republishes
+/// each event it stores ([`live_subject`]). Upper case, which topic names
+/// never are, so no topic's stream captures it.
+pub const LIVE_TOKEN: &str = "LIVE";
+
+/// Where a topic's stream republishes its events: every subject it stores,
+/// whole, under `<prefix>.LIVE.`. This is the destination of the stream's
+/// `republish` (from `>`); `sse.orders.42` is republished as
+/// `sse.LIVE.sse.orders.42`, with its stream sequence, time and the
+/// subject's previous sequence in headers.
+pub fn live_destination(prefix: &str) -> String {
+    format!("{prefix}.{LIVE_TOKEN}.>")
+}
+
+/// The subject on which the stream republishes what it stores under
+/// `subject` (which may be a subscription's wildcard pattern).
+pub fn live_subject(prefix: &str, subject: &str) -> String {
+    format!("{prefix}.{LIVE_TOKEN}.{subject}")
+}
+
 /// Why a topic name or subject path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
@@ -283,6 +303,16 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_live_subjects_are_captured_by_no_topic() {
+        assert_eq!(live_destination("sse"), "sse.LIVE.>");
+        assert_eq!(
+            live_subject("sse", "sse.orders.42"),
+            "sse.LIVE.sse.orders.42"
+        );
+        assert!(TopicName::parse(LIVE_TOKEN).is_err());
+    }
 
     #[test]
     fn accepts_paths_and_wildcards() {

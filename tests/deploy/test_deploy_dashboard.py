@@ -37,6 +37,7 @@ NODE_METRICS = {
     "sse_feeds_live": set(),
     "sse_feeds_dozing": set(),
     "sse_feed_direct_reads_total": set(),
+    "sse_feed_live_reads_total": set(),
     "sse_feed_starts_total": set(),
     "sse_feed_stops_total": set(),
     "sse_jetstream_consumers": set(),

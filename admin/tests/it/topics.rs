@@ -27,6 +27,13 @@ async fn topic_life_cycle() {
         let mut stream = js.get_stream("SSE_orders").await.unwrap();
         let info = stream.info().await.unwrap();
         assert_eq!(info.config.metadata["sse.access"], "public");
+        // Each event is republished, with its sequence, where dozing feeds
+        // of nodes listen.
+        let republish = info.config.republish.as_ref().expect("a republish");
+        assert_eq!(
+            (republish.source.as_str(), republish.destination.as_str(), republish.headers_only),
+            (">", "sse.LIVE.>", false)
+        );
 
         assert_error(
             &admin.call("POST", "/v1/topics", Some(json!({"name": "orders"}))).await,
@@ -128,6 +135,51 @@ async fn topic_life_cycle() {
         assert_error(&admin.call("POST", "/v1/topics/orders/purge", None).await, 404, "orders");
         assert_error(&admin.call("GET", "/v1/topics/orders/subjects", None).await, 404, "orders");
         assert!(js.get_stream("SSE_orders").await.is_err());
+    })
+    .await;
+}
+
+/// A topic whose stream was made before topics republished their events
+/// gets the republish with its next update, and keeps its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_made_before_republish_gets_it_with_its_next_update() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        let js = nats.jetstream().await;
+        let mut stream = js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "SSE_old".into(),
+                subjects: vec!["sse.old".into(), "sse.old.>".into()],
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        js.publish("sse.old", "kept".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(stream.info().await.unwrap().config.republish.is_none());
+        let (status, patched) = admin
+            .call(
+                "PATCH",
+                "/v1/topics/old",
+                Some(json!({"max_age_seconds": 60})),
+            )
+            .await;
+        assert_eq!(status, 200, "{patched}");
+        assert_eq!(patched["messages"], 1);
+        let info = stream.info().await.unwrap();
+        assert_eq!(
+            info.config
+                .republish
+                .as_ref()
+                .map(|r| r.destination.as_str()),
+            Some("sse.LIVE.>")
+        );
+        assert_eq!(info.config.max_age, std::time::Duration::from_secs(60));
     })
     .await;
 }

@@ -613,11 +613,42 @@ async fn a_quiet_feed_lets_its_consumer_go_and_reads_on_exactly_when_woken() {
 /// that consumer stands), which it keeps for `delivery.feed_doze_seconds`
 /// too, as its topic got busy, before it dozes once more. Every event comes
 /// once and in order, and a resume from an event read either way is exact.
+/// This for a topic made before streams republished their events.
 #[tokio::test]
 async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
+    dozing_feed_reads_a_sparse_topic(false).await;
+}
+
+/// The same for a topic whose stream republishes its events, as the admin
+/// service's do: the feed takes each event in as it is republished, with
+/// no direct get (a burst too), and makes a consumer for a topic that gets
+/// busy all the same.
+#[tokio::test]
+async fn a_dozing_feed_takes_a_republished_sparse_topic_in_as_it_comes() {
+    dozing_feed_reads_a_sparse_topic(true).await;
+}
+
+/// The metric that counts the events a dozing feed read: with direct gets,
+/// or taken in as the stream republished them.
+fn dozing_reads(republished: bool) -> &'static str {
+    if republished {
+        "sse_feed_live_reads_total"
+    } else {
+        "sse_feed_direct_reads_total"
+    }
+}
+
+async fn dozing_feed_reads_a_sparse_topic(republished: bool) {
+    let reads = dozing_reads(republished);
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    create_topic(&js, "sparse", None).await;
+    if republished {
+        create_topic(&js, "sparse", None).await;
+    } else {
+        js.create_stream(topic_without_republish("sparse"))
+            .await
+            .expect("create stream");
+    }
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "SSE_plain".into(),
         subjects: vec!["sse.plain".into(), "sse.plain.>".into()],
@@ -655,6 +686,11 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
         .then_some(())
     };
     eventually(T, "the plain topic's feed to make its consumer", dozing).await;
+    // The gauge counts a feed dozing before it listens; once an event came
+    // (heard, or read at the doze's first look) it listens.
+    publish(&js, "sparse", "warm").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["warm"]);
+    let base = node.metric(reads).await;
     let mut expected = Vec::new();
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -667,9 +703,9 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
         // A consumer would be made before the event is read, and the
         // event counted as read directly only without one.
         assert_eq!(
-            node.metric("sse_feed_direct_reads_total").await,
+            node.metric(reads).await - base,
             (i + 1) as f64,
-            "event {i} read with a direct get"
+            "event {i} read without a consumer"
         );
         assert_eq!(node.metric("sse_feeds_dozing").await, 1.0, "still dozing");
     }
@@ -705,15 +741,19 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     assert_eq!(data_of(&events), expected[5..]);
     ids.extend(events.into_iter().map(|e| e.id));
     assert_eq!(
-        node.metric("sse_feed_direct_reads_total").await,
+        node.metric(reads).await - base,
         45.0,
         "the burst read directly"
     );
     let gets = received_by_now(&js, &mut direct_gets).await;
-    assert!(
-        (1..10).contains(&gets),
-        "the burst's 40 events took {gets} direct gets"
-    );
+    if republished {
+        assert_eq!(gets, 0, "the burst's 40 events taken in as republished");
+    } else {
+        assert!(
+            (1..10).contains(&gets),
+            "the burst's 40 events took {gets} direct gets"
+        );
+    }
     // A second: a consumer made for the burst would stand by then, and the
     // next events start a window of direct gets of their own.
     assert!(
@@ -730,6 +770,11 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     // consumer then delivers again what those reads took in, and the feed
     // skips it.
     for i in 0..20 {
+        if republished {
+            // Republished events count once for all that come within
+            // 50 ms: these come one by one, further apart.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
         let data = format!("busy-{i}");
         publish(&js, "sparse", &data).await;
         expected.push(data);
@@ -741,7 +786,7 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     tokio::time::timeout(T, created.next())
         .await
         .expect("a consumer made for the busy topic");
-    let direct = node.metric("sse_feed_direct_reads_total").await;
+    let direct = node.metric(reads).await - base;
     assert!(
         direct - 45.0 >= 10.0,
         "the busy topic's first ten events were read directly ({} direct reads)",
@@ -750,8 +795,8 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     assert_eq!(
         node.metric(r#"sse_feed_events_total{topic="sparse"}"#)
             .await,
-        65.0,
-        "each event read once, none counted again when the consumer delivered it"
+        66.0,
+        "each event (and the first) read once, none counted again when the consumer delivered it"
     );
     eventually(
         T,
@@ -774,7 +819,7 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
     expected.push("after".into());
     assert_eq!(data_of(&client.take(1, T).await), ["after"]);
     assert_eq!(
-        node.metric("sse_feed_direct_reads_total").await,
+        node.metric(reads).await - base,
         direct + 1.0,
         "read directly again once dozing"
     );
@@ -798,12 +843,32 @@ async fn a_dozing_feed_reads_a_sparse_topic_without_a_consumer() {
 
 /// A dozing feed of one user's path reads that path's events with direct
 /// gets, stepping over other users' events, without a consumer, a burst of
-/// them with a get or a few; a resume is exact.
+/// them with a get or a few; a resume is exact. This for a topic made
+/// before streams republished their events.
 #[tokio::test]
 async fn a_dozing_path_feed_reads_its_path_without_a_consumer() {
+    dozing_path_feed_reads_its_path(false).await;
+}
+
+/// The same for a topic whose stream republishes its events: the path feed
+/// hears only its path's, and takes each in as it comes, with no direct
+/// get.
+#[tokio::test]
+async fn a_dozing_path_feed_takes_its_republished_path_in_as_it_comes() {
+    dozing_path_feed_reads_its_path(true).await;
+}
+
+async fn dozing_path_feed_reads_its_path(republished: bool) {
+    let reads = dozing_reads(republished);
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    create_topic(&js, "notes", None).await;
+    if republished {
+        create_topic(&js, "notes", None).await;
+    } else {
+        js.create_stream(topic_without_republish("notes"))
+            .await
+            .expect("create stream");
+    }
     let node = NodeProc::start(
         &nats.url(),
         &[
@@ -819,6 +884,10 @@ async fn a_dozing_path_feed_reads_its_path_without_a_consumer() {
         .then_some(())
     })
     .await;
+    // Once an event came the feed listens (see the sparse topic's test).
+    publish(&js, "notes.alice", "warm").await;
+    assert_eq!(data_of(&alice.take(1, T).await), ["warm"]);
+    let base = node.metric(reads).await;
     let mut expected = Vec::new();
     let mut ids = Vec::new();
     for i in 0..4 {
@@ -830,9 +899,9 @@ async fn a_dozing_path_feed_reads_its_path_without_a_consumer() {
         assert_eq!(data_of(&events), expected[i..]);
         ids.extend(events.into_iter().map(|e| e.id));
         assert_eq!(
-            node.metric("sse_feed_direct_reads_total").await,
+            node.metric(reads).await - base,
             (i + 1) as f64,
-            "alice's event {i} read with a direct get"
+            "alice's event {i} read without a consumer"
         );
     }
     assert_eq!(consumer_count(&js, "SSE_notes").await, Some(0));
@@ -861,15 +930,22 @@ async fn a_dozing_path_feed_reads_its_path_without_a_consumer() {
     assert_eq!(data_of(&events), expected[4..]);
     ids.extend(events.into_iter().map(|e| e.id));
     assert_eq!(
-        node.metric("sse_feed_direct_reads_total").await,
+        node.metric(reads).await - base,
         14.0,
         "alice's burst read directly"
     );
     let gets = received_by_now(&js, &mut direct_gets).await;
-    assert!(
-        (1..10).contains(&gets),
-        "alice's 10 events of the burst took {gets} direct gets"
-    );
+    if republished {
+        assert_eq!(
+            gets, 0,
+            "alice's 10 events of the burst taken in as republished"
+        );
+    } else {
+        assert!(
+            (1..10).contains(&gets),
+            "alice's 10 events of the burst took {gets} direct gets"
+        );
+    }
     assert_eq!(consumer_count(&js, "SSE_notes").await, Some(0));
     assert!(
         alice.next_event(Duration::from_millis(300)).await.is_err(),
@@ -921,7 +997,7 @@ async fn a_feed_counts_its_topics_quiet_time_from_the_topics_last_event() {
         ],
     )
     .await;
-    let watcher = async_nats::connect(nats.url()).await.unwrap();
+    let watcher = connect_to(&nats.url()).await.unwrap();
     let mut made_for_quiet = watcher
         .subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.*.>")
         .await
@@ -1029,19 +1105,24 @@ async fn publish_on(js: &async_nats::jetstream::Context, subject: &str, data: &'
         .expect("ack");
 }
 
-/// Creates `topic`, and starts a node whose feeds doze after a second and
-/// take no periodic look within a test's time, listing the topics every
-/// `refresh_seconds`; returns it with a client of the topic, once the
-/// topic's feed dozes, and the topic's stream config.
+/// Creates `topic` without republish (its feed hears the publishes
+/// themselves), and starts a node, connected as `user` (the tester when
+/// `None`), whose feeds doze after a second and take no periodic look
+/// within a test's time, listing the topics every `refresh_seconds`;
+/// returns it with a client of the topic, once the topic's feed dozes, and
+/// the topic's stream config.
 async fn dozing_feed(
     nats: &Nats,
     js: &async_nats::jetstream::Context,
     topic: &str,
     refresh_seconds: &str,
+    user: Option<&str>,
 ) -> (NodeProc, SseClient, async_nats::jetstream::stream::Config) {
-    create_topic(js, topic, None).await;
+    js.create_stream(topic_without_republish(topic))
+        .await
+        .expect("create stream");
     let node = NodeProc::start(
-        &nats.url(),
+        &user.map_or_else(|| nats.url(), |user| nats.url_as(user)),
         &[
             ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
             ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
@@ -1074,7 +1155,7 @@ async fn dozing_feed(
 async fn a_publish_a_dozing_feed_did_not_hear_is_read_after_the_next_listing() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    let (_node, mut client, config) = dozing_feed(&nats, &js, "hidden", "1").await;
+    let (_node, mut client, config) = dozing_feed(&nats, &js, "hidden", "1", None).await;
     js.update_stream(relayed_config(config, "hidden"))
         .await
         .expect("update stream");
@@ -1095,7 +1176,7 @@ async fn publishes_a_dozing_feed_did_not_hear_are_read_with_the_next_one_it_hear
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     // No listing within the test's time reads them either.
-    let (node, mut client, mut config) = dozing_feed(&nats, &js, "missed", "60").await;
+    let (node, mut client, mut config) = dozing_feed(&nats, &js, "missed", "60", None).await;
     let topic_subjects = config.subjects.clone();
     config = relayed_config(config, "missed");
     config.subjects.extend(topic_subjects);
@@ -1111,6 +1192,65 @@ async fn publishes_a_dozing_feed_did_not_hear_are_read_with_the_next_one_it_hear
     );
     assert_eq!(node.metric("sse_feed_direct_reads_total").await, 3.0);
     assert_eq!(consumer_count(&js, "SSE_missed").await, Some(0));
+}
+
+/// Republished events a dozing feed did not hear (here the node's NATS user
+/// may not hear one path's) are read directly with the next one it hears,
+/// in order; the next one that follows is taken in as it comes.
+#[tokio::test]
+async fn republished_events_a_dozing_feed_did_not_hear_are_read_with_the_next_one() {
+    let nats = Nats::start_with_users(
+        r#"{user: node, password: node, permissions: {
+            publish: ">", subscribe: {allow: ">", deny: "sse.LIVE.sse.gaps.unheard"}}}"#,
+    )
+    .await;
+    let js = nats.jetstream().await;
+    let (node, mut client, mut config) = dozing_feed(&nats, &js, "gaps", "60", Some("node")).await;
+    config.republish = Some(async_nats::jetstream::stream::Republish {
+        source: ">".into(),
+        destination: "sse.LIVE.>".into(),
+        headers_only: false,
+    });
+    js.update_stream(config).await.expect("update stream");
+    // The registry hears of the update and the dozing feed listens to the
+    // republished events from then on.
+    publish(&js, "gaps.heard", "first").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["first"]);
+    let deadline = std::time::Instant::now() + T;
+    while node.metric("sse_feed_live_reads_total").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed never took a republished event in"
+        );
+        publish(&js, "gaps.heard", "probe").await;
+        assert_eq!(data_of(&client.take(1, T).await), ["probe"]);
+    }
+    let taken = node.metric("sse_feed_live_reads_total").await;
+    let direct = node.metric("sse_feed_direct_reads_total").await;
+    publish(&js, "gaps.unheard", "unheard-1").await;
+    publish(&js, "gaps.unheard", "unheard-2").await;
+    publish(&js, "gaps.heard", "heard").await;
+    assert_eq!(
+        data_of(&client.take(3, Duration::from_secs(3)).await),
+        ["unheard-1", "unheard-2", "heard"]
+    );
+    assert_eq!(
+        node.metric("sse_feed_direct_reads_total").await - direct,
+        3.0,
+        "the gap read with direct gets, up to the event heard"
+    );
+    publish(&js, "gaps.heard", "next").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["next"]);
+    assert_eq!(
+        node.metric("sse_feed_live_reads_total").await - taken,
+        1.0,
+        "the event after the gap taken in as republished"
+    );
+    assert!(
+        client.next_event(Duration::from_millis(300)).await.is_err(),
+        "no duplicate"
+    );
+    assert_eq!(consumer_count(&js, "SSE_gaps").await, Some(0));
 }
 
 /// A topic whose stream stores events under other subjects than it takes

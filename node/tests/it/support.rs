@@ -58,26 +58,63 @@ pub(crate) struct Nats {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// The tests' own user, on a server started with users.
+    user: Option<String>,
+}
+
+/// Connects to `url`, with the credentials it carries, as the node does.
+pub(crate) async fn connect_to(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let addr: async_nats::ServerAddr = url.parse().expect("a NATS URL");
+    sse_protocol::nats_url::with_url_credentials(
+        async_nats::ConnectOptions::new(),
+        std::slice::from_ref(&addr),
+    )
+    .connect(addr)
+    .await
 }
 
 impl Nats {
     /// Starts a server and waits until JetStream answers.
     pub(crate) async fn start() -> Self {
+        Self::start_with_users("").await
+    }
+
+    /// Starts a server whose config file says `authorization { <users> }`
+    /// (none when empty); every user may connect as [`Nats::TESTER`] and
+    /// as any other user the block names, and the server counts as up once
+    /// JetStream answers the tester.
+    pub(crate) async fn start_with_users(users: &str) -> Self {
         let mut nats = Self {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
+            user: (!users.is_empty()).then(|| Self::TESTER.to_owned()),
         };
+        let config = if users.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "authorization {{ users = [ {{user: {0}, password: {0}}}, {users} ] }}\n",
+                Self::TESTER
+            )
+        };
+        std::fs::write(nats.dir.path().join("nats.conf"), config).expect("write nats.conf");
         nats.spawn().await;
         nats
     }
 
+    /// The user, with itself as the password, that a server started with
+    /// users has for the tests' own connections.
+    pub(crate) const TESTER: &str = "tester";
+
     async fn spawn(&mut self) {
         let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(self.dir.path().join("nats.conf"))
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
-            .arg(self.dir.path())
+            .arg(self.dir.path().join("store"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -88,7 +125,7 @@ impl Nats {
         eventually(Duration::from_secs(15), "nats-server to accept", || {
             let url = url.clone();
             async move {
-                let client = async_nats::connect(&url).await.ok()?;
+                let client = connect_to(&url).await.ok()?;
                 jetstream::new(client)
                     .query_account()
                     .await
@@ -99,9 +136,17 @@ impl Nats {
         .await;
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>`, as the tester on a server with users.
     pub(crate) fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        match &self.user {
+            Some(user) => self.url_as(user),
+            None => format!("nats://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The server's URL as `user`, whose password is its name.
+    pub(crate) fn url_as(&self, user: &str) -> String {
+        format!("nats://{user}:{user}@127.0.0.1:{}", self.port)
     }
 
     /// Kills the server; its store stays.
@@ -119,7 +164,7 @@ impl Nats {
 
     /// A JetStream context on a fresh connection.
     pub(crate) async fn jetstream(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(self.url()).await.expect("connect"))
+        jetstream::new(connect_to(&self.url()).await.expect("connect"))
     }
 }
 
@@ -138,19 +183,32 @@ pub(crate) const NO_MEMORY: [(&str, &str); 2] = [
     ("SSE_HISTORY__WARM_EVENTS", "0"),
 ];
 
-/// Creates topic `name`: the stream `SSE_<name>` capturing `sse.<name>` and
-/// `sse.<name>.>`.
+/// Creates topic `name` as the admin service does: the stream `SSE_<name>`
+/// capturing `sse.<name>` and `sse.<name>.>`, allowing direct gets and
+/// republishing each event to `sse.LIVE.<subject>`.
 pub(crate) async fn create_topic(js: &jetstream::Context, name: &str, max_age: Option<Duration>) {
     js.create_stream(stream::Config {
-        name: format!("SSE_{name}"),
-        subjects: vec![format!("sse.{name}"), format!("sse.{name}.>")],
         max_age: max_age.unwrap_or_default(),
-        // As the admin service makes a topic's stream.
-        allow_direct: true,
-        ..Default::default()
+        republish: Some(stream::Republish {
+            source: ">".into(),
+            destination: "sse.LIVE.>".into(),
+            headers_only: false,
+        }),
+        ..topic_without_republish(name)
     })
     .await
     .expect("create stream");
+}
+
+/// The stream of topic `name` as the admin service made it before its
+/// streams republished their events.
+pub(crate) fn topic_without_republish(name: &str) -> stream::Config {
+    stream::Config {
+        name: format!("SSE_{name}"),
+        subjects: vec![format!("sse.{name}"), format!("sse.{name}.>")],
+        allow_direct: true,
+        ..Default::default()
+    }
 }
 
 /// Creates topic `name` as [`create_topic`] does, private: its stream

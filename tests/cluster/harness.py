@@ -491,7 +491,7 @@ class Cluster:
 
         async def go():
             import nats
-            from nats.js.api import StreamConfig
+            from nats.js.api import RePublish, StreamConfig
 
             nc = await nats.connect(servers=self.nats_urls, connect_timeout=2)
             try:
@@ -502,13 +502,18 @@ class Cluster:
                 while True:
                     try:
                         # As the admin service makes a topic's stream, with
-                        # direct gets allowed, unless a test says otherwise.
+                        # direct gets allowed and each event republished to
+                        # the live subjects, unless a test says otherwise.
                         await js.add_stream(
                             StreamConfig(
                                 name=f"SSE_{name}",
                                 subjects=[f"sse.{name}", f"sse.{name}.>"],
                                 num_replicas=replicas,
-                                **{"allow_direct": True, **cfg},
+                                **{
+                                    "allow_direct": True,
+                                    "republish": RePublish(src=">", dest="sse.LIVE.>"),
+                                    **cfg,
+                                },
                             )
                         )
                         break

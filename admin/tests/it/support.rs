@@ -59,8 +59,14 @@ pub(crate) struct NatsServer {
 impl NatsServer {
     /// Starts a server on a port it picks itself, and waits until it listens.
     pub(crate) fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts a server as [`NatsServer::start`] does, with more arguments
+    /// (`--user`, `--pass`, say).
+    pub(crate) fn start_with_args(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (child, url) = Self::spawn(&dir, "-1");
+        let (child, url) = Self::spawn(&dir, "-1", args);
         Self {
             child: Some(child),
             url,
@@ -72,13 +78,14 @@ impl NatsServer {
     pub(crate) fn restart(&mut self) {
         self.stop();
         let port = self.url.rsplit(':').next().expect("port").to_owned();
-        let (child, url) = Self::spawn(&self._dir, &port);
+        let (child, url) = Self::spawn(&self._dir, &port, &[]);
         assert_eq!(url, self.url);
         self.child = Some(child);
     }
 
-    fn spawn(dir: &tempfile::TempDir, port: &str) -> (Child, String) {
+    fn spawn(dir: &tempfile::TempDir, port: &str, args: &[&str]) -> (Child, String) {
         let child = Command::new("nats-server")
+            .args(args)
             .args(["-js", "-a", "127.0.0.1", "-p", port, "-sd"])
             .arg(dir.path().join("js"))
             .arg("--ports_file_dir")

@@ -139,6 +139,41 @@ async fn topic_life_cycle() {
     .await;
 }
 
+/// A NATS server that asks for a user and password gets those of the URL
+/// (percent-encoded there); wrong ones keep admin unready, and its
+/// readiness answer does not show them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credentials_of_the_nats_url_are_sent() {
+    bounded(async {
+        let nats = NatsServer::start_with_args(&["--user", "admin", "--pass", "p@ss:word"]);
+        let with = |password: &str| {
+            nats.url
+                .replacen("nats://", &format!("nats://admin:{password}@"), 1)
+        };
+        let admin =
+            Admin::start_with(crate::support::test_config(&with("p%40ss%3Aword"), "")).await;
+        admin.create_topic(json!({"name": "guarded"})).await;
+
+        let refused = Admin::spawn(crate::support::test_config(&with("wrong%20one"), "")).await;
+        let ready = format!("{}/readyz", refused.base);
+        for _ in 0..10 {
+            let response = refused.http.get(&ready).send().await.unwrap();
+            assert_eq!(
+                response.status().as_u16(),
+                503,
+                "ready without valid credentials"
+            );
+            let text = response.text().await.unwrap();
+            assert!(
+                !text.contains("wrong"),
+                "the password in the answer: {text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
 /// A topic whose stream was made before topics republished their events
 /// gets the republish with its next update, and keeps its events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

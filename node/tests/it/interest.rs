@@ -638,17 +638,27 @@ fn dozing_reads(republished: bool) -> &'static str {
     }
 }
 
+/// Creates topic `name` as the admin service makes it, or, unless
+/// `republished`, as it did before its streams republished their events.
+async fn create_topic_republishing(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    republished: bool,
+) {
+    if republished {
+        create_topic(js, name, None).await;
+    } else {
+        js.create_stream(topic_without_republish(name))
+            .await
+            .expect("create stream");
+    }
+}
+
 async fn dozing_feed_reads_a_sparse_topic(republished: bool) {
     let reads = dozing_reads(republished);
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    if republished {
-        create_topic(&js, "sparse", None).await;
-    } else {
-        js.create_stream(topic_without_republish("sparse"))
-            .await
-            .expect("create stream");
-    }
+    create_topic_republishing(&js, "sparse", republished).await;
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "SSE_plain".into(),
         subjects: vec!["sse.plain".into(), "sse.plain.>".into()],
@@ -862,13 +872,7 @@ async fn dozing_path_feed_reads_its_path(republished: bool) {
     let reads = dozing_reads(republished);
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    if republished {
-        create_topic(&js, "notes", None).await;
-    } else {
-        js.create_stream(topic_without_republish("notes"))
-            .await
-            .expect("create stream");
-    }
+    create_topic_republishing(&js, "notes", republished).await;
     let node = NodeProc::start(
         &nats.url(),
         &[

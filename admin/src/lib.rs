@@ -67,6 +67,7 @@ pub async fn run(
     let client = connect(&config).await?;
     let state = AppState::new(config, client.clone(), shutdown.clone());
     tokio::spawn(publish::watch_stream_advisories(state.clone()));
+    tokio::spawn(topics::republish_older_topics(state.clone()));
 
     let address = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%address, "admin listening");

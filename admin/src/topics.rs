@@ -295,6 +295,51 @@ pub fn live_republish(prefix: &str) -> stream::Republish {
     }
 }
 
+/// Gives every topic whose stream does not republish its events the
+/// republish ([`live_republish`]), so that topics made by an earlier
+/// version read sparse events as cheaply as new ones, without an update
+/// each. Runs once NATS answers, again every few seconds (up to 30) until a
+/// listing of the topics succeeds; a stream that refuses is logged and left
+/// as it is.
+pub async fn republish_older_topics(state: AppState) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match list_infos(&state).await {
+            Ok(topics) => {
+                let mut added = 0usize;
+                for (topic, info) in topics {
+                    if info.config.republish.is_some() {
+                        continue;
+                    }
+                    let mut config = info.config;
+                    config.republish = Some(live_republish(state.prefix()));
+                    match state.jetstream.update_stream(&config).await {
+                        Ok(_) => {
+                            added += 1;
+                            state.forget_stream(&config.name);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%topic, %error, "cannot give the topic's stream its republish; its feeds read with direct gets")
+                        }
+                    }
+                }
+                if added > 0 {
+                    tracing::info!(topics = added, "older topics now republish their events");
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot list topics to give older ones their republish yet")
+            }
+        }
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
 /// Whether a stream is one of this deployment's topics: named `SSE_<topic>`
 /// and capturing `<prefix>.<topic>`.
 pub fn topic_of_stream(config: &stream::Config, prefix: &str) -> Option<TopicName> {

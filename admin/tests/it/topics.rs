@@ -175,45 +175,57 @@ async fn the_credentials_of_the_nats_url_are_sent() {
 }
 
 /// A topic whose stream was made before topics republished their events
-/// gets the republish with its next update, and keeps its events.
+/// gets the republish when admin starts, and one made without it while
+/// admin runs gets it with its next update; both keep their events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_topic_made_before_republish_gets_it_with_its_next_update() {
+async fn topics_made_before_republish_get_it() {
     bounded(async {
         let nats = NatsServer::start();
-        let admin = Admin::start(&nats).await;
         let js = nats.jetstream().await;
-        let mut stream = js
-            .create_stream(async_nats::jetstream::stream::Config {
-                name: "SSE_old".into(),
-                subjects: vec!["sse.old".into(), "sse.old.>".into()],
-                allow_direct: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let old_stream = |name: &str| async_nats::jetstream::stream::Config {
+            name: format!("SSE_{name}"),
+            subjects: vec![format!("sse.{name}"), format!("sse.{name}.>")],
+            allow_direct: true,
+            ..Default::default()
+        };
+        let republishes = |config: &async_nats::jetstream::stream::Config| {
+            config.republish.as_ref().map(|r| r.destination.clone())
+        };
+        let mut old = js.create_stream(old_stream("old")).await.unwrap();
         js.publish("sse.old", "kept".into())
             .await
             .unwrap()
             .await
             .unwrap();
-        assert!(stream.info().await.unwrap().config.republish.is_none());
+        assert_eq!(republishes(&old.info().await.unwrap().config), None);
+
+        let admin = Admin::start(&nats).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let info = old.info().await.unwrap();
+            if republishes(&info.config).is_some() {
+                assert_eq!(republishes(&info.config).as_deref(), Some("sse.LIVE.>"));
+                assert_eq!(info.state.messages, 1);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the older topic never got its republish"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+
+        let mut later = js.create_stream(old_stream("later")).await.unwrap();
         let (status, patched) = admin
             .call(
                 "PATCH",
-                "/v1/topics/old",
+                "/v1/topics/later",
                 Some(json!({"max_age_seconds": 60})),
             )
             .await;
         assert_eq!(status, 200, "{patched}");
-        assert_eq!(patched["messages"], 1);
-        let info = stream.info().await.unwrap();
-        assert_eq!(
-            info.config
-                .republish
-                .as_ref()
-                .map(|r| r.destination.as_str()),
-            Some("sse.LIVE.>")
-        );
+        let info = later.info().await.unwrap();
+        assert_eq!(republishes(&info.config).as_deref(), Some("sse.LIVE.>"));
         assert_eq!(info.config.max_age, std::time::Duration::from_secs(60));
     })
     .await;

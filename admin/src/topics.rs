@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 pub use sse_protocol::Access;
-use sse_protocol::{SubjectPath, TopicName, grant::ACCESS_METADATA_KEY};
+use sse_protocol::{SubjectPath, TopicName, grant::ACCESS_METADATA_KEY, topic::live_republish};
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
@@ -281,18 +281,6 @@ fn stream_config(
     };
     set_max_age(&mut config, body.max_age_seconds.unwrap_or(0))?;
     Ok(config)
-}
-
-/// The republish of every topic's stream: each event it stores goes out
-/// again, with its sequence, to `<prefix>.LIVE.<subject>`, where a node
-/// whose feed of a quiet topic let its consumer go hears it and takes it
-/// in without asking JetStream for it.
-pub fn live_republish(prefix: &str) -> stream::Republish {
-    stream::Republish {
-        source: ">".to_owned(),
-        destination: sse_protocol::topic::live_destination(prefix),
-        headers_only: false,
-    }
 }
 
 /// Gives every topic whose stream does not republish its events the

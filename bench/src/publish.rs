@@ -96,11 +96,7 @@ impl Publisher {
                 },
                 // As the admin service makes a topic's stream.
                 allow_direct: true,
-                republish: republish.then(|| async_nats::jetstream::stream::Republish {
-                    source: ">".to_owned(),
-                    destination: sse_protocol::topic::live_destination(prefix),
-                    headers_only: false,
-                }),
+                republish: republish.then(|| sse_protocol::topic::live_republish(prefix)),
                 ..Default::default()
             })
             .await

@@ -31,6 +31,19 @@ pub fn live_destination(prefix: &str) -> String {
     format!("{prefix}.{LIVE_TOKEN}.>")
 }
 
+/// The republish of every topic's stream: each event it stores goes out
+/// again, whole, with its sequence, to [`live_destination`], where a node
+/// whose feed of a quiet topic let its consumer go hears it and takes it
+/// in without asking JetStream for it. Needs the `nats` feature.
+#[cfg(feature = "nats")]
+pub fn live_republish(prefix: &str) -> async_nats::jetstream::stream::Republish {
+    async_nats::jetstream::stream::Republish {
+        source: ">".to_owned(),
+        destination: live_destination(prefix),
+        headers_only: false,
+    }
+}
+
 /// The subject on which the stream republishes what it stores under
 /// `subject` (which may be a subscription's wildcard pattern).
 pub fn live_subject(prefix: &str, subject: &str) -> String {

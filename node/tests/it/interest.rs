@@ -1210,11 +1210,7 @@ async fn republished_events_a_dozing_feed_did_not_hear_are_read_with_the_next_on
     .await;
     let js = nats.jetstream().await;
     let (node, mut client, mut config) = dozing_feed(&nats, &js, "gaps", "60", Some("node")).await;
-    config.republish = Some(async_nats::jetstream::stream::Republish {
-        source: ">".into(),
-        destination: "sse.LIVE.>".into(),
-        headers_only: false,
-    });
+    config.republish = Some(sse_protocol::topic::live_republish("sse"));
     js.update_stream(config).await.expect("update stream");
     // The registry hears of the update and the dozing feed listens to the
     // republished events from then on.

@@ -189,11 +189,7 @@ pub(crate) const NO_MEMORY: [(&str, &str); 2] = [
 pub(crate) async fn create_topic(js: &jetstream::Context, name: &str, max_age: Option<Duration>) {
     js.create_stream(stream::Config {
         max_age: max_age.unwrap_or_default(),
-        republish: Some(stream::Republish {
-            source: ">".into(),
-            destination: "sse.LIVE.>".into(),
-            headers_only: false,
-        }),
+        republish: Some(sse_protocol::topic::live_republish("sse")),
         ..topic_without_republish(name)
     })
     .await

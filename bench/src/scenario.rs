@@ -640,6 +640,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         );
     }
     tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+    // What a profiler attached to the server waits for (`scripts/bench
+    // --profile`): from here on the samples are the scenario's, not the
+    // connections'.
+    eprintln!("connected {} of {subscribers}; starting", now.ever_ready);
     // The consumer probe (`--probe 1`, sse-node, one topic) reads from now.
     let probe = if args.or("probe", 0u8)? == 1 && target == Target::Node {
         let url = args.get("nats").unwrap_or("nats://127.0.0.1:4222");

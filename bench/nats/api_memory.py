@@ -10,6 +10,10 @@ each round:
   info    one STREAM.INFO per stream (a feed starting, or a dozing feed's look)
   list    one full STREAM.LIST, page by page (a node's listing of its topics)
   names   one STREAM.NAMES (a node's relisting when few feeds run)
+  next    one direct get per stream of its first message past the last
+          (none: the answer is 404), what a look at a whole topic could ask
+  last    one direct get per stream of the last message of its subject
+          `sse.t<i>.x`, what a path feed's look asks
   wait    nothing for 10 s
 
 One JSON line per run on stdout, with the RSS in KiB at the start and after
@@ -47,7 +51,10 @@ async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
     nc = await nats.connect(f"nats://127.0.0.1:{port}")
     js = nc.jetstream()
     for i in range(args.topics):
-        await js.add_stream(StreamConfig(name=f"SSE_t{i}", subjects=[f"sse.t{i}", f"sse.t{i}.>"]))
+        # Direct gets allowed, as the admin service makes topic streams.
+        await js.add_stream(
+            StreamConfig(name=f"SSE_t{i}", subjects=[f"sse.t{i}", f"sse.t{i}.>"], allow_direct=True)
+        )
         if args.with_message:
             await js.publish(f"sse.t{i}.x", b"x" * 100)
     await asyncio.sleep(args.settle)
@@ -70,6 +77,12 @@ async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
                 offset += len(page)
         elif step == "names":
             await nc.request("$JS.API.STREAM.NAMES", b"{}", timeout=10)
+        elif step in ("next", "last"):
+            for i in range(args.topics):
+                request = (
+                    {"seq": 2, "next_by_subj": ">"} if step == "next" else {"last_by_subj": f"sse.t{i}.x"}
+                )
+                await nc.request(f"$JS.API.DIRECT.GET.SSE_t{i}", json.dumps(request).encode(), timeout=10)
         elif step == "wait":
             await asyncio.sleep(10)
         else:

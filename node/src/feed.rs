@@ -873,7 +873,12 @@ fn republished_of<'a>(
         seq: value("Nats-Sequence")?.parse().ok()?,
         subject_last: value("Nats-Last-Sequence").map_or(Some(0), |v| v.parse().ok())?,
         subject: value("Nats-Subject")?,
-        published: nats_time(value("Nats-Time-Stamp")?)?,
+        published: time::OffsetDateTime::parse(
+            value("Nats-Time-Stamp")?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?
+        .into(),
     })
 }
 
@@ -1173,7 +1178,6 @@ impl Reader {
                     self.doze_after,
                     next,
                     filter_subject.clone(),
-                    self.direct_reads,
                 ))
                 .await?
             }
@@ -1568,14 +1572,12 @@ impl Reader {
         }
         if direct.in_window >= DIRECT_GETS_MAX && direct.making.is_none() {
             debug!(topic = %self.feed.topic, head = self.feed.head(), "topic is busy; making a consumer");
-            // A busy topic is not quiet: no need to ask.
             direct.making = Some(tokio::spawn(open_consumer(
                 self.js.clone(),
                 self.feed.clone(),
                 self.doze_after,
                 self.feed.head() + 1,
                 filter_subject.to_owned(),
-                false,
             )));
         }
     }
@@ -1698,7 +1700,7 @@ impl Reader {
             }
             // A deleted or recreated topic is the registry's to act on: it
             // closes the feed.
-            let answered = match self.look(&stream, &filter_subject, direct.is_some()).await {
+            let answered = match self.look(&stream, &filter_subject).await {
                 Ok(Some(last)) if last > self.feed.head().max(self.nothing_until) => {
                     let Some(direct) = direct.as_mut() else {
                         return Wake::Read;
@@ -1843,21 +1845,11 @@ impl Reader {
     /// A dozing feed's look at JetStream: the last sequence the stream holds
     /// of `filter_subject` (of any subject when empty), or `None` when the
     /// stream is of another epoch than the feed's.
-    ///
-    /// A feed that reads directly asks with a direct get ([`last_event`]),
-    /// and leaves a change of epoch to the registry, which hears of it from
-    /// the stream's advisories and listings and closes the feed.
     async fn look(
         &self,
         stream: &jetstream::stream::Stream<()>,
         filter_subject: &str,
-        reads_directly: bool,
     ) -> Result<Option<u64>, async_nats::Error> {
-        if reads_directly {
-            return last_event(&self.js.client(), self.feed.stream_name(), filter_subject)
-                .await
-                .map(|last| Some(last.map_or(0, |(seq, _)| seq)));
-        }
         if !filter_subject.is_empty() {
             return last_stored(stream, filter_subject).await.map(Some);
         }
@@ -1944,31 +1936,7 @@ async fn open_consumer(
     doze_after: Option<Duration>,
     next: u64,
     filter_subject: String,
-    reads_directly: bool,
 ) -> Result<Opening, async_nats::Error> {
-    // A topic already quiet for the doze time is found with one direct get
-    // of its last event, without the stream's info (see [`last_event`]):
-    // that is how most feeds over many quiet topics start. The epoch is
-    // checked below once a consumer is to be made; until then a stream
-    // recreated is the registry's to see.
-    if reads_directly
-        && let Some(after) = doze_after
-        && feed.head() <= feed.live_from
-        && let Ok(last) = last_event(&js.client(), feed.stream_name(), "").await
-    {
-        let (stream_last, quiet_for) = match last {
-            None => (0, Duration::MAX),
-            Some((seq, stored)) => (
-                seq,
-                SystemTime::now().duration_since(stored).unwrap_or_default(),
-            ),
-        };
-        if next > stream_last && quiet_for >= after {
-            return Ok(Opening::Quiet {
-                nothing_until: stream_last.max(next - 1),
-            });
-        }
-    }
     let stream = match bounded_for(FEED_CALL_TIMEOUT, js.get_stream(feed.stream_name())).await {
         Ok(stream) => stream,
         Err(e) => {
@@ -2056,71 +2024,6 @@ fn topic_quiet_for(state: &jetstream::stream::State) -> Duration {
     SystemTime::now()
         .duration_since(SystemTime::from(state.last_timestamp))
         .unwrap_or_default()
-}
-
-/// The last event the stream `stream_name` holds of `filter_subject` (of
-/// any subject when empty), asked with a direct get: its sequence and
-/// JetStream time; `None` when it holds none.
-///
-/// Not the stream's info: nats-server 2.15 keeps about 11 KB of memory for
-/// each STREAM.INFO it answers about a stream that holds messages, round
-/// after round up to some 80 KB per stream, where a direct get leaves about
-/// 1 KB (`bench/nats/api_memory.py`; docs/benchmarks.md, "What NATS keeps
-/// for API requests"). A feed asks as it starts and at each look of its
-/// doze, so over many quiet topics that was most of what NATS grew.
-async fn last_event(
-    client: &async_nats::Client,
-    stream_name: &str,
-    filter_subject: &str,
-) -> Result<Option<(u64, SystemTime)>, async_nats::Error> {
-    let subject = if filter_subject.is_empty() {
-        ">"
-    } else {
-        filter_subject
-    };
-    // The subject in the request's body: a wildcard cannot end the
-    // request's own subject.
-    let request = serde_json::json!({ "last_by_subj": subject });
-    let answer = bounded_for(
-        FEED_CALL_TIMEOUT,
-        client.request(
-            format!("$JS.API.DIRECT.GET.{stream_name}"),
-            serde_json::to_vec(&request)?.into(),
-        ),
-    )
-    .await?;
-    match answer.status {
-        None => {}
-        Some(async_nats::StatusCode::NOT_FOUND) => return Ok(None),
-        Some(status) => {
-            return Err(format!(
-                "direct get of the last event answered {status}: {}",
-                answer.description.as_deref().unwrap_or_default()
-            )
-            .into());
-        }
-    }
-    let header = |name: &str| {
-        answer
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(name))
-            .map(|value| value.as_str())
-    };
-    let seq = header("Nats-Sequence")
-        .and_then(|seq| seq.parse().ok())
-        .ok_or("direct get answered without a sequence")?;
-    let stored = header("Nats-Time-Stamp")
-        .and_then(nats_time)
-        .ok_or("direct get answered without a time")?;
-    Ok(Some((seq, stored)))
-}
-
-/// A JetStream time as a header carries it (RFC 3339).
-fn nats_time(value: &str) -> Option<SystemTime> {
-    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(Into::into)
 }
 
 /// The last sequence `stream` holds of `filter_subject` (of any subject

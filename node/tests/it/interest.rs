@@ -755,7 +755,7 @@ async fn dozing_feed_reads_a_sparse_topic(republished: bool) {
         45.0,
         "the burst read directly"
     );
-    let gets = direct_reads_by_now(&js, &mut direct_gets).await;
+    let gets = received_by_now(&js, &mut direct_gets).await;
     if republished {
         assert_eq!(gets, 0, "the burst's 40 events taken in as republished");
     } else {
@@ -938,7 +938,7 @@ async fn dozing_path_feed_reads_its_path(republished: bool) {
         14.0,
         "alice's burst read directly"
     );
-    let gets = direct_reads_by_now(&js, &mut direct_gets).await;
+    let gets = received_by_now(&js, &mut direct_gets).await;
     if republished {
         assert_eq!(
             gets, 0,
@@ -1079,100 +1079,6 @@ async fn a_feed_counts_its_topics_quiet_time_from_the_topics_last_event() {
         data_of(&from_first.take(3, T).await),
         ["old1", "old2", "old-new"]
     );
-    assert!(
-        old.next_event(Duration::from_millis(300)).await.is_err(),
-        "no duplicate"
-    );
-}
-
-/// Feeds of topics already quiet for the doze time, one never published to
-/// and one with old events, start and look at JetStream through their
-/// doze with direct gets: the only STREAM.INFO about each topic is the
-/// registry's look-up that starts its feed (it was four), as each one NATS
-/// answers about a stream that holds messages leaves it about 11 KB of
-/// memory. Their clients then get the topics' next events exactly, and a
-/// resume from before the old events is exact.
-#[tokio::test]
-async fn feeds_of_quiet_topics_look_with_direct_gets_not_stream_info() {
-    let nats = Nats::start().await;
-    let js = nats.jetstream().await;
-    for topic in ["never", "old"] {
-        create_topic(&js, topic, None).await;
-    }
-    publish(&js, "old", "old1").await;
-    publish(&js, "old", "old2").await;
-    let watcher = connect_to(&nats.url()).await.unwrap();
-    // Copies of the node's requests: core NATS hands each to every
-    // subscriber of its subject, JetStream's own among them.
-    let mut infos = watcher.subscribe("$JS.API.STREAM.INFO.>").await.unwrap();
-    let mut direct_gets = watcher.subscribe("$JS.API.DIRECT.GET.>").await.unwrap();
-    watcher.flush().await.unwrap();
-    // The condition under test is the age of `old`'s last event: past the
-    // doze time of one second.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let node = NodeProc::start(
-        &nats.url(),
-        &[
-            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
-            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
-            ("SSE_NATS__TOPIC_REFRESH_SECONDS", "60"),
-        ],
-    )
-    .await;
-    let mut never = open_stream(&node, "topic=never").await;
-    let mut old = open_stream(&node, "topic=old").await;
-    // Each feed asks three times: as it starts, and at the two looks of its
-    // doze (once its subscriptions stand, and a second later).
-    let mut asked = std::collections::HashMap::<String, usize>::new();
-    let all_asked = tokio::time::timeout(T, async {
-        while asked.get("SSE_never").copied().unwrap_or(0) < 3
-            || asked.get("SSE_old").copied().unwrap_or(0) < 3
-        {
-            let request = direct_gets.next().await.expect("subscription");
-            let stream = request
-                .subject
-                .as_str()
-                .split('.')
-                .nth(4)
-                .unwrap_or_default();
-            *asked.entry(stream.to_owned()).or_default() += 1;
-        }
-    })
-    .await;
-    assert!(all_asked.is_ok(), "direct gets seen: {asked:?}");
-    assert_eq!(node.metric("sse_feeds_dozing").await, 2.0);
-    let mut stream_infos = std::collections::BTreeMap::<String, usize>::new();
-    while let Some(Some(request)) = infos.next().now_or_never() {
-        let stream = request
-            .subject
-            .as_str()
-            .rsplit('.')
-            .next()
-            .unwrap_or_default();
-        // The node's own bucket of nodes is not a topic.
-        if stream.starts_with("SSE_") {
-            *stream_infos.entry(stream.to_owned()).or_default() += 1;
-        }
-    }
-    assert_eq!(
-        stream_infos,
-        [("SSE_never".to_owned(), 1), ("SSE_old".to_owned(), 1)].into(),
-        "STREAM.INFO requests per topic"
-    );
-
-    publish(&js, "never", "never-new").await;
-    publish(&js, "old", "old-new").await;
-    assert_eq!(data_of(&never.take(1, T).await), ["never-new"]);
-    let old_new = old.take(1, T).await;
-    assert_eq!(data_of(&old_new), ["old-new"]);
-    let (epoch, _) = old_new[0].id.rsplit_once(':').unwrap();
-    let mut from_first = SseClient::connect(
-        &node.url("/v1/events?topic=old"),
-        Some(&format!("{epoch}:1")),
-    )
-    .await
-    .unwrap();
-    assert_eq!(data_of(&from_first.take(2, T).await), ["old2", "old-new"]);
     assert!(
         old.next_event(Duration::from_millis(300)).await.is_err(),
         "no duplicate"
@@ -1400,21 +1306,16 @@ async fn publish_at_once(
     }
 }
 
-/// How many direct gets that read events `subscriber` (of a stream's
-/// direct gets) got until now: those NATS routed to it before it answered a
-/// round trip. A dozing feed's look at the stream's last event reads
-/// nothing and is not counted.
-async fn direct_reads_by_now(
+/// How many messages `subscriber` got until now: those NATS routed to it
+/// before it answered a round trip.
+async fn received_by_now(
     js: &async_nats::jetstream::Context,
     subscriber: &mut async_nats::Subscriber,
 ) -> usize {
     js.client().flush().await.expect("flush");
     let mut received = 0;
-    while let Some(Some(request)) = subscriber.next().now_or_never() {
-        let looks = std::str::from_utf8(&request.payload).is_ok_and(|p| p.contains("last_by_subj"));
-        if !looks {
-            received += 1;
-        }
+    while let Some(Some(_)) = subscriber.next().now_or_never() {
+        received += 1;
     }
     received
 }

@@ -17,7 +17,7 @@ each round:
   wait    nothing for 10 s
 
 One JSON line per run on stdout, with the RSS in KiB at the start and after
-each round. Needs `pip install nats-py`.
+each round, and the server's CPU seconds (utime + stime) each round took. Needs `pip install nats-py`.
 
     python3 bench/nats/api_memory.py --with-message --rounds info*10,wait
 """
@@ -28,7 +28,7 @@ import json
 
 import nats
 from nats.js.api import StreamConfig
-from per_message import nats_server
+from per_message import cpu_seconds, nats_server
 
 
 def rss_kib(pid: int) -> int:
@@ -65,6 +65,7 @@ async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
         "rounds": [],
     }
     for step in expand(args.rounds):
+        cpu_before = cpu_seconds(pid)
         if step == "info":
             for i in range(args.topics):
                 await js.stream_info(f"SSE_t{i}")
@@ -87,7 +88,7 @@ async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
             await asyncio.sleep(10)
         else:
             raise SystemExit(f"unknown round {step!r}")
-        result["rounds"].append([step, rss_kib(pid)])
+        result["rounds"].append([step, rss_kib(pid), round(cpu_seconds(pid) - cpu_before, 2)])
     await nc.close()
     return result
 

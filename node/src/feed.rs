@@ -843,6 +843,10 @@ struct Heard {
     until: u64,
     /// Something came on a live subject that the stream did not republish.
     look: bool,
+    /// A republished event numbered at or below the head but stored after
+    /// the head's event: the stream may have gone back (see
+    /// [`ReadEnd::StreamRewound`]).
+    behind_head: bool,
 }
 
 /// An event as its stream republished it, from the message's headers.
@@ -1062,6 +1066,9 @@ enum ReadEnd {
     Closed,
     StreamGone,
     StreamRecreated,
+    /// The stream, of the same epoch, holds less than the feed has read: a
+    /// server's disk restored from a backup keeps a stream's creation time.
+    StreamRewound,
     Ended,
     /// JetStream holds events after the head, and the consumer delivered
     /// none of them for a whole watchdog period.
@@ -1090,7 +1097,9 @@ impl Reader {
             };
             match outcome {
                 Ok(ReadEnd::Closed) => return,
-                Ok(ReadEnd::StreamGone | ReadEnd::StreamRecreated) if !doubted => {
+                Ok(ReadEnd::StreamGone | ReadEnd::StreamRecreated | ReadEnd::StreamRewound)
+                    if !doubted =>
+                {
                     doubted = true;
                     backoff = GONE_CONFIRM_DELAY;
                     debug!(topic = %self.feed.topic, "stream looks gone or recreated; checking again");
@@ -1102,6 +1111,13 @@ impl Reader {
                 }
                 Ok(ReadEnd::StreamRecreated) => {
                     info!(topic = %self.feed.topic, "stream was recreated; closing old topic feed");
+                    self.feed.close();
+                    return;
+                }
+                Ok(ReadEnd::StreamRewound) => {
+                    // Its clients come back, and those past the stream's
+                    // last event are told so (`Topics::confirm_cursor`).
+                    warn!(topic = %self.feed.topic, head = self.feed.head(), "stream holds less than the feed has read (restored from a backup?); closing topic feed");
                     self.feed.close();
                     return;
                 }
@@ -1263,6 +1279,11 @@ impl Reader {
                     // answer proves nothing (NATS may be away; then the
                     // consumer reports errors itself): look again next tick.
                     match last_stored(&opened.stream, &filter_subject).await {
+                        // A path's last event may be older than the head;
+                        // the whole stream's never is.
+                        Ok(last) if filter_subject.is_empty() && last < head => {
+                            return Ok(ReadEnd::StreamRewound);
+                        }
                         Ok(last) if last > head.max(self.nothing_until) => {
                             self.metrics.feed_stalls.inc();
                             warn!(topic = %self.feed.topic, head, stream_last = last, quiet_seconds = now.duration_since(quiet_since).as_secs(), "topic feed made no progress while jetstream holds newer events; re-creating its consumer");
@@ -1669,6 +1690,9 @@ impl Reader {
                     while let Some(Some(message)) = publishes.next().now_or_never() {
                         self.hear(message, live, &filter_subject, direct, &mut heard);
                     }
+                    if heard.behind_head {
+                        return Wake::Read;
+                    }
                     if heard.unread > 0 || heard.until > self.feed.head() {
                         // Boxed: the reads' state is not kept in the reader's
                         // own while it reads with a consumer.
@@ -1720,9 +1744,12 @@ impl Reader {
                     }
                     true
                 }
-                // Another epoch: the consumer's reader sees it and closes
-                // the feed.
+                // Another epoch, or a stream that went back: the consumer's
+                // reader sees it and closes the feed.
                 Ok(None) => return Wake::Read,
+                Ok(Some(last)) if filter_subject.is_empty() && last < self.feed.head() => {
+                    return Wake::Read;
+                }
                 Ok(Some(_)) => true,
                 Err(_) => false,
             };
@@ -1801,9 +1828,16 @@ impl Reader {
             heard.look = true;
             return;
         };
+        if heard.behind_head {
+            // The doze ends without taking anything else in.
+            return;
+        }
         let head = self.feed.head();
         if event.seq <= head {
-            // Read already, by a direct get for an earlier gap.
+            // Read already, by a direct get for an earlier gap; unless the
+            // stream stored it after the head's event, or the feed has read
+            // nothing since it started past it: then JetStream says.
+            heard.behind_head |= self.head_time.is_none_or(|at| event.published > at);
             return;
         }
         if heard.until == 0 && takes_in(&event, head, filter_subject) {
@@ -1950,6 +1984,11 @@ async fn open_consumer(
         return Ok(Opening::End(ReadEnd::StreamRecreated));
     }
     let stream_last = stream.cached_info().state.last_sequence;
+    if stream_last < feed.head() {
+        // A consumer from `head + 1` would skip what the stream stores
+        // next, under numbers the feed has already read.
+        return Ok(Opening::End(ReadEnd::StreamRewound));
+    }
     let quiet_before = if feed.head() <= feed.live_from {
         topic_quiet_for(&stream.cached_info().state)
     } else {

@@ -418,14 +418,7 @@ pub async fn prepare_stream(
             .topics()
             .get_current(topic, only_path, claimed_epoch)
             .await
-            .map_err(|e| match e {
-                LookupError::NotFound(_) => {
-                    ApiError::new(StatusCode::NOT_FOUND, "unknown_topic", e.to_string())
-                }
-                LookupError::Unavailable(_) => {
-                    ApiError::unavailable("nats_unavailable", e.to_string(), 2)
-                }
-            })?;
+            .map_err(lookup_error)?;
         if feed.access() == Access::Private {
             private.extend(patterns.iter().cloned());
         }
@@ -439,6 +432,7 @@ pub async fn prepare_stream(
                 topic: topic.clone(),
                 patterns,
                 resume,
+                stream_behind: None,
             },
             feed,
         ));
@@ -453,6 +447,25 @@ pub async fn prepare_stream(
             &private,
         )?)
     };
+    // Only once the client may read these topics: a cursor past a feed's
+    // head costs JetStream a question.
+    let mut confirmed = Vec::with_capacity(attached.len());
+    for (mut request, feed) in attached {
+        let feed = match &request.resume {
+            Some((epoch, seq)) if *epoch == feed.epoch && *seq > feed.head() => {
+                let only_path = crate::delivery::only_path(&request.patterns);
+                let (feed, behind) = node
+                    .topics()
+                    .confirm_cursor(&request.topic, only_path, feed, *seq)
+                    .await
+                    .map_err(lookup_error)?;
+                request.stream_behind = behind;
+                feed
+            }
+            _ => feed,
+        };
+        confirmed.push((request, feed));
+    }
     if !node.try_open_connection() {
         return Err(ApiError::limit(
             node,
@@ -467,11 +480,23 @@ pub async fn prepare_stream(
             ),
         ));
     }
-    let mut stream = ClientStream::open(node.clone(), attached);
+    let mut stream = ClientStream::open(node.clone(), confirmed);
     if let Some(remaining) = expires {
         stream.close_at_token_expiry(tokio::time::Instant::now() + remaining);
     }
     Ok(stream)
+}
+
+/// The answer to a topic that cannot be looked up.
+fn lookup_error(error: LookupError) -> ApiError {
+    match error {
+        LookupError::NotFound(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_topic", error.to_string())
+        }
+        LookupError::Unavailable(_) => {
+            ApiError::unavailable("nats_unavailable", error.to_string(), 2)
+        }
+    }
 }
 
 /// Checks the request's token against every path it asks for in a private

@@ -246,6 +246,52 @@ impl Topics {
         }
     }
 
+    /// Checks a client's cursor `seq` on `lease`'s topic, of the feed's
+    /// epoch, against the stream when it stands past the feed's head. That
+    /// is mostly news this node has not read yet, but may be a sequence the
+    /// stream does not hold: an id made up, or a stream whose server's disk
+    /// was restored from a backup, which keeps the stream's creation time
+    /// (so its epoch) while its sequences go back, and whose new events
+    /// would take numbers the client has already seen. Returns the lease to serve from and, in
+    /// that case, the stream's last sequence: the client continues after
+    /// it. A feed that is itself past that sequence read the stream before
+    /// it went back; it is stopped and a new one leased. Without an answer
+    /// from JetStream the cursor is taken as it is.
+    pub async fn confirm_cursor(
+        &self,
+        topic: &TopicName,
+        path: Option<&str>,
+        lease: FeedLease,
+        seq: u64,
+    ) -> Result<(FeedLease, Option<u64>), LookupError> {
+        if seq <= lease.head() {
+            return Ok((lease, None));
+        }
+        let last = match bounded(self.0.js.get_stream(topic.stream_name())).await {
+            Ok(stream) if stream_epoch(stream.cached_info()) == lease.epoch => {
+                stream.cached_info().state.last_sequence
+            }
+            Ok(_) => return Ok((lease, None)),
+            Err(error) => {
+                debug!(%topic, seq, %error, "cannot check a cursor past the feed's head");
+                return Ok((lease, None));
+            }
+        };
+        if last >= seq {
+            return Ok((lease, None));
+        }
+        if last >= lease.head() {
+            return Ok((lease, Some(last)));
+        }
+        warn!(%topic, head = lease.head(), stream_last = last, "topic's stream went back to an earlier sequence; restarting its feeds");
+        drop(lease);
+        self.stop_feeds(topic);
+        let lease = self.get(topic, path).await?;
+        // A stream that moved on again meanwhile is the next check's.
+        let behind = (lease.head() <= last).then_some(last);
+        Ok((lease, behind))
+    }
+
     /// A lease on the running feed that serves `path`, if there is one.
     /// Taken under the registry's lock, so the sweeper cannot stop the feed
     /// meanwhile.

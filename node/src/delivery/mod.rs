@@ -109,6 +109,9 @@ pub struct TopicRequest {
     pub patterns: Vec<SubjectPath>,
     /// Where the client says it stands, if it gave an id naming this topic.
     pub resume: Option<(String, u64)>,
+    /// The stream's last sequence, when it stands before the client's
+    /// cursor of the same epoch (see [`crate::topics::Topics::confirm_cursor`]).
+    pub stream_behind: Option<u64>,
 }
 
 struct ClientTopic {
@@ -340,9 +343,26 @@ impl ClientStream {
             let by_path = channel.is_some();
             let (pos, catch_up_to, reset_sent) = match &request.resume {
                 None => (attachment.live_from, attachment.head, false),
-                Some((epoch, seq)) if *epoch == attachment.epoch => {
-                    (*seq, attachment.head.max(*seq), false)
-                }
+                Some((epoch, seq)) if *epoch == attachment.epoch => match request.stream_behind {
+                    None => (*seq, attachment.head.max(*seq), false),
+                    Some(last) => {
+                        // The stream never held the client's cursor, or went
+                        // back from it (restored from a backup): its
+                        // sequences cannot be trusted to mean what the
+                        // client saw, as with another epoch. Say so, then
+                        // start from the oldest held.
+                        resets.push(serde_json::json!({
+                            "topic": feed.topic.as_str(),
+                            "reason": "ahead_of_stream",
+                            "last_seen": seq,
+                            "stream_last": last,
+                            "lost_from": null,
+                            "lost_to": null,
+                            "resume_from": 1,
+                        }));
+                        (0, attachment.head, true)
+                    }
+                },
                 Some((old_epoch, old_seq)) => {
                     // Another incarnation of the stream: its sequences mean
                     // nothing here. Say so, then start from the oldest held.

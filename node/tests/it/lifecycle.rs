@@ -419,3 +419,195 @@ async fn purged_events_held_in_memory_are_not_served_after_a_refresh() {
     assert_eq!(reset["lost_to"], 3);
     assert_eq!(data_of(&events[1..]), ["g4"]);
 }
+
+/// The epoch of `id`'s one topic and the id with `seq` in place of its
+/// sequence.
+fn id_at(id: &str, seq: u64) -> String {
+    let (topic_epoch, _) = id.rsplit_once(':').expect("topic:epoch:seq");
+    format!("{topic_epoch}:{seq}")
+}
+
+#[tokio::test]
+async fn a_cursor_past_the_stream_gets_reset_then_the_next_events() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "ahead", None).await;
+    for i in 1..=3 {
+        publish(&js, "ahead", &format!("held-{i}")).await;
+    }
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut first = SseClient::connect(&node.url("/v1/events?topic=ahead"), None)
+        .await
+        .unwrap();
+    let cursor = first.ready().await;
+    assert!(cursor.ends_with(":3"), "{cursor}");
+
+    // A cursor of the stream's epoch that it never reached: its sequences
+    // cannot be trusted, as with another epoch. The client is told, gets
+    // every event the stream holds, and goes on.
+    let made_up = id_at(&cursor, 9);
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=ahead"), Some(&made_up))
+        .await
+        .unwrap();
+    let events = client.take(4, T).await;
+    let body = reset_body(&events[0]);
+    assert_eq!(body["reason"], "ahead_of_stream");
+    assert_eq!(body["topic"], "ahead");
+    assert_eq!(body["last_seen"], 9);
+    assert_eq!(body["stream_last"], 3);
+    assert_eq!(body["resume_from"], 1);
+    assert!(body["lost_from"].is_null(), "{body}");
+    assert_eq!(events[0].id, id_at(&cursor, 0));
+    assert_eq!(data_of(&events[1..]), ["held-1", "held-2", "held-3"]);
+    assert_eq!(events[3].id, cursor);
+    publish(&js, "ahead", "new-4").await;
+    let next = client.take(1, T).await;
+    assert_eq!(data_of(&next), ["new-4"]);
+    assert_eq!(next[0].id, id_at(&cursor, 4));
+    assert_eq!(data_of(&first.take(1, T).await), ["new-4"]);
+    assert_eq!(node.metric("sse_reset_events_total").await, 1.0);
+
+    // A cursor the stream holds is taken as it is, on a path too.
+    let mut exact = SseClient::connect(&node.url("/v1/events?topic=ahead"), Some(&cursor))
+        .await
+        .unwrap();
+    assert_eq!(data_of(&exact.take(1, T).await), ["new-4"]);
+    assert_eq!(node.metric("sse_reset_events_total").await, 1.0);
+}
+
+/// A NATS server whose disk is restored from a backup holds its streams
+/// as they were, created at the same time (so of the same epoch) but with
+/// fewer events: the node's feed, past the stream's last event, closes
+/// when it finds that out, and its clients come back to a reset and the
+/// events stored from then on.
+#[tokio::test]
+async fn a_reading_feed_past_a_stream_restored_from_a_backup_closes_and_its_clients_get_reset() {
+    feed_past_a_restored_stream(&[]).await;
+}
+
+/// The same with a feed that dozes: its look at JetStream once NATS is
+/// back finds the stream behind it.
+#[tokio::test]
+async fn a_dozing_feed_past_a_stream_restored_from_a_backup_closes_and_its_clients_get_reset() {
+    feed_past_a_restored_stream(&[
+        ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
+        ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
+    ])
+    .await;
+}
+
+async fn feed_past_a_restored_stream(env: &[(&str, &str)]) {
+    let mut nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "restored", None).await;
+    for i in 1..=3 {
+        publish(&js, "restored", &format!("kept-{i}")).await;
+    }
+    let backup = tempfile::tempdir().unwrap();
+    nats.stop().await;
+    nats.copy_stream_store("SSE_restored", backup.path());
+    nats.restart().await;
+    let js = nats.jetstream().await;
+    let node = NodeProc::start(&nats.url(), env).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=restored"), None)
+        .await
+        .unwrap();
+    let cursor = client.ready().await;
+    let dozing = if env.is_empty() { 0.0 } else { 1.0 };
+    eventually(T, "the feed to read or doze", || async {
+        (node.metric("sse_feeds_dozing").await == dozing).then_some(())
+    })
+    .await;
+    assert!(cursor.ends_with(":3"), "{cursor}");
+    publish(&js, "restored", "lost-4").await;
+    publish(&js, "restored", "lost-5").await;
+    let last_seen = client.take(2, T).await[1].id.clone();
+    assert!(last_seen.ends_with(":5"), "{last_seen}");
+
+    nats.stop().await;
+    nats.put_back_stream_store("SSE_restored", backup.path());
+    nats.restart().await;
+    let js = nats.jetstream().await;
+    let info = js.get_stream("SSE_restored").await.unwrap();
+    assert_eq!(info.cached_info().state.last_sequence, 3);
+    // The feed finds the stream behind it once NATS is back, and closes.
+    let rest = client.until_closed(Duration::from_secs(20)).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=restored"), Some(&last_seen))
+        .await
+        .unwrap();
+    let events = resumed.take(4, T).await;
+    let body = reset_body(&events[0]);
+    assert_eq!(body["reason"], "ahead_of_stream", "the same epoch: {body}");
+    assert_eq!(body["last_seen"], 5);
+    assert_eq!(body["stream_last"], 3);
+    assert_eq!(body["resume_from"], 1);
+    assert_eq!(data_of(&events[1..]), ["kept-1", "kept-2", "kept-3"]);
+    // The restored stream numbers its next event 4: the client gets it.
+    assert_eq!(publish(&js, "restored", "after-4").await, 4);
+    let next = resumed.take(1, T).await;
+    assert_eq!(data_of(&next), ["after-4"]);
+    assert_eq!(next[0].id, id_at(&cursor, 4));
+}
+
+/// The same with a feed of one path that dozes, reading its events as the
+/// stream republishes them: the first event it hears after the restore is
+/// numbered at or below its head but stored after the head's event, so
+/// the feed asks JetStream, finds the stream behind it and closes.
+#[tokio::test]
+async fn a_dozing_path_feed_hearing_a_restored_stream_closes_and_its_clients_get_reset() {
+    let mut nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "rewind", None).await;
+    for i in 1..=3 {
+        publish(&js, "rewind.a", &format!("kept-{i}")).await;
+    }
+    let backup = tempfile::tempdir().unwrap();
+    nats.stop().await;
+    nats.copy_stream_store("SSE_rewind", backup.path());
+    nats.restart().await;
+    let js = nats.jetstream().await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
+            ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "60"),
+            ("SSE_NATS__TOPIC_REFRESH_SECONDS", "600"),
+        ],
+    )
+    .await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=rewind.a"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    eventually(T, "the feed to doze", || async {
+        (node.metric("sse_feeds_dozing").await == 1.0).then_some(())
+    })
+    .await;
+    publish(&js, "rewind.a", "lost-4").await;
+    publish(&js, "rewind.a", "lost-5").await;
+    let last_seen = client.take(2, T).await[1].id.clone();
+
+    nats.stop().await;
+    nats.put_back_stream_store("SSE_rewind", backup.path());
+    nats.restart().await;
+    let js = nats.jetstream().await;
+    eventually(T, "the node to be back on NATS", || async {
+        (get(&node.url("/readyz"), None).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(publish(&js, "rewind.a", "after-4").await, 4);
+    let rest = client.until_closed(Duration::from_secs(20)).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=rewind.a"), Some(&last_seen))
+        .await
+        .unwrap();
+    let events = resumed.take(5, T).await;
+    let body = reset_body(&events[0]);
+    assert_eq!(body["reason"], "ahead_of_stream");
+    assert_eq!(body["stream_last"], 4);
+    assert_eq!(
+        data_of(&events[1..]),
+        ["kept-1", "kept-2", "kept-3", "after-4"]
+    );
+}

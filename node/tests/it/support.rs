@@ -156,6 +156,26 @@ impl Nats {
         }
     }
 
+    /// Copies the store of `stream` (the server stopped) to `to`.
+    pub(crate) fn copy_stream_store(&self, stream: &str, to: &std::path::Path) {
+        copy_dir(&self.stream_store(stream), to);
+    }
+
+    /// Puts back a store of `stream` copied earlier (the server stopped),
+    /// as a restore of the server's disk from a backup would.
+    pub(crate) fn put_back_stream_store(&self, stream: &str, from: &std::path::Path) {
+        let store = self.stream_store(stream);
+        std::fs::remove_dir_all(&store).expect("remove stream store");
+        copy_dir(from, &store);
+    }
+
+    fn stream_store(&self, stream: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("store/jetstream/$G/streams")
+            .join(stream)
+    }
+
     /// Starts the server again on the same port and store.
     pub(crate) async fn restart(&mut self) {
         self.stop().await;
@@ -165,6 +185,20 @@ impl Nats {
     /// A JetStream context on a fresh connection.
     pub(crate) async fn jetstream(&self) -> jetstream::Context {
         jetstream::new(connect_to(&self.url()).await.expect("connect"))
+    }
+}
+
+/// Copies the folder `from` and everything in it to `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create folder");
+    for entry in std::fs::read_dir(from).expect("read folder") {
+        let entry = entry.expect("folder entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy file");
+        }
     }
 }
 

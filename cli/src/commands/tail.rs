@@ -239,6 +239,10 @@ fn describe_reset(data: &str) -> String {
         Some("stream_recreated") => format!(
             "!! reset: topic {topic} was deleted and created again; continuing from its oldest event"
         ),
+        Some("ahead_of_stream") => format!(
+            "!! reset: topic {topic} holds events up to {} only, not {} (restored from a backup?); continuing from its oldest event",
+            reset["stream_last"], reset["last_seen"]
+        ),
         _ => format!("!! reset: {data}"),
     }
 }
@@ -283,4 +287,20 @@ async fn start_cursor(
         let _ = sse_protocol::cursor::write_position(&mut cursor, name.as_str(), epoch, seq);
     }
     Ok(cursor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_reset;
+
+    #[test]
+    fn a_reset_past_the_stream_names_both_sequences() {
+        let notice = describe_reset(
+            r#"{"topic":"orders","reason":"ahead_of_stream","last_seen":9,"stream_last":3,"lost_from":null,"lost_to":null,"resume_from":1}"#,
+        );
+        assert_eq!(
+            notice,
+            "!! reset: topic orders holds events up to 3 only, not 9 (restored from a backup?); continuing from its oldest event"
+        );
+    }
 }

@@ -130,6 +130,10 @@ pub struct Feed {
     /// The highest last sequence of the stream a listing told the dozing
     /// reader of: each one makes it look once.
     listed_last: AtomicU64,
+    /// The highest sequence JetStream said the stream holds: when the feed
+    /// started, at a listing, or asked about a client's cursor. A cursor up
+    /// to here needs no question (see [`Feed::holds_up_to`]).
+    known_held: AtomicU64,
     /// Sockets of caught-up clients, written to by the feed's writer.
     parked: Arc<ParkedSockets>,
     state: Mutex<FeedState>,
@@ -361,6 +365,7 @@ impl Feed {
             republished: AtomicBool::new(republishes_live(info, &settings.subject_prefix)),
             look_now: tokio::sync::Notify::new(),
             listed_last: AtomicU64::new(0),
+            known_held: AtomicU64::new(last),
             parked: Arc::default(),
             stream_name: topic.stream_name(),
             private: AtomicBool::new(stream_access(info) == Access::Private),
@@ -516,12 +521,25 @@ impl Feed {
     /// Each new last sequence makes the reader look once; a path feed's
     /// look may find that nothing of its path came.
     pub(crate) fn listed(&self, last_sequence: u64) {
+        self.known_held.fetch_max(last_sequence, Ordering::AcqRel);
         if self.dozing.load(Ordering::Acquire)
             && last_sequence > self.head()
             && self.listed_last.fetch_max(last_sequence, Ordering::AcqRel) < last_sequence
         {
             self.look_now.notify_one();
         }
+    }
+
+    /// The highest sequence the stream is known to hold: the feed's head,
+    /// or what JetStream last said. A client's cursor past it is asked
+    /// about ([`crate::topics::Topics::confirm_cursor`]).
+    pub fn holds_up_to(&self) -> u64 {
+        self.head().max(self.known_held.load(Ordering::Acquire))
+    }
+
+    /// Records that JetStream said the stream holds up to `last_sequence`.
+    pub fn held(&self, last_sequence: u64) {
+        self.known_held.fetch_max(last_sequence, Ordering::AcqRel);
     }
 
     /// How many events a client of the feed's main broadcast may lag.

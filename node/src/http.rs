@@ -447,12 +447,12 @@ pub async fn prepare_stream(
             &private,
         )?)
     };
-    // Only once the client may read these topics: a cursor past a feed's
-    // head costs JetStream a question.
+    // Only once the client may read these topics: a cursor past what the
+    // stream is known to hold costs JetStream a question.
     let mut confirmed = Vec::with_capacity(attached.len());
     for (mut request, feed) in attached {
         let feed = match &request.resume {
-            Some((epoch, seq)) if *epoch == feed.epoch && *seq > feed.head() => {
+            Some((epoch, seq)) if *epoch == feed.epoch && *seq > feed.holds_up_to() => {
                 let only_path = crate::delivery::only_path(&request.patterns);
                 let (feed, behind) = node
                     .topics()

@@ -247,8 +247,9 @@ impl Topics {
     }
 
     /// Checks a client's cursor `seq` on `lease`'s topic, of the feed's
-    /// epoch, against the stream when it stands past the feed's head. That
-    /// is mostly news this node has not read yet, but may be a sequence the
+    /// epoch, against the stream when it stands past what the stream is
+    /// known to hold ([`crate::feed::Feed::holds_up_to`]). That is mostly
+    /// news this node has not read yet, but may be a sequence the
     /// stream does not hold: an id made up, or a stream whose server's disk
     /// was restored from a backup, which keeps the stream's creation time
     /// (so its epoch) while its sequences go back, and whose new events
@@ -264,7 +265,7 @@ impl Topics {
         lease: FeedLease,
         seq: u64,
     ) -> Result<(FeedLease, Option<u64>), LookupError> {
-        if seq <= lease.head() {
+        if seq <= lease.holds_up_to() {
             return Ok((lease, None));
         }
         let last = match bounded(self.0.js.get_stream(topic.stream_name())).await {
@@ -278,6 +279,7 @@ impl Topics {
             }
         };
         if last >= seq {
+            lease.held(last);
             return Ok((lease, None));
         }
         if last >= lease.head() {

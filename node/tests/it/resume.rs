@@ -328,3 +328,44 @@ async fn a_stream_of_several_topics_gets_concurrent_bursts_once_in_each_topics_o
         1.0
     );
 }
+
+/// Clients whose cursors the stream is known to hold cost JetStream no
+/// question, even while their node's new feed still reads the events it
+/// warms its history with (its head below their cursors): a reconnect
+/// storm asks nothing per client. Cursors past what the node knows are
+/// asked about once, and the answer serves the clients after them.
+#[tokio::test]
+async fn resumes_at_or_before_what_the_stream_is_known_to_hold_ask_jetstream_nothing() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "storm", None).await;
+    publish_many(&js, 1000, 100, |i| ("sse.storm".into(), format!("e{i}"))).await;
+    let a = NodeProc::start(&nats.url(), &[]).await;
+    let last = SseClient::connect(&a.url("/v1/events?topic=storm"), None)
+        .await
+        .unwrap()
+        .ready()
+        .await;
+    assert!(last.ends_with(":1000"), "{last}");
+    // A node whose feed of the topic starts with the storm: it reads the
+    // thousand events it warms its history with, its head below the
+    // clients' cursor meanwhile.
+    let b = NodeProc::start(&nats.url(), &[]).await;
+    let api_requests = || async { js.query_account().await.unwrap().requests.total };
+    let before = api_requests().await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(
+            SseClient::connect(&b.url("/v1/events?topic=storm"), Some(&last))
+                .await
+                .unwrap(),
+        );
+    }
+    publish(&js, "storm", "next").await;
+    for client in &mut clients {
+        assert_eq!(data_of(&client.take(1, T).await), ["next"]);
+    }
+    // The feed's start and consumer, and this query, count too.
+    let asked = api_requests().await - before;
+    assert!(asked <= 5, "{asked} JetStream API requests for 50 resumes");
+}

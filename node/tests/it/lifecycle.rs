@@ -611,3 +611,49 @@ async fn a_dozing_path_feed_hearing_a_restored_stream_closes_and_its_clients_get
         ["kept-1", "kept-2", "kept-3", "after-4"]
     );
 }
+
+/// A stream restored through JetStream's API (`nats stream restore`) gets
+/// a new creation time (nats-server 2.15.1): ids from before it are of
+/// another epoch, and a client back with one gets `stream_recreated` and
+/// every event the restored stream holds (docs/deploy.md, "Restoring NATS
+/// from a backup").
+#[tokio::test]
+async fn a_stream_restored_through_jetstreams_api_is_another_epoch() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "snap", None).await;
+    for i in 1..=3 {
+        publish(&js, "snap", &format!("kept-{i}")).await;
+    }
+    let client = connect_to(&nats.url()).await.unwrap();
+    let snapshot = snapshot_stream(&client, "SSE_snap").await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut before = SseClient::connect(&node.url("/v1/events?topic=snap"), None)
+        .await
+        .unwrap();
+    before.ready().await;
+    publish(&js, "snap", "lost-4").await;
+    let last_seen = before.take(1, T).await[0].id.clone();
+
+    js.delete_stream("SSE_snap").await.unwrap();
+    restore_stream(&client, &snapshot).await;
+    // A client back before the node heard of the deletion finds its stream
+    // ended, as the old feed stops, and comes back again, as a browser does.
+    let (mut resumed, reset) = eventually(T, "a stream of the restored topic", || async {
+        let url = node.url("/v1/events?topic=snap");
+        let mut resumed = SseClient::connect(&url, Some(&last_seen)).await.ok()?;
+        let first = resumed.next_event(T).await.ok()??;
+        Some((resumed, first))
+    })
+    .await;
+    let mut events = vec![reset];
+    events.extend(resumed.take(3, T).await);
+    let body = reset_body(&events[0]);
+    assert_eq!(body["reason"], "stream_recreated", "{body}");
+    assert_eq!(data_of(&events[1..]), ["kept-1", "kept-2", "kept-3"]);
+    assert_ne!(
+        events[1].id.split(':').nth(1),
+        last_seen.split(':').nth(1),
+        "a new epoch"
+    );
+}

@@ -306,6 +306,91 @@ pub(crate) async fn publish_many(
     }
 }
 
+/// A snapshot of a stream taken through JetStream's API, as `nats stream
+/// backup` takes one: the stream's config and state, and its data.
+pub(crate) struct StreamSnapshot {
+    config: serde_json::Value,
+    state: serde_json::Value,
+    data: Vec<u8>,
+}
+
+/// Takes a snapshot of `stream` (`$JS.API.STREAM.SNAPSHOT`): the server
+/// sends the data in chunks, each acknowledged, and ends with an empty
+/// message carrying status 204.
+pub(crate) async fn snapshot_stream(client: &async_nats::Client, stream: &str) -> StreamSnapshot {
+    let inbox = client.new_inbox();
+    let mut chunks = client.subscribe(inbox.clone()).await.expect("subscribe");
+    let request = serde_json::json!({"deliver_subject": inbox, "chunk_size": 65536});
+    let answer = client
+        .request(
+            format!("$JS.API.STREAM.SNAPSHOT.{stream}"),
+            request.to_string().into(),
+        )
+        .await
+        .expect("snapshot request");
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).expect("json");
+    assert!(answer.get("error").is_none(), "{answer}");
+    let mut data = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), chunks.next())
+            .await
+            .expect("a snapshot chunk in time")
+            .expect("snapshot subscription open");
+        if chunk.payload.is_empty() {
+            assert!(
+                chunk.status.is_none_or(|s| s.as_u16() == 204),
+                "snapshot ended with {:?}",
+                chunk.status
+            );
+            break;
+        }
+        data.extend_from_slice(&chunk.payload);
+        if let Some(reply) = chunk.reply {
+            client
+                .publish(reply, Bytes::new())
+                .await
+                .expect("ack chunk");
+        }
+    }
+    StreamSnapshot {
+        config: answer["config"].clone(),
+        state: answer["state"].clone(),
+        data,
+    }
+}
+
+/// Restores `snapshot` as a new stream (`$JS.API.STREAM.RESTORE`), which
+/// must not exist: each chunk is a request the server acknowledges, and an
+/// empty one ends the restore, answered once the stream is in place.
+pub(crate) async fn restore_stream(client: &async_nats::Client, snapshot: &StreamSnapshot) {
+    let name = snapshot.config["name"].as_str().expect("stream name");
+    let request = serde_json::json!({"config": snapshot.config, "state": snapshot.state});
+    let answer = client
+        .request(
+            format!("$JS.API.STREAM.RESTORE.{name}"),
+            request.to_string().into(),
+        )
+        .await
+        .expect("restore request");
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).expect("json");
+    let deliver = answer["deliver_subject"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no deliver subject: {answer}"))
+        .to_owned();
+    for chunk in snapshot.data.chunks(65536) {
+        client
+            .request(deliver.clone(), Bytes::copy_from_slice(chunk))
+            .await
+            .expect("restore chunk acknowledged");
+    }
+    let done = client
+        .request(deliver, Bytes::new())
+        .await
+        .expect("restore finished");
+    let done: serde_json::Value = serde_json::from_slice(&done.payload).expect("json");
+    assert!(done.get("error").is_none(), "{done}");
+}
+
 /// A running `sse-node` process.
 pub(crate) struct NodeProc {
     child: Child,

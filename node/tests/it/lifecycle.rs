@@ -496,17 +496,32 @@ async fn a_dozing_feed_past_a_stream_restored_from_a_backup_closes_and_its_clien
     .await;
 }
 
-async fn feed_past_a_restored_stream(env: &[(&str, &str)]) {
+/// A NATS server with topic `topic`, three events published to `path`,
+/// and a backup of the topic's stream taken then, the server stopped.
+async fn topic_backed_up(topic: &str, path: &str) -> (Nats, tempfile::TempDir) {
     let mut nats = Nats::start().await;
     let js = nats.jetstream().await;
-    create_topic(&js, "restored", None).await;
+    create_topic(&js, topic, None).await;
     for i in 1..=3 {
-        publish(&js, "restored", &format!("kept-{i}")).await;
+        publish(&js, path, &format!("kept-{i}")).await;
     }
     let backup = tempfile::tempdir().unwrap();
     nats.stop().await;
-    nats.copy_stream_store("SSE_restored", backup.path());
+    nats.copy_stream_store(&format!("SSE_{topic}"), backup.path());
     nats.restart().await;
+    (nats, backup)
+}
+
+/// Stops the server, puts `topic`'s stream back as `backup` holds it, and
+/// starts the server again.
+async fn restore_backup(nats: &mut Nats, topic: &str, backup: &tempfile::TempDir) {
+    nats.stop().await;
+    nats.put_back_stream_store(&format!("SSE_{topic}"), backup.path());
+    nats.restart().await;
+}
+
+async fn feed_past_a_restored_stream(env: &[(&str, &str)]) {
+    let (mut nats, backup) = topic_backed_up("restored", "restored").await;
     let js = nats.jetstream().await;
     let node = NodeProc::start(&nats.url(), env).await;
     let mut client = SseClient::connect(&node.url("/v1/events?topic=restored"), None)
@@ -524,9 +539,7 @@ async fn feed_past_a_restored_stream(env: &[(&str, &str)]) {
     let last_seen = client.take(2, T).await[1].id.clone();
     assert!(last_seen.ends_with(":5"), "{last_seen}");
 
-    nats.stop().await;
-    nats.put_back_stream_store("SSE_restored", backup.path());
-    nats.restart().await;
+    restore_backup(&mut nats, "restored", &backup).await;
     let js = nats.jetstream().await;
     let info = js.get_stream("SSE_restored").await.unwrap();
     assert_eq!(info.cached_info().state.last_sequence, 3);
@@ -556,16 +569,7 @@ async fn feed_past_a_restored_stream(env: &[(&str, &str)]) {
 /// the feed asks JetStream, finds the stream behind it and closes.
 #[tokio::test]
 async fn a_dozing_path_feed_hearing_a_restored_stream_closes_and_its_clients_get_reset() {
-    let mut nats = Nats::start().await;
-    let js = nats.jetstream().await;
-    create_topic(&js, "rewind", None).await;
-    for i in 1..=3 {
-        publish(&js, "rewind.a", &format!("kept-{i}")).await;
-    }
-    let backup = tempfile::tempdir().unwrap();
-    nats.stop().await;
-    nats.copy_stream_store("SSE_rewind", backup.path());
-    nats.restart().await;
+    let (mut nats, backup) = topic_backed_up("rewind", "rewind.a").await;
     let js = nats.jetstream().await;
     let node = NodeProc::start(
         &nats.url(),
@@ -588,9 +592,7 @@ async fn a_dozing_path_feed_hearing_a_restored_stream_closes_and_its_clients_get
     publish(&js, "rewind.a", "lost-5").await;
     let last_seen = client.take(2, T).await[1].id.clone();
 
-    nats.stop().await;
-    nats.put_back_stream_store("SSE_rewind", backup.path());
-    nats.restart().await;
+    restore_backup(&mut nats, "rewind", &backup).await;
     let js = nats.jetstream().await;
     eventually(T, "the node to be back on NATS", || async {
         (get(&node.url("/readyz"), None).await.0 == 200).then_some(())

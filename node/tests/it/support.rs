@@ -320,16 +320,12 @@ pub(crate) struct StreamSnapshot {
 pub(crate) async fn snapshot_stream(client: &async_nats::Client, stream: &str) -> StreamSnapshot {
     let inbox = client.new_inbox();
     let mut chunks = client.subscribe(inbox.clone()).await.expect("subscribe");
-    let request = serde_json::json!({"deliver_subject": inbox, "chunk_size": 65536});
-    let answer = client
-        .request(
-            format!("$JS.API.STREAM.SNAPSHOT.{stream}"),
-            request.to_string().into(),
-        )
-        .await
-        .expect("snapshot request");
-    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).expect("json");
-    assert!(answer.get("error").is_none(), "{answer}");
+    let answer = api_request(
+        client,
+        format!("$JS.API.STREAM.SNAPSHOT.{stream}"),
+        serde_json::json!({"deliver_subject": inbox, "chunk_size": 65536}),
+    )
+    .await;
     let mut data = Vec::new();
     loop {
         let chunk = tokio::time::timeout(Duration::from_secs(10), chunks.next())
@@ -359,20 +355,32 @@ pub(crate) async fn snapshot_stream(client: &async_nats::Client, stream: &str) -
     }
 }
 
+/// A JetStream API request with a JSON body, answered without an error.
+async fn api_request(
+    client: &async_nats::Client,
+    subject: String,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let answer = client
+        .request(subject.clone(), body.to_string().into())
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).expect("json");
+    assert!(answer.get("error").is_none(), "{subject}: {answer}");
+    answer
+}
+
 /// Restores `snapshot` as a new stream (`$JS.API.STREAM.RESTORE`), which
 /// must not exist: each chunk is a request the server acknowledges, and an
 /// empty one ends the restore, answered once the stream is in place.
 pub(crate) async fn restore_stream(client: &async_nats::Client, snapshot: &StreamSnapshot) {
     let name = snapshot.config["name"].as_str().expect("stream name");
-    let request = serde_json::json!({"config": snapshot.config, "state": snapshot.state});
-    let answer = client
-        .request(
-            format!("$JS.API.STREAM.RESTORE.{name}"),
-            request.to_string().into(),
-        )
-        .await
-        .expect("restore request");
-    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).expect("json");
+    let answer = api_request(
+        client,
+        format!("$JS.API.STREAM.RESTORE.{name}"),
+        serde_json::json!({"config": snapshot.config, "state": snapshot.state}),
+    )
+    .await;
     let deliver = answer["deliver_subject"]
         .as_str()
         .unwrap_or_else(|| panic!("no deliver subject: {answer}"))

@@ -134,6 +134,9 @@ pub struct Feed {
     /// started, at a listing, or asked about a client's cursor. A cursor up
     /// to here needs no question (see [`Feed::holds_up_to`]).
     known_held: AtomicU64,
+    /// Events deleted from within the stream (between its first and last
+    /// sequences) as last listed: a subject's purge, a deleted message.
+    deleted_within: AtomicU64,
     /// Sockets of caught-up clients, written to by the feed's writer.
     parked: Arc<ParkedSockets>,
     state: Mutex<FeedState>,
@@ -366,6 +369,7 @@ impl Feed {
             look_now: tokio::sync::Notify::new(),
             listed_last: AtomicU64::new(0),
             known_held: AtomicU64::new(last),
+            deleted_within: AtomicU64::new(deleted_within(&info.state)),
             parked: Arc::default(),
             stream_name: topic.stream_name(),
             private: AtomicBool::new(stream_access(info) == Access::Private),
@@ -583,6 +587,21 @@ impl Feed {
         let mut state = self.lock();
         let freed = state.history.drop_before(first);
         self.budget.adjust(freed, 0);
+    }
+
+    /// Drops the history held in memory when the stream, as last listed
+    /// (`state`), holds fewer events between its first and last sequences
+    /// than before: a path's events were purged, or a message deleted, and
+    /// memory does not say which. Resumes read JetStream until the history
+    /// fills again. Streams that drop old events of a subject as new ones
+    /// come (a per-subject limit) have their history dropped at each
+    /// listing.
+    pub fn forget_deleted(&self, state: &jetstream::stream::State) {
+        let deleted = deleted_within(state);
+        if self.deleted_within.swap(deleted, Ordering::AcqRel) < deleted {
+            let freed = self.evict_history();
+            debug!(topic = %self.topic, deleted, freed, "events deleted from within the stream; history dropped");
+        }
     }
 
     /// Drops the history held in memory (the node is over its budget);
@@ -2057,6 +2076,17 @@ async fn open_consumer(
     })))
 }
 
+/// Events deleted from within a stream: the sequences between its first
+/// and last that it no longer holds.
+fn deleted_within(state: &jetstream::stream::State) -> u64 {
+    if state.messages == 0 {
+        return 0;
+    }
+    (state.last_sequence + 1)
+        .saturating_sub(state.first_sequence)
+        .saturating_sub(state.messages)
+}
+
 /// How long a feed of `info`'s stream reads nothing before it lets its
 /// consumer go; `None` if it never does.
 fn doze_time(settings: &FeedSettings, info: &Info) -> Option<Duration> {
@@ -2177,6 +2207,19 @@ mod tests {
             "cluster": null
         }))
         .expect("a stream info")
+    }
+
+    #[test]
+    fn events_deleted_within_a_stream_are_the_sequences_it_no_longer_holds() {
+        let state = |messages: u64, first: u64, last: u64| {
+            let mut state = info().state;
+            (state.messages, state.first_sequence, state.last_sequence) = (messages, first, last);
+            state
+        };
+        assert_eq!(deleted_within(&state(5, 1, 5)), 0);
+        assert_eq!(deleted_within(&state(3, 1, 5)), 2, "two deleted between");
+        assert_eq!(deleted_within(&state(3, 3, 5)), 0, "expired from the front");
+        assert_eq!(deleted_within(&state(0, 6, 5)), 0, "purged whole");
     }
 
     /// A topic quiet for the doze time warms no history up: its feed starts

@@ -26,8 +26,10 @@
 //! they stand, so a topic read at many paths costs one consumer.
 //!
 //! Each listing also trims every live feed's history below its stream's
-//! first sequence, so events purged or expired from JetStream are not
-//! served from memory for longer than `nats.topic_refresh_seconds`, and
+//! first sequence, and drops it when events were deleted from within the
+//! stream (a path's purge), so events purged, deleted or expired from
+//! JetStream are not served from memory for longer than
+//! `nats.topic_refresh_seconds`, and
 //! has a dozing feed whose stream is past its head look at JetStream, so a
 //! publish its subscriptions missed waits at most that long.
 //!
@@ -434,6 +436,7 @@ impl Topics {
                     current
                         .set_republished(republishes_live(info, &self.0.settings.subject_prefix));
                     current.forget_before(info.state.first_sequence);
+                    current.forget_deleted(&info.state);
                     current.listed(info.state.last_sequence);
                 }
             }

@@ -420,6 +420,68 @@ async fn purged_events_held_in_memory_are_not_served_after_a_refresh() {
     assert_eq!(data_of(&events[1..]), ["g4"]);
 }
 
+/// Events of one path purged from within the stream (as `ssectl topic
+/// purge --subject` does) are not served from node memory either: within a
+/// topic refresh the node drops the topic's history, and a resume from
+/// before them gets what the stream still holds, from JetStream.
+#[tokio::test]
+async fn a_paths_purged_events_held_in_memory_are_not_served_after_a_refresh() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "paths", None).await;
+    let node = NodeProc::start(&nats.url(), &[("SSE_NATS__TOPIC_REFRESH_SECONDS", "1")]).await;
+    let mut live = SseClient::connect(&node.url("/v1/events?topic=paths"), None)
+        .await
+        .unwrap();
+    let start = live.ready().await;
+    publish(&js, "paths.kept", "kept-1").await;
+    publish(&js, "paths.gone", "gone").await;
+    publish(&js, "paths.kept", "kept-2").await;
+    assert_eq!(
+        data_of(&live.take(3, T).await),
+        ["kept-1", "gone", "kept-2"]
+    );
+    let memory_replays = || async {
+        node.metric("sse_replay_events_total{source=\"memory\"}")
+            .await
+    };
+    let from_memory = memory_replays().await;
+    let mut before = SseClient::connect(&node.url("/v1/events?topic=paths"), Some(&start))
+        .await
+        .unwrap();
+    assert_eq!(
+        data_of(&before.take(3, T).await),
+        ["kept-1", "gone", "kept-2"]
+    );
+    assert_eq!(
+        memory_replays().await - from_memory,
+        3.0,
+        "replayed from memory"
+    );
+
+    let purged = js
+        .get_stream("SSE_paths")
+        .await
+        .unwrap()
+        .purge()
+        .filter("sse.paths.gone")
+        .await
+        .unwrap();
+    assert_eq!(purged.purged, 1);
+    eventually(T, "the purged event to be gone from resumes", || async {
+        let url = node.url("/v1/events?topic=paths");
+        let mut probe = SseClient::connect(&url, Some(&start)).await.ok()?;
+        let events = [
+            probe.next_event(T).await.ok()??,
+            probe.next_event(T).await.ok()??,
+        ];
+        (data_of(&events) == ["kept-1", "kept-2"]).then_some(())
+    })
+    .await;
+    publish(&js, "paths.kept", "kept-3").await;
+    assert_eq!(data_of(&live.take(1, T).await), ["kept-3"]);
+}
+
 /// The epoch of `id`'s one topic and the id with `seq` in place of its
 /// sequence.
 fn id_at(id: &str, seq: u64) -> String {

@@ -267,7 +267,11 @@ impl Topics {
         lease: FeedLease,
         seq: u64,
     ) -> Result<(FeedLease, Option<u64>), LookupError> {
-        if seq <= lease.holds_up_to() {
+        // Without a NATS connection there is no answer to wait for: the
+        // cursor is taken as it is, as when JetStream does not answer.
+        if seq <= lease.holds_up_to()
+            || self.0.js.client().connection_state() != async_nats::connection::State::Connected
+        {
             return Ok((lease, None));
         }
         let last = match bounded(self.0.js.get_stream(topic.stream_name())).await {

@@ -590,15 +590,17 @@ impl Feed {
     }
 
     /// Drops the history held in memory when the stream, as last listed
-    /// (`state`), holds fewer events between its first and last sequences
+    /// (`info`), holds fewer events between its first and last sequences
     /// than before: a path's events were purged, or a message deleted, and
     /// memory does not say which. Resumes read JetStream until the history
-    /// fills again. Streams that drop old events of a subject as new ones
-    /// come (a per-subject limit) have their history dropped at each
-    /// listing.
-    pub fn forget_deleted(&self, state: &jetstream::stream::State) {
-        let deleted = deleted_within(state);
-        if self.deleted_within.swap(deleted, Ordering::AcqRel) < deleted {
+    /// fills again. Not for a stream that deletes events from within as
+    /// new ones come (a limit per subject, or a time to live per message):
+    /// dropped at every listing, its history would serve no resume, and
+    /// what it holds beyond the stream are events superseded, not purged.
+    pub fn forget_deleted(&self, info: &Info) {
+        let deleted = deleted_within(&info.state);
+        let expected = info.config.max_messages_per_subject > 0 || info.config.allow_message_ttl;
+        if self.deleted_within.swap(deleted, Ordering::AcqRel) < deleted && !expected {
             let freed = self.evict_history();
             debug!(topic = %self.topic, deleted, freed, "events deleted from within the stream; history dropped");
         }
@@ -2458,6 +2460,42 @@ mod tests {
             b"x",
         ));
         assert_eq!(again.try_recv().expect("the path's event").seq, 1);
+    }
+
+    /// Events deleted from within the stream drop the history, unless the
+    /// stream deletes some as new ones come (a limit per subject).
+    #[test]
+    fn events_deleted_from_within_drop_the_history_unless_the_stream_supersedes_events() {
+        for per_subject_limit in [false, true] {
+            let mut listed = info();
+            if per_subject_limit {
+                listed.config.max_messages_per_subject = 1;
+            }
+            let (feed, _) = Feed::new(TopicName::parse("t").unwrap(), None, &listed, &settings());
+            let ctx = feed.encode_context.clone();
+            for seq in 6..=8 {
+                let subject = format!("t.{seq}");
+                feed.publish(Event::encode(
+                    &ctx,
+                    seq,
+                    &subject,
+                    SystemTime::UNIX_EPOCH,
+                    None,
+                    b"x",
+                ));
+            }
+            // The same listing as at the start: nothing deleted.
+            feed.forget_deleted(&listed);
+            assert!(matches!(feed.history_after(5, 8, 10), Slice::Events(e) if e.len() == 3));
+            // Sequences 1 to 8 with 7 events: one deleted from within.
+            (listed.state.messages, listed.state.last_sequence) = (7, 8);
+            feed.forget_deleted(&listed);
+            let kept = matches!(feed.history_after(5, 8, 10), Slice::Events(e) if e.len() == 3);
+            assert_eq!(
+                kept, per_subject_limit,
+                "history kept with a per-subject limit only"
+            );
+        }
     }
 
     #[test]

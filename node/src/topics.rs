@@ -440,7 +440,7 @@ impl Topics {
                     current
                         .set_republished(republishes_live(info, &self.0.settings.subject_prefix));
                     current.forget_before(info.state.first_sequence);
-                    current.forget_deleted(&info.state);
+                    current.forget_deleted(info);
                     current.listed(info.state.last_sequence);
                 }
             }

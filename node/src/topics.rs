@@ -255,11 +255,12 @@ impl Topics {
     /// stream does not hold: an id made up, or a stream whose server's disk
     /// was restored from a backup, which keeps the stream's creation time
     /// (so its epoch) while its sequences go back, and whose new events
-    /// would take numbers the client has already seen. Returns the lease to serve from and, in
-    /// that case, the stream's last sequence: the client continues after
-    /// it. A feed that is itself past that sequence read the stream before
-    /// it went back; it is stopped and a new one leased. Without an answer
-    /// from JetStream the cursor is taken as it is.
+    /// would take numbers the client has already seen. Returns the lease to
+    /// serve from and, in that case (two answers 2 s apart say so), the
+    /// stream's last sequence: the client gets a `reset`. A feed that is
+    /// itself past that sequence read the stream before it went back; it is
+    /// stopped and a new one leased. Without an answer from JetStream the
+    /// cursor is taken as it is.
     pub async fn confirm_cursor(
         &self,
         topic: &TopicName,
@@ -274,19 +275,32 @@ impl Topics {
         {
             return Ok((lease, None));
         }
-        let last = match bounded(self.0.js.get_stream(topic.stream_name())).await {
-            Ok(stream) if stream_epoch(stream.cached_info()) == lease.epoch => {
-                stream.cached_info().state.last_sequence
+        let mut last = 0;
+        for ask in 0..2 {
+            if ask > 0 {
+                // A stream leader just elected may answer before it has
+                // applied all it holds: act on "behind" only when it holds
+                // a moment later, as for a stream gone or recreated.
+                tokio::time::sleep(GONE_CONFIRM_DELAY).await;
+                if seq <= lease.holds_up_to() {
+                    return Ok((lease, None));
+                }
             }
-            Ok(_) => return Ok((lease, None)),
-            Err(error) => {
-                debug!(%topic, seq, %error, "cannot check a cursor past the feed's head");
+            let answer = match bounded(self.0.js.get_stream(topic.stream_name())).await {
+                Ok(stream) if stream_epoch(stream.cached_info()) == lease.epoch => {
+                    stream.cached_info().state.last_sequence
+                }
+                Ok(_) => return Ok((lease, None)),
+                Err(error) => {
+                    debug!(%topic, seq, %error, "cannot check a cursor past the feed's head");
+                    return Ok((lease, None));
+                }
+            };
+            if answer >= seq {
+                lease.held(answer);
                 return Ok((lease, None));
             }
-        };
-        if last >= seq {
-            lease.held(last);
-            return Ok((lease, None));
+            last = answer;
         }
         if last >= lease.head() {
             return Ok((lease, Some(last)));

@@ -29,7 +29,10 @@ use serde::{Deserialize, Serialize};
 use sse_protocol::{
     Cursor, SubjectPath, TopicName, TopicPosition,
     cursor::epoch_from_unix_nanos,
-    headers::{EVENT_NAME_HEADER, MAX_EVENT_NAME_BYTES, TRACEPARENT_HEADER, valid_event_name},
+    headers::{
+        EVENT_NAME_HEADER, INVALID_EVENT_NAME, MAX_EVENT_NAME_BYTES, RESET_EVENT_NAME,
+        TRACEPARENT_HEADER, valid_event_name,
+    },
 };
 use utoipa::ToSchema;
 
@@ -51,7 +54,8 @@ pub struct PublishEvent {
     /// Full subject path inside the topic, e.g. `orders.42` or `orders`.
     pub subject: String,
     /// SSE event name: 1 to 128 bytes, no control character, no leading or
-    /// trailing space; absent: a plain `message`.
+    /// trailing space, not `reset` or `invalid` (the nodes' own); absent: a
+    /// plain `message`.
     pub event: Option<String>,
     /// The event's data, UTF-8 text; several lines become several `data:`.
     pub data: String,
@@ -147,7 +151,7 @@ pub fn validate_event_name(name: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::BadRequest(format!(
-            "event {name:?} is not a valid event name: 1 to {MAX_EVENT_NAME_BYTES} bytes, no control character, no leading or trailing space"
+            "event {name:?} is not a valid event name: 1 to {MAX_EVENT_NAME_BYTES} bytes, no control character, no leading or trailing space, and not {RESET_EVENT_NAME:?} or {INVALID_EVENT_NAME:?}, which the nodes send themselves"
         )))
     }
 }

@@ -22,12 +22,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 // The header names and the event-name limit are the contract with
 // publishers and admin; they live in `sse_protocol::headers`.
 pub use sse_protocol::headers::{
-    EVENT_NAME_HEADER, MARKER_HEADER, MAX_EVENT_NAME_BYTES, TRACEPARENT_HEADER, valid_event_name,
+    EVENT_NAME_HEADER, INVALID_EVENT_NAME, MARKER_HEADER, MAX_EVENT_NAME_BYTES, RESET_EVENT_NAME,
+    TRACEPARENT_HEADER, valid_event_name,
 };
 /// Name given to events whose publisher set none.
 pub const DEFAULT_EVENT_NAME: &str = "message";
-/// Name of the event that replaces one that could not be sent as is.
-pub const INVALID_EVENT_NAME: &str = "invalid";
 
 /// Why an event was replaced by an `invalid` event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

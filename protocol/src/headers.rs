@@ -3,7 +3,10 @@
 //!
 //! - [`EVENT_NAME_HEADER`] (`Sse-Event`): the SSE event name. At most
 //!   [`MAX_EVENT_NAME_BYTES`] (128) bytes, not empty, no control character
-//!   (so no line break), no leading or trailing space: [`valid_event_name`].
+//!   (so no line break), no leading or trailing space, and not one of the
+//!   names the nodes give their own events ([`RESET_EVENT_NAME`],
+//!   [`INVALID_EVENT_NAME`]), so a client can tell those from a
+//!   publisher's: [`valid_event_name`].
 //!   This one limit holds for every path an event takes. Admin refuses a
 //!   name that breaks it with 400; a node that reads one published straight
 //!   to NATS sends an `invalid` event in its place.
@@ -24,14 +27,20 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 pub const MARKER_HEADER: &str = "Nats-Marker-Reason";
 /// Longest event name, in bytes, on every path.
 pub const MAX_EVENT_NAME_BYTES: usize = 128;
+/// The event a node sends when the history a client needs is gone.
+pub const RESET_EVENT_NAME: &str = "reset";
+/// The event a node sends in place of one it cannot send as is.
+pub const INVALID_EVENT_NAME: &str = "invalid";
 
 /// Whether an `Sse-Event` value may be written as an event name: it fits in
-/// one `event:` line and reads back the same.
+/// one `event:` line, reads back the same, and is none of the nodes' own.
 pub fn valid_event_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_EVENT_NAME_BYTES
         && !name.chars().any(char::is_control)
         && name.trim() == name
+        && name != RESET_EVENT_NAME
+        && name != INVALID_EVENT_NAME
 }
 
 #[cfg(test)]
@@ -47,5 +56,8 @@ mod tests {
         assert!(!valid_event_name("a\nb"));
         assert!(!valid_event_name("a\rb"));
         assert!(!valid_event_name(" padded"));
+        assert!(!valid_event_name("reset"), "the nodes' own");
+        assert!(!valid_event_name("invalid"), "the nodes' own");
+        assert!(valid_event_name("Reset"));
     }
 }

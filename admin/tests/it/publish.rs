@@ -170,6 +170,13 @@ async fn bad_events_are_refused() {
             400,
             "event",
         );
+        for own in ["reset", "invalid"] {
+            assert_error(
+                &publish(json!({"subject": "orders.1", "event": own, "data": "x"})).await,
+                400,
+                "which the nodes send themselves",
+            );
+        }
         assert_error(
             &publish(json!({"subject": "orders.1", "event": " padded", "data": "x"})).await,
             400,

@@ -117,7 +117,9 @@ fn write_positions(
 }
 
 pub(super) fn write_reset_body(out: &mut BytesMut, data: &serde_json::Value) {
-    out.put_slice(b"event: reset\ndata: ");
+    out.put_slice(b"event: ");
+    out.put_slice(crate::event::RESET_EVENT_NAME.as_bytes());
+    out.put_slice(b"\ndata: ");
     out.put_slice(data.to_string().as_bytes());
     out.put_u8(b'\n');
 }

@@ -65,8 +65,23 @@ const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
 
 /// Past this many topics to ask JetStream about one by one (new ones and
 /// ones with live feeds), a re-listing asks for every stream's facts in
-/// one listing instead.
+/// one listing instead, unless they are fewer than one in
+/// [`STREAMS_PER_TOPIC_ASKED`] of all topic streams.
 const FULL_LISTING_ABOVE: usize = 64;
+
+/// What one stream's info costs NATS against its share of a full listing,
+/// about 16 to 1 (360 µs against 22 µs at 3,000 streams,
+/// `bench/nats/listing_cost.py`; the listing's share grows with the number
+/// of streams). A node that reads fewer than one topic in this many asks
+/// about those alone: it does not pay NATS for every topic of the cluster.
+const STREAMS_PER_TOPIC_ASKED: usize = 16;
+
+/// Topics asked about at once in a re-listing, and how long they may take
+/// in all: what is not asked by then waits for the next re-listing, so a
+/// slow NATS holds the registry's loop (its sweeps, its advisories) no
+/// longer than that.
+const ASKED_AT_ONCE: usize = 8;
+const ASKING_AT_MOST: Duration = Duration::from_secs(10);
 
 /// Feeds running in `feeds`.
 fn count_feeds(feeds: &HashMap<TopicName, TopicFeeds>) -> i64 {
@@ -535,7 +550,8 @@ impl Topics {
     /// stream's facts makes JetStream compute each one's state, which costs
     /// NATS a steady share of a core with many topics; names cost little.
     /// Falls back to a full listing when more than [`FULL_LISTING_ABOVE`]
-    /// topics need their facts.
+    /// topics need their facts and they are not a small share of all
+    /// ([`STREAMS_PER_TOPIC_ASKED`]).
     pub async fn relist(&self) -> Result<usize, async_nats::Error> {
         let mut present = HashSet::new();
         let mut names = self.0.js.stream_names();
@@ -561,14 +577,24 @@ impl Topics {
                 .collect();
             (to_ask, stale.into_iter().collect())
         };
-        if to_ask.len() > FULL_LISTING_ABOVE {
+        if to_ask.len() > FULL_LISTING_ABOVE
+            && to_ask.len() * STREAMS_PER_TOPIC_ASKED > present.len()
+        {
             return self.load_all().await;
         }
-        for topic in to_ask.iter().chain(&stale) {
-            // A topic listed but not found a moment later is dropped once
-            // that answer holds (`refresh`); other errors wait for the next
-            // listing.
-            let _ = self.refresh(topic).await;
+        // A topic listed but not found a moment later is dropped once that
+        // answer holds (`refresh`); other errors wait for the next listing.
+        let asking = futures_util::stream::iter(to_ask.iter().chain(&stale)).for_each_concurrent(
+            ASKED_AT_ONCE,
+            |topic| async move {
+                let _ = self.refresh(topic).await;
+            },
+        );
+        if tokio::time::timeout(ASKING_AT_MOST, asking).await.is_err() {
+            warn!(
+                topics = to_ask.len() + stale.len(),
+                "re-listing did not hear about every topic in time; the rest wait for the next"
+            );
         }
         Ok(present.len())
     }

@@ -27,8 +27,7 @@ import asyncio
 import json
 
 import nats
-from nats.js.api import StreamConfig
-from per_message import cpu_seconds, nats_server
+from per_message import add_topic_streams, cpu_seconds, nats_server
 
 
 def rss_kib(pid: int) -> int:
@@ -50,13 +49,9 @@ def expand(rounds: str) -> list[str]:
 async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
     nc = await nats.connect(f"nats://127.0.0.1:{port}")
     js = nc.jetstream()
-    for i in range(args.topics):
-        # Direct gets allowed, as the admin service makes topic streams.
-        await js.add_stream(
-            StreamConfig(name=f"SSE_t{i}", subjects=[f"sse.t{i}", f"sse.t{i}.>"], allow_direct=True)
-        )
-        if args.with_message:
-            await js.publish(f"sse.t{i}.x", b"x" * 100)
+    await add_topic_streams(
+        js, args.topics, (lambda i: f"sse.t{i}.x") if args.with_message else None
+    )
     await asyncio.sleep(args.settle)
     result = {
         "topics": args.topics,

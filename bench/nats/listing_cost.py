@@ -23,8 +23,7 @@ import time
 import urllib.request
 
 import nats
-from nats.js.api import StreamConfig
-from per_message import cpu_seconds, free_port, nats_server
+from per_message import add_topic_streams, cpu_seconds, free_port, nats_server
 
 
 async def api_requests(nc) -> int:
@@ -45,11 +44,7 @@ async def open_stream(port: int, topic: str) -> asyncio.StreamWriter:
 async def measure(nats_port: int, nats_pid: int, args: argparse.Namespace) -> dict:
     nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
     js = nc.jetstream()
-    for i in range(args.topics):
-        await js.add_stream(
-            StreamConfig(name=f"SSE_t{i}", subjects=[f"sse.t{i}", f"sse.t{i}.>"], allow_direct=True)
-        )
-        await js.publish(f"sse.t{i}", b"x" * 100)
+    await add_topic_streams(js, args.topics, lambda i: f"sse.t{i}")
     http_port = free_port()
     env = dict(
         os.environ,

@@ -82,6 +82,18 @@ async def publish(url: str, mode: str, messages: int, rate: float) -> None:
     await nc.close()
 
 
+async def add_topic_streams(js, count: int, event_subject=None) -> None:
+    """Creates `count` topic streams as the admin service makes them
+    (`SSE_t<i>`, subjects `sse.t<i>` and `sse.t<i>.>`, direct gets allowed),
+    each with one 100-byte event on `event_subject(i)` unless it is None."""
+    for i in range(count):
+        await js.add_stream(
+            StreamConfig(name=f"SSE_t{i}", subjects=[f"sse.t{i}", f"sse.t{i}.>"], allow_direct=True)
+        )
+        if event_subject is not None:
+            await js.publish(event_subject(i), b"x" * 100)
+
+
 @contextlib.contextmanager
 def nats_server():
     """A fresh nats-server with JetStream in a store of its own, ready for

@@ -525,7 +525,7 @@ impl Feed {
     /// Each new last sequence makes the reader look once; a path feed's
     /// look may find that nothing of its path came.
     pub(crate) fn listed(&self, last_sequence: u64) {
-        self.known_held.fetch_max(last_sequence, Ordering::AcqRel);
+        self.held(last_sequence);
         if self.dozing.load(Ordering::Acquire)
             && last_sequence > self.head()
             && self.listed_last.fetch_max(last_sequence, Ordering::AcqRel) < last_sequence

@@ -76,6 +76,13 @@ const FULL_LISTING_ABOVE: usize = 64;
 /// about those alone: it does not pay NATS for every topic of the cluster.
 const STREAMS_PER_TOPIC_ASKED: usize = 16;
 
+/// Whether a re-listing that needs the facts of `asked` topics, of
+/// `streams` topic streams in all, lists every stream's facts at once
+/// rather than asking about each of those topics.
+fn lists_every_stream(asked: usize, streams: usize) -> bool {
+    asked > FULL_LISTING_ABOVE && asked * STREAMS_PER_TOPIC_ASKED > streams
+}
+
 /// Topics asked about at once in a re-listing, and how long they may take
 /// in all: what is not asked by then waits for the next re-listing, so a
 /// slow NATS holds the registry's loop (its sweeps, its advisories) no
@@ -577,9 +584,7 @@ impl Topics {
                 .collect();
             (to_ask, stale.into_iter().collect())
         };
-        if to_ask.len() > FULL_LISTING_ABOVE
-            && to_ask.len() * STREAMS_PER_TOPIC_ASKED > present.len()
-        {
+        if lists_every_stream(to_ask.len(), present.len()) {
             return self.load_all().await;
         }
         // A topic listed but not found a moment later is dropped once that
@@ -748,5 +753,30 @@ impl Topics {
         for feed in self.feeds() {
             feed.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relisting_asks_about_few_topics_one_by_one() {
+        assert!(!lists_every_stream(0, 0));
+        assert!(!lists_every_stream(3, 10_000));
+        assert!(!lists_every_stream(FULL_LISTING_ABOVE, 100));
+    }
+
+    #[test]
+    fn a_relisting_lists_every_stream_when_many_topics_are_a_large_share() {
+        assert!(lists_every_stream(FULL_LISTING_ABOVE + 1, 100));
+        assert!(lists_every_stream(100, 1_599));
+        assert!(lists_every_stream(3_000, 3_000));
+    }
+
+    #[test]
+    fn a_relisting_asks_one_by_one_about_many_topics_of_far_more_streams() {
+        assert!(!lists_every_stream(100, 1_600));
+        assert!(!lists_every_stream(100, 10_000));
     }
 }

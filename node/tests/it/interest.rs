@@ -1319,3 +1319,95 @@ async fn received_by_now(
     }
     received
 }
+
+/// The JetStream API requests about streams that NATS sees between the
+/// node's next two re-listings (each starts with `STREAM.NAMES`): the
+/// subjects past `$JS.API.STREAM.`.
+async fn asked_in_one_relisting(api: &mut async_nats::Subscriber) -> Vec<String> {
+    let mut names_seen = 0;
+    let mut asked = Vec::new();
+    tokio::time::timeout(T, async {
+        while let Some(message) = api.next().await {
+            let what = message
+                .subject
+                .as_str()
+                .trim_start_matches("$JS.API.STREAM.")
+                .to_owned();
+            if what == "NAMES" {
+                names_seen += 1;
+                if names_seen == 2 {
+                    return;
+                }
+            } else if names_seen == 1 {
+                asked.push(what);
+            }
+        }
+    })
+    .await
+    .expect("two re-listings");
+    asked
+}
+
+/// A node that reads few of many topics asks JetStream about those alone
+/// at each re-listing, not for every stream's facts, which would cost NATS
+/// for every topic of the cluster; one that reads many of them, a large
+/// share of all, lists every stream's facts at once.
+#[tokio::test]
+async fn a_relisting_asks_about_the_topics_read_or_lists_all_when_they_are_many() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    for i in 0..100 {
+        create_topic(&js, &format!("t{i}"), None).await;
+    }
+    let node = NodeProc::start(&nats.url(), &[("SSE_NATS__TOPIC_REFRESH_SECONDS", "1")]).await;
+    let mut api = js
+        .client()
+        .subscribe("$JS.API.STREAM.>")
+        .await
+        .expect("subscribe to stream requests");
+    js.client().flush().await.expect("flush");
+
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut client = SseClient::connect(&node.url(&format!("/v1/events?topic=t{i}")), None)
+            .await
+            .unwrap();
+        client.ready().await;
+        clients.push(client);
+    }
+    // The re-listing under way may have started before the feeds.
+    asked_in_one_relisting(&mut api).await;
+    let asked = asked_in_one_relisting(&mut api).await;
+    let mut asked_about: Vec<&str> = asked.iter().map(String::as_str).collect();
+    asked_about.sort_unstable();
+    asked_about.dedup();
+    assert_eq!(
+        asked_about,
+        ["INFO.SSE_t0", "INFO.SSE_t1", "INFO.SSE_t2"],
+        "three topics read of 100: {asked:?}"
+    );
+
+    for i in 3..70 {
+        let mut client = SseClient::connect(&node.url(&format!("/v1/events?topic=t{i}")), None)
+            .await
+            .unwrap();
+        client.ready().await;
+        clients.push(client);
+    }
+    asked_in_one_relisting(&mut api).await;
+    let asked = asked_in_one_relisting(&mut api).await;
+    assert!(
+        asked.iter().any(|what| what == "LIST"),
+        "70 topics read of 100, a listing of all: {asked:?}"
+    );
+    assert!(
+        asked
+            .iter()
+            .filter(|what| what.starts_with("INFO."))
+            .count()
+            < 70,
+        "not each of the 70 asked about: {asked:?}"
+    );
+    publish(&js, "t69", "still served").await;
+    assert_eq!(data_of(&clients[69].take(1, T).await), ["still served"]);
+}

@@ -262,7 +262,16 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment.merge(Env::prefixed("SSE_").split("__").ignore(&["config"]))
+        // Every key is `<section>.<key>`, so only `SSE_<SECTION>__<KEY>` can
+        // name one: a misspelt nested key is still refused, while variables
+        // such as `SSE_CONFIG` (the file) or those Kubernetes sets for each
+        // Service of the namespace (`SSE_CLUSTER_NODE_SERVICE_HOST` beside a
+        // Service named `sse-cluster-node`) do not stop start-up.
+        figment.merge(
+            Env::prefixed("SSE_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        )
     }
 
     /// Extracts and validates a configuration from layered sources.

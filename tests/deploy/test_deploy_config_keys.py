@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_support import K8S, ROOT, binary, chart_objects, one, run_compose, value_files
+from deploy_support import K8S, ROOT, binary, chart_objects, find, one, run_compose, value_files
 from k8s_checks import container
 
 FAKE_POD = {"POD_NAME": "sse-cluster-node-5d9c7-abcde", "POD_IP": "10.1.2.3"}
@@ -131,3 +131,49 @@ def test_k8s_config_files():
     assert_accepted(check_config(binary("sse-node"), node_env, K8S / "node.toml"), "k8s/node.toml")
     admin_env = pod_env(one(objs, "Deployment", "-admin"), "sse-admin")
     assert_accepted(check_config(binary("sse-admin"), admin_env, K8S / "admin.toml"), "k8s/admin.toml")
+
+
+def service_link_env(services: list[dict]) -> dict[str, str]:
+    """The variables the kubelet gives every container for each Service of
+    its namespace (unless the pod sets `enableServiceLinks: false`): the
+    Service's name upper-cased, `-` as `_`, then `_SERVICE_HOST`,
+    `_SERVICE_PORT[_<PORT NAME>]` and the Docker-link style `_PORT…`."""
+    env: dict[str, str] = {}
+    for i, svc in enumerate(services):
+        prefix = svc["metadata"]["name"].upper().replace("-", "_")
+        host = f"10.96.0.{10 + i}"
+        ports = svc["spec"].get("ports", [])
+        if not ports:
+            continue
+        env[f"{prefix}_SERVICE_HOST"] = host
+        env[f"{prefix}_SERVICE_PORT"] = str(ports[0]["port"])
+        for port in ports:
+            if port.get("name"):
+                env[f"{prefix}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(port["port"])
+        first = ports[0]
+        env[f"{prefix}_PORT"] = f"{first.get('protocol', 'TCP').lower()}://{host}:{first['port']}"
+        for port in ports:
+            proto = port.get("protocol", "TCP")
+            link = f"{prefix}_PORT_{port['port']}_{proto}"
+            env[link] = f"{proto.lower()}://{host}:{port['port']}"
+            env[f"{link}_PROTO"] = proto.lower()
+            env[f"{link}_PORT"] = str(port["port"])
+            env[f"{link}_ADDR"] = host
+    return env
+
+
+def test_kubernetes_service_variables_do_not_stop_the_services():
+    """k8s/ names its Services `sse-cluster-*`, so the kubelet's variables
+    for them start with `SSE_`, as they do beside any Service whose name
+    starts with `sse` (a Helm release named `sse`). Neither service takes
+    them for configuration keys, and the pods ask for none of them."""
+    from deploy_support import kustomize_objects
+
+    objs = kustomize_objects()
+    links = service_link_env(find(objs, "Service"))
+    assert any(k.startswith("SSE_CLUSTER_NODE_") for k in links), links
+    for suffix, exe, toml in [("-node", "sse-node", "node.toml"), ("-admin", "sse-admin", "admin.toml")]:
+        env = {**links, **pod_env(one(objs, "Deployment", suffix), exe)}
+        assert_accepted(check_config(binary(exe), env, K8S / toml), f"{exe} beside the Services' variables")
+    for deploy in find(objs, "Deployment") + find(chart_objects(), "Deployment"):
+        assert deploy["spec"]["template"]["spec"].get("enableServiceLinks") is False, deploy["metadata"]["name"]

@@ -149,3 +149,33 @@ async fn bad_config_stops_start_up_naming_the_key() {
         .unwrap();
     assert!(ok.status.success());
 }
+
+/// Kubernetes gives every container variables for each Service of its
+/// namespace, named after the Service: beside Services named
+/// `sse-cluster-node` and `sse-admin` (a release named `sse`), they start
+/// with `SSE_`, and are no configuration keys. The node starts all the same.
+#[tokio::test]
+async fn service_variables_kubernetes_sets_do_not_stop_start_up() {
+    let output = tokio::process::Command::new(binary())
+        .arg("--check-config")
+        .env("SSE_NATS__URL", "nats://nats:4222")
+        .envs([
+            ("SSE_CLUSTER_NODE_SERVICE_HOST", "10.96.0.12"),
+            ("SSE_CLUSTER_NODE_SERVICE_PORT", "8080"),
+            ("SSE_CLUSTER_NODE_SERVICE_PORT_HTTP", "8080"),
+            ("SSE_CLUSTER_NODE_PORT", "tcp://10.96.0.12:8080"),
+            ("SSE_CLUSTER_NODE_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+            ("SSE_CLUSTER_NODE_PORT_8080_TCP_PROTO", "tcp"),
+            ("SSE_CLUSTER_NODE_PORT_8080_TCP_PORT", "8080"),
+            ("SSE_CLUSTER_NODE_PORT_8080_TCP_ADDR", "10.96.0.12"),
+            ("SSE_ADMIN_SERVICE_HOST", "10.96.0.13"),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

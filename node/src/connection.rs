@@ -77,7 +77,7 @@ use tokio_rustls::{
     },
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::TlsConfig,
@@ -137,6 +137,11 @@ pub async fn serve(
         node.metrics()
             .limit_rejections
             .with_label_values(&["idle_timeout"]),
+    )
+    .with_accept_failures(
+        node.metrics()
+            .limit_rejections
+            .with_label_values(&["accept_failed"]),
     );
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if !http.h2 {
@@ -446,6 +451,9 @@ pub struct GuardedListener {
     stall: Duration,
     idle: Duration,
     idle_closed: Option<IntCounter>,
+    accept_failed: Option<IntCounter>,
+    // When a failed accept was last logged: at most one line in ten seconds.
+    accept_failed_logged: Option<Instant>,
 }
 
 impl GuardedListener {
@@ -456,7 +464,16 @@ impl GuardedListener {
             stall,
             idle: Duration::ZERO,
             idle_closed: None,
+            accept_failed: None,
+            accept_failed_logged: None,
         }
+    }
+
+    /// Counts connections the node could not accept (out of file
+    /// descriptors, say) in `failed`.
+    pub fn with_accept_failures(mut self, failed: IntCounter) -> Self {
+        self.accept_failed = Some(failed);
+        self
     }
 
     /// Reads fail once no byte has moved either way for `idle`, counted in
@@ -490,9 +507,20 @@ impl axum::serve::Listener for GuardedListener {
                     return (guarded, addr);
                 }
                 Err(error) => {
-                    // Out of file descriptors and the like: back off briefly
-                    // instead of spinning.
-                    debug!(%error, "accept failed");
+                    // Out of file descriptors and the like: the client
+                    // waits in the listen queue, unanswered. Said, counted,
+                    // and retried after a short back-off, not in a spin.
+                    if let Some(failed) = &self.accept_failed {
+                        failed.inc();
+                    }
+                    let now = Instant::now();
+                    if self
+                        .accept_failed_logged
+                        .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
+                    {
+                        self.accept_failed_logged = Some(now);
+                        warn!(%error, "cannot accept a connection; clients wait unanswered until descriptors are free (see http.max_connections and the open-file limit)");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

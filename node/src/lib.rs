@@ -33,6 +33,7 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod open_files;
 pub mod report;
 pub mod startup;
 pub mod telemetry;

@@ -6,7 +6,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use sse_node::{run, startup::Startup, telemetry};
+use sse_node::{open_files, run, startup::Startup, telemetry};
 use sse_shutdown::ShutdownSignals;
 use tokio_util::sync::CancellationToken;
 
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
     });
-    let startup = match Startup::load(file.as_deref()) {
+    let mut startup = match Startup::load(file.as_deref()) {
         Ok(startup) => startup,
         Err(error) => {
             eprintln!("{error}");
@@ -72,6 +72,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let telemetry = telemetry::init(&startup.config.log, "sse-node");
+    fit_streams_to_open_files(&mut startup.config.http.max_connections);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(error) => {
@@ -110,4 +111,27 @@ fn main() -> ExitCode {
     // the runtime's context.
     telemetry.shutdown();
     code
+}
+
+/// Raises the open-file limit, and lowers `max_connections` to the streams
+/// that fit under it: past it, clients would wait unanswered where they
+/// should get 503 and try another node.
+fn fit_streams_to_open_files(max_connections: &mut usize) {
+    let limit = match open_files::raise_to_hard_limit() {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit");
+            return;
+        }
+    };
+    let fit = open_files::streams_that_fit(limit);
+    if *max_connections > fit {
+        tracing::warn!(
+            http.max_connections = *max_connections,
+            open_file_limit = limit,
+            streams = fit,
+            "http.max_connections is more than the open-file limit allows: this node holds at most `streams` and answers 503 past them; raise the limit (ulimit -n, LimitNOFILE, the container's nofile ulimit) to hold more"
+        );
+        *max_connections = fit;
+    }
 }

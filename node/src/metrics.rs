@@ -55,6 +55,7 @@ pub const LIMITS: &[&str] = &[
     "header_read_timeout",
     "tls_handshake",
     "request_head",
+    "accept_failed",
 ];
 
 /// The node's metrics, registered in their own registry.

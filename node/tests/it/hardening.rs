@@ -177,6 +177,41 @@ async fn each_request_limit_has_a_status_and_a_metric() {
     assert_eq!(status, Some(200));
 }
 
+/// A node whose open-file limit holds fewer streams than
+/// `http.max_connections` raises its soft limit to the hard one and answers
+/// 503 past the streams that fit under it, where clients would otherwise
+/// wait unanswered in the listen queue.
+#[tokio::test]
+async fn a_node_holds_the_streams_its_open_file_limit_allows_and_refuses_the_rest() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "fds", None).await;
+    // Raised from 300 to 400: 400 less the 256 kept for the rest.
+    let node = NodeProc::start_with_open_files(&nats.url(), &[], 300, 400).await;
+    let fit = 144;
+    let url = node.url("/v1/events?topic=fds");
+    let mut held = Vec::new();
+    for _ in 0..fit {
+        let mut client = SseClient::connect(&url, None).await.unwrap();
+        client.ready().await;
+        held.push(client);
+    }
+    let (status, headers, body) = tokio::time::timeout(T, get_with(&url, &[]))
+        .await
+        .expect("an answer, not a wait in the listen queue");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("node_full"), "{body}");
+    assert!(
+        body.contains(&format!("maximum of {fit} streams")),
+        "{body}"
+    );
+    assert_eq!(headers["retry-after"], "1");
+    publish(&js, "fds", "to all").await;
+    for client in &mut held {
+        assert_eq!(data_of(&client.take(1, T).await), ["to all"]);
+    }
+}
+
 #[tokio::test]
 async fn slow_request_heads_and_connection_bursts_are_cut() {
     let nats = Nats::start().await;

@@ -417,8 +417,31 @@ impl NodeProc {
 
     /// Starts a node without waiting for it to be ready.
     pub(crate) fn spawn(nats_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn_command(Command::new(binary()), nats_url, env)
+    }
+
+    /// Starts a node whose open-file limits start at `soft` and `hard`, and
+    /// waits until it is ready.
+    pub(crate) async fn start_with_open_files(
+        nats_url: &str,
+        env: &[(&str, &str)],
+        soft: u64,
+        hard: u64,
+    ) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\""
+            ))
+            .arg(binary());
+        let node = Self::spawn_command(command, nats_url, env);
+        node.wait_ready().await;
+        node
+    }
+
+    fn spawn_command(mut command: Command, nats_url: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let mut command = Command::new(binary());
         command
             .env("SSE_NATS__URL", nats_url)
             .env("SSE_HTTP__LISTEN", format!("127.0.0.1:{port}"))

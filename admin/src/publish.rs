@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::{
-    HeaderMap, HeaderValue,
+    HeaderMap,
     jetstream::{context::PublishErrorKind, publish::PublishAck},
 };
 use axum::{
@@ -264,7 +264,7 @@ pub async fn publish_event(
         headers.insert(EVENT_NAME_HEADER, event.as_str());
     }
     if let Some(tp) = traceparent(&http_headers) {
-        headers.insert(TRACEPARENT_HEADER, HeaderValue::from(tp.as_str()));
+        headers.insert(TRACEPARENT_HEADER, tp.as_str());
     }
     let subject = path.nats_subject(state.prefix());
     let ack =

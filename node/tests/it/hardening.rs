@@ -621,3 +621,47 @@ proptest! {
         prop_assert_eq!(&events[1].id, "t:e:2");
     }
 }
+
+/// A header value holding a lone carriage return, which only a client of
+/// the raw protocol can store, breaks neither the event's frame nor the
+/// node's connection to NATS: the event goes out with the id it was
+/// stored under, and every topic goes on.
+#[tokio::test]
+async fn a_header_value_with_a_lone_carriage_return_breaks_neither_the_frame_nor_the_node() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "raw", None).await;
+    create_topic(&js, "other", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut raw = SseClient::connect(&node.url("/v1/events?topic=raw"), None)
+        .await
+        .unwrap();
+    let before = raw.ready().await;
+    let mut other = SseClient::connect(&node.url("/v1/events?topic=other"), None)
+        .await
+        .unwrap();
+    other.ready().await;
+
+    nats.publish_raw(
+        "sse.raw",
+        b"NATS/1.0\r\nSse-Event: x\rid: 99\r\n\r\n",
+        b"stored raw",
+    )
+    .await;
+    publish(&js, "raw", "after").await;
+    let events = raw.take(2, T).await;
+    assert_eq!(data_of(&events), ["stored raw", "after"]);
+    assert!(events[0].id.ends_with(":1"), "{:?}", events[0]);
+    assert!(events[1].id.ends_with(":2"), "{:?}", events[1]);
+
+    publish(&js, "other", "still served").await;
+    assert_eq!(data_of(&other.take(1, T).await), ["still served"]);
+    // A client that resumes from before it, on a node that reads it anew.
+    let fresh = NodeProc::start(&nats.url(), &[]).await;
+    let mut resumed = SseClient::connect(&fresh.url("/v1/events?topic=raw"), Some(&before))
+        .await
+        .unwrap();
+    assert_eq!(data_of(&resumed.take(2, T).await), ["stored raw", "after"]);
+    assert_eq!(get(&node.url("/readyz"), None).await.0, 200);
+    assert_eq!(get(&fresh.url("/readyz"), None).await.0, 200);
+}

@@ -149,6 +149,39 @@ impl Nats {
         format!("nats://{user}:{user}@127.0.0.1:{}", self.port)
     }
 
+    /// Publishes `payload` to `subject` with `headers` written as they are
+    /// (`NATS/1.0` line, fields, blank line), as a client of the raw
+    /// protocol may: the client libraries refuse or clean up what would
+    /// break a header block, and the server stores it anyway. Returns once
+    /// the server has answered a PING sent after it. On a server without users.
+    pub(crate) async fn publish_raw(&self, subject: &str, headers: &[u8], payload: &[u8]) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect to NATS");
+        let mut stream = tokio::io::BufStream::new(stream);
+        let mut line = String::new();
+        stream.read_line(&mut line).await.expect("INFO");
+        assert!(line.starts_with("INFO "), "{line}");
+        let mut command = format!(
+            "CONNECT {{\"headers\":true,\"verbose\":false,\"pedantic\":false}}\r\nHPUB {subject} {} {}\r\n",
+            headers.len(),
+            headers.len() + payload.len()
+        )
+        .into_bytes();
+        command.extend_from_slice(headers);
+        command.extend_from_slice(payload);
+        command.extend_from_slice(b"\r\nPING\r\n");
+        stream.write_all(&command).await.expect("HPUB");
+        stream.flush().await.expect("flush");
+        line.clear();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_line(&mut line))
+            .await
+            .expect("an answer to PING")
+            .expect("read");
+        assert_eq!(line, "PONG\r\n", "the server refused the message");
+    }
+
     /// Kills the server; its store stays.
     pub(crate) async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -152,6 +152,18 @@ def test_every_queried_metric_is_exported(dashboard):
                 assert base_metric(name) in HISTOGRAMS
 
 
+def test_admins_cluster_wide_figures_are_not_added_up(dashboard):
+    """Each admin exports the whole cluster's figures (the chart's HA values
+    run two admins, and a rollout runs two for a while): summing their
+    series would double every figure, so panels take one (max)."""
+    summed = []
+    for title, t in all_targets(dashboard):
+        for name in metric_names(t["expr"]) & set(ADMIN_METRICS):
+            if re.search(rf"\b(sum|count)\b[^()]*(\([^()]*\))?\s*\([^()]*\b{name}\b", t["expr"]):
+                summed.append((title, t["expr"]))
+    assert not summed, summed
+
+
 def test_grouping_labels_exist(dashboard):
     for title, t in all_targets(dashboard):
         metrics = {base_metric(n) for n in metric_names(t["expr"])}

@@ -300,7 +300,7 @@ def test_network_policy_allows_dns_nats_and_otlp_only():
     node = pols[f"{RELEASE}-sse-cluster-node"]
     assert set(node["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     ports = sorted(p["port"] for rule in node["spec"]["egress"] for p in rule.get("ports", []))
-    assert ports == [53, 53, 4222, 4317], "DNS, NATS and the OTLP collector of otel.endpoint"
+    assert ports == [53, 53, 4222, 4318], "DNS, NATS and the OTLP collector of otel.endpoint"
     nats_rule = [r for r in node["spec"]["egress"] if r["ports"][0]["port"] == 4222][0]
     assert nats_rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "nats"
     ext = {p["metadata"]["name"]: p for p in find(chart_objects("external-nats-values.yaml"), "NetworkPolicy")}
@@ -318,7 +318,7 @@ def test_grafana_dashboard_configmap():
 def test_otel_env_when_endpoint_set():
     node = one(chart_objects("ha-values.yaml"), "Deployment", "-node")
     env = {e["name"]: e.get("value") for e in container(node, "sse-node")["env"]}
-    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
     assert env["OTEL_SERVICE_NAME"] == "sse-node"
     plain = one(chart_objects(), "Deployment", "-node")
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in json.dumps(plain)

@@ -229,9 +229,11 @@ floats, booleans and arrays are also valid TOML.
           app.kubernetes.io/instance: {{ .Release.Name }}
   {{- end }}
 {{- with .Values.otel.endpoint }}
-{{- $host := (urlParse .).host }}
-{{- $port := ternary (last (splitList ":" $host)) "4317" (contains ":" $host) }}
-# OTLP exporter
+{{- $url := urlParse . }}
+{{- $host := $url.host }}
+{{- $schemePort := ternary "443" "80" (eq $url.scheme "https") }}
+{{- $port := ternary (last (splitList ":" $host)) $schemePort (contains ":" $host) }}
+# OTLP exporter (OTLP over HTTP: the URL's port, else its scheme's)
 - ports:
     - port: {{ $port | int }}
       protocol: TCP

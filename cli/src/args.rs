@@ -138,8 +138,8 @@ pub struct TopicCreate {
     /// 1 or 3.
     #[arg(long, value_name = "N")]
     pub replicas: Option<u64>,
-    /// Drop events older than this, e.g. `90s`, `12h`, `7d`.
-    #[arg(long, value_name = "DUR", value_parser = crate::units::parse_duration)]
+    /// Drop events older than this, e.g. `90s`, `12h`, `7d` (whole seconds).
+    #[arg(long, value_name = "DUR", value_parser = crate::units::parse_whole_seconds)]
     pub max_age: Option<std::time::Duration>,
     /// Drop the oldest events beyond this size, e.g. `500MiB`, `2GB`.
     #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]
@@ -229,7 +229,7 @@ pub struct Mint {
     #[arg(long, value_name = "PATTERN", required = true, num_args = 1..)]
     pub grant: Vec<String>,
     /// Lifetime, e.g. `15m`, `24h`.
-    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = crate::units::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = crate::units::parse_whole_seconds)]
     pub ttl: std::time::Duration,
     /// `aud`, when nodes check one (`auth.jwt.audience`).
     #[arg(long, value_name = "AUD")]

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-/// Parses `90`, `90s`, `5m`, `2h`, `7d`, `1w`, or a sum such as `1h30m`. A
-/// bare number is seconds.
+/// Parses `90`, `90s`, `5m`, `2h`, `7d`, `1w`, `500ms`, or a sum such as
+/// `1h30m`. A bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -12,7 +12,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
-    let mut total: u64 = 0;
+    let mut millis: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
@@ -26,28 +26,37 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .map_err(|_| format!("{text:?} is too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = match &rest[..unit_len] {
-            "ms" => {
-                // Kept whole-second below: stream limits are in seconds.
-                rest = &rest[unit_len..];
-                total = total.saturating_add(value / 1000);
-                continue;
-            }
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            "w" => 7 * 86_400,
+        let unit: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
             "" => return Err(format!("{text:?}: a number needs a unit (s, m, h, d, w)")),
-            other => return Err(format!("{text:?}: unknown unit {other:?} (s, m, h, d, w)")),
+            other => return Err(format!("{text:?}: unknown unit {other:?} (ms, s, m, h, d, w)")),
         };
         rest = &rest[unit_len..];
-        total = value
+        millis = value
             .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
+            .and_then(|v| millis.checked_add(v))
             .ok_or_else(|| format!("{text:?} is too large"))?;
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(millis))
+}
+
+/// Parses a duration as [`parse_duration`] does, for what is kept in whole
+/// seconds (a topic's max age, a token's lifetime): a part of a second, or
+/// nothing at all, is refused rather than rounded to 0, which would mean
+/// "no limit" or "already expired".
+pub fn parse_whole_seconds(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.subsec_nanos() != 0 || duration.is_zero() {
+        return Err(format!(
+            "{text:?}: give whole seconds, at least 1s (such as 90s, 15m, 7d)"
+        ));
+    }
+    Ok(duration)
 }
 
 /// Parses a byte size: `1024`, `10KiB`, `500MiB`, `2GiB` (powers of 1024,
@@ -94,8 +103,20 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
         for bad in ["", "s", "5x", "1h 5m", "99999999999999999999w"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn whole_seconds_refuse_parts_of_a_second_and_zero() {
+        assert_eq!(parse_whole_seconds("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_whole_seconds("2000ms"), Ok(Duration::from_secs(2)));
+        for bad in ["500ms", "1s500ms", "0s", "0"] {
+            let error = parse_whole_seconds(bad).unwrap_err();
+            assert!(error.contains("whole seconds"), "{bad:?}: {error}");
         }
     }
 

@@ -222,6 +222,8 @@ impl Config {
                 "log.level: {:?} is not a tracing filter",
                 self.log.level
             ));
+        } else if let Err(why) = sse_protocol::log_level::check_bare_words(&self.log.level) {
+            bad.push(format!("log.level: {why}"));
         }
         if bad.is_empty() {
             Ok(())
@@ -290,7 +292,7 @@ mod tests {
                  [nats]\nsubject_prefix = \"a.*\"\nurl = \" , \"\n\
                  [http]\nlisten = \"nowhere\"\n\
                  [cluster]\nnode_ttl_seconds = 0\nnodes_bucket = \"a.b\"\n\
-                 [log]\nformat = \"xml\"",
+                 [log]\nformat = \"xml\"\nlevel = \"warning\"",
             )
             .unwrap_err(),
         );
@@ -302,6 +304,7 @@ mod tests {
             "cluster.node_ttl_seconds",
             "cluster.nodes_bucket",
             "log.format",
+            "log.level",
         ] {
             assert!(
                 errors.iter().any(|e| e.starts_with(key)),

@@ -34,7 +34,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "d" => 86_400_000,
             "w" => 7 * 86_400_000,
             "" => return Err(format!("{text:?}: a number needs a unit (s, m, h, d, w)")),
-            other => return Err(format!("{text:?}: unknown unit {other:?} (ms, s, m, h, d, w)")),
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (ms, s, m, h, d, w)"
+                ));
+            }
         };
         rest = &rest[unit_len..];
         millis = value

@@ -469,6 +469,9 @@ impl Config {
             "log.level",
             &format!("{:?} is not a tracing filter", self.log.level),
         );
+        if let Err(why) = sse_protocol::log_level::check_bare_words(&self.log.level) {
+            check(false, "log.level", &why);
+        }
         if errors.is_empty() {
             Ok(())
         } else {

@@ -14,6 +14,7 @@
 //! - `nats_url`: the credentials a NATS server URL carries, sent as
 //!   async-nats's connect options (the `nats` feature).
 //! - [`event_stream`]: the `text/event-stream` parser tests read frames with.
+//! - [`log_level`]: what `log.level` may say beyond tracing's own syntax.
 //!
 //! Everything but the bucket opener is pure and allocation-light, so both
 //! binaries, the fuzz targets and the property tests share one definition.
@@ -22,6 +23,7 @@ pub mod cursor;
 pub mod event_stream;
 pub mod grant;
 pub mod headers;
+pub mod log_level;
 #[cfg(feature = "nats")]
 pub mod nats_url;
 pub mod node_report;

@@ -127,6 +127,7 @@ async fn bad_config_stops_start_up_naming_the_key() {
         ("SSE_NATS__URL", "", "nats.url"),
         ("SSE_HTTP__HEARTBEAT_SECONDS", "often", "heartbeat_seconds"),
         ("SSE_LOG__FORMAT", "xml", "log.format"),
+        ("SSE_LOG__LEVEL", "warning", "log.level"),
         ("SSE_HTTP__NO_SUCH_KEY", "1", "no_such_key"),
     ] {
         let output = tokio::process::Command::new(binary())

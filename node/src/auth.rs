@@ -3,7 +3,8 @@
 //! A topic whose stream metadata says `sse.access: private` is read only with
 //! a token. [`token_from_request`] finds it, first to last, in the
 //! `Authorization: Bearer` header, the `access_token` query parameter (when
-//! `auth.query_parameter` allows it) and the cookie `auth.cookie_name`. The
+//! `auth.query_parameter` allows it) and the cookie `auth.cookie_name`; an
+//! `Authorization` header of another scheme is passed over. The
 //! rules for accepting it live in `sse_token`, shared with `ssectl token
 //! check`, so the tool and the node cannot disagree.
 
@@ -22,13 +23,22 @@ pub fn token_from_request(
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<Option<String>, AuthError> {
+    // An `Authorization` header of another scheme is not ours: browsers
+    // send `Basic` on their own to a site behind basic auth, and the token
+    // is then in the query or the cookie. It is refused only when nothing
+    // else carries a token.
+    let mut other_scheme = false;
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
-        let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(AuthError::NotBearer);
+        match value.to_str().ok().and_then(|v| v.split_once(' ')) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(AuthError::NotBearer);
+                }
+                return Ok(Some(token.to_owned()));
+            }
+            _ => other_scheme = true,
         }
-        return Ok(Some(token.trim().to_owned()));
     }
     if config.query_parameter
         && let Some(token) = query_token.filter(|t| !t.is_empty())
@@ -45,6 +55,9 @@ pub fn token_from_request(
                 return Ok(Some(token.trim_matches('"').to_owned()));
             }
         }
+    }
+    if other_scheme {
+        return Err(AuthError::NotBearer);
     }
     Ok(None)
 }
@@ -72,7 +85,20 @@ mod tests {
         assert_eq!(token_from_request(&c, &h, Some("q")), Ok(Some("q".into())));
         h.insert(header::AUTHORIZATION, "Bearer h".parse().unwrap());
         assert_eq!(token_from_request(&c, &h, Some("q")), Ok(Some("h".into())));
-        h.insert(header::AUTHORIZATION, "Basic xyz".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
         assert_eq!(token_from_request(&c, &h, None), Err(AuthError::NotBearer));
+    }
+
+    #[test]
+    fn another_scheme_gives_way_to_the_query_and_the_cookie() {
+        let c = config();
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(token_from_request(&c, &h, None), Err(AuthError::NotBearer));
+        assert_eq!(token_from_request(&c, &h, Some("q")), Ok(Some("q".into())));
+        h.insert(header::COOKIE, "sse_token=c".parse().unwrap());
+        assert_eq!(token_from_request(&c, &h, None), Ok(Some("c".into())));
+        h.insert(header::AUTHORIZATION, "BEARER h".parse().unwrap());
+        assert_eq!(token_from_request(&c, &h, None), Ok(Some("h".into())));
     }
 }

@@ -102,6 +102,14 @@ async fn tokens_are_read_from_header_cookie_and_query() {
             .await
             .unwrap(),
         SseClient::connect_with(&query_url, &[]).await.unwrap(),
+        // A browser on a site behind basic auth sends its `Basic`
+        // credentials by itself, beside the cookie.
+        SseClient::connect_with(
+            &url,
+            &[("Authorization", "Basic dXNlcjpwYXNz"), ("Cookie", &cookie)],
+        )
+        .await
+        .unwrap(),
     ];
     for client in &mut clients {
         client.ready().await;

@@ -92,17 +92,27 @@ pub async fn snapshot(state: &AppState) -> Overview {
     };
     let subs = cluster::subscribers_by_topic(&nodes);
     let topics = match topics::list_infos(state).await {
-        Ok(infos) => infos
-            .into_iter()
-            .map(|(topic, info)| TopicBrief {
-                subscribers: subs.get(topic.as_str()).copied().unwrap_or(0),
-                name: topic.to_string(),
-                access: Access::from_metadata(&info.config.metadata),
-                messages: info.state.messages,
-                bytes: info.state.bytes,
-                last_sequence: info.state.last_sequence,
-            })
-            .collect(),
+        Ok(listing) => {
+            if !listing.unavailable.is_empty() {
+                let names: Vec<&str> = listing.unavailable.iter().map(|t| t.as_str()).collect();
+                errors.push(format!(
+                    "topics: the streams of {} did not answer (their NATS servers down, or no leader)",
+                    names.join(", ")
+                ));
+            }
+            listing
+                .topics
+                .into_iter()
+                .map(|(topic, info)| TopicBrief {
+                    subscribers: subs.get(topic.as_str()).copied().unwrap_or(0),
+                    name: topic.to_string(),
+                    access: Access::from_metadata(&info.config.metadata),
+                    messages: info.state.messages,
+                    bytes: info.state.bytes,
+                    last_sequence: info.state.last_sequence,
+                })
+                .collect()
+        }
         Err(err) => {
             errors.push(format!("topics: {err}"));
             Vec::new()

@@ -9,7 +9,10 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use async_nats::jetstream::{
+    context::GetStreamErrorKind,
+    stream::{self, DiscardPolicy, StorageType},
+};
 use axum::{
     Json,
     extract::{Path, Query, State, rejection::QueryRejection},
@@ -162,6 +165,10 @@ pub struct Topic {
 pub struct TopicList {
     /// All topics, by name.
     pub topics: Vec<Topic>,
+    /// Topics that exist but whose streams did not answer (their NATS
+    /// servers down, no leader), by name: not in `topics` until they do.
+    #[serde(default)]
+    pub unavailable: Vec<String>,
 }
 
 /// Paging of `GET /v1/topics/{name}/subjects`.
@@ -293,9 +300,9 @@ pub async fn republish_older_topics(state: AppState) {
     let mut pause = Duration::from_secs(1);
     loop {
         match list_infos(&state).await {
-            Ok(topics) => {
+            Ok(listing) => {
                 let mut added = 0usize;
-                for (topic, info) in topics {
+                for (topic, info) in listing.topics {
                     if info.config.republish.is_some() {
                         continue;
                     }
@@ -379,20 +386,82 @@ pub async fn stream_info(state: &AppState, topic: &TopicName) -> Result<stream::
     Ok(stream.cached_info().clone())
 }
 
-/// Lists every topic's stream info, sorted by topic name.
-pub async fn list_infos(state: &AppState) -> Result<Vec<(TopicName, stream::Info)>, Error> {
-    let infos: Vec<stream::Info> = state
-        .jetstream()?
+/// Every topic's stream info, sorted by topic name, and the topics whose
+/// streams did not answer.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Topics whose streams answered, by name.
+    pub topics: Vec<(TopicName, stream::Info)>,
+    /// Topics whose streams exist but did not answer (their servers down,
+    /// no leader), by name: they are not gone, and a listing says so.
+    pub unavailable: Vec<TopicName>,
+}
+
+/// How long a stream the listing left out may take to answer on its own.
+const MISSING_STREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Lists every topic's stream info. JetStream's listing leaves out streams
+/// whose servers do not answer and pages by how many it returned, so a
+/// page after such a gap repeats streams: each stream is kept once, and a
+/// topic stream that JetStream names but did not list is asked about on its
+/// own, then reported as unavailable if it does not answer either.
+pub async fn list_infos(state: &AppState) -> Result<Listing, Error> {
+    let js = state.jetstream()?;
+    let unavailable_nats = |err: &dyn std::fmt::Display| {
+        Error::NatsUnavailable(format!("listing streams failed: {err}"))
+    };
+    let names: Vec<String> = js
+        .stream_names()
+        .try_collect()
+        .await
+        .map_err(|err| unavailable_nats(&err))?;
+    let infos: Vec<stream::Info> = js
         .streams()
         .try_collect()
         .await
-        .map_err(|err| Error::NatsUnavailable(format!("listing streams failed: {err}")))?;
-    let mut topics: Vec<_> = infos
+        .map_err(|err| unavailable_nats(&err))?;
+    let mut listed: HashMap<String, stream::Info> = HashMap::new();
+    for info in infos {
+        listed.entry(info.config.name.clone()).or_insert(info);
+    }
+    let missing: Vec<String> = names
         .into_iter()
+        .filter(|name| TopicName::from_stream_name(name).is_some() && !listed.contains_key(name))
+        .collect();
+    let mut unavailable = Vec::new();
+    let answers =
+        futures_util::future::join_all(missing.iter().map(|name| {
+            tokio::time::timeout(MISSING_STREAM_TIMEOUT, js.get_stream(name.as_str()))
+        }))
+        .await;
+    for (name, answer) in missing.into_iter().zip(answers) {
+        match answer {
+            Ok(Ok(stream)) => {
+                listed.insert(name, stream.cached_info().clone());
+            }
+            // Deleted since it was named.
+            Ok(Err(err))
+                if matches!(
+                    err.kind(),
+                    GetStreamErrorKind::JetStream(js)
+                        if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) => {}
+            _ => unavailable.extend(TopicName::from_stream_name(&name)),
+        }
+    }
+    let mut topics: Vec<_> = listed
+        .into_values()
         .filter_map(|info| topic_of_stream(&info.config, state.prefix()).map(|t| (t, info)))
         .collect();
     topics.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(topics)
+    unavailable.sort();
+    if !unavailable.is_empty() {
+        tracing::warn!(topics = ?unavailable.iter().map(TopicName::as_str).collect::<Vec<_>>(), "topic streams exist but did not answer; listed as unavailable");
+    }
+    Ok(Listing {
+        topics,
+        unavailable,
+    })
 }
 
 /// Subscribers per topic over live nodes; an unreadable cluster view counts
@@ -463,13 +532,21 @@ pub async fn create_topic(
     security(("bearer" = []))
 )]
 pub async fn list_topics(State(state): State<AppState>) -> Result<Json<TopicList>, Error> {
-    let infos = list_infos(&state).await?;
+    let listing = list_infos(&state).await?;
     let subs = subscribers(&state).await;
-    let topics = infos
+    let topics = listing
+        .topics
         .iter()
         .map(|(t, info)| topic_view(t, info, subs.get(t.as_str()).copied().unwrap_or(0)))
         .collect();
-    Ok(Json(TopicList { topics }))
+    Ok(Json(TopicList {
+        topics,
+        unavailable: listing
+            .unavailable
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    }))
 }
 
 /// Read one topic.

@@ -219,4 +219,17 @@ fn print_list(list: &Value) {
         ],
         &rows,
     );
+    let unavailable: Vec<&str> = list["unavailable"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    if !unavailable.is_empty() {
+        eprintln!(
+            "not shown: {} (their streams did not answer: NATS servers down, or no leader)",
+            unavailable.join(", ")
+        );
+    }
 }

@@ -114,6 +114,18 @@ impl Error {
             | ErrorCode::CLUSTER_NO_PEERS => Error::BadRequest(format!(
                 "topic {topic:?}: the NATS cluster cannot hold these replicas: {err}"
             )),
+            // Answered with code 500, but no retry helps: the limits asked
+            // for are more than the servers' JetStream may hold.
+            ErrorCode::STORAGE_RESOURCES_EXCEEDED | ErrorCode::MEMORY_RESOURCES_EXCEEDED => {
+                Error::BadRequest(format!(
+                    "topic {topic:?}: more than the NATS servers' JetStream may hold; ask for less (max_bytes) or give JetStream more: {err}"
+                ))
+            }
+            // A stream that denies purges (made so by hand) refuses every
+            // one, also with code 500.
+            ErrorCode::STREAM_PURGE_FAILED => Error::BadRequest(format!(
+                "topic {topic:?}: its stream refuses the purge: {err}"
+            )),
             _ if err.code() == 400 => {
                 // JetStream refused a setting (replicas in a single-server
                 // deployment, a limit out of range): the caller can fix it.

@@ -700,7 +700,9 @@ pub async fn purge_topic(
                 SubjectPath::parse_pattern(path).map_err(|e| Error::BadRequest(e.to_string()))?;
             if path.topic() != &topic {
                 return Err(Error::BadRequest(format!(
-                    "subject path {path:?} is not inside topic {topic:?}"
+                    "subject path {:?} is not inside topic {:?}",
+                    path.as_str(),
+                    topic.as_str()
                 )));
             }
             Some(path.nats_subject(state.prefix()))

@@ -109,6 +109,13 @@ async fn topic_life_cycle() {
             400,
             "storage",
         );
+        // More than JetStream may hold: JetStream answers with code 500, but
+        // no retry would help.
+        assert_error(
+            &admin.call("PATCH", "/v1/topics/orders", Some(json!({"max_bytes": 1_000_000_000_000_000u64}))).await,
+            400,
+            "more than the NATS servers' JetStream may hold",
+        );
 
         // Purge one subject path, then the rest.
         let (status, purged) = admin
@@ -119,7 +126,7 @@ async fn topic_life_cycle() {
         assert_error(
             &admin.call("POST", "/v1/topics/orders/purge", Some(json!({"subject": "chat.1"}))).await,
             400,
-            "not inside topic",
+            "subject path \"chat.1\" is not inside topic \"orders\"",
         );
         let (status, purged) = admin.call("POST", "/v1/topics/orders/purge", None).await;
         assert_eq!(status, 200, "{purged}");
@@ -227,6 +234,32 @@ async fn topics_made_before_republish_get_it() {
         let info = later.info().await.unwrap();
         assert_eq!(republishes(&info.config).as_deref(), Some("sse.LIVE.>"));
         assert_eq!(info.config.max_age, std::time::Duration::from_secs(60));
+    })
+    .await;
+}
+
+/// A topic whose stream was made by hand to deny purges: JetStream answers
+/// each purge with code 500, and no retry helps, so admin says why with 400
+/// rather than "NATS unavailable, retry".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_denies_purges_gets_400() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let js = nats.jetstream().await;
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "SSE_kept".into(),
+            subjects: vec!["sse.kept".into(), "sse.kept.>".into()],
+            deny_purge: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let admin = Admin::start(&nats).await;
+        assert_error(
+            &admin.call("POST", "/v1/topics/kept/purge", None).await,
+            400,
+            "refuses the purge",
+        );
     })
     .await;
 }

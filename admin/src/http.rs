@@ -44,8 +44,10 @@ const BODY_OVERHEAD: usize = 64 * 1024;
 /// Builds the whole router.
 pub fn router(state: AppState) -> Router {
     let max_event = usize::try_from(state.config.admin.max_event_bytes).unwrap_or(usize::MAX);
-    // JSON may escape data (a newline becomes `\n`): allow twice the data.
-    let body_limit = max_event.saturating_mul(2).saturating_add(BODY_OVERHEAD);
+    // JSON may escape each byte of data as six (`\u0001`, or an emoji as
+    // two such escapes of its four bytes): allow six times the data, which
+    // is checked against `max_event_bytes` once decoded.
+    let body_limit = max_event.saturating_mul(6).saturating_add(BODY_OVERHEAD);
     Router::new()
         .route("/", get(overview::dashboard_page))
         .route("/openapi.json", get(openapi::document))

@@ -295,6 +295,22 @@ pub async fn publish_event(
 /// Publishes and waits for the acknowledgement, retrying what a leader
 /// election causes (time-outs, no responders) with the same headers, so the
 /// `Nats-Msg-Id` de-duplicates a retry of an event that was in fact stored.
+/// The bytes `headers` take on the wire: the `NATS/1.0` line, a line per
+/// value and the blank line that ends them.
+fn header_block_bytes(headers: &HeaderMap) -> u64 {
+    let fields: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(|value| name.len() + 2 + value.as_str().len() + 2)
+                .sum::<usize>()
+        })
+        .sum();
+    ("NATS/1.0\r\n".len() + fields + 2) as u64
+}
+
 async fn publish_with_retry(
     state: &AppState,
     topic: &TopicName,
@@ -351,9 +367,12 @@ async fn publish_with_retry(
         return Err(match err.kind() {
             PublishErrorKind::MaxPayloadExceeded => {
                 state.metrics.publish_failed("too_large");
+                // NATS counts the headers admin adds against its limit:
+                // what is left of it is what the data may take.
+                let max_payload = state.client.server_info().max_payload as u64;
                 Error::PayloadTooLarge {
                     size: payload.len() as u64,
-                    limit: state.client.server_info().max_payload as u64,
+                    limit: max_payload.saturating_sub(header_block_bytes(&headers)),
                 }
             }
             PublishErrorKind::StreamNotFound => {

@@ -313,3 +313,38 @@ async fn publish_waits_out_a_nats_restart() {
     })
     .await;
 }
+
+/// Events near the default limit (1 MiB): data that JSON escapes to six
+/// times its size is taken, and data that fits the limit but not beside
+/// its headers in NATS's own limit is refused with the limit that applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_near_the_limit_are_judged_by_their_data() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        admin.create_topic(json!({"name": "big"})).await;
+        let publish = |data: String| {
+            admin.call(
+                "POST",
+                "/v1/topics/big/events",
+                Some(json!({"subject": "big.1", "data": data})),
+            )
+        };
+        // 400,000 bytes of control characters: a body of 2.4 MB.
+        let (status, body) = publish("\u{1}".repeat(400_000)).await;
+        assert_eq!(status, 200, "{body}");
+
+        let (status, body) = publish("x".repeat(1024 * 1024)).await;
+        assert_eq!(status, 413, "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        let allowed: u64 = message
+            .rsplit_once("at most ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no limit in {message:?}"));
+        assert!(allowed < 1024 * 1024, "{message}");
+        let (status, body) = publish("x".repeat(allowed as usize)).await;
+        assert_eq!(status, 200, "the limit it named is taken: {body}");
+    })
+    .await;
+}

@@ -221,8 +221,10 @@ async fn open_plain(
     max_head: usize,
     wait: Duration,
 ) -> Opened<GuardedStream, GuardedStream> {
-    let Some((head_len, request)) = peek_head(state, &stream, max_head, wait).await else {
-        return Opened::Declined(stream);
+    let (head_len, request) = match peek_head(state, &stream, max_head, wait).await {
+        Some(Head::Take(len, request)) => (len, Some(request)),
+        Some(Head::BadRequestLine(len)) => (len, None),
+        _ => return Opened::Declined(stream),
     };
     // The head was only peeked at: take it off the socket now.
     let mut head = vec![0u8; head_len];
@@ -230,17 +232,32 @@ async fn open_plain(
         return Opened::Gone;
     }
     drop(head);
-    answer(state, stream, request).await
+    match request {
+        Some(request) => answer(state, stream, request).await,
+        None => refuse_request_line(state, stream).await,
+    }
 }
 
-/// Peeks at the request head; returns its length and the request if this
-/// path should serve it.
+/// Answers a request line HTTP does not allow with 400 and why.
+async fn refuse_request_line<S: LeanIo, D>(state: &HttpState, mut stream: S) -> Opened<S, D> {
+    let (parts, body) = http::reject(state.node(), http::ApiError::bad_request_line()).into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut out = encode_head(&parts, Some(body.len()));
+    out.extend_from_slice(&body);
+    let _ = stream.write_all(&out).await;
+    Opened::Answered(stream)
+}
+
+/// Peeks at the request head; says what this path makes of it, `None`
+/// when no head came in time.
 async fn peek_head(
     state: &HttpState,
     stream: &GuardedStream,
     max_head: usize,
     wait: Duration,
-) -> Option<(usize, Request<()>)> {
+) -> Option<Head> {
     let tcp = stream.tcp();
     tokio::time::timeout(wait, tcp.readable())
         .await
@@ -248,10 +265,7 @@ async fn peek_head(
         .ok()?;
     let mut buf = vec![0u8; max_head];
     let peeked = tcp.peek(&mut buf).await.ok()?;
-    match parse_head(state, &buf[..peeked]) {
-        Head::Take(len, request) => Some((len, request)),
-        Head::Incomplete | Head::Decline => None,
-    }
+    Some(parse_head(state, &buf[..peeked]))
 }
 
 async fn open_tls(
@@ -296,6 +310,7 @@ async fn open_tls(
                 drop(buf);
                 return answer(state, stream, request).await;
             }
+            Head::BadRequestLine(_) => return refuse_request_line(state, stream).await,
         }
     }
 }
@@ -309,6 +324,9 @@ enum Head {
     Decline,
     /// An event stream request, with the head's length.
     Take(usize, Request<()>),
+    /// An event stream request whose target HTTP does not allow, with the
+    /// head's length: answered 400 here, with why.
+    BadRequestLine(usize),
 }
 
 fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
@@ -322,6 +340,14 @@ fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
         Ok(httparse::Status::Partial) => return Head::Incomplete,
         Err(_) => return Head::Decline,
     };
+    if parsed.method == Some("GET")
+        && let Some(target) = parsed.path
+        && target.starts_with("/v1/events")
+        && target.parse::<axum::http::Uri>().is_err()
+    {
+        // hyper would answer 400 with no word of why.
+        return Head::BadRequestLine(head_len);
+    }
     match to_request(&parsed) {
         Some(request) => {
             debug!("serving an event stream on the lean path");

@@ -95,6 +95,15 @@ impl ApiError {
         }
     }
 
+    /// A request line whose target holds bytes HTTP does not allow there
+    /// (`>` unencoded, as curl sends `topic=orders.>`).
+    pub(crate) fn bad_request_line() -> Self {
+        Self::bad_request(
+            "bad_request_line",
+            "the request target holds characters HTTP does not allow unencoded: percent-encode them (`>` as %3E, `*` may stay), e.g. topic=orders.%3E",
+        )
+    }
+
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }

@@ -665,3 +665,40 @@ async fn a_header_value_with_a_lone_carriage_return_breaks_neither_the_frame_nor
     assert_eq!(get(&node.url("/readyz"), None).await.0, 200);
     assert_eq!(get(&fresh.url("/readyz"), None).await.0, 200);
 }
+
+/// curl and other clients send `>` in a query unencoded, which HTTP does not
+/// allow: the request gets 400 with a JSON body that says to percent-encode
+/// it, not an empty 400.
+#[tokio::test]
+async fn a_wildcard_sent_unencoded_gets_400_saying_to_encode_it() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "orders", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut stream = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    stream
+        .write_all(b"GET /v1/events?topic=orders.> HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(T, stream.read_to_end(&mut answer))
+        .await
+        .expect("the node closes after answering")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 400 "), "{answer}");
+    let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"], "bad_request_line", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("%3E"), "{body}");
+    assert_eq!(
+        node.metric("sse_requests_rejected_total{status=\"400\"}")
+            .await,
+        1.0
+    );
+    // Encoded, the same request is served.
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=orders.%3E"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+}

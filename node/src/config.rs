@@ -249,6 +249,9 @@ pub fn valid_origin(origin: &str) -> bool {
 #[error("invalid configuration:\n{}", .0.join("\n"))]
 pub struct ConfigError(pub Vec<String>);
 
+/// The longest time any setting may name, in seconds: 100 years.
+pub const MAX_DURATION_SECONDS: u64 = 100 * 365 * 24 * 3600;
+
 impl Config {
     /// Loads defaults, then `file` if given, then `SSE_*` variables from the
     /// process environment, and validates the result.
@@ -472,6 +475,65 @@ impl Config {
         if let Err(why) = sse_protocol::log_level::check_bare_words(&self.log.level) {
             check(false, "log.level", &why);
         }
+        // Deadlines are instants: a time so far off that adding it to now
+        // overflows would fail each stream (or the drain) at run time.
+        for (key, seconds) in [
+            (
+                "nats.topic_refresh_seconds",
+                self.nats.topic_refresh_seconds,
+            ),
+            ("http.heartbeat_seconds", self.http.heartbeat_seconds),
+            ("http.retry_ms", self.http.retry_ms / 1000),
+            ("http.retry_jitter_ms", self.http.retry_jitter_ms / 1000),
+            (
+                "http.max_connection_lifetime_seconds",
+                self.http.max_connection_lifetime_seconds,
+            ),
+            (
+                "http.header_read_timeout_seconds",
+                self.http.header_read_timeout_seconds,
+            ),
+            ("http.idle_timeout_seconds", self.http.idle_timeout_seconds),
+            (
+                "delivery.write_pacing_ms",
+                self.delivery.write_pacing_ms / 1000,
+            ),
+            (
+                "delivery.write_stall_seconds",
+                self.delivery.write_stall_seconds,
+            ),
+            (
+                "delivery.no_progress_seconds",
+                self.delivery.no_progress_seconds,
+            ),
+            (
+                "delivery.feed_linger_seconds",
+                self.delivery.feed_linger_seconds,
+            ),
+            (
+                "delivery.feed_doze_seconds",
+                self.delivery.feed_doze_seconds,
+            ),
+            (
+                "delivery.feed_direct_doze_seconds",
+                self.delivery.feed_direct_doze_seconds,
+            ),
+            ("cluster.report_seconds", self.cluster.report_seconds),
+            ("cluster.node_ttl_seconds", self.cluster.node_ttl_seconds),
+            ("shutdown.drain_seconds", self.shutdown.drain_seconds),
+            ("cors.max_age_seconds", self.cors.max_age_seconds),
+            (
+                "tls.handshake_timeout_seconds",
+                self.tls.handshake_timeout_seconds,
+            ),
+            ("auth.jwt.leeway_seconds", self.auth.jwt.leeway_seconds),
+        ] {
+            check(
+                seconds <= MAX_DURATION_SECONDS,
+                key,
+                "is more than 100 years (3153600000 s); where a key may mean never, its comment in config.default.toml says how",
+            );
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -554,6 +616,19 @@ mod tests {
         assert!(err.contains("heartbeat_seconds"), "{err}");
         let err = with("http.bogus", 1).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+        for key in [
+            "shutdown.drain_seconds",
+            "http.heartbeat_seconds",
+            "http.max_connection_lifetime_seconds",
+            "delivery.feed_linger_seconds",
+            "http.retry_ms",
+        ] {
+            let err = with(key, u64::MAX).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("100 years"),
+                "{key}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -324,7 +324,10 @@ impl Config {
         check(
             SocketAddr::from_str(&self.http.listen).is_ok(),
             "http.listen",
-            &format!("{:?} is not host:port", self.http.listen),
+            &format!(
+                "{:?} is not an IP address and port (such as 0.0.0.0:8080 or [::]:8080)",
+                self.http.listen
+            ),
         );
         check(
             self.http.heartbeat_seconds > 0,

@@ -88,23 +88,40 @@ use crate::{
 };
 
 /// Builds the TLS acceptor for `[tls]`: the certificate chain and key from
-/// PEM files, ALPN `h2` (if `h2`) then `http/1.1`, the ring provider.
+/// PEM files, ALPN `h2` (if `h2`) then `http/1.1`, the ring provider. An
+/// error starts with the key it is about (`tls.cert_file: …`).
 pub fn tls_acceptor(config: &TlsConfig, h2: bool) -> Result<TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert_file)
         .and_then(|certs| certs.collect())
-        .map_err(|e| format!("cannot read certificates from {:?}: {e}", config.cert_file))?;
+        .map_err(|e| {
+            format!(
+                "tls.cert_file: cannot read certificates from {:?}: {e}",
+                config.cert_file
+            )
+        })?;
     if certs.is_empty() {
-        return Err(format!("{:?} holds no certificate", config.cert_file));
+        return Err(format!(
+            "tls.cert_file: {:?} holds no certificate",
+            config.cert_file
+        ));
     }
-    let key = PrivateKeyDer::from_pem_file(&config.key_file)
-        .map_err(|e| format!("cannot read a private key from {:?}: {e}", config.key_file))?;
+    let key = PrivateKeyDer::from_pem_file(&config.key_file).map_err(|e| {
+        format!(
+            "tls.key_file: cannot read a private key from {:?}: {e}",
+            config.key_file
+        )
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not make a TLS identity: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "tls.cert_file, tls.key_file: certificate and key do not make a TLS identity: {e}"
+            )
+        })?;
     server.alpn_protocols = if h2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {

@@ -60,7 +60,7 @@ impl Startup {
             match connection::tls_acceptor(&config.tls, config.http.h2) {
                 Ok(acceptor) => Some(acceptor),
                 Err(why) => {
-                    errors.push(format!("tls.cert_file: {why}"));
+                    errors.push(why);
                     None
                 }
             }
@@ -122,6 +122,25 @@ mod tests {
         .expect("missing certificate")
         .to_string();
         assert!(err.contains("tls.cert_file"), "{err}");
+
+        // A good certificate beside a bad key names the key's file.
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, "not a key").unwrap();
+        let err = build_with(&[
+            ("tls.cert_file", cert.to_str().unwrap()),
+            ("tls.key_file", key.to_str().unwrap()),
+        ])
+        .err()
+        .expect("a bad key")
+        .to_string();
+        assert!(
+            err.contains("tls.key_file") && !err.contains("tls.cert_file"),
+            "{err}"
+        );
     }
 
     #[test]

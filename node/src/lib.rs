@@ -96,6 +96,9 @@ pub async fn run(
             url: sse_protocol::nats_url::redact(&config.nats.url),
             reason,
         })?;
+    let shown_url = sse_protocol::nats_url::redact(&config.nats.url);
+    // When a failure to reach NATS was last said: once in ten seconds.
+    let unreachable_said: Arc<std::sync::Mutex<Option<std::time::Instant>>> = Arc::default();
     let client = sse_protocol::nats_url::with_url_credentials(ConnectOptions::new(), &addrs)
         .name(&config.nats.connection_name)
         .retry_on_initial_connect()
@@ -107,6 +110,8 @@ pub async fn run(
             let reconnections_tx = reconnections_tx.clone();
             let reconnects = reconnects.clone();
             let ever_connected = ever_connected.clone();
+            let shown_url = shown_url.clone();
+            let unreachable_said = unreachable_said.clone();
             async move {
                 match event {
                     NatsEvent::Connected => {
@@ -127,6 +132,18 @@ pub async fn run(
                     // A refused subscription (a quiet feed listening for
                     // its topic's next publish) is only ever said here.
                     NatsEvent::ServerError(error) => warn!(%error, "nats server error"),
+                    // Failed attempts to connect: said at warn, with where,
+                    // as the node is not ready meanwhile; not at every try.
+                    NatsEvent::ClientError(error) if !*connected_tx.borrow() => {
+                        let now = std::time::Instant::now();
+                        let mut said = unreachable_said
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                        if said.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
+                            *said = Some(now);
+                            warn!(nats.url = %shown_url, %error, "cannot reach nats; not ready until it answers (said every 10 s)");
+                        }
+                    }
                     other => info!(event = %other, "nats event"),
                 }
             }

@@ -1,5 +1,8 @@
 //! Bad input gets a precise status and a JSON body, never a panic.
 
+use futures_util::StreamExt;
+use std::time::Duration;
+
 use crate::support::*;
 
 #[tokio::test]
@@ -179,4 +182,54 @@ async fn service_variables_kubernetes_sets_do_not_stop_start_up() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A node whose NATS does not answer says so at warn, naming where it
+/// tries, so that an operator at the default level sees why it is not
+/// ready.
+#[tokio::test]
+async fn an_unreachable_nats_is_said_at_warn_with_its_address() {
+    use tokio::io::AsyncBufReadExt;
+    let dead = crate::ports::free_port();
+    let mut node = tokio::process::Command::new(binary())
+        .env("SSE_NATS__URL", format!("nats://127.0.0.1:{dead}"))
+        .env("SSE_HTTP__LISTEN", "127.0.0.1:0")
+        .env("SSE_LOG__LEVEL", "warn")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = tokio::io::BufReader::new(node.stdout.take().unwrap());
+    let stderr = tokio::io::BufReader::new(node.stderr.take().unwrap());
+    let mut lines = std::pin::pin!(futures_util::stream::select(
+        tokio_stream_lines(stdout.lines()),
+        tokio_stream_lines(stderr.lines()),
+    ));
+    let said = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(line) = lines.next().await {
+            if line.contains("cannot reach nats") {
+                return line;
+            }
+        }
+        panic!("the node ended without saying it");
+    })
+    .await
+    .expect("a warning within 15 s");
+    assert!(said.contains(&format!("127.0.0.1:{dead}")), "{said}");
+    assert!(said.contains("WARN"), "{said}");
+}
+
+fn tokio_stream_lines<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: tokio::io::Lines<R>,
+) -> impl futures_util::Stream<Item = String> {
+    futures_util::stream::unfold(lines, |mut lines| async move {
+        lines
+            .next_line()
+            .await
+            .ok()
+            .flatten()
+            .map(|line| (line, lines))
+    })
 }

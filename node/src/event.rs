@@ -95,9 +95,20 @@ impl Event {
             max_event_bytes,
         } = ctx;
         let max_event_bytes = *max_event_bytes;
-        let name = headers
-            .and_then(|h| h.get(EVENT_NAME_HEADER))
-            .map(|v| v.as_str());
+        // Header names are matched as HTTP's are, whatever their case:
+        // a publisher's `sse-event` is the event's name too.
+        let name = headers.and_then(|h| {
+            h.get(EVENT_NAME_HEADER)
+                .or_else(|| {
+                    h.iter()
+                        .find(|(n, _)| {
+                            let n: &str = n.as_ref();
+                            n.eq_ignore_ascii_case(EVENT_NAME_HEADER)
+                        })
+                        .and_then(|(_, values)| values.first())
+                })
+                .map(|v| v.as_str())
+        });
         let mut invalid = None;
         let mut buf = BytesMut::with_capacity(payload.len() + 64);
         if payload.len() > max_event_bytes {
@@ -261,6 +272,19 @@ mod tests {
         );
         assert_eq!(&e.body()[..], &e.frame[..e.body_len]);
         assert!(e.body().ends_with(b"data: \n"));
+    }
+
+    #[test]
+    fn the_event_name_header_is_read_whatever_its_case() {
+        let mut headers = HeaderMap::new();
+        headers.insert("sse-event", "update");
+        let ctx = EncodeContext {
+            topic: "t".into(),
+            epoch: "e1".into(),
+            max_event_bytes: 1024,
+        };
+        let e = Event::encode(&ctx, 7, "t.x", SystemTime::UNIX_EPOCH, Some(&headers), b"x");
+        assert_eq!(text(&e), "event: update\ndata: x\nid: t:e1:7\n\n");
     }
 
     #[test]

@@ -316,7 +316,9 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
     let mut query_token = None;
     for (key, value) in pairs {
         match key.as_str() {
-            "topic" => paths.push(value),
+            // The same path twice asks for nothing more.
+            "topic" if !paths.contains(&value) => paths.push(value),
+            "topic" => {}
             "lastEventId" => query_id = Some(value),
             auth::QUERY_PARAMETER => query_token = Some(value),
             _ => {}

@@ -122,6 +122,13 @@ async fn each_request_limit_has_a_status_and_a_metric() {
     assert_eq!(status, 400);
     assert!(body.contains("too_many_topics"), "{body}");
     assert_eq!(node.metric(&limit("max_topics_per_connection")).await, 1.0);
+    // The limit counts distinct paths: one path named three times is one.
+    let mut repeated =
+        SseClient::connect(&node.url("/v1/events?topic=lim&topic=lim&topic=lim"), None)
+            .await
+            .unwrap();
+    repeated.ready().await;
+    drop(repeated);
 
     // Last-Event-ID.
     let long_id = format!("lim:abc:{}", "1".repeat(80));

@@ -38,6 +38,12 @@ pub enum InvalidReason {
     BadEventName,
     /// The payload is larger than `delivery.max_event_bytes`.
     TooLarge,
+    /// The message's header block cannot be read by NATS clients (a value
+    /// that is not UTF-8, a name with a space): stored by a publisher that
+    /// does not check what it sends, it would drop the node's NATS
+    /// connection each time it is delivered, so it is read through
+    /// JetStream's JSON API and replaced.
+    BadHeaders,
 }
 
 impl InvalidReason {
@@ -47,6 +53,7 @@ impl InvalidReason {
             Self::InvalidUtf8 => "invalid_utf8",
             Self::BadEventName => "bad_event_name",
             Self::TooLarge => "too_large",
+            Self::BadHeaders => "bad_headers",
         }
     }
 }
@@ -89,12 +96,7 @@ impl Event {
         headers: Option<&HeaderMap>,
         payload: &[u8],
     ) -> Self {
-        let EncodeContext {
-            topic,
-            epoch,
-            max_event_bytes,
-        } = ctx;
-        let max_event_bytes = *max_event_bytes;
+        let max_event_bytes = ctx.max_event_bytes;
         // Header names are matched as HTTP's are, whatever their case:
         // a publisher's `sse-event` is the event's name too.
         let name = headers.and_then(|h| {
@@ -129,18 +131,44 @@ impl Event {
             }
         }
         if let Some(reason) = invalid {
-            buf.clear();
-            buf.put_slice(b"event: ");
-            buf.put_slice(INVALID_EVENT_NAME.as_bytes());
-            buf.put_slice(b"\ndata: ");
-            let json = serde_json::json!({
-                "reason": reason.as_str(),
-                "subject": path,
-                "seq": seq,
-            });
-            buf.put_slice(json.to_string().as_bytes());
-            buf.put_u8(b'\n');
+            return Self::replaced(ctx, seq, path, published, reason);
         }
+        Self::finish(ctx, seq, path, published, buf, None)
+    }
+
+    /// The `invalid` event that stands for a stored event that cannot be
+    /// sent as it is, for `reason`.
+    pub fn replaced(
+        ctx: &EncodeContext,
+        seq: u64,
+        path: &str,
+        published: SystemTime,
+        reason: InvalidReason,
+    ) -> Self {
+        let mut buf = BytesMut::with_capacity(128);
+        buf.put_slice(b"event: ");
+        buf.put_slice(INVALID_EVENT_NAME.as_bytes());
+        buf.put_slice(b"\ndata: ");
+        let json = serde_json::json!({
+            "reason": reason.as_str(),
+            "subject": path,
+            "seq": seq,
+        });
+        buf.put_slice(json.to_string().as_bytes());
+        buf.put_u8(b'\n');
+        Self::finish(ctx, seq, path, published, buf, Some(reason))
+    }
+
+    /// Ends `buf`, the frame's body, with its `id:` line.
+    fn finish(
+        ctx: &EncodeContext,
+        seq: u64,
+        path: &str,
+        published: SystemTime,
+        mut buf: BytesMut,
+        invalid: Option<InvalidReason>,
+    ) -> Self {
+        let EncodeContext { topic, epoch, .. } = ctx;
         let body_len = buf.len();
         buf.put_slice(b"id: ");
         buf.put_slice(topic.as_bytes());
@@ -223,13 +251,15 @@ mod tests {
             InvalidReason::InvalidUtf8,
             InvalidReason::BadEventName,
             InvalidReason::TooLarge,
+            InvalidReason::BadHeaders,
         ] {
             // A new reason must be added to the list too, so its series
             // exists from start.
             match reason {
                 InvalidReason::InvalidUtf8
                 | InvalidReason::BadEventName
-                | InvalidReason::TooLarge => {}
+                | InvalidReason::TooLarge
+                | InvalidReason::BadHeaders => {}
             }
             assert!(
                 crate::metrics::INVALID_EVENT_REASONS.contains(&reason.as_str()),

@@ -46,7 +46,7 @@ use tracing::{debug, error, info, info_span, warn};
 use crate::{
     connection::SharedSocket,
     delivery::parked::{self, ParkedSockets, Ticket},
-    event::{EncodeContext, Event, MARKER_HEADER, TRACEPARENT_HEADER},
+    event::{EncodeContext, Event, InvalidReason, MARKER_HEADER, TRACEPARENT_HEADER},
     history::{History, HistoryBudget, Slice},
     metrics::Metrics,
     node::Node,
@@ -1127,6 +1127,9 @@ impl Reader {
         let mut doubted = false;
         // A consumer made while the feed dozed and read directly.
         let mut made = None;
+        // The head at the last re-creation after a reconnection or a stall,
+        // and how many came in a row at that head.
+        let mut stuck: Option<(u64, u32)> = None;
         loop {
             let next = self.feed.head() + 1;
             let feed = self.feed.clone();
@@ -1168,6 +1171,17 @@ impl Reader {
                 Ok(ReadEnd::Stalled | ReadEnd::Reconnected) => {
                     doubted = false;
                     backoff = Duration::from_millis(100);
+                    let head = self.feed.head();
+                    let in_a_row = match stuck {
+                        Some((at, count)) if at == head => count + 1,
+                        _ => 1,
+                    };
+                    stuck = Some((head, in_a_row));
+                    // The second in a row at the same head: is the next
+                    // stored event one whose delivery drops the connection?
+                    if in_a_row >= 2 && self.pass_unreadable(head + 1).await {
+                        stuck = None;
+                    }
                 }
                 Ok(ReadEnd::Quiet) => {
                     doubted = false;
@@ -1449,6 +1463,73 @@ impl Reader {
             .last_event
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+        true
+    }
+
+    /// Passes the next stored event from `next` on (of the feed's path, if
+    /// any) as an `invalid` event when its header block cannot be read by a
+    /// NATS client: a header value that is not UTF-8 or a name with a space,
+    /// which a publisher that does not check what it sends (the raw
+    /// protocol, a Go client's header values) can store. Delivered by a
+    /// consumer or a direct get, such an event drops the node's NATS
+    /// connection, and the feed would read it again after each
+    /// reconnection; JetStream's JSON API carries the header block in
+    /// base64, so it is read that way. True when an event was passed.
+    async fn pass_unreadable(&mut self, next: u64) -> bool {
+        use base64::Engine as _;
+        let filter_subject = self.filter_subject();
+        let mut request = serde_json::json!({ "seq": next });
+        if !filter_subject.is_empty() {
+            request["next_by_subj"] = filter_subject.into();
+        }
+        let asked = self.js.request::<_, _, serde_json::Value>(
+            format!("STREAM.MSG.GET.{}", self.feed.stream_name()),
+            &request,
+        );
+        let Ok(answer) = bounded_for(FEED_CALL_TIMEOUT, asked).await else {
+            return false;
+        };
+        let message = &answer["message"];
+        let (Some(seq), Some(subject)) = (message["seq"].as_u64(), message["subject"].as_str())
+        else {
+            return false;
+        };
+        let block = match message["hdrs"].as_str() {
+            Some(encoded) => match base64::engine::general_purpose::STANDARD.decode(encoded) {
+                Ok(block) => block,
+                Err(_) => return false,
+            },
+            None => return false,
+        };
+        if seq <= self.feed.head() || readable_header_block(&block) {
+            return false;
+        }
+        let published = message["time"]
+            .as_str()
+            .and_then(|time| {
+                time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .map_or_else(SystemTime::now, SystemTime::from);
+        let path = subject.get(self.path_offset..).unwrap_or_default();
+        let reason = InvalidReason::BadHeaders;
+        self.metrics
+            .invalid_events
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        warn!(topic = %self.feed.topic, subject = path, seq, reason = reason.as_str(), "a stored event's NATS headers cannot be read, and its delivery drops the connection; delivering an invalid event in its place");
+        self.head_time = Some(published);
+        let event = Event::replaced(&self.ctx, seq, path, published, reason);
+        let topic_label = [self.feed.topic.as_str()];
+        self.metrics
+            .feed_events
+            .with_label_values(&topic_label)
+            .inc();
+        let (bytes, _) = self.feed.publish(event);
+        self.metrics
+            .history_bytes
+            .with_label_values(&topic_label)
+            .set(bytes as i64);
         true
     }
 
@@ -1986,6 +2067,52 @@ async fn direct_get_batch(
     Ok(messages)
 }
 
+/// Whether async-nats reads a message with the header block `block`
+/// (`NATS/1.0` line, fields, blank line) without dropping its connection:
+/// UTF-8, a version line, and every field a `name: value` whose name it
+/// accepts.
+fn readable_header_block(block: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(block) else {
+        return false;
+    };
+    let mut lines = text.lines().peekable();
+    let Some(status) = lines
+        .next()
+        .and_then(|line| line.strip_prefix("NATS/1.0"))
+        .map(|rest| {
+            rest.trim()
+                .split_once(' ')
+                .map_or(rest.trim(), |(code, _)| code)
+        })
+    else {
+        return false;
+    };
+    if !status.is_empty()
+        && !status
+            .parse::<u16>()
+            .is_ok_and(|code| (100..1000).contains(&code))
+    {
+        return false;
+    }
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, _)) = line.split_once(':') else {
+            return false;
+        };
+        if name.parse::<async_nats::header::HeaderName>().is_err() {
+            return false;
+        }
+        // Lines that go on the value before them.
+        while lines
+            .next_if(|next| next.starts_with(char::is_whitespace))
+            .is_some()
+        {}
+    }
+    true
+}
+
 /// Whether a NATS server of `version` (as its INFO announces it, say
 /// "2.11.0" or "2.12.0-RC.1") answers a direct get for a batch of events.
 fn answers_batched_gets(version: &str) -> bool {
@@ -2175,6 +2302,35 @@ mod tests {
     use tokio::sync::broadcast::error::TryRecvError;
 
     use super::*;
+
+    #[test]
+    fn header_blocks_async_nats_reads_and_those_it_drops_the_connection_for() {
+        for good in [
+            &b"NATS/1.0\r\nSse-Event: update\r\n\r\n"[..],
+            b"NATS/1.0\r\n\r\n",
+            b"NATS/1.0\r\nA: 1\r\n folded\r\nB: x\ry\r\n\r\n",
+            b"NATS/1.0 503\r\n\r\n",
+        ] {
+            assert!(
+                readable_header_block(good),
+                "{:?}",
+                String::from_utf8_lossy(good)
+            );
+        }
+        for bad in [
+            &b"NATS/1.0\r\nSse-Event: caf\xe9\r\n\r\n"[..],
+            b"NATS/1.0\r\nX Y: v\r\n\r\n",
+            b"NATS/1.0\r\nno colon\r\n\r\n",
+            b"HTTP/1.1\r\n\r\n",
+            b"NATS/1.0 abc\r\n\r\n",
+        ] {
+            assert!(
+                !readable_header_block(bad),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     fn settings() -> FeedSettings {
         FeedSettings {

@@ -709,3 +709,113 @@ async fn a_wildcard_sent_unencoded_gets_400_saying_to_encode_it() {
         .unwrap();
     client.ready().await;
 }
+
+/// A header value that is not UTF-8, which a Go publisher can send: its
+/// delivery drops the node's connection to NATS (async-nats cannot read
+/// it), so the feed reads it through JetStream's JSON API after two
+/// reconnections at the same head and passes it as an `invalid` event; the
+/// events after it arrive, and the connection holds from then on.
+#[tokio::test]
+async fn a_header_value_that_is_not_utf8_stalls_nothing() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "latin", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=latin"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    publish(&js, "latin", "before").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["before"]);
+    nats.publish_raw(
+        "sse.latin",
+        b"NATS/1.0\r\nSse-Event: caf\xe9\r\n\r\n",
+        b"bad header",
+    )
+    .await;
+    publish(&js, "latin", "after").await;
+    let events = client.take(2, T).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].event, "invalid", "{events:?}");
+    assert!(events[0].data.contains("bad_headers"), "{events:?}");
+    assert!(events[0].id.ends_with(":2"), "{events:?}");
+    assert_eq!(data_of(&events[1..]), ["after"]);
+    assert_eq!(
+        node.metric("sse_invalid_events_total{reason=\"bad_headers\"}")
+            .await,
+        1.0
+    );
+    let reconnects = node.metric("sse_nats_reconnects_total").await;
+    assert!(reconnects <= 6.0, "{reconnects} reconnections");
+    publish(&js, "latin", "later").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["later"]);
+    assert_eq!(
+        node.metric("sse_nats_reconnects_total").await,
+        reconnects,
+        "no reconnection once it is passed"
+    );
+}
+
+/// The same event read by a node that starts after it was stored: a client
+/// resuming from before it gets the `invalid` event and what follows.
+#[tokio::test]
+async fn a_resume_across_a_header_block_nats_cannot_read_gets_past_it() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "latin", None).await;
+    publish(&js, "latin", "before").await;
+    nats.publish_raw("sse.latin", b"NATS/1.0\r\nX Y: v\r\n\r\n", b"bad header")
+        .await;
+    publish(&js, "latin", "after").await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let probe = SseClient::connect(&node.url("/v1/events?topic=latin"), None)
+        .await
+        .unwrap()
+        .ready()
+        .await;
+    let first = probe.replace(":3", ":1");
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=latin"), Some(&first))
+        .await
+        .unwrap();
+    let events = client.take(2, T).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].event, "invalid", "{events:?}");
+    assert_eq!(data_of(&events[1..]), ["after"]);
+}
+
+/// A feed dozing on a quiet topic hears the event as its stream republishes
+/// it, which drops the connection once, then reads it as the others.
+#[tokio::test]
+async fn a_dozing_feed_gets_past_a_header_block_nats_cannot_read() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "latin", None).await;
+    publish(&js, "latin", "before").await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "1"),
+            ("SSE_DELIVERY__FEED_DIRECT_DOZE_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=latin"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    eventually(T, "the feed dozes", || async {
+        (node.metric("sse_feeds_dozing").await == 1.0).then_some(())
+    })
+    .await;
+    nats.publish_raw(
+        "sse.latin",
+        b"NATS/1.0\r\nSse-Event: caf\xe9\r\n\r\n",
+        b"bad header",
+    )
+    .await;
+    publish(&js, "latin", "after").await;
+    let events = client.take(2, T).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].event, "invalid", "{events:?}");
+    assert_eq!(data_of(&events[1..]), ["after"]);
+}

@@ -1467,59 +1467,43 @@ impl Reader {
     }
 
     /// Passes the next stored event from `next` on (of the feed's path, if
-    /// any) as an `invalid` event when its header block cannot be read by a
-    /// NATS client: a header value that is not UTF-8 or a name with a space,
-    /// which a publisher that does not check what it sends (the raw
-    /// protocol, a Go client's header values) can store. Delivered by a
-    /// consumer or a direct get, such an event drops the node's NATS
-    /// connection, and the feed would read it again after each
-    /// reconnection; JetStream's JSON API carries the header block in
-    /// base64, so it is read that way. True when an event was passed.
+    /// any) as an `invalid` event when NATS clients cannot read its header
+    /// block ([`next_unreadable`]): delivered by a consumer or a direct get,
+    /// it drops the node's NATS connection, and the feed would read it again
+    /// after each reconnection. True when an event was passed.
     async fn pass_unreadable(&mut self, next: u64) -> bool {
-        use base64::Engine as _;
         let filter_subject = self.filter_subject();
-        let mut request = serde_json::json!({ "seq": next });
-        if !filter_subject.is_empty() {
-            request["next_by_subj"] = filter_subject.into();
-        }
-        let asked = self.js.request::<_, _, serde_json::Value>(
-            format!("STREAM.MSG.GET.{}", self.feed.stream_name()),
-            &request,
-        );
-        let Ok(answer) = bounded_for(FEED_CALL_TIMEOUT, asked).await else {
-            return false;
+        let filters: &[String] = if filter_subject.is_empty() {
+            &[]
+        } else {
+            std::slice::from_ref(&filter_subject)
         };
-        let message = &answer["message"];
-        let (Some(seq), Some(subject)) = (message["seq"].as_u64(), message["subject"].as_str())
+        let Some(unreadable) =
+            next_unreadable(&self.js, self.feed.stream_name(), next, filters).await
         else {
             return false;
         };
-        let block = match message["hdrs"].as_str() {
-            Some(encoded) => match base64::engine::general_purpose::STANDARD.decode(encoded) {
-                Ok(block) => block,
-                Err(_) => return false,
-            },
-            None => return false,
-        };
-        if seq <= self.feed.head() || readable_header_block(&block) {
+        if unreadable.seq <= self.feed.head() {
             return false;
         }
-        let published = message["time"]
-            .as_str()
-            .and_then(|time| {
-                time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .map_or_else(SystemTime::now, SystemTime::from);
-        let path = subject.get(self.path_offset..).unwrap_or_default();
+        let path = unreadable
+            .subject
+            .get(self.path_offset..)
+            .unwrap_or_default();
         let reason = InvalidReason::BadHeaders;
         self.metrics
             .invalid_events
             .with_label_values(&[reason.as_str()])
             .inc();
-        warn!(topic = %self.feed.topic, subject = path, seq, reason = reason.as_str(), "a stored event's NATS headers cannot be read, and its delivery drops the connection; delivering an invalid event in its place");
-        self.head_time = Some(published);
-        let event = Event::replaced(&self.ctx, seq, path, published, reason);
+        warn!(topic = %self.feed.topic, subject = path, seq = unreadable.seq, reason = reason.as_str(), "a stored event's NATS headers cannot be read, and its delivery drops the connection; delivering an invalid event in its place");
+        self.head_time = Some(unreadable.published);
+        let event = Event::replaced(
+            &self.ctx,
+            unreadable.seq,
+            path,
+            unreadable.published,
+            reason,
+        );
         let topic_label = [self.feed.topic.as_str()];
         self.metrics
             .feed_events
@@ -2065,6 +2049,76 @@ async fn direct_get_batch(
         }
     }
     Ok(messages)
+}
+
+/// A stored event whose header block NATS clients cannot read.
+pub(crate) struct Unreadable {
+    /// Its stream sequence.
+    pub(crate) seq: u64,
+    /// Its NATS subject.
+    pub(crate) subject: String,
+    /// When JetStream stored it.
+    pub(crate) published: SystemTime,
+}
+
+/// The first event of `stream_name` from sequence `from` on (of any of
+/// `filters`, NATS subjects, when given), if NATS clients cannot read its
+/// header block ([`readable_header_block`]): a header value that is not
+/// UTF-8 or a name with a space, which a publisher that does not check what
+/// it sends (the raw protocol, a Go client's header values) can store.
+/// Asked through JetStream's JSON API, which carries the header block in
+/// base64, since delivering it as a message drops the connection. `None`
+/// when the next event is readable, or on no answer.
+pub(crate) async fn next_unreadable(
+    js: &jetstream::Context,
+    stream_name: &str,
+    from: u64,
+    filters: &[String],
+) -> Option<Unreadable> {
+    use base64::Engine as _;
+    let ask = |filter: Option<&String>| {
+        let mut request = serde_json::json!({ "seq": from });
+        if let Some(filter) = filter {
+            request["next_by_subj"] = filter.as_str().into();
+        }
+        async move {
+            let asked = js.request::<_, _, serde_json::Value>(
+                format!("STREAM.MSG.GET.{stream_name}"),
+                &request,
+            );
+            bounded_for(FEED_CALL_TIMEOUT, asked).await.ok()
+        }
+    };
+    let answers = if filters.is_empty() {
+        vec![ask(None).await]
+    } else {
+        futures_util::future::join_all(filters.iter().map(|f| ask(Some(f)))).await
+    };
+    // The first of the filters' next events is the one a consumer of all
+    // of them delivers next.
+    let message = answers
+        .iter()
+        .flatten()
+        .map(|answer| &answer["message"])
+        .filter(|message| message["seq"].as_u64().is_some())
+        .min_by_key(|message| message["seq"].as_u64())?;
+    let block = base64::engine::general_purpose::STANDARD
+        .decode(message["hdrs"].as_str()?)
+        .ok()?;
+    if readable_header_block(&block) {
+        return None;
+    }
+    let published = message["time"]
+        .as_str()
+        .and_then(|time| {
+            time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map_or_else(SystemTime::now, SystemTime::from);
+    Some(Unreadable {
+        seq: message["seq"].as_u64()?,
+        subject: message["subject"].as_str()?.to_owned(),
+        published,
+    })
 }
 
 /// Whether async-nats reads a message with the header block `block`

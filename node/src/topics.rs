@@ -551,6 +551,14 @@ impl Topics {
         Ok(present.len())
     }
 
+    /// Counts the node's reconnections to NATS, for reads that must notice
+    /// one (a resume's consumer may never say it was lost).
+    pub(crate) fn reconnections(&self) -> tokio::sync::watch::Receiver<u64> {
+        let mut reconnections = self.0.settings.reconnections.clone();
+        reconnections.borrow_and_update();
+        reconnections
+    }
+
     /// Reconciles the registry with JetStream's stream names, asking for
     /// the full facts only of topics that are new or have live feeds (whose
     /// histories follow their stream's first sequence). Listing every

@@ -16,7 +16,7 @@ use tracing::{Span, warn};
 
 use super::{BATCH_BYTES, ClientStream, CloseReason, framing::write_reset_body};
 use crate::{
-    event::{Event, MARKER_HEADER},
+    event::{Event, InvalidReason, MARKER_HEADER},
     feed::{OwnedConsumer, bounded, stream_epoch},
     history::Slice,
 };
@@ -29,6 +29,11 @@ const MEMORY_CHUNK: usize = 512;
 pub(super) struct JetStreamRead {
     pub(super) messages: jetstream::consumer::pull::Ordered,
     pub(super) end: u64,
+    /// Error items in a row: past one, the next stored event may be one
+    /// whose delivery drops the connection.
+    pub(super) errors: u32,
+    /// The node's reconnections to NATS.
+    pub(super) reconnections: tokio::sync::watch::Receiver<u64>,
     pub(super) _held: crate::metrics::ConsumerHeld,
     /// Declared last: the consumer is deleted after `messages` stops pulling.
     pub(super) _owned: OwnedConsumer,
@@ -182,6 +187,8 @@ impl ClientStream {
                 self.jetstream_read = Some(Box::new(JetStreamRead {
                     messages,
                     end,
+                    errors: 0,
+                    reconnections: self.node.topics().reconnections(),
                     _held: self.node.metrics().consumer_held(),
                     _owned: owned,
                 }));
@@ -205,9 +212,29 @@ impl ClientStream {
             };
             let item = if first {
                 first = false;
-                match tokio::time::timeout(JETSTREAM_READ_TIMEOUT, read.messages.next()).await {
-                    Ok(item) => item,
+                let waited = tokio::time::timeout(JETSTREAM_READ_TIMEOUT, async {
+                    tokio::select! {
+                        item = read.messages.next() => Some(item),
+                        Ok(()) = read.reconnections.changed() => None,
+                    }
+                })
+                .await;
+                match waited {
+                    Ok(Some(item)) => item,
+                    // Reconnected before the next event came: look at what
+                    // is next (at most one such look per resume read slot,
+                    // `history.max_concurrent_jetstream_reads`).
+                    Ok(None) => {
+                        if self.pass_unreadable(index, out).await {
+                            return Ok(());
+                        }
+                        first = true;
+                        continue;
+                    }
                     Err(_) => {
+                        if self.pass_unreadable(index, out).await {
+                            return Ok(());
+                        }
                         warn!("resume read stalled; closing so the client retries");
                         return Err(CloseReason::Error);
                     }
@@ -220,9 +247,16 @@ impl ClientStream {
             };
             let end = read.end;
             let message = match item {
-                Some(Ok(message)) => message,
+                Some(Ok(message)) => {
+                    read.errors = 0;
+                    message
+                }
                 Some(Err(error)) => {
                     warn!(%error, "resume read error");
+                    read.errors += 1;
+                    if read.errors >= 2 && self.pass_unreadable(index, out).await {
+                        return Ok(());
+                    }
                     continue;
                 }
                 None => return Err(CloseReason::Error),
@@ -274,6 +308,56 @@ impl ClientStream {
             self.jetstream_permit = None;
         }
         Ok(())
+    }
+
+    /// Passes the next stored event of the topic being caught up as an
+    /// `invalid` event when NATS clients cannot read its header block
+    /// ([`crate::feed::next_unreadable`]): the resume consumer would drop
+    /// the node's connection at it again and again. The read is then made
+    /// anew past it. True when an event was passed.
+    async fn pass_unreadable(&mut self, index: usize, out: &mut BytesMut) -> bool {
+        let prefix = self.node.config().nats.subject_prefix.clone();
+        let topic = &self.topics[index];
+        let Some(unreadable) = crate::feed::next_unreadable(
+            self.node.jetstream(),
+            topic.feed.stream_name(),
+            topic.pos + 1,
+            &topic.filters(&prefix),
+        )
+        .await
+        else {
+            return false;
+        };
+        let end = self.jetstream_read.as_ref().map_or(0, |read| read.end);
+        if unreadable.seq > end {
+            return false;
+        }
+        let path = unreadable
+            .subject
+            .get(prefix.len() + 1..)
+            .unwrap_or_default();
+        let reason = InvalidReason::BadHeaders;
+        self.node
+            .metrics()
+            .invalid_events
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        warn!(topic = %topic.feed.topic, subject = path, seq = unreadable.seq, reason = reason.as_str(), "a stored event's NATS headers cannot be read, and its delivery drops the connection; the resume passes an invalid event in its place");
+        let event = Event::replaced(
+            &topic.feed.encode_context,
+            unreadable.seq,
+            path,
+            unreadable.published,
+            reason,
+        );
+        if self.deliver(index, &event, out) {
+            self.count_replay("jetstream", 1);
+        }
+        let topic = &mut self.topics[index];
+        topic.pos = topic.pos.max(unreadable.seq);
+        // A new read from past it; the slot is kept for it.
+        self.jetstream_read = None;
+        true
     }
 
     pub(super) fn count_replay(&mut self, source: &str, delivered: u64) {

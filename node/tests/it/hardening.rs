@@ -819,3 +819,44 @@ async fn a_dozing_feed_gets_past_a_header_block_nats_cannot_read() {
     assert_eq!(events[0].event, "invalid", "{events:?}");
     assert_eq!(data_of(&events[1..]), ["after"]);
 }
+
+/// A resume that reads from JetStream, past what the node holds in memory,
+/// across an event whose header block NATS clients cannot read: the resume
+/// passes it as an `invalid` event and goes on.
+#[tokio::test]
+async fn a_resume_from_jetstream_gets_past_a_header_block_nats_cannot_read() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "latin", None).await;
+    publish(&js, "latin", "before").await;
+    nats.publish_raw(
+        "sse.latin",
+        b"NATS/1.0\r\nSse-Event: caf\xe9\r\n\r\n",
+        b"bad header",
+    )
+    .await;
+    publish(&js, "latin", "after").await;
+    // A feed that warms nothing up, so the resume reads JetStream.
+    let node = NodeProc::start(&nats.url(), &[("SSE_HISTORY__WARM_EVENTS", "0")]).await;
+    let live = SseClient::connect(&node.url("/v1/events?topic=latin"), None)
+        .await
+        .unwrap()
+        .ready()
+        .await;
+    assert!(live.ends_with(":3"), "{live}");
+    let mut client = SseClient::connect(
+        &node.url("/v1/events?topic=latin"),
+        Some(&live.replace(":3", ":1")),
+    )
+    .await
+    .unwrap();
+    let events = client.take(2, T).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].event, "invalid", "{events:?}");
+    assert_eq!(data_of(&events[1..]), ["after"]);
+    assert!(
+        node.metric("sse_replay_events_total{source=\"jetstream\"}")
+            .await
+            >= 1.0
+    );
+}

@@ -46,14 +46,16 @@ async fn writes_and_api_reads_need_the_token() {
             .unwrap();
         assert_eq!(response.headers()["www-authenticate"], "Bearer");
         // The scheme name is not case-sensitive; the token is.
-        let response = admin
-            .http
-            .get(format!("{}/v1/topics", admin.base))
-            .header("authorization", format!("bearer {TOKEN}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let response = admin
+                .http
+                .get(format!("{}/v1/topics", admin.base))
+                .header("authorization", format!("{scheme} {TOKEN}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{scheme}");
+        }
         let upper = TOKEN.to_uppercase();
         assert_error(
             &admin

@@ -88,13 +88,28 @@ def mount_tls_secret(deploy: dict, env: dict[str, str], into: Path) -> dict[str,
     return {k: v.replace(mounts["tls"], str(into)) for k, v in env.items()}
 
 
+def mount_jwt_secret(objs: list[dict], deploy: dict, config_text: str, into: Path) -> str:
+    """Stands in for the kubelet mounting the JWT keys' Secret: its files
+    are written under `into` and the config's paths into the mount are
+    pointed there."""
+    import base64
+
+    mounts = {m["name"]: m["mountPath"] for m in container(deploy, "sse-node").get("volumeMounts", [])}
+    secrets = [o for o in find(objs, "Secret") if o["metadata"]["name"].endswith("-jwt")]
+    if "jwt-keys" not in mounts or not secrets:
+        return config_text
+    for file, content in secrets[0].get("data", {}).items():
+        (into / file).write_bytes(base64.b64decode(content))
+    return config_text.replace(mounts["jwt-keys"], str(into))
+
+
 @pytest.mark.parametrize("values_file", value_files())
 def test_chart_node_config_and_env(tmp_path, values_file):
     objs = chart_objects(values_file)
     cm = one(objs, "ConfigMap", "-config")
     config = tmp_path / "node.toml"
-    config.write_text(cm["data"]["node.toml"])
     deploy = one(objs, "Deployment", "-node")
+    config.write_text(mount_jwt_secret(objs, deploy, cm["data"]["node.toml"], tmp_path))
     env = mount_tls_secret(deploy, pod_env(deploy, "sse-node"), tmp_path)
     assert_accepted(check_config(binary("sse-node"), env, config), f"chart node.toml ({values_file})")
 

@@ -229,7 +229,10 @@ fn consumer_limit(value: u64) -> Result<i32, Error> {
     }
 }
 
-/// Applies a maximum age, keeping the duplicate window inside it.
+/// Applies a maximum age, keeping the duplicate window inside it. A
+/// window longer than the default, set on the stream by hand, is kept as far
+/// as the age allows; a shorter one (an earlier, shorter age's) grows back
+/// to the default.
 fn set_max_age(config: &mut stream::Config, seconds: u64) -> Result<(), Error> {
     if seconds > 100 * 365 * 24 * 3600 {
         return Err(Error::BadRequest(
@@ -237,10 +240,11 @@ fn set_max_age(config: &mut stream::Config, seconds: u64) -> Result<(), Error> {
         ));
     }
     config.max_age = Duration::from_secs(seconds);
+    let window = config.duplicate_window.max(DUPLICATE_WINDOW);
     config.duplicate_window = if seconds == 0 {
-        DUPLICATE_WINDOW
+        window
     } else {
-        DUPLICATE_WINDOW.min(config.max_age)
+        window.min(config.max_age)
     };
     Ok(())
 }
@@ -832,6 +836,26 @@ mod tests {
         .unwrap();
         assert_eq!(c.max_age, Duration::from_secs(30));
         assert_eq!(c.duplicate_window, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_longer_duplicate_window_set_by_hand_outlives_a_new_max_age() {
+        let mut c = stream::Config {
+            duplicate_window: Duration::from_secs(1800),
+            ..Default::default()
+        };
+        set_max_age(&mut c, 3600).unwrap();
+        assert_eq!(c.duplicate_window, Duration::from_secs(1800));
+        set_max_age(&mut c, 600).unwrap();
+        assert_eq!(c.duplicate_window, Duration::from_secs(600));
+        set_max_age(&mut c, 0).unwrap();
+        assert_eq!(c.duplicate_window, Duration::from_secs(600));
+        let mut shortened = stream::Config {
+            duplicate_window: Duration::from_secs(30),
+            ..Default::default()
+        };
+        set_max_age(&mut shortened, 3600).unwrap();
+        assert_eq!(shortened.duplicate_window, DUPLICATE_WINDOW);
     }
 
     #[test]

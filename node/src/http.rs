@@ -369,28 +369,35 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
         ),
         None => None,
     };
-    let id = header_id.or(query_id).filter(|id| !id.trim().is_empty());
-    let cursor = match id {
-        None => None,
-        Some(id) if id.len() > http.max_last_event_id_bytes => {
-            return Err(ApiError::limit(
-                node,
-                "max_last_event_id_bytes",
-                ApiError::bad_request(
-                    "last_event_id_too_long",
-                    format!(
-                        "Last-Event-ID is {} bytes long; at most {} are allowed",
-                        id.len(),
-                        http.max_last_event_id_bytes
-                    ),
-                ),
-            ));
-        }
-        Some(id) => Some(
-            Cursor::parse(id.trim())
-                .map_err(|e| ApiError::bad_request("bad_last_event_id", e.to_string()))?,
+    // Errors name where the id came from: the header wins over the query.
+    let (id, source) = match header_id.filter(|id| !id.trim().is_empty()) {
+        Some(id) => (Some(id), "Last-Event-ID"),
+        None => (
+            query_id.filter(|id| !id.trim().is_empty()),
+            "the lastEventId parameter",
         ),
     };
+    let cursor =
+        match id {
+            None => None,
+            Some(id) if id.len() > http.max_last_event_id_bytes => {
+                return Err(ApiError::limit(
+                    node,
+                    "max_last_event_id_bytes",
+                    ApiError::bad_request(
+                        "last_event_id_too_long",
+                        format!(
+                            "{source} is {} bytes long; at most {} are allowed",
+                            id.len(),
+                            http.max_last_event_id_bytes
+                        ),
+                    ),
+                ));
+            }
+            Some(id) => Some(Cursor::parse(id.trim()).map_err(|e| {
+                ApiError::bad_request("bad_last_event_id", format!("{source}: {e}"))
+            })?),
+        };
     Ok(StreamRequest {
         topics,
         order,

@@ -108,9 +108,13 @@ async fn bad_requests_get_precise_errors() {
             "{path}: {body}"
         );
     }
-    // The messages name the bad value.
+    // The messages name the bad value, and where an id came from.
     let (_, body) = get(&node.url("/v1/events?topic=orders.a%20b"), None).await;
     assert!(body.contains("orders.a b"), "{body}");
+    let (_, body) = get(&node.url("/v1/events?topic=orders&lastEventId=x:y"), None).await;
+    assert!(body.contains("the lastEventId parameter"), "{body}");
+    let (_, body) = get(&node.url("/v1/events?topic=orders"), Some("x:y")).await;
+    assert!(body.contains("Last-Event-ID"), "{body}");
     assert!(
         node.metric("sse_requests_rejected_total{status=\"400\"}")
             .await

@@ -30,14 +30,16 @@ pub use error::Error;
 
 /// Runs one parsed command line.
 pub async fn run(cli: args::Cli) -> Result<(), Error> {
-    let settings = settings::Settings::resolve(&cli.global)?;
     let out = output::Output::new(cli.global.output);
+    // Commands that reach no server do not read the settings for reaching
+    // one: a missing config file or an https URL does not stop them.
+    let settings = || settings::Settings::resolve(&cli.global);
     match cli.command {
-        args::Command::Topic { command } => commands::topic::run(&settings, out, command).await,
-        args::Command::Pub(publish) => commands::publish::run(&settings, out, publish).await,
-        args::Command::Tail(tail) => commands::tail::run(&settings, out, tail).await,
+        args::Command::Topic { command } => commands::topic::run(&settings()?, out, command).await,
+        args::Command::Pub(publish) => commands::publish::run(&settings()?, out, publish).await,
+        args::Command::Tail(tail) => commands::tail::run(&settings()?, out, tail).await,
         args::Command::Token { command } => commands::token::run(out, command),
-        args::Command::Status(status) => commands::status::run(&settings, out, status).await,
+        args::Command::Status(status) => commands::status::run(&settings()?, out, status).await,
         args::Command::Completions { shell } => {
             commands::completions(shell);
             Ok(())

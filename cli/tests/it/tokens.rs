@@ -170,3 +170,42 @@ fn expired_token() -> String {
     )
     .unwrap()
 }
+
+/// Commands that reach no server run whatever the settings for reaching
+/// one say: a config file that is not there, or an https URL `ssectl`
+/// cannot speak.
+#[tokio::test]
+async fn commands_that_reach_no_server_ignore_the_settings_for_servers() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+        for args in [
+            vec!["completions", "bash"],
+            vec![
+                "token",
+                "mint",
+                "--sub",
+                "alice",
+                "--grant",
+                "a.>",
+                "--hs256-secret-file",
+                secret.to_str().unwrap(),
+            ],
+        ] {
+            let output = tokio::process::Command::new(crate::support::ssectl_binary())
+                .args(&args)
+                .env("SSECTL_CONFIG", dir.path().join("no-such.toml"))
+                .env("SSECTL_URL", "https://example.invalid")
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    })
+    .await;
+}

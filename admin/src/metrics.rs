@@ -20,7 +20,7 @@ pub struct Metrics {
     topic_messages: IntGaugeVec,
     topic_bytes: IntGaugeVec,
     topic_subscribers: IntGaugeVec,
-    nodes_live: IntGauge,
+    nodes_live: IntGaugeVec,
     nats_connected: IntGauge,
     published: IntCounter,
     publish_failures: IntCounterVec,
@@ -57,8 +57,13 @@ impl Metrics {
             topic,
         )
         .expect("valid metric");
-        let nodes_live =
-            IntGauge::new("sse_nodes_live", "Nodes with a fresh report.").expect("valid metric");
+        // A vector without labels, so that the series can be absent while
+        // the node reports cannot be read: 0 would say every node is gone.
+        let nodes_live = IntGaugeVec::new(
+            Opts::new("sse_nodes_live", "Nodes with a fresh report."),
+            &[],
+        )
+        .expect("valid metric");
         let nats_connected = IntGauge::new(
             "sse_admin_nats_connected",
             "1 while this admin is connected to NATS.",
@@ -123,7 +128,7 @@ impl Metrics {
 pub async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     let m = &state.metrics;
     let _one_at_a_time = m.scrape.lock().await;
-    let overview = overview::snapshot(&state).await;
+    let (overview, nodes_read) = overview::snapshot_and_nodes_read(&state).await;
     m.topic_messages.reset();
     m.topic_bytes.reset();
     m.topic_subscribers.reset();
@@ -139,8 +144,13 @@ pub async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
             .with_label_values(&label)
             .set(i64::try_from(t.subscribers).unwrap_or(i64::MAX));
     }
-    m.nodes_live
-        .set(i64::try_from(overview.nodes_live).unwrap_or(i64::MAX));
+    if nodes_read {
+        m.nodes_live
+            .with_label_values(&[] as &[&str])
+            .set(i64::try_from(overview.nodes_live).unwrap_or(i64::MAX));
+    } else {
+        m.nodes_live.reset();
+    }
     m.nats_connected.set(i64::from(overview.nats_connected));
     if let Some(error) = &overview.error {
         tracing::debug!(%error, "scrape could not read every figure");

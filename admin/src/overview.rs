@@ -82,12 +82,18 @@ pub struct Overview {
 /// Reads a fresh snapshot; parts that cannot be read are left empty and
 /// named in `error`.
 pub async fn snapshot(state: &AppState) -> Overview {
+    snapshot_and_nodes_read(state).await.0
+}
+
+/// A snapshot, and whether the node reports could be read: when not, its
+/// count of live nodes is no count at all.
+pub async fn snapshot_and_nodes_read(state: &AppState) -> (Overview, bool) {
     let mut errors = Vec::new();
-    let nodes = match cluster::live_nodes(state).await {
-        Ok(nodes) => nodes,
+    let (nodes, nodes_read) = match cluster::live_nodes(state).await {
+        Ok(nodes) => (nodes, true),
         Err(err) => {
             errors.push(format!("nodes: {err}"));
-            Vec::new()
+            (Vec::new(), false)
         }
     };
     let subs = cluster::subscribers_by_topic(&nodes);
@@ -118,7 +124,7 @@ pub async fn snapshot(state: &AppState) -> Overview {
             Vec::new()
         }
     };
-    Overview {
+    let overview = Overview {
         generated_at: OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .unwrap_or_default(),
@@ -129,7 +135,8 @@ pub async fn snapshot(state: &AppState) -> Overview {
         events_delivered: nodes.iter().map(|n| n.events_delivered).sum(),
         topics,
         nodes,
-    }
+    };
+    (overview, nodes_read)
 }
 
 /// A snapshot no older than `max_age`, shared by concurrent callers.

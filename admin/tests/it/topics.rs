@@ -411,9 +411,19 @@ async fn nats_down_is_503() {
         let mut nats = NatsServer::start();
         let admin = Admin::start(&nats).await;
         admin.create_topic(json!({"name": "t"})).await;
+        let counted = |metrics: &str| metrics.lines().any(|l| l.starts_with("sse_nodes_live "));
+        assert!(
+            counted(&admin.metrics().await),
+            "live nodes counted while NATS answers"
+        );
         nats.stop();
         let answer = admin.call("GET", "/v1/topics", None).await;
         assert_error(&answer, 503, "nats");
+        // Not 0, which would say every node is gone: no figure at all.
+        assert!(
+            !counted(&admin.metrics().await),
+            "no count of live nodes without NATS"
+        );
         let answer = admin
             .call(
                 "POST",

@@ -489,6 +489,7 @@ async fn subscribers(state: &AppState) -> HashMap<String, u64> {
         (status = 400, description = "Bad name or value", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
         (status = 409, description = "Topic exists", body = crate::error::ErrorBody),
+        (status = 413, description = "Request body too large", body = crate::error::ErrorBody),
         (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
@@ -585,6 +586,7 @@ pub async fn get_topic(
     responses(
         (status = 200, description = "The updated topic", body = Topic),
         (status = 400, description = "Bad value", body = crate::error::ErrorBody),
+        (status = 413, description = "Request body too large", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
         (status = 404, description = "No such topic", body = crate::error::ErrorBody),
         (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),

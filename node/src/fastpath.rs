@@ -239,12 +239,21 @@ async fn open_plain(
 }
 
 /// Answers a request line HTTP does not allow with 400 and why.
-async fn refuse_request_line<S: LeanIo, D>(state: &HttpState, mut stream: S) -> Opened<S, D> {
+async fn refuse_request_line<S: LeanIo, D>(state: &HttpState, stream: S) -> Opened<S, D> {
     let (parts, body) = http::reject(state.node(), http::ApiError::bad_request_line()).into_parts();
+    write_whole_response(stream, &parts, body).await
+}
+
+/// Writes a refusal, head and body; the connection ends after it.
+async fn write_whole_response<S: LeanIo, D>(
+    mut stream: S,
+    parts: &Parts,
+    body: Body,
+) -> Opened<S, D> {
     let body = axum::body::to_bytes(body, 64 * 1024)
         .await
         .unwrap_or_default();
-    let mut out = encode_head(&parts, Some(body.len()));
+    let mut out = encode_head(parts, Some(body.len()));
     out.extend_from_slice(&body);
     let _ = stream.write_all(&out).await;
     Opened::Answered(stream)
@@ -417,15 +426,7 @@ async fn answer<S: LeanIo, D>(
                 }
             }
         }
-        None => {
-            let body = axum::body::to_bytes(body, 64 * 1024)
-                .await
-                .unwrap_or_default();
-            let mut out = encode_head(&parts, Some(body.len()));
-            out.extend_from_slice(&body);
-            let _ = stream.write_all(&out).await;
-            Opened::Answered(stream)
-        }
+        None => write_whole_response(stream, &parts, body).await,
     }
 }
 

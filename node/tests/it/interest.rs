@@ -1320,6 +1320,19 @@ async fn received_by_now(
     received
 }
 
+/// A ready stream on each of topics `t<i>` for `topics`, one after another.
+async fn streams_of_topics(node: &NodeProc, topics: std::ops::Range<usize>) -> Vec<SseClient> {
+    let mut clients = Vec::new();
+    for i in topics {
+        let mut client = SseClient::connect(&node.url(&format!("/v1/events?topic=t{i}")), None)
+            .await
+            .unwrap();
+        client.ready().await;
+        clients.push(client);
+    }
+    clients
+}
+
 /// The JetStream API requests about streams that NATS sees between the
 /// node's next two re-listings (each starts with `STREAM.NAMES`): the
 /// subjects past `$JS.API.STREAM.`.
@@ -1367,14 +1380,7 @@ async fn a_relisting_asks_about_the_topics_read_or_lists_all_when_they_are_many(
         .expect("subscribe to stream requests");
     js.client().flush().await.expect("flush");
 
-    let mut clients = Vec::new();
-    for i in 0..3 {
-        let mut client = SseClient::connect(&node.url(&format!("/v1/events?topic=t{i}")), None)
-            .await
-            .unwrap();
-        client.ready().await;
-        clients.push(client);
-    }
+    let mut clients = streams_of_topics(&node, 0..3).await;
     // The re-listing under way may have started before the feeds.
     asked_in_one_relisting(&mut api).await;
     let asked = asked_in_one_relisting(&mut api).await;
@@ -1387,13 +1393,7 @@ async fn a_relisting_asks_about_the_topics_read_or_lists_all_when_they_are_many(
         "three topics read of 100: {asked:?}"
     );
 
-    for i in 3..70 {
-        let mut client = SseClient::connect(&node.url(&format!("/v1/events?topic=t{i}")), None)
-            .await
-            .unwrap();
-        client.ready().await;
-        clients.push(client);
-    }
+    clients.extend(streams_of_topics(&node, 3..70).await);
     asked_in_one_relisting(&mut api).await;
     let asked = asked_in_one_relisting(&mut api).await;
     assert!(

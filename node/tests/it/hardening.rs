@@ -727,12 +727,7 @@ async fn a_header_value_that_is_not_utf8_stalls_nothing() {
     client.ready().await;
     publish(&js, "latin", "before").await;
     assert_eq!(data_of(&client.take(1, T).await), ["before"]);
-    nats.publish_raw(
-        "sse.latin",
-        b"NATS/1.0\r\nSse-Event: caf\xe9\r\n\r\n",
-        b"bad header",
-    )
-    .await;
+    publish_unreadable(&nats).await;
     publish(&js, "latin", "after").await;
     let invalid = take_invalid_then_after(&mut client).await;
     assert!(invalid.id.ends_with(":2"), "{invalid:?}");
@@ -800,12 +795,7 @@ async fn a_dozing_feed_gets_past_a_header_block_nats_cannot_read() {
         (node.metric("sse_feeds_dozing").await == 1.0).then_some(())
     })
     .await;
-    nats.publish_raw(
-        "sse.latin",
-        b"NATS/1.0\r\nSse-Event: caf\xe9\r\n\r\n",
-        b"bad header",
-    )
-    .await;
+    publish_unreadable(&nats).await;
     publish(&js, "latin", "after").await;
     take_invalid_then_after(&mut client).await;
 }
@@ -819,12 +809,7 @@ async fn a_resume_from_jetstream_gets_past_a_header_block_nats_cannot_read() {
     let js = nats.jetstream().await;
     create_topic(&js, "latin", None).await;
     publish(&js, "latin", "before").await;
-    nats.publish_raw(
-        "sse.latin",
-        b"NATS/1.0\r\nSse-Event: caf\xe9\r\n\r\n",
-        b"bad header",
-    )
-    .await;
+    publish_unreadable(&nats).await;
     publish(&js, "latin", "after").await;
     // A feed that warms nothing up, so the resume reads JetStream.
     let node = NodeProc::start(&nats.url(), &[("SSE_HISTORY__WARM_EVENTS", "0")]).await;
@@ -857,4 +842,15 @@ async fn take_invalid_then_after(client: &mut SseClient) -> SseEvent {
     assert!(events[0].data.contains("bad_headers"), "{events:?}");
     assert_eq!(data_of(&events[1..]), ["after"]);
     events.swap_remove(0)
+}
+
+/// Stores on topic `latin` an event whose `Sse-Event` value is not UTF-8
+/// (Latin-1 `café`), as a Go publisher may send it.
+async fn publish_unreadable(nats: &Nats) {
+    nats.publish_raw(
+        "sse.latin",
+        b"NATS/1.0\r\nSse-Event: caf\xe9\r\n\r\n",
+        b"bad header",
+    )
+    .await;
 }

@@ -324,23 +324,34 @@ def test_clients_connecting_as_their_feeds_stop_lose_nothing(node_binary, cluste
     c = cluster_factory(nodes=2, topics=[(t, 3) for t in topics], node_env=env)
     # Two clients per topic: one reads it whole, one reads a path of it.
     subscriptions = [t for t in topics] + [f"{t}.p{i % PATHS}" for i, t in enumerate(topics)]
-    result = asyncio.run(
-        run_hops(c, topics, clients=len(subscriptions), total=480, rate=20.0, choices_of=lambda i: [subscriptions[i]])
-    )
-    f = result["figures"]
-    assert not result["problems"], f"{len(result['problems'])} problems:\n" + "\n".join(result["problems"][:10])
-    # The scenario did what it says: requests for a topic reached a node
-    # within 250 ms of that node stopping the topic's feed.
-    stops = {name: feed_stops_logged(c.procs[name].log) for name in c.running_nodes()}
+    # Whether requests meet their feed's stop depends on timing, which a busy
+    # machine shifts: another round of hops (at most three in all) until the
+    # scenario has done what it says often enough. Every round must lose
+    # nothing.
     near = 0
-    for client in result["fleet"]:
-        for asked_at, sub, server in client.requests:
-            topic = sub.split(".", 1)[0]
-            if any(t == topic and abs(at - asked_at) <= 0.25 for at, t in stops.get(server, [])):
-                near += 1
-    f["requests within 250 ms of their feed stopping"] = near
-    f["stops logged"] = sum(len(s) for s in stops.values())
-    print(f"[stopping] {json.dumps(f)}")
+    fleet = []
+    for _ in range(3):
+        result = asyncio.run(
+            run_hops(c, topics, clients=len(subscriptions), total=480, rate=20.0, choices_of=lambda i: [subscriptions[i]])
+        )
+        f = result["figures"]
+        assert not result["problems"], f"{len(result['problems'])} problems:\n" + "\n".join(result["problems"][:10])
+        fleet += result["fleet"]
+        # The scenario did what it says: requests for a topic reached a node
+        # within 250 ms of that node stopping the topic's feed.
+        stops = {name: feed_stops_logged(c.procs[name].log) for name in c.running_nodes()}
+        near = 0
+        for client in fleet:
+            for asked_at, sub, server in client.requests:
+                topic = sub.split(".", 1)[0]
+                if any(t == topic and abs(at - asked_at) <= 0.25 for at, t in stops.get(server, [])):
+                    near += 1
+        f["requests within 250 ms of their feed stopping"] = near
+        f["stops logged"] = sum(len(s) for s in stops.values())
+        print(f"[stopping] {json.dumps(f)}")
+        # The nodes' counters run on from round to round.
+        if near >= 10 and f["replayed memory"] > 0 and f["replayed jetstream"] > 0:
+            break
     assert f["stops logged"] >= 20 and f["feed stops"] >= f["stops logged"], f
     assert near >= 10, f
     assert f["replayed memory"] > 0 and f["replayed jetstream"] > 0, f

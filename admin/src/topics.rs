@@ -9,10 +9,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use async_nats::jetstream::{
-    context::GetStreamErrorKind,
-    stream::{self, DiscardPolicy, StorageType},
-};
+use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use axum::{
     Json,
     extract::{Path, Query, State, rejection::QueryRejection},
@@ -414,16 +411,14 @@ pub async fn list_infos(state: &AppState) -> Result<Listing, Error> {
     let unavailable_nats = |err: &dyn std::fmt::Display| {
         Error::NatsUnavailable(format!("listing streams failed: {err}"))
     };
-    let names: Vec<String> = js
-        .stream_names()
-        .try_collect()
-        .await
-        .map_err(|err| unavailable_nats(&err))?;
-    let infos: Vec<stream::Info> = js
-        .streams()
-        .try_collect()
-        .await
-        .map_err(|err| unavailable_nats(&err))?;
+    // Asked at once: with a server down each may take up to the request
+    // time-out, and a listing must answer before a client gives up.
+    let (names, infos) = tokio::join!(
+        js.stream_names().try_collect::<Vec<String>>(),
+        sse_protocol::stream_list::stream_infos(js),
+    );
+    let names = names.map_err(|err| unavailable_nats(&err))?;
+    let infos = infos.map_err(|err| unavailable_nats(&err))?;
     let mut listed: HashMap<String, stream::Info> = HashMap::new();
     for info in infos {
         listed.entry(info.config.name.clone()).or_insert(info);
@@ -443,13 +438,9 @@ pub async fn list_infos(state: &AppState) -> Result<Listing, Error> {
             Ok(Ok(stream)) => {
                 listed.insert(name, stream.cached_info().clone());
             }
-            // Deleted since it was named.
-            Ok(Err(err))
-                if matches!(
-                    err.kind(),
-                    GetStreamErrorKind::JetStream(js)
-                        if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) => {}
+            // Named by the cluster's metadata, yet not found: a stream
+            // whose servers are all down may be answered so. One deleted
+            // in between shows as unavailable for this listing only.
             _ => unavailable.extend(TopicName::from_stream_name(&name)),
         }
     }
@@ -471,14 +462,23 @@ pub async fn list_infos(state: &AppState) -> Result<Listing, Error> {
 /// Subscribers per topic over live nodes; an unreadable cluster view counts
 /// as none rather than failing a topic read.
 async fn subscribers(state: &AppState) -> HashMap<String, u64> {
-    match cluster::live_nodes(state).await {
-        Ok(nodes) => cluster::subscribers_by_topic(&nodes),
-        Err(err) => {
+    // Bounded: the node reports' bucket may be electing a leader, and the
+    // topics are worth more than their subscriber counts.
+    match tokio::time::timeout(SUBSCRIBERS_TIMEOUT, cluster::live_nodes(state)).await {
+        Ok(Ok(nodes)) => cluster::subscribers_by_topic(&nodes),
+        Ok(Err(err)) => {
             tracing::debug!(%err, "node reports unavailable; subscribers shown as 0");
+            HashMap::new()
+        }
+        Err(_) => {
+            tracing::debug!("node reports did not come in time; subscribers shown as 0");
             HashMap::new()
         }
     }
 }
+
+/// Longest a topic read waits for the node reports that count subscribers.
+const SUBSCRIBERS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Create a topic.
 #[utoipa::path(

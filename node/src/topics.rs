@@ -526,8 +526,9 @@ impl Topics {
     /// Lists every topic stream and reconciles the registry with it.
     pub async fn load_all(&self) -> Result<usize, async_nats::Error> {
         let mut present = HashMap::new();
-        let mut list = self.0.js.streams();
-        while let Some(info) = list.try_next().await? {
+        // Not async-nats's `streams()`, whose paging never ends while a
+        // down server's streams are the last of the list.
+        for info in sse_protocol::stream_list::stream_infos(&self.0.js).await? {
             if let Some(topic) = TopicName::from_stream_name(&info.config.name) {
                 present.insert(topic, info);
             }

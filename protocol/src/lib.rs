@@ -13,6 +13,8 @@
 //!   feature).
 //! - `nats_url`: the credentials a NATS server URL carries, sent as
 //!   async-nats's connect options (the `nats` feature).
+//! - `stream_list`: every stream's info, listed so that the listing ends
+//!   while NATS servers are down (the `nats` feature).
 //! - [`event_stream`]: the `text/event-stream` parser tests read frames with.
 //! - [`log_level`]: what `log.level` may say beyond tracing's own syntax.
 //!
@@ -27,6 +29,8 @@ pub mod log_level;
 #[cfg(feature = "nats")]
 pub mod nats_url;
 pub mod node_report;
+#[cfg(feature = "nats")]
+pub mod stream_list;
 pub mod topic;
 
 pub use cursor::{Cursor, CursorError, TopicPosition};

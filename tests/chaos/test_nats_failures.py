@@ -11,20 +11,9 @@ import pytest
 
 from cluster.harness import http_get, metric_sum
 from cluster.tcp_proxy import TcpProxy
-from cluster.workload import Scenario, chaos_timeout, scale, stream_leader
+from cluster.workload import Scenario, chaos_timeout, connected_server, meta_leader, scale, stream_leader
 
 pytestmark = [pytest.mark.needs_node]
-
-
-def connected_server(c, connection_name: str) -> str | None:
-    """The NATS server (name) a client with this connection name is on."""
-    for i, port in enumerate(c.nats_http_ports):
-        if not c[f"nats{i}"].running():
-            continue
-        status, body = http_get(port, "/connz?limit=4096")
-        if status == 200 and any(conn.get("name") == connection_name for conn in json.loads(body).get("connections", [])):
-            return c.nats_server_name(i)
-    return None
 
 
 async def move_stream_leader(urls: list[str], stream: str, to: str, timeout: float = 60.0) -> None:
@@ -49,16 +38,6 @@ async def move_stream_leader(urls: list[str], stream: str, to: str, timeout: flo
             await stream_leader(urls, stream, not_=leader)
     finally:
         await nc.close()
-
-
-def meta_leader(c) -> str | None:
-    """The JetStream meta leader's server name, from a monitoring endpoint."""
-    for i, port in enumerate(c.nats_http_ports):
-        if c[f"nats{i}"].running():
-            status, body = http_get(port, "/jsz")
-            if status == 200:
-                return json.loads(body).get("meta_cluster", {}).get("leader")
-    return None
 
 
 @pytest.mark.timeout(chaos_timeout(150))

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from .harness import Cluster, metric_sum
+from .harness import Cluster, http_get, metric_sum
 from .sse import Event, SseClient
 
 # Filled by `Scenario.report()`; printed at the end of the pytest run.
@@ -539,3 +539,24 @@ class Scenario:
         FIGURES.append((self.name, fig))
         print(f"\n[{self.name}] " + json.dumps(fig, default=str))
         return fig
+
+
+def connected_server(c, connection_name: str) -> str | None:
+    """The NATS server (name) a client with this connection name is on."""
+    for i, port in enumerate(c.nats_http_ports):
+        if not c[f"nats{i}"].running():
+            continue
+        status, body = http_get(port, "/connz?limit=4096")
+        if status == 200 and any(conn.get("name") == connection_name for conn in json.loads(body).get("connections", [])):
+            return c.nats_server_name(i)
+    return None
+
+
+def meta_leader(c) -> str | None:
+    """The JetStream meta leader's server name, from a monitoring endpoint."""
+    for i, port in enumerate(c.nats_http_ports):
+        if c[f"nats{i}"].running():
+            status, body = http_get(port, "/jsz")
+            if status == 200:
+                return json.loads(body).get("meta_cluster", {}).get("leader")
+    return None

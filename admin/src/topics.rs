@@ -281,15 +281,27 @@ fn stream_config(
         // Nodes read recent history with direct get.
         allow_direct: true,
         republish: Some(live_republish(prefix)),
-        metadata: HashMap::from([(
-            ACCESS_METADATA_KEY.to_owned(),
-            body.access.unwrap_or(Access::Public).as_str().to_owned(),
-        )]),
+        metadata: HashMap::from([
+            (
+                ACCESS_METADATA_KEY.to_owned(),
+                body.access.unwrap_or(Access::Public).as_str().to_owned(),
+            ),
+            // JetStream answers a create whose config equals the stream's as
+            // a success; a mark of its own makes each create's config
+            // differ, so of two at once one gets "exists".
+            (
+                CREATE_ID_METADATA_KEY.to_owned(),
+                format!("{:016x}", fastrand::u64(..)),
+            ),
+        ]),
         ..Default::default()
     };
     set_max_age(&mut config, body.max_age_seconds.unwrap_or(0))?;
     Ok(config)
 }
+
+/// Stream metadata key marking the create request that made the stream.
+pub const CREATE_ID_METADATA_KEY: &str = "sse.create_id";
 
 /// Gives every topic whose stream does not republish its events the
 /// republish ([`live_republish`]), so that topics made by an earlier

@@ -5,6 +5,35 @@ use serde_json::json;
 use crate::support::{Admin, NatsServer, assert_error, bounded};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_identical_creates_at_once_one_makes_the_topic() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        // JetStream takes a create with an identical config as a success,
+        // yet only one request made the topic.
+        let racing = (0..8).map(|_| {
+            admin.call(
+                "POST",
+                "/v1/topics",
+                Some(json!({"name": "invoices", "max_age_seconds": 60})),
+            )
+        });
+        let answers = futures_util::future::join_all(racing).await;
+        let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 201).count(),
+            1,
+            "one create makes the topic: {statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 201 || *s == 409),
+            "{statuses:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_life_cycle() {
     bounded(async {
         let nats = NatsServer::start();

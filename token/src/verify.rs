@@ -127,8 +127,11 @@ impl Authorized {
 
 #[derive(Deserialize)]
 struct Claims {
-    /// Required by the validation; kept to compute the stream's end.
-    exp: u64,
+    /// Required by the validation; kept to compute the stream's end. A
+    /// number of seconds, which RFC 7519 lets carry a fraction. Optional
+    /// here so that a token without it is refused as missing `exp`, by the
+    /// validation, rather than as JSON this struct cannot read.
+    exp: Option<f64>,
     #[serde(rename = "sse.subscribe", default)]
     subscribe: Vec<String>,
 }
@@ -309,8 +312,11 @@ impl Verifier {
                 Ok(data) => {
                     let claims = data.claims;
                     // An absurd `exp` (year 10^11) must not overflow the clock.
-                    let expires_at = UNIX_EPOCH
-                        .checked_add(Duration::from_secs(claims.exp.saturating_add(self.leeway)))
+                    let expires_at = claims
+                        .exp
+                        .and_then(|exp| Duration::try_from_secs_f64(exp).ok())
+                        .and_then(|exp| exp.checked_add(Duration::from_secs(self.leeway)))
+                        .and_then(|exp| UNIX_EPOCH.checked_add(exp))
                         .unwrap_or_else(|| SystemTime::now() + MAX_STREAM_AUTHORIZATION);
                     // RFC 7519: the token is expired from `exp` on. The
                     // library only refuses it a second later; refusing it
@@ -349,7 +355,7 @@ fn describe(error: &jsonwebtoken::errors::Error) -> String {
     match error.kind() {
         ErrorKind::MissingRequiredClaim(claim) => format!("the claim {claim:?} is missing"),
         ErrorKind::Json(_) => format!(
-            "a part is not the JSON expected (e.g. {SUBSCRIBE_CLAIM} must be a list of strings)"
+            "a part is not the JSON expected (exp and nbf are numbers, {SUBSCRIBE_CLAIM} a list of strings)"
         ),
         ErrorKind::Base64(_) | ErrorKind::Utf8(_) => "a part is not base64url".to_owned(),
         ErrorKind::InvalidToken => "not three base64url parts".to_owned(),
@@ -505,6 +511,17 @@ mod tests {
     }
 
     #[test]
+    fn an_exp_with_a_fraction_of_a_second_is_a_numeric_date() {
+        // RFC 7519's NumericDate may be a non-integer number.
+        let v = Verifier::from_config(&config()).unwrap();
+        let t = token(serde_json::json!({"exp": now() as f64 + 60.5}));
+        let remaining = v.verify(&t).unwrap().remaining();
+        assert!(remaining > Duration::from_secs(59) && remaining <= Duration::from_millis(60_500));
+        let past = token(serde_json::json!({"exp": now() as f64 - 10.5}));
+        assert_eq!(v.verify(&past).unwrap_err(), AuthError::Expired);
+    }
+
+    #[test]
     fn refuses_bad_tokens_precisely() {
         let v = Verifier::from_config(&config()).unwrap();
         let expired = token(serde_json::json!({"exp": now() - 10}));
@@ -512,7 +529,14 @@ mod tests {
         let early = token(serde_json::json!({"exp": now() + 60, "nbf": now() + 30}));
         assert_eq!(v.verify(&early).unwrap_err(), AuthError::NotYetValid);
         let no_exp = token(serde_json::json!({"sse.subscribe": ["a"]}));
-        assert!(matches!(v.verify(&no_exp), Err(AuthError::Malformed(_))));
+        assert_eq!(
+            v.verify(&no_exp).unwrap_err(),
+            AuthError::Malformed("the claim \"exp\" is missing".into())
+        );
+        let text_exp = token(serde_json::json!({"exp": "tomorrow"}));
+        assert!(
+            matches!(v.verify(&text_exp), Err(AuthError::Malformed(m)) if m.contains("exp and nbf are numbers"))
+        );
         // alg: none, unsigned.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJleHAiOjQxMDI0NDQ4MDB9.";
         assert_eq!(v.verify(none).unwrap_err(), AuthError::Algorithm);

@@ -66,6 +66,45 @@ pub enum NodeError {
         /// What went wrong.
         reason: String,
     },
+    /// The NATS client's connection task ended: the client would never
+    /// reconnect, so the node stopped (after a drain) for its supervisor to
+    /// start it again.
+    #[error(
+        "the nats client stopped for good; the node drained and stopped so that it can be restarted"
+    )]
+    NatsClientGone,
+}
+
+/// How watching the NATS connection's state ended.
+#[derive(Debug, PartialEq, Eq)]
+enum ConnectionWatch {
+    /// The node stopped watching.
+    Stopped,
+    /// The client's connection task is gone: its events will never come
+    /// again, so neither will a reconnection.
+    ClientGone,
+}
+
+/// Hands each change of the NATS connection's state to `set_connected`
+/// until `stop`, or until the client is gone. The client's event callback
+/// holds the sender, and the client drops the callback only when its
+/// connection task ends (a panic in it, say: async-nats 0.51 had one), after
+/// which the last state seen would claim a connection forever.
+async fn watch_connection(
+    mut connected: watch::Receiver<bool>,
+    stop: CancellationToken,
+    set_connected: impl Fn(bool),
+) -> ConnectionWatch {
+    loop {
+        set_connected(*connected.borrow_and_update());
+        tokio::select! {
+            _ = stop.cancelled() => return ConnectionWatch::Stopped,
+            changed = connected.changed() => if changed.is_err() {
+                set_connected(false);
+                return ConnectionWatch::ClientGone;
+            },
+        }
+    }
 }
 
 /// Extra time, after the drain window, for the HTTP server to close.
@@ -85,7 +124,7 @@ pub async fn run(
         cors,
     } = startup;
     let metrics = Arc::new(Metrics::new());
-    let (connected_tx, mut connected_rx) = watch::channel(false);
+    let (connected_tx, connected_rx) = watch::channel(false);
     let (reconnections_tx, reconnections) = watch::channel(0u64);
     let reconnects = metrics.nats_reconnects.clone();
     let ever_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -196,17 +235,23 @@ pub async fn run(
     info!(node = node.id(), %address, "node starting");
 
     let background = CancellationToken::new();
+    let client_gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let node = node.clone();
         let stop = background.clone();
+        let shutdown = shutdown.clone();
+        let client_gone = client_gone.clone();
         tokio::spawn(async move {
-            loop {
-                let connected = *connected_rx.borrow_and_update();
-                node.set_nats_connected(connected);
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    changed = connected_rx.changed() => if changed.is_err() { break },
-                }
+            let ended = watch_connection(connected_rx, stop, |connected| {
+                node.set_nats_connected(connected)
+            })
+            .await;
+            if ended == ConnectionWatch::ClientGone {
+                tracing::error!(
+                    "the nats client's connection task ended; it will not reconnect, so the node drains and stops"
+                );
+                client_gone.store(true, std::sync::atomic::Ordering::Release);
+                shutdown.cancel();
             }
         });
     }
@@ -259,6 +304,9 @@ pub async fn run(
     // Give the report loop a moment to remove this node from the view.
     let _ = tokio::time::timeout(Duration::from_millis(500), client.flush()).await;
     info!("node stopped");
+    if client_gone.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(NodeError::NatsClientGone);
+    }
     Ok(())
 }
 
@@ -281,4 +329,42 @@ fn node_id(port: u16) -> String {
         })
         .collect();
     format!("{host}-{port}-{:06x}", fastrand::u32(..0xff_ffff))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_gone_for_good_is_told_apart_from_a_stop() {
+        let watched = async {
+            let (sender, receiver) = watch::channel(false);
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let record = {
+                let seen = seen.clone();
+                move |connected| seen.lock().unwrap().push(connected)
+            };
+            let watching =
+                tokio::spawn(watch_connection(receiver, CancellationToken::new(), record));
+            sender.send_replace(true);
+            while !seen.lock().unwrap().contains(&true) {
+                tokio::task::yield_now().await;
+            }
+            // The client drops its event callback, and the sender with it.
+            drop(sender);
+            assert_eq!(watching.await.unwrap(), ConnectionWatch::ClientGone);
+            assert_eq!(seen.lock().unwrap().last(), Some(&false), "no longer ready");
+
+            let (_sender, receiver) = watch::channel(true);
+            let stop = CancellationToken::new();
+            let watching = tokio::spawn(watch_connection(receiver, stop.clone(), |_| {}));
+            stop.cancel();
+            assert_eq!(watching.await.unwrap(), ConnectionWatch::Stopped);
+        };
+        tokio::time::timeout(Duration::from_secs(10), watched)
+            .await
+            .expect("bounded");
+    }
 }

@@ -526,8 +526,8 @@ impl Topics {
     /// Lists every topic stream and reconciles the registry with it.
     pub async fn load_all(&self) -> Result<usize, async_nats::Error> {
         let mut present = HashMap::new();
-        // Not async-nats's `streams()`, whose paging never ends while a
-        // down server's streams are the last of the list.
+        // Not async-nats's `streams()`, whose pages overlap while a NATS
+        // server is down.
         for info in sse_protocol::stream_list::stream_infos(&self.0.js).await? {
             if let Some(topic) = TopicName::from_stream_name(&info.config.name) {
                 present.insert(topic, info);

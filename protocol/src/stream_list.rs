@@ -3,10 +3,9 @@
 //!
 //! JetStream's `STREAM.LIST` leaves out of each page the streams whose
 //! servers do not answer. async-nats's `streams()` moves on by the number
-//! of streams a page held, so it asks for the same streams again, and
-//! without end once the last page holds none: a node's or admin's listing
-//! never finished while a server holding streams at the end of the list
-//! was down. Here each page is taken by its size.
+//! of streams a page held, so with a server down each next page starts too
+//! early: it asks again for streams already listed, and a listing holds
+//! some twice. Here each page is taken by its size.
 
 /// Every stream's info JetStream's listing gives; those whose servers do
 /// not answer are left out.

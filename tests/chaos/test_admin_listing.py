@@ -6,13 +6,14 @@ pages by what it returned)."""
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections import Counter
 
 import pytest
 
-from cluster.harness import run_async, wait_until
+from cluster.harness import LOOPBACK, run_async, wait_until
 from cluster.workload import chaos_timeout, connected_server, meta_leader, stream_leader
 
 pytestmark = [pytest.mark.needs_node]
@@ -72,3 +73,67 @@ def test_topics_on_a_dead_nats_server_are_listed_as_unavailable_and_none_twice(n
     status, overview = admin_get(c, "/v1/overview")
     assert status == 200
     assert overview["error"] and all(name in overview["error"] for name in on_server), overview["error"]
+
+
+def stream_status(port: int, topic: str, timeout: float = 20.0) -> int:
+    """The status a node answers a stream request with; the stream itself is
+    not read."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as conn:
+        conn.sendall(f"GET /v1/events?topic={topic} HTTP/1.1\r\nHost: node\r\n\r\n".encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"closed before a status: {head!r}")
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+async def _delete_streams(urls: list[str], names: list[str]) -> None:
+    import nats
+
+    nc = await nats.connect(servers=urls, connect_timeout=2)
+    try:
+        js = nc.jetstream(timeout=5)
+        for name in names:
+            await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.timeout(chaos_timeout(150))
+def test_a_node_starting_while_a_nats_server_is_down_serves_its_topics_once_it_is_back(node_binary, cluster_factory):
+    """A node's first listing leaves out the streams of a NATS server that is
+    down. The node still becomes ready and serves the other topics; a topic
+    whose stream it cannot reach gets 503 (come back), not 404 (no such
+    topic, which ends a browser's EventSource for good); once the server is
+    back, the topic is served."""
+    c = cluster_factory(nodes=1, max_nodes=2)
+    c.create_topic("everywhere", replicas=3)
+    spared = {connected_server(c, "sse-admin"), meta_leader(c)}
+    victim = next(c.nats_server_name(i) for i in range(c.nats_count) if c.nats_server_name(i) not in spared)
+    # The stream listed last (its name sorts after every other), on the
+    # server killed: the edge of the listing's paging. JetStream places an
+    # R1 stream where it likes, so streams are made until one lands there,
+    # and the others removed.
+    elsewhere = []
+    for attempt in range(30):
+        name = f"zz{attempt:02d}"
+        c.create_topic(name, replicas=1)
+        if run_async(stream_leader(c.nats_urls, f"SSE_{name}")) == victim:
+            break
+        elsewhere.append(f"SSE_{name}")
+    else:
+        raise AssertionError(f"no stream of 30 was placed on {victim}")
+    run_async(_delete_streams(c.nats_urls, elsewhere))
+
+    c.kill(c.nats_proc_for_server(victim))
+    try:
+        c.start_proc("node1", timeout=45)
+    except TimeoutError as error:
+        raise AssertionError(f"a node starting with {victim} down never became ready: {error}\n{c['node1'].log_tail(20)}") from None
+    assert stream_status(c.node_port("node1"), "everywhere") == 200
+    assert stream_status(c.node_port("node1"), name) == 503
+
+    c.start_proc(c.nats_proc_for_server(victim))
+    wait_until(lambda: stream_status(c.node_port("node1"), name) == 200, 60, f"{name} served once {victim} is back")

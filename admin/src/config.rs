@@ -137,9 +137,9 @@ impl Config {
 
     /// Extracts and validates a configuration from any set of layers.
     pub fn from_figment(figment: Figment) -> Result<Self, Error> {
-        let config: Config = figment
-            .extract()
-            .map_err(|errors| Error::Config(errors.into_iter().map(|e| e.to_string()).collect()))?;
+        let defaults = Figment::from(Toml::string(DEFAULT_TOML));
+        let config: Config =
+            sse_protocol::config_errors::extract_all(&defaults, &figment).map_err(Error::Config)?;
         config.validate()?;
         Ok(config)
     }

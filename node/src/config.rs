@@ -287,9 +287,8 @@ impl Config {
     /// Extracts a configuration from layered sources: types and unknown keys
     /// checked, values not yet.
     pub fn extract(figment: Figment) -> Result<Self, ConfigError> {
-        figment
-            .extract()
-            .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))
+        let defaults = Figment::from(Toml::string(DEFAULT_TOML));
+        sse_protocol::config_errors::extract_all(&defaults, &figment).map_err(ConfigError)
     }
 
     /// Checks the values serde cannot, naming each bad key. Only the values

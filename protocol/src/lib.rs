@@ -13,14 +13,18 @@
 //!   feature).
 //! - `nats_url`: the credentials a NATS server URL carries, sent as
 //!   async-nats's connect options (the `nats` feature).
-//! - `stream_list`: every stream's info, listed so that the listing ends
-//!   while NATS servers are down (the `nats` feature).
+//! - `stream_list`: every stream's info, listed page by page while NATS
+//!   servers are down (the `nats` feature).
+//! - `config_errors`: every problem of a layered configuration at once (the
+//!   `config` feature).
 //! - [`event_stream`]: the `text/event-stream` parser tests read frames with.
 //! - [`log_level`]: what `log.level` may say beyond tracing's own syntax.
 //!
 //! Everything but the bucket opener is pure and allocation-light, so both
 //! binaries, the fuzz targets and the property tests share one definition.
 
+#[cfg(feature = "config")]
+pub mod config_errors;
 pub mod cursor;
 pub mod event_stream;
 pub mod grant;

@@ -158,6 +158,41 @@ async fn bad_config_stops_start_up_naming_the_key() {
     assert!(ok.status.success());
 }
 
+/// A configuration with several mistakes, in its file and its environment,
+/// names them all at once, each with its key and where it was set, so that
+/// one run shows everything to fix.
+#[tokio::test]
+async fn every_mistake_of_a_configuration_is_named_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "[http]\nlistn = \"0.0.0.0:8080\"\n[delivery]\nclient_queue_events = -1\n[histroy]\nmax_bytes = 1\n",
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(binary())
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&file)
+        .env("SSE_HTTP__MAX_CONNECTIONS", "lots")
+        .env("SSE_NATS__URLL", "nats://a:4222")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let file = file.display();
+    for said in [
+        "histroy: unknown section; the sections are auth, cluster, cors, delivery, history,".to_owned(),
+        "http.listn: unknown key; [http] has fast_path, h2,".to_owned(),
+        "nats.urll: unknown key; [nats] has connection_name, subject_prefix, topic_refresh_seconds, url (set by SSE_NATS__URLL)".to_owned(),
+        format!("delivery.client_queue_events: invalid value signed int `-1`, expected usize (in {file} TOML file)"),
+        "http.max_connections: invalid type: found string \"lots\", expected usize (set by SSE_HTTP__MAX_CONNECTIONS)".to_owned(),
+    ] {
+        assert!(stderr.contains(&said), "{said:?} not in:\n{stderr}");
+    }
+}
+
 /// Kubernetes gives every container variables for each Service of its
 /// namespace, named after the Service: beside Services named
 /// `sse-cluster-node` and `sse-admin` (a release named `sse`), they start

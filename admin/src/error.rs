@@ -44,6 +44,10 @@ pub enum Error {
     /// The topic's stream already exists.
     #[error("topic {0:?} already exists")]
     TopicExists(String),
+    /// The topic's stream stores nothing published to the subject (a
+    /// mirror, or a stream made by hand with other subjects).
+    #[error("{0}")]
+    NotPublishable(String),
     /// The event is larger than allowed.
     #[error("event data is {size} bytes; at most {limit} are allowed")]
     PayloadTooLarge {
@@ -88,6 +92,7 @@ impl Error {
             Error::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
+            Error::NotPublishable(_) => (StatusCode::CONFLICT, "not_publishable"),
             Error::PayloadTooLarge { .. } | Error::TooLargeForTopic(_) | Error::BodyTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }

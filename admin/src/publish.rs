@@ -86,6 +86,35 @@ pub struct StreamFacts {
     pub fetched: Instant,
     /// The highest sequence acknowledged in this incarnation.
     pub high_water: u64,
+    /// The stream a mirror copies from: JetStream stores nothing published
+    /// to a mirror.
+    pub mirror_of: Option<String>,
+    /// The subjects the stream stores; a publish to another is answered by
+    /// no one.
+    pub subjects: Vec<String>,
+}
+
+impl StreamFacts {
+    /// Why the stream stores nothing published to `subject`, if it does not.
+    fn refusal(&self, topic: &TopicName, subject: &str) -> Option<Error> {
+        if let Some(origin) = &self.mirror_of {
+            return Some(Error::NotPublishable(format!(
+                "topic {:?} is a mirror of stream {origin:?}, which JetStream fills; publish to the topic of {origin:?}",
+                topic.as_str()
+            )));
+        }
+        let stored = self
+            .subjects
+            .iter()
+            .any(|pattern| sse_protocol::topic::subject_matches(pattern, subject));
+        (!stored).then(|| {
+            Error::NotPublishable(format!(
+                "topic {:?}'s stream stores only {:?}, not {subject:?}",
+                topic.as_str(),
+                self.subjects
+            ))
+        })
+    }
 }
 
 impl AppState {
@@ -116,6 +145,12 @@ impl AppState {
             max_message_size: i64::from(info.config.max_message_size),
             fetched: Instant::now(),
             high_water: info.state.last_sequence,
+            mirror_of: info
+                .config
+                .mirror
+                .as_ref()
+                .map(|source| source.name.clone()),
+            subjects: info.config.subjects.clone(),
         };
         self.streams
             .lock()
@@ -197,6 +232,7 @@ fn generated_msg_id() -> String {
         (status = 400, description = "Bad subject path, event name or id", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
         (status = 404, description = "No such topic", body = crate::error::ErrorBody),
+        (status = 409, description = "The topic's stream stores nothing published to this subject (a mirror, say)", body = crate::error::ErrorBody),
         (status = 413, description = "Data too large", body = crate::error::ErrorBody),
         (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
     ),
@@ -267,6 +303,10 @@ pub async fn publish_event(
         headers.insert(TRACEPARENT_HEADER, tp.as_str());
     }
     let subject = path.nats_subject(state.prefix());
+    if let Some(refusal) = facts.refusal(&topic, &subject) {
+        state.metrics.publish_failed("refused");
+        return Err(refusal);
+    }
     let ack =
         publish_with_retry(&state, &topic, deadline, subject, headers, body.data.into()).await?;
 

@@ -126,6 +126,71 @@ async fn recreation_behind_admins_back_is_noticed() {
     .await;
 }
 
+/// Streams made by hand that store nothing published to a topic's subject:
+/// a mirror (JetStream fills it from its origin), and one that stores only
+/// the paths under the topic. Publishing is refused at once, saying why,
+/// not retried until it times out as NATS being unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_where_the_stream_stores_nothing_is_refused_at_once() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        let js = nats.jetstream().await;
+        admin.create_topic(json!({"name": "origin"})).await;
+        js.create_stream(jetstream::stream::Config {
+            name: "SSE_copy".into(),
+            mirror: Some(jetstream::stream::Source {
+                name: "SSE_origin".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        js.create_stream(jetstream::stream::Config {
+            name: "SSE_paths".into(),
+            subjects: vec!["sse.paths.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        for (topic, subject, said) in [
+            ("copy", "copy.a", "is a mirror of stream \"SSE_origin\""),
+            (
+                "paths",
+                "paths",
+                "stores only [\"sse.paths.>\"], not \"sse.paths\"",
+            ),
+        ] {
+            let started = std::time::Instant::now();
+            let answer = admin
+                .call(
+                    "POST",
+                    &format!("/v1/topics/{topic}/events"),
+                    Some(json!({"subject": subject, "data": "x"})),
+                )
+                .await;
+            assert_error(&answer, 409, said);
+            assert_eq!(answer.1["error"], "not_publishable");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        // A path the stream does store is published as usual.
+        let (status, published) = admin
+            .call(
+                "POST",
+                "/v1/topics/paths/events",
+                Some(json!({"subject": "paths.a", "data": "x"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{published}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_events_are_refused() {
     bounded(async {

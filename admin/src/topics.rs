@@ -349,12 +349,15 @@ pub async fn republish_older_topics(state: AppState) {
 }
 
 /// Whether a stream is one of this deployment's topics: named `SSE_<topic>`
-/// and capturing `<prefix>.<topic>`.
+/// and storing subjects of the topic (`<prefix>.<topic>` or under it), as
+/// nodes serve it. A stream made by hand with `<prefix>.<topic>.>` alone is
+/// a topic too.
 pub fn topic_of_stream(config: &stream::Config, prefix: &str) -> Option<TopicName> {
     let topic = TopicName::from_stream_name(&config.name)?;
-    // The first subject is the topic's own, `<prefix>.<topic>`.
-    let subject = topic.stream_subjects(prefix).into_iter().next()?;
-    config.subjects.contains(&subject).then_some(topic)
+    let own = format!("{prefix}.{topic}");
+    let under = format!("{own}.");
+    let of_topic = |subject: &String| *subject == own || subject.starts_with(&under);
+    config.subjects.iter().any(of_topic).then_some(topic)
 }
 
 /// The API view of a stream.
@@ -836,6 +839,21 @@ mod tests {
         assert_eq!(c.num_replicas, 1);
         assert_eq!(topic_of_stream(&c, "sse"), Some(t.clone()));
         assert_eq!(topic_of_stream(&c, "other"), None);
+        let paths_only = stream::Config {
+            subjects: vec!["sse.orders.>".into()],
+            ..c.clone()
+        };
+        assert_eq!(topic_of_stream(&paths_only, "sse"), Some(t.clone()));
+        let mirror = stream::Config {
+            subjects: vec![],
+            ..c.clone()
+        };
+        assert_eq!(topic_of_stream(&mirror, "sse"), None);
+        let prefix_alike = stream::Config {
+            subjects: vec!["sse.ordersx".into()],
+            ..c.clone()
+        };
+        assert_eq!(topic_of_stream(&prefix_alike, "sse"), None);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Who may read a private topic: where a request carries its token.
 //!
 //! A topic whose stream metadata says `sse.access: private` is read only with
-//! a token. [`token_from_request`] finds it, first to last, in the
+//! a token. [`tokens_from_request`] finds it, first to last, in the
 //! `Authorization: Bearer` header, the `access_token` query parameter (when
-//! `auth.query_parameter` allows it) and the cookie `auth.cookie_name`; an
-//! `Authorization` header of another scheme is passed over. The
+//! `auth.query_parameter` allows it) and the cookie `auth.cookie_name` (each
+//! such cookie, when a browser sends several); an `Authorization` header of
+//! another scheme is passed over. The
 //! rules for accepting it live in `sse_token`, shared with `ssectl token
 //! check`, so the tool and the node cannot disagree.
 
@@ -16,13 +17,18 @@ use crate::config::AuthConfig;
 /// The query parameter that may carry a token.
 pub const QUERY_PARAMETER: &str = "access_token";
 
-/// The token a request carries, if any: `Authorization: Bearer`, then the
-/// `access_token` query parameter (if allowed), then the cookie.
-pub fn token_from_request(
+/// The tokens a request carries, to be tried in order: the one of
+/// `Authorization: Bearer`, else the `access_token` query parameter (if
+/// allowed), else every cookie named `auth.cookie_name`. Several cookies
+/// share a name when a site set it for more than one domain or path (an
+/// expired one for the host and a fresh one for the domain, say); the
+/// browser sends them all and cannot tell which is current, so each is
+/// tried. Empty when the request carries none.
+pub fn tokens_from_request(
     config: &AuthConfig,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Result<Option<String>, AuthError> {
+) -> Result<Vec<String>, AuthError> {
     // An `Authorization` header of another scheme is not ours: browsers
     // send `Basic` on their own to a site behind basic auth, and the token
     // is then in the query or the cookie. It is refused only when nothing
@@ -35,7 +41,7 @@ pub fn token_from_request(
                 if token.is_empty() {
                     return Err(AuthError::NotBearer);
                 }
-                return Ok(Some(token.to_owned()));
+                return Ok(vec![token.to_owned()]);
             }
             _ => other_scheme = true,
         }
@@ -43,8 +49,9 @@ pub fn token_from_request(
     if config.query_parameter
         && let Some(token) = query_token.filter(|t| !t.is_empty())
     {
-        return Ok(Some(token.to_owned()));
+        return Ok(vec![token.to_owned()]);
     }
+    let mut cookies = Vec::new();
     for value in headers.get_all(header::COOKIE) {
         let Ok(value) = value.to_str() else { continue };
         for pair in value.split(';') {
@@ -52,14 +59,14 @@ pub fn token_from_request(
                 && name == config.cookie_name
                 && !token.is_empty()
             {
-                return Ok(Some(token.trim_matches('"').to_owned()));
+                cookies.push(token.trim_matches('"').to_owned());
             }
         }
     }
-    if other_scheme {
+    if cookies.is_empty() && other_scheme {
         return Err(AuthError::NotBearer);
     }
-    Ok(None)
+    Ok(cookies)
 }
 
 #[cfg(test)]
@@ -78,15 +85,15 @@ mod tests {
     fn reads_tokens_from_each_place() {
         let c = config();
         let mut h = HeaderMap::new();
-        assert_eq!(token_from_request(&c, &h, None), Ok(None));
-        assert_eq!(token_from_request(&c, &h, Some("q")), Ok(Some("q".into())));
+        assert_eq!(tokens_from_request(&c, &h, None), Ok(vec![]));
+        assert_eq!(tokens_from_request(&c, &h, Some("q")), Ok(vec!["q".into()]));
         h.insert(header::COOKIE, "a=b; sse_token=c".parse().unwrap());
-        assert_eq!(token_from_request(&c, &h, None), Ok(Some("c".into())));
-        assert_eq!(token_from_request(&c, &h, Some("q")), Ok(Some("q".into())));
+        assert_eq!(tokens_from_request(&c, &h, None), Ok(vec!["c".into()]));
+        assert_eq!(tokens_from_request(&c, &h, Some("q")), Ok(vec!["q".into()]));
         h.insert(header::AUTHORIZATION, "Bearer h".parse().unwrap());
-        assert_eq!(token_from_request(&c, &h, Some("q")), Ok(Some("h".into())));
+        assert_eq!(tokens_from_request(&c, &h, Some("q")), Ok(vec!["h".into()]));
         h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
-        assert_eq!(token_from_request(&c, &h, None), Err(AuthError::NotBearer));
+        assert_eq!(tokens_from_request(&c, &h, None), Err(AuthError::NotBearer));
     }
 
     #[test]
@@ -94,11 +101,17 @@ mod tests {
         let c = config();
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Basic dXNlcjpwYXNz".parse().unwrap());
-        assert_eq!(token_from_request(&c, &h, None), Err(AuthError::NotBearer));
-        assert_eq!(token_from_request(&c, &h, Some("q")), Ok(Some("q".into())));
+        assert_eq!(tokens_from_request(&c, &h, None), Err(AuthError::NotBearer));
+        assert_eq!(tokens_from_request(&c, &h, Some("q")), Ok(vec!["q".into()]));
         h.insert(header::COOKIE, "sse_token=c".parse().unwrap());
-        assert_eq!(token_from_request(&c, &h, None), Ok(Some("c".into())));
+        assert_eq!(tokens_from_request(&c, &h, None), Ok(vec!["c".into()]));
+        // Every cookie of the name, in the order sent.
+        h.append(header::COOKIE, "x=1; sse_token=d".parse().unwrap());
+        assert_eq!(
+            tokens_from_request(&c, &h, None),
+            Ok(vec!["c".into(), "d".into()])
+        );
         h.insert(header::AUTHORIZATION, "BEARER h".parse().unwrap());
-        assert_eq!(token_from_request(&c, &h, None), Ok(Some("h".into())));
+        assert_eq!(tokens_from_request(&c, &h, None), Ok(vec!["h".into()]));
     }
 }

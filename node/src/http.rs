@@ -517,6 +517,9 @@ fn lookup_error(error: LookupError) -> ApiError {
     }
 }
 
+/// Most tokens of one request tried (cookies of one name).
+const MAX_TOKENS_TRIED: usize = 8;
+
 /// Checks the request's token against every path it asks for in a private
 /// topic; returns the time left before the token expires.
 fn authorize(
@@ -526,18 +529,27 @@ fn authorize(
     private: &[SubjectPath],
 ) -> Result<Duration, ApiError> {
     let node = &state.node;
-    let token = auth::token_from_request(&node.config().auth, headers, query_token)
-        .map_err(|e| ApiError::auth(node, e))?
-        .ok_or_else(|| ApiError::auth(node, AuthError::Missing))?;
+    let tokens = auth::tokens_from_request(&node.config().auth, headers, query_token)
+        .map_err(|e| ApiError::auth(node, e))?;
     if !state.verifier.has_keys() {
         warn!("a private topic was asked for, but no JWT key is configured");
     }
-    let authorized = state
-        .verifier
-        .verify(&token)
-        .map_err(|e| ApiError::auth(node, e))?;
-    if let Some(path) = private.iter().find(|p| !authorized.allows(p)) {
-        return Err(ApiError::auth(node, AuthError::Forbidden(path.to_string())));
+    // The first token that grants every path wins. Refused by all: a valid
+    // token's missing grant says more than another's expiry, else the
+    // first token's error.
+    let mut refusal: Option<AuthError> = None;
+    // Bounded: each costs a signature check.
+    for token in tokens.iter().take(MAX_TOKENS_TRIED) {
+        let error = match state.verifier.verify(token) {
+            Ok(authorized) => match private.iter().find(|p| !authorized.allows(p)) {
+                None => return Ok(authorized.remaining()),
+                Some(path) => AuthError::Forbidden(path.to_string()),
+            },
+            Err(error) => error,
+        };
+        if refusal.is_none() || matches!(error, AuthError::Forbidden(_)) {
+            refusal = Some(error);
+        }
     }
-    Ok(authorized.remaining())
+    Err(ApiError::auth(node, refusal.unwrap_or(AuthError::Missing)))
 }

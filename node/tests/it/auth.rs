@@ -140,6 +140,49 @@ async fn tokens_are_read_from_header_cookie_and_query() {
     assert_eq!(status, 401);
 }
 
+/// A site that set its token cookie for the host, then for the domain,
+/// leaves the browser two cookies of the name, the old one first: the
+/// stream opens with whichever grants it.
+#[tokio::test]
+async fn of_several_token_cookies_the_one_that_grants_the_stream_opens_it() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_private_topic(&js, "orders").await;
+    let node = node(&nats, &[]).await;
+    let expired = hs256(json!({ "exp": now() - 60, "sse.subscribe": ["orders.alice.>"] }));
+    let valid = hs256(grant(&["orders.alice.>"]));
+    let narrow = hs256(grant(&["orders.alice.9"]));
+    let url = node.url("/v1/events?topic=orders.alice.>");
+
+    let cookies = format!("sse_token={expired}; theme=dark; sse_token={valid}");
+    let mut client = SseClient::connect_with(&url, &[("Cookie", &cookies)])
+        .await
+        .unwrap();
+    client.ready().await;
+    publish(&js, "orders.alice.1", "for alice").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["for alice"]);
+
+    // None grants it: a valid token's missing grant is the answer, over
+    // another's expiry; with only expired ones, the expiry.
+    for (cookies, status, code) in [
+        (
+            format!("sse_token={expired}; sse_token={narrow}"),
+            403,
+            "forbidden",
+        ),
+        (
+            format!("sse_token={expired}; sse_token={expired}"),
+            401,
+            "token_expired",
+        ),
+    ] {
+        let (got, _, body) = get_with(&url, &[("Cookie", &cookies)]).await;
+        assert_eq!(got, status, "{body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], code, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn bad_tokens_get_401_with_a_bearer_challenge() {
     let nats = Nats::start().await;

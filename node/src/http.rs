@@ -197,7 +197,8 @@ pub fn router_with(state: HttpState) -> Router {
 }
 
 /// CORS for browsers on other origins: simple `GET`s and preflights for
-/// `GET` with `Authorization` or `Last-Event-ID`. `None` when no origin is
+/// `GET` with `Authorization` or `Last-Event-ID`; `WWW-Authenticate` and
+/// `Retry-After` readable by the page. `None` when no origin is
 /// allowed, so no CORS header is ever sent.
 pub fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
     if config.allowed_origins.is_empty() {
@@ -223,6 +224,9 @@ pub fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
                 header::CACHE_CONTROL,
                 header::ACCEPT,
             ])
+            // A `fetch`-based client on another origin reads why it was
+            // refused and when to come back.
+            .expose_headers([header::WWW_AUTHENTICATE, header::RETRY_AFTER])
             .allow_credentials(config.allow_credentials)
             .max_age(Duration::from_secs(config.max_age_seconds)),
     )

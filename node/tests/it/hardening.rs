@@ -468,6 +468,24 @@ async fn cors_preflight_and_stream_answer_allowed_origins_only() {
             .to_ascii_lowercase()
             .contains("origin")
     );
+    // A refusal's challenge and a 503's Retry-After are readable by a page
+    // on the allowed origin (lean::'s test holds the router to the same
+    // heads).
+    let refused = client
+        .get(node.url("/v1/events?topic=nosuch"))
+        .header("Origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404);
+    let exposed = refused.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        exposed.contains("www-authenticate") && exposed.contains("retry-after"),
+        "{exposed}"
+    );
     let other = SseClient::connect_with(&url, &[("Origin", "https://evil.example")])
         .await
         .unwrap();

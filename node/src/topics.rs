@@ -344,7 +344,9 @@ impl Topics {
         feeds.get(topic)?.serving(path).map(|f| f.lease())
     }
 
-    fn knows(&self, topic: &TopicName) -> bool {
+    /// Whether the registry holds `topic`: a deleted topic is dropped once
+    /// its stream stays not found.
+    pub(crate) fn knows(&self, topic: &TopicName) -> bool {
         let facts = self.0.facts.read().unwrap_or_else(|p| p.into_inner());
         facts.contains_key(topic)
     }

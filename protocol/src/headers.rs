@@ -31,6 +31,8 @@ pub const MAX_EVENT_NAME_BYTES: usize = 128;
 pub const RESET_EVENT_NAME: &str = "reset";
 /// The event a node sends in place of one it cannot send as is.
 pub const INVALID_EVENT_NAME: &str = "invalid";
+/// The event a node sends before it ends a stream whose topic was deleted.
+pub const TOPIC_DELETED_EVENT_NAME: &str = "topic_deleted";
 
 /// Whether an `Sse-Event` value may be written as an event name: it fits in
 /// one `event:` line, reads back the same, and is none of the nodes' own.
@@ -41,6 +43,7 @@ pub fn valid_event_name(name: &str) -> bool {
         && name.trim() == name
         && name != RESET_EVENT_NAME
         && name != INVALID_EVENT_NAME
+        && name != TOPIC_DELETED_EVENT_NAME
 }
 
 #[cfg(test)]
@@ -58,6 +61,7 @@ mod tests {
         assert!(!valid_event_name(" padded"));
         assert!(!valid_event_name("reset"), "the nodes' own");
         assert!(!valid_event_name("invalid"), "the nodes' own");
+        assert!(!valid_event_name("topic_deleted"), "the nodes' own");
         assert!(valid_event_name("Reset"));
     }
 }

@@ -190,7 +190,7 @@ async fn read_once(
                     if !print_event(out, &event) {
                         return Ok(None);
                     }
-                    if event.event != "reset" {
+                    if event.event != "reset" && event.event != "topic_deleted" {
                         *printed += 1;
                         if tail.count.is_some_and(|n| *printed >= n) {
                             return Ok(None);
@@ -215,6 +215,12 @@ fn print_event(out: Output, event: &Event) -> bool {
         json!({ "id": event.id, "event": event.event, "data": event.data }).to_string()
     } else if event.event == "reset" {
         describe_reset(&event.data)
+    } else if event.event == "topic_deleted" {
+        let topic = serde_json::from_str::<Value>(&event.data)
+            .ok()
+            .and_then(|v| v["topic"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| event.data.clone());
+        format!("!! topic {topic} was deleted")
     } else {
         let data = event.data.replace('\n', "\n    ");
         format!("{}  {}  {data}", event.id, event.event)

@@ -155,6 +155,52 @@ async fn pub_prints_ids_and_tail_reads_them_back() {
     .await;
 }
 
+/// A tail whose topic is deleted prints a notice, then ends with the node's
+/// refusal: nothing is left to read.
+#[tokio::test]
+async fn tail_says_when_its_topic_is_deleted_and_ends() {
+    bounded(async {
+        let cluster = Cluster::start(1).await;
+        cluster.create_topic("cli-gone", &[]).await;
+        let mut tail = cluster
+            .ssectl()
+            .args(["tail", "cli-gone"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tail starts");
+        let (mut out, mut err) = collect_lines(&mut tail);
+        publish(&cluster, "cli-gone", "before").await;
+        let first = tokio::time::timeout(Duration::from_secs(15), out.recv())
+            .await
+            .expect("an event")
+            .expect("tail open");
+        assert!(first.ends_with("  message  before"), "{first}");
+        let rm = cluster.run(&["topic", "rm", "cli-gone", "--yes"]).await;
+        assert_eq!(rm.code, 0, "{}", rm.stderr);
+        let notice = tokio::time::timeout(Duration::from_secs(15), out.recv())
+            .await
+            .expect("a notice")
+            .expect("tail open");
+        assert_eq!(notice, "!! topic cli-gone was deleted");
+        let status = tokio::time::timeout(Duration::from_secs(15), tail.wait())
+            .await
+            .expect("the tail ends")
+            .unwrap();
+        // Everything it wrote, once its stderr closed.
+        let mut stderr = Vec::new();
+        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), err.recv()).await {
+            stderr.push(line);
+        }
+        assert_eq!(status.code(), Some(1), "{stderr:?}");
+        assert!(
+            stderr.iter().any(|l| l.contains("unknown_topic")),
+            "{stderr:?}"
+        );
+    })
+    .await;
+}
+
 /// Lines of a running child's stdout and stderr, as they come.
 fn collect_lines(
     child: &mut tokio::process::Child,

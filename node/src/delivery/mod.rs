@@ -52,7 +52,7 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
-use sse_protocol::{SubjectPath, TopicName};
+use sse_protocol::{SubjectPath, TopicName, headers::TOPIC_DELETED_EVENT_NAME};
 use tokio::{net::TcpStream, sync::OwnedSemaphorePermit, time::Instant};
 use tracing::{Span, debug, info_span};
 
@@ -778,9 +778,30 @@ impl ClientStream {
     fn finish(&mut self, reason: CloseReason) -> Bytes {
         self.done = true;
         self.reason = reason;
+        let mut last = String::new();
+        if reason == CloseReason::TopicClosed {
+            // A deleted topic is said, so that a page can open its stream
+            // again without it: asked for again, it gets 404, which ends a
+            // browser's EventSource for good. A feed closed for another
+            // reason (a recreated stream) belongs to a topic still known.
+            let mut deleted: Vec<&TopicName> = self
+                .topics
+                .iter()
+                .filter(|t| t.feed.is_closed() && !self.node.topics().knows(&t.feed.topic))
+                .map(|t| &t.feed.topic)
+                .collect();
+            deleted.sort();
+            deleted.dedup();
+            for topic in deleted {
+                last.push_str(&format!(
+                    "event: {TOPIC_DELETED_EVENT_NAME}\ndata: {{\"topic\":\"{topic}\"}}\n\n"
+                ));
+            }
+        }
         let config = self.node.config();
         let retry = config.http.retry_ms.min(1000) + fastrand::u64(0..=config.http.retry_jitter_ms);
-        Bytes::from(format!("retry: {retry}\n\n"))
+        last.push_str(&format!("retry: {retry}\n\n"));
+        Bytes::from(last)
     }
 }
 

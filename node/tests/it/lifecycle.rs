@@ -32,9 +32,10 @@ async fn deleted_topic_stops_and_recreated_stream_gets_reset() {
     let old_id = old[1].id.clone();
 
     js.delete_stream("SSE_jobs").await.unwrap();
-    // The open stream ends, and the topic is no longer served.
+    // The open stream says so and ends, and the topic is no longer served.
     let rest = client.until_closed(Duration::from_secs(15)).await.unwrap();
-    assert!(rest.is_empty(), "{rest:?}");
+    assert_topics_deleted(&rest, &["jobs"]);
+    assert_eq!(rest[0].id, old_id, "the cursor stays where it was");
     let (status, _) = get(&node.url("/v1/events?topic=jobs"), None).await;
     assert_eq!(status, 404);
 

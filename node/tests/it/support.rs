@@ -554,6 +554,20 @@ pub(crate) fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sse-node"))
 }
 
+/// Checks that what a stream sent after a topic was deleted is one
+/// `topic_deleted` event naming each of `topics`, and nothing else.
+pub(crate) fn assert_topics_deleted(rest: &[SseEvent], topics: &[&str]) {
+    let said: Vec<(String, String)> = rest
+        .iter()
+        .map(|e| (e.event.clone(), e.data.clone()))
+        .collect();
+    let wanted: Vec<(String, String)> = topics
+        .iter()
+        .map(|t| ("topic_deleted".to_owned(), format!("{{\"topic\":\"{t}\"}}")))
+        .collect();
+    assert_eq!(said, wanted, "{rest:?}");
+}
+
 /// One dispatched SSE event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SseEvent {

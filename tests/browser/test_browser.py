@@ -237,6 +237,40 @@ def test_browser_eventsource_gets_every_event_once_when_its_node_is_killed(node_
 
 
 @pytest.mark.timeout(120)
+def test_a_page_that_reopens_its_eventsource_as_documented_gets_every_event_once_across_a_503(node_binary, cluster_factory, topic):
+    """The only node drains and stops: the browser's reconnection gets the load
+    balancer's 503 (no node ready), and an EventSource ends for good on any
+    answer but 200. The page of README's wrapper opens a new one, with the
+    last id in the query, until a node is back, and misses nothing."""
+    if not Path(CHROMIUM).exists() or not (TESTS / "node_modules" / "playwright-core").exists():
+        pytest.fail("needs /usr/bin/chromium and tests/node_modules/playwright-core (scripts/install-deps)", pytrace=False)
+    with PageServer() as pages:
+        c = cluster_factory(nodes=1, topics=[(topic, 3)], page_port=pages.port)
+        browser = Browser(f"{c.lb_url}/page/reopen.html?topic={topic}")
+        try:
+            browser.wait_open("the page")
+            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", 20, 50.0).run())
+            wait_until(lambda: len(browser.state.get("received", [])) >= 20, 30, "the first events")
+            c.stop("node0")
+            c.wait_backend("node0", up=False)
+            # Published while no node serves: the page must get them later.
+            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", 20, 50.0, first=21).run())
+            wait_until(lambda: browser.state.get("gaveUp", 0) >= 1, 30, "the browser's EventSource to give up on a 503")
+            c.start_proc("node0")
+            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", 20, 50.0, first=41).run())
+            try:
+                wait_until(lambda: len(browser.state.get("received", [])) >= 60, 30, "the page to hold every event")
+            except TimeoutError:
+                pass
+            time.sleep(0.5)  # let a duplicate, if any, arrive before judging
+            state = browser.state
+            assert state.get("received") == list(range(1, 61)), state
+            assert state.get("opens", 0) >= 2, state
+        finally:
+            browser.close()
+
+
+@pytest.mark.timeout(120)
 def test_cross_origin_eventsource_works_for_allowed_origins_only(node_binary, cluster_factory, topic):
     """Chromium's own CORS checks, not a hand-made preflight: a page on an
     allowed origin streams with `withCredentials`; one on another origin is

@@ -34,8 +34,10 @@ FIGURES: list[tuple[str, dict]] = []
 
 
 class Publisher:
-    def __init__(self, urls: list[str], subject: str | list[str], total: int, rate: float):
+    def __init__(self, urls: list[str], subject: str | list[str], total: int, rate: float, first: int = 1):
+        """Publishes events numbered `first`, `first + 1`, … (`total` of them)."""
         self.urls = urls
+        self.first = first
         # Event n goes to subjects[n % len(subjects)].
         self.subjects = [subject] if isinstance(subject, str) else list(subject)
         self.total = total
@@ -72,7 +74,8 @@ class Publisher:
         js = nc.jetstream(timeout=2)
         t0 = time.monotonic()
         try:
-            for n in range(1, self.total + 1):
+            for k in range(1, self.total + 1):
+                n = self.first + k - 1
                 payload = json.dumps({"n": n}).encode()
                 headers = {"Nats-Msg-Id": f"{self.run_id}-{n}"}
                 started = time.monotonic()
@@ -99,9 +102,9 @@ class Publisher:
                 self.acked_at[n] = acked
                 self.max_ack_seconds = max(self.max_ack_seconds, acked - started)
                 async with self._progress:
-                    self.published = n
+                    self.published = k
                     self._progress.notify_all()
-                delay = t0 + n / self.rate - time.monotonic()
+                delay = t0 + k / self.rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
         finally:

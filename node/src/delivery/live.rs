@@ -17,8 +17,9 @@ use crate::event::Event;
 pub(super) enum LiveItem {
     /// An event of the topic at this index.
     Event(usize, Arc<Event>),
-    /// The client fell behind its queue by this many events.
-    Lagged(u64),
+    /// The client fell behind the queue of the topic at this index by this
+    /// many events.
+    Lagged(usize, u64),
     /// The channel of the topic at this index closed: its feed closed, or
     /// moved to a larger channel.
     Closed(usize),
@@ -64,7 +65,7 @@ impl LiveReceivers {
                     return Some(LiveItem::Event(index, event));
                 }
                 Err(TryRecvError::Empty) => {}
-                Err(TryRecvError::Lagged(missed)) => return Some(LiveItem::Lagged(missed)),
+                Err(TryRecvError::Lagged(missed)) => return Some(LiveItem::Lagged(index, missed)),
                 Err(TryRecvError::Closed) => return Some(LiveItem::Closed(index)),
             }
         }
@@ -94,7 +95,7 @@ impl LiveReceivers {
         };
         match result {
             Ok(event) => LiveItem::Event(index, event),
-            Err(RecvError::Lagged(missed)) => LiveItem::Lagged(missed),
+            Err(RecvError::Lagged(missed)) => LiveItem::Lagged(index, missed),
             Err(RecvError::Closed) => LiveItem::Closed(index),
         }
     }
@@ -110,6 +111,35 @@ impl ClientStream {
         if topic.feed.is_closed() && !topic.follow_successor() {
             return false;
         }
+        self.reattach(index);
+        true
+    }
+
+    /// After the stream fell behind the queue of the topic at `index`:
+    /// attaches again at the feed's head and catches up from its position
+    /// (from the node's history, or JetStream), as a stream taking its
+    /// socket back does. A burst can fill a queue faster than a reader
+    /// that keeps up drains it: a stream reading several topics takes
+    /// their events in turns, event by event, where a stream of one topic
+    /// is written by its feed, and a long burst does it again and again.
+    /// A stream that took less than a queue's worth of events since it last
+    /// fell behind ends as slow: its client is not reading.
+    fn catch_up_after_lag(&mut self, index: usize) -> bool {
+        let delivered: u64 = self.topics.iter().map(|t| t.pos).sum();
+        let queue = self.node.config().delivery.client_queue_events as u64;
+        if self
+            .delivered_at_lag
+            .is_some_and(|before| delivered.saturating_sub(before) < queue)
+        {
+            return false;
+        }
+        self.delivered_at_lag = Some(delivered);
+        self.reattach(index);
+        true
+    }
+
+    fn reattach(&mut self, index: usize) {
+        let topic = &mut self.topics[index];
         let attachment = topic.feed.attach(topic.channel());
         topic.catch_up_to = attachment.head.max(topic.pos);
         self.live.receivers[index] = attachment.receiver;
@@ -120,7 +150,6 @@ impl ClientStream {
             self.catching_up = self.catching_up.min(index);
             self.rejoining = true;
         }
-        true
     }
 
     pub(super) fn live_batch(
@@ -140,9 +169,14 @@ impl ClientStream {
                     // Catch up on the new channel before reading more.
                     break;
                 }
-                LiveItem::Lagged(missed) => {
-                    debug!(missed, "client too slow; disconnecting");
-                    return Err(CloseReason::Slow);
+                LiveItem::Lagged(index, missed) => {
+                    if !self.catch_up_after_lag(index) {
+                        debug!(missed, "client too slow; disconnecting");
+                        return Err(CloseReason::Slow);
+                    }
+                    debug!(missed, "fell behind a topic's queue; catching up");
+                    // Catch up on the new channel before reading more.
+                    break;
                 }
                 LiveItem::Event(_, event) if event.is_drain_marker() => {
                     if !self.draining() {

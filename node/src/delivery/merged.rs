@@ -581,7 +581,7 @@ impl Relay {
                         bytes += event.frame.len();
                         incoming.push((topic, event));
                     }
-                    Some(LiveItem::Lagged(_)) => lagged = true,
+                    Some(LiveItem::Lagged(..)) => lagged = true,
                     Some(LiveItem::Closed(_)) => closed = true,
                     None => break,
                 }

@@ -316,6 +316,9 @@ pub struct ClientStream {
     /// such tries it has made (see [`PARK_RETRY_FIRST`]).
     park_retry_at: Option<Instant>,
     park_retries: u8,
+    /// The sum of the topics' positions when the stream last fell behind a
+    /// topic's queue and caught up.
+    delivered_at_lag: Option<u64>,
 }
 
 impl ClientStream {
@@ -448,6 +451,7 @@ impl ClientStream {
             merge_wait: None,
             park_retry_at: None,
             park_retries: 0,
+            delivered_at_lag: None,
         };
         let resuming = stream.topics.iter().any(|t| t.pos < t.catch_up_to);
         if telemetry::tracing_enabled() {

@@ -160,6 +160,53 @@ async fn slow_client_is_cut_while_fast_client_loses_nothing() {
     drop(slow);
 }
 
+/// A burst fills a topic's queue faster than a stream of several topics,
+/// which takes their events in turns, drains it: the stream catches up from
+/// the node's history and goes on, instead of ending as slow and sending
+/// every such client back at once.
+#[tokio::test]
+async fn a_burst_past_its_queues_does_not_end_a_stream_of_several_topics() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    for topic in ["bursta", "burstb"] {
+        create_topic(&js, topic, None).await;
+    }
+    let node = NodeProc::start(&nats.url(), &[("SSE_DELIVERY__CLIENT_QUEUE_EVENTS", "16")]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=bursta&topic=burstb"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    let publisher = connect_to(&nats.url()).await.unwrap();
+    let per_topic = 2000;
+    for i in 0..per_topic {
+        for topic in ["bursta", "burstb"] {
+            publisher
+                .publish(format!("sse.{topic}"), format!("{topic}-{i}").into())
+                .await
+                .unwrap();
+        }
+    }
+    publisher.flush().await.unwrap();
+    let events = client.take(2 * per_topic, Duration::from_secs(30)).await;
+    for topic in ["bursta", "burstb"] {
+        let got: Vec<String> = data_of(&events)
+            .into_iter()
+            .filter(|d| d.starts_with(topic))
+            .collect();
+        let wanted: Vec<String> = (0..per_topic).map(|i| format!("{topic}-{i}")).collect();
+        assert!(
+            got == wanted,
+            "{topic}: {} events, not each once in order",
+            got.len()
+        );
+    }
+    assert_eq!(
+        node.metric("sse_connections_closed_total{reason=\"slow\"}")
+            .await,
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn nats_outage_keeps_clients_and_loses_nothing() {
     let mut nats = Nats::start().await;

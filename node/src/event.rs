@@ -98,14 +98,21 @@ impl Event {
     ) -> Self {
         let max_event_bytes = ctx.max_event_bytes;
         // Header names are matched as HTTP's are, whatever their case:
-        // a publisher's `sse-event` is the event's name too.
+        // a publisher's `sse-event` is the event's name too. Of several
+        // spellings, the exact one wins, else the least in byte order: the
+        // map's own order is a hash's, and every node must name an event
+        // alike.
         let name = headers.and_then(|h| {
             h.get(EVENT_NAME_HEADER)
                 .or_else(|| {
                     h.iter()
-                        .find(|(n, _)| {
+                        .filter(|(n, _)| {
                             let n: &str = n.as_ref();
                             n.eq_ignore_ascii_case(EVENT_NAME_HEADER)
+                        })
+                        .min_by(|(a, _), (b, _)| {
+                            let (a, b): (&str, &str) = (a.as_ref(), b.as_ref());
+                            a.cmp(b)
                         })
                         .and_then(|(_, values)| values.first())
                 })
@@ -315,6 +322,16 @@ mod tests {
         };
         let e = Event::encode(&ctx, 7, "t.x", SystemTime::UNIX_EPOCH, Some(&headers), b"x");
         assert_eq!(text(&e), "event: update\ndata: x\nid: t:e1:7\n\n");
+        // Several spellings, none exact: the least in byte order, whatever
+        // the order the map keeps them in (a hash's, per map).
+        for _ in 0..32 {
+            let mut headers = HeaderMap::new();
+            headers.insert("sse-event", "lower");
+            headers.insert("SSE-EVENT", "upper");
+            headers.insert("Sse-event", "mixed");
+            let e = Event::encode(&ctx, 7, "t.x", SystemTime::UNIX_EPOCH, Some(&headers), b"x");
+            assert_eq!(text(&e), "event: upper\ndata: x\nid: t:e1:7\n\n");
+        }
     }
 
     #[test]

@@ -260,14 +260,27 @@ pub async fn publish_event(
     if let Some(id) = &body.id {
         validate_msg_id(id)?;
     }
+    let mut headers = HeaderMap::new();
+    let msg_id = body.id.clone().unwrap_or_else(generated_msg_id);
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+    if let Some(event) = &body.event {
+        headers.insert(EVENT_NAME_HEADER, event.as_str());
+    }
+    if let Some(tp) = traceparent(&http_headers) {
+        headers.insert(TRACEPARENT_HEADER, tp.as_str());
+    }
+    // The limit said is the one that applies: admin's own, or NATS's, which
+    // counts the headers above beside the data.
     let size = body.data.len() as u64;
-    let config_limit = state.config.admin.max_event_bytes;
-    if size > config_limit {
+    // Before NATS first answers, its limit is not known (0).
+    let nats_limit = match state.client.server_info().max_payload as u64 {
+        0 => u64::MAX,
+        max_payload => max_payload.saturating_sub(header_block_bytes(&headers)),
+    };
+    let limit = state.config.admin.max_event_bytes.min(nats_limit);
+    if size > limit {
         state.metrics.publish_failed("too_large");
-        return Err(Error::PayloadTooLarge {
-            size,
-            limit: config_limit,
-        });
+        return Err(Error::PayloadTooLarge { size, limit });
     }
     // One time budget for the whole publish: while NATS reconnects or a
     // leader is elected, the look-up and the publish are retried within it.
@@ -293,15 +306,6 @@ pub async fn publish_event(
         });
     }
 
-    let mut headers = HeaderMap::new();
-    let msg_id = body.id.clone().unwrap_or_else(generated_msg_id);
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-    if let Some(event) = &body.event {
-        headers.insert(EVENT_NAME_HEADER, event.as_str());
-    }
-    if let Some(tp) = traceparent(&http_headers) {
-        headers.insert(TRACEPARENT_HEADER, tp.as_str());
-    }
     let subject = path.nats_subject(state.prefix());
     if let Some(refusal) = facts.refusal(&topic, &subject) {
         state.metrics.publish_failed("refused");

@@ -410,6 +410,17 @@ async fn events_near_the_limit_are_judged_by_their_data() {
         assert!(allowed < 1024 * 1024, "{message}");
         let (status, body) = publish("x".repeat(allowed as usize)).await;
         assert_eq!(status, 200, "the limit it named is taken: {body}");
+        // Over admin's own limit as well: the limit named is still the one
+        // that applies, not admin's, which NATS's is under.
+        let (status, body) = publish("x".repeat(1024 * 1024 + 1)).await;
+        assert_eq!(status, 413, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with(&format!("at most {allowed} are allowed")),
+            "{body}"
+        );
     })
     .await;
 }

@@ -87,7 +87,7 @@ fn check_config_names_the_bad_key_and_exits_64() {
 }
 
 #[test]
-fn sigterm_stops_promptly_even_without_nats() {
+fn sigterm_stops_promptly_even_without_nats_and_logs_plain_text() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
@@ -97,9 +97,11 @@ fn sigterm_stops_promptly_even_without_nats() {
         .env("SSE_ADMIN__TOKEN", "t")
         .env("SSE_NATS__URL", "nats://127.0.0.1:1")
         .env("SSE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("SSE_LOG__LEVEL", "warn")
+        .env("SSE_LOG__LEVEL", "info")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -123,4 +125,9 @@ fn sigterm_stops_promptly_even_without_nats() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+    // Its log, read by a pipe as a file or a collector would, is plain text.
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\u{1b}'), "terminal colours in {log:?}");
 }

@@ -197,7 +197,10 @@ impl IntoResponse for Error {
             }
             Error::NatsUnavailable(detail) => {
                 tracing::warn!(%detail, "nats unavailable");
-                "nats is unavailable; try again".to_owned()
+                // What NATS said, for the operator: "JetStream system
+                // temporarily unavailable (10008)" is a server out of
+                // storage as often as one electing a leader.
+                format!("nats is unavailable ({detail}); try again")
             }
             other => other.to_string(),
         };

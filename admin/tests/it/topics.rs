@@ -460,7 +460,8 @@ async fn nats_down_is_503() {
                 Some(json!({"subject": "t", "data": "x"})),
             )
             .await;
-        assert_error(&answer, 503, "nats");
+        // What NATS (or its absence) said is passed on.
+        assert_error(&answer, 503, "nats is unavailable (not connected to nats)");
         let ready = admin
             .http
             .get(format!("{}/readyz", admin.base))

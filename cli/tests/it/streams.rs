@@ -164,7 +164,9 @@ async fn tail_says_when_its_topic_is_deleted_and_ends() {
         cluster.create_topic("cli-gone", &[]).await;
         let mut tail = cluster
             .ssectl()
-            .args(["tail", "cli-gone"])
+            // From the start: the event below is read whether it is
+            // published before or after the tail connects.
+            .args(["tail", "cli-gone", "--from-start"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

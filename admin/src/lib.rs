@@ -72,15 +72,11 @@ pub async fn run(
     let address = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%address, "admin listening");
     let app = http::router(state);
-    let serve =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let drain_cap = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(DRAIN_CAP).await;
-    };
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    accept(listener, app, &graceful, &shutdown).await;
     tokio::select! {
-        result = serve => result.map_err(Error::Serve)?,
-        () = drain_cap => tracing::warn!("drain time cap reached; closing open requests"),
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_CAP) => tracing::warn!("drain time cap reached; closing open requests"),
     }
     // Flushing waits for a connection; with NATS down there is none.
     if state_connected(&client) {
@@ -92,6 +88,74 @@ pub async fn run(
     }
     tracing::info!("admin stopped");
     Ok(())
+}
+
+/// Most connections admin serves at once; past it, new ones wait in the
+/// listen queue, holding no file of admin's.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Longest a client may take to send its request head, on a new connection
+/// or between two requests on one kept alive: one that sends nothing, or a
+/// byte at a time, cannot hold a connection for good.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves connections until `shutdown`, each watched by `graceful`.
+async fn accept(
+    listener: TcpListener,
+    app: axum::Router,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    shutdown: &CancellationToken,
+) {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::conn::auto,
+        service::TowerToHyperService,
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = std::sync::Arc::new(builder);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => return,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of files, say: a pause rather than a busy loop.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // hyper's timeout on the head starts once it knows the protocol
+            // from the first bytes: a client that sends none is dropped here.
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) {
+                return drop(slot);
+            }
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
 }
 
 /// Opens the NATS connection, retrying in the background until it is up.

@@ -131,3 +131,40 @@ fn sigterm_stops_promptly_even_without_nats_and_logs_plain_text() {
     assert!(log.contains("INFO"), "{log}");
     assert!(!log.contains('\u{1b}'), "terminal colours in {log:?}");
 }
+
+/// A client that connects and sends nothing, or stops after a request on a
+/// kept-alive connection, cannot hold a connection of admin's for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    crate::support::bounded(async {
+        let nats = crate::support::NatsServer::start();
+        let admin = crate::support::Admin::start(&nats).await;
+        let address = admin.base.trim_start_matches("http://").to_owned();
+        let started = Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let mut kept = tokio::net::TcpStream::connect(&address).await.unwrap();
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let read = kept.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..read].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..read])
+        );
+        for (what, connection) in [("silent", &mut silent), ("kept alive", &mut kept)] {
+            let end = tokio::time::timeout(Duration::from_secs(30), connection.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: still open after 30 s"));
+            assert!(matches!(end, Ok(0) | Err(_)), "{what}: {end:?}");
+        }
+        assert!(
+            started.elapsed() >= Duration::from_secs(9),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}

@@ -24,7 +24,10 @@
 //! - `idle_timeout`: a connection on which no byte has moved either way for
 //!   `http.idle_timeout_seconds` is closed: idle keep-alive connections and
 //!   HTTP/2 connections without streams. Open event streams write a
-//!   heartbeat more often, so they never count as idle.
+//!   heartbeat more often, so they never count as idle. A connection hyper
+//!   serves is also closed once no request has been open on it for as
+//!   long, whatever moves: an HTTP/2 client's PINGs would otherwise keep
+//!   one without streams for good, outside `http.max_connections`.
 //! - `ip_rate`: more than `http.max_connections_per_ip_per_minute` new
 //!   connections from one address are closed at once.
 //! - `tls_handshake`: a handshake not done in `tls.handshake_timeout_seconds`.
@@ -47,7 +50,10 @@ use std::{
     net::IpAddr,
     os::fd::AsRawFd as _,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -181,6 +187,7 @@ pub async fn serve(
     let max_head = http.max_header_bytes;
     let fast = http.fast_path.then_some(state);
     let h2 = http.h2;
+    let idle = Duration::from_secs(http.idle_timeout_seconds);
     let mut rate = IpRate::new(http.max_connections_per_ip_per_minute);
     let graceful = GracefulShutdown::new();
     info!(
@@ -206,6 +213,7 @@ pub async fn serve(
             router: router.clone(),
             watcher: graceful.watcher(),
             node: node.clone(),
+            idle,
         };
         let tls = tls.clone();
         let fast = fast.clone();
@@ -379,19 +387,148 @@ struct Hyper {
     router: Router,
     watcher: Watcher,
     node: Node,
+    /// `http.idle_timeout_seconds`; zero: off.
+    idle: Duration,
 }
 
 impl Hyper {
-    /// Serves `io` (HTTP/1.1 or HTTP/2) with the router until it closes.
+    /// Serves `io` (HTTP/1.1 or HTTP/2) with the router until it closes,
+    /// or until it has had no request open for the idle timeout. Bytes
+    /// moving do not count here: an HTTP/2 client's PINGs and their answers
+    /// would keep a connection without streams open for good, outside
+    /// `http.max_connections`, which counts streams.
     async fn serve<IO>(self, io: IO)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(self.router);
+        let open = Arc::new(OpenRequests::new());
+        let service = TowerToHyperService::new(counting(self.router, open.clone()));
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
-        if let Err(error) = self.watcher.watch(connection).await {
+        let mut watched = std::pin::pin!(self.watcher.watch(connection));
+        let served = if self.idle.is_zero() {
+            watched.await
+        } else {
+            loop {
+                let recheck = open.idle_deadline(self.idle);
+                tokio::select! {
+                    served = &mut watched => break served,
+                    () = tokio::time::sleep_until(recheck) => {
+                        if open.idle_for() >= self.idle {
+                            self.node
+                                .metrics()
+                                .limit_rejections
+                                .with_label_values(&["idle_timeout"])
+                                .inc();
+                            debug!("closing a connection with no request for the idle timeout");
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        if let Err(error) = served {
             note_connection_error(&self.node, error.as_ref());
         }
+    }
+}
+
+/// The requests open on one connection hyper serves (an event stream is
+/// open until its body ends), and since when none has been.
+struct OpenRequests {
+    open: AtomicUsize,
+    /// When the count last fell to zero, in milliseconds from `born`.
+    none_since_ms: AtomicU64,
+    born: Instant,
+}
+
+impl OpenRequests {
+    fn new() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            none_since_ms: AtomicU64::new(0),
+            born: Instant::now(),
+        }
+    }
+
+    /// How long the connection has had no request open; zero while one is.
+    fn idle_for(&self) -> Duration {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let since = self.born + Duration::from_millis(self.none_since_ms.load(Ordering::Acquire));
+        Instant::now().saturating_duration_since(since)
+    }
+
+    /// When to look again: when the connection would have been idle for
+    /// `idle`, or, while a request is open, one `idle` from now.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        Instant::now() + idle.saturating_sub(self.idle_for())
+    }
+}
+
+/// Holds one request open on its connection's count until dropped.
+struct OpenRequest(Arc<OpenRequests>);
+
+impl OpenRequest {
+    fn new(requests: Arc<OpenRequests>) -> Self {
+        requests.open.fetch_add(1, Ordering::AcqRel);
+        Self(requests)
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let requests = &self.0;
+        let now = requests.born.elapsed().as_millis() as u64;
+        requests.none_since_ms.store(now, Ordering::Release);
+        requests.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `router`, counting each request in `open` from its start to the end of
+/// its response's body.
+fn counting(
+    router: Router,
+    open: Arc<OpenRequests>,
+) -> impl tower::Service<
+    axum::http::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(move |request: axum::http::Request<hyper::body::Incoming>| {
+        let held = OpenRequest::new(open.clone());
+        let answered = tower::ServiceExt::oneshot(router.clone(), request);
+        async move {
+            let response: axum::response::Response = answered.await?;
+            Ok(response.map(|body| axum::body::Body::new(HeldBody { body, _held: held })))
+        }
+    })
+}
+
+/// A response body that keeps its request counted until it ends.
+struct HeldBody {
+    body: axum::body::Body,
+    _held: OpenRequest,
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

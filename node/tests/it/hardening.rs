@@ -390,6 +390,35 @@ async fn silent_and_idle_connections_are_closed_but_streams_live_on() {
     })
     .await;
 
+    // Nor does a PING every half second keep one open: bytes move, but no
+    // request is open (without that rule it stayed open for good).
+    let h2 = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    let (mut from_node, mut to_node) = h2.into_split();
+    to_node
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let pinging = tokio::spawn(async move {
+        const PING: &[u8] = b"\0\0\x08\x06\0\0\0\0\0pingping";
+        while to_node.write_all(PING).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(20), from_node.read_to_end(&mut buf)).await;
+    pinging.abort();
+    assert!(
+        closed.is_ok(),
+        "an HTTP/2 connection kept busy by PINGs stayed open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
     // The stream opened first is still alive and delivers.
     publish(&js, "idle", "still here").await;
     assert_eq!(data_of(&stream.take(1, T).await), ["still here"]);

@@ -498,7 +498,10 @@ fn counting(
 > + Clone {
     tower::service_fn(move |request: axum::http::Request<hyper::body::Incoming>| {
         let held = OpenRequest::new(open.clone());
-        let answered = tower::ServiceExt::oneshot(router.clone(), request);
+        // Called at once (a router is always ready): an HTTP/2 stream's
+        // task is sized for this future for the stream's life, so it holds
+        // no copy of the router or the request.
+        let answered = tower::Service::call(&mut router.clone(), request);
         async move {
             let response: axum::response::Response = answered.await?;
             Ok(response.map(|body| axum::body::Body::new(HeldBody { body, _held: held })))

@@ -66,7 +66,6 @@ use hyper_util::{
         conn::auto,
         graceful::{GracefulShutdown, Watcher},
     },
-    service::TowerToHyperService,
 };
 use prometheus::IntCounter;
 use socket2::SockRef;
@@ -402,7 +401,10 @@ impl Hyper {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let open = Arc::new(OpenRequests::new());
-        let service = TowerToHyperService::new(counting(self.router, open.clone()));
+        let service = Counting {
+            router: self.router,
+            open: open.clone(),
+        };
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
         let mut watched = std::pin::pin!(self.watcher.watch(connection));
         let served = if self.idle.is_zero() {
@@ -485,28 +487,33 @@ impl Drop for OpenRequest {
     }
 }
 
-/// `router`, counting each request in `open` from its start to the end of
-/// its response's body.
-fn counting(
+/// The router, counting each request in `open` from its start to the end
+/// of its response's body. A hyper service of its own rather than a tower
+/// one behind `TowerToHyperService`, whose future keeps a copy of the
+/// router and the request: an HTTP/2 stream's task is sized for the
+/// largest state of this future and kept for the stream's life, so the
+/// future is a box, freed once the response is out.
+#[derive(Clone)]
+struct Counting {
     router: Router,
     open: Arc<OpenRequests>,
-) -> impl tower::Service<
-    axum::http::Request<hyper::body::Incoming>,
-    Response = axum::response::Response,
-    Error = std::convert::Infallible,
-    Future = impl Send,
-> + Clone {
-    tower::service_fn(move |request: axum::http::Request<hyper::body::Incoming>| {
-        let held = OpenRequest::new(open.clone());
-        // Called at once (a router is always ready): an HTTP/2 stream's
-        // task is sized for this future for the stream's life, so it holds
-        // no copy of the router or the request.
-        let answered = tower::Service::call(&mut router.clone(), request);
-        async move {
+}
+
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Counting {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        let held = OpenRequest::new(self.open.clone());
+        // A router is always ready: called at once.
+        let answered = tower::Service::call(&mut self.router.clone(), request);
+        Box::pin(async move {
             let response: axum::response::Response = answered.await?;
             Ok(response.map(|body| axum::body::Body::new(HeldBody { body, _held: held })))
-        }
-    })
+        })
+    }
 }
 
 /// A response body that keeps its request counted until it ends.

@@ -283,6 +283,11 @@ impl Verifier {
             ErrorKind::Json(_) if token_names_alg_none(token) => AuthError::Algorithm,
             _ => AuthError::Malformed(describe(&e)),
         })?;
+        if token_has_critical_extensions(token) {
+            return Err(AuthError::Malformed(
+                "the header names critical extensions (crit), which are not supported".to_owned(),
+            ));
+        }
         let candidates: Vec<&Key> = self
             .keys
             .iter()
@@ -366,20 +371,27 @@ fn describe(error: &jsonwebtoken::errors::Error) -> String {
 /// Whether the token's header names `alg: none` (any case), to report it
 /// as a refused algorithm rather than a malformed token.
 fn token_names_alg_none(token: &str) -> bool {
-    use jsonwebtoken::errors::Error;
-    let Some(first) = token.split('.').next() else {
-        return false;
-    };
-    let decoded: Result<Vec<u8>, Error> = base64_url_decode(first);
-    decoded
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+    header_json(token)
         .and_then(|v| {
             v.get("alg")?
                 .as_str()
                 .map(|a| a.eq_ignore_ascii_case("none"))
         })
         .unwrap_or(false)
+}
+
+/// Whether the token's header names extensions that must be understood
+/// (`crit`, RFC 7515 4.1.11): the node understands none, so such a token
+/// is refused.
+fn token_has_critical_extensions(token: &str) -> bool {
+    header_json(token).is_some_and(|v| v.get("crit").is_some())
+}
+
+/// The token's header as JSON, if it reads.
+fn header_json(token: &str) -> Option<serde_json::Value> {
+    let first = token.split('.').next()?;
+    let bytes = base64_url_decode(first).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Unpadded base64url, as JWT uses; small enough not to need a crate.
@@ -536,6 +548,34 @@ mod tests {
         let text_exp = token(serde_json::json!({"exp": "tomorrow"}));
         assert!(
             matches!(v.verify(&text_exp), Err(AuthError::Malformed(m)) if m.contains("exp and nbf are numbers"))
+        );
+        // A critical extension the verifier does not understand (RFC 7515),
+        // however well signed.
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let sign = |header: &[u8]| {
+            let signed = format!(
+                "{}.{}",
+                b64(header),
+                b64(serde_json::json!({"exp": now() + 60})
+                    .to_string()
+                    .as_bytes())
+            );
+            let signature = jsonwebtoken::crypto::sign(
+                signed.as_bytes(),
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            format!("{signed}.{signature}")
+        };
+        let critical = sign(br#"{"alg":"HS256","typ":"JWT","crit":["exp2"],"exp2":1}"#);
+        // The same token without `crit` verifies.
+        assert!(v.verify(&sign(br#"{"alg":"HS256","typ":"JWT"}"#)).is_ok());
+        assert!(
+            matches!(v.verify(&critical), Err(AuthError::Malformed(m)) if m.contains("crit")),
+            "{:?}",
+            v.verify(&critical)
         );
         // alg: none, unsigned.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJleHAiOjQxMDI0NDQ4MDB9.";

@@ -342,7 +342,7 @@ impl Verifier {
                         ErrorKind::InvalidAudience => AuthError::Audience,
                         ErrorKind::InvalidIssuer => AuthError::Issuer,
                         ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
-                        _ => AuthError::Malformed(describe(&e)),
+                        _ => AuthError::Malformed(describe_in(&e, token)),
                     };
                     // Another key of the same algorithm may still verify it.
                     if last != AuthError::Signature {
@@ -378,6 +378,23 @@ fn token_names_alg_none(token: &str) -> bool {
                 .map(|a| a.eq_ignore_ascii_case("none"))
         })
         .unwrap_or(false)
+}
+
+/// [`describe`], telling a claim that is there but not a number of
+/// seconds (`"exp": -1`, `1e30`) from one that is missing, which the
+/// library does not.
+fn describe_in(error: &jsonwebtoken::errors::Error, token: &str) -> String {
+    if let ErrorKind::MissingRequiredClaim(claim) = error.kind()
+        && token
+            .split('.')
+            .nth(1)
+            .and_then(|part| base64_url_decode(part).ok())
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .is_some_and(|claims| claims.get(claim).is_some())
+    {
+        return format!("the claim {claim:?} is not a time: seconds since 1970, from 0 to 2^64");
+    }
+    describe(error)
 }
 
 /// Whether the token's header names extensions that must be understood
@@ -545,6 +562,16 @@ mod tests {
             v.verify(&no_exp).unwrap_err(),
             AuthError::Malformed("the claim \"exp\" is missing".into())
         );
+        for exp in [serde_json::json!(-1), serde_json::json!(1e30)] {
+            assert_eq!(
+                v.verify(&token(serde_json::json!({ "exp": exp })))
+                    .unwrap_err(),
+                AuthError::Malformed(
+                    "the claim \"exp\" is not a time: seconds since 1970, from 0 to 2^64".into()
+                ),
+                "{exp}"
+            );
+        }
         let text_exp = token(serde_json::json!({"exp": "tomorrow"}));
         assert!(
             matches!(v.verify(&text_exp), Err(AuthError::Malformed(m)) if m.contains("exp and nbf are numbers"))

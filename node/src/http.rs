@@ -189,6 +189,13 @@ pub fn router_with(state: HttpState) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "only GET (and HEAD) is served here",
+            )
+        })
         .with_state(state);
     match cors {
         Some(cors) => router.layer(cors),

@@ -108,6 +108,20 @@ async fn bad_requests_get_precise_errors() {
             "{path}: {body}"
         );
     }
+    // Another method than GET: 405 with the JSON error too, and Allow.
+    let refused = reqwest::Client::new()
+        .post(node.url("/v1/events?topic=orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 405);
+    let allow = refused
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let json: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(json["error"], "method_not_allowed", "{json}");
+    assert_eq!(allow.as_deref(), Some("GET,HEAD"));
     // The messages name the bad value, and where an id came from.
     let (_, body) = get(&node.url("/v1/events?topic=orders.a%20b"), None).await;
     assert!(body.contains("orders.a b"), "{body}");

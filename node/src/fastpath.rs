@@ -347,7 +347,7 @@ fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
     let head_len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Incomplete,
-        Err(_) => return Head::Decline,
+        Err(_) => return target_with_control_bytes(buf).unwrap_or(Head::Decline),
     };
     if parsed.method == Some("GET")
         && let Some(target) = parsed.path
@@ -364,6 +364,23 @@ fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
         }
         None => Head::Decline,
     }
+}
+
+/// An event stream request whose target holds a control byte or DEL,
+/// which the parser refuses (hyper would answer 400 with no word of why):
+/// answered as any target HTTP does not allow. `None` for anything else,
+/// a bad header among it, or a head not all in yet.
+fn target_with_control_bytes(buf: &[u8]) -> Option<Head> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let target = buf[..line_end].strip_prefix(b"GET /v1/events")?;
+    let target = target
+        .strip_suffix(b" HTTP/1.1")
+        .or(target.strip_suffix(b" HTTP/1.0"))?;
+    if !target.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return None;
+    }
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some(Head::BadRequestLine(head_end + 4))
 }
 
 /// The request as `http` types, if it is an event stream request.

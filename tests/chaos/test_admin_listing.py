@@ -132,7 +132,9 @@ def test_a_node_starting_while_a_nats_server_is_down_serves_its_topics_once_it_i
         c.start_proc("node1", timeout=45)
     except TimeoutError as error:
         raise AssertionError(f"a node starting with {victim} down never became ready: {error}\n{c['node1'].log_tail(20)}") from None
-    assert stream_status(c.node_port("node1"), "everywhere") == 200
+    # The R3 topic may have had its leader on the server killed: served once
+    # its stream has elected another (503 meanwhile, as a client is told).
+    wait_until(lambda: stream_status(c.node_port("node1"), "everywhere") == 200, 30, "the R3 topic served")
     assert stream_status(c.node_port("node1"), name) == 503
 
     c.start_proc(c.nats_proc_for_server(victim))

@@ -116,6 +116,12 @@ async fn each_request_limit_has_a_status_and_a_metric() {
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(node.metric(&limit("max_connections")).await, 1.0);
     drop(held);
+    // The node learns of the closes as its tasks run: until it has, a new
+    // stream would still find the node full.
+    eventually(T, "the closed streams to leave the count", || async {
+        (node.metric("sse_clients_connected").await == 0.0).then_some(())
+    })
+    .await;
 
     // Topics per connection.
     let (status, _, body) = get_with(&node.url("/v1/events?topic=a&topic=b&topic=c"), &[]).await;

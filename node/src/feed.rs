@@ -796,6 +796,18 @@ const PATH_SWEEP_EVERY: u32 = 1024;
 /// Longest pull request of a feed's consumer; its idle heartbeat is half.
 pub const PULL_EXPIRES: Duration = Duration::from_secs(4);
 
+/// Live events a feed's reader hears between two watchdog ticks for its
+/// topic to count as busy: if such a topic then hears nothing for a whole
+/// tick, the watchdog in `Reader::read_from` looks at JetStream right away.
+/// Ten a tick is several a second, so a silent tick is rare unless the
+/// consumer is lost or the publishers paused.
+const BUSY_TICK_EVENTS: u32 = 10;
+
+/// Longest time between two looks of a feed's watchdog at its head: a
+/// quarter of its period, but no longer than this, so that a busy topic
+/// fallen silent is noticed within seconds whatever `no_progress` is.
+const WATCHDOG_TICK_MAX: Duration = Duration::from_millis(1500);
+
 /// How long a stream must keep looking gone (or recreated) before the feed
 /// acts on it.
 const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
@@ -1273,11 +1285,16 @@ impl Reader {
         // clients got heartbeats only. So a reader whose head has not moved
         // for `no_progress` while the stream holds newer events gives its
         // consumer up and starts a new one at `head + 1`. JetStream is asked
-        // at most once per `no_progress` while the feed is quiet.
+        // at most once per `no_progress` while the feed is quiet, and once
+        // more when a busy topic falls silent for a whole tick: a consumer
+        // lost without a word (its server back with an empty disk, say)
+        // is then re-created after a tick or two, not after `no_progress`,
+        // while a topic whose events come now and then is not looked at
+        // after each of its pauses.
         let period = self
             .doze_after
             .map_or(self.no_progress, |after| after.min(self.no_progress));
-        let mut tick = tokio::time::interval(period / 4);
+        let mut tick = tokio::time::interval((period / 4).min(WATCHDOG_TICK_MAX));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut head_seen = self.feed.head();
         let mut quiet_since = tokio::time::Instant::now();
@@ -1285,6 +1302,13 @@ impl Reader {
         let mut moved_at = quiet_since;
         // Looks at JetStream in a row that got no answer.
         let mut unanswered = 0u32;
+        // Live events heard since the last tick; whether the topic was busy
+        // up to the last tick that saw the head move (that tick or the one
+        // before heard enough: a consumer lost just after a tick leaves the
+        // next one few events); whether the tick before that last one was.
+        let mut heard_this_tick = 0u32;
+        let mut busy_last_tick = false;
+        let mut busy_tick_before = false;
         loop {
             let item = tokio::select! {
                 item = opened.messages.next() => item,
@@ -1301,9 +1325,12 @@ impl Reader {
                 _ = tick.tick() => {
                     let head = self.feed.head();
                     let now = tokio::time::Instant::now();
+                    let busy = std::mem::take(&mut heard_this_tick) >= BUSY_TICK_EVENTS;
                     if head != head_seen {
                         head_seen = head;
                         quiet_since = now;
+                        busy_last_tick = busy || busy_tick_before;
+                        busy_tick_before = busy;
                         // Events older than the feed, read to warm its
                         // history up, are not the topic's news.
                         if head > self.feed.live_from {
@@ -1325,7 +1352,9 @@ impl Reader {
                     if self.doze_after.is_some_and(|after| quiet_for >= after) {
                         return Ok(ReadEnd::Quiet);
                     }
-                    if now.duration_since(quiet_since) < self.no_progress {
+                    let fell_silent = std::mem::take(&mut busy_last_tick);
+                    busy_tick_before = false;
+                    if !fell_silent && now.duration_since(quiet_since) < self.no_progress {
                         continue;
                     }
                     // Quiet for a whole period: is JetStream ahead? No
@@ -1387,6 +1416,9 @@ impl Reader {
             // what those reads took in.
             if seq <= self.feed.head() {
                 continue;
+            }
+            if seq > self.feed.live_from {
+                heard_this_tick = heard_this_tick.saturating_add(1);
             }
             let headers = message.headers.as_ref();
             self.deliver(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 
 import pytest
@@ -194,3 +195,78 @@ def test_the_nats_server_a_node_reads_through_dies_with_the_stream_leader(node_b
     problems = asyncio.run(scn.run(action))
     scn.assert_clean(problems)
     assert scn.figures["reconnects"] == 0, f"node0 closed client streams: {scn.figures['closed by nodes']}"
+
+
+async def stream_consumers(urls: list[str], stream: str) -> dict[str, str]:
+    """The stream's consumers, each with the server that holds it."""
+    import nats
+
+    nc = await nats.connect(servers=urls, connect_timeout=2)
+    try:
+        js = nc.jetstream(timeout=2)
+        infos = await js.consumers_info(stream)
+        return {i.name: i.cluster.leader for i in infos if i.cluster and i.cluster.leader}
+    finally:
+        await nc.close()
+
+
+async def delete_consumer(urls: list[str], stream: str, name: str) -> None:
+    import nats
+
+    nc = await nats.connect(servers=urls, connect_timeout=2)
+    try:
+        await nc.request(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"", timeout=5)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.timeout(chaos_timeout(180))
+def test_a_nats_server_back_with_an_empty_disk_under_a_busy_topics_consumer(node_binary, cluster_factory, topic):
+    """A follower of the stream that holds the node's feed consumer dies and
+    comes back with its disk wiped: nothing tells the node, neither a
+    reconnection nor an election, and async-nats notices only after two
+    missed heartbeats, 8 s after the last event. The feed of a busy topic
+    looks at JetStream once its topic has been silent for a watchdog tick
+    and re-creates its consumer, counting a feed stall: with `no_progress`
+    set long here, only that look can count one."""
+    c = cluster_factory(nodes=1, topics=[(topic, 3)], node_env={"SSE_DELIVERY__NO_PROGRESS_SECONDS": "30"})
+    stream = f"SSE_{topic}"
+    scn = Scenario(c, "a NATS server back with an empty disk", topic, **scale())
+    stalls_before_the_kill = []
+
+    async def action(s: Scenario) -> None:
+        await s.at(0.2)
+        node_server = connected_server(c, "sse-node0")
+        assert node_server, "node0 is on no NATS server"
+        # The stream's leader on the node's own server, and the feed's
+        # consumer on another that is not the meta leader either: losing
+        # that server is then neither an election nor a reconnection.
+        await move_stream_leader(c.nats_urls, stream, node_server)
+        deadline = time.monotonic() + 60
+        while True:
+            consumers = await stream_consumers(c.nats_urls, stream)
+            holder = next(iter(consumers.values()), None) if len(consumers) == 1 else None
+            if holder and holder not in (node_server, meta_leader(c)):
+                break
+            assert time.monotonic() < deadline, f"the feed's consumer stays on {consumers}"
+            # Deleted, async-nats re-creates it on a peer picked at random.
+            for name in consumers:
+                await delete_consumer(c.nats_urls, stream, name)
+            await asyncio.sleep(0.5)
+        s.extra["consumer on"] = holder
+        await s.at(0.4)
+        stalls_before_the_kill.append(metric_sum(c.metrics("node0") or {}, "sse_feed_stalls_total"))
+        proc = c.nats_proc_for_server(holder)
+        c.kill(proc)
+        store = c.dir / proc
+        shutil.rmtree(store)
+        store.mkdir()
+        await s.at(0.7)
+        c.start_proc(proc, wait=False)
+        await asyncio.to_thread(c.wait_ready, proc)
+
+    problems = asyncio.run(scn.run(action))
+    scn.assert_clean(problems)
+    assert scn.figures["reconnects"] == 0, f"node0 closed client streams: {scn.figures['closed by nodes']}"
+    stalls = metric_sum(c.metrics("node0") or {}, "sse_feed_stalls_total") - stalls_before_the_kill[0]
+    assert stalls >= 1, "the feed waited for async-nats to notice its consumer was gone"

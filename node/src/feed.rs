@@ -1290,7 +1290,7 @@ impl Reader {
         // lost without a word (its server back with an empty disk, say)
         // is then re-created after a tick or two, not after `no_progress`,
         // while a topic whose events come now and then is not looked at
-        // after each of its pauses.
+        // after each of its pauses: one look per ten events heard at most.
         let period = self
             .doze_after
             .map_or(self.no_progress, |after| after.min(self.no_progress));

@@ -556,7 +556,6 @@ impl ClientStream {
             let close_at = self.close_at.or(self.planned_end());
             let deadline = close_at.map(|(t, _)| t);
             let catching_up = self.catching_up < self.topics.len();
-            let mut out = BytesMut::new();
             let mut step_now = false;
             if catching_up {
                 let needs = self.needs_jetstream();
@@ -579,6 +578,7 @@ impl ClientStream {
                 if stalled_at.is_some_and(|at| at <= Instant::now()) {
                     return Some(self.stalled());
                 }
+                let mut out = BytesMut::new();
                 if let Err(reason) = Box::pin(self.catch_up_step(&mut out)).await {
                     return Some(self.finish(reason));
                 }
@@ -655,7 +655,8 @@ impl ClientStream {
                 let (live, topics) = (&mut self.live, &self.topics);
                 let work = async {
                     if let Some(node) = &node {
-                        Work::Permit(node.jetstream_read_permit().await)
+                        // Boxed: only a stream catching up waits for one.
+                        Work::Permit(Box::pin(node.jetstream_read_permit()).await)
                     } else {
                         Work::Live(live.next(|index| topics[index].may_hold_news()).await)
                     }
@@ -664,6 +665,13 @@ impl ClientStream {
                 // their topics' feeds: waiting on the shared token here would
                 // take its lock on every wake of every client.
                 let watch_shutdown = catching_up && !draining;
+                // Boxed, and made only when watched: a live stream would
+                // otherwise carry this wait's state for nothing.
+                let mut shutdown = watch_shutdown.then(|| Box::pin(shutdown_of(node.as_ref())));
+                let shutdown = std::future::poll_fn(|cx| match shutdown.as_mut() {
+                    Some(wait) => wait.as_mut().poll(cx),
+                    None => std::task::Poll::Pending,
+                });
                 // Only while no relay has started: one that has, and that
                 // the stream could not park on, would wake it at once.
                 let merge_wait = self
@@ -676,7 +684,7 @@ impl ClientStream {
                 });
                 tokio::select! {
                     biased;
-                    _ = shutdown_of(node.as_ref()), if watch_shutdown => Wake::Shutdown,
+                    () = shutdown, if watch_shutdown => Wake::Shutdown,
                     gone = peer_closed(peer), if peer.is_some() => {
                         if gone { Wake::PeerClosed } else { Wake::Heartbeat }
                     }
@@ -701,6 +709,9 @@ impl ClientStream {
                 }
             };
             self.timer = Some(timer);
+            // Made after the wait, not before: a waiting stream would carry
+            // it empty.
+            let mut out = BytesMut::new();
             match wake {
                 Wake::Shutdown => {
                     self.start_drain();

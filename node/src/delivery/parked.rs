@@ -58,12 +58,10 @@ use std::{
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use slab::Slab;
 use tokio::{
-    sync::{
-        Notify,
-        broadcast::{self, error::RecvError, error::TryRecvError},
-    },
+    sync::broadcast::{self, error::RecvError, error::TryRecvError},
     time::Instant,
 };
 
@@ -464,7 +462,11 @@ impl Entry {
 #[derive(Default)]
 struct Handback {
     returned: Mutex<Option<Returned>>,
-    given_back: Notify,
+    /// Wakes the parked stream once `returned` is set. Not a `Notify`: a
+    /// parked stream waits on this for as long as it stays parked, and a
+    /// `Notify`'s wait would be 64 bytes more of every waiting stream's
+    /// state, HTTP/2 streams' included, which share the code but never park.
+    given_back: AtomicWaker,
 }
 
 /// What a parked stream's heartbeat did.
@@ -524,9 +526,25 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
-    /// Resolves once the writer has given the socket back.
-    pub(crate) async fn given_back(&self) {
-        self.handback.given_back.notified().await;
+    /// Resolves once the writer has given the socket back (at once if it
+    /// has and the stream has not yet taken it).
+    pub(crate) fn given_back(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            // Registered before looking, so that a hand-back between the
+            // two still wakes this task.
+            self.handback.given_back.register(cx.waker());
+            if self
+                .handback
+                .returned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+            {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     /// Unless the writer wrote to the socket since the last call, or the
@@ -937,7 +955,7 @@ fn give_back(entry: Entry, pos: u64, remainder: Option<Bytes>, refused: bool) {
         refused,
         run: entry.run,
     });
-    entry.handback.given_back.notify_one();
+    entry.handback.given_back.wake();
 }
 
 /// A batch's frames, back to back, and where each event ends in them.

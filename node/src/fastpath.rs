@@ -224,6 +224,7 @@ async fn open_plain(
     let (head_len, request) = match peek_head(state, &stream, max_head, wait).await {
         Some(Head::Take(len, request)) => (len, Some(request)),
         Some(Head::BadRequestLine(len)) => (len, None),
+        Some(Head::TooLarge) => return refuse_too_large(state, stream, max_head).await,
         _ => return Opened::Declined(stream),
     };
     // The head was only peeked at: take it off the socket now.
@@ -242,6 +243,38 @@ async fn open_plain(
 async fn refuse_request_line<S: LeanIo, D>(state: &HttpState, stream: S) -> Opened<S, D> {
     let (parts, body) = http::reject(state.node(), http::ApiError::bad_request_line()).into_parts();
     write_whole_response(stream, &parts, body).await
+}
+
+/// Answers a request head over the bounds with 431 and why, where hyper
+/// would answer without a word. The client may still be sending its head:
+/// what it sends is read and dropped, for a moment at most, so that closing
+/// with its bytes unread does not reset the connection before it reads the
+/// answer.
+async fn refuse_too_large<S: LeanIo, D>(
+    state: &HttpState,
+    mut stream: S,
+    max_head: usize,
+) -> Opened<S, D> {
+    let error = http::ApiError::request_head_too_large(state.node());
+    let (parts, body) = http::reject(state.node(), error).into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut out = encode_head(&parts, Some(body.len()));
+    out.extend_from_slice(&body);
+    let mut sink = vec![0u8; max_head.clamp(1024, 16 * 1024)];
+    let drained = tokio::time::timeout(CLOSE_GRACE, async {
+        // What has come so far goes first: a client that writes its
+        // whole head before reading would otherwise never read.
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+        let _ = stream.flush().await;
+        let _ = stream.shutdown().await;
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let _ = drained.await;
+    Opened::Gone
 }
 
 /// Writes a refusal, head and body; the connection ends after it.
@@ -274,7 +307,11 @@ async fn peek_head(
         .ok()?;
     let mut buf = vec![0u8; max_head];
     let peeked = tcp.peek(&mut buf).await.ok()?;
-    Some(parse_head(state, &buf[..peeked]))
+    match parse_head(state, &buf[..peeked]) {
+        // The whole bound came and no head ended in it.
+        Head::Incomplete if peeked == max_head => Some(Head::TooLarge),
+        head => Some(head),
+    }
 }
 
 async fn open_tls(
@@ -290,8 +327,7 @@ async fn open_tls(
     loop {
         let room = max_head - buf.len();
         if room == 0 {
-            // Too long for this path: hyper answers 431 and counts it.
-            return Opened::Declined(Replay::new(buf.freeze(), stream));
+            return refuse_too_large(state, stream, max_head).await;
         }
         let mut limited = (&mut stream).take(room as u64);
         match tokio::time::timeout_at(deadline, limited.read_buf(&mut buf)).await {
@@ -320,6 +356,7 @@ async fn open_tls(
                 return answer(state, stream, request).await;
             }
             Head::BadRequestLine(_) => return refuse_request_line(state, stream).await,
+            Head::TooLarge => return refuse_too_large(state, stream, max_head).await,
         }
     }
 }
@@ -336,17 +373,19 @@ enum Head {
     /// An event stream request whose target HTTP does not allow, with the
     /// head's length: answered 400 here, with why.
     BadRequestLine(usize),
+    /// A request head over `http.max_header_bytes` or `http.max_headers`,
+    /// whatever it asks for: answered 431 here, with why.
+    TooLarge,
 }
 
 fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
-    // `http.max_headers` bounds this path as it bounds hyper: a head with
-    // more fields fails to parse here and is handed to hyper, which answers
-    // 431 and counts it.
+    // `http.max_headers` bounds this path as it bounds hyper.
     let mut raw_headers = vec![httparse::EMPTY_HEADER; state.node().config().http.max_headers];
     let mut parsed = httparse::Request::new(&mut raw_headers);
     let head_len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Incomplete,
+        Err(httparse::Error::TooManyHeaders) => return Head::TooLarge,
         Err(_) => return target_with_control_bytes(buf).unwrap_or(Head::Decline),
     };
     if parsed.method == Some("GET")

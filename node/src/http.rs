@@ -104,6 +104,25 @@ impl ApiError {
         )
     }
 
+    /// A request head over `http.max_header_bytes`, or with more than
+    /// `http.max_headers` fields; counted as the `request_head` limit.
+    pub(crate) fn request_head_too_large(node: &Node) -> Self {
+        let http = &node.config().http;
+        let message = format!(
+            "the request line and headers are over {} bytes or {} fields (http.max_header_bytes, http.max_headers): send fewer or smaller headers, cookies included",
+            http.max_header_bytes, http.max_headers
+        );
+        Self::limit(
+            node,
+            "request_head",
+            Self::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_head_too_large",
+                message,
+            ),
+        )
+    }
+
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }

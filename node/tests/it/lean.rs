@@ -467,6 +467,19 @@ async fn tls_streams_are_served_on_the_lean_path_and_everything_else_by_hyper() 
     let target = "/v1/events?topic=secure";
     let stream = cert.get(&node, target, &[("Origin", APP)]).await.unwrap();
     assert_eq!(stream.status, 200);
+    // A head over `http.max_header_bytes` (16 KiB) is refused here with
+    // why, as in cleartext.
+    let big = "x".repeat(20_000);
+    let refused = cert
+        .get(&node, target, &[("Origin", APP), ("X-Big", &big)])
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 431);
+    assert!(
+        refused.body.contains("\"request_head_too_large\""),
+        "{}",
+        refused.body
+    );
     let from_router = cert.get(&router, target, &[("Origin", APP)]).await.unwrap();
     assert_eq!(stream.comparable(), from_router.comparable());
     assert_eq!(stream.header("access-control-allow-origin"), Some(APP));

@@ -15,6 +15,10 @@
 //! so a browser on another origin gets the same `Access-Control-*` and
 //! `Vary` headers from either path. Preflights (`OPTIONS`) go to the router.
 //!
+//! A head over the bounds, or one HTTP/1.1 cannot read, is refused here
+//! with a JSON body that says why, whatever it asks for: hyper would refuse
+//! it without a word.
+//!
 //! In cleartext the head is only peeked at ([`serve`]): anything else —
 //! another path or method, HTTP/2 (h2c), a head split over several packets
 //! — is left unread and handed to hyper. A TLS stream cannot be peeked, so
@@ -225,6 +229,9 @@ async fn open_plain(
         Some(Head::Take(len, request)) => (len, Some(request)),
         Some(Head::BadRequestLine(len)) => (len, None),
         Some(Head::TooLarge) => return refuse_too_large(state, stream, max_head).await,
+        Some(Head::Malformed(part)) => {
+            return refuse_malformed(state, stream, part, max_head).await;
+        }
         _ => return Opened::Declined(stream),
     };
     // The head was only peeked at: take it off the socket now.
@@ -246,16 +253,43 @@ async fn refuse_request_line<S: LeanIo, D>(state: &HttpState, stream: S) -> Open
 }
 
 /// Answers a request head over the bounds with 431 and why, where hyper
-/// would answer without a word. The client may still be sending its head:
-/// what it sends is read and dropped, for a moment at most, so that closing
-/// with its bytes unread does not reset the connection before it reads the
-/// answer.
+/// would answer without a word.
 async fn refuse_too_large<S: LeanIo, D>(
     state: &HttpState,
-    mut stream: S,
+    stream: S,
     max_head: usize,
 ) -> Opened<S, D> {
     let error = http::ApiError::request_head_too_large(state.node());
+    refuse_unread(state, stream, error, max_head).await
+}
+
+/// Answers a request head HTTP/1.1 cannot read with 400 and which part of
+/// it is wrong, where hyper would answer without a word.
+async fn refuse_malformed<S: LeanIo, D>(
+    state: &HttpState,
+    stream: S,
+    part: http::MalformedPart,
+    max_head: usize,
+) -> Opened<S, D> {
+    refuse_unread(
+        state,
+        stream,
+        http::ApiError::malformed_head(part),
+        max_head,
+    )
+    .await
+}
+
+/// Writes a refusal of a head this path did not take off the socket and
+/// closes. The client may still be sending its head: what it sends is read
+/// and dropped, for a moment at most, so that closing with its bytes unread
+/// does not reset the connection before it reads the answer.
+async fn refuse_unread<S: LeanIo, D>(
+    state: &HttpState,
+    mut stream: S,
+    error: http::ApiError,
+    max_head: usize,
+) -> Opened<S, D> {
     let (parts, body) = http::reject(state.node(), error).into_parts();
     let body = axum::body::to_bytes(body, 64 * 1024)
         .await
@@ -357,6 +391,9 @@ async fn open_tls(
             }
             Head::BadRequestLine(_) => return refuse_request_line(state, stream).await,
             Head::TooLarge => return refuse_too_large(state, stream, max_head).await,
+            Head::Malformed(part) => {
+                return refuse_malformed(state, stream, part, max_head).await;
+            }
         }
     }
 }
@@ -376,6 +413,9 @@ enum Head {
     /// A request head over `http.max_header_bytes` or `http.max_headers`,
     /// whatever it asks for: answered 431 here, with why.
     TooLarge,
+    /// A head HTTP/1.1 cannot read, whatever it asks for, with the part
+    /// that is wrong: answered 400 here, with why.
+    Malformed(http::MalformedPart),
 }
 
 fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
@@ -386,7 +426,9 @@ fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Incomplete,
         Err(httparse::Error::TooManyHeaders) => return Head::TooLarge,
-        Err(_) => return target_with_control_bytes(buf).unwrap_or(Head::Decline),
+        Err(error) => {
+            return target_with_control_bytes(buf).unwrap_or_else(|| malformed(buf, error));
+        }
     };
     if parsed.method == Some("GET")
         && let Some(target) = parsed.path
@@ -420,6 +462,32 @@ fn target_with_control_bytes(buf: &[u8]) -> Option<Head> {
     }
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     Some(Head::BadRequestLine(head_end + 4))
+}
+
+/// What to make of a head the parser refused: the HTTP/2 preface (h2c
+/// with prior knowledge) goes to hyper, anything else is answered 400 here
+/// with the part that is wrong, as hyper would answer it 400 without one.
+fn malformed(buf: &[u8], error: httparse::Error) -> Head {
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    if buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(buf) {
+        return Head::Decline;
+    }
+    let in_request_line = buf
+        .windows(2)
+        .position(|pair| pair == b"\r\n")
+        .is_none_or(|line_end| {
+            // The parser stops at the first bad byte; a request line that
+            // ends well puts the error in the headers.
+            httparse::Request::new(&mut [])
+                .parse(&buf[..line_end + 2])
+                .is_err()
+        });
+    Head::Malformed(match error {
+        _ if in_request_line => http::MalformedPart::RequestLine,
+        httparse::Error::HeaderName => http::MalformedPart::HeaderName,
+        httparse::Error::HeaderValue => http::MalformedPart::HeaderValue,
+        _ => http::MalformedPart::LineEnd,
+    })
 }
 
 /// The request as `http` types, if it is an event stream request.
@@ -603,5 +671,53 @@ mod tests {
         let mut all = Vec::new();
         replay.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    /// The part a refused head names, as the parser refuses it.
+    fn part_of(head: &[u8]) -> Option<http::MalformedPart> {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let error = httparse::Request::new(&mut headers)
+            .parse(head)
+            .expect_err("a head the parser refuses");
+        match malformed(head, error) {
+            Head::Malformed(part) => Some(part),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_refused_head_names_its_wrong_part_and_the_http2_preface_goes_to_hyper() {
+        use http::MalformedPart::*;
+        for (head, part) in [
+            (
+                &b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n"[..],
+                Some(HeaderValue),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nX-A: a\r\n folded\r\n\r\n",
+                Some(HeaderName),
+            ),
+            (b"GET / HTTP/1.1\r\nX A: a\r\n\r\n", Some(HeaderName)),
+            (
+                b"GET / HTTP/1.1\r\nX-A: a\rX-B: b\r\n\r\n",
+                Some(HeaderValue),
+            ),
+            (b"GET / HTTP/1.1\r\nX-A: a\r\n\rX", Some(LineEnd)),
+            (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", Some(RequestLine)),
+            (b"GET /\r\n\r\n", Some(RequestLine)),
+            (b"G(T / HTTP/1.1\r\n", Some(RequestLine)),
+            (
+                b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n",
+                Some(RequestLine),
+            ),
+            (
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+                Some(RequestLine),
+            ),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", None),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04", None),
+        ] {
+            assert_eq!(part_of(head), part, "{}", String::from_utf8_lossy(head));
+        }
     }
 }

@@ -104,6 +104,23 @@ impl ApiError {
         )
     }
 
+    /// A request head HTTP/1.1 cannot read, with the part that is wrong.
+    pub(crate) fn malformed_head(part: MalformedPart) -> Self {
+        let message = match part {
+            MalformedPart::RequestLine => {
+                "the request line is not `METHOD /target HTTP/1.1`: a character HTTP does not allow in the method or the target, or another version"
+            }
+            MalformedPart::HeaderName => {
+                "a header's name holds a character HTTP does not allow, or a header is folded over two lines: send each header as `Name: value` on one line"
+            }
+            MalformedPart::HeaderValue => {
+                "a header's value holds a byte HTTP does not allow: a NUL, or another control byte but tab"
+            }
+            MalformedPart::LineEnd => "a line of the request head does not end with CRLF",
+        };
+        Self::bad_request("bad_request_head", message)
+    }
+
     /// A request head over `http.max_header_bytes`, or with more than
     /// `http.max_headers` fields; counted as the `request_head` limit.
     pub(crate) fn request_head_too_large(node: &Node) -> Self {
@@ -326,6 +343,19 @@ pub fn reject(node: &Node, error: ApiError) -> Response {
         .with_label_values(&[error.status.as_str()])
         .inc();
     error.into_response()
+}
+
+/// The part of a request head that HTTP/1.1 cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MalformedPart {
+    /// The method, the target or the version.
+    RequestLine,
+    /// A header's name, or a line that is no header (a folded one).
+    HeaderName,
+    /// A header's value.
+    HeaderValue,
+    /// A line not ended by CRLF.
+    LineEnd,
 }
 
 /// What a stream request asks for, once validated.

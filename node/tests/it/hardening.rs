@@ -767,6 +767,69 @@ async fn a_wildcard_sent_unencoded_gets_400_saying_to_encode_it() {
     client.ready().await;
 }
 
+/// A head HTTP/1.1 cannot read (a NUL in a header, a folded header, another
+/// version) gets 400 with a JSON body naming the part that is wrong, on any
+/// path, where the HTTP library would answer 400 without a word.
+#[tokio::test]
+async fn a_head_http_cannot_read_gets_400_naming_the_wrong_part() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "orders", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let cases: [(&[u8], &str); 6] = [
+        (
+            b"GET /v1/events?topic=orders HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+            "a header's value",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+            "a header's value",
+        ),
+        (
+            b"GET /v1/events?topic=orders HTTP/1.1\r\nHost: x\r\nX-A: a\r\n folded\r\n\r\n",
+            "folded",
+        ),
+        (
+            b"GET /v1/events?topic=orders HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\rX",
+            "CRLF",
+        ),
+        (
+            b"GET /v1/events?topic=orders HTTP/1.2\r\nHost: x\r\n\r\n",
+            "the request line",
+        ),
+        (b"GET /healthz\r\n\r\n", "the request line"),
+    ];
+    for (request, says) in cases {
+        let mut stream = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(T, stream.read_to_end(&mut answer))
+            .await
+            .expect("the node closes after answering")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+        assert!(head.starts_with("HTTP/1.1 400 "), "{answer}");
+        let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(body["error"], "bad_request_head", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(says), "{says:?} not in {message:?}");
+    }
+    eventually(T, "the refusals to be counted", || async {
+        (node
+            .metric("sse_requests_rejected_total{status=\"400\"}")
+            .await
+            == cases.len() as f64)
+            .then_some(())
+    })
+    .await;
+    // Well-formed, the same request is served.
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=orders"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+}
+
 /// A header value that is not UTF-8, which a Go publisher can send: its
 /// delivery drops the node's connection to NATS (async-nats cannot read
 /// it), so the feed reads it through JetStream's JSON API after two

@@ -480,6 +480,17 @@ async fn tls_streams_are_served_on_the_lean_path_and_everything_else_by_hyper() 
         "{}",
         refused.body
     );
+    // So is a head HTTP/1.1 cannot read: a NUL in a header's value.
+    let malformed = cert
+        .get(&node, target, &[("Origin", APP), ("X-A", "a\u{0}b")])
+        .await
+        .unwrap();
+    assert_eq!(malformed.status, 400);
+    assert!(
+        malformed.body.contains("\"bad_request_head\""),
+        "{}",
+        malformed.body
+    );
     let from_router = cert.get(&router, target, &[("Origin", APP)]).await.unwrap();
     assert_eq!(stream.comparable(), from_router.comparable());
     assert_eq!(stream.header("access-control-allow-origin"), Some(APP));

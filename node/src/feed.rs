@@ -16,7 +16,10 @@
 //!
 //! Errors from the consumer (a missed heartbeat, NATS away) are logged and
 //! counted and the reader goes on; if the consumer ends, it is re-created at
-//! `head + 1`, so an outage loses nothing. A stream that is gone, or that was
+//! `head + 1`, so an outage loses nothing. A consumer that went silent while
+//! JetStream holds newer events (the watchdog in `Reader::read_from`) is
+//! replaced while the feed reads on as a dozing one does, so its clients do
+//! not also wait for the new consumer to stand. A stream that is gone, or that was
 //! recreated under the same name (a new epoch), closes the feed: its clients
 //! are disconnected and come back through resume, which sends `reset`.
 
@@ -1180,7 +1183,8 @@ impl Reader {
                     backoff = Duration::from_millis(100);
                     debug!(topic = %self.feed.topic, "consumer ended; re-creating");
                 }
-                Ok(ReadEnd::Stalled | ReadEnd::Reconnected) => {
+                Ok(end @ (ReadEnd::Stalled | ReadEnd::Reconnected)) => {
+                    let stalled = matches!(end, ReadEnd::Stalled);
                     doubted = false;
                     backoff = Duration::from_millis(100);
                     let head = self.feed.head();
@@ -1193,6 +1197,23 @@ impl Reader {
                     // stored event one whose delivery drops the connection?
                     if in_a_row >= 2 && self.pass_unreadable(head + 1).await {
                         stuck = None;
+                    }
+                    if in_a_row == 1 && stalled && self.direct_reads {
+                        // A new consumer may take seconds to stand (NATS
+                        // can place it on a server that is gone, and its
+                        // creation then waits out `FEED_CALL_TIMEOUT`):
+                        // the feed reads on as a dozing one meanwhile, the
+                        // events missed by direct gets and those to come as
+                        // the stream republishes them, and makes its
+                        // consumer while it reads, as a topic that wakes
+                        // busy does. Clients wait for the stall to be
+                        // noticed, not also for the new consumer.
+                        match self.doze().await {
+                            Wake::Closed => return,
+                            Wake::Read => {}
+                            Wake::Made(opening) => made = Some(opening),
+                        }
+                        continue;
                     }
                 }
                 Ok(ReadEnd::Quiet) => {

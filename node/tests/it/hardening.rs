@@ -542,6 +542,22 @@ async fn cors_with_credentials_and_any_origin_is_refused_at_start() {
 /// or `None` when the connection closed without an answer.
 /// Sends `request` and reads the answer to its end (or for 5 s): its
 /// status and the whole text.
+/// Sends `request` as it is and reads the answer to its end: a 400 whose
+/// body is JSON, returned.
+async fn json_400(port: u16, request: &[u8]) -> serde_json::Value {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(T, stream.read_to_end(&mut answer))
+        .await
+        .expect("the node closes after answering")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 400 "), "{answer}");
+    serde_json::from_str(body).expect("a JSON body")
+}
+
 async fn raw_answer(port: u16, request: &str) -> (Option<u16>, String) {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
         return (None, String::new());
@@ -741,17 +757,7 @@ async fn a_wildcard_sent_unencoded_gets_400_saying_to_encode_it() {
         b"GET /v1/events?topic=ord\x7fers HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /v1/events?topic=ord\x01ers HTTP/1.1\r\nHost: x\r\n\r\n",
     ] {
-        let mut stream = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
-        stream.write_all(request).await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(T, stream.read_to_end(&mut answer))
-            .await
-            .expect("the node closes after answering")
-            .unwrap();
-        let answer = String::from_utf8_lossy(&answer);
-        let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
-        assert!(head.starts_with("HTTP/1.1 400 "), "{answer}");
-        let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        let body = json_400(node.port, request).await;
         assert_eq!(body["error"], "bad_request_line", "{body}");
         assert!(body["message"].as_str().unwrap().contains("%3E"), "{body}");
     }
@@ -800,17 +806,7 @@ async fn a_head_http_cannot_read_gets_400_naming_the_wrong_part() {
         (b"GET /healthz\r\n\r\n", "the request line"),
     ];
     for (request, says) in cases {
-        let mut stream = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
-        stream.write_all(request).await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(T, stream.read_to_end(&mut answer))
-            .await
-            .expect("the node closes after answering")
-            .unwrap();
-        let answer = String::from_utf8_lossy(&answer);
-        let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
-        assert!(head.starts_with("HTTP/1.1 400 "), "{answer}");
-        let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        let body = json_400(node.port, request).await;
         assert_eq!(body["error"], "bad_request_head", "{body}");
         let message = body["message"].as_str().unwrap();
         assert!(message.contains(says), "{says:?} not in {message:?}");

@@ -66,7 +66,9 @@ impl Publisher {
     /// A JetStream publisher; creates each topic's stream (`SSE_<topic>`,
     /// subjects `<prefix>.<topic>` and `<prefix>.<topic>.>`, read with a
     /// token when `private`, kept in memory when `in_memory`, republishing
-    /// each event to the live subjects when `republish`) if missing.
+    /// each event to the live subjects when `republish`, on `replicas`
+    /// servers of a cluster) if missing.
+    #[allow(clippy::too_many_arguments)]
     pub async fn nats(
         url: &str,
         prefix: &str,
@@ -75,6 +77,7 @@ impl Publisher {
         private: bool,
         in_memory: bool,
         republish: bool,
+        replicas: usize,
     ) -> anyhow::Result<Self> {
         let client = async_nats::connect(url)
             .await
@@ -97,6 +100,7 @@ impl Publisher {
                 // As the admin service makes a topic's stream.
                 allow_direct: true,
                 republish: republish.then(|| sse_protocol::topic::live_republish(prefix)),
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await

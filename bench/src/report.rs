@@ -216,6 +216,10 @@ fn machine_adjusted(node: Option<&Value>, bare: Option<&Value>) -> String {
 }
 
 /// For each run number of an equal-rate scenario: the targets side by side.
+/// The node on a cluster of three nats-servers with the topics on all
+/// three (`scripts/bench`'s node-cluster target).
+const CLUSTER: &str = "node (3 NATS, R3)";
+
 fn headline(scenario: &str, runs: &[&Value]) -> String {
     let mut by_run: BTreeMap<String, BTreeMap<String, &Value>> = BTreeMap::new();
     for run in runs {
@@ -231,9 +235,9 @@ fn headline(scenario: &str, runs: &[&Value]) -> String {
         "\nHeadline, {scenario}: deliveries per server CPU-second (node: node + NATS) and p99, \
          run by run. \"kept rate\" says whether every target published what was asked; \
          only then is the comparison at equal load.{}\n\n\
-         | run | kept rate | node | node (no pacing) | Nchan | Nchan (nodelay) | bare loop | node ÷ bare |{} node ÷ Nchan | \
-         p99 ms node | p99 ms node (no pacing) | p99 ms Nchan | p99 ms Nchan (nodelay) | p99 ms bare |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|---:|---:|---:|\n",
+         | run | kept rate | node | node (no pacing) | node (3 NATS, R3) | Nchan | Nchan (nodelay) | bare loop | node ÷ bare |{} node ÷ Nchan | \
+         node (3 NATS, R3) ÷ Nchan | p99 ms node | p99 ms node (no pacing) | p99 ms node (3 NATS, R3) | p99 ms Nchan | p99 ms Nchan (nodelay) | p99 ms bare |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|---:|---:|---:|---:|---:|\n",
         if adjusted {
             " \"per client CPU\" counts each target's server CPU against its own clients' \
              CPU in the same window: the clients do the same work for both, so it takes out \
@@ -263,17 +267,20 @@ fn headline(scenario: &str, runs: &[&Value]) -> String {
             String::new()
         };
         out.push_str(&format!(
-            "| {number} | {} | {} | {} | {} | {} | {} | {} |{per_client} {} | {} | {} | {} | {} | {} |\n",
+            "| {number} | {} | {} | {} | {} | {} | {} | {} | {} |{per_client} {} | {} | {} | {} | {} | {} | {} | {} |\n",
             if kept { "yes" } else { "**no**" },
             cell(get("node", per_cpu), 0),
             cell(get("node (no pacing)", per_cpu), 0),
+            cell(get(CLUSTER, per_cpu), 0),
             cell(get("nchan", per_cpu), 0),
             cell(get("nchan (nodelay)", per_cpu), 0),
             cell(get("bare", per_cpu), 0),
             ratio(get("node", per_cpu), get("bare", per_cpu)),
             ratio(get("node", per_cpu), get("nchan", per_cpu)),
+            ratio(get(CLUSTER, per_cpu), get("nchan", per_cpu)),
             cell(get("node", "p99_ms"), 1),
             cell(get("node (no pacing)", "p99_ms"), 1),
+            cell(get(CLUSTER, "p99_ms"), 1),
             cell(get("nchan", "p99_ms"), 1),
             cell(get("nchan (nodelay)", "p99_ms"), 1),
             cell(get("bare", "p99_ms"), 1),
@@ -340,6 +347,7 @@ mod tests {
     const LINES: &str = r#"{"scenario":"idle","target":"node","variant":"","label":"idle/node/1","subscribers":10,"rss_per_conn_kib":4.0,"connected_count":10,"lost":0,"dups":0,"gaps":0,"failures":[]}
 {"scenario":"idle","target":"node","variant":"","label":"idle/node/2","subscribers":10,"rss_per_conn_kib":6.0,"connected_count":9,"lost":0,"dups":0,"gaps":0,"failures":["9 of 10 connected"]}
 {"scenario":"latency","target":"node","variant":"","label":"latency/node/1","kept_rate":true,"deliveries_per_cpu_s":100.0,"server_cpu_s":10.0,"client_cpu_s":8.0,"p99_ms":9.0,"lost":0,"dups":0,"gaps":0}
+{"scenario":"latency","target":"node","variant":"3 NATS, R3","label":"latency/node-cluster/1","kept_rate":true,"deliveries_per_cpu_s":80.0,"server_cpu_s":12.5,"client_cpu_s":8.0,"p99_ms":12.0,"lost":0,"dups":0,"gaps":0}
 {"scenario":"latency","target":"bare","variant":"","label":"latency/bare/1","kept_rate":true,"deliveries_per_cpu_s":200.0,"server_cpu_s":5.0,"client_cpu_s":5.0,"p99_ms":1.0,"lost":0,"dups":0,"gaps":0}"#;
 
     #[test]
@@ -358,7 +366,7 @@ mod tests {
         let table = super::render(LINES).unwrap();
         assert!(
             table.contains(
-                "| 1 | yes | 100 | – | – | – | 200 | 0.500× | 0.800× | – | 9.0 | – | – | – | 1.0 |"
+                "| 1 | yes | 100 | – | 80 | – | – | 200 | 0.500× | 0.800× | – | – | 9.0 | – | 12.0 | – | – | 1.0 |"
             ),
             "{table}"
         );

@@ -53,7 +53,8 @@
 //! (`?topic=<path>.*`), and publishes to one child of each (`<path>.e`), as
 //! a user's channels are read; `--storage memory` (sse-node) creates
 //! the topics' streams in memory rather than in files, and `--republish 0`
-//! (sse-node) without the republish the admin service gives them. Against Nchan or the bare loop, `--publish-url host:port`
+//! (sse-node) without the republish the admin service gives them;
+//! `--replicas 3` (sse-node) keeps them on three servers of a NATS cluster. Against Nchan or the bare loop, `--publish-url host:port`
 //! publishes there instead of the first `--url` (a server whose
 //! subscribers' port speaks TLS or HTTP/2 only).
 
@@ -294,6 +295,7 @@ async fn publisher(
                 private,
                 in_memory,
                 republish(args)?,
+                replicas(args)?,
             )
             .await
         }
@@ -318,6 +320,16 @@ fn republish(args: &Args) -> anyhow::Result<bool> {
         0 => Ok(false),
         1 => Ok(true),
         other => bail!("--republish is 1 or 0, not {other}"),
+    }
+}
+
+/// On how many servers of a NATS cluster the topics' streams keep their
+/// events (`--replicas 1|3`, sse-node only; 1 unless asked, as the admin
+/// service creates them).
+fn replicas(args: &Args) -> anyhow::Result<usize> {
+    match args.or("replicas", 1usize)? {
+        replicas @ (1 | 3) => Ok(replicas),
+        other => bail!("--replicas is 1 or 3, not {other}"),
     }
 }
 
@@ -821,14 +833,17 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         names.iter().map(|n| cpu(n, cpu_base)).sum::<Option<f64>>()
     };
     let server_cpu_s = cpu_sum(&server);
-    let nats_cpu_s = cpu("nats", cpu_base);
-    let main_cpu_s = cpu_sum(
-        &server
-            .iter()
-            .filter(|n| *n != "nats")
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
+    // A NATS cluster's servers are `nats-1`, `nats-2`, …: all of them are
+    // NATS's share.
+    let is_nats = |name: &str| name == "nats" || name.starts_with("nats-");
+    let (nats, main): (Vec<String>, Vec<String>) =
+        server.iter().cloned().partition(|name| is_nats(name));
+    let nats_cpu_s = if nats.is_empty() {
+        None
+    } else {
+        cpu_sum(&nats)
+    };
+    let main_cpu_s = cpu_sum(&main);
     let mut procs = serde_json::Map::new();
     for (name, _) in &pids {
         procs.insert(
@@ -920,6 +935,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "wildcard": wildcard,
             "storage": storage(args)?,
             "republish": republish(args)?,
+            "replicas": replicas(args)?,
         },
         "subscribers": subscribers,
         "subjects": subjects,

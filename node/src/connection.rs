@@ -262,7 +262,7 @@ pub async fn serve(
                     }
                     fastpath::Outcome::Declined(stream) => stream,
                 },
-                None => stream,
+                None => fastpath::Replay::unread(stream),
             };
             // A task of its own, so that hyper's connection state is not
             // kept beside what this task held for the fast path's try.

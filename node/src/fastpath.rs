@@ -19,11 +19,13 @@
 //! with a JSON body that says why, whatever it asks for: hyper would refuse
 //! it without a word.
 //!
-//! In cleartext the head is only peeked at ([`serve`]): anything else —
-//! another path or method, HTTP/2 (h2c), a head split over several packets
-//! — is left unread and handed to hyper. A TLS stream cannot be peeked, so
-//! [`serve_tls`] reads the head into a buffer, and a connection it declines
-//! goes to hyper as a [`Replay`] that yields those bytes first. Only TLS 1.3
+//! In cleartext the head is peeked at ([`serve`]), and a connection whose
+//! whole head came in its first packet and asks for anything else (another
+//! path or method, HTTP/2 by h2c) is handed to hyper unread. A head that
+//! comes in several packets (a browser's cookies past one TCP segment) is
+//! read into a buffer instead, as on TLS, whose stream cannot be peeked
+//! ([`serve_tls`]): a connection declined then goes to hyper as a
+//! [`Replay`] that yields those bytes first. Only TLS 1.3
 //! connections that chose HTTP/1.1 by ALPN (or chose nothing) come here, and
 //! once the head is out their events are sealed by a
 //! [`RecordSealer`](crate::tls_records::RecordSealer) instead of rustls's
@@ -124,13 +126,14 @@ pub enum Outcome<S, D> {
 }
 
 /// Serves a cleartext connection if its first request is an HTTP/1.x SSE
-/// request; otherwise hands it back unread.
+/// request; otherwise hands it back with the bytes read so far (none when
+/// its head came whole).
 pub async fn serve(
     state: &HttpState,
     stream: GuardedStream,
     max_head: usize,
     wait: Duration,
-) -> Outcome<SharedWriter, GuardedStream> {
+) -> Outcome<SharedWriter, Replay<GuardedStream>> {
     // The set-up is boxed: its futures are large and short-lived.
     finish(Box::pin(open_plain(state, stream, max_head, wait)).await).await
 }
@@ -224,7 +227,8 @@ async fn open_plain(
     mut stream: GuardedStream,
     max_head: usize,
     wait: Duration,
-) -> Opened<GuardedStream, GuardedStream> {
+) -> Opened<GuardedStream, Replay<GuardedStream>> {
+    let deadline = tokio::time::Instant::now() + wait;
     let (head_len, request) = match peek_head(state, &stream, max_head, wait).await {
         Some(Head::Take(len, request)) => (len, Some(request)),
         Some(Head::BadRequestLine(len)) => (len, None),
@@ -232,7 +236,10 @@ async fn open_plain(
         Some(Head::Malformed(part)) => {
             return refuse_malformed(state, stream, part, max_head).await;
         }
-        _ => return Opened::Declined(stream),
+        // The rest of the head is on its way: peeking again would only
+        // see the same bytes, so it is read as a TLS head is.
+        Some(Head::Incomplete) => return read_head(state, stream, max_head, deadline).await,
+        _ => return Opened::Declined(Replay::unread(stream)),
     };
     // The head was only peeked at: take it off the socket now.
     let mut head = vec![0u8; head_len];
@@ -350,11 +357,21 @@ async fn peek_head(
 
 async fn open_tls(
     state: &HttpState,
-    mut stream: TlsStream<GuardedStream>,
+    stream: TlsStream<GuardedStream>,
     max_head: usize,
     wait: Duration,
 ) -> Opened<TlsStream<GuardedStream>, Replay<TlsStream<GuardedStream>>> {
-    let deadline = tokio::time::Instant::now() + wait;
+    read_head(state, stream, max_head, tokio::time::Instant::now() + wait).await
+}
+
+/// Reads the request head off `stream` until it is whole, then answers it
+/// or declines it with the bytes read.
+async fn read_head<S: LeanIo>(
+    state: &HttpState,
+    mut stream: S,
+    max_head: usize,
+    deadline: tokio::time::Instant,
+) -> Opened<S, Replay<S>> {
     // Grown as bytes come, up to `max_head`: most heads are a few hundred
     // bytes, and this buffer is gone once the stream is open.
     let mut buf = BytesMut::with_capacity(max_head.min(1024));
@@ -368,15 +385,16 @@ async fn open_tls(
             Ok(Ok(0)) | Ok(Err(_)) => return Opened::Gone,
             Ok(Ok(_)) => {}
             Err(_) => {
-                // Slow or silent after the handshake: hyper's header timer
-                // would only start again, so the connection ends here.
+                // Slow or silent after the first byte (or the handshake):
+                // hyper's header timer would only start again, so the
+                // connection ends here.
                 state
                     .node()
                     .metrics()
                     .limit_rejections
                     .with_label_values(&["header_read_timeout"])
                     .inc();
-                debug!("tls connection closed: no request within the header timeout");
+                debug!("connection closed: no whole request head within the header timeout");
                 return Opened::Gone;
             }
         }
@@ -596,7 +614,7 @@ fn encode_head(parts: &Parts, content_length: Option<usize>) -> BytesMut {
 }
 
 /// A stream that yields `buffered` before reading `inner`: what hyper gets
-/// of a TLS connection whose head the lean path has read and declined.
+/// of a connection whose head the lean path has read and declined.
 pub struct Replay<S> {
     buffered: Bytes,
     inner: S,
@@ -605,6 +623,11 @@ pub struct Replay<S> {
 impl<S> Replay<S> {
     fn new(buffered: Bytes, inner: S) -> Self {
         Self { buffered, inner }
+    }
+
+    /// A connection nothing was read from.
+    pub fn unread(inner: S) -> Self {
+        Self::new(Bytes::new(), inner)
     }
 }
 

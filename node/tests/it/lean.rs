@@ -156,6 +156,15 @@ where
     }
     request.push_str("\r\n");
     io.write_all(request.as_bytes()).await?;
+    read_answer(io).await
+}
+
+/// Reads a response head off `io` (and the body of a refusal, by its
+/// length).
+pub(crate) async fn read_answer<IO>(mut io: IO) -> Result<Raw<IO>>
+where
+    IO: AsyncRead + Unpin,
+{
     let mut buf = Vec::new();
     let end = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -604,4 +613,55 @@ pub(crate) async fn cert_metric(cert: &Cert, node: &NodeProc, series: &str) -> f
             (name == series).then(|| value.parse().ok()).flatten()
         })
         .unwrap_or(0.0)
+}
+
+/// A head in several TCP segments, as a browser's with a cookie jar past
+/// one segment reaches a node over a real network: the lean path reads the
+/// rest of it, so the stream is served there (not by hyper), a bad byte in
+/// a later segment gets the JSON 400 naming it, and a request it does not
+/// take reaches the router whole.
+#[tokio::test]
+async fn a_head_in_several_segments_is_read_whole_by_the_lean_path() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "web", None).await;
+    let node = start(&nats, &cors_env()).await;
+    let jar = format!("theme=dark; session={}", "s".repeat(3000));
+    let head = |target: &str, last_header: &str| {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost\r\nOrigin: {APP}\r\nCookie: {jar}\r\n{last_header}\r\n\r\n"
+        )
+    };
+    // Sends `request` in two writes far enough apart for the node to see
+    // the first alone, then reads the answer.
+    let port = node.port;
+    let send_split = |request: String| async move {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (first, second) = request.as_bytes().split_at(request.len() / 2);
+        tcp.write_all(first).await.unwrap();
+        // No event says when the node has looked at the first segment;
+        // this pause only makes the segments arrive apart.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tcp.write_all(second).await.unwrap();
+        read_answer(tcp).await.unwrap()
+    };
+
+    let stream = send_split(head("/v1/events?topic=web", "Accept: text/event-stream")).await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.header("access-control-allow-origin"), Some(APP));
+    let mut client = stream.events();
+    client.ready().await;
+    publish(&js, "web.x", "a").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["a"]);
+    assert_eq!(node.metric(&served("lean")).await, 1.0);
+    assert_eq!(node.metric(&served("router")).await, 0.0);
+
+    let bad = send_split(head("/v1/events?topic=web", "X-A: a\u{0}b")).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("\"bad_request_head\""), "{}", bad.body);
+    assert!(bad.body.contains("a header's value"), "{}", bad.body);
+
+    let health = send_split(head("/healthz", "Accept: */*")).await;
+    assert_eq!(health.status, 200);
 }

@@ -105,6 +105,9 @@ impl Publisher {
             })
             .await
             .with_context(|| format!("cannot create stream for topic {topic}"))?;
+            if replicas > 1 {
+                wait_for_leader(&js, &format!("SSE_{topic}")).await?;
+            }
         }
         Ok(Self::Nats {
             js: Box::new(js),
@@ -317,5 +320,29 @@ impl HttpPublisher {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
+    }
+}
+
+/// Waits until the replicated stream `name` has a leader: until then its
+/// publishes find no stream to answer them.
+async fn wait_for_leader(js: &jetstream::Context, name: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = match js.get_stream(name).await {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .ok()
+                .and_then(|info| info.cluster.as_ref()?.leader.clone()),
+            Err(_) => None,
+        };
+        if leader.is_some() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "stream {name} has no leader after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -2244,6 +2244,10 @@ async fn open_consumer(
     next: u64,
     filter_subject: String,
 ) -> Result<Opening, async_nats::Error> {
+    // Taken before the stream's info is asked for: a feed that dozes reads
+    // on while this runs, and what it reads meanwhile may be newer than
+    // the info's last sequence without the stream having gone back.
+    let head_before = feed.head();
     let stream = match bounded_for(FEED_CALL_TIMEOUT, js.get_stream(feed.stream_name())).await {
         Ok(stream) => stream,
         Err(e) => {
@@ -2257,7 +2261,7 @@ async fn open_consumer(
         return Ok(Opening::End(ReadEnd::StreamRecreated));
     }
     let stream_last = stream.cached_info().state.last_sequence;
-    if stream_last < feed.head() {
+    if stream_last < head_before {
         // A consumer from `head + 1` would skip what the stream stores
         // next, under numbers the feed has already read.
         return Ok(Opening::End(ReadEnd::StreamRewound));

@@ -1411,3 +1411,110 @@ async fn a_relisting_asks_about_the_topics_read_or_lists_all_when_they_are_many(
     publish(&js, "t69", "still served").await;
     assert_eq!(data_of(&clients[69].take(1, T).await), ["still served"]);
 }
+
+/// A feed that wakes to a flood of events makes its consumer while it takes
+/// them in as its stream republishes them, and reads on without a pause.
+/// The consumer's check that the stream did not go back (restored from a
+/// backup) compares the stream's last event with the feed's head from
+/// before it asked: against the head after, which the events taken in
+/// meanwhile could have moved past the stream's answer, it doubted the
+/// stream and held every client for the two seconds it waits before
+/// looking again. That race is not forced here: before the fix this test
+/// caught it in about one run of three.
+#[tokio::test]
+async fn a_feed_that_wakes_to_a_flood_reads_on_without_a_pause() {
+    const TOPICS: usize = 4;
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    // One runtime thread and many streams, as on a node with many clients,
+    // and four topics flooded at once: the feeds take events in while each
+    // one's consumer is made, which waits its turn behind them.
+    let node = NodeProc::start(&nats.url(), &[("TOKIO_WORKER_THREADS", "1")]).await;
+    let mut floods = Vec::new();
+    let mut others = Vec::new();
+    for i in 0..TOPICS {
+        let topic = format!("flood{i}");
+        create_topic(&js, &topic, None).await;
+        let query = format!("topic={topic}");
+        floods.push((topic, open_stream(&node, &query).await));
+        for _ in 0..20 {
+            others.push(open_stream(&node, &query).await);
+        }
+    }
+    eventually(T, "the never-published topics' feeds to doze", || async {
+        (node.metric("sse_feeds_dozing").await == TOPICS as f64).then_some(())
+    })
+    .await;
+    futures_util::future::join_all(
+        floods
+            .into_iter()
+            .map(|(topic, client)| flood_a_dozing_feed(&js, topic, client)),
+    )
+    .await;
+}
+
+/// Floods `topic`, whose feed dozes, and checks that `client` got each
+/// event once and none long after its publish.
+async fn flood_a_dozing_feed(
+    js: &async_nats::jetstream::Context,
+    topic: String,
+    mut client: SseClient,
+) {
+    const EVENTS: usize = 3000;
+    const AT_ONCE: usize = 3;
+    // 3,000 events a second for a second, three every millisecond: the feed
+    // counts the topic busy within half of it and makes its consumer while
+    // the flood goes on.
+    let publishing = js.clone();
+    let subject = format!("sse.{topic}");
+    let publisher = tokio::spawn(async move {
+        let mut sent_at = Vec::with_capacity(EVENTS);
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        for batch in 0..EVENTS / AT_ONCE {
+            tick.tick().await;
+            let sent = std::time::Instant::now();
+            let mut acks = Vec::with_capacity(AT_ONCE);
+            for k in 0..AT_ONCE {
+                let data = (batch * AT_ONCE + k).to_string();
+                let ack = publishing.publish(subject.clone(), data.into()).await;
+                acks.push(ack.expect("publish"));
+                sent_at.push(sent);
+            }
+            for ack in acks {
+                ack.await.expect("ack");
+            }
+        }
+        sent_at
+    });
+    let mut arrivals = Vec::with_capacity(EVENTS);
+    for _ in 0..EVENTS {
+        let event = client
+            .next_event(T)
+            .await
+            .expect("the flood's events")
+            .expect("an open stream");
+        let index: usize = event.data.parse().expect("an event of the flood");
+        arrivals.push((index, std::time::Instant::now()));
+    }
+    let sent_at = publisher.await.unwrap();
+    let mut seen: Vec<usize> = arrivals.iter().map(|(index, _)| *index).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), EVENTS, "every event of the flood came once");
+    let (slowest, lag) = arrivals
+        .iter()
+        .map(|(index, at)| (*index, at.duration_since(sent_at[*index])))
+        .max_by_key(|(_, lag)| *lag)
+        .unwrap();
+    assert_eq!(
+        consumer_count(js, &format!("SSE_{topic}")).await,
+        Some(1),
+        "the busy topic is read with a consumer"
+    );
+    // The doubt held events for two seconds; without it, a loaded machine
+    // still delivers each within a small part of that.
+    assert!(
+        lag < Duration::from_secs(1),
+        "{topic}: event {slowest} of the flood came {lag:?} after its publish"
+    );
+}

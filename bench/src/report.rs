@@ -215,11 +215,11 @@ fn machine_adjusted(node: Option<&Value>, bare: Option<&Value>) -> String {
     ratio(server_per_client(node), server_per_client(bare))
 }
 
-/// For each run number of an equal-rate scenario: the targets side by side.
 /// The node on a cluster of three nats-servers with the topics on all
 /// three (`scripts/bench`'s node-cluster target).
 const CLUSTER: &str = "node (3 NATS, R3)";
 
+/// For each run number of an equal-rate scenario: the targets side by side.
 fn headline(scenario: &str, runs: &[&Value]) -> String {
     let mut by_run: BTreeMap<String, BTreeMap<String, &Value>> = BTreeMap::new();
     for run in runs {

@@ -5,7 +5,11 @@
 //! (ALPN offers `h2` and `http/1.1`), offers HTTP/1.1 connections to the lean
 //! path ([`fastpath`], when `http.fast_path` is on) and serves the rest with
 //! hyper's automatic builder, which speaks HTTP/1.1 or, on seeing the HTTP/2
-//! preface, HTTP/2 (h2c with prior knowledge in cleartext). With `http.h2`
+//! preface, HTTP/2 (h2c with prior knowledge in cleartext). A connection
+//! the lean path declined gets one HTTP/1.1 response from hyper and is
+//! closed (`Connection: close`), so that each HTTP/1.1 request, an event
+//! stream on a proxy's pooled connection included, is read by the lean
+//! path first. With `http.h2`
 //! off, ALPN offers only `http/1.1` and the h2c preface gets GOAWAY with
 //! `HTTP_1_1_REQUIRED`. An HTTP/2 connection over TLS 1.3 is served over
 //! its own records once the handshake is done, without rustls's buffers
@@ -180,7 +184,17 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(http.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    // A connection the lean path declined gets one HTTP/1.1 response and
+    // `Connection: close`: a request kept alive after it would reach hyper
+    // without the lean path's look, and an event stream on it would be
+    // served at the router's cost (a pooling proxy's, say), a malformed
+    // head answered without a word. HTTP/2 on such a connection is as ever.
+    let mut one_request = builder.clone();
+    one_request.http1().keep_alive(false);
+    let builders = Arc::new(Builders {
+        kept_alive: builder,
+        one_request,
+    });
     let handshake_timeout = Duration::from_secs(config.tls.handshake_timeout_seconds);
     let head_wait = Duration::from_secs(http.header_read_timeout_seconds);
     let max_head = http.max_header_bytes;
@@ -208,7 +222,7 @@ pub async fn serve(
             continue;
         }
         let hyper = Hyper {
-            builder: builder.clone(),
+            builders: builders.clone(),
             router: router.clone(),
             watcher: graceful.watcher(),
             node: node.clone(),
@@ -260,13 +274,17 @@ pub async fn serve(
                         tokio::spawn(streaming.run(hyper.watcher));
                         return;
                     }
-                    fastpath::Outcome::Declined(stream) => stream,
+                    fastpath::Outcome::Declined(stream) => {
+                        // A task of its own, so that hyper's connection
+                        // state is not kept beside what this task held for
+                        // the fast path's try.
+                        drop(tokio::spawn(hyper.serve(stream, After::Lean)));
+                        return;
+                    }
                 },
                 None => fastpath::Replay::unread(stream),
             };
-            // A task of its own, so that hyper's connection state is not
-            // kept beside what this task held for the fast path's try.
-            drop(tokio::spawn(hyper.serve(stream)));
+            drop(tokio::spawn(hyper.serve(stream, After::Nothing)));
         });
     }
     drop(listener);
@@ -319,8 +337,10 @@ async fn serve_tls(
         match tls_records::take_over_connection(stream, head_wait).await {
             // A task of its own: what the handshake and the take-over held
             // in this one is freed, not kept for the connection's life.
-            Ok(records) => drop(tokio::spawn(hyper.serve(records))),
-            Err(tls_records::NotTaken::Kept(stream)) => drop(tokio::spawn(hyper.serve(*stream))),
+            Ok(records) => drop(tokio::spawn(hyper.serve(records, After::Nothing))),
+            Err(tls_records::NotTaken::Kept(stream)) => {
+                drop(tokio::spawn(hyper.serve(*stream, After::Nothing)))
+            }
             Err(tls_records::NotTaken::Lost(why)) => debug!(why, "tls connection lost"),
         }
         return;
@@ -333,10 +353,12 @@ async fn serve_tls(
                 fastpath::Outcome::Streaming(streaming) => {
                     tokio::spawn(streaming.run(hyper.watcher));
                 }
-                fastpath::Outcome::Declined(replay) => drop(tokio::spawn(hyper.serve(replay))),
+                fastpath::Outcome::Declined(replay) => {
+                    drop(tokio::spawn(hyper.serve(replay, After::Lean)))
+                }
             }
         }
-        _ => drop(tokio::spawn(hyper.serve(stream))),
+        _ => drop(tokio::spawn(hyper.serve(stream, After::Nothing))),
     }
 }
 
@@ -380,9 +402,28 @@ async fn refuse_h2c(stream: &mut GuardedStream) -> bool {
     true
 }
 
+/// hyper's builders: one for connections it serves from their start, one
+/// for those the lean path looked at and declined.
+struct Builders {
+    kept_alive: auto::Builder<TokioExecutor>,
+    one_request: auto::Builder<TokioExecutor>,
+}
+
+/// What came before hyper on a connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Nothing: hyper serves the connection from its start, as long as it
+    /// stays open (HTTP/2, TLS 1.2, `http.fast_path` off).
+    Nothing,
+    /// The lean path, which read the first request's head and declined it:
+    /// hyper serves that request only, so that every HTTP/1.1 request
+    /// comes to the lean path first, on a connection of its own.
+    Lean,
+}
+
 /// What serving a connection with hyper takes.
 struct Hyper {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     router: Router,
     watcher: Watcher,
     node: Node,
@@ -391,12 +432,13 @@ struct Hyper {
 }
 
 impl Hyper {
-    /// Serves `io` (HTTP/1.1 or HTTP/2) with the router until it closes,
-    /// or until it has had no request open for the idle timeout. Bytes
+    /// Serves `io` (HTTP/1.1 or HTTP/2) with the router until it closes
+    /// (after the lean path, once its HTTP/1.1 response is out), or until
+    /// it has had no request open for the idle timeout. Bytes
     /// moving do not count here: an HTTP/2 client's PINGs and their answers
     /// would keep a connection without streams open for good, outside
     /// `http.max_connections`, which counts streams.
-    async fn serve<IO>(self, io: IO)
+    async fn serve<IO>(self, io: IO, after: After)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -405,7 +447,11 @@ impl Hyper {
             router: self.router,
             open: open.clone(),
         };
-        let connection = self.builder.serve_connection(TokioIo::new(io), service);
+        let builder = match after {
+            After::Nothing => &self.builders.kept_alive,
+            After::Lean => &self.builders.one_request,
+        };
+        let connection = builder.serve_connection(TokioIo::new(io), service);
         let mut watched = std::pin::pin!(self.watcher.watch(connection));
         let served = if self.idle.is_zero() {
             watched.await

@@ -536,37 +536,19 @@ async fn tls_streams_are_served_on_the_lean_path_and_everything_else_by_hyper() 
     assert_eq!(refused.comparable(), router_refused.comparable());
     assert_eq!(refused.body, router_refused.body);
 
-    // Declined requests go to hyper with the bytes already read: other
-    // endpoints, and a keep-alive connection's second request.
-    let mut health = cert.get(&node, "/healthz", &[]).await.unwrap();
+    // Declined requests go to hyper with the bytes already read, one to a
+    // connection: it closes after the answer, so that the client's next
+    // request (an event stream, say) comes to the lean path on a new one.
+    let health = cert.get(&node, "/healthz", &[]).await.unwrap();
     assert_eq!(health.status, 200);
-    while health.rest.len() < 2 {
-        let mut chunk = [0u8; 64];
-        let n = tokio::time::timeout(T, health.io.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed inside the body");
-        health.rest.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(health.rest, b"ok");
-    assert_ne!(health.header("connection"), Some("close"));
-    health
-        .io
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert_eq!(health.header("connection"), Some("close"));
+    let mut body = health.rest;
+    let mut io = health.io;
+    tokio::time::timeout(T, io.read_to_end(&mut body))
         .await
+        .unwrap()
         .unwrap();
-    let mut again = Vec::new();
-    while !again.ends_with(b"ok") {
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(T, health.io.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "the keep-alive connection closed");
-        again.extend_from_slice(&chunk[..n]);
-    }
-    assert!(again.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(body, b"ok");
 
     // HTTP/2 by ALPN goes to hyper.
     let h2 = cert.connect(&node, &cert.connector_h2).await.unwrap();
@@ -664,4 +646,39 @@ async fn a_head_in_several_segments_is_read_whole_by_the_lean_path() {
 
     let health = send_split(head("/healthz", "Accept: */*")).await;
     assert_eq!(health.status, 200);
+}
+
+/// A client that keeps connections for its next request (a browser, a
+/// proxy's pool) and asks for an event stream after another request: the
+/// other request's answer says `Connection: close` and its connection
+/// ends, so the stream comes on a new connection and is served by the lean
+/// path, as a first request would be. Kept alive, it reached hyper and was
+/// served by the router at several times the memory.
+#[tokio::test]
+async fn a_stream_asked_for_after_another_request_is_served_by_the_lean_path() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "pooled", None).await;
+    let node = start(&nats, &cors_env()).await;
+    let pooling = reqwest::Client::new();
+    let health = pooling.get(node.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.headers()["connection"], "close");
+    assert_eq!(health.text().await.unwrap(), "ok");
+    let response = pooling
+        .get(node.url("/v1/events?topic=pooled"))
+        .header("Origin", APP)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let body = response.bytes_stream().map(|r| r.map_err(Into::into));
+    let mut client = SseClient::from_body(headers, body.boxed());
+    client.ready().await;
+    publish(&js, "pooled", "one").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["one"]);
+    assert_eq!(node.metric(&served("lean")).await, 1.0);
+    assert_eq!(node.metric(&served("router")).await, 0.0);
 }

@@ -626,6 +626,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             tls_ca: args.get("tls-ca").map(str::to_owned),
             h2_streams: args.or("h2-streams", 0)?,
             h2_window: args.get("h2-window").map(str::parse).transpose()?,
+            request_before: args.get("request-before").map(str::to_owned),
             lanes,
             path_lanes: path_lanes.clone(),
         });
@@ -925,6 +926,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             "h2_streams": args.or("h2-streams", 0)?,
             // null: Chromium's windows.
             "h2_window": args.get("h2-window"),
+            // The request each connection asked for before its stream.
+            "request_before": args.get("request-before"),
             "private": args.or("private", 0u8)? == 1,
             "also_topics": also_topics.len(),
             "spread_topics": spread,

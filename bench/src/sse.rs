@@ -18,6 +18,9 @@ pub struct Head {
     pub chunked: bool,
     /// `Content-Length`, if given.
     pub content_length: Option<usize>,
+    /// Whether the server closes the connection after this response
+    /// (`Connection: close`).
+    pub close: bool,
     /// Bytes of the head, including the blank line.
     pub len: usize,
 }
@@ -31,6 +34,7 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
     let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
     let mut chunked = false;
     let mut content_length = None;
+    let mut close = false;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -40,12 +44,17 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
             chunked = value.eq_ignore_ascii_case("chunked");
         } else if name.eq_ignore_ascii_case("content-length") {
             content_length = value.parse().ok();
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value
+                .split(',')
+                .any(|option| option.trim().eq_ignore_ascii_case("close"));
         }
     }
     Some(Head {
         status,
         chunked,
         content_length,
+        close,
         len: end + 4,
     })
 }
@@ -244,6 +253,19 @@ fn pad(mut out: Vec<u8>, size: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_says_whether_the_connection_closes_after_it() {
+        let head = |extra: &str| {
+            parse_head(format!("HTTP/1.1 200 OK\r\n{extra}content-length: 2\r\n\r\nok").as_bytes())
+                .unwrap()
+        };
+        assert!(head("connection: close\r\n").close);
+        assert!(head("Connection: keep-alive, Close\r\n").close);
+        assert!(!head("connection: keep-alive\r\n").close);
+        assert!(!head("").close);
+        assert_eq!(head("").content_length, Some(2));
+    }
 
     #[test]
     fn head_and_chunks_split_anywhere() {

@@ -101,6 +101,13 @@ pub struct WorkerConfig {
     /// one. Empty: every stream reads lanes `0..lanes`.
     #[serde(default)]
     pub path_lanes: Vec<Vec<usize>>,
+    /// A request target (`/healthz`, say) each connection asks for first,
+    /// with the same headers, before its stream request on the same
+    /// connection, as a client that keeps connections for its next request
+    /// does (a browser, a proxy's pool); a new connection for the stream
+    /// if the answer says `Connection: close`. HTTP/1.1 only.
+    #[serde(default)]
+    pub request_before: Option<String>,
 }
 
 /// A request from the coordinator.
@@ -424,19 +431,27 @@ async fn attempt_stream(
     addr: SocketAddr,
 ) -> Ended {
     let permit = handshakes.acquire().await;
-    let Ok(tcp) = open(conn.source, addr).await else {
-        return Ended::Unreachable;
+    let mut stream = match connect(conn.source, addr, tls).await {
+        Ok(stream) => stream,
+        Err(ended) => return ended,
     };
-    let mut stream: Box<dyn Duplex> = match tls {
-        None => Box::new(tcp),
-        Some(tls) => {
-            let name = ServerName::try_from("localhost").expect("a valid name");
-            match tls.connect(name, tcp).await {
-                Ok(stream) => Box::new(stream),
-                Err(_) => return Ended::Refused,
-            }
+    if let Some(target) = &config.request_before {
+        let mut request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n");
+        for header in &config.headers {
+            request.push_str(header);
+            request.push_str("\r\n");
         }
-    };
+        request.push_str("\r\n");
+        let Some(close) = ask_once(&mut stream, &request).await else {
+            return Ended::Refused;
+        };
+        if close {
+            stream = match connect(conn.source, addr, tls).await {
+                Ok(stream) => stream,
+                Err(ended) => return ended,
+            };
+        }
+    }
     let mut request = format!(
         "GET {} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n",
         config.paths[conn.subject]
@@ -506,6 +521,74 @@ async fn attempt_stream(
     }
     shared.ready.set(shared.ready.get() - 1);
     Ended::Streamed
+}
+
+/// A TCP connection from `source` to `addr`, with TLS over it if `tls`.
+async fn connect(
+    source: SocketAddr,
+    addr: SocketAddr,
+    tls: Option<&TlsConnector>,
+) -> Result<Box<dyn Duplex>, Ended> {
+    let Ok(tcp) = open(source, addr).await else {
+        return Err(Ended::Unreachable);
+    };
+    match tls {
+        None => Ok(Box::new(tcp)),
+        Some(tls) => {
+            let name = ServerName::try_from("localhost").expect("a valid name");
+            match tls.connect(name, tcp).await {
+                Ok(stream) => Ok(Box::new(stream)),
+                Err(_) => Err(Ended::Refused),
+            }
+        }
+    }
+}
+
+/// Sends `request` on `stream` and reads its whole answer, which must be a
+/// 200 with a length or chunked body; says whether the server closes the
+/// connection after it. `None` if it failed or was not a 200.
+async fn ask_once(stream: &mut Box<dyn Duplex>, request: &str) -> Option<bool> {
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw: Vec<u8> = Vec::with_capacity(1024);
+    let head = loop {
+        if stream.read_buf(&mut raw).await.ok()? == 0 {
+            return None;
+        }
+        if let Some(head) = parse_head(&raw) {
+            break head;
+        }
+        if raw.len() > 16 * 1024 {
+            return None;
+        }
+    };
+    if head.status != 200 {
+        return None;
+    }
+    raw.drain(..head.len);
+    if head.chunked {
+        let mut body_state = Body::for_head(&head);
+        let mut body = Vec::new();
+        loop {
+            let used = body_state.decode(&raw, &mut body).ok()?;
+            raw.drain(..used);
+            if body_state == Body::Done {
+                return Some(head.close);
+            }
+            if stream.read_buf(&mut raw).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+    // Without a length the body ends with the connection.
+    let Some(length) = head.content_length else {
+        return Some(true);
+    };
+    while raw.len() < length {
+        if stream.read_buf(&mut raw).await.ok()? == 0 {
+            return None;
+        }
+    }
+    Some(head.close)
 }
 
 /// Counts the events of the complete lines in `body` for connection `index`.

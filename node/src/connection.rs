@@ -9,19 +9,20 @@
 //! the lean path declined gets one HTTP/1.1 response from hyper and is
 //! closed (`Connection: close`), so that each HTTP/1.1 request, an event
 //! stream on a proxy's pooled connection included, is read by the lean
-//! path first. With `http.h2`
-//! off, ALPN offers only `http/1.1` and the h2c preface gets GOAWAY with
-//! `HTTP_1_1_REQUIRED`. An HTTP/2 connection over TLS 1.3 is served over
-//! its own records once the handshake is done, without rustls's buffers
-//! ([`tls_records::take_over_connection`]); each connection hyper serves
-//! has a task of its own, sized for hyper's state only, not for the
-//! handshake's or the lean path's try. Which path served each stream is counted in
-//! `sse_streams_served_total{path}`. Limits applied here, each with a
-//! metric (`sse_limit_rejections_total{limit}`):
+//! path first. With `http.h2` off, ALPN offers only `http/1.1` and the h2c
+//! preface gets GOAWAY with `HTTP_1_1_REQUIRED`. An HTTP/2 connection over
+//! TLS 1.3 is served over its own records once the handshake is done,
+//! without rustls's buffers ([`tls_records::take_over_connection`]); each
+//! connection hyper serves has a task of its own, sized for hyper's state
+//! only, not for the handshake's or the lean path's try. Which path served
+//! each stream is counted in `sse_streams_served_total{path}`. Limits
+//! applied here, each with a metric (`sse_limit_rejections_total{limit}`):
 //!
 //! - `request_head`: a request line plus headers longer than
 //!   `http.max_header_bytes`, or more than `http.max_headers` fields, gets
-//!   431 from hyper (HTTP/1.1); HTTP/2 refuses the stream.
+//!   431 on HTTP/1.1, with why from the lean path's reader (from hyper
+//!   without a body when `http.fast_path` is off); HTTP/2 refuses the
+//!   stream.
 //! - `header_read_timeout`: a client that has not sent its request head
 //!   within `http.header_read_timeout_seconds` is dropped (slow-loris),
 //!   including one that connects and sends nothing at all.
@@ -187,8 +188,9 @@ pub async fn serve(
     // A connection the lean path declined gets one HTTP/1.1 response and
     // `Connection: close`: a request kept alive after it would reach hyper
     // without the lean path's look, and an event stream on it would be
-    // served at the router's cost (a pooling proxy's, say), a malformed
-    // head answered without a word. HTTP/2 on such a connection is as ever.
+    // served at the router's cost (a pooling proxy's, say), and a malformed
+    // head on it answered without a word. HTTP/2 on such a connection is
+    // served as ever.
     let mut one_request = builder.clone();
     one_request.http1().keep_alive(false);
     let builders = Arc::new(Builders {
@@ -410,7 +412,7 @@ struct Builders {
 }
 
 /// What came before hyper on a connection.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum After {
     /// Nothing: hyper serves the connection from its start, as long as it
     /// stays open (HTTP/2, TLS 1.2, `http.fast_path` off).

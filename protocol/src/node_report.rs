@@ -19,6 +19,16 @@
 //! a cluster that was short of a server at the time) is raised to the
 //! configured count when it is opened. Lowering is left to operators: fewer
 //! copies is never an upgrade.
+//!
+//! # Storage
+//! The bucket is made in memory: the reports are rewritten every few
+//! seconds and worth nothing after a restart, and the topics' streams, on
+//! disk, can fill the account's file storage without stopping the reports
+//! (on disk, the whole cluster vanished from the view then). Where the
+//! account allows no memory storage it is made on disk. A bucket that
+//! exists is used as it is; one made on disk by an older version moves to
+//! memory once deleted (`nats kv del <bucket>`): the next report makes it
+//! again.
 
 use std::collections::BTreeMap;
 
@@ -91,7 +101,7 @@ pub use nats::{BucketError, NodesBucket, open_nodes_bucket};
 mod nats {
     use std::time::Duration;
 
-    use async_nats::jetstream::{self, context::KeyValueErrorKind, kv};
+    use async_nats::jetstream::{self, context::KeyValueErrorKind, kv, stream::StorageType};
 
     use super::{NODES_BUCKET_DESCRIPTION, bucket_stream_name, effective_replicas};
 
@@ -137,19 +147,26 @@ mod nats {
         let store = match opened {
             Ok(store) => store,
             Err(err) if err.kind() == KeyValueErrorKind::GetBucket => {
-                let created = js
-                    .create_key_value(kv::Config {
-                        bucket: settings.name.clone(),
-                        description: NODES_BUCKET_DESCRIPTION.to_owned(),
-                        history: 1,
-                        max_age: settings.ttl,
-                        num_replicas: replicas,
-                        ..Default::default()
-                    })
-                    .await;
+                let config = |storage| kv::Config {
+                    bucket: settings.name.clone(),
+                    description: NODES_BUCKET_DESCRIPTION.to_owned(),
+                    history: 1,
+                    max_age: settings.ttl,
+                    num_replicas: replicas,
+                    storage,
+                    ..Default::default()
+                };
+                let mut storage = StorageType::Memory;
+                let mut created = js.create_key_value(config(storage)).await;
+                if let Err(error) = &created {
+                    // An account without memory storage: on disk, then.
+                    tracing::debug!(bucket = %settings.name, %error, "cannot make the node-report bucket in memory");
+                    storage = StorageType::File;
+                    created = js.create_key_value(config(storage)).await;
+                }
                 match created {
                     Ok(store) => {
-                        tracing::info!(bucket = %settings.name, replicas, "node-report bucket created");
+                        tracing::info!(bucket = %settings.name, replicas, ?storage, "node-report bucket created");
                         return Ok(store);
                     }
                     // Lost a race with a node or another admin: open theirs.

@@ -973,3 +973,47 @@ async fn publish_unreadable(nats: &Nats) {
     )
     .await;
 }
+
+/// With the server's file storage full (a topic's events filled it), a
+/// node goes on writing its report, so the cluster view keeps showing it:
+/// the report bucket is in memory, not in the storage the topics fill. On
+/// disk, every report failed and the view emptied once they expired.
+#[tokio::test]
+async fn a_node_reports_itself_while_the_topics_fill_the_file_storage() {
+    let nats = Nats::start_with_config("jetstream { max_file_store: 4MB }\n").await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "filled", None).await;
+    let _node = NodeProc::start(&nats.url(), &[("SSE_CLUSTER__REPORT_SECONDS", "1")]).await;
+    let reports = eventually(T, "the node's first report", || async {
+        let store = js.get_key_value("sse_nodes").await.ok()?;
+        let mut keys = store.keys().await.ok()?;
+        let key = futures_util::StreamExt::next(&mut keys).await?.ok()?;
+        Some((store, key))
+    })
+    .await;
+    let (store, key) = reports;
+    let payload = Bytes::from(vec![b'x'; 256 * 1024]);
+    let mut refused = None;
+    for _ in 0..64 {
+        let stored = match js.publish("sse.filled", payload.clone()).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = stored {
+            refused = Some(error);
+            break;
+        }
+    }
+    let refused = refused.expect("JetStream took 16 MB into a 4 MB file storage");
+    assert!(refused.contains("insufficient resources"), "{refused}");
+    let filled_at = store.entry(&key).await.unwrap().unwrap().revision;
+    eventually(
+        T,
+        "two reports written after the storage filled",
+        || async {
+            let entry = store.entry(&key).await.ok()??;
+            (entry.revision >= filled_at + 2).then_some(())
+        },
+    )
+    .await;
+}

@@ -84,19 +84,28 @@ impl Nats {
     /// as any other user the block names, and the server counts as up once
     /// JetStream answers the tester.
     pub(crate) async fn start_with_users(users: &str) -> Self {
+        if users.is_empty() {
+            return Self::start_with_config("").await;
+        }
+        let config = format!(
+            "authorization {{ users = [ {{user: {0}, password: {0}}}, {users} ] }}\n",
+            Self::TESTER
+        );
+        Self::start_configured(&config, Some(Self::TESTER.to_owned())).await
+    }
+
+    /// Starts a server whose config file holds `config` (a `jetstream`
+    /// block of limits, say) and no users.
+    pub(crate) async fn start_with_config(config: &str) -> Self {
+        Self::start_configured(config, None).await
+    }
+
+    async fn start_configured(config: &str, user: Option<String>) -> Self {
         let mut nats = Self {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
-            user: (!users.is_empty()).then(|| Self::TESTER.to_owned()),
-        };
-        let config = if users.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "authorization {{ users = [ {{user: {0}, password: {0}}}, {users} ] }}\n",
-                Self::TESTER
-            )
+            user,
         };
         std::fs::write(nats.dir.path().join("nats.conf"), config).expect("write nats.conf");
         nats.spawn().await;

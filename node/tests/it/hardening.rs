@@ -992,6 +992,11 @@ async fn a_node_reports_itself_while_the_topics_fill_the_file_storage() {
     })
     .await;
     let (store, key) = reports;
+    let bucket_stream = js.get_stream("KV_sse_nodes").await.unwrap();
+    assert_eq!(
+        bucket_stream.cached_info().config.storage,
+        async_nats::jetstream::stream::StorageType::Memory
+    );
     let payload = Bytes::from(vec![b'x'; 256 * 1024]);
     let mut refused = None;
     for _ in 0..64 {
@@ -1016,4 +1021,26 @@ async fn a_node_reports_itself_while_the_topics_fill_the_file_storage() {
         },
     )
     .await;
+}
+
+/// An account that allows no memory storage gets the report bucket on
+/// disk, and the node reports itself there.
+#[tokio::test]
+async fn where_the_account_allows_no_memory_the_report_bucket_is_on_disk() {
+    let nats = Nats::start_in_account("max_mem: 0, max_file: 100MB").await;
+    let js = nats.jetstream().await;
+    let _node = NodeProc::start(&nats.url(), &[("SSE_CLUSTER__REPORT_SECONDS", "1")]).await;
+    let store = eventually(T, "the node's first report", || async {
+        let store = js.get_key_value("sse_nodes").await.ok()?;
+        let mut keys = store.keys().await.ok()?;
+        futures_util::StreamExt::next(&mut keys).await?.ok()?;
+        Some(store)
+    })
+    .await;
+    drop(store);
+    let stream = js.get_stream("KV_sse_nodes").await.unwrap();
+    assert_eq!(
+        stream.cached_info().config.storage,
+        async_nats::jetstream::stream::StorageType::File
+    );
 }

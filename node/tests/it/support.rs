@@ -100,6 +100,16 @@ impl Nats {
         Self::start_configured(config, None).await
     }
 
+    /// Starts a server whose one account, of the tester, has these
+    /// JetStream limits (`max_mem: 0, max_file: 100MB`, say).
+    pub(crate) async fn start_in_account(jetstream_limits: &str) -> Self {
+        let config = format!(
+            "accounts {{ APP: {{ jetstream: {{ {jetstream_limits} }}, users: [ {{user: {0}, password: {0}}} ] }} }}\n",
+            Self::TESTER
+        );
+        Self::start_configured(&config, Some(Self::TESTER.to_owned())).await
+    }
+
     async fn start_configured(config: &str, user: Option<String>) -> Self {
         let mut nats = Self {
             child: None,

@@ -530,9 +530,8 @@ fn to_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
         let value = HeaderValue::from_bytes(header.value).ok()?;
         headers.append(name, value);
     }
-    if headers.contains_key("upgrade") {
-        return None;
-    }
+    // An `Upgrade` (curl's `--http2` asks for h2c in cleartext) is ignored,
+    // as HTTP allows and as hyper would: the stream goes on in HTTP/1.1.
     Some(request)
 }
 

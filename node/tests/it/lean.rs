@@ -682,3 +682,31 @@ async fn a_stream_asked_for_after_another_request_is_served_by_the_lean_path() {
     assert_eq!(node.metric(&served("lean")).await, 1.0);
     assert_eq!(node.metric(&served("router")).await, 0.0);
 }
+
+/// A stream request that asks to upgrade the connection (curl's `--http2`
+/// in cleartext asks for h2c) is served in HTTP/1.1 on the lean path,
+/// the upgrade ignored as HTTP allows; it went to the router before.
+#[tokio::test]
+async fn a_stream_request_asking_for_h2c_is_served_by_the_lean_path() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "upgrade", None).await;
+    let node = start(&nats, &cors_env()).await;
+    let stream = tcp_get(
+        &node,
+        "/v1/events?topic=upgrade",
+        &[
+            ("Connection", "Upgrade, HTTP2-Settings"),
+            ("Upgrade", "h2c"),
+            ("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+        ],
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    let mut client = stream.events();
+    client.ready().await;
+    publish(&js, "upgrade", "one").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["one"]);
+    assert_eq!(node.metric(&served("lean")).await, 1.0);
+    assert_eq!(node.metric(&served("router")).await, 0.0);
+}

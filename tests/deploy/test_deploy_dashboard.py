@@ -45,6 +45,7 @@ NODE_METRICS = {
     "sse_history_budget_bytes": set(),
     "sse_history_evictions_total": set(),
     "sse_streams_parked": set(),
+    "sse_streams_served_total": {"path"},
     "sse_parked_refusals_total": set(),
 }
 ADMIN_METRICS = {
@@ -188,6 +189,7 @@ def test_histogram_quantiles_aggregate_by_le(dashboard):
     ("replays by source", "sse_replay_events_total"),
     ("disconnects by reason", "sse_connections_closed_total"),
     ("nats connectivity", "sse_nats_connected"),
+    ("streams opened by path", "sse_streams_served_total"),
     ("topic", "sse_topic_bytes"),
     ("topic", "sse_topic_messages"),
 ])

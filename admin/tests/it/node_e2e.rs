@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use crate::support::{Admin, NatsServer, bounded, eventually};
+use crate::support::{Admin, NatsServer, bounded, eventually, http_client_builder};
 
 fn node_binary() -> Option<PathBuf> {
     let path = std::env::var_os("SSE_NODE_BIN")
@@ -76,7 +76,7 @@ async fn event_published_through_admin_reaches_a_node_client_with_the_same_id() 
         let admin = Admin::start(&nats).await;
         admin.create_topic(json!({"name": "e2e"})).await;
         let mut node = Node::start(&binary, &nats.url);
-        let http = reqwest::Client::new();
+        let http = http_client_builder().build().expect("client");
         let events_url = format!("{}/v1/events?topic=e2e.>", node.base);
         eventually("node ready with the topic", Duration::from_secs(20), || {
             let (http, url) = (http.clone(), format!("{}/readyz", node.base));

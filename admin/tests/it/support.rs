@@ -17,6 +17,14 @@ use sse_admin::{Config, config::DEFAULT_TOML};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// A reqwest client builder. With the workspace built together reqwest has
+/// TLS (`ssectl` asks for it) and wants a process-wide rustls provider:
+/// ring, as everywhere in the workspace.
+pub(crate) fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// The token every test admin uses.
 pub(crate) const TOKEN: &str = "test-token-0123456789";
 
@@ -201,7 +209,7 @@ impl Admin {
         tokio::spawn(sse_admin::run(config, listener, shutdown.clone()));
         Self {
             base,
-            http: reqwest::Client::builder()
+            http: http_client_builder()
                 .timeout(Duration::from_secs(15))
                 .build()
                 .expect("client"),

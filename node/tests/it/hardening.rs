@@ -430,7 +430,7 @@ async fn cors_preflight_and_stream_answer_allowed_origins_only() {
         ],
     )
     .await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let url = node.url("/v1/events?topic=web");
     // What a browser sends before `fetch(url, {headers: {Authorization}})`
     // or an EventSource with `Last-Event-ID` from another origin.

@@ -202,7 +202,7 @@ async fn twenty_streams_share_one_tls_connection_negotiated_by_alpn() {
     let _open = many_streams_receive_everything(&js, sender, &base, "tls").await;
 
     // Cleartext on a TLS port gets no HTTP answer, and is counted.
-    let refused = match reqwest::get(node.url("/healthz")).await {
+    let refused = match http_get(node.url("/healthz")).await {
         Err(_) => true,
         Ok(response) => !response.status().is_success(),
     };

@@ -109,7 +109,7 @@ async fn bad_requests_get_precise_errors() {
         );
     }
     // Another method than GET: 405 with the JSON error too, and Allow.
-    let refused = reqwest::Client::new()
+    let refused = http_client()
         .post(node.url("/v1/events?topic=orders"))
         .send()
         .await

@@ -660,7 +660,7 @@ async fn a_stream_asked_for_after_another_request_is_served_by_the_lean_path() {
     let js = nats.jetstream().await;
     create_topic(&js, "pooled", None).await;
     let node = start(&nats, &cors_env()).await;
-    let pooling = reqwest::Client::new();
+    let pooling = http_client();
     let health = pooling.get(node.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.headers()["connection"], "close");

@@ -285,9 +285,7 @@ async fn sigterm_drains_streams_and_exits_within_the_window() {
         (status == 503).then_some(())
     })
     .await;
-    let response = reqwest::get(node.url("/v1/events?topic=drain"))
-        .await
-        .unwrap();
+    let response = http_get(node.url("/v1/events?topic=drain")).await.unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
     publish(&js, "drain", "during-drain").await;
@@ -323,7 +321,7 @@ async fn readiness_waits_for_nats() {
     nats.stop().await;
     let node = NodeProc::spawn(&url, &[]);
     eventually(T, "the node to answer", || async {
-        let (status, body) = reqwest::get(node.url("/readyz"))
+        let (status, body) = http_get(node.url("/readyz"))
             .await
             .ok()
             .map(|r| (r.status(), r))?;

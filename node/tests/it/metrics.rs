@@ -31,7 +31,7 @@ async fn every_promised_metric_is_exported() {
     )
     .await;
 
-    let text = reqwest::get(node.url("/metrics"))
+    let text = http_get(node.url("/metrics"))
         .await
         .unwrap()
         .text()

@@ -34,6 +34,19 @@ pub(crate) fn self_signed_localhost() -> (
 
 pub(crate) use crate::ports::free_port;
 
+/// A reqwest client. With the workspace built together reqwest has TLS
+/// (`ssectl` asks for it) and wants a process-wide rustls provider: ring,
+/// as everywhere in the workspace.
+pub(crate) fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// `GET url` with [`http_client`].
+pub(crate) async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http_client().get(url).send().await
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout`.
 pub(crate) async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
@@ -517,7 +530,7 @@ impl NodeProc {
         eventually(Duration::from_secs(20), "node to be ready", || {
             let url = url.clone();
             async move {
-                let response = reqwest::get(&url).await.ok()?;
+                let response = http_get(&url).await.ok()?;
                 (response.status() == 200).then_some(())
             }
         })
@@ -553,7 +566,7 @@ impl NodeProc {
     /// The value of a metric line, e.g. `sse_replay_events_total{source="memory"}`;
     /// 0 when absent.
     pub(crate) async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
+        let text = http_get(self.url("/metrics"))
             .await
             .expect("metrics")
             .text()
@@ -628,7 +641,7 @@ impl SseClient {
 
     /// Opens `url` with extra request headers. Fails on a non-200.
     pub(crate) async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self> {
-        let client = reqwest::Client::new();
+        let client = http_client();
         let mut request = client.get(url).header("Accept", "text/event-stream");
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -809,7 +822,7 @@ pub(crate) fn data_of(events: &[SseEvent]) -> Vec<String> {
 
 /// `GET` a URL and return status and body.
 pub(crate) async fn get(url: &str, last_event_id: Option<&str>) -> (u16, String) {
-    let mut request = reqwest::Client::new().get(url);
+    let mut request = http_client().get(url);
     if let Some(id) = last_event_id {
         request = request.header("Last-Event-ID", id);
     }
@@ -823,7 +836,7 @@ pub(crate) async fn get_with(
     url: &str,
     headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, String) {
-    let mut request = reqwest::Client::new().get(url);
+    let mut request = http_client().get(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

@@ -10,9 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "ssectl",
     version,
     about = "The operator's command line for sse-cluster.",
-    after_help = "Settings: flags, then SSECTL_ADMIN_URL, SSECTL_URL, SSECTL_TOKEN, then the \
-                  config file (--config, SSECTL_CONFIG, or ~/.config/ssectl/config.toml with \
-                  keys admin_url, url, admin_token).\n\
+    after_help = "Settings: flags, then SSECTL_ADMIN_URL, SSECTL_URL, SSECTL_TOKEN, \
+                  SSECTL_CA_FILE, then the config file (--config, SSECTL_CONFIG, or \
+                  ~/.config/ssectl/config.toml with keys admin_url, url, admin_token, ca_file).\n\
+                  URLs may be http:// or https://; https trusts the system's certificate \
+                  authorities and those of --ca-file.\n\
                   Exit codes: 0 done, 1 refused, 2 usage error, 3 nothing reachable."
 )]
 pub struct Cli {
@@ -43,7 +45,11 @@ pub struct Global {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
-    /// Config file (TOML: admin_url, url, admin_token).
+    /// PEM file of certificate authorities to trust for https:// URLs, beside
+    /// the system's (a private CA, a self-signed certificate).
+    #[arg(long, global = true, env = "SSECTL_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Config file (TOML: admin_url, url, admin_token, ca_file).
     #[arg(long, global = true, env = "SSECTL_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Output format.

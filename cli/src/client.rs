@@ -28,7 +28,7 @@ impl Admin {
     /// A client for the admin named in `settings`.
     pub fn new(settings: &Settings) -> Result<Self, Error> {
         Ok(Self {
-            http: http_client(Some(CALL_TIMEOUT))?,
+            http: http_client(Some(CALL_TIMEOUT), &settings.trusted)?,
             base: settings.admin_url.clone(),
             token: settings.admin_token.clone(),
         })
@@ -94,17 +94,34 @@ impl Admin {
     }
 }
 
-/// A reqwest client without TLS; `timeout` bounds a whole call (none for
-/// streams).
-pub fn http_client(timeout: Option<Duration>) -> Result<reqwest::Client, Error> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .user_agent(concat!("ssectl/", env!("CARGO_PKG_VERSION")));
-    if let Some(timeout) = timeout {
-        builder = builder.timeout(timeout);
+/// A reqwest client for `http://` and `https://` URLs; `timeout` bounds a
+/// whole call (none for streams). Over https it trusts the system's
+/// certificate authorities and `trusted`.
+pub fn http_client(
+    timeout: Option<Duration>,
+    trusted: &[reqwest::Certificate],
+) -> Result<reqwest::Client, Error> {
+    // ring, as everywhere in the workspace; a second call finds it set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let builder = || {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("ssectl/", env!("CARGO_PKG_VERSION")));
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        builder
+    };
+    let mut with_system_roots = builder();
+    if !trusted.is_empty() {
+        with_system_roots = with_system_roots.tls_certs_merge(trusted.iter().cloned());
     }
-    builder
+    // A system without certificate authorities (a minimal container) must
+    // not stop plain http: trust only the CA file's then, and an https
+    // server's certificate is refused as of an unknown issuer.
+    with_system_roots
         .build()
+        .or_else(|_| builder().tls_certs_only(trusted.iter().cloned()).build())
         .map_err(|e| Error::Failed(format!("cannot build the HTTP client: {e}")))
 }
 
@@ -145,7 +162,27 @@ pub fn transport_failure(what: &str, base: &str, error: &reqwest::Error) -> Stri
     let why = if error.is_timeout() {
         "no answer in time".to_owned()
     } else if error.is_connect() {
-        "cannot connect".to_owned()
+        // The innermost cause says why: refused, or a certificate the
+        // client does not trust (TLS fails while connecting).
+        let mut cause = None;
+        let mut tls = None;
+        let mut source = std::error::Error::source(error);
+        while let Some(s) = source {
+            cause = Some(s);
+            tls = tls.or_else(|| tls_error(s));
+            source = s.source();
+        }
+        match cause {
+            Some(cause) if refused_certificate(tls) => format!(
+                "cannot connect: {cause} (a private CA or a self-signed certificate: \
+                 trust it with --ca-file or SSECTL_CA_FILE)"
+            ),
+            Some(cause) if plain_http_answered(tls) => format!(
+                "cannot connect: {cause} (the server does not speak TLS: use an http:// URL)"
+            ),
+            Some(cause) => format!("cannot connect: {cause}"),
+            None => "cannot connect".to_owned(),
+        }
     } else {
         let mut text = error.to_string();
         let mut source = std::error::Error::source(error);
@@ -157,4 +194,30 @@ pub fn transport_failure(what: &str, base: &str, error: &reqwest::Error) -> Stri
         text
     };
     format!("{what} at {base}: {why}")
+}
+
+/// Whether TLS refused the server's certificate.
+fn refused_certificate(tls: Option<&rustls::Error>) -> bool {
+    matches!(tls, Some(rustls::Error::InvalidCertificate(_)))
+}
+
+/// Whether what came back to a TLS hello was not TLS: a plain http server.
+fn plain_http_answered(tls: Option<&rustls::Error>) -> bool {
+    matches!(
+        tls,
+        Some(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType
+        ))
+    )
+}
+
+/// The TLS error in `cause`, itself or inside I/O errors, which hide what
+/// they wrap from `source()`.
+fn tls_error<'a>(mut cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    loop {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        cause = cause.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
 }

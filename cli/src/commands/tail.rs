@@ -67,7 +67,7 @@ pub async fn run(settings: &Settings, out: Output, tail: Tail) -> Result<(), Err
     if tail.count == Some(0) {
         return Ok(());
     }
-    let http = http_client(None)?;
+    let http = http_client(None, &settings.trusted)?;
     let urls = &settings.stream_urls;
     let mut next_url = 0usize;
     let mut printed: u64 = 0;

@@ -11,9 +11,13 @@
 //! - `tokens`: a token minted by `ssectl` is accepted by a node; one that
 //!   `ssectl token check` declares invalid is refused by the node.
 //! - `status`: nodes, NATS and topics; exit 3 when nothing answers.
+//! - `tls`: https to a node with TLS and to admin behind HAProxy terminating
+//!   TLS, trusting a private CA from `--ca-file`, the config file or
+//!   `SSL_CERT_FILE`; refusals that say why.
 
 mod status;
 mod streams;
 mod support;
+mod tls;
 mod tokens;
 mod topics;

@@ -249,7 +249,14 @@ async fn tail_survives_the_kill_of_its_node_and_resumes_once() {
             || {
                 let url = format!("{node_a}/metrics");
                 async move {
-                    let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+                    let text = crate::support::http_client()
+                        .get(&url)
+                        .send()
+                        .await
+                        .ok()?
+                        .text()
+                        .await
+                        .ok()?;
                     text.lines()
                         .any(|l| l.starts_with("sse_clients_connected ") && !l.ends_with(" 0"))
                         .then_some(())

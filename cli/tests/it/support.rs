@@ -47,7 +47,7 @@ where
 
 #[path = "../../../node/tests/it/ports.rs"]
 mod ports;
-use ports::free_port;
+pub(crate) use ports::free_port;
 
 /// A workspace binary: `env` names it, else `target/debug/<name>`. A missing
 /// one fails the test: these tests must never pass by not running.
@@ -70,8 +70,24 @@ pub(crate) fn ssectl_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ssectl"))
 }
 
+/// Installs ring as the process's rustls provider, which reqwest's TLS
+/// wants, as everywhere in the workspace; a second call finds it set.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A reqwest client.
+pub(crate) fn http_client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::new()
+}
+
 async fn wait_http_ok(what: &str, url: String) {
-    let client = reqwest::Client::new();
+    wait_ok_with(&http_client(), what, url).await;
+}
+
+/// Waits until `GET url` with `client` answers with a success.
+pub(crate) async fn wait_ok_with(client: &reqwest::Client, what: &str, url: String) {
     eventually(what, Duration::from_secs(20), || {
         let (client, url) = (client.clone(), url.clone());
         async move {
@@ -170,8 +186,19 @@ impl Cluster {
     }
 
     fn spawn_node(&self, binary: &PathBuf) -> Proc {
+        self.spawn_node_with(binary, &[], "http")
+    }
+
+    /// Starts one more node with extra environment variables, its base URL
+    /// with `scheme` (`https` for one given `SSE_TLS__*`). Not waited for.
+    pub(crate) fn start_node_with(&self, env: &[(&str, &str)], scheme: &str) -> Proc {
+        self.spawn_node_with(&workspace_binary("sse-node", "SSE_NODE_BIN"), env, scheme)
+    }
+
+    fn spawn_node_with(&self, binary: &PathBuf, env: &[(&str, &str)], scheme: &str) -> Proc {
         let port = free_port();
         let child = Command::new(binary)
+            .envs(env.iter().copied())
             .env_remove("SSE_CONFIG")
             .env_remove("RUST_LOG")
             .env("SSE_NATS__URL", &self.nats_url)
@@ -187,7 +214,7 @@ impl Cluster {
             .expect("sse-node starts");
         Proc {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("{scheme}://127.0.0.1:{port}"),
         }
     }
 

@@ -172,8 +172,7 @@ fn expired_token() -> String {
 }
 
 /// Commands that reach no server run whatever the settings for reaching
-/// one say: a config file that is not there, or an https URL `ssectl`
-/// cannot speak.
+/// one say: a config file or a CA file that is not there.
 #[tokio::test]
 async fn commands_that_reach_no_server_ignore_the_settings_for_servers() {
     bounded(async {
@@ -196,7 +195,7 @@ async fn commands_that_reach_no_server_ignore_the_settings_for_servers() {
             let output = tokio::process::Command::new(crate::support::ssectl_binary())
                 .args(&args)
                 .env("SSECTL_CONFIG", dir.path().join("no-such.toml"))
-                .env("SSECTL_URL", "https://example.invalid")
+                .env("SSECTL_CA_FILE", dir.path().join("no-such-ca.pem"))
                 .output()
                 .await
                 .unwrap();

@@ -4,9 +4,10 @@
 //! `RUST_LOG`, when set, wins over `log.level`.
 //!
 //! Traces: on when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, exported over OTLP/HTTP with
-//! the standard `OTEL_*` variables honoured (service name, headers, sampler,
-//! batch settings). Spans:
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, exported over OTLP/HTTP,
+//! `http://` or `https://` (the system's certificate authorities, which
+//! `SSL_CERT_FILE` may replace), with the standard `OTEL_*` variables
+//! honoured (service name, headers, sampler, batch settings). Spans:
 //!
 //! - `sse.deliver`, one per event that arrives with a `traceparent` header,
 //!   as a child of the publisher's span: the event reaching this node and
@@ -112,6 +113,10 @@ pub fn init(config: &LogConfig, service_name: &'static str) -> Telemetry {
 }
 
 fn trace_provider(service_name: &'static str) -> Result<SdkTracerProvider, String> {
+    // The exporter's HTTP client speaks TLS to an `https://` endpoint with
+    // rustls, which wants one crypto provider per process: ring, as the
+    // node's own TLS. A second call finds it set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()

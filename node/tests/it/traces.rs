@@ -25,29 +25,91 @@ fn hex_to_bytes(hex: &str) -> Vec<u8> {
         .collect()
 }
 
+/// A collector that keeps every body posted to `/v1/traces`: over plain
+/// HTTP, or over TLS with the certificate in `tls` (`cert.pem`, `key.pem`).
+/// Returns its address.
+async fn collector(received: Received, tls: Option<&std::path::Path>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route("/v1/traces", post(collect))
+        .with_state(received);
+    let Some(dir) = tls else {
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        return address;
+    };
+    use rustls::pki_types::pem::PemObject as _;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    address
+}
+
 #[tokio::test]
 async fn traceparent_on_a_nats_message_continues_into_an_exported_span() {
     let received: Received = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector = listener.local_addr().unwrap();
-    let app = Router::new()
-        .route("/v1/traces", post(collect))
-        .with_state(received.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let nats = Nats::start().await;
-    let js = nats.jetstream().await;
-    create_topic(&js, "traced", None).await;
+    let collector = collector(received.clone(), None).await;
     let endpoint = format!("http://{collector}");
-    let node = NodeProc::start(
-        &nats.url(),
+    a_published_trace_is_exported(received, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]).await;
+}
+
+/// A collector on `https://`, its certificate trusted as the system's
+/// authorities are (`SSL_CERT_FILE`): hosted collectors take OTLP over TLS.
+#[tokio::test]
+async fn spans_are_exported_to_a_collector_over_https() {
+    let received: Received = Arc::default();
+    let (dir, _) = self_signed_localhost();
+    let collector = collector(received.clone(), Some(dir.path())).await;
+    let endpoint = format!("https://localhost:{}", collector.port());
+    let trusted = dir.path().join("cert.pem");
+    a_published_trace_is_exported(
+        received,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("OTEL_SERVICE_NAME", "sse-node-under-test"),
+            ("SSL_CERT_FILE", trusted.to_str().unwrap()),
         ],
     )
     .await;
+}
+
+/// Starts a node with `env`, publishes an event with a `traceparent`, and
+/// waits for the collector to receive the node's delivery span in that trace.
+async fn a_published_trace_is_exported(received: Received, env: &[(&str, &str)]) {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "traced", None).await;
+    let mut env = env.to_vec();
+    env.extend([
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_SERVICE_NAME", "sse-node-under-test"),
+    ]);
+    let node = NodeProc::start(&nats.url(), &env).await;
     let mut client = SseClient::connect(&node.url("/v1/events?topic=traced"), None)
         .await
         .unwrap();

@@ -12,7 +12,10 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use serde::Deserialize;
-use sse_protocol::node_report;
+use sse_protocol::{
+    nats_tls::{NatsTls, NatsTlsFiles},
+    node_report,
+};
 
 use crate::error::Error;
 
@@ -47,6 +50,12 @@ pub struct NatsConfig {
     pub connection_name: String,
     /// Time limit of one JetStream request, in milliseconds.
     pub request_timeout_ms: u64,
+    /// PEM authorities trusted for the servers' certificates; asks for TLS.
+    pub tls_ca_file: String,
+    /// PEM client certificate for servers that verify clients; asks for TLS.
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
 }
 
 /// `[http]`.
@@ -144,9 +153,21 @@ impl Config {
         Ok(config)
     }
 
+    /// TLS to NATS from `nats.tls_*`, its files checked.
+    pub fn nats_tls(&self) -> Result<NatsTls, Vec<String>> {
+        NatsTls::load(NatsTlsFiles {
+            ca_file: &self.nats.tls_ca_file,
+            cert_file: &self.nats.tls_cert_file,
+            key_file: &self.nats.tls_key_file,
+        })
+    }
+
     /// Checks every value and names each bad key.
     pub fn validate(&self) -> Result<(), Error> {
         let mut bad = Vec::new();
+        if let Err(problems) = self.nats_tls() {
+            bad.extend(problems);
+        }
         if self.nats.url.split(',').all(|u| u.trim().is_empty()) {
             bad.push("nats.url: must name at least one server".to_owned());
         }

@@ -166,7 +166,11 @@ async fn connect(config: &Config) -> Result<async_nats::Client, Error> {
         .map(|s| s.parse())
         .collect::<Result<_, _>>()
         .map_err(|err| Error::Config(vec![format!("nats.url: {err}")]))?;
-    sse_protocol::nats_url::with_url_credentials(async_nats::ConnectOptions::new(), &servers)
+    // Checked when the configuration was loaded.
+    let tls = config.nats_tls().map_err(Error::Config)?;
+    let options =
+        sse_protocol::nats_url::with_url_credentials(async_nats::ConnectOptions::new(), &servers);
+    tls.apply(options)
         .name(&config.nats.connection_name)
         .request_timeout(Some(config.request_timeout()))
         .retry_on_initial_connect()

@@ -57,6 +57,12 @@ pub struct NatsConfig {
     pub connection_name: String,
     /// Seconds between full re-listings of topics.
     pub topic_refresh_seconds: u64,
+    /// PEM authorities trusted for the servers' certificates; asks for TLS.
+    pub tls_ca_file: String,
+    /// PEM client certificate for servers that verify clients; asks for TLS.
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
 }
 
 /// `[http]`

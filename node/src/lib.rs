@@ -122,6 +122,7 @@ pub async fn run(
         verifier,
         tls,
         cors,
+        nats_tls,
     } = startup;
     let metrics = Arc::new(Metrics::new());
     let (connected_tx, connected_rx) = watch::channel(false);
@@ -138,7 +139,9 @@ pub async fn run(
     let shown_url = sse_protocol::nats_url::redact(&config.nats.url);
     // When a failure to reach NATS was last said: once in ten seconds.
     let unreachable_said: Arc<std::sync::Mutex<Option<std::time::Instant>>> = Arc::default();
-    let client = sse_protocol::nats_url::with_url_credentials(ConnectOptions::new(), &addrs)
+    let options = sse_protocol::nats_url::with_url_credentials(ConnectOptions::new(), &addrs);
+    let client = nats_tls
+        .apply(options)
         .name(&config.nats.connection_name)
         .retry_on_initial_connect()
         .max_reconnects(None)

@@ -1,6 +1,7 @@
 //! What start-up builds from the configuration, once, before the node
 //! serves: the JWT verifier (reads the key files), the TLS acceptor (reads
-//! the certificate and key) and the CORS rules.
+//! the certificate and key), the CORS rules and TLS to NATS (checks its
+//! files).
 //!
 //! [`Startup::load`] reads the configuration layers, checks the values
 //! ([`Config::validate`]) and builds these parts, and reports every problem
@@ -11,6 +12,7 @@
 
 use std::path::Path;
 
+use sse_protocol::nats_tls::{NatsTls, NatsTlsFiles};
 use tokio_rustls::TlsAcceptor;
 use tower_http::cors::CorsLayer;
 
@@ -30,6 +32,8 @@ pub struct Startup {
     pub tls: Option<TlsAcceptor>,
     /// `Some` when `[cors]` allows any origin.
     pub cors: Option<CorsLayer>,
+    /// TLS to NATS (`nats.tls_*`).
+    pub nats_tls: NatsTls,
 }
 
 impl Startup {
@@ -65,12 +69,22 @@ impl Startup {
                 }
             }
         };
+        let nats_tls = NatsTls::load(NatsTlsFiles {
+            ca_file: &config.nats.tls_ca_file,
+            cert_file: &config.nats.tls_cert_file,
+            key_file: &config.nats.tls_key_file,
+        })
+        .unwrap_or_else(|problems| {
+            errors.extend(problems);
+            NatsTls::default()
+        });
         match verifier {
             Some(verifier) if errors.is_empty() => Ok(Self {
                 cors: http::cors_layer(&config.cors),
                 config,
                 verifier,
                 tls,
+                nats_tls,
             }),
             _ => Err(ConfigError(errors)),
         }

@@ -13,6 +13,8 @@
 //!   feature).
 //! - `nats_url`: the credentials a NATS server URL carries, sent as
 //!   async-nats's connect options (the `nats` feature).
+//! - `nats_tls`: TLS to NATS with authorities of one's own and a client
+//!   certificate (the `nats` feature).
 //! - `stream_list`: every stream's info, listed page by page while NATS
 //!   servers are down (the `nats` feature).
 //! - `config_errors`: every problem of a layered configuration at once (the
@@ -30,6 +32,8 @@ pub mod event_stream;
 pub mod grant;
 pub mod headers;
 pub mod log_level;
+#[cfg(feature = "nats")]
+pub mod nats_tls;
 #[cfg(feature = "nats")]
 pub mod nats_url;
 pub mod node_report;

@@ -4,13 +4,17 @@
 //! Modules: `support` (the NATS and admin harness), `topics` (life cycle
 //! and refusals), `auth`, `publish`, `nodes` (cluster view and metrics),
 //! `config` (the binary's `--check-config`) `dashboard` (headless
-//! Chromium) and `node_e2e` (publish through admin, read on a real node).
+//! Chromium), `node_e2e` (publish through admin, read on a real node) and
+//! `nats_tls` (a NATS server that verifies its clients' certificates).
 
 mod auth;
 mod config;
 mod dashboard;
+mod nats_tls;
 mod node_e2e;
 mod nodes;
+#[path = "../../../node/tests/it/pki.rs"]
+mod pki;
 mod publish;
 mod support;
 mod topics;

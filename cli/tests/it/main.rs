@@ -15,6 +15,8 @@
 //!   TLS, trusting a private CA from `--ca-file`, the config file or
 //!   `SSL_CERT_FILE`; refusals that say why.
 
+#[path = "../../../node/tests/it/pki.rs"]
+mod pki;
 mod status;
 mod streams;
 mod support;

@@ -10,49 +10,10 @@ use std::{
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use crate::support::{Cluster, bounded, free_port, wait_ok_with};
-
-/// A private CA and a certificate it signed for `localhost` and 127.0.0.1.
-struct PrivateCa {
-    dir: tempfile::TempDir,
-}
-
-impl PrivateCa {
-    fn new() -> Self {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "sse-cluster test CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-        write("ca.pem", &ca_cert.pem());
-        write("cert.pem", &cert.pem());
-        write("key.pem", &key.serialize_pem());
-        // HAProxy takes the chain and the key in one file.
-        write(
-            "haproxy.pem",
-            &format!("{}{}", cert.pem(), key.serialize_pem()),
-        );
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
+use crate::{
+    pki::PrivateCa,
+    support::{Cluster, bounded, free_port, wait_ok_with},
+};
 
 /// HAProxy terminating TLS on a free port in front of `backend`
 /// (`http://host:port`); killed when dropped.
@@ -119,8 +80,13 @@ fn trusting(ca: &Path) -> reqwest::Client {
 async fn over_https_ssectl_trusts_the_ca_file_and_says_why_it_refuses() {
     bounded(async {
         let ca = PrivateCa::new();
+        ca.issue("server", &["localhost", "127.0.0.1"]);
+        // HAProxy takes the certificate and its key in one file.
+        let combined = ca.path("haproxy.pem");
+        let read = |name: &str| std::fs::read_to_string(ca.path(name)).unwrap();
+        std::fs::write(&combined, read("server.pem") + &read("server.key")).unwrap();
         let mut cluster = Cluster::start(0).await;
-        let (cert, key) = (ca.path("cert.pem"), ca.path("key.pem"));
+        let (cert, key) = (ca.path("server.pem"), ca.path("server.key"));
         let node = cluster.start_node_with(
             &[
                 ("SSE_TLS__CERT_FILE", cert.to_str().unwrap()),
@@ -130,7 +96,7 @@ async fn over_https_ssectl_trusts_the_ca_file_and_says_why_it_refuses() {
         );
         let node_port = node.base.rsplit(':').next().unwrap().to_owned();
         let node_url = format!("https://localhost:{node_port}");
-        let proxy = TlsProxy::start(&ca.path("haproxy.pem"), &cluster.admin.base);
+        let proxy = TlsProxy::start(&combined, &cluster.admin.base);
         let admin_url = format!("https://localhost:{}", proxy.port);
         let client = trusting(&ca.path("ca.pem"));
         wait_ok_with(
@@ -220,7 +186,7 @@ async fn over_https_ssectl_trusts_the_ca_file_and_says_why_it_refuses() {
         // A CA file that cannot be used is a usage error.
         for (file, says) in [
             (ca.path("absent.pem"), "cannot read CA file"),
-            (ca.path("key.pem"), "holds no PEM certificate"),
+            (ca.path("server.key"), "holds no PEM certificate"),
         ] {
             let mut command = over_https(&["topic", "ls"], false);
             command.env("SSECTL_CA_FILE", &file);

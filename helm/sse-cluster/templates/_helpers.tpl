@@ -242,3 +242,49 @@ floats, booleans and arrays are also valid TOML.
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* Where the NATS TLS Secret is mounted on both workloads. */}}
+{{- define "sse-cluster.natsTlsPath" -}}
+/etc/sse-cluster/nats-tls
+{{- end }}
+
+{{/* `nats.tls_*` from externalNats.tls, for both workloads. */}}
+{{- define "sse-cluster.natsTlsEnv" -}}
+{{- with .Values.externalNats.tls }}
+{{- if .secretName }}
+{{- $path := include "sse-cluster.natsTlsPath" $ }}
+{{- if .caKey }}
+- name: SSE_NATS__TLS_CA_FILE
+  value: {{ printf "%s/%s" $path .caKey | quote }}
+{{- end }}
+{{- if .clientCertificate }}
+- name: SSE_NATS__TLS_CERT_FILE
+  value: {{ printf "%s/tls.crt" $path | quote }}
+- name: SSE_NATS__TLS_KEY_FILE
+  value: {{ printf "%s/tls.key" $path | quote }}
+{{- end }}
+{{- if not (or .caKey .clientCertificate) }}
+{{- fail "externalNats.tls.secretName: set caKey, clientCertificate or both" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The NATS TLS Secret's mount, for both workloads. */}}
+{{- define "sse-cluster.natsTlsMount" -}}
+{{- if .Values.externalNats.tls.secretName }}
+- name: nats-tls
+  mountPath: {{ include "sse-cluster.natsTlsPath" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The NATS TLS Secret's volume, for both workloads. */}}
+{{- define "sse-cluster.natsTlsVolume" -}}
+{{- with .Values.externalNats.tls.secretName }}
+- name: nats-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}

@@ -13,6 +13,7 @@ use figment::{
 };
 use serde::Deserialize;
 use sse_protocol::{
+    nats_credentials::{NatsCredentialFiles, NatsCredentials},
     nats_tls::{NatsTls, NatsTlsFiles},
     node_report,
 };
@@ -56,6 +57,10 @@ pub struct NatsConfig {
     pub tls_cert_file: String,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: String,
+    /// A NATS credentials file (user JWT and nkey seed).
+    pub creds_file: String,
+    /// A file holding a user nkey seed.
+    pub nkey_seed_file: String,
 }
 
 /// `[http]`.
@@ -162,10 +167,27 @@ impl Config {
         })
     }
 
+    /// How to authenticate to NATS beyond `nats.url`, its files checked.
+    pub fn nats_credentials(&self) -> Result<NatsCredentials, Vec<String>> {
+        let url_has_credentials = self.nats_servers().iter().any(|url| {
+            async_nats::ServerAddr::from_str(url).is_ok_and(|addr| addr.username().is_some())
+        });
+        NatsCredentials::load(
+            NatsCredentialFiles {
+                creds_file: &self.nats.creds_file,
+                nkey_seed_file: &self.nats.nkey_seed_file,
+            },
+            url_has_credentials,
+        )
+    }
+
     /// Checks every value and names each bad key.
     pub fn validate(&self) -> Result<(), Error> {
         let mut bad = Vec::new();
         if let Err(problems) = self.nats_tls() {
+            bad.extend(problems);
+        }
+        if let Err(problems) = self.nats_credentials() {
             bad.extend(problems);
         }
         if self.nats.url.split(',').all(|u| u.trim().is_empty()) {

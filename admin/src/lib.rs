@@ -166,10 +166,14 @@ async fn connect(config: &Config) -> Result<async_nats::Client, Error> {
         .map(|s| s.parse())
         .collect::<Result<_, _>>()
         .map_err(|err| Error::Config(vec![format!("nats.url: {err}")]))?;
-    // Checked when the configuration was loaded.
+    // Both checked when the configuration was loaded.
     let tls = config.nats_tls().map_err(Error::Config)?;
+    let credentials = config.nats_credentials().map_err(Error::Config)?;
     let options =
         sse_protocol::nats_url::with_url_credentials(async_nats::ConnectOptions::new(), &servers);
+    let options = credentials
+        .apply(options)
+        .map_err(|why| Error::Config(vec![why]))?;
     tls.apply(options)
         .name(&config.nats.connection_name)
         .request_timeout(Some(config.request_timeout()))

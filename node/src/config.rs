@@ -63,6 +63,10 @@ pub struct NatsConfig {
     pub tls_cert_file: String,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: String,
+    /// A NATS credentials file (user JWT and nkey seed).
+    pub creds_file: String,
+    /// A file holding a user nkey seed.
+    pub nkey_seed_file: String,
 }
 
 /// `[http]`
@@ -561,6 +565,12 @@ impl Config {
 }
 
 impl NatsConfig {
+    /// Whether a URL of `nats.url` carries a user or token.
+    pub fn url_has_credentials(&self) -> bool {
+        self.server_addrs()
+            .is_ok_and(|addrs| addrs.iter().any(|addr| addr.username().is_some()))
+    }
+
     /// The servers named by `url`, split on commas.
     pub fn server_addrs(&self) -> Result<Vec<ServerAddr>, String> {
         let addrs: Result<Vec<ServerAddr>, String> = self

@@ -123,6 +123,7 @@ pub async fn run(
         tls,
         cors,
         nats_tls,
+        nats_credentials,
     } = startup;
     let metrics = Arc::new(Metrics::new());
     let (connected_tx, connected_rx) = watch::channel(false);
@@ -140,6 +141,12 @@ pub async fn run(
     // When a failure to reach NATS was last said: once in ten seconds.
     let unreachable_said: Arc<std::sync::Mutex<Option<std::time::Instant>>> = Arc::default();
     let options = sse_protocol::nats_url::with_url_credentials(ConnectOptions::new(), &addrs);
+    let options = nats_credentials
+        .apply(options)
+        .map_err(|reason| NodeError::Nats {
+            url: sse_protocol::nats_url::redact(&config.nats.url),
+            reason,
+        })?;
     let client = nats_tls
         .apply(options)
         .name(&config.nats.connection_name)

@@ -1,7 +1,7 @@
 //! What start-up builds from the configuration, once, before the node
 //! serves: the JWT verifier (reads the key files), the TLS acceptor (reads
-//! the certificate and key), the CORS rules and TLS to NATS (checks its
-//! files).
+//! the certificate and key), the CORS rules, and TLS and credentials for
+//! NATS (reads their files).
 //!
 //! [`Startup::load`] reads the configuration layers, checks the values
 //! ([`Config::validate`]) and builds these parts, and reports every problem
@@ -12,7 +12,10 @@
 
 use std::path::Path;
 
-use sse_protocol::nats_tls::{NatsTls, NatsTlsFiles};
+use sse_protocol::{
+    nats_credentials::{NatsCredentialFiles, NatsCredentials},
+    nats_tls::{NatsTls, NatsTlsFiles},
+};
 use tokio_rustls::TlsAcceptor;
 use tower_http::cors::CorsLayer;
 
@@ -34,6 +37,9 @@ pub struct Startup {
     pub cors: Option<CorsLayer>,
     /// TLS to NATS (`nats.tls_*`).
     pub nats_tls: NatsTls,
+    /// How to authenticate to NATS beyond `nats.url` (`nats.creds_file`,
+    /// `nats.nkey_seed_file`).
+    pub nats_credentials: NatsCredentials,
 }
 
 impl Startup {
@@ -78,6 +84,17 @@ impl Startup {
             errors.extend(problems);
             NatsTls::default()
         });
+        let nats_credentials = NatsCredentials::load(
+            NatsCredentialFiles {
+                creds_file: &config.nats.creds_file,
+                nkey_seed_file: &config.nats.nkey_seed_file,
+            },
+            config.nats.url_has_credentials(),
+        )
+        .unwrap_or_else(|problems| {
+            errors.extend(problems);
+            NatsCredentials::None
+        });
         match verifier {
             Some(verifier) if errors.is_empty() => Ok(Self {
                 cors: http::cors_layer(&config.cors),
@@ -85,6 +102,7 @@ impl Startup {
                 verifier,
                 tls,
                 nats_tls,
+                nats_credentials,
             }),
             _ => Err(ConfigError(errors)),
         }

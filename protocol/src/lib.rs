@@ -13,6 +13,8 @@
 //!   feature).
 //! - `nats_url`: the credentials a NATS server URL carries, sent as
 //!   async-nats's connect options (the `nats` feature).
+//! - `nats_credentials`: a NATS credentials file or nkey seed (the `nats`
+//!   feature).
 //! - `nats_tls`: TLS to NATS with authorities of one's own and a client
 //!   certificate (the `nats` feature).
 //! - `stream_list`: every stream's info, listed page by page while NATS
@@ -32,6 +34,8 @@ pub mod event_stream;
 pub mod grant;
 pub mod headers;
 pub mod log_level;
+#[cfg(feature = "nats")]
+pub mod nats_credentials;
 #[cfg(feature = "nats")]
 pub mod nats_tls;
 #[cfg(feature = "nats")]

@@ -5,12 +5,12 @@
 //! and refusals), `auth`, `publish`, `nodes` (cluster view and metrics),
 //! `config` (the binary's `--check-config`) `dashboard` (headless
 //! Chromium), `node_e2e` (publish through admin, read on a real node) and
-//! `nats_tls` (a NATS server that verifies its clients' certificates).
+//! `nats_security` (NATS servers that verify client certificates or nkeys).
 
 mod auth;
 mod config;
 mod dashboard;
-mod nats_tls;
+mod nats_security;
 mod node_e2e;
 mod nodes;
 #[path = "../../../node/tests/it/pki.rs"]

@@ -199,7 +199,7 @@ async fn every_mistake_of_a_configuration_is_named_at_once() {
     for said in [
         "histroy: unknown section; the sections are auth, cluster, cors, delivery, history,".to_owned(),
         "http.listn: unknown key; [http] has fast_path, h2,".to_owned(),
-        "nats.urll: unknown key; [nats] has connection_name, subject_prefix, tls_ca_file, tls_cert_file, tls_key_file, topic_refresh_seconds, url (set by SSE_NATS__URLL)".to_owned(),
+        "nats.urll: unknown key; [nats] has connection_name, creds_file, nkey_seed_file, subject_prefix, tls_ca_file, tls_cert_file, tls_key_file, topic_refresh_seconds, url (set by SSE_NATS__URLL)".to_owned(),
         format!("delivery.client_queue_events: invalid value signed int `-1`, expected usize (in {file} TOML file)"),
         "http.max_connections: invalid type: found string \"lots\", expected usize (set by SSE_HTTP__MAX_CONNECTIONS)".to_owned(),
     ] {

@@ -10,6 +10,7 @@ mod interest;
 mod lean;
 mod lifecycle;
 mod metrics;
+mod nats_credentials;
 mod nats_tls;
 mod parked;
 mod pki;

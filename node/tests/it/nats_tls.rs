@@ -13,25 +13,18 @@ use tokio::{
 
 use crate::{pki::PrivateCa, support::*};
 
-/// A `nats-server -js` on a free port that speaks only TLS, with the
-/// certificate `server` of `ca`, and asks every client for a certificate
-/// of `ca` (`verify: true`).
-struct TlsNats {
+/// A `nats-server -js` on a free port with the config file `config`;
+/// killed when dropped.
+pub(crate) struct ConfiguredNats {
     _child: Child,
-    port: u16,
+    pub(crate) port: u16,
     _dir: tempfile::TempDir,
 }
 
-impl TlsNats {
-    async fn start(ca: &PrivateCa) -> Self {
+impl ConfiguredNats {
+    pub(crate) fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = format!(
-            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 2\n}}\n",
-            ca.path("server.pem"),
-            ca.path("server.key"),
-            ca.path("ca.pem"),
-        );
         std::fs::write(dir.path().join("nats.conf"), config).unwrap();
         let child = Command::new("nats-server")
             .arg("-c")
@@ -50,19 +43,17 @@ impl TlsNats {
         }
     }
 
-    /// The tests' own client, with the CA and a client certificate.
-    async fn client(&self, ca: &PrivateCa) -> jetstream::Context {
-        let url = format!("tls://localhost:{}", self.port);
-        let client = eventually(Duration::from_secs(15), "NATS over TLS", || {
-            let url = url.clone();
+    /// The tests' own JetStream context, connected with `options` (made
+    /// anew for each try) once JetStream answers.
+    pub(crate) async fn jetstream(
+        &self,
+        url: &str,
+        options: impl Fn() -> async_nats::ConnectOptions,
+    ) -> jetstream::Context {
+        let client = eventually(Duration::from_secs(15), "NATS to answer", || {
+            let connecting = options().connect(url.to_owned());
             async move {
-                let client = async_nats::ConnectOptions::new()
-                    .add_root_certificates(ca.path("ca.pem"))
-                    .add_client_certificate(ca.path("tester.pem"), ca.path("tester.key"))
-                    .require_tls(true)
-                    .connect(url)
-                    .await
-                    .ok()?;
+                let client = connecting.await.ok()?;
                 let js = jetstream::new(client.clone());
                 js.query_account().await.ok().map(|_| client)
             }
@@ -70,6 +61,17 @@ impl TlsNats {
         .await;
         jetstream::new(client)
     }
+}
+
+/// A server that speaks only TLS, with the certificate `server` of `ca`,
+/// and asks every client for a certificate of `ca` (`verify: true`).
+fn tls_nats(ca: &PrivateCa) -> ConfiguredNats {
+    ConfiguredNats::start(&format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 2\n}}\n",
+        ca.path("server.pem"),
+        ca.path("server.key"),
+        ca.path("ca.pem"),
+    ))
 }
 
 fn path(p: &Path) -> &str {
@@ -83,8 +85,15 @@ async fn a_node_reaches_a_nats_that_verifies_clients_with_its_ca_and_certificate
         ca.issue("server", &["localhost", "127.0.0.1"]);
         ca.issue("node", &["sse-node"]);
         ca.issue("tester", &["tester"]);
-        let nats = TlsNats::start(&ca).await;
-        let js = nats.client(&ca).await;
+        let nats = tls_nats(&ca);
+        let js = nats
+            .jetstream(&format!("tls://localhost:{}", nats.port), || {
+                async_nats::ConnectOptions::new()
+                    .add_root_certificates(ca.path("ca.pem"))
+                    .add_client_certificate(ca.path("tester.pem"), ca.path("tester.key"))
+                    .require_tls(true)
+            })
+            .await;
         create_topic(&js, "secure", None).await;
 
         // A nats:// URL: the TLS settings ask for TLS themselves.

@@ -88,6 +88,52 @@ def mount_tls_secret(deploy: dict, env: dict[str, str], into: Path) -> dict[str,
     return {k: v.replace(mounts["tls"], str(into)) for k, v in env.items()}
 
 
+def nkey_user_seed() -> str:
+    """A user nkey seed (`SU…`) as `nk -gen user` prints one: prefix bytes,
+    32 random bytes and their CRC-16 (XMODEM), in base32 without padding."""
+    import base64
+    import binascii
+
+    seed_byte, user_byte = 18 << 3, 20 << 3
+    data = bytes([seed_byte | (user_byte >> 5), (user_byte & 31) << 3]) + os.urandom(32)
+    crc = binascii.crc_hqx(data, 0).to_bytes(2, "little")
+    return base64.b32encode(data + crc).decode().rstrip("=")
+
+
+def mount_nats_secrets(deploy: dict, name: str, env: dict[str, str], into: Path) -> dict[str, str]:
+    """Stands in for the kubelet mounting the NATS client Secrets
+    (externalNats.tls, externalNats.credentials): files of the right kinds
+    are written under `into` and the env's paths into the mounts are
+    pointed there."""
+    mounts = {m["name"]: m["mountPath"] for m in container(deploy, name).get("volumeMounts", [])}
+    for volume in ("nats-tls", "nats-credentials"):
+        if volume not in mounts:
+            continue
+        folder = into / volume
+        folder.mkdir(exist_ok=True)
+        for variable, path in list(env.items()):
+            if not path.startswith(mounts[volume] + "/"):
+                continue
+            file = folder / Path(path).name
+            if variable == "SSE_NATS__TLS_KEY_FILE":
+                continue  # written with its certificate
+            if variable in ("SSE_NATS__TLS_CA_FILE", "SSE_NATS__TLS_CERT_FILE"):
+                subprocess.run(
+                    ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                     "-subj", "/CN=sse-cluster-nats-client", "-keyout", str(folder / "tls.key"), "-out", str(file)],
+                    check=True, capture_output=True, timeout=60,
+                )
+            elif variable == "SSE_NATS__CREDS_FILE":
+                file.write_text(
+                    "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.c2ln\n------END NATS USER JWT------\n\n"
+                    f"-----BEGIN USER NKEY SEED-----\n{nkey_user_seed()}\n------END USER NKEY SEED------\n"
+                )
+            elif variable == "SSE_NATS__NKEY_SEED_FILE":
+                file.write_text(nkey_user_seed() + "\n")
+        env = {k: v.replace(mounts[volume], str(folder)) for k, v in env.items()}
+    return env
+
+
 def mount_jwt_secret(objs: list[dict], deploy: dict, config_text: str, into: Path) -> str:
     """Stands in for the kubelet mounting the JWT keys' Secret: its files
     are written under `into` and the config's paths into the mount are
@@ -111,6 +157,7 @@ def test_chart_node_config_and_env(tmp_path, values_file):
     deploy = one(objs, "Deployment", "-node")
     config.write_text(mount_jwt_secret(objs, deploy, cm["data"]["node.toml"], tmp_path))
     env = mount_tls_secret(deploy, pod_env(deploy, "sse-node"), tmp_path)
+    env = mount_nats_secrets(deploy, "sse-node", env, tmp_path)
     assert_accepted(check_config(binary("sse-node"), env, config), f"chart node.toml ({values_file})")
 
 
@@ -120,7 +167,8 @@ def test_chart_admin_config_and_env(tmp_path, values_file):
     cm = one(objs, "ConfigMap", "-config")
     config = tmp_path / "admin.toml"
     config.write_text(cm["data"]["admin.toml"])
-    env = pod_env(one(objs, "Deployment", "-admin"), "sse-admin")
+    deploy = one(objs, "Deployment", "-admin")
+    env = mount_nats_secrets(deploy, "sse-admin", pod_env(deploy, "sse-admin"), tmp_path)
     assert env["SSE_ADMIN__TOKEN"] == "from-the-secret"
     assert_accepted(check_config(binary("sse-admin"), env, config), f"chart admin.toml ({values_file})")
 

@@ -314,6 +314,40 @@ def test_nats_tls_secret_reaches_node_and_admin():
             assert all(m["name"] != "nats-tls" for m in c.get("volumeMounts", []))
 
 
+def test_nats_credentials_secret_reaches_node_and_admin():
+    extra = {
+        "nats": {"enabled": False},
+        "externalNats": {
+            "url": "tls://connect.example:4222",
+            "credentials": {"secretName": "nats-user", "credsKey": "user.creds"},
+        },
+    }
+    for key, variable, file in (
+        ("credsKey", "SSE_NATS__CREDS_FILE", "user.creds"),
+        ("nkeySeedKey", "SSE_NATS__NKEY_SEED_FILE", "user.nk"),
+    ):
+        extra["externalNats"]["credentials"] = {"secretName": "nats-user", key: file}
+        objs = chart_objects(extra=extra)
+        for suffix, name in (("-node", "sse-node"), ("-admin", "sse-admin")):
+            deploy = one(objs, "Deployment", suffix)
+            c = container(deploy, name)
+            env = {e["name"]: e.get("value") for e in c["env"]}
+            assert env[variable] == f"/etc/sse-cluster/nats-credentials/{file}", name
+            mounts = {m["name"]: m for m in c["volumeMounts"]}
+            assert mounts["nats-credentials"]["mountPath"] == "/etc/sse-cluster/nats-credentials"
+            assert mounts["nats-credentials"]["readOnly"], name
+            volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+            assert volumes["nats-credentials"]["secret"]["secretName"] == "nats-user", name
+
+    for credentials, says in (
+        ({"secretName": "nats-user"}, "set credsKey or nkeySeedKey"),
+        ({"secretName": "nats-user", "credsKey": "a", "nkeySeedKey": "b"}, "not both"),
+    ):
+        extra["externalNats"]["credentials"] = credentials
+        with pytest.raises(helm.HelmError, match=says):
+            render_chart(extra=extra)
+
+
 def test_node_tls_refuses_an_admin_ingress_that_would_get_https():
     with pytest.raises(helm.HelmError, match="ingress.admin.enabled=false"):
         render_chart("ingress-values.yaml", extra={"node": {"tls": {"secretName": "sse-node-tls"}}})

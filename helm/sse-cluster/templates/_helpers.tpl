@@ -243,46 +243,67 @@ floats, booleans and arrays are also valid TOML.
 {{- end }}
 {{- end }}
 
-{{/* Where the NATS TLS Secret is mounted on both workloads. */}}
-{{- define "sse-cluster.natsTlsPath" -}}
-/etc/sse-cluster/nats-tls
-{{- end }}
-
-{{/* `nats.tls_*` from externalNats.tls, for both workloads. */}}
-{{- define "sse-cluster.natsTlsEnv" -}}
+{{/* `nats.tls_*`, `nats.creds_file` and `nats.nkey_seed_file` from
+externalNats.tls and externalNats.credentials, for both workloads. */}}
+{{- define "sse-cluster.natsClientEnv" -}}
 {{- with .Values.externalNats.tls }}
 {{- if .secretName }}
-{{- $path := include "sse-cluster.natsTlsPath" $ }}
 {{- if .caKey }}
 - name: SSE_NATS__TLS_CA_FILE
-  value: {{ printf "%s/%s" $path .caKey | quote }}
+  value: {{ printf "/etc/sse-cluster/nats-tls/%s" .caKey | quote }}
 {{- end }}
 {{- if .clientCertificate }}
 - name: SSE_NATS__TLS_CERT_FILE
-  value: {{ printf "%s/tls.crt" $path | quote }}
+  value: "/etc/sse-cluster/nats-tls/tls.crt"
 - name: SSE_NATS__TLS_KEY_FILE
-  value: {{ printf "%s/tls.key" $path | quote }}
+  value: "/etc/sse-cluster/nats-tls/tls.key"
 {{- end }}
 {{- if not (or .caKey .clientCertificate) }}
 {{- fail "externalNats.tls.secretName: set caKey, clientCertificate or both" }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- with .Values.externalNats.credentials }}
+{{- if .secretName }}
+{{- if and .credsKey .nkeySeedKey }}
+{{- fail "externalNats.credentials: set credsKey or nkeySeedKey, not both" }}
+{{- else if .credsKey }}
+- name: SSE_NATS__CREDS_FILE
+  value: {{ printf "/etc/sse-cluster/nats-credentials/%s" .credsKey | quote }}
+{{- else if .nkeySeedKey }}
+- name: SSE_NATS__NKEY_SEED_FILE
+  value: {{ printf "/etc/sse-cluster/nats-credentials/%s" .nkeySeedKey | quote }}
+{{- else }}
+{{- fail "externalNats.credentials.secretName: set credsKey or nkeySeedKey" }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
-{{/* The NATS TLS Secret's mount, for both workloads. */}}
-{{- define "sse-cluster.natsTlsMount" -}}
+{{/* The NATS client Secrets' mounts, for both workloads. */}}
+{{- define "sse-cluster.natsClientMounts" -}}
 {{- if .Values.externalNats.tls.secretName }}
 - name: nats-tls
-  mountPath: {{ include "sse-cluster.natsTlsPath" . }}
+  mountPath: /etc/sse-cluster/nats-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.externalNats.credentials.secretName }}
+- name: nats-credentials
+  mountPath: /etc/sse-cluster/nats-credentials
   readOnly: true
 {{- end }}
 {{- end }}
 
-{{/* The NATS TLS Secret's volume, for both workloads. */}}
-{{- define "sse-cluster.natsTlsVolume" -}}
+{{/* The NATS client Secrets' volumes, for both workloads. */}}
+{{- define "sse-cluster.natsClientVolumes" -}}
 {{- with .Values.externalNats.tls.secretName }}
 - name: nats-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.externalNats.credentials.secretName }}
+- name: nats-credentials
   secret:
     secretName: {{ . }}
     defaultMode: 0440

@@ -194,11 +194,10 @@ impl Config {
             bad.push("nats.url: must name at least one server".to_owned());
         }
         for url in self.nats.url.split(',').map(str::trim) {
-            if !url.is_empty() && async_nats::ServerAddr::from_str(url).is_err() {
-                bad.push(format!(
-                    "nats.url: {:?} is not a NATS server address",
-                    sse_protocol::nats_url::redact(url)
-                ));
+            if !url.is_empty()
+                && let Err(why) = sse_protocol::nats_url::parse(url)
+            {
+                bad.push(format!("nats.url: {why}"));
             }
         }
         let prefix = &self.nats.subject_prefix;

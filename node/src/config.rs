@@ -578,14 +578,7 @@ impl NatsConfig {
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| {
-                ServerAddr::from_str(s).map_err(|e| {
-                    format!(
-                        "{:?} is not a NATS server URL: {e}",
-                        sse_protocol::nats_url::redact(s)
-                    )
-                })
-            })
+            .map(sse_protocol::nats_url::parse)
             .collect();
         match addrs {
             Ok(list) if list.is_empty() => Err("no server given".into()),

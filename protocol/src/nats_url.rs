@@ -7,6 +7,24 @@ use std::borrow::Cow;
 
 use async_nats::{ConnectOptions, ServerAddr};
 
+/// One server URL of `nats.url`, checked: NATS's own protocol over TCP,
+/// `nats://` or `tls://` (or a bare `host:port`). WebSocket URLs (`ws://`,
+/// `wss://`) are refused: this client would speak the TCP protocol to a
+/// WebSocket port, and never get an answer it understands.
+pub fn parse(url: &str) -> Result<ServerAddr, String> {
+    let addr: ServerAddr = url
+        .parse()
+        .map_err(|e| format!("{:?} is not a NATS server URL: {e}", redact(url)))?;
+    if addr.is_websocket() {
+        return Err(format!(
+            "{:?}: NATS over WebSocket is not supported; use the servers' client port, \
+             nats:// or tls://",
+            redact(url)
+        ));
+    }
+    Ok(addr)
+}
+
 /// `options` with the credentials of the first of `addrs` that carries any:
 /// its user and password, or, for a user without a password, a token.
 pub fn with_url_credentials(options: ConnectOptions, addrs: &[ServerAddr]) -> ConnectOptions {
@@ -66,6 +84,23 @@ mod tests {
             "nats://node:***@a:4222, nats://***@b:4222,nats://c:4222"
         );
         assert_eq!(redact("a:4222"), "a:4222");
+    }
+
+    #[test]
+    fn websocket_urls_are_refused_and_the_rest_parsed() {
+        assert_eq!(parse("nats://a:4222").unwrap().port(), 4222);
+        assert_eq!(parse("tls://a:4223").unwrap().port(), 4223);
+        assert_eq!(parse("a:4224").unwrap().port(), 4224);
+        for url in ["ws://a:8080", "wss://u:secret@a:443"] {
+            let why = parse(url).unwrap_err();
+            assert!(why.contains("WebSocket"), "{why}");
+            assert!(!why.contains("secret"), "{why}");
+        }
+        assert!(
+            parse("nats://a:port")
+                .unwrap_err()
+                .contains("is not a NATS server URL")
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ SCHEMA = ROOT / "helm" / "sse-cluster" / "values.schema.json"
 SPECIAL = {
     ("log", "format"): {"type": "string", "enum": ["text", "json"]},
     ("http", "listen"): {"type": "string", "pattern": "^.+:[0-9]{1,5}$"},
-    ("nats", "url"): {"type": "string", "pattern": "^(nats|tls|ws|wss)://"},
+    ("nats", "url"): {"type": "string", "pattern": "^(nats|tls)://"},
 }
 # Never in a ConfigMap: these come from the Secret.
 SECRET_KEYS = {("admin", "token")}

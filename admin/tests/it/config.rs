@@ -35,6 +35,25 @@ fn check_config_names_the_bad_key_and_exits_64() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // NATS over WebSocket, and credentials given twice, are refused.
+    let out = admin()
+        .arg("--check-config")
+        .env("SSE_ADMIN__TOKEN", "t0ken")
+        .env("SSE_NATS__URL", "wss://user:secret@nats.example:443")
+        .env("SSE_NATS__NKEY_SEED_FILE", "/run/secrets/user.nk")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nats.url:") && stderr.contains("NATS over WebSocket is not supported"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("nats.nkey_seed_file: nats.url carries a user or token too"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret@"), "{stderr}");
     // A misspelt nested key is refused.
     let out = admin()
         .arg("--check-config")

@@ -150,9 +150,10 @@ async fn a_node_reaches_a_nats_that_verifies_clients_with_its_ca_and_certificate
     .expect("test exceeded its time limit");
 }
 
-/// A bad TLS setting stops the node at start, naming its key.
+/// A bad NATS setting stops the node at start, naming its key: TLS files
+/// of the wrong kind or alone, a WebSocket URL.
 #[tokio::test]
-async fn bad_nats_tls_files_are_config_errors() {
+async fn bad_nats_settings_are_config_errors() {
     let ca = PrivateCa::new();
     ca.issue("node", &["sse-node"]);
     let output = tokio::process::Command::new(binary())
@@ -160,6 +161,7 @@ async fn bad_nats_tls_files_are_config_errors() {
         .env_remove("SSE_CONFIG")
         .env("SSE_NATS__TLS_CA_FILE", ca.path("node.key"))
         .env("SSE_NATS__TLS_CERT_FILE", ca.path("node.pem"))
+        .env("SSE_NATS__URL", "nats://a:4222,ws://b:8080")
         .output()
         .await
         .unwrap();
@@ -169,6 +171,7 @@ async fn bad_nats_tls_files_are_config_errors() {
         "nats.tls_ca_file:",
         "holds no PEM certificate",
         "nats.tls_cert_file, nats.tls_key_file: set both",
+        "nats.url: \"ws://b:8080\": NATS over WebSocket is not supported",
     ] {
         assert!(stderr.contains(said), "{said:?} in {stderr}");
     }

@@ -40,7 +40,8 @@
 //!
 //! The kind of request, in any scenario: `--header "Name: value"` (may
 //! repeat: `Origin`, `Cookie`), `--tls-ca CERT.pem` (TLS, trusting that
-//! certificate for `localhost`), `--h2-streams N` (HTTP/2, N streams per
+//! certificate for `localhost`; `--tls-version 1.2` offers only TLS 1.2),
+//! `--h2-streams N` (HTTP/2, N streams per
 //! connection: h2c, or with `--tls-ca` TLS with ALPN `h2`; granting
 //! Chromium's flow-control windows; `--h2-window BYTES` grants BYTES per
 //! stream and per connection instead, 65535 being the protocol's default),
@@ -624,6 +625,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
             retry_ms: args.get("retry-ms").map(str::parse).transpose()?,
             headers: args.all("header").to_vec(),
             tls_ca: args.get("tls-ca").map(str::to_owned),
+            tls12_only: match args.get("tls-version") {
+                None | Some("1.3") => false,
+                Some("1.2") => true,
+                Some(other) => anyhow::bail!("--tls-version {other}: 1.2 or 1.3"),
+            },
             h2_streams: args.or("h2-streams", 0)?,
             h2_window: args.get("h2-window").map(str::parse).transpose()?,
             request_before: args.get("request-before").map(str::to_owned),
@@ -922,6 +928,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         "kind": {
             "headers": args.all("header").iter().map(|h| h.split(':').next().unwrap_or_default()).collect::<Vec<_>>(),
             "tls": args.get("tls-ca").is_some(),
+            // "1.2" when only TLS 1.2 was offered.
+            "tls_version": args.get("tls-version"),
             "query": args.get("query").and_then(|q| q.split('=').next()),
             "h2_streams": args.or("h2-streams", 0)?,
             // null: Chromium's windows.

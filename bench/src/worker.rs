@@ -80,6 +80,10 @@ pub struct WorkerConfig {
     /// Speak TLS, trusting this PEM certificate for the name `localhost`.
     #[serde(default)]
     pub tls_ca: Option<String>,
+    /// With `tls_ca`: offer only TLS 1.2 (`true`), as older clients and
+    /// some proxies that re-encrypt do, instead of 1.3 and 1.2.
+    #[serde(default)]
+    pub tls12_only: bool,
     /// Streams per HTTP/2 connection; 0 speaks HTTP/1.1. HTTP/2 is h2c
     /// (prior knowledge), or with `tls_ca` TLS with ALPN `h2`, as a browser
     /// reaching a server over TLS negotiates it.
@@ -245,7 +249,7 @@ pub fn run() -> anyhow::Result<()> {
         let tls = config
             .tls_ca
             .as_deref()
-            .map(|ca| tls_connector(ca, alpn))
+            .map(|ca| tls_connector(ca, alpn, config.tls12_only))
             .transpose()?;
         if config.h2_streams > 0 {
             for first in (0..config.count).step_by(config.h2_streams) {
@@ -405,8 +409,8 @@ trait Duplex: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
 
 /// A TLS client that trusts the certificate in `pem_file` and offers the
-/// one application protocol `alpn`.
-fn tls_connector(pem_file: &str, alpn: &[u8]) -> anyhow::Result<TlsConnector> {
+/// one application protocol `alpn`; TLS 1.3 and 1.2, or 1.2 only.
+fn tls_connector(pem_file: &str, alpn: &[u8], tls12_only: bool) -> anyhow::Result<TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(pem_file)
         .with_context(|| format!("cannot read {pem_file}"))?
@@ -414,10 +418,13 @@ fn tls_connector(pem_file: &str, alpn: &[u8]) -> anyhow::Result<TlsConnector> {
         roots.add(cert?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let builder = rustls::ClientConfig::builder_with_provider(provider);
+    let builder = if tls12_only {
+        builder.with_protocol_versions(&[&rustls::version::TLS12])?
+    } else {
+        builder.with_safe_default_protocol_versions()?
+    };
+    let mut config = builder.with_root_certificates(roots).with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
 }

@@ -333,8 +333,8 @@ async fn serve_tls(
         stream.get_mut().0.align_tls_records(false);
     }
     // HTTP/2 streams share their connection: hyper serves them, over the
-    // connection's records without rustls's buffers (TLS 1.3). TLS 1.2 is
-    // left to rustls and hyper: the node writes only TLS 1.3 records.
+    // connection's records without rustls's buffers (TLS 1.3; over TLS 1.2
+    // rustls keeps them, as the node reads only TLS 1.3 records).
     if h2 && tls13 {
         match tls_records::take_over_connection(stream, head_wait).await {
             // A task of its own: what the handshake and the take-over held
@@ -347,9 +347,10 @@ async fn serve_tls(
         }
         return;
     }
-    let lean = !h2 && tls13;
+    // HTTP/1.1, over TLS 1.2 as over 1.3: the lean path writes the
+    // stream's records itself once the head is read.
     match fast {
-        Some(state) if lean => {
+        Some(state) if !h2 => {
             match fastpath::serve_tls(&state, stream, max_head, head_wait).await {
                 fastpath::Outcome::Served => {}
                 fastpath::Outcome::Streaming(streaming) => {
@@ -415,7 +416,7 @@ struct Builders {
 #[derive(Clone, Copy)]
 enum After {
     /// Nothing: hyper serves the connection from its start, as long as it
-    /// stays open (HTTP/2, TLS 1.2, `http.fast_path` off).
+    /// stays open (HTTP/2, `http.fast_path` off).
     Nothing,
     /// The lean path, which read the first request's head and declined it:
     /// hyper serves that request only, so that every HTTP/1.1 request

@@ -25,8 +25,8 @@
 //! comes in several packets (a browser's cookies past one TCP segment) is
 //! read into a buffer instead, as on TLS, whose stream cannot be peeked
 //! ([`serve_tls`]): a connection declined then goes to hyper as a
-//! [`Replay`] that yields those bytes first. Only TLS 1.3
-//! connections that chose HTTP/1.1 by ALPN (or chose nothing) come here, and
+//! [`Replay`] that yields those bytes first. Only TLS connections (1.3 or
+//! 1.2) that chose HTTP/1.1 by ALPN (or chose nothing) come here, and
 //! once the head is out their events are sealed by a
 //! [`RecordSealer`](crate::tls_records::RecordSealer) instead of rustls's
 //! whole connection; they park as cleartext streams do.

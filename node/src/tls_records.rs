@@ -1,4 +1,4 @@
-//! TLS 1.3 records for an open event stream, without rustls's connection.
+//! TLS records for an open event stream, without rustls's connection.
 //!
 //! After the handshake and the response head, a lean-path stream over TLS
 //! only ever writes application data: it reads nothing more from the
@@ -19,8 +19,10 @@
 //! [`RecordStream`], which opens each record the client sends and seals
 //! each write, holding two keys and, while a record is read, that record.
 //!
-//! Limits: TLS 1.3 only (TLS 1.2 connections stay on rustls and hyper, see
-//! [`crate::connection`]). The stream ends, and the client resumes on a new
+//! A lean-path stream's records are TLS 1.3's or TLS 1.2's, with the
+//! negotiated suite's AEAD; an HTTP/2 connection is taken over on TLS 1.3
+//! only (over TLS 1.2 rustls keeps it, see [`crate::connection`]). The
+//! stream ends, and the client resumes on a new
 //! connection, before the suite's confidentiality limit would call for a
 //! key update. A `KeyUpdate` the client may send goes unanswered, as every
 //! other byte it sends, on a lean-path stream; on an HTTP/2 connection it
@@ -36,7 +38,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::{
     rustls::{
-        ConnectionTrafficSecrets, ContentType, ProtocolVersion, ServerConnection, Tls13CipherSuite,
+        ConnectionTrafficSecrets, ContentType, ProtocolVersion, ServerConnection,
+        SupportedCipherSuite,
         crypto::cipher::{
             AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks,
             OutboundPlainMessage,
@@ -53,7 +56,7 @@ const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 /// The alert `close_notify` (level warning, description 0).
 pub(crate) const CLOSE_NOTIFY: [u8; 2] = [1, 0];
 
-/// Seals application data into TLS 1.3 records with a connection's write
+/// Seals application data into TLS records with a connection's write
 /// key, and holds sealed bytes the socket has not taken yet.
 pub struct RecordSealer {
     encrypter: Box<dyn MessageEncrypter>,
@@ -80,8 +83,7 @@ pub fn take_over(stream: TlsStream<GuardedStream>) -> Result<SharedWriter, &'sta
     let connection = stream.get_ref().1;
     let suite = connection
         .negotiated_cipher_suite()
-        .and_then(|s| s.tls13())
-        .ok_or("not a tls 1.3 connection")?;
+        .ok_or("no cipher suite negotiated")?;
     if connection.wants_write() {
         return Err("records are still waiting to be sent");
     }
@@ -106,18 +108,36 @@ fn key_and_iv(traffic: ConnectionTrafficSecrets) -> Result<(AeadKey, Iv), &'stat
 
 impl RecordSealer {
     /// A sealer with the write secrets rustls handed over, from record
-    /// number `seq` on.
+    /// number `seq` on: TLS 1.3's records, or TLS 1.2's, whose AEAD nonce
+    /// rustls hands over whole (the fixed part, then the explicit part it
+    /// starts from) and whose encrypter takes it in those two parts.
     fn new(
-        suite: &Tls13CipherSuite,
+        suite: SupportedCipherSuite,
         traffic: ConnectionTrafficSecrets,
         seq: u64,
     ) -> Result<Self, &'static str> {
         let (key, iv) = key_and_iv(traffic)?;
+        let (encrypter, common) = match suite {
+            SupportedCipherSuite::Tls13(suite) => {
+                (suite.aead_alg.encrypter(key, iv), &suite.common)
+            }
+            SupportedCipherSuite::Tls12(suite) => {
+                let fixed = suite.aead_alg.key_block_shape().fixed_iv_len;
+                let (fixed, explicit) = iv
+                    .as_ref()
+                    .split_at_checked(fixed)
+                    .ok_or("a tls 1.2 nonce shorter than its suite's")?;
+                (
+                    suite.aead_alg.encrypter(key, fixed, explicit),
+                    &suite.common,
+                )
+            }
+        };
         Ok(Self {
-            encrypter: suite.aead_alg.encrypter(key, iv),
+            encrypter,
             seq,
             // Stop short of the limit: the last record carries the close.
-            seq_limit: suite.common.confidentiality_limit.saturating_sub(1),
+            seq_limit: common.confidentiality_limit.saturating_sub(1),
             unsent: Bytes::new(),
         })
     }
@@ -249,7 +269,8 @@ pub async fn take_over_connection(
         .map_err(|_| NotTaken::Lost("rustls refused to hand over the keys"))?;
     let (tx_seq, tx) = secrets.tx;
     let (rx_seq, rx) = secrets.rx;
-    let sealer = RecordSealer::new(suite, tx, tx_seq).map_err(NotTaken::Lost)?;
+    let sealer = RecordSealer::new(SupportedCipherSuite::Tls13(suite), tx, tx_seq)
+        .map_err(NotTaken::Lost)?;
     let (rx_key, rx_iv) = key_and_iv(rx).map_err(NotTaken::Lost)?;
     let plain = 0..early.len();
     Ok(RecordStream {

@@ -441,6 +441,114 @@ impl Cert {
         let tls = self.connect(node, &self.connector).await?;
         raw_get(tls, target, headers).await
     }
+
+    /// A client trusting this certificate that speaks only TLS 1.2, with
+    /// only `suite`, and asks for HTTP/1.1.
+    fn tls12_connector(&self, suite: rustls::SupportedCipherSuite) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in self.roots() {
+            roots.add(cert).unwrap();
+        }
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: vec![suite],
+            ..rustls::crypto::ring::default_provider()
+        };
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsConnector::from(Arc::new(config))
+    }
+
+    /// The certificate, as a client's trust anchor.
+    fn roots(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        use rustls::pki_types::pem::PemObject as _;
+        rustls::pki_types::CertificateDer::pem_file_iter(self.dir.path().join("cert.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+}
+
+/// TLS 1.2 clients (older devices, proxies that re-encrypt to the node)
+/// are served on the lean path too: the node seals their records itself
+/// with each of TLS 1.2's AEADs (AES-GCM with its explicit nonce,
+/// ChaCha20-Poly1305 without), refuses a bad head with why, and closes
+/// the TLS way.
+#[tokio::test]
+async fn tls_1_2_streams_are_served_on_the_lean_path_with_every_aead() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "legacy", None).await;
+    let cert = Cert::new();
+    let env = [
+        cert.env(),
+        cors_env(),
+        vec![("SSE_SHUTDOWN__DRAIN_SECONDS", "1".to_owned())],
+    ]
+    .concat();
+    let env_pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let node = NodeProc::spawn(&nats.url(), &env_pairs);
+    eventually(T, "the node to be ready over TLS", || async {
+        let ready = cert.get(&node, "/readyz", &[]).await.ok()?;
+        (ready.status == 200).then_some(())
+    })
+    .await;
+    let target = "/v1/events?topic=legacy";
+    let suites = [
+        rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    let mut last = None;
+    for (n, suite) in suites.into_iter().enumerate() {
+        let connector = cert.tls12_connector(suite);
+        let tls = cert.connect(&node, &connector).await.unwrap();
+        let (_, session) = tls.get_ref();
+        assert_eq!(
+            session.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        assert_eq!(session.negotiated_cipher_suite(), Some(suite));
+        let stream = raw_get(tls, target, &[("Origin", APP)]).await.unwrap();
+        assert_eq!(stream.status, 200);
+        assert_eq!(stream.header("access-control-allow-origin"), Some(APP));
+        let mut client = stream.events();
+        client.ready().await;
+        // Enough events for several records, and a large one past a
+        // record's 16 KiB.
+        let large = "L".repeat(40_000);
+        let sent = [format!("{n}-a"), format!("{n}-b"), large];
+        for data in &sent {
+            publish(&js, "legacy.x", data).await;
+        }
+        assert_eq!(data_of(&client.take(3, T).await), sent);
+        assert_eq!(
+            cert_metric(&cert, &node, &served("lean")).await,
+            (n + 1) as f64
+        );
+        last = Some(client);
+    }
+    let connector = cert.tls12_connector(suites[0]);
+    let tls = cert.connect(&node, &connector).await.unwrap();
+    let malformed = raw_get(tls, target, &[("Origin", APP), ("X-A", "a\u{0}b")])
+        .await
+        .unwrap();
+    assert_eq!(malformed.status, 400);
+    assert!(
+        malformed.body.contains("\"bad_request_head\""),
+        "{}",
+        malformed.body
+    );
+    assert_eq!(cert_metric(&cert, &node, &served("router")).await, 0.0);
+
+    // The node ends the stream with close_notify: a clean end to the
+    // client, no error.
+    node.terminate();
+    let rest = last.unwrap().until_closed(T).await;
+    assert!(rest.is_ok(), "{rest:?}");
 }
 
 #[tokio::test]

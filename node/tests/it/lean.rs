@@ -442,6 +442,28 @@ impl Cert {
         raw_get(tls, target, headers).await
     }
 
+    /// Starts a node serving TLS with this certificate, CORS on and a drain
+    /// of a second, with `extra` variables, and waits until it answers
+    /// `/readyz` over TLS (a request the lean path declines, replayed to
+    /// hyper).
+    async fn start_node(&self, nats: &Nats, extra: &[(&'static str, &str)]) -> NodeProc {
+        let env = [
+            self.env(),
+            cors_env(),
+            vec![("SSE_SHUTDOWN__DRAIN_SECONDS", "1".to_owned())],
+        ]
+        .concat();
+        let env = with(&env, extra);
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let node = NodeProc::spawn(&nats.url(), &pairs);
+        eventually(T, "the node to be ready over TLS", || async {
+            let ready = self.get(&node, "/readyz", &[]).await.ok()?;
+            (ready.status == 200).then_some(())
+        })
+        .await;
+        node
+    }
+
     /// A client trusting this certificate that speaks only TLS 1.2, with
     /// only `suite`, and asks for HTTP/1.1.
     fn tls12_connector(&self, suite: rustls::SupportedCipherSuite) -> TlsConnector {
@@ -483,19 +505,7 @@ async fn tls_1_2_streams_are_served_on_the_lean_path_with_every_aead() {
     let js = nats.jetstream().await;
     create_topic(&js, "legacy", None).await;
     let cert = Cert::new();
-    let env = [
-        cert.env(),
-        cors_env(),
-        vec![("SSE_SHUTDOWN__DRAIN_SECONDS", "1".to_owned())],
-    ]
-    .concat();
-    let env_pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let node = NodeProc::spawn(&nats.url(), &env_pairs);
-    eventually(T, "the node to be ready over TLS", || async {
-        let ready = cert.get(&node, "/readyz", &[]).await.ok()?;
-        (ready.status == 200).then_some(())
-    })
-    .await;
+    let node = cert.start_node(&nats, &[]).await;
     let target = "/v1/events?topic=legacy";
     let suites = [
         rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
@@ -557,29 +567,10 @@ async fn tls_streams_are_served_on_the_lean_path_and_everything_else_by_hyper() 
     let js = nats.jetstream().await;
     create_topic(&js, "secure", None).await;
     let cert = Cert::new();
-    let env = [
-        cert.env(),
-        cors_env(),
-        vec![("SSE_SHUTDOWN__DRAIN_SECONDS", "1".to_owned())],
-    ]
-    .concat();
-    let env_pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let node = NodeProc::spawn(&nats.url(), &env_pairs);
-    // Readiness over TLS: a request the lean path declines, replayed to hyper.
-    eventually(T, "the node to be ready over TLS", || async {
-        let ready = cert.get(&node, "/readyz", &[]).await.ok()?;
-        (ready.status == 200).then_some(())
-    })
-    .await;
-    let router_env = with(&env, &[("SSE_HTTP__FAST_PATH", "false")]);
-    let router_pairs: Vec<(&str, &str)> =
-        router_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let router = NodeProc::spawn(&nats.url(), &router_pairs);
-    eventually(T, "the router node to be ready over TLS", || async {
-        let ready = cert.get(&router, "/readyz", &[]).await.ok()?;
-        (ready.status == 200).then_some(())
-    })
-    .await;
+    let node = cert.start_node(&nats, &[]).await;
+    let router = cert
+        .start_node(&nats, &[("SSE_HTTP__FAST_PATH", "false")])
+        .await;
 
     let target = "/v1/events?topic=secure";
     let stream = cert.get(&node, target, &[("Origin", APP)]).await.unwrap();

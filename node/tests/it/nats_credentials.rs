@@ -6,11 +6,13 @@
 use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use bytes::Bytes;
 use nkeys::KeyPair;
 use serde_json::{Value, json};
 
-use crate::{nats_tls::ConfiguredNats, support::*};
+use crate::{
+    nats_tls::{ConfiguredNats, delivers},
+    support::*,
+};
 
 /// A JWT as nats-server reads them: `ed25519-nkey`, signed by `issuer`.
 fn nats_jwt(issuer: &KeyPair, subject: &str, name: &str, nats: Value) -> String {
@@ -43,21 +45,6 @@ fn creds_file(user_jwt: &str, user: &KeyPair) -> String {
          *************************************************************\n",
         user.seed().unwrap()
     )
-}
-
-/// Publishes on `topic` and waits for a node's stream to deliver it.
-async fn delivers(js: &async_nats::jetstream::Context, node: &NodeProc, topic: &str) {
-    let mut client = SseClient::connect(&node.url(&format!("/v1/events?topic={topic}")), None)
-        .await
-        .unwrap();
-    client.ready().await;
-    js.publish(format!("sse.{topic}.a"), Bytes::from("authenticated"))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let events = client.take(1, Duration::from_secs(10)).await;
-    assert_eq!(events[0].data, "authenticated");
 }
 
 #[tokio::test]

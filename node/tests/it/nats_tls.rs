@@ -74,6 +74,21 @@ fn tls_nats(ca: &PrivateCa) -> ConfiguredNats {
     ))
 }
 
+/// Publishes on `topic` and waits for a node's stream to deliver it.
+pub(crate) async fn delivers(js: &jetstream::Context, node: &NodeProc, topic: &str) {
+    let mut client = SseClient::connect(&node.url(&format!("/v1/events?topic={topic}")), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    js.publish(format!("sse.{topic}.a"), Bytes::from("through"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let events = client.take(1, Duration::from_secs(10)).await;
+    assert_eq!(events[0].data, "through");
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -108,17 +123,7 @@ async fn a_node_reaches_a_nats_that_verifies_clients_with_its_ca_and_certificate
             ],
         )
         .await;
-        let mut client = SseClient::connect(&node.url("/v1/events?topic=secure"), None)
-            .await
-            .unwrap();
-        client.ready().await;
-        js.publish("sse.secure.a", Bytes::from("over tls"))
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        let events = client.take(1, Duration::from_secs(10)).await;
-        assert_eq!(events[0].data, "over tls");
+        delivers(&js, &node, "secure").await;
 
         // Without its certificate the server refuses the node (async-nats
         // says only "IO error"): it says so and is not ready.

@@ -107,10 +107,7 @@ fn check_config_names_the_bad_key_and_exits_64() {
 
 #[test]
 fn sigterm_stops_promptly_even_without_nats_and_logs_plain_text() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = crate::ports::free_port();
     // Port 1 on loopback: nothing listens, NATS stays unreachable.
     let mut child = admin()
         .env("SSE_ADMIN__TOKEN", "t")

@@ -15,6 +15,8 @@ mod node_e2e;
 mod nodes;
 #[path = "../../../node/tests/it/pki.rs"]
 mod pki;
+#[path = "../../../node/tests/it/ports.rs"]
+mod ports;
 mod publish;
 mod support;
 mod topics;

@@ -17,6 +17,8 @@
 
 #[path = "../../../node/tests/it/pki.rs"]
 mod pki;
+#[path = "../../../node/tests/it/ports.rs"]
+mod ports;
 mod status;
 mod streams;
 mod support;

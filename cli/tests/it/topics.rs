@@ -119,10 +119,7 @@ async fn topic_commands_round_trip_through_admin() {
 #[tokio::test]
 async fn nothing_reachable_exits_3_and_help_exits_0() {
     bounded(async {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let port = crate::ports::free_port();
         let dir = tempfile::tempdir().unwrap();
         let mut command = tokio::process::Command::new(ssectl_binary());
         command

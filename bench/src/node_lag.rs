@@ -13,6 +13,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use tokio_rustls::TlsConnector;
+
 /// The histogram of the time to the feed's read.
 pub const FEED_READ: &str = "sse_feed_read_lag_seconds";
 /// The histogram of the time to the write on a client's socket.
@@ -108,12 +110,12 @@ pub fn counter(metrics: &str, name: &str) -> Option<f64> {
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Both histograms ([`FEED_READ`], [`WRITTEN`]) and [`REFUSALS`] of each
-/// node at `addrs`; `None` for a node that does not answer in time (killed,
-/// or a port that speaks only TLS).
-pub async fn scrape(addrs: &[SocketAddr]) -> Vec<NodeScrape> {
+/// node at `addrs` (over TLS with `tls`); `None` for a node that does not
+/// answer in time.
+pub async fn scrape(addrs: &[SocketAddr], tls: Option<&TlsConnector>) -> Vec<NodeScrape> {
     let mut nodes = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        nodes.push(metrics_of(*addr).await.map(|text| {
+        nodes.push(metrics_of(*addr, tls).await.map(|text| {
             let refusals = counter(&text, REFUSALS)
                 .map(|n| vec![(f64::INFINITY, n)])
                 .unwrap_or_default();
@@ -125,21 +127,27 @@ pub async fn scrape(addrs: &[SocketAddr]) -> Vec<NodeScrape> {
 
 /// The `/metrics` text of the node at `addr`; `None` if it does not answer
 /// in time.
-async fn metrics_of(addr: SocketAddr) -> Option<String> {
-    tokio::time::timeout(SCRAPE_TIMEOUT, crate::scenario::http_get(addr, "/metrics"))
-        .await
-        .ok()
-        .and_then(Result::ok)
+async fn metrics_of(addr: SocketAddr, tls: Option<&TlsConnector>) -> Option<String> {
+    tokio::time::timeout(
+        SCRAPE_TIMEOUT,
+        crate::scenario::http_get(addr, "/metrics", tls),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
 }
 
 /// The gauge of streams parked on a feed's writer.
 pub const PARKED: &str = "sse_streams_parked";
 
 /// [`PARKED`] summed over the nodes at `addrs`; `None` when none answers.
-pub async fn parked(addrs: &[SocketAddr]) -> Option<f64> {
+pub async fn parked(addrs: &[SocketAddr], tls: Option<&TlsConnector>) -> Option<f64> {
     let mut total = None;
     for addr in addrs {
-        if let Some(n) = metrics_of(*addr).await.and_then(|t| counter(&t, PARKED)) {
+        if let Some(n) = metrics_of(*addr, tls)
+            .await
+            .and_then(|t| counter(&t, PARKED))
+        {
             *total.get_or_insert(0.0) += n;
         }
     }

@@ -69,10 +69,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, Lines},
     net::TcpStream,
     process::{Child, ChildStdin, ChildStdout, Command},
 };
+use tokio_rustls::TlsConnector;
 
 use crate::{
     args::Args,
@@ -675,8 +676,15 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     // Not in the idle scenario: nothing is delivered, and the scrape's own
     // allocations would land in the memory per connection.
     let split_lag = target == Target::Node && scenario != "idle";
+    // The node's one port speaks TLS when its streams do.
+    let metrics_tls = match args.get("tls-ca") {
+        Some(ca) if split_lag || scenario == "catchup" => {
+            Some(worker::tls_connector(ca, b"http/1.1", false)?)
+        }
+        _ => None,
+    };
     let lag_before = if split_lag {
-        node_lag::scrape(&addrs).await
+        node_lag::scrape(&addrs, metrics_tls.as_ref()).await
     } else {
         Vec::new()
     };
@@ -769,14 +777,17 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let after = sample_all(&pids);
     let client_cpu_s = cpu_of(&worker_pids) - client_cpu_start;
     let [lag_read, lag_written, refusals] = if split_lag {
-        node_lag::observed(&lag_before, &node_lag::scrape(&addrs).await)
+        node_lag::observed(
+            &lag_before,
+            &node_lag::scrape(&addrs, metrics_tls.as_ref()).await,
+        )
     } else {
         Default::default()
     };
     // Streams parked on a feed's writer when the run ended: which way the
     // node delivered.
     let parked_at_end = if split_lag {
-        node_lag::parked(&addrs).await
+        node_lag::parked(&addrs, metrics_tls.as_ref()).await
     } else {
         None
     };
@@ -1056,15 +1067,22 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         result["catch_up_s"] = json!(seconds);
         result["replay_per_s"] = json!(unique as f64 / seconds);
         if target == Target::Node {
-            result["replay_sources"] = json!(replay_sources(addrs[0]).await.unwrap_or_default());
+            result["replay_sources"] = json!(
+                replay_sources(addrs[0], metrics_tls.as_ref())
+                    .await
+                    .unwrap_or_default()
+            );
         }
     }
     Ok(result)
 }
 
 /// `sse_replay_events_total` per source, from a node's `/metrics`.
-async fn replay_sources(addr: SocketAddr) -> anyhow::Result<BTreeMap<String, f64>> {
-    let text = http_get(addr, "/metrics").await?;
+async fn replay_sources(
+    addr: SocketAddr,
+    tls: Option<&TlsConnector>,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = http_get(addr, "/metrics", tls).await?;
     Ok(text
         .lines()
         .filter_map(|l| l.strip_prefix("sse_replay_events_total{source=\""))
@@ -1075,22 +1093,43 @@ async fn replay_sources(addr: SocketAddr) -> anyhow::Result<BTreeMap<String, f64
         .collect())
 }
 
-/// A plain `GET`, read until the server closes.
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
+/// A plain `GET`, read until the server closes; over TLS when `tls` is
+/// given (a node whose one port speaks only TLS serves `/metrics` there).
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    tls: Option<&TlsConnector>,
+) -> anyhow::Result<String> {
+    let tcp = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
+    match tls {
+        None => read_answer(tcp, &request, &mut raw).await?,
+        Some(tls) => {
+            let stream = tls.connect(worker::tls_server_name(), tcp).await?;
+            read_answer(stream, &request, &mut raw).await?;
+        }
+    }
     let head = parse_head(&raw).context("not an HTTP response")?;
     let mut body = Vec::new();
     Body::for_head(&head)
         .decode(&raw[head.len..], &mut body)
         .map_err(anyhow::Error::msg)?;
     Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Sends `request` and reads the answer until the server closes.
+async fn read_answer(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    request: &str,
+    raw: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    stream.write_all(request.as_bytes()).await?;
+    match stream.read_to_end(raw).await {
+        // A server that closes without close_notify has still said all.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(()),
+        other => other.map(|_| ()),
+    }
 }
 
 #[cfg(test)]

@@ -410,7 +410,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
 
 /// A TLS client that trusts the certificate in `pem_file` and offers the
 /// one application protocol `alpn`; TLS 1.3 and 1.2, or 1.2 only.
-fn tls_connector(pem_file: &str, alpn: &[u8], tls12_only: bool) -> anyhow::Result<TlsConnector> {
+pub fn tls_connector(
+    pem_file: &str,
+    alpn: &[u8],
+    tls12_only: bool,
+) -> anyhow::Result<TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(pem_file)
         .with_context(|| format!("cannot read {pem_file}"))?
@@ -530,6 +534,11 @@ async fn attempt_stream(
     Ended::Streamed
 }
 
+/// The name the certificate of `tls_connector` is trusted for.
+pub fn tls_server_name() -> ServerName<'static> {
+    ServerName::try_from("localhost").expect("a valid name")
+}
+
 /// A TCP connection from `source` to `addr`, with TLS over it if `tls`.
 async fn connect(
     source: SocketAddr,
@@ -541,13 +550,10 @@ async fn connect(
     };
     match tls {
         None => Ok(Box::new(tcp)),
-        Some(tls) => {
-            let name = ServerName::try_from("localhost").expect("a valid name");
-            match tls.connect(name, tcp).await {
-                Ok(stream) => Ok(Box::new(stream)),
-                Err(_) => Err(Ended::Refused),
-            }
-        }
+        Some(tls) => match tls.connect(tls_server_name(), tcp).await {
+            Ok(stream) => Ok(Box::new(stream)),
+            Err(_) => Err(Ended::Refused),
+        },
     }
 }
 
@@ -667,23 +673,20 @@ async fn h2_connection(
     };
     let (io, scheme): (Box<dyn Duplex>, &str) = match &tls {
         None => (Box::new(tcp), "http"),
-        Some(tls) => {
-            let name = ServerName::try_from("localhost").expect("a valid name");
-            match tls.connect(name, tcp).await {
-                Ok(stream) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                    (Box::new(stream), "https")
-                }
-                Ok(_) => {
-                    eprintln!("TLS connection to {addr} did not agree on h2 by ALPN");
-                    bump(&shared.failed_attempts, n as u64);
-                    return;
-                }
-                Err(_) => {
-                    bump(&shared.failed_attempts, n as u64);
-                    return;
-                }
+        Some(tls) => match tls.connect(tls_server_name(), tcp).await {
+            Ok(stream) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                (Box::new(stream), "https")
             }
-        }
+            Ok(_) => {
+                eprintln!("TLS connection to {addr} did not agree on h2 by ALPN");
+                bump(&shared.failed_attempts, n as u64);
+                return;
+            }
+            Err(_) => {
+                bump(&shared.failed_attempts, n as u64);
+                return;
+            }
+        },
     };
     let (stream_window, connection_window) = match config.h2_window {
         Some(window) => (window, window),

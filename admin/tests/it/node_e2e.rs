@@ -13,6 +13,8 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
+use crate::ports::free_port;
+
 use crate::support::{Admin, NatsServer, bounded, eventually, http_client_builder};
 
 fn node_binary() -> Option<PathBuf> {
@@ -23,10 +25,6 @@ fn node_binary() -> Option<PathBuf> {
         });
     path.is_file().then_some(path)
 }
-
-#[path = "../../../node/tests/it/ports.rs"]
-mod ports;
-use ports::free_port;
 
 struct Node {
     child: Child,

@@ -65,7 +65,7 @@ pub(crate) struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts a server on a port it picks itself, and waits until it listens.
+    /// Starts a server on a free port, and waits until it listens.
     pub(crate) fn start() -> Self {
         Self::start_with_args(&[])
     }
@@ -74,7 +74,10 @@ impl NatsServer {
     /// (`--user`, `--pass`, say).
     pub(crate) fn start_with_args(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (child, url) = Self::spawn(&dir, "-1", args);
+        // Below the ephemeral range, so that no outgoing connection takes
+        // the port while a restart waits for it.
+        let port = crate::ports::free_port().to_string();
+        let (child, url) = Self::spawn(&dir, &port, args);
         Self {
             child: Some(child),
             url,

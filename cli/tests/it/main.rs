@@ -17,8 +17,6 @@
 
 #[path = "../../../node/tests/it/pki.rs"]
 mod pki;
-#[path = "../../../node/tests/it/ports.rs"]
-mod ports;
 mod status;
 mod streams;
 mod support;

@@ -119,7 +119,7 @@ async fn topic_commands_round_trip_through_admin() {
 #[tokio::test]
 async fn nothing_reachable_exits_3_and_help_exits_0() {
     bounded(async {
-        let port = crate::ports::free_port();
+        let port = crate::support::free_port();
         let dir = tempfile::tempdir().unwrap();
         let mut command = tokio::process::Command::new(ssectl_binary());
         command

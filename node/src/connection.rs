@@ -326,16 +326,13 @@ async fn serve_tls(
             return;
         }
     };
-    let tls = stream.get_ref().1;
-    let tls13 = tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-    let h2 = tls.alpn_protocol() == Some(b"h2");
-    if !(h2 && tls13) {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    if !h2 {
         stream.get_mut().0.align_tls_records(false);
     }
     // HTTP/2 streams share their connection: hyper serves them, over the
-    // connection's records without rustls's buffers (TLS 1.3; over TLS 1.2
-    // rustls keeps them, as the node reads only TLS 1.3 records).
-    if h2 && tls13 {
+    // connection's records without rustls's buffers.
+    if h2 {
         match tls_records::take_over_connection(stream, head_wait).await {
             // A task of its own: what the handshake and the take-over held
             // in this one is freed, not kept for the connection's life.

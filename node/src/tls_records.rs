@@ -13,20 +13,19 @@
 //! the stream is parked, see `delivery::parked`) seal with the same key and
 //! record sequence, one after the other.
 //!
-//! An HTTP/2 connection over TLS 1.3 reads as well as writes, for its whole
-//! life. [`take_over_connection`] takes both keys from rustls right after
-//! the handshake, and hyper then serves the connection over a
+//! An HTTP/2 connection reads as well as writes, for its whole life.
+//! [`take_over_connection`] takes both keys from rustls right after the
+//! handshake, and hyper then serves the connection over a
 //! [`RecordStream`], which opens each record the client sends and seals
 //! each write, holding two keys and, while a record is read, that record.
 //!
-//! A lean-path stream's records are TLS 1.3's or TLS 1.2's, with the
-//! negotiated suite's AEAD; an HTTP/2 connection is taken over on TLS 1.3
-//! only (over TLS 1.2 rustls keeps it, see [`crate::connection`]). The
-//! stream ends, and the client resumes on a new
-//! connection, before the suite's confidentiality limit would call for a
-//! key update. A `KeyUpdate` the client may send goes unanswered, as every
-//! other byte it sends, on a lean-path stream; on an HTTP/2 connection it
-//! ends the connection. Browsers send none.
+//! Records are TLS 1.3's or TLS 1.2's, with the negotiated suite's AEAD,
+//! for lean-path streams and HTTP/2 connections alike. The stream ends,
+//! and the client resumes on a new connection, before the suite's
+//! confidentiality limit would call for a key update. A `KeyUpdate` (TLS
+//! 1.3) or a renegotiation (TLS 1.2) the client may ask for goes
+//! unanswered, as every other byte it sends, on a lean-path stream; on an
+//! HTTP/2 connection it ends the connection. Browsers ask for neither.
 
 use std::{
     io,
@@ -215,7 +214,7 @@ pub enum NotTaken {
     Lost(&'static str),
 }
 
-/// Takes a whole TLS 1.3 connection over from rustls right after its
+/// Takes a whole TLS connection (1.3 or 1.2) over from rustls right after its
 /// handshake, both ways: an HTTP/2 connection's reads and writes then go
 /// through a [`RecordStream`], which holds two AEAD keys and the record
 /// being read, where rustls's `ServerConnection` held about 10 KiB for the
@@ -233,7 +232,7 @@ pub async fn take_over_connection(
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     let connection = stream.get_ref().1;
-    let Some(suite) = connection.negotiated_cipher_suite().and_then(|s| s.tls13()) else {
+    let Some(suite) = connection.negotiated_cipher_suite() else {
         stream.get_mut().0.align_tls_records(false);
         return Err(NotTaken::Kept(Box::new(stream)));
     };
@@ -269,14 +268,27 @@ pub async fn take_over_connection(
         .map_err(|_| NotTaken::Lost("rustls refused to hand over the keys"))?;
     let (tx_seq, tx) = secrets.tx;
     let (rx_seq, rx) = secrets.rx;
-    let sealer = RecordSealer::new(SupportedCipherSuite::Tls13(suite), tx, tx_seq)
-        .map_err(NotTaken::Lost)?;
+    let sealer = RecordSealer::new(suite, tx, tx_seq).map_err(NotTaken::Lost)?;
     let (rx_key, rx_iv) = key_and_iv(rx).map_err(NotTaken::Lost)?;
+    let (opener, tls12) = match suite {
+        SupportedCipherSuite::Tls13(suite) => (suite.aead_alg.decrypter(rx_key, rx_iv), false),
+        // Each TLS 1.2 record carries its explicit nonce, if the suite has
+        // one: the decrypter takes the fixed part alone.
+        SupportedCipherSuite::Tls12(suite) => {
+            let fixed = suite.aead_alg.key_block_shape().fixed_iv_len;
+            let fixed = rx_iv
+                .as_ref()
+                .get(..fixed)
+                .ok_or(NotTaken::Lost("a tls 1.2 nonce shorter than its suite's"))?;
+            (suite.aead_alg.decrypter(rx_key, fixed), true)
+        }
+    };
     let plain = 0..early.len();
     Ok(RecordStream {
         io,
         sealer,
-        opener: suite.aead_alg.decrypter(rx_key, rx_iv),
+        opener,
+        tls12,
         rx_seq,
         header: [0; 5],
         header_read: 0,
@@ -288,7 +300,7 @@ pub async fn take_over_connection(
     })
 }
 
-/// A TLS 1.3 connection's records, read and written with its two keys and
+/// A TLS connection's records, read and written with its two keys and
 /// nothing else of rustls ([`take_over_connection`]).
 ///
 /// A record is read whole into a buffer of its own size, opened in place
@@ -302,6 +314,9 @@ pub struct RecordStream {
     io: GuardedStream,
     sealer: RecordSealer,
     opener: Box<dyn MessageDecrypter>,
+    /// TLS 1.2's records say their content type in the clear (an alert is
+    /// an `Alert` record); TLS 1.3's all say application data.
+    tls12: bool,
     rx_seq: u64,
     header: [u8; 5],
     header_read: usize,
@@ -345,7 +360,9 @@ impl RecordStream {
             }
             self.header_read += read;
             if self.header_read == self.header.len() {
-                if ContentType::from(self.header[0]) != ContentType::ApplicationData {
+                let typ = ContentType::from(self.header[0]);
+                let alert12 = self.tls12 && typ == ContentType::Alert;
+                if typ != ContentType::ApplicationData && !alert12 {
                     return Poll::Ready(Err(bad_record("a record that is not application data")));
                 }
                 let len = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
@@ -367,8 +384,9 @@ impl RecordStream {
         }
         self.header_read = 0;
         let base = self.body.as_ptr() as usize;
+        // TLS 1.2's AEAD authenticates the record's type with it.
         let message = InboundOpaqueMessage::new(
-            ContentType::ApplicationData,
+            ContentType::from(self.header[0]),
             ProtocolVersion::TLSv1_2,
             &mut self.body,
         );
@@ -636,6 +654,16 @@ mod tests {
         tokio_rustls::rustls::ServerConfig,
         tokio_rustls::rustls::ClientConfig,
     ) {
+        let (server, client, _) = h2_configs_and_roots();
+        (server, client)
+    }
+
+    /// [`h2_configs`], and the roots its client trusts.
+    fn h2_configs_and_roots() -> (
+        tokio_rustls::rustls::ServerConfig,
+        tokio_rustls::rustls::ClientConfig,
+        tokio_rustls::rustls::RootCertStore,
+    ) {
         use std::sync::Arc;
 
         use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
@@ -657,10 +685,10 @@ mod tests {
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
+            .with_root_certificates(roots.clone())
             .with_no_client_auth();
         client.alpn_protocols = vec![b"h2".to_vec()];
-        (server, client)
+        (server, client, roots)
     }
 
     /// A TLS 1.3 connection with ALPN `h2` between a rustls client and the
@@ -668,12 +696,19 @@ mod tests {
     /// rustls, once the node has read the bytes the client sent right
     /// after its handshake.
     async fn taken_over_pair() -> (tokio_rustls::client::TlsStream<TcpStream>, RecordStream) {
+        let (server, client) = h2_configs();
+        taken_over_pair_with(server, client).await
+    }
+
+    /// [`taken_over_pair`] with these configurations.
+    async fn taken_over_pair_with(
+        server: tokio_rustls::rustls::ServerConfig,
+        client: tokio_rustls::rustls::ClientConfig,
+    ) -> (tokio_rustls::client::TlsStream<TcpStream>, RecordStream) {
         use std::sync::Arc;
 
         use tokio::io::AsyncWriteExt;
         use tokio_rustls::rustls;
-
-        let (server, client) = h2_configs();
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -713,7 +748,7 @@ mod tests {
         .unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let Ok(mut records) = take_over_connection(tls, Duration::from_secs(5)).await else {
-            panic!("a tls 1.3 connection is taken over")
+            panic!("the connection is taken over")
         };
         let mut first = vec![0u8; preface.len()];
         tokio::time::timeout(Duration::from_secs(10), records.read_exact(&mut first))
@@ -729,9 +764,52 @@ mod tests {
     /// several records, and the client's close at the end.
     #[tokio::test]
     async fn a_connection_taken_over_from_rustls_reads_and_writes_its_records() {
-        use tokio::io::AsyncWriteExt;
+        let (client, node) = taken_over_pair().await;
+        reads_writes_and_closes(client, node).await;
+    }
 
-        let (mut client, mut node) = taken_over_pair().await;
+    /// The same over TLS 1.2 with each of its AEADs: AES-GCM's records
+    /// carry an explicit nonce, ChaCha20-Poly1305's none, and the client's
+    /// close comes as an `Alert` record.
+    #[tokio::test]
+    async fn a_tls_1_2_connection_is_taken_over_with_every_aead() {
+        use std::sync::Arc;
+
+        use tokio_rustls::rustls::{self, crypto::ring::cipher_suite};
+
+        for suite in [
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ] {
+            let (server, _, roots) = h2_configs_and_roots();
+            let provider = rustls::crypto::CryptoProvider {
+                cipher_suites: vec![suite],
+                ..rustls::crypto::ring::default_provider()
+            };
+            let mut tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            tls12.alpn_protocols = vec![b"h2".to_vec()];
+            let (client, node) = taken_over_pair_with(server, tls12).await;
+            assert_eq!(
+                client.get_ref().1.negotiated_cipher_suite(),
+                Some(suite),
+                "{suite:?}"
+            );
+            reads_writes_and_closes(client, node).await;
+        }
+    }
+
+    /// A write of several records from the node, a few bytes from the
+    /// client, then each side's close, checked from the other.
+    async fn reads_writes_and_closes(
+        mut client: tokio_rustls::client::TlsStream<TcpStream>,
+        mut node: RecordStream,
+    ) {
+        use tokio::io::AsyncWriteExt;
 
         let big: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
         node.write_all(&big).await.unwrap();

@@ -134,11 +134,22 @@ impl TestCert {
         port: u16,
         alpn: &[&[u8]],
     ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Option<Vec<u8>>)> {
+        self.connect_with_versions(port, alpn, rustls::DEFAULT_VERSIONS)
+            .await
+    }
+
+    /// [`Self::connect`], offering only these versions of TLS.
+    async fn connect_with_versions(
+        &self,
+        port: u16,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Option<Vec<u8>>)> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone())?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
+            .with_protocol_versions(versions)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -275,6 +286,35 @@ async fn sigterm_drains_http2_streams_over_tls_and_exits() {
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
     let mut sender = h2_connect(tls).await;
     let uri = format!("https://localhost:{}/v1/events?topic=byetls", node.port);
+    five_streams_drain_on_sigterm(&mut sender, &uri, &mut node).await;
+}
+
+/// HTTP/2 over TLS 1.2 (older browsers; load balancers that re-encrypt to
+/// the node over HTTP/2) runs on the node's own records too, whose TLS 1.2
+/// records each carry their type and, with AES-GCM, their nonce: twenty
+/// streams get every event, and SIGTERM ends five more cleanly.
+#[tokio::test]
+async fn http2_over_tls_1_2_streams_everything_and_drains() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "tls12h2", None).await;
+    let cert = TestCert::new();
+    let mut node = cert
+        .start_node(&nats.url(), &[("SSE_SHUTDOWN__DRAIN_SECONDS", "2")])
+        .await;
+    let (tls, alpn) = cert
+        .connect_with_versions(node.port, &[b"h2"], &[&rustls::version::TLS12])
+        .await
+        .unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let mut sender = h2_connect(tls).await;
+    let base = format!("https://localhost:{}", node.port);
+    let _open = many_streams_receive_everything(&js, sender.clone(), &base, "tls12h2").await;
+    let uri = format!("{base}/v1/events?topic=tls12h2");
     five_streams_drain_on_sigterm(&mut sender, &uri, &mut node).await;
 }
 

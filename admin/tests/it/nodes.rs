@@ -64,9 +64,11 @@ async fn node_ids(admin: &Admin) -> Vec<String> {
 async fn nodes_live_while_fresh_and_drop_after_ttl() {
     bounded(async {
         let nats = NatsServer::start();
-        let ttl = Duration::from_secs(2);
+        // Long enough for every step below to see the fresh reports on a
+        // busy machine.
+        let ttl = Duration::from_secs(5);
         let admin =
-            Admin::start_with(test_config(&nats.url, "[cluster]\nnode_ttl_seconds = 2")).await;
+            Admin::start_with(test_config(&nats.url, "[cluster]\nnode_ttl_seconds = 5")).await;
         // Admin creates the bucket with the TTL when it is missing.
         assert!(node_ids(&admin).await.is_empty());
         let js = nats.jetstream().await;
@@ -115,7 +117,7 @@ async fn nodes_live_while_fresh_and_drop_after_ttl() {
             assert!(!a[field].is_null(), "{field} missing in {a}");
         }
         assert_eq!(a["connections"], 3);
-        assert_eq!(list["ttl_seconds"], 2);
+        assert_eq!(list["ttl_seconds"], 5);
 
         // Subscribers are summed over live nodes, in topics and metrics.
         admin.create_topic(json!({"name": "orders"})).await;
@@ -136,7 +138,7 @@ async fn nodes_live_while_fresh_and_drop_after_ttl() {
 
         // A second replica, with nothing shared but NATS, shows the same.
         let replica =
-            Admin::start_with(test_config(&nats.url, "[cluster]\nnode_ttl_seconds = 2")).await;
+            Admin::start_with(test_config(&nats.url, "[cluster]\nnode_ttl_seconds = 5")).await;
         assert_eq!(node_ids(&replica).await, ["node-a", "node-b"]);
 
         // node-b shuts down cleanly and deletes its entry; node-a dies.

@@ -149,7 +149,7 @@ impl Drop for NatsServer {
 /// then `extra` TOML.
 pub(crate) fn test_config(nats_url: &str, extra: &str) -> Config {
     let base = format!(
-        "[nats]\nurl = \"{nats_url}\"\nrequest_timeout_ms = 2000\n\
+        "[nats]\nurl = \"{nats_url}\"\nrequest_timeout_ms = 5000\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\
          [admin]\ntoken = \"{TOKEN}\"\ndashboard_interval_ms = 300\n"
     );

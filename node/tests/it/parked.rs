@@ -691,7 +691,11 @@ async fn streams_of_a_topic_and_a_path_that_take_turns_park_on_a_merged_feed() {
     create_topic(&js, "news", None).await;
     create_topic(&js, "users", None).await;
     for whole_feed_runs in [false, true] {
-        let node = NodeProc::start(&nats.url(), &[PARK]).await;
+        // A stream that could not park by some 2.5 s after its last event
+        // (its relay trailing it on a busy machine) tries again at its
+        // next event or heartbeat; the waits below publish nothing.
+        let node =
+            NodeProc::start(&nats.url(), &[PARK, ("SSE_HTTP__HEARTBEAT_SECONDS", "2")]).await;
         let mut watcher = None;
         if whole_feed_runs {
             let mut all = SseClient::connect(&node.url("/v1/events?topic=users"), None)

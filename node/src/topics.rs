@@ -213,6 +213,15 @@ impl Topics {
         if let Some(lease) = self.live(topic, path) {
             return Ok(lease);
         }
+        // A request made while the client is reconnecting waits for the
+        // connection, not for JetStream: without this, each new stream on
+        // a node cut off from NATS would hang for the whole call timeout
+        // before its 503, though the answer is known now.
+        if self.0.js.client().connection_state() != async_nats::connection::State::Connected {
+            return Err(LookupError::Unavailable(
+                "this node is not connected to NATS (reconnecting)".to_string(),
+            ));
+        }
         let cell = {
             let mut starting = self.0.starting.lock().unwrap_or_else(|p| p.into_inner());
             starting.entry(topic.clone()).or_default().clone()

@@ -335,6 +335,66 @@ async fn readiness_waits_for_nats() {
     node.wait_ready().await;
 }
 
+/// A node cut off from NATS refuses a stream it has no feed for at once,
+/// not after JetStream's call timeout: it knows it is not connected. A
+/// stream of a topic it still reads is served from its feed.
+#[tokio::test]
+async fn a_node_cut_off_from_nats_refuses_new_topics_at_once() {
+    let mut nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "held", None).await;
+    create_topic(&js, "other", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut held = SseClient::connect(&node.url("/v1/events?topic=held"), None)
+        .await
+        .unwrap();
+    held.ready().await;
+    nats.stop().await;
+    eventually(T, "the node to see NATS gone", || async {
+        let response = http_get(node.url("/readyz")).await.ok()?;
+        let json: serde_json::Value = response.json().await.ok()?;
+        (json["nats_connected"] == false).then_some(())
+    })
+    .await;
+
+    let asked = Instant::now();
+    let response = http_get(node.url("/v1/events?topic=other")).await.unwrap();
+    let took = asked.elapsed();
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.headers()["retry-after"],
+        "2",
+        "a refusal the client retries"
+    );
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["error"], "nats_unavailable", "{json}");
+    assert!(
+        json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not connected to NATS")),
+        "{json}"
+    );
+    // JetStream's call timeout is 5 s: an answer well before it was not
+    // waited for.
+    assert!(took < Duration::from_secs(3), "refused after {took:?}");
+
+    // The topic this node still reads opens from its feed.
+    let mut second = SseClient::connect(&node.url("/v1/events?topic=held"), None)
+        .await
+        .unwrap();
+    second.ready().await;
+
+    nats.restart().await;
+    node.wait_ready().await;
+    let mut other = SseClient::connect(&node.url("/v1/events?topic=other"), None)
+        .await
+        .unwrap();
+    other.ready().await;
+    let js = nats.jetstream().await;
+    publish(&js, "other", "after").await;
+    assert_eq!(data_of(&other.take(1, T).await), ["after"]);
+}
+
 /// A resume that can get no JetStream read slot waits with heartbeats only,
 /// which keep `EventSource` from ever reconnecting. Here the one slot is held
 /// by a client that stopped reading in the middle of its replay (its writes

@@ -446,6 +446,7 @@ impl Hyper {
         let service = Counting {
             router: self.router,
             open: open.clone(),
+            node: self.node.clone(),
         };
         let builder = match after {
             After::Nothing => &self.builders.kept_alive,
@@ -543,6 +544,8 @@ impl Drop for OpenRequest {
 struct Counting {
     router: Router,
     open: Arc<OpenRequests>,
+    /// For the refusal of a head the router never sees.
+    node: Node,
 }
 
 impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Counting {
@@ -555,6 +558,26 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Cou
 
     fn call(&self, request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
         let held = OpenRequest::new(self.open.clone());
+        let version = request.version();
+        if version < axum::http::Version::HTTP_2
+            && http::host_is_wrong(
+                version == axum::http::Version::HTTP_11,
+                request
+                    .headers()
+                    .get_all(axum::http::header::HOST)
+                    .iter()
+                    .map(|value| value.as_bytes()),
+            )
+        {
+            // As the lean path answers it (`http.fast_path` off here).
+            let refusal = http::reject(
+                &self.node,
+                http::ApiError::malformed_head(http::MalformedPart::Host),
+            );
+            return Box::pin(std::future::ready(Ok(
+                refusal.map(|body| HeldBody { body, _held: held })
+            )));
+        }
         // A router is always ready: called at once.
         let answered = tower::Service::call(&mut self.router.clone(), request);
         Box::pin(async move {

@@ -448,6 +448,14 @@ fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
             return target_with_control_bytes(buf).unwrap_or_else(|| malformed(buf, error));
         }
     };
+    let hosts = parsed
+        .headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case("host"))
+        .map(|header| header.value);
+    if http::host_is_wrong(parsed.version == Some(1), hosts) {
+        return Head::Malformed(http::MalformedPart::Host);
+    }
     if parsed.method == Some("GET")
         && let Some(target) = parsed.path
         && target.starts_with("/v1/events")

@@ -117,6 +117,9 @@ impl ApiError {
                 "a header's value holds a byte HTTP does not allow: a NUL, or another control byte but tab"
             }
             MalformedPart::LineEnd => "a line of the request head does not end with CRLF",
+            MalformedPart::Host => {
+                "a request names its host in one `Host` header, `host[:port]`, which HTTP/1.1 requires (RFC 9112, section 3.2): none came, more than one, or a value that is no host"
+            }
         };
         Self::bad_request("bad_request_head", message)
     }
@@ -356,6 +359,27 @@ pub(crate) enum MalformedPart {
     HeaderValue,
     /// A line not ended by CRLF.
     LineEnd,
+    /// The `Host` header: missing from an HTTP/1.1 request, given more
+    /// than once, or no `host[:port]`.
+    Host,
+}
+
+/// Whether a request's `Host` headers break RFC 9112 (section 3.2), which
+/// has a server answer 400 to an HTTP/1.1 request without one, to any
+/// request with more than one, and to one whose value is no
+/// `host[:port]` (empty is allowed). One rule for the lean path and for
+/// the requests hyper reads.
+pub(crate) fn host_is_wrong<'a>(http_1_1: bool, mut hosts: impl Iterator<Item = &'a [u8]>) -> bool {
+    match (hosts.next(), hosts.next()) {
+        (None, _) => http_1_1,
+        (Some(_), Some(_)) => true,
+        (Some(value), None) => {
+            !value.is_empty()
+                && axum::http::uri::Authority::try_from(value)
+                    .ok()
+                    .is_none_or(|authority| authority.as_str().contains('@'))
+        }
+    }
 }
 
 /// What a stream request asks for, once validated.
@@ -379,6 +403,12 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
             // The same path twice asks for nothing more.
             "topic" if !paths.contains(&value) => paths.push(value),
             "topic" => {}
+            "lastEventId" if query_id.as_ref().is_some_and(|id| *id != value) => {
+                return Err(ApiError::bad_request(
+                    "bad_last_event_id",
+                    "the lastEventId parameter is given more than once, with different ids: give the last id seen, once",
+                ));
+            }
             "lastEventId" => query_id = Some(value),
             auth::QUERY_PARAMETER => query_token = Some(value),
             _ => {}
@@ -418,7 +448,15 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
             entry.push(parsed);
         }
     }
-    let header_id = match headers.get("last-event-id") {
+    let mut header_ids = headers.get_all("last-event-id").iter();
+    let first_header_id = header_ids.next();
+    if header_ids.any(|other| Some(other) != first_header_id) {
+        return Err(ApiError::bad_request(
+            "bad_last_event_id",
+            "Last-Event-ID is given more than once, with different ids: send the last id seen, once",
+        ));
+    }
+    let header_id = match first_header_id {
         Some(value) => Some(
             value
                 .to_str()

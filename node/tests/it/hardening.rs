@@ -543,10 +543,6 @@ async fn cors_with_credentials_and_any_origin_is_refused_at_start() {
     assert!(stderr.contains("cors.allow_credentials"), "{stderr}");
 }
 
-/// Sends raw bytes on a fresh connection and returns the response status,
-/// or `None` when the connection closed without an answer.
-/// Sends `request` and reads the answer to its end (or for 5 s): its
-/// status and the whole text.
 /// Sends `request` as it is and reads the answer to its end: a 400 whose
 /// body is JSON, returned.
 async fn json_400(port: u16, request: &[u8]) -> serde_json::Value {
@@ -559,10 +555,15 @@ async fn json_400(port: u16, request: &[u8]) -> serde_json::Value {
         .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
-    assert!(head.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        head.starts_with("HTTP/1.1 400 ") || head.starts_with("HTTP/1.0 400 "),
+        "{answer}"
+    );
     serde_json::from_str(body).expect("a JSON body")
 }
 
+/// Sends `request` and reads the answer to its end (or for 5 s): its
+/// status and the whole text.
 async fn raw_answer(port: u16, request: &str) -> (Option<u16>, String) {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
         return (None, String::new());
@@ -573,11 +574,14 @@ async fn raw_answer(port: u16, request: &str) -> (Option<u16>, String) {
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text
         .strip_prefix("HTTP/1.1 ")
+        .or_else(|| text.strip_prefix("HTTP/1.0 "))
         .and_then(|rest| rest.get(..3))
         .and_then(|code| code.parse().ok());
     (status, text)
 }
 
+/// Sends raw bytes on a fresh connection and returns the response status,
+/// or `None` when the connection closed without an answer.
 async fn raw_status(port: u16, request: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     // The server may close before reading everything; that is an answer too.
@@ -829,6 +833,78 @@ async fn a_head_http_cannot_read_gets_400_naming_the_wrong_part() {
         .await
         .unwrap();
     client.ready().await;
+}
+
+/// RFC 9112's rule for `Host`, and one `Last-Event-ID`: an HTTP/1.1 request
+/// without a `Host`, any request with two, or one whose `Host` is no
+/// `host[:port]`, gets 400 naming it, on the lean path and on hyper's
+/// (`http.fast_path` off) alike; so does a request with two different
+/// `Last-Event-ID`s. HTTP/1.0 needs no `Host`, and an empty one is allowed.
+#[tokio::test]
+async fn host_and_last_event_id_come_once_on_either_path() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "orders", None).await;
+    let lean = NodeProc::start(&nats.url(), &[]).await;
+    let hyper = NodeProc::start(&nats.url(), &[("SSE_HTTP__FAST_PATH", "false")]).await;
+    let refused: [(&str, &str, &str); 6] = [
+        (
+            "GET /v1/events?topic=orders HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "bad_request_head",
+            "`Host`",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "bad_request_head",
+            "`Host`",
+        ),
+        (
+            "GET /healthz HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+            "bad_request_head",
+            "`Host`",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: me@a\r\nConnection: close\r\n\r\n",
+            "bad_request_head",
+            "`Host`",
+        ),
+        (
+            "GET /v1/events?topic=orders HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+            "bad_request_head",
+            "`Host`",
+        ),
+        (
+            "GET /v1/events?topic=orders HTTP/1.1\r\nHost: a\r\nLast-Event-ID: orders:abc:1\r\nLast-Event-ID: orders:abc:2\r\nConnection: close\r\n\r\n",
+            "bad_last_event_id",
+            "more than once",
+        ),
+    ];
+    let served = [
+        "GET /healthz HTTP/1.0\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
+    ];
+    for (name, node) in [("lean", &lean), ("hyper", &hyper)] {
+        for (request, code, says) in refused {
+            let body = json_400(node.port, request.as_bytes()).await;
+            assert_eq!(body["error"], code, "{name}: {request:?}: {body}");
+            let message = body["message"].as_str().unwrap();
+            assert!(
+                message.contains(says),
+                "{name}: {says:?} not in {message:?}"
+            );
+        }
+        for request in served {
+            let (status, answer) = raw_answer(node.port, request).await;
+            assert_eq!(status, Some(200), "{name}: {request:?}: {answer}");
+        }
+        assert_eq!(
+            node.metric("sse_requests_rejected_total{status=\"400\"}")
+                .await,
+            refused.len() as f64,
+            "{name}"
+        );
+    }
 }
 
 /// A header value that is not UTF-8, which a Go publisher can send: its

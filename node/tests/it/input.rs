@@ -88,6 +88,12 @@ async fn bad_requests_get_precise_errors() {
             400,
             "bad_last_event_id",
         ),
+        (
+            "/v1/events?topic=orders&lastEventId=orders:abc:1&lastEventId=orders:abc:2".into(),
+            None,
+            400,
+            "bad_last_event_id",
+        ),
         ("/v1/events?topic=nosuch".into(), None, 404, "unknown_topic"),
         (
             "/v1/events?topic=orders&topic=nosuch.x".into(),

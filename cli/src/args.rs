@@ -307,8 +307,8 @@ pub struct VerifyKeyArgs {
     /// `auth.jwt.issuer`.
     #[arg(long, value_name = "ISS")]
     pub iss: Option<String>,
-    /// `auth.jwt.leeway_seconds`.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    /// `auth.jwt.leeway_seconds` (a node's default unless given).
+    #[arg(long, value_name = "SECONDS", default_value_t = sse_token::DEFAULT_LEEWAY_SECONDS)]
     pub leeway: u64,
 }
 

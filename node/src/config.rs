@@ -608,6 +608,8 @@ mod tests {
             c.cluster.nodes_bucket_replicas,
             node_report::DEFAULT_NODES_BUCKET_REPLICAS
         );
+        // `ssectl token check` judges expiry with the same default.
+        assert_eq!(c.auth.jwt.leeway_seconds, sse_token::DEFAULT_LEEWAY_SECONDS);
     }
 
     #[test]

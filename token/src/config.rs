@@ -31,6 +31,10 @@ pub struct JwtConfig {
     pub leeway_seconds: u64,
 }
 
+/// A node's `auth.jwt.leeway_seconds` unless configured, which `ssectl
+/// token check` assumes too, so that both judge a token's expiry alike.
+pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
+
 /// A value kept out of `Debug` output and logs.
 #[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]

@@ -11,6 +11,6 @@ pub mod config;
 pub mod mint;
 pub mod verify;
 
-pub use config::{JwtConfig, Secret};
+pub use config::{DEFAULT_LEEWAY_SECONDS, JwtConfig, Secret};
 pub use mint::{MintError, Minted, SigningKey, TokenRequest};
 pub use verify::{AuthError, Authorized, ConfigProblems, Verifier};

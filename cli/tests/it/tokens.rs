@@ -117,7 +117,7 @@ async fn minted_tokens_open_private_topics_and_check_agrees_with_the_node() {
         assert!(tail.stderr.contains("invalid_token"), "{}", tail.stderr);
 
         // An expired token, minted by hand: check and node agree again.
-        let expired = expired_token();
+        let expired = expired_token(60);
         let verdict = cluster
             .run(&[
                 "token",
@@ -134,6 +134,32 @@ async fn minted_tokens_open_private_topics_and_check_agrees_with_the_node() {
             .await;
         assert_eq!(tail.code, 1);
         assert!(tail.stderr.contains("token_expired"), "{}", tail.stderr);
+
+        // Expired 10 s ago: within a node's default leeway of 30 s, so
+        // accepted by both unless the check is told of a narrower one.
+        let lately = expired_token(10);
+        let check = |leeway: Option<&'static str>| {
+            let mut args = vec![
+                "token".to_owned(),
+                "check".to_owned(),
+                lately.clone(),
+                "--hs256-secret-file".to_owned(),
+                secret_file.clone(),
+            ];
+            if let Some(leeway) = leeway {
+                args.extend(["--leeway".to_owned(), leeway.to_owned()]);
+            }
+            args
+        };
+        let args = check(None);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let verdict = cluster.run(&args).await;
+        assert_eq!(verdict.code, 0, "{}", verdict.stderr);
+        let args = check(Some("0"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let verdict = cluster.run(&args).await;
+        assert_eq!(verdict.code, 1, "{}", verdict.stdout);
+        assert!(verdict.stderr.contains("expired"), "{}", verdict.stderr);
 
         // Minting refuses what a node would not honour: exit 2.
         for args in [
@@ -156,16 +182,16 @@ async fn minted_tokens_open_private_topics_and_check_agrees_with_the_node() {
     .await;
 }
 
-/// An HS256 token with `exp` in the past, signed with the nodes' secret
+/// An HS256 token whose `exp` is `seconds_ago` past, signed with the nodes' secret
 /// (`ssectl` itself refuses to mint one).
-fn expired_token() -> String {
+fn expired_token(seconds_ago: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &serde_json::json!({ "sub": "old", "exp": now - 60, "sse.subscribe": ["cli-private"] }),
+        &serde_json::json!({ "sub": "old", "exp": now - seconds_ago, "sse.subscribe": ["cli-private"] }),
         &jsonwebtoken::EncodingKey::from_secret(HS256_SECRET.as_bytes()),
     )
     .unwrap()

@@ -276,7 +276,9 @@ impl Metrics {
                 "sse_feed_errors_total",
                 "Errors reported by the per-topic JetStream readers, by kind.",
                 "kind",
-                &[],
+                // At zero from the start, so that an alert on them has a
+                // series before the first error.
+                &["consumer_limit", "consumer"],
             ),
             feed_stalls: counter(
                 "sse_feed_stalls_total",

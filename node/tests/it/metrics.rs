@@ -54,6 +54,7 @@ async fn every_promised_metric_is_exported() {
         "sse_heartbeats_total ",
         "sse_history_bytes{topic=\"seen\"}",
         "sse_topic_subscribers{topic=\"seen\"} 0",
+        "sse_feed_errors_total{kind=\"consumer_limit\"} 0",
     ] {
         assert!(text.contains(name), "missing {name}\n{text}");
     }

@@ -217,11 +217,7 @@ impl Topics {
         // connection, not for JetStream: without this, each new stream on
         // a node cut off from NATS would hang for the whole call timeout
         // before its 503, though the answer is known now.
-        if self.0.js.client().connection_state() != async_nats::connection::State::Connected {
-            return Err(LookupError::Unavailable(
-                "this node is not connected to NATS (reconnecting)".to_string(),
-            ));
-        }
+        self.connected()?;
         let cell = {
             let mut starting = self.0.starting.lock().unwrap_or_else(|p| p.into_inner());
             starting.entry(topic.clone()).or_default().clone()
@@ -301,9 +297,7 @@ impl Topics {
     ) -> Result<(FeedLease, Option<u64>), LookupError> {
         // Without a NATS connection there is no answer to wait for: the
         // cursor is taken as it is, as when JetStream does not answer.
-        if seq <= lease.holds_up_to()
-            || self.0.js.client().connection_state() != async_nats::connection::State::Connected
-        {
+        if seq <= lease.holds_up_to() || self.connected().is_err() {
             return Ok((lease, None));
         }
         let mut last = 0;
@@ -428,8 +422,23 @@ impl Topics {
         self.0.facts.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Fails at once while the NATS client is reconnecting: a JetStream
+    /// request would wait for the connection, and each new stream on a node
+    /// cut off from NATS would hang for the whole call timeout before its
+    /// 503, though the answer is known now.
+    fn connected(&self) -> Result<(), LookupError> {
+        if self.0.js.client().connection_state() == async_nats::connection::State::Connected {
+            Ok(())
+        } else {
+            Err(LookupError::Unavailable(
+                "this node is not connected to NATS (reconnecting)".to_string(),
+            ))
+        }
+    }
+
     /// Brings one topic in line with JetStream.
     pub async fn refresh(&self, topic: &TopicName) -> Result<(), LookupError> {
+        self.connected()?;
         match bounded(self.0.js.get_stream(topic.stream_name())).await {
             Ok(stream) => {
                 self.adopt(topic.clone(), stream.cached_info());

@@ -378,6 +378,15 @@ async fn a_node_cut_off_from_nats_refuses_new_topics_at_once() {
     // waited for.
     assert!(took < Duration::from_secs(3), "refused after {took:?}");
 
+    // An id of another epoch of the topic it reads needs JetStream's word
+    // on the stream: refused as soon.
+    let asked = Instant::now();
+    let (status, body) = get(&node.url("/v1/events?topic=held"), Some("held:zzzzzz:1")).await;
+    let took = asked.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not connected to NATS"), "{body}");
+    assert!(took < Duration::from_secs(3), "refused after {took:?}");
+
     // The topic this node still reads opens from its feed.
     let mut second = SseClient::connect(&node.url("/v1/events?topic=held"), None)
         .await

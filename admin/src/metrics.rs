@@ -51,7 +51,7 @@ impl Metrics {
         .expect("valid metric");
         let topic_subscribers = IntGaugeVec::new(
             Opts::new(
-                "sse_topic_subscribers_total",
+                "sse_cluster_topic_subscribers",
                 "Clients subscribed to the topic, summed over live nodes.",
             ),
             topic,

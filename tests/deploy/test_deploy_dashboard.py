@@ -51,7 +51,7 @@ NODE_METRICS = {
 ADMIN_METRICS = {
     "sse_topic_messages": {"topic"},
     "sse_topic_bytes": {"topic"},
-    "sse_topic_subscribers_total": {"topic"},
+    "sse_cluster_topic_subscribers": {"topic"},
     "sse_nodes_live": set(),
 }
 METRICS = {**NODE_METRICS, **ADMIN_METRICS}

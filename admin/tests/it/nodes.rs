@@ -126,11 +126,23 @@ async fn nodes_live_while_fresh_and_drop_after_ttl() {
         let metrics = admin.metrics().await;
         for line in [
             "sse_nodes_live 2",
-            "sse_topic_subscribers_total{topic=\"orders\"} 6",
+            "sse_cluster_topic_subscribers{topic=\"orders\"} 6",
             "sse_topic_messages{topic=\"orders\"} 0",
             "sse_topic_bytes{topic=\"orders\"} 0",
         ] {
             assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+        }
+        // Prometheus's naming rule, which `promtool check metrics` applies:
+        // `_total` names a counter and nothing else.
+        for line in metrics.lines() {
+            if let Some(declared) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = declared.split_once(' ').unwrap();
+                assert_eq!(
+                    name.ends_with("_total"),
+                    kind == "counter",
+                    "{name} is a {kind}"
+                );
+            }
         }
         let (_, overview) = admin.call_with("GET", "/v1/overview", None, None).await;
         assert_eq!(overview["connections"], 7);
@@ -151,7 +163,7 @@ async fn nodes_live_while_fresh_and_drop_after_ttl() {
         let metrics = admin.metrics().await;
         assert!(metrics.contains("sse_nodes_live 0"), "{metrics}");
         assert!(
-            metrics.contains("sse_topic_subscribers_total{topic=\"orders\"} 0"),
+            metrics.contains("sse_cluster_topic_subscribers{topic=\"orders\"} 0"),
             "{metrics}"
         );
     })

@@ -10,6 +10,8 @@
 mod auth;
 mod config;
 mod dashboard;
+#[path = "../../../node/tests/it/metric_names.rs"]
+mod metric_names;
 mod nats_security;
 mod node_e2e;
 mod nodes;

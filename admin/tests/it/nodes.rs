@@ -132,18 +132,7 @@ async fn nodes_live_while_fresh_and_drop_after_ttl() {
         ] {
             assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
         }
-        // Prometheus's naming rule, which `promtool check metrics` applies:
-        // `_total` names a counter and nothing else.
-        for line in metrics.lines() {
-            if let Some(declared) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = declared.split_once(' ').unwrap();
-                assert_eq!(
-                    name.ends_with("_total"),
-                    kind == "counter",
-                    "{name} is a {kind}"
-                );
-            }
-        }
+        crate::metric_names::assert_total_names_only_counters(&metrics);
         let (_, overview) = admin.call_with("GET", "/v1/overview", None, None).await;
         assert_eq!(overview["connections"], 7);
         assert_eq!(overview["nodes_live"], 2);

@@ -9,6 +9,7 @@ mod input;
 mod interest;
 mod lean;
 mod lifecycle;
+mod metric_names;
 mod metrics;
 mod nats_credentials;
 mod nats_tls;

@@ -58,18 +58,7 @@ async fn every_promised_metric_is_exported() {
     ] {
         assert!(text.contains(name), "missing {name}\n{text}");
     }
-    // Prometheus's naming rule, which `promtool check metrics` applies:
-    // `_total` names a counter and nothing else.
-    for line in text.lines() {
-        if let Some(declared) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = declared.split_once(' ').unwrap();
-            assert_eq!(
-                name.ends_with("_total"),
-                kind == "counter",
-                "{name} is a {kind}"
-            );
-        }
-    }
+    crate::metric_names::assert_total_names_only_counters(&text);
     assert_eq!(node.metric("sse_connections_opened_total").await, 2.0);
     assert_eq!(node.metric("sse_events_delivered_total").await, 2.0);
     // The one event published was read once, by the topic's feed.

@@ -51,6 +51,9 @@ pub struct NatsConfig {
     pub connection_name: String,
     /// Time limit of one JetStream request, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Seconds of silence from the server before the client pings it; three
+    /// in a row and the connection is given up for another server.
+    pub ping_interval_seconds: u64,
     /// PEM authorities trusted for the servers' certificates; asks for TLS.
     pub tls_ca_file: String,
     /// PEM client certificate for servers that verify clients; asks for TLS.
@@ -215,6 +218,9 @@ impl Config {
         if self.nats.request_timeout_ms == 0 || self.nats.request_timeout_ms > 120_000 {
             bad.push("nats.request_timeout_ms: must be between 1 and 120000".to_owned());
         }
+        if self.nats.ping_interval_seconds == 0 || self.nats.ping_interval_seconds > 3600 {
+            bad.push("nats.ping_interval_seconds: must be between 1 and 3600".to_owned());
+        }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             bad.push(format!(
                 "http.listen: {:?} is not an address like 0.0.0.0:8090",
@@ -331,7 +337,7 @@ mod tests {
         let errors = messages(
             with(
                 "[admin]\ntoken = \"t\"\nmax_event_bytes = 0\n\
-                 [nats]\nsubject_prefix = \"a.*\"\nurl = \" , \"\n\
+                 [nats]\nsubject_prefix = \"a.*\"\nurl = \" , \"\nping_interval_seconds = 0\n\
                  [http]\nlisten = \"nowhere\"\n\
                  [cluster]\nnode_ttl_seconds = 0\nnodes_bucket = \"a.b\"\n\
                  [log]\nformat = \"xml\"\nlevel = \"warning\"",
@@ -342,6 +348,7 @@ mod tests {
             "admin.max_event_bytes",
             "nats.subject_prefix",
             "nats.url",
+            "nats.ping_interval_seconds",
             "http.listen",
             "cluster.node_ttl_seconds",
             "cluster.nodes_bucket",

@@ -177,6 +177,10 @@ async fn connect(config: &Config) -> Result<async_nats::Client, Error> {
     tls.apply(options)
         .name(&config.nats.connection_name)
         .request_timeout(Some(config.request_timeout()))
+        .ping_interval(Duration::from_secs(config.nats.ping_interval_seconds))
+        // A frozen server still accepts TCP connections (the kernel does)
+        // but never says hello: give it up soon for the next one.
+        .connection_timeout(Duration::from_secs(2))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connect(servers)

@@ -57,6 +57,9 @@ pub struct NatsConfig {
     pub connection_name: String,
     /// Seconds between full re-listings of topics.
     pub topic_refresh_seconds: u64,
+    /// Seconds of silence from the server before the client pings it; three
+    /// in a row and the connection is given up for another server.
+    pub ping_interval_seconds: u64,
     /// PEM authorities trusted for the servers' certificates; asks for TLS.
     pub tls_ca_file: String,
     /// PEM client certificate for servers that verify clients; asks for TLS.
@@ -331,6 +334,11 @@ impl Config {
             "must be at least 1",
         );
         check(
+            self.nats.ping_interval_seconds > 0,
+            "nats.ping_interval_seconds",
+            "must be at least 1",
+        );
+        check(
             SocketAddr::from_str(&self.http.listen).is_ok(),
             "http.listen",
             &format!(
@@ -493,6 +501,10 @@ impl Config {
             (
                 "nats.topic_refresh_seconds",
                 self.nats.topic_refresh_seconds,
+            ),
+            (
+                "nats.ping_interval_seconds",
+                self.nats.ping_interval_seconds,
             ),
             ("http.heartbeat_seconds", self.http.heartbeat_seconds),
             ("http.retry_ms", self.http.retry_ms / 1000),

@@ -153,6 +153,7 @@ pub async fn run(
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
+        .ping_interval(Duration::from_secs(config.nats.ping_interval_seconds))
         .reconnect_delay_callback(|attempt| Duration::from_millis((100 * attempt as u64).min(2000)))
         .event_callback(move |event| {
             let connected_tx = connected_tx.clone();

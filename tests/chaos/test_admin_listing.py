@@ -139,3 +139,37 @@ def test_a_node_starting_while_a_nats_server_is_down_serves_its_topics_once_it_i
 
     c.start_proc(c.nats_proc_for_server(victim))
     wait_until(lambda: stream_status(c.node_port("node1"), name) == 200, 60, f"{name} served once {victim} is back")
+
+
+@pytest.mark.timeout(chaos_timeout(120))
+def test_admin_leaves_a_frozen_nats_server_for_another(node_binary, cluster_factory):
+    """Admin's NATS server stops answering without closing the connection
+    (a frozen VM, a partition that drops packets): pings every
+    `nats.ping_interval_seconds` give it up after three silent intervals
+    and admin answers again through another server, where NATS's own
+    interval would leave every call timing out for minutes."""
+    import signal
+    import time
+
+    c = cluster_factory(nodes=1, admin_env={"SSE_NATS__PING_INTERVAL_SECONDS": "1"})
+    c.create_topic("kept", replicas=3)
+    server = connected_server(c, "sse-admin")
+    assert server, "admin is on no NATS server"
+    proc = c[c.nats_proc_for_server(server)]
+    proc.signal_group(signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        statuses = []
+
+        def listed():
+            status, body = admin_get(c, "/v1/topics")
+            statuses.append(status)
+            return status == 200 and "kept" in [t["name"] for t in body["topics"]]
+
+        wait_until(listed, 30, "admin listing topics again with its NATS server frozen")
+        answered_after = time.monotonic() - frozen_at
+        # Three silent seconds, two more if the first server tried next is
+        # the frozen one, and the call in flight: well within 15 s.
+        assert answered_after < 15, f"admin answered again only after {answered_after:.1f}s ({statuses})"
+    finally:
+        proc.signal_group(signal.SIGCONT)

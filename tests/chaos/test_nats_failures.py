@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import time
 
 import pytest
@@ -270,3 +271,62 @@ def test_a_nats_server_back_with_an_empty_disk_under_a_busy_topics_consumer(node
     assert scn.figures["reconnects"] == 0, f"node0 closed client streams: {scn.figures['closed by nodes']}"
     stalls = metric_sum(c.metrics("node0") or {}, "sse_feed_stalls_total") - stalls_before_the_kill[0]
     assert stalls >= 1, "the feed waited for async-nats to notice its consumer was gone"
+
+
+@pytest.mark.timeout(chaos_timeout(150))
+def test_the_nats_server_a_node_reads_through_freezes_with_the_stream_leader(node_binary, cluster_factory, topic):
+    """A NATS server that stops answering without closing anything (a
+    frozen VM, a partition that drops packets): the node's connection to it
+    stays open and nothing says it is dead. NATS's own ping interval would
+    keep the node on it for minutes, its clients getting heartbeats and no
+    events; `nats.ping_interval_seconds` gives it up after three silent
+    intervals, and the node goes on through another server."""
+    c = cluster_factory(nodes=1, topics=[(topic, 3)], node_env={"SSE_NATS__PING_INTERVAL_SECONDS": "1"})
+    stream = f"SSE_{topic}"
+    # Three silent seconds to give the server up, up to two more if the
+    # first server tried next is the frozen one, while the survivors elect
+    # a new leader (counted apart, as `unreadable_until`).
+    scn = Scenario(c, "the node's NATS server freezes with the stream leader", topic, max_delivery_delay=8.0, **scale())
+    frozen: list = []
+
+    async def action(s: Scenario) -> None:
+        await s.at(0.2)
+        server = connected_server(c, "sse-node0")
+        assert server, "node0 is on no NATS server"
+        await move_stream_leader(c.nats_urls, stream, server)
+        s.extra["node0 and the stream leader on"] = server
+        await s.at(0.3)
+        proc = c[c.nats_proc_for_server(server)]
+        frozen_at = time.monotonic()
+        proc.signal_group(signal.SIGSTOP)
+        frozen.append(proc)
+        live = [(u, port) for i, (u, port) in enumerate(zip(c.nats_urls, c.nats_http_ports)) if f"nats{i}" != proc.name]
+        new_leader = await stream_leader([u for u, _ in live], stream, not_=server)
+        s.unreadable_until = time.monotonic()
+        s.extra["stream leader"] = f"{server} frozen, {new_leader} elected in {s.unreadable_until - frozen_at:.1f}s"
+
+        def on_a_live_server() -> bool:
+            for _, port in live:
+                status, body = http_get(port, "/connz?limit=4096")
+                if status == 200 and any(conn.get("name") == "sse-node0" for conn in json.loads(body).get("connections", [])):
+                    return True
+            return False
+
+        while not await asyncio.to_thread(on_a_live_server):
+            assert time.monotonic() - frozen_at < 30, "node0 stayed on the frozen server"
+            await asyncio.sleep(0.2)
+        s.extra["node0 on a live server after s"] = round(time.monotonic() - frozen_at, 1)
+        # Frozen until the publisher is nearly done: without pings of its
+        # own the node would wait all that time for its events.
+        await s.at(0.85)
+        proc.signal_group(signal.SIGCONT)
+        frozen.clear()
+
+    try:
+        problems = asyncio.run(scn.run(action))
+    finally:
+        for proc in frozen:
+            proc.signal_group(signal.SIGCONT)
+    scn.assert_clean(problems)
+    assert scn.figures["reconnects"] == 0, f"node0 closed client streams: {scn.figures['closed by nodes']}"
+    assert metric_sum(c.metrics("node0") or {}, "sse_nats_reconnects_total") >= 1, "node0 never reconnected"

@@ -69,6 +69,10 @@ class Publisher:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
             allow_reconnect=True,
+            # A server that freezes keeps the connection open: pings find
+            # it out in seconds, not nats-py's default four minutes.
+            ping_interval=2,
+            max_outstanding_pings=2,
             name="chaos-publisher",
         )
         js = nc.jetstream(timeout=2)

@@ -153,6 +153,11 @@ async fn bad_config_stops_start_up_naming_the_key() {
         ("SSE_HTTP__LISTEN", "not-an-address", "http.listen"),
         ("SSE_NATS__URL", "", "nats.url"),
         ("SSE_HTTP__HEARTBEAT_SECONDS", "often", "heartbeat_seconds"),
+        (
+            "SSE_NATS__PING_INTERVAL_SECONDS",
+            "0",
+            "nats.ping_interval_seconds",
+        ),
         ("SSE_LOG__FORMAT", "xml", "log.format"),
         ("SSE_LOG__LEVEL", "warning", "log.level"),
         ("SSE_HTTP__NO_SUCH_KEY", "1", "no_such_key"),
@@ -205,7 +210,7 @@ async fn every_mistake_of_a_configuration_is_named_at_once() {
     for said in [
         "histroy: unknown section; the sections are auth, cluster, cors, delivery, history,".to_owned(),
         "http.listn: unknown key; [http] has fast_path, h2,".to_owned(),
-        "nats.urll: unknown key; [nats] has connection_name, creds_file, nkey_seed_file, subject_prefix, tls_ca_file, tls_cert_file, tls_key_file, topic_refresh_seconds, url (set by SSE_NATS__URLL)".to_owned(),
+        "nats.urll: unknown key; [nats] has connection_name, creds_file, nkey_seed_file, ping_interval_seconds, subject_prefix, tls_ca_file, tls_cert_file, tls_key_file, topic_refresh_seconds, url (set by SSE_NATS__URLL)".to_owned(),
         format!("delivery.client_queue_events: invalid value signed int `-1`, expected usize (in {file} TOML file)"),
         "http.max_connections: invalid type: found string \"lots\", expected usize (set by SSE_HTTP__MAX_CONNECTIONS)".to_owned(),
     ] {

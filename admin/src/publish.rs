@@ -51,8 +51,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishEvent {
-    /// Full subject path inside the topic, e.g. `orders.42` or `orders`.
-    pub subject: String,
+    /// Full subject path inside the topic, e.g. `orders.42` or `orders`;
+    /// absent: the topic itself (`orders`).
+    pub subject: Option<String>,
     /// SSE event name: 1 to 128 bytes, no control character, no leading or
     /// trailing space, not `reset` or `invalid` (the nodes' own); absent: a
     /// plain `message`.
@@ -245,12 +246,11 @@ pub async fn publish_event(
     JsonBody(body): JsonBody<PublishEvent>,
 ) -> Result<Json<Published>, Error> {
     let topic = topics::parse_topic(&name)?;
-    let path =
-        SubjectPath::parse_concrete(&body.subject).map_err(|e| Error::BadRequest(e.to_string()))?;
+    let subject = body.subject.as_deref().unwrap_or(topic.as_str());
+    let path = SubjectPath::parse_concrete(subject).map_err(|e| Error::BadRequest(e.to_string()))?;
     if path.topic() != &topic {
         return Err(Error::BadRequest(format!(
-            "subject path {:?} is not inside topic {:?}; it must start with \"{topic}\"",
-            body.subject,
+            "subject path {subject:?} is not inside topic {:?}; it must start with \"{topic}\"",
             topic.as_str()
         )));
     }

@@ -69,6 +69,16 @@ async fn publish_returns_the_id_clients_see() {
         assert!(headers.get("Nats-Msg-Id").unwrap().as_str().len() > 10);
         assert!(headers.get("Sse-Event").is_none());
 
+        // Without a subject, the event goes to the topic itself.
+        let (status, bare) = admin
+            .call("POST", "/v1/topics/orders/events", Some(json!({"data": "no subject"})))
+            .await;
+        assert_eq!(status, 200, "{bare}");
+        assert_eq!(bare["id"], format!("orders:{epoch}:3"));
+        let message = stream.get_raw_message(3).await.unwrap();
+        assert_eq!(message.subject.as_str(), "sse.orders");
+        assert_eq!(&message.payload[..], b"no subject");
+
         // A recreated stream is a new epoch, and the id says so.
         let (status, _) = admin.call("DELETE", "/v1/topics/orders", None).await;
         assert_eq!(status, 204);

@@ -1,6 +1,7 @@
 """`scripts/cluster`: the local cluster for people.
 
-    scripts/cluster [--nodes N] [--keep]      start everything, Ctrl-C stops it
+    scripts/cluster [--nodes N] [--keep] [--allow-origin URL …]
+                                              start everything, Ctrl-C stops it
     scripts/cluster publish SUBJECT DATA [--event NAME]
                                               publish to the running cluster
 
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -21,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .harness import REPO, Cluster
+from .harness import REPO, Cluster, Fatal
 
 # Where a running cluster says where it is: `.cluster/`, or SSE_CLUSTER_DIR
 # (a test's own folder, so that it never touches a cluster someone runs).
@@ -29,6 +31,9 @@ STATE_DIR = Path(os.environ.get("SSE_CLUSTER_DIR") or REPO / ".cluster")
 STATE = STATE_DIR / "cluster.json"
 # Settings for `ssectl` while the cluster runs (SSECTL_CONFIG).
 SSECTL_CONFIG = STATE_DIR / "ssectl.toml"
+# The HS256 secret the nodes verify tokens of private topics with, and
+# `ssectl token mint` signs them with (SSECTL_HS256_SECRET_FILE).
+JWT_SECRET = STATE_DIR / "jwt-hs256.secret"
 TOPIC = "demo"
 
 
@@ -56,11 +61,42 @@ def _shown(path: Path) -> Path:
     return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
+def _origin_problem(origin: str) -> str | None:
+    """Why `origin` is not an origin as browsers send it, if it is not."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as e:
+        return str(e)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment:
+        return "an origin is scheme://host[:port], nothing after it, e.g. http://localhost:3000"
+    return None
+
+
 def start(args: argparse.Namespace) -> int:
+    # Browsers send an origin without a trailing slash; people often add one.
+    args.allow_origin = [origin.rstrip("/") for origin in args.allow_origin]
+    for origin in args.allow_origin:
+        if (problem := _origin_problem(origin)) is not None:
+            print(f"--allow-origin {origin!r}: {problem}", file=sys.stderr)
+            return 2
     STATE.parent.mkdir(parents=True, exist_ok=True)
     workdir = STATE.parent / time.strftime("run-%Y%m%d-%H%M%S")
-    c = Cluster(nodes=args.nodes, max_nodes=args.nodes, workdir=str(workdir), keep=args.keep)
+    # A fresh secret per cluster, readable by its owner only.
+    JWT_SECRET.unlink(missing_ok=True)
+    fd = os.open(JWT_SECRET, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    node_env = {"SSE_AUTH__JWT__HS256_SECRET_FILE": str(JWT_SECRET)}
+    if args.allow_origin:
+        # Browsers' EventSource from these origins, with the token cookie.
+        node_env["SSE_CORS__ALLOWED_ORIGINS"] = json.dumps(args.allow_origin)
+        node_env["SSE_CORS__ALLOW_CREDENTIALS"] = "true"
+    c = Cluster(nodes=args.nodes, max_nodes=args.nodes, workdir=str(workdir), keep=args.keep, node_env=node_env)
     if c.node_bin is None:
+        JWT_SECRET.unlink(missing_ok=True)
         print("no sse-node binary: run `cargo build -p sse-node`", file=sys.stderr)
         return 1
     stop = {"now": False}
@@ -74,7 +110,12 @@ def start(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     try:
         print("starting NATS (3 servers), nodes, admin and HAProxy…", flush=True)
-        c.start()
+        try:
+            c.start()
+        except Fatal as e:
+            # A process that could not start says why in its log's tail.
+            print(f"\ncould not start the cluster: {e}", file=sys.stderr)
+            return 1
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         how = "admin"
@@ -118,6 +159,13 @@ def start(args: argparse.Namespace) -> int:
             print(f"  scripts/cluster publish {TOPIC} 'hello' --event greeting")
         print("the HTTP API directly:")
         print(f"  curl -N '{state['events']}'")
+        if state["admin"]:
+            print("a private topic, read with a token:")
+            print(f"  {ssectl} topic create secret --private")
+            print(f"  export SSECTL_HS256_SECRET_FILE={_shown(JWT_SECRET)}")
+            print(f"  {ssectl} tail secret --token \"$({ssectl} token mint --sub alice --grant 'secret' --ttl 1h)\"")
+        if args.allow_origin:
+            print(f"browsers may open streams from: {', '.join(args.allow_origin)} (with credentials, so the sse_token cookie too)")
         print("\nCtrl-C stops everything.", flush=True)
         reported: set[str] = set()
         while not stop["now"]:
@@ -132,6 +180,7 @@ def start(args: argparse.Namespace) -> int:
         c.close()
         STATE.unlink(missing_ok=True)
         SSECTL_CONFIG.unlink(missing_ok=True)
+        JWT_SECRET.unlink(missing_ok=True)
         try:
             STATE.parent.rmdir()  # only when empty (--keep leaves the run folder)
         except OSError:
@@ -164,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd")
     ap.add_argument("--nodes", type=int, default=3, help="sse-node processes (default 3)")
     ap.add_argument("--keep", action="store_true", help="keep logs and data under .cluster/ after stopping")
+    ap.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a web app's origin (e.g. http://localhost:3000) whose pages may open streams, with cookies; repeatable",
+    )
     pub = sub.add_parser("publish", help="publish one event to the running cluster")
     pub.add_argument("subject", help="subject path, e.g. demo or demo.room1")
     pub.add_argument("data")

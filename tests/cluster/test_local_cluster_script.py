@@ -19,6 +19,8 @@ from cluster.harness import REPO, run_async
 from cluster.sse import SseClient
 
 READY = "Ctrl-C stops everything."
+# A web app's origin, as a team developing one would allow it.
+ORIGIN = "http://app.localhost:3000"
 
 
 def _descendants(pid: int) -> set[int]:
@@ -79,7 +81,7 @@ def test_the_cluster_script_starts_a_cluster_its_printed_commands_use_and_ctrl_c
     state_dir = tmp_path / "state"
     env = dict(os.environ, SSE_CLUSTER_DIR=str(state_dir))
     script = subprocess.Popen(
-        ["scripts/cluster", "--nodes", "2"],
+        ["scripts/cluster", "--nodes", "2", "--allow-origin", ORIGIN],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -150,6 +152,24 @@ def test_the_cluster_script_starts_a_cluster_its_printed_commands_use_and_ctrl_c
         assert got[0].id.startswith("demo:") and got[0].id.endswith(":1")
         assert got[1].id.startswith("demo:") and got[1].id.endswith(":2")
 
+        # A private topic, as printed: created with ssectl, read with a
+        # token it mints with the cluster's secret, here as a browser of
+        # the allowed origin sends it, in the cookie.
+        secret_line = next(line for line in out.lines if "export SSECTL_HS256_SECRET_FILE=" in line)
+        secret_file = secret_line.split("=", 1)[1].strip()
+        assert Path(secret_file).stat().st_mode & 0o077 == 0, "the secret is readable by others"
+        token_env = dict(ssectl_env, SSECTL_HS256_SECRET_FILE=secret_file)
+        for argv in (["topic", "create", "secret", "--private"], ["token", "mint", "--sub", "alice", "--grant", "secret", "--ttl", "1h"]):
+            done = subprocess.run([str(ssectl), *argv], env=token_env, capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, f"ssectl {argv}: {done.stderr}"
+        token = done.stdout.strip()
+        status, headers = _stream_head(lb_port, "/v1/events?topic=secret", {"Origin": ORIGIN})
+        assert status == 401, (status, headers)
+        status, headers = _stream_head(lb_port, "/v1/events?topic=secret", {"Origin": ORIGIN, "Cookie": f"sse_token={token}"})
+        assert status == 200, (status, headers)
+        assert headers.get("access-control-allow-origin") == ORIGIN, headers
+        assert headers.get("access-control-allow-credentials") == "true", headers
+
         os.killpg(script.pid, signal.SIGINT)
         assert script.wait(timeout=60) == 0, out.text()
         assert out.ended.wait(10)
@@ -169,6 +189,19 @@ def test_the_cluster_script_starts_a_cluster_its_printed_commands_use_and_ctrl_c
             except subprocess.TimeoutExpired:
                 os.killpg(script.pid, signal.SIGKILL)
                 script.wait()
+
+
+def _stream_head(port: int, target: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """The status and headers of a stream's answer; the stream is then closed."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        conn.request("GET", target, headers=headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
 
 
 async def _until(cond, seconds: float, why: str) -> None:

@@ -4,6 +4,7 @@ an event."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import pytest
@@ -33,6 +34,63 @@ def test_kill_9_a_node_while_it_serves_clients(node_binary, cluster_factory, top
 
     problems = asyncio.run(scn.run(action))
     scn.assert_clean(problems)
+
+
+# The shipped HAProxy config ends a stream after this long without a byte
+# from its node (`timeout tunnel`).
+LB_SILENCE_TIMEOUT = 60.0
+
+
+@pytest.mark.timeout(chaos_timeout(240))
+def test_a_node_that_hangs_loses_its_clients_to_the_others_through_the_load_balancer(
+    node_binary, cluster_factory, topic
+):
+    """A node stops, alive but silent (SIGSTOP: a frozen VM, a stuck
+    process): it writes no heartbeat, and a client, as a browser's
+    EventSource does, waits on the open connection. The load balancer's
+    idle timeout is what ends such a stream; the client then resumes on
+    another node from its last id, nothing lost or repeated."""
+    c = cluster_factory(nodes=2, topics=[(topic, 3)])
+    # Events over 75 s, so that streams end and resume while they flow.
+    # The hung node's clients hear nothing for the timeout, which is the
+    # point here: silence and delay are bounded by it, not by 10 s.
+    scn = Scenario(
+        c,
+        "a node hangs",
+        topic,
+        clients=60,
+        total=150,
+        rate=2.0,
+        stall_seconds=LB_SILENCE_TIMEOUT + 15,
+        max_delivery_delay=LB_SILENCE_TIMEOUT + 15,
+    )
+    frozen = []
+
+    async def action(s: Scenario) -> None:
+        await s.at(0.03)
+        victim, held = s.fleet.spread().most_common(1)[0]
+        s.extra["victim"] = f"{victim} serving {held} clients"
+        frozen.append(c[victim])
+        c[victim].signal_group(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        await asyncio.to_thread(c.wait_backend, victim, False)
+        s.extra["lb saw it down after s"] = round(time.monotonic() - stopped_at, 2)
+
+        def moved() -> bool:
+            return all(cl.current_server != victim for cl in s.fleet.clients)
+
+        while not moved():
+            assert time.monotonic() - stopped_at < LB_SILENCE_TIMEOUT + 20, "clients stay on the hung node"
+            await asyncio.sleep(0.5)
+        s.extra["every client elsewhere after s"] = round(time.monotonic() - stopped_at, 1)
+
+    try:
+        problems = asyncio.run(scn.run(action))
+    finally:
+        for proc in frozen:
+            proc.signal_group(signal.SIGCONT)
+    scn.assert_clean(problems)
+    assert scn.extra["every client elsewhere after s"] >= LB_SILENCE_TIMEOUT - 5, "streams ended before the timeout"
 
 
 @pytest.mark.timeout(chaos_timeout(150))

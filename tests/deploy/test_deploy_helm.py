@@ -230,15 +230,16 @@ def test_ingress_is_set_up_for_sse():
     ing = one(objs, "Ingress")
     ann = ing["metadata"]["annotations"]
     assert ann["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
-    assert int(ann["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
     assert int(ann["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
     assert ann["cert-manager.io/cluster-issuer"] == "letsencrypt", "extra annotations are merged in"
     backends = {p["backend"]["service"]["name"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]}
     assert backends == {f"{RELEASE}-sse-cluster-node", f"{RELEASE}-sse-cluster-admin"}
     assert ing["spec"]["ingressClassName"] == "nginx"
-    # heartbeats are far shorter than the proxy's idle timeout
+    # The read timeout outlasts four heartbeats, so a healthy stream is never
+    # cut, and ends the stream of a node that hangs within two minutes, so
+    # its clients resume elsewhere.
     hb = node_toml(objs)["http"]["heartbeat_seconds"]
-    assert hb * 4 <= int(ann["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+    assert hb * 4 <= int(ann["nginx.ingress.kubernetes.io/proxy-read-timeout"]) <= 120
 
 
 def test_node_tls_reaches_the_node_and_everything_that_talks_to_it():

@@ -247,7 +247,8 @@ pub async fn publish_event(
 ) -> Result<Json<Published>, Error> {
     let topic = topics::parse_topic(&name)?;
     let subject = body.subject.as_deref().unwrap_or(topic.as_str());
-    let path = SubjectPath::parse_concrete(subject).map_err(|e| Error::BadRequest(e.to_string()))?;
+    let path =
+        SubjectPath::parse_concrete(subject).map_err(|e| Error::BadRequest(e.to_string()))?;
     if path.topic() != &topic {
         return Err(Error::BadRequest(format!(
             "subject path {subject:?} is not inside topic {:?}; it must start with \"{topic}\"",

@@ -213,6 +213,11 @@ pub struct Tail {
     /// Give up after this long without any node answering.
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = crate::units::parse_duration)]
     pub give_up_after: std::time::Duration,
+    /// Resume elsewhere after this long without a byte from the node (it
+    /// sends a heartbeat every `http.heartbeat_seconds`, 15 s): a node that
+    /// hangs keeps the connection open but says nothing.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = crate::units::parse_duration)]
+    pub silence_timeout: std::time::Duration,
 }
 
 /// `ssectl token …`

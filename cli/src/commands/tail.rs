@@ -12,6 +12,10 @@
 //! epoch and sequences come from admin's topic info, and the cursor
 //! `<topic>:<epoch>:<seq>` built from them is sent as a plain resume.
 //!
+//! A node that hangs keeps the connection open and sends nothing, not even
+//! its heartbeats: after `--silence-timeout` the tail drops it and resumes
+//! elsewhere, as a load balancer's idle timeout does for browsers.
+//!
 //! A refusal (4xx) ends the tail with exit 1. Before any node has answered,
 //! a round of the URLs that reaches none ends it with exit 3; once the tail
 //! has run, it keeps trying until `--give-up-after` passes without a node.
@@ -51,6 +55,12 @@ enum Ended {
 
 /// Runs `ssectl tail`.
 pub async fn run(settings: &Settings, out: Output, tail: Tail) -> Result<(), Error> {
+    if tail.silence_timeout.is_zero() {
+        return Err(Error::Usage(
+            "--silence-timeout must be longer than the nodes' heartbeat (15 s by default), not 0"
+                .to_owned(),
+        ));
+    }
     for path in &tail.paths {
         SubjectPath::parse_pattern(path)
             .map_err(|e| Error::Usage(format!("subject path {path:?}: {e}")))?;
@@ -180,7 +190,13 @@ async fn read_once(
     let mut reader = Reader::starting_at(last_id);
     let mut body = response.bytes_stream();
     let why = loop {
-        match body.next().await {
+        let Ok(next) = tokio::time::timeout(tail.silence_timeout, body.next()).await else {
+            break format!(
+                "nothing from it for {:?}, not even a heartbeat",
+                tail.silence_timeout
+            );
+        };
+        match next {
             Some(Ok(chunk)) => {
                 let items = reader
                     .feed(&chunk)

@@ -320,3 +320,99 @@ async fn tail_survives_the_kill_of_its_node_and_resumes_once() {
     })
     .await;
 }
+
+/// Waits until the node at `base` counts a connected client.
+async fn subscribed_on(base: &str) {
+    eventually("the tail to subscribe", Duration::from_secs(15), || {
+        let url = format!("{base}/metrics");
+        async move {
+            let text = crate::support::http_client()
+                .get(&url)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .any(|l| l.starts_with("sse_clients_connected ") && !l.ends_with(" 0"))
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+/// A node that hangs (SIGSTOP) keeps the connection open and sends nothing,
+/// not even heartbeats: the tail gives it up after `--silence-timeout` and
+/// resumes on the next node with nothing lost.
+#[tokio::test]
+async fn tail_leaves_a_node_that_hangs_for_the_next() {
+    bounded(async {
+        let cluster = Cluster::start(2).await;
+        cluster.create_topic("cli-hang", &[]).await;
+        // SSECTL_URL lists node A then node B: the tail reads from A.
+        let mut tail = cluster
+            .ssectl()
+            .args([
+                "-o",
+                "json",
+                "tail",
+                "cli-hang",
+                "-n",
+                "2",
+                "--silence-timeout",
+                "3s",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tail starts");
+        let (mut out, mut err) = collect_lines(&mut tail);
+        subscribed_on(&cluster.nodes[0].base).await;
+        publish(&cluster, "cli-hang", "e1").await;
+        let mut got = vec![
+            tokio::time::timeout(Duration::from_secs(15), out.recv())
+                .await
+                .expect("the event before the hang")
+                .expect("tail open"),
+        ];
+        cluster.nodes[0].signal("STOP").await;
+        let stopped = std::time::Instant::now();
+        publish(&cluster, "cli-hang", "e2").await;
+        got.push(
+            tokio::time::timeout(Duration::from_secs(20), out.recv())
+                .await
+                .expect("the event published while node A hung, from node B")
+                .expect("tail open"),
+        );
+        let waited = stopped.elapsed();
+        cluster.nodes[0].signal("CONT").await;
+        let status = tokio::time::timeout(Duration::from_secs(10), tail.wait())
+            .await
+            .expect("tail ends after -n events")
+            .unwrap();
+        let mut stderr = Vec::new();
+        while let Ok(line) = err.try_recv() {
+            stderr.push(line);
+        }
+        assert!(status.success(), "{stderr:?}");
+        let got = events(&got.join("\n"));
+        let data: Vec<&str> = got.iter().map(|e| e.2.as_str()).collect();
+        assert_eq!(data, ["e1", "e2"], "nothing lost, nothing twice");
+        // The node's heartbeats come every 15 s: three silent seconds are
+        // the timeout, not a heartbeat missed by chance.
+        assert!(waited >= Duration::from_secs(3), "{waited:?}");
+        assert!(
+            stderr.iter().any(|l| l.contains("nothing from it for 3s")),
+            "{stderr:?}"
+        );
+        let node_b = &cluster.nodes[1].base;
+        assert!(
+            stderr
+                .iter()
+                .any(|l| l.contains(&format!("resumed on {node_b}"))),
+            "{stderr:?}"
+        );
+    })
+    .await;
+}

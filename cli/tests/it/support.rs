@@ -110,6 +110,17 @@ impl Proc {
     pub(crate) async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) with kill(1).
+    pub(crate) async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .await
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{signal}");
+    }
 }
 
 /// NATS, admin and nodes.

@@ -27,6 +27,7 @@ NODE_METRICS = {
     "sse_nats_reconnects_total": set(),
     "sse_build_info": {"version"},
     "sse_requests_rejected_total": {"status"},
+    "sse_limit_rejections_total": {"limit"},
     "sse_reset_events_total": set(),
     "sse_invalid_events_total": {"reason"},
     "sse_history_bytes": {"topic"},

@@ -1,0 +1,226 @@
+"""The alerting rules (helm/sse-cluster/alerts/sse-cluster.rules.yaml),
+shared by the chart's PrometheusRule and docker-compose's Prometheus: promtool
+accepts them, each alert fires on the series it is about and not on healthy
+ones, and they query only metrics the services export, with their labels."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy_support import CHART, ROOT, chart_objects, find, one
+from test_deploy_dashboard import METRICS, grouping_labels, metric_names
+
+RULES = CHART / "alerts" / "sse-cluster.rules.yaml"
+COMPOSE = ROOT / "docker-compose.yml"
+PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+
+NODE = {"instance": "node-1:8080", "job": "sse-node", "component": "node"}
+ADMIN = {"instance": "admin:8090", "job": "sse-admin", "component": "admin"}
+
+
+def promtool() -> str:
+    path = ROOT / ".tools" / "bin" / "promtool"
+    if not path.exists():
+        pytest.fail("promtool is not in .tools/bin; scripts/install-deps unpacks it", pytrace=False)
+    return str(path)
+
+
+def series(name: str, labels: dict[str, str], values: str) -> dict:
+    inner = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return {"series": f"{name}{{{inner}}}", "values": values}
+
+
+def rules() -> list[dict]:
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+
+
+# alert -> (input series, when, labels of the alerts expected then), and a
+# healthy case of the same alert that must stay silent. Values are one a
+# minute.
+CASES: dict[str, tuple[list[dict], str, list[dict]]] = {
+    "SseNodeDown": (
+        [
+            series("up", NODE, "1 0 0 0 0"),
+            series("up", {**NODE, "instance": "node-2:8080"}, "1 1 1 1 1"),
+            # Another application's pods labelled the same way.
+            series("up", {**NODE, "job": "billing"}, "0 0 0 0 0"),
+        ],
+        "4m",
+        [{**NODE, "severity": "critical"}],
+    ),
+    "SseAdminDown": ([series("up", ADMIN, "0x7")], "6m", [{**ADMIN, "severity": "warning"}]),
+    "SseNoLiveNodes": ([series("sse_nodes_live", ADMIN, "3 0 0 0 0")], "4m", [{**ADMIN, "severity": "critical"}]),
+    "SseNodeNatsDisconnected": (
+        [series("sse_nats_connected", NODE, "1 0 0 0")],
+        "3m",
+        [{**NODE, "severity": "critical"}],
+    ),
+    "SseNatsReconnectsFlapping": (
+        [series("sse_nats_reconnects_total", NODE, "0 1 2 3 4 5")],
+        "5m",
+        [{**NODE, "severity": "warning"}],
+    ),
+    "SseDeliveryLagHigh": (
+        [
+            # Every write between 0.5 and 5 s after its event was stored.
+            series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "0.5"}, "0x20"),
+            series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "5"}, "0+10x20"),
+            series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "+Inf"}, "0+10x20"),
+        ],
+        "16m",
+        [{"instance": NODE["instance"], "severity": "warning"}],
+    ),
+    "SseFeedStalls": ([series("sse_feed_stalls_total", NODE, "0 0 1 1")], "3m", [{**NODE, "severity": "warning"}]),
+    "SseParkedWriterStalls": (
+        [series("sse_parked_writer_stalls_total", NODE, "0 0 1 1")],
+        "3m",
+        [{**NODE, "severity": "warning"}],
+    ),
+    "SseStreamsRefused": (
+        [
+            series("sse_requests_rejected_total", {**NODE, "status": "503"}, "0+120x20"),
+            series("sse_requests_rejected_total", {**NODE, "status": "404"}, "0+600x20"),
+        ],
+        "16m",
+        [{"instance": NODE["instance"], "severity": "warning"}],
+    ),
+    "SseNodeFull": (
+        [
+            series("sse_limit_rejections_total", {**NODE, "limit": "max_connections"}, "0 0 3 3"),
+            series("sse_limit_rejections_total", {**NODE, "limit": "ip_rate", "instance": "node-2:8080"}, "0 0 9 9"),
+        ],
+        "3m",
+        [{**NODE, "limit": "max_connections", "severity": "warning"}],
+    ),
+    "SseSlowClientsDropped": (
+        [
+            series("sse_connections_closed_total", {**NODE, "reason": "slow"}, "0+120x30"),
+            series("sse_connections_closed_total", {**NODE, "reason": "client"}, "0+600x30"),
+        ],
+        "26m",
+        [{"instance": NODE["instance"], "severity": "warning"}],
+    ),
+    "SseResetEvents": ([series("sse_reset_events_total", NODE, "0 0 5 5")], "3m", [{"instance": NODE["instance"], "severity": "warning"}]),
+    "SseInvalidEventsPublished": (
+        [
+            series("sse_invalid_events_total", {**NODE, "reason": "invalid_utf8"}, "0 0 2 2"),
+            series("sse_invalid_events_total", {**NODE, "reason": "too_large"}, "0 0 0 0"),
+        ],
+        "3m",
+        [{"instance": NODE["instance"], "reason": "invalid_utf8", "severity": "warning"}],
+    ),
+    "SseHistoryEvictions": (
+        [series("sse_history_evictions_total", NODE, "0+12x45")],
+        "41m",
+        [{**NODE, "severity": "info"}],
+    ),
+}
+
+# The same alerts on a healthy cluster: nothing fires.
+HEALTHY = [
+    series("up", NODE, "1x45"),
+    series("up", ADMIN, "1x45"),
+    series("sse_nodes_live", ADMIN, "3x45"),
+    series("sse_nats_connected", NODE, "1x45"),
+    series("sse_nats_reconnects_total", NODE, "0 1 1x43"),
+    series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "0.5"}, "0+100x45"),
+    series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "5"}, "0+100x45"),
+    series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "+Inf"}, "0+100x45"),
+    series("sse_feed_stalls_total", NODE, "0x45"),
+    series("sse_parked_writer_stalls_total", NODE, "0x45"),
+    series("sse_requests_rejected_total", {**NODE, "status": "503"}, "0+6x45"),
+    series("sse_limit_rejections_total", {**NODE, "limit": "max_connections"}, "0x45"),
+    series("sse_connections_closed_total", {**NODE, "reason": "slow"}, "0+6x45"),
+    series("sse_reset_events_total", NODE, "0x45"),
+    series("sse_invalid_events_total", {**NODE, "reason": "invalid_utf8"}, "0x45"),
+    series("sse_history_evictions_total", NODE, "0+1x45"),
+]
+
+
+def test_promtool_accepts_the_rules_and_their_templates():
+    done = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in done.stdout
+
+
+def test_every_alert_has_a_case_a_severity_and_words_for_people():
+    names = [r["alert"] for r in rules()]
+    assert len(names) == len(set(names)), names
+    assert set(names) == set(CASES), "each alert needs its case here"
+    for rule in rules():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
+        assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 40, rule["alert"]
+
+
+def test_each_alert_fires_on_its_series_and_not_on_a_healthy_cluster(tmp_path: Path):
+    # Annotations are text for people (checked above by promtool); the unit
+    # tests compare labels, so they run on a copy without them.
+    doc = yaml.safe_load(RULES.read_text())
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    bare = tmp_path / "rules.yaml"
+    bare.write_text(yaml.safe_dump(doc))
+    tests = [
+        {
+            "name": alert,
+            "interval": "1m",
+            "input_series": inputs,
+            "alert_rule_test": [
+                {"eval_time": when, "alertname": alert, "exp_alerts": [{"exp_labels": labels} for labels in expected]}
+            ],
+        }
+        for alert, (inputs, when, expected) in CASES.items()
+    ]
+    tests.append(
+        {
+            "name": "healthy",
+            "interval": "1m",
+            "input_series": HEALTHY,
+            "alert_rule_test": [
+                {"eval_time": when, "alertname": alert, "exp_alerts": []}
+                for alert in CASES
+                for when in ("5m", "20m", "44m")
+            ],
+        }
+    )
+    spec = tmp_path / "alerts-test.yaml"
+    spec.write_text(yaml.safe_dump({"rule_files": [str(bare)], "evaluation_interval": "1m", "tests": tests}))
+    done = subprocess.run([promtool(), "test", "rules", str(spec)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_rules_query_only_exported_metrics_and_labels():
+    labels_everywhere = {"instance", "job", "component", "le"}
+    for rule in rules():
+        expr = rule["expr"]
+        for name in metric_names(expr):
+            base = name.removesuffix("_bucket")
+            assert name == "up" or base in METRICS, f"{rule['alert']}: {name} is not exported"
+        for label in grouping_labels(expr):
+            known = set().union(*(METRICS[m] for m in METRICS)) | labels_everywhere
+            assert label in known, f"{rule['alert']}: no series has the label {label}"
+
+
+def test_the_chart_ships_the_rules_as_a_prometheus_rule():
+    assert not find(chart_objects(), "PrometheusRule"), "off by default: it needs the operator's CRDs"
+    objs = chart_objects(extra={"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}})
+    rule = one(objs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())
+
+
+def test_compose_prometheus_loads_the_same_rules():
+    prometheus = yaml.safe_load(COMPOSE.read_text())["services"]["prometheus"]
+    mounted = {}
+    for volume in prometheus["volumes"]:
+        source, _, rest = volume.partition(":")
+        mounted[rest.split(":")[0]] = source
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    assert config["rule_files"], "prometheus.yml loads no rules"
+    for path in config["rule_files"]:
+        assert (ROOT / mounted[path]).resolve() == RULES.resolve(), f"{path} is not the chart's rules file"

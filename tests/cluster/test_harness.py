@@ -140,7 +140,7 @@ def test_haproxy_reports_node_slots_down_and_answers_503(cluster_factory):
     # The shipped config, not one of the harness's own.
     cfg = c.haproxy_config()
     assert cfg.startswith("# HAProxy in front of the sse-node servers.")
-    assert "retry-on conn-failure empty-response 503" in cfg and "timeout tunnel 1h" in cfg
+    assert "retry-on conn-failure empty-response 503" in cfg and "timeout tunnel 60s" in cfg
 
 
 @pytest.mark.timeout(90)

@@ -49,6 +49,8 @@ def _build_binaries() -> None:
     cmd = ["cargo", "build", "-q", "-p", "sse-node"]
     if (REPO / "admin" / "Cargo.toml").exists():
         cmd += ["-p", "sse-admin"]
+    if (REPO / "cli" / "Cargo.toml").exists():
+        cmd += ["-p", "ssectl"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if res.returncode != 0:
         _build["error"] = f"{' '.join(cmd)} failed:\n{res.stderr[-4000:]}"

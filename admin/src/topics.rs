@@ -155,6 +155,54 @@ pub struct Topic {
     pub subject_paths: u64,
     /// Clients subscribed to the topic, summed over live nodes.
     pub subscribers: u64,
+    /// Where JetStream keeps the topic: its stream's leader, and each other
+    /// replica with its health. Absent when NATS did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// The NATS servers that hold a topic's stream.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Placement {
+    /// The server that leads the stream's Raft group; absent while there
+    /// is none (an election, or too few servers up for a quorum).
+    pub leader: Option<String>,
+    /// The other servers with a copy (none for one replica).
+    pub replicas: Vec<Replica>,
+}
+
+/// A follower of a topic's stream, as its leader sees it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Replica {
+    /// The NATS server's name.
+    pub server: String,
+    /// Up to date with the leader.
+    pub current: bool,
+    /// Known to be down.
+    pub offline: bool,
+    /// Milliseconds since the leader last heard from it.
+    pub last_seen_ms: u64,
+    /// Operations it is behind the leader.
+    pub lag: u64,
+}
+
+impl Placement {
+    fn from_cluster(cluster: &stream::ClusterInfo) -> Self {
+        Self {
+            leader: cluster.leader.clone().filter(|l| !l.is_empty()),
+            replicas: cluster
+                .replicas
+                .iter()
+                .map(|peer| Replica {
+                    server: peer.name.clone(),
+                    current: peer.current,
+                    offline: peer.offline,
+                    last_seen_ms: u64::try_from(peer.active.as_millis()).unwrap_or(u64::MAX),
+                    lag: peer.lag.unwrap_or(0),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `GET /v1/topics`.
@@ -389,6 +437,7 @@ pub fn topic_view(topic: &TopicName, info: &stream::Info, subscribers: u64) -> T
         last_sequence: info.state.last_sequence,
         subject_paths: info.state.subjects_count,
         subscribers,
+        placement: info.cluster.as_ref().map(Placement::from_cluster),
     }
 }
 

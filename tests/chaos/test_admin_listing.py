@@ -6,14 +6,16 @@ pages by what it returned)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 from collections import Counter
 
 import pytest
 
-from cluster.harness import LOOPBACK, run_async, wait_until
+from cluster.harness import LOOPBACK, REPO, run_async, wait_until
 from cluster.workload import chaos_timeout, connected_server, meta_leader, stream_leader
 
 pytestmark = [pytest.mark.needs_node]
@@ -37,6 +39,7 @@ def test_topics_on_a_dead_nats_server_are_listed_as_unavailable_and_none_twice(n
     c = cluster_factory(nodes=1)
     for name in TOPICS:
         c.create_topic(name, replicas=1)
+    c.create_topic("spread", replicas=3)
     leaders = {name: run_async(stream_leader(c.nats_urls, f"SSE_{name}")) for name in TOPICS}
     # The server killed is neither admin's own nor the JetStream meta
     # leader: this test is about what a listing says of the streams a dead
@@ -73,6 +76,29 @@ def test_topics_on_a_dead_nats_server_are_listed_as_unavailable_and_none_twice(n
     status, overview = admin_get(c, "/v1/overview")
     assert status == 200
     assert overview["error"] and all(name in overview["error"] for name in on_server), overview["error"]
+
+    # What an operator sees: the R3 topic's leader says the dead server is
+    # not heard from, and `ssectl status` names it and the topics not shown.
+    def dead_server_named():
+        status, topic = admin_get(c, "/v1/topics/spread")
+        if status != 200:
+            return None
+        followers = {r["server"]: r for r in topic["placement"]["replicas"]}
+        seen = followers.get(server)
+        return topic["placement"] if seen and not seen["current"] and seen["last_seen_ms"] >= 5000 else None
+
+    placement = wait_until(dead_server_named, 30, f"admin's placement of `spread` naming {server} as unheard of")
+    assert placement["leader"] != server, placement
+    ssectl = REPO / "target" / "debug" / "ssectl"
+    env = {"PATH": os.environ["PATH"], "HOME": str(c.dir), "SSECTL_ADMIN_URL": c.admin_url, "SSECTL_TOKEN": c.admin_token}
+    as_json = subprocess.run([str(ssectl), "-o", "json", "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["nats_servers"][server] == "unreachable", report["nats_servers"]
+    assert sorted(report["unavailable_topics"]) == sorted(on_server), report["unavailable_topics"]
+    as_text = subprocess.run([str(ssectl), "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert f"{server} unreachable" in as_text.stdout, as_text.stdout
+    assert "not shown: " in as_text.stdout and all(name in as_text.stdout for name in on_server), as_text.stdout
 
 
 def stream_status(port: int, topic: str, timeout: float = 20.0) -> int:

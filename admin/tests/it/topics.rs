@@ -86,6 +86,13 @@ async fn topic_life_cycle() {
         assert_eq!(topic["subject_paths"], 4);
         assert_eq!(topic["subscribers"], 0);
         assert!(topic["bytes"].as_u64().unwrap() > 0);
+        // One server: it leads, and there is no other copy.
+        let placement = &topic["placement"];
+        assert!(
+            placement["leader"].as_str().is_some_and(|l| !l.is_empty()),
+            "{placement}"
+        );
+        assert_eq!(placement["replicas"], json!([]), "{placement}");
 
         admin.create_topic(json!({"name": "chat", "storage": "memory", "access": "private"})).await;
         let (status, list) = admin.call("GET", "/v1/topics", None).await;

@@ -16,6 +16,7 @@ use crate::{
     Error,
     args::Status,
     client::Admin,
+    commands::topic::replica_state,
     output::{self, Output},
     settings::Settings,
 };
@@ -39,16 +40,20 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
         let first = admin.get("/v1/nodes").await?;
         let topics = admin.get("/v1/topics").await?;
         let nodes = with_rates(&admin, first, status.rate_window).await?;
-        (nodes, topics["topics"].clone())
+        (nodes, topics)
     } else {
-        (Vec::new(), json!([]))
+        (Vec::new(), json!({ "topics": [], "unavailable": [] }))
     };
+    let unavailable = topics["unavailable"].clone();
+    let topics = topics["topics"].clone();
     if out.json() {
         out.print_json(&json!({
             "admin": admin.base(),
             "nats_connected": nats_connected,
             "nodes": nodes,
+            "nats_servers": nats_servers(&topics),
             "topics": topics,
+            "unavailable_topics": unavailable,
         }));
     } else {
         println!(
@@ -60,6 +65,14 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
                 "UNREACHABLE"
             }
         );
+        let servers = nats_servers(&topics);
+        if let Some(servers) = servers.as_object().filter(|s| !s.is_empty()) {
+            let said: Vec<String> = servers
+                .iter()
+                .map(|(name, state)| format!("{name} {}", state.as_str().unwrap_or("?")))
+                .collect();
+            println!("NATS servers holding topics: {}", said.join(", "));
+        }
         println!();
         let rows: Vec<Vec<String>> = nodes
             .iter()
@@ -100,15 +113,71 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
                     output::cell(&t["subscribers"]),
                     output::cell(&t["messages"]),
                     output::cell(&t["last_sequence"]),
+                    crate::commands::topic::placement_cell(t),
                 ]
             })
             .collect();
-        output::print_table(&["TOPIC", "SUBSCRIBERS", "MESSAGES", "LAST SEQ"], &rows);
+        output::print_table(
+            &["TOPIC", "SUBSCRIBERS", "MESSAGES", "LAST SEQ", "PLACEMENT"],
+            &rows,
+        );
+        let unavailable: Vec<&str> = unavailable
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if !unavailable.is_empty() {
+            println!(
+                "not shown: {} (their streams did not answer: NATS servers down, or no leader)",
+                unavailable.join(", ")
+            );
+        }
     }
     if !nats_connected {
         return Err(Error::Failed("admin cannot reach NATS".to_owned()));
     }
     Ok(())
+}
+
+/// Every NATS server the topics' placements name, by name: `up` (it leads
+/// a stream, or is current in one), or the worst any stream's leader says
+/// of it ([`replica_state`]).
+fn nats_servers(topics: &Value) -> Value {
+    let mut servers = serde_json::Map::new();
+    let rank = |state: &str| match state {
+        "up" => 0,
+        "behind" => 1,
+        "unreachable" => 2,
+        _ => 3,
+    };
+    let mut note = |name: &str, state: &str| {
+        let worse = servers
+            .get(name)
+            .and_then(Value::as_str)
+            .is_none_or(|old| rank(state) > rank(old));
+        if worse {
+            servers.insert(name.to_owned(), json!(state));
+        }
+    };
+    for topic in topics.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let placement = &topic["placement"];
+        if let Some(leader) = placement["leader"].as_str() {
+            note(leader, "up");
+        }
+        for replica in placement["replicas"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            note(
+                replica["server"].as_str().unwrap_or("?"),
+                replica_state(replica),
+            );
+        }
+    }
+    Value::Object(servers)
 }
 
 /// Each node of `first` with `state` and, when a newer report came within
@@ -187,5 +256,36 @@ mod tests {
         let new = json!({"reported_at": "2026-12-01T10:00:05Z", "events_delivered": 600});
         assert_eq!(rate(&old, &new), Some(100.0));
         assert_eq!(rate(&old, &old), None);
+    }
+
+    #[test]
+    fn placements_say_where_topics_live_and_which_servers_ail() {
+        use crate::commands::topic::placement_cell;
+        let follower = |server: &str, current: bool, offline: bool, seen_ms: u64| json!({"server": server, "current": current, "offline": offline, "last_seen_ms": seen_ms, "lag": 0});
+        let healthy = json!({"placement": {"leader": "n0", "replicas": [follower("n1", true, false, 100), follower("n2", true, false, 90)]}});
+        let ailing = json!({"placement": {"leader": "n1", "replicas": [follower("n0", false, false, 1500), follower("n2", false, false, 65_000)]}});
+        let gone =
+            json!({"placement": {"leader": "n1", "replicas": [follower("n2", false, true, 0)]}});
+        assert_eq!(placement_cell(&json!({})), "-");
+        assert_eq!(
+            placement_cell(&json!({"placement": {"leader": null, "replicas": []}})),
+            "no leader"
+        );
+        assert_eq!(
+            placement_cell(&json!({"placement": {"leader": "n0", "replicas": []}})),
+            "n0"
+        );
+        assert_eq!(placement_cell(&healthy), "n0 leads, 2 current");
+        assert_eq!(
+            placement_cell(&ailing),
+            "n1 leads, n0 behind, n2 unreachable for 65s"
+        );
+        assert_eq!(placement_cell(&gone), "n1 leads, n2 offline");
+        // A server is as bad as the worst any leader says of it.
+        assert_eq!(
+            nats_servers(&json!([healthy, ailing])),
+            json!({"n0": "behind", "n1": "up", "n2": "unreachable"})
+        );
+        assert_eq!(nats_servers(&json!([ailing, gone]))["n2"], "offline");
     }
 }

@@ -183,10 +183,74 @@ fn print_topic(out: Output, topic: &Value) {
         ),
         ("subject paths", output::cell(&topic["subject_paths"])),
         ("subscribers", output::cell(&topic["subscribers"])),
+        ("placement", placement_cell(topic)),
         ("epoch", output::cell(&topic["epoch"])),
         ("created", output::cell(&topic["created"])),
         ("stream", output::cell(&topic["stream"])),
     ]);
+}
+
+/// Where a topic's stream lives, in a few words: its leader, and each
+/// other replica that is not up to date (`n0 leads, n2 offline`), or how
+/// many are (`n0 leads, 2 current`); `no leader` while there is none.
+pub(crate) fn placement_cell(topic: &Value) -> String {
+    let placement = &topic["placement"];
+    if placement.is_null() {
+        return "-".to_owned();
+    }
+    let Some(leader) = placement["leader"].as_str() else {
+        return "no leader".to_owned();
+    };
+    let replicas = placement["replicas"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if replicas.is_empty() {
+        return leader.to_owned();
+    }
+    let troubled: Vec<String> = replicas
+        .iter()
+        .filter_map(|r| {
+            let server = r["server"].as_str().unwrap_or("?");
+            match replica_state(r) {
+                "up" => None,
+                "unreachable" => Some(format!(
+                    "{server} unreachable for {}",
+                    output::age(r["last_seen_ms"].as_u64().unwrap_or(0) / 1000)
+                )),
+                state => Some(format!("{server} {state}")),
+            }
+        })
+        .collect();
+    let current = replicas.len() - troubled.len();
+    let mut cell = format!("{leader} leads");
+    if current > 0 {
+        cell.push_str(&format!(", {current} current"));
+    }
+    for trouble in troubled {
+        cell.push_str(", ");
+        cell.push_str(&trouble);
+    }
+    cell
+}
+
+/// A follower more than this long unheard of is unreachable, not behind.
+const UNREACHABLE_AFTER_MS: u64 = 5_000;
+
+/// What a stream's leader says of a follower (an element of
+/// `placement.replicas`): `up` (current), `behind` (heard from, catching
+/// up), `unreachable` (not heard from for seconds) or `offline` (known
+/// down), from best to worst.
+pub(crate) fn replica_state(replica: &Value) -> &'static str {
+    if replica["offline"].as_bool().unwrap_or(false) {
+        "offline"
+    } else if replica["current"].as_bool().unwrap_or(false) {
+        "up"
+    } else if replica["last_seen_ms"].as_u64().unwrap_or(0) >= UNREACHABLE_AFTER_MS {
+        "unreachable"
+    } else {
+        "behind"
+    }
 }
 
 fn print_list(list: &Value) {
@@ -204,6 +268,7 @@ fn print_list(list: &Value) {
                 output::bytes(t["bytes"].as_u64().unwrap_or(0)),
                 output::cell(&t["last_sequence"]),
                 output::cell(&t["subscribers"]),
+                placement_cell(t),
             ]
         })
         .collect();
@@ -216,6 +281,7 @@ fn print_list(list: &Value) {
             "BYTES",
             "LAST SEQ",
             "SUBSCRIBERS",
+            "PLACEMENT",
         ],
         &rows,
     );

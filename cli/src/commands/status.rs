@@ -36,13 +36,14 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
         Err(other) => return Err(other),
     };
     let nats_connected = ready["nats_connected"].as_bool().unwrap_or(false);
-    let (nodes, topics) = if nats_connected {
+    let (nodes, topics, ttl_seconds) = if nats_connected {
         let first = admin.get("/v1/nodes").await?;
+        let ttl_seconds = first["ttl_seconds"].as_u64();
         let topics = admin.get("/v1/topics").await?;
         let nodes = with_rates(&admin, first, status.rate_window).await?;
-        (nodes, topics)
+        (nodes, topics, ttl_seconds)
     } else {
-        (Vec::new(), json!({ "topics": [], "unavailable": [] }))
+        (Vec::new(), json!({ "topics": [], "unavailable": [] }), None)
     };
     let unavailable = topics["unavailable"].clone();
     let topics = topics["topics"].clone();
@@ -101,6 +102,11 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
             ],
             &rows,
         );
+        if let (true, Some(ttl)) = (nodes.is_empty(), ttl_seconds) {
+            println!(
+                "no node has reported in the last {ttl} s: none is up, or none can write its report to NATS"
+            );
+        }
         println!();
         let rows: Vec<Vec<String>> = topics
             .as_array()

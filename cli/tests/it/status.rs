@@ -43,7 +43,32 @@ async fn status_shows_nodes_nats_and_topics() {
         assert_eq!(table.code, 0, "{}", table.stderr);
         assert!(table.stdout.contains("NATS connected"), "{}", table.stdout);
         assert!(table.stdout.contains("cli-watched"), "{}", table.stdout);
+        assert!(
+            !table.stdout.contains("no node has reported"),
+            "{}",
+            table.stdout
+        );
         let _ = tail.kill().await;
+
+        // The node gone: once its report is older than the TTL, the
+        // table is empty and says why, not just empty.
+        cluster.nodes[0].kill().await;
+        let alone = eventually(
+            "the node's report to expire",
+            Duration::from_secs(30),
+            || {
+                let cluster = &cluster;
+                async move {
+                    let table = cluster.run(&["status", "--rate-window", "0s"]).await;
+                    table
+                        .stdout
+                        .contains("no node has reported in the last")
+                        .then_some(table)
+                }
+            },
+        )
+        .await;
+        assert_eq!(alone.code, 0, "{}", alone.stderr);
 
         // Admin down: nothing answers, exit 3.
         cluster.admin.kill().await;

@@ -173,6 +173,18 @@ def test_chart_refuses_grace_shorter_than_drain():
         render_chart(extra=bad)
 
 
+def test_chart_refuses_an_ingress_read_timeout_within_two_heartbeats():
+    # A heartbeat raised to 45 s under the default 60 s read timeout: one
+    # late heartbeat and ingress-nginx would cut a healthy stream.
+    slow = {"ingress": {"enabled": True}, "node": {"config": {"http": {"heartbeat_seconds": 45}}}}
+    with pytest.raises(helm.HelmError, match="proxy-read-timeout"):
+        render_chart(extra=slow)
+    # Raised together, it renders.
+    both = {**slow, "ingress": {"enabled": True, "extraAnnotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "180"}}}
+    ann = one(chart_objects(extra=both), "Ingress")["metadata"]["annotations"]
+    assert ann["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "180"
+
+
 def test_chart_refuses_no_nats_at_all():
     with pytest.raises(helm.HelmError, match="externalNats.url"):
         render_chart(extra={"nats": {"enabled": False}})

@@ -169,6 +169,12 @@ floats, booleans and arrays are also valid TOML.
 {{- if hasKey $shutdown "drain_seconds" }}{{ get $shutdown "drain_seconds" | int }}{{ else }}10{{ end }}
 {{- end }}
 
+{{/* The nodes' heartbeat interval: node.config.http.heartbeat_seconds, or the node's default. */}}
+{{- define "sse-cluster.node.heartbeatSeconds" -}}
+{{- $http := default dict (get (default dict .Values.node.config) "http") }}
+{{- if hasKey $http "heartbeat_seconds" }}{{ get $http "heartbeat_seconds" | int }}{{ else }}15{{ end }}
+{{- end }}
+
 {{/* Port number of a `host:port` listen address. */}}
 {{- define "sse-cluster.listenPort" -}}
 {{- $parts := splitList ":" . }}

@@ -5,6 +5,7 @@ ones, and they query only metrics the services export, with their labels."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -46,7 +47,7 @@ CASES: dict[str, tuple[list[dict], str, list[dict]]] = {
         [
             series("up", NODE, "1 0 0 0 0"),
             series("up", {**NODE, "instance": "node-2:8080"}, "1 1 1 1 1"),
-            # Another application's pods labelled the same way.
+            # Another application's pods, with a component of the same name.
             series("up", {**NODE, "job": "billing"}, "0 0 0 0 0"),
         ],
         "4m",
@@ -212,6 +213,25 @@ def test_the_chart_ships_the_rules_as_a_prometheus_rule():
     rule = one(objs, "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kps"
     assert rule["spec"] == yaml.safe_load(RULES.read_text())
+
+
+def test_the_jobs_the_rules_name_are_the_jobs_both_deployments_scrape():
+    named = {m for r in rules() for m in re.findall(r'job="([^"]+)"', r["expr"])}
+    assert named == {"sse-node", "sse-admin"}, named
+    compose_jobs = {j["job_name"] for j in yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]}
+    assert named <= compose_jobs, compose_jobs
+    for values in ({}, {"node": {"tls": {"secretName": "node-tls"}}}):
+        extra = {"metrics": {"serviceMonitor": {"enabled": True}}, **values}
+        monitor = one(chart_objects(extra=extra), "ServiceMonitor")
+        for endpoint in monitor["spec"]["endpoints"]:
+            job = [r for r in endpoint["relabelings"] if r.get("targetLabel") == "job"]
+            assert job == [
+                {
+                    "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"],
+                    "targetLabel": "job",
+                    "replacement": "sse-$1",
+                }
+            ], endpoint
 
 
 def test_compose_prometheus_loads_the_same_rules():

@@ -56,6 +56,14 @@ def _admin_create_topic(c: Cluster, name: str, replicas: int) -> str | None:
         return str(e)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Writes a file only its owner can read (a secret, a token), anew."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def _shown(path: Path) -> Path:
     """The path as the README's commands, run from the repository, name it."""
     return path.relative_to(REPO) if path.is_relative_to(REPO) else path
@@ -85,10 +93,7 @@ def start(args: argparse.Namespace) -> int:
     STATE.parent.mkdir(parents=True, exist_ok=True)
     workdir = STATE.parent / time.strftime("run-%Y%m%d-%H%M%S")
     # A fresh secret per cluster, readable by its owner only.
-    JWT_SECRET.unlink(missing_ok=True)
-    fd = os.open(JWT_SECRET, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
+    _write_private(JWT_SECRET, secrets.token_hex(32))
     node_env = {"SSE_AUTH__JWT__HS256_SECRET_FILE": str(JWT_SECRET)}
     if args.allow_origin:
         # Browsers' EventSource from these origins, with the token cookie.
@@ -140,9 +145,11 @@ def start(args: argparse.Namespace) -> int:
         print(c.describe())
         print(f"\ntopic '{TOPIC}' (3 replicas) created through {how}\n")
         ssectl = (REPO / "target" / "debug" / "ssectl").relative_to(REPO)
-        SSECTL_CONFIG.write_text(
+        # It holds admin's token.
+        _write_private(
+            SSECTL_CONFIG,
             f'url = "{c.lb_url}"\n'
-            + (f'admin_url = "{c.admin_url}"\nadmin_token = "{c.admin_token}"\n' if state["admin"] else "")
+            + (f'admin_url = "{c.admin_url}"\nadmin_token = "{c.admin_token}"\n' if state["admin"] else ""),
         )
         print("ssectl (built by scripts/cluster) finds this cluster with:")
         print(f"  export SSECTL_CONFIG={_shown(SSECTL_CONFIG)}")

@@ -104,6 +104,7 @@ def test_the_cluster_script_starts_a_cluster_its_printed_commands_use_and_ctrl_c
         state = json.loads((state_dir / "cluster.json").read_text())
         printed = "\n".join(out.lines)
         assert f"export SSECTL_CONFIG={state_dir / 'ssectl.toml'}" in printed
+        assert (state_dir / "ssectl.toml").stat().st_mode & 0o077 == 0, "admin's token is readable by others"
         assert "target/debug/ssectl tail demo" in printed
         assert f"curl -N '{state['events']}'" in printed
         assert set(state["nodes"]) == {"node0", "node1"}

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -16,7 +17,7 @@ from collections import Counter
 import pytest
 
 from cluster.harness import LOOPBACK, REPO, run_async, wait_until
-from cluster.workload import chaos_timeout, connected_server, meta_leader, stream_leader
+from cluster.workload import Frozen, chaos_timeout, connected_server, meta_leader, stream_leader
 
 pytestmark = [pytest.mark.needs_node]
 
@@ -174,17 +175,13 @@ def test_admin_leaves_a_frozen_nats_server_for_another(node_binary, cluster_fact
     `nats.ping_interval_seconds` give it up after three silent intervals
     and admin answers again through another server, where NATS's own
     interval would leave every call timing out for minutes."""
-    import signal
-    import time
-
     c = cluster_factory(nodes=1, admin_env={"SSE_NATS__PING_INTERVAL_SECONDS": "1"})
     c.create_topic("kept", replicas=3)
     server = connected_server(c, "sse-admin")
     assert server, "admin is on no NATS server"
-    proc = c[c.nats_proc_for_server(server)]
-    proc.signal_group(signal.SIGSTOP)
-    frozen_at = time.monotonic()
-    try:
+    with Frozen() as frozen:
+        frozen.freeze(c[c.nats_proc_for_server(server)])
+        frozen_at = time.monotonic()
         statuses = []
 
         def listed():
@@ -197,5 +194,3 @@ def test_admin_leaves_a_frozen_nats_server_for_another(node_binary, cluster_fact
         # Three silent seconds, two more if the first server tried next is
         # the frozen one, and the call in flight: well within 15 s.
         assert answered_after < 15, f"admin answered again only after {answered_after:.1f}s ({statuses})"
-    finally:
-        proc.signal_group(signal.SIGCONT)

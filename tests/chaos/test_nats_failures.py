@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import signal
 import time
 
 import pytest
 
 from cluster.harness import http_get, metric_sum
 from cluster.tcp_proxy import TcpProxy
-from cluster.workload import Scenario, chaos_timeout, connected_server, meta_leader, scale, stream_leader
+from cluster.workload import Frozen, Scenario, chaos_timeout, connected_server, meta_leader, scale, stream_leader
 
 pytestmark = [pytest.mark.needs_node]
 
@@ -40,6 +39,16 @@ async def move_stream_leader(urls: list[str], stream: str, to: str, timeout: flo
             await stream_leader(urls, stream, not_=leader)
     finally:
         await nc.close()
+
+
+async def lead_from_node0s_server(c, s: Scenario, stream: str) -> str:
+    """Moves the stream's leader to the NATS server node0 is connected to;
+    returns that server's name."""
+    server = connected_server(c, "sse-node0")
+    assert server, "node0 is on no NATS server"
+    await move_stream_leader(c.nats_urls, stream, server)
+    s.extra["node0 and the stream leader on"] = server
+    return server
 
 
 @pytest.mark.timeout(chaos_timeout(150))
@@ -177,10 +186,7 @@ def test_the_nats_server_a_node_reads_through_dies_with_the_stream_leader(node_b
 
     async def action(s: Scenario) -> None:
         await s.at(0.2)
-        server = connected_server(c, "sse-node0")
-        assert server, "node0 is on no NATS server"
-        await move_stream_leader(c.nats_urls, stream, server)
-        s.extra["node0 and the stream leader on"] = server
+        server = await lead_from_node0s_server(c, s, stream)
         await s.at(0.35)
         proc = c.nats_proc_for_server(server)
         killed_at = time.monotonic()
@@ -287,19 +293,15 @@ def test_the_nats_server_a_node_reads_through_freezes_with_the_stream_leader(nod
     # first server tried next is the frozen one, while the survivors elect
     # a new leader (counted apart, as `unreadable_until`).
     scn = Scenario(c, "the node's NATS server freezes with the stream leader", topic, max_delivery_delay=8.0, **scale())
-    frozen: list = []
+    frozen = Frozen()
 
     async def action(s: Scenario) -> None:
         await s.at(0.2)
-        server = connected_server(c, "sse-node0")
-        assert server, "node0 is on no NATS server"
-        await move_stream_leader(c.nats_urls, stream, server)
-        s.extra["node0 and the stream leader on"] = server
+        server = await lead_from_node0s_server(c, s, stream)
         await s.at(0.3)
         proc = c[c.nats_proc_for_server(server)]
         frozen_at = time.monotonic()
-        proc.signal_group(signal.SIGSTOP)
-        frozen.append(proc)
+        frozen.freeze(proc)
         live = [(u, port) for i, (u, port) in enumerate(zip(c.nats_urls, c.nats_http_ports)) if f"nats{i}" != proc.name]
         new_leader = await stream_leader([u for u, _ in live], stream, not_=server)
         s.unreadable_until = time.monotonic()
@@ -319,14 +321,10 @@ def test_the_nats_server_a_node_reads_through_freezes_with_the_stream_leader(nod
         # Frozen until the publisher is nearly done: without pings of its
         # own the node would wait all that time for its events.
         await s.at(0.85)
-        proc.signal_group(signal.SIGCONT)
-        frozen.clear()
+        frozen.thaw()
 
-    try:
+    with frozen:
         problems = asyncio.run(scn.run(action))
-    finally:
-        for proc in frozen:
-            proc.signal_group(signal.SIGCONT)
     scn.assert_clean(problems)
     assert scn.figures["reconnects"] == 0, f"node0 closed client streams: {scn.figures['closed by nodes']}"
     assert metric_sum(c.metrics("node0") or {}, "sse_nats_reconnects_total") >= 1, "node0 never reconnected"

@@ -4,13 +4,12 @@ an event."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 
 import pytest
 
 from cluster.harness import metric_sum
-from cluster.workload import Scenario, chaos_timeout, scale
+from cluster.workload import Frozen, Scenario, chaos_timeout, scale
 
 pytestmark = [pytest.mark.needs_node]
 
@@ -51,7 +50,7 @@ def test_a_node_that_hangs_loses_its_clients_to_the_others_through_the_load_bala
     idle timeout is what ends such a stream; the client then resumes on
     another node from its last id, nothing lost or repeated."""
     c = cluster_factory(nodes=2, topics=[(topic, 3)])
-    # Events over 75 s, so that streams end and resume while they flow.
+    # Events over 65 s, so that streams end and resume while they flow.
     # The hung node's clients hear nothing for the timeout, which is the
     # point here: silence and delay are bounded by it, not by 10 s.
     scn = Scenario(
@@ -59,19 +58,18 @@ def test_a_node_that_hangs_loses_its_clients_to_the_others_through_the_load_bala
         "a node hangs",
         topic,
         clients=60,
-        total=150,
+        total=130,
         rate=2.0,
         stall_seconds=LB_SILENCE_TIMEOUT + 15,
         max_delivery_delay=LB_SILENCE_TIMEOUT + 15,
     )
-    frozen = []
+    frozen = Frozen()
 
     async def action(s: Scenario) -> None:
         await s.at(0.03)
         victim, held = s.fleet.spread().most_common(1)[0]
         s.extra["victim"] = f"{victim} serving {held} clients"
-        frozen.append(c[victim])
-        c[victim].signal_group(signal.SIGSTOP)
+        frozen.freeze(c[victim])
         stopped_at = time.monotonic()
         await asyncio.to_thread(c.wait_backend, victim, False)
         s.extra["lb saw it down after s"] = round(time.monotonic() - stopped_at, 2)
@@ -84,11 +82,8 @@ def test_a_node_that_hangs_loses_its_clients_to_the_others_through_the_load_bala
             await asyncio.sleep(0.5)
         s.extra["every client elsewhere after s"] = round(time.monotonic() - stopped_at, 1)
 
-    try:
+    with frozen:
         problems = asyncio.run(scn.run(action))
-    finally:
-        for proc in frozen:
-            proc.signal_group(signal.SIGCONT)
     scn.assert_clean(problems)
     assert scn.extra["every client elsewhere after s"] >= LB_SILENCE_TIMEOUT - 5, "streams ended before the timeout"
 

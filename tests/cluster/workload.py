@@ -548,6 +548,34 @@ class Scenario:
         return fig
 
 
+class Frozen:
+    """Processes stopped with SIGSTOP, as a hung one is: alive, its
+    connections open, silent. `thaw` (or the end of the `with` block, a
+    failed test's included) lets them go on."""
+
+    def __init__(self) -> None:
+        self.procs: list = []
+
+    def freeze(self, proc) -> None:
+        import signal
+
+        proc.signal_group(signal.SIGSTOP)
+        self.procs.append(proc)
+
+    def thaw(self) -> None:
+        import signal
+
+        for proc in self.procs:
+            proc.signal_group(signal.SIGCONT)
+        self.procs.clear()
+
+    def __enter__(self) -> "Frozen":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.thaw()
+
+
 def connected_server(c, connection_name: str) -> str | None:
     """The NATS server (name) a client with this connection name is on."""
     for i, port in enumerate(c.nats_http_ports):

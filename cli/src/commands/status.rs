@@ -127,18 +127,8 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
             &["TOPIC", "SUBSCRIBERS", "MESSAGES", "LAST SEQ", "PLACEMENT"],
             &rows,
         );
-        let unavailable: Vec<&str> = unavailable
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        if !unavailable.is_empty() {
-            println!(
-                "not shown: {} (their streams did not answer: NATS servers down, or no leader)",
-                unavailable.join(", ")
-            );
+        if let Some(note) = crate::commands::topic::unavailable_note(&unavailable) {
+            println!("{note}");
         }
     }
     if !nats_connected {

@@ -253,6 +253,23 @@ pub(crate) fn replica_state(replica: &Value) -> &'static str {
     }
 }
 
+/// What to say of the topics a listing names as `unavailable`, if any.
+pub(crate) fn unavailable_note(unavailable: &Value) -> Option<String> {
+    let names: Vec<&str> = unavailable
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    (!names.is_empty()).then(|| {
+        format!(
+            "not shown: {} (their streams did not answer: NATS servers down, or no leader)",
+            names.join(", ")
+        )
+    })
+}
+
 fn print_list(list: &Value) {
     let rows: Vec<Vec<String>> = list["topics"]
         .as_array()
@@ -285,17 +302,7 @@ fn print_list(list: &Value) {
         ],
         &rows,
     );
-    let unavailable: Vec<&str> = list["unavailable"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    if !unavailable.is_empty() {
-        eprintln!(
-            "not shown: {} (their streams did not answer: NATS servers down, or no leader)",
-            unavailable.join(", ")
-        );
+    if let Some(note) = unavailable_note(&list["unavailable"]) {
+        eprintln!("{note}");
     }
 }

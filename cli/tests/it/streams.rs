@@ -242,28 +242,7 @@ async fn tail_survives_the_kill_of_its_node_and_resumes_once() {
             .expect("tail starts");
         let (mut out, mut err) = collect_lines(&mut tail);
         // The tail is connected once node A counts a subscriber.
-        let node_a = cluster.nodes[0].base.clone();
-        eventually(
-            "the tail to subscribe on node A",
-            Duration::from_secs(15),
-            || {
-                let url = format!("{node_a}/metrics");
-                async move {
-                    let text = crate::support::http_client()
-                        .get(&url)
-                        .send()
-                        .await
-                        .ok()?
-                        .text()
-                        .await
-                        .ok()?;
-                    text.lines()
-                        .any(|l| l.starts_with("sse_clients_connected ") && !l.ends_with(" 0"))
-                        .then_some(())
-                }
-            },
-        )
-        .await;
+        subscribed_on(&cluster.nodes[0].base).await;
         let mut got = Vec::new();
         for n in 1..=3 {
             publish(&cluster, "cli-live", &format!("e{n}")).await;
@@ -284,15 +263,7 @@ async fn tail_survives_the_kill_of_its_node_and_resumes_once() {
         while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(20), out.recv()).await {
             got.push(line);
         }
-        let status = tokio::time::timeout(Duration::from_secs(10), tail.wait())
-            .await
-            .expect("tail ends after -n events")
-            .unwrap();
-        let mut stderr = Vec::new();
-        while let Ok(line) = err.try_recv() {
-            stderr.push(line);
-        }
-        assert!(status.success(), "{stderr:?}");
+        let stderr = ended(&mut tail, &mut err).await;
         let got = events(&got.join("\n"));
         let data: Vec<&str> = got.iter().map(|e| e.2.as_str()).collect();
         assert_eq!(
@@ -319,6 +290,24 @@ async fn tail_survives_the_kill_of_its_node_and_resumes_once() {
         );
     })
     .await;
+}
+
+/// Waits for a tail run with `-n` to end, and checks that it ended well;
+/// returns what it said on stderr.
+async fn ended(
+    tail: &mut tokio::process::Child,
+    stderr: &mut mpsc::UnboundedReceiver<String>,
+) -> Vec<String> {
+    let status = tokio::time::timeout(Duration::from_secs(10), tail.wait())
+        .await
+        .expect("tail ends after -n events")
+        .unwrap();
+    let mut said = Vec::new();
+    while let Ok(line) = stderr.try_recv() {
+        said.push(line);
+    }
+    assert!(status.success(), "{said:?}");
+    said
 }
 
 /// Waits until the node at `base` counts a connected client.
@@ -387,15 +376,7 @@ async fn tail_leaves_a_node_that_hangs_for_the_next() {
         );
         let waited = stopped.elapsed();
         cluster.nodes[0].signal("CONT").await;
-        let status = tokio::time::timeout(Duration::from_secs(10), tail.wait())
-            .await
-            .expect("tail ends after -n events")
-            .unwrap();
-        let mut stderr = Vec::new();
-        while let Ok(line) = err.try_recv() {
-            stderr.push(line);
-        }
-        assert!(status.success(), "{stderr:?}");
+        let stderr = ended(&mut tail, &mut err).await;
         let got = events(&got.join("\n"));
         let data: Vec<&str> = got.iter().map(|e| e.2.as_str()).collect();
         assert_eq!(data, ["e1", "e2"], "nothing lost, nothing twice");

@@ -162,16 +162,10 @@ async fn tail_says_when_its_topic_is_deleted_and_ends() {
     bounded(async {
         let cluster = Cluster::start(1).await;
         cluster.create_topic("cli-gone", &[]).await;
-        let mut tail = cluster
-            .ssectl()
-            // From the start: the event below is read whether it is
-            // published before or after the tail connects.
-            .args(["tail", "cli-gone", "--from-start"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tail starts");
-        let (mut out, mut err) = collect_lines(&mut tail);
+        // From the start: the event below is read whether it is
+        // published before or after the tail connects.
+        let (mut tail, mut out, mut err) =
+            spawn_tail(&cluster, &["tail", "cli-gone", "--from-start"]);
         publish(&cluster, "cli-gone", "before").await;
         let first = tokio::time::timeout(Duration::from_secs(15), out.recv())
             .await
@@ -201,6 +195,26 @@ async fn tail_says_when_its_topic_is_deleted_and_ends() {
         );
     })
     .await;
+}
+
+/// `ssectl args…` started, with its stdout and stderr lines as they come.
+fn spawn_tail(
+    cluster: &Cluster,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    mpsc::UnboundedReceiver<String>,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let mut tail = cluster
+        .ssectl()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tail starts");
+    let (out, err) = collect_lines(&mut tail);
+    (tail, out, err)
 }
 
 /// Lines of a running child's stdout and stderr, as they come.
@@ -233,14 +247,8 @@ async fn tail_survives_the_kill_of_its_node_and_resumes_once() {
         let mut cluster = Cluster::start(2).await;
         cluster.create_topic("cli-live", &[]).await;
         // SSECTL_URL lists node A then node B: the tail reads from A.
-        let mut tail = cluster
-            .ssectl()
-            .args(["-o", "json", "tail", "cli-live", "-n", "6"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tail starts");
-        let (mut out, mut err) = collect_lines(&mut tail);
+        let (mut tail, mut out, mut err) =
+            spawn_tail(&cluster, &["-o", "json", "tail", "cli-live", "-n", "6"]);
         // The tail is connected once node A counts a subscriber.
         subscribed_on(&cluster.nodes[0].base).await;
         let mut got = Vec::new();
@@ -340,9 +348,9 @@ async fn tail_leaves_a_node_that_hangs_for_the_next() {
         let cluster = Cluster::start(2).await;
         cluster.create_topic("cli-hang", &[]).await;
         // SSECTL_URL lists node A then node B: the tail reads from A.
-        let mut tail = cluster
-            .ssectl()
-            .args([
+        let (mut tail, mut out, mut err) = spawn_tail(
+            &cluster,
+            &[
                 "-o",
                 "json",
                 "tail",
@@ -351,12 +359,8 @@ async fn tail_leaves_a_node_that_hangs_for_the_next() {
                 "2",
                 "--silence-timeout",
                 "3s",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tail starts");
-        let (mut out, mut err) = collect_lines(&mut tail);
+            ],
+        );
         subscribed_on(&cluster.nodes[0].base).await;
         publish(&cluster, "cli-hang", "e1").await;
         let mut got = vec![

@@ -105,7 +105,7 @@ CASES: dict[str, tuple[list[dict], str, list[dict]]] = {
         "26m",
         [{"instance": NODE["instance"], "severity": "warning"}],
     ),
-    "SseResetEvents": ([series("sse_reset_events_total", NODE, "0 0 5 5")], "3m", [{"instance": NODE["instance"], "severity": "warning"}]),
+    "SseResetEvents": ([series("sse_reset_events_total", NODE, "0 0 5 5")], "3m", [{"instance": NODE["instance"], "severity": "info"}]),
     "SseInvalidEventsPublished": (
         [
             series("sse_invalid_events_total", {**NODE, "reason": "invalid_utf8"}, "0 0 2 2"),

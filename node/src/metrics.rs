@@ -89,6 +89,8 @@ pub struct Metrics {
     pub nats_connected: IntGauge,
     /// Reconnections to NATS.
     pub nats_reconnects: IntCounter,
+    /// Topic listings that JetStream did not answer.
+    pub topic_listing_failures: IntCounter,
     /// Requests refused, by status.
     pub requests_rejected: IntCounterVec,
     /// `reset` events sent.
@@ -242,6 +244,10 @@ impl Metrics {
             ),
             nats_connected: gauge("sse_nats_connected", "1 while connected to NATS."),
             nats_reconnects: counter("sse_nats_reconnects_total", "Reconnections to NATS."),
+            topic_listing_failures: counter(
+                "sse_topic_listing_failures_total",
+                "Listings of the topics (every nats.topic_refresh_seconds) that JetStream did not answer: NATS unreachable, or a server that cannot serve JetStream (cut off from its peers, no quorum).",
+            ),
             requests_rejected: counter_vec(
                 "sse_requests_rejected_total",
                 "Stream requests refused, by HTTP status.",

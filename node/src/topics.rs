@@ -746,6 +746,7 @@ impl Topics {
                             }
                         }
                         Err(error) => {
+                            self.0.metrics.topic_listing_failures.inc();
                             warn!(%error, "cannot list topics");
                             // Retry sooner than the refresh period until the
                             // first listing has succeeded.

@@ -60,6 +60,18 @@ CASES: dict[str, tuple[list[dict], str, list[dict]]] = {
         "3m",
         [{**NODE, "severity": "critical"}],
     ),
+    "SseNodeJetStreamUnanswered": (
+        [
+            # Listings failing every 10 s while connected: it fires; while
+            # disconnected it is SseNodeNatsDisconnected's business.
+            series("sse_topic_listing_failures_total", NODE, "0 0 6 12 18 24 30"),
+            series("sse_nats_connected", NODE, "1x7"),
+            series("sse_topic_listing_failures_total", {**NODE, "instance": "node-2:8080"}, "0 0 6 12 18 24 30"),
+            series("sse_nats_connected", {**NODE, "instance": "node-2:8080"}, "0x7"),
+        ],
+        "5m",
+        [{**NODE, "severity": "critical"}],
+    ),
     "SseNatsReconnectsFlapping": (
         [series("sse_nats_reconnects_total", NODE, "0 1 2 3 4 5")],
         "5m",
@@ -128,6 +140,8 @@ HEALTHY = [
     series("sse_nodes_live", ADMIN, "3x45"),
     series("sse_nats_connected", NODE, "1x45"),
     series("sse_nats_reconnects_total", NODE, "0 1 1x43"),
+    # One failed listing (an election) now and then.
+    series("sse_topic_listing_failures_total", NODE, "0 1 1x20 2 2x22"),
     series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "0.5"}, "0+100x45"),
     series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "5"}, "0+100x45"),
     series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "+Inf"}, "0+100x45"),

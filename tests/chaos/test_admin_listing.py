@@ -86,7 +86,10 @@ def test_topics_on_a_dead_nats_server_are_listed_as_unavailable_and_none_twice(n
             return None
         followers = {r["server"]: r for r in topic["placement"]["replicas"]}
         seen = followers.get(server)
-        return topic["placement"] if seen and not seen["current"] and seen["last_seen_ms"] >= 5000 else None
+        # Not heard from for seconds; or never, by a leader elected since
+        # (NATS then says 0).
+        unheard = seen and not seen["current"] and (seen["last_seen_ms"] >= 5000 or seen["last_seen_ms"] == 0)
+        return topic["placement"] if unheard else None
 
     placement = wait_until(dead_server_named, 30, f"admin's placement of `spread` naming {server} as unheard of")
     assert placement["leader"] != server, placement

@@ -277,6 +277,10 @@ mod tests {
             "n1 leads, n0 behind, n2 unreachable for 65s"
         );
         assert_eq!(placement_cell(&gone), "n1 leads, n2 offline");
+        // A leader elected since the follower went away has never heard it.
+        let never =
+            json!({"placement": {"leader": "n2", "replicas": [follower("n0", false, false, 0)]}});
+        assert_eq!(placement_cell(&never), "n2 leads, n0 unreachable");
         // A server is as bad as the worst any leader says of it.
         assert_eq!(
             nats_servers(&json!([healthy, ailing])),

@@ -214,10 +214,10 @@ pub(crate) fn placement_cell(topic: &Value) -> String {
             let server = r["server"].as_str().unwrap_or("?");
             match replica_state(r) {
                 "up" => None,
-                "unreachable" => Some(format!(
-                    "{server} unreachable for {}",
-                    output::age(r["last_seen_ms"].as_u64().unwrap_or(0) / 1000)
-                )),
+                "unreachable" => Some(match r["last_seen_ms"].as_u64().unwrap_or(0) {
+                    0 => format!("{server} unreachable"),
+                    ms => format!("{server} unreachable for {}", output::age(ms / 1000)),
+                }),
                 state => Some(format!("{server} {state}")),
             }
         })
@@ -238,15 +238,17 @@ pub(crate) fn placement_cell(topic: &Value) -> String {
 const UNREACHABLE_AFTER_MS: u64 = 5_000;
 
 /// What a stream's leader says of a follower (an element of
-/// `placement.replicas`): `up` (current), `behind` (heard from, catching
-/// up), `unreachable` (not heard from for seconds) or `offline` (known
-/// down), from best to worst.
+/// `placement.replicas`): `up` (current), `behind` (heard from lately,
+/// catching up), `unreachable` (not heard from for seconds, or never since
+/// this leader was elected: NATS then says 0) or `offline` (known down),
+/// from best to worst.
 pub(crate) fn replica_state(replica: &Value) -> &'static str {
+    let last_seen_ms = replica["last_seen_ms"].as_u64().unwrap_or(0);
     if replica["offline"].as_bool().unwrap_or(false) {
         "offline"
     } else if replica["current"].as_bool().unwrap_or(false) {
         "up"
-    } else if replica["last_seen_ms"].as_u64().unwrap_or(0) >= UNREACHABLE_AFTER_MS {
+    } else if last_seen_ms == 0 || last_seen_ms >= UNREACHABLE_AFTER_MS {
         "unreachable"
     } else {
         "behind"

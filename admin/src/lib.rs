@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use error::Error;
+use sse_protocol::nats_switch::{NextServer, ServerSwitch};
 use state::AppState;
 
 /// Exit code for a bad configuration or command line (`EX_USAGE`).
@@ -64,7 +65,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let client = connect(&config).await?;
+    let (client, switch) = connect(&config).await?;
+    tokio::spawn(follow_jetstream(client.clone(), switch, shutdown.clone()));
     let state = AppState::new(config, client.clone(), shutdown.clone());
     tokio::spawn(publish::watch_stream_advisories(state.clone()));
     tokio::spawn(topics::republish_older_topics(state.clone()));
@@ -158,8 +160,39 @@ async fn accept(
     }
 }
 
-/// Opens the NATS connection, retrying in the background until it is up.
-async fn connect(config: &Config) -> Result<async_nats::Client, Error> {
+/// How often admin asks JetStream about the node-report bucket, to notice a
+/// NATS server that answers but cannot reach JetStream.
+const JETSTREAM_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Asks JetStream about the node-report bucket every
+/// [`JETSTREAM_CHECK_EVERY`] while connected, until `shutdown`; `switch`
+/// moves admin to another NATS server when its own is cut off from its
+/// peers, where every API call would answer 503 until the cut healed.
+async fn follow_jetstream(
+    client: async_nats::Client,
+    mut switch: ServerSwitch,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(JETSTREAM_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if !state_connected(&client) {
+            continue;
+        }
+        if sse_protocol::nats_switch::jetstream_answers(&client, switch.stream()).await {
+            switch.answered();
+        } else {
+            switch.failed().await;
+        }
+    }
+}
+
+/// Opens the NATS connection, retrying in the background until it is up,
+/// with the switch that leaves a server cut off from its peers.
+async fn connect(config: &Config) -> Result<(async_nats::Client, ServerSwitch), Error> {
     let servers: Vec<async_nats::ServerAddr> = config
         .nats_servers()
         .iter()
@@ -174,7 +207,13 @@ async fn connect(config: &Config) -> Result<async_nats::Client, Error> {
     let options = credentials
         .apply(options)
         .map_err(|why| Error::Config(vec![why]))?;
-    tls.apply(options)
+    let options = tls.apply(options);
+    let probe_options = options
+        .clone()
+        .name(format!("{}-probe", config.nats.connection_name));
+    let next_server = NextServer::default();
+    let client = next_server
+        .install(options)
         .name(&config.nats.connection_name)
         .request_timeout(Some(config.request_timeout()))
         .ping_interval(Duration::from_secs(config.nats.ping_interval_seconds))
@@ -185,5 +224,12 @@ async fn connect(config: &Config) -> Result<async_nats::Client, Error> {
         .max_reconnects(None)
         .connect(servers)
         .await
-        .map_err(|err| Error::NatsUnavailable(err.to_string()))
+        .map_err(|err| Error::NatsUnavailable(err.to_string()))?;
+    let switch = ServerSwitch::new(
+        client.clone(),
+        probe_options,
+        next_server,
+        format!("KV_{}", config.cluster.nodes_bucket),
+    );
+    Ok((client, switch))
 }

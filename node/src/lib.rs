@@ -147,8 +147,15 @@ pub async fn run(
             url: sse_protocol::nats_url::redact(&config.nats.url),
             reason,
         })?;
-    let client = nats_tls
-        .apply(options)
+    let options = nats_tls.apply(options);
+    // What a probe of another server connects with: the same credentials
+    // and TLS, none of the callbacks below.
+    let probe_options = options
+        .clone()
+        .name(format!("{}-probe", config.nats.connection_name));
+    let next_server = sse_protocol::nats_switch::NextServer::default();
+    let client = next_server
+        .install(options)
         .name(&config.nats.connection_name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -275,9 +282,16 @@ pub async fn run(
             }),
         );
     }
+    let switch = sse_protocol::nats_switch::ServerSwitch::new(
+        client.clone(),
+        probe_options,
+        next_server,
+        format!("KV_{}", config.cluster.nodes_bucket),
+    );
     tokio::spawn(report::report_loop(
         node.clone(),
         address,
+        switch,
         background.clone(),
     ));
 

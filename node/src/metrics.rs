@@ -91,6 +91,8 @@ pub struct Metrics {
     pub nats_reconnects: IntCounter,
     /// Topic listings that JetStream did not answer.
     pub topic_listing_failures: IntCounter,
+    /// Moves away from a NATS server that answered but could not reach JetStream.
+    pub nats_server_switches: IntCounter,
     /// Requests refused, by status.
     pub requests_rejected: IntCounterVec,
     /// `reset` events sent.
@@ -247,6 +249,10 @@ impl Metrics {
             topic_listing_failures: counter(
                 "sse_topic_listing_failures_total",
                 "Listings of the topics (every nats.topic_refresh_seconds) that JetStream did not answer: NATS unreachable, or a server that cannot serve JetStream (cut off from its peers, no quorum).",
+            ),
+            nats_server_switches: counter(
+                "sse_nats_server_switches_total",
+                "Times the node left a NATS server that answered it but could not reach JetStream (cut off from its peers) for another server that could.",
             ),
             requests_rejected: counter_vec(
                 "sse_requests_rejected_total",

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use sse_protocol::nats_switch::{ServerSwitch, Verdict};
 use sse_protocol::node_report::{NodeReport, NodesBucket, open_nodes_bucket};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio_util::sync::CancellationToken;
@@ -16,14 +17,26 @@ use tracing::{debug, warn};
 
 use crate::node::Node;
 
+/// Longest wait for a report's acknowledgement. The bucket is in memory
+/// and an answer takes milliseconds; a NATS server cut off from its peers,
+/// still taking itself for the bucket's leader, would leave it unanswered
+/// for JetStream's whole ack timeout, and the node that much longer on it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default()
 }
 
-/// Reports until `stop`, then deletes the node's entry.
-pub async fn report_loop(node: Node, address: String, stop: CancellationToken) {
+/// Reports until `stop`, then deletes the node's entry. Each write tells
+/// `switch` whether JetStream answered through the node's NATS server.
+pub async fn report_loop(
+    node: Node,
+    address: String,
+    mut switch: ServerSwitch,
+    stop: CancellationToken,
+) {
     let cluster = node.config().cluster.clone();
     let started_at = now_rfc3339();
     let bucket = NodesBucket {
@@ -43,6 +56,9 @@ pub async fn report_loop(node: Node, address: String, stop: CancellationToken) {
                 Ok(s) => store = Some(s),
                 Err(error) => {
                     debug!(%error, "cannot open the nodes bucket yet");
+                    if node.readiness().nats_connected {
+                        judge(&node, switch.failed().await);
+                    }
                     continue;
                 }
             }
@@ -73,8 +89,24 @@ pub async fn report_loop(node: Node, address: String, stop: CancellationToken) {
             topics,
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
-        if let Err(error) = kv.put(node.id(), body.into()).await {
-            warn!(%error, "cannot write the node report");
+        let written =
+            match tokio::time::timeout(WRITE_TIMEOUT, kv.put(node.id(), body.into())).await {
+                Ok(written) => written.map_err(|error| error.to_string()),
+                Err(_) => Err(format!("no acknowledgement in {WRITE_TIMEOUT:?}")),
+            };
+        match written {
+            Ok(_) => switch.answered(),
+            Err(error) => {
+                warn!(%error, "cannot write the node report");
+                if node.readiness().nats_connected
+                    && judge(&node, switch.failed().await) == Verdict::OwnServerAnswers
+                {
+                    // JetStream answers, yet the write failed: the bucket
+                    // may be gone, which no write would mend. Opened (and
+                    // made if missing) at the next report.
+                    store = None;
+                }
+            }
         }
     }
     if let Some(kv) = store
@@ -82,4 +114,12 @@ pub async fn report_loop(node: Node, address: String, stop: CancellationToken) {
     {
         debug!(%error, "cannot delete the node report");
     }
+}
+
+/// Counts a switch of NATS server; returns `verdict`.
+fn judge(node: &Node, verdict: Verdict) -> Verdict {
+    if verdict == Verdict::Switched {
+        node.metrics().nats_server_switches.inc();
+    }
+    verdict
 }

@@ -17,6 +17,8 @@
 //!   feature).
 //! - `nats_tls`: TLS to NATS with authorities of one's own and a client
 //!   certificate (the `nats` feature).
+//! - `nats_switch`: leaving a NATS server that answers but cannot reach
+//!   JetStream, cut off from its peers (the `nats` feature).
 //! - `stream_list`: every stream's info, listed page by page while NATS
 //!   servers are down (the `nats` feature).
 //! - `config_errors`: every problem of a layered configuration at once (the
@@ -36,6 +38,8 @@ pub mod headers;
 pub mod log_level;
 #[cfg(feature = "nats")]
 pub mod nats_credentials;
+#[cfg(feature = "nats")]
+pub mod nats_switch;
 #[cfg(feature = "nats")]
 pub mod nats_tls;
 #[cfg(feature = "nats")]

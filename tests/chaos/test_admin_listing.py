@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 
 from cluster.harness import LOOPBACK, REPO, run_async, wait_until
-from cluster.workload import Frozen, chaos_timeout, connected_server, meta_leader, stream_leader
+from cluster.workload import Frozen, RoutePartition, chaos_timeout, connected_server, meta_leader, stream_leader
 
 pytestmark = [pytest.mark.needs_node]
 
@@ -197,3 +197,35 @@ def test_admin_leaves_a_frozen_nats_server_for_another(node_binary, cluster_fact
         # Three silent seconds, two more if the first server tried next is
         # the frozen one, and the call in flight: well within 15 s.
         assert answered_after < 15, f"admin answered again only after {answered_after:.1f}s ({statuses})"
+
+
+@pytest.mark.timeout(chaos_timeout(120))
+def test_admin_leaves_a_nats_server_cut_off_from_its_peers(node_binary, cluster_factory):
+    """Admin's NATS server is cut off from its peers, not from admin: it goes
+    on answering pings, so the NATS client stays, but it cannot serve
+    JetStream and every API call would answer 503 until the cut healed.
+    Admin asks JetStream about the node-report bucket every 5 s; after two
+    unanswered checks it finds a server that answers and moves there."""
+    with RoutePartition() as partition:
+        c = cluster_factory(nodes=1, prepare=partition.prepare)
+        c.create_topic("kept", replicas=3)
+        server = connected_server(c, "sse-admin")
+        assert server, "admin is on no NATS server"
+        partition.cut(int(server.removeprefix("n")))
+        cut_at = time.monotonic()
+        statuses = []
+
+        def listed_elsewhere():
+            status, body = admin_get(c, "/v1/topics")
+            statuses.append(status)
+            return (
+                status == 200
+                and "kept" in [t["name"] for t in body["topics"]]
+                and connected_server(c, "sse-admin") not in (server, None)
+            )
+
+        wait_until(listed_elsewhere, 40, f"admin listing topics through a server other than {server}, cut off")
+        answered_after = time.monotonic() - cut_at
+        # Up to two checks 5 s apart, the probes' 2 to 4 s, and the call in
+        # flight; the cut would have lasted as long as the test waited.
+        assert answered_after < 25, f"admin answered again only after {answered_after:.1f}s ({statuses})"

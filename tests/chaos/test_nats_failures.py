@@ -12,7 +12,7 @@ import pytest
 
 from cluster.harness import http_get, metric_sum
 from cluster.tcp_proxy import TcpProxy
-from cluster.workload import Frozen, Scenario, chaos_timeout, connected_server, meta_leader, scale, stream_leader
+from cluster.workload import Frozen, RoutePartition, Scenario, chaos_timeout, connected_server, meta_leader, scale, stream_leader
 
 pytestmark = [pytest.mark.needs_node]
 
@@ -328,3 +328,60 @@ def test_the_nats_server_a_node_reads_through_freezes_with_the_stream_leader(nod
     scn.assert_clean(problems)
     assert scn.figures["reconnects"] == 0, f"node0 closed client streams: {scn.figures['closed by nodes']}"
     assert metric_sum(c.metrics("node0") or {}, "sse_nats_reconnects_total") >= 1, "node0 never reconnected"
+
+
+@pytest.mark.timeout(chaos_timeout(150))
+def test_the_nats_server_a_node_reads_through_is_cut_off_from_its_peers(node_binary, cluster_factory, topic):
+    """A NATS server cut off from its peers but not from the node: it goes
+    on answering the node's pings, so the NATS client stays, yet it has no
+    JetStream quorum and hears none of the events the others store. The
+    node's report writes fail; it finds a server that serves JetStream and
+    moves there, where its clients' events are, long before the cut heals."""
+    with RoutePartition() as partition:
+        # Reports every second: two failed writes in a row make the node look.
+        c = cluster_factory(
+            nodes=1, topics=[(topic, 3)], prepare=partition.prepare, node_env={"SSE_CLUSTER__REPORT_SECONDS": "1"}
+        )
+        stream = f"SSE_{topic}"
+        server = connected_server(c, "sse-node0")
+        assert server, "node0 is on no NATS server"
+        cut_index = int(server.removeprefix("n"))
+        others = [u for i, u in enumerate(c.nats_urls) if i != cut_index]
+        # The publisher, a backend, is on the majority's side.
+        scn = Scenario(
+            c,
+            "the node's NATS server is cut off from its peers",
+            topic,
+            max_delivery_delay=8.0,
+            publisher_urls=tuple(others),
+            **scale(),
+        )
+
+        async def action(s: Scenario) -> None:
+            await s.at(0.2)
+            await move_stream_leader(c.nats_urls, stream, server)
+            s.extra["node0 and the stream leader on"] = server
+            await s.at(0.3)
+            cut_at = time.monotonic()
+            await asyncio.to_thread(partition.cut, cut_index)
+            new_leader = await stream_leader(others, stream, not_=server)
+            s.unreadable_until = time.monotonic()
+            s.extra["stream leader"] = f"{server} cut off, {new_leader} elected in {s.unreadable_until - cut_at:.1f}s"
+            while await asyncio.to_thread(connected_server, c, "sse-node0") in (server, None):
+                assert time.monotonic() - cut_at < 30, f"node0 stayed on {server}, cut off from its peers"
+                await asyncio.sleep(0.2)
+            s.extra["node0 on another server after s"] = round(time.monotonic() - cut_at, 1)
+            # Cut until the publisher is nearly done, and for 12 s after the
+            # majority's election at least: the cut server's return makes
+            # NATS elect its meta leader again (its term is higher), and
+            # until then no consumer can be made; this test is about the
+            # cut, not the healing. A node that stayed would have its
+            # clients wait all that time.
+            await asyncio.sleep(max(0.0, s.unreadable_until + 12 - time.monotonic()))
+            await s.at(0.85)
+            await asyncio.to_thread(partition.heal)
+
+        problems = asyncio.run(scn.run(action))
+        scn.assert_clean(problems)
+        assert scn.figures["reconnects"] == 0, f"node0 closed client streams: {scn.figures['closed by nodes']}"
+        assert metric_sum(c.metrics("node0") or {}, "sse_nats_server_switches_total") >= 1, "node0 never switched servers"

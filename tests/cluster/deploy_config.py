@@ -67,11 +67,19 @@ def render_haproxy(lb: str, stats: str, servers: dict[str, list[tuple[str, str]]
     return "\n".join(out) + "\n"
 
 
-def render_nats(listen: str, http: str, store_dir: str, cluster_listen: str | None, routes: list[str]) -> str:
+def render_nats(
+    listen: str,
+    http: str,
+    store_dir: str,
+    cluster_listen: str | None,
+    routes: list[str],
+    cluster_advertise: str | None = None,
+) -> str:
     """The shipped NATS config for one server: client `listen`, monitoring
     `http`, JetStream `store_dir`; with `cluster_listen` and `routes`
     (nats-route:// URLs of the other servers), or with no cluster block at
-    all when `cluster_listen` is None (a single server)."""
+    all when `cluster_listen` is None (a single server). `cluster_advertise`
+    is the route address the server tells its peers, if not its own."""
     text = NATS_CONF.read_text()
 
     def sub(pattern: str, repl: str, flags: int = re.M) -> None:
@@ -87,7 +95,8 @@ def render_nats(listen: str, http: str, store_dir: str, cluster_listen: str | No
     if cluster_listen is None:
         sub(r"^cluster \{.*?^\}\n", "", re.M | re.S)
     else:
-        sub(r"^(\s*)listen: 0\.0\.0\.0:6222$", f"  listen: {cluster_listen}")
+        advertise = f'\n  advertise: "{cluster_advertise}"' if cluster_advertise else ""
+        sub(r"^(\s*)listen: 0\.0\.0\.0:6222$", f"  listen: {cluster_listen}{advertise}")
         route_lines = "".join(f"    {r}\n" for r in routes)
         sub(r"^(\s*)routes: \[\n.*?^\s*\]$", f"  routes: [\n{route_lines}  ]", re.M | re.S)
     return text

@@ -299,6 +299,10 @@ class Cluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, Proc] = {}
         self.node_nats_urls: dict[int, str] = {}
+        # Set by a test before start (see `RoutePartition`): the route URLs
+        # a NATS server is given, and the route address it advertises.
+        self.nats_routes: dict[int, list[str]] = {}
+        self.nats_cluster_advertise: dict[int, str] = {}
         self.admin_token = secrets.token_hex(16)
         self.node_bin = binary("sse-node") if with_nodes else None
         self.admin_bin = binary("sse-admin")
@@ -454,13 +458,14 @@ class Cluster:
     def _define_nats(self, i: int) -> None:
         store = self.dir / f"nats{i}"
         store.mkdir(exist_ok=True)
-        routes = [f"nats-route://{LOOPBACK}:{p}" for j, p in enumerate(self.route_ports) if j != i]
+        routes = self.nats_routes.get(i) or [f"nats-route://{LOOPBACK}:{p}" for j, p in enumerate(self.route_ports) if j != i]
         conf = render_nats(
             listen=f"{LOOPBACK}:{self.nats_ports[i]}",
             http=f"{LOOPBACK}:{self.nats_http_ports[i]}",
             store_dir=str(store),
             cluster_listen=f"{LOOPBACK}:{self.route_ports[i]}" if self.nats_count > 1 else None,
             routes=routes,
+            cluster_advertise=self.nats_cluster_advertise.get(i),
         )
         path = self.dir / f"nats{i}.conf"
         path.write_text(conf)

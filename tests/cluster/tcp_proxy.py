@@ -58,7 +58,7 @@ class TcpProxy:
         if not self._thread.is_alive():
             return
         try:
-            self._call(self._cut())
+            self._call(self._shut())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
@@ -82,6 +82,14 @@ class TcpProxy:
         self._conns.clear()
         self.is_cut = True
         self.cut_count += 1
+
+    async def _shut(self) -> None:
+        """Cuts, then lets every pipe see its sockets closed and end (for up
+        to a second), so that none is left pending when the loop stops."""
+        await self._cut()
+        pipes = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if pipes:
+            await asyncio.wait(pipes, timeout=1.0)
 
     async def _pipe_pair(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter, target: int) -> None:
         self.accepted += 1

@@ -26,8 +26,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from .harness import Cluster, http_get, metric_sum
+from .harness import LOOPBACK, Cluster, http_get, metric_sum
 from .sse import Event, SseClient
+from .tcp_proxy import TcpProxy
 
 # Filled by `Scenario.report()`; printed at the end of the pytest run.
 FIGURES: list[tuple[str, dict]] = []
@@ -431,6 +432,8 @@ class Scenario:
     # The topic (its index) of each event, in a cycle, if the topics do not
     # simply take turns.
     cycle: tuple[int, ...] = ()
+    # The NATS servers the publisher may use, if not all of them.
+    publisher_urls: tuple[str, ...] = ()
 
     async def run(self, action: Callable[["Scenario"], Awaitable[None]]) -> list[str]:
         topics = [self.topic, *self.also_topics]
@@ -440,7 +443,7 @@ class Scenario:
             self.cluster.lb_port, topics, self.clients, stall_seconds=self.stall_seconds, reads=reads, cycle=cycle
         )
         subjects = [f"sse.{t}.x" if r.endswith(".*") else f"sse.{t}" for t, r in zip(topics, reads)]
-        self.publisher = Publisher(self.cluster.nats_urls, [subjects[i] for i in cycle], self.total, self.rate)
+        self.publisher = Publisher(list(self.publisher_urls) or self.cluster.nats_urls, [subjects[i] for i in cycle], self.total, self.rate)
         self.watcher = MetricsWatcher(self.cluster)
         started = time.monotonic()
         try:
@@ -574,6 +577,49 @@ class Frozen:
 
     def __exit__(self, *exc) -> None:
         self.thaw()
+
+
+class RoutePartition:
+    """NATS servers whose routes run through TCP proxies, so that a test can
+    cut one server off from its peers and not from its clients. Pass
+    `prepare` to `cluster_factory`. Every server advertises a route address
+    nothing listens on, so none reaches another past the proxies by the
+    addresses the servers gossip. `close` (or the end of the `with` block)
+    stops the proxies."""
+
+    def __init__(self) -> None:
+        self.proxies: dict[tuple[int, int], TcpProxy] = {}
+
+    def prepare(self, c) -> None:
+        for i in range(c.nats_count):
+            for j in range(c.nats_count):
+                if i != j:
+                    proxy = TcpProxy([c.route_ports[j]])
+                    proxy.start()
+                    self.proxies[(i, j)] = proxy
+            c.nats_routes[i] = [f"nats-route://{LOOPBACK}:{self.proxies[(i, j)].ports[0]}" for j in range(c.nats_count) if j != i]
+            c.nats_cluster_advertise[i] = f"{LOOPBACK}:1"
+
+    def cut(self, server: int) -> None:
+        """Cuts every route to and from server `server` (an index)."""
+        for pair, proxy in self.proxies.items():
+            if server in pair:
+                proxy.cut()
+
+    def heal(self) -> None:
+        for proxy in self.proxies.values():
+            if proxy.is_cut:
+                proxy.restore()
+
+    def close(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.close()
+
+    def __enter__(self) -> "RoutePartition":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def connected_server(c, connection_name: str) -> str | None:

@@ -26,6 +26,7 @@ NODE_METRICS = {
     "sse_nats_connected": set(),
     "sse_nats_reconnects_total": set(),
     "sse_topic_listing_failures_total": set(),
+    "sse_nats_server_switches_total": set(),
     "sse_build_info": {"version"},
     "sse_requests_rejected_total": {"status"},
     "sse_limit_rejections_total": {"limit"},

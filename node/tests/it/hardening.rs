@@ -1122,3 +1122,27 @@ async fn where_the_account_allows_no_memory_the_report_bucket_is_on_disk() {
         async_nats::jetstream::stream::StorageType::File
     );
 }
+
+/// The report bucket deleted under a running node (an operator's `nats kv
+/// del`, to move it from disk to memory): the node makes it again and goes
+/// on reporting, where it once failed every write from then on. It does not
+/// leave its NATS server for it either: JetStream answers there.
+#[tokio::test]
+async fn a_node_makes_its_report_bucket_again_when_it_is_deleted() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    let node = NodeProc::start(&nats.url(), &[("SSE_CLUSTER__REPORT_SECONDS", "1")]).await;
+    let first_report = || async {
+        let store = js.get_key_value("sse_nodes").await.ok()?;
+        let mut keys = store.keys().await.ok()?;
+        futures_util::StreamExt::next(&mut keys).await?.ok()
+    };
+    eventually(T, "the node's first report", first_report).await;
+    js.delete_key_value("sse_nodes").await.unwrap();
+    assert!(
+        js.get_key_value("sse_nodes").await.is_err(),
+        "the bucket is still there"
+    );
+    eventually(T, "a report in a bucket made again", first_report).await;
+    assert_eq!(node.metric("sse_nats_server_switches_total").await, 0.0);
+}

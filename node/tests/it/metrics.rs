@@ -40,6 +40,7 @@ async fn every_promised_metric_is_exported() {
     for name in [
         "sse_clients_connected ",
         "sse_topic_listing_failures_total 0",
+        "sse_nats_server_switches_total 0",
         "sse_connections_opened_total ",
         "sse_connections_closed_total{reason=\"client\"}",
         "sse_events_delivered_total ",

@@ -1,0 +1,311 @@
+//! Leaving a NATS server that answers but cannot reach JetStream.
+//!
+//! A NATS server cut off from its peers, but not from its client, goes on
+//! answering the client's pings, so the NATS client never leaves it. Alone
+//! it has no JetStream quorum and hears none of the events its peers store:
+//! a node's clients would wait, on heartbeats, for the partition to heal,
+//! and admin would answer 503. What notices is a JetStream call that fails
+//! while connected (a node's report write, admin's check of the same
+//! bucket): when [`FAILURES_BEFORE_PROBING`] fail in a row, the
+//! [`ServerSwitch`] asks about the report bucket's stream through its own
+//! connection and, at the same time, through every server of the client's
+//! pool, each over a short-lived connection of its own. If its own server
+//! still gets no answer and another does, the client reconnects to that one;
+//! a node's feeds go on from their last sequence as after any reconnection,
+//! and its clients keep their streams. Where its own server answers again
+//! (the failures were a leader election), it stays; where no other answers
+//! either (the whole cluster without quorum, or the others still electing),
+//! it stays and asks again at the next failure.
+//!
+//! The report bucket is asked about because it is replicated
+//! (`cluster.nodes_bucket_replicas`, 3): its leader is on the majority's
+//! side of a cut, and a copy cut off from it answers with no leader, or as
+//! a leader whose followers have gone silent.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, ErrorCode, context::GetStreamErrorKind, stream::ClusterInfo};
+use async_nats::{Client, ConnectOptions, ReconnectToServer, ServerAddr};
+use tracing::{info, warn};
+
+/// JetStream calls that must fail in a row, while connected, before the
+/// other servers are asked: one failure is a leader election, not a cut.
+pub const FAILURES_BEFORE_PROBING: u32 = 2;
+/// How long a probe may take to connect, and then to be answered.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a stream leader's follower may have been silent and still count
+/// toward its quorum: followers answer heartbeats every second.
+const FOLLOWER_HEARD_WITHIN: Duration = Duration::from_secs(4);
+/// Least time between two switches, so that a cluster whose servers take
+/// turns failing does not have the client reconnect at every call.
+const SWITCH_AT_MOST_EVERY: Duration = Duration::from_secs(30);
+
+/// The server the NATS client should reconnect to next, once chosen; read
+/// once by the client's reconnect callback.
+#[derive(Clone, Default)]
+pub struct NextServer(Arc<Mutex<Option<ServerAddr>>>);
+
+impl NextServer {
+    /// `options` with a reconnect callback that takes the chosen server, if
+    /// any, and connects to it at once; otherwise the client picks as usual.
+    pub fn install(&self, options: ConnectOptions) -> ConnectOptions {
+        let next = self.0.clone();
+        options.reconnect_to_server_callback(move |_pool, _info| {
+            let chosen = next.lock().unwrap_or_else(|p| p.into_inner()).take();
+            std::future::ready(chosen.map(|addr| ReconnectToServer {
+                addr,
+                delay: Some(Duration::ZERO),
+            }))
+        })
+    }
+
+    fn choose(&self, addr: ServerAddr) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+    }
+}
+
+/// What [`ServerSwitch::failed`] made of a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Too few failures in a row yet, or a switch too recent: nothing asked.
+    Counted,
+    /// JetStream answers through the client's own server: the failure was
+    /// the call's own (a leader election, a stream gone), not the server's.
+    OwnServerAnswers,
+    /// Neither its own server nor any other answers; asked again next time.
+    NoneAnswers,
+    /// The client left its server for one through which JetStream answers.
+    Switched,
+}
+
+/// Counts a client's failed JetStream calls and switches servers when its
+/// own cannot reach JetStream and another can.
+pub struct ServerSwitch {
+    client: Client,
+    probe_options: ConnectOptions,
+    next: NextServer,
+    stream: String,
+    failures: u32,
+    last_switch: Option<Instant>,
+}
+
+impl ServerSwitch {
+    /// A switch for `client`, whose options had `next` installed. Probes
+    /// connect with `probe_options` (the client's credentials and TLS, none
+    /// of its callbacks) and ask about the stream `stream`.
+    pub fn new(
+        client: Client,
+        probe_options: ConnectOptions,
+        next: NextServer,
+        stream: String,
+    ) -> Self {
+        Self {
+            client,
+            probe_options,
+            next,
+            stream,
+            failures: 0,
+            last_switch: None,
+        }
+    }
+
+    /// The stream the switch asks about.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// A JetStream call through the client was answered.
+    pub fn answered(&mut self) {
+        self.failures = 0;
+    }
+
+    /// A JetStream call through the client failed while it was connected.
+    pub async fn failed(&mut self) -> Verdict {
+        self.failures += 1;
+        if self.failures < FAILURES_BEFORE_PROBING
+            || self
+                .last_switch
+                .is_some_and(|at| at.elapsed() < SWITCH_AT_MOST_EVERY)
+        {
+            return Verdict::Counted;
+        }
+        let current = self.client.server_info();
+        let pool = match tokio::time::timeout(PROBE_TIMEOUT, self.client.server_pool()).await {
+            Ok(Ok(pool)) => pool,
+            _ => return Verdict::Counted,
+        };
+        let probes = pool.into_iter().map(|server| {
+            let options = self.probe_options.clone();
+            let stream = self.stream.as_str();
+            async move {
+                let answered = probe(options, server.addr.clone(), stream).await;
+                (server.addr, answered)
+            }
+        });
+        let (own_answered, answers) = futures_util::future::join(
+            jetstream_answers(&self.client, &self.stream),
+            futures_util::future::join_all(probes),
+        )
+        .await;
+        if own_answered {
+            self.failures = 0;
+            return Verdict::OwnServerAnswers;
+        }
+        let elsewhere = answers
+            .into_iter()
+            .find_map(|(addr, answered)| match answered {
+                Some(server_id) if server_id != current.server_id => Some(addr),
+                _ => None,
+            });
+        // Asked again at the next failure: the others may be electing the
+        // stream's leader now.
+        let Some(addr) = elsewhere else {
+            if self.failures == FAILURES_BEFORE_PROBING {
+                info!(
+                    nats.server = %current.server_name,
+                    "JetStream does not answer through this NATS server, nor yet through any other; asking again at each failure"
+                );
+            }
+            return Verdict::NoneAnswers;
+        };
+        self.failures = 0;
+        warn!(
+            nats.server = %current.server_name,
+            to = %addr.as_url_str(),
+            "this NATS server answers but cannot reach JetStream (cut off from its peers?); moving to one that can"
+        );
+        self.next.choose(addr);
+        if self.client.force_reconnect().await.is_err() {
+            // The client is closing: nothing to switch.
+            return Verdict::NoneAnswers;
+        }
+        self.last_switch = Some(Instant::now());
+        Verdict::Switched
+    }
+}
+
+/// Connects to `addr` alone and asks it about `stream`; the server's id
+/// when JetStream answers through it.
+async fn probe(options: ConnectOptions, addr: ServerAddr, stream: &str) -> Option<String> {
+    let asked = async {
+        let client = options
+            .connection_timeout(PROBE_TIMEOUT)
+            .ignore_discovered_servers()
+            .connect(addr)
+            .await
+            .ok()?;
+        let server_id = client.server_info().server_id;
+        jetstream_answers(&client, stream)
+            .await
+            .then_some(server_id)
+    };
+    tokio::time::timeout(PROBE_TIMEOUT * 2, asked)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Whether a stream's info, as its leader tells it, shows a leader that
+/// has heard lately from enough followers to make a quorum with them. A
+/// follower answers about the stream only when it has no leader; a leader
+/// cut off from its followers goes on answering for a while (NATS takes
+/// about 20 s to notice it has lost its quorum), but its followers' last
+/// activity grows from the cut, where a leader's followers answer its
+/// heartbeats every second.
+fn led(cluster: &ClusterInfo) -> bool {
+    let has_leader = cluster.leader.as_deref().is_some_and(|l| !l.is_empty());
+    let heard = cluster
+        .replicas
+        .iter()
+        .filter(|peer| !peer.offline && peer.active <= FOLLOWER_HEARD_WITHIN)
+        .count();
+    let copies = cluster.replicas.len() + 1;
+    // With the leader, more than half of all the copies.
+    has_leader && (heard + 1) * 2 > copies
+}
+
+/// Whether JetStream answers a question about `stream` through `client`
+/// within [`PROBE_TIMEOUT`]: with its info from a leader that holds its
+/// quorum ([`led`]), or that it does not exist. Through a server cut off
+/// from the stream's leader the question goes unanswered, is answered that
+/// JetStream is not available, or (the server holding a copy) with that
+/// copy's info and no leader, or an old leader's with silent followers.
+pub async fn jetstream_answers(client: &Client, stream: &str) -> bool {
+    let js = jetstream::new(client.clone());
+    match tokio::time::timeout(PROBE_TIMEOUT, js.get_stream(stream)).await {
+        Ok(Ok(found)) => found.cached_info().cluster.as_ref().is_none_or(led),
+        Ok(Err(error)) => matches!(
+            error.kind(),
+            GetStreamErrorKind::JetStream(answer) if answer.error_code() == ErrorCode::STREAM_NOT_FOUND
+        ),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::stream::PeerInfo;
+
+    fn cluster(leader: Option<&str>, followers: &[(u64, bool)]) -> ClusterInfo {
+        let info = serde_json::json!({
+            "leader": leader,
+            "replicas": followers
+                .iter()
+                .enumerate()
+                .map(|(i, (active_ms, offline))| serde_json::json!({
+                    "name": format!("n{i}"),
+                    "current": true,
+                    "active": active_ms * 1_000_000,
+                    "offline": offline,
+                }))
+                .collect::<Vec<_>>(),
+        });
+        serde_json::from_value(info).expect("cluster info")
+    }
+
+    #[test]
+    fn a_leader_heard_by_enough_followers_leads() {
+        assert!(led(&cluster(Some("n9"), &[(300, false), (900, false)])));
+        assert!(led(&cluster(Some("n9"), &[(300, false), (60_000, false)])));
+        // Five copies: the leader and two of four followers.
+        assert!(led(&cluster(
+            Some("n9"),
+            &[(100, false), (200, false), (60_000, false), (60_000, false)]
+        )));
+        // One copy: nobody else to hear from.
+        assert!(led(&cluster(Some("n9"), &[])));
+    }
+
+    #[test]
+    fn a_copy_without_a_leader_or_a_leader_left_alone_does_not_lead() {
+        assert!(!led(&cluster(None, &[(300, false), (300, false)])));
+        assert!(!led(&cluster(Some(""), &[(300, false), (300, false)])));
+        // Cut off: its followers silent since.
+        assert!(!led(&cluster(
+            Some("n9"),
+            &[(5_000, false), (5_000, false)]
+        )));
+        // Offline followers do not count, however recent.
+        assert!(!led(&cluster(Some("n9"), &[(100, true), (100, true)])));
+        assert!(!led(&cluster(
+            Some("n9"),
+            &[
+                (100, false),
+                (60_000, false),
+                (60_000, false),
+                (60_000, false)
+            ]
+        )));
+    }
+
+    #[test]
+    fn peer_info_reads_active_in_nanoseconds() {
+        let peer: PeerInfo = serde_json::from_value(serde_json::json!({
+            "name": "n1", "current": true, "active": 1_500_000_000u64
+        }))
+        .expect("peer info");
+        assert_eq!(peer.active, Duration::from_millis(1500));
+    }
+}

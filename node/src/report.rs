@@ -23,6 +23,10 @@ use crate::node::Node;
 /// for JetStream's whole ack timeout, and the node that much longer on it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// When the next report comes after a failed one that no NATS server
+/// could have answered either.
+const RETRY_SOONER: Duration = Duration::from_secs(1);
+
 fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
         .format(&Rfc3339)
@@ -98,13 +102,18 @@ pub async fn report_loop(
             Ok(_) => switch.answered(),
             Err(error) => {
                 warn!(%error, "cannot write the node report");
-                if node.readiness().nats_connected
-                    && judge(&node, switch.failed().await) == Verdict::OwnServerAnswers
-                {
+                if !node.readiness().nats_connected {
+                    continue;
+                }
+                match judge(&node, switch.failed().await) {
                     // JetStream answers, yet the write failed: the bucket
                     // may be gone, which no write would mend. Opened (and
                     // made if missing) at the next report.
-                    store = None;
+                    Verdict::OwnServerAnswers => store = None,
+                    // The others may be electing the bucket's leader: the
+                    // next report, and look, comes sooner.
+                    Verdict::NoneAnswers => ticker.reset_after(RETRY_SOONER),
+                    Verdict::Counted | Verdict::Switched => {}
                 }
             }
         }

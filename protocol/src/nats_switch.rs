@@ -6,7 +6,7 @@
 //! a node's clients would wait, on heartbeats, for the partition to heal,
 //! and admin would answer 503. What notices is a JetStream call that fails
 //! while connected (a node's report write, admin's check of the same
-//! bucket): when [`FAILURES_BEFORE_PROBING`] fail in a row, the
+//! bucket): when [`FAILURES_BEFORE_PROBING`] fail in a row (one), the
 //! [`ServerSwitch`] asks about the report bucket's stream through its own
 //! connection and, at the same time, through every server of the client's
 //! pool, each over a short-lived connection of its own. If its own server
@@ -30,8 +30,11 @@ use async_nats::{Client, ConnectOptions, ReconnectToServer, ServerAddr};
 use tracing::{info, warn};
 
 /// JetStream calls that must fail in a row, while connected, before the
-/// other servers are asked: one failure is a leader election, not a cut.
-pub const FAILURES_BEFORE_PROBING: u32 = 2;
+/// servers are asked. One is enough: the asking itself tells a passing
+/// failure (a leader election: its own server answers again, or none does
+/// yet) from a cut, and every failure waited for keeps the clients waiting
+/// a report interval longer.
+pub const FAILURES_BEFORE_PROBING: u32 = 1;
 /// How long a probe may take to connect, and then to be answered.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest a stream leader's follower may have been silent and still count

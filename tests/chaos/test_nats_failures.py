@@ -338,7 +338,7 @@ def test_the_nats_server_a_node_reads_through_is_cut_off_from_its_peers(node_bin
     node's report writes fail; it finds a server that serves JetStream and
     moves there, where its clients' events are, long before the cut heals."""
     with RoutePartition() as partition:
-        # Reports every second: two failed writes in a row make the node look.
+        # Reports every second: a failed write makes the node look.
         c = cluster_factory(
             nodes=1, topics=[(topic, 3)], prepare=partition.prepare, node_env={"SSE_CLUSTER__REPORT_SECONDS": "1"}
         )

@@ -40,7 +40,7 @@ use async_nats::jetstream::{
 use futures_util::{FutureExt, StreamExt};
 use sse_protocol::{
     Access, TopicName, cursor::epoch_from_unix_nanos, grant::ACCESS_METADATA_KEY,
-    topic::live_subject,
+    nats_switch::answered_with_quorum, topic::live_subject,
 };
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -819,6 +819,10 @@ const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
 /// consumer creation). async-nats bounds its requests too; this bound holds
 /// whatever it does, so a reader never waits on NATS without a deadline.
 pub const NATS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a stream's info from a copy without a leader holding its quorum is
+/// taken as: no answer.
+const NO_QUORUM: &str = "the stream's info came from a copy without a leader holding its quorum";
 
 /// How long a feed waits for one JetStream answer while it (re)creates its
 /// consumer. Shorter than [`NATS_CALL_TIMEOUT`]: a request sent while a
@@ -2045,6 +2049,9 @@ impl Reader {
             return last_stored(stream, filter_subject).await.map(Some);
         }
         let info = bounded(stream.get_info()).await?;
+        if !answered_with_quorum(&info) {
+            return Err(NO_QUORUM.into());
+        }
         Ok((stream_epoch(&info) == self.feed.epoch).then_some(info.state.last_sequence))
     }
 }
@@ -2257,6 +2264,12 @@ async fn open_consumer(
             };
         }
     };
+    if !answered_with_quorum(stream.cached_info()) {
+        // A copy cut off from its leader (the node on a NATS server cut off
+        // from its peers) answers with what it has: no ground to think the
+        // stream went back, nor to start a consumer there.
+        return Err(NO_QUORUM.into());
+    }
     if stream_epoch(stream.cached_info()) != feed.epoch {
         return Ok(Opening::End(ReadEnd::StreamRecreated));
     }
@@ -2360,9 +2373,11 @@ async fn last_stored(
     filter_subject: &str,
 ) -> Result<u64, async_nats::Error> {
     if filter_subject.is_empty() {
-        return bounded(stream.get_info())
-            .await
-            .map(|info| info.state.last_sequence);
+        let info = bounded(stream.get_info()).await?;
+        if !answered_with_quorum(&info) {
+            return Err(NO_QUORUM.into());
+        }
+        return Ok(info.state.last_sequence);
     }
     // The stream's last sequence says nothing of one path: ask for that
     // path's last event.

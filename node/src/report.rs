@@ -24,8 +24,10 @@ use crate::node::Node;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// When the next report comes after a failed one that no NATS server
-/// could have answered either.
+/// could have answered either, for the first [`QUICK_RETRIES`] in a row.
 const RETRY_SOONER: Duration = Duration::from_secs(1);
+/// Failed reports in a row that are followed [`RETRY_SOONER`].
+const QUICK_RETRIES: u32 = 5;
 
 fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
@@ -111,8 +113,14 @@ pub async fn report_loop(
                     // made if missing) at the next report.
                     Verdict::OwnServerAnswers => store = None,
                     // The others may be electing the bucket's leader: the
-                    // next report, and look, comes sooner.
-                    Verdict::NoneAnswers => ticker.reset_after(RETRY_SOONER),
+                    // next report, and look, comes sooner, the first few
+                    // times. Past those, the cluster has lost its quorum,
+                    // and every node asking every server each second would
+                    // only add to its load.
+                    Verdict::NoneAnswers if switch.failures() <= QUICK_RETRIES => {
+                        ticker.reset_after(RETRY_SOONER);
+                    }
+                    Verdict::NoneAnswers => {}
                     Verdict::Counted | Verdict::Switched => {}
                 }
             }

@@ -46,7 +46,7 @@ use std::{
 
 use async_nats::jetstream::{self, stream::Info};
 use futures_util::{StreamExt, TryStreamExt};
-use sse_protocol::{Access, TopicName};
+use sse_protocol::{Access, TopicName, nats_switch::answered_with_quorum};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -312,6 +312,12 @@ impl Topics {
                 }
             }
             let answer = match bounded(self.0.js.get_stream(topic.stream_name())).await {
+                // A copy cut off from its leader may be behind the cursor
+                // without the stream being so.
+                Ok(stream) if !answered_with_quorum(stream.cached_info()) => {
+                    debug!(%topic, seq, "a cursor past the feed's head checked against a copy without its leader; taken as it is");
+                    return Ok((lease, None));
+                }
                 Ok(stream) if stream_epoch(stream.cached_info()) == lease.epoch => {
                     stream.cached_info().state.last_sequence
                 }

@@ -118,6 +118,11 @@ impl ServerSwitch {
         &self.stream
     }
 
+    /// Failed calls in a row since JetStream last answered.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
     /// A JetStream call through the client was answered.
     pub fn answered(&mut self) {
         self.failures = 0;
@@ -209,6 +214,14 @@ async fn probe(options: ConnectOptions, addr: ServerAddr, stream: &str) -> Optio
         .flatten()
 }
 
+/// Whether a stream's info comes from a leader that holds its quorum
+/// ([`led`]); always for a stream that is not clustered. Info from a copy
+/// without a leader, or from a leader cut off from its followers, may be
+/// behind what the stream holds, and is no ground to think it went back.
+pub fn answered_with_quorum(info: &jetstream::stream::Info) -> bool {
+    info.cluster.as_ref().is_none_or(led)
+}
+
 /// Whether a stream's info, as its leader tells it, shows a leader that
 /// has heard lately from enough followers to make a quorum with them. A
 /// follower answers about the stream only when it has no leader; a leader
@@ -237,7 +250,7 @@ fn led(cluster: &ClusterInfo) -> bool {
 pub async fn jetstream_answers(client: &Client, stream: &str) -> bool {
     let js = jetstream::new(client.clone());
     match tokio::time::timeout(PROBE_TIMEOUT, js.get_stream(stream)).await {
-        Ok(Ok(found)) => found.cached_info().cluster.as_ref().is_none_or(led),
+        Ok(Ok(found)) => answered_with_quorum(found.cached_info()),
         Ok(Err(error)) => matches!(
             error.kind(),
             GetStreamErrorKind::JetStream(answer) if answer.error_code() == ErrorCode::STREAM_NOT_FOUND

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use error::Error;
-use sse_protocol::nats_switch::{NextServer, ServerSwitch};
+use sse_protocol::nats_switch::{NextServer, ServerSwitch, Verdict};
 use state::AppState;
 
 /// Exit code for a bad configuration or command line (`EX_USAGE`).
@@ -66,8 +66,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let (client, switch) = connect(&config).await?;
-    tokio::spawn(follow_jetstream(client.clone(), switch, shutdown.clone()));
     let state = AppState::new(config, client.clone(), shutdown.clone());
+    tokio::spawn(follow_jetstream(state.clone(), switch));
     tokio::spawn(publish::watch_stream_advisories(state.clone()));
     tokio::spawn(topics::republish_older_topics(state.clone()));
 
@@ -165,27 +165,23 @@ async fn accept(
 const JETSTREAM_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Asks JetStream about the node-report bucket every
-/// [`JETSTREAM_CHECK_EVERY`] while connected, until `shutdown`; `switch`
+/// [`JETSTREAM_CHECK_EVERY`] while connected, until shutdown; `switch`
 /// moves admin to another NATS server when its own is cut off from its
 /// peers, where every API call would answer 503 until the cut healed.
-async fn follow_jetstream(
-    client: async_nats::Client,
-    mut switch: ServerSwitch,
-    shutdown: CancellationToken,
-) {
+async fn follow_jetstream(state: AppState, mut switch: ServerSwitch) {
     let mut ticker = tokio::time::interval(JETSTREAM_CHECK_EVERY);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = state.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if !state_connected(&client) {
+        if !state_connected(&state.client) {
             continue;
         }
-        if sse_protocol::nats_switch::jetstream_answers(&client, switch.stream()).await {
+        if sse_protocol::nats_switch::jetstream_answers(&state.client, switch.stream()).await {
             switch.answered();
-        } else {
-            switch.failed().await;
+        } else if switch.failed().await == Verdict::Switched {
+            state.metrics.nats_server_switched();
         }
     }
 }

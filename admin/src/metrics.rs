@@ -24,6 +24,7 @@ pub struct Metrics {
     nats_connected: IntGauge,
     published: IntCounter,
     publish_failures: IntCounterVec,
+    nats_server_switches: IntCounter,
     // Scrapes reset and refill the topic gauges; one at a time.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -82,6 +83,11 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let nats_server_switches = IntCounter::new(
+            "sse_admin_nats_server_switches_total",
+            "Times this admin left a NATS server that answered it but could not reach JetStream (cut off from its peers) for another server that could.",
+        )
+        .expect("valid metric");
         // Known reasons exist from start, at 0: a dashboard shows 0, not
         // "No data", and rate() sees the first failure.
         for reason in PUBLISH_FAILURE_REASONS {
@@ -95,6 +101,7 @@ impl Metrics {
             Box::new(nats_connected.clone()),
             Box::new(published.clone()),
             Box::new(publish_failures.clone()),
+            Box::new(nats_server_switches.clone()),
         ] {
             registry.register(m).expect("metric registered once");
         }
@@ -107,6 +114,7 @@ impl Metrics {
             nats_connected,
             published,
             publish_failures,
+            nats_server_switches,
             scrape: tokio::sync::Mutex::new(()),
         }
     }
@@ -114,6 +122,12 @@ impl Metrics {
     /// Counts an acknowledged publish.
     pub fn published(&self) {
         self.published.inc();
+    }
+
+    /// Counts a move to another NATS server, away from one that could not
+    /// reach JetStream.
+    pub fn nats_server_switched(&self) {
+        self.nats_server_switches.inc();
     }
 
     /// Counts a failed publish; `reason` is one of

@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from cluster.harness import LOOPBACK, REPO, run_async, wait_until
+from cluster.harness import LOOPBACK, REPO, http_get, run_async, wait_until
 from cluster.workload import Frozen, RoutePartition, chaos_timeout, connected_server, meta_leader, stream_leader
 
 pytestmark = [pytest.mark.needs_node]
@@ -231,3 +231,6 @@ def test_admin_leaves_a_nats_server_cut_off_from_its_peers(node_binary, cluster_
         # 4 s, and the call in flight; the cut would have lasted as long as
         # the test waited.
         assert answered_after < 25, f"admin answered again only after {answered_after:.1f}s ({statuses})"
+        status, text = http_get(c.admin_port, "/metrics")
+        assert status == 200, text
+        assert "sse_admin_nats_server_switches_total 1" in text, text

@@ -321,6 +321,7 @@ async fn bad_events_are_refused() {
         for line in [
             "sse_admin_events_published_total 1",
             "sse_admin_publish_failures_total{reason=\"too_large\"} 1",
+            "sse_admin_nats_server_switches_total 0",
         ] {
             assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
         }

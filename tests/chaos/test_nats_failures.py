@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cluster.harness import http_get, metric_sum
+from cluster.harness import http_get, metric_sum, run_async
 from cluster.tcp_proxy import TcpProxy
 from cluster.workload import Frozen, RoutePartition, Scenario, chaos_timeout, connected_server, meta_leader, scale, stream_leader
 
@@ -385,3 +385,102 @@ def test_the_nats_server_a_node_reads_through_is_cut_off_from_its_peers(node_bin
         scn.assert_clean(problems)
         assert scn.figures["reconnects"] == 0, f"node0 closed client streams: {scn.figures['closed by nodes']}"
         assert metric_sum(c.metrics("node0") or {}, "sse_nats_server_switches_total") >= 1, "node0 never switched servers"
+
+
+async def leaderless_on(url: str, stream: str, timeout: float = 40.0) -> None:
+    """Waits until the server at `url` answers about `stream` with no
+    leader: a copy cut off from the stream's leader, answering with what it
+    holds."""
+    import nats
+
+    nc = await nats.connect(servers=[url], connect_timeout=2, allow_reconnect=False)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=1)
+                cluster = json.loads(reply.data).get("cluster") or {}
+                if "state" in json.loads(reply.data) and not cluster.get("leader"):
+                    return
+            except Exception:  # noqa: BLE001 - unanswered until it gives up on the leader
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} still names a leader of {stream}")
+            await asyncio.sleep(0.3)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.timeout(chaos_timeout(180))
+def test_a_node_that_lands_on_a_nats_server_cut_off_from_its_peers_keeps_its_clients(node_binary, cluster_factory, topic):
+    """A node's ordinary reconnection lands on a NATS server cut off from
+    its peers, whose copy of the stream has no leader and is behind: NATS
+    answers the stream's info from that copy. The node's feed must not take
+    it for a stream gone back and close (every client would reconnect); it
+    waits, the node moves to a server that serves JetStream, and its clients
+    go on."""
+    node_links: list[TcpProxy] = []
+
+    def prepare(cl):
+        partition.prepare(cl)
+        for port in cl.nats_ports:
+            link = TcpProxy([port])
+            link.start()
+            node_links.append(link)
+        cl.set_node_nats_url(0, ",".join(link.urls[0] for link in node_links))
+
+    with RoutePartition() as partition:
+        try:
+            # Reports every 5 s, as by default: the node's feed asks about
+            # the stream before the node's next report finds the cut.
+            c = cluster_factory(
+                nodes=1, topics=[(topic, 3)], prepare=prepare, node_env={"SSE_CLUSTER__REPORT_SECONDS": "5"}
+            )
+            stream = f"SSE_{topic}"
+            on = connected_server(c, "sse-node0")
+            assert on, "node0 is on no NATS server"
+            # The server to cut: one node0 is not on, and not the stream's
+            # leader, so the others serve the topic on without an election.
+            leader = run_async(stream_leader(c.nats_urls, stream))
+            cut_index = next(i for i in range(c.nats_count) if c.nats_server_name(i) not in (on, leader))
+            cut_name = c.nats_server_name(cut_index)
+            others = [u for i, u in enumerate(c.nats_urls) if i != cut_index]
+            scn = Scenario(
+                c,
+                "the node lands on a NATS server cut off from its peers",
+                topic,
+                max_delivery_delay=8.0,
+                publisher_urls=tuple(others),
+                **scale(),
+            )
+
+            async def action(s: Scenario) -> None:
+                await s.at(0.15)
+                cut_at = time.monotonic()
+                await asyncio.to_thread(partition.cut, cut_index)
+                await leaderless_on(c.nats_urls[cut_index], stream)
+                s.extra[f"{cut_name} answers without a leader after s"] = round(time.monotonic() - cut_at, 1)
+                # Events stored since the cut: the cut copy is behind.
+                await s.at(0.4)
+                majority = [link for i, link in enumerate(node_links) if i != cut_index]
+                for link in majority:
+                    await asyncio.to_thread(link.cut)
+                while await asyncio.to_thread(connected_server, c, "sse-node0") != cut_name:
+                    assert time.monotonic() - cut_at < 60, f"node0 never landed on {cut_name}"
+                    await asyncio.sleep(0.1)
+                landed_at = time.monotonic()
+                for link in majority:
+                    await asyncio.to_thread(link.restore)
+                while await asyncio.to_thread(connected_server, c, "sse-node0") in (cut_name, None):
+                    assert time.monotonic() - landed_at < 30, f"node0 stayed on {cut_name}, cut off from its peers"
+                    await asyncio.sleep(0.2)
+                s.extra["node0 left the cut server after s"] = round(time.monotonic() - landed_at, 1)
+                await s.at(0.85)
+                await asyncio.to_thread(partition.heal)
+
+            problems = asyncio.run(scn.run(action))
+            scn.assert_clean(problems)
+            assert scn.figures["reconnects"] == 0, f"node0 closed client streams: {scn.figures['closed by nodes']}"
+        finally:
+            for link in node_links:
+                link.close()

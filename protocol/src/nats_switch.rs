@@ -42,7 +42,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const FOLLOWER_HEARD_WITHIN: Duration = Duration::from_secs(4);
 /// Least time between two switches, so that a cluster whose servers take
 /// turns failing does not have the client reconnect at every call.
-const SWITCH_AT_MOST_EVERY: Duration = Duration::from_secs(30);
+const SWITCH_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 
 /// The server the NATS client should reconnect to next, once chosen; read
 /// once by the client's reconnect callback.
@@ -160,12 +160,7 @@ impl ServerSwitch {
             self.failures = 0;
             return Verdict::OwnServerAnswers;
         }
-        let elsewhere = answers
-            .into_iter()
-            .find_map(|(addr, answered)| match answered {
-                Some(server_id) if server_id != current.server_id => Some(addr),
-                _ => None,
-            });
+        let elsewhere = confirmed_elsewhere(answers, &current.server_id);
         // Asked again at the next failure: the others may be electing the
         // stream's leader now.
         let Some(addr) = elsewhere else {
@@ -193,9 +188,43 @@ impl ServerSwitch {
     }
 }
 
-/// Connects to `addr` alone and asks it about `stream`; the server's id
-/// when JetStream answers through it.
-async fn probe(options: ConnectOptions, addr: ServerAddr, stream: &str) -> Option<String> {
+/// What a server answered about the stream: its own id, and the stream's
+/// leader as it names it (empty for a stream that is not clustered, or
+/// that does not exist).
+type Answer = (String, String);
+
+/// The first server, other than `current`, whose answer names a leader that
+/// another server names too. A leader just cut off from its followers goes
+/// on answering for itself for a few seconds, alone: it is not to be moved
+/// to. A stream that is not clustered needs no second word.
+fn confirmed_elsewhere(
+    answers: Vec<(ServerAddr, Option<Answer>)>,
+    current: &str,
+) -> Option<ServerAddr> {
+    let named_by = |leader: &str| {
+        let mut servers: Vec<&str> = answers
+            .iter()
+            .filter_map(|(_, answer)| answer.as_ref())
+            .filter(|(_, named)| named == leader)
+            .map(|(server, _)| server.as_str())
+            .collect();
+        servers.sort_unstable();
+        servers.dedup();
+        servers.len()
+    };
+    answers
+        .iter()
+        .find(|(_, answer)| {
+            answer.as_ref().is_some_and(|(server, leader)| {
+                server != current && (leader.is_empty() || named_by(leader) >= 2)
+            })
+        })
+        .map(|(addr, _)| addr.clone())
+}
+
+/// Connects to `addr` alone and asks it about `stream`: the server's id
+/// and the leader it names, when JetStream answers through it.
+async fn probe(options: ConnectOptions, addr: ServerAddr, stream: &str) -> Option<Answer> {
     let asked = async {
         let client = options
             .connection_timeout(PROBE_TIMEOUT)
@@ -204,9 +233,8 @@ async fn probe(options: ConnectOptions, addr: ServerAddr, stream: &str) -> Optio
             .await
             .ok()?;
         let server_id = client.server_info().server_id;
-        jetstream_answers(&client, stream)
-            .await
-            .then_some(server_id)
+        let leader = leader_answering(&client, stream).await?;
+        Some((server_id, leader))
     };
     tokio::time::timeout(PROBE_TIMEOUT * 2, asked)
         .await
@@ -248,14 +276,31 @@ fn led(cluster: &ClusterInfo) -> bool {
 /// JetStream is not available, or (the server holding a copy) with that
 /// copy's info and no leader, or an old leader's with silent followers.
 pub async fn jetstream_answers(client: &Client, stream: &str) -> bool {
+    leader_answering(client, stream).await.is_some()
+}
+
+/// As [`jetstream_answers`], with the leader that answered: empty for a
+/// stream that is not clustered, or that does not exist.
+async fn leader_answering(client: &Client, stream: &str) -> Option<String> {
     let js = jetstream::new(client.clone());
     match tokio::time::timeout(PROBE_TIMEOUT, js.get_stream(stream)).await {
-        Ok(Ok(found)) => answered_with_quorum(found.cached_info()),
-        Ok(Err(error)) => matches!(
-            error.kind(),
-            GetStreamErrorKind::JetStream(answer) if answer.error_code() == ErrorCode::STREAM_NOT_FOUND
+        Ok(Ok(found)) if answered_with_quorum(found.cached_info()) => Some(
+            found
+                .cached_info()
+                .cluster
+                .as_ref()
+                .and_then(|cluster| cluster.leader.clone())
+                .unwrap_or_default(),
         ),
-        Err(_) => false,
+        Ok(Err(error))
+            if matches!(
+                error.kind(),
+                GetStreamErrorKind::JetStream(answer) if answer.error_code() == ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            Some(String::new())
+        }
+        _ => None,
     }
 }
 
@@ -314,6 +359,51 @@ mod tests {
                 (60_000, false)
             ]
         )));
+    }
+
+    fn answer(server: &str, leader: &str) -> Option<Answer> {
+        Some((server.to_owned(), leader.to_owned()))
+    }
+
+    fn addr(port: u16) -> ServerAddr {
+        format!("nats://127.0.0.1:{port}").parse().expect("address")
+    }
+
+    #[test]
+    fn a_server_is_moved_to_when_another_names_the_same_leader() {
+        // Its own server (a) cut off: b and c both name c.
+        let answers = vec![
+            (addr(1), None),
+            (addr(2), answer("b", "c")),
+            (addr(3), answer("c", "c")),
+        ];
+        assert_eq!(confirmed_elsewhere(answers, "a"), Some(addr(2)));
+        // Duplicates of one server (configured and discovered) are one word.
+        let answers = vec![(addr(2), answer("b", "b")), (addr(4), answer("b", "b"))];
+        assert_eq!(confirmed_elsewhere(answers, "a"), None);
+        // Not clustered: nobody else to ask.
+        assert_eq!(
+            confirmed_elsewhere(vec![(addr(2), answer("b", ""))], "a"),
+            Some(addr(2))
+        );
+    }
+
+    #[test]
+    fn a_leader_answering_alone_is_not_moved_to_and_its_own_server_is_not_a_move() {
+        // x just cut off still answers as the leader; the others elect.
+        let answers = vec![
+            (addr(1), None),
+            (addr(2), None),
+            (addr(3), answer("x", "x")),
+        ];
+        assert_eq!(confirmed_elsewhere(answers, "a"), None);
+        // The others elected y, x still answers for itself: neither confirmed.
+        let answers = vec![(addr(2), answer("b", "y")), (addr(3), answer("x", "x"))];
+        assert_eq!(confirmed_elsewhere(answers, "a"), None);
+        // Its own server's word counts toward the leader, not as a move.
+        let answers = vec![(addr(1), answer("a", "y")), (addr(2), answer("y", "y"))];
+        assert_eq!(confirmed_elsewhere(answers.clone(), "y"), Some(addr(1)));
+        assert_eq!(confirmed_elsewhere(answers, "a"), Some(addr(2)));
     }
 
     #[test]

@@ -399,8 +399,8 @@ async def leaderless_on(url: str, stream: str, timeout: float = 40.0) -> None:
         while True:
             try:
                 reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=1)
-                cluster = json.loads(reply.data).get("cluster") or {}
-                if "state" in json.loads(reply.data) and not cluster.get("leader"):
+                info = json.loads(reply.data)
+                if "state" in info and not (info.get("cluster") or {}).get("leader"):
                     return
             except Exception:  # noqa: BLE001 - unanswered until it gives up on the leader
                 pass

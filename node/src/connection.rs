@@ -20,9 +20,10 @@
 //!
 //! - `request_head`: a request line plus headers longer than
 //!   `http.max_header_bytes`, or more than `http.max_headers` fields, gets
-//!   431 on HTTP/1.1, with why from the lean path's reader (from hyper
-//!   without a body when `http.fast_path` is off); HTTP/2 refuses the
-//!   stream.
+//!   431 with why, from the lean path's reader or, for what hyper reads
+//!   (`http.fast_path` off, HTTP/2), from `Counting` (on HTTP/2 the
+//!   header list's size counts, and only that); a head over twice the
+//!   bounds is answered by hyper or h2 without a body.
 //! - `header_read_timeout`: a client that has not sent its request head
 //!   within `http.header_read_timeout_seconds` is dropped (slow-loris),
 //!   including one that connects and sends nothing at all.
@@ -174,17 +175,22 @@ pub async fn serve(
     if !http.h2 {
         builder = builder.http1_only();
     }
+    // hyper's and h2's own bounds on a head are twice the configured ones:
+    // a head over the configured bounds reaches `Counting`, which answers
+    // it with why and counts it, where hyper and h2 answer 431 without a
+    // body (and h2 without a count). Past twice they still do.
+    let head_ceiling = http.max_header_bytes.saturating_mul(HEAD_CEILING_FACTOR);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .max_buf_size(http.max_header_bytes)
-        .max_headers(http.max_headers)
+        .max_buf_size(head_ceiling)
+        .max_headers(http.max_headers.saturating_mul(HEAD_CEILING_FACTOR))
         .header_read_timeout(Duration::from_secs(http.header_read_timeout_seconds));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(http.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(head_ceiling).unwrap_or(u32::MAX));
     // A connection the lean path declined gets one HTTP/1.1 response and
     // `Connection: close`: a request kept alive after it would reach hyper
     // without the lean path's look, and an event stream on it would be
@@ -534,6 +540,10 @@ impl Drop for OpenRequest {
     }
 }
 
+/// How many times the configured bounds on a request head hyper and h2
+/// read before they refuse it themselves, without a body.
+const HEAD_CEILING_FACTOR: usize = 2;
+
 /// The router, counting each request in `open` from its start to the end
 /// of its response's body. A hyper service of its own rather than a tower
 /// one behind `TowerToHyperService`, whose future keeps a copy of the
@@ -558,6 +568,15 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Cou
 
     fn call(&self, request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
         let held = OpenRequest::new(self.open.clone());
+        if http::head_is_over_bounds(&self.node.config().http, &request) {
+            let refusal = http::reject(
+                &self.node,
+                http::ApiError::request_head_too_large(&self.node),
+            );
+            return Box::pin(std::future::ready(Ok(
+                refusal.map(|body| HeldBody { body, _held: held })
+            )));
+        }
         let version = request.version();
         if version < axum::http::Version::HTTP_2
             && http::host_is_wrong(

@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 
 use crate::{
     auth::{self, AuthError, Verifier},
-    config::CorsConfig,
+    config::{CorsConfig, HttpConfig},
     delivery::{ClientStream, TopicRequest},
     node::Node,
     topics::LookupError,
@@ -380,6 +380,52 @@ pub(crate) fn host_is_wrong<'a>(http_1_1: bool, mut hosts: impl Iterator<Item = 
                     .is_none_or(|authority| authority.as_str().contains('@'))
         }
     }
+}
+
+/// Whether a request hyper read is over `http.max_header_bytes` or, on
+/// HTTP/1.x, `http.max_headers`, as the lean path counts them: there the
+/// request line and each header line as sent, with `": "` and CRLF, and
+/// the empty line that ends the head; on HTTP/2 the header list's size of
+/// RFC 9113 (section 6.5.2: each field's name and value and 32 bytes),
+/// pseudo-header fields included, as the h2 layer counts it.
+pub(crate) fn head_is_over_bounds<B>(http: &HttpConfig, request: &axum::http::Request<B>) -> bool {
+    let headers = request.headers();
+    let fields = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len());
+    let size = if request.version() >= axum::http::Version::HTTP_2 {
+        const FIELD_OVERHEAD: usize = 32;
+        let uri = request.uri();
+        let pseudo = [
+            (":method".len(), request.method().as_str().len()),
+            (":scheme".len(), uri.scheme_str().map_or(0, str::len)),
+            (
+                ":authority".len(),
+                uri.authority().map_or(0, |a| a.as_str().len()),
+            ),
+            (
+                ":path".len(),
+                uri.path_and_query().map_or(0, |p| p.as_str().len()),
+            ),
+        ];
+        pseudo
+            .iter()
+            .map(|(name, value)| name + value + FIELD_OVERHEAD)
+            .chain(fields.map(|field| field + FIELD_OVERHEAD))
+            .sum::<usize>()
+    } else {
+        if headers.len() > http.max_headers {
+            return true;
+        }
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or(1, |target| target.as_str().len());
+        let request_line =
+            request.method().as_str().len() + " ".len() + target + " HTTP/1.1\r\n".len();
+        request_line + fields.map(|field| field + ": \r\n".len()).sum::<usize>() + "\r\n".len()
+    };
+    size > http.max_header_bytes
 }
 
 /// What a stream request asks for, once validated.

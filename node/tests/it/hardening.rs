@@ -144,32 +144,56 @@ async fn each_request_limit_has_a_status_and_a_metric() {
     assert_eq!(node.metric(&limit("max_last_event_id_bytes")).await, 1.0);
 
     // Request head: one huge header, too many headers, a huge request line,
-    // each answered 431 with why, for stream requests as for any other.
-    let big = "x".repeat(10_000);
-    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
-    for request in [
-        format!("GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n"),
-        format!("GET /healthz HTTP/1.1\r\nHost: a\r\n{many}\r\n"),
-        format!("GET /v1/events?topic={big} HTTP/1.1\r\nHost: a\r\n\r\n"),
-        format!("GET /v1/events?topic=lim HTTP/1.1\r\nHost: a\r\n{many}\r\n"),
-        format!("GET /v1/events?topic=lim HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n"),
-    ] {
-        let (status, answer) = raw_answer(node.port, &request).await;
-        assert_eq!(status, Some(431), "{answer}");
-        assert!(answer.contains("\"request_head_too_large\""), "{answer}");
-        assert!(answer.contains("http.max_header_bytes"), "{answer}");
-    }
-    eventually(T, "request_head rejections to be counted", || async {
-        (node.metric(&limit("request_head")).await == 5.0).then_some(())
-    })
-    .await;
-    // Headers within the bounds still pass.
-    let status = raw_status(
-        node.port,
-        "GET /healthz HTTP/1.1\r\nHost: a\r\nX-Small: yes\r\n\r\n",
+    // each answered 431 with why, for stream requests as for any other, by
+    // the lean path and by hyper (`http.fast_path` off) alike.
+    let hyper = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HTTP__FAST_PATH", "false"),
+            ("SSE_HTTP__MAX_HEADER_BYTES", "8192"),
+            ("SSE_HTTP__MAX_HEADERS", "20"),
+        ],
     )
     .await;
-    assert_eq!(status, Some(200));
+    let big = "x".repeat(10_000);
+    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+    // A head of `len` bytes, to the end of the empty line that ends it.
+    let head = |len: usize| {
+        let start = "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Fill: ";
+        let value = "y".repeat(len - start.len() - "\r\n\r\n".len());
+        format!("{start}{value}\r\n\r\n")
+    };
+    for (name, node) in [("lean", &node), ("hyper", &hyper)] {
+        for request in [
+            format!("GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n"),
+            format!("GET /healthz HTTP/1.1\r\nHost: a\r\n{many}\r\n"),
+            format!("GET /v1/events?topic={big} HTTP/1.1\r\nHost: a\r\n\r\n"),
+            format!("GET /v1/events?topic=lim HTTP/1.1\r\nHost: a\r\n{many}\r\n"),
+            format!("GET /v1/events?topic=lim HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n"),
+            head(8193),
+        ] {
+            let (status, answer) = raw_answer(node.port, &request).await;
+            assert_eq!(status, Some(431), "{name}: {answer}");
+            assert!(
+                answer.contains("\"request_head_too_large\""),
+                "{name}: {answer}"
+            );
+            assert!(answer.contains("http.max_header_bytes"), "{name}: {answer}");
+        }
+        eventually(T, "request_head rejections to be counted", || async {
+            (node.metric(&limit("request_head")).await == 6.0).then_some(())
+        })
+        .await;
+        // Heads within the bounds still pass.
+        for request in [
+            "GET /healthz HTTP/1.1\r\nHost: a\r\nX-Small: yes\r\nConnection: close\r\n\r\n"
+                .to_owned(),
+            head(8192),
+        ] {
+            let (status, answer) = raw_answer(node.port, &request).await;
+            assert_eq!(status, Some(200), "{name}: {answer}");
+        }
+    }
 }
 
 /// A node whose open-file limit holds fewer streams than

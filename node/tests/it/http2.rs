@@ -95,17 +95,62 @@ async fn twenty_streams_share_one_h2c_connection() {
     let base = format!("http://127.0.0.1:{}", node.port);
     let _open = many_streams_receive_everything(&js, sender.clone(), &base, "h2c").await;
     assert_eq!(node.metric("sse_clients_connected").await, STREAMS as f64);
-    // An over-long request head is refused on HTTP/2 too.
+    // An over-long request head is refused on HTTP/2 too, with why, and
+    // counted, whether it asks for a stream or not; one just within the
+    // bounds (16,384 bytes of header list, each field's name and value
+    // and 32 bytes, pseudo-header fields included) is served.
+    let mut sender = sender;
+    let pseudo = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", &format!("127.0.0.1:{}", node.port)[..]),
+        (":path", "/healthz"),
+    ]
+    .iter()
+    .map(|(name, value)| name.len() + value.len() + 32)
+    .sum::<usize>();
+    let within = 16_384 - pseudo - "x-big".len() - 32;
+    for (path, value_len, expected) in [
+        ("/healthz", 20_000, 431),
+        ("/v1/events?topic=h2c", 20_000, 431),
+        ("/healthz", within + 1, 431),
+        ("/healthz", within, 200),
+    ] {
+        let request = Request::get(format!("{base}{path}"))
+            .header("x-big", "x".repeat(value_len))
+            .body(Empty::new())
+            .unwrap();
+        sender.ready().await.unwrap();
+        let response = sender
+            .send_request(request)
+            .await
+            .unwrap_or_else(|error| panic!("{path}, {value_len}: no answer: {error}"));
+        assert_eq!(response.status(), expected, "{path}, {value_len}");
+        if expected == 431 {
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"], "request_head_too_large", "{body}");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("http.max_header_bytes"),
+                "{body}"
+            );
+        }
+    }
+    let refused = "sse_limit_rejections_total{limit=\"request_head\"}";
+    assert_eq!(node.metric(refused).await, 3.0);
+    // Past twice the bounds the h2 layer refuses it before the node reads
+    // it: 431 still, without a body and without a count.
     let request = Request::get(format!("{base}/healthz"))
-        .header("x-big", "x".repeat(20_000))
+        .header("x-big", "x".repeat(40_000))
         .body(Empty::new())
         .unwrap();
-    let mut sender = sender;
     sender.ready().await.unwrap();
-    match sender.send_request(request).await {
-        Ok(response) => assert_eq!(response.status(), 431),
-        Err(error) => panic!("expected a 431 answer, got {error}"),
-    }
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 431);
+    assert_eq!(node.metric(refused).await, 3.0);
     // HTTP/1.1 still works on the same port.
     let (status, _) = get(&node.url("/healthz"), None).await;
     assert_eq!(status, 200);

@@ -1453,7 +1453,8 @@ async fn a_feed_that_wakes_to_a_flood_reads_on_without_a_pause() {
     .await;
 }
 
-/// Floods `topic`, whose feed dozes, and checks that `client` got each
+/// Floods `topic`, whose feed dozes, until the feed has made its consumer
+/// and at least `EVENTS` events are out, and checks that `client` got each
 /// event once and none long after its publish.
 async fn flood_a_dozing_feed(
     js: &async_nats::jetstream::Context,
@@ -1462,20 +1463,28 @@ async fn flood_a_dozing_feed(
 ) {
     const EVENTS: usize = 3000;
     const AT_ONCE: usize = 3;
-    // 3,000 events a second for a second, three every millisecond: the feed
-    // counts the topic busy within half of it and makes its consumer while
-    // the flood goes on.
+    // 3,000 events a second, three every millisecond: the feed counts the
+    // topic busy within half a second and makes its consumer while the
+    // flood goes on. A loaded machine wakes the feed less often, so it
+    // counts later: the flood lasts until the consumer stands.
     let publishing = js.clone();
     let subject = format!("sse.{topic}");
+    let stream = format!("SSE_{topic}");
     let publisher = tokio::spawn(async move {
         let mut sent_at = Vec::with_capacity(EVENTS);
+        let mut consumer_made = false;
         let mut tick = tokio::time::interval(Duration::from_millis(1));
-        for batch in 0..EVENTS / AT_ONCE {
+        let started = std::time::Instant::now();
+        while !consumer_made || sent_at.len() < EVENTS {
+            assert!(
+                started.elapsed() < T,
+                "{stream}: no consumer made in a flood of {T:?}"
+            );
             tick.tick().await;
             let sent = std::time::Instant::now();
             let mut acks = Vec::with_capacity(AT_ONCE);
-            for k in 0..AT_ONCE {
-                let data = (batch * AT_ONCE + k).to_string();
+            for _ in 0..AT_ONCE {
+                let data = sent_at.len().to_string();
                 let ack = publishing.publish(subject.clone(), data.into()).await;
                 acks.push(ack.expect("publish"));
                 sent_at.push(sent);
@@ -1483,16 +1492,24 @@ async fn flood_a_dozing_feed(
             for ack in acks {
                 ack.await.expect("ack");
             }
+            if !consumer_made && sent_at.len() % 300 == 0 {
+                consumer_made = consumer_count(&publishing, &stream).await == Some(1);
+            }
         }
+        let end = publishing.publish(subject, "end".into()).await;
+        end.expect("publish").await.expect("ack");
         sent_at
     });
     let mut arrivals = Vec::with_capacity(EVENTS);
-    for _ in 0..EVENTS {
+    loop {
         let event = client
             .next_event(T)
             .await
             .expect("the flood's events")
             .expect("an open stream");
+        if event.data == "end" {
+            break;
+        }
         let index: usize = event.data.parse().expect("an event of the flood");
         arrivals.push((index, std::time::Instant::now()));
     }
@@ -1500,7 +1517,16 @@ async fn flood_a_dozing_feed(
     let mut seen: Vec<usize> = arrivals.iter().map(|(index, _)| *index).collect();
     seen.sort_unstable();
     seen.dedup();
-    assert_eq!(seen.len(), EVENTS, "every event of the flood came once");
+    assert_eq!(
+        seen.len(),
+        sent_at.len(),
+        "every event of the flood came once"
+    );
+    assert_eq!(
+        arrivals.len(),
+        sent_at.len(),
+        "no event of the flood came twice"
+    );
     let (slowest, lag) = arrivals
         .iter()
         .map(|(index, at)| (*index, at.duration_since(sent_at[*index])))

@@ -83,9 +83,9 @@ impl ClientStream {
             None if out.is_empty() => return None,
             None => out.freeze(),
         };
-        self.wrote_since_heartbeat = true;
-        self.pacer
-            .record_write(Instant::now(), bytes.len() >= PACED_WRITE_MAX);
+        let now = Instant::now();
+        self.last_wrote = Some(now);
+        self.pacer.record_write(now, bytes.len() >= PACED_WRITE_MAX);
         Some(bytes)
     }
 }

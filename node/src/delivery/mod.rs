@@ -278,7 +278,10 @@ pub struct ClientStream {
     /// The next heartbeat and the one other time the stream waits for;
     /// taken out during each wait, which borrows the rest of the stream.
     timer: Option<StreamTimer>,
-    wrote_since_heartbeat: bool,
+    /// When the stream itself last wrote to its socket, heartbeats
+    /// included; the writer of a parked stream's feed keeps its own time
+    /// ([`parked::Ticket::writer_wrote_at`]).
+    last_wrote: Option<Instant>,
     close_at: Option<(Instant, CloseReason)>,
     lifetime_end: Option<Instant>,
     token_expiry: Option<Instant>,
@@ -432,7 +435,7 @@ impl ClientStream {
                 parked: None,
                 held: None,
             },
-            wrote_since_heartbeat: false,
+            last_wrote: None,
             close_at: None,
             done: false,
             token_expiry: None,
@@ -613,7 +616,10 @@ impl ClientStream {
             }
             if self.is_parked() {
                 match self.wait_parked(close_at, peer).await {
-                    ParkedWake::Write(bytes) => return Some(bytes),
+                    ParkedWake::Write(bytes) => {
+                        self.last_wrote = Some(Instant::now());
+                        return Some(bytes);
+                    }
                     ParkedWake::Resume => continue,
                     ParkedWake::End(reason) => return Some(self.finish(reason)),
                     ParkedWake::Gone => {
@@ -741,12 +747,13 @@ impl ClientStream {
                     return None;
                 }
                 Wake::Heartbeat => {
-                    if !self.wrote_since_heartbeat {
-                        self.node.metrics().heartbeats.inc();
-                        return Some(Bytes::from_static(HEARTBEAT));
+                    let timer = self.timer.as_mut().expect("the timer was put back");
+                    if timer.defer_after(self.last_wrote) {
+                        continue;
                     }
-                    self.wrote_since_heartbeat = false;
-                    continue;
+                    self.last_wrote = Some(Instant::now());
+                    self.node.metrics().heartbeats.inc();
+                    return Some(Bytes::from_static(HEARTBEAT));
                 }
                 Wake::Work(Work::Permit(permit)) => {
                     self.jetstream_permit = Some(permit);

@@ -434,7 +434,7 @@ impl ClientStream {
             Through::Whole { pos, run } => {
                 self.run = (parked as u32, written_before.saturating_add(run));
                 self.topics[parked].pos = pos;
-                self.wrote_since_heartbeat = true;
+                self.last_wrote = Some(Instant::now());
                 ParkedWake::Resume
             }
             // The rest of the frame comes back with the socket, first.
@@ -511,9 +511,10 @@ impl ClientStream {
             self.rejoining = true;
         }
         if let Some(rest) = &remainder {
-            self.wrote_since_heartbeat = true;
+            let now = Instant::now();
+            self.last_wrote = Some(now);
             self.pacer
-                .record_write(Instant::now(), rest.len() >= super::PACED_WRITE_MAX);
+                .record_write(now, rest.len() >= super::PACED_WRITE_MAX);
         }
         Ok(remainder)
     }
@@ -568,9 +569,14 @@ impl ClientStream {
                 if self.replaced_a_stuck_writer(ticket) {
                     return self.take_socket_back();
                 }
-                match ticket.heartbeat(HEARTBEAT, std::mem::take(&mut self.wrote_since_heartbeat)) {
-                    Beat::NotDue => ParkedWake::Resume,
+                let last_wrote = self.last_wrote.max(ticket.writer_wrote_at());
+                let timer = self.timer.as_mut().expect("the timer was put back");
+                if timer.defer_after(last_wrote) {
+                    return ParkedWake::Resume;
+                }
+                match ticket.heartbeat(HEARTBEAT) {
                     Beat::Sent => {
+                        self.last_wrote = Some(Instant::now());
                         self.node.metrics().heartbeats.inc();
                         ParkedWake::Resume
                     }

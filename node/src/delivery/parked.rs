@@ -298,6 +298,38 @@ impl Place {
     }
 }
 
+/// The passes of a group's writer that wrote to any of its sockets: how
+/// many, and when the latest started (each socket of it was written to
+/// then or a little later).
+struct GroupWrites {
+    passes: AtomicU64,
+    /// Milliseconds from `since` to the latest pass, rounded down.
+    latest_ms: AtomicU64,
+    since: Instant,
+}
+
+impl GroupWrites {
+    fn new() -> Self {
+        Self {
+            passes: AtomicU64::new(0),
+            latest_ms: AtomicU64::new(0),
+            since: Instant::now(),
+        }
+    }
+
+    fn record(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.since).as_millis();
+        self.latest_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+        // Released after the time: whoever sees the pass sees its time.
+        self.passes.fetch_add(1, Ordering::Release);
+    }
+
+    fn latest(&self) -> Instant {
+        self.since + Duration::from_millis(self.latest_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// Sockets that take the same events, and the events held for them.
 ///
 /// Each group keeps the pacing rule on its own, as a client's task does:
@@ -306,9 +338,9 @@ impl Place {
 /// because the topic is busy.
 struct Group {
     entries: Slab<Entry>,
-    /// Passes that wrote to any of the group's sockets; its streams read it
-    /// to tell whether a heartbeat is due, without the lock.
-    passes: Arc<AtomicU64>,
+    /// Its passes, which its streams read to tell whether a heartbeat is
+    /// due, without the lock.
+    writes: Arc<GroupWrites>,
     /// Events taken from the feed and not written yet, while paced.
     pending: Vec<Arc<Event>>,
     pending_bytes: usize,
@@ -323,7 +355,7 @@ impl Group {
     fn new((window, queue_events): (Duration, usize)) -> Self {
         Self {
             entries: Slab::new(),
-            passes: Arc::default(),
+            writes: Arc::new(GroupWrites::new()),
             pending: Vec::new(),
             pending_bytes: 0,
             pacer: Pacer::new(window, queue_events),
@@ -377,7 +409,7 @@ impl Group {
         let passed = self.passed(0);
         let (delivered, refusals) = write_frames(&mut self.entries, &frames, passed);
         if delivered > 0 {
-            self.passes.fetch_add(1, Ordering::Relaxed);
+            self.writes.record(now);
         }
         sweep.delivered += delivered;
         sweep.refusals += refusals;
@@ -472,8 +504,6 @@ struct Handback {
 /// What a parked stream's heartbeat did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Beat {
-    /// The writer wrote to the socket since the last heartbeat: none needed.
-    NotDue,
     /// The heartbeat went out whole; the stream stays parked.
     Sent,
     /// The socket did not take it whole: the stream takes the socket back.
@@ -517,9 +547,10 @@ pub(crate) struct Ticket {
     key: usize,
     handback: Arc<Handback>,
     held: bool,
-    /// The group's count of passes, and its value at the last heartbeat.
-    passes: Arc<AtomicU64>,
-    passes_seen: AtomicU64,
+    /// The group's passes, and how many it had made when the stream
+    /// parked.
+    writes: Arc<GroupWrites>,
+    passes_at_park: u64,
     /// What the feed had sent its writer at the last look for a stuck
     /// writer.
     sent_at_last_look: AtomicU64,
@@ -547,24 +578,23 @@ impl Ticket {
         })
     }
 
-    /// Unless the writer wrote to the socket since the last call, or the
-    /// stream did (`stream_wrote`), writes `beat` (a heartbeat's comment
-    /// line) to the parked socket between two of the writer's batches, so
-    /// that the stream stays parked. If the socket does not take it whole,
-    /// the stream takes the socket back: a part of `beat` the socket did not
-    /// take comes back with it, and a socket that took none is written to as
-    /// any other.
-    ///
-    /// A pass of the writer over the socket's group counts as a write to
-    /// it. The writer skips a socket only for events it already has, which
-    /// happens at most in the first pass after it parked: a heartbeat may
-    /// then come one interval late, never more.
-    pub(crate) fn heartbeat(&self, beat: &'static [u8], stream_wrote: bool) -> Beat {
-        let passes = self.passes.load(Ordering::Relaxed);
-        let writer_wrote = self.passes_seen.swap(passes, Ordering::Relaxed) != passes;
-        if writer_wrote || stream_wrote {
-            return Beat::NotDue;
-        }
+    /// When the feed's writer last wrote to the socket, if it has since
+    /// the stream parked, as far as the stream can tell without the lock:
+    /// the start of the group's latest pass, from its second pass on. The
+    /// writer skips a socket only for events it already has, which happens
+    /// at most in the first pass after it parked, so that pass does not
+    /// count: a heartbeat may then come early, never late.
+    pub(crate) fn writer_wrote_at(&self) -> Option<Instant> {
+        let passes = self.writes.passes.load(Ordering::Acquire);
+        (passes > self.passes_at_park + 1).then(|| self.writes.latest())
+    }
+
+    /// Writes `beat` (a heartbeat's comment line) to the parked socket
+    /// between two of the writer's batches, so that the stream stays
+    /// parked. If the socket does not take it whole, the stream takes the
+    /// socket back: a part of `beat` the socket did not take comes back
+    /// with it, and a socket that took none is written to as any other.
+    pub(crate) fn heartbeat(&self, beat: &'static [u8]) -> Beat {
         self.sockets
             .heartbeat(&self.place, self.key, &self.handback, beat)
     }
@@ -702,16 +732,16 @@ impl ParkedSockets {
             _ => &mut parked.all,
         };
         let key = group.entries.insert(entry);
-        let passes = group.passes.clone();
-        let passes_seen = AtomicU64::new(passes.load(Ordering::Relaxed));
+        let writes = group.writes.clone();
+        let passes_at_park = writes.passes.load(Ordering::Acquire);
         Ticket {
             sockets: self.clone(),
             place,
             key,
             handback,
             held: true,
-            passes,
-            passes_seen,
+            writes,
+            passes_at_park,
             sent_at_last_look: AtomicU64::new(0),
         }
     }
@@ -1276,7 +1306,7 @@ mod heartbeat_tests {
             (Duration::ZERO, 16),
             |_| {},
         );
-        assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::Sent);
+        assert_eq!(ticket.heartbeat(b": hb\n\n"), Beat::Sent);
         let mut got = [0u8; 6];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b": hb\n\n");
@@ -1427,10 +1457,11 @@ mod heartbeat_tests {
         assert_eq!(got, event.frame, "the new writer's event, once");
     }
 
-    /// No heartbeat follows a write of the feed's writer or of the stream
-    /// itself; one follows a quiet interval.
-    #[tokio::test]
-    async fn a_heartbeat_goes_out_only_after_a_quiet_interval() {
+    /// The stream learns when the feed's writer last wrote to its socket
+    /// from the writer's second pass after it parked on: the first may
+    /// have skipped the socket, for events the stream had written itself.
+    #[tokio::test(start_paused = true)]
+    async fn the_writer_tells_when_it_last_wrote_from_its_second_pass_on() {
         let (mut client, server) = pair().await;
         let sockets = Arc::new(ParkedSockets::default());
         let ticket = sockets.park(&server, Reads::All, None, 0, (Duration::ZERO, 16), |_| {});
@@ -1439,28 +1470,45 @@ mod heartbeat_tests {
             epoch: "e".into(),
             max_event_bytes: 1024,
         };
-        let event = Arc::new(Event::encode(
-            &ctx,
-            1,
-            "t",
-            std::time::SystemTime::now(),
-            None,
-            b"x",
-        ));
+        let event = |seq| {
+            Arc::new(Event::encode(
+                &ctx,
+                seq,
+                "t",
+                std::time::SystemTime::now(),
+                None,
+                b"x",
+            ))
+        };
+        let (first, second) = (event(1), event(2));
+        assert_eq!(ticket.writer_wrote_at(), None);
         assert_eq!(
             sockets
-                .take_in(std::slice::from_ref(&event), false)
+                .take_in(std::slice::from_ref(&first), false)
                 .delivered,
             1
         );
-        assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::NotDue);
-        assert_eq!(ticket.heartbeat(b": hb\n\n", true), Beat::NotDue);
-        assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::Sent);
-        let mut got = vec![0u8; event.frame.len() + 6];
+        assert_eq!(ticket.writer_wrote_at(), None, "the first pass");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let second_pass = Instant::now();
+        assert_eq!(
+            sockets
+                .take_in(std::slice::from_ref(&second), false)
+                .delivered,
+            1
+        );
+        let wrote_at = ticket.writer_wrote_at().expect("the second pass");
+        assert!(
+            wrote_at <= second_pass && second_pass - wrote_at < Duration::from_millis(2),
+            "{:?}",
+            second_pass - wrote_at
+        );
+        assert_eq!(ticket.heartbeat(b": hb\n\n"), Beat::Sent);
+        let frames = first.frame.len() + second.frame.len();
+        let mut got = vec![0u8; frames + 6];
         client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got[..event.frame.len()], &event.frame[..]);
-        assert_eq!(&got[event.frame.len()..], b": hb\n\n");
-        assert_eq!(ticket.take_back().unwrap().pos, 1);
+        assert_eq!(&got[frames..], b": hb\n\n");
+        assert_eq!(ticket.take_back().unwrap().pos, 2);
     }
 
     /// A socket that takes no bytes is left to its stream: the heartbeat is
@@ -1473,7 +1521,7 @@ mod heartbeat_tests {
         while server.tcp().try_write(&filler).is_ok_and(|n| n > 0) {}
         let sockets = Arc::new(ParkedSockets::default());
         let ticket = sockets.park(&server, Reads::All, None, 3, (Duration::ZERO, 16), |_| {});
-        assert_eq!(ticket.heartbeat(b": hb\n\n", false), Beat::Refused);
+        assert_eq!(ticket.heartbeat(b": hb\n\n"), Beat::Refused);
         assert_eq!(sockets.lock().all.entries.len(), 1);
         let returned = ticket.take_back().unwrap();
         assert_eq!((returned.pos, returned.remainder), (3, None));

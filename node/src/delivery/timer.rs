@@ -48,6 +48,20 @@ impl StreamTimer {
         std::future::poll_fn(|cx| self.poll_wait(cx, other)).await
     }
 
+    /// Moves the next heartbeat to a period after `last_write`, if that is
+    /// still to come, and says whether it did: a stream written to less
+    /// than a period ago needs no heartbeat yet, and one a period after
+    /// that write keeps it from being silent for longer than a period.
+    pub(super) fn defer_after(&mut self, last_write: Option<Instant>) -> bool {
+        match last_write.map(|at| at + self.period) {
+            Some(due) if due > Instant::now() => {
+                self.next_heartbeat = due;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn poll_wait(&mut self, cx: &mut Context<'_>, other: Option<Instant>) -> Poll<TimerFired> {
         let other = other.filter(|at| *at < self.next_heartbeat);
         let target = other.unwrap_or(self.next_heartbeat);
@@ -90,6 +104,25 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(30));
         assert_eq!(timer.wait(Some(late)).await, TimerFired::Other);
         assert_eq!(start.elapsed(), Duration::from_secs(35));
+    }
+
+    /// A write less than a period before the heartbeat fires defers the
+    /// next one to a period after that write, not a period after the
+    /// firing; a write a period ago or more, or none, defers nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_recent_write_defers_the_heartbeat_to_a_period_after_it() {
+        let start = Instant::now();
+        let mut timer = StreamTimer::new(Duration::from_secs(10));
+        let wrote = start + Duration::from_secs(1);
+        assert_eq!(timer.wait(None).await, TimerFired::Heartbeat);
+        assert!(timer.defer_after(Some(wrote)));
+        assert_eq!(timer.wait(None).await, TimerFired::Heartbeat);
+        assert_eq!(start.elapsed(), Duration::from_secs(11));
+        assert!(!timer.defer_after(Some(wrote)), "a period ago");
+        assert!(!timer.defer_after(None));
+        // Not deferred: the next heartbeat is a period after the last.
+        assert_eq!(timer.wait(None).await, TimerFired::Heartbeat);
+        assert_eq!(start.elapsed(), Duration::from_secs(21));
     }
 
     /// A wait dropped before it fires leaves the timer usable.

@@ -249,6 +249,96 @@ async fn a_parked_stream_gets_heartbeats_and_ends_on_time() {
     wait_ended_unparked(&node, "lifetime", 1).await;
 }
 
+/// A stream is never silent for longer than `http.heartbeat_seconds`,
+/// whatever its events do: an event a moment after a heartbeat moves the
+/// next one to a period after that event, where it used to wait for the
+/// period after that (almost twice the heartbeat of silence, past a proxy's
+/// idle timeout set just above it). Parked (its feed's writer writes the
+/// events) and on hyper's path (`http.fast_path` off: the stream's own
+/// task writes them) alike.
+#[tokio::test]
+async fn a_stream_is_never_silent_for_longer_than_its_heartbeat() {
+    const HEARTBEAT: Duration = Duration::from_secs(2);
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "beat", None).await;
+    let heartbeat = ("SSE_HTTP__HEARTBEAT_SECONDS", "2");
+    let parking = NodeProc::start(&nats.url(), &[PARK, heartbeat]).await;
+    let hyper = NodeProc::start(&nats.url(), &[("SSE_HTTP__FAST_PATH", "false"), heartbeat]).await;
+    for (name, node) in [("parked", &parking), ("hyper", &hyper)] {
+        let mut socket = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+        socket
+            .write_all(b"GET /v1/events?topic=beat HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        // Each read, with when it came.
+        let (reads, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if reads.send((tokio::time::Instant::now(), text)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut next = async || {
+            tokio::time::timeout(T, arrivals.recv())
+                .await
+                .expect("bytes within the timeout")
+                .expect("an open stream")
+        };
+        let mut seen = String::new();
+        while !seen.contains(": ok") {
+            seen.push_str(&next().await.1);
+        }
+        if name == "parked" {
+            wait_parked(node, 1.0).await;
+        }
+        // A heartbeat; the first event right after it, the second a moment
+        // later, each written by the feed's writer to a parked stream (whose
+        // first pass after the stream parked does not count as a write).
+        let (mut last, beat) = next().await;
+        assert!(
+            beat.contains(": hb\n\n"),
+            "{name}: a heartbeat, not {beat:?}"
+        );
+        for (i, pause) in [Duration::ZERO, Duration::from_millis(300)]
+            .into_iter()
+            .enumerate()
+        {
+            tokio::time::sleep(pause).await;
+            publish(&js, "beat", &format!("{name}-{i}")).await;
+            let (at, text) = next().await;
+            assert!(
+                text.contains(&format!("data: {name}-{i}")),
+                "{name}: {text:?}"
+            );
+            last = at;
+        }
+        // Then nothing but heartbeats, each at most a heartbeat after the
+        // last bytes.
+        let until = last + 3 * HEARTBEAT;
+        let mut beats = 0;
+        while last < until {
+            let (at, text) = next().await;
+            assert!(
+                text.contains(": hb\n\n"),
+                "{name}: a heartbeat, not {text:?}"
+            );
+            let silence = at - last;
+            assert!(
+                silence <= HEARTBEAT + Duration::from_millis(400),
+                "{name}: {silence:?} without a byte, heartbeat {HEARTBEAT:?}"
+            );
+            last = at;
+            beats += 1;
+        }
+        assert!(beats >= 3, "{name}: {beats} heartbeats");
+        reader.abort();
+    }
+}
+
 /// A stream of several topics parks on the one it has heard from alone for
 /// a while; that topic's writer writes each event with the stream's cursor
 /// over both topics. An event of the other topic after a run of the busy

@@ -36,7 +36,9 @@ pub enum CursorError {
     #[error("event id part {0:?} has an epoch that is not base36 [0-9a-z]{{1,25}}")]
     Epoch(String),
     /// The sequence is not a decimal `u64`.
-    #[error("event id part {0:?} has a sequence that is not a decimal number")]
+    #[error(
+        "event id part {0:?} has a sequence that is not a decimal number from 0 to 18446744073709551615"
+    )]
     Sequence(String),
     /// A topic named twice.
     #[error("event id names topic {0:?} twice")]

@@ -63,6 +63,11 @@ use crate::{
 /// topic is dropped without a deletion advisory.
 const GONE_CONFIRM_DELAY: Duration = Duration::from_secs(2);
 
+/// How long the open streams of a deleted topic wait for it to be created
+/// again (a deploy that recreates its topics) before they end with
+/// `topic_deleted`.
+const RECREATE_GRACE: Duration = Duration::from_secs(1);
+
 /// Past this many topics to ask JetStream about one by one (new ones and
 /// ones with live feeds), a re-listing asks for every stream's facts in
 /// one listing instead, unless they are fewer than one in
@@ -210,7 +215,11 @@ impl Topics {
         topic: &TopicName,
         path: Option<&str>,
     ) -> Result<FeedLease, LookupError> {
-        if let Some(lease) = self.live(topic, path) {
+        // The feeds of a topic just deleted wait out `RECREATE_GRACE`
+        // without serving anyone new.
+        if self.knows(topic)
+            && let Some(lease) = self.live(topic, path)
+        {
             return Ok(lease);
         }
         // A request made while the client is reconnecting waits for the
@@ -376,6 +385,20 @@ impl Topics {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(topic.clone(), facts.clone());
+        // Feeds of a stream deleted and created again, before the advisory
+        // that says so: their clients come back to a `reset`. Stopped once
+        // the facts stand, so that their streams see the topic known.
+        let stale = {
+            let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
+            feeds
+                .get(topic)
+                .into_iter()
+                .flat_map(TopicFeeds::all)
+                .any(|feed| feed.epoch != facts.epoch)
+        };
+        if stale {
+            self.stop_feeds(topic);
+        }
         let mut feeds = self.0.feeds.write().unwrap_or_else(|p| p.into_inner());
         let entry = feeds.entry(topic.clone()).or_default();
         if let Some(feed) = entry.serving(path) {
@@ -508,14 +531,16 @@ impl Topics {
             }
             stale
         };
-        if stale {
-            self.stop_feeds(&topic);
-        }
+        // The facts first: a stream ended here tells `topic_deleted` from a
+        // new epoch by whether its topic is known.
         self.0
             .facts
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(topic, facts);
+            .insert(topic.clone(), facts);
+        if stale {
+            self.stop_feeds(&topic);
+        }
     }
 
     /// Stops every feed of `topic`; its clients come back through resume.
@@ -537,6 +562,26 @@ impl Topics {
         let metrics = &self.0.metrics;
         let _ = metrics.history_bytes.remove_label_values(&[topic.as_str()]);
         let _ = metrics.feed_events.remove_label_values(&[topic.as_str()]);
+    }
+
+    /// A deletion advisory: new requests for `topic` get 404 at once, and
+    /// its open streams wait [`RECREATE_GRACE`] for it to be created again.
+    /// Created again, its new stream's facts close the old feeds, and their
+    /// clients come back to a `reset` (`stream_recreated`); else the feeds
+    /// stop and their clients get `topic_deleted`.
+    fn deleted(&self, topic: TopicName) {
+        self.0
+            .facts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&topic);
+        let topics = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RECREATE_GRACE).await;
+            if !topics.knows(&topic) {
+                topics.drop_topic(&topic);
+            }
+        });
     }
 
     fn drop_topic(&self, topic: &TopicName) {
@@ -775,7 +820,7 @@ impl Topics {
                     let (stream, action) = (tokens.next().unwrap_or_default(), tokens.next());
                     if let Some(topic) = TopicName::from_stream_name(stream) {
                         match action {
-                            Some("DELETED") => self.drop_topic(&topic),
+                            Some("DELETED") => self.deleted(topic),
                             Some("CREATED" | "UPDATED") => {
                                 let _ = self.refresh(&topic).await;
                             }

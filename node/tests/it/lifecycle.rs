@@ -14,6 +14,45 @@ fn reset_body(event: &SseEvent) -> serde_json::Value {
     serde_json::from_str(&event.data).unwrap()
 }
 
+/// A topic deleted and created again at once (a deploy that recreates its
+/// topics) is no deleted topic to its open streams: they end without
+/// `topic_deleted`, and come back to a `reset` for the new stream. Asked for
+/// between the two, it is unknown.
+#[tokio::test]
+async fn a_topic_created_again_at_once_ends_its_streams_without_topic_deleted() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "deploys", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=deploys"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    publish(&js, "deploys", "old").await;
+    let old_id = client.take(1, T).await[0].id.clone();
+
+    js.delete_stream("SSE_deploys").await.unwrap();
+    eventually(T, "the deleted topic to be unknown", || async {
+        let (status, _) = get(&node.url("/v1/events?topic=deploys"), None).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    create_topic(&js, "deploys", None).await;
+    let rest = client.until_closed(T).await.unwrap();
+    assert!(
+        rest.iter().all(|event| event.event != "topic_deleted"),
+        "{rest:?}"
+    );
+    assert!(client.retry.is_some(), "ended with a retry hint");
+    publish(&js, "deploys", "new").await;
+    let mut back = SseClient::connect(&node.url("/v1/events?topic=deploys"), Some(&old_id))
+        .await
+        .unwrap();
+    let events = back.take(2, T).await;
+    assert_eq!(reset_body(&events[0])["reason"], "stream_recreated");
+    assert_eq!(data_of(&events[1..]), ["new"]);
+}
+
 #[tokio::test]
 async fn deleted_topic_stops_and_recreated_stream_gets_reset() {
     let nats = Nats::start().await;

@@ -78,9 +78,10 @@ pub struct NatsConfig {
 pub struct HttpConfig {
     /// Listen address, `host:port`.
     pub listen: String,
-    /// Seconds between heartbeat comments on an idle stream.
+    /// Seconds a stream may be silent before a heartbeat comment.
     pub heartbeat_seconds: u64,
-    /// Base of the `retry:` hint, in milliseconds.
+    /// Base of the `retry:` hint, in milliseconds; at most 1000 in the hint
+    /// of a stream the node ends itself, so its client comes back at once.
     pub retry_ms: u64,
     /// Random jitter added to `retry_ms`.
     pub retry_jitter_ms: u64,
@@ -222,7 +223,8 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
     /// Origins allowed to read streams from a browser; empty = CORS off,
-    /// `["*"]` = any origin (without credentials).
+    /// `["*"]` = any origin (without credentials). Compared without regard
+    /// to case, as browsers send scheme and host in lowercase.
     pub allowed_origins: Vec<String>,
     /// Whether browsers may send cookies (`withCredentials`).
     pub allow_credentials: bool,
@@ -409,6 +411,16 @@ impl Config {
             !(any_origin && cors.allow_credentials),
             "cors.allow_credentials",
             "cannot be true while cors.allowed_origins holds \"*\"; list the origins",
+        );
+        check(
+            !(cors.allowed_origins.is_empty() && cors.allow_credentials),
+            "cors.allow_credentials",
+            "does nothing while cors.allowed_origins is empty (no CORS at all); list the origins that may send cookies",
+        );
+        check(
+            !any_origin || cors.allowed_origins.len() == 1,
+            "cors.allowed_origins",
+            "\"*\" allows every origin and stands alone: give [\"*\"] or list the origins",
         );
         for origin in cors.allowed_origins.iter().filter(|o| *o != "*") {
             check(
@@ -689,6 +701,21 @@ mod tests {
         );
         let err = both.unwrap_err().to_string();
         assert!(err.contains("cors.allow_credentials"), "{err}");
+        let err = with("cors.allow_credentials", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cors.allow_credentials") && err.contains("empty"),
+            "{err}"
+        );
+        let err = with("cors.allowed_origins", ["https://a.example", "*"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cors.allowed_origins") && err.contains("stands alone"),
+            "{err}"
+        );
+        with("cors.allowed_origins", ["HTTPS://A.Example:8443"]).unwrap();
         let secret = with("auth.jwt.hs256_secret", "0123456789abcdef0123456789abcdef").unwrap();
         assert_eq!(format!("{:?}", secret.auth.jwt.hs256_secret), "<redacted>");
     }

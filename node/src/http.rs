@@ -257,7 +257,8 @@ pub fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
             config
                 .allowed_origins
                 .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
+                // A browser's `Origin` is in lowercase.
+                .filter_map(|o| HeaderValue::from_str(&o.to_ascii_lowercase()).ok()),
         )
     };
     Some(

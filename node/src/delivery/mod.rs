@@ -821,6 +821,8 @@ impl ClientStream {
             }
         }
         let config = self.node.config();
+        // A stream the node ends is to resume elsewhere at once: a drain
+        // spreads its closes over its window, not over the clients' waits.
         let retry = config.http.retry_ms.min(1000) + fastrand::u64(0..=config.http.retry_jitter_ms);
         last.push_str(&format!("retry: {retry}\n\n"));
         Bytes::from(last)

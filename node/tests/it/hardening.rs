@@ -450,7 +450,10 @@ async fn cors_preflight_and_stream_answer_allowed_origins_only() {
     let node = NodeProc::start(
         &nats.url(),
         &[
-            ("SSE_CORS__ALLOWED_ORIGINS", "[\"https://app.example\"]"),
+            (
+                "SSE_CORS__ALLOWED_ORIGINS",
+                "[\"https://app.example\", \"HTTPS://Other.Example:8443\"]",
+            ),
             ("SSE_CORS__ALLOW_CREDENTIALS", "true"),
             ("SSE_CORS__MAX_AGE_SECONDS", "300"),
         ],
@@ -489,6 +492,13 @@ async fn cors_preflight_and_stream_answer_allowed_origins_only() {
         .to_ascii_lowercase();
     assert!(allow_headers.contains("authorization"), "{allow_headers}");
     assert!(allow_headers.contains("last-event-id"), "{allow_headers}");
+
+    // Listed in capitals, asked for as a browser serializes its origin.
+    let other = preflight("https://other.example:8443").await.unwrap();
+    assert_eq!(
+        other.headers()["access-control-allow-origin"],
+        "https://other.example:8443"
+    );
 
     let refused = preflight("https://evil.example").await.unwrap();
     assert!(

@@ -27,7 +27,7 @@ SPECIAL = {
     ("nats", "url"): {"type": "string", "pattern": "^(nats|tls)://"},
 }
 # Never in a ConfigMap: these come from the Secret.
-SECRET_KEYS = {("admin", "token")}
+SECRET_KEYS = {("admin", "token"), ("auth.jwt", "hs256_secret")}
 
 
 def key_schema(section: str, key: str, value) -> dict:
@@ -63,7 +63,8 @@ def expected(component: str) -> dict | None:
         return None
     return config_schema(tomllib.loads(path.read_text()),
                          f"sse-{component} configuration (keys of {component}/config.default.toml)"
-                         + ("; the token comes from the Secret" if component == "admin" else ""))
+                         + ("; the token comes from the Secret" if component == "admin"
+                            else "; the HS256 secret comes from secrets.jwtKeys, as hs256_secret_file"))
 
 
 def main() -> None:

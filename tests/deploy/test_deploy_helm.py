@@ -53,6 +53,7 @@ def test_values_match_schema(values_file):
     {"node": {"config": {"log": {"format": "xml"}}}},
     {"node": {"replicas": 3}},
     {"admin": {"config": {"admin": {"token": "in-a-configmap"}}}},
+    {"node": {"config": {"auth": {"jwt": {"hs256_secret": "x" * 40}}}}},
     {"node": {"preStopSeconds": 0}},
 ])
 def test_schema_rejects_typos_and_misplaced_secrets(bad):
@@ -430,8 +431,8 @@ def test_notes_explain_access():
 def test_config_schema_tracks_config_default_toml(component):
     """values.schema.json lists exactly the keys (and types) of
     <component>/config.default.toml, so the chart never passes a key the
-    service refuses, nor hides a new one. admin.token is left out: it only
-    comes from the Secret."""
+    service refuses, nor hides a new one. admin.token and the node's
+    auth.jwt.hs256_secret are left out: they only come from Secrets."""
     import sync_config_schema
 
     want = sync_config_schema.expected(component)
@@ -441,6 +442,9 @@ def test_config_schema_tracks_config_default_toml(component):
     assert have == want, "run `python3 tests/deploy/sync_config_schema.py`"
     if component == "admin":
         assert "token" not in have["properties"]["admin"]["properties"]
+    else:
+        jwt = have["properties"]["auth"]["properties"]["jwt"]["properties"]
+        assert "hs256_secret" not in jwt and "hs256_secret_file" in jwt
 
 
 @pytest.mark.parametrize("extra", [

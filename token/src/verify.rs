@@ -32,10 +32,14 @@ const MAX_STREAM_AUTHORIZATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The shortest HS256 secret a node accepts: shorter ones are guessable.
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
-/// The secret held in a file's text: a file written by hand or by a
-/// Kubernetes Secret may end in a newline, which is not part of it.
-pub fn secret_from_file_text(text: &str) -> &str {
-    text.trim_end_matches(['\r', '\n'])
+/// The secret held in a file: a file of text (written by hand, or by a
+/// Kubernetes Secret) may end in a line end, which is not part of it; a
+/// file of random bytes (`openssl rand 32 > secret`) is taken whole.
+pub fn secret_from_file(bytes: &[u8]) -> &[u8] {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.trim_end_matches(['\r', '\n']).as_bytes(),
+        Err(_) => bytes,
+    }
 }
 
 /// Why a token was refused. Every variant but [`AuthError::Forbidden`] is a
@@ -173,10 +177,13 @@ impl Verifier {
             jwt.hs256_secret_file.is_empty(),
         ) {
             (true, true) => None,
-            (false, true) => Some((jwt.hs256_secret.0.clone(), "auth.jwt.hs256_secret")),
-            (true, false) => match std::fs::read_to_string(&jwt.hs256_secret_file) {
-                Ok(text) => Some((
-                    secret_from_file_text(&text).to_owned(),
+            (false, true) => Some((
+                jwt.hs256_secret.0.clone().into_bytes(),
+                "auth.jwt.hs256_secret",
+            )),
+            (true, false) => match std::fs::read(&jwt.hs256_secret_file) {
+                Ok(bytes) => Some((
+                    secret_from_file(&bytes).to_vec(),
                     "auth.jwt.hs256_secret_file",
                 )),
                 Err(e) => {
@@ -203,7 +210,7 @@ impl Verifier {
             keys.push(Key {
                 algorithm: Algorithm::HS256,
                 kid: None,
-                key: DecodingKey::from_secret(secret.as_bytes()),
+                key: DecodingKey::from_secret(&secret),
             });
         }
         let pem_keys: [(Algorithm, &str, &str, &'static str, &'static str); 2] = [
@@ -527,6 +534,33 @@ mod tests {
         c.hs256_secret = Secret(SECRET.into());
         let problems = Verifier::from_config(&c).unwrap_err();
         assert_eq!(problems[0].0, "auth.jwt.hs256_secret_file");
+    }
+
+    /// A file of random bytes is a secret as it is, a line end included;
+    /// only a file of text loses its line end.
+    #[test]
+    fn reads_an_hs256_secret_of_random_bytes_whole() {
+        let secret: Vec<u8> = (0u8..40)
+            .map(|i| i.wrapping_mul(97) | 0x80)
+            .chain([b'\n'])
+            .collect();
+        assert!(std::str::from_utf8(&secret).is_err());
+        assert_eq!(secret_from_file(&secret), &secret[..]);
+        assert_eq!(secret_from_file(b"text\r\n"), b"text");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, &secret).unwrap();
+        let mut c = config();
+        c.hs256_secret = Secret(String::new());
+        c.hs256_secret_file = path.to_str().unwrap().to_owned();
+        let v = Verifier::from_config(&c).unwrap();
+        let signed = encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"exp": now() + 60}),
+            &EncodingKey::from_secret(&secret),
+        )
+        .unwrap();
+        assert!(v.verify(&signed).is_ok());
     }
 
     #[test]

@@ -70,8 +70,13 @@ fn signing_key(args: &SigningKeyArgs) -> Result<SigningKey, Error> {
         ));
     }
     let key = if let Some(path) = &args.hs256_secret_file {
-        let text = read(path, "the HS256 secret file")?;
-        SigningKey::hs256(sse_token::verify::secret_from_file_text(&text).as_bytes())
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::Usage(format!(
+                "cannot read the HS256 secret file {}: {e}",
+                path.display()
+            ))
+        })?;
+        SigningKey::hs256(sse_token::verify::secret_from_file(&bytes))
     } else if let Some(path) = &args.rs256_key {
         SigningKey::rs256_pem(read(path, "the RS256 key")?.as_bytes())
     } else if let Some(path) = &args.es256_key {

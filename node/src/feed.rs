@@ -1487,7 +1487,13 @@ impl Reader {
         }
         let path = subject.get(self.path_offset..).unwrap_or_default();
         let event = Event::encode(&self.ctx, seq, path, published, headers, payload);
-        if let Some(reason) = event.invalid {
+        // Counted as the feed reads it live, once: read again to warm a new
+        // feed's history up (after the last one stopped, or on another
+        // node start), it would count again and wake the alert on it for
+        // an event long known.
+        if let Some(reason) = event.invalid
+            && seq > self.feed.live_from
+        {
             self.metrics
                 .invalid_events
                 .with_label_values(&[reason.as_str()])

@@ -81,6 +81,31 @@ async fn headers_data_lines_names_and_invalid_events() {
         let series = format!("sse_invalid_events_total{{reason=\"{reason}\"}}");
         assert_eq!(node.metric(&series).await, 1.0, "{series}");
     }
+
+    // Read again from history, on a node that starts after them and on
+    // this one, they are the same `invalid` events, counted no more: a
+    // count per reading would wake the alert on them again.
+    let later = NodeProc::start(&nats.url(), &[("SSE_DELIVERY__MAX_EVENT_BYTES", "1000")]).await;
+    let from_start = events[0].id.replace(":1", ":0");
+    for (name, node) in [("later", &later), ("first", &node)] {
+        let mut again = SseClient::connect(&node.url("/v1/events?topic=news"), Some(&from_start))
+            .await
+            .unwrap();
+        let replayed = again.take(6, T).await;
+        let kinds: Vec<&str> = replayed.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "headline", "message", "invalid", "invalid", "invalid", "message"
+            ],
+            "{name}"
+        );
+    }
+    for reason in ["bad_event_name", "invalid_utf8", "too_large"] {
+        let series = format!("sse_invalid_events_total{{reason=\"{reason}\"}}");
+        assert_eq!(later.metric(&series).await, 0.0, "later: {series}");
+        assert_eq!(node.metric(&series).await, 1.0, "first: {series}");
+    }
 }
 
 /// An event published straight to NATS under a name the node gives its

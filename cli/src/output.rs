@@ -1,8 +1,49 @@
 //! Printing results: aligned tables for people, JSON for scripts.
 
+use std::io::Write;
+
 use serde_json::Value;
 
 use crate::args::Format;
+
+/// Prints a line to stdout, as `println!` does, ending the process when
+/// stdout cannot take it ([`stdout_failed`]).
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::output::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::print_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes `text` and a line end to stdout; see [`outln!`].
+pub fn print_line(text: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        stdout_failed(&error);
+    }
+}
+
+/// Writes `bytes` to stdout as they are; see [`outln!`].
+pub fn print_bytes(bytes: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        stdout_failed(&error);
+    }
+}
+
+/// Ends the process after a failed write to stdout: quietly and with
+/// success when its reader went away (`ssectl … | head`), as Unix tools
+/// do; with exit 1 and why otherwise (a full disk), never with a panic.
+pub fn stdout_failed(error: &std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("ssectl: cannot write to stdout: {error}");
+    std::process::exit(1);
+}
 
 /// Where and how a command prints its result.
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +65,7 @@ impl Output {
 
     /// Prints a value as one line of JSON.
     pub fn print_json(&self, value: &Value) {
-        println!("{value}");
+        crate::outln!("{value}");
     }
 }
 
@@ -48,7 +89,7 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
             let pad = widths[i].saturating_sub(cell.chars().count());
             text.extend(std::iter::repeat_n(' ', pad));
         }
-        println!("{}", text.trim_end());
+        crate::outln!("{}", text.trim_end());
     };
     line(&mut headers.iter().copied());
     for row in rows {
@@ -60,7 +101,7 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 pub fn print_pairs(pairs: &[(&str, String)]) {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (key, value) in pairs {
-        println!("{key:width$}  {value}");
+        crate::outln!("{key:width$}  {value}");
     }
 }
 

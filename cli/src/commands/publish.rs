@@ -59,9 +59,9 @@ pub async fn run(settings: &Settings, out: Output, publish: Publish) -> Result<(
                 "last_id": last.get("id"),
             }));
         } else {
-            println!("published {count} events in {seconds:.2} s ({rate:.0} events/s)");
+            crate::outln!("published {count} events in {seconds:.2} s ({rate:.0} events/s)");
             if let Some(id) = last.get("id").and_then(Value::as_str) {
-                println!("last id {id}");
+                crate::outln!("last id {id}");
             }
         }
         return Ok(());
@@ -80,7 +80,7 @@ pub async fn run(settings: &Settings, out: Output, publish: Publish) -> Result<(
     if out.json() {
         out.print_json(&published);
     } else {
-        println!("{}", crate::output::cell(&published["id"]));
+        crate::outln!("{}", crate::output::cell(&published["id"]));
         if published["duplicate"].as_bool() == Some(true) {
             eprintln!(
                 "ssectl: duplicate: an event with this --id was already stored; its id is shown"

@@ -57,7 +57,7 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
             "unavailable_topics": unavailable,
         }));
     } else {
-        println!(
+        crate::outln!(
             "admin {}: NATS {}",
             admin.base(),
             if nats_connected {
@@ -72,9 +72,9 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
                 .iter()
                 .map(|(name, state)| format!("{name} {}", state.as_str().unwrap_or("?")))
                 .collect();
-            println!("NATS servers holding topics: {}", said.join(", "));
+            crate::outln!("NATS servers holding topics: {}", said.join(", "));
         }
-        println!();
+        crate::outln!();
         let rows: Vec<Vec<String>> = nodes
             .iter()
             .map(|n| {
@@ -103,11 +103,11 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
             &rows,
         );
         if let (true, Some(ttl)) = (nodes.is_empty(), ttl_seconds) {
-            println!(
+            crate::outln!(
                 "no node has reported in the last {ttl} s: none is up, or none can write its report to NATS"
             );
         }
-        println!();
+        crate::outln!();
         let rows: Vec<Vec<String>> = topics
             .as_array()
             .map(Vec::as_slice)
@@ -128,7 +128,7 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
             &rows,
         );
         if let Some(note) = crate::commands::topic::unavailable_note(&unavailable) {
-            println!("{note}");
+            crate::outln!("{note}");
         }
     }
     if !nats_connected {

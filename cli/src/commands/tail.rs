@@ -20,10 +20,7 @@
 //! a round of the URLs that reaches none ends it with exit 3; once the tail
 //! has run, it keeps trying until `--give-up-after` passes without a node.
 
-use std::{
-    io::Write,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::{StatusCode, header};
@@ -203,9 +200,7 @@ async fn read_once(
                     .map_err(|e| Error::Failed(format!("node at {base} sent a bad stream: {e}")))?;
                 for item in items {
                     let Item::Event(event) = item else { continue };
-                    if !print_event(out, &event) {
-                        return Ok(None);
-                    }
+                    print_event(out, &event);
                     if event.event != "reset" && event.event != "topic_deleted" {
                         *printed += 1;
                         if tail.count.is_some_and(|n| *printed >= n) {
@@ -225,8 +220,9 @@ async fn read_once(
     Ok(Some(Ended::Dropped(why)))
 }
 
-/// Prints one event; `false` when stdout is gone (`| head`).
-fn print_event(out: Output, event: &Event) -> bool {
+/// Prints one event (a stdout that fails ends the process:
+/// [`crate::output::stdout_failed`]).
+fn print_event(out: Output, event: &Event) {
     let text = if out.json() {
         json!({ "id": event.id, "event": event.event, "data": event.data }).to_string()
     } else if event.event == "reset" {
@@ -241,10 +237,7 @@ fn print_event(out: Output, event: &Event) -> bool {
         let data = event.data.replace('\n', "\n    ");
         format!("{}  {}  {data}", event.id, event.event)
     };
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{text}")
-        .and_then(|()| stdout.flush())
-        .is_ok()
+    crate::outln!("{text}");
 }
 
 /// A `reset` event as a notice people cannot miss.

@@ -42,7 +42,7 @@ fn run_mint(out: Output, mint: Mint) -> Result<(), Error> {
             "expires_at": minted.expires_at,
         }));
     } else {
-        println!("{}", minted.token);
+        crate::outln!("{}", minted.token);
     }
     Ok(())
 }
@@ -152,7 +152,7 @@ fn run_check(out: Output, check: Check) -> Result<(), Error> {
                     "paths": check.path,
                 }));
             } else {
-                println!(
+                crate::outln!(
                     "valid: a node with these keys accepts it{} (expires in {})",
                     if check.path.is_empty() {
                         String::new()

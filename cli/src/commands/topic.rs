@@ -58,7 +58,7 @@ pub async fn run(settings: &Settings, out: Output, command: TopicCommand) -> Res
             if out.json() {
                 out.print_json(&purged);
             } else {
-                println!(
+                crate::outln!(
                     "purged {} events from {name}",
                     output::cell(&purged["purged"])
                 );
@@ -73,7 +73,7 @@ pub async fn run(settings: &Settings, out: Output, command: TopicCommand) -> Res
             if out.json() {
                 out.print_json(&json!({ "removed": name.as_str() }));
             } else {
-                println!("removed topic {name}");
+                crate::outln!("removed topic {name}");
             }
         }
     }

@@ -234,3 +234,49 @@ async fn commands_that_reach_no_server_ignore_the_settings_for_servers() {
     })
     .await;
 }
+
+/// Output cut short by its reader (`ssectl … | head`) ends the command
+/// quietly, with success, as Unix tools do; output that cannot be written
+/// at all (a full disk) ends it with exit 1 and why. Never a panic.
+#[test]
+fn a_closed_stdout_ends_quietly_and_a_full_one_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    let mint = [
+        "token",
+        "mint",
+        "--sub",
+        "alice",
+        "--grant",
+        "a.>",
+        "--hs256-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    for args in [&["completions", "bash"][..], &["completions", "zsh"], &mint] {
+        let mut child = std::process::Command::new(crate::support::ssectl_binary())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let closed = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&closed.stderr);
+        assert!(closed.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+
+        let full = std::process::Command::new(crate::support::ssectl_binary())
+            .args(args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&full.stderr);
+        assert_eq!(full.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot write to stdout"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -9,6 +9,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.is_empty() {
         return Err("an empty duration".to_owned());
     }
+    if text.contains(['.', ',']) {
+        return Err(format!(
+            "{text:?}: give whole numbers of a unit, such as 90m rather than 1.5h"
+        ));
+    }
     if let Ok(seconds) = text.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
@@ -67,6 +72,11 @@ pub fn parse_whole_seconds(text: &str) -> Result<Duration, String> {
 /// also written `K`, `M`, `G`, `T`) or `10KB`, `2GB` (powers of 1000).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
+    if text.contains(['.', ',']) {
+        return Err(format!(
+            "{text:?}: give whole numbers of a unit, such as 1536MiB rather than 1.5GiB"
+        ));
+    }
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
         return Err(format!(
@@ -112,6 +122,10 @@ mod tests {
         for bad in ["", "s", "5x", "1h 5m", "99999999999999999999w"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+        for fraction in ["1.5h", "0,5d"] {
+            let error = parse_duration(fraction).unwrap_err();
+            assert!(error.contains("whole numbers"), "{fraction:?}: {error}");
+        }
     }
 
     #[test]
@@ -133,5 +147,7 @@ mod tests {
         for bad in ["", "MiB", "5 parsecs", "99999999999999999999TiB"] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
+        let error = parse_size("1.5GiB").unwrap_err();
+        assert!(error.contains("whole numbers"), "{error}");
     }
 }

@@ -186,6 +186,21 @@ def test_chart_refuses_an_ingress_read_timeout_within_two_heartbeats():
     assert ann["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "180"
 
 
+@pytest.mark.parametrize("bad, says", [
+    ({"ingress": {"enabled": True, "hosts": []}}, "ingress.hosts is empty"),
+    ({"ingress": {"admin": {"enabled": True}}}, "ingress.enabled=true too"),
+    ({"node": {"autoscaling": {"enabled": True, "minReplicas": 4, "maxReplicas": 2}}}, "minReplicas"),
+    ({"secrets": {"adminToken": "t" * 32, "existingSecret": "mine"}}, "existingSecret"),
+])
+def test_chart_refuses_values_that_would_render_what_does_not_work(bad, says):
+    with pytest.raises(helm.HelmError, match=says):
+        render_chart(extra=bad)
+    # An Ingress of admin's host alone has a rule.
+    admin_only = {"ingress": {"enabled": True, "hosts": [], "admin": {"enabled": True}}}
+    rules = one(chart_objects(extra=admin_only), "Ingress")["spec"]["rules"]
+    assert [rule["host"] for rule in rules] == ["sse-admin.example.com"]
+
+
 def test_chart_refuses_no_nats_at_all():
     with pytest.raises(helm.HelmError, match="externalNats.url"):
         render_chart(extra={"nats": {"enabled": False}})

@@ -111,6 +111,16 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     let mut json = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut json).map_err(|err| {
         let path = err.path().to_string();
+        // serde names the Rust type it wanted ("expected struct
+        // CreateTopic with 9 elements"): a client is told what to send.
+        if err.inner().to_string().contains("expected struct ") {
+            let place = if path.is_empty() || path == "." {
+                "the body".to_owned()
+            } else {
+                path
+            };
+            return Error::BadRequest(format!("invalid JSON body: {place} must be a JSON object"));
+        }
         if path.is_empty() || path == "." {
             Error::BadRequest(format!("invalid JSON body: {}", err.inner()))
         } else {
@@ -183,6 +193,22 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body of the wrong JSON kind is told to be an object, without the
+    /// name of a Rust type.
+    #[test]
+    fn a_body_that_is_no_object_is_told_so() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Wanted {
+            _name: String,
+        }
+        for body in [&b"[]"[..], b"\"x\"", b"7"] {
+            let Err(Error::BadRequest(message)) = parse_json::<Wanted>(body) else {
+                panic!("{body:?} accepted");
+            };
+            assert_eq!(message, "invalid JSON body: the body must be a JSON object");
+        }
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -112,7 +112,29 @@ pub fn init(config: &LogConfig, service_name: &'static str) -> Telemetry {
     Telemetry { provider }
 }
 
+/// Whether `endpoint` is a URL the OTLP/HTTP exporter can post to.
+fn otlp_http_endpoint(endpoint: &str) -> bool {
+    let lower = endpoint.trim().to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
 fn trace_provider(service_name: &'static str) -> Result<SdkTracerProvider, String> {
+    // The exporter takes a `grpc://` endpoint, or one without a scheme, and
+    // then posts OTLP/HTTP where a collector waits for gRPC: nothing
+    // arrives, and nothing says why.
+    for name in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ] {
+        if let Ok(endpoint) = std::env::var(name)
+            && !endpoint.is_empty()
+            && !otlp_http_endpoint(&endpoint)
+        {
+            return Err(format!(
+                "{name} is {endpoint:?}: give an http:// or https:// URL of a collector's OTLP/HTTP port (usually 4318); the node does not speak OTLP/gRPC"
+            ));
+        }
+    }
     // The exporter's HTTP client speaks TLS to an `https://` endpoint with
     // rustls, which wants one crypto provider per process: ring, as the
     // node's own TLS. A second call finds it set.
@@ -149,4 +171,25 @@ impl Extractor for NatsHeaders<'_> {
 pub fn continue_trace(span: &Span, headers: &HeaderMap) {
     let parent = TraceContextPropagator::new().extract(&NatsHeaders(headers));
     let _ = span.set_parent(parent);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only http(s) URLs are taken; a gRPC URL or a bare address would be
+    /// posted to as OTLP/HTTP and lose every span without a word.
+    #[test]
+    fn only_http_and_https_endpoints_are_taken() {
+        for good in [
+            "http://otel:4318",
+            "HTTPS://otel.example:4318/",
+            " http://a:1",
+        ] {
+            assert!(otlp_http_endpoint(good), "{good:?}");
+        }
+        for bad in ["grpc://otel:4317", "otel:4317", "", "ftp://x"] {
+            assert!(!otlp_http_endpoint(bad), "{bad:?}");
+        }
+    }
 }

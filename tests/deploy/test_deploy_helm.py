@@ -55,6 +55,8 @@ def test_values_match_schema(values_file):
     {"admin": {"config": {"admin": {"token": "in-a-configmap"}}}},
     {"node": {"config": {"auth": {"jwt": {"hs256_secret": "x" * 40}}}}},
     {"node": {"preStopSeconds": 0}},
+    {"otel": {"endpoint": "grpc://otel-collector:4317"}},
+    {"otel": {"endpoint": "otel-collector:4318"}},
 ])
 def test_schema_rejects_typos_and_misplaced_secrets(bad):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):

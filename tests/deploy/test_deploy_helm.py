@@ -193,6 +193,7 @@ def test_chart_refuses_an_ingress_read_timeout_within_two_heartbeats():
     ({"ingress": {"admin": {"enabled": True}}}, "ingress.enabled=true too"),
     ({"node": {"autoscaling": {"enabled": True, "minReplicas": 4, "maxReplicas": 2}}}, "minReplicas"),
     ({"secrets": {"adminToken": "t" * 32, "existingSecret": "mine"}}, "existingSecret"),
+    ({"node": {"config": {"nats": {"subject_prefix": "events"}}}}, "subject_prefix"),
 ])
 def test_chart_refuses_values_that_would_render_what_does_not_work(bad, says):
     with pytest.raises(helm.HelmError, match=says):
@@ -201,6 +202,10 @@ def test_chart_refuses_values_that_would_render_what_does_not_work(bad, says):
     admin_only = {"ingress": {"enabled": True, "hosts": [], "admin": {"enabled": True}}}
     rules = one(chart_objects(extra=admin_only), "Ingress")["spec"]["rules"]
     assert [rule["host"] for rule in rules] == ["sse-admin.example.com"]
+    # One prefix set on both renders.
+    both = {"node": {"config": {"nats": {"subject_prefix": "events"}}},
+            "admin": {"config": {"nats": {"subject_prefix": "events"}}}}
+    assert node_toml(chart_objects(extra=both))["nats"]["subject_prefix"] == "events"
 
 
 def test_chart_refuses_no_nats_at_all():

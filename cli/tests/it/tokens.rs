@@ -197,27 +197,33 @@ fn expired_token(seconds_ago: u64) -> String {
     .unwrap()
 }
 
+/// `token mint` with an HS256 secret written to a file in `dir`.
+fn mint_with_a_secret_file(dir: &std::path::Path) -> Vec<String> {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    [
+        "token",
+        "mint",
+        "--sub",
+        "alice",
+        "--grant",
+        "a.>",
+        "--hs256-secret-file",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([secret.to_str().unwrap().to_owned()])
+    .collect()
+}
+
 /// Commands that reach no server run whatever the settings for reaching
 /// one say: a config file or a CA file that is not there.
 #[tokio::test]
 async fn commands_that_reach_no_server_ignore_the_settings_for_servers() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
-        for args in [
-            vec!["completions", "bash"],
-            vec![
-                "token",
-                "mint",
-                "--sub",
-                "alice",
-                "--grant",
-                "a.>",
-                "--hs256-secret-file",
-                secret.to_str().unwrap(),
-            ],
-        ] {
+        let mint = mint_with_a_secret_file(dir.path());
+        for args in [vec!["completions".to_owned(), "bash".to_owned()], mint] {
             let output = tokio::process::Command::new(crate::support::ssectl_binary())
                 .args(&args)
                 .env("SSECTL_CONFIG", dir.path().join("no-such.toml"))
@@ -241,21 +247,11 @@ async fn commands_that_reach_no_server_ignore_the_settings_for_servers() {
 #[test]
 fn a_closed_stdout_ends_quietly_and_a_full_one_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
-    let mint = [
-        "token",
-        "mint",
-        "--sub",
-        "alice",
-        "--grant",
-        "a.>",
-        "--hs256-secret-file",
-        secret.to_str().unwrap(),
-    ];
-    for args in [&["completions", "bash"][..], &["completions", "zsh"], &mint] {
+    let mint = mint_with_a_secret_file(dir.path());
+    let completions = |shell: &str| vec!["completions".to_owned(), shell.to_owned()];
+    for args in [completions("bash"), completions("zsh"), mint] {
         let mut child = std::process::Command::new(crate::support::ssectl_binary())
-            .args(args)
+            .args(&args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -267,7 +263,7 @@ fn a_closed_stdout_ends_quietly_and_a_full_one_says_so() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
 
         let full = std::process::Command::new(crate::support::ssectl_binary())
-            .args(args)
+            .args(&args)
             .stdout(std::fs::File::create("/dev/full").unwrap())
             .output()
             .unwrap();

@@ -603,10 +603,27 @@ pub async fn create_topic(
 pub async fn list_topics(State(state): State<AppState>) -> Result<Json<TopicList>, Error> {
     let listing = list_infos(&state).await?;
     let subs = subscribers(&state).await;
+    // A nats-server of no cluster lists its streams without a cluster
+    // block (a stream's own info has one): each is on that server.
+    let standalone = state.jetstream().ok().and_then(|js| {
+        let server = js.client().server_info();
+        server.cluster.is_none().then_some(server.server_name)
+    });
     let topics = listing
         .topics
         .iter()
-        .map(|(t, info)| topic_view(t, info, subs.get(t.as_str()).copied().unwrap_or(0)))
+        .map(|(t, info)| {
+            let mut view = topic_view(t, info, subs.get(t.as_str()).copied().unwrap_or(0));
+            if view.placement.is_none()
+                && let Some(server) = &standalone
+            {
+                view.placement = Some(Placement {
+                    leader: Some(server.clone()),
+                    replicas: Vec::new(),
+                });
+            }
+            view
+        })
         .collect();
     Ok(Json(TopicList {
         topics,

@@ -104,6 +104,11 @@ async fn topic_life_cycle() {
             .map(|t| t["name"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["chat", "orders"]);
+        // The listing names the same server, though NATS lists the streams
+        // of a server of no cluster without saying where they are.
+        for listed in list["topics"].as_array().unwrap() {
+            assert_eq!(listed["placement"], *placement, "{listed}");
+        }
 
         // Subject paths, paged and sorted.
         let (status, page) = admin.call("GET", "/v1/topics/orders/subjects?limit=2", None).await;

@@ -58,6 +58,10 @@ pub struct CreateTopic {
     pub max_messages: Option<u64>,
     /// Events kept per subject path; 0 or absent: no limit.
     pub max_messages_per_subject: Option<u64>,
+    /// Largest single event (its data and headers) the topic stores; a
+    /// larger publish is refused (by admin with 413). 0 or absent: the
+    /// NATS server's `max_payload` (1 MiB by default).
+    pub max_message_bytes: Option<u64>,
     /// 1 or 3; default 1.
     pub replicas: Option<u64>,
     /// Consumers the topic's stream may hold: each node reading the topic
@@ -83,6 +87,8 @@ pub struct UpdateTopic {
     pub max_messages: Option<u64>,
     /// New per-subject-path limit.
     pub max_messages_per_subject: Option<u64>,
+    /// New largest single event; 0: the NATS server's `max_payload`.
+    pub max_message_bytes: Option<u64>,
     /// New consumer limit; 0: the NATS server's default.
     pub max_consumers: Option<u64>,
     /// New access.
@@ -265,6 +271,20 @@ fn limit_from_i64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// A largest event as JetStream takes it: -1 leaves the server's
+/// `max_payload` as the bound.
+fn message_size_limit(value: u64) -> Result<i32, Error> {
+    match value {
+        0 => Ok(-1),
+        v => i32::try_from(v).map_err(|_| {
+            Error::BadRequest(format!(
+                "max_message_bytes is {v}; at most {} (0: the NATS server's max_payload)",
+                i32::MAX
+            ))
+        }),
+    }
+}
+
 /// A consumer limit as JetStream takes it: -1 leaves the server's default.
 fn consumer_limit(value: u64) -> Result<i32, Error> {
     match value {
@@ -319,6 +339,7 @@ fn stream_config(
             "max_messages_per_subject",
             body.max_messages_per_subject.unwrap_or(0),
         )?,
+        max_message_size: message_size_limit(body.max_message_bytes.unwrap_or(0))?,
         num_replicas: replicas,
         max_consumers: consumer_limit(body.max_consumers.unwrap_or(default_max_consumers))?,
         storage: match body.storage.unwrap_or(Storage::File) {
@@ -693,6 +714,9 @@ pub async fn update_topic(
     }
     if let Some(v) = body.max_messages_per_subject {
         config.max_messages_per_subject = limit_to_i64("max_messages_per_subject", v)?;
+    }
+    if let Some(v) = body.max_message_bytes {
+        config.max_message_size = message_size_limit(v)?;
     }
     if let Some(v) = body.max_consumers {
         config.max_consumers = consumer_limit(v)?;

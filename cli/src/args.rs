@@ -153,6 +153,10 @@ pub struct TopicCreate {
     /// Drop the oldest events beyond this many.
     #[arg(long, value_name = "N")]
     pub max_messages: Option<u64>,
+    /// Refuse a single event larger than this (data and headers), e.g.
+    /// `64KiB`; default: the NATS server's `max_payload`.
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]
+    pub max_message_bytes: Option<u64>,
     /// Consumers the topic's stream may hold (node feeds and resumes);
     /// default: admin's `topic_max_consumers`; 0: the NATS server's default.
     #[arg(long, value_name = "N")]

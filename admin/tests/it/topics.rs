@@ -94,7 +94,10 @@ async fn topic_life_cycle() {
         );
         assert_eq!(placement["replicas"], json!([]), "{placement}");
 
-        admin.create_topic(json!({"name": "chat", "storage": "memory", "access": "private"})).await;
+        let chat = admin
+            .create_topic(json!({"name": "chat", "storage": "memory", "access": "private", "max_message_bytes": 65536}))
+            .await;
+        assert_eq!(chat["settings"]["max_message_bytes"], 65536);
         let (status, list) = admin.call("GET", "/v1/topics", None).await;
         assert_eq!(status, 200);
         let names: Vec<&str> = list["topics"]
@@ -175,6 +178,38 @@ async fn topic_life_cycle() {
         let (_, topic) = admin.call("GET", "/v1/topics/orders", None).await;
         assert_eq!(topic["messages"], 0);
         assert_eq!(topic["last_sequence"], 5, "a purge keeps sequences");
+
+        // The largest event: set, then kept by JetStream and enforced on
+        // publish; 0 gives the bound back to the server.
+        let (status, patched) = admin
+            .call("PATCH", "/v1/topics/orders", Some(json!({"max_message_bytes": 2048})))
+            .await;
+        assert_eq!(status, 200, "{patched}");
+        assert_eq!(patched["settings"]["max_message_bytes"], 2048);
+        assert_eq!(stream.info().await.unwrap().config.max_message_size, 2048);
+        let publish = |data: String| {
+            admin.call(
+                "POST",
+                "/v1/topics/orders/events",
+                Some(json!({"subject": "orders.9", "data": data})),
+            )
+        };
+        assert_error(&publish("x".repeat(2049)).await, 413, "2048");
+        let direct = js.publish("sse.orders.9", vec![b'x'; 4096].into()).await.unwrap().await;
+        assert!(direct.is_err(), "JetStream keeps the bound for publishers of its own");
+        let (status, patched) = admin
+            .call("PATCH", "/v1/topics/orders", Some(json!({"max_message_bytes": 0})))
+            .await;
+        assert_eq!(status, 200, "{patched}");
+        assert_eq!(patched["settings"]["max_message_bytes"], 0);
+        assert_eq!(publish("x".repeat(4096)).await.0, 200);
+        assert_error(
+            &admin
+                .call("PATCH", "/v1/topics/orders", Some(json!({"max_message_bytes": 1u64 << 40})))
+                .await,
+            400,
+            "max_message_bytes",
+        );
 
         let (status, _) = admin.call("DELETE", "/v1/topics/orders", None).await;
         assert_eq!(status, 204);

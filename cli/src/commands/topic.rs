@@ -101,6 +101,9 @@ fn create_body(create: &TopicCreate) -> Result<Value, Error> {
     if let Some(messages) = create.max_messages {
         body.insert("max_messages".into(), json!(messages));
     }
+    if let Some(bytes) = create.max_message_bytes {
+        body.insert("max_message_bytes".into(), json!(bytes));
+    }
     if let Some(consumers) = create.max_consumers {
         body.insert("max_consumers".into(), json!(consumers));
     }
@@ -164,6 +167,13 @@ fn print_topic(out: Output, topic: &Value) {
             },
         ),
         ("max messages", limit(&s["max_messages"])),
+        (
+            "max event size",
+            match s["max_message_bytes"].as_u64() {
+                Some(0) | None => "the NATS server's max_payload".to_owned(),
+                Some(n) => output::bytes(n),
+            },
+        ),
         (
             "max consumers",
             match s["max_consumers"].as_u64() {

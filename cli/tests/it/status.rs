@@ -8,7 +8,10 @@ use crate::support::{Cluster, bounded, eventually};
 async fn status_shows_nodes_nats_and_topics() {
     bounded(async {
         let mut cluster = Cluster::start(1).await;
-        cluster.create_topic("cli-watched", &[]).await;
+        let created = cluster
+            .create_topic("cli-watched", &["--max-message-bytes", "64KiB"])
+            .await;
+        assert_eq!(created["settings"]["max_message_bytes"], 65536, "{created}");
         // A subscriber, so the topic shows one.
         let mut tail = cluster
             .ssectl()

@@ -38,10 +38,17 @@
 //!   connections from one address are closed at once.
 //! - `tls_handshake`: a handshake not done in `tls.handshake_timeout_seconds`.
 //!
-//! On shutdown the listener closes, every connection is asked to finish
-//! gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the response), and
-//! [`serve`] returns once all are gone; the SSE streams themselves end on the
-//! node's cancellation token.
+//! When the node starts to drain, every connection hyper serves is asked to
+//! finish gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the response)
+//! once it has had a request, while its streams run on: a client then
+//! opens its next request, a stream's reconnection included, on a new
+//! connection, which the load balancer sends to a node still serving,
+//! rather than on the draining node's connection, which would answer 503
+//! (an `EventSource` ends for good on any answer but 200). The listener
+//! still accepts during the drain, so that a new request is told 503 and
+//! why. Once the drain is over the listener closes, the connections not
+//! yet asked are asked, and [`serve`] returns once all are gone; the SSE
+//! streams themselves end on the node's cancellation token.
 //!
 //! hyper stops polling a response body while the socket will not take more
 //! bytes, so a client that stops reading would never notice its own lag: it
@@ -58,7 +65,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -78,6 +85,7 @@ use socket2::SockRef;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
+    sync::Notify,
     time::{Instant, Sleep},
 };
 use tokio_rustls::{
@@ -145,11 +153,13 @@ pub fn tls_acceptor(config: &TlsConfig, h2: bool) -> Result<TlsAcceptor, String>
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled, then waits for
-/// every connection to finish.
+/// every connection to finish. Once `drain` is cancelled, each connection
+/// hyper serves is asked to finish after its open requests.
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
     tls: Option<TlsAcceptor>,
+    drain: CancellationToken,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let node = state.node().clone();
@@ -233,6 +243,8 @@ pub async fn serve(
             builders: builders.clone(),
             router: router.clone(),
             watcher: graceful.watcher(),
+            drain: drain.clone(),
+            stop: stop.clone(),
             node: node.clone(),
             idle,
         };
@@ -296,6 +308,9 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // Each connection hyper serves holds a watcher, and a lean stream holds
+    // one: this waits until all are gone. They were asked to finish on
+    // `drain` or `stop` (see `Hyper::serve`).
     graceful.shutdown().await;
     Ok(())
 }
@@ -431,7 +446,13 @@ enum After {
 struct Hyper {
     builders: Arc<Builders>,
     router: Router,
+    /// Held until the connection is gone, for the server's last wait.
     watcher: Watcher,
+    /// The node's drain: the connection is asked to finish once it has
+    /// had a request.
+    drain: CancellationToken,
+    /// The server's stop: the connection is asked to finish at once.
+    stop: CancellationToken,
     node: Node,
     /// `http.idle_timeout_seconds`; zero: off.
     idle: Duration,
@@ -458,32 +479,50 @@ impl Hyper {
             After::Nothing => &self.builders.kept_alive,
             After::Lean => &self.builders.one_request,
         };
-        let connection = builder.serve_connection(TokioIo::new(io), service);
-        let mut watched = std::pin::pin!(self.watcher.watch(connection));
-        let served = if self.idle.is_zero() {
-            watched.await
-        } else {
-            loop {
-                let recheck = open.idle_deadline(self.idle);
-                tokio::select! {
-                    served = &mut watched => break served,
-                    () = tokio::time::sleep_until(recheck) => {
-                        if open.idle_for() >= self.idle {
-                            self.node
-                                .metrics()
-                                .limit_rejections
-                                .with_label_values(&["idle_timeout"])
-                                .inc();
-                            debug!("closing a connection with no request for the idle timeout");
-                            return;
-                        }
+        let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
+        let mut asked_to_finish = std::pin::pin!(finish_asked(&self.drain, &self.stop, &open));
+        let mut finishing = false;
+        let served = loop {
+            let recheck = open.idle_deadline(self.idle);
+            tokio::select! {
+                served = &mut connection => break served,
+                () = &mut asked_to_finish, if !finishing => {
+                    finishing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep_until(recheck), if !self.idle.is_zero() => {
+                    if open.idle_for() >= self.idle {
+                        self.node
+                            .metrics()
+                            .limit_rejections
+                            .with_label_values(&["idle_timeout"])
+                            .inc();
+                        debug!("closing a connection with no request for the idle timeout");
+                        return;
                     }
                 }
             }
         };
+        drop(self.watcher);
         if let Err(error) = served {
             note_connection_error(&self.node, error.as_ref());
         }
+    }
+}
+
+/// Resolves when a connection hyper serves is to finish gracefully: at
+/// once on `stop`; on `drain`, once the connection has had a request. A
+/// connection asked before its first request would be closed without an
+/// answer (hyper drops one whose protocol it has not read yet), where a
+/// client that connects during the drain is to be told 503 and why.
+async fn finish_asked(drain: &CancellationToken, stop: &CancellationToken, open: &OpenRequests) {
+    let drained_after_a_request = async {
+        drain.cancelled().await;
+        open.first_request().await;
+    };
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = drained_after_a_request => {}
     }
 }
 
@@ -491,6 +530,9 @@ impl Hyper {
 /// open until its body ends), and since when none has been.
 struct OpenRequests {
     open: AtomicUsize,
+    /// Whether a request has begun on the connection, and who waits for one.
+    had_a_request: AtomicBool,
+    first: Notify,
     /// When the count last fell to zero, in milliseconds from `born`.
     none_since_ms: AtomicU64,
     born: Instant,
@@ -500,6 +542,8 @@ impl OpenRequests {
     fn new() -> Self {
         Self {
             open: AtomicUsize::new(0),
+            had_a_request: AtomicBool::new(false),
+            first: Notify::new(),
             none_since_ms: AtomicU64::new(0),
             born: Instant::now(),
         }
@@ -512,6 +556,21 @@ impl OpenRequests {
         }
         let since = self.born + Duration::from_millis(self.none_since_ms.load(Ordering::Acquire));
         Instant::now().saturating_duration_since(since)
+    }
+
+    /// Resolves once a request has begun on the connection.
+    async fn first_request(&self) {
+        loop {
+            let notified = self.first.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the look, so that a request beginning in
+            // between is not missed.
+            notified.as_mut().enable();
+            if self.had_a_request.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// When to look again: when the connection would have been idle for
@@ -527,6 +586,9 @@ struct OpenRequest(Arc<OpenRequests>);
 impl OpenRequest {
     fn new(requests: Arc<OpenRequests>) -> Self {
         requests.open.fetch_add(1, Ordering::AcqRel);
+        if !requests.had_a_request.swap(true, Ordering::AcqRel) {
+            requests.first.notify_waiters();
+        }
         Self(requests)
     }
 }

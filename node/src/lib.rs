@@ -295,17 +295,20 @@ pub async fn run(
         background.clone(),
     ));
 
+    let server_drain = CancellationToken::new();
     let server_stop = CancellationToken::new();
     let http_state = http::state(node.clone(), verifier, cors);
     let serving = tokio::spawn(connection::serve(
         listener,
         http_state,
         tls,
+        server_drain.clone(),
         server_stop.clone(),
     ));
 
     shutdown.cancelled().await;
     node.set_draining();
+    server_drain.cancel();
     for feed in node.topics().feeds() {
         feed.announce_drain();
     }

@@ -276,7 +276,10 @@ async fn twenty_streams_share_one_tls_connection_negotiated_by_alpn() {
 
 /// Opens five streams of `uri` on `sender`'s connection, sends the node
 /// SIGTERM, and checks that each stream ends with nothing more and that the
-/// node exits well within its drain.
+/// node exits well within its drain. The connection takes no new request
+/// (the node's GOAWAY is in) while streams still run on it: a browser's
+/// reconnection then goes out on a new connection, which a load balancer
+/// sends to a node still serving, not to this one's 503.
 async fn five_streams_drain_on_sigterm(
     sender: &mut http2::SendRequest<Empty<Bytes>>,
     uri: &str,
@@ -290,10 +293,43 @@ async fn five_streams_drain_on_sigterm(
     }
     let started = std::time::Instant::now();
     node.terminate();
-    for client in &mut clients {
-        let rest = client.until_closed(T).await.unwrap();
-        assert!(rest.is_empty(), "{rest:?}");
-    }
+    let refused = async {
+        loop {
+            let request = Request::get(uri)
+                .header("accept", "text/event-stream")
+                .body(Empty::new())
+                .unwrap();
+            let sent = async {
+                sender.ready().await?;
+                sender.send_request(request).await
+            };
+            match tokio::time::timeout(T, sent).await.expect("bounded") {
+                Err(_) => return std::time::Instant::now(),
+                // Before the node has read its signal, or before the GOAWAY
+                // reached this client.
+                Ok(response) => assert!(
+                    matches!(response.status().as_u16(), 200 | 503),
+                    "{:?}",
+                    response.status()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let all_closed = async {
+        for client in &mut clients {
+            let rest = client.until_closed(T).await.unwrap();
+            assert!(rest.is_empty(), "{rest:?}");
+        }
+        std::time::Instant::now()
+    };
+    let (refused_at, closed_at) = tokio::join!(refused, all_closed);
+    assert!(
+        refused_at < closed_at,
+        "new requests were taken until every stream had ended ({:?} after SIGTERM; the last stream ended after {:?})",
+        refused_at - started,
+        closed_at - started
+    );
     let status = node.wait_exit(Duration::from_secs(8)).await.unwrap();
     assert!(status.success(), "{status:?}");
     assert!(

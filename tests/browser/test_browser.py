@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.harness import LOOPBACK, metric_sum, wait_until
+from cluster.harness import LOOPBACK, Proc, free_port, metric_sum, wait_until
 from cluster.workload import FIGURES, Publisher
 
 HERE = Path(__file__).resolve().parent
@@ -345,5 +346,112 @@ def test_a_browser_reaching_a_node_over_tls_streams_on_http2_or_with_h2_off_on_t
             }
             want = {"lean": 0.0, "router": 1.0} if h2 == "on" else {"lean": 1.0, "router": 0.0}
             assert served == want, served
+        finally:
+            browser.close()
+
+
+class L4Balancer:
+    """HAProxy in `mode tcp` before the cluster's nodes, as an L4 balancer
+    (a cloud NLB, a Kubernetes `LoadBalancer` Service) passes TLS through:
+    the browser negotiates TLS and HTTP/2 with a node itself. Its runtime
+    socket takes a node out of rotation, as Kubernetes takes a terminating
+    pod's endpoint out before its SIGTERM; open connections stay."""
+
+    def __init__(self, c, folder: Path) -> None:
+        self.port = free_port()
+        self.socket = folder / "l4.sock"
+        servers = "\n".join(f"    server {n} {LOOPBACK}:{c.node_port(n)}" for n in c.node_names())
+        config = folder / "l4.cfg"
+        config.write_text(
+            f"global\n    stats socket {self.socket} level admin\n"
+            "defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n    timeout server 1h\n"
+            f"frontend l4\n    bind {LOOPBACK}:{self.port}\n    default_backend nodes\n"
+            f"backend nodes\n    balance roundrobin\n{servers}\n"
+        )
+        proc = Proc(name="l4", argv=["haproxy", "-db", "-f", str(config)], env=dict(os.environ), log=folder / "l4.log")
+        # The cluster's own clean-up ends it with the rest.
+        c.procs["l4"] = proc
+        proc.start()
+        wait_until(self._accepts, 15, "the L4 balancer to listen")
+
+    def _accepts(self) -> bool:
+        try:
+            socket.create_connection((LOOPBACK, self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def take_out(self, node: str) -> None:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.socket))
+            s.sendall(f"set server nodes/{node} state maint\n".encode())
+            answer = s.recv(4096).decode().strip()
+        assert answer == "", f"haproxy: {answer}"
+
+
+@pytest.mark.timeout(150)
+def test_a_browser_on_http2_through_an_l4_balancer_keeps_every_eventsource_across_a_drain(
+    node_binary, cluster_factory, topic, tmp_path
+):
+    """TLS passthrough: four EventSources of one page share an HTTP/2
+    connection with a node. That node is taken out of the balancer's rotation
+    and drains while events are published. The node tells the connection to
+    go away as its drain starts, so each EventSource reconnects on a new
+    connection, to the other node, and not on the old one, where the
+    draining node's 503 would end it for good. Each gets every event once."""
+    if not Path(CHROMIUM).exists() or not (TESTS / "node_modules" / "playwright-core").exists():
+        pytest.fail("needs /usr/bin/chromium and tests/node_modules/playwright-core (scripts/install-deps)", pytrace=False)
+    streams, before, during, after = 4, 10, 20, 10
+    total = before + during + after
+    with PageServer() as pages:
+        origin = f"http://{LOOPBACK}:{pages.port}"
+        node_env = {"SSE_CORS__ALLOWED_ORIGINS": json.dumps([origin]), "SSE_SHUTDOWN__DRAIN_SECONDS": "3"}
+        c = cluster_factory(nodes=2, nats_servers=1, topics=[(topic, 1)], node_env=node_env, node_tls=_self_signed(tmp_path))
+        l4 = L4Balancer(c, tmp_path)
+        src = f"https://{LOOPBACK}:{l4.port}/v1/events?topic={topic}"
+        query = f"count={streams}&src={urllib.parse.quote(src, safe='')}"
+        browser = Browser(f"{origin}/page/many.html?{query}", ignore_https_errors=True)
+
+        def received() -> list[list[int]]:
+            return [s.get("received", []) for s in browser.state.get("streams", [])]
+
+        try:
+            try:
+                wait_until(lambda: browser.state.get("opens", 0) >= streams, 30, "every EventSource to open")
+            except TimeoutError:
+                raise AssertionError(f"{browser.state}\n{browser.stderr_tail()}") from None
+            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", before, 50.0).run())
+            wait_until(lambda: all(len(r) >= before for r in received()), 30, "the first events on every stream")
+            serving = {n: metric_sum(c.metrics(n) or {}, "sse_clients_connected") for n in c.node_names()}
+            victim = max(serving, key=serving.get)
+            # One HTTP/2 connection carries them all, served by hyper.
+            assert serving[victim] == streams, serving
+            routed = metric_sum(c.metrics(victim) or {}, "sse_streams_served_total", path="router")
+            assert routed == streams, routed
+
+            l4.take_out(victim)
+            publishing = threading.Thread(
+                target=lambda: asyncio.run(
+                    Publisher(c.nats_urls, f"sse.{topic}", during, 10.0, first=before + 1).run()
+                )
+            )
+            publishing.start()
+            assert c.stop(victim) == 0, c[victim].log_tail()
+            publishing.join(30)
+            assert not publishing.is_alive()
+            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", after, 50.0, first=before + during + 1).run())
+            try:
+                wait_until(lambda: all(len(r) >= total for r in received()), 30, "every event on every stream")
+            except TimeoutError:
+                pass
+            time.sleep(0.5)  # let a duplicate, if any, arrive before judging
+            state = browser.state
+            for stream in state.get("streams", []):
+                assert not stream.get("closed"), state
+                assert stream.get("received") == list(range(1, total + 1)), state
+                assert stream.get("opens", 0) >= 2, state
+            moved = sum(metric_sum(c.metrics(n) or {}, "sse_clients_connected") for n in c.running_nodes())
+            assert moved == streams, moved
         finally:
             browser.close()

@@ -296,15 +296,16 @@ pub async fn publish_event(
             other => break other?,
         }
     };
+    // The topic's own limit (`max_message_bytes`) counts the headers too,
+    // as NATS does: what is left of it is what the data may take.
     if let Ok(stream_limit) = u64::try_from(facts.max_message_size)
         && stream_limit > 0
-        && size > stream_limit
     {
-        state.metrics.publish_failed("too_large");
-        return Err(Error::PayloadTooLarge {
-            size,
-            limit: stream_limit,
-        });
+        let limit = stream_limit.saturating_sub(header_block_bytes(&headers));
+        if size > limit {
+            state.metrics.publish_failed("too_large");
+            return Err(Error::PayloadTooLarge { size, limit });
+        }
     }
 
     let subject = path.nats_subject(state.prefix());

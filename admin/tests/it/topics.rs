@@ -191,10 +191,22 @@ async fn topic_life_cycle() {
             admin.call(
                 "POST",
                 "/v1/topics/orders/events",
-                Some(json!({"subject": "orders.9", "data": data})),
+                Some(json!({"subject": "orders.9", "data": data, "id": "a"})),
             )
         };
-        assert_error(&publish("x".repeat(2049)).await, 413, "2048");
+        // NATS counts the event's headers against the limit, here
+        // "NATS/1.0\r\nNats-Msg-Id: a\r\n\r\n" (28 bytes): the data may
+        // take the rest, and the 413 names what the data may take.
+        assert_error(&publish("x".repeat(2049)).await, 413, "at most 2020");
+        assert_error(&publish("x".repeat(2021)).await, 413, "at most 2020");
+        let (status, body) = admin
+            .call(
+                "POST",
+                "/v1/topics/orders/events",
+                Some(json!({"subject": "orders.9", "data": "x".repeat(2020), "id": "b"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
         let direct = js.publish("sse.orders.9", vec![b'x'; 4096].into()).await.unwrap().await;
         assert!(direct.is_err(), "JetStream keeps the bound for publishers of its own");
         let (status, patched) = admin

@@ -171,7 +171,9 @@ fn print_topic(out: Output, topic: &Value) {
             "max event size",
             match s["max_message_bytes"].as_u64() {
                 Some(0) | None => "the NATS server's max_payload".to_owned(),
-                Some(n) => output::bytes(n),
+                // NATS counts an event's headers against it, as against
+                // max_payload: the data may take somewhat less.
+                Some(n) => format!("{}, headers included", output::bytes(n)),
             },
         ),
         (

@@ -30,8 +30,8 @@ use sse_protocol::{
     Cursor, SubjectPath, TopicName, TopicPosition,
     cursor::epoch_from_unix_nanos,
     headers::{
-        EVENT_NAME_HEADER, INVALID_EVENT_NAME, MAX_EVENT_NAME_BYTES, RESET_EVENT_NAME,
-        TOPIC_DELETED_EVENT_NAME, TRACEPARENT_HEADER, valid_event_name,
+        EVENT_NAME_HEADER, EVENTSOURCE_EVENT_NAMES, INVALID_EVENT_NAME, MAX_EVENT_NAME_BYTES,
+        RESET_EVENT_NAME, TOPIC_DELETED_EVENT_NAME, TRACEPARENT_HEADER, valid_event_name,
     },
 };
 use utoipa::ToSchema;
@@ -187,7 +187,12 @@ pub fn validate_event_name(name: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::BadRequest(format!(
-            "event {name:?} is not a valid event name: 1 to {MAX_EVENT_NAME_BYTES} bytes, no control character, no leading or trailing space, and not {RESET_EVENT_NAME:?}, {INVALID_EVENT_NAME:?} or {TOPIC_DELETED_EVENT_NAME:?}, which the nodes send themselves"
+            "event {name:?} is not a valid event name: 1 to {MAX_EVENT_NAME_BYTES} bytes, no control character, no leading or trailing space, not {RESET_EVENT_NAME:?}, {INVALID_EVENT_NAME:?} or {TOPIC_DELETED_EVENT_NAME:?}, which the nodes send themselves, and not {}, which a browser's EventSource fires itself",
+            EVENTSOURCE_EVENT_NAMES
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(" or ")
         )))
     }
 }

@@ -252,6 +252,13 @@ async fn bad_events_are_refused() {
                 "which the nodes send themselves",
             );
         }
+        for browsers in ["open", "error"] {
+            assert_error(
+                &publish(json!({"subject": "orders.1", "event": browsers, "data": "x"})).await,
+                400,
+                "which a browser's EventSource fires itself",
+            );
+        }
         assert_error(
             &publish(json!({"subject": "orders.1", "event": " padded", "data": "x"})).await,
             400,

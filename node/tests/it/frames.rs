@@ -110,7 +110,9 @@ async fn headers_data_lines_names_and_invalid_events() {
 
 /// An event published straight to NATS under a name the node gives its
 /// own events (`reset`, `invalid`) is not sent under it: a client could not
-/// tell it from the node's. It becomes an `invalid` event.
+/// tell it from the node's. Nor under a name a browser's `EventSource`
+/// fires itself (`open`, `error`), which a page's `onopen` and `onerror`
+/// would take for its stream's. It becomes an `invalid` event.
 #[tokio::test]
 async fn a_publishers_event_named_like_the_nodes_own_becomes_invalid() {
     let nats = Nats::start().await;
@@ -121,20 +123,20 @@ async fn a_publishers_event_named_like_the_nodes_own_becomes_invalid() {
         .await
         .unwrap();
     client.ready().await;
-    for name in ["reset", "invalid", "Reset"] {
+    for name in ["reset", "invalid", "open", "error", "Reset"] {
         publish_with(&js, "own", Some(name), Bytes::from("x")).await;
     }
-    let events = client.take(3, T).await;
-    for event in &events[..2] {
+    let events = client.take(5, T).await;
+    for event in &events[..4] {
         assert_eq!(event.event, "invalid", "{event:?}");
         let body: serde_json::Value = serde_json::from_str(&event.data).unwrap();
         assert_eq!(body["reason"], "bad_event_name");
     }
-    assert_eq!(events[2].event, "Reset");
+    assert_eq!(events[4].event, "Reset");
     assert_eq!(
         node.metric("sse_invalid_events_total{reason=\"bad_event_name\"}")
             .await,
-        2.0
+        4.0
     );
 }
 

@@ -835,9 +835,37 @@ pub async fn purge_topic(
         }
     })?;
     tracing::info!(%topic, subject = ?body.subject, purged = response.purged, "topic purged");
+    if response.purged > 0 {
+        match state.jetstream() {
+            Ok(jetstream) => announce_purge(jetstream, &topic).await,
+            Err(_) => {
+                tracing::warn!(%topic, "purge not announced to the nodes (nats disconnected); they drop the purged events at their next topic listing")
+            }
+        }
+    }
     Ok(Json(Purged {
         purged: response.purged,
     }))
+}
+
+/// Has JetStream announce a purge to the nodes. It announces none of its
+/// own, and a node that holds the purged events in memory would serve them
+/// to resumes until its next topic listing (`nats.topic_refresh_seconds`).
+/// An update of the stream to the config it has changes nothing but
+/// publishes the stream's update advisory, on which every node reads the
+/// stream again and drops what was purged. Failing that, the listing does
+/// it: the purge stands either way.
+async fn announce_purge(jetstream: &async_nats::jetstream::Context, topic: &TopicName) {
+    let announced = async {
+        let stream = jetstream.get_stream(topic.stream_name()).await?;
+        jetstream
+            .update_stream(stream.cached_info().config.clone())
+            .await?;
+        Ok::<_, async_nats::Error>(())
+    };
+    if let Err(error) = announced.await {
+        tracing::warn!(%topic, %error, "purge not announced to the nodes; they drop the purged events at their next topic listing");
+    }
 }
 
 /// List a topic's subject paths with their event counts, a page at a time.

@@ -1,6 +1,7 @@
 //! End to end with a real node: an event published through admin reaches an
 //! SSE client on `sse-node`, with exactly the id admin returned; the node's
-//! own report shows up in admin's cluster view and leaves it on shutdown.
+//! own report shows up in admin's cluster view and leaves it on shutdown; a
+//! purge through admin reaches the node's memory at once.
 //!
 //! Uses the node binary at `target/debug/sse-node` (or `SSE_NODE_BIN`). A
 //! missing binary fails the test, naming the command that builds it: a test
@@ -33,8 +34,13 @@ struct Node {
 
 impl Node {
     fn start(binary: &PathBuf, nats_url: &str) -> Self {
+        Self::start_with(binary, nats_url, &[])
+    }
+
+    fn start_with(binary: &PathBuf, nats_url: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let child = Command::new(binary)
+            .envs(env.iter().copied())
             .env("SSE_NATS__URL", nats_url)
             .env("SSE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("SSE_CLUSTER__REPORT_SECONDS", "1")
@@ -142,4 +148,126 @@ async fn event_published_through_admin_reaches_a_node_client_with_the_same_id() 
         let _ = tokio::time::timeout(Duration::from_secs(10), node.child.wait()).await;
     })
     .await;
+}
+
+/// A purge through admin reaches the nodes at once, not at their next topic
+/// listing: JetStream announces no purge, so admin has it announce an
+/// update of the stream, on which the nodes read the stream again and drop
+/// what was purged from their memory. A resume from before the purge then
+/// gets `reset`, not the purged events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_through_admin_reaches_the_nodes_memory_at_once() {
+    let Some(binary) = node_binary() else {
+        panic!(
+            "the node end-to-end test cannot run: target/debug/sse-node is absent (cargo build -p sse-node, or set SSE_NODE_BIN)"
+        );
+    };
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        admin.create_topic(json!({"name": "gone"})).await;
+        // A listing far off: only the announcement can tell the node in time.
+        let node = Node::start_with(
+            &binary,
+            &nats.url,
+            &[("SSE_NATS__TOPIC_REFRESH_SECONDS", "300")],
+        );
+        let http = http_client_builder().build().expect("client");
+        let events_url = format!("{}/v1/events?topic=gone", node.base);
+        eventually("node ready with the topic", Duration::from_secs(20), || {
+            let (http, url) = (http.clone(), format!("{}/readyz", node.base));
+            async move {
+                let ready = http.get(url).send().await.ok()?;
+                ready.status().is_success().then_some(())
+            }
+        })
+        .await;
+        let open = |last_event_id: Option<String>| {
+            let (http, url) = (http.clone(), events_url.clone());
+            async move {
+                let mut request = http.get(url).header("accept", "text/event-stream");
+                if let Some(id) = last_event_id {
+                    request = request.header("last-event-id", id);
+                }
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.bytes_stream().eventsource()
+            }
+        };
+        let mut live = open(None).await;
+        let mut ids = Vec::new();
+        for data in ["p1", "p2", "p3"] {
+            let (status, published) = admin
+                .call(
+                    "POST",
+                    "/v1/topics/gone/events",
+                    Some(json!({"data": data})),
+                )
+                .await;
+            assert_eq!(status, 200, "{published}");
+            ids.push(published["id"].as_str().unwrap().to_owned());
+        }
+        // Read live: the node's memory holds them.
+        for data in ["p1", "p2", "p3"] {
+            assert_eq!(next_event(&mut live).await.expect("in time").data, data);
+        }
+
+        let (status, purged) = admin.call("POST", "/v1/topics/gone/purge", None).await;
+        assert_eq!(status, 200, "{purged}");
+        assert_eq!(purged["purged"], 3);
+        let (status, published) = admin
+            .call(
+                "POST",
+                "/v1/topics/gone/events",
+                Some(json!({"data": "after"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{published}");
+        assert_eq!(next_event(&mut live).await.expect("in time").data, "after");
+
+        // Well within the listing's 300 s.
+        let reset = eventually(
+            "a resume from before the purge to get reset",
+            Duration::from_secs(5),
+            || {
+                let (open, first) = (&open, ids[0].clone());
+                async move {
+                    let mut resumed = open(Some(first)).await;
+                    let event = next_event(&mut resumed).await.ok()?;
+                    (event.event == "reset")
+                        .then_some((event, next_event(&mut resumed).await.ok()?))
+                }
+            },
+        )
+        .await;
+        let body: serde_json::Value = serde_json::from_str(&reset.0.data).unwrap();
+        assert_eq!(body["reason"], "history_gone", "{body}");
+        assert_eq!(body["lost_from"], 2, "{body}");
+        assert_eq!(body["lost_to"], 3, "{body}");
+        assert_eq!(reset.1.data, "after");
+    })
+    .await;
+}
+
+/// The next event with data (not the cursor frame), within 10 s.
+async fn next_event<S, E>(
+    events: &mut S,
+) -> Result<eventsource_stream::Event, tokio::time::error::Elapsed>
+where
+    S: futures_util::Stream<Item = Result<eventsource_stream::Event, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = events
+                .next()
+                .await
+                .expect("stream open")
+                .expect("valid frame");
+            if !event.data.is_empty() {
+                return event;
+            }
+        }
+    })
+    .await
 }

@@ -159,10 +159,16 @@ mod nats {
                 let mut storage = StorageType::Memory;
                 let mut created = js.create_key_value(config(storage)).await;
                 if let Err(error) = &created {
-                    // An account without memory storage: on disk, then.
                     tracing::debug!(bucket = %settings.name, %error, "cannot make the node-report bucket in memory");
-                    storage = StorageType::File;
-                    created = js.create_key_value(config(storage)).await;
+                    // An account without memory storage: on disk, then.
+                    // Only on JetStream's own refusal: a bucket made on
+                    // disk stays there, and a NATS that did not answer in
+                    // time (down, starting) refused nothing; the next
+                    // report tries again.
+                    if jetstream_refused(error) {
+                        storage = StorageType::File;
+                        created = js.create_key_value(config(storage)).await;
+                    }
                 }
                 match created {
                     Ok(store) => {
@@ -180,6 +186,18 @@ mod nats {
         };
         raise_replicas(js, &settings.name, replicas).await;
         Ok(store)
+    }
+
+    /// Whether JetStream itself refused to make the bucket's stream, as
+    /// opposed to a request that timed out or found no JetStream.
+    fn jetstream_refused(error: &jetstream::context::CreateKeyValueError) -> bool {
+        use jetstream::context::{
+            CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+        };
+        error.kind() == CreateKeyValueErrorKind::BucketCreate
+            && std::error::Error::source(error)
+                .and_then(|source| source.downcast_ref::<CreateStreamError>())
+                .is_some_and(|source| matches!(source.kind(), CreateStreamErrorKind::JetStream(_)))
     }
 
     /// Raises the bucket's stream to `replicas` copies when it has fewer.
@@ -208,6 +226,46 @@ mod nats {
                 %bucket, from, to = replicas, %error,
                 "cannot raise the node-report bucket's replicas"
             ),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use async_nats::jetstream::context::{
+            CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+        };
+
+        use super::jetstream_refused;
+
+        #[test]
+        fn only_jetstreams_own_refusal_puts_the_bucket_on_disk() {
+            // What an account without memory storage answers.
+            let refusal: async_nats::jetstream::Error = serde_json::from_str(
+                r#"{"code":400,"err_code":10047,"description":"insufficient storage resources available"}"#,
+            )
+            .unwrap();
+            let refused = CreateKeyValueError::with_source(
+                CreateKeyValueErrorKind::BucketCreate,
+                CreateStreamError::new(CreateStreamErrorKind::JetStream(refusal)),
+            );
+            assert!(jetstream_refused(&refused));
+            // A NATS that is starting or away answers nothing in time: the
+            // account look-up or the create times out.
+            let lookup_timed_out = CreateKeyValueError::with_source(
+                CreateKeyValueErrorKind::JetStream,
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+            );
+            assert!(!jetstream_refused(&lookup_timed_out));
+            let create_timed_out = CreateKeyValueError::with_source(
+                CreateKeyValueErrorKind::TimedOut,
+                CreateStreamError::new(CreateStreamErrorKind::TimedOut),
+            );
+            assert!(!jetstream_refused(&create_timed_out));
+            let no_jetstream = CreateKeyValueError::with_source(
+                CreateKeyValueErrorKind::BucketCreate,
+                CreateStreamError::new(CreateStreamErrorKind::JetStreamUnavailable),
+            );
+            assert!(!jetstream_refused(&no_jetstream));
         }
     }
 }

@@ -1391,6 +1391,17 @@ impl Reader {
                         Ok(last) if filter_subject.is_empty() && last < head => {
                             return Ok(ReadEnd::StreamRewound);
                         }
+                        // Asked while NATS was away, answered once the
+                        // client is back: the reconnection's doing, which
+                        // re-creates the consumer anyway, not a stall.
+                        Ok(last)
+                            if last > head.max(self.nothing_until)
+                                && self.reconnections.has_changed().unwrap_or(false) =>
+                        {
+                            self.reconnections.borrow_and_update();
+                            info!(topic = %self.feed.topic, head, "reconnected to nats; re-creating the topic feed's consumer");
+                            return Ok(ReadEnd::Reconnected);
+                        }
                         Ok(last) if last > head.max(self.nothing_until) => {
                             self.metrics.feed_stalls.inc();
                             warn!(topic = %self.feed.topic, head, stream_last = last, quiet_seconds = now.duration_since(quiet_since).as_secs(), "topic feed made no progress while jetstream holds newer events; re-creating its consumer");

@@ -875,3 +875,67 @@ async fn a_stream_restored_through_jetstreams_api_is_another_epoch() {
         "a new epoch"
     );
 }
+
+/// NATS restarts while a topic is busy: the node's feed re-creates its
+/// consumer for the reconnection and does not count a stall, as the
+/// watchdog's look at the stream, asked while NATS was away and answered
+/// once it is back, would have it (`sse_feed_stalls_total` wakes an alert,
+/// which a planned NATS restart must not). The client gets every event
+/// once.
+#[tokio::test]
+async fn a_nats_restart_under_a_busy_topic_is_a_reconnection_not_a_stall() {
+    const TOTAL: u64 = 300;
+    let mut nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "busy", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=busy"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    // 50 events a second, each retried with its de-duplication id until
+    // JetStream has it, across the restart, by a publisher that is back on
+    // NATS before the node (whose reconnections back off): the node's look
+    // at the stream, asked while NATS was away, is answered with events it
+    // has not read yet.
+    let publisher_client = async_nats::ConnectOptions::new()
+        .reconnect_delay_callback(|_| Duration::from_millis(20))
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(publisher_client);
+    let publisher = tokio::spawn(async move {
+        for n in 1..=TOTAL {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", n.to_string().as_str());
+            loop {
+                let sent = async {
+                    js.publish_with_headers("sse.busy", headers.clone(), n.to_string().into())
+                        .await?
+                        .await
+                };
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), sent).await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut events = client.take(100, T).await;
+    // An outage of some seconds, as a NATS server's restart takes.
+    nats.restart_after(Duration::from_secs(5)).await;
+    tokio::time::timeout(Duration::from_secs(60), publisher)
+        .await
+        .expect("the publisher ends")
+        .unwrap();
+    events.extend(
+        client
+            .take((TOTAL - 100) as usize, Duration::from_secs(30))
+            .await,
+    );
+    let expected: Vec<String> = (1..=TOTAL).map(|n| n.to_string()).collect();
+    assert_eq!(data_of(&events), expected);
+    assert!(node.metric("sse_nats_reconnects_total").await >= 1.0);
+    assert_eq!(node.metric("sse_feed_stalls_total").await, 0.0);
+}

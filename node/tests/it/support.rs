@@ -247,6 +247,14 @@ impl Nats {
         self.spawn().await;
     }
 
+    /// Stops the server, and starts it again on the same port and store
+    /// after `outage`.
+    pub(crate) async fn restart_after(&mut self, outage: Duration) {
+        self.stop().await;
+        tokio::time::sleep(outage).await;
+        self.spawn().await;
+    }
+
     /// A JetStream context on a fresh connection.
     pub(crate) async fn jetstream(&self) -> jetstream::Context {
         jetstream::new(connect_to(&self.url()).await.expect("connect"))

@@ -61,8 +61,11 @@ impl Telemetry {
 
 /// Installs logging, and trace export when the environment asks for it.
 pub fn init(config: &LogConfig, service_name: &'static str) -> Telemetry {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(sse_protocol::log_level::with_quiet_nats_client(
+            &config.level,
+        ))
+    });
     let fmt_layer = if config.format == "json" {
         fmt::layer()
             .json()

@@ -1,4 +1,5 @@
-//! The rule both services apply to `log.level` beyond tracing's own syntax.
+//! The rule both services apply to `log.level` beyond tracing's own syntax,
+//! and the NATS client library's lines, kept at `warn` unless asked for.
 //!
 //! A tracing filter reads a bare word as a target: `warning` or `verbose`
 //! would switch on one module of that name and every other line off,
@@ -28,6 +29,24 @@ pub fn check_bare_words(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The NATS client library's tracing target.
+const NATS_CLIENT_TARGET: &str = "async_nats";
+
+/// `filter` with the NATS client library's lines at `warn`, unless it names
+/// the library itself. The services say connections, disconnections and an
+/// unreachable server in their own words, with the URL; the library's info
+/// lines say them again without it, every two seconds while NATS is away,
+/// and a closed probe connection reads as the main one's end.
+pub fn with_quiet_nats_client(filter: &str) -> String {
+    if filter.contains(NATS_CLIENT_TARGET) {
+        filter.to_owned()
+    } else if filter.trim().is_empty() {
+        format!("{NATS_CLIENT_TARGET}=warn")
+    } else {
+        format!("{filter},{NATS_CLIENT_TARGET}=warn")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +63,20 @@ mod tests {
         ] {
             assert_eq!(check_bare_words(good), Ok(()), "{good:?}");
         }
+    }
+
+    #[test]
+    fn the_nats_clients_lines_stay_at_warn_unless_named() {
+        assert_eq!(with_quiet_nats_client("info"), "info,async_nats=warn");
+        assert_eq!(
+            with_quiet_nats_client("sse_node=debug,info"),
+            "sse_node=debug,info,async_nats=warn"
+        );
+        assert_eq!(with_quiet_nats_client(""), "async_nats=warn");
+        assert_eq!(
+            with_quiet_nats_client("info,async_nats=debug"),
+            "info,async_nats=debug"
+        );
     }
 
     #[test]

@@ -75,17 +75,14 @@ use axum::{Router, serve::Listener as _};
 use bytes::Bytes;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{
-        conn::auto,
-        graceful::{GracefulShutdown, Watcher},
-    },
+    server::conn::auto,
 };
 use prometheus::IntCounter;
 use socket2::SockRef;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::Notify,
+    sync::{Notify, watch},
     time::{Instant, Sleep},
 };
 use tokio_rustls::{
@@ -220,14 +217,24 @@ pub async fn serve(
     let h2 = http.h2;
     let idle = Duration::from_secs(http.idle_timeout_seconds);
     let mut rate = IpRate::new(http.max_connections_per_ip_per_minute);
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver until it is gone: the server's
+    // last wait is for all of them. A watch rather than the two tokens
+    // themselves: each wake of a connection polls it, and its waiters are
+    // spread over several locks where a token's sit behind one.
+    let (phase, _) = watch::channel(ServerPhase::Serving);
     info!(
         tls = tls.is_some(),
         h2, "serving http/1.1, and http/2 if h2"
     );
+    let mut draining = false;
     loop {
         let (mut stream, addr) = tokio::select! {
             _ = stop.cancelled() => break,
+            _ = drain.cancelled(), if !draining => {
+                draining = true;
+                phase.send_replace(ServerPhase::Draining);
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         if !rate.admit(addr.ip()) {
@@ -242,9 +249,7 @@ pub async fn serve(
         let hyper = Hyper {
             builders: builders.clone(),
             router: router.clone(),
-            watcher: graceful.watcher(),
-            drain: drain.clone(),
-            stop: stop.clone(),
+            phase: phase.subscribe(),
             node: node.clone(),
             idle,
         };
@@ -289,9 +294,10 @@ pub async fn serve(
                 Some(state) => match fastpath::serve(&state, stream, max_head, head_wait).await {
                     fastpath::Outcome::Served => return,
                     fastpath::Outcome::Streaming(streaming) => {
-                        // The watcher goes with the stream: a graceful
-                        // shutdown waits for it as for any connection.
-                        tokio::spawn(streaming.run(hyper.watcher));
+                        // The phase's receiver goes with the stream: the
+                        // server's last wait is for it as for any
+                        // connection.
+                        tokio::spawn(streaming.run(hyper.phase));
                         return;
                     }
                     fastpath::Outcome::Declined(stream) => {
@@ -308,10 +314,11 @@ pub async fn serve(
         });
     }
     drop(listener);
-    // Each connection hyper serves holds a watcher, and a lean stream holds
-    // one: this waits until all are gone. They were asked to finish on
-    // `drain` or `stop` (see `Hyper::serve`).
-    graceful.shutdown().await;
+    // Each connection hyper serves holds a receiver of the phase, and so
+    // does a lean stream: this waits until all are gone. Those hyper
+    // serves were asked to finish on the drain or now (`Hyper::serve`).
+    phase.send_replace(ServerPhase::Stopping);
+    phase.closed().await;
     Ok(())
 }
 
@@ -372,7 +379,7 @@ async fn serve_tls(
             match fastpath::serve_tls(&state, stream, max_head, head_wait).await {
                 fastpath::Outcome::Served => {}
                 fastpath::Outcome::Streaming(streaming) => {
-                    tokio::spawn(streaming.run(hyper.watcher));
+                    tokio::spawn(streaming.run(hyper.phase));
                 }
                 fastpath::Outcome::Declined(replay) => {
                     drop(tokio::spawn(hyper.serve(replay, After::Lean)))
@@ -446,13 +453,10 @@ enum After {
 struct Hyper {
     builders: Arc<Builders>,
     router: Router,
+    /// Where the server is: the connection is asked to finish once it has
+    /// had a request when the drain starts, at once when the server stops.
     /// Held until the connection is gone, for the server's last wait.
-    watcher: Watcher,
-    /// The node's drain: the connection is asked to finish once it has
-    /// had a request.
-    drain: CancellationToken,
-    /// The server's stop: the connection is asked to finish at once.
-    stop: CancellationToken,
+    phase: watch::Receiver<ServerPhase>,
     node: Node,
     /// `http.idle_timeout_seconds`; zero: off.
     idle: Duration,
@@ -480,7 +484,8 @@ impl Hyper {
             After::Lean => &self.builders.one_request,
         };
         let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
-        let mut asked_to_finish = std::pin::pin!(finish_asked(&self.drain, &self.stop, &open));
+        let mut phase = self.phase;
+        let mut asked_to_finish = std::pin::pin!(finish_asked(&mut phase, &open));
         let mut finishing = false;
         let served = loop {
             let recheck = open.idle_deadline(self.idle);
@@ -503,26 +508,42 @@ impl Hyper {
                 }
             }
         };
-        drop(self.watcher);
         if let Err(error) = served {
             note_connection_error(&self.node, error.as_ref());
         }
     }
 }
 
+/// Where the HTTP server is in its life, as each connection sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerPhase {
+    Serving,
+    /// The node drains: connections finish after their open requests.
+    Draining,
+    /// The drain is over: connections finish now.
+    Stopping,
+}
+
 /// Resolves when a connection hyper serves is to finish gracefully: at
-/// once on `stop`; on `drain`, once the connection has had a request. A
-/// connection asked before its first request would be closed without an
-/// answer (hyper drops one whose protocol it has not read yet), where a
-/// client that connects during the drain is to be told 503 and why.
-async fn finish_asked(drain: &CancellationToken, stop: &CancellationToken, open: &OpenRequests) {
-    let drained_after_a_request = async {
-        drain.cancelled().await;
-        open.first_request().await;
+/// once when the server stops; in the drain, once the connection has had
+/// a request. A connection asked before its first request would be closed
+/// without an answer (hyper drops one whose protocol it has not read
+/// yet), where a client that connects during the drain is to be told 503
+/// and why.
+async fn finish_asked(phase: &mut watch::Receiver<ServerPhase>, open: &OpenRequests) {
+    let Ok(now) = phase
+        .wait_for(|now| *now != ServerPhase::Serving)
+        .await
+        .map(|now| *now)
+    else {
+        // The server is gone.
+        return;
     };
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = drained_after_a_request => {}
+    if now == ServerPhase::Draining {
+        tokio::select! {
+            () = open.first_request() => {}
+            _ = phase.wait_for(|now| *now == ServerPhase::Stopping) => {}
+        }
     }
 }
 

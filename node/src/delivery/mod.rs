@@ -832,11 +832,19 @@ impl ClientStream {
 impl Drop for ClientStream {
     fn drop(&mut self) {
         if self.reason == CloseReason::Client && self.parked.is_none() {
-            // Dropped from outside (the client left, or its socket stalled):
-            // if it was further behind than its queue allows, it was slow.
-            if self.topics.iter().any(|t| {
-                !t.by_path && t.feed.head().saturating_sub(t.pos) > t.feed.queue_events() as u64
-            }) {
+            // Dropped from outside: the client left, or hyper gave up on a
+            // socket that refused bytes for `delivery.write_stall_seconds`
+            // (the lean path says so itself: `mark_slow`). Further behind
+            // than its queue allows, with nothing handed to the socket for
+            // about that long, it was slow. A client that leaves during a
+            // catch-up is as far behind, but its writes were moving.
+            let stall = Duration::from_secs(self.node.config().delivery.write_stall_seconds);
+            let writes_stopped = self.last_wrote.is_none_or(|at| at.elapsed() >= stall / 2);
+            if writes_stopped
+                && self.topics.iter().any(|t| {
+                    !t.by_path && t.feed.head().saturating_sub(t.pos) > t.feed.queue_events() as u64
+                })
+            {
                 self.reason = CloseReason::Slow;
             }
         }

@@ -199,6 +199,66 @@ async fn slow_client_is_cut_while_fast_client_loses_nothing() {
     drop(slow);
 }
 
+/// Clients that leave in the middle of a catch-up (a browser tab closed
+/// while its resume is read) are far behind their topic when they go, but
+/// their writes were moving: they left, and are counted so, not as slow
+/// clients cut off (`SseSlowClientsDropped` wakes on those). Over the lean
+/// path and over hyper (`http.fast_path` off).
+#[tokio::test]
+async fn clients_that_leave_during_a_catch_up_are_not_counted_slow() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "backlog", None).await;
+    let payload = "y".repeat(1024);
+    publish_many(&js, 3000, 50, |i| {
+        ("sse.backlog".to_owned(), format!("{i}:{payload}"))
+    })
+    .await;
+    for fast_path in ["true", "false"] {
+        let node = NodeProc::start(
+            &nats.url(),
+            &[
+                ("SSE_HTTP__FAST_PATH", fast_path),
+                ("SSE_DELIVERY__CLIENT_QUEUE_EVENTS", "64"),
+            ],
+        )
+        .await;
+        let mut probe = SseClient::connect(&node.url("/v1/events?topic=backlog"), None)
+            .await
+            .unwrap();
+        let now = probe.ready().await;
+        let from_start = now
+            .rsplit_once(':')
+            .map(|(rest, _)| format!("{rest}:0"))
+            .unwrap();
+        drop(probe);
+        for _ in 0..10 {
+            let mut client =
+                SseClient::connect(&node.url("/v1/events?topic=backlog"), Some(&from_start))
+                    .await
+                    .unwrap();
+            assert_eq!(client.take(10, T).await.len(), 10);
+            drop(client);
+        }
+        eventually(T, "every client to be gone", || async {
+            (node.metric("sse_clients_connected").await == 0.0).then_some(())
+        })
+        .await;
+        assert_eq!(
+            node.metric("sse_connections_closed_total{reason=\"slow\"}")
+                .await,
+            0.0,
+            "fast_path {fast_path}"
+        );
+        assert_eq!(
+            node.metric("sse_connections_closed_total{reason=\"client\"}")
+                .await,
+            11.0,
+            "fast_path {fast_path}"
+        );
+    }
+}
+
 /// A burst fills a topic's queue faster than a stream of several topics,
 /// which takes their events in turns, drains it: the stream catches up from
 /// the node's history and goes on, instead of ending as slow and sending

@@ -174,6 +174,12 @@ def test_chart_refuses_grace_shorter_than_drain():
                     "config": {"shutdown": {"drain_seconds": 10}}}}
     with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
         render_chart(extra=bad)
+    # The node's close after the window counts too: 5 + 10 + 3 s.
+    tight = {"node": {"preStopSeconds": 5, "terminationGracePeriodSeconds": 18,
+                      "config": {"shutdown": {"drain_seconds": 10}}}}
+    with pytest.raises(helm.HelmError, match="3 s for the node's close"):
+        render_chart(extra=tight)
+    render_chart(extra={"node": {**tight["node"], "terminationGracePeriodSeconds": 19}})
 
 
 def test_chart_refuses_an_ingress_read_timeout_within_two_heartbeats():
@@ -472,7 +478,7 @@ def test_config_schema_tracks_config_default_toml(component):
 @pytest.mark.parametrize("extra", [
     {"admin": {"enabled": False}},
     {"nats": {"config": {"jetstream": {"merge": None}}}},
-    {"node": {"config": {"shutdown": None}, "preStopSeconds": 1, "terminationGracePeriodSeconds": 12}},
+    {"node": {"config": {"shutdown": None}, "preStopSeconds": 1, "terminationGracePeriodSeconds": 15}},
     {"node": {"topologySpreadConstraints": []}, "serviceAccount": {"create": False}},
 ])
 def test_other_shapes_render_valid(extra):

@@ -161,6 +161,10 @@ async fn finish<S: LeanIo, D>(opened: Opened<S, D>) -> Outcome<S::Writer, D> {
     }
 }
 
+/// How often a write blocked during a catch-up from JetStream looks whether
+/// its stream's read turn is over.
+const JETSTREAM_TURN_CHECK: Duration = Duration::from_millis(500);
+
 /// An event stream whose response head is written.
 pub struct Streaming<S> {
     stream: S,
@@ -191,9 +195,25 @@ impl<S: EventWriter> Streaming<S> {
             {
                 // The flush sends what a TLS writer sealed but the socket
                 // did not take yet; on TCP it costs nothing.
-                let written = match stream.write_all(&chunk).await {
-                    Ok(()) => stream.flush().await,
-                    Err(error) => Err(error),
+                let write = async {
+                    stream.write_all(&chunk).await?;
+                    stream.flush().await
+                };
+                let written = if client.holds_jetstream_slot() {
+                    // A catch-up from JetStream: a client that reads it
+                    // slowly blocks this write for long, and gives its
+                    // read slot up meanwhile if other resumes wait.
+                    let mut write = std::pin::pin!(write);
+                    loop {
+                        tokio::select! {
+                            written = &mut write => break written,
+                            () = tokio::time::sleep(JETSTREAM_TURN_CHECK) => {
+                                client.end_jetstream_turn_if_others_wait();
+                            }
+                        }
+                    }
+                } else {
+                    write.await
                 };
                 if let Err(error) = written {
                     if error.kind() == io::ErrorKind::TimedOut {

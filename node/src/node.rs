@@ -25,6 +25,8 @@ struct Inner {
     jetstream: jetstream::Context,
     topics: Topics,
     jetstream_reads: Arc<Semaphore>,
+    /// Resumes waiting for a slot of `jetstream_reads`.
+    jetstream_read_waiters: AtomicUsize,
     connections: AtomicUsize,
     nats_connected: AtomicBool,
     topics_loaded: AtomicBool,
@@ -69,6 +71,7 @@ impl Node {
             jetstream,
             topics,
             jetstream_reads: Arc::new(Semaphore::new(reads)),
+            jetstream_read_waiters: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             nats_connected: AtomicBool::new(false),
             topics_loaded: AtomicBool::new(false),
@@ -126,10 +129,17 @@ impl Node {
         }
         // Every slot is taken: the resume waits, and says so.
         self.0.metrics.jetstream_read_waits.inc();
+        let _waiting = Waiting::new(&self.0.jetstream_read_waiters);
         reads
             .acquire_owned()
             .await
             .expect("the semaphore is never closed")
+    }
+
+    /// Whether a resume waits for a slot to read JetStream: one that has
+    /// held its slot for a turn gives it up (see `delivery`).
+    pub fn jetstream_reads_wanted(&self) -> bool {
+        self.0.jetstream_read_waiters.load(Ordering::Relaxed) > 0
     }
 
     /// Takes a connection slot, unless the node is full.
@@ -188,5 +198,22 @@ impl Node {
             topics_loaded: self.0.topics_loaded.load(Ordering::Acquire),
             draining: self.is_draining(),
         }
+    }
+}
+
+/// Counts one waiter in `count` for as long as it lives, a wait given up
+/// (the stream ended) included.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -25,6 +25,9 @@ use crate::{
 const JETSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most events taken from memory per step of catch-up.
 const MEMORY_CHUNK: usize = 512;
+/// How long a resume read keeps its JetStream slot while other resumes
+/// wait for one.
+const JETSTREAM_TURN: Duration = Duration::from_secs(2);
 
 pub(super) struct JetStreamRead {
     pub(super) messages: jetstream::consumer::pull::Ordered,
@@ -34,6 +37,8 @@ pub(super) struct JetStreamRead {
     pub(super) errors: u32,
     /// The node's reconnections to NATS.
     pub(super) reconnections: tokio::sync::watch::Receiver<u64>,
+    /// When the read took its slot.
+    pub(super) started: std::time::Instant,
     pub(super) _held: crate::metrics::ConsumerHeld,
     /// Declared last: the consumer is deleted after `messages` stops pulling.
     pub(super) _owned: OwnedConsumer,
@@ -53,6 +58,32 @@ impl ClientStream {
                 topic.feed.history_after(topic.pos, topic.catch_up_to, 0),
                 Slice::Missing { .. }
             )
+    }
+
+    /// Whether the stream holds a slot to read JetStream for its catch-up.
+    pub fn holds_jetstream_slot(&self) -> bool {
+        self.jetstream_permit.is_some()
+    }
+
+    /// Ends a resume read that has held its JetStream slot for a turn while
+    /// other resumes wait for one; the stream queues for a slot again and
+    /// reads on from its position with a new consumer. A client that
+    /// reads slowly would otherwise keep its slot for as long as its
+    /// catch-up takes, and every other resume of the node wait behind it.
+    pub fn end_jetstream_turn_if_others_wait(&mut self) {
+        let Some(read) = &self.jetstream_read else {
+            return;
+        };
+        if read.started.elapsed() < JETSTREAM_TURN || !self.node.jetstream_reads_wanted() {
+            return;
+        }
+        self.jetstream_read = None;
+        self.jetstream_permit = None;
+        // Events may leave the stream before the next turn: its set-up
+        // then sends a `reset` for them, as a first one would.
+        if let Some(topic) = self.topics.get_mut(self.catching_up) {
+            topic.reset_sent = false;
+        }
     }
 
     /// One step of catch-up: some events from memory or JetStream, or the
@@ -189,6 +220,7 @@ impl ClientStream {
                     end,
                     errors: 0,
                     reconnections: self.node.topics().reconnections(),
+                    started: std::time::Instant::now(),
                     _held: self.node.metrics().consumer_held(),
                     _owned: owned,
                 }));

@@ -561,6 +561,7 @@ impl ClientStream {
             let catching_up = self.catching_up < self.topics.len();
             let mut step_now = false;
             if catching_up {
+                self.end_jetstream_turn_if_others_wait();
                 let needs = self.needs_jetstream();
                 if !needs {
                     self.jetstream_permit = None;

@@ -506,8 +506,11 @@ async fn a_node_cut_off_from_nats_refuses_new_topics_at_once() {
 /// A resume that can get no JetStream read slot waits with heartbeats only,
 /// which keep `EventSource` from ever reconnecting. Here the one slot is held
 /// by a client that stopped reading in the middle of its replay (its writes
-/// block long before `delivery.write_stall_seconds`). The waiting stream is
-/// behind its topic and makes no progress: after
+/// block long before `delivery.write_stall_seconds`), served by hyper,
+/// which stops asking its stream for bytes then, so the stream cannot give
+/// its slot up after a turn as a lean one does
+/// (`resume::slow_resumes_take_turns_with_the_jetstream_read_slots`). The
+/// waiting stream is behind its topic and makes no progress: after
 /// `delivery.no_progress_seconds` it is closed with a retry hint and
 /// counted, so its client resumes elsewhere instead of sitting silent.
 #[tokio::test]
@@ -525,6 +528,7 @@ async fn a_resume_stuck_behind_a_blocked_read_is_closed_not_left_silent() {
             ("SSE_DELIVERY__WRITE_STALL_SECONDS", "300"),
             ("SSE_DELIVERY__NO_PROGRESS_SECONDS", "2"),
             ("SSE_HTTP__HEARTBEAT_SECONDS", "1"),
+            ("SSE_HTTP__FAST_PATH", "false"),
         ],
     )
     .await;

@@ -1,6 +1,8 @@
 //! Resume on another node: exactly the missing events, in order.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
 
 use crate::support::*;
 
@@ -380,4 +382,99 @@ async fn resumes_at_or_before_what_the_stream_is_known_to_hold_ask_jetstream_not
     // The feed's start and consumer, and this query, count too.
     let asked = api_requests().await - before;
     assert!(asked <= 5, "{asked} JetStream API requests for 50 resumes");
+}
+
+/// Resumes that read JetStream share its read slots
+/// (`history.max_concurrent_jetstream_reads`) by turns: clients that read
+/// their catch-up slowly give their slots up to a waiting resume after a
+/// turn, where they held them for as long as their catch-up took and every
+/// other resume of the node waited behind them (closed by the no-progress
+/// watchdog, again and again).
+#[tokio::test]
+async fn slow_resumes_take_turns_with_the_jetstream_read_slots() {
+    const EVENTS: usize = 4000;
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "turns", None).await;
+    let payload = "z".repeat(2048);
+    publish_many(&js, EVENTS, 100, |i| {
+        ("sse.turns".to_owned(), format!("{i}:{payload}"))
+    })
+    .await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[("SSE_HISTORY__MAX_CONCURRENT_JETSTREAM_READS", "2")],
+    )
+    .await;
+    let mut probe = SseClient::connect(&node.url("/v1/events?topic=turns"), None)
+        .await
+        .unwrap();
+    let now = probe.ready().await;
+    let from_start = now
+        .rsplit_once(':')
+        .map(|(rest, _)| format!("{rest}:0"))
+        .unwrap();
+    drop(probe);
+    // Two clients take both slots and read 20 KiB a second, through small
+    // socket buffers: their catch-up of 8 MiB would take minutes.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket
+            .connect(format!("127.0.0.1:{}", node.port).parse().unwrap())
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /v1/events?topic=turns HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {from_start}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        slow.push(tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            loop {
+                if !matches!(
+                    tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await,
+                    Ok(n) if n > 0
+                ) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    eventually(T, "both slow resumes to read JetStream", || async {
+        (node
+            .metric("sse_replay_events_total{source=\"jetstream\"}")
+            .await
+            >= 2.0)
+            .then_some(())
+    })
+    .await;
+    // A third resume finds both slots taken, and gets one within a turn.
+    let started = Instant::now();
+    let mut normal = SseClient::connect(&node.url("/v1/events?topic=turns"), Some(&from_start))
+        .await
+        .unwrap();
+    let events = normal.take(EVENTS, Duration::from_secs(30)).await;
+    // Every stored event once, in the stream's order.
+    let sequences: Vec<u64> = events
+        .iter()
+        .map(|e| e.id.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        sequences == (1..=EVENTS as u64).collect::<Vec<_>>(),
+        "{} events, not each once in order",
+        sequences.len()
+    );
+    assert!(node.metric("sse_jetstream_read_waits_total").await >= 1.0);
+    assert_eq!(
+        node.metric("sse_connections_closed_total{reason=\"stalled\"}")
+            .await,
+        0.0,
+        "the resume waited for no slot until the watchdog closed it ({:?})",
+        started.elapsed()
+    );
+    for task in slow {
+        task.abort();
+    }
 }

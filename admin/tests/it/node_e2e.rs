@@ -18,13 +18,30 @@ use crate::ports::free_port;
 
 use crate::support::{Admin, NatsServer, bounded, eventually, http_client_builder};
 
-fn node_binary() -> Option<PathBuf> {
+/// The node binary; a test without it fails, naming how to build it.
+fn node_binary() -> PathBuf {
     let path = std::env::var_os("SSE_NODE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sse-node")
         });
-    path.is_file().then_some(path)
+    assert!(
+        path.is_file(),
+        "the node end-to-end test cannot run: target/debug/sse-node is absent (cargo build -p sse-node, or set SSE_NODE_BIN)"
+    );
+    path
+}
+
+/// Waits for the node at `base` to answer `/readyz` with 200.
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    eventually("node ready with the topic", Duration::from_secs(20), || {
+        let (http, url) = (http.clone(), format!("{base}/readyz"));
+        async move {
+            let ready = http.get(url).send().await.ok()?;
+            ready.status().is_success().then_some(())
+        }
+    })
+    .await;
 }
 
 struct Node {
@@ -70,11 +87,7 @@ impl Node {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_published_through_admin_reaches_a_node_client_with_the_same_id() {
-    let Some(binary) = node_binary() else {
-        panic!(
-            "the node end-to-end test cannot run: target/debug/sse-node is absent (cargo build -p sse-node, or set SSE_NODE_BIN)"
-        );
-    };
+    let binary = node_binary();
     bounded(async {
         let nats = NatsServer::start();
         let admin = Admin::start(&nats).await;
@@ -82,14 +95,7 @@ async fn event_published_through_admin_reaches_a_node_client_with_the_same_id() 
         let mut node = Node::start(&binary, &nats.url);
         let http = http_client_builder().build().expect("client");
         let events_url = format!("{}/v1/events?topic=e2e.>", node.base);
-        eventually("node ready with the topic", Duration::from_secs(20), || {
-            let (http, url) = (http.clone(), format!("{}/readyz", node.base));
-            async move {
-                let ready = http.get(url).send().await.ok()?;
-                ready.status().is_success().then_some(())
-            }
-        })
-        .await;
+        wait_ready(&http, &node.base).await;
 
         let response = http
             .get(&events_url)
@@ -157,11 +163,7 @@ async fn event_published_through_admin_reaches_a_node_client_with_the_same_id() 
 /// gets `reset`, not the purged events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_through_admin_reaches_the_nodes_memory_at_once() {
-    let Some(binary) = node_binary() else {
-        panic!(
-            "the node end-to-end test cannot run: target/debug/sse-node is absent (cargo build -p sse-node, or set SSE_NODE_BIN)"
-        );
-    };
+    let binary = node_binary();
     bounded(async {
         let nats = NatsServer::start();
         let admin = Admin::start(&nats).await;
@@ -174,14 +176,7 @@ async fn a_purge_through_admin_reaches_the_nodes_memory_at_once() {
         );
         let http = http_client_builder().build().expect("client");
         let events_url = format!("{}/v1/events?topic=gone", node.base);
-        eventually("node ready with the topic", Duration::from_secs(20), || {
-            let (http, url) = (http.clone(), format!("{}/readyz", node.base));
-            async move {
-                let ready = http.get(url).send().await.ok()?;
-                ready.status().is_success().then_some(())
-            }
-        })
-        .await;
+        wait_ready(&http, &node.base).await;
         let open = |last_event_id: Option<String>| {
             let (http, url) = (http.clone(), events_url.clone());
             async move {

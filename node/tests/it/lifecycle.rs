@@ -226,11 +226,7 @@ async fn clients_that_leave_during_a_catch_up_are_not_counted_slow() {
         let mut probe = SseClient::connect(&node.url("/v1/events?topic=backlog"), None)
             .await
             .unwrap();
-        let now = probe.ready().await;
-        let from_start = now
-            .rsplit_once(':')
-            .map(|(rest, _)| format!("{rest}:0"))
-            .unwrap();
+        let from_start = id_at(&probe.ready().await, 0);
         drop(probe);
         for _ in 0..10 {
             let mut client =
@@ -698,13 +694,6 @@ async fn a_paths_purged_events_held_in_memory_are_not_served_after_a_refresh() {
     .await;
     publish(&js, "paths.kept", "kept-3").await;
     assert_eq!(data_of(&live.take(1, T).await), ["kept-3"]);
-}
-
-/// The epoch of `id`'s one topic and the id with `seq` in place of its
-/// sequence.
-fn id_at(id: &str, seq: u64) -> String {
-    let (topic_epoch, _) = id.rsplit_once(':').expect("topic:epoch:seq");
-    format!("{topic_epoch}:{seq}")
 }
 
 #[tokio::test]

@@ -409,11 +409,7 @@ async fn slow_resumes_take_turns_with_the_jetstream_read_slots() {
     let mut probe = SseClient::connect(&node.url("/v1/events?topic=turns"), None)
         .await
         .unwrap();
-    let now = probe.ready().await;
-    let from_start = now
-        .rsplit_once(':')
-        .map(|(rest, _)| format!("{rest}:0"))
-        .unwrap();
+    let from_start = id_at(&probe.ready().await, 0);
     drop(probe);
     // Two clients take both slots and read 20 KiB a second, through small
     // socket buffers: their catch-up of 8 MiB would take minutes.

@@ -857,3 +857,10 @@ pub(crate) async fn get_with(
     }
     (status, headers, response.text().await.unwrap_or_default())
 }
+
+/// The id of a one-topic cursor `id` with `seq` in place of its sequence
+/// (same topic, same epoch).
+pub(crate) fn id_at(id: &str, seq: u64) -> String {
+    let (topic_epoch, _) = id.rsplit_once(':').expect("topic:epoch:seq");
+    format!("{topic_epoch}:{seq}")
+}

@@ -215,14 +215,8 @@ async fn clients_that_leave_during_a_catch_up_are_not_counted_slow() {
     })
     .await;
     for fast_path in ["true", "false"] {
-        let node = NodeProc::start(
-            &nats.url(),
-            &[
-                ("SSE_HTTP__FAST_PATH", fast_path),
-                ("SSE_DELIVERY__CLIENT_QUEUE_EVENTS", "64"),
-            ],
-        )
-        .await;
+        // 3,000 events behind is past the default queue (1,024 events).
+        let node = NodeProc::start(&nats.url(), &[("SSE_HTTP__FAST_PATH", fast_path)]).await;
         let mut probe = SseClient::connect(&node.url("/v1/events?topic=backlog"), None)
             .await
             .unwrap();

@@ -562,6 +562,23 @@ impl Topics {
         let metrics = &self.0.metrics;
         let _ = metrics.history_bytes.remove_label_values(&[topic.as_str()]);
         let _ = metrics.feed_events.remove_label_values(&[topic.as_str()]);
+        self.forget_unread_topic(topic);
+    }
+
+    /// Drops `topic`'s subscriber gauge once no client reads it and the
+    /// node holds no feed of it, so that a deployment whose topics come and
+    /// go (one per session, per tenant) does not keep a series for every
+    /// topic ever read until the node restarts.
+    pub fn forget_unread_topic(&self, topic: &TopicName) {
+        let feeds = self.0.feeds.read().unwrap_or_else(|p| p.into_inner());
+        let subscribers = &self.0.metrics.topic_subscribers;
+        if !feeds.contains_key(topic)
+            && subscribers
+                .get_metric_with_label_values(&[topic.as_str()])
+                .is_ok_and(|gauge| gauge.get() == 0)
+        {
+            let _ = subscribers.remove_label_values(&[topic.as_str()]);
+        }
     }
 
     /// A deletion advisory: new requests for `topic` get 404 at once, and

@@ -86,6 +86,22 @@ impl ClientStream {
         }
     }
 
+    /// Writes the topic's `reset` held for its catch-up, saying that
+    /// delivery restarts at `oldest`, the oldest event still held, and moves
+    /// the cursor there: a client that drops before that event comes back
+    /// from it, not to a second `reset` for what came before.
+    fn write_pending_reset(&mut self, index: usize, oldest: u64, out: &mut BytesMut) {
+        let topic = &mut self.topics[index];
+        let Some(mut reset) = topic.pending_reset.take() else {
+            return;
+        };
+        reset["resume_from"] = oldest.into();
+        topic.pos = topic.pos.max(oldest.saturating_sub(1));
+        self.node.metrics().reset_events.inc();
+        write_reset_body(out, &reset);
+        self.write_cursor(out);
+    }
+
     /// One step of catch-up: some events from memory or JetStream, or the
     /// set-up of a JetStream read. Ends the phase when every topic is done.
     pub(super) async fn catch_up_step(&mut self, out: &mut BytesMut) -> Result<(), CloseReason> {
@@ -119,6 +135,10 @@ impl ClientStream {
         {
             Slice::Events(events) => {
                 let last = events.last().map(|e| e.seq).unwrap_or(topic.catch_up_to);
+                if topic.pending_reset.is_some() {
+                    let oldest = events.first().map_or(last + 1, |e| e.seq);
+                    self.write_pending_reset(index, oldest, out);
+                }
                 let mut delivered = 0;
                 for event in &events {
                     if self.deliver(index, event, out) {
@@ -157,6 +177,10 @@ impl ClientStream {
             return Err(CloseReason::TopicClosed);
         }
         let first = info.state.first_sequence;
+        if topic.pending_reset.is_some() {
+            self.write_pending_reset(index, first.max(1), out);
+        }
+        let topic = &self.topics[index];
         if first > topic.pos + 1 && !topic.reset_sent {
             let data = serde_json::json!({
                 "topic": topic.feed.topic.as_str(),

@@ -120,6 +120,11 @@ struct ClientTopic {
     pos: u64,
     catch_up_to: u64,
     reset_sent: bool,
+    /// A `reset` for a cursor this stream's sequences cannot serve (another
+    /// epoch, or past the stream's end), written at the topic's catch-up,
+    /// where its `resume_from`, the oldest event still held, is known.
+    /// Boxed: most streams never carry one.
+    pending_reset: Option<Box<serde_json::Value>>,
     /// Whether the client hears only its one path's events (so `pos` does
     /// not follow the topic's head).
     by_path: bool,
@@ -347,42 +352,47 @@ impl ClientStream {
             let channel = only_path(&request.patterns).filter(|_| on_whole_feed);
             let attachment = feed.attach(channel);
             let by_path = channel.is_some();
-            let (pos, catch_up_to, reset_sent) = match &request.resume {
-                None => (attachment.live_from, attachment.head, false),
-                Some((epoch, seq)) if *epoch == attachment.epoch => match request.stream_behind {
-                    None => (*seq, attachment.head.max(*seq), false),
-                    Some(last) => {
-                        // The stream never held the client's cursor, or went
-                        // back from it (restored from a backup): its
-                        // sequences cannot be trusted to mean what the
-                        // client saw, as with another epoch. Say so, then
-                        // start from the oldest held.
-                        resets.push(serde_json::json!({
+            let restart = match &request.resume {
+                Some((epoch, seq)) if *epoch == attachment.epoch => {
+                    // The stream never held the client's cursor, or went
+                    // back from it (restored from a backup): its sequences
+                    // cannot be trusted to mean what the client saw, as
+                    // with another epoch.
+                    request.stream_behind.map(|last| {
+                        serde_json::json!({
                             "topic": feed.topic.as_str(),
                             "reason": "ahead_of_stream",
                             "last_seen": seq,
                             "stream_last": last,
                             "lost_from": null,
                             "lost_to": null,
-                            "resume_from": 1,
-                        }));
-                        (0, attachment.head, true)
-                    }
-                },
-                Some((old_epoch, old_seq)) => {
-                    // Another incarnation of the stream: its sequences mean
-                    // nothing here. Say so, then start from the oldest held.
-                    resets.push(serde_json::json!({
-                        "topic": feed.topic.as_str(),
-                        "reason": "stream_recreated",
-                        "old_epoch": old_epoch,
-                        "last_seen": old_seq,
-                        "lost_from": null,
-                        "lost_to": null,
-                        "resume_from": 1,
-                    }));
-                    (0, attachment.head, true)
+                        })
+                    })
                 }
+                // Another incarnation of the stream: its sequences mean
+                // nothing here.
+                Some((old_epoch, old_seq)) => Some(serde_json::json!({
+                    "topic": feed.topic.as_str(),
+                    "reason": "stream_recreated",
+                    "old_epoch": old_epoch,
+                    "last_seen": old_seq,
+                    "lost_from": null,
+                    "lost_to": null,
+                })),
+                None => None,
+            };
+            let (pos, catch_up_to, reset_sent, pending_reset) = match (restart, &request.resume) {
+                // Say so, then start from the oldest event held: at once for
+                // a stream that has held none, else at the catch-up, which
+                // finds that oldest event.
+                (Some(mut reset), _) if attachment.head == 0 => {
+                    reset["resume_from"] = 1.into();
+                    resets.push(reset);
+                    (0, 0, true, None)
+                }
+                (Some(reset), _) => (0, attachment.head, true, Some(Box::new(reset))),
+                (None, Some((_, seq))) => (*seq, attachment.head.max(*seq), false, None),
+                (None, None) => (attachment.live_from, attachment.head, false, None),
             };
             receivers.push(attachment.receiver);
             node.metrics()
@@ -396,6 +406,7 @@ impl ClientStream {
                 pos,
                 catch_up_to,
                 reset_sent,
+                pending_reset,
                 by_path,
             });
         }
@@ -854,10 +865,13 @@ impl Drop for ClientStream {
             metrics.streams_parked.dec();
         }
         for topic in &self.topics {
-            metrics
+            let subscribers = metrics
                 .topic_subscribers
-                .with_label_values(&[topic.feed.topic.as_str()])
-                .dec();
+                .with_label_values(&[topic.feed.topic.as_str()]);
+            subscribers.dec();
+            if subscribers.get() == 0 && topic.feed.is_closed() {
+                self.node.topics().forget_unread_topic(&topic.feed.topic);
+            }
         }
         metrics
             .connections_closed

@@ -88,6 +88,7 @@ async fn deleted_topic_stops_and_recreated_stream_gets_reset() {
     let reset = reset_body(&events[0]);
     assert_eq!(reset["reason"], "stream_recreated");
     assert_eq!(reset["topic"], "jobs");
+    assert_eq!(reset["resume_from"], 1);
     assert_ne!(
         events[0].id.split(':').nth(1),
         old_id.split(':').nth(1),
@@ -736,6 +737,86 @@ async fn a_cursor_past_the_stream_gets_reset_then_the_next_events() {
         .unwrap();
     assert_eq!(data_of(&exact.take(1, T).await), ["new-4"]);
     assert_eq!(node.metric("sse_reset_events_total").await, 1.0);
+}
+
+/// A `reset` that restarts a client at the oldest event held (a cursor
+/// past the stream, or of another epoch) names that event and moves the
+/// cursor to just before it: a client that drops before its next event
+/// comes back to no second `reset` for events it was never going to get.
+#[tokio::test]
+async fn a_restart_reset_names_the_oldest_event_held_and_moves_the_cursor_there() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        max_messages: 5,
+        republish: Some(sse_protocol::topic::live_republish("sse")),
+        ..topic_without_republish("capped")
+    })
+    .await
+    .unwrap();
+    for i in 1..=10 {
+        publish(&js, "capped", &format!("e-{i}")).await;
+    }
+    create_topic(&js, "gone", None).await;
+    publish(&js, "gone", "old-1").await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let capped = SseClient::connect(&node.url("/v1/events?topic=capped"), None)
+        .await
+        .unwrap()
+        .ready()
+        .await;
+    assert!(capped.ends_with(":10"), "{capped}");
+    let url = node.url("/v1/events?topic=capped");
+    let mut client = SseClient::connect(&url, Some(&id_at(&capped, 50)))
+        .await
+        .unwrap();
+    let events = client.take(6, T).await;
+    let body = reset_body(&events[0]);
+    assert_eq!(body["reason"], "ahead_of_stream", "{body}");
+    assert_eq!(body["resume_from"], 6, "{body}");
+    assert_eq!(events[0].id, id_at(&capped, 5));
+    assert_eq!(data_of(&events[1..]), ["e-6", "e-7", "e-8", "e-9", "e-10"]);
+
+    // Deleted, created again, given three events and purged: the new
+    // stream holds nothing and its next event is the fourth.
+    let url = node.url("/v1/events?topic=gone");
+    let old_gone = SseClient::connect(&url, None).await.unwrap().ready().await;
+    js.delete_stream("SSE_gone").await.unwrap();
+    create_topic(&js, "gone", None).await;
+    for i in 1..=3 {
+        publish(&js, "gone", &format!("new-{i}")).await;
+    }
+    js.get_stream("SSE_gone").await.unwrap().purge().await.unwrap();
+    let new_gone = eventually(T, "the node to serve the new stream", || async {
+        let mut client = SseClient::connect(&url, None).await.ok()?;
+        let id = client.ready().await;
+        (id.split(':').nth(1) != old_gone.split(':').nth(1)).then_some(id)
+    })
+    .await;
+    assert!(new_gone.ends_with(":3"), "{new_gone}");
+    let mut client = SseClient::connect(&url, Some(&old_gone)).await.unwrap();
+    let events = client.take(1, T).await;
+    let body = reset_body(&events[0]);
+    assert_eq!(body["reason"], "stream_recreated", "{body}");
+    assert_eq!(body["resume_from"], 4, "{body}");
+    assert_eq!(events[0].id, new_gone);
+    // Back before the next event, with the id the reset left.
+    drop(client);
+    let mut back = SseClient::connect(&url, Some(&new_gone)).await.unwrap();
+    assert_eq!(back.ready().await, new_gone);
+    publish(&js, "gone", "new-4").await;
+    let events = back.take(1, T).await;
+    assert_eq!(data_of(&events), ["new-4"], "no second reset");
+    assert_eq!(node.metric("sse_reset_events_total").await, 2.0);
+
+    // Once the new stream holds an event again, a client back with the
+    // old epoch starts at it.
+    let mut client = SseClient::connect(&url, Some(&old_gone)).await.unwrap();
+    let events = client.take(2, T).await;
+    let body = reset_body(&events[0]);
+    assert_eq!(body["resume_from"], 4, "{body}");
+    assert_eq!(events[0].id, new_gone);
+    assert_eq!(data_of(&events[1..]), ["new-4"]);
 }
 
 /// A NATS server whose disk is restored from a backup holds its streams

@@ -786,7 +786,12 @@ async fn a_restart_reset_names_the_oldest_event_held_and_moves_the_cursor_there(
     for i in 1..=3 {
         publish(&js, "gone", &format!("new-{i}")).await;
     }
-    js.get_stream("SSE_gone").await.unwrap().purge().await.unwrap();
+    js.get_stream("SSE_gone")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
     let new_gone = eventually(T, "the node to serve the new stream", || async {
         let mut client = SseClient::connect(&url, None).await.ok()?;
         let id = client.ready().await;

@@ -68,3 +68,49 @@ async fn every_promised_metric_is_exported() {
     // No label value names a client, a subject path or an address.
     assert!(!text.contains("127.0.0.1"));
 }
+
+/// A deleted topic leaves no series behind once its clients are gone: a
+/// deployment whose topics come and go (one per session, per tenant) would
+/// otherwise grow a series for every topic ever read, until restart.
+#[tokio::test]
+async fn a_deleted_topic_leaves_no_series() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "churn", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=churn"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    publish(&js, "churn", "one").await;
+    client.take(1, Duration::from_secs(10)).await;
+    let labelled = "topic=\"churn\"";
+    let text = http_get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("sse_topic_subscribers{topic=\"churn\"} 1"),
+        "{text}"
+    );
+
+    js.delete_stream("SSE_churn").await.unwrap();
+    let rest = client.until_closed(Duration::from_secs(15)).await.unwrap();
+    assert!(rest.iter().any(|e| e.event == "topic_deleted"), "{rest:?}");
+    eventually(
+        Duration::from_secs(10),
+        "the topic's series to go",
+        || async {
+            let text = http_get(node.url("/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (!text.contains(labelled)).then_some(())
+        },
+    )
+    .await;
+}

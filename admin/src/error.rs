@@ -48,6 +48,11 @@ pub enum Error {
     /// mirror, or a stream made by hand with other subjects).
     #[error("{0}")]
     NotPublishable(String),
+    /// The topic's stream refused to store the event and a retry will not
+    /// help until something changes: it is full and discards new events
+    /// (a stream made by hand with `discard: new`).
+    #[error("{0}")]
+    StoreRefused(String),
     /// The event is larger than allowed.
     #[error("event data is {size} bytes; at most {limit} are allowed")]
     PayloadTooLarge {
@@ -93,6 +98,7 @@ impl Error {
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
             Error::NotPublishable(_) => (StatusCode::CONFLICT, "not_publishable"),
+            Error::StoreRefused(_) => (StatusCode::CONFLICT, "store_refused"),
             Error::PayloadTooLarge { .. } | Error::TooLargeForTopic(_) | Error::BodyTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
@@ -113,6 +119,11 @@ impl Error {
                 "topic {topic:?}: its subjects overlap those of another stream"
             )),
             ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => Error::TooLargeForTopic(topic.to_owned()),
+            // Answered with code 503, but no retry helps while the stream
+            // stays full: its limits discard new events, not old ones.
+            ErrorCode::STREAM_STORE_FAILED => Error::StoreRefused(format!(
+                "topic {topic:?}'s stream refused the event ({err}); a stream that discards new events when full takes more once older ones expire or are purged, or its limits are raised"
+            )),
             ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED
             | ErrorCode::STREAM_REPLICAS_NOT_UPDATABLE
             | ErrorCode::INSUFFICIENT_RESOURCES

@@ -442,3 +442,83 @@ async fn events_near_the_limit_are_judged_by_their_data() {
     })
     .await;
 }
+
+/// A stream made by hand to discard new events when full refuses each one
+/// past its limit: a conflict, said at once, that no retry mends, and
+/// counted as refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_that_discards_new_events_refuses_them_as_a_conflict() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        let js = nats.jetstream().await;
+        js.create_stream(jetstream::stream::Config {
+            name: "SSE_capped".into(),
+            subjects: vec!["sse.capped".into(), "sse.capped.>".into()],
+            max_messages: 2,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let event = Some(json!({"subject": "capped.a", "data": "x"}));
+        for _ in 0..2 {
+            let (status, body) = admin
+                .call("POST", "/v1/topics/capped/events", event.clone())
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let started = std::time::Instant::now();
+        let answer = admin
+            .call("POST", "/v1/topics/capped/events", event.clone())
+            .await;
+        assert_error(&answer, 409, "maximum messages exceeded");
+        assert_eq!(answer.1["error"], "store_refused");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let metrics = admin.metrics().await;
+        for line in [
+            "sse_admin_events_published_total 2",
+            "sse_admin_publish_failures_total{reason=\"refused\"} 1",
+        ] {
+            assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+        }
+    })
+    .await;
+}
+
+/// A publish that NATS does not answer within the request's time is
+/// answered 503 and counted as `unavailable`, also when admin had not yet
+/// looked the topic up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_while_nats_is_down_is_counted_unavailable() {
+    bounded(async {
+        let mut nats = NatsServer::start();
+        let admin =
+            Admin::start_with(test_config(&nats.url, "[nats]\nrequest_timeout_ms = 1000")).await;
+        let js = nats.jetstream().await;
+        js.create_stream(jetstream::stream::Config {
+            name: "SSE_unseen".into(),
+            subjects: vec!["sse.unseen".into(), "sse.unseen.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        nats.stop();
+        let answer = admin
+            .call(
+                "POST",
+                "/v1/topics/unseen/events",
+                Some(json!({"subject": "unseen", "data": "x"})),
+            )
+            .await;
+        assert_error(&answer, 503, "nats is unavailable");
+        let metrics = admin.metrics().await;
+        let line = "sse_admin_publish_failures_total{reason=\"unavailable\"} 1";
+        assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+    })
+    .await;
+}

@@ -1,15 +1,20 @@
 // Browser test of the sse-admin dashboard, in Debian's headless Chromium.
 //
-// Usage: node dashboard.mjs <admin-url> <fresh-user-data-dir> <topic> <node> <before> <after>
+// Usage: node dashboard.mjs <admin-url> <fresh-user-data-dir> <topic> <node> <before> <after> <rate>
+//        node dashboard.mjs <admin-url> <fresh-user-data-dir> --reopen
 //
 // Opens the dashboard without any token, waits until it is live, shows
 // <topic>, and shows node <node> with <before> connections; then prints
 // "READY" and waits (the test changes the node's report meanwhile) until the
-// page shows <after> connections, prints "UPDATED" and exits 0. Any failure
-// prints "FAIL <reason>" and exits 1. SCREENSHOT=<path> saves a picture.
+// page shows <after> connections and a delivery rate of <rate> for the node
+// and in all, still shown two snapshots later; prints "UPDATED" and exits 0.
+// With --reopen: the page's stream is refused at first (admin busy); prints
+// "REFUSED" once the page says so, then waits until the page is live again
+// and prints "LIVE". Any failure prints "FAIL <reason>" and exits 1.
+// SCREENSHOT=<path> saves a picture.
 import { chromium } from "playwright-core";
 
-const [url, userDataDir, topic, node, before, after] = process.argv.slice(2);
+const [url, userDataDir, topic, node, before, after, rate] = process.argv.slice(2);
 const timeout = 20000;
 
 function fail(reason) {
@@ -33,6 +38,13 @@ try {
 
   const response = await page.goto(url);
   if (!response.ok()) fail(`dashboard answered ${response.status()}`);
+  if (topic === "--reopen") {
+    await page.waitForSelector("#status.down", { timeout });
+    console.log("REFUSED");
+    await page.waitForSelector("#status.live", { timeout });
+    console.log("LIVE");
+    process.exit(0);
+  }
   await page.waitForSelector("#status.live", { timeout });
   await page.waitForSelector(`#topics tr[data-topic="${topic}"]`, { timeout });
   const connections = `#nodes tr[data-node="${node}"] td.connections`;
@@ -48,6 +60,28 @@ try {
   console.log("READY");
 
   await shows(after);
+  const rates = () =>
+    page.evaluate((sel) => [
+      document.querySelector(sel)?.textContent,
+      document.querySelector("#total-rate").textContent,
+    ], `#nodes tr[data-node="${node}"] td.rate`);
+  await page.waitForFunction(
+    ([sel, r]) => document.querySelector(sel)?.textContent === r,
+    [`#nodes tr[data-node="${node}"] td.rate`, rate],
+    { timeout },
+  );
+  // The node reports every few seconds, the page gets a snapshot more
+  // often: the rate must hold between reports, not fall to zero.
+  for (let i = 0; i < 2; i++) {
+    const generated = await page.textContent("#generated");
+    await page.waitForFunction(
+      (g) => document.querySelector("#generated").textContent !== g,
+      generated,
+      { timeout },
+    );
+    const [shown, total] = await rates();
+    if (shown !== rate || total !== rate) fail(`rate ${shown}, in all ${total}, expected ${rate}`);
+  }
   if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
   if (errors.length) fail(`page errors: ${errors.join("; ")}`);
   console.log("UPDATED");

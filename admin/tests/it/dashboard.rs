@@ -12,6 +12,7 @@
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use serde_json::json;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Command,
@@ -19,7 +20,7 @@ use tokio::{
 
 use crate::{
     nodes::{bucket, put, report},
-    support::{Admin, NatsServer, bounded},
+    support::{Admin, NatsServer, bounded, test_config},
 };
 
 /// The browser, the script folder, or why the test cannot run here.
@@ -67,14 +68,26 @@ async fn dashboard_shows_topics_and_live_node_figures() {
                 Duration::ZERO,
             )
         };
-        put(&store, &node_report(3)).await;
+        let first = node_report(3);
+        put(&store, &first).await;
+        // Its next report, 4 s later, with 400 more events delivered:
+        // 100.0 a second, whatever the pace of the page's snapshots.
+        let mut second = node_report(7);
+        let reported = |report: &serde_json::Value| {
+            OffsetDateTime::parse(report["reported_at"].as_str().unwrap(), &Rfc3339).unwrap()
+        };
+        second["reported_at"] = (reported(&first) + Duration::from_secs(4))
+            .format(&Rfc3339)
+            .unwrap()
+            .into();
+        second["events_delivered"] = (first["events_delivered"].as_u64().unwrap() + 400).into();
 
         let profile = tempfile::tempdir().unwrap();
         let mut browser = Command::new("node")
             .arg(scripts.join("dashboard.mjs"))
             .arg(format!("{}/", admin.base))
             .arg(profile.path())
-            .args(["dash-orders", "node-dash", "3", "7"])
+            .args(["dash-orders", "node-dash", "3", "7", "100.0"])
             .env("CHROMIUM", &chromium)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -93,11 +106,68 @@ async fn dashboard_shows_topics_and_live_node_figures() {
         let line = next_line().await;
         assert_eq!(line, "READY", "the page did not show the topic and node");
         // The node's connection count changes; the open page must follow.
-        put(&store, &node_report(7)).await;
+        put(&store, &second).await;
         let line = next_line().await;
         assert_eq!(line, "UPDATED", "the page did not update");
         let status = browser.wait().await.unwrap();
         assert!(status.success());
+    })
+    .await;
+}
+
+/// A page whose stream is refused (admin holds its most dashboard streams;
+/// an ingress's 502 in a rollout is the same to a browser) opens it again
+/// and goes live once admin takes it: an `EventSource` alone would give up
+/// for good at the first answer that is not 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_refused_at_first_goes_live_once_admin_takes_it() {
+    let (chromium, scripts) = match prerequisites() {
+        Ok(found) => found,
+        Err(reason) => panic!("the dashboard browser test cannot run: {reason}"),
+    };
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start_with(test_config(
+            &nats.url,
+            "[admin]\nmax_dashboard_streams = 1\n",
+        ))
+        .await;
+        let held = admin
+            .http
+            .get(format!("{}/v1/dashboard/stream", admin.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(held.status(), 200);
+
+        let profile = tempfile::tempdir().unwrap();
+        let mut browser = Command::new("node")
+            .arg(scripts.join("dashboard.mjs"))
+            .arg(format!("{}/", admin.base))
+            .arg(profile.path())
+            .arg("--reopen")
+            .env("CHROMIUM", &chromium)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node starts");
+        let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+        let mut next_line = async || {
+            tokio::time::timeout(Duration::from_secs(40), lines.next_line())
+                .await
+                .expect("browser script answers in time")
+                .expect("browser output")
+                .unwrap_or_else(|| "EOF".to_owned())
+        };
+        assert_eq!(next_line().await, "REFUSED");
+        drop(held);
+        assert_eq!(
+            next_line().await,
+            "LIVE",
+            "the page did not open its stream again"
+        );
+        assert!(browser.wait().await.unwrap().success());
     })
     .await;
 }

@@ -15,8 +15,8 @@
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, FromRequest, Request, State},
-    http::{Method, StatusCode, header},
+    extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State},
+    http::{Method, StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -127,6 +127,23 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
             Error::BadRequest(format!("invalid JSON body: {path}: {}", err.inner()))
         }
     })
+}
+
+/// The `{name}` of a topic's route; unlike axum's `Path`, a segment that is
+/// not UTF-8 once decoded is a JSON 400 like every other error.
+pub struct TopicPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for TopicPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(name)| TopicPath(name))
+            .map_err(|rejection| {
+                Error::BadRequest(format!("topic name in the path: {}", rejection.body_text()))
+            })
+    }
 }
 
 /// A JSON body; unlike axum's `Json`, every problem is a JSON 400 (or 413

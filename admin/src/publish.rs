@@ -19,11 +19,7 @@ use async_nats::{
     HeaderMap,
     jetstream::{context::PublishErrorKind, publish::PublishAck},
 };
-use axum::{
-    Json,
-    extract::{Path, State},
-    http::HeaderMap as HttpHeaders,
-};
+use axum::{Json, extract::State, http::HeaderMap as HttpHeaders};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sse_protocol::{
@@ -36,7 +32,12 @@ use sse_protocol::{
 };
 use utoipa::ToSchema;
 
-use crate::{error::Error, http::JsonBody, state::AppState, topics};
+use crate::{
+    error::Error,
+    http::{JsonBody, TopicPath},
+    state::AppState,
+    topics,
+};
 
 /// Longest caller-given de-duplication id.
 pub const MAX_MSG_ID: usize = 128;
@@ -229,7 +230,7 @@ fn generated_msg_id() -> String {
 #[utoipa::path(
     post, path = "/v1/topics/{name}/events", tag = "publish",
     params(
-        ("name" = String, Path, description = "Topic name"),
+        ("name" = String, Path, description = "Topic name", pattern = r"^[a-z0-9_-]{1,64}$"),
         ("traceparent" = Option<String>, Header, description = "W3C trace context, forwarded to NATS"),
     ),
     request_body = PublishEvent,
@@ -246,7 +247,7 @@ fn generated_msg_id() -> String {
 )]
 pub async fn publish_event(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    TopicPath(name): TopicPath,
     http_headers: HttpHeaders,
     JsonBody(body): JsonBody<PublishEvent>,
 ) -> Result<Json<Published>, Error> {

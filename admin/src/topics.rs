@@ -12,7 +12,7 @@ use std::{collections::HashMap, time::Duration};
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use axum::{
     Json,
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::{Query, State, rejection::QueryRejection},
     http::StatusCode,
     response::IntoResponse,
 };
@@ -24,7 +24,12 @@ use sse_protocol::{SubjectPath, TopicName, grant::ACCESS_METADATA_KEY, topic::li
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::{cluster, error::Error, http::JsonBody, state::AppState};
+use crate::{
+    cluster,
+    error::Error,
+    http::{JsonBody, TopicPath},
+    state::AppState,
+};
 
 /// JetStream's default de-duplication window; shortened to `max_age` when
 /// that is smaller, as JetStream requires.
@@ -49,6 +54,7 @@ pub enum Storage {
 #[serde(deny_unknown_fields)]
 pub struct CreateTopic {
     /// Topic name, `[a-z0-9_-]{1,64}`.
+    #[schema(pattern = r"^[a-z0-9_-]{1,64}$")]
     pub name: String,
     /// Events older than this are dropped; 0 or absent: kept forever.
     pub max_age_seconds: Option<u64>,
@@ -61,17 +67,35 @@ pub struct CreateTopic {
     /// Largest single event (its data and headers) the topic stores; a
     /// larger publish is refused (by admin with 413). 0 or absent: the
     /// NATS server's `max_payload` (1 MiB by default).
+    #[schema(maximum = 2147483647)]
     pub max_message_bytes: Option<u64>,
     /// 1 or 3; default 1.
+    #[schema(schema_with = replicas_schema)]
     pub replicas: Option<u64>,
     /// Consumers the topic's stream may hold: each node reading the topic
     /// holds a few (its feeds and the resumes under way). Absent:
     /// `admin.topic_max_consumers`; 0: the NATS server's default.
+    #[schema(maximum = 2147483647)]
     pub max_consumers: Option<u64>,
     /// `file` (default) or `memory`.
     pub storage: Option<Storage>,
     /// `public` (default) or `private`.
     pub access: Option<Access>,
+}
+
+/// `replicas`: JetStream takes 1 or 3 here (an R2 stream loses its leader
+/// with either server), absent or `null` for the default.
+fn replicas_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+        .enum_values(Some([
+            serde_json::json!(1),
+            serde_json::json!(3),
+            serde_json::Value::Null,
+        ]))
+        .description(Some("1 or 3; default 1."))
+        .build()
 }
 
 /// Body of `PATCH /v1/topics/{name}`: retention and access. Absent fields
@@ -88,8 +112,10 @@ pub struct UpdateTopic {
     /// New per-subject-path limit.
     pub max_messages_per_subject: Option<u64>,
     /// New largest single event; 0: the NATS server's `max_payload`.
+    #[schema(maximum = 2147483647)]
     pub max_message_bytes: Option<u64>,
     /// New consumer limit; 0: the NATS server's default.
+    #[schema(maximum = 2147483647)]
     pub max_consumers: Option<u64>,
     /// New access.
     pub access: Option<Access>,
@@ -228,6 +254,7 @@ pub struct TopicList {
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// Entries per page, 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Entries to skip; default 0.
     pub offset: Option<usize>,
@@ -659,7 +686,7 @@ pub async fn list_topics(State(state): State<AppState>) -> Result<Json<TopicList
 /// Read one topic.
 #[utoipa::path(
     get, path = "/v1/topics/{name}", tag = "topics",
-    params(("name" = String, Path, description = "Topic name")),
+    params(("name" = String, Path, description = "Topic name", pattern = r"^[a-z0-9_-]{1,64}$")),
     responses(
         (status = 200, description = "The topic", body = Topic),
         (status = 400, description = "Bad name", body = crate::error::ErrorBody),
@@ -671,7 +698,7 @@ pub async fn list_topics(State(state): State<AppState>) -> Result<Json<TopicList
 )]
 pub async fn get_topic(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    TopicPath(name): TopicPath,
 ) -> Result<Json<Topic>, Error> {
     let topic = parse_topic(&name)?;
     let info = stream_info(&state, &topic).await?;
@@ -683,7 +710,7 @@ pub async fn get_topic(
 /// Change a topic's retention or access.
 #[utoipa::path(
     patch, path = "/v1/topics/{name}", tag = "topics",
-    params(("name" = String, Path, description = "Topic name")),
+    params(("name" = String, Path, description = "Topic name", pattern = r"^[a-z0-9_-]{1,64}$")),
     request_body = UpdateTopic,
     responses(
         (status = 200, description = "The updated topic", body = Topic),
@@ -697,7 +724,7 @@ pub async fn get_topic(
 )]
 pub async fn update_topic(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    TopicPath(name): TopicPath,
     JsonBody(body): JsonBody<UpdateTopic>,
 ) -> Result<Json<Topic>, Error> {
     let topic = parse_topic(&name)?;
@@ -746,7 +773,7 @@ pub async fn update_topic(
 /// Delete a topic and all its events.
 #[utoipa::path(
     delete, path = "/v1/topics/{name}", tag = "topics",
-    params(("name" = String, Path, description = "Topic name")),
+    params(("name" = String, Path, description = "Topic name", pattern = r"^[a-z0-9_-]{1,64}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Bad name", body = crate::error::ErrorBody),
@@ -758,7 +785,7 @@ pub async fn update_topic(
 )]
 pub async fn delete_topic(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    TopicPath(name): TopicPath,
 ) -> Result<StatusCode, Error> {
     use async_nats::jetstream::context::DeleteStreamErrorKind;
     let topic = parse_topic(&name)?;
@@ -781,7 +808,7 @@ pub async fn delete_topic(
 /// Remove a topic's events, or only those of one subject path.
 #[utoipa::path(
     post, path = "/v1/topics/{name}/purge", tag = "topics",
-    params(("name" = String, Path, description = "Topic name")),
+    params(("name" = String, Path, description = "Topic name", pattern = r"^[a-z0-9_-]{1,64}$")),
     request_body(content = Option<PurgeTopic>, description = "Optional: `{\"subject\": \"orders.42\"}`"),
     responses(
         (status = 200, description = "Purged", body = Purged),
@@ -794,12 +821,15 @@ pub async fn delete_topic(
 )]
 pub async fn purge_topic(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    TopicPath(name): TopicPath,
     body: Bytes,
 ) -> Result<Json<Purged>, Error> {
     use async_nats::jetstream::stream::PurgeErrorKind;
     let topic = parse_topic(&name)?;
-    let body: PurgeTopic = if body.iter().all(u8::is_ascii_whitespace) {
+    // No body, JSON's `null` and JSON's whitespace alone all ask for no
+    // option, as the OpenAPI document says.
+    let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let body: PurgeTopic = if body.iter().all(blank) || body.trim_ascii() == b"null" {
         PurgeTopic::default()
     } else {
         crate::http::parse_json(&body)?
@@ -871,7 +901,7 @@ async fn announce_purge(jetstream: &async_nats::jetstream::Context, topic: &Topi
 /// List a topic's subject paths with their event counts, a page at a time.
 #[utoipa::path(
     get, path = "/v1/topics/{name}/subjects", tag = "topics",
-    params(("name" = String, Path, description = "Topic name"), Page),
+    params(("name" = String, Path, description = "Topic name", pattern = r"^[a-z0-9_-]{1,64}$"), Page),
     responses(
         (status = 200, description = "A page of subject paths", body = SubjectPage),
         (status = 400, description = "Bad name or paging", body = crate::error::ErrorBody),
@@ -883,7 +913,7 @@ async fn announce_purge(jetstream: &async_nats::jetstream::Context, topic: &Topi
 )]
 pub async fn list_subjects(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    TopicPath(name): TopicPath,
     page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<SubjectPage>, Error> {
     let Query(page) = page.map_err(|e| Error::BadRequest(e.body_text()))?;

@@ -534,3 +534,75 @@ async fn nats_down_is_503() {
     })
     .await;
 }
+
+/// The OpenAPI document states the limits the server applies, so that a
+/// client generated from it, or a test tool fuzzing by it, sends what is
+/// taken: each bound as documented, and the server taking the values at it
+/// and refusing those past it, with a JSON error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_states_the_limits_the_server_applies() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        let (_, doc) = admin.call("GET", "/openapi.json", None).await;
+        let create = &doc["components"]["schemas"]["CreateTopic"]["properties"];
+        assert_eq!(create["name"]["pattern"], "^[a-z0-9_-]{1,64}$");
+        assert_eq!(create["replicas"]["enum"], json!([1, 3, null]));
+        for field in ["max_message_bytes", "max_consumers"] {
+            assert_eq!(create[field]["maximum"], 2147483647, "{field}");
+        }
+        let params = doc["paths"]["/v1/topics/{name}/subjects"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+        assert_eq!(limit["schema"]["minimum"], 1, "{limit}");
+        assert_eq!(limit["schema"]["maximum"], 1000, "{limit}");
+        for (path, method) in [
+            ("/v1/topics/{name}", "get"),
+            ("/v1/topics/{name}/purge", "post"),
+            ("/v1/topics/{name}/events", "post"),
+        ] {
+            let name = &doc["paths"][path][method]["parameters"][0];
+            assert_eq!(name["schema"]["pattern"], "^[a-z0-9_-]{1,64}$", "{path}");
+        }
+
+        let create = |body| admin.call("POST", "/v1/topics", Some(body));
+        assert_eq!(create(json!({"name": "a".repeat(64)})).await.0, 201);
+        assert_error(&create(json!({"name": "b".repeat(65)})).await, 400, "name");
+        assert_eq!(create(json!({"name": "r1", "replicas": 1})).await.0, 201);
+        assert_eq!(
+            create(json!({"name": "rnull", "replicas": null})).await.0,
+            201
+        );
+        assert_error(
+            &create(json!({"name": "r2", "replicas": 2})).await,
+            400,
+            "replicas",
+        );
+        let big = json!({"name": "big", "max_message_bytes": 2147483648u64});
+        assert_error(&create(big).await, 400, "max_message_bytes");
+
+        for (limit, status) in [(0, 400), (1, 200), (1000, 200), (1001, 400)] {
+            let url = format!("/v1/topics/r1/subjects?limit={limit}");
+            assert_eq!(
+                admin.call("GET", &url, None).await.0,
+                status,
+                "limit={limit}"
+            );
+        }
+        // A purge's body is optional; `null` asks for no option too.
+        let (status, purged) = admin
+            .call("POST", "/v1/topics/r1/purge", Some(serde_json::Value::Null))
+            .await;
+        assert_eq!(status, 200, "{purged}");
+        // A name that is no UTF-8 once decoded: a JSON error, as any other.
+        for (method, path) in [
+            ("GET", "/v1/topics/%FF"),
+            ("POST", "/v1/topics/%FF/purge"),
+            ("POST", "/v1/topics/%FF/events"),
+        ] {
+            assert_error(&admin.call(method, path, None).await, 400, "UTF-8");
+        }
+    })
+    .await;
+}

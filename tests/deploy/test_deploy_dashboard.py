@@ -242,3 +242,37 @@ def test_metric_list_matches_the_source(crate, metrics):
     declared = set(re.findall(r'"(sse_[a-z0-9_]+)"', source.read_text()))
     missing = set(metrics) - declared
     assert not missing, f"{crate}/src/metrics.rs does not declare {sorted(missing)}"
+
+
+def effective_unit(panel: dict, ref_id: str) -> str | None:
+    """The unit a target's series are drawn in: an override of its refId,
+    else the panel's default."""
+    config = panel.get("fieldConfig", {})
+    unit = config.get("defaults", {}).get("unit")
+    for override in config.get("overrides", []):
+        matcher = override.get("matcher", {})
+        if matcher.get("id") == "byFrameRefID" and matcher.get("options") == ref_id:
+            for prop in override.get("properties", []):
+                if prop.get("id") == "unit":
+                    unit = prop["value"]
+    return unit
+
+
+def test_byte_series_are_drawn_in_bytes_and_counts_are_not(dashboard):
+    """A gauge of bytes shown as a bare number (268435456) says nothing, and
+    a count drawn on a byte axis beside a budget of 256 MiB is a flat zero:
+    each target of a time series gets the unit of what it queries."""
+    checked = 0
+    for panel in dashboard["panels"]:
+        if panel.get("type") != "timeseries":
+            continue
+        for target in panel.get("targets", []):
+            names = metric_names(target["expr"])
+            byte_gauges = {n for n in names if n.endswith("_bytes")}
+            unit = effective_unit(panel, target["refId"])
+            if byte_gauges and byte_gauges == names:
+                assert unit in ("bytes", "decbytes"), (panel["title"], target["expr"], unit)
+                checked += 1
+            elif not byte_gauges:
+                assert unit not in ("bytes", "decbytes"), (panel["title"], target["expr"], unit)
+    assert checked >= 2

@@ -39,8 +39,8 @@ fn main() -> ExitCode {
         println!("sse-admin: configuration is valid");
         return ExitCode::SUCCESS;
     }
-    telemetry::init(&config.log);
-    match serve(config) {
+    let telemetry = telemetry::init(&config.log);
+    let code = match serve(config) {
         Ok(()) => {
             tracing::info!("exiting");
             ExitCode::SUCCESS
@@ -49,7 +49,10 @@ fn main() -> ExitCode {
             tracing::error!(error = %format!("{err:#}"), "admin failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last spans reach the collector before the process ends.
+    telemetry.shutdown();
+    code
 }
 
 #[tokio::main]

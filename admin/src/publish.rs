@@ -30,6 +30,7 @@ use sse_protocol::{
         RESET_EVENT_NAME, TOPIC_DELETED_EVENT_NAME, TRACEPARENT_HEADER, valid_event_name,
     },
 };
+use tracing::Instrument;
 use utoipa::ToSchema;
 
 use crate::{
@@ -251,7 +252,44 @@ pub async fn publish_event(
     http_headers: HttpHeaders,
     JsonBody(body): JsonBody<PublishEvent>,
 ) -> Result<Json<Published>, Error> {
-    let topic = topics::parse_topic(&name)?;
+    if !crate::telemetry::tracing_enabled() {
+        let caller = traceparent(&http_headers);
+        return publish(&state, &name, caller, body).await;
+    }
+    let span = tracing::info_span!(
+        "sse.publish",
+        topic = %name,
+        sequence = tracing::field::Empty,
+        duplicate = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, &http_headers);
+    // The nodes' spans for this event are children of this one, recorded
+    // or not as it is.
+    let traceparent = crate::telemetry::traceparent_of(&span);
+    let published = publish(&state, &name, traceparent, body)
+        .instrument(span.clone())
+        .await;
+    match &published {
+        Ok(Json(published)) => {
+            span.record("sequence", published.sequence);
+            span.record("duplicate", published.duplicate);
+        }
+        Err(error) => {
+            span.record("error", error.status_and_code().1);
+        }
+    }
+    published
+}
+
+/// Publishes `body` to topic `name`, with `traceparent` for the nodes.
+async fn publish(
+    state: &AppState,
+    name: &str,
+    traceparent: Option<String>,
+    body: PublishEvent,
+) -> Result<Json<Published>, Error> {
+    let topic = topics::parse_topic(name)?;
     let subject = body.subject.as_deref().unwrap_or(topic.as_str());
     let path =
         SubjectPath::parse_concrete(subject).map_err(|e| Error::BadRequest(e.to_string()))?;
@@ -273,7 +311,7 @@ pub async fn publish_event(
     if let Some(event) = &body.event {
         headers.insert(EVENT_NAME_HEADER, event.as_str());
     }
-    if let Some(tp) = traceparent(&http_headers) {
+    if let Some(tp) = traceparent {
         headers.insert(TRACEPARENT_HEADER, tp.as_str());
     }
     // The limit said is the one that applies: admin's own, or NATS's, which
@@ -324,7 +362,7 @@ pub async fn publish_event(
         return Err(refusal);
     }
     let ack =
-        publish_with_retry(&state, &topic, deadline, subject, headers, body.data.into()).await?;
+        publish_with_retry(state, &topic, deadline, subject, headers, body.data.into()).await?;
 
     let stream = topic.stream_name();
     let mut epoch = facts.epoch;

@@ -103,7 +103,14 @@ pub async fn report_loop(
         match written {
             Ok(_) => switch.answered(),
             Err(error) => {
-                warn!(%error, "cannot write the node report");
+                // async-nats says "no stream found" when no server answered
+                // for the bucket's stream, which an election or a restart
+                // causes far more often than a deleted bucket.
+                if error.contains("no stream found") {
+                    warn!(%error, "cannot write the node report: no NATS server answered for the nodes bucket (electing its leader, or restarting?); retrying");
+                } else {
+                    warn!(%error, "cannot write the node report");
+                }
                 if !node.readiness().nats_connected {
                     continue;
                 }

@@ -24,11 +24,7 @@ use opentelemetry::{
     propagation::{Extractor, TextMapPropagator},
     trace::TracerProvider as _,
 };
-use opentelemetry_sdk::{
-    Resource,
-    propagation::TraceContextPropagator,
-    trace::{Sampler, SdkTracerProvider},
-};
+use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
@@ -80,16 +76,11 @@ pub fn init(config: &LogConfig, service_name: &'static str) -> Telemetry {
             .with_writer(std::io::stderr)
             .boxed()
     };
-    let wanted = [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ]
-    .iter()
-    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+    let wanted = sse_protocol::otel::export_wanted();
     let mut provider = None;
     let mut setup_error = None;
     if wanted {
-        match trace_provider(service_name) {
+        match sse_protocol::otel::trace_provider(service_name, DEFAULT_ROOT_SAMPLE_RATIO) {
             Ok(p) => provider = Some(p),
             Err(e) => setup_error = Some(e),
         }
@@ -115,49 +106,6 @@ pub fn init(config: &LogConfig, service_name: &'static str) -> Telemetry {
     Telemetry { provider }
 }
 
-/// Whether `endpoint` is a URL the OTLP/HTTP exporter can post to.
-fn otlp_http_endpoint(endpoint: &str) -> bool {
-    let lower = endpoint.trim().to_ascii_lowercase();
-    lower.starts_with("http://") || lower.starts_with("https://")
-}
-
-fn trace_provider(service_name: &'static str) -> Result<SdkTracerProvider, String> {
-    // The exporter takes a `grpc://` endpoint, or one without a scheme, and
-    // then posts OTLP/HTTP where a collector waits for gRPC: nothing
-    // arrives, and nothing says why.
-    for name in [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ] {
-        if let Ok(endpoint) = std::env::var(name)
-            && !endpoint.is_empty()
-            && !otlp_http_endpoint(&endpoint)
-        {
-            return Err(format!(
-                "{name} is {endpoint:?}: give an http:// or https:// URL of a collector's OTLP/HTTP port (usually 4318); the node does not speak OTLP/gRPC"
-            ));
-        }
-    }
-    // The exporter's HTTP client speaks TLS to an `https://` endpoint with
-    // rustls, which wants one crypto provider per process: ring, as the
-    // node's own TLS. A second call finds it set.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service_name.into());
-    let mut builder = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(Resource::builder().with_service_name(service).build());
-    if std::env::var("OTEL_TRACES_SAMPLER").is_err() {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            DEFAULT_ROOT_SAMPLE_RATIO,
-        ))));
-    }
-    Ok(builder.build())
-}
-
 struct NatsHeaders<'a>(&'a HeaderMap);
 
 impl Extractor for NatsHeaders<'_> {
@@ -174,25 +122,4 @@ impl Extractor for NatsHeaders<'_> {
 pub fn continue_trace(span: &Span, headers: &HeaderMap) {
     let parent = TraceContextPropagator::new().extract(&NatsHeaders(headers));
     let _ = span.set_parent(parent);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Only http(s) URLs are taken; a gRPC URL or a bare address would be
-    /// posted to as OTLP/HTTP and lose every span without a word.
-    #[test]
-    fn only_http_and_https_endpoints_are_taken() {
-        for good in [
-            "http://otel:4318",
-            "HTTPS://otel.example:4318/",
-            " http://a:1",
-        ] {
-            assert!(otlp_http_endpoint(good), "{good:?}");
-        }
-        for bad in ["grpc://otel:4317", "otel:4317", "", "ftp://x"] {
-            assert!(!otlp_http_endpoint(bad), "{bad:?}");
-        }
-    }
 }

@@ -25,6 +25,8 @@
 //!   `config` feature).
 //! - [`event_stream`]: the `text/event-stream` parser tests read frames with.
 //! - [`log_level`]: what `log.level` may say beyond tracing's own syntax.
+//! - `otel`: OTLP/HTTP trace export, set up alike by node and admin (the
+//!   `otel` feature).
 //!
 //! Everything but the bucket opener is pure and allocation-light, so both
 //! binaries, the fuzz targets and the property tests share one definition.
@@ -45,6 +47,8 @@ pub mod nats_tls;
 #[cfg(feature = "nats")]
 pub mod nats_url;
 pub mod node_report;
+#[cfg(feature = "otel")]
+pub mod otel;
 #[cfg(feature = "nats")]
 pub mod stream_list;
 pub mod topic;

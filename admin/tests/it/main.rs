@@ -5,7 +5,8 @@
 //! and refusals), `auth`, `publish`, `nodes` (cluster view and metrics),
 //! `config` (the binary's `--check-config`) `dashboard` (headless
 //! Chromium), `node_e2e` (publish through admin, read on a real node) and
-//! `nats_security` (NATS servers that verify client certificates or nkeys).
+//! `nats_security` (NATS servers that verify client certificates or nkeys)
+//! and `traces` (a publish traced over OTLP/HTTP, admin as a process).
 
 mod auth;
 mod config;
@@ -22,3 +23,4 @@ mod ports;
 mod publish;
 mod support;
 mod topics;
+mod traces;

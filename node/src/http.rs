@@ -429,6 +429,25 @@ pub(crate) fn head_is_over_bounds<B>(http: &HttpConfig, request: &axum::http::Re
     size > http.max_header_bytes
 }
 
+/// The parameter `name` was most likely meant to be, when it differs from
+/// one only in case, `-` or `_` (`lastEventID`, `last_event_id`,
+/// `Topic`): ignored, a misspelt resume would start the stream live and
+/// lose what the client missed, without a word. Other parameters (a
+/// cache-buster, an app's own) are ignored.
+fn misspelled_parameter(name: &str) -> Option<&'static str> {
+    let folded: String = name
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_'))
+        .flat_map(char::to_lowercase)
+        .collect();
+    ["topic", "lastEventId", auth::QUERY_PARAMETER]
+        .into_iter()
+        .find(|known| {
+            folded == known.replace('_', "").to_lowercase()
+                || folded == format!("{}s", known.to_lowercase())
+        })
+}
+
 /// What a stream request asks for, once validated.
 struct StreamRequest {
     topics: BTreeMap<TopicName, Vec<SubjectPath>>,
@@ -457,8 +476,23 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
                 ));
             }
             "lastEventId" => query_id = Some(value),
+            auth::QUERY_PARAMETER if query_token.as_ref().is_some_and(|t| *t != value) => {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    "the access_token parameter is given more than once, with different tokens: give one",
+                ));
+            }
             auth::QUERY_PARAMETER => query_token = Some(value),
-            _ => {}
+            other => {
+                if let Some(meant) = misspelled_parameter(other) {
+                    return Err(ApiError::bad_request(
+                        "bad_query",
+                        format!(
+                            "there is no parameter {other:?}: did you mean {meant:?}? (names are case-sensitive)"
+                        ),
+                    ));
+                }
+            }
         }
     }
     if paths.is_empty() {

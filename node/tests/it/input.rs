@@ -94,6 +94,27 @@ async fn bad_requests_get_precise_errors() {
             400,
             "bad_last_event_id",
         ),
+        // A resume parameter spelt otherwise would start the stream live
+        // and lose what the client missed.
+        (
+            "/v1/events?topic=orders&lastEventID=orders:abc:1".into(),
+            None,
+            400,
+            "bad_query",
+        ),
+        (
+            "/v1/events?topic=orders&last_event_id=orders:abc:1".into(),
+            None,
+            400,
+            "bad_query",
+        ),
+        ("/v1/events?Topic=orders".into(), None, 400, "bad_query"),
+        (
+            "/v1/events?topic=orders&access_token=a&access_token=b".into(),
+            None,
+            400,
+            "bad_query",
+        ),
         ("/v1/events?topic=nosuch".into(), None, 404, "unknown_topic"),
         (
             "/v1/events?topic=orders&topic=nosuch.x".into(),
@@ -135,6 +156,20 @@ async fn bad_requests_get_precise_errors() {
     assert!(body.contains("the lastEventId parameter"), "{body}");
     let (_, body) = get(&node.url("/v1/events?topic=orders"), Some("x:y")).await;
     assert!(body.contains("Last-Event-ID"), "{body}");
+    let (_, body) = get(&node.url("/v1/events?topic=orders&Last-Event-ID=x"), None).await;
+    let message = serde_json::from_str::<serde_json::Value>(&body).unwrap()["message"].clone();
+    assert!(
+        message
+            .as_str()
+            .unwrap()
+            .contains("did you mean \"lastEventId\""),
+        "{body}"
+    );
+    // Parameters of the app's own (a cache-buster) are left alone.
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=orders&_=17&v=2"), None)
+        .await
+        .unwrap();
+    client.ready().await;
     assert!(
         node.metric("sse_requests_rejected_total{status=\"400\"}")
             .await

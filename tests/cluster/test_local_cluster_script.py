@@ -164,6 +164,19 @@ def test_the_cluster_script_starts_a_cluster_its_printed_commands_use_and_ctrl_c
             done = subprocess.run([str(ssectl), *argv], env=token_env, capture_output=True, text=True, timeout=30)
             assert done.returncode == 0, f"ssectl {argv}: {done.stderr}"
         token = done.stdout.strip()
+        # A topic on all three NATS servers, as the README makes one: its
+        # placement is shown settled, not a follower "unreachable" in the
+        # moment after the stream was made.
+        made = subprocess.run(
+            [str(ssectl), "topic", "create", "orders", "--replicas", "3", "--max-age", "7d"],
+            env=ssectl_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert made.returncode == 0, made.stderr
+        placement = next(line for line in made.stdout.splitlines() if line.startswith("placement"))
+        assert placement.endswith("leads, 2 current"), made.stdout
         status, headers = _stream_head(lb_port, "/v1/events?topic=secret", {"Origin": ORIGIN})
         assert status == 401, (status, headers)
         status, headers = _stream_head(lb_port, "/v1/events?topic=secret", {"Origin": ORIGIN, "Cookie": f"sse_token={token}"})

@@ -19,9 +19,23 @@ pub async fn run(settings: &Settings, out: Output, command: TopicCommand) -> Res
     let admin = Admin::new(settings)?;
     match command {
         TopicCommand::Create(create) => {
-            let topic = admin
+            let mut topic = admin
                 .call(Method::POST, "/v1/topics", Some(&create_body(&create)?))
                 .await?;
+            // A stream just made has no leader yet, or one that has not
+            // heard from its followers: shown at once, its placement would
+            // say `-` or `n1 unreachable` of a healthy cluster. Looked at
+            // again for a few seconds; what is still unsettled then is shown
+            // as it is.
+            let deadline = std::time::Instant::now() + PLACEMENT_SETTLE;
+            while !placement_settled(&topic) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let name = topic["name"].as_str().unwrap_or_default();
+                match admin.get(&format!("/v1/topics/{name}")).await {
+                    Ok(again) => topic = again,
+                    Err(_) => break,
+                }
+            }
             print_topic(out, &topic);
         }
         TopicCommand::Ls => {
@@ -244,6 +258,22 @@ pub(crate) fn placement_cell(topic: &Value) -> String {
         cell.push_str(&trouble);
     }
     cell
+}
+
+/// Longest wait after `topic create` for the new stream's leader and
+/// replicas to be in place.
+const PLACEMENT_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether a topic's stream has a leader and every replica is current.
+fn placement_settled(topic: &Value) -> bool {
+    let placement = &topic["placement"];
+    placement["leader"].is_string()
+        && placement["replicas"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .all(|r| replica_state(r) == "up")
 }
 
 /// A follower more than this long unheard of is unreachable, not behind.

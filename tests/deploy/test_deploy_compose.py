@@ -85,6 +85,7 @@ def test_nats_is_a_three_server_jetstream_cluster(model):
     assert re.search(r"^\s*sync_interval:\s*always\s*$", active, re.M)
     assert re.findall(r"nats://(nats-\d):6222", active) == ["nats-1", "nats-2", "nats-3"]
     assert re.search(r"store_dir:\s*/data", active)
+    assert re.search(r"^\s*max_memory_store:\s*\d+MB\s*$", active, re.M), "memory storage on"
 
 
 def test_nats_conf_is_accepted_by_nats_server(tmp_path):

@@ -233,6 +233,12 @@ def test_nats_dependency_is_declared_and_locked():
     assert lock["digest"] == "sha256:" + hashlib.sha256(data.encode()).hexdigest()
 
 
+def _bytes(quantity: str) -> int:
+    """A Kubernetes quantity such as 512Mi or 2Gi, in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
 def test_nats_defaults_are_durable_and_clustered():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     nats = values["nats"]
@@ -241,6 +247,10 @@ def test_nats_defaults_are_durable_and_clustered():
     js = nats["config"]["jetstream"]
     assert js["enabled"] is True and js["fileStore"]["enabled"] is True
     assert js["merge"]["sync_interval"] == "always"
+    # The nats chart's default turns memory storage off, which refuses
+    # `--memory` topics and puts the nodes' report bucket on disk.
+    assert js["memoryStore"]["enabled"] is True
+    assert _bytes(js["memoryStore"]["maxSize"]) < _bytes(nats["container"]["resources"]["limits"]["memory"])
     text = (CHART / "values.yaml").read_text()
     assert "sync_interval: 1s" in text or "sync_interval: 2m" in text, "the throughput trade-off is documented"
 

@@ -160,6 +160,7 @@ def test_nats_is_a_durable_three_server_cluster(objs):
     conf = (K8S / "nats.conf").read_text()
     active = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
     assert re.search(r"^\s*sync_interval:\s*always\s*$", active, re.M), "fsync before every ack"
+    assert re.search(r"^\s*max_memory_store:\s*512MB\s*$", active, re.M), "memory storage as the chart's"
     routes = re.findall(r"nats://([a-z0-9-]+)\.([a-z0-9-]+):6222", active)
     assert routes == [(f"sse-cluster-nats-{i}", headless["metadata"]["name"]) for i in range(3)]
     nats = container(sts, "nats")

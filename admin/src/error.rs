@@ -132,11 +132,14 @@ impl Error {
             )),
             // Answered with code 500, but no retry helps: the limits asked
             // for are more than the servers' JetStream may hold.
-            ErrorCode::STORAGE_RESOURCES_EXCEEDED | ErrorCode::MEMORY_RESOURCES_EXCEEDED => {
-                Error::BadRequest(format!(
-                    "topic {topic:?}: more than the NATS servers' JetStream may hold; ask for less (max_bytes) or give JetStream more: {err}"
-                ))
-            }
+            // Memory storage off (`max_memory_store: 0`, the nats Helm
+            // chart's default) looks the same as memory storage full.
+            ErrorCode::MEMORY_RESOURCES_EXCEEDED => Error::BadRequest(format!(
+                "topic {topic:?}: the NATS servers' JetStream memory storage cannot hold it (none allowed, or full): give JetStream memory storage (max_memory_store) or make the topic on file storage: {err}"
+            )),
+            ErrorCode::STORAGE_RESOURCES_EXCEEDED => Error::BadRequest(format!(
+                "topic {topic:?}: more than the NATS servers' JetStream may hold; ask for less (max_bytes) or give JetStream more: {err}"
+            )),
             // A stream that denies purges (made so by hand) refuses every
             // one, also with code 500.
             ErrorCode::STREAM_PURGE_FAILED => Error::BadRequest(format!(

@@ -606,3 +606,31 @@ async fn the_openapi_document_states_the_limits_the_server_applies() {
     })
     .await;
 }
+
+/// A memory topic on NATS servers that allow no memory storage (the nats
+/// Helm chart's own default) is refused saying so, not as a size to ask
+/// less of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_topic_without_memory_storage_is_refused_saying_so() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("nats.conf");
+        std::fs::write(&config, "jetstream {\n  max_memory_store: 0\n}\n").unwrap();
+        let nats = NatsServer::start_with_args(&["-c", config.to_str().unwrap()]);
+        let admin = Admin::start(&nats).await;
+        let answer = admin
+            .call(
+                "POST",
+                "/v1/topics",
+                Some(json!({"name": "volatile", "storage": "memory"})),
+            )
+            .await;
+        assert_error(&answer, 400, "memory storage");
+        assert_error(&answer, 400, "max_memory_store");
+        assert_eq!(
+            admin.create_topic(json!({"name": "durable"})).await["name"],
+            "durable"
+        );
+    })
+    .await;
+}

@@ -463,6 +463,25 @@ def test_helm_test_hook_checks_both_services():
 def test_notes_explain_access():
     notes = render_chart("ingress-values.yaml")["sse-cluster/templates/NOTES.txt"]
     assert "port-forward" in notes and "admin-token" in notes and "events.example.com" in notes
+    # A topic is made before it is subscribed to: a fresh install has none,
+    # and a stream of an unknown topic is refused 404.
+    create = notes.index("/v1/topics")
+    subscribe = notes.index("/v1/events?topic=demo")
+    assert create < subscribe, notes
+    assert "curl -N 'http://127.0.0.1:8080/v1/events?topic=demo'" in notes
+
+
+def test_notes_and_service_follow_node_tls():
+    rendered = render_chart("node-tls-values.yaml")
+    notes = rendered["sse-cluster/templates/NOTES.txt"]
+    assert "curl -N -k 'https://127.0.0.1:8080/v1/events?topic=demo'" in notes, notes
+    service = one(chart_objects("node-tls-values.yaml"), "Service", "-node")
+    assert service["spec"]["ports"][0]["appProtocol"] == "https"
+    plain = one(chart_objects(), "Service", "-node")
+    assert plain["spec"]["ports"][0]["appProtocol"] == "http"
+    both = {"httpRoute": yaml.safe_load((CHART / "ci" / "httproute-values.yaml").read_text())["httpRoute"]}
+    notes = render_chart("node-tls-values.yaml", extra=both)["sse-cluster/templates/NOTES.txt"]
+    assert "BackendTLSPolicy" in notes, notes
 
 
 @pytest.mark.parametrize("component", ["node", "admin"])

@@ -206,9 +206,14 @@ pub async fn serve(
     // served as ever.
     let mut one_request = builder.clone();
     one_request.http1().keep_alive(false);
+    // TLS that agreed on h2 by ALPN carries HTTP/2 only (RFC 9113 §3.3):
+    // hyper's sniffing would take HTTP/1.1 there too, kept alive, past the
+    // lean path's reader and its answers to malformed heads.
+    let alpn_h2 = builder.clone().http2_only();
     let builders = Arc::new(Builders {
         kept_alive: builder,
         one_request,
+        alpn_h2,
     });
     let handshake_timeout = Duration::from_secs(config.tls.handshake_timeout_seconds);
     let head_wait = Duration::from_secs(http.header_read_timeout_seconds);
@@ -364,9 +369,9 @@ async fn serve_tls(
         match tls_records::take_over_connection(stream, head_wait).await {
             // A task of its own: what the handshake and the take-over held
             // in this one is freed, not kept for the connection's life.
-            Ok(records) => drop(tokio::spawn(hyper.serve(records, After::Nothing))),
+            Ok(records) => drop(tokio::spawn(hyper.serve(records, After::AlpnH2))),
             Err(tls_records::NotTaken::Kept(stream)) => {
-                drop(tokio::spawn(hyper.serve(*stream, After::Nothing)))
+                drop(tokio::spawn(hyper.serve(*stream, After::AlpnH2)))
             }
             Err(tls_records::NotTaken::Lost(why)) => debug!(why, "tls connection lost"),
         }
@@ -431,10 +436,12 @@ async fn refuse_h2c(stream: &mut GuardedStream) -> bool {
 }
 
 /// hyper's builders: one for connections it serves from their start, one
-/// for those the lean path looked at and declined.
+/// for those the lean path looked at and declined, one for TLS that agreed
+/// on h2.
 struct Builders {
     kept_alive: auto::Builder<TokioExecutor>,
     one_request: auto::Builder<TokioExecutor>,
+    alpn_h2: auto::Builder<TokioExecutor>,
 }
 
 /// What came before hyper on a connection.
@@ -447,6 +454,9 @@ enum After {
     /// hyper serves that request only, so that every HTTP/1.1 request
     /// comes to the lean path first, on a connection of its own.
     Lean,
+    /// A TLS handshake that agreed on h2 by ALPN: HTTP/2 only, its
+    /// preface or nothing.
+    AlpnH2,
 }
 
 /// What serving a connection with hyper takes.
@@ -482,6 +492,7 @@ impl Hyper {
         let builder = match after {
             After::Nothing => &self.builders.kept_alive,
             After::Lean => &self.builders.one_request,
+            After::AlpnH2 => &self.builders.alpn_h2,
         };
         let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
         let mut phase = self.phase;

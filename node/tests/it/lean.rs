@@ -668,6 +668,22 @@ async fn tls_streams_are_served_on_the_lean_path_and_everything_else_by_hyper() 
     assert_eq!(cert_metric(&cert, &node, &served("router")).await, 1.0);
     assert_eq!(cert_metric(&cert, &node, &served("lean")).await, 2.0);
 
+    // A connection that agreed on h2 carries HTTP/2 only (RFC 9113 §3.3):
+    // HTTP/1.1 there gets no answer, kept alive past the lean path's reader.
+    let mut h2 = cert.connect(&node, &cert.connector_h2).await.unwrap();
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    h2.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(T, h2.read_to_end(&mut answer)).await;
+    assert!(ended.is_ok(), "the connection stays open");
+    assert!(
+        !answer.starts_with(b"HTTP/1.1"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
     // A stream the node ends is closed the TLS way (close_notify, then the
     // end of the connection): the client reads a clean end, no error.
     node.terminate();

@@ -887,9 +887,16 @@ impl Drop for ClientStream {
     }
 }
 
+/// Most bytes a client may send in one go once its head is read before its
+/// stream is closed as gone: an `EventSource` sends nothing more, and a
+/// client that floods the socket would otherwise keep the node reading
+/// and throwing away its bytes for as long as it liked.
+const PEER_BYTES_PER_WAKE: usize = 64 * 1024;
+
 /// Resolves when `peer` is readable: `true` if the client closed its side
-/// (or the socket failed), `false` if it merely sent bytes, which are
-/// discarded: an SSE client has nothing more to say.
+/// (or the socket failed, or it sent [`PEER_BYTES_PER_WAKE`] at once),
+/// `false` if it merely sent a few bytes, which are discarded: an SSE
+/// client has nothing more to say.
 async fn peer_closed(peer: Option<&TcpStream>) -> bool {
     let Some(peer) = peer else {
         return std::future::pending().await;
@@ -902,12 +909,28 @@ async fn peer_closed(peer: Option<&TcpStream>) -> bool {
     {
         return true;
     }
-    let mut discard = [0u8; 64];
-    match peer.try_read(&mut discard) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-        Err(_) => true,
+    discard_what_the_peer_sent(peer)
+}
+
+/// Reads and drops what the client sent, in large reads (a small buffer
+/// would cost a system call every few bytes); `true` if it is gone.
+/// Not async, so that the buffer is no part of any stream's wait.
+fn discard_what_the_peer_sent(peer: &TcpStream) -> bool {
+    let mut discard = [0u8; 4096];
+    let mut taken = 0;
+    loop {
+        match peer.try_read(&mut discard) {
+            Ok(0) => return true,
+            Ok(read) => {
+                taken += read;
+                if taken >= PEER_BYTES_PER_WAKE {
+                    debug!(bytes = taken, "closing a stream whose client sends bytes");
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
     }
 }
 

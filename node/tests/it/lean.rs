@@ -825,3 +825,54 @@ async fn a_stream_request_asking_for_h2c_is_served_by_the_lean_path() {
     assert_eq!(node.metric(&served("lean")).await, 1.0);
     assert_eq!(node.metric(&served("router")).await, 0.0);
 }
+
+/// A client that floods its stream's socket with bytes after its head is
+/// no `EventSource`: its stream is closed, where the node read them 64
+/// bytes a system call for as long as the client liked. A few bytes (a
+/// pipelined request the node never answers) are let be.
+#[tokio::test]
+async fn a_client_that_floods_its_stream_with_bytes_is_closed() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "flood", None).await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let tcp = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    let response = raw_get(tcp, "/v1/events?topic=flood", &[]).await.unwrap();
+    assert_eq!(response.status, 200);
+    let (read, mut write) = tokio::io::split(response.io);
+    let mut stream = events_from(response.rest, read, None, 4096);
+    stream.ready().await;
+    write
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    publish(&js, "flood", "still-open").await;
+    assert_eq!(data_of(&stream.take(1, T).await), ["still-open"]);
+
+    let flood = tokio::spawn(async move {
+        let junk = vec![b'x'; 64 * 1024];
+        for _ in 0..256 {
+            if write.write_all(&junk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let ended = stream.until_closed(T).await;
+    assert!(
+        !matches!(&ended, Err(e) if e.to_string().starts_with("no bytes within")),
+        "the stream stays open under a flood: {ended:?}"
+    );
+    // Closed for the flood, not for anything that comes later.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    flood.abort();
+    // Everyone else is served on.
+    let mut other = SseClient::connect(&node.url("/v1/events?topic=flood"), None)
+        .await
+        .unwrap();
+    other.ready().await;
+}

@@ -476,6 +476,9 @@ fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
     if http::host_is_wrong(parsed.version == Some(1), hosts) {
         return Head::Malformed(http::MalformedPart::Host);
     }
+    if http::body_framing_is_wrong(parsed.headers.iter().map(|h| (h.name, h.value))) {
+        return Head::Malformed(http::MalformedPart::BodyFraming);
+    }
     if parsed.method == Some("GET")
         && let Some(target) = parsed.path
         && target.starts_with("/v1/events")

@@ -120,6 +120,9 @@ impl ApiError {
             MalformedPart::Host => {
                 "a request names its host in one `Host` header, `host[:port]`, which HTTP/1.1 requires (RFC 9112, section 3.2): none came, more than one, or a value that is no host"
             }
+            MalformedPart::BodyFraming => {
+                "the request's Content-Length and Transfer-Encoding leave its body's length unknown (RFC 9112, section 6.3): a Content-Length that is not one number, both headers at once, or codings that do not end with chunked"
+            }
         };
         Self::bad_request("bad_request_head", message)
     }
@@ -363,6 +366,41 @@ pub(crate) enum MalformedPart {
     /// The `Host` header: missing from an HTTP/1.1 request, given more
     /// than once, or no `host[:port]`.
     Host,
+    /// `Content-Length` or `Transfer-Encoding` that leave the body's length
+    /// unknown (see [`body_framing_is_wrong`]).
+    BodyFraming,
+}
+
+/// Whether a request's `Content-Length` and `Transfer-Encoding` leave its
+/// body's length unknown, which RFC 9112 (section 6.3) has a server answer
+/// with 400 and a close, as a smuggled request hides there: a length that
+/// is not one number (a list, or the header twice, as hyper refuses them
+/// too), both headers at once, or codings that do not end with `chunked`.
+pub(crate) fn body_framing_is_wrong<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> bool {
+    let mut length = false;
+    let mut codings = false;
+    let mut last_coding: &[u8] = b"";
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("content-length") {
+            let value = value.trim_ascii();
+            if length || value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                return true;
+            }
+            length = true;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            codings = true;
+            if let Some(last) = value
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .rfind(|coding| !coding.is_empty())
+            {
+                last_coding = last;
+            }
+        }
+    }
+    codings && (length || !last_coding.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Whether a request's `Host` headers break RFC 9112 (section 3.2), which

@@ -825,7 +825,7 @@ async fn a_head_http_cannot_read_gets_400_naming_the_wrong_part() {
     let js = nats.jetstream().await;
     create_topic(&js, "orders", None).await;
     let node = NodeProc::start(&nats.url(), &[]).await;
-    let cases: [(&[u8], &str); 6] = [
+    let cases: [(&[u8], &str); 11] = [
         (
             b"GET /v1/events?topic=orders HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
             "a header's value",
@@ -847,6 +847,28 @@ async fn a_head_http_cannot_read_gets_400_naming_the_wrong_part() {
             "the request line",
         ),
         (b"GET /healthz\r\n\r\n", "the request line"),
+        // A body whose length cannot be known (RFC 9112, section 6.3): where
+        // a smuggled request would hide.
+        (
+            b"GET /v1/events?topic=orders HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "Content-Length",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n",
+            "Content-Length",
+        ),
+        (
+            b"GET /v1/events?topic=orders HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            "Content-Length",
+        ),
+        (
+            b"GET /v1/events?topic=orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, identity\r\n\r\n",
+            "Transfer-Encoding",
+        ),
+        (
+            b"GET /v1/events?topic=orders HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "Transfer-Encoding",
+        ),
     ];
     for (request, says) in cases {
         let body = json_400(node.port, request).await;
@@ -862,11 +884,20 @@ async fn a_head_http_cannot_read_gets_400_naming_the_wrong_part() {
             .then_some(())
     })
     .await;
-    // Well-formed, the same request is served.
+    // Well-formed, the same request is served; a body of a length that
+    // can be known is no reason to refuse.
     let mut client = SseClient::connect(&node.url("/v1/events?topic=orders"), None)
         .await
         .unwrap();
     client.ready().await;
+    for request in [
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nab",
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    ] {
+        let (status, answer) = raw_answer(node.port, request).await;
+        assert_eq!(status, Some(200), "{request:?}: {answer}");
+    }
 }
 
 /// RFC 9112's rule for `Host`, and one `Last-Event-ID`: an HTTP/1.1 request

@@ -209,7 +209,13 @@ pub async fn serve(
     // TLS that agreed on h2 by ALPN carries HTTP/2 only (RFC 9113 §3.3):
     // hyper's sniffing would take HTTP/1.1 there too, kept alive, past the
     // lean path's reader and its answers to malformed heads.
-    let alpn_h2 = builder.clone().http2_only();
+    // With `http.h2` off no handshake offers h2, and the builder is
+    // HTTP/1.1 only already (hyper_util refuses to be made both).
+    let alpn_h2 = if http.h2 {
+        builder.clone().http2_only()
+    } else {
+        builder.clone()
+    };
     let builders = Arc::new(Builders {
         kept_alive: builder,
         one_request,

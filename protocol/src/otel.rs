@@ -1,14 +1,104 @@
-//! OTLP/HTTP trace export, set up the same way by node and admin: on when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
-//! is set, to an `http://` or `https://` collector (the system's
-//! certificate authorities, which `SSL_CERT_FILE` may replace), with the
-//! standard `OTEL_*` variables honoured (service name, headers, sampler,
-//! batch settings).
+//! Logs and OTLP/HTTP trace export, set up the same way by node and admin.
+//!
+//! Logs: text or JSON lines on stderr; `RUST_LOG`, when set, wins over the
+//! configured level, and the NATS client library's own lines stay at
+//! `warn` unless the level names `async_nats`.
+//!
+//! Traces: on when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, to an `http://` or
+//! `https://` collector (the system's certificate authorities, which
+//! `SSL_CERT_FILE` may replace), with the standard `OTEL_*` variables
+//! honoured (service name, headers, sampler, batch settings). Only spans
+//! named `sse.…` are exported.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     Resource,
     trace::{Sampler, SdkTracerProvider},
 };
+use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans; when not, callers create none.
+#[inline]
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes it.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the trace exporter.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs logging (`format`: `text` or `json`; `level`: the configured
+/// level), and trace export when the environment asks for it, as
+/// `service_name`, recording root spans at `default_root_ratio` unless
+/// `OTEL_TRACES_SAMPLER` says otherwise. A second call (tests) keeps the
+/// first subscriber.
+pub fn init(
+    format: &str,
+    level: &str,
+    service_name: &'static str,
+    default_root_ratio: f64,
+) -> Telemetry {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(crate::log_level::with_quiet_nats_client(level)))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt_layer = if format == "json" {
+        fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        // Colours only on a terminal: a log file or a collector gets plain
+        // text.
+        fmt::layer()
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    let (provider, setup_error) = if export_wanted() {
+        match trace_provider(service_name, default_root_ratio) {
+            Ok(provider) => (Some(provider), None),
+            Err(error) => (None, Some(error)),
+        }
+    } else {
+        (None, None)
+    };
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service_name))
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_span() && meta.name().starts_with("sse.")
+            }))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer.with_filter(filter))
+        .with(otel_layer)
+        .try_init();
+    if let Some(error) = setup_error {
+        tracing::warn!(%error, "trace export is off: cannot set up the OTLP exporter");
+    } else if provider.is_some() {
+        EXPORTING.store(true, Ordering::Relaxed);
+        tracing::info!("exporting traces over OTLP/HTTP");
+    }
+    Telemetry { provider }
+}
 
 const ENDPOINT_VARIABLES: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -16,7 +106,7 @@ const ENDPOINT_VARIABLES: [&str; 2] = [
 ];
 
 /// Whether the environment asks for trace export.
-pub fn export_wanted() -> bool {
+fn export_wanted() -> bool {
     ENDPOINT_VARIABLES
         .iter()
         .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()))
@@ -31,7 +121,7 @@ fn otlp_http_endpoint(endpoint: &str) -> bool {
 /// The exporting tracer provider; root spans are sampled at
 /// `default_root_ratio` unless `OTEL_TRACES_SAMPLER` says otherwise, and a
 /// span whose parent is sampled always is.
-pub fn trace_provider(
+fn trace_provider(
     service_name: &'static str,
     default_root_ratio: f64,
 ) -> Result<SdkTracerProvider, String> {

@@ -9,7 +9,11 @@
 //! `scripts/install-deps` installs them (`apt-get install -y chromium nodejs
 //! npm`, `npm ci --prefix admin/tests/browser`).
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use serde_json::json;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -47,6 +51,51 @@ fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
     Ok((chromium, scripts))
 }
 
+/// `dashboard.mjs` driving Chromium on admin's page, in a profile of its
+/// own, and the lines it prints.
+struct Browser {
+    script: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn open(chromium: &Path, scripts: &Path, admin: &str, args: &[&str]) -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let mut script = Command::new("node")
+            .arg(scripts.join("dashboard.mjs"))
+            .arg(format!("{admin}/"))
+            .arg(profile.path())
+            .args(args)
+            .env("CHROMIUM", chromium)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node starts");
+        let lines = BufReader::new(script.stdout.take().unwrap()).lines();
+        Self {
+            script,
+            lines,
+            _profile: profile,
+        }
+    }
+
+    /// The script's next line, `EOF` once it has ended.
+    async fn next_line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(40), self.lines.next_line())
+            .await
+            .expect("browser script answers in time")
+            .expect("browser output")
+            .unwrap_or_else(|| "EOF".to_owned())
+    }
+
+    /// Whether the script ended with success.
+    async fn succeeded(mut self) -> bool {
+        self.script.wait().await.unwrap().success()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_topics_and_live_node_figures() {
     let (chromium, scripts) = match prerequisites() {
@@ -82,35 +131,19 @@ async fn dashboard_shows_topics_and_live_node_figures() {
             .into();
         second["events_delivered"] = (first["events_delivered"].as_u64().unwrap() + 400).into();
 
-        let profile = tempfile::tempdir().unwrap();
-        let mut browser = Command::new("node")
-            .arg(scripts.join("dashboard.mjs"))
-            .arg(format!("{}/", admin.base))
-            .arg(profile.path())
-            .args(["dash-orders", "node-dash", "3", "7", "100.0"])
-            .env("CHROMIUM", &chromium)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node starts");
-        let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
-        let mut next_line = async || {
-            tokio::time::timeout(Duration::from_secs(40), lines.next_line())
-                .await
-                .expect("browser script answers in time")
-                .expect("browser output")
-                .unwrap_or_else(|| "EOF".to_owned())
-        };
-
-        let line = next_line().await;
+        let mut browser = Browser::open(
+            &chromium,
+            &scripts,
+            &admin.base,
+            &["dash-orders", "node-dash", "3", "7", "100.0"],
+        );
+        let line = browser.next_line().await;
         assert_eq!(line, "READY", "the page did not show the topic and node");
         // The node's connection count changes; the open page must follow.
         put(&store, &second).await;
-        let line = next_line().await;
+        let line = browser.next_line().await;
         assert_eq!(line, "UPDATED", "the page did not update");
-        let status = browser.wait().await.unwrap();
-        assert!(status.success());
+        assert!(browser.succeeded().await);
     })
     .await;
 }
@@ -140,34 +173,15 @@ async fn a_dashboard_refused_at_first_goes_live_once_admin_takes_it() {
             .unwrap();
         assert_eq!(held.status(), 200);
 
-        let profile = tempfile::tempdir().unwrap();
-        let mut browser = Command::new("node")
-            .arg(scripts.join("dashboard.mjs"))
-            .arg(format!("{}/", admin.base))
-            .arg(profile.path())
-            .arg("--reopen")
-            .env("CHROMIUM", &chromium)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node starts");
-        let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
-        let mut next_line = async || {
-            tokio::time::timeout(Duration::from_secs(40), lines.next_line())
-                .await
-                .expect("browser script answers in time")
-                .expect("browser output")
-                .unwrap_or_else(|| "EOF".to_owned())
-        };
-        assert_eq!(next_line().await, "REFUSED");
+        let mut browser = Browser::open(&chromium, &scripts, &admin.base, &["--reopen"]);
+        assert_eq!(browser.next_line().await, "REFUSED");
         drop(held);
         assert_eq!(
-            next_line().await,
+            browser.next_line().await,
             "LIVE",
             "the page did not open its stream again"
         );
-        assert!(browser.wait().await.unwrap().success());
+        assert!(browser.succeeded().await);
     })
     .await;
 }

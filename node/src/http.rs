@@ -28,7 +28,7 @@ use axum::{
     routing::get,
 };
 use sse_protocol::{Access, Cursor, SubjectPath, TopicName};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 use tracing::{debug, warn};
 
 use crate::{
@@ -253,16 +253,24 @@ pub fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
     if config.allowed_origins.is_empty() {
         return None;
     }
-    let origin = if config.allowed_origins.iter().any(|o| o == "*") {
+    let any_origin = config.allowed_origins.iter().any(|o| o == "*");
+    // A browser's `Origin` is in lowercase.
+    let allowed: Vec<HeaderValue> = config
+        .allowed_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(&o.to_ascii_lowercase()).ok())
+        .collect();
+    let origin = if any_origin {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            config
-                .allowed_origins
-                .iter()
-                // A browser's `Origin` is in lowercase.
-                .filter_map(|o| HeaderValue::from_str(&o.to_ascii_lowercase()).ok()),
-        )
+        AllowOrigin::list(allowed.clone())
+    };
+    // Said only beside an allowed origin: an answer to any other origin
+    // carries no CORS grant at all, not half of one.
+    let credentials = if config.allow_credentials {
+        AllowCredentials::predicate(move |origin, _| allowed.contains(origin))
+    } else {
+        AllowCredentials::default()
     };
     Some(
         CorsLayer::new()
@@ -277,7 +285,7 @@ pub fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
             // A `fetch`-based client on another origin reads why it was
             // refused and when to come back.
             .expose_headers([header::WWW_AUTHENTICATE, header::RETRY_AFTER])
-            .allow_credentials(config.allow_credentials)
+            .allow_credentials(credentials)
             .max_age(Duration::from_secs(config.max_age_seconds)),
     )
 }

@@ -501,12 +501,12 @@ async fn cors_preflight_and_stream_answer_allowed_origins_only() {
     );
 
     let refused = preflight("https://evil.example").await.unwrap();
-    assert!(
-        refused
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    for grant in [
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+    ] {
+        assert!(refused.headers().get(grant).is_none(), "{grant}");
+    }
 
     // The stream itself carries the headers for the allowed origin only.
     let stream = SseClient::connect_with(&url, &[("Origin", "https://app.example")])
@@ -545,7 +545,12 @@ async fn cors_preflight_and_stream_answer_allowed_origins_only() {
     let other = SseClient::connect_with(&url, &[("Origin", "https://evil.example")])
         .await
         .unwrap();
-    assert!(other.headers.get("access-control-allow-origin").is_none());
+    for grant in [
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+    ] {
+        assert!(other.headers.get(grant).is_none(), "{grant}");
+    }
 
     // Without [cors], no CORS header at all.
     let plain = NodeProc::start(&nats.url(), &[]).await;

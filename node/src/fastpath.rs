@@ -56,7 +56,7 @@ use tracing::{debug, warn};
 
 use crate::{
     connection::{GuardedStream, SharedSocket, SharedWriter},
-    delivery::ClientStream,
+    delivery::{ClientStream, JETSTREAM_TURN_CHECK},
     http::{self, HttpState},
     tls_records,
 };
@@ -160,10 +160,6 @@ async fn finish<S: LeanIo, D>(opened: Opened<S, D>) -> Outcome<S::Writer, D> {
         Opened::Declined(stream) => Outcome::Declined(stream),
     }
 }
-
-/// How often a write blocked during a catch-up from JetStream looks whether
-/// its stream's read turn is over.
-const JETSTREAM_TURN_CHECK: Duration = Duration::from_millis(500);
 
 /// An event stream whose response head is written.
 pub struct Streaming<S> {

@@ -4,7 +4,10 @@
 //! consumer (one read slot of `history.max_concurrent_jetstream_reads`).
 //! History that is gone yields one `reset` event.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
 use async_nats::jetstream::{
     self,
@@ -12,6 +15,7 @@ use async_nats::jetstream::{
 };
 use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Span, warn};
 
 use super::{BATCH_BYTES, ClientStream, CloseReason, framing::write_reset_body};
@@ -28,6 +32,20 @@ const MEMORY_CHUNK: usize = 512;
 /// How long a resume read keeps its JetStream slot while other resumes
 /// wait for one.
 const JETSTREAM_TURN: Duration = Duration::from_secs(2);
+/// How often a stream whose writes are blocked during a catch-up from
+/// JetStream is looked at, for whether its read turn is over.
+pub(crate) const JETSTREAM_TURN_CHECK: Duration = Duration::from_millis(500);
+
+/// A JetStream read turn lent out while its stream is not polled: the read
+/// (none between two reads of a turn) and its slot.
+pub(super) type LentTurn = Arc<Mutex<Option<(Option<Box<JetStreamRead>>, OwnedSemaphorePermit)>>>;
+
+/// Whether a turn that holds `read` (or only its slot) is to end: it has
+/// lasted its time and other resumes wait for a slot.
+fn turn_is_over(read: Option<&JetStreamRead>, node: &crate::node::Node) -> bool {
+    read.is_none_or(|read| read.started.elapsed() >= JETSTREAM_TURN)
+        && node.jetstream_reads_wanted()
+}
 
 pub(super) struct JetStreamRead {
     pub(super) messages: jetstream::consumer::pull::Ordered,
@@ -74,15 +92,78 @@ impl ClientStream {
         let Some(read) = &self.jetstream_read else {
             return;
         };
-        if read.started.elapsed() < JETSTREAM_TURN || !self.node.jetstream_reads_wanted() {
+        if !turn_is_over(Some(read), &self.node) {
             return;
         }
         self.jetstream_read = None;
         self.jetstream_permit = None;
-        // Events may leave the stream before the next turn: its set-up
-        // then sends a `reset` for them, as a first one would.
+        self.jetstream_turn_ended();
+    }
+
+    /// After a turn that ended before the read did: events may leave the
+    /// stream before the next turn, whose set-up then sends a `reset` for
+    /// them, as a first one would.
+    fn jetstream_turn_ended(&mut self) {
         if let Some(topic) = self.topics.get_mut(self.catching_up) {
             topic.reset_sent = false;
+        }
+    }
+
+    /// Hands the stream's JetStream slot and read, if it holds them, to a
+    /// watcher that ends the turn as [`Self::end_jetstream_turn_if_others_wait`]
+    /// would, for as long as the stream is not polled. hyper polls a
+    /// response body only while the client takes bytes: an HTTP/2 stream
+    /// whose client stopped reading (its window shut, the connection still
+    /// moving) would otherwise keep its slot for good, and every other
+    /// resume of the node wait behind it. `lent` is the turn's cell from the
+    /// last chunk, if any: one watcher serves the whole turn. Taken back
+    /// with [`Self::reclaim_jetstream_turn`] before the stream's next step;
+    /// `None` (the cell dropped, its watcher gone) once no turn is held.
+    pub(super) fn lend_jetstream_turn(&mut self, lent: Option<LentTurn>) -> Option<LentTurn> {
+        let permit = self.jetstream_permit.take()?;
+        let turn = (self.jetstream_read.take(), permit);
+        if let Some(lent) = lent {
+            *lent.lock().unwrap_or_else(|e| e.into_inner()) = Some(turn);
+            return Some(lent);
+        }
+        let lent: LentTurn = Arc::new(Mutex::new(Some(turn)));
+        let watched = Arc::downgrade(&lent);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(JETSTREAM_TURN_CHECK).await;
+                // Gone: the stream's turn is over, or the stream is.
+                let Some(lent) = watched.upgrade() else {
+                    return;
+                };
+                let mut turn = lent.lock().unwrap_or_else(|e| e.into_inner());
+                // Empty while the stream steps: it watches itself then.
+                if let Some((read, _)) = turn.as_ref()
+                    && turn_is_over(read.as_deref(), &node)
+                {
+                    // Dropped here: the consumer is deleted, the slot freed.
+                    *turn = None;
+                    return;
+                }
+            }
+        });
+        Some(lent)
+    }
+
+    /// Takes back what [`Self::lend_jetstream_turn`] lent; false when the
+    /// watcher ended the turn meanwhile.
+    pub(super) fn reclaim_jetstream_turn(&mut self, lent: &LentTurn) -> bool {
+        let taken = lent.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match taken {
+            Some((read, permit)) => {
+                self.jetstream_read = read;
+                self.jetstream_permit = Some(permit);
+                true
+            }
+            None => {
+                self.jetstream_turn_ended();
+                false
+            }
         }
     }
 

@@ -57,6 +57,7 @@ use tokio::{net::TcpStream, sync::OwnedSemaphorePermit, time::Instant};
 use tracing::{Span, debug, info_span};
 
 use crate::{feed::FeedLease, node::Node, telemetry};
+pub(crate) use catch_up::JETSTREAM_TURN_CHECK;
 use catch_up::JetStreamRead;
 use framing::write_reset_body;
 use live::{LiveItem, LiveReceivers};
@@ -514,9 +515,21 @@ impl ClientStream {
     }
 
     /// Turns the state into the byte stream of the response body.
+    ///
+    /// While hyper holds a chunk back (the client takes no more bytes), a
+    /// JetStream read turn the stream holds is lent to a watcher, which
+    /// ends it when other resumes wait ([`Self::lend_jetstream_turn`]).
     pub fn into_body_stream(self) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
-        futures_util::stream::unfold(self, |mut state| async move {
-            state.next_chunk().await.map(|bytes| (Ok(bytes), state))
+        futures_util::stream::unfold((self, None), |(mut state, mut lent)| async move {
+            if lent
+                .as_ref()
+                .is_some_and(|lent| !state.reclaim_jetstream_turn(lent))
+            {
+                lent = None;
+            }
+            let bytes = state.next_chunk().await?;
+            let lent = state.lend_jetstream_turn(lent);
+            Some((Ok(bytes), (state, lent)))
         })
     }
 

@@ -474,3 +474,79 @@ async fn slow_resumes_take_turns_with_the_jetstream_read_slots() {
         task.abort();
     }
 }
+
+/// An HTTP/2 stream whose client stops reading in the middle of a catch-up
+/// from JetStream gives its read slot up to a waiting resume after a turn.
+/// hyper polls the response body only while the stream's window is open,
+/// so such a stream would otherwise hold the slot for good, its connection
+/// still moving, and every other resume of the node wait behind it.
+#[tokio::test]
+async fn an_http2_resume_whose_client_stops_reading_gives_its_jetstream_slot_up() {
+    const EVENTS: usize = 2000;
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "shut", None).await;
+    let payload = "w".repeat(2048);
+    publish_many(&js, EVENTS, 100, |i| {
+        ("sse.shut".to_owned(), format!("{i}:{payload}"))
+    })
+    .await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[("SSE_HISTORY__MAX_CONCURRENT_JETSTREAM_READS", "1")],
+    )
+    .await;
+    let mut probe = SseClient::connect(&node.url("/v1/events?topic=shut"), None)
+        .await
+        .unwrap();
+    let from_start = id_at(&probe.ready().await, 0);
+    drop(probe);
+    // A window of 64 KiB that the client never opens again: it does not
+    // read the body. 4 MiB of catch-up stay behind it.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .adaptive_window(false)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::get(node.url("/v1/events?topic=shut"))
+        .header("last-event-id", &from_start)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let shut = sender.send_request(request).await.unwrap();
+    assert_eq!(shut.status(), 200);
+    eventually(T, "the unread resume to read JetStream", || async {
+        (node
+            .metric("sse_replay_events_total{source=\"jetstream\"}")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let mut normal = SseClient::connect(&node.url("/v1/events?topic=shut"), Some(&from_start))
+        .await
+        .unwrap();
+    let events = normal.take(EVENTS, Duration::from_secs(30)).await;
+    let sequences: Vec<u64> = events
+        .iter()
+        .map(|e| e.id.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        sequences == (1..=EVENTS as u64).collect::<Vec<_>>(),
+        "{} events, not each once in order",
+        sequences.len()
+    );
+    assert!(node.metric("sse_jetstream_read_waits_total").await >= 1.0);
+    assert_eq!(
+        node.metric("sse_connections_closed_total{reason=\"stalled\"}")
+            .await,
+        0.0
+    );
+    drop(shut);
+    connection.abort();
+}

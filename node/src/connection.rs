@@ -26,7 +26,8 @@
 //!   bounds is answered by hyper or h2 without a body.
 //! - `header_read_timeout`: a client that has not sent its request head
 //!   within `http.header_read_timeout_seconds` is dropped (slow-loris),
-//!   including one that connects and sends nothing at all.
+//!   including one that connects and sends nothing at all, and an HTTP/2
+//!   connection that opens no stream in that time.
 //! - `idle_timeout`: a connection on which no byte has moved either way for
 //!   `http.idle_timeout_seconds` is closed: idle keep-alive connections and
 //!   HTTP/2 connections without streams. Open event streams write a
@@ -263,6 +264,7 @@ pub async fn serve(
             phase: phase.subscribe(),
             node: node.clone(),
             idle,
+            head_wait,
         };
         let tls = tls.clone();
         let fast = fast.clone();
@@ -476,6 +478,9 @@ struct Hyper {
     node: Node,
     /// `http.idle_timeout_seconds`; zero: off.
     idle: Duration,
+    /// `http.header_read_timeout_seconds`: how long the connection may go
+    /// without its first request.
+    head_wait: Duration,
 }
 
 impl Hyper {
@@ -504,10 +509,26 @@ impl Hyper {
         let mut phase = self.phase;
         let mut asked_to_finish = std::pin::pin!(finish_asked(&mut phase, &open));
         let mut finishing = false;
+        // hyper times the head of HTTP/1.1 requests only: an HTTP/2
+        // connection (a preface, SETTINGS, PINGs) that never opens a
+        // stream is timed here, as a silent connection is.
+        let first_request_due = open.born + self.head_wait;
         let served = loop {
             let recheck = open.idle_deadline(self.idle);
+            let awaiting_first = !open.had_a_request.load(Ordering::Acquire);
             tokio::select! {
                 served = &mut connection => break served,
+                () = tokio::time::sleep_until(first_request_due), if awaiting_first => {
+                    if !open.had_a_request.load(Ordering::Acquire) {
+                        self.node
+                            .metrics()
+                            .limit_rejections
+                            .with_label_values(&["header_read_timeout"])
+                            .inc();
+                        debug!("closing a connection with no request within the header timeout");
+                        return;
+                    }
+                }
                 () = &mut asked_to_finish, if !finishing => {
                     finishing = true;
                     connection.as_mut().graceful_shutdown();

@@ -221,6 +221,30 @@ impl Nats {
         }
     }
 
+    /// Freezes the server (SIGSTOP), as a host that stalls would: its
+    /// connections stay open and nothing is answered. `thaw` undoes it.
+    pub(crate) fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub(crate) fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|child| child.id())
+            .expect("the server runs");
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Copies the store of `stream` (the server stopped) to `to`.
     pub(crate) fn copy_stream_store(&self, stream: &str, to: &std::path::Path) {
         copy_dir(&self.stream_store(stream), to);

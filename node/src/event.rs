@@ -44,6 +44,11 @@ pub enum InvalidReason {
     /// connection each time it is delivered, so it is read through
     /// JetStream's JSON API and replaced.
     BadHeaders,
+    /// The message's NATS subject is not UTF-8 (the raw protocol, a Go
+    /// client, take any bytes): delivering it drops the node's NATS
+    /// connection as an unreadable header block does, and it is passed
+    /// the same way.
+    BadSubject,
 }
 
 impl InvalidReason {
@@ -54,6 +59,7 @@ impl InvalidReason {
             Self::BadEventName => "bad_event_name",
             Self::TooLarge => "too_large",
             Self::BadHeaders => "bad_headers",
+            Self::BadSubject => "bad_subject",
         }
     }
 }

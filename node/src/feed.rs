@@ -1542,7 +1542,7 @@ impl Reader {
 
     /// Passes the next stored event from `next` on (of the feed's path, if
     /// any) as an `invalid` event when NATS clients cannot read its header
-    /// block ([`next_unreadable`]): delivered by a consumer or a direct get,
+    /// block or subject ([`next_unreadable`]): delivered by a consumer or a direct get,
     /// it drops the node's NATS connection, and the feed would read it again
     /// after each reconnection. True when an event was passed.
     async fn pass_unreadable(&mut self, next: u64) -> bool {
@@ -1564,12 +1564,12 @@ impl Reader {
             .subject
             .get(self.path_offset..)
             .unwrap_or_default();
-        let reason = InvalidReason::BadHeaders;
+        let reason = unreadable.reason;
         self.metrics
             .invalid_events
             .with_label_values(&[reason.as_str()])
             .inc();
-        warn!(topic = %self.feed.topic, subject = path, seq = unreadable.seq, reason = reason.as_str(), "a stored event's NATS headers cannot be read, and its delivery drops the connection; delivering an invalid event in its place");
+        warn!(topic = %self.feed.topic, subject = path, seq = unreadable.seq, reason = reason.as_str(), "a stored event's NATS headers or subject cannot be read, and its delivery drops the connection; delivering an invalid event in its place");
         self.head_time = Some(unreadable.published);
         let event = Event::replaced(
             &self.ctx,
@@ -2128,8 +2128,11 @@ async fn direct_get_batch(
     Ok(messages)
 }
 
-/// A stored event whose header block NATS clients cannot read.
+/// A stored event that NATS clients cannot read.
 pub(crate) struct Unreadable {
+    /// Why: its header block ([`InvalidReason::BadHeaders`]) or its subject
+    /// ([`InvalidReason::BadSubject`]).
+    pub(crate) reason: InvalidReason,
     /// Its stream sequence.
     pub(crate) seq: u64,
     /// Its NATS subject.
@@ -2139,13 +2142,14 @@ pub(crate) struct Unreadable {
 }
 
 /// The first event of `stream_name` from sequence `from` on (of any of
-/// `filters`, NATS subjects, when given), if NATS clients cannot read its
-/// header block ([`readable_header_block`]): a header value that is not
-/// UTF-8 or a name with a space, which a publisher that does not check what
-/// it sends (the raw protocol, a Go client's header values) can store.
-/// Asked through JetStream's JSON API, which carries the header block in
-/// base64, since delivering it as a message drops the connection. `None`
-/// when the next event is readable, or on no answer.
+/// `filters`, NATS subjects, when given), if NATS clients cannot read it:
+/// its header block ([`readable_header_block`]: a header value that is not
+/// UTF-8 or a name with a space) or its subject (not UTF-8), which a
+/// publisher that does not check what it sends (the raw protocol, a Go
+/// client) can store. Asked through JetStream's JSON API, which carries the
+/// header block in base64 and writes a subject's bytes that are not UTF-8
+/// as U+FFFD, since delivering it as a message drops the connection.
+/// `None` when the next event is readable, or on no answer.
 pub(crate) async fn next_unreadable(
     js: &jetstream::Context,
     stream_name: &str,
@@ -2179,12 +2183,21 @@ pub(crate) async fn next_unreadable(
         .map(|answer| &answer["message"])
         .filter(|message| message["seq"].as_u64().is_some())
         .min_by_key(|message| message["seq"].as_u64())?;
-    let block = base64::engine::general_purpose::STANDARD
-        .decode(message["hdrs"].as_str()?)
-        .ok()?;
-    if readable_header_block(&block) {
-        return None;
-    }
+    let subject = message["subject"].as_str()?;
+    // A subject that holds U+FFFD itself is taken for one that is not UTF-8:
+    // the answer cannot tell them apart, and passing such an event beats
+    // reconnecting at it for good.
+    let reason = if subject.contains(char::REPLACEMENT_CHARACTER) {
+        InvalidReason::BadSubject
+    } else {
+        let block = base64::engine::general_purpose::STANDARD
+            .decode(message["hdrs"].as_str()?)
+            .ok()?;
+        if readable_header_block(&block) {
+            return None;
+        }
+        InvalidReason::BadHeaders
+    };
     let published = message["time"]
         .as_str()
         .and_then(|time| {
@@ -2192,8 +2205,9 @@ pub(crate) async fn next_unreadable(
         })
         .map_or_else(SystemTime::now, SystemTime::from);
     Some(Unreadable {
+        reason,
         seq: message["seq"].as_u64()?,
-        subject: message["subject"].as_str()?.to_owned(),
+        subject: subject.to_owned(),
         published,
     })
 }

@@ -29,8 +29,13 @@ pub const REPLAY_SOURCES: &[&str] = &["memory", "jetstream"];
 /// Every status `sse_requests_rejected_total{status}` counts.
 pub const REJECTED_STATUSES: &[&str] = &["400", "401", "403", "404", "431", "503"];
 /// Every value `sse_invalid_events_total{reason}` takes.
-pub const INVALID_EVENT_REASONS: &[&str] =
-    &["invalid_utf8", "bad_event_name", "too_large", "bad_headers"];
+pub const INVALID_EVENT_REASONS: &[&str] = &[
+    "invalid_utf8",
+    "bad_event_name",
+    "too_large",
+    "bad_headers",
+    "bad_subject",
+];
 /// Every value `sse_auth_failures_total{reason}` takes.
 pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "missing",

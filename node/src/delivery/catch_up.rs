@@ -20,7 +20,7 @@ use tracing::{Span, warn};
 
 use super::{BATCH_BYTES, ClientStream, CloseReason, framing::write_reset_body};
 use crate::{
-    event::{Event, InvalidReason, MARKER_HEADER},
+    event::{Event, MARKER_HEADER},
     feed::{OwnedConsumer, bounded, stream_epoch},
     history::Slice,
 };
@@ -473,13 +473,13 @@ impl ClientStream {
             .subject
             .get(prefix.len() + 1..)
             .unwrap_or_default();
-        let reason = InvalidReason::BadHeaders;
+        let reason = unreadable.reason;
         self.node
             .metrics()
             .invalid_events
             .with_label_values(&[reason.as_str()])
             .inc();
-        warn!(topic = %topic.feed.topic, subject = path, seq = unreadable.seq, reason = reason.as_str(), "a stored event's NATS headers cannot be read, and its delivery drops the connection; the resume passes an invalid event in its place");
+        warn!(topic = %topic.feed.topic, subject = path, seq = unreadable.seq, reason = reason.as_str(), "a stored event's NATS headers or subject cannot be read, and its delivery drops the connection; the resume passes an invalid event in its place");
         let event = Event::replaced(
             &topic.feed.encode_context,
             unreadable.seq,

@@ -1107,12 +1107,71 @@ async fn a_resume_from_jetstream_gets_past_a_header_block_nats_cannot_read() {
 /// Takes the next two events of `client`: the `invalid` event that stands
 /// for an unreadable header block, then `after`; returns the first.
 async fn take_invalid_then_after(client: &mut SseClient) -> SseEvent {
+    take_invalid_for_then_after(client, "bad_headers").await
+}
+
+/// The same for an event passed for `reason`.
+async fn take_invalid_for_then_after(client: &mut SseClient, reason: &str) -> SseEvent {
     let mut events = client.take(2, T).await;
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[0].event, "invalid", "{events:?}");
-    assert!(events[0].data.contains("bad_headers"), "{events:?}");
+    let body: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(body["reason"], reason, "{events:?}");
     assert_eq!(data_of(&events[1..]), ["after"]);
     events.swap_remove(0)
+}
+
+/// A subject that is not UTF-8 (Latin-1 `café`), which NATS takes and
+/// stores from the raw protocol or a Go client: its delivery drops the
+/// node's connection as an unreadable header block does (it went on
+/// reconnecting at it, five times a second, for good, and the topic
+/// delivered nothing more). It is passed as an `invalid` event, live and
+/// in a resume from JetStream alike.
+#[tokio::test]
+async fn a_subject_that_is_not_utf8_stalls_nothing() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "latin", None).await;
+    let node = NodeProc::start(&nats.url(), &[("SSE_HISTORY__WARM_EVENTS", "0")]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=latin"), None)
+        .await
+        .unwrap();
+    let start = client.ready().await;
+    publish(&js, "latin", "before").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["before"]);
+    nats.publish_raw(b"sse.latin.caf\xe9", b"NATS/1.0\r\n\r\n", b"bad subject")
+        .await;
+    publish(&js, "latin", "after").await;
+    let invalid = take_invalid_for_then_after(&mut client, "bad_subject").await;
+    assert!(invalid.id.ends_with(":2"), "{invalid:?}");
+    assert_eq!(
+        node.metric("sse_invalid_events_total{reason=\"bad_subject\"}")
+            .await,
+        1.0
+    );
+    let reconnects = node.metric("sse_nats_reconnects_total").await;
+    assert!(reconnects <= 6.0, "{reconnects} reconnections");
+    publish(&js, "latin", "later").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["later"]);
+
+    // A node that starts later holds nothing in memory: a resume reads
+    // JetStream across the event.
+    let fresh = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "1"),
+        ],
+    )
+    .await;
+    let mut resumed = SseClient::connect(
+        &fresh.url("/v1/events?topic=latin"),
+        Some(&id_at(&start, 1)),
+    )
+    .await
+    .unwrap();
+    take_invalid_for_then_after(&mut resumed, "bad_subject").await;
+    assert_eq!(data_of(&resumed.take(1, T).await), ["later"]);
 }
 
 /// Stores on topic `latin` an event whose `Sse-Event` value is not UTF-8

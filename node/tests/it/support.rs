@@ -186,7 +186,12 @@ impl Nats {
     /// protocol may: the client libraries refuse or clean up what would
     /// break a header block, and the server stores it anyway. Returns once
     /// the server has answered a PING sent after it. On a server without users.
-    pub(crate) async fn publish_raw(&self, subject: &str, headers: &[u8], payload: &[u8]) {
+    pub(crate) async fn publish_raw(
+        &self,
+        subject: impl AsRef<[u8]>,
+        headers: &[u8],
+        payload: &[u8],
+    ) {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
@@ -195,12 +200,12 @@ impl Nats {
         let mut line = String::new();
         stream.read_line(&mut line).await.expect("INFO");
         assert!(line.starts_with("INFO "), "{line}");
-        let mut command = format!(
-            "CONNECT {{\"headers\":true,\"verbose\":false,\"pedantic\":false}}\r\nHPUB {subject} {} {}\r\n",
-            headers.len(),
-            headers.len() + payload.len()
-        )
-        .into_bytes();
+        let mut command =
+            b"CONNECT {\"headers\":true,\"verbose\":false,\"pedantic\":false}\r\nHPUB ".to_vec();
+        command.extend_from_slice(subject.as_ref());
+        command.extend_from_slice(
+            format!(" {} {}\r\n", headers.len(), headers.len() + payload.len()).as_bytes(),
+        );
         command.extend_from_slice(headers);
         command.extend_from_slice(payload);
         command.extend_from_slice(b"\r\nPING\r\n");

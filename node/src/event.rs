@@ -265,6 +265,7 @@ mod tests {
             InvalidReason::BadEventName,
             InvalidReason::TooLarge,
             InvalidReason::BadHeaders,
+            InvalidReason::BadSubject,
         ] {
             // A new reason must be added to the list too, so its series
             // exists from start.
@@ -272,7 +273,8 @@ mod tests {
                 InvalidReason::InvalidUtf8
                 | InvalidReason::BadEventName
                 | InvalidReason::TooLarge
-                | InvalidReason::BadHeaders => {}
+                | InvalidReason::BadHeaders
+                | InvalidReason::BadSubject => {}
             }
             assert!(
                 crate::metrics::INVALID_EVENT_REASONS.contains(&reason.as_str()),

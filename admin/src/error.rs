@@ -65,7 +65,9 @@ pub enum Error {
     #[error("event is larger than topic {0:?} allows")]
     TooLargeForTopic(String),
     /// The request body is over the size limit.
-    #[error("request body is too large")]
+    #[error(
+        "request body is too large: at most six times admin.max_event_bytes (JSON may escape each byte of data as six), plus 64 KiB"
+    )]
     BodyTooLarge,
     /// NATS or JetStream did not answer, or is not connected.
     #[error("nats is unavailable: {0}")]

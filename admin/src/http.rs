@@ -106,11 +106,54 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
-/// Parses a JSON body into `T`, as a 400 naming what is wrong.
+/// Parses a JSON body, one JSON object, into `T`, as a 400 naming what is
+/// wrong.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    if let Some(why) = not_a_json_object(body) {
+        return Err(Error::BadRequest(format!("invalid JSON body: {why}")));
+    }
     let mut json = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut json).map_err(|err| {
+    let parsed = deserialize(&mut json)?;
+    // serde stops after the first value: a second one (NDJSON), or any
+    // other bytes after it, would be dropped without a word.
+    json.end().map_err(|err| {
+        Error::BadRequest(format!(
+            "invalid JSON body: {err}; send one JSON object per request"
+        ))
+    })?;
+    Ok(parsed)
+}
+
+/// Why `body` cannot be one JSON object, when its first bytes tell: the
+/// encodings and wrappers a client may send by mistake, and JSON values of
+/// another kind (serde would take an array for an object, field by field).
+fn not_a_json_object(body: &[u8]) -> Option<&'static str> {
+    if body.starts_with(b"\xef\xbb\xbf") {
+        return Some("it starts with a byte order mark; send UTF-8 without one");
+    }
+    if body.starts_with(b"\xff\xfe") || body.starts_with(b"\xfe\xff") {
+        return Some("it is UTF-16; send UTF-8");
+    }
+    if body.starts_with(b"\x1f\x8b") {
+        return Some("it is gzip-compressed; send it uncompressed");
+    }
+    match body.trim_ascii_start().first() {
+        Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
+            Some("the body must be a JSON object")
+        }
+        _ => None,
+    }
+}
+
+/// `T` from `json`, as a 400 naming the field that is wrong, if one is.
+fn deserialize<'de, T: serde::Deserialize<'de>>(
+    json: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+) -> Result<T, Error> {
+    serde_path_to_error::deserialize(json).map_err(|err| {
         let path = err.path().to_string();
+        // Where the body ends before a field is named, serde_path_to_error
+        // shows `?`.
+        let path = if path == "?" { String::new() } else { path };
         // serde names the Rust type it wanted ("expected struct
         // CreateTopic with 9 elements"): a client is told what to send.
         if err.inner().to_string().contains("expected struct ") {
@@ -225,6 +268,34 @@ mod tests {
             };
             assert_eq!(message, "invalid JSON body: the body must be a JSON object");
         }
+    }
+
+    /// A body is one JSON object and nothing after it: a second object
+    /// (NDJSON) or other bytes were dropped while the first was published.
+    #[test]
+    fn a_body_is_one_object_and_nothing_more() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Wanted {
+            _data: String,
+        }
+        assert!(parse_json::<Wanted>(b" {\"_data\":\"x\"}\n").is_ok());
+        for (body, told) in [
+            (&b"{\"_data\":\"x\"}\n{\"_data\":\"y\"}"[..], "trailing characters"),
+            (b"{\"_data\":\"x\"} junk", "trailing characters"),
+            (b"[null]", "must be a JSON object"),
+            (b"\xef\xbb\xbf{\"_data\":\"x\"}", "byte order mark"),
+            (b"\xff\xfe{\0", "UTF-16"),
+            (b"\x1f\x8b\x08\0", "gzip"),
+        ] {
+            let Err(Error::BadRequest(message)) = parse_json::<Wanted>(body) else {
+                panic!("{body:?} accepted");
+            };
+            assert!(message.contains(told), "{body:?}: {message}");
+        }
+        let Err(Error::BadRequest(message)) = parse_json::<Wanted>(b"{\"_data\":") else {
+            panic!("a cut body accepted");
+        };
+        assert!(!message.contains('?'), "{message}");
     }
 
     #[test]

@@ -57,8 +57,9 @@ pub struct PublishEvent {
     /// absent: the topic itself (`orders`).
     pub subject: Option<String>,
     /// SSE event name: 1 to 128 bytes, no control character, no leading or
-    /// trailing space, not `reset` or `invalid` (the nodes' own); absent: a
-    /// plain `message`.
+    /// trailing space, not `reset`, `invalid` or `topic_deleted` (the nodes'
+    /// own) nor `open` or `error` (`EventSource`'s own); absent: a plain
+    /// `message`.
     pub event: Option<String>,
     /// The event's data, UTF-8 text; several lines become several `data:`.
     pub data: String,

@@ -280,7 +280,10 @@ mod tests {
         }
         assert!(parse_json::<Wanted>(b" {\"_data\":\"x\"}\n").is_ok());
         for (body, told) in [
-            (&b"{\"_data\":\"x\"}\n{\"_data\":\"y\"}"[..], "trailing characters"),
+            (
+                &b"{\"_data\":\"x\"}\n{\"_data\":\"y\"}"[..],
+                "trailing characters",
+            ),
             (b"{\"_data\":\"x\"} junk", "trailing characters"),
             (b"[null]", "must be a JSON object"),
             (b"\xef\xbb\xbf{\"_data\":\"x\"}", "byte order mark"),

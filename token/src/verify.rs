@@ -68,10 +68,12 @@ pub enum AuthError {
     #[error("the token is not valid yet")]
     NotYetValid,
     /// `aud` is not the configured audience.
-    #[error("the token is not meant for this audience")]
+    #[error("the token is not meant for this audience: its aud is missing or names another")]
     Audience,
     /// `iss` is not the configured issuer.
-    #[error("the token comes from another issuer")]
+    #[error(
+        "the token does not come from the expected issuer: its iss is missing or names another"
+    )]
     Issuer,
     /// The token does not grant a requested path.
     #[error("the token does not grant {0:?}")]
@@ -310,14 +312,23 @@ impl Verifier {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // The library checks `aud` and `iss` only when the token has them:
+        // a token without them would pass an audience or issuer the
+        // configuration asks for (one minted for another service with the
+        // same key, say).
+        let mut required = vec!["exp"];
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let mut last = AuthError::Signature;
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
@@ -348,6 +359,12 @@ impl Verifier {
                         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                         ErrorKind::InvalidAudience => AuthError::Audience,
                         ErrorKind::InvalidIssuer => AuthError::Issuer,
+                        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                            AuthError::Audience
+                        }
+                        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+                            AuthError::Issuer
+                        }
                         ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
                         _ => AuthError::Malformed(describe_in(&e, token)),
                     };
@@ -644,6 +661,49 @@ mod tests {
         let forged = format!("{}x", &expired[..expired.len() - 1]);
         assert!(v.verify(&forged).is_err());
         assert!(matches!(v.verify("abc"), Err(AuthError::Malformed(_))));
+    }
+
+    /// With an audience and an issuer configured, a token must name both:
+    /// one without them was accepted, the library checking each only when
+    /// the token has it.
+    #[test]
+    fn a_configured_audience_and_issuer_are_required() {
+        let mut c = config();
+        c.audience = "sse".into();
+        c.issuer = "https://idp".into();
+        let v = Verifier::from_config(&c).unwrap();
+        let exp = now() + 60;
+        let both = token(serde_json::json!({"exp": exp, "aud": "sse", "iss": "https://idp"}));
+        assert!(v.verify(&both).is_ok());
+        for (claims, refused) in [
+            (
+                serde_json::json!({"exp": exp, "iss": "https://idp"}),
+                AuthError::Audience,
+            ),
+            (
+                serde_json::json!({"exp": exp, "aud": "other", "iss": "https://idp"}),
+                AuthError::Audience,
+            ),
+            (
+                serde_json::json!({"exp": exp, "aud": "sse"}),
+                AuthError::Issuer,
+            ),
+            (
+                serde_json::json!({"exp": exp, "aud": "sse", "iss": "https://evil"}),
+                AuthError::Issuer,
+            ),
+        ] {
+            assert_eq!(
+                v.verify(&token(claims.clone())).unwrap_err(),
+                refused,
+                "{claims}"
+            );
+        }
+        let neither = token(serde_json::json!({"exp": exp}));
+        assert!(v.verify(&neither).is_err());
+        // Without them configured, tokens need neither.
+        let open = Verifier::from_config(&config()).unwrap();
+        assert!(open.verify(&neither).is_ok());
     }
 
     #[test]

@@ -254,21 +254,24 @@ pub fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
         return None;
     }
     let any_origin = config.allowed_origins.iter().any(|o| o == "*");
-    // A browser's `Origin` is in lowercase.
-    let allowed: Vec<HeaderValue> = config
-        .allowed_origins
-        .iter()
-        .filter_map(|o| HeaderValue::from_str(&o.to_ascii_lowercase()).ok())
-        .collect();
+    // Scheme and host are compared without regard to case (RFC 6454), as
+    // the configuration says; browsers send them in lowercase.
+    let allowed: Arc<[String]> = config.allowed_origins.iter().cloned().collect();
+    let is_allowed = move |origin: &HeaderValue| {
+        allowed
+            .iter()
+            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+    };
     let origin = if any_origin {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(allowed.clone())
+        let is_allowed = is_allowed.clone();
+        AllowOrigin::predicate(move |origin, _| is_allowed(origin))
     };
     // Said only beside an allowed origin: an answer to any other origin
     // carries no CORS grant at all, not half of one.
     let credentials = if config.allow_credentials {
-        AllowCredentials::predicate(move |origin, _| allowed.contains(origin))
+        AllowCredentials::predicate(move |origin, _| is_allowed(origin))
     } else {
         AllowCredentials::default()
     };
@@ -581,6 +584,16 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
         return Err(ApiError::bad_request(
             "bad_last_event_id",
             "Last-Event-ID is given more than once, with different ids: send the last id seen, once",
+        ));
+    }
+    let mut authorizations = headers.get_all(header::AUTHORIZATION).iter();
+    let first_authorization = authorizations.next();
+    if authorizations.any(|other| Some(other) != first_authorization) {
+        // Which one a server or a proxy takes differs: the answer would
+        // depend on the headers' order.
+        return Err(ApiError::bad_request(
+            "bad_request_head",
+            "Authorization is given more than once, with different values: send one",
         ));
     }
     let header_id = match first_header_id {

@@ -497,11 +497,17 @@ async fn cors_preflight_and_stream_answer_allowed_origins_only() {
     assert!(allow_headers.contains("authorization"), "{allow_headers}");
     assert!(allow_headers.contains("last-event-id"), "{allow_headers}");
 
-    // Listed in capitals, asked for as a browser serializes its origin.
+    // Listed in capitals, asked for as a browser serializes its origin, and
+    // the other way round.
     let other = preflight("https://other.example:8443").await.unwrap();
     assert_eq!(
         other.headers()["access-control-allow-origin"],
         "https://other.example:8443"
+    );
+    let capitals = preflight("HTTPS://App.Example").await.unwrap();
+    assert_eq!(
+        capitals.headers()["access-control-allow-origin"],
+        "HTTPS://App.Example"
     );
 
     let refused = preflight("https://evil.example").await.unwrap();
@@ -915,13 +921,13 @@ async fn a_head_http_cannot_read_gets_400_naming_the_wrong_part() {
 /// (`http.fast_path` off) alike; so does a request with two different
 /// `Last-Event-ID`s. HTTP/1.0 needs no `Host`, and an empty one is allowed.
 #[tokio::test]
-async fn host_and_last_event_id_come_once_on_either_path() {
+async fn host_last_event_id_and_authorization_come_once_on_either_path() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "orders", None).await;
     let lean = NodeProc::start(&nats.url(), &[]).await;
     let hyper = NodeProc::start(&nats.url(), &[("SSE_HTTP__FAST_PATH", "false")]).await;
-    let refused: [(&str, &str, &str); 6] = [
+    let refused: [(&str, &str, &str); 7] = [
         (
             "GET /v1/events?topic=orders HTTP/1.1\r\nConnection: close\r\n\r\n",
             "bad_request_head",
@@ -951,6 +957,11 @@ async fn host_and_last_event_id_come_once_on_either_path() {
             "GET /v1/events?topic=orders HTTP/1.1\r\nHost: a\r\nLast-Event-ID: orders:abc:1\r\nLast-Event-ID: orders:abc:2\r\nConnection: close\r\n\r\n",
             "bad_last_event_id",
             "more than once",
+        ),
+        (
+            "GET /v1/events?topic=orders HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer one\r\nAuthorization: Bearer two\r\nConnection: close\r\n\r\n",
+            "bad_request_head",
+            "Authorization is given more than once",
         ),
     ];
     let served = [

@@ -289,7 +289,7 @@ impl Verifier {
         // An unknown `alg` (such as `none`) fails here: the enum has no such
         // variant.
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::Json(_) if token_names_alg_none(token) => AuthError::Algorithm,
+            ErrorKind::Json(_) if token_names_unknown_alg(token) => AuthError::Algorithm,
             _ => AuthError::Malformed(describe(&e)),
         })?;
         if token_has_critical_extensions(token) {
@@ -392,14 +392,15 @@ fn describe(error: &jsonwebtoken::errors::Error) -> String {
     }
 }
 
-/// Whether the token's header names `alg: none` (any case), to report it
-/// as a refused algorithm rather than a malformed token.
-fn token_names_alg_none(token: &str) -> bool {
+/// Whether the token's header names an algorithm the library does not
+/// know (`none` in any case, `foo`), to report it as a refused algorithm
+/// rather than a malformed token.
+fn token_names_unknown_alg(token: &str) -> bool {
     header_json(token)
         .and_then(|v| {
             v.get("alg")?
                 .as_str()
-                .map(|a| a.eq_ignore_ascii_case("none"))
+                .map(|alg| alg.parse::<Algorithm>().is_err())
         })
         .unwrap_or(false)
 }
@@ -658,6 +659,10 @@ mod tests {
         // alg: none, unsigned.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJleHAiOjQxMDI0NDQ4MDB9.";
         assert_eq!(v.verify(none).unwrap_err(), AuthError::Algorithm);
+        // An algorithm nobody knows is refused as such, not as a token
+        // whose claims are of the wrong kind.
+        let unknown = sign(br#"{"alg":"foo","typ":"JWT"}"#);
+        assert_eq!(v.verify(&unknown).unwrap_err(), AuthError::Algorithm);
         let forged = format!("{}x", &expired[..expired.len() - 1]);
         assert!(v.verify(&forged).is_err());
         assert!(matches!(v.verify("abc"), Err(AuthError::Malformed(_))));

@@ -307,7 +307,15 @@ impl Feed {
     ) -> Arc<Self> {
         let (feed, start) = Self::new(topic, path, info, settings);
         let ctx = feed.encode_context.clone();
-        info!(topic = %feed.topic, path = feed.path.as_deref().unwrap_or(""), epoch = %ctx.epoch, start, "topic feed started");
+        match feed.path.as_deref() {
+            // A feed of one path is one user's, often: thousands of lines
+            // naming users at the default level would be noise, and more
+            // than an operator's logs need to hold about them.
+            Some(path) => {
+                debug!(topic = %feed.topic, path, epoch = %ctx.epoch, start, "path feed started")
+            }
+            None => info!(topic = %feed.topic, epoch = %ctx.epoch, start, "topic feed started"),
+        }
         let sparse_doze_after = doze_time(settings, info);
         let reader = Reader {
             feed: feed.clone(),

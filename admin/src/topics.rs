@@ -65,8 +65,8 @@ pub struct CreateTopic {
     /// Events kept per subject path; 0 or absent: no limit.
     pub max_messages_per_subject: Option<u64>,
     /// Largest single event (its data and headers) the topic stores; a
-    /// larger publish is refused (by admin with 413). 0 or absent: the
-    /// NATS server's `max_payload` (1 MiB by default).
+    /// larger publish is refused (by admin with 413). At least 1024; 0 or
+    /// absent: the NATS server's `max_payload` (1 MiB by default).
     #[schema(maximum = 2147483647)]
     pub max_message_bytes: Option<u64>,
     /// 1 or 3; default 1.
@@ -111,7 +111,8 @@ pub struct UpdateTopic {
     pub max_messages: Option<u64>,
     /// New per-subject-path limit.
     pub max_messages_per_subject: Option<u64>,
-    /// New largest single event; 0: the NATS server's `max_payload`.
+    /// New largest single event, at least 1024; 0: the NATS server's
+    /// `max_payload`.
     #[schema(maximum = 2147483647)]
     pub max_message_bytes: Option<u64>,
     /// New consumer limit; 0: the NATS server's default.
@@ -298,11 +299,18 @@ fn limit_from_i64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// The smallest `max_message_bytes` a topic may have: below it, the
+/// headers of an event published through admin leave no room for its data.
+const MIN_MESSAGE_BYTES: u64 = 1024;
+
 /// A largest event as JetStream takes it: -1 leaves the server's
 /// `max_payload` as the bound.
 fn message_size_limit(value: u64) -> Result<i32, Error> {
     match value {
         0 => Ok(-1),
+        v if v < MIN_MESSAGE_BYTES => Err(Error::BadRequest(format!(
+            "max_message_bytes is {v}; at least {MIN_MESSAGE_BYTES}, as an event's NATS headers (its id for de-duplication, its name, a trace context) count too, or 0 for the NATS server's max_payload"
+        ))),
         v => i32::try_from(v).map_err(|_| {
             Error::BadRequest(format!(
                 "max_message_bytes is {v}; at most {} (0: the NATS server's max_payload)",

@@ -222,6 +222,15 @@ async fn topic_life_cycle() {
             400,
             "max_message_bytes",
         );
+        // So small that an event's headers would leave its data no room:
+        // every publish through admin would be refused.
+        assert_error(
+            &admin
+                .call("PATCH", "/v1/topics/orders", Some(json!({"max_message_bytes": 20})))
+                .await,
+            400,
+            "at least 1024",
+        );
 
         let (status, _) = admin.call("DELETE", "/v1/topics/orders", None).await;
         assert_eq!(status, 204);

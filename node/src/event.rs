@@ -75,6 +75,14 @@ pub struct EncodeContext {
     pub max_event_bytes: usize,
 }
 
+/// Whether a stored message is one of JetStream's subject delete markers
+/// (a stream with `subject_delete_marker_ttl`), which is not an event: it
+/// has `Nats-Marker-Reason` and no data. A publisher's message that sends
+/// that header with data is an event like any other, not dropped.
+pub fn is_delete_marker(headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> bool {
+    payload.is_empty() && headers.is_some_and(|h| h.get(MARKER_HEADER).is_some())
+}
+
 /// One event of one topic, encoded once.
 #[derive(Debug)]
 pub struct Event {

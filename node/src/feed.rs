@@ -49,7 +49,7 @@ use tracing::{debug, error, info, info_span, warn};
 use crate::{
     connection::SharedSocket,
     delivery::parked::{self, ParkedSockets, Ticket},
-    event::{EncodeContext, Event, InvalidReason, MARKER_HEADER, TRACEPARENT_HEADER},
+    event::{EncodeContext, Event, InvalidReason, TRACEPARENT_HEADER, is_delete_marker},
     history::{History, HistoryBudget, Slice},
     metrics::Metrics,
     node::Node,
@@ -1493,7 +1493,7 @@ impl Reader {
         history_bytes: &prometheus::IntGauge,
     ) -> bool {
         self.head_time = Some(published);
-        if headers.is_some_and(|h| h.get(MARKER_HEADER).is_some()) {
+        if is_delete_marker(headers, payload) {
             self.feed.skip(seq);
             return false;
         }

@@ -20,7 +20,7 @@ use tracing::{Span, warn};
 
 use super::{BATCH_BYTES, ClientStream, CloseReason, framing::write_reset_body};
 use crate::{
-    event::{Event, MARKER_HEADER},
+    event::{Event, is_delete_marker},
     feed::{OwnedConsumer, bounded, stream_epoch},
     history::Slice,
 };
@@ -407,10 +407,7 @@ impl ClientStream {
                 finished = true;
                 break;
             }
-            let is_marker = message
-                .headers
-                .as_ref()
-                .is_some_and(|h| h.get(MARKER_HEADER).is_some());
+            let is_marker = is_delete_marker(message.headers.as_ref(), &message.payload);
             if !is_marker {
                 let topic = &self.topics[index];
                 let prefix_len = self.node.config().nats.subject_prefix.len() + 1;

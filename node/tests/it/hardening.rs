@@ -1290,3 +1290,43 @@ async fn a_node_makes_its_report_bucket_again_when_it_is_deleted() {
     eventually(T, "a report in a bucket made again", first_report).await;
     assert_eq!(node.metric("sse_nats_server_switches_total").await, 0.0);
 }
+
+/// `Nats-Marker-Reason` is the header of JetStream's subject delete
+/// markers, stored messages without data that are not events. A
+/// publisher's event that carries it with data is delivered, live and in a
+/// resume from JetStream: every such message was dropped without a word.
+#[tokio::test]
+async fn an_event_with_the_delete_marker_header_and_data_is_delivered() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "marked", None).await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "1"),
+        ],
+    )
+    .await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=marked"), None)
+        .await
+        .unwrap();
+    let start = client.ready().await;
+    for (reason, data) in [("MaxAge", "kept"), ("Remove", "")] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Marker-Reason", reason);
+        js.publish_with_headers("sse.marked.a", headers, data.as_bytes().to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    publish(&js, "marked", "after").await;
+    let live = client.take(2, T).await;
+    assert_eq!(data_of(&live), ["kept", "after"]);
+    assert!(live[1].id.ends_with(":3"), "{live:?}");
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=marked"), Some(&start))
+        .await
+        .unwrap();
+    assert_eq!(data_of(&resumed.take(2, T).await), ["kept", "after"]);
+}

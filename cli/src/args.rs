@@ -174,7 +174,8 @@ pub struct TopicCreate {
 pub struct Publish {
     /// Subject path, e.g. `orders.42`; its first token is the topic.
     pub path: String,
-    /// The event's data; `-` or absent: read from stdin.
+    /// The event's data; `-` or absent: read from stdin, less one final
+    /// line ending (the one `echo` adds).
     pub data: Option<String>,
     /// SSE event name.
     #[arg(long, value_name = "NAME")]

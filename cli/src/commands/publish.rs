@@ -38,11 +38,30 @@ pub async fn run(settings: &Settings, out: Output, publish: Publish) -> Result<(
         let started = Instant::now();
         let mut count: u64 = 0;
         let mut last = Value::Null;
+        // A line that cannot be published stops the run: what was published
+        // before it is said, so the rest can be sent again from there.
+        let stopped_at = |count: u64, last: &Value| {
+            let last = last.get("id").and_then(Value::as_str).unwrap_or("none");
+            eprintln!(
+                "ssectl: stopped at line {}; published before it: {count}, the last with id {last}",
+                count + 1
+            );
+        };
         for line in std::io::stdin().lock().lines() {
-            let line = line.map_err(|e| Error::Failed(format!("cannot read stdin: {e}")))?;
-            last = admin
+            let line = line.map_err(|e| {
+                stopped_at(count, &last);
+                Error::Failed(format!("cannot read stdin: {e}"))
+            })?;
+            last = match admin
                 .call(Method::POST, &endpoint, Some(&body(&line, None)))
-                .await?;
+                .await
+            {
+                Ok(published) => published,
+                Err(error) => {
+                    stopped_at(count, &last);
+                    return Err(error);
+                }
+            };
             count += 1;
         }
         let seconds = started.elapsed().as_secs_f64();

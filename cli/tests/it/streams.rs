@@ -78,6 +78,27 @@ async fn pub_prints_ids_and_tail_reads_them_back() {
         let summary: Value = serde_json::from_str(&lines.stdout).unwrap();
         assert_eq!(summary["published"], 3);
         assert!(summary["events_per_second"].as_f64().unwrap() > 0.0);
+        // A line admin refuses stops the run, which says how far it got.
+        cluster
+            .create_topic("cli-lines", &["--max-message-bytes", "1KiB"])
+            .await;
+        let stopped = run_with_stdin(
+            {
+                let mut c = cluster.ssectl();
+                c.args(["pub", "cli-lines", "--lines"]);
+                c
+            },
+            &format!("fits\n{}\nnever\n", "y".repeat(2000)),
+        )
+        .await;
+        assert_ne!(stopped.code, 0, "{}", stopped.stdout);
+        assert!(
+            stopped
+                .stderr
+                .contains("stopped at line 2; published before it: 1, the last with id cli-lines:"),
+            "{}",
+            stopped.stderr
+        );
 
         // Everything from the start, in order, with the ids pub printed.
         let run = cluster

@@ -42,6 +42,7 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "malformed",
     "algorithm",
     "signature",
+    "unknown_key",
     "expired",
     "not_yet_valid",
     "audience",

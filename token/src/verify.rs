@@ -61,6 +61,12 @@ pub enum AuthError {
     /// No configured key verifies the signature.
     #[error("the token's signature does not verify")]
     Signature,
+    /// The token's `kid` names no configured key of its algorithm: often a
+    /// key the issuer rotated in that the node has not loaded yet.
+    #[error(
+        "the token's kid names no key of its algorithm here; keys are read at start (a key rotated in at the issuer needs a restart)"
+    )]
+    UnknownKey,
     /// `exp` has passed.
     #[error("the token has expired")]
     Expired,
@@ -88,6 +94,7 @@ impl AuthError {
             Self::NotBearer | Self::Malformed(_) => "malformed",
             Self::Algorithm => "algorithm",
             Self::Signature => "signature",
+            Self::UnknownKey => "unknown_key",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
             Self::Audience => "audience",
@@ -307,7 +314,12 @@ impl Verifier {
             })
             .collect();
         if candidates.is_empty() {
-            return Err(AuthError::Algorithm);
+            let known_algorithm = self.keys.iter().any(|k| k.algorithm == header.alg);
+            return Err(if known_algorithm {
+                AuthError::UnknownKey
+            } else {
+                AuthError::Algorithm
+            });
         }
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;

@@ -418,6 +418,24 @@ async fn rs256_es256_and_jwks_keys_verify() {
     .unwrap();
     let (status, _, _) = get_with(&url, &[("Authorization", &bearer(&unknown))]).await;
     assert_eq!(status, 401);
+    // With the JWKS keys alone, the refusal says the kid is unknown (a key
+    // rotated in at the issuer that the node has not read), not that the
+    // algorithm is not accepted.
+    let jwks_only = NodeProc::start(
+        &nats.url(),
+        &[("SSE_AUTH__JWT__JWKS_FILE", jwks_file.to_str().unwrap())],
+    )
+    .await;
+    let url = jwks_only.url("/v1/events?topic=keys");
+    let (status, _, body) = get_with(&url, &[("Authorization", &bearer(&unknown))]).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("kid names no key"), "{body}");
+    assert_eq!(
+        jwks_only
+            .metric("sse_auth_failures_total{reason=\"unknown_key\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -61,16 +61,27 @@ pub fn is_fresh(report: &NodeReport, now: OffsetDateTime, ttl: std::time::Durati
 /// Every live node, sorted by id.
 pub async fn live_nodes(state: &AppState) -> Result<Vec<NodeReport>, Error> {
     let store = nodes_bucket(state).await?;
-    let keys: Vec<String> = store
-        .keys()
+    // The keys from the stream's subjects (one JetStream API request), not
+    // from `Store::keys`, which makes a consumer on every call and leaves
+    // it to NATS for 30 s: a dashboard or a scraper polling the view kept
+    // hundreds standing on the replicated bucket. A key deleted is still
+    // a subject (its tombstone); `get` says it holds nothing.
+    let subjects: Vec<(String, usize)> = store
+        .stream
+        .info_with_subjects(format!("{}>", store.prefix))
         .await
         .map_err(|err| Error::NatsUnavailable(err.to_string()))?
         .try_collect()
         .await
         .map_err(|err| Error::NatsUnavailable(err.to_string()))?;
+    let keys = subjects.into_iter().filter_map(|(subject, _)| {
+        subject
+            .strip_prefix(store.prefix.as_str())
+            .map(str::to_owned)
+    });
     let now = OffsetDateTime::now_utc();
     let ttl = state.config.node_ttl();
-    let mut nodes = Vec::with_capacity(keys.len());
+    let mut nodes = Vec::new();
     for key in keys {
         let Some(value) = store
             .get(key.as_str())

@@ -101,6 +101,12 @@ async fn nodes_live_while_fresh_and_drop_after_ttl() {
         .await;
 
         assert_eq!(node_ids(&admin).await, ["node-a", "node-b"]);
+        // Reading the view leaves nothing in NATS: it made a consumer on
+        // the bucket each time, which NATS kept for 30 s.
+        for _ in 0..5 {
+            node_ids(&admin).await;
+        }
+        assert_eq!(kv_stream.info().await.unwrap().state.consumer_count, 0);
         let (_, list) = admin.call("GET", "/v1/nodes", None).await;
         let a = &list["nodes"][0];
         for field in [

@@ -1114,6 +1114,8 @@ struct Opened {
     quiet_before: Duration,
     /// Whether the consumer had nothing pending when it was made.
     caught_up: bool,
+    /// The sequence the consumer was made to start at.
+    starts_at: u64,
 }
 
 /// What [`open_consumer`] found.
@@ -1456,6 +1458,15 @@ impl Reader {
                     continue;
                 }
             };
+            if seq < opened.starts_at {
+                // async-nats re-creates an ordered consumer that has
+                // delivered nothing (after missed heartbeats, say) from the
+                // stream's first event, whatever it was made to start at:
+                // the feed would read the whole stream again to get to its
+                // head. A new consumer from the head costs one creation.
+                debug!(topic = %self.feed.topic, seq, starts_at = opened.starts_at, "the consumer was re-created from the stream's start; making one from the head");
+                return Ok(ReadEnd::Ended);
+            }
             // A consumer made while the feed read directly delivers again
             // what those reads took in.
             if seq <= self.feed.head() {
@@ -2365,6 +2376,7 @@ async fn open_consumer(
         nothing_until,
         quiet_before,
         caught_up,
+        starts_at: next,
     })))
 }
 

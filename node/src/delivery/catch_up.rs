@@ -57,6 +57,8 @@ pub(super) struct JetStreamRead {
     pub(super) reconnections: tokio::sync::watch::Receiver<u64>,
     /// When the read took its slot.
     pub(super) started: std::time::Instant,
+    /// The sequence its consumer was made to start at.
+    pub(super) starts_at: u64,
     pub(super) _held: crate::metrics::ConsumerHeld,
     /// Declared last: the consumer is deleted after `messages` stops pulling.
     pub(super) _owned: OwnedConsumer,
@@ -326,6 +328,7 @@ impl ClientStream {
                     errors: 0,
                     reconnections: self.node.topics().reconnections(),
                     started: std::time::Instant::now(),
+                    starts_at: topic.pos + 1,
                     _held: self.node.metrics().consumer_held(),
                     _owned: owned,
                 }));
@@ -402,6 +405,13 @@ impl ClientStream {
                 continue;
             };
             let (seq, pending) = (info.stream_sequence, info.pending);
+            if seq < read.starts_at {
+                // Re-created by async-nats from the stream's first event
+                // (as the feed's, in `feed::Reader::read_from`): a new read
+                // from the position, the slot kept for it.
+                self.jetstream_read = None;
+                break;
+            }
             let published = SystemTime::from(info.published);
             if seq > end {
                 finished = true;

@@ -620,15 +620,7 @@ async fn a_resume_behind_a_blocked_read_served_by_hyper_gets_the_slot_after_a_tu
         .await
         .unwrap();
     let events = waiting.take(EVENTS, Duration::from_secs(30)).await;
-    let sequences: Vec<u64> = events
-        .iter()
-        .map(|e| e.id.rsplit(':').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(
-        sequences == (1..=EVENTS as u64).collect::<Vec<_>>(),
-        "{} events, not each once in order",
-        sequences.len()
-    );
+    assert_each_once_in_order(&events, EVENTS as u64);
     assert!(node.metric("sse_jetstream_read_waits_total").await >= 1.0);
     assert_eq!(
         node.metric(r#"sse_connections_closed_total{reason="stalled"}"#)

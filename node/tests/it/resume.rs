@@ -453,15 +453,7 @@ async fn slow_resumes_take_turns_with_the_jetstream_read_slots() {
         .unwrap();
     let events = normal.take(EVENTS, Duration::from_secs(30)).await;
     // Every stored event once, in the stream's order.
-    let sequences: Vec<u64> = events
-        .iter()
-        .map(|e| e.id.rsplit(':').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(
-        sequences == (1..=EVENTS as u64).collect::<Vec<_>>(),
-        "{} events, not each once in order",
-        sequences.len()
-    );
+    assert_each_once_in_order(&events, EVENTS as u64);
     assert!(node.metric("sse_jetstream_read_waits_total").await >= 1.0);
     assert_eq!(
         node.metric("sse_connections_closed_total{reason=\"stalled\"}")
@@ -532,15 +524,7 @@ async fn an_http2_resume_whose_client_stops_reading_gives_its_jetstream_slot_up(
         .await
         .unwrap();
     let events = normal.take(EVENTS, Duration::from_secs(30)).await;
-    let sequences: Vec<u64> = events
-        .iter()
-        .map(|e| e.id.rsplit(':').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(
-        sequences == (1..=EVENTS as u64).collect::<Vec<_>>(),
-        "{} events, not each once in order",
-        sequences.len()
-    );
+    assert_each_once_in_order(&events, EVENTS as u64);
     assert!(node.metric("sse_jetstream_read_waits_total").await >= 1.0);
     assert_eq!(
         node.metric("sse_connections_closed_total{reason=\"stalled\"}")

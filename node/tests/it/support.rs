@@ -852,6 +852,20 @@ impl SseClient {
     }
 }
 
+/// Asserts that `events` are the stream's events 1 to `count`, each once,
+/// in the stream's order, by the sequence their ids end with.
+pub(crate) fn assert_each_once_in_order(events: &[SseEvent], count: u64) {
+    let sequences: Vec<u64> = events
+        .iter()
+        .map(|e| e.id.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        sequences == (1..=count).collect::<Vec<_>>(),
+        "{} events, not each once in order",
+        sequences.len()
+    );
+}
+
 /// Payloads of events, in order.
 pub(crate) fn data_of(events: &[SseEvent]) -> Vec<String> {
     events.iter().map(|e| e.data.clone()).collect()

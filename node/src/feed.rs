@@ -26,7 +26,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, LazyLock, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
@@ -43,7 +43,7 @@ use sse_protocol::{
     nats_switch::answered_with_quorum, topic::live_subject,
 };
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::{
@@ -337,7 +337,7 @@ impl Feed {
             reconnections: settings.reconnections.clone(),
             metrics,
         };
-        tokio::spawn(reader.run(start));
+        CONSUMER_WORK.spawn(reader.run(start));
         feed
     }
 
@@ -1041,6 +1041,17 @@ impl OwnedConsumer {
             name: name.to_owned(),
         }
     }
+
+    /// Follows the consumer a message came from (its JetStream info's
+    /// `consumer`). async-nats re-creates an ordered consumer under a new
+    /// name (`<name>_1`, `_2`…) when a pull finds no responder, as on a NATS
+    /// cluster whose servers have not all heard of a consumer just made,
+    /// and deletes the old one; the one to delete is then the new one.
+    pub(crate) fn follow(&mut self, consumer: &str) {
+        if self.name != consumer {
+            consumer.clone_into(&mut self.name);
+        }
+    }
 }
 
 impl Drop for OwnedConsumer {
@@ -1053,12 +1064,36 @@ impl Drop for OwnedConsumer {
             std::mem::take(&mut self.stream),
             std::mem::take(&mut self.name),
         );
-        runtime.spawn(async move {
-            if let Err(error) = bounded(js.delete_consumer_from_stream(&name, &stream)).await {
-                debug!(%stream, consumer = %name, %error, "cannot delete consumer; it expires on its own");
-            }
-        });
+        CONSUMER_WORK.spawn_on(
+            async move {
+                if let Err(error) = bounded(js.delete_consumer_from_stream(&name, &stream)).await {
+                    debug!(%stream, consumer = %name, %error, "cannot delete consumer; it expires on its own");
+                }
+            },
+            &runtime,
+        );
     }
+}
+
+/// The feeds' readers, and the deletions of consumers that were dropped:
+/// what a node that stops waits for ([`finish_consumer_work`]). A reader
+/// that ends drops its consumer, so its deletion is tracked before the
+/// reader's own task is done. One node runs per process, and a consumer
+/// dropped anywhere (a feed, a resume) has no node at hand, hence a static.
+static CONSUMER_WORK: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
+
+/// Waits, up to `limit`, for the readers of closed feeds to end and for
+/// every dropped consumer's deletion; returns whether all were done.
+///
+/// A process that exits first leaves its consumers to NATS's 30 s expiry,
+/// and meanwhile they count against their streams' consumer limits and
+/// gather pending events while the nodes that replace it make their own:
+/// a rolling update of many nodes piled them up.
+pub async fn finish_consumer_work(limit: Duration) -> bool {
+    CONSUMER_WORK.close();
+    tokio::time::timeout(limit, CONSUMER_WORK.wait())
+        .await
+        .is_ok()
 }
 
 struct Reader {
@@ -1104,7 +1139,7 @@ struct Opened {
     messages: jetstream::consumer::pull::Ordered,
     /// Deletes the consumer when dropped: after `messages` (fields drop in
     /// order), so that the consumer is deleted once nothing pulls from it.
-    _owned: OwnedConsumer,
+    owned: OwnedConsumer,
     /// Up to this sequence the stream holds nothing for the reader.
     nothing_until: u64,
     /// How long the topic had gone without an event when the consumer was
@@ -1450,6 +1485,7 @@ impl Reader {
             };
             let (seq, published) = match message.info() {
                 Ok(info) => {
+                    opened.owned.follow(info.consumer);
                     caught_up = info.pending == 0;
                     (info.stream_sequence, SystemTime::from(info.published))
                 }
@@ -2372,7 +2408,7 @@ async fn open_consumer(
     Ok(Opening::Opened(Box::new(Opened {
         stream,
         messages,
-        _owned: owned,
+        owned,
         nothing_until,
         quiet_before,
         caught_up,

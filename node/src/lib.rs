@@ -110,6 +110,11 @@ async fn watch_connection(
 /// Extra time, after the drain window, for the HTTP server to close.
 const SERVER_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// Time, after the HTTP server closed, for the feeds' consumers to be
+/// deleted. With [`SERVER_CLOSE_GRACE`] and the last flush, within the 3 s
+/// past the drain window that the Helm chart gives a node to close.
+const CONSUMER_DELETE_GRACE: Duration = Duration::from_millis(500);
+
 /// Runs a node on `listener` until `shutdown` is cancelled and the drain is
 /// over, with the parts [`Startup`] built from the configuration.
 pub async fn run(
@@ -328,6 +333,19 @@ pub async fn run(
         Ok(Ok(result)) => result?,
         Ok(Err(join)) => warn!(error = %join, "http server task failed"),
         Err(_) => warn!("http server did not close in time; exiting anyway"),
+    }
+    // The topic watch, stopped above, closes every feed; closed here too, in
+    // case it has not yet. Their readers end, and their consumers are
+    // deleted before the process exits.
+    let feeds = node.topics().feeds();
+    for feed in &feeds {
+        feed.close();
+    }
+    if !feed::finish_consumer_work(CONSUMER_DELETE_GRACE).await {
+        warn!(
+            feeds = feeds.len(),
+            "not every consumer was deleted in time; NATS removes the rest within 30 s"
+        );
     }
     // Give the report loop a moment to remove this node from the view.
     let _ = tokio::time::timeout(Duration::from_millis(500), client.flush()).await;

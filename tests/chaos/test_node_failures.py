@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cluster.harness import metric_sum
-from cluster.workload import Frozen, Scenario, chaos_timeout, scale
+from cluster.workload import Frozen, Scenario, chaos_timeout, scale, wait_for
 
 pytestmark = [pytest.mark.needs_node]
 
@@ -177,3 +177,76 @@ def _kill_the_busiest_node_of_parked_streams(c, scn: Scenario) -> None:
     problems = asyncio.run(scn.run(action))
     scn.assert_clean(problems)
     assert parked["parked"] >= parked["held"] / 2, f"few streams parked before the kill: {parked}"
+
+
+async def _consumers(urls: list[str]) -> list[str]:
+    """Every consumer of every stream, as `stream/consumer`."""
+    import json
+
+    import nats
+
+    nc = await nats.connect(servers=urls)
+    try:
+        names = json.loads((await nc.request("$JS.API.STREAM.NAMES", b"{}", timeout=5)).data)
+        found = []
+        for stream in names.get("streams") or []:
+            listed = json.loads((await nc.request(f"$JS.API.CONSUMER.NAMES.{stream}", b"{}", timeout=5)).data)
+            found += [f"{stream}/{name}" for name in listed.get("consumers") or []]
+        return found
+    finally:
+        await nc.close()
+
+
+@pytest.mark.timeout(chaos_timeout(120))
+def test_a_node_stopped_by_sigterm_leaves_no_consumer_behind(node_binary, cluster_factory, topic):
+    # On three nats-servers a node that exited as soon as its streams closed
+    # left most of its feeds' consumers to NATS's 30 s expiry (3 of 4 in
+    # most stops): their deletions were sent, or not, as the process ended.
+    # A rolling update of many nodes piled them up against each stream's
+    # consumer limit. Five stops, as it was a race.
+    import nats
+
+    from cluster.sse import SseClient
+
+    topics = [f"{topic}{i}" for i in range(4)]
+    c = cluster_factory(nodes=1, topics=[(t, 3) for t in topics], node_env={"SSE_SHUTDOWN__DRAIN_SECONDS": "1"})
+    node = c.running_nodes()[0]
+
+    async def run() -> list[str]:
+        nc = await nats.connect(servers=c.nats_urls)
+        js = nc.jetstream()
+        stop_publishing = asyncio.Event()
+
+        async def publish() -> None:
+            # Busy topics: their feeds read with consumers, pulling at the stop.
+            i = 0
+            while not stop_publishing.is_set():
+                for t in topics:
+                    await js.publish(f"sse.{t}", f"e{i}".encode())
+                i += 1
+                await asyncio.sleep(0.05)
+
+        publishing = asyncio.create_task(publish())
+        left = []
+        try:
+            for round_ in range(5):
+                stop_streams = asyncio.Event()
+                clients = [SseClient(f"c{round_}-{t}", c.node_port(node), f"/v1/events?topic={t}") for t in topics]
+                tasks = [asyncio.create_task(client.run(stop_streams)) for client in clients]
+                await wait_for(lambda: metric_sum(c.metrics(node) or {}, "sse_jetstream_consumers") == 4, 20, "a consumer per feed")
+                # Reading for a while, as a node in service does.
+                await asyncio.sleep(2)
+                code = await asyncio.to_thread(c.stop, node, 20)
+                assert code == 0, c[node].log_tail()
+                left += [f"stop {round_}: {name}" for name in await _consumers(c.nats_urls)]
+                stop_streams.set()
+                await asyncio.gather(*tasks)
+                await asyncio.to_thread(c.start_proc, node)
+        finally:
+            stop_publishing.set()
+            await publishing
+            await nc.close()
+        return left
+
+    left = asyncio.run(run())
+    assert not left, left

@@ -61,7 +61,7 @@ pub(super) struct JetStreamRead {
     pub(super) starts_at: u64,
     pub(super) _held: crate::metrics::ConsumerHeld,
     /// Declared last: the consumer is deleted after `messages` stops pulling.
-    pub(super) _owned: OwnedConsumer,
+    pub(super) owned: OwnedConsumer,
 }
 
 impl ClientStream {
@@ -330,7 +330,7 @@ impl ClientStream {
                     started: std::time::Instant::now(),
                     starts_at: topic.pos + 1,
                     _held: self.node.metrics().consumer_held(),
-                    _owned: owned,
+                    owned,
                 }));
                 Ok(())
             }
@@ -404,6 +404,7 @@ impl ClientStream {
             let Ok(info) = message.info() else {
                 continue;
             };
+            read.owned.follow(info.consumer);
             let (seq, pending) = (info.stream_sequence, info.pending);
             if seq < read.starts_at {
                 // Re-created by async-nats from the stream's first event

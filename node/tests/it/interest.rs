@@ -61,6 +61,123 @@ async fn a_feed_runs_only_while_its_topic_has_clients_here() {
     .await;
 }
 
+/// A node that stops deletes its feeds' consumers before it exits, though
+/// the feeds would have lingered: left to NATS's 30 s expiry, they counted
+/// against each stream's consumer limit while the nodes of a rolling update
+/// made their own, and gathered pending events nobody read.
+#[tokio::test]
+async fn a_node_that_stops_deletes_its_consumers_before_it_exits() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    let topics = ["roll0", "roll1", "roll2"];
+    for topic in topics {
+        create_topic(&js, topic, None).await;
+        // A recent event: the feed reads with a consumer from the start.
+        publish(&js, topic, "before").await;
+    }
+    let mut node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_SHUTDOWN__DRAIN_SECONDS", "1"),
+            ("SSE_DELIVERY__FEED_LINGER_SECONDS", "60"),
+        ],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for topic in topics {
+        let mut client = SseClient::connect(&node.url(&format!("/v1/events?topic={topic}")), None)
+            .await
+            .unwrap();
+        client.ready().await;
+        clients.push(client);
+    }
+    eventually(T, "a consumer for each feed", || async {
+        (node.metric("sse_jetstream_consumers").await == 3.0).then_some(())
+    })
+    .await;
+    for topic in topics {
+        assert_eq!(consumer_count(&js, &format!("SSE_{topic}")).await, Some(1));
+    }
+    // Busy topics, as in a rolling update: their readers are pulling when
+    // the node stops.
+    let publishing = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for i in 0.. {
+                for topic in topics {
+                    publish(&js, topic, &format!("e{i}")).await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    node.terminate();
+    for client in &mut clients {
+        client.until_closed(T).await.unwrap();
+    }
+    assert!(node.wait_exit(T).await.unwrap().success());
+    publishing.abort();
+    for topic in topics {
+        assert_eq!(
+            consumer_count(&js, &format!("SSE_{topic}")).await,
+            Some(0),
+            "{topic}'s consumer left behind"
+        );
+    }
+}
+
+/// async-nats re-creates an ordered consumer that went away under a new
+/// name (`<name>_1`), as when a pull finds no responder on a NATS cluster
+/// whose servers have not all heard of the consumer yet. A feed that stops
+/// deletes the consumer it reads then, not only the one it made: the other
+/// was left to NATS's 30 s expiry, reading on.
+#[tokio::test]
+async fn a_stopped_feed_deletes_the_consumer_async_nats_made_again() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "again", None).await;
+    publish(&js, "again", "before").await;
+    let node = NodeProc::start(&nats.url(), &[("SSE_DELIVERY__FEED_LINGER_SECONDS", "1")]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=again"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    let made = eventually(T, "the feed's consumer", || async {
+        let names = consumer_names(&js, "SSE_again").await;
+        (names.len() == 1).then(|| names[0].clone())
+    })
+    .await;
+    js.delete_consumer_from_stream(&made, "SSE_again")
+        .await
+        .unwrap();
+    let again = eventually(T, "the consumer made again", || async {
+        let names = consumer_names(&js, "SSE_again").await;
+        (names.len() == 1 && names[0] != made).then(|| names[0].clone())
+    })
+    .await;
+    assert_eq!(again, format!("{made}_1"));
+    publish(&js, "again", "after").await;
+    assert_eq!(data_of(&client.take(1, T).await), ["after"]);
+
+    drop(client);
+    eventually(T, "the feed to stop", || async {
+        (node.metric("sse_feeds_live").await == 0.0).then_some(())
+    })
+    .await;
+    // Well within NATS's 30 s expiry of the consumer.
+    eventually(
+        Duration::from_secs(5),
+        "the stream to hold no consumer",
+        || async {
+            consumer_names(&js, "SSE_again")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 /// A stream at its consumer limit (NATS 2.15 allows 1,000 unless the stream
 /// sets its own) refuses a feed its consumer. The node counts that under its
 /// own kind, keeps asking, and its clients get every event once a consumer
@@ -491,6 +608,18 @@ async fn open_stream(node: &NodeProc, query: &str) -> SseClient {
 }
 
 /// The consumers `stream` holds, if JetStream answers.
+/// The names of `stream`'s consumers.
+async fn consumer_names(js: &async_nats::jetstream::Context, stream: &str) -> Vec<String> {
+    let Ok(stream) = js.get_stream_no_info(stream).await else {
+        return Vec::new();
+    };
+    stream
+        .consumer_names()
+        .filter_map(|name| async move { name.ok() })
+        .collect()
+        .await
+}
+
 async fn consumer_count(js: &async_nats::jetstream::Context, stream: &str) -> Option<usize> {
     let mut stream = js.get_stream(stream).await.ok()?;
     Some(stream.info().await.ok()?.state.consumer_count)

@@ -59,6 +59,18 @@ pub(super) struct JetStreamRead {
     pub(super) started: std::time::Instant,
     /// The sequence its consumer was made to start at.
     pub(super) starts_at: u64,
+    /// Whether the read is of every event of the stream (no path filter),
+    /// so that a sequence skipped is an event the stream no longer holds.
+    pub(super) whole_stream: bool,
+    /// Whether a skipped sequence is looked into: a read of the whole
+    /// stream, which had no events deleted from within when it started. A
+    /// stream that deletes from within (a path purged, a limit per subject)
+    /// skips sequences all the time, and those are not announced.
+    pub(super) watch_skips: bool,
+    /// The events pending after the last one read (at first, the
+    /// consumer's count when made): a drop by more than the one read means
+    /// events were removed meanwhile.
+    pub(super) pending: u64,
     pub(super) _held: crate::metrics::ConsumerHeld,
     /// Declared last: the consumer is deleted after `messages` stops pulling.
     pub(super) owned: OwnedConsumer,
@@ -265,21 +277,10 @@ impl ClientStream {
         }
         let topic = &self.topics[index];
         if first > topic.pos + 1 && !topic.reset_sent {
-            let data = serde_json::json!({
-                "topic": topic.feed.topic.as_str(),
-                "reason": "history_gone",
-                "last_seen": topic.pos,
-                "lost_from": topic.pos + 1,
-                "lost_to": first - 1,
-                "resume_from": first,
-            });
-            self.node.metrics().reset_events.inc();
-            let topic = &mut self.topics[index];
-            topic.pos = first - 1;
-            topic.reset_sent = true;
-            write_reset_body(out, &data);
-            self.write_cursor(out);
+            self.write_history_gone(index, first, out);
         }
+        let whole_stream = self.topics[index].reads_whole_stream();
+        let watch_skips = whole_stream && info.state.deleted_count.unwrap_or(0) == 0;
         let topic = &mut self.topics[index];
         topic.reset_sent = true;
         let end = until.saturating_sub(1).min(topic.catch_up_to);
@@ -315,7 +316,8 @@ impl ClientStream {
             }
         };
         let owned = OwnedConsumer::new(&js, topic.feed.stream_name(), &consumer.cached_info().name);
-        if consumer.cached_info().num_pending == 0 {
+        let pending = consumer.cached_info().num_pending;
+        if pending == 0 {
             topic.pos = end;
             self.jetstream_permit = None;
             return Ok(());
@@ -329,6 +331,9 @@ impl ClientStream {
                     reconnections: self.node.topics().reconnections(),
                     started: std::time::Instant::now(),
                     starts_at: topic.pos + 1,
+                    whole_stream,
+                    watch_skips,
+                    pending,
                     _held: self.node.metrics().consumer_held(),
                     owned,
                 }));
@@ -414,6 +419,28 @@ impl ClientStream {
                 break;
             }
             let published = SystemTime::from(info.published);
+            let pos = self.topics[index].pos;
+            // Events removed from the stream's start while it is read (a
+            // purge, a limit cut, an expiry) are not delivered, and the read
+            // would pass over them without a word: a sign that some were
+            // is looked into, so that the client gets its `reset`.
+            let removed_meanwhile = pending.saturating_add(1) < read.pending;
+            read.pending = pending;
+            // Sequences passed over, or a read of the whole stream that
+            // ends before its end.
+            let skips = seq > pos + 1 || (read.whole_stream && pending == 0 && seq < end);
+            if skips && (read.watch_skips || removed_meanwhile) {
+                if !self.announce_history_gone(index, out).await? {
+                    // Deleted from within: those are not announced, and
+                    // the next ones are not looked into.
+                    if let Some(read) = self.jetstream_read.as_mut() {
+                        read.watch_skips = false;
+                    }
+                }
+                if seq <= self.topics[index].pos && seq < end && pending > 0 {
+                    continue;
+                }
+            }
             if seq > end {
                 finished = true;
                 break;
@@ -453,6 +480,58 @@ impl ClientStream {
             self.jetstream_permit = None;
         }
         Ok(())
+    }
+
+    /// Writes a `history_gone` reset for the topic's events from its
+    /// position up to `first`, where its stream now starts, and moves the
+    /// position there.
+    fn write_history_gone(&mut self, index: usize, first: u64, out: &mut BytesMut) {
+        let topic = &mut self.topics[index];
+        let data = serde_json::json!({
+            "topic": topic.feed.topic.as_str(),
+            "reason": "history_gone",
+            "last_seen": topic.pos,
+            "lost_from": topic.pos + 1,
+            "lost_to": first - 1,
+            "resume_from": first,
+        });
+        topic.pos = first - 1;
+        topic.reset_sent = true;
+        self.node.metrics().reset_events.inc();
+        write_reset_body(out, &data);
+        self.write_cursor(out);
+    }
+
+    /// Asks JetStream where the topic's stream starts now, during a read
+    /// of it; when past the position, its events up to there were removed
+    /// meanwhile, and a `reset` says so ([`Self::write_history_gone`]).
+    /// Returns whether it did. A stream that cannot be asked ends the
+    /// client's stream, which resumes from its position: nothing passed
+    /// over unannounced.
+    async fn announce_history_gone(
+        &mut self,
+        index: usize,
+        out: &mut BytesMut,
+    ) -> Result<bool, CloseReason> {
+        let topic = &self.topics[index];
+        let stream = match bounded(self.node.jetstream().get_stream(topic.feed.stream_name())).await
+        {
+            Ok(stream) => stream,
+            Err(error) => {
+                warn!(topic = %topic.feed.topic, %error, "cannot look at the stream during a resume read");
+                return Err(CloseReason::Error);
+            }
+        };
+        let info = stream.cached_info();
+        if stream_epoch(info) != topic.feed.epoch {
+            return Err(CloseReason::TopicClosed);
+        }
+        let first = info.state.first_sequence;
+        if first <= topic.pos + 1 {
+            return Ok(false);
+        }
+        self.write_history_gone(index, first, out);
+        Ok(true)
     }
 
     /// Passes the next stored event of the topic being caught up as an

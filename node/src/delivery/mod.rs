@@ -196,6 +196,12 @@ impl ClientTopic {
         self.whole_topic || self.patterns.iter().any(|p| p.matches(path))
     }
 
+    /// Whether a JetStream read of the topic takes every event of its
+    /// stream ([`Self::filters`]).
+    fn reads_whole_stream(&self) -> bool {
+        !matches!(self.patterns.as_slice(), [one] if !one.is_whole_topic())
+    }
+
     /// Subject filters for a JetStream read. Several patterns may overlap,
     /// which JetStream refuses, so they fall back to the whole topic and
     /// are filtered here.

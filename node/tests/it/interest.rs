@@ -137,7 +137,16 @@ async fn a_stopped_feed_deletes_the_consumer_async_nats_made_again() {
     let js = nats.jetstream().await;
     create_topic(&js, "again", None).await;
     publish(&js, "again", "before").await;
-    let node = NodeProc::start(&nats.url(), &[("SSE_DELIVERY__FEED_LINGER_SECONDS", "1")]).await;
+    // No doze: the feed keeps its consumer while the topic is quiet.
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_LINGER_SECONDS", "1"),
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "0"),
+            ("SSE_DELIVERY__FEED_DIRECT_DOZE_SECONDS", "0"),
+        ],
+    )
+    .await;
     let mut client = SseClient::connect(&node.url("/v1/events?topic=again"), None)
         .await
         .unwrap();
@@ -166,7 +175,7 @@ async fn a_stopped_feed_deletes_the_consumer_async_nats_made_again() {
     .await;
     // Well within NATS's 30 s expiry of the consumer.
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "the stream to hold no consumer",
         || async {
             consumer_names(&js, "SSE_again")

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::*;
@@ -533,4 +534,115 @@ async fn an_http2_resume_whose_client_stops_reading_gives_its_jetstream_slot_up(
     );
     drop(shut);
     connection.abort();
+}
+
+/// Events removed from a stream's start while a resume reads it from
+/// JetStream (a purge, a cut of its limits, an expiry) are announced with a
+/// `reset`, as they are when gone before the resume: the read passed over
+/// them without a word, and a client went from an event of the first
+/// thousands to the first one published after the purge.
+#[tokio::test]
+async fn events_purged_while_a_resume_reads_them_get_a_reset() {
+    const EVENTS: usize = 2000;
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "cut", None).await;
+    let payload = "z".repeat(2048);
+    publish_many(&js, EVENTS, 100, |_| {
+        ("sse.cut".to_owned(), payload.clone())
+    })
+    .await;
+    // No history in memory: the whole catch-up reads JetStream.
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "1"),
+        ],
+    )
+    .await;
+    let mut probe = SseClient::connect(&node.url("/v1/events?topic=cut"), None)
+        .await
+        .unwrap();
+    let from_start = id_at(&probe.ready().await, 0);
+    drop(probe);
+    // A client that reads slowly, through a small socket buffer: most of
+    // its catch-up is still to be read when the stream is purged.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket
+        .connect(format!("127.0.0.1:{}", node.port).parse().unwrap())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /v1/events?topic=cut HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {from_start}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while received.len() < 200 * 1024 {
+        let n = tokio::time::timeout(T, tokio::io::AsyncReadExt::read(&mut stream, &mut buf))
+            .await
+            .expect("the catch-up goes on")
+            .unwrap();
+        assert!(n > 0, "closed early");
+        received.extend_from_slice(&buf[..n]);
+    }
+    js.get_stream("SSE_cut")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    for i in 1..=3 {
+        publish(&js, "cut", &format!("after-{i}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !received.ends_with(b"data: after-3\n\n")
+        && !String::from_utf8_lossy(&received[received.len().saturating_sub(64 * 1024)..])
+            .contains("data: after-3\n")
+    {
+        assert!(Instant::now() < deadline, "after-3 did not come");
+        let n = tokio::time::timeout(T, tokio::io::AsyncReadExt::read(&mut stream, &mut buf))
+            .await
+            .expect("the stream goes on")
+            .unwrap();
+        assert!(n > 0, "closed before after-3");
+        received.extend_from_slice(&buf[..n]);
+    }
+    let body_at = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let body = bytes::Bytes::copy_from_slice(&received[body_at..]);
+    let mut client = SseClient::from_body(
+        Default::default(),
+        futures_util::stream::iter([Ok(body)]).boxed(),
+    );
+    let events = client.until_closed(T).await.unwrap();
+    let resets: Vec<_> = events.iter().filter(|e| e.event == "reset").collect();
+    assert_eq!(resets.len(), 1, "one reset for the purged events");
+    let reset: serde_json::Value = serde_json::from_str(&resets[0].data).unwrap();
+    assert_eq!(reset["reason"], "history_gone", "{reset}");
+    let at = events.iter().position(|e| e.event == "reset").unwrap();
+    // Every event before the reset once, in order, from the first; the
+    // reset names the rest as lost; then the events published after.
+    let before: Vec<u64> = events[..at]
+        .iter()
+        .map(|e| e.id.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(before, (1..=before.len() as u64).collect::<Vec<_>>());
+    assert!(
+        before.len() < EVENTS,
+        "the purge came after the whole catch-up"
+    );
+    assert_eq!(reset["last_seen"], before.len());
+    assert_eq!(reset["lost_from"], before.len() + 1);
+    assert_eq!(reset["lost_to"], EVENTS);
+    assert_eq!(reset["resume_from"], EVENTS + 1);
+    assert_eq!(
+        data_of(&events[at + 1..]),
+        ["after-1", "after-2", "after-3"]
+    );
 }

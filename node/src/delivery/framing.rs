@@ -109,11 +109,30 @@ fn write_positions(
         if open == Some(i) {
             let _ = write_position_prefix(out, topic, epoch);
             split = Some(out.len());
+        } else if let Some((held_epoch, last_seen)) = t
+            .pending_reset
+            .as_deref()
+            .and_then(|reset| held_position(reset, epoch))
+        {
+            // The `reset` for the client's position on this topic waits
+            // for the topic's turn in the catch-up (the topics before it
+            // may take long): until then the cursor keeps that position,
+            // so that a client back with it gets the `reset`, not the new
+            // epoch's events as if nothing had happened.
+            let _ = write_position(out, topic, held_epoch, last_seen);
         } else {
             let _ = write_position(out, topic, epoch, t.pos);
         }
     }
     split
+}
+
+/// The position a held `reset` is about: the epoch of the client's cursor
+/// (`old_epoch`, for a stream recreated; else `epoch`, the stream's own)
+/// and its sequence. `None` for a reset without `last_seen`.
+fn held_position<'a>(reset: &'a serde_json::Value, epoch: &'a str) -> Option<(&'a str, u64)> {
+    let last_seen = reset["last_seen"].as_u64()?;
+    Some((reset["old_epoch"].as_str().unwrap_or(epoch), last_seen))
 }
 
 pub(super) fn write_reset_body(out: &mut BytesMut, data: &serde_json::Value) {

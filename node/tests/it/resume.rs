@@ -646,3 +646,51 @@ async fn events_purged_while_a_resume_reads_them_get_a_reset() {
         ["after-1", "after-2", "after-3"]
     );
 }
+
+/// A stream of several topics whose cursor for one of them needs a `reset`
+/// (another epoch) sends it at that topic's turn in the catch-up, after
+/// the topics before it. Until then its cursor keeps the client's position
+/// on that topic: it named the new epoch from the first frame, and a
+/// client that dropped before the `reset` came back with it and never
+/// heard that its position was of a deleted stream.
+#[tokio::test]
+async fn a_reset_that_waits_its_turn_leaves_the_clients_position_in_the_cursor() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "first", None).await;
+    create_topic(&js, "again", None).await;
+    for i in 1..=3 {
+        publish(&js, "first", &format!("e{i}")).await;
+    }
+    publish(&js, "again", "new-1").await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let query = "/v1/events?topic=first&topic=again";
+    let mut probe = SseClient::connect(&node.url(query), None).await.unwrap();
+    let live = probe.ready().await;
+    drop(probe);
+    let (first, again) = live.split_once(',').unwrap();
+    let new_epoch = again.split(':').nth(1).unwrap();
+    let id = format!("{},again:zzz:2", id_at(first, 0));
+
+    let mut resumed = SseClient::connect(&node.url(query), Some(&id))
+        .await
+        .unwrap();
+    let events = resumed.take(5, T).await;
+    assert_eq!(data_of(&events[..3]), ["e1", "e2", "e3"]);
+    // The position on `again` is kept until its reset.
+    for event in &events[..3] {
+        assert!(event.id.ends_with(",again:zzz:2"), "{}", event.id);
+    }
+    assert_eq!(events[3].event, "reset", "{:?}", events[3]);
+    let reset: serde_json::Value = serde_json::from_str(&events[3].data).unwrap();
+    assert_eq!(reset["reason"], "stream_recreated", "{reset}");
+    assert_eq!(reset["topic"], "again");
+    assert_eq!(reset["old_epoch"], "zzz");
+    assert_eq!(reset["last_seen"], 2);
+    assert_eq!(events[4].data, "new-1");
+    assert!(
+        events[4].id.ends_with(&format!(",again:{new_epoch}:1")),
+        "{}",
+        events[4].id
+    );
+}

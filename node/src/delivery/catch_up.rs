@@ -259,20 +259,10 @@ impl ClientStream {
         out: &mut BytesMut,
     ) -> Result<(), CloseReason> {
         let js = self.node.jetstream().clone();
-        let topic = &self.topics[index];
-        let stream = match bounded(js.get_stream(topic.feed.stream_name())).await {
-            Ok(stream) => stream,
-            Err(error) => {
-                warn!(topic = %topic.feed.topic, %error, "cannot read stream for resume");
-                return Err(CloseReason::Error);
-            }
-        };
+        let stream = self.stream_now(index).await?;
         let info = stream.cached_info();
-        if stream_epoch(info) != topic.feed.epoch {
-            return Err(CloseReason::TopicClosed);
-        }
         let first = info.state.first_sequence;
-        if topic.pending_reset.is_some() {
+        if self.topics[index].pending_reset.is_some() {
             self.write_pending_reset(index, first.max(1), out);
         }
         let topic = &self.topics[index];
@@ -502,6 +492,24 @@ impl ClientStream {
         self.write_cursor(out);
     }
 
+    /// The topic's stream as JetStream has it now, of the epoch the client
+    /// reads (else the client's stream ends, and its `reset` comes as it
+    /// resumes). A stream that cannot be asked ends the client's stream,
+    /// which resumes from its position.
+    async fn stream_now(&mut self, index: usize) -> Result<jetstream::stream::Stream, CloseReason> {
+        let topic = &self.topics[index];
+        let stream = bounded(self.node.jetstream().get_stream(topic.feed.stream_name()))
+            .await
+            .map_err(|error| {
+                warn!(topic = %topic.feed.topic, %error, "cannot read the topic's stream for a resume");
+                CloseReason::Error
+            })?;
+        if stream_epoch(stream.cached_info()) != topic.feed.epoch {
+            return Err(CloseReason::TopicClosed);
+        }
+        Ok(stream)
+    }
+
     /// Asks JetStream where the topic's stream starts now, during a read
     /// of it; when past the position, its events up to there were removed
     /// meanwhile, and a `reset` says so ([`Self::write_history_gone`]).
@@ -513,21 +521,13 @@ impl ClientStream {
         index: usize,
         out: &mut BytesMut,
     ) -> Result<bool, CloseReason> {
-        let topic = &self.topics[index];
-        let stream = match bounded(self.node.jetstream().get_stream(topic.feed.stream_name())).await
-        {
-            Ok(stream) => stream,
-            Err(error) => {
-                warn!(topic = %topic.feed.topic, %error, "cannot look at the stream during a resume read");
-                return Err(CloseReason::Error);
-            }
-        };
-        let info = stream.cached_info();
-        if stream_epoch(info) != topic.feed.epoch {
-            return Err(CloseReason::TopicClosed);
-        }
-        let first = info.state.first_sequence;
-        if first <= topic.pos + 1 {
+        let first = self
+            .stream_now(index)
+            .await?
+            .cached_info()
+            .state
+            .first_sequence;
+        if first <= self.topics[index].pos + 1 {
             return Ok(false);
         }
         self.write_history_gone(index, first, out);

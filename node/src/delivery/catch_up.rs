@@ -233,6 +233,15 @@ impl ClientStream {
                 if topic.pending_reset.is_some() {
                     let oldest = events.first().map_or(last + 1, |e| e.seq);
                     self.write_pending_reset(index, oldest, out);
+                } else if topic.feed.path.is_none()
+                    && events.first().is_some_and(|e| e.seq > topic.pos + 1)
+                {
+                    // A whole topic's feed holds every event it read: it
+                    // passes over the next one when the stream no longer
+                    // had it, as on a topic whose oldest events leave as new
+                    // ones come, where they left before the feed's first
+                    // read.
+                    self.announce_history_gone(index, out).await?;
                 }
                 let mut delivered = 0;
                 for event in &events {
@@ -487,6 +496,7 @@ impl ClientStream {
         });
         topic.pos = first - 1;
         topic.reset_sent = true;
+        topic.resume_from = Some(first);
         self.node.metrics().reset_events.inc();
         write_reset_body(out, &data);
         self.write_cursor(out);

@@ -183,6 +183,16 @@ impl ClientStream {
                         self.start_drain();
                     }
                 }
+                LiveItem::Event(index, event)
+                    if self.topics[index].passes_over_resume(event.seq) =>
+                {
+                    // The events the reset named as next left the stream
+                    // before the feed read them: caught up again from
+                    // where the stream stands, this event included (the
+                    // feed holds it), with a reset for what left.
+                    self.reattach(index);
+                    break;
+                }
                 LiveItem::Event(index, event) => {
                     // Only what the stream writes counts towards a run: a
                     // feed warming up hands on events it already has.

@@ -121,6 +121,11 @@ struct ClientTopic {
     pos: u64,
     catch_up_to: u64,
     reset_sent: bool,
+    /// The `resume_from` of the `history_gone` reset just written from
+    /// JetStream, until the topic's next live event: a whole topic's feed
+    /// that starts as the stream drops its oldest events may read past it,
+    /// and the stream then looks again ([`ClientTopic::passes_over_resume`]).
+    resume_from: Option<u64>,
     /// A `reset` for a cursor this stream's sequences cannot serve (another
     /// epoch, or past the stream's end), written at the topic's catch-up,
     /// where its `resume_from`, the oldest event still held, is known.
@@ -194,6 +199,17 @@ impl ClientTopic {
 
     fn matches(&self, path: &str) -> bool {
         self.whole_topic || self.patterns.iter().any(|p| p.matches(path))
+    }
+
+    /// Whether `seq`, the topic's next live event, passes over the
+    /// `resume_from` of the reset just sent, on a feed of the whole topic
+    /// (which hands on every event it reads); the next live event ends the
+    /// question either way.
+    fn passes_over_resume(&mut self, seq: u64) -> bool {
+        let Some(resume_from) = self.resume_from.take() else {
+            return false;
+        };
+        self.feed.path.is_none() && self.pos < resume_from && seq > resume_from
     }
 
     /// Whether a JetStream read of the topic takes every event of its
@@ -413,6 +429,7 @@ impl ClientStream {
                 pos,
                 catch_up_to,
                 reset_sent,
+                resume_from: None,
                 pending_reset,
                 by_path,
             });

@@ -152,6 +152,10 @@ impl ClientStream {
             && self.close_at.is_none()
             && self.lone_frame.is_none()
             && self.live.held.is_none()
+            && self
+                .topics
+                .iter()
+                .all(|t| t.resume_from.is_none_or(|from| t.pos >= from))
     }
 
     /// Whether the stream may park on the merged feed of its topics: it

@@ -407,25 +407,12 @@ async fn slow_resumes_take_turns_with_the_jetstream_read_slots() {
         &[("SSE_HISTORY__MAX_CONCURRENT_JETSTREAM_READS", "2")],
     )
     .await;
-    let mut probe = SseClient::connect(&node.url("/v1/events?topic=turns"), None)
-        .await
-        .unwrap();
-    let from_start = id_at(&probe.ready().await, 0);
-    drop(probe);
+    let from_start = id_from_start(&node, "turns").await;
     // Two clients take both slots and read 20 KiB a second, through small
     // socket buffers: their catch-up of 8 MiB would take minutes.
     let mut slow = Vec::new();
     for _ in 0..2 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket
-            .connect(format!("127.0.0.1:{}", node.port).parse().unwrap())
-            .await
-            .unwrap();
-        let request = format!(
-            "GET /v1/events?topic=turns HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {from_start}\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut stream = slow_resume(&node, "turns", &from_start).await;
         slow.push(tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             loop {
@@ -489,11 +476,7 @@ async fn an_http2_resume_whose_client_stops_reading_gives_its_jetstream_slot_up(
         &[("SSE_HISTORY__MAX_CONCURRENT_JETSTREAM_READS", "1")],
     )
     .await;
-    let mut probe = SseClient::connect(&node.url("/v1/events?topic=shut"), None)
-        .await
-        .unwrap();
-    let from_start = id_at(&probe.ready().await, 0);
-    drop(probe);
+    let from_start = id_from_start(&node, "shut").await;
     // A window of 64 KiB that the client never opens again: it does not
     // read the body. 4 MiB of catch-up stay behind it.
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
@@ -561,23 +544,10 @@ async fn events_purged_while_a_resume_reads_them_get_a_reset() {
         ],
     )
     .await;
-    let mut probe = SseClient::connect(&node.url("/v1/events?topic=cut"), None)
-        .await
-        .unwrap();
-    let from_start = id_at(&probe.ready().await, 0);
-    drop(probe);
+    let from_start = id_from_start(&node, "cut").await;
     // A client that reads slowly, through a small socket buffer: most of
     // its catch-up is still to be read when the stream is purged.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket
-        .connect(format!("127.0.0.1:{}", node.port).parse().unwrap())
-        .await
-        .unwrap();
-    let request = format!(
-        "GET /v1/events?topic=cut HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {from_start}\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut stream = slow_resume(&node, "cut", &from_start).await;
     let mut received = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     while received.len() < 200 * 1024 {
@@ -693,4 +663,28 @@ async fn a_reset_that_waits_its_turn_leaves_the_clients_position_in_the_cursor()
         "{}",
         events[4].id
     );
+}
+
+/// The id of `topic`'s position before its first event, on `node`.
+async fn id_from_start(node: &NodeProc, topic: &str) -> String {
+    let mut probe = SseClient::connect(&node.url(&format!("/v1/events?topic={topic}")), None)
+        .await
+        .unwrap();
+    id_at(&probe.ready().await, 0)
+}
+
+/// A resume of `topic` from `last_event_id` over a socket with a 4 KiB
+/// receive buffer, its response not read yet: a client that reads slowly.
+async fn slow_resume(node: &NodeProc, topic: &str, last_event_id: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket
+        .connect(format!("127.0.0.1:{}", node.port).parse().unwrap())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /v1/events?topic={topic} HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {last_event_id}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
 }

@@ -93,6 +93,7 @@ pub async fn report_loop(
             events_delivered: metrics.events_delivered.get(),
             draining: node.is_draining(),
             topics,
+            report_seconds: cluster.report_seconds,
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
         let written =

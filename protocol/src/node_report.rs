@@ -67,6 +67,21 @@ pub struct NodeReport {
     /// Subscribers per topic.
     #[serde(default)]
     pub topics: BTreeMap<String, u64>,
+    /// Seconds between two of this node's reports; 0 from a node that does
+    /// not say.
+    #[serde(default)]
+    pub report_seconds: u64,
+}
+
+impl NodeReport {
+    /// How old this report may grow before its node counts as silent: two
+    /// reports missed, and a second for the write. A node killed outright
+    /// keeps its entry until the bucket's TTL drops it; this tells it apart
+    /// sooner. `None` when the node does not say how often it reports.
+    pub fn silent_after(&self) -> Option<std::time::Duration> {
+        (self.report_seconds > 0)
+            .then(|| std::time::Duration::from_secs(2 * self.report_seconds + 1))
+    }
 }
 
 /// Whether `name` may name the bucket: `[A-Za-z0-9_-]+`, as JetStream

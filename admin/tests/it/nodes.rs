@@ -26,6 +26,7 @@ pub(crate) fn report(id: &str, connections: u64, topics: Value, age: Duration) -
         events_delivered: connections * 10,
         draining: false,
         topics: serde_json::from_value(topics).unwrap(),
+        report_seconds: 5,
     };
     serde_json::to_value(report).unwrap()
 }

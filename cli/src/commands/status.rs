@@ -11,6 +11,8 @@
 use std::time::Instant;
 
 use serde_json::{Value, json};
+use sse_protocol::node_report::NodeReport;
+use time::OffsetDateTime;
 
 use crate::{
     Error,
@@ -81,7 +83,10 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
                 vec![
                     output::cell(&n["id"]),
                     output::cell(&n["address"]),
-                    output::cell(&n["state"]),
+                    match n["silent_seconds"].as_u64() {
+                        Some(seconds) => format!("silent {seconds}s"),
+                        None => output::cell(&n["state"]),
+                    },
                     output::cell(&n["connections"]),
                     match n["delivered_per_second"].as_f64() {
                         Some(rate) => format!("{rate:.1}"),
@@ -193,6 +198,7 @@ async fn with_rates(
         node["state"] = json!(state);
         node["delivered_per_second"] = Value::Null;
     }
+    let mut newest: Vec<Option<f64>> = nodes.iter().map(reported_at).collect();
     let started = Instant::now();
     while !nodes.is_empty() && started.elapsed() < window {
         if nodes.iter().all(|n| !n["delivered_per_second"].is_null()) {
@@ -200,7 +206,7 @@ async fn with_rates(
         }
         tokio::time::sleep(POLL).await;
         let later = admin.get("/v1/nodes").await?;
-        for node in &mut nodes {
+        for (node, newest) in nodes.iter_mut().zip(&mut newest) {
             if !node["delivered_per_second"].is_null() {
                 continue;
             }
@@ -210,19 +216,43 @@ async fn with_rates(
             else {
                 continue;
             };
+            if let Some(at) = reported_at(newer) {
+                *newest = Some(newest.map_or(at, |seen| seen.max(at)));
+            }
             if let Some(rate) = rate(node, newer) {
                 node["delivered_per_second"] = json!(rate);
             }
         }
     }
+    let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9;
+    for (node, newest) in nodes.iter_mut().zip(newest) {
+        if let Some(seconds) = silent_seconds(node, newest, now) {
+            node["state"] = json!("silent");
+            node["silent_seconds"] = json!(seconds);
+        }
+    }
     Ok(nodes)
+}
+
+/// Seconds since `node` last reported, when that is longer than its
+/// report interval allows ([`NodeReport::silent_after`]): a node killed
+/// outright, or cut off from NATS, which the cluster view keeps until its
+/// entry's TTL runs out. `newest` is the latest report seen of it.
+fn silent_seconds(node: &Value, newest: Option<f64>, now: f64) -> Option<u64> {
+    let report: NodeReport = serde_json::from_value(node.clone()).ok()?;
+    let age = now - newest?;
+    (age > report.silent_after()?.as_secs_f64()).then(|| age.floor() as u64)
+}
+
+/// When `node`'s report was written, in seconds since the epoch.
+fn reported_at(node: &Value) -> Option<f64> {
+    node["reported_at"].as_str().and_then(parse_rfc3339_seconds)
 }
 
 /// Events per second between two reports of one node; `None` while the
 /// report has not changed.
 fn rate(old: &Value, new: &Value) -> Option<f64> {
-    let at = |v: &Value| v["reported_at"].as_str().and_then(parse_rfc3339_seconds);
-    let (t0, t1) = (at(old)?, at(new)?);
+    let (t0, t1) = (reported_at(old)?, reported_at(new)?);
     if t1 <= t0 {
         return None;
     }
@@ -233,8 +263,7 @@ fn rate(old: &Value, new: &Value) -> Option<f64> {
 
 /// Seconds since the epoch of an RFC 3339 time, as nodes write it.
 fn parse_rfc3339_seconds(text: &str) -> Option<f64> {
-    let at =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let at = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     Some(at.unix_timestamp_nanos() as f64 / 1e9)
 }
 
@@ -252,6 +281,24 @@ mod tests {
         let new = json!({"reported_at": "2026-12-01T10:00:05Z", "events_delivered": 600});
         assert_eq!(rate(&old, &new), Some(100.0));
         assert_eq!(rate(&old, &old), None);
+    }
+
+    #[test]
+    fn a_node_two_reports_late_is_silent() {
+        let node = |report_seconds: u64| {
+            json!({"id": "n1", "address": "127.0.0.1:1", "version": "0.1.0",
+                "started_at": "2026-12-01T09:00:00Z", "reported_at": "2026-12-01T10:00:00Z",
+                "connections": 0, "events_delivered": 0, "draining": false,
+                "report_seconds": report_seconds})
+        };
+        let at = parse_rfc3339_seconds("2026-12-01T10:00:00Z");
+        let now = at.unwrap();
+        // Reports every 5 s: silent once 11 s pass without one.
+        assert_eq!(silent_seconds(&node(5), at, now + 11.0), None);
+        assert_eq!(silent_seconds(&node(5), at, now + 12.5), Some(12));
+        // A node that does not say how often it reports is never judged.
+        assert_eq!(silent_seconds(&node(0), at, now + 600.0), None);
+        assert_eq!(silent_seconds(&node(5), None, now + 600.0), None);
     }
 
     #[test]

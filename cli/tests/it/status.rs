@@ -53,9 +53,28 @@ async fn status_shows_nodes_nats_and_topics() {
         );
         let _ = tail.kill().await;
 
-        // The node gone: once its report is older than the TTL, the
-        // table is empty and says why, not just empty.
+        // The node killed: two reports missed (it reports every second
+        // here), it shows as silent while its entry waits out the TTL.
         cluster.nodes[0].kill().await;
+        let silent = eventually(
+            "the killed node to show as silent",
+            Duration::from_secs(10),
+            || {
+                let cluster = &cluster;
+                async move {
+                    let status = cluster.json(&["status", "--rate-window", "0s"]).await;
+                    let node = status["nodes"].as_array()?.first()?.clone();
+                    (node["state"] == "silent").then_some(node)
+                }
+            },
+        )
+        .await;
+        assert!(silent["silent_seconds"].as_u64() >= Some(3), "{silent}");
+        let table = cluster.run(&["status", "--rate-window", "0s"]).await;
+        assert!(table.stdout.contains(" silent "), "{}", table.stdout);
+
+        // Once its report is older than the TTL, the table is empty and
+        // says why, not just empty.
         let alone = eventually(
             "the node's report to expire",
             Duration::from_secs(30),

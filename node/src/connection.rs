@@ -289,16 +289,25 @@ pub async fn serve(
             // the handshake timeout covers this.) A peek, not `readable()`:
             // readiness may be reported before any byte has arrived.
             let mut first_byte = [0u8; 1];
-            let first = tokio::time::timeout(head_wait, stream.tcp().peek(&mut first_byte)).await;
-            if !matches!(first, Ok(Ok(1))) {
-                hyper
-                    .node
-                    .metrics()
-                    .limit_rejections
-                    .with_label_values(&["header_read_timeout"])
-                    .inc();
-                debug!("connection closed: no request within the header timeout");
-                return;
+            match tokio::time::timeout(head_wait, stream.tcp().peek(&mut first_byte)).await {
+                Ok(Ok(1..)) => {}
+                // Closed or reset before a byte: a TCP health check (a load
+                // balancer's, a kubelet's `tcpSocket` probe), not a client
+                // held past the limit.
+                Ok(_) => {
+                    debug!("connection closed by the client before a request");
+                    return;
+                }
+                Err(_) => {
+                    hyper
+                        .node
+                        .metrics()
+                        .limit_rejections
+                        .with_label_values(&["header_read_timeout"])
+                        .inc();
+                    debug!("connection closed: no request within the header timeout");
+                    return;
+                }
             }
             if !h2 && refuse_h2c(&mut stream).await {
                 return;

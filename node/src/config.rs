@@ -149,7 +149,8 @@ pub struct DeliveryConfig {
     /// Whether lean-path streams in step with their topic park their
     /// socket with the topic feed's writer.
     pub park_streams: bool,
-    /// Seconds a socket may refuse writes before the connection is dropped.
+    /// Seconds a socket may refuse writes before the connection is dropped,
+    /// or an HTTP/2 stream's window stay shut before the stream is reset.
     pub write_stall_seconds: u64,
     /// Seconds a client stream, or a topic's feed, may make no progress
     /// while it is behind before it is closed (the client resumes

@@ -75,7 +75,7 @@ use std::{
 use axum::{Router, serve::Listener as _};
 use bytes::Bytes;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioIo, TokioTimer},
     server::conn::auto,
 };
 use prometheus::IntCounter;
@@ -99,6 +99,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::TlsConfig,
     fastpath,
+    h2_stall::{StallExecutor, StreamWatch, take_polled_stream_watch},
     http::{self, HttpState},
     node::Node,
     tls_records::{self, CLOSE_NOTIFY, RecordSealer, Sent},
@@ -179,7 +180,11 @@ pub async fn serve(
             .limit_rejections
             .with_label_values(&["accept_failed"]),
     );
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Each HTTP/2 stream's task is watched for a window its client keeps
+    // shut (`h2_stall`), as a socket is for a client that stops reading.
+    let mut builder = auto::Builder::new(StallExecutor {
+        limit: Duration::from_secs(config.delivery.write_stall_seconds),
+    });
     if !http.h2 {
         builder = builder.http1_only();
     }
@@ -456,9 +461,9 @@ async fn refuse_h2c(stream: &mut GuardedStream) -> bool {
 /// for those the lean path looked at and declined, one for TLS that agreed
 /// on h2.
 struct Builders {
-    kept_alive: auto::Builder<TokioExecutor>,
-    one_request: auto::Builder<TokioExecutor>,
-    alpn_h2: auto::Builder<TokioExecutor>,
+    kept_alive: auto::Builder<StallExecutor>,
+    one_request: auto::Builder<StallExecutor>,
+    alpn_h2: auto::Builder<StallExecutor>,
 }
 
 /// What came before hyper on a connection.
@@ -704,7 +709,7 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Cou
                 http::ApiError::request_head_too_large(&self.node),
             );
             return Box::pin(std::future::ready(Ok(
-                refusal.map(|body| HeldBody { body, _held: held })
+                refusal.map(|body| HeldBody::new(body, held))
             )));
         }
         let version = request.version();
@@ -724,22 +729,36 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Cou
                 http::ApiError::malformed_head(http::MalformedPart::Host),
             );
             return Box::pin(std::future::ready(Ok(
-                refusal.map(|body| HeldBody { body, _held: held })
+                refusal.map(|body| HeldBody::new(body, held))
             )));
         }
         // A router is always ready: called at once.
         let answered = tower::Service::call(&mut self.router.clone(), request);
         Box::pin(async move {
             let response: axum::response::Response = answered.await?;
-            Ok(response.map(|body| HeldBody { body, _held: held }))
+            Ok(response.map(|body| HeldBody::new(body, held)))
         })
     }
 }
 
-/// A response body that keeps its request counted until it ends.
+/// A response body that keeps its request counted until it ends, and
+/// tells an HTTP/2 stream's watch when hyper holds a chunk of it.
 struct HeldBody {
     body: axum::body::Body,
     _held: OpenRequest,
+    watch: Option<Arc<StreamWatch>>,
+}
+
+impl HeldBody {
+    /// Made where the response is: in an HTTP/2 stream's task, it takes
+    /// that stream's watch.
+    fn new(body: axum::body::Body, held: OpenRequest) -> Self {
+        Self {
+            body,
+            _held: held,
+            watch: take_polled_stream_watch(),
+        }
+    }
 }
 
 impl hyper::body::Body for HeldBody {
@@ -750,7 +769,18 @@ impl hyper::body::Body for HeldBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let Some(watch) = &this.watch else {
+            return Pin::new(&mut this.body).poll_frame(cx);
+        };
+        watch.asked();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.data_ref().is_some_and(|data| !data.is_empty())
+        {
+            watch.handed();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -14,7 +14,8 @@
 //!   straight to the socket ([`tls_records`] seals them for TLS);
 //!   [`connection`] accepts sockets, completes TLS
 //!   handshakes and hands everything else (other endpoints, preflights,
-//!   HTTP/2) to hyper.
+//!   HTTP/2) to hyper; [`h2_stall`] resets HTTP/2 streams whose window
+//!   stays shut.
 //!
 //! Around them: [`config`] (values, checked; imports nothing above it),
 //! [`startup`] (what is built from the config once: verifier, TLS, CORS),
@@ -29,6 +30,7 @@ pub mod delivery;
 pub mod event;
 pub mod fastpath;
 pub mod feed;
+pub mod h2_stall;
 pub mod history;
 pub mod http;
 pub mod metrics;

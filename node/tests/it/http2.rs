@@ -510,3 +510,62 @@ async fn with_h2_off_browsers_get_http1_over_tls_and_h2c_gets_http_1_1_required(
     let (status, _) = get(&plain.url("/healthz"), None).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_stream_whose_window_stays_shut_is_reset_while_its_neighbour_flows() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "shut", None).await;
+    let node = NodeProc::start(&nats.url(), &[("SSE_DELIVERY__WRITE_STALL_SECONDS", "2")]).await;
+    let tcp = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    // Each stream's window holds 16 KiB until its reader takes them; the
+    // connection's is wide enough for both streams' events.
+    let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(4 << 20)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("http/2 handshake");
+    tokio::spawn(connection);
+    let uri = format!("http://127.0.0.1:{}/v1/events?topic=shut", node.port);
+    // A stream whose body is never read: its window shuts once 16 KiB
+    // have come.
+    let request = Request::get(&uri)
+        .header("accept", "text/event-stream")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    sender.ready().await.unwrap();
+    let shut = sender.send_request(request).await.unwrap();
+    assert_eq!(shut.status(), 200);
+    let mut flowing = h2_stream(&mut sender, &uri).await.unwrap();
+    flowing.ready().await;
+    let kib = "x".repeat(1024);
+    let data: Vec<String> = (0..40).map(|i| format!("{i}-{kib}")).collect();
+    for one in &data {
+        publish(&js, "shut", one).await;
+    }
+    assert_eq!(data_of(&flowing.take(40, T).await), data);
+
+    // The stream whose window stayed shut for the stall limit (2 s) is
+    // reset; its neighbour on the same connection goes on.
+    eventually(T, "the shut stream to be closed", || async {
+        (node.metric("sse_clients_connected").await == 1.0).then_some(())
+    })
+    .await;
+    let mut body = shut.into_body();
+    let ended = tokio::time::timeout(T, async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => break Some(error),
+                None => break None,
+            }
+        }
+    })
+    .await
+    .expect("the shut stream's body to end");
+    let error = ended.expect("a reset, not an end of stream");
+    assert!(format!("{error:?}").contains("CANCEL"), "{error:?}");
+    publish(&js, "shut", "after").await;
+    assert_eq!(data_of(&flowing.take(1, T).await), ["after"]);
+}

@@ -320,6 +320,33 @@ fn message_size_limit(value: u64) -> Result<i32, Error> {
     }
 }
 
+/// Refuses a `max_bytes` below the largest event the topic takes: such an
+/// event is stored, acknowledged and dropped at once to keep the stream
+/// within `max_bytes`, and its subscribers never see it nor hear of it.
+/// `max_payload` is the NATS server's (0 before it first answered: the
+/// bound is then NATS's default, 1 MiB).
+fn check_room(config: &stream::Config, max_payload: usize) -> Result<(), Error> {
+    let Ok(max_bytes @ 1..) = u64::try_from(config.max_bytes) else {
+        return Ok(());
+    };
+    let (largest, whose) = match u64::try_from(config.max_message_size) {
+        Ok(size @ 1..) => (size, "its max_message_bytes"),
+        _ => (
+            match max_payload {
+                0 => 1 << 20,
+                bytes => bytes as u64,
+            },
+            "the NATS server's max_payload, as max_message_bytes is not set",
+        ),
+    };
+    if max_bytes < largest {
+        return Err(Error::BadRequest(format!(
+            "max_bytes is {max_bytes}, below the largest event the topic takes ({largest} bytes, {whose}): such an event would be dropped as soon as it is stored, unseen by subscribers; raise max_bytes, or set max_message_bytes to at most {max_bytes}"
+        )));
+    }
+    Ok(())
+}
+
 /// A consumer limit as JetStream takes it: -1 leaves the server's default.
 fn consumer_limit(value: u64) -> Result<i32, Error> {
     match value {
@@ -625,6 +652,7 @@ pub async fn create_topic(
         &body,
         state.config.admin.topic_max_consumers,
     )?;
+    check_room(&config, state.client.server_info().max_payload)?;
     let js = state.jetstream()?;
     // JetStream answers a create with an identical config as a success, so
     // an existing stream is looked for first.
@@ -756,6 +784,7 @@ pub async fn update_topic(
     if let Some(v) = body.max_consumers {
         config.max_consumers = consumer_limit(v)?;
     }
+    check_room(&config, state.client.server_info().max_payload)?;
     if let Some(access) = body.access {
         config
             .metadata
@@ -982,6 +1011,36 @@ mod tests {
 
     fn body(json: &str) -> CreateTopic {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn max_bytes_leaves_room_for_the_largest_event() {
+        let config =
+            |json: &str| stream_config(&parse_topic("t").unwrap(), "sse", &body(json), 0).unwrap();
+        // No byte limit, or room enough: taken.
+        assert!(check_room(&config(r#"{"name": "t"}"#), 1 << 20).is_ok());
+        assert!(check_room(&config(r#"{"name": "t", "max_bytes": 1048576}"#), 1 << 20).is_ok());
+        assert!(
+            check_room(
+                &config(r#"{"name": "t", "max_bytes": 4096, "max_message_bytes": 4096}"#),
+                1 << 20
+            )
+            .is_ok()
+        );
+        // Less than one event of the topic's largest: refused, whichever
+        // bound makes it the largest.
+        assert!(check_room(&config(r#"{"name": "t", "max_bytes": 10}"#), 1 << 20).is_err());
+        assert!(check_room(&config(r#"{"name": "t", "max_bytes": 2048}"#), 4096).is_err());
+        assert!(check_room(&config(r#"{"name": "t", "max_bytes": 4096}"#), 4096).is_ok());
+        assert!(
+            check_room(
+                &config(r#"{"name": "t", "max_bytes": 1024, "max_message_bytes": 65536}"#),
+                1 << 20
+            )
+            .is_err()
+        );
+        // Before NATS has answered, its default bound stands.
+        assert!(check_room(&config(r#"{"name": "t", "max_bytes": 65536}"#), 0).is_err());
     }
 
     #[test]

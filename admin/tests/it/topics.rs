@@ -149,6 +149,11 @@ async fn topic_life_cycle() {
         let info = stream.info().await.unwrap();
         assert_eq!(info.config.metadata["sse.access"], "private");
         assert_error(
+            &admin.call("PATCH", "/v1/topics/orders", Some(json!({"max_bytes": 4096}))).await,
+            400,
+            "max_bytes is 4096, below the largest event",
+        );
+        assert_error(
             &admin.call("PATCH", "/v1/topics/orders", Some(json!({"storage": "memory"}))).await,
             400,
             "storage",
@@ -400,6 +405,18 @@ async fn bad_names_and_values_are_refused() {
             &create(json!({"name": "t", "max_bytes": -1})).await,
             400,
             "max_bytes",
+        );
+        // Room for less than one event: every event would be dropped as
+        // soon as it is stored.
+        assert_error(
+            &create(json!({"name": "t", "max_bytes": 10})).await,
+            400,
+            "below the largest event the topic takes (1048576 bytes, the NATS server's max_payload",
+        );
+        assert_error(
+            &create(json!({"name": "t", "max_bytes": 1024, "max_message_bytes": 65536})).await,
+            400,
+            "max_bytes is 1024, below the largest event the topic takes (65536 bytes, its max_message_bytes)",
         );
         assert_error(
             &create(json!({"name": "t", "max_consumers": 3_000_000_000u64})).await,

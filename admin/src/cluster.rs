@@ -100,10 +100,30 @@ pub async fn live_nodes(state: &AppState) -> Result<Vec<NodeReport>, Error> {
     Ok(nodes)
 }
 
-/// Subscribers per topic, summed over `nodes`.
+/// Whether a report is more than two of its node's report intervals old
+/// at `now` ([`NodeReport::silent_after`]): the node was killed, or is cut
+/// off from NATS. Its entry stays until the TTL; its figures are stale
+/// (its clients have reconnected elsewhere), so no sum counts them.
+pub fn is_silent(report: &NodeReport, now: OffsetDateTime) -> bool {
+    let Some(after) = report.silent_after() else {
+        return false;
+    };
+    match OffsetDateTime::parse(&report.reported_at, &Rfc3339) {
+        Ok(at) => now - at > after,
+        Err(_) => false,
+    }
+}
+
+/// The nodes of `nodes` that are not silent at `now` ([`is_silent`]).
+pub fn serving(nodes: &[NodeReport], now: OffsetDateTime) -> impl Iterator<Item = &NodeReport> {
+    nodes.iter().filter(move |node| !is_silent(node, now))
+}
+
+/// Subscribers per topic, summed over the nodes of `nodes` that are not
+/// silent.
 pub fn subscribers_by_topic(nodes: &[NodeReport]) -> HashMap<String, u64> {
     let mut sums = HashMap::new();
-    for node in nodes {
+    for node in serving(nodes, OffsetDateTime::now_utc()) {
         for (topic, count) in &node.topics {
             *sums.entry(topic.clone()).or_default() += count;
         }
@@ -150,6 +170,24 @@ mod tests {
         assert!(is_fresh(&report("2026-01-01T00:00:50Z"), now, ttl));
         assert!(!is_fresh(&report("2026-01-01T00:00:40Z"), now, ttl));
         assert!(!is_fresh(&report("yesterday"), now, ttl));
+    }
+
+    #[test]
+    fn a_report_two_intervals_late_is_silent_and_left_out_of_sums() {
+        let now = OffsetDateTime::now_utc();
+        let at = |age: u64| {
+            let mut report = report(&(now - Duration::from_secs(age)).format(&Rfc3339).unwrap());
+            report.report_seconds = 5;
+            report
+        };
+        assert!(!is_silent(&at(10), now));
+        assert!(is_silent(&at(12), now));
+        // A node that does not say how often it reports is never silent.
+        let mut unsaid = at(12);
+        unsaid.report_seconds = 0;
+        assert!(!is_silent(&unsaid, now));
+        let sums = subscribers_by_topic(&[at(1), at(12)]);
+        assert_eq!(sums["orders"], 2);
     }
 
     #[test]

@@ -71,11 +71,15 @@ pub struct Overview {
     pub topics: Vec<TopicBrief>,
     /// Live nodes, by id.
     pub nodes: Vec<NodeReport>,
-    /// Live nodes.
+    /// Live nodes that are not silent (two reports late: killed, or cut
+    /// off from NATS, until their entries expire).
     pub nodes_live: u64,
-    /// Open connections over live nodes.
+    /// Live nodes that are silent.
+    pub nodes_silent: u64,
+    /// Open connections over live nodes that are not silent.
     pub connections: u64,
-    /// Events delivered over live nodes, since each started.
+    /// Events delivered over live nodes that are not silent, since each
+    /// started.
     pub events_delivered: u64,
 }
 
@@ -124,15 +128,18 @@ pub async fn snapshot_and_nodes_read(state: &AppState) -> (Overview, bool) {
             Vec::new()
         }
     };
+    let now = OffsetDateTime::now_utc();
+    let serving: Vec<&NodeReport> = cluster::serving(&nodes, now).collect();
     let overview = Overview {
         generated_at: OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .unwrap_or_default(),
         nats_connected: state.nats_connected(),
         error: (!errors.is_empty()).then(|| errors.join("; ")),
-        nodes_live: nodes.len() as u64,
-        connections: nodes.iter().map(|n| n.connections).sum(),
-        events_delivered: nodes.iter().map(|n| n.events_delivered).sum(),
+        nodes_live: serving.len() as u64,
+        nodes_silent: (nodes.len() - serving.len()) as u64,
+        connections: serving.iter().map(|n| n.connections).sum(),
+        events_delivered: serving.iter().map(|n| n.events_delivered).sum(),
         topics,
         nodes,
     };

@@ -165,3 +165,42 @@ async fn nodes_live_while_fresh_and_drop_after_ttl() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_listed_but_left_out_of_every_sum() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let ttl = Duration::from_secs(60);
+        let admin =
+            Admin::start_with(test_config(&nats.url, "[cluster]\nnode_ttl_seconds = 60")).await;
+        assert!(node_ids(&admin).await.is_empty());
+        let store = bucket(&nats, ttl).await;
+        put(
+            &store,
+            &report("node-a", 3, json!({"orders": 2}), Duration::ZERO),
+        )
+        .await;
+        // Reports every second, last heard 10 s ago: killed, or cut off
+        // from NATS, its entry not expired yet.
+        let mut silent = report("node-s", 40, json!({"orders": 30}), Duration::from_secs(10));
+        silent["report_seconds"] = json!(1);
+        put(&store, &silent).await;
+
+        assert_eq!(node_ids(&admin).await, ["node-a", "node-s"]);
+        let (_, overview) = admin.call_with("GET", "/v1/overview", None, None).await;
+        assert_eq!(overview["nodes_live"], 1, "{overview}");
+        assert_eq!(overview["nodes_silent"], 1, "{overview}");
+        assert_eq!(overview["connections"], 3, "{overview}");
+        admin.create_topic(json!({"name": "orders"})).await;
+        let (_, topic) = admin.call("GET", "/v1/topics/orders", None).await;
+        assert_eq!(topic["subscribers"], 2, "{topic}");
+        let metrics = admin.metrics().await;
+        for line in [
+            "sse_nodes_live 1",
+            "sse_cluster_topic_subscribers{topic=\"orders\"} 2",
+        ] {
+            assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+        }
+    })
+    .await;
+}

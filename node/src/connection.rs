@@ -99,7 +99,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::TlsConfig,
     fastpath,
-    h2_stall::{StallExecutor, StreamWatch, take_polled_stream_watch},
+    h2_stall::{self, StallExecutor},
     http::{self, HttpState},
     node::Node,
     tls_records::{self, CLOSE_NOTIFY, RecordSealer, Sent},
@@ -182,9 +182,9 @@ pub async fn serve(
     );
     // Each HTTP/2 stream's task is watched for a window its client keeps
     // shut (`h2_stall`), as a socket is for a client that stops reading.
-    let mut builder = auto::Builder::new(StallExecutor {
-        limit: Duration::from_secs(config.delivery.write_stall_seconds),
-    });
+    let mut builder = auto::Builder::new(StallExecutor::new(Duration::from_secs(
+        config.delivery.write_stall_seconds,
+    )));
     if !http.h2 {
         builder = builder.http1_only();
     }
@@ -742,22 +742,16 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Cou
 }
 
 /// A response body that keeps its request counted until it ends, and
-/// tells an HTTP/2 stream's watch when hyper holds a chunk of it.
+/// tells an HTTP/2 stream's task when hyper holds a chunk of it
+/// (`h2_stall`).
 struct HeldBody {
     body: axum::body::Body,
     _held: OpenRequest,
-    watch: Option<Arc<StreamWatch>>,
 }
 
 impl HeldBody {
-    /// Made where the response is: in an HTTP/2 stream's task, it takes
-    /// that stream's watch.
     fn new(body: axum::body::Body, held: OpenRequest) -> Self {
-        Self {
-            body,
-            _held: held,
-            watch: take_polled_stream_watch(),
-        }
+        Self { body, _held: held }
     }
 }
 
@@ -769,16 +763,12 @@ impl hyper::body::Body for HeldBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        let Some(watch) = &this.watch else {
-            return Pin::new(&mut this.body).poll_frame(cx);
-        };
-        watch.asked();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        h2_stall::asked();
+        let polled = Pin::new(&mut self.get_mut().body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && frame.data_ref().is_some_and(|data| !data.is_empty())
         {
-            watch.handed();
+            h2_stall::handed();
         }
         polled
     }

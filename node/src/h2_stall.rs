@@ -12,15 +12,18 @@
 //! response has had a chunk held for the stall limit. Dropping the task
 //! drops the stream, which h2 resets (`RST_STREAM` with `CANCEL`); the
 //! client resumes from its cursor as after any other close.
+//!
+//! The response tells the task what it did through a thread-local
+//! ([`asked`], [`handed`]), not through state of its own: every byte an
+//! idle stream's task holds is paid by every idle HTTP/2 stream, rounded
+//! up to the task allocation's next size, and the task of a stream is a
+//! few bytes under one.
 
 use std::{
-    cell::RefCell,
+    cell::Cell,
     future::Future,
     pin::Pin,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicU64, Ordering},
     task::{Context, Poll},
     time::Duration,
 };
@@ -29,61 +32,48 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-/// What a stream's response tells its task's [`Watched`]: since when a
-/// chunk it gave hyper has waited for the stream's window.
-#[derive(Debug, Default)]
-pub struct StreamWatch {
-    /// Milliseconds since [`epoch`] plus one; zero while no chunk waits.
-    held_since: AtomicU64,
-}
+/// How long a chunk may wait for its stream's window, in milliseconds:
+/// the node's `delivery.write_stall_seconds`, one per process.
+static LIMIT_MS: AtomicU64 = AtomicU64::new(20_000);
 
-impl StreamWatch {
-    /// The response handed hyper a chunk; it waits until hyper asks for
-    /// the next one ([`Self::asked`]).
-    pub fn handed(&self) {
-        let since = epoch().elapsed().as_millis() as u64 + 1;
-        self.held_since.store(since, Ordering::Relaxed);
-    }
-
-    /// hyper asks the response for more: nothing it was given waits.
-    pub fn asked(&self) {
-        self.held_since.store(0, Ordering::Relaxed);
-    }
-
-    /// Since when a chunk has waited, if one does.
-    fn waiting_since(&self) -> Option<Instant> {
-        match self.held_since.load(Ordering::Relaxed) {
-            0 => None,
-            since => Some(epoch() + Duration::from_millis(since - 1)),
-        }
-    }
-}
-
-/// The instant [`StreamWatch`] counts from.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// What the response of the stream whose task this thread polls did last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Not asked during this poll of the task.
+    NotAsked,
+    /// Asked for more: nothing it gave waits.
+    Asked,
+    /// Gave a chunk, and was not asked again: hyper holds it.
+    Handed,
 }
 
 thread_local! {
-    /// The watch of the stream whose task this thread is polling, until
-    /// the stream's response takes it ([`take_polled_stream_watch`]).
-    static OFFERED: RefCell<Option<Arc<StreamWatch>>> = const { RefCell::new(None) };
+    static LAST_STEP: Cell<Step> = const { Cell::new(Step::NotAsked) };
 }
 
-/// The watch of the HTTP/2 stream being served on this thread, for the
-/// response body made for it; `None` outside an HTTP/2 stream's task (an
-/// HTTP/1.1 connection's responses are written by the connection's own
-/// task, whose socket's write stall covers them).
-pub fn take_polled_stream_watch() -> Option<Arc<StreamWatch>> {
-    OFFERED.with(|offered| offered.borrow_mut().take())
+/// A response body is asked for more (outside an HTTP/2 stream's task,
+/// nobody reads it).
+pub fn asked() {
+    LAST_STEP.with(|step| step.set(Step::Asked));
+}
+
+/// A response body gave a chunk of data.
+pub fn handed() {
+    LAST_STEP.with(|step| step.set(Step::Handed));
 }
 
 /// Spawns hyper's HTTP/2 stream tasks on tokio, each [`Watched`].
 #[derive(Clone, Debug)]
-pub struct StallExecutor {
-    /// How long a chunk may wait for its stream's window.
-    pub limit: Duration,
+pub struct StallExecutor(());
+
+impl StallExecutor {
+    /// An executor whose streams may hold a chunk for `limit`; the limit
+    /// is the process's, set here.
+    pub fn new(limit: Duration) -> Self {
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        LIMIT_MS.store(ms, Ordering::Relaxed);
+        Self(())
+    }
 }
 
 impl<F> hyper::rt::Executor<F> for StallExecutor
@@ -92,28 +82,22 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, task: F) {
-        tokio::spawn(Watched::Running {
-            task,
-            watch: Arc::default(),
-            limit: self.limit,
-            timer: None,
-        });
+        tokio::spawn(Watched::Running { task, held: None });
     }
 }
 
 pin_project! {
     /// An HTTP/2 stream's task, dropped once its response has had a chunk
-    /// waiting for the stream's window for `limit`.
+    /// held for the limit.
     #[project = WatchedProj]
     enum Watched<F> {
         /// The stream is served.
         Running {
             #[pin]
             task: F,
-            watch: Arc<StreamWatch>,
-            limit: Duration,
-            // Allocated only while a chunk waits.
-            timer: Option<Pin<Box<Sleep>>>,
+            // Set while hyper holds a chunk: when it will have held it too
+            // long.
+            held: Option<Pin<Box<Sleep>>>,
         },
         /// The stream's task ended, or was dropped.
         Done,
@@ -124,41 +108,32 @@ impl<F: Future> Future for Watched<F> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let WatchedProj::Running {
-            task,
-            watch,
-            limit,
-            timer,
-        } = self.as_mut().project()
-        else {
+        let WatchedProj::Running { task, held } = self.as_mut().project() else {
             return Poll::Ready(());
         };
-        // Offered until the response takes it: one reference is ours.
-        let offer = Arc::strong_count(watch) == 1;
-        if offer {
-            OFFERED.with(|offered| *offered.borrow_mut() = Some(watch.clone()));
-        }
+        LAST_STEP.with(|step| step.set(Step::NotAsked));
         let polled = task.poll(cx);
-        if offer {
-            OFFERED.with(|offered| offered.borrow_mut().take());
-        }
+        let step = LAST_STEP.with(|step| step.replace(Step::NotAsked));
         if polled.is_pending() {
-            let Some(since) = watch.waiting_since() else {
-                *timer = None;
-                return Poll::Pending;
-            };
-            let deadline = since + *limit;
-            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
+            match step {
+                Step::Asked => *held = None,
+                Step::Handed => {
+                    let limit = Duration::from_millis(LIMIT_MS.load(Ordering::Relaxed));
+                    let deadline = Instant::now() + limit;
+                    match held {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => *held = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                Step::NotAsked => {}
             }
-            if timer.as_mut().poll(cx).is_pending() {
+            let overdue = held
+                .as_mut()
+                .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+            if !overdue {
                 return Poll::Pending;
             }
-            debug!(
-                limit = ?limit,
-                "resetting an HTTP/2 stream whose window stayed shut"
-            );
+            debug!("resetting an HTTP/2 stream whose window stayed shut");
         }
         // Dropped in place; the stream's response goes with it, and says
         // why it ended.
@@ -173,50 +148,51 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_task_whose_chunk_waits_too_long_is_dropped_and_one_asked_again_is_not() {
-        let limit = Duration::from_secs(2);
-        let watch = Arc::new(StreamWatch::default());
-        // A task that holds a chunk for ever, as hyper does for a stream
-        // whose window is shut.
-        let watched = Watched::Running {
-            task: std::future::pending::<()>(),
-            watch: watch.clone(),
-            limit,
-            timer: None,
-        };
-        watch.handed();
+        let limit = Duration::from_secs(20);
+        let _executor = StallExecutor::new(limit);
+        // Hands a chunk, then is never asked again: dropped after the
+        // limit.
         let started = Instant::now();
-        watched.await;
-        // The wait is counted in whole milliseconds.
-        assert!(started.elapsed() + Duration::from_millis(1) >= limit);
+        let held = Watched::Running {
+            task: async {
+                handed();
+                std::future::pending::<()>().await
+            },
+            held: None,
+        };
+        tokio::time::timeout(limit * 2, held)
+            .await
+            .expect("the task dropped");
+        assert!(started.elapsed() >= limit);
 
-        // One whose chunks are taken keeps going.
-        let watch = Arc::new(StreamWatch::default());
+        // Hands chunks that hyper takes within the limit: kept, however
+        // long it runs.
+        let taken = async move {
+            for _ in 0..6 {
+                handed();
+                tokio::time::sleep(limit / 2).await;
+                asked();
+                tokio::time::sleep(limit).await;
+            }
+            std::future::pending::<()>().await
+        };
         let mut watched = Box::pin(Watched::Running {
-            task: std::future::pending::<()>(),
-            watch: watch.clone(),
-            limit,
-            timer: None,
+            task: taken,
+            held: None,
         });
-        for _ in 0..5 {
-            watch.handed();
-            let waited = tokio::time::timeout(limit / 2, watched.as_mut()).await;
-            assert!(waited.is_err(), "dropped with its chunks taken in time");
-            watch.asked();
-        }
-        let idle = tokio::time::timeout(limit * 3, watched.as_mut()).await;
-        assert!(idle.is_err(), "dropped while nothing waited");
+        let kept = tokio::time::timeout(limit * 12, watched.as_mut()).await;
+        assert!(kept.is_err(), "dropped with its chunks taken");
     }
 
     #[tokio::test]
-    async fn the_response_made_in_a_watched_task_takes_its_watch() {
+    async fn outside_a_watched_task_the_steps_are_nobodys() {
+        asked();
+        handed();
         let (sent, taken) = tokio::sync::oneshot::channel();
-        let executor = StallExecutor {
-            limit: Duration::from_secs(1),
-        };
-        hyper::rt::Executor::execute(&executor, async move {
-            let _ = sent.send(take_polled_stream_watch().is_some());
+        hyper::rt::Executor::execute(&StallExecutor::new(Duration::from_secs(20)), async move {
+            // A watched task starts with nothing held.
+            let _ = sent.send(LAST_STEP.with(Cell::get));
         });
-        assert!(taken.await.unwrap());
-        assert!(take_polled_stream_watch().is_none());
+        assert_eq!(taken.await.unwrap(), Step::NotAsked);
     }
 }

@@ -153,6 +153,10 @@ pub struct TopicCreate {
     /// Drop the oldest events beyond this many.
     #[arg(long, value_name = "N")]
     pub max_messages: Option<u64>,
+    /// Keep only the last N events of each subject path, each new one
+    /// replacing the oldest (README: resumes of such topics).
+    #[arg(long, value_name = "N")]
+    pub max_messages_per_subject: Option<u64>,
     /// Refuse a single event larger than this (data and headers), e.g.
     /// `64KiB`; default: the NATS server's `max_payload`.
     #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]

@@ -115,6 +115,9 @@ fn create_body(create: &TopicCreate) -> Result<Value, Error> {
     if let Some(messages) = create.max_messages {
         body.insert("max_messages".into(), json!(messages));
     }
+    if let Some(messages) = create.max_messages_per_subject {
+        body.insert("max_messages_per_subject".into(), json!(messages));
+    }
     if let Some(bytes) = create.max_message_bytes {
         body.insert("max_message_bytes".into(), json!(bytes));
     }
@@ -181,6 +184,10 @@ fn print_topic(out: Output, topic: &Value) {
             },
         ),
         ("max messages", limit(&s["max_messages"])),
+        (
+            "max messages per path",
+            limit(&s["max_messages_per_subject"]),
+        ),
         (
             "max event size",
             match s["max_message_bytes"].as_u64() {

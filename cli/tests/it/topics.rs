@@ -17,6 +17,8 @@ async fn topic_commands_round_trip_through_admin() {
                     "10MiB",
                     "--max-consumers",
                     "3000",
+                    "--max-messages-per-subject",
+                    "5",
                     "--private",
                 ],
             )
@@ -26,6 +28,16 @@ async fn topic_commands_round_trip_through_admin() {
         assert_eq!(created["settings"]["max_bytes"], 10 << 20);
         assert_eq!(created["settings"]["access"], "private");
         assert_eq!(created["settings"]["max_consumers"], 3000);
+        assert_eq!(created["settings"]["max_messages_per_subject"], 5);
+        let table = cluster.run(&["topic", "info", "cli-orders"]).await;
+        assert!(
+            table
+                .stdout
+                .lines()
+                .any(|line| line.contains("max messages per path") && line.contains('5')),
+            "{}",
+            table.stdout
+        );
         let news = cluster.create_topic("cli-news", &[]).await;
         assert_eq!(news["settings"]["max_consumers"], 10_000, "admin's default");
 

@@ -635,9 +635,16 @@ async fn a_reset_that_waits_its_turn_leaves_the_clients_position_in_the_cursor()
     publish(&js, "again", "new-1").await;
     let node = NodeProc::start(&nats.url(), &[]).await;
     let query = "/v1/events?topic=first&topic=again";
-    let mut probe = SseClient::connect(&node.url(query), None).await.unwrap();
-    let live = probe.ready().await;
-    drop(probe);
+    // Once both feeds know their topic's last event: a feed that knows of
+    // none yet sends a `reset` at once, rightly, as of a stream that has
+    // held nothing, and the reset would not wait its turn.
+    let live = eventually(T, "both feeds to know their heads", || async {
+        let mut probe = SseClient::connect(&node.url(query), None).await.ok()?;
+        let live = probe.ready().await;
+        let (first, again) = live.split_once(',')?;
+        (first.ends_with(":3") && again.ends_with(":1")).then_some(live)
+    })
+    .await;
     let (first, again) = live.split_once(',').unwrap();
     let new_epoch = again.split(':').nth(1).unwrap();
     let id = format!("{},again:zzz:2", id_at(first, 0));

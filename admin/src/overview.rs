@@ -76,6 +76,9 @@ pub struct Overview {
     pub nodes_live: u64,
     /// Live nodes that are silent.
     pub nodes_silent: u64,
+    /// Whether the node reports could be read; when not, the node counts,
+    /// connections and subscribers are unknown, not zero.
+    pub nodes_read: bool,
     /// Open connections over live nodes that are not silent.
     pub connections: u64,
     /// Events delivered over live nodes that are not silent, since each
@@ -138,6 +141,7 @@ pub async fn snapshot_and_nodes_read(state: &AppState) -> (Overview, bool) {
         error: (!errors.is_empty()).then(|| errors.join("; ")),
         nodes_live: serving.len() as u64,
         nodes_silent: (nodes.len() - serving.len()) as u64,
+        nodes_read,
         connections: serving.iter().map(|n| n.connections).sum(),
         events_delivered: serving.iter().map(|n| n.events_delivered).sum(),
         topics,

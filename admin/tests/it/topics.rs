@@ -530,9 +530,24 @@ async fn nats_down_is_503() {
             counted(&admin.metrics().await),
             "live nodes counted while NATS answers"
         );
+        let (_, overview) = admin.call_with("GET", "/v1/overview", None, None).await;
+        assert_eq!(overview["nodes_read"], true, "{overview}");
         nats.stop();
         let answer = admin.call("GET", "/v1/topics", None).await;
         assert_error(&answer, 503, "nats");
+        // Node counts unknown, not zero, for the dashboard too, once its
+        // snapshot is taken after NATS went away.
+        crate::support::eventually(
+            "the overview to say nodes are unknown",
+            std::time::Duration::from_secs(10),
+            || async {
+                let (_, overview) = admin.call_with("GET", "/v1/overview", None, None).await;
+                (overview["nats_connected"] == false).then_some(())
+            },
+        )
+        .await;
+        let (_, overview) = admin.call_with("GET", "/v1/overview", None, None).await;
+        assert_eq!(overview["nodes_read"], false, "{overview}");
         // Not 0, which would say every node is gone: no figure at all.
         assert!(
             !counted(&admin.metrics().await),

@@ -255,10 +255,7 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         if !rate.admit(addr.ip()) {
-            node.metrics()
-                .limit_rejections
-                .with_label_values(&["ip_rate"])
-                .inc();
+            node.metrics().limit_hit("ip_rate");
             debug!("connection refused: too many from one address");
             drop(stream);
             continue;
@@ -304,12 +301,7 @@ pub async fn serve(
                     return;
                 }
                 Err(_) => {
-                    hyper
-                        .node
-                        .metrics()
-                        .limit_rejections
-                        .with_label_values(&["header_read_timeout"])
-                        .inc();
+                    hyper.node.metrics().limit_hit("header_read_timeout");
                     debug!("connection closed: no request within the header timeout");
                     return;
                 }
@@ -373,10 +365,7 @@ async fn serve_tls(
         }
         Err(_) => {
             metrics.tls_handshake_failures.inc();
-            metrics
-                .limit_rejections
-                .with_label_values(&["tls_handshake"])
-                .inc();
+            metrics.limit_hit("tls_handshake");
             debug!("tls handshake timed out");
             return;
         }
@@ -536,9 +525,7 @@ impl Hyper {
                     if !open.had_a_request.load(Ordering::Acquire) {
                         self.node
                             .metrics()
-                            .limit_rejections
-                            .with_label_values(&["header_read_timeout"])
-                            .inc();
+                            .limit_hit("header_read_timeout");
                         debug!("closing a connection with no request within the header timeout");
                         return;
                     }
@@ -551,9 +538,7 @@ impl Hyper {
                     if open.idle_for() >= self.idle {
                         self.node
                             .metrics()
-                            .limit_rejections
-                            .with_label_values(&["idle_timeout"])
-                            .inc();
+                            .limit_hit("idle_timeout");
                         debug!("closing a connection with no request for the idle timeout");
                         return;
                     }
@@ -790,16 +775,10 @@ fn note_connection_error(node: &Node, error: &(dyn std::error::Error + 'static))
         return;
     };
     if error.is_parse_too_large() {
-        metrics
-            .limit_rejections
-            .with_label_values(&["request_head"])
-            .inc();
+        metrics.limit_hit("request_head");
         metrics.requests_rejected.with_label_values(&["431"]).inc();
     } else if error.is_timeout() {
-        metrics
-            .limit_rejections
-            .with_label_values(&["header_read_timeout"])
-            .inc();
+        metrics.limit_hit("header_read_timeout");
     }
     debug!(%error, "connection ended with an error");
 }

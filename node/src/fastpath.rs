@@ -404,12 +404,7 @@ async fn read_head<S: LeanIo>(
                 // Slow or silent after the first byte (or the handshake):
                 // hyper's header timer would only start again, so the
                 // connection ends here.
-                state
-                    .node()
-                    .metrics()
-                    .limit_rejections
-                    .with_label_values(&["header_read_timeout"])
-                    .inc();
+                state.node().metrics().limit_hit("header_read_timeout");
                 debug!("connection closed: no whole request head within the header timeout");
                 return Opened::Gone;
             }

@@ -62,10 +62,7 @@ impl ApiError {
     }
 
     fn limit(node: &Node, limit: &'static str, error: Self) -> Self {
-        node.metrics()
-            .limit_rejections
-            .with_label_values(&[limit])
-            .inc();
+        node.metrics().limit_hit(limit);
         error
     }
 

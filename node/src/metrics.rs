@@ -374,6 +374,13 @@ impl Metrics {
         }
     }
 
+    /// Counts a connection or request refused or closed by `limit`, one of
+    /// [`LIMITS`].
+    pub fn limit_hit(&self, limit: &str) {
+        debug_assert!(LIMITS.contains(&limit), "unknown limit {limit}");
+        self.limit_rejections.with_label_values(&[limit]).inc();
+    }
+
     /// Counts a JetStream consumer as held until the guard is dropped.
     pub fn consumer_held(&self) -> ConsumerHeld {
         self.jetstream_consumers.inc();

@@ -75,7 +75,7 @@ pub enum Format {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create, list, inspect, purge and remove topics.
+    /// Create, change, list, inspect, purge and remove topics.
     Topic {
         /// What to do with topics.
         #[command(subcommand)]
@@ -108,6 +108,9 @@ pub enum Command {
 pub enum TopicCommand {
     /// Create a topic.
     Create(TopicCreate),
+    /// Change a topic's retention, size limits or access; what is not
+    /// given stays as it is.
+    Update(TopicUpdate),
     /// List topics.
     Ls,
     /// Show one topic.
@@ -144,17 +147,51 @@ pub struct TopicCreate {
     /// 1 or 3.
     #[arg(long, value_name = "N")]
     pub replicas: Option<u64>,
-    /// Drop events older than this, e.g. `90s`, `12h`, `7d` (whole seconds).
-    #[arg(long, value_name = "DUR", value_parser = crate::units::parse_whole_seconds)]
+    /// Retention and size limits.
+    #[command(flatten)]
+    pub limits: TopicLimits,
+    /// Store events in memory rather than on disk.
+    #[arg(long)]
+    pub memory: bool,
+    /// Only holders of a token may read it.
+    #[arg(long)]
+    pub private: bool,
+}
+
+/// `ssectl topic update`
+#[derive(Debug, Args)]
+pub struct TopicUpdate {
+    /// Topic name.
+    pub name: String,
+    /// Retention and size limits to change; those not given stay.
+    #[command(flatten)]
+    pub limits: TopicLimits,
+    /// Only holders of a token may read it from now on.
+    #[arg(long, conflicts_with = "public")]
+    pub private: bool,
+    /// Anyone may read it from now on.
+    #[arg(long)]
+    pub public: bool,
+}
+
+/// A topic's retention and size limits, as `topic create` sets them and
+/// `topic update` changes them.
+#[derive(Debug, Args)]
+pub struct TopicLimits {
+    /// Drop events older than this, e.g. `90s`, `12h`, `7d` (whole seconds);
+    /// `0`: no limit.
+    #[arg(long, value_name = "DUR", value_parser = crate::units::parse_age_limit)]
     pub max_age: Option<std::time::Duration>,
-    /// Drop the oldest events beyond this size, e.g. `500MiB`, `2GB`.
+    /// Drop the oldest events beyond this size, e.g. `500MiB`, `2GB`;
+    /// `0`: no limit.
     #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]
     pub max_bytes: Option<u64>,
-    /// Drop the oldest events beyond this many.
+    /// Drop the oldest events beyond this many; `0`: no limit.
     #[arg(long, value_name = "N")]
     pub max_messages: Option<u64>,
     /// Keep only the last N events of each subject path, each new one
-    /// replacing the oldest (README: resumes of such topics).
+    /// replacing the oldest (README: resumes of such topics); `0`: no
+    /// limit.
     #[arg(long, value_name = "N")]
     pub max_messages_per_subject: Option<u64>,
     /// Refuse a single event larger than this (data and headers), e.g.
@@ -165,12 +202,6 @@ pub struct TopicCreate {
     /// default: admin's `topic_max_consumers`; 0: the NATS server's default.
     #[arg(long, value_name = "N")]
     pub max_consumers: Option<u64>,
-    /// Store events in memory rather than on disk.
-    #[arg(long)]
-    pub memory: bool,
-    /// Only holders of a token may read it.
-    #[arg(long)]
-    pub private: bool,
 }
 
 /// `ssectl pub`

@@ -68,6 +68,18 @@ pub fn parse_whole_seconds(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Parses a topic's age limit: whole seconds as [`parse_duration`] reads
+/// them, where `0` (or `0s`) means no limit.
+pub fn parse_age_limit(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.subsec_nanos() != 0 {
+        return Err(format!(
+            "{text:?}: give whole seconds (such as 90s, 15m, 7d), or 0 for no limit"
+        ));
+    }
+    Ok(duration)
+}
+
 /// Parses a byte size: `1024`, `10KiB`, `500MiB`, `2GiB` (powers of 1024,
 /// also written `K`, `M`, `G`, `T`) or `10KB`, `2GB` (powers of 1000).
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -136,6 +148,15 @@ mod tests {
             let error = parse_whole_seconds(bad).unwrap_err();
             assert!(error.contains("whole seconds"), "{bad:?}: {error}");
         }
+    }
+
+    #[test]
+    fn age_limits_take_zero_for_none_but_not_parts_of_a_second() {
+        assert_eq!(parse_age_limit("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_age_limit("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_age_limit("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        let error = parse_age_limit("1500ms").unwrap_err();
+        assert!(error.contains("whole seconds"), "{error}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `ssectl topic create|ls|info|purge|rm`, over admin's `/v1/topics`.
+//! `ssectl topic create|update|ls|info|purge|rm`, over admin's `/v1/topics`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -8,7 +8,7 @@ use sse_protocol::TopicName;
 
 use crate::{
     Error,
-    args::{TopicCommand, TopicCreate},
+    args::{TopicCommand, TopicCreate, TopicLimits, TopicUpdate},
     client::Admin,
     output::{self, Output},
     settings::Settings,
@@ -36,6 +36,17 @@ pub async fn run(settings: &Settings, out: Output, command: TopicCommand) -> Res
                     Err(_) => break,
                 }
             }
+            print_topic(out, &topic);
+        }
+        TopicCommand::Update(update) => {
+            let name = topic_name(&update.name)?;
+            let topic = admin
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/topics/{name}"),
+                    Some(&update_body(&update)?),
+                )
+                .await?;
             print_topic(out, &topic);
         }
         TopicCommand::Ls => {
@@ -106,24 +117,7 @@ fn create_body(create: &TopicCreate) -> Result<Value, Error> {
     if let Some(replicas) = create.replicas {
         body.insert("replicas".into(), json!(replicas));
     }
-    if let Some(age) = create.max_age {
-        body.insert("max_age_seconds".into(), json!(age.as_secs()));
-    }
-    if let Some(bytes) = create.max_bytes {
-        body.insert("max_bytes".into(), json!(bytes));
-    }
-    if let Some(messages) = create.max_messages {
-        body.insert("max_messages".into(), json!(messages));
-    }
-    if let Some(messages) = create.max_messages_per_subject {
-        body.insert("max_messages_per_subject".into(), json!(messages));
-    }
-    if let Some(bytes) = create.max_message_bytes {
-        body.insert("max_message_bytes".into(), json!(bytes));
-    }
-    if let Some(consumers) = create.max_consumers {
-        body.insert("max_consumers".into(), json!(consumers));
-    }
+    insert_limits(&mut body, &create.limits);
     if create.memory {
         body.insert("storage".into(), json!("memory"));
     }
@@ -131,6 +125,46 @@ fn create_body(create: &TopicCreate) -> Result<Value, Error> {
         body.insert("access".into(), json!("private"));
     }
     Ok(Value::Object(body))
+}
+
+/// The `PATCH` body: only what was given, and something must be.
+fn update_body(update: &TopicUpdate) -> Result<Value, Error> {
+    let mut body = Map::new();
+    insert_limits(&mut body, &update.limits);
+    if update.private {
+        body.insert("access".into(), json!("private"));
+    } else if update.public {
+        body.insert("access".into(), json!("public"));
+    }
+    if body.is_empty() {
+        return Err(Error::Usage(
+            "nothing to change: give at least one of --max-age, --max-bytes, --max-messages, \
+             --max-messages-per-subject, --max-message-bytes, --max-consumers, --private, --public"
+                .to_owned(),
+        ));
+    }
+    Ok(Value::Object(body))
+}
+
+fn insert_limits(body: &mut Map<String, Value>, limits: &TopicLimits) {
+    if let Some(age) = limits.max_age {
+        body.insert("max_age_seconds".into(), json!(age.as_secs()));
+    }
+    if let Some(bytes) = limits.max_bytes {
+        body.insert("max_bytes".into(), json!(bytes));
+    }
+    if let Some(messages) = limits.max_messages {
+        body.insert("max_messages".into(), json!(messages));
+    }
+    if let Some(messages) = limits.max_messages_per_subject {
+        body.insert("max_messages_per_subject".into(), json!(messages));
+    }
+    if let Some(bytes) = limits.max_message_bytes {
+        body.insert("max_message_bytes".into(), json!(bytes));
+    }
+    if let Some(consumers) = limits.max_consumers {
+        body.insert("max_consumers".into(), json!(consumers));
+    }
 }
 
 /// Asks on a terminal; without one, refuses unless `--yes` was given.

@@ -38,6 +38,56 @@ async fn topic_commands_round_trip_through_admin() {
             "{}",
             table.stdout
         );
+        // An update changes what it names and leaves the rest.
+        let updated = cluster
+            .json(&[
+                "topic",
+                "update",
+                "cli-orders",
+                "--max-age",
+                "0",
+                "--max-messages",
+                "100",
+                "--public",
+            ])
+            .await;
+        assert_eq!(updated["settings"]["max_age_seconds"], 0);
+        assert_eq!(updated["settings"]["max_messages"], 100);
+        assert_eq!(updated["settings"]["access"], "public");
+        assert_eq!(updated["settings"]["max_bytes"], 10 << 20);
+        assert_eq!(updated["settings"]["max_messages_per_subject"], 5);
+        let info = cluster.json(&["topic", "info", "cli-orders"]).await;
+        assert_eq!(info["settings"]["max_messages"], 100);
+        let nothing = cluster.run(&["topic", "update", "cli-orders"]).await;
+        assert_eq!(nothing.code, 2, "{}", nothing.stderr);
+        assert!(
+            nothing.stderr.contains("nothing to change"),
+            "{}",
+            nothing.stderr
+        );
+        let both = cluster
+            .run(&["topic", "update", "cli-orders", "--private", "--public"])
+            .await;
+        assert_eq!(both.code, 2, "{}", both.stderr);
+        let too_small = cluster
+            .run(&["topic", "update", "cli-orders", "--max-bytes", "1KiB"])
+            .await;
+        assert_eq!(too_small.code, 1, "{}", too_small.stderr);
+        assert!(
+            too_small.stderr.contains("bad_request") && too_small.stderr.contains("max_bytes"),
+            "{}",
+            too_small.stderr
+        );
+        let unknown = cluster
+            .run(&["topic", "update", "cli-nowhere", "--max-messages", "1"])
+            .await;
+        assert_eq!(unknown.code, 1, "{}", unknown.stderr);
+        assert!(
+            unknown.stderr.contains("topic_not_found"),
+            "{}",
+            unknown.stderr
+        );
+
         let news = cluster.create_topic("cli-news", &[]).await;
         assert_eq!(news["settings"]["max_consumers"], 10_000, "admin's default");
 

@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use error::Error;
 use sse_protocol::nats_switch::{NextServer, ServerSwitch, Verdict};
+use sse_protocol::nats_unreachable::UnreachableReport;
 use state::AppState;
 
 /// Exit code for a bad configuration or command line (`EX_USAGE`).
@@ -207,10 +208,43 @@ async fn connect(config: &Config) -> Result<(async_nats::Client, ServerSwitch), 
     let probe_options = options
         .clone()
         .name(format!("{}-probe", config.nats.connection_name));
+    let unreachable = UnreachableReport::new(
+        probe_options.clone(),
+        servers.clone(),
+        sse_protocol::nats_url::redact(&config.nats.url),
+    );
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let next_server = NextServer::default();
     let client = next_server
         .install(options)
         .name(&config.nats.connection_name)
+        // Said in admin's log as in a node's: an admin that cannot reach
+        // NATS answers 503 and is not ready, and its log says why.
+        .event_callback(move |event| {
+            use std::sync::atomic::Ordering;
+            let unreachable = unreachable.clone();
+            let connected = connected.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        if !connected.swap(true, Ordering::AcqRel) {
+                            tracing::info!("connected to nats");
+                        }
+                    }
+                    async_nats::Event::Disconnected => {
+                        connected.store(false, Ordering::Release);
+                        tracing::warn!("disconnected from nats");
+                    }
+                    async_nats::Event::ServerError(error) => {
+                        tracing::warn!(%error, "nats server error");
+                    }
+                    async_nats::Event::ClientError(error) if !connected.load(Ordering::Acquire) => {
+                        unreachable.attempt_failed(error.to_string());
+                    }
+                    other => tracing::info!(event = %other, "nats event"),
+                }
+            }
+        })
         .request_timeout(Some(config.request_timeout()))
         .ping_interval(Duration::from_secs(config.nats.ping_interval_seconds))
         // A frozen server still accepts TCP connections (the kernel does)

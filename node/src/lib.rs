@@ -49,6 +49,8 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use sse_protocol::nats_unreachable::UnreachableReport;
+
 use crate::{feed::FeedSettings, metrics::Metrics, node::Node, startup::Startup, topics::Topics};
 
 /// Why the node could not run.
@@ -145,8 +147,6 @@ pub async fn run(
             reason,
         })?;
     let shown_url = sse_protocol::nats_url::redact(&config.nats.url);
-    // When a failure to reach NATS was last said: once in ten seconds.
-    let unreachable_said: Arc<std::sync::Mutex<Option<std::time::Instant>>> = Arc::default();
     let options = sse_protocol::nats_url::with_url_credentials(ConnectOptions::new(), &addrs);
     let options = nats_credentials
         .apply(options)
@@ -160,6 +160,7 @@ pub async fn run(
     let probe_options = options
         .clone()
         .name(format!("{}-probe", config.nats.connection_name));
+    let unreachable = UnreachableReport::new(probe_options.clone(), addrs.clone(), shown_url);
     let next_server = sse_protocol::nats_switch::NextServer::default();
     let client = next_server
         .install(options)
@@ -174,8 +175,7 @@ pub async fn run(
             let reconnections_tx = reconnections_tx.clone();
             let reconnects = reconnects.clone();
             let ever_connected = ever_connected.clone();
-            let shown_url = shown_url.clone();
-            let unreachable_said = unreachable_said.clone();
+            let unreachable = unreachable.clone();
             async move {
                 match event {
                     NatsEvent::Connected => {
@@ -196,17 +196,11 @@ pub async fn run(
                     // A refused subscription (a quiet feed listening for
                     // its topic's next publish) is only ever said here.
                     NatsEvent::ServerError(error) => warn!(%error, "nats server error"),
-                    // Failed attempts to connect: said at warn, with where,
-                    // as the node is not ready meanwhile; not at every try.
+                    // Failed attempts to connect: said at warn, with where
+                    // and why, as the node is not ready meanwhile; not at
+                    // every try.
                     NatsEvent::ClientError(error) if !*connected_tx.borrow() => {
-                        let now = std::time::Instant::now();
-                        let mut said = unreachable_said
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner());
-                        if said.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
-                            *said = Some(now);
-                            warn!(nats.url = %shown_url, %error, "cannot reach nats; not ready until it answers (said every 10 s)");
-                        }
+                        unreachable.attempt_failed(error.to_string());
                     }
                     other => info!(event = %other, "nats event"),
                 }

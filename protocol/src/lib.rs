@@ -19,6 +19,8 @@
 //!   certificate (the `nats` feature).
 //! - `nats_switch`: leaving a NATS server that answers but cannot reach
 //!   JetStream, cut off from its peers (the `nats` feature).
+//! - `nats_unreachable`: saying why NATS cannot be reached, with the cause
+//!   async-nats's own reports leave out (the `nats` feature).
 //! - `stream_list`: every stream's info, listed page by page while NATS
 //!   servers are down (the `nats` feature).
 //! - `config_errors`: every problem of a layered configuration at once (the
@@ -44,6 +46,8 @@ pub mod nats_credentials;
 pub mod nats_switch;
 #[cfg(feature = "nats")]
 pub mod nats_tls;
+#[cfg(feature = "nats")]
+pub mod nats_unreachable;
 #[cfg(feature = "nats")]
 pub mod nats_url;
 pub mod node_report;

@@ -125,6 +125,30 @@ fn sigterm_stops_promptly_even_without_nats_and_logs_plain_text() {
         assert!(Instant::now() < deadline, "admin did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // It says that NATS cannot be reached, where, and why: the client's own
+    // report says only "IO error".
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let said = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("admin says NATS cannot be reached within 10 s");
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("cannot reach nats") {
+            break line;
+        }
+    };
+    assert!(said.contains("WARN"), "{said}");
+    assert!(said.contains("nats://127.0.0.1:1"), "{said}");
+    assert!(said.contains("Connection refused"), "{said}");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -142,8 +166,8 @@ fn sigterm_stops_promptly_even_without_nats_and_logs_plain_text() {
     };
     assert!(status.success(), "{status:?}");
     // Its log, read by a pipe as a file or a collector would, is plain text.
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    reader.join().unwrap();
+    log.extend(lines.try_iter().map(|line| line + "\n"));
     assert!(log.contains("INFO"), "{log}");
     assert!(!log.contains('\u{1b}'), "terminal colours in {log:?}");
 }

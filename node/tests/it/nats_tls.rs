@@ -125,8 +125,9 @@ async fn a_node_reaches_a_nats_that_verifies_clients_with_its_ca_and_certificate
         .await;
         delivers(&js, &node, "secure").await;
 
-        // Without its certificate the server refuses the node (async-nats
-        // says only "IO error"): it says so and is not ready.
+        // Without its certificate the server refuses the node: it says so,
+        // and why (async-nats's own report says only "IO error"), and is
+        // not ready.
         let port = free_port();
         let mut refused = Command::new(binary())
             .env_remove("RUST_LOG")
@@ -148,6 +149,7 @@ async fn a_node_reaches_a_nats_that_verifies_clients_with_its_ca_and_certificate
             }
         };
         assert!(said.contains(&url), "{said}");
+        assert!(said.to_lowercase().contains("certificate"), "{said}");
         let (status, _) = get(&format!("http://127.0.0.1:{port}/readyz"), None).await;
         assert_eq!(status, 503);
     })

@@ -237,7 +237,36 @@ fn print_event(out: Output, event: &Event) {
         let data = event.data.replace('\n', "\n    ");
         format!("{}  {}  {data}", event.id, event.event)
     };
-    crate::outln!("{text}");
+    if out.json() {
+        crate::outln!("{text}");
+    } else {
+        crate::outln!("{}", printable(&text));
+    }
+}
+
+/// `text` with what a terminal would act on rather than show written out
+/// as `\u{…}`: control characters but line feeds and tabs (an escape
+/// sequence recolours or retitles the operator's terminal, a carriage
+/// return overwrites the line) and the bidirectional overrides that make
+/// text read otherwise than it is. Any publisher can put them in an
+/// event's data.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let acted_on = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.contains(acted_on) {
+        return text.into();
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if acted_on(c) {
+            shown.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            shown.push(c);
+        }
+    }
+    shown.into()
 }
 
 /// A `reset` event as a notice people cannot miss.
@@ -306,7 +335,18 @@ async fn start_cursor(
 
 #[cfg(test)]
 mod tests {
-    use super::describe_reset;
+    use super::{describe_reset, printable};
+
+    #[test]
+    fn what_a_terminal_acts_on_is_written_out() {
+        assert_eq!(
+            printable("\u{1b}[31mred\u{1b}]0;title\u{7} nul\0 cr\r"),
+            "\\u{1b}[31mred\\u{1b}]0;title\\u{7} nul\\u{0} cr\\u{d}"
+        );
+        assert_eq!(printable("abc\u{202e}def"), "abc\\u{202e}def");
+        // Lines, tabs and any other text are shown as they are.
+        assert_eq!(printable("a\n    b\tcafé ✓"), "a\n    b\tcafé ✓");
+    }
 
     #[test]
     fn a_reset_past_the_stream_names_both_sequences() {

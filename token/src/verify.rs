@@ -297,6 +297,10 @@ impl Verifier {
         // variant.
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::Json(_) if token_names_unknown_alg(token) => AuthError::Algorithm,
+            ErrorKind::Json(_) => AuthError::Malformed(
+                "the header (its first part) is not the JSON object expected, naming the alg"
+                    .to_owned(),
+            ),
             _ => AuthError::Malformed(describe(&e)),
         })?;
         if token_has_critical_extensions(token) {
@@ -430,6 +434,16 @@ fn describe_in(error: &jsonwebtoken::errors::Error, token: &str) -> String {
             .is_some_and(|claims| claims.get(claim).is_some())
     {
         return format!("the claim {claim:?} is not a time: seconds since 1970, from 0 to 2^64");
+    }
+    if let ErrorKind::Json(_) = error.kind()
+        && !token
+            .split('.')
+            .nth(1)
+            .and_then(|part| base64_url_decode(part).ok())
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .is_some_and(|claims| claims.is_object())
+    {
+        return "the claims (its second part) are not a JSON object".to_owned();
     }
     describe(error)
 }
@@ -678,6 +692,29 @@ mod tests {
         let forged = format!("{}x", &expired[..expired.len() - 1]);
         assert!(v.verify(&forged).is_err());
         assert!(matches!(v.verify("abc"), Err(AuthError::Malformed(_))));
+        // Parts that are not JSON at all are said to be so, not to hold
+        // claims of the wrong kind.
+        assert_eq!(
+            v.verify("abc.def.ghi").unwrap_err(),
+            AuthError::Malformed(
+                "the header (its first part) is not the JSON object expected, naming the alg"
+                    .into()
+            )
+        );
+        let signed_over_text = {
+            let signed = format!("{}.{}", b64(br#"{"alg":"HS256"}"#), b64(b"not json"));
+            let signature = jsonwebtoken::crypto::sign(
+                signed.as_bytes(),
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            format!("{signed}.{signature}")
+        };
+        assert_eq!(
+            v.verify(&signed_over_text).unwrap_err(),
+            AuthError::Malformed("the claims (its second part) are not a JSON object".into())
+        );
     }
 
     /// With an audience and an issuer configured, a token must name both:

@@ -267,6 +267,14 @@ pub struct ConfigError(pub Vec<String>);
 
 /// The longest time any setting may name, in seconds: 100 years.
 pub const MAX_DURATION_SECONDS: u64 = 100 * 365 * 24 * 3600;
+/// The longest `retry:` hint, and jitter, a node may send: an hour. A
+/// client told more would stay away for no reason a setting could have.
+const MAX_RETRY_MS: u64 = 3_600_000;
+/// The longest drain: an hour, far beyond any orchestrator's grace period.
+const MAX_DRAIN_SECONDS: u64 = 3600;
+/// The most clock skew taken on `exp` and `nbf`: ten minutes. Beyond it,
+/// leeway is an expired token taken, not a skewed clock.
+const MAX_LEEWAY_SECONDS: u64 = 600;
 
 impl Config {
     /// Loads defaults, then `file` if given, then `SSE_*` variables from the
@@ -486,6 +494,38 @@ impl Config {
             "must be between 1 and 5",
         );
         check(
+            self.cluster.advertise_address.is_empty()
+                || !self
+                    .cluster
+                    .advertise_address
+                    .contains(|c: char| c.is_whitespace() || c.is_control()),
+            "cluster.advertise_address",
+            &format!(
+                "{:?} is not an address such as 10.0.0.7:8080 (no spaces); leave it empty for the listen address",
+                self.cluster.advertise_address
+            ),
+        );
+        check(
+            self.http.retry_ms <= MAX_RETRY_MS,
+            "http.retry_ms",
+            "must be at most 3600000 (an hour): clients wait that long before coming back",
+        );
+        check(
+            self.http.retry_jitter_ms <= MAX_RETRY_MS,
+            "http.retry_jitter_ms",
+            "must be at most 3600000 (an hour): clients wait up to that long before coming back",
+        );
+        check(
+            self.shutdown.drain_seconds <= MAX_DRAIN_SECONDS,
+            "shutdown.drain_seconds",
+            "must be at most 3600 (an hour): a node takes that long to stop",
+        );
+        check(
+            self.auth.jwt.leeway_seconds <= MAX_LEEWAY_SECONDS,
+            "auth.jwt.leeway_seconds",
+            "must be at most 600: an expired token is taken for that long after its exp",
+        );
+        check(
             self.cluster.report_seconds > 0,
             "cluster.report_seconds",
             "must be at least 1",
@@ -667,6 +707,27 @@ mod tests {
                 "{key}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn settings_past_any_sense_are_refused_where_they_would_be_taken() {
+        for (key, too_much, most) in [
+            ("http.retry_ms", 3_600_001, 3_600_000),
+            ("http.retry_jitter_ms", 3_600_001, 3_600_000),
+            ("shutdown.drain_seconds", 3601, 3600),
+            ("auth.jwt.leeway_seconds", 601, 600),
+        ] {
+            let err = with(key, too_much).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("at most"), "{key}: {err}");
+            assert!(with(key, most).is_ok(), "{key} = {most}");
+        }
+        for blank in ["   ", "10.0.0.7 :8080"] {
+            let err = with("cluster.advertise_address", blank)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("cluster.advertise_address"), "{err}");
+        }
+        assert!(with("cluster.advertise_address", "sse-node-0.sse:8080").is_ok());
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub fn init(
     service_name: &'static str,
     default_root_ratio: f64,
 ) -> Telemetry {
+    // A `RUST_LOG` that does not parse is said once logging is up, rather
+    // than passed over in silence for the configured level.
+    let unread_rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty() && EnvFilter::try_new(v).is_err());
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(crate::log_level::with_quiet_nats_client(level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -91,6 +96,13 @@ pub fn init(
         .with(fmt_layer.with_filter(filter))
         .with(otel_layer)
         .try_init();
+    if let Some(rust_log) = unread_rust_log {
+        tracing::warn!(
+            %rust_log,
+            configured_level = %level,
+            "RUST_LOG is not a tracing filter (such as info or sse_node=debug,info); logging at log.level instead"
+        );
+    }
     if let Some(error) = setup_error {
         tracing::warn!(%error, "trace export is off: cannot set up the OTLP exporter");
     } else if provider.is_some() {
@@ -104,6 +116,18 @@ const ENDPOINT_VARIABLES: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
 ];
+
+const PROTOCOL_VARIABLES: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+];
+
+/// Whether `protocol`, the value of an `OTEL_EXPORTER_OTLP_*PROTOCOL`
+/// variable, names the one the exporter speaks (empty: its default).
+fn otlp_protocol_spoken(protocol: &str) -> bool {
+    let protocol = protocol.trim();
+    protocol.is_empty() || protocol.eq_ignore_ascii_case("http/protobuf")
+}
 
 /// Whether the environment asks for trace export.
 fn export_wanted() -> bool {
@@ -138,6 +162,17 @@ fn trace_provider(
             ));
         }
     }
+    // Asked for gRPC or JSON, the exporter would post protobuf over HTTP
+    // all the same, or give up, without a word.
+    for name in PROTOCOL_VARIABLES {
+        if let Ok(protocol) = std::env::var(name)
+            && !otlp_protocol_spoken(&protocol)
+        {
+            return Err(format!(
+                "{name} is {protocol:?}: {service_name} exports traces over OTLP/HTTP with protobuf only; give http/protobuf or leave it unset"
+            ));
+        }
+    }
     // The exporter's HTTP client speaks TLS to an `https://` endpoint with
     // rustls, which wants one crypto provider per process: ring, as the
     // services' own TLS. A second call finds it set.
@@ -161,6 +196,16 @@ fn trace_provider(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_protocol_spoken_is_taken() {
+        for good in ["", "http/protobuf", " HTTP/Protobuf "] {
+            assert!(otlp_protocol_spoken(good), "{good:?}");
+        }
+        for bad in ["grpc", "http/json", "http"] {
+            assert!(!otlp_protocol_spoken(bad), "{bad:?}");
+        }
+    }
 
     /// Only http(s) URLs are taken; a gRPC URL or a bare address would be
     /// posted to as OTLP/HTTP and lose every span without a word.

@@ -795,11 +795,29 @@ pub async fn update_topic(
     if config.republish.is_none() {
         config.republish = Some(live_republish(state.prefix()));
     }
-    let info = state
-        .jetstream()?
+    let jetstream = state.jetstream()?;
+    let mut info = jetstream
         .update_stream(&config)
         .await
         .map_err(|err| Error::from_create_stream(&err, topic.as_str()))?;
+    // JetStream sends the update's advisory, on which the nodes read the
+    // stream again, before it applies the stricter limits: a node could read
+    // the stream as it was and go on serving the events the new limits
+    // evict until its next topic listing. Once the update is answered it
+    // has applied them, and the same config sent again announces the
+    // stream as it now is.
+    let may_evict = body.max_age_seconds.is_some()
+        || body.max_bytes.is_some()
+        || body.max_messages.is_some()
+        || body.max_messages_per_subject.is_some();
+    if may_evict {
+        match jetstream.update_stream(&config).await {
+            Ok(again) => info = again,
+            Err(error) => {
+                tracing::warn!(%topic, %error, "limits not announced to the nodes; they drop what the limits evicted at their next topic listing");
+            }
+        }
+    }
     state.forget_stream(&config.name);
     tracing::info!(%topic, "topic updated");
     let subs = subscribers(&state).await;

@@ -244,6 +244,87 @@ async fn a_purge_through_admin_reaches_the_nodes_memory_at_once() {
     .await;
 }
 
+/// A limit lowered through admin reaches the nodes' memory at once, as a
+/// purge does: a resume from before what the new limit evicted gets
+/// `reset`, not the evicted events the node still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_limit_through_admin_reaches_the_nodes_memory_at_once() {
+    let binary = node_binary();
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        admin.create_topic(json!({"name": "trimmed"})).await;
+        let node = Node::start_with(
+            &binary,
+            &nats.url,
+            &[("SSE_NATS__TOPIC_REFRESH_SECONDS", "300")],
+        );
+        let http = http_client_builder().build().expect("client");
+        let events_url = format!("{}/v1/events?topic=trimmed", node.base);
+        wait_ready(&http, &node.base).await;
+        let open = |last_event_id: Option<String>| {
+            let (http, url) = (http.clone(), events_url.clone());
+            async move {
+                let mut request = http.get(url).header("accept", "text/event-stream");
+                if let Some(id) = last_event_id {
+                    request = request.header("last-event-id", id);
+                }
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.bytes_stream().eventsource()
+            }
+        };
+        let mut live = open(None).await;
+        let mut ids = Vec::new();
+        let sent = ["t1", "t2", "t3", "t4", "t5"];
+        for data in sent {
+            let (status, published) = admin
+                .call(
+                    "POST",
+                    "/v1/topics/trimmed/events",
+                    Some(json!({"data": data})),
+                )
+                .await;
+            assert_eq!(status, 200, "{published}");
+            ids.push(published["id"].as_str().unwrap().to_owned());
+        }
+        for data in sent {
+            assert_eq!(next_event(&mut live).await.expect("in time").data, data);
+        }
+
+        let (status, updated) = admin
+            .call(
+                "PATCH",
+                "/v1/topics/trimmed",
+                Some(json!({"max_messages": 2})),
+            )
+            .await;
+        assert_eq!(status, 200, "{updated}");
+        assert_eq!(updated["messages"], 2, "{updated}");
+
+        let reset = eventually(
+            "a resume from before the new limit to get reset",
+            Duration::from_secs(5),
+            || {
+                let (open, first) = (&open, ids[0].clone());
+                async move {
+                    let mut resumed = open(Some(first)).await;
+                    let event = next_event(&mut resumed).await.ok()?;
+                    (event.event == "reset")
+                        .then_some((event, next_event(&mut resumed).await.ok()?))
+                }
+            },
+        )
+        .await;
+        let body: serde_json::Value = serde_json::from_str(&reset.0.data).unwrap();
+        assert_eq!(body["reason"], "history_gone", "{body}");
+        assert_eq!(body["lost_from"], 2, "{body}");
+        assert_eq!(body["lost_to"], 3, "{body}");
+        assert_eq!(reset.1.data, "t4");
+    })
+    .await;
+}
+
 /// The next event with data (not the cursor frame), within 10 s.
 async fn next_event<S, E>(
     events: &mut S,

@@ -16,6 +16,10 @@
 //! its heartbeats: after `--silence-timeout` the tail drops it and resumes
 //! elsewhere, as a load balancer's idle timeout does for browsers.
 //!
+//! A topic deleted while it is tailed (`topic_deleted`) is left out of the
+//! resume, and the tail goes on with its other topics; with none left it
+//! ends with exit 1.
+//!
 //! A refusal (4xx) ends the tail with exit 1. Before any node has answered,
 //! a round of the URLs that reaches none ends it with exit 3; once the tail
 //! has run, it keeps trying until `--give-up-after` passes without a node.
@@ -76,6 +80,7 @@ pub async fn run(settings: &Settings, out: Output, tail: Tail) -> Result<(), Err
     }
     let http = http_client(None, &settings.trusted)?;
     let urls = &settings.stream_urls;
+    let mut paths = tail.paths.clone();
     let mut next_url = 0usize;
     let mut printed: u64 = 0;
     let mut connected_once = false;
@@ -89,6 +94,7 @@ pub async fn run(settings: &Settings, out: Output, tail: Tail) -> Result<(), Err
             &http,
             base,
             &tail,
+            &mut paths,
             &mut last_id,
             resuming,
             out,
@@ -137,12 +143,15 @@ pub async fn run(settings: &Settings, out: Output, tail: Tail) -> Result<(), Err
     }
 }
 
-/// One connection: `Ok(None)` when the tail is done (`-n` reached or stdout
-/// closed), `Ok(Some(_))` when it should go on elsewhere.
+/// One connection over `paths`: `Ok(None)` when the tail is done (`-n`
+/// reached or stdout closed), `Ok(Some(_))` when it should go on elsewhere.
+/// A topic deleted meanwhile leaves `paths` and `last_id`.
+#[allow(clippy::too_many_arguments)]
 async fn read_once(
     http: &reqwest::Client,
     base: &str,
     tail: &Tail,
+    paths: &mut Vec<String>,
     last_id: &mut String,
     resuming: bool,
     out: Output,
@@ -150,7 +159,7 @@ async fn read_once(
 ) -> Result<Option<Ended>, Error> {
     let mut url = reqwest::Url::parse(&format!("{base}/v1/events"))
         .map_err(|e| Error::Usage(format!("{base}: {e}")))?;
-    for path in &tail.paths {
+    for path in paths.iter() {
         url.query_pairs_mut().append_pair("topic", path);
     }
     let mut request = http.get(url).header(header::ACCEPT, "text/event-stream");
@@ -185,6 +194,7 @@ async fn read_once(
         eprintln!("ssectl: resumed on {base}");
     }
     let mut reader = Reader::starting_at(last_id);
+    let mut deleted = Vec::new();
     let mut body = response.bytes_stream();
     let why = loop {
         let Ok(next) = tokio::time::timeout(tail.silence_timeout, body.next()).await else {
@@ -201,6 +211,11 @@ async fn read_once(
                 for item in items {
                     let Item::Event(event) = item else { continue };
                     print_event(out, &event);
+                    if event.event == "topic_deleted"
+                        && let Some(topic) = leave_out_deleted(&event.data, paths)?
+                    {
+                        deleted.push(topic);
+                    }
                     if event.event != "reset" && event.event != "topic_deleted" {
                         *printed += 1;
                         if tail.count.is_some_and(|n| *printed >= n) {
@@ -208,16 +223,54 @@ async fn read_once(
                         }
                     }
                 }
-                last_id.clear();
-                last_id.push_str(reader.last_event_id());
+                *last_id = without_topics(reader.last_event_id(), &deleted);
             }
             Some(Err(error)) => break format!("read failed: {error}"),
             None => break "the node closed it".to_owned(),
         }
     };
-    last_id.clear();
-    last_id.push_str(reader.last_event_id());
+    *last_id = without_topics(reader.last_event_id(), &deleted);
     Ok(Some(Ended::Dropped(why)))
+}
+
+/// Leaves the topic a `topic_deleted` event names out of `paths`, and
+/// returns it, so that the resume asks for the others only (the node
+/// answers a resume naming a deleted topic with 404); an error when none is
+/// left.
+fn leave_out_deleted(data: &str, paths: &mut Vec<String>) -> Result<Option<String>, Error> {
+    let Some(topic) = serde_json::from_str::<Value>(data)
+        .ok()
+        .and_then(|v| v["topic"].as_str().map(str::to_owned))
+    else {
+        return Ok(None);
+    };
+    paths.retain(|path| path.split('.').next() != Some(topic.as_str()));
+    if paths.is_empty() {
+        return Err(Error::Failed(format!(
+            "topic {topic} was deleted, and the tail read nothing else"
+        )));
+    }
+    eprintln!(
+        "ssectl: topic {topic} was deleted; going on with {}",
+        paths.join(" ")
+    );
+    Ok(Some(topic))
+}
+
+/// `cursor` (`<topic>:<epoch>:<seq>` joined with `,`) without the positions
+/// of `topics`.
+fn without_topics(cursor: &str, topics: &[String]) -> String {
+    if topics.is_empty() {
+        return cursor.to_owned();
+    }
+    cursor
+        .split(',')
+        .filter(|position| {
+            let topic = position.split(':').next().unwrap_or_default();
+            !position.is_empty() && !topics.iter().any(|deleted| deleted == topic)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Prints one event (a stdout that fails ends the process:
@@ -335,7 +388,19 @@ async fn start_cursor(
 
 #[cfg(test)]
 mod tests {
-    use super::{describe_reset, printable};
+    use super::{describe_reset, printable, without_topics};
+
+    #[test]
+    fn a_deleted_topic_leaves_the_cursor() {
+        let cursor = "a:e1:5,b:e2:7,ab:e3:9";
+        assert_eq!(without_topics(cursor, &[]), cursor);
+        assert_eq!(without_topics(cursor, &["b".to_owned()]), "a:e1:5,ab:e3:9");
+        assert_eq!(
+            without_topics(cursor, &["a".to_owned(), "ab".to_owned()]),
+            "b:e2:7"
+        );
+        assert_eq!(without_topics("", &["a".to_owned()]), "");
+    }
 
     #[test]
     fn what_a_terminal_acts_on_is_written_out() {

@@ -176,30 +176,33 @@ async fn pub_prints_ids_and_tail_reads_them_back() {
     .await;
 }
 
-/// A tail whose topic is deleted prints a notice, then ends with the node's
-/// refusal: nothing is left to read.
+/// A tail whose topic is deleted prints a notice and goes on with its other
+/// topics; once none is left it ends, saying so.
 #[tokio::test]
-async fn tail_says_when_its_topic_is_deleted_and_ends() {
+async fn tail_says_when_its_topic_is_deleted_and_goes_on_with_the_others() {
     bounded(async {
         let cluster = Cluster::start(1).await;
         cluster.create_topic("cli-gone", &[]).await;
+        cluster.create_topic("cli-stays", &[]).await;
         // From the start: the event below is read whether it is
         // published before or after the tail connects.
-        let (mut tail, mut out, mut err) =
-            spawn_tail(&cluster, &["tail", "cli-gone", "--from-start"]);
+        let (mut tail, mut out, mut err) = spawn_tail(
+            &cluster,
+            &["tail", "cli-gone", "cli-stays.>", "--from-start"],
+        );
         publish(&cluster, "cli-gone", "before").await;
-        let first = tokio::time::timeout(Duration::from_secs(15), out.recv())
-            .await
-            .expect("an event")
-            .expect("tail open");
+        let first = next(&mut out).await;
         assert!(first.ends_with("  message  before"), "{first}");
         let rm = cluster.run(&["topic", "rm", "cli-gone", "--yes"]).await;
         assert_eq!(rm.code, 0, "{}", rm.stderr);
-        let notice = tokio::time::timeout(Duration::from_secs(15), out.recv())
-            .await
-            .expect("a notice")
-            .expect("tail open");
-        assert_eq!(notice, "!! topic cli-gone was deleted");
+        assert_eq!(next(&mut out).await, "!! topic cli-gone was deleted");
+        publish(&cluster, "cli-stays.x", "after").await;
+        let after = next(&mut out).await;
+        assert!(after.ends_with("  message  after"), "{after}");
+
+        let rm = cluster.run(&["topic", "rm", "cli-stays", "--yes"]).await;
+        assert_eq!(rm.code, 0, "{}", rm.stderr);
+        assert_eq!(next(&mut out).await, "!! topic cli-stays was deleted");
         let status = tokio::time::timeout(Duration::from_secs(15), tail.wait())
             .await
             .expect("the tail ends")
@@ -211,11 +214,25 @@ async fn tail_says_when_its_topic_is_deleted_and_ends() {
         }
         assert_eq!(status.code(), Some(1), "{stderr:?}");
         assert!(
-            stderr.iter().any(|l| l.contains("unknown_topic")),
+            stderr
+                .iter()
+                .any(|l| l.contains("topic cli-gone was deleted; going on with cli-stays.>")),
+            "{stderr:?}"
+        );
+        assert!(
+            stderr.iter().any(|l| l.contains("read nothing else")),
             "{stderr:?}"
         );
     })
     .await;
+}
+
+/// The next line of a running tail's output, within 15 s.
+async fn next(out: &mut mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(15), out.recv())
+        .await
+        .expect("a line in time")
+        .expect("tail open")
 }
 
 /// `ssectl args…` started, with its stdout and stderr lines as they come.

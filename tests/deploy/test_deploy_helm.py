@@ -537,3 +537,36 @@ def test_restricted_node_ingress_still_admits_probes_of_the_release():
     assert any("namespaceSelector" in p and p["namespaceSelector"] == {} for p in peers), "metrics scrapers"
     open_node = one(chart_objects("ha-values.yaml"), "NetworkPolicy", "-node")
     assert "from" not in open_node["spec"]["ingress"][0], "by default anyone may reach the SSE port"
+
+
+def _render_as(name: str, extra: dict) -> list[dict]:
+    """Every object of the chart rendered as release `name`, tests included."""
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values=extra, name=name, namespace=NAMESPACE, is_install=True)
+    return [o for n, t in rendered.items() if not n.endswith("NOTES.txt") for o in yaml.safe_load_all(t) if o]
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("r" * 53, {}),
+    (RELEASE, {"fullnameOverride": "f" * 63}),
+    (RELEASE, {"fullnameOverride": "f" * 58}),
+])
+def test_long_names_stay_distinct_and_within_63(name, extra):
+    # Every optional object on, so every name the chart makes is there.
+    ha = yaml.safe_load((CHART / "ci" / "ha-values.yaml").read_text())
+    ingress = yaml.safe_load((CHART / "ci" / "ingress-values.yaml").read_text())
+    values = {**ha, "ingress": ingress["ingress"], "metrics": {"serviceMonitor": {"enabled": True},
+                                                               "prometheusRule": {"enabled": True}}, **extra}
+    objs = _render_as(name, values)
+    keys = [(o["kind"], o["metadata"]["name"]) for o in objs]
+    assert len(keys) == len(set(keys)), sorted(keys)
+    assert all(len(n) <= 63 for _, n in keys), [n for _, n in keys if len(n) > 63]
+    deployments = {o["metadata"]["labels"]["app.kubernetes.io/component"]: o["metadata"]["name"]
+                   for o in objs if o["kind"] == "Deployment"}
+    assert deployments["node"].endswith("-node") and deployments["admin"].endswith("-admin"), deployments
+    # What refers to them follows.
+    hpa = next(o for o in objs if o["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployments["node"]
+    backends = {p["backend"]["service"]["name"] for o in objs if o["kind"] == "Ingress"
+                for r in o["spec"]["rules"] for p in r["http"]["paths"]}
+    assert backends == {deployments["node"], deployments["admin"]}

@@ -47,12 +47,24 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/*
+The fullname with a suffix such as "-node": the fullname is cut first, so
+that the suffix is kept whole and the name stays within 63 characters (a
+Service's limit). Cutting after appending would give node and admin the
+same name once the fullname is 62 characters or more.
+Call with (dict "ctx" $ "suffix" "-node").
+*/}}
+{{- define "sse-cluster.suffixedName" -}}
+{{- $max := sub 63 (len .suffix) | int }}
+{{- printf "%s%s" (include "sse-cluster.fullname" .ctx | trunc $max | trimSuffix "-") .suffix }}
+{{- end }}
+
 {{- define "sse-cluster.node.fullname" -}}
-{{- printf "%s-node" (include "sse-cluster.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "sse-cluster.suffixedName" (dict "ctx" . "suffix" "-node") }}
 {{- end }}
 
 {{- define "sse-cluster.admin.fullname" -}}
-{{- printf "%s-admin" (include "sse-cluster.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "sse-cluster.suffixedName" (dict "ctx" . "suffix" "-admin") }}
 {{- end }}
 
 {{- define "sse-cluster.serviceAccountName" -}}
@@ -64,7 +76,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "sse-cluster.secretName" -}}
-{{- default (printf "%s-secrets" (include "sse-cluster.fullname" .)) .Values.secrets.existingSecret }}
+{{- default (include "sse-cluster.suffixedName" (dict "ctx" . "suffix" "-secrets")) .Values.secrets.existingSecret }}
 {{- end }}
 
 {{- define "sse-cluster.image" -}}
@@ -209,7 +221,7 @@ floats, booleans and arrays are also valid TOML.
 {{- end }}
 
 {{- define "sse-cluster.jwtSecretName" -}}
-{{- default (printf "%s-jwt" (include "sse-cluster.fullname" .)) .Values.secrets.existingJwtSecret }}
+{{- default (include "sse-cluster.suffixedName" (dict "ctx" . "suffix" "-jwt")) .Values.secrets.existingJwtSecret }}
 {{- end }}
 
 {{/* Egress shared by node and admin NetworkPolicies: DNS and NATS. */}}

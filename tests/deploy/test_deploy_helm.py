@@ -570,3 +570,43 @@ def test_long_names_stay_distinct_and_within_63(name, extra):
     backends = {p["backend"]["service"]["name"] for o in objs if o["kind"] == "Ingress"
                 for r in o["spec"]["rules"] for p in r["http"]["paths"]}
     assert backends == {deployments["node"], deployments["admin"]}
+
+
+@pytest.mark.parametrize("component, variable, says", [
+    ("node", "SSE_HTTP__LISTEN", "node.config.http.listen"),
+    ("node", "SSE_SHUTDOWN__DRAIN_SECONDS", "node.config.shutdown.drain_seconds"),
+    ("node", "SSE_HTTP__HEARTBEAT_SECONDS", "node.config.http.heartbeat_seconds"),
+    ("node", "SSE_NATS__SUBJECT_PREFIX", "node.config.nats.subject_prefix"),
+    ("node", "SSE_CLUSTER__NODES_BUCKET", "node.config.cluster.nodes_bucket"),
+    ("node", "SSE_CLUSTER__NODES_BUCKET_REPLICAS", "node.config.cluster.nodes_bucket_replicas"),
+    ("node", "SSE_CLUSTER__ADVERTISE_ADDRESS", "node.config.cluster.advertise_address"),
+    ("node", "sse_tls__cert_file", "node.tls.secretName"),
+    ("node", "SSE_TLS__KEY_FILE", "node.tls.secretName"),
+    ("admin", "SSE_HTTP__LISTEN", "admin.config.http.listen"),
+    ("admin", "SSE_NATS__SUBJECT_PREFIX", "admin.config.nats.subject_prefix"),
+    ("admin", "SSE_CLUSTER__NODES_BUCKET", "admin.config.cluster.nodes_bucket"),
+    ("admin", "SSE_CLUSTER__NODES_BUCKET_REPLICAS", "admin.config.cluster.nodes_bucket_replicas"),
+])
+def test_extra_env_cannot_override_what_the_chart_derives_from_config(component, variable, says):
+    # SSE_* outranks the ConfigMap: the grace period, ports, probes and the
+    # chart's checks would be computed from values the services never use.
+    bad = {component: {"extraEnv": [{"name": variable, "value": "0.0.0.0:9999"}]}}
+    with pytest.raises(helm.HelmError, match=f"{component}.extraEnv.*{says}"):
+        render_chart(extra=bad)
+
+
+def test_extra_env_still_takes_other_settings_and_secrets():
+    # docs/deploy.md: a NATS URL with credentials comes from a Secret.
+    url = {"name": "SSE_NATS__URL", "valueFrom": {"secretKeyRef": {"name": "nats-client", "key": "url"}}}
+    extra = {"node": {"extraEnv": [url, {"name": "SSE_HTTP__MAX_CONNECTIONS", "value": "5000"}]},
+             "admin": {"extraEnv": [url]}}
+    objs = chart_objects(extra=extra)
+    for suffix, name in (("-node", "sse-node"), ("-admin", "sse-admin")):
+        env = container(one(objs, "Deployment", suffix), name)["env"]
+        assert url in env, name
+    # The node's advertised address set in its config is not overridden.
+    cfg = {"node": {"config": {"cluster": {"advertise_address": "sse-0.example:443"}}}}
+    objs = chart_objects(extra=cfg)
+    env = {e["name"] for e in container(one(objs, "Deployment", "-node"), "sse-node")["env"]}
+    assert "SSE_CLUSTER__ADVERTISE_ADDRESS" not in env
+    assert node_toml(objs)["cluster"]["advertise_address"] == "sse-0.example:443"

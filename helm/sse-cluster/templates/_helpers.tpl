@@ -187,6 +187,35 @@ floats, booleans and arrays are also valid TOML.
 {{- if hasKey $http "heartbeat_seconds" }}{{ get $http "heartbeat_seconds" | int }}{{ else }}15{{ end }}
 {{- end }}
 
+{{/*
+extraEnv may not set what the chart derives ports, probes, the advertised
+address and its checks from: SSE_* variables outrank the ConfigMap, so the
+chart would check and wire values the service never uses. Each is refused
+with the value to set instead. Call with (dict "component" "node" "env"
+.Values.node.extraEnv).
+*/}}
+{{- define "sse-cluster.checkExtraEnv" -}}
+{{- $c := .component }}
+{{- $instead := dict
+  "SSE_HTTP__LISTEN" (printf "%s.config.http.listen" $c)
+  "SSE_NATS__SUBJECT_PREFIX" (printf "%s.config.nats.subject_prefix" $c)
+  "SSE_CLUSTER__NODES_BUCKET" (printf "%s.config.cluster.nodes_bucket" $c)
+  "SSE_CLUSTER__NODES_BUCKET_REPLICAS" (printf "%s.config.cluster.nodes_bucket_replicas" $c) }}
+{{- if eq $c "node" }}
+{{- $_ := set $instead "SSE_HTTP__HEARTBEAT_SECONDS" "node.config.http.heartbeat_seconds" }}
+{{- $_ = set $instead "SSE_SHUTDOWN__DRAIN_SECONDS" "node.config.shutdown.drain_seconds" }}
+{{- $_ = set $instead "SSE_CLUSTER__ADVERTISE_ADDRESS" "node.config.cluster.advertise_address" }}
+{{- $_ = set $instead "SSE_TLS__CERT_FILE" "node.tls.secretName" }}
+{{- $_ = set $instead "SSE_TLS__KEY_FILE" "node.tls.secretName" }}
+{{- end }}
+{{- range .env }}
+{{- $name := upper (toString .name) }}
+{{- if hasKey $instead $name }}
+{{- fail (printf "%s.extraEnv: %s would override the value the chart derives ports, probes and its checks from; set %s instead" $c .name (get $instead $name)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Port number of a `host:port` listen address. */}}
 {{- define "sse-cluster.listenPort" -}}
 {{- $parts := splitList ":" . }}

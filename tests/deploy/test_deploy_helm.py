@@ -610,3 +610,18 @@ def test_extra_env_still_takes_other_settings_and_secrets():
     env = {e["name"] for e in container(one(objs, "Deployment", "-node"), "sse-node")["env"]}
     assert "SSE_CLUSTER__ADVERTISE_ADDRESS" not in env
     assert node_toml(objs)["cluster"]["advertise_address"] == "sse-0.example:443"
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"node": {"config": {"cluster": {"nodes_bucket": "other_bucket"}}}}, "nodes_bucket"),
+    ({"admin": {"config": {"cluster": {"nodes_bucket": "other_bucket"}}}}, "nodes_bucket"),
+    ({"node": {"config": {"cluster": {"nodes_bucket_replicas": 1}}}}, "nodes_bucket_replicas"),
+])
+def test_chart_refuses_node_and_admin_on_different_report_buckets(bad, says):
+    with pytest.raises(helm.HelmError, match=says):
+        render_chart(extra=bad)
+    # The same on both renders; without admin there is nothing to agree with.
+    section = (bad.get("node") or bad["admin"])["config"]
+    both = {"node": {"config": section}, "admin": {"config": section}}
+    assert node_toml(chart_objects(extra=both))["cluster"] == section["cluster"]
+    chart_objects(extra={"node": {"config": section}, "admin": {"enabled": False}})

@@ -625,3 +625,22 @@ def test_chart_refuses_node_and_admin_on_different_report_buckets(bad, says):
     both = {"node": {"config": section}, "admin": {"config": section}}
     assert node_toml(chart_objects(extra=both))["cluster"] == section["cluster"]
     chart_objects(extra={"node": {"config": section}, "admin": {"enabled": False}})
+
+
+def test_otel_extra_env_replaces_what_the_chart_sets():
+    extra = {"otel": {"endpoint": "http://otel-collector:4318",
+                      "extraEnv": {"OTEL_SERVICE_NAME": "events", "OTEL_EXPORTER_OTLP_TIMEOUT": "5000"}}}
+    objs = chart_objects(extra=extra)
+    for suffix, name in (("-node", "sse-node"), ("-admin", "sse-admin")):
+        env = container(one(objs, "Deployment", suffix), name)["env"]
+        names = [e["name"] for e in env]
+        assert len(names) == len(set(names)), names
+        values = {e["name"]: e.get("value") for e in env}
+        assert values["OTEL_SERVICE_NAME"] == "events", name
+        assert values["OTEL_EXPORTER_OTLP_TIMEOUT"] == "5000", name
+        assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318", name
+    validate_all(objs)
+    # The endpoint itself is otel.endpoint's: the NetworkPolicy opens its port.
+    extra["otel"]["extraEnv"] = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://elsewhere:4318"}
+    with pytest.raises(helm.HelmError, match="otel.endpoint"):
+        render_chart(extra=extra)

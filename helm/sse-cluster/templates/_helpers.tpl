@@ -222,16 +222,24 @@ with the value to set instead. Call with (dict "component" "node" "env"
 {{- last $parts | int }}
 {{- end }}
 
-{{/* OTEL env shared by both workloads: call with (dict "ctx" $ "service" "sse-node"). */}}
+{{/*
+OTEL env shared by both workloads: call with (dict "ctx" $ "service" "sse-node").
+otel.extraEnv replaces the chart's own OTEL_SERVICE_NAME and
+OTEL_RESOURCE_ATTRIBUTES (one entry each); the endpoint is otel.endpoint's,
+whose port the NetworkPolicy opens.
+*/}}
 {{- define "sse-cluster.otelEnv" -}}
 {{- if .ctx.Values.otel.endpoint }}
+{{- $extra := default dict .ctx.Values.otel.extraEnv }}
+{{- if hasKey $extra "OTEL_EXPORTER_OTLP_ENDPOINT" }}
+{{- fail "otel.extraEnv: OTEL_EXPORTER_OTLP_ENDPOINT is set from otel.endpoint (the NetworkPolicy opens its port): set otel.endpoint instead" }}
+{{- end }}
+{{- $own := dict
+  "OTEL_SERVICE_NAME" .service
+  "OTEL_RESOURCE_ATTRIBUTES" (printf "k8s.namespace.name=%s,service.instance.id=$(POD_NAME)" .ctx.Release.Namespace) }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .ctx.Values.otel.endpoint | quote }}
-- name: OTEL_SERVICE_NAME
-  value: {{ .service | quote }}
-- name: OTEL_RESOURCE_ATTRIBUTES
-  value: {{ printf "k8s.namespace.name=%s,service.instance.id=$(POD_NAME)" .ctx.Release.Namespace | quote }}
-{{- range $k, $v := .ctx.Values.otel.extraEnv }}
+{{- range $k, $v := merge (deepCopy $extra) $own }}
 - name: {{ $k }}
   value: {{ $v | quote }}
 {{- end }}

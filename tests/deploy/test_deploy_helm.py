@@ -644,3 +644,9 @@ def test_otel_extra_env_replaces_what_the_chart_sets():
     extra["otel"]["extraEnv"] = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://elsewhere:4318"}
     with pytest.raises(helm.HelmError, match="otel.endpoint"):
         render_chart(extra=extra)
+
+
+def test_chart_refuses_an_admin_ingress_without_admin():
+    extra = {"ingress": {"enabled": True, "admin": {"enabled": True}}, "admin": {"enabled": False}}
+    with pytest.raises(helm.HelmError, match="which admin.enabled=false leaves out"):
+        render_chart(extra=extra)

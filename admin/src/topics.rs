@@ -891,18 +891,24 @@ pub async fn purge_topic(
     };
     let filter = match &body.subject {
         None => None,
-        Some(path) => {
-            let path =
-                SubjectPath::parse_pattern(path).map_err(|e| Error::BadRequest(e.to_string()))?;
-            if path.topic() != &topic {
+        Some(path) => match SubjectPath::parse_pattern(path) {
+            Ok(path) if path.topic() != &topic => {
                 return Err(Error::BadRequest(format!(
                     "subject path {:?} is not inside topic {:?}",
                     path.as_str(),
                     topic.as_str()
                 )));
             }
-            Some(path.nats_subject(state.prefix()))
-        }
+            Ok(path) => Some(path.nats_subject(state.prefix())),
+            // A subject published straight to NATS outside the subject-path
+            // rules (`orders.é`, a 17th token) is stored and listed by
+            // `subjects`: it may be purged by the name listed.
+            Err(error) if nats_subject_inside(path, &topic) => {
+                tracing::debug!(%error, "purging a subject outside the subject-path rules");
+                Some(format!("{}.{path}", state.prefix()))
+            }
+            Err(error) => return Err(Error::BadRequest(error.to_string())),
+        },
     };
     let stream = state
         .jetstream()?
@@ -931,6 +937,19 @@ pub async fn purge_topic(
     Ok(Json(Purged {
         purged: response.purged,
     }))
+}
+
+/// Whether `path` is a NATS subject (or wildcard pattern) inside `topic`:
+/// tokens that are not empty and hold no white space or control
+/// character, `>` only last, the first the topic's name.
+fn nats_subject_inside(path: &str, topic: &TopicName) -> bool {
+    let tokens: Vec<&str> = path.split('.').collect();
+    tokens.first() == Some(&topic.as_str())
+        && tokens.iter().enumerate().all(|(i, token)| {
+            !token.is_empty()
+                && !token.contains(|c: char| c.is_whitespace() || c.is_control())
+                && (*token != ">" || i == tokens.len() - 1)
+        })
 }
 
 /// Has JetStream announce a purge to the nodes. It announces none of its

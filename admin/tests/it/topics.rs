@@ -166,6 +166,27 @@ async fn topic_life_cycle() {
             "more than the NATS servers' JetStream may hold",
         );
 
+        // A subject outside the subject-path rules, published straight to
+        // NATS, is purged by the name the listing gives it; a subject that
+        // NATS would not take either is refused.
+        js.publish("sse.orders.é", "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let (status, purged) = admin
+            .call("POST", "/v1/topics/orders/purge", Some(json!({"subject": "orders.é"})))
+            .await;
+        assert_eq!(status, 200, "{purged}");
+        assert_eq!(purged["purged"], 1);
+        for bad in ["orders..x", "orders.a b", "orders.>.x"] {
+            assert_error(
+                &admin.call("POST", "/v1/topics/orders/purge", Some(json!({"subject": bad}))).await,
+                400,
+                "",
+            );
+        }
+
         // Purge one subject path, then the rest.
         let (status, purged) = admin
             .call("POST", "/v1/topics/orders/purge", Some(json!({"subject": "orders.1"})))
@@ -182,7 +203,7 @@ async fn topic_life_cycle() {
         assert_eq!(purged["purged"], 3);
         let (_, topic) = admin.call("GET", "/v1/topics/orders", None).await;
         assert_eq!(topic["messages"], 0);
-        assert_eq!(topic["last_sequence"], 5, "a purge keeps sequences");
+        assert_eq!(topic["last_sequence"], 6, "a purge keeps sequences");
 
         // The largest event: set, then kept by JetStream and enforced on
         // publish; 0 gives the bound back to the server.

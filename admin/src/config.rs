@@ -80,6 +80,9 @@ pub struct HttpConfig {
 pub struct AdminConfig {
     /// The bearer token every write needs.
     pub token: String,
+    /// A second bearer token, for publishers: it may only publish events
+    /// (`POST /v1/topics/{name}/events`); empty: none.
+    pub publish_token: String,
     /// Largest event payload accepted for publishing, in bytes.
     pub max_event_bytes: u64,
     /// Period of the dashboard's live snapshots, in milliseconds.
@@ -95,6 +98,7 @@ impl std::fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminConfig")
             .field("token", &"<redacted>")
+            .field("publish_token", &"<redacted>")
             .field("max_event_bytes", &self.max_event_bytes)
             .field("dashboard_interval_ms", &self.dashboard_interval_ms)
             .field("max_dashboard_streams", &self.max_dashboard_streams)
@@ -230,6 +234,16 @@ impl Config {
         if self.admin.token.trim().is_empty() {
             bad.push("admin.token: must be set (for example through SSE_ADMIN__TOKEN)".to_owned());
         }
+        let publish_token = &self.admin.publish_token;
+        if !publish_token.is_empty() && publish_token.trim().is_empty() {
+            bad.push("admin.publish_token: is blank; leave it empty for none".to_owned());
+        }
+        if !publish_token.is_empty() && publish_token == &self.admin.token {
+            bad.push(
+                "admin.publish_token: is admin.token itself; give publishers a token of their own"
+                    .to_owned(),
+            );
+        }
         if self.admin.max_event_bytes == 0 || self.admin.max_event_bytes > MAX_EVENT_BYTES_CEILING {
             bad.push(format!(
                 "admin.max_event_bytes: must be between 1 and {MAX_EVENT_BYTES_CEILING}"
@@ -313,6 +327,25 @@ mod tests {
         match err {
             Error::Config(m) => m,
             other => panic!("not a config error: {other}"),
+        }
+    }
+
+    #[test]
+    fn the_publish_token_is_its_own() {
+        assert!(with("[admin]\ntoken = \"s3cret\"\npublish_token = \"p\"").is_ok());
+        for (publish, needle) in [("s3cret", "admin.token itself"), ("  ", "blank")] {
+            let errors = messages(
+                with(&format!(
+                    "[admin]\ntoken = \"s3cret\"\npublish_token = \"{publish}\""
+                ))
+                .unwrap_err(),
+            );
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with("admin.publish_token") && e.contains(needle)),
+                "{errors:?}"
+            );
         }
     }
 

@@ -32,6 +32,11 @@ pub enum Error {
     /// No bearer token, or the wrong one.
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// The publish token, on a route other than publishing.
+    #[error(
+        "the publish token (admin.publish_token) may only publish events: POST /v1/topics/{{name}}/events; this needs admin.token"
+    )]
+    PublishTokenOnly,
     /// The topic has no stream.
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
@@ -95,6 +100,7 @@ impl Error {
         match self {
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::PublishTokenOnly => (StatusCode::FORBIDDEN, "forbidden"),
             Error::TopicNotFound(_) => (StatusCode::NOT_FOUND, "topic_not_found"),
             Error::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

@@ -98,12 +98,31 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
+    let admin = &state.config.admin;
     match given {
-        Some(token) if token_matches(token.as_bytes(), state.config.admin.token.as_bytes()) => {
+        Some(token) if token_matches(token.as_bytes(), admin.token.as_bytes()) => {
             next.run(request).await
+        }
+        Some(token)
+            if !admin.publish_token.is_empty()
+                && token_matches(token.as_bytes(), admin.publish_token.as_bytes()) =>
+        {
+            if request.method() == Method::POST && is_publish_path(request.uri().path()) {
+                next.run(request).await
+            } else {
+                Error::PublishTokenOnly.into_response()
+            }
         }
         _ => Error::Unauthorized.into_response(),
     }
+}
+
+/// Whether `path` is `/v1/topics/{name}/events`, the one route the publish
+/// token opens.
+fn is_publish_path(path: &str) -> bool {
+    path.strip_prefix("/v1/topics/")
+        .and_then(|rest| rest.strip_suffix("/events"))
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
 }
 
 /// Parses a JSON body, one JSON object, into `T`, as a 400 naming what is
@@ -299,6 +318,21 @@ mod tests {
             panic!("a cut body accepted");
         };
         assert!(!message.contains('?'), "{message}");
+    }
+
+    #[test]
+    fn the_publish_token_opens_the_publish_route_only() {
+        assert!(is_publish_path("/v1/topics/orders/events"));
+        for other in [
+            "/v1/topics/orders",
+            "/v1/topics//events",
+            "/v1/topics/orders/purge",
+            "/v1/topics/a/b/events",
+            "/v1/topics/orders/events/x",
+            "/v1/nodes",
+        ] {
+            assert!(!is_publish_path(other), "{other}");
+        }
     }
 
     #[test]

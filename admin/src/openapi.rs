@@ -15,7 +15,8 @@ use crate::{cluster, error, overview, publish, topics};
     info(
         title = "sse-admin",
         description = "Topics, cluster view and HTTP publishing for sse-cluster. \
-                       Every request except the read-only pages needs `Authorization: Bearer <admin.token>`."
+                       Every request except the read-only pages needs `Authorization: Bearer <admin.token>`; \
+                       `admin.publish_token`, when set, opens `POST /v1/topics/{name}/events` only (403 elsewhere)."
     ),
     paths(
         topics::create_topic,

@@ -27,7 +27,7 @@ SPECIAL = {
     ("nats", "url"): {"type": "string", "pattern": "^(nats|tls)://"},
 }
 # Never in a ConfigMap: these come from the Secret.
-SECRET_KEYS = {("admin", "token"), ("auth.jwt", "hs256_secret")}
+SECRET_KEYS = {("admin", "token"), ("admin", "publish_token"), ("auth.jwt", "hs256_secret")}
 
 
 def key_schema(section: str, key: str, value) -> dict:

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{Admin, NatsServer, TOKEN, assert_error, bounded};
+use crate::support::{Admin, NatsServer, TOKEN, assert_error, bounded, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_and_api_reads_need_the_token() {
@@ -67,6 +67,60 @@ async fn writes_and_api_reads_need_the_token() {
         // Nothing was created without the token.
         let (_, list) = admin.call("GET", "/v1/topics", None).await;
         assert_eq!(list["topics"], json!([]));
+    })
+    .await;
+}
+
+/// The publish token publishes, and opens nothing else: a backend that
+/// publishes through admin cannot create, change, purge or delete topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_token_only_publishes() {
+    bounded(async {
+        const PUBLISH: &str = "publish-token-9876543210";
+        let nats = NatsServer::start();
+        let admin = Admin::start_with(test_config(
+            &nats.url,
+            &format!("[admin]\npublish_token = \"{PUBLISH}\"\n"),
+        ))
+        .await;
+        admin.create_topic(json!({"name": "t"})).await;
+        let (status, published) = admin
+            .call_with(
+                "POST",
+                "/v1/topics/t/events",
+                Some(json!({"data": "hello"})),
+                Some(PUBLISH),
+            )
+            .await;
+        assert_eq!(status, 200, "{published}");
+        assert!(published["id"].as_str().is_some(), "{published}");
+        for (method, path) in [
+            ("GET", "/v1/topics"),
+            ("POST", "/v1/topics"),
+            ("GET", "/v1/topics/t"),
+            ("PATCH", "/v1/topics/t"),
+            ("DELETE", "/v1/topics/t"),
+            ("POST", "/v1/topics/t/purge"),
+            ("GET", "/v1/topics/t/subjects"),
+            ("GET", "/v1/nodes"),
+        ] {
+            let answer = admin
+                .call_with(method, path, Some(json!({"name": "u"})), Some(PUBLISH))
+                .await;
+            assert_error(&answer, 403, "may only publish events");
+            assert_eq!(answer.1["error"], "forbidden", "{method} {path}");
+        }
+        // Nothing was purged or deleted; the admin token still publishes.
+        let (_, topic) = admin.call("GET", "/v1/topics/t", None).await;
+        assert_eq!(topic["messages"], 1, "{topic}");
+        let (status, _) = admin
+            .call(
+                "POST",
+                "/v1/topics/t/events",
+                Some(json!({"data": "again"})),
+            )
+            .await;
+        assert_eq!(status, 200);
     })
     .await;
 }

@@ -137,6 +137,7 @@ pub fn subscribers_by_topic(nodes: &[NodeReport]) -> HashMap<String, u64> {
     responses(
         (status = 200, description = "Live nodes", body = NodeList),
         (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+        (status = 403, description = "The publish token, which opens publishing only", body = crate::error::ErrorBody),
         (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))

@@ -189,14 +189,25 @@ pub fn validate_event_name(name: &str) -> Result<(), Error> {
     if valid_event_name(name) {
         Ok(())
     } else {
+        let browsers = EVENTSOURCE_EVENT_NAMES
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(" or ");
         Err(Error::BadRequest(format!(
-            "event {name:?} is not a valid event name: 1 to {MAX_EVENT_NAME_BYTES} bytes, no control character, no leading or trailing space, not {RESET_EVENT_NAME:?}, {INVALID_EVENT_NAME:?} or {TOPIC_DELETED_EVENT_NAME:?}, which the nodes send themselves, and not {}, which a browser's EventSource fires itself",
-            EVENTSOURCE_EVENT_NAMES
-                .iter()
-                .map(|n| format!("{n:?}"))
-                .collect::<Vec<_>>()
-                .join(" or ")
+            "event {} is not a valid event name: 1 to {MAX_EVENT_NAME_BYTES} bytes, no control character, no leading or trailing space, not {RESET_EVENT_NAME:?}, {INVALID_EVENT_NAME:?} or {TOPIC_DELETED_EVENT_NAME:?}, which the nodes send themselves, and not {browsers}, which a browser's EventSource fires itself",
+            shown(name)
         )))
+    }
+}
+
+/// `value` quoted for an error message, cut after 64 characters: a value
+/// refused for its length is not sent back whole.
+fn shown(value: &str) -> String {
+    const SHOWN_CHARS: usize = 64;
+    match value.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
     }
 }
 
@@ -206,7 +217,8 @@ fn validate_msg_id(id: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::BadRequest(format!(
-            "id {id:?} is not a valid de-duplication id; use 1 to {MAX_MSG_ID} visible ASCII characters"
+            "id {} is not a valid de-duplication id; use 1 to {MAX_MSG_ID} visible ASCII characters",
+            shown(id)
         )))
     }
 }
@@ -545,6 +557,25 @@ pub async fn watch_stream_advisories(state: AppState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_value_is_not_sent_back_whole() {
+        let long = "x".repeat(100_000);
+        let Err(Error::BadRequest(message)) = validate_msg_id(&long) else {
+            panic!("a 100,000-byte id is refused");
+        };
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(message.contains("(100000 bytes)"), "{message}");
+        let Err(Error::BadRequest(message)) = validate_event_name(&long) else {
+            panic!("a 100,000-byte event name is refused");
+        };
+        assert!(message.len() < 600, "{} bytes", message.len());
+        assert_eq!(shown("short"), "\"short\"");
+        assert_eq!(
+            shown(&"é".repeat(70)),
+            format!("{:?}… (140 bytes)", "é".repeat(64))
+        );
+    }
 
     #[test]
     fn event_names() {

@@ -337,7 +337,10 @@ impl Config {
                             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
                 }),
             "nats.subject_prefix",
-            "must be dotted tokens of [A-Za-z0-9_-]",
+            &format!(
+                "{:?} must be dotted tokens of [A-Za-z0-9_-], no wildcards",
+                self.nats.subject_prefix
+            ),
         );
         check(
             self.nats.topic_refresh_seconds > 0,

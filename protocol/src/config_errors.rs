@@ -28,7 +28,7 @@ pub fn extract_all<T: DeserializeOwned>(
         Ok(value) => return Ok(value),
         Err(error) => error,
     };
-    let whole = || first.clone().into_iter().map(|e| e.to_string()).collect();
+    let whole = || first.clone().into_iter().map(|e| whole_error(&e)).collect();
     let (Ok(known), Ok(mut given)) = (defaults.extract::<Dict>(), layered.extract::<Dict>()) else {
         return Err(whole());
     };
@@ -116,6 +116,37 @@ fn replace(dict: &mut Dict, path: &[String], value: Value) -> bool {
 
 /// `key: why (in where it was set)`; a key set by an environment variable
 /// (read with `Env::prefixed(prefix).split("__")`) names the variable.
+/// Where a value came from, a file by the path it was given as: figment
+/// shows a file's path relative to the working directory (`..` for `/tmp`
+/// seen from `/work/x`).
+fn shown(source: &figment::Source) -> String {
+    match source {
+        figment::Source::File(path) => path.display().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// An error no key is to blame for (a file that cannot be read), with the
+/// file named as it was given.
+fn whole_error(error: &figment::Error) -> String {
+    match error
+        .metadata
+        .as_ref()
+        .and_then(|m| Some((m, m.source.as_ref()?)))
+    {
+        Some((metadata, source @ figment::Source::File(_))) if error.path.is_empty() => {
+            let kind = error.kind.to_string();
+            format!(
+                "{} (in {} {})",
+                kind.trim_end(),
+                shown(source),
+                metadata.name
+            )
+        }
+        _ => error.to_string(),
+    }
+}
+
 fn describe(key: &str, why: &str, layered: &Figment) -> String {
     let Some(metadata) = layered.find_metadata(key) else {
         return format!("{key}: {why}");
@@ -129,7 +160,7 @@ fn describe(key: &str, why: &str, layered: &Figment) -> String {
             "{key}: {why} (set by {prefix}{})",
             key.replace('.', "__").to_ascii_uppercase()
         ),
-        (Some(source), None) => format!("{key}: {why} (in {source} {})", metadata.name),
+        (Some(source), None) => format!("{key}: {why} (in {} {})", shown(source), metadata.name),
         (None, None) => format!("{key}: {why} (in {})", metadata.name),
     }
 }
@@ -191,6 +222,34 @@ mod tests {
                 .iter()
                 .all(|p| p.ends_with("(in TOML source string)")),
             "{problems:#?}"
+        );
+    }
+
+    /// Files are named by the path they were given as, where figment would
+    /// show one relative to the working directory (`../Cargo.toml`).
+    #[test]
+    fn files_are_named_as_given() {
+        let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let manifest = workspace.join("Cargo.toml");
+        let layered = defaults().merge(Toml::file(&manifest));
+        let problems = extract_all::<Settings>(&defaults(), &layered).unwrap_err();
+        let named = format!("(in {} TOML file)", manifest.display());
+        assert!(
+            problems.iter().any(|p| p.ends_with(&named)),
+            "{named} not in {problems:#?}"
+        );
+        // A directory where the file should be: no key to blame.
+        let layered = defaults().merge(Toml::file_exact(&workspace));
+        let problems = extract_all::<Settings>(&defaults(), &layered).unwrap_err();
+        let named = format!("(in {} TOML file)", workspace.display());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.ends_with(&named) && !p.contains('\n')),
+            "{named} not in {problems:#?}"
         );
     }
 

@@ -74,6 +74,19 @@ pub async fn run(
 
     let address = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%address, "admin listening");
+    for (key, token) in [
+        ("admin.token", &state.config.admin.token),
+        ("admin.publish_token", &state.config.admin.publish_token),
+    ] {
+        let length = token.chars().count();
+        if length > 0 && length < SHORT_TOKEN_CHARS {
+            tracing::warn!(
+                key,
+                length,
+                "a token this short can be guessed; give it 32 random characters or more"
+            );
+        }
+    }
     let app = http::router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     accept(listener, app, &graceful, &shutdown).await;
@@ -160,6 +173,9 @@ async fn accept(
         });
     }
 }
+
+/// Bearer tokens shorter than this are warned about at start.
+const SHORT_TOKEN_CHARS: usize = 16;
 
 /// How often admin asks JetStream about the node-report bucket, to notice a
 /// NATS server that answers but cannot reach JetStream.

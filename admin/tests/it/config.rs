@@ -169,6 +169,8 @@ fn sigterm_stops_promptly_even_without_nats_and_logs_plain_text() {
     reader.join().unwrap();
     log.extend(lines.try_iter().map(|line| line + "\n"));
     assert!(log.contains("INFO"), "{log}");
+    // Its one-character token is warned about.
+    assert!(log.contains("a token this short can be guessed"), "{log}");
     assert!(!log.contains('\u{1b}'), "terminal colours in {log:?}");
 }
 

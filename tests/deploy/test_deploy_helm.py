@@ -650,3 +650,25 @@ def test_chart_refuses_an_admin_ingress_without_admin():
     extra = {"ingress": {"enabled": True, "admin": {"enabled": True}}, "admin": {"enabled": False}}
     with pytest.raises(helm.HelmError, match="which admin.enabled=false leaves out"):
         render_chart(extra=extra)
+
+
+def _nats_egress_ports(objs: list[dict], suffix: str) -> list[int]:
+    policy = one(objs, "NetworkPolicy", suffix)
+    return sorted(p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])
+                  if p["port"] not in (53, 4318))
+
+
+def test_network_policy_opens_the_ports_of_external_nats_urls():
+    # An external NATS on another port than 4222: its URLs' ports are
+    # opened, a URL without one gets NATS's default.
+    extra = {"networkPolicy": {"enabled": True}, "nats": {"enabled": False},
+             "externalNats": {"url": "nats://a.example:7422, tls://b.example,nats://user:pw@c.example:7422"}}
+    objs = chart_objects(extra=extra)
+    validate_all(objs)
+    assert _nats_egress_ports(objs, "-node") == [4222, 7422]
+    assert _nats_egress_ports(objs, "-admin") == [4222, 7422]
+    # natsPort stays an explicit override.
+    extra["networkPolicy"]["natsPort"] = 7000
+    assert _nats_egress_ports(chart_objects(extra=extra), "-node") == [7000]
+    # The bundled NATS listens on 4222.
+    assert _nats_egress_ports(chart_objects(extra={"networkPolicy": {"enabled": True}}), "-node") == [4222]

@@ -261,6 +261,46 @@ whose port the NetworkPolicy opens.
 {{- default (include "sse-cluster.suffixedName" (dict "ctx" . "suffix" "-jwt")) .Values.secrets.existingJwtSecret }}
 {{- end }}
 
+{{/*
+Ports of a comma-separated list of NATS URLs, comma-separated and without
+repeats: each URL's own, else NATS's 4222 (nats://, tls:// and a bare
+host:port alike).
+*/}}
+{{- define "sse-cluster.natsUrlPorts" -}}
+{{- $ports := list }}
+{{- range splitList "," . }}
+{{- $u := trim . }}
+{{- if $u }}
+{{- if not (contains "://" $u) }}{{ $u = printf "nats://%s" $u }}{{ end }}
+{{- $host := (urlParse $u).host }}
+{{- $port := "4222" }}
+{{- if and (contains ":" $host) (not (hasSuffix "]" $host)) }}
+{{- $port = last (splitList ":" $host) }}
+{{- end }}
+{{- $ports = append $ports ($port | int | toString) }}
+{{- end }}
+{{- end }}
+{{- $ports | uniq | sortAlpha | join "," }}
+{{- end }}
+
+{{/*
+The NATS ports the NetworkPolicies open: networkPolicy.natsPort when set,
+else those of the URLs node and admin connect to (the bundled NATS: 4222).
+*/}}
+{{- define "sse-cluster.np.natsPorts" -}}
+{{- if .Values.networkPolicy.natsPort }}
+{{- .Values.networkPolicy.natsPort | int }}
+{{- else }}
+{{- $urls := list (dig "nats" "url" "" (default dict .Values.node.config)) }}
+{{- if .Values.admin.enabled }}
+{{- $urls = append $urls (dig "nats" "url" "" (default dict .Values.admin.config)) }}
+{{- end }}
+{{- $chart := "" }}
+{{- range $urls }}{{ if not . }}{{ $chart = include "sse-cluster.nats.url" $ }}{{ end }}{{ end }}
+{{- include "sse-cluster.natsUrlPorts" (append $urls $chart | join ",") }}
+{{- end }}
+{{- end }}
+
 {{/* Egress shared by node and admin NetworkPolicies: DNS and NATS. */}}
 {{- define "sse-cluster.np.egress" -}}
 # DNS
@@ -269,10 +309,12 @@ whose port the NetworkPolicy opens.
       protocol: UDP
     - port: 53
       protocol: TCP
-# NATS
+# NATS: the ports of the URLs node and admin connect to
 - ports:
-    - port: {{ .Values.networkPolicy.natsPort }}
+    {{- range include "sse-cluster.np.natsPorts" . | splitList "," }}
+    - port: {{ . | int }}
       protocol: TCP
+    {{- end }}
   {{- if .Values.networkPolicy.natsEgressTo }}
   to:
     {{- toYaml .Values.networkPolicy.natsEgressTo | nindent 4 }}

@@ -672,3 +672,9 @@ def test_network_policy_opens_the_ports_of_external_nats_urls():
     assert _nats_egress_ports(chart_objects(extra=extra), "-node") == [7000]
     # The bundled NATS listens on 4222.
     assert _nats_egress_ports(chart_objects(extra={"networkPolicy": {"enabled": True}}), "-node") == [4222]
+
+
+def test_chart_refuses_jwt_keys_beside_an_existing_jwt_secret():
+    bad = {"secrets": {"jwtKeys": {"jwt-public.pem": "pem"}, "existingJwtSecret": "mine"}}
+    with pytest.raises(helm.HelmError, match="secrets.jwtKeys is not used while secrets.existingJwtSecret"):
+        render_chart(extra=bad)

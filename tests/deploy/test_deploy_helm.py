@@ -678,3 +678,13 @@ def test_chart_refuses_jwt_keys_beside_an_existing_jwt_secret():
     bad = {"secrets": {"jwtKeys": {"jwt-public.pem": "pem"}, "existingJwtSecret": "mine"}}
     with pytest.raises(helm.HelmError, match="secrets.jwtKeys is not used while secrets.existingJwtSecret"):
         render_chart(extra=bad)
+
+
+@pytest.mark.parametrize("component", ["node", "admin"])
+def test_chart_refuses_a_nats_url_in_config_beside_the_bundled_nats(component):
+    bad = {component: {"config": {"nats": {"url": "nats://elsewhere:4222"}}}}
+    with pytest.raises(helm.HelmError, match=f"{component}.config.nats.url.*externalNats"):
+        render_chart(extra=bad)
+    # With an external NATS the chart does not name the URL itself.
+    external = {**bad, "nats": {"enabled": False}, "externalNats": {"url": "nats://elsewhere:4222"}}
+    chart_objects(extra=external)

@@ -149,10 +149,15 @@ floats, booleans and arrays are also valid TOML.
 {{- end }}
 {{- end }}
 
-{{/* node.toml: the user's node.config with nats.url filled in. */}}
+{{/* node.toml: the user's node.config with nats.url filled in. A nats.url of
+its own is refused beside the bundled NATS: node and admin would connect to
+different servers. */}}
 {{- define "sse-cluster.node.toml" -}}
 {{- $cfg := deepCopy (default dict .Values.node.config) }}
 {{- $nats := default dict (get $cfg "nats") }}
+{{- if and (hasKey $nats "url") .Values.nats.enabled }}
+{{- fail "node.config.nats.url would point the nodes away from the bundled NATS the chart runs for it (nats.enabled=true): for another NATS set nats.enabled=false and externalNats.url instead" }}
+{{- end }}
 {{- if not (hasKey $nats "url") }}
 {{- $_ := set $nats "url" (include "sse-cluster.nats.url" .) }}
 {{- end }}
@@ -163,6 +168,9 @@ floats, booleans and arrays are also valid TOML.
 {{- define "sse-cluster.admin.toml" -}}
 {{- $cfg := deepCopy (default dict .Values.admin.config) }}
 {{- $nats := default dict (get $cfg "nats") }}
+{{- if and (hasKey $nats "url") .Values.nats.enabled }}
+{{- fail "admin.config.nats.url would point admin away from the bundled NATS the chart runs for it (nats.enabled=true): for another NATS set nats.enabled=false and externalNats.url instead" }}
+{{- end }}
 {{- if not (hasKey $nats "url") }}
 {{- $_ := set $nats "url" (include "sse-cluster.nats.url" .) }}
 {{- end }}

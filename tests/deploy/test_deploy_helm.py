@@ -688,3 +688,13 @@ def test_chart_refuses_a_nats_url_in_config_beside_the_bundled_nats(component):
     # With an external NATS the chart does not name the URL itself.
     external = {**bad, "nats": {"enabled": False}, "externalNats": {"url": "nats://elsewhere:4222"}}
     chart_objects(extra=external)
+
+
+@pytest.mark.parametrize("key", ["cert_file", "key_file"])
+def test_chart_refuses_node_tls_files_in_config(key):
+    bad = {"node": {"config": {"tls": {key: "/etc/certs/x.pem"}}}}
+    with pytest.raises(helm.HelmError, match=f"node.config.tls.{key}.*node.tls.secretName"):
+        render_chart(extra=bad)
+    # The handshake timeout is still the config's.
+    ok = {"node": {"config": {"tls": {"handshake_timeout_seconds": 5}}}}
+    assert node_toml(chart_objects(extra=ok))["tls"]["handshake_timeout_seconds"] == 5

@@ -162,6 +162,11 @@ different servers. */}}
 {{- $_ := set $nats "url" (include "sse-cluster.nats.url" .) }}
 {{- end }}
 {{- $_ := set $cfg "nats" $nats }}
+{{- range $key := list "cert_file" "key_file" }}
+{{- if dig "tls" $key "" $cfg }}
+{{- fail (printf "node.config.tls.%s: the node's certificate comes from node.tls.secretName, which also switches probes, the ServiceMonitor and the helm test to HTTPS; set that instead" $key) }}
+{{- end }}
+{{- end }}
 {{- include "sse-cluster.toml" $cfg | trim }}
 {{- end }}
 

@@ -698,3 +698,31 @@ def test_chart_refuses_node_tls_files_in_config(key):
     # The handshake timeout is still the config's.
     ok = {"node": {"config": {"tls": {"handshake_timeout_seconds": 5}}}}
     assert node_toml(chart_objects(extra=ok))["tls"]["handshake_timeout_seconds"] == 5
+
+
+@pytest.mark.parametrize("key", ["hs256_secret_file", "rs256_public_key_file", "es256_public_key_file", "jwks_file"])
+def test_chart_refuses_jwt_key_files_it_does_not_mount(key):
+    keys = {"secrets": {"jwtKeys": {"jwt-public.pem": "pem"}}}
+    def jwt(path, **more):
+        return {**keys, **more, "node": {"config": {"auth": {"jwt": {key: path}}}}}
+
+    # A file of secrets.jwtKeys renders.
+    cfg = node_toml(chart_objects(extra=jwt("/etc/sse-cluster/jwt/jwt-public.pem")))
+    assert cfg["auth"]["jwt"][key] == "/etc/sse-cluster/jwt/jwt-public.pem"
+    # Another name, another directory, or no keys at all: refused.
+    for bad in (jwt("/etc/sse-cluster/jwt/other.pem"), jwt("/keys/jwt-public.pem"),
+                {"node": {"config": {"auth": {"jwt": {key: "/etc/sse-cluster/jwt/jwt-public.pem"}}}}}):
+        with pytest.raises(helm.HelmError, match=f"node.config.auth.jwt.{key}"):
+            render_chart(extra=bad)
+    # An existing Secret's keys are unknown: any file under node.jwtKeysPath.
+    existing = {"secrets": {"existingJwtSecret": "jwt"},
+                "node": {"config": {"auth": {"jwt": {key: "/etc/sse-cluster/jwt/any.pem"}}}}}
+    chart_objects(extra=existing)
+    existing["node"]["config"]["auth"]["jwt"][key] = "/elsewhere/any.pem"
+    with pytest.raises(helm.HelmError, match=f"node.config.auth.jwt.{key}"):
+        render_chart(extra=existing)
+    # A file under one of node.extraVolumeMounts is the operator's to mount.
+    own = {"node": {"config": {"auth": {"jwt": {key: "/keys/mine.pem"}}},
+                    "extraVolumes": [{"name": "keys", "secret": {"secretName": "keys"}}],
+                    "extraVolumeMounts": [{"name": "keys", "mountPath": "/keys", "readOnly": True}]}}
+    chart_objects(extra=own)

@@ -167,7 +167,41 @@ different servers. */}}
 {{- fail (printf "node.config.tls.%s: the node's certificate comes from node.tls.secretName, which also switches probes, the ServiceMonitor and the helm test to HTTPS; set that instead" $key) }}
 {{- end }}
 {{- end }}
+{{- include "sse-cluster.checkJwtFiles" (dict "ctx" . "jwt" (dig "auth" "jwt" dict $cfg)) }}
 {{- include "sse-cluster.toml" $cfg | trim }}
+{{- end }}
+
+{{/*
+The node's JWT key files must be files its pod has: one of secrets.jwtKeys
+under node.jwtKeysPath, any file there with secrets.existingJwtSecret (whose
+keys the chart does not know), or one under node.extraVolumeMounts. Any other
+path would stop the node at start.
+*/}}
+{{- define "sse-cluster.checkJwtFiles" -}}
+{{- $v := .ctx.Values }}
+{{- $dir := trimSuffix "/" $v.node.jwtKeysPath }}
+{{- $mounted := list }}
+{{- range $file, $_ := $v.secrets.jwtKeys }}
+{{- $mounted = append $mounted (printf "%s/%s" $dir $file) }}
+{{- end }}
+{{- range $key := list "hs256_secret_file" "rs256_public_key_file" "es256_public_key_file" "jwks_file" }}
+{{- $path := toString (default "" (get $.jwt $key)) }}
+{{- if $path }}
+{{- $ok := has $path $mounted }}
+{{- if $v.secrets.existingJwtSecret }}
+{{- $name := trimPrefix (printf "%s/" $dir) $path }}
+{{- if and (hasPrefix (printf "%s/" $dir) $path) $name (not (contains "/" $name)) }}{{ $ok = true }}{{ end }}
+{{- end }}
+{{- range $v.node.extraVolumeMounts }}
+{{- $m := trimSuffix "/" (toString .mountPath) }}
+{{- if or (eq $path $m) (hasPrefix (printf "%s/" $m) $path) }}{{ $ok = true }}{{ end }}
+{{- end }}
+{{- if not $ok }}
+{{- $have := ternary (printf "the keys of secrets.existingJwtSecret, under %s/" $dir) (ternary (join ", " $mounted) "none (secrets.jwtKeys and secrets.existingJwtSecret are empty)" (gt (len $mounted) 0)) (not (empty $v.secrets.existingJwtSecret)) }}
+{{- fail (printf "node.config.auth.jwt.%s (%q) is not a file the chart mounts, and the node would stop at start; the key files it mounts: %s. Name one of them, or mount the file with node.extraVolumeMounts" $key $path $have) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "sse-cluster.admin.toml" -}}

@@ -726,3 +726,30 @@ def test_chart_refuses_jwt_key_files_it_does_not_mount(key):
                     "extraVolumes": [{"name": "keys", "secret": {"secretName": "keys"}}],
                     "extraVolumeMounts": [{"name": "keys", "mountPath": "/keys", "readOnly": True}]}}
     chart_objects(extra=own)
+
+
+@pytest.mark.parametrize("component, name", [("node", "sse-node"), ("admin", "sse-admin")])
+def test_extra_env_replaces_the_otel_names_and_refuses_the_chart_own(component, name):
+    otel = {"otel": {"endpoint": "http://otel-collector:4318"}}
+    extra = {**otel, component: {"extraEnv": [
+        {"name": "OTEL_SERVICE_NAME", "value": "events"},
+        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "deployment.environment=prod"}]}}
+    objs = chart_objects(extra=extra)
+    env = container(one(objs, "Deployment", f"-{component}"), name)["env"]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names)), names
+    values = {e["name"]: e.get("value") for e in env}
+    assert values["OTEL_SERVICE_NAME"] == "events"
+    assert values["OTEL_RESOURCE_ATTRIBUTES"] == "deployment.environment=prod"
+    validate_all(objs)
+    # Whatever else the chart sets in the container is refused.
+    for variable in ("POD_NAME", "SSE_NATS__CONNECTION_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        bad = {**otel, component: {"extraEnv": [{"name": variable, "value": "x"}]}}
+        with pytest.raises(helm.HelmError, match=f"{component}.extraEnv: {variable} is set by the chart"):
+            render_chart(extra=bad)
+    if component == "admin":
+        with pytest.raises(helm.HelmError, match="admin.extraEnv: SSE_ADMIN__TOKEN is set by the chart"):
+            render_chart(extra={"admin": {"extraEnv": [{"name": "SSE_ADMIN__TOKEN", "value": "x"}]}})
+    # Without an endpoint, the chart sets no OTEL_* and leaves them alone.
+    plain = {component: {"extraEnv": [{"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://c:4318"}]}}
+    chart_objects(extra=plain)

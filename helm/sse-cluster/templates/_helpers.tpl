@@ -238,8 +238,11 @@ path would stop the node at start.
 extraEnv may not set what the chart derives ports, probes, the advertised
 address and its checks from: SSE_* variables outrank the ConfigMap, so the
 chart would check and wire values the service never uses. Each is refused
-with the value to set instead. Call with (dict "component" "node" "env"
-.Values.node.extraEnv).
+with the value to set instead. Nor may it repeat another name the chart sets
+in the container (a name twice in `env`); only the OTEL_* names otelEnv
+takes from otel.extraEnv and its own (OTEL_SERVICE_NAME,
+OTEL_RESOURCE_ATTRIBUTES) are replaced instead. Call with (dict "ctx" $
+"component" "node" "env" .Values.node.extraEnv).
 */}}
 {{- define "sse-cluster.checkExtraEnv" -}}
 {{- $c := .component }}
@@ -255,10 +258,29 @@ with the value to set instead. Call with (dict "component" "node" "env"
 {{- $_ = set $instead "SSE_TLS__CERT_FILE" "node.tls.secretName" }}
 {{- $_ = set $instead "SSE_TLS__KEY_FILE" "node.tls.secretName" }}
 {{- end }}
+{{- $v := .ctx.Values }}
+{{- /* What else the chart sets in the container, and where it comes from. */}}
+{{- $own := dict
+  "POD_NAME" "the pod's name"
+  "SSE_NATS__CONNECTION_NAME" "the pod's name, as NATS shows its connection" }}
+{{- if eq $c "node" }}
+{{- $_ := set $own "POD_IP" "the pod's IP" }}
+{{- else }}
+{{- $_ := set $own "SSE_ADMIN__TOKEN" "secrets.adminToken or secrets.existingSecret" }}
+{{- end }}
+{{- range include "sse-cluster.natsClientEnv" .ctx | fromYamlArray }}
+{{- $_ := set $own .name "externalNats.tls or externalNats.credentials" }}
+{{- end }}
+{{- if $v.otel.endpoint }}
+{{- $_ := set $own "OTEL_EXPORTER_OTLP_ENDPOINT" "otel.endpoint, whose port the NetworkPolicy opens" }}
+{{- end }}
 {{- range .env }}
 {{- $name := upper (toString .name) }}
 {{- if hasKey $instead $name }}
 {{- fail (printf "%s.extraEnv: %s would override the value the chart derives ports, probes and its checks from; set %s instead" $c .name (get $instead $name)) }}
+{{- end }}
+{{- if hasKey $own $name }}
+{{- fail (printf "%s.extraEnv: %s is set by the chart in this container, from %s" $c .name (get $own $name)) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -270,9 +292,10 @@ with the value to set instead. Call with (dict "component" "node" "env"
 {{- end }}
 
 {{/*
-OTEL env shared by both workloads: call with (dict "ctx" $ "service" "sse-node").
-otel.extraEnv replaces the chart's own OTEL_SERVICE_NAME and
-OTEL_RESOURCE_ATTRIBUTES (one entry each); the endpoint is otel.endpoint's,
+OTEL env shared by both workloads: call with (dict "ctx" $ "service"
+"sse-node" "env" .Values.node.extraEnv). otel.extraEnv replaces the chart's
+own OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (one entry each), and the
+workload's extraEnv replaces any of these; the endpoint is otel.endpoint's,
 whose port the NetworkPolicy opens.
 */}}
 {{- define "sse-cluster.otelEnv" -}}
@@ -286,9 +309,13 @@ whose port the NetworkPolicy opens.
   "OTEL_RESOURCE_ATTRIBUTES" (printf "k8s.namespace.name=%s,service.instance.id=$(POD_NAME)" .ctx.Release.Namespace) }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .ctx.Values.otel.endpoint | quote }}
+{{- $replaced := list }}
+{{- range .env }}{{ $replaced = append $replaced (toString .name) }}{{ end }}
 {{- range $k, $v := merge (deepCopy $extra) $own }}
+{{- if not (has $k $replaced) }}
 - name: {{ $k }}
   value: {{ $v | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}

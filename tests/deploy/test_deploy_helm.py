@@ -753,3 +753,20 @@ def test_extra_env_replaces_the_otel_names_and_refuses_the_chart_own(component, 
     # Without an endpoint, the chart sets no OTEL_* and leaves them alone.
     plain = {component: {"extraEnv": [{"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://c:4318"}]}}
     chart_objects(extra=plain)
+
+
+@pytest.mark.parametrize("values, bound", [
+    ({"node": {"config": {"http": {"retry_ms": 3600000}}}}, {"node": {"config": {"http": {"retry_ms": 3600001}}}}),
+    ({"node": {"config": {"cluster": {"nodes_bucket_replicas": 5}}}, "admin": {"config": {"cluster": {"nodes_bucket_replicas": 5}}}},
+     {"node": {"config": {"cluster": {"nodes_bucket_replicas": 6}}}, "admin": {"config": {"cluster": {"nodes_bucket_replicas": 6}}}}),
+    ({"node": {"config": {"http": {"heartbeat_seconds": 1}}}}, {"node": {"config": {"http": {"heartbeat_seconds": 0}}}}),
+    ({"node": {"config": {"auth": {"jwt": {"leeway_seconds": 600}}}}}, {"node": {"config": {"auth": {"jwt": {"leeway_seconds": 601}}}}}),
+    ({"node": {"config": {"http": {"max_header_bytes": 8192}}}}, {"node": {"config": {"http": {"max_header_bytes": 8191}}}}),
+    ({"admin": {"config": {"admin": {"dashboard_interval_ms": 100}}}}, {"admin": {"config": {"admin": {"dashboard_interval_ms": 99}}}}),
+    ({"admin": {"config": {"nats": {"request_timeout_ms": 120000}}}}, {"admin": {"config": {"nats": {"request_timeout_ms": 120001}}}}),
+])
+def test_schema_holds_the_bounds_the_binaries_enforce(values, bound):
+    # The bound itself renders; one past it is refused before a pod starts.
+    chart_objects(extra=values)
+    with pytest.raises(helm.HelmValuesError, match="minimum|maximum"):
+        render_chart(extra=bound)

@@ -598,12 +598,16 @@ def test_extra_env_cannot_override_what_the_chart_derives_from_config(component,
 def test_extra_env_still_takes_other_settings_and_secrets():
     # docs/deploy.md: a NATS URL with credentials comes from a Secret.
     url = {"name": "SSE_NATS__URL", "valueFrom": {"secretKeyRef": {"name": "nats-client", "key": "url"}}}
+    # docs/deploy.md: admin's publish token comes from a Secret too.
+    publish = {"name": "SSE_ADMIN__PUBLISH_TOKEN",
+               "valueFrom": {"secretKeyRef": {"name": "sse-publish-token", "key": "token"}}}
     extra = {"node": {"extraEnv": [url, {"name": "SSE_HTTP__MAX_CONNECTIONS", "value": "5000"}]},
-             "admin": {"extraEnv": [url]}}
+             "admin": {"extraEnv": [url, publish]}}
     objs = chart_objects(extra=extra)
     for suffix, name in (("-node", "sse-node"), ("-admin", "sse-admin")):
         env = container(one(objs, "Deployment", suffix), name)["env"]
         assert url in env, name
+    assert publish in container(one(objs, "Deployment", "-admin"), "sse-admin")["env"]
     # The node's advertised address set in its config is not overridden.
     cfg = {"node": {"config": {"cluster": {"advertise_address": "sse-0.example:443"}}}}
     objs = chart_objects(extra=cfg)

@@ -222,10 +222,17 @@ pub async fn serve(
     } else {
         builder.clone()
     };
+    // TLS that did not agree on h2 carries HTTP/1.1 only: HTTP/2 over TLS
+    // is agreed by ALPN (RFC 9113 §3.3), and hyper's sniffing would take
+    // the preface of a client that skipped it.
+    let tls_http1 = builder.clone().http1_only();
+    let tls_http1_one_request = one_request.clone().http1_only();
     let builders = Arc::new(Builders {
         kept_alive: builder,
         one_request,
         alpn_h2,
+        tls_http1,
+        tls_http1_one_request,
     });
     let handshake_timeout = Duration::from_secs(config.tls.handshake_timeout_seconds);
     let head_wait = Duration::from_secs(http.header_read_timeout_seconds);
@@ -398,11 +405,11 @@ async fn serve_tls(
                     tokio::spawn(streaming.run(hyper.phase));
                 }
                 fastpath::Outcome::Declined(replay) => {
-                    drop(tokio::spawn(hyper.serve(replay, After::Lean)))
+                    drop(tokio::spawn(hyper.serve(replay, After::TlsLean)))
                 }
             }
         }
-        _ => drop(tokio::spawn(hyper.serve(stream, After::Nothing))),
+        _ => drop(tokio::spawn(hyper.serve(stream, After::TlsHttp1))),
     }
 }
 
@@ -448,11 +455,13 @@ async fn refuse_h2c(stream: &mut GuardedStream) -> bool {
 
 /// hyper's builders: one for connections it serves from their start, one
 /// for those the lean path looked at and declined, one for TLS that agreed
-/// on h2.
+/// on h2, and the first two HTTP/1.1 only for TLS that did not.
 struct Builders {
     kept_alive: auto::Builder<StallExecutor>,
     one_request: auto::Builder<StallExecutor>,
     alpn_h2: auto::Builder<StallExecutor>,
+    tls_http1: auto::Builder<StallExecutor>,
+    tls_http1_one_request: auto::Builder<StallExecutor>,
 }
 
 /// What came before hyper on a connection.
@@ -468,6 +477,12 @@ enum After {
     /// A TLS handshake that agreed on h2 by ALPN: HTTP/2 only, its
     /// preface or nothing.
     AlpnH2,
+    /// A TLS handshake that did not agree on h2: HTTP/1.1 only, from the
+    /// start (`http.fast_path` off).
+    TlsHttp1,
+    /// As [`After::Lean`], over TLS that did not agree on h2: HTTP/1.1
+    /// only.
+    TlsLean,
 }
 
 /// What serving a connection with hyper takes.
@@ -507,6 +522,8 @@ impl Hyper {
             After::Nothing => &self.builders.kept_alive,
             After::Lean => &self.builders.one_request,
             After::AlpnH2 => &self.builders.alpn_h2,
+            After::TlsHttp1 => &self.builders.tls_http1,
+            After::TlsLean => &self.builders.tls_http1_one_request,
         };
         let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
         let mut phase = self.phase;

@@ -257,6 +257,33 @@ async fn twenty_streams_share_one_tls_connection_negotiated_by_alpn() {
     let base = format!("https://localhost:{}", node.port);
     let _open = many_streams_receive_everything(&js, sender, &base, "tls").await;
 
+    // HTTP/2 over TLS is agreed by ALPN (RFC 9113 §3.3): a client that
+    // agreed on HTTP/1.1, or on nothing, and sends the HTTP/2 preface all
+    // the same is not served HTTP/2.
+    let no_alpn: &[&[u8]] = &[];
+    for offered in [&[&b"http/1.1"[..]][..], no_alpn] {
+        let (tls, _) = cert.connect(node.port, offered).await.unwrap();
+        let served = async {
+            let (mut sender, connection) =
+                http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .ok()?;
+            tokio::spawn(connection);
+            let request = Request::get(format!("{base}/healthz"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            sender.send_request(request).await.ok()
+        };
+        let served = tokio::time::timeout(T, served)
+            .await
+            .expect("an answer in time");
+        assert!(
+            served.is_none(),
+            "HTTP/2 served after ALPN {offered:?}: {:?}",
+            served.map(|r| r.status())
+        );
+    }
+
     // Cleartext on a TLS port gets no HTTP answer, and is counted.
     let refused = match http_get(node.url("/healthz")).await {
         Err(_) => true,

@@ -33,15 +33,18 @@ pub fn tokens_from_request(
     // send `Basic` on their own to a site behind basic auth, and the token
     // is then in the query or the cookie. It is refused only when nothing
     // else carries a token.
+    // `Bearer` with no token carries none, as no header does: HTTP/1.1
+    // reaches here with the value's trailing space trimmed and HTTP/2
+    // without, and both must read it alike.
     let mut other_scheme = false;
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        match value.to_str().ok().and_then(|v| v.split_once(' ')) {
+        let value = value.to_str().ok().map(str::trim);
+        match value.map(|v| v.split_once(' ').unwrap_or((v, ""))) {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
                 let token = token.trim();
-                if token.is_empty() {
-                    return Err(AuthError::NotBearer);
+                if !token.is_empty() {
+                    return Ok(vec![token.to_owned()]);
                 }
-                return Ok(vec![token.to_owned()]);
             }
             _ => other_scheme = true,
         }
@@ -92,8 +95,17 @@ mod tests {
         assert_eq!(tokens_from_request(&c, &h, Some("q")), Ok(vec!["q".into()]));
         h.insert(header::AUTHORIZATION, "Bearer h".parse().unwrap());
         assert_eq!(tokens_from_request(&c, &h, Some("q")), Ok(vec!["h".into()]));
-        h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
-        assert_eq!(tokens_from_request(&c, &h, None), Err(AuthError::NotBearer));
+        // A Bearer with no token carries none, with or without the space
+        // (HTTP/2 keeps it, HTTP/1.1 trims it): the query or the cookie
+        // speaks, or nothing does.
+        for empty in ["Bearer ", "Bearer", "bearer   "] {
+            h.insert(header::AUTHORIZATION, empty.parse().unwrap());
+            assert_eq!(tokens_from_request(&c, &h, None), Ok(vec!["c".into()]));
+            assert_eq!(tokens_from_request(&c, &h, Some("q")), Ok(vec!["q".into()]));
+            let mut alone = HeaderMap::new();
+            alone.insert(header::AUTHORIZATION, empty.parse().unwrap());
+            assert_eq!(tokens_from_request(&c, &alone, None), Ok(vec![]));
+        }
     }
 
     #[test]

@@ -200,7 +200,14 @@ def test_one_event_through_the_load_balancer(node_binary, cluster_factory, topic
 
         got = []
         stop = asyncio.Event()
-        client = SseClient("c0", c.lb_port, f"/v1/events?topic={topic}", on_event=lambda cl, ev: got.append(ev))
+        # A public topic takes no token; one in the query is passed over,
+        # and must not reach the load balancer's log either.
+        client = SseClient(
+            "c0",
+            c.lb_port,
+            f"/v1/events?topic={topic}&access_token=secret-in-the-query",
+            on_event=lambda cl, ev: got.append(ev),
+        )
         task = asyncio.create_task(client.run(stop))
         await _until(lambda: client.parser.last_event_id, 15, lambda: client.stats)
         nc = await nats.connect(servers=c.nats_urls)
@@ -220,6 +227,14 @@ def test_one_event_through_the_load_balancer(node_binary, cluster_factory, topic
     m = c.metrics("node0")
     assert m is not None and any(k.startswith("sse_clients_connected") for k in m)
     assert LOOPBACK in c.describe()
+    # HAProxy logs the stream once it ends: its path, not its query.
+    log = c.dir / "haproxy.log"
+    deadline = time.monotonic() + 10
+    while "/v1/events" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+        time.sleep(0.1)
+    text = log.read_text(errors="replace")
+    assert "secret-in-the-query" not in text and "access_token" not in text, text[-2000:]
 
 
 @pytest.mark.timeout(60)

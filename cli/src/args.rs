@@ -296,19 +296,22 @@ pub struct Mint {
     pub key: SigningKeyArgs,
 }
 
-/// Where the signing key comes from; exactly one. Without a flag,
-/// `SSECTL_HS256_SECRET` may hold the HS256 secret itself (never a flag:
-/// flags show in `ps`).
+/// Where the signing key comes from; exactly one flag, or without a flag
+/// exactly one of the variables `SSECTL_HS256_SECRET_FILE`,
+/// `SSECTL_RS256_KEY`, `SSECTL_ES256_KEY` and `SSECTL_HS256_SECRET` (the
+/// HS256 secret itself: never a flag, as flags show in `ps`). A flag wins
+/// over the environment.
 #[derive(Debug, Args)]
 pub struct SigningKeyArgs {
-    /// File holding the HS256 shared secret (a final newline is ignored).
-    #[arg(long, value_name = "FILE", env = "SSECTL_HS256_SECRET_FILE")]
+    /// File holding the HS256 shared secret (a final newline is ignored)
+    /// [env: SSECTL_HS256_SECRET_FILE].
+    #[arg(long, value_name = "FILE")]
     pub hs256_secret_file: Option<PathBuf>,
-    /// RS256 private key, PEM file.
-    #[arg(long, value_name = "FILE", env = "SSECTL_RS256_KEY")]
+    /// RS256 private key, PEM file [env: SSECTL_RS256_KEY].
+    #[arg(long, value_name = "FILE")]
     pub rs256_key: Option<PathBuf>,
-    /// ES256 (P-256) private key, PKCS#8 PEM file.
-    #[arg(long, value_name = "FILE", env = "SSECTL_ES256_KEY")]
+    /// ES256 (P-256) private key, PKCS#8 PEM file [env: SSECTL_ES256_KEY].
+    #[arg(long, value_name = "FILE")]
     pub es256_key: Option<PathBuf>,
 }
 

@@ -1,7 +1,10 @@
 //! `ssectl token mint|check`, with the rules of `sse-token`: the same code a
 //! node runs decides what `check` says.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde_json::json;
 use sse_protocol::SubjectPath;
@@ -15,6 +18,12 @@ use crate::{
 
 /// The environment variable that may hold the HS256 secret itself.
 pub const HS256_SECRET_ENV: &str = "SSECTL_HS256_SECRET";
+/// The variable that may name the HS256 secret's file.
+pub const HS256_SECRET_FILE_ENV: &str = "SSECTL_HS256_SECRET_FILE";
+/// The variable that may name the RS256 private key's file.
+pub const RS256_KEY_ENV: &str = "SSECTL_RS256_KEY";
+/// The variable that may name the ES256 private key's file.
+pub const ES256_KEY_ENV: &str = "SSECTL_ES256_KEY";
 
 /// Runs one token command.
 pub fn run(out: Output, command: TokenCommand) -> Result<(), Error> {
@@ -52,44 +61,91 @@ fn read(path: &Path, what: &str) -> Result<String, Error> {
         .map_err(|e| Error::Usage(format!("cannot read {what} {}: {e}", path.display())))
 }
 
+/// Where a signing key was given: a file of one of the three kinds, or
+/// the HS256 secret itself.
+enum KeySource {
+    Hs256File(PathBuf),
+    Rs256File(PathBuf),
+    Es256File(PathBuf),
+    Hs256Secret(String),
+}
+
 fn signing_key(args: &SigningKeyArgs) -> Result<SigningKey, Error> {
-    let env_secret = std::env::var(HS256_SECRET_ENV)
-        .ok()
-        .filter(|s| !s.is_empty());
-    let given = [
-        args.hs256_secret_file.is_some(),
-        args.rs256_key.is_some(),
-        args.es256_key.is_some(),
+    let flags: Vec<KeySource> = [
+        args.hs256_secret_file.clone().map(KeySource::Hs256File),
+        args.rs256_key.clone().map(KeySource::Rs256File),
+        args.es256_key.clone().map(KeySource::Es256File),
     ]
-    .iter()
-    .filter(|g| **g)
-    .count();
-    if given > 1 {
-        return Err(Error::Usage(
-            "give one key: --hs256-secret-file, --rs256-key or --es256-key".to_owned(),
-        ));
-    }
-    let key = if let Some(path) = &args.hs256_secret_file {
-        let bytes = std::fs::read(path).map_err(|e| {
-            Error::Usage(format!(
-                "cannot read the HS256 secret file {}: {e}",
-                path.display()
-            ))
-        })?;
-        SigningKey::hs256(sse_token::verify::secret_from_file(&bytes))
-    } else if let Some(path) = &args.rs256_key {
-        SigningKey::rs256_pem(read(path, "the RS256 key")?.as_bytes())
-    } else if let Some(path) = &args.es256_key {
-        SigningKey::es256_pem(read(path, "the ES256 key")?.as_bytes())
-    } else if let Some(secret) = env_secret {
-        SigningKey::hs256(secret.as_bytes())
-    } else {
-        return Err(Error::Usage(format!(
-            "no signing key: give --hs256-secret-file, --rs256-key or --es256-key, or set \
-             {HS256_SECRET_ENV}"
-        )));
+    .into_iter()
+    .flatten()
+    .collect();
+    let source = match flags.len() {
+        0 => key_from_environment()?,
+        1 => flags.into_iter().next().expect("one flag"),
+        _ => {
+            return Err(Error::Usage(
+                "give one key: --hs256-secret-file, --rs256-key or --es256-key".to_owned(),
+            ));
+        }
+    };
+    let key = match source {
+        KeySource::Hs256File(path) => {
+            let bytes = std::fs::read(&path).map_err(|e| {
+                Error::Usage(format!(
+                    "cannot read the HS256 secret file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            SigningKey::hs256(sse_token::verify::secret_from_file(&bytes))
+        }
+        KeySource::Rs256File(path) => {
+            SigningKey::rs256_pem(read(&path, "the RS256 key")?.as_bytes())
+        }
+        KeySource::Es256File(path) => {
+            SigningKey::es256_pem(read(&path, "the ES256 key")?.as_bytes())
+        }
+        KeySource::Hs256Secret(secret) => SigningKey::hs256(secret.as_bytes()),
     };
     key.map_err(|e| Error::Usage(e.to_string()))
+}
+
+/// The signing key the environment names, when no flag does: exactly one
+/// of its variables.
+fn key_from_environment() -> Result<KeySource, Error> {
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let mut found: Vec<(&str, KeySource)> = Vec::new();
+    if let Some(path) = set(HS256_SECRET_FILE_ENV) {
+        found.push((HS256_SECRET_FILE_ENV, KeySource::Hs256File(path.into())));
+    }
+    if let Some(path) = set(RS256_KEY_ENV) {
+        found.push((RS256_KEY_ENV, KeySource::Rs256File(path.into())));
+    }
+    if let Some(path) = set(ES256_KEY_ENV) {
+        found.push((ES256_KEY_ENV, KeySource::Es256File(path.into())));
+    }
+    if let Some(secret) = std::env::var(HS256_SECRET_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        found.push((HS256_SECRET_ENV, KeySource::Hs256Secret(secret)));
+    }
+    match found.len() {
+        1 => Ok(found.pop().expect("one").1),
+        0 => Err(Error::Usage(format!(
+            "no signing key: give --hs256-secret-file, --rs256-key or --es256-key, or set one of \
+             {HS256_SECRET_FILE_ENV}, {RS256_KEY_ENV}, {ES256_KEY_ENV}, {HS256_SECRET_ENV}"
+        ))),
+        _ => Err(Error::Usage(format!(
+            "the environment names {} signing keys ({}): give one with a flag, which wins, or \
+             leave one variable set",
+            found.len(),
+            found
+                .iter()
+                .map(|(name, _)| *name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 fn path_text(path: &Option<std::path::PathBuf>) -> String {

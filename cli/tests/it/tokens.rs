@@ -276,3 +276,60 @@ fn a_closed_stdout_ends_quietly_and_a_full_one_says_so() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// A key flag wins over the environment: with an HS256 secret file named
+/// by the environment, `--es256-key` signs with ES256. Without a flag the
+/// environment must name one key; two are refused, naming both.
+#[test]
+fn a_key_flag_wins_over_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    let es256 = dir.path().join("es256.pem");
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(&es256, pair.serialize_pem()).unwrap();
+    let mint = |flags: &[&std::path::Path], env: &[(&str, &std::path::Path)]| {
+        let mut command = std::process::Command::new(crate::support::ssectl_binary());
+        for name in [
+            "SSECTL_HS256_SECRET",
+            "SSECTL_HS256_SECRET_FILE",
+            "SSECTL_RS256_KEY",
+            "SSECTL_ES256_KEY",
+        ] {
+            command.env_remove(name);
+        }
+        command.args([
+            "-o", "json", "token", "mint", "--sub", "a", "--grant", "a.>",
+        ]);
+        for flag in flags {
+            command.arg("--es256-key").arg(flag);
+        }
+        command.envs(env.iter().copied()).output().unwrap()
+    };
+    let algorithm = |output: &std::process::Output| {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let minted: Value = serde_json::from_slice(&output.stdout).unwrap();
+        minted["algorithm"].as_str().unwrap().to_owned()
+    };
+    let flag_over_env = mint(&[&es256], &[("SSECTL_HS256_SECRET_FILE", &secret)]);
+    assert_eq!(algorithm(&flag_over_env), "ES256");
+    let env_alone = mint(&[], &[("SSECTL_ES256_KEY", &es256)]);
+    assert_eq!(algorithm(&env_alone), "ES256");
+    let two = mint(
+        &[],
+        &[
+            ("SSECTL_HS256_SECRET_FILE", &secret),
+            ("SSECTL_ES256_KEY", &es256),
+        ],
+    );
+    assert_eq!(two.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&two.stderr);
+    assert!(
+        stderr.contains("SSECTL_HS256_SECRET_FILE") && stderr.contains("SSECTL_ES256_KEY"),
+        "{stderr}"
+    );
+}

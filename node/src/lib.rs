@@ -289,10 +289,14 @@ pub async fn run(
         next_server,
         format!("KV_{}", config.cluster.nodes_bucket),
     );
+    // The cluster view hears of a drain at once, not at the next report:
+    // a drain may be over before it.
+    let drain_started = CancellationToken::new();
     tokio::spawn(report::report_loop(
         node.clone(),
         address,
         switch,
+        drain_started.clone(),
         background.clone(),
     ));
 
@@ -309,6 +313,7 @@ pub async fn run(
 
     shutdown.cancelled().await;
     node.set_draining();
+    drain_started.cancel();
     server_drain.cancel();
     for feed in node.topics().feeds() {
         feed.announce_drain();

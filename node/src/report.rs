@@ -35,12 +35,15 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Reports until `stop`, then deletes the node's entry. Each write tells
-/// `switch` whether JetStream answered through the node's NATS server.
+/// Reports until `stop`, then deletes the node's entry; reports at once
+/// when `drain_started` is cancelled, so that the view shows the drain
+/// while it lasts. Each write tells `switch` whether JetStream answered
+/// through the node's NATS server.
 pub async fn report_loop(
     node: Node,
     address: String,
     mut switch: ServerSwitch,
+    drain_started: CancellationToken,
     stop: CancellationToken,
 ) {
     let cluster = node.config().cluster.clone();
@@ -52,10 +55,15 @@ pub async fn report_loop(
     };
     let mut store = None;
     let mut ticker = tokio::time::interval(Duration::from_secs(cluster.report_seconds));
+    let mut drain_reported = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = ticker.tick() => {}
+            _ = drain_started.cancelled(), if !drain_reported => {
+                drain_reported = true;
+                ticker.reset();
+            }
         }
         if store.is_none() {
             match open_nodes_bucket(node.jetstream(), &bucket).await {

@@ -56,14 +56,15 @@ impl Node {
 
     fn start_with(binary: &PathBuf, nats_url: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
+        // `env` last: it may change the report and drain times too.
         let child = Command::new(binary)
-            .envs(env.iter().copied())
             .env("SSE_NATS__URL", nats_url)
             .env("SSE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("SSE_CLUSTER__REPORT_SECONDS", "1")
             .env("SSE_SHUTDOWN__DRAIN_SECONDS", "1")
             .env("SSE_LOG__LEVEL", "warn")
             .env_remove("SSE_CONFIG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true)
@@ -152,6 +153,55 @@ async fn event_published_through_admin_reaches_a_node_client_with_the_same_id() 
         })
         .await;
         let _ = tokio::time::timeout(Duration::from_secs(10), node.child.wait()).await;
+    })
+    .await;
+}
+
+/// A drain shows in the cluster view at once, not at the node's next
+/// report: a drain may be over before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_shows_in_the_cluster_view_at_once() {
+    let binary = node_binary();
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        admin.create_topic(json!({"name": "drained"})).await;
+        // Reports a minute apart, and a drain of 20 s that a stream holds
+        // open: only a report made as the drain starts shows it in time.
+        let mut node = Node::start_with(
+            &binary,
+            &nats.url,
+            &[
+                ("SSE_CLUSTER__REPORT_SECONDS", "60"),
+                ("SSE_CLUSTER__NODE_TTL_SECONDS", "120"),
+                ("SSE_SHUTDOWN__DRAIN_SECONDS", "20"),
+            ],
+        );
+        let http = http_client_builder().build().expect("client");
+        wait_ready(&http, &node.base).await;
+        let response = http
+            .get(format!("{}/v1/events?topic=drained", node.base))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let _events = response.bytes_stream();
+        let listed = eventually("node listed", Duration::from_secs(15), || async {
+            let (_, list) = admin.call("GET", "/v1/nodes", None).await;
+            list["nodes"].as_array()?.first().cloned()
+        })
+        .await;
+        assert_eq!(listed["draining"], false, "{listed}");
+        node.terminate();
+        let started = std::time::Instant::now();
+        eventually("the drain in the view", Duration::from_secs(5), || async {
+            let (_, list) = admin.call("GET", "/v1/nodes", None).await;
+            (list["nodes"].as_array()?.first()?["draining"] == true).then_some(())
+        })
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let _ = node.child.kill().await;
     })
     .await;
 }

@@ -200,12 +200,15 @@ async fn with_rates(
     }
     let mut newest: Vec<Option<f64>> = nodes.iter().map(reported_at).collect();
     let started = Instant::now();
+    // The view as last seen: a node that began to drain, or shut down
+    // (which deletes its entry), while the rates were taken is shown so.
+    let mut last_seen: Option<Value> = None;
     while !nodes.is_empty() && started.elapsed() < window {
         if nodes.iter().all(|n| !n["delivered_per_second"].is_null()) {
             break;
         }
         tokio::time::sleep(POLL).await;
-        let later = admin.get("/v1/nodes").await?;
+        let later = last_seen.insert(admin.get("/v1/nodes").await?);
         for (node, newest) in nodes.iter_mut().zip(&mut newest) {
             if !node["delivered_per_second"].is_null() {
                 continue;
@@ -221,6 +224,20 @@ async fn with_rates(
             }
             if let Some(rate) = rate(node, newer) {
                 node["delivered_per_second"] = json!(rate);
+            }
+        }
+    }
+    if let Some(last) = &last_seen {
+        for node in &mut nodes {
+            let now = last["nodes"]
+                .as_array()
+                .and_then(|list| list.iter().find(|n| n["id"] == node["id"]));
+            match now {
+                None => node["state"] = json!("stopped"),
+                Some(now) if now["draining"].as_bool() == Some(true) => {
+                    node["state"] = json!("draining");
+                }
+                Some(_) => {}
             }
         }
     }

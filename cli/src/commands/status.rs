@@ -321,7 +321,10 @@ mod tests {
     #[test]
     fn placements_say_where_topics_live_and_which_servers_ail() {
         use crate::commands::topic::placement_cell;
-        let follower = |server: &str, current: bool, offline: bool, seen_ms: u64| json!({"server": server, "current": current, "offline": offline, "last_seen_ms": seen_ms, "lag": 0});
+        let lagging = |server: &str, current: bool, offline: bool, seen_ms: u64, lag: u64| json!({"server": server, "current": current, "offline": offline, "last_seen_ms": seen_ms, "lag": lag});
+        let follower = |server: &str, current: bool, offline: bool, seen_ms: u64| {
+            lagging(server, current, offline, seen_ms, 5_000)
+        };
         let healthy = json!({"placement": {"leader": "n0", "replicas": [follower("n1", true, false, 100), follower("n2", true, false, 90)]}});
         let ailing = json!({"placement": {"leader": "n1", "replicas": [follower("n0", false, false, 1500), follower("n2", false, false, 65_000)]}});
         let gone =
@@ -341,6 +344,13 @@ mod tests {
             "n1 leads, n0 behind, n2 unreachable for 65s"
         );
         assert_eq!(placement_cell(&gone), "n1 leads, n2 offline");
+        // A follower of a busy stream an operation behind, heard from
+        // 24 ms ago, keeps step; one far behind, or heard from 3 s ago,
+        // does not.
+        let busy = |lag: u64, seen_ms: u64| json!({"placement": {"leader": "n0", "replicas": [lagging("n1", false, false, seen_ms, lag)]}});
+        assert_eq!(placement_cell(&busy(1, 24)), "n0 leads, 1 current");
+        assert_eq!(placement_cell(&busy(101, 24)), "n0 leads, n1 behind");
+        assert_eq!(placement_cell(&busy(1, 3_000)), "n0 leads, n1 behind");
         // A leader elected since the follower went away has never heard it.
         let never =
             json!({"placement": {"leader": "n2", "replicas": [follower("n0", false, false, 0)]}});

@@ -319,17 +319,25 @@ fn placement_settled(topic: &Value) -> bool {
 
 /// A follower more than this long unheard of is unreachable, not behind.
 const UNREACHABLE_AFTER_MS: u64 = 5_000;
+/// A follower heard from within this long, and at most [`IN_STEP_LAG`]
+/// operations behind, keeps step: on a busy stream every follower is an
+/// operation or two behind at any instant, which is no trouble.
+const IN_STEP_MS: u64 = 2_000;
+/// See [`IN_STEP_MS`].
+const IN_STEP_LAG: u64 = 100;
 
 /// What a stream's leader says of a follower (an element of
-/// `placement.replicas`): `up` (current), `behind` (heard from lately,
-/// catching up), `unreachable` (not heard from for seconds, or never since
-/// this leader was elected: NATS then says 0) or `offline` (known down),
-/// from best to worst.
+/// `placement.replicas`): `up` (current, or keeping step: [`IN_STEP_MS`]),
+/// `behind` (heard from lately, catching up), `unreachable` (not heard from
+/// for seconds, or never since this leader was elected: NATS then says 0)
+/// or `offline` (known down), from best to worst.
 pub(crate) fn replica_state(replica: &Value) -> &'static str {
     let last_seen_ms = replica["last_seen_ms"].as_u64().unwrap_or(0);
+    let in_step = (1..IN_STEP_MS).contains(&last_seen_ms)
+        && replica["lag"].as_u64().unwrap_or(u64::MAX) <= IN_STEP_LAG;
     if replica["offline"].as_bool().unwrap_or(false) {
         "offline"
-    } else if replica["current"].as_bool().unwrap_or(false) {
+    } else if replica["current"].as_bool().unwrap_or(false) || in_step {
         "up"
     } else if last_seen_ms == 0 || last_seen_ms >= UNREACHABLE_AFTER_MS {
         "unreachable"

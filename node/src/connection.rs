@@ -225,8 +225,16 @@ pub async fn serve(
     // TLS that did not agree on h2 carries HTTP/1.1 only: HTTP/2 over TLS
     // is agreed by ALPN (RFC 9113 §3.3), and hyper's sniffing would take
     // the preface of a client that skipped it.
-    let tls_http1 = builder.clone().http1_only();
-    let tls_http1_one_request = one_request.clone().http1_only();
+    // With `http.h2` off both are HTTP/1.1 only already, and hyper_util
+    // refuses to be made so twice.
+    let (tls_http1, tls_http1_one_request) = if http.h2 {
+        (
+            builder.clone().http1_only(),
+            one_request.clone().http1_only(),
+        )
+    } else {
+        (builder.clone(), one_request.clone())
+    };
     let builders = Arc::new(Builders {
         kept_alive: builder,
         one_request,

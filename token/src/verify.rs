@@ -658,14 +658,8 @@ mod tests {
         // however well signed.
         use base64::Engine as _;
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let sign = |header: &[u8]| {
-            let signed = format!(
-                "{}.{}",
-                b64(header),
-                b64(serde_json::json!({"exp": now() + 60})
-                    .to_string()
-                    .as_bytes())
-            );
+        let sign_parts = |header: &[u8], claims: &[u8]| {
+            let signed = format!("{}.{}", b64(header), b64(claims));
             let signature = jsonwebtoken::crypto::sign(
                 signed.as_bytes(),
                 &EncodingKey::from_secret(SECRET.as_bytes()),
@@ -674,6 +668,8 @@ mod tests {
             .unwrap();
             format!("{signed}.{signature}")
         };
+        let claims = serde_json::json!({"exp": now() + 60}).to_string();
+        let sign = |header: &[u8]| sign_parts(header, claims.as_bytes());
         let critical = sign(br#"{"alg":"HS256","typ":"JWT","crit":["exp2"],"exp2":1}"#);
         // The same token without `crit` verifies.
         assert!(v.verify(&sign(br#"{"alg":"HS256","typ":"JWT"}"#)).is_ok());
@@ -701,16 +697,7 @@ mod tests {
                     .into()
             )
         );
-        let signed_over_text = {
-            let signed = format!("{}.{}", b64(br#"{"alg":"HS256"}"#), b64(b"not json"));
-            let signature = jsonwebtoken::crypto::sign(
-                signed.as_bytes(),
-                &EncodingKey::from_secret(SECRET.as_bytes()),
-                Algorithm::HS256,
-            )
-            .unwrap();
-            format!("{signed}.{signature}")
-        };
+        let signed_over_text = sign_parts(br#"{"alg":"HS256"}"#, b"not json");
         assert_eq!(
             v.verify(&signed_over_text).unwrap_err(),
             AuthError::Malformed("the claims (its second part) are not a JSON object".into())

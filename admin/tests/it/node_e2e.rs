@@ -217,45 +217,8 @@ async fn a_purge_through_admin_reaches_the_nodes_memory_at_once() {
     bounded(async {
         let nats = NatsServer::start();
         let admin = Admin::start(&nats).await;
-        admin.create_topic(json!({"name": "gone"})).await;
-        // A listing far off: only the announcement can tell the node in time.
-        let node = Node::start_with(
-            &binary,
-            &nats.url,
-            &[("SSE_NATS__TOPIC_REFRESH_SECONDS", "300")],
-        );
-        let http = http_client_builder().build().expect("client");
-        let events_url = format!("{}/v1/events?topic=gone", node.base);
-        wait_ready(&http, &node.base).await;
-        let open = |last_event_id: Option<String>| {
-            let (http, url) = (http.clone(), events_url.clone());
-            async move {
-                let mut request = http.get(url).header("accept", "text/event-stream");
-                if let Some(id) = last_event_id {
-                    request = request.header("last-event-id", id);
-                }
-                let response = request.send().await.unwrap();
-                assert_eq!(response.status(), 200);
-                response.bytes_stream().eventsource()
-            }
-        };
-        let mut live = open(None).await;
-        let mut ids = Vec::new();
-        for data in ["p1", "p2", "p3"] {
-            let (status, published) = admin
-                .call(
-                    "POST",
-                    "/v1/topics/gone/events",
-                    Some(json!({"data": data})),
-                )
-                .await;
-            assert_eq!(status, 200, "{published}");
-            ids.push(published["id"].as_str().unwrap().to_owned());
-        }
-        // Read live: the node's memory holds them.
-        for data in ["p1", "p2", "p3"] {
-            assert_eq!(next_event(&mut live).await.expect("in time").data, data);
-        }
+        let mut held =
+            HeldInMemory::start(&binary, &nats, &admin, "gone", &["p1", "p2", "p3"]).await;
 
         let (status, purged) = admin.call("POST", "/v1/topics/gone/purge", None).await;
         assert_eq!(status, 200, "{purged}");
@@ -268,28 +231,18 @@ async fn a_purge_through_admin_reaches_the_nodes_memory_at_once() {
             )
             .await;
         assert_eq!(status, 200, "{published}");
-        assert_eq!(next_event(&mut live).await.expect("in time").data, "after");
+        assert_eq!(
+            next_event(&mut held.live).await.expect("in time").data,
+            "after"
+        );
 
-        // Well within the listing's 300 s.
-        let reset = eventually(
-            "a resume from before the purge to get reset",
-            Duration::from_secs(5),
-            || {
-                let (open, first) = (&open, ids[0].clone());
-                async move {
-                    let mut resumed = open(Some(first)).await;
-                    let event = next_event(&mut resumed).await.ok()?;
-                    (event.event == "reset")
-                        .then_some((event, next_event(&mut resumed).await.ok()?))
-                }
-            },
-        )
-        .await;
-        let body: serde_json::Value = serde_json::from_str(&reset.0.data).unwrap();
-        assert_eq!(body["reason"], "history_gone", "{body}");
-        assert_eq!(body["lost_from"], 2, "{body}");
-        assert_eq!(body["lost_to"], 3, "{body}");
-        assert_eq!(reset.1.data, "after");
+        let (reset, next) = held.resumed_from_the_first().await;
+        assert_eq!(
+            (reset["lost_from"].as_u64(), reset["lost_to"].as_u64()),
+            (Some(2), Some(3)),
+            "{reset}"
+        );
+        assert_eq!(next, "after");
     })
     .await;
 }
@@ -303,44 +256,8 @@ async fn a_lowered_limit_through_admin_reaches_the_nodes_memory_at_once() {
     bounded(async {
         let nats = NatsServer::start();
         let admin = Admin::start(&nats).await;
-        admin.create_topic(json!({"name": "trimmed"})).await;
-        let node = Node::start_with(
-            &binary,
-            &nats.url,
-            &[("SSE_NATS__TOPIC_REFRESH_SECONDS", "300")],
-        );
-        let http = http_client_builder().build().expect("client");
-        let events_url = format!("{}/v1/events?topic=trimmed", node.base);
-        wait_ready(&http, &node.base).await;
-        let open = |last_event_id: Option<String>| {
-            let (http, url) = (http.clone(), events_url.clone());
-            async move {
-                let mut request = http.get(url).header("accept", "text/event-stream");
-                if let Some(id) = last_event_id {
-                    request = request.header("last-event-id", id);
-                }
-                let response = request.send().await.unwrap();
-                assert_eq!(response.status(), 200);
-                response.bytes_stream().eventsource()
-            }
-        };
-        let mut live = open(None).await;
-        let mut ids = Vec::new();
         let sent = ["t1", "t2", "t3", "t4", "t5"];
-        for data in sent {
-            let (status, published) = admin
-                .call(
-                    "POST",
-                    "/v1/topics/trimmed/events",
-                    Some(json!({"data": data})),
-                )
-                .await;
-            assert_eq!(status, 200, "{published}");
-            ids.push(published["id"].as_str().unwrap().to_owned());
-        }
-        for data in sent {
-            assert_eq!(next_event(&mut live).await.expect("in time").data, data);
-        }
+        let held = HeldInMemory::start(&binary, &nats, &admin, "trimmed", &sent).await;
 
         let (status, updated) = admin
             .call(
@@ -352,27 +269,117 @@ async fn a_lowered_limit_through_admin_reaches_the_nodes_memory_at_once() {
         assert_eq!(status, 200, "{updated}");
         assert_eq!(updated["messages"], 2, "{updated}");
 
-        let reset = eventually(
-            "a resume from before the new limit to get reset",
+        let (reset, next) = held.resumed_from_the_first().await;
+        assert_eq!(
+            (reset["lost_from"].as_u64(), reset["lost_to"].as_u64()),
+            (Some(2), Some(3)),
+            "{reset}"
+        );
+        assert_eq!(next, "t4");
+    })
+    .await;
+}
+
+/// A topic's events in a node's memory: a node that lists topics only every
+/// 300 s, so that only an announcement tells it of a change in time, and a
+/// client that read the events live there.
+struct HeldInMemory {
+    _node: Node,
+    http: reqwest::Client,
+    url: String,
+    ids: Vec<String>,
+    live: EventStream,
+}
+
+/// An open event stream, read frame by frame.
+type EventStream = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
+impl HeldInMemory {
+    /// Creates `topic`, starts the node, and publishes `sent` through
+    /// admin to a client that reads each live.
+    async fn start(
+        binary: &PathBuf,
+        nats: &NatsServer,
+        admin: &Admin,
+        topic: &str,
+        sent: &[&str],
+    ) -> Self {
+        admin.create_topic(json!({"name": topic})).await;
+        let node = Node::start_with(
+            binary,
+            &nats.url,
+            &[("SSE_NATS__TOPIC_REFRESH_SECONDS", "300")],
+        );
+        let http = http_client_builder().build().expect("client");
+        let url = format!("{}/v1/events?topic={topic}", node.base);
+        wait_ready(&http, &node.base).await;
+        let mut live = open_events(&http, &url, None).await;
+        let mut ids = Vec::new();
+        for data in sent {
+            let (status, published) = admin
+                .call(
+                    "POST",
+                    &format!("/v1/topics/{topic}/events"),
+                    Some(json!({"data": data})),
+                )
+                .await;
+            assert_eq!(status, 200, "{published}");
+            ids.push(published["id"].as_str().unwrap().to_owned());
+        }
+        // Read live: the node's memory holds them.
+        for data in sent {
+            assert_eq!(next_event(&mut live).await.expect("in time").data, *data);
+        }
+        Self {
+            _node: node,
+            http,
+            url,
+            ids,
+            live,
+        }
+    }
+
+    /// What a resume from the first event gets, well within the listing's
+    /// 300 s: a `history_gone` reset (its data) and the next event's data.
+    async fn resumed_from_the_first(&self) -> (serde_json::Value, String) {
+        let (reset, next) = eventually(
+            "a resume from the first event to get reset",
             Duration::from_secs(5),
-            || {
-                let (open, first) = (&open, ids[0].clone());
-                async move {
-                    let mut resumed = open(Some(first)).await;
-                    let event = next_event(&mut resumed).await.ok()?;
-                    (event.event == "reset")
-                        .then_some((event, next_event(&mut resumed).await.ok()?))
-                }
+            || async {
+                let mut resumed = open_events(&self.http, &self.url, Some(&self.ids[0])).await;
+                let event = next_event(&mut resumed).await.ok()?;
+                (event.event == "reset").then_some((event, next_event(&mut resumed).await.ok()?))
             },
         )
         .await;
-        let body: serde_json::Value = serde_json::from_str(&reset.0.data).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&reset.data).unwrap();
         assert_eq!(body["reason"], "history_gone", "{body}");
-        assert_eq!(body["lost_from"], 2, "{body}");
-        assert_eq!(body["lost_to"], 3, "{body}");
-        assert_eq!(reset.1.data, "t4");
-    })
-    .await;
+        (body, next.data)
+    }
+}
+
+/// Opens `url` as an event stream, resuming after `last_event_id`.
+async fn open_events(
+    http: &reqwest::Client,
+    url: &str,
+    last_event_id: Option<&str>,
+) -> EventStream {
+    let mut request = http.get(url).header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    Box::pin(response.bytes_stream().eventsource())
 }
 
 /// The next event with data (not the cursor frame), within 10 s.

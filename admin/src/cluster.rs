@@ -4,10 +4,13 @@
 //! Each node puts a [`NodeReport`] (defined with the bucket's settings in
 //! [`sse_protocol::node_report`]) under its id every 5 s and deletes it on
 //! shutdown; the bucket's `max_age` (the node TTL) removes the entry of a node
-//! that died. An entry whose `reported_at` is older than the TTL counts as
-//! gone too, so a node with a stuck clock or a bucket made with a longer
-//! `max_age` cannot linger. Admin reads the bucket on every request and keeps
-//! nothing, so every replica shows the same.
+//! that died. An entry that NATS stored longer ago than the TTL counts as
+//! gone too, so a bucket made with a longer `max_age` cannot keep a dead
+//! node. A report's age is taken by NATS's clock alone (when it stored the
+//! entry, against the time it answers with), never by the node's or
+//! admin's: a node whose clock is off stays in the view, with its skew
+//! shown. Admin reads the bucket on every request and keeps nothing, so every
+//! replica shows the same.
 
 use std::collections::HashMap;
 
@@ -50,12 +53,41 @@ pub async fn nodes_bucket(state: &AppState) -> Result<&kv::Store, Error> {
         .await
 }
 
+/// How old `report` is: by NATS's clock when the view says
+/// (`report_age_seconds`), else by its `reported_at` at `now`.
+pub fn report_age(report: &NodeReport, now: OffsetDateTime) -> Option<time::Duration> {
+    match report.report_age_seconds {
+        Some(seconds) => Some(time::Duration::seconds_f64(seconds)),
+        None => OffsetDateTime::parse(&report.reported_at, &Rfc3339)
+            .ok()
+            .map(|at| now - at),
+    }
+}
+
 /// Whether a report is younger than the TTL at `now`.
 pub fn is_fresh(report: &NodeReport, now: OffsetDateTime, ttl: std::time::Duration) -> bool {
-    match OffsetDateTime::parse(&report.reported_at, &Rfc3339) {
-        Ok(at) => (now - at) <= ttl,
-        Err(_) => false,
-    }
+    report_age(report, now).is_some_and(|age| age <= ttl)
+}
+
+/// NATS's time now, from the `ts` of a stream's info (nats-server 2.10 and
+/// later); `None` from a server that does not say.
+async fn nats_time(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Result<Option<OffsetDateTime>, Error> {
+    let info: serde_json::Value = js
+        .request(format!("STREAM.INFO.{stream}"), &serde_json::json!({}))
+        .await
+        .map_err(|err| Error::NatsUnavailable(err.to_string()))?;
+    Ok(info["ts"]
+        .as_str()
+        .and_then(|ts| OffsetDateTime::parse(ts, &Rfc3339).ok()))
+}
+
+/// Seconds from `earlier` to `later`, to the millisecond.
+fn seconds_between(earlier: OffsetDateTime, later: OffsetDateTime) -> f64 {
+    // Plus zero: a skew of "-0.0" says nothing the reader needs.
+    ((later - earlier).as_seconds_f64() * 1000.0).round() / 1000.0 + 0.0
 }
 
 /// Every live node, sorted by id.
@@ -66,34 +98,53 @@ pub async fn live_nodes(state: &AppState) -> Result<Vec<NodeReport>, Error> {
     // it to NATS for 30 s: a dashboard or a scraper polling the view kept
     // hundreds standing on the replicated bucket. A key deleted is still
     // a subject (its tombstone); `get` says it holds nothing.
-    let subjects: Vec<(String, usize)> = store
-        .stream
-        .info_with_subjects(format!("{}>", store.prefix))
-        .await
-        .map_err(|err| Error::NatsUnavailable(err.to_string()))?
-        .try_collect()
-        .await
-        .map_err(|err| Error::NatsUnavailable(err.to_string()))?;
+    let subjects = async {
+        store
+            .stream
+            .info_with_subjects(format!("{}>", store.prefix))
+            .await
+            .map_err(|err| Error::NatsUnavailable(err.to_string()))?
+            .try_collect::<Vec<(String, usize)>>()
+            .await
+            .map_err(|err| Error::NatsUnavailable(err.to_string()))
+    };
+    let (subjects, nats_now) =
+        tokio::try_join!(subjects, nats_time(state.jetstream()?, &store.stream_name))?;
+    // Taken after NATS's answer, whose time is at most a request older.
+    let nats_now = nats_now.unwrap_or_else(OffsetDateTime::now_utc);
     let keys = subjects.into_iter().filter_map(|(subject, _)| {
         subject
             .strip_prefix(store.prefix.as_str())
             .map(str::to_owned)
     });
-    let now = OffsetDateTime::now_utc();
     let ttl = state.config.node_ttl();
     let mut nodes = Vec::new();
     for key in keys {
-        let Some(value) = store
-            .get(key.as_str())
+        let Some(entry) = store
+            .entry(key.as_str())
             .await
             .map_err(|err| Error::NatsUnavailable(err.to_string()))?
         else {
             continue;
         };
-        match serde_json::from_slice::<NodeReport>(&value) {
-            Ok(report) if is_fresh(&report, now, ttl) => nodes.push(report),
-            Ok(_) => tracing::debug!(node = %key, "stale node report ignored"),
-            Err(err) => tracing::warn!(node = %key, %err, "unreadable node report ignored"),
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        let mut report = match serde_json::from_slice::<NodeReport>(&entry.value) {
+            Ok(report) => report,
+            Err(err) => {
+                tracing::warn!(node = %key, %err, "unreadable node report ignored");
+                continue;
+            }
+        };
+        report.report_age_seconds = Some(seconds_between(entry.created, nats_now).max(0.0));
+        report.clock_skew_seconds = OffsetDateTime::parse(&report.reported_at, &Rfc3339)
+            .ok()
+            .map(|written| seconds_between(entry.created, written));
+        if is_fresh(&report, nats_now, ttl) {
+            nodes.push(report);
+        } else {
+            tracing::debug!(node = %key, "stale node report ignored");
         }
     }
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
@@ -108,10 +159,7 @@ pub fn is_silent(report: &NodeReport, now: OffsetDateTime) -> bool {
     let Some(after) = report.silent_after() else {
         return false;
     };
-    match OffsetDateTime::parse(&report.reported_at, &Rfc3339) {
-        Ok(at) => now - at > after,
-        Err(_) => false,
-    }
+    report_age(report, now).is_some_and(|age| age > after)
 }
 
 /// The nodes of `nodes` that are not silent at `now` ([`is_silent`]).
@@ -171,6 +219,27 @@ mod tests {
         assert!(is_fresh(&report("2026-01-01T00:00:50Z"), now, ttl));
         assert!(!is_fresh(&report("2026-01-01T00:00:40Z"), now, ttl));
         assert!(!is_fresh(&report("yesterday"), now, ttl));
+    }
+
+    /// The age NATS's clock gives wins over the node's own time: a node
+    /// three minutes behind is live, one three minutes ahead and silent
+    /// for 12 s is silent.
+    #[test]
+    fn a_report_is_as_old_as_nats_says_whatever_the_nodes_clock() {
+        let now = OffsetDateTime::parse("2026-01-01T00:03:00Z", &Rfc3339).unwrap();
+        let ttl = Duration::from_secs(15);
+        let mut behind = report("2026-01-01T00:00:00Z");
+        behind.report_seconds = 5;
+        behind.report_age_seconds = Some(2.0);
+        assert!(is_fresh(&behind, now, ttl));
+        assert!(!is_silent(&behind, now));
+        let mut ahead = report("2026-01-01T00:06:00Z");
+        ahead.report_seconds = 5;
+        ahead.report_age_seconds = Some(12.0);
+        assert!(is_fresh(&ahead, now, ttl));
+        assert!(is_silent(&ahead, now));
+        ahead.report_age_seconds = Some(16.0);
+        assert!(!is_fresh(&ahead, now, ttl));
     }
 
     #[test]

@@ -1546,9 +1546,10 @@ impl Reader {
         }
         // Events older than the feed, read to warm its history up, were
         // not late: only live ones count.
-        if seq > self.feed.live_from
-            && let Ok(lag) = SystemTime::now().duration_since(published)
-        {
+        if seq > self.feed.live_from {
+            let lag = crate::clock::nats_now()
+                .duration_since(published)
+                .unwrap_or_default();
             self.metrics.feed_read_lag.observe(lag.as_secs_f64());
         }
         let path = subject.get(self.path_offset..).unwrap_or_default();
@@ -2258,7 +2259,7 @@ pub(crate) async fn next_unreadable(
         .and_then(|time| {
             time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339).ok()
         })
-        .map_or_else(SystemTime::now, SystemTime::from);
+        .map_or_else(crate::clock::nats_now, SystemTime::from);
     Some(Unreadable {
         reason,
         seq: message["seq"].as_u64()?,
@@ -2442,13 +2443,14 @@ fn doze_time(settings: &FeedSettings, info: &Info) -> Option<Duration> {
 }
 
 /// How long the stream had gone without a new event, by its last event's
-/// JetStream timestamp against the node's clock; `Duration::MAX` for a
-/// stream that never held one, zero for a timestamp ahead of the clock.
+/// JetStream timestamp against NATS's clock ([`crate::clock`]);
+/// `Duration::MAX` for a stream that never held one, zero for a timestamp
+/// ahead of the clock.
 fn topic_quiet_for(state: &jetstream::stream::State) -> Duration {
     if state.last_sequence == 0 {
         return Duration::MAX;
     }
-    SystemTime::now()
+    crate::clock::nats_now()
         .duration_since(SystemTime::from(state.last_timestamp))
         .unwrap_or_default()
 }

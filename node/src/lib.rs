@@ -20,10 +20,11 @@
 //! Around them: [`config`] (values, checked; imports nothing above it),
 //! [`startup`] (what is built from the config once: verifier, TLS, CORS),
 //! [`metrics`], [`node`] (shared state and readiness), [`report`] (the
-//! cluster view) and [`telemetry`] (logs and traces).
+//! cluster view, where [`clock`] measures the node's clock against NATS's) and [`telemetry`] (logs and traces).
 //! [`run`] wires them together; `main.rs` only loads the config and calls it.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod delivery;

@@ -9,8 +9,8 @@
 //! the modules that count them check that they name no other.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every value `sse_connections_closed_total{reason}` takes.
@@ -91,6 +91,8 @@ pub struct Metrics {
     pub delivery_lag: Histogram,
     /// Time from the JetStream timestamp to a feed reading the event.
     pub feed_read_lag: Histogram,
+    /// NATS's clock minus the node's, as last measured.
+    pub clock_offset: Gauge,
     /// 1 while connected to NATS.
     pub nats_connected: IntGauge,
     /// Reconnections to NATS.
@@ -250,6 +252,15 @@ impl Metrics {
                 "Time from the JetStream timestamp to a topic feed reading the event: the part of the delivery lag spent before the node has the event.",
                 latency_buckets,
             ),
+            clock_offset: {
+                let g = Gauge::new(
+                    "sse_clock_offset_seconds",
+                    "NATS's clock minus this node's, measured at each cluster report to within half a write's round trip: positive when the node's clock is behind. Off by 1 s or more, the node goes by NATS's clock for tokens, lags and quiet topics.",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique");
+                g
+            },
             nats_connected: gauge("sse_nats_connected", "1 while connected to NATS."),
             nats_reconnects: counter("sse_nats_reconnects_total", "Reconnections to NATS."),
             topic_listing_failures: counter(

@@ -7,15 +7,16 @@
 //! report's shape and the bucket's settings (replicated, see
 //! [`sse_protocol::node_report`]) are shared with admin.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream::kv;
 use sse_protocol::nats_switch::{ServerSwitch, Verdict};
 use sse_protocol::node_report::{NodeReport, NodesBucket, open_nodes_bucket};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::node::Node;
+use crate::{clock, node::Node};
 
 /// Longest wait for a report's acknowledgement. The bucket is in memory
 /// and an answer takes milliseconds; a NATS server cut off from its peers,
@@ -102,15 +103,22 @@ pub async fn report_loop(
             draining: node.is_draining(),
             topics,
             report_seconds: cluster.report_seconds,
+            // Admin's view fills these in, by NATS's clock.
+            report_age_seconds: None,
+            clock_skew_seconds: None,
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
+        let sent = SystemTime::now();
         let written =
             match tokio::time::timeout(WRITE_TIMEOUT, kv.put(node.id(), body.into())).await {
                 Ok(written) => written.map_err(|error| error.to_string()),
                 Err(_) => Err(format!("no acknowledgement in {WRITE_TIMEOUT:?}")),
             };
         match written {
-            Ok(_) => switch.answered(),
+            Ok(revision) => {
+                switch.answered();
+                measure_clock(&node, kv, revision, sent, SystemTime::now()).await;
+            }
             Err(error) => {
                 // async-nats says "no stream found" when no server answered
                 // for the bucket's stream, which an election or a restart
@@ -146,6 +154,38 @@ pub async fn report_loop(
         && let Err(error) = kv.delete(node.id()).await
     {
         debug!(%error, "cannot delete the node report");
+    }
+}
+
+/// Compares the node's clock with NATS's by when the bucket stored the
+/// report written at `revision` ([`clock`]), and logs when the node starts
+/// or stops going by NATS's clock.
+async fn measure_clock(
+    node: &Node,
+    kv: &kv::Store,
+    revision: u64,
+    sent: SystemTime,
+    answered: SystemTime,
+) {
+    let entry = match tokio::time::timeout(WRITE_TIMEOUT, kv.entry(node.id())).await {
+        Ok(Ok(Some(entry))) if entry.revision == revision => entry,
+        // Read at the next report; a missed measurement changes nothing.
+        _ => return,
+    };
+    let measurement = clock::Measurement::of_write(sent, answered, entry.created.into());
+    node.metrics().clock_offset.set(measurement.offset_seconds);
+    let offset = format!("{:+.1}s", measurement.offset_seconds);
+    match clock::apply(measurement) {
+        clock::Change::Corrected | clock::Change::Moved => warn!(
+            nats_minus_node = %offset,
+            "this node's clock is off from NATS's by more than {:?}: the node now goes by NATS's clock for tokens, lags and quiet topics; set its clock right (NTP)",
+            clock::CORRECTED_FROM
+        ),
+        clock::Change::Restored => info!(
+            nats_minus_node = %offset,
+            "this node's clock agrees with NATS's again; the node goes by its own"
+        ),
+        clock::Change::Unchanged => {}
     }
 }
 

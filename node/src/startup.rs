@@ -53,7 +53,7 @@ impl Startup {
     pub fn build(config: Config) -> Result<Self, ConfigError> {
         let mut errors = config.validate().err().map(|e| e.0).unwrap_or_default();
         let verifier = match Verifier::from_config(&config.auth.jwt) {
-            Ok(verifier) => Some(verifier),
+            Ok(verifier) => Some(verifier.with_clock(crate::clock::nats_now)),
             Err(problems) => {
                 errors.extend(
                     problems

@@ -71,6 +71,16 @@ pub struct NodeReport {
     /// not say.
     #[serde(default)]
     pub report_seconds: u64,
+    /// Seconds since NATS stored this report, by NATS's clock: how the
+    /// cluster view tells a live node from a dead one whatever the node's
+    /// clock says. Filled in by admin's view; absent in the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_age_seconds: Option<f64>,
+    /// How far the node's clock is ahead of NATS's (negative: behind), from
+    /// the time the node wrote in `reported_at` and the time NATS stored the
+    /// report. Filled in by admin's view; absent in the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_seconds: Option<f64>,
 }
 
 impl NodeReport {

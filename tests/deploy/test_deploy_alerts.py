@@ -87,6 +87,8 @@ CASES: dict[str, tuple[list[dict], str, list[dict]]] = {
         "16m",
         [{"instance": NODE["instance"], "severity": "warning"}],
     ),
+    # Three minutes behind, then set right: fires after 10 minutes off.
+    "SseNodeClockOff": ([series("sse_clock_offset_seconds", NODE, "180x12 0x5")], "11m", [{**NODE, "severity": "warning"}]),
     "SseFeedStalls": ([series("sse_feed_stalls_total", NODE, "0 0 1 1")], "3m", [{**NODE, "severity": "warning"}]),
     "SseParkedWriterStalls": (
         [series("sse_parked_writer_stalls_total", NODE, "0 0 1 1")],
@@ -145,6 +147,8 @@ HEALTHY = [
     series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "0.5"}, "0+100x45"),
     series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "5"}, "0+100x45"),
     series("sse_delivery_lag_seconds_bucket", {**NODE, "le": "+Inf"}, "0+100x45"),
+    # NTP keeps a node within milliseconds; a brief step is not an alert.
+    series("sse_clock_offset_seconds", NODE, "0.004x20 1.5x3 -0.002x21"),
     series("sse_feed_stalls_total", NODE, "0x45"),
     series("sse_parked_writer_stalls_total", NODE, "0x45"),
     series("sse_requests_rejected_total", {**NODE, "status": "503"}, "0+6x45"),

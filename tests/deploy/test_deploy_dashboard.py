@@ -23,6 +23,7 @@ NODE_METRICS = {
     "sse_replay_duration_seconds": set(),
     "sse_delivery_lag_seconds": set(),
     "sse_feed_read_lag_seconds": set(),
+    "sse_clock_offset_seconds": set(),
     "sse_nats_connected": set(),
     "sse_nats_reconnects_total": set(),
     "sse_topic_listing_failures_total": set(),

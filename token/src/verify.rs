@@ -120,6 +120,8 @@ pub struct Authorized {
     grants: Grants,
     /// When the token stops being accepted (`exp` plus the leeway).
     pub expires_at: SystemTime,
+    /// The clock that judged it ([`Verifier::with_clock`]).
+    clock: Clock,
 }
 
 impl Authorized {
@@ -132,7 +134,7 @@ impl Authorized {
     /// already has.
     pub fn remaining(&self) -> Duration {
         self.expires_at
-            .duration_since(SystemTime::now())
+            .duration_since((self.clock)())
             .unwrap_or_default()
             .min(MAX_STREAM_AUTHORIZATION)
     }
@@ -145,6 +147,8 @@ struct Claims {
     /// here so that a token without it is refused as missing `exp`, by the
     /// validation, rather than as JSON this struct cannot read.
     exp: Option<f64>,
+    /// Not before: checked here, by the verifier's clock, as `exp` is.
+    nbf: Option<f64>,
     #[serde(rename = "sse.subscribe", default)]
     subscribe: Vec<String>,
 }
@@ -161,7 +165,12 @@ pub struct Verifier {
     audience: Option<String>,
     issuer: Option<String>,
     leeway: u64,
+    clock: Clock,
 }
+
+/// Where a verifier reads the time: the system's clock unless told
+/// otherwise ([`Verifier::with_clock`]).
+pub type Clock = fn() -> SystemTime;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -282,7 +291,15 @@ impl Verifier {
             audience: non_empty(&jwt.audience),
             issuer: non_empty(&jwt.issuer),
             leeway: jwt.leeway_seconds,
+            clock: SystemTime::now,
         })
+    }
+
+    /// Judges `exp` and `nbf` by `clock`: a node whose own clock is off
+    /// judges by NATS's, so that every node behind one load balancer
+    /// accepts a token alike.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Self { clock, ..self }
     }
 
     /// Whether any key is configured; without one, private topics are
@@ -326,8 +343,10 @@ impl Verifier {
             });
         }
         let mut validation = Validation::new(header.alg);
-        validation.leeway = self.leeway;
-        validation.validate_nbf = true;
+        // Checked below, by this verifier's clock; the library would read
+        // the system's.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         // The library checks `aud` and `iss` only when the token has them:
         // a token without them would pass an audience or issuer the
         // configuration asks for (one minted for another service with the
@@ -345,6 +364,7 @@ impl Verifier {
             required.push("iss");
         }
         validation.set_required_spec_claims(&required);
+        let now = (self.clock)();
         let mut last = AuthError::Signature;
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
@@ -356,16 +376,26 @@ impl Verifier {
                         .and_then(|exp| Duration::try_from_secs_f64(exp).ok())
                         .and_then(|exp| exp.checked_add(Duration::from_secs(self.leeway)))
                         .and_then(|exp| UNIX_EPOCH.checked_add(exp))
-                        .unwrap_or_else(|| SystemTime::now() + MAX_STREAM_AUTHORIZATION);
-                    // RFC 7519: the token is expired from `exp` on. The
-                    // library only refuses it a second later; refusing it
-                    // here too keeps acceptance and the stream's end in step.
-                    if SystemTime::now() >= expires_at {
+                        .unwrap_or_else(|| now + MAX_STREAM_AUTHORIZATION);
+                    // RFC 7519: the token is expired from `exp` on, and
+                    // acceptance and the stream's end are kept in step.
+                    if now >= expires_at {
                         return Err(AuthError::Expired);
+                    }
+                    let now_seconds = now
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64();
+                    if claims
+                        .nbf
+                        .is_some_and(|nbf| nbf > now_seconds + self.leeway as f64)
+                    {
+                        return Err(AuthError::NotYetValid);
                     }
                     return Ok(Authorized {
                         grants: Grants::new(claims.subscribe.iter().map(String::as_str)),
                         expires_at,
+                        clock: self.clock,
                     });
                 }
                 Err(e) => {
@@ -562,6 +592,37 @@ mod tests {
         assert!(a.allows(&SubjectPath::parse_pattern("orders.alice.1").unwrap()));
         assert!(!a.allows(&SubjectPath::parse_pattern("orders.>").unwrap()));
         assert!(a.remaining() > Duration::from_secs(50));
+    }
+
+    /// A node whose clock is off judges by the clock it is given: three
+    /// minutes behind, a token expired a minute ago by the system's clock
+    /// still has two to go; three minutes ahead, one valid from a minute
+    /// from now is valid already. The leeway (30 s) covers neither.
+    #[test]
+    fn judges_exp_and_nbf_by_the_clock_it_is_given() {
+        let mut c = config();
+        c.leeway_seconds = 30;
+        let system = Verifier::from_config(&c).unwrap();
+        let behind = Verifier::from_config(&c)
+            .unwrap()
+            .with_clock(|| SystemTime::now() - Duration::from_secs(180));
+        let ahead = Verifier::from_config(&c)
+            .unwrap()
+            .with_clock(|| SystemTime::now() + Duration::from_secs(180));
+        let expired = token(serde_json::json!({"exp": now() - 60}));
+        assert_eq!(system.verify(&expired).unwrap_err(), AuthError::Expired);
+        let authorized = behind.verify(&expired).unwrap();
+        let left = authorized.remaining();
+        assert!(
+            left > Duration::from_secs(140) && left <= Duration::from_secs(150),
+            "{left:?}"
+        );
+        let early = token(serde_json::json!({"exp": now() + 600, "nbf": now() + 60}));
+        assert_eq!(system.verify(&early).unwrap_err(), AuthError::NotYetValid);
+        assert!(ahead.verify(&early).is_ok());
+        assert_eq!(behind.verify(&early).unwrap_err(), AuthError::NotYetValid);
+        let fresh = token(serde_json::json!({"exp": now() + 60}));
+        assert_eq!(ahead.verify(&fresh).unwrap_err(), AuthError::Expired);
     }
 
     #[test]

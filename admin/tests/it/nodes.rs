@@ -27,6 +27,8 @@ pub(crate) fn report(id: &str, connections: u64, topics: Value, age: Duration) -
         draining: false,
         topics: serde_json::from_value(topics).unwrap(),
         report_seconds: 5,
+        report_age_seconds: None,
+        clock_skew_seconds: None,
     };
     serde_json::to_value(report).unwrap()
 }
@@ -89,17 +91,31 @@ async fn nodes_live_while_fresh_and_drop_after_ttl() {
             &report("node-b", 4, json!({"orders": 4}), Duration::ZERO),
         )
         .await;
-        // A report older than the TTL counts as gone even if still stored.
+        // A node whose clock is 30 s behind wrote a report just now: its
+        // age is NATS's, and the view shows its skew.
         put(
             &store,
-            &report(
-                "node-old",
-                9,
-                json!({"orders": 100}),
-                Duration::from_secs(30),
-            ),
+            &report("node-behind", 0, json!({}), Duration::from_secs(30)),
         )
         .await;
+        let (_, list) = admin.call("GET", "/v1/nodes", None).await;
+        let behind = &list["nodes"][2];
+        assert_eq!(behind["id"], "node-behind", "{list}");
+        let skew = behind["clock_skew_seconds"].as_f64().unwrap();
+        assert!((-32.0..=-28.0).contains(&skew), "{behind}");
+        assert!(
+            behind["report_age_seconds"].as_f64().unwrap() < 3.0,
+            "{behind}"
+        );
+        assert!(
+            list["nodes"][0]["clock_skew_seconds"]
+                .as_f64()
+                .unwrap()
+                .abs()
+                < 2.0,
+            "{list}"
+        );
+        store.delete("node-behind").await.unwrap();
 
         assert_eq!(node_ids(&admin).await, ["node-a", "node-b"]);
         // Reading the view leaves nothing in NATS: it made a consumer on
@@ -175,18 +191,32 @@ async fn a_silent_node_is_listed_but_left_out_of_every_sum() {
             Admin::start_with(test_config(&nats.url, "[cluster]\nnode_ttl_seconds = 60")).await;
         assert!(node_ids(&admin).await.is_empty());
         let store = bucket(&nats, ttl).await;
+        // Reports every second, last stored over 3 s ago by NATS's clock:
+        // killed, or cut off from NATS, its entry not expired yet. Its
+        // own clock says it reported a minute from now: it counts for
+        // nothing.
+        let mut silent = report("node-s", 40, json!({"orders": 30}), Duration::ZERO);
+        silent["report_seconds"] = json!(1);
+        silent["reported_at"] = (OffsetDateTime::now_utc() + Duration::from_secs(60))
+            .format(&Rfc3339)
+            .unwrap()
+            .into();
+        put(&store, &silent).await;
+        let overview = eventually("node-s silent", Duration::from_secs(10), || async {
+            let (_, overview) = admin.call_with("GET", "/v1/overview", None, None).await;
+            (overview["nodes_silent"] == 1).then_some(overview)
+        })
+        .await;
+        assert_eq!(overview["nodes_live"], 0, "{overview}");
         put(
             &store,
             &report("node-a", 3, json!({"orders": 2}), Duration::ZERO),
         )
         .await;
-        // Reports every second, last heard 10 s ago: killed, or cut off
-        // from NATS, its entry not expired yet.
-        let mut silent = report("node-s", 40, json!({"orders": 30}), Duration::from_secs(10));
-        silent["report_seconds"] = json!(1);
-        put(&store, &silent).await;
 
         assert_eq!(node_ids(&admin).await, ["node-a", "node-s"]);
+        // The overview is shared for a moment: one taken after node-a's report.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let (_, overview) = admin.call_with("GET", "/v1/overview", None, None).await;
         assert_eq!(overview["nodes_live"], 1, "{overview}");
         assert_eq!(overview["nodes_silent"], 1, "{overview}");

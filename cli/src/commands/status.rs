@@ -83,10 +83,7 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
                 vec![
                     output::cell(&n["id"]),
                     output::cell(&n["address"]),
-                    match n["silent_seconds"].as_u64() {
-                        Some(seconds) => format!("silent {seconds}s"),
-                        None => output::cell(&n["state"]),
-                    },
+                    state_cell(n),
                     output::cell(&n["connections"]),
                     match n["delivered_per_second"].as_f64() {
                         Some(rate) => format!("{rate:.1}"),
@@ -198,7 +195,9 @@ async fn with_rates(
         node["state"] = json!(state);
         node["delivered_per_second"] = Value::Null;
     }
-    let mut newest: Vec<Option<f64>> = nodes.iter().map(reported_at).collect();
+    let first_asked = Instant::now();
+    let mut newest: Vec<Option<ReportAge>> =
+        nodes.iter().map(|n| report_age(n, first_asked)).collect();
     let started = Instant::now();
     // The view as last seen: a node that began to drain, or shut down
     // (which deletes its entry), while the rates were taken is shown so.
@@ -209,6 +208,7 @@ async fn with_rates(
         }
         tokio::time::sleep(POLL).await;
         let later = last_seen.insert(admin.get("/v1/nodes").await?);
+        let asked = Instant::now();
         for (node, newest) in nodes.iter_mut().zip(&mut newest) {
             if !node["delivered_per_second"].is_null() {
                 continue;
@@ -219,8 +219,8 @@ async fn with_rates(
             else {
                 continue;
             };
-            if let Some(at) = reported_at(newer) {
-                *newest = Some(newest.map_or(at, |seen| seen.max(at)));
+            if let Some(age) = report_age(newer, asked) {
+                *newest = Some(age);
             }
             if let Some(rate) = rate(node, newer) {
                 node["delivered_per_second"] = json!(rate);
@@ -241,9 +241,9 @@ async fn with_rates(
             }
         }
     }
-    let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9;
     for (node, newest) in nodes.iter_mut().zip(newest) {
-        if let Some(seconds) = silent_seconds(node, newest, now) {
+        let age = newest.map(|seen| seen.seconds + seen.asked.elapsed().as_secs_f64());
+        if let Some(seconds) = silent_seconds(node, age) {
             node["state"] = json!("silent");
             node["silent_seconds"] = json!(seconds);
         }
@@ -251,13 +251,46 @@ async fn with_rates(
     Ok(nodes)
 }
 
-/// Seconds since `node` last reported, when that is longer than its
-/// report interval allows ([`NodeReport::silent_after`]): a node killed
-/// outright, or cut off from NATS, which the cluster view keeps until its
-/// entry's TTL runs out. `newest` is the latest report seen of it.
-fn silent_seconds(node: &Value, newest: Option<f64>, now: f64) -> Option<u64> {
+/// A node's state, with its clock's skew from NATS's when that is a
+/// second or more: such a node judges tokens by NATS's clock, and its
+/// operator should set its clock right.
+fn state_cell(node: &Value) -> String {
+    let state = match node["silent_seconds"].as_u64() {
+        Some(seconds) => format!("silent {seconds}s"),
+        None => output::cell(&node["state"]),
+    };
+    match node["clock_skew_seconds"].as_f64() {
+        Some(skew) if skew.abs() >= 1.0 => format!("{state} (clock {skew:+.0}s)"),
+        _ => state,
+    }
+}
+
+/// How old a node's latest report was when admin was asked, and when
+/// that was.
+#[derive(Debug, Clone, Copy)]
+struct ReportAge {
+    seconds: f64,
+    asked: Instant,
+}
+
+/// The age of `node`'s report as admin gave it at `asked`: by NATS's clock
+/// (`report_age_seconds`); from an admin that does not say, by this
+/// machine's clock against the node's `reported_at`.
+fn report_age(node: &Value, asked: Instant) -> Option<ReportAge> {
+    let seconds = match node["report_age_seconds"].as_f64() {
+        Some(seconds) => seconds,
+        None => OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9 - reported_at(node)?,
+    };
+    Some(ReportAge { seconds, asked })
+}
+
+/// Seconds since `node` last reported (`age`), when that is longer than
+/// its report interval allows ([`NodeReport::silent_after`]): a node
+/// killed outright, or cut off from NATS, which the cluster view keeps
+/// until its entry's TTL runs out.
+fn silent_seconds(node: &Value, age: Option<f64>) -> Option<u64> {
     let report: NodeReport = serde_json::from_value(node.clone()).ok()?;
-    let age = now - newest?;
+    let age = age?;
     (age > report.silent_after()?.as_secs_f64()).then(|| age.floor() as u64)
 }
 
@@ -308,14 +341,31 @@ mod tests {
                 "connections": 0, "events_delivered": 0, "draining": false,
                 "report_seconds": report_seconds})
         };
-        let at = parse_rfc3339_seconds("2026-12-01T10:00:00Z");
-        let now = at.unwrap();
         // Reports every 5 s: silent once 11 s pass without one.
-        assert_eq!(silent_seconds(&node(5), at, now + 11.0), None);
-        assert_eq!(silent_seconds(&node(5), at, now + 12.5), Some(12));
+        assert_eq!(silent_seconds(&node(5), Some(11.0)), None);
+        assert_eq!(silent_seconds(&node(5), Some(12.5)), Some(12));
         // A node that does not say how often it reports is never judged.
-        assert_eq!(silent_seconds(&node(0), at, now + 600.0), None);
-        assert_eq!(silent_seconds(&node(5), None, now + 600.0), None);
+        assert_eq!(silent_seconds(&node(0), Some(600.0)), None);
+        assert_eq!(silent_seconds(&node(5), None), None);
+    }
+
+    /// A report's age is the one admin gives by NATS's clock, whatever the
+    /// node wrote as its time; the node's time counts only where admin
+    /// does not say.
+    #[test]
+    fn a_reports_age_is_natss_and_a_skewed_clock_shows() {
+        let asked = Instant::now();
+        let ahead = json!({"reported_at": "2999-01-01T00:00:00Z", "report_age_seconds": 2.5,
+            "clock_skew_seconds": 180.2, "state": "serving"});
+        assert_eq!(report_age(&ahead, asked).unwrap().seconds, 2.5);
+        assert_eq!(state_cell(&ahead), "serving (clock +180s)");
+        let old_admin = json!({"reported_at": "2000-01-01T00:00:00Z", "state": "serving"});
+        assert!(report_age(&old_admin, asked).unwrap().seconds > 8.0e8);
+        assert_eq!(state_cell(&old_admin), "serving");
+        let close = json!({"clock_skew_seconds": -0.4, "state": "draining"});
+        assert_eq!(state_cell(&close), "draining");
+        let behind = json!({"clock_skew_seconds": -3.0, "silent_seconds": 12, "state": "silent"});
+        assert_eq!(state_cell(&behind), "silent 12s (clock -3s)");
     }
 
     #[test]

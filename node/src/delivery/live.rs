@@ -223,8 +223,10 @@ impl ClientStream {
             metrics.events_delivered.inc_by(delivered);
             if self.batches % LAG_SAMPLE_EVERY == 1
                 && let Some(published) = oldest
-                && let Ok(lag) = SystemTime::now().duration_since(published)
             {
+                let lag = crate::clock::nats_now()
+                    .duration_since(published)
+                    .unwrap_or_default();
                 metrics.delivery_lag.observe(lag.as_secs_f64());
             }
         }

@@ -460,11 +460,12 @@ impl Sweep {
             // carries many events, and the lag's quantiles are to weigh
             // them as clients do. A few observations beside a write to
             // every parked socket cost nothing worth sampling away.
-            let now = SystemTime::now();
+            // By NATS's clock, which stamped the events, when the node's is
+            // off; a stamp ahead of it is a lag of zero, not none.
+            let now = crate::clock::nats_now();
             for published in &self.written {
-                if let Ok(lag) = now.duration_since(*published) {
-                    metrics.delivery_lag.observe(lag.as_secs_f64());
-                }
+                let lag = now.duration_since(*published).unwrap_or_default();
+                metrics.delivery_lag.observe(lag.as_secs_f64());
             }
         }
     }

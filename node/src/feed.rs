@@ -807,6 +807,22 @@ const PATH_SWEEP_EVERY: u32 = 1024;
 /// Longest pull request of a feed's consumer; its idle heartbeat is half.
 pub const PULL_EXPIRES: Duration = Duration::from_secs(4);
 
+/// Bytes a consumer of the node asks JetStream for in one pull, about. An
+/// ordered consumer pulls 500 events at a time whatever their size, and
+/// pulls again at half: resumes of 256 KiB events had 190 MiB each in
+/// flight, a node a gigabyte, and NATS cut its connection (every feed and
+/// read on it) once 64 MiB waited for it. With at most
+/// `history.max_concurrent_jetstream_reads` (32) resume reads, their pulls
+/// hold under 48 MiB.
+pub const PULL_BYTES: u64 = 1024 * 1024;
+
+/// Events per pull for a stream whose events are as large as its mean
+/// ([`PULL_BYTES`]), between 1 and async-nats's 500.
+pub fn pull_batch(state: &jetstream::stream::State) -> i64 {
+    let mean = state.bytes.checked_div(state.messages).unwrap_or(0).max(1);
+    (PULL_BYTES / mean).clamp(1, 500) as i64
+}
+
 /// Live events a feed's reader hears between two watchdog ticks for its
 /// topic to count as busy: if such a topic then hears nothing for a whole
 /// tick, the watchdog in `Reader::read_from` looks at JetStream right away.
@@ -2389,6 +2405,7 @@ async fn open_consumer(
             // a consumer lost with a stream leader is noticed and
             // re-created in seconds, not after the 30 s default.
             max_expires: PULL_EXPIRES,
+            max_batch: pull_batch(&stream.cached_info().state),
             ..Default::default()
         }),
     )
@@ -2622,6 +2639,23 @@ mod tests {
         ("Nats-Last-Sequence", "4"),
         ("Nats-Time-Stamp", "2026-12-05T03:48:47.68227522Z"),
     ];
+
+    #[test]
+    fn pulls_of_large_events_hold_about_a_mebibyte() {
+        let state = |messages: u64, bytes: u64| -> jetstream::stream::State {
+            serde_json::from_value(serde_json::json!({
+                "messages": messages, "bytes": bytes, "first_seq": 0,
+                "first_ts": "1970-01-01T00:00:00Z", "last_seq": 0,
+                "last_ts": "1970-01-01T00:00:00Z", "consumer_count": 0
+            }))
+            .unwrap()
+        };
+        assert_eq!(pull_batch(&state(0, 0)), 500);
+        assert_eq!(pull_batch(&state(1_000, 150_000)), 500);
+        assert_eq!(pull_batch(&state(115, 115 * 262_200)), 3);
+        assert_eq!(pull_batch(&state(20_000, 20_000 * 20_000)), 52);
+        assert_eq!(pull_batch(&state(2, 4 * 1024 * 1024)), 1);
+    }
 
     #[test]
     fn a_republished_event_says_its_sequence_subject_and_time() {

@@ -295,6 +295,7 @@ impl ClientStream {
             },
             filter_subjects: topic.filters(&prefix),
             max_expires: crate::feed::PULL_EXPIRES,
+            max_batch: crate::feed::pull_batch(&info.state),
             ..Default::default()
         }))
         .await;

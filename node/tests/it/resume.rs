@@ -156,6 +156,47 @@ async fn resume_is_served_from_memory_or_from_jetstream() {
     }
 }
 
+/// Resumes read JetStream about a mebibyte at a time, whatever the size
+/// of the events: 12 resumes at once of a topic's 300 events of 64 KiB,
+/// each from its start, hold tens of MiB. An ordered consumer pulls 500
+/// events at a time: each resume had the whole 19 MiB topic in flight, a
+/// node with 30 such resumes held a gigabyte, and NATS cut its connection
+/// once 64 MiB waited for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_of_large_events_read_jetstream_a_little_at_a_time() {
+    const EVENTS: usize = 300;
+    const RESUMES: usize = 12;
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "big", None).await;
+    let payload = "x".repeat(64 * 1024);
+    publish_many(&js, EVENTS, 25, |i| {
+        ("sse.big".to_owned(), format!("{i}:{payload}"))
+    })
+    .await;
+    let node = NodeProc::start(&nats.url(), &NO_MEMORY).await;
+    let url = node.url("/v1/events?topic=big");
+    let head = SseClient::connect(&url, None).await.unwrap().ready().await;
+    let from_start = id_at(&head, 0);
+    let before = node.peak_rss_kib();
+    let resumes = (0..RESUMES).map(|_| {
+        let (url, from_start) = (url.clone(), from_start.clone());
+        tokio::spawn(async move {
+            let mut client = SseClient::connect(&url, Some(&from_start)).await.unwrap();
+            client.take(EVENTS, Duration::from_secs(30)).await
+        })
+    });
+    for events in futures_util::future::join_all(resumes).await {
+        assert_each_once_in_order(&events.unwrap(), EVENTS as u64);
+    }
+    let grown_mib = (node.peak_rss_kib() - before) / 1024;
+    assert!(
+        grown_mib < 80,
+        "{RESUMES} resumes of {EVENTS} events of 64 KiB grew the node by {grown_mib} MiB"
+    );
+    assert_eq!(node.metric("sse_nats_reconnects_total").await, 0.0);
+}
+
 #[tokio::test]
 async fn a_client_of_one_path_hears_only_that_path_and_resumes_exactly() {
     let nats = Nats::start().await;

@@ -579,6 +579,17 @@ impl NodeProc {
         format!("http://127.0.0.1:{}{path_and_query}", self.port)
     }
 
+    /// The most memory the process has held so far (`VmHWM`), in KiB.
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
     /// Sends SIGTERM.
     pub(crate) fn terminate(&self) {
         let pid = self.child.id().expect("running");

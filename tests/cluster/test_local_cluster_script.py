@@ -205,6 +205,26 @@ def test_the_cluster_script_starts_a_cluster_its_printed_commands_use_and_ctrl_c
                 script.wait()
 
 
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_the_cluster_script_prints_its_usage_without_installing_or_building(flag: str):
+    """Asked for help, the script answers at once: it neither installs what
+    the cluster needs nor builds the binaries first."""
+    # `bash -x` shows each command the script runs.
+    done = subprocess.run(
+        ["bash", "-x", "scripts/cluster", flag],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: scripts/cluster"), done.stdout
+    assert "--allow-origin" in done.stdout and "publish" in done.stdout, done.stdout
+    ran = [line for line in done.stderr.splitlines() if line.startswith("+")]
+    assert not [line for line in ran if "install-deps" in line or "cargo " in line], "\n".join(ran)
+
 def _stream_head(port: int, target: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
     """The status and headers of a stream's answer; the stream is then closed."""
     import http.client

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -270,6 +271,47 @@ def test_a_page_that_reopens_its_eventsource_as_documented_gets_every_event_once
         finally:
             browser.close()
 
+
+@pytest.mark.timeout(120)
+def test_a_page_that_reopens_before_its_first_event_resumes_from_the_id_its_backend_gave(node_binary, cluster_factory, topic):
+    """The id-only frame a stream begins with fires no event, so a page that
+    has had no event has read no id. As README says, its backend gives it
+    the first one, `<topic>:<epoch>:<last_sequence>` from admin: the page
+    reopened after a 503 gets the events published while no node served."""
+    if not Path(CHROMIUM).exists() or not (TESTS / "node_modules" / "playwright-core").exists():
+        pytest.fail("needs /usr/bin/chromium and tests/node_modules/playwright-core (scripts/install-deps)", pytrace=False)
+    with PageServer() as pages:
+        c = cluster_factory(nodes=1, topics=[(topic, 3)], page_port=pages.port)
+        if "admin" not in c.procs:
+            pytest.fail("needs the sse-admin binary (cargo build -p sse-admin)", pytrace=False)
+        # What the page's backend does when it renders the page.
+        request = urllib.request.Request(
+            f"{c.admin_url}/v1/topics/{topic}", headers={"Authorization": f"Bearer {c.admin_token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            info = json.load(answer)
+        first_id = f"{topic}:{info['epoch']}:{info['last_sequence']}"
+        query = urllib.parse.urlencode({"topic": topic, "lastEventId": first_id})
+        browser = Browser(f"{c.lb_url}/page/reopen.html?{query}")
+        try:
+            browser.wait_open("the page")
+            c.stop("node0")
+            c.wait_backend("node0", up=False)
+            # The page has had no event: these come only from the id it was given.
+            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", 20, 50.0).run())
+            wait_until(lambda: browser.state.get("gaveUp", 0) >= 1, 30, "the browser's EventSource to give up on a 503")
+            c.start_proc("node0")
+            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", 10, 50.0, first=21).run())
+            try:
+                wait_until(lambda: len(browser.state.get("received", [])) >= 30, 30, "the page to hold every event")
+            except TimeoutError:
+                pass
+            time.sleep(0.5)  # let a duplicate, if any, arrive before judging
+            state = browser.state
+            assert state.get("received") == list(range(1, 31)), state
+            assert state.get("opens", 0) >= 2, state
+        finally:
+            browser.close()
 
 @pytest.mark.timeout(120)
 def test_cross_origin_eventsource_works_for_allowed_origins_only(node_binary, cluster_factory, topic):

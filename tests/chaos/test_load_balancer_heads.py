@@ -16,8 +16,10 @@ pytestmark = [pytest.mark.needs_node]
 NODE_MAX_HEAD = 16384
 
 
-def _get(url: str, filler: int) -> tuple[int, str, str]:
-    request = urllib.request.Request(url, headers={"X-Filler": "x" * filler})
+def _get(url: str, filler: int, fields: int = 0) -> tuple[int, str, str]:
+    """GET `url` with a header of `filler` bytes and `fields` more small ones."""
+    headers = {"X-Filler": "x" * filler, **{f"X-Field-{i}": "1" for i in range(fields)}}
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.headers.get("Content-Type", ""), response.read().decode()
@@ -33,6 +35,12 @@ def test_heads_up_to_the_node_limit_pass_and_larger_ones_get_its_json_431(node_b
     status, _, body = _get(f"{c.lb_url}/healthz", NODE_MAX_HEAD - 1024)
     assert status == 200, body
     status, content_type, body = _get(f"{c.lb_url}/v1/events?topic={topic}", NODE_MAX_HEAD + 1024)
+    assert status == 431, body
+    assert content_type.startswith("application/json"), content_type
+    assert json.loads(body)["error"] == "request_head_too_large", body
+    # More fields than a node takes (64), and more than HAProxy's default
+    # of 101: the node's JSON 431 too.
+    status, content_type, body = _get(f"{c.lb_url}/v1/events?topic={topic}", 1, fields=150)
     assert status == 431, body
     assert content_type.startswith("application/json"), content_type
     assert json.loads(body)["error"] == "request_head_too_large", body

@@ -71,9 +71,12 @@ pub enum Error {
     TooLargeForTopic(String),
     /// The request body is over the size limit.
     #[error(
-        "request body is too large: at most six times admin.max_event_bytes (JSON may escape each byte of data as six), plus 64 KiB"
+        "request body is too large: at most {limit} bytes, six times admin.max_event_bytes (JSON may escape each byte of data as six), plus 64 KiB"
     )]
-    BodyTooLarge,
+    BodyTooLarge {
+        /// Bytes allowed.
+        limit: usize,
+    },
     /// NATS or JetStream did not answer, or is not connected.
     #[error("nats is unavailable: {0}")]
     NatsUnavailable(String),
@@ -107,9 +110,9 @@ impl Error {
             Error::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
             Error::NotPublishable(_) => (StatusCode::CONFLICT, "not_publishable"),
             Error::StoreRefused(_) => (StatusCode::CONFLICT, "store_refused"),
-            Error::PayloadTooLarge { .. } | Error::TooLargeForTopic(_) | Error::BodyTooLarge => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-            }
+            Error::PayloadTooLarge { .. }
+            | Error::TooLargeForTopic(_)
+            | Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::NatsUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable"),
             Error::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Error::Config(_) | Error::Serve(_) | Error::Internal(_) => {
@@ -234,7 +237,7 @@ impl IntoResponse for Error {
             }),
         )
             .into_response();
-        if matches!(self, Error::BodyTooLarge) {
+        if matches!(self, Error::BodyTooLarge { .. }) {
             // The rest of the body was never read, so the connection cannot
             // carry another request: say so, or a client may send its next
             // request on a connection the server is closing.

@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Error::RouteNotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(BodyLimit(body_limit)))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -208,6 +209,10 @@ impl<S: Send + Sync> FromRequestParts<S> for TopicPath {
     }
 }
 
+/// The most bytes a request body may hold, for the 413 to name.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
 /// A JSON body; unlike axum's `Json`, every problem is a JSON 400 (or 413
 /// for a body over the limit), and no `Content-Type` is demanded.
 pub struct JsonBody<T>(pub T);
@@ -216,11 +221,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Error> {
+        let limit = request
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(0, |limit| limit.0);
         let body = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::BodyTooLarge
+                    Error::BodyTooLarge { limit }
                 } else {
                     Error::BadRequest(rejection.body_text())
                 }

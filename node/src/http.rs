@@ -554,7 +554,7 @@ fn parse_request(node: &Node, headers: &HeaderMap, query: &str) -> Result<Stream
             ApiError::bad_request(
                 "too_many_topics",
                 format!(
-                    "{} topic parameters given; at most {} are allowed",
+                    "{} different topic paths given; at most {} are allowed",
                     paths.len(),
                     http.max_topics_per_connection
                 ),

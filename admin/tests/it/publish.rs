@@ -308,7 +308,8 @@ async fn bad_events_are_refused() {
         );
         let status = refused.status().as_u16();
         let body: serde_json::Value = refused.json().await.expect("a JSON error");
-        assert_error(&(status, body), 413, "large");
+        // Six times max_event_bytes, plus 64 KiB.
+        assert_error(&(status, body), 413, "at most 71680 bytes");
         assert_error(
             &admin
                 .call(

@@ -127,6 +127,7 @@ async fn each_request_limit_has_a_status_and_a_metric() {
     let (status, _, body) = get_with(&node.url("/v1/events?topic=a&topic=b&topic=c"), &[]).await;
     assert_eq!(status, 400);
     assert!(body.contains("too_many_topics"), "{body}");
+    assert!(body.contains("3 different topic paths given"), "{body}");
     assert_eq!(node.metric(&limit("max_topics_per_connection")).await, 1.0);
     // The limit counts distinct paths: one path named three times is one.
     let mut repeated =

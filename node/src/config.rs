@@ -152,6 +152,9 @@ pub struct DeliveryConfig {
     /// Seconds a socket may refuse writes before the connection is dropped,
     /// or an HTTP/2 stream's window stay shut before the stream is reset.
     pub write_stall_seconds: u64,
+    /// Bytes a client's socket may hold that TCP has not sent yet
+    /// (`TCP_NOTSENT_LOWAT`).
+    pub max_unsent_bytes: u32,
     /// Seconds a client stream, or a topic's feed, may make no progress
     /// while it is behind before it is closed (the client resumes
     /// elsewhere) or its consumer re-created.
@@ -477,6 +480,11 @@ impl Config {
             "must be at least 1",
         );
         check(
+            self.delivery.max_unsent_bytes >= 16 * 1024,
+            "delivery.max_unsent_bytes",
+            "must be at least 16384",
+        );
+        check(
             self.delivery.no_progress_seconds > 0,
             "delivery.no_progress_seconds",
             "must be at least 1",
@@ -724,6 +732,14 @@ mod tests {
             assert!(err.contains(key) && err.contains("at most"), "{key}: {err}");
             assert!(with(key, most).is_ok(), "{key} = {most}");
         }
+        let err = with("delivery.max_unsent_bytes", 1024)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("delivery.max_unsent_bytes") && err.contains("16384"),
+            "{err}"
+        );
+        assert!(with("delivery.max_unsent_bytes", 16384).is_ok());
         for blank in ["   ", "10.0.0.7 :8080"] {
             let err = with("cluster.advertise_address", blank)
                 .unwrap_err()

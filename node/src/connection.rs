@@ -169,6 +169,7 @@ pub async fn serve(
         listener,
         Duration::from_secs(config.delivery.write_stall_seconds),
     )
+    .with_max_unsent(config.delivery.max_unsent_bytes)
     .with_idle_timeout(
         Duration::from_secs(http.idle_timeout_seconds),
         node.metrics()
@@ -853,10 +854,28 @@ impl IpRate {
     }
 }
 
+/// Bounds what the kernel holds for a client that TCP has not sent yet to
+/// `max_unsent` (`delivery.max_unsent_bytes`): for a client on a link
+/// slower than its topic the kernel grows the send buffer to megabytes,
+/// and events waited there for minutes (53 s behind, then 133 s, at
+/// 64 kbit/s) while the socket still took bytes, so the client never
+/// counted as slow. Best effort: a kernel that refuses the option leaves
+/// the socket as it was. Bytes sent and never acknowledged are not bounded
+/// in time: a `TCP_USER_TIMEOUT` of the stall time let a link congested
+/// for 20 s drop connections without a FIN or RST, leaving their clients
+/// waiting for ever, where the kernel's own retransmissions deliver the
+/// node's close once the link clears.
+fn bound_kernel_buffering(stream: &TcpStream, max_unsent: u32) {
+    if max_unsent > 0 {
+        let _ = SockRef::from(stream).set_tcp_notsent_lowat(max_unsent);
+    }
+}
+
 /// A listener whose connections time out stalled writes and idleness.
 pub struct GuardedListener {
     inner: TcpListener,
     stall: Duration,
+    max_unsent: u32,
     idle: Duration,
     idle_closed: Option<IntCounter>,
     accept_failed: Option<IntCounter>,
@@ -870,11 +889,19 @@ impl GuardedListener {
         Self {
             inner,
             stall,
+            max_unsent: 0,
             idle: Duration::ZERO,
             idle_closed: None,
             accept_failed: None,
             accept_failed_logged: None,
         }
+    }
+
+    /// Bounds the bytes each connection's socket may hold unsent
+    /// (`delivery.max_unsent_bytes`).
+    pub fn with_max_unsent(mut self, bytes: u32) -> Self {
+        self.max_unsent = bytes;
+        self
     }
 
     /// Counts connections the node could not accept (out of file
@@ -903,6 +930,7 @@ impl axum::serve::Listener for GuardedListener {
                 Ok((stream, addr)) => {
                     // Events must leave at once, not wait for more bytes.
                     let _ = stream.set_nodelay(true);
+                    bound_kernel_buffering(&stream, self.max_unsent);
                     let guarded = GuardedStream {
                         inner: stream,
                         stall: WriteStall::new(self.stall),
@@ -1365,5 +1393,28 @@ impl AsyncWrite for GuardedStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every accepted socket holds at most `delivery.max_unsent_bytes` that
+    /// TCP has not sent; without the setting the kernel's own rule stays.
+    #[tokio::test]
+    async fn accepted_sockets_bound_what_the_kernel_holds_unsent() {
+        for (bound, expected) in [(Some(32 * 1024), 32 * 1024), (None, 0)] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let mut listener = GuardedListener::new(listener, Duration::from_secs(5));
+            if let Some(bytes) = bound {
+                listener = listener.with_max_unsent(bytes);
+            }
+            let _client = TcpStream::connect(address).await.unwrap();
+            let (accepted, _) = axum::serve::Listener::accept(&mut listener).await;
+            let lowat = SockRef::from(accepted.tcp()).tcp_notsent_lowat().unwrap();
+            assert_eq!(lowat, expected, "{bound:?}");
+        }
     }
 }

@@ -56,6 +56,7 @@ BOUNDS = {
         ("http", "max_connections_per_ip_per_minute"): (0, U32_MAX),
         ("history", "max_concurrent_jetstream_reads"): (1, None),
         ("delivery", "client_queue_events"): (16, None),
+        ("delivery", "max_unsent_bytes"): (16384, U32_MAX),
         ("delivery", "path_queue_events"): (16, None),
         ("delivery", "max_event_bytes"): (1, None),
         ("delivery", "write_pacing_ms"): (0, 1000),

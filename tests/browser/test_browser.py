@@ -138,18 +138,42 @@ def _replayed(c, source: str) -> float:
     return sum(metric_sum(c.metrics(n) or {}, "sse_replay_events_total", source=source) for n in c.running_nodes())
 
 
-def _publish_and_expect_every_event(browser: Browser, c, topic: str, total: int) -> dict:
-    """Publishes events 1..total on `topic`; the page must hold each once, in
-    order, with its EventSource still open. Returns the page's state."""
-    asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", total, 50.0).run())
+def _settled_state(browser: Browser, total: int) -> dict:
+    """The page's state once it holds `total` events (or 30 s passed), and
+    half a second more, so that a duplicate, if any, arrives before judging."""
     try:
         wait_until(lambda: len(browser.state.get("received", [])) >= total, 30, "the page to hold every event")
     except TimeoutError:
         pass
-    state = browser.state
+    time.sleep(0.5)
+    return browser.state
+
+
+def _publish_and_expect_every_event(browser: Browser, c, topic: str, total: int) -> dict:
+    """Publishes events 1..total on `topic`; the page must hold each once, in
+    order, with its EventSource still open. Returns the page's state."""
+    asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", total, 50.0).run())
+    state = _settled_state(browser, total)
     assert state.get("received") == list(range(1, total + 1)), state
     assert not state.get("closed"), state
     return state
+
+
+def _serve_again_after_a_503(c, browser: Browser, topic: str, *, held: int, while_down: int, after: int) -> None:
+    """Stops the only node, publishes `while_down` events, waits for the
+    page's EventSource to give up on the load balancer's 503, starts the
+    node again and publishes `after` more; the page, which held events 1 to
+    `held`, must then hold every event once, in order, from a second open."""
+    c.stop("node0")
+    c.wait_backend("node0", up=False)
+    asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", while_down, 50.0, first=held + 1).run())
+    wait_until(lambda: browser.state.get("gaveUp", 0) >= 1, 30, "the browser's EventSource to give up on a 503")
+    c.start_proc("node0")
+    asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", after, 50.0, first=held + while_down + 1).run())
+    total = held + while_down + after
+    state = _settled_state(browser, total)
+    assert state.get("received") == list(range(1, total + 1)), state
+    assert state.get("opens", 0) >= 2, state
 
 
 def _self_signed(folder: Path) -> tuple[str, str]:
@@ -204,12 +228,7 @@ def test_browser_eventsource_gets_every_event_once_when_its_node_is_killed(node_
                 fig["publish retries"] = pub.retries
 
             asyncio.run(run())
-            try:
-                wait_until(lambda: len(browser.state.get("received", [])) >= total, 30, "the page to hold every event")
-            except TimeoutError:
-                pass
-            time.sleep(0.5)  # let a duplicate, if any, arrive before judging
-            state = browser.state
+            state = _settled_state(browser, total)
             got = state.get("received", [])
             fig.update(
                 {
@@ -253,21 +272,7 @@ def test_a_page_that_reopens_its_eventsource_as_documented_gets_every_event_once
             browser.wait_open("the page")
             asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", 20, 50.0).run())
             wait_until(lambda: len(browser.state.get("received", [])) >= 20, 30, "the first events")
-            c.stop("node0")
-            c.wait_backend("node0", up=False)
-            # Published while no node serves: the page must get them later.
-            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", 20, 50.0, first=21).run())
-            wait_until(lambda: browser.state.get("gaveUp", 0) >= 1, 30, "the browser's EventSource to give up on a 503")
-            c.start_proc("node0")
-            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", 20, 50.0, first=41).run())
-            try:
-                wait_until(lambda: len(browser.state.get("received", [])) >= 60, 30, "the page to hold every event")
-            except TimeoutError:
-                pass
-            time.sleep(0.5)  # let a duplicate, if any, arrive before judging
-            state = browser.state
-            assert state.get("received") == list(range(1, 61)), state
-            assert state.get("opens", 0) >= 2, state
+            _serve_again_after_a_503(c, browser, topic, held=20, while_down=20, after=20)
         finally:
             browser.close()
 
@@ -295,21 +300,9 @@ def test_a_page_that_reopens_before_its_first_event_resumes_from_the_id_its_back
         browser = Browser(f"{c.lb_url}/page/reopen.html?{query}")
         try:
             browser.wait_open("the page")
-            c.stop("node0")
-            c.wait_backend("node0", up=False)
-            # The page has had no event: these come only from the id it was given.
-            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", 20, 50.0).run())
-            wait_until(lambda: browser.state.get("gaveUp", 0) >= 1, 30, "the browser's EventSource to give up on a 503")
-            c.start_proc("node0")
-            asyncio.run(Publisher(c.nats_urls, f"sse.{topic}", 10, 50.0, first=21).run())
-            try:
-                wait_until(lambda: len(browser.state.get("received", [])) >= 30, 30, "the page to hold every event")
-            except TimeoutError:
-                pass
-            time.sleep(0.5)  # let a duplicate, if any, arrive before judging
-            state = browser.state
-            assert state.get("received") == list(range(1, 31)), state
-            assert state.get("opens", 0) >= 2, state
+            # The page has had no event: those published while no node
+            # serves come only from the id it was given.
+            _serve_again_after_a_503(c, browser, topic, held=0, while_down=20, after=10)
         finally:
             browser.close()
 

@@ -533,6 +533,10 @@ async fn a_resume_stuck_behind_a_frozen_read_is_closed_not_left_silent() {
         .unwrap();
     reading.take(1, T).await;
     nats.freeze();
+    // Read on, so that its stream waits on the frozen server, holding the
+    // slot, and not on its socket: a client that stops reading gives the
+    // slot up after a turn (the test below).
+    let draining = tokio::spawn(async move { reading.until_closed(Duration::from_secs(30)).await });
 
     let opened = Instant::now();
     let mut waiting = SseClient::connect(&node.url("/v1/events?topic=backlog"), Some(&start_id))
@@ -541,6 +545,7 @@ async fn a_resume_stuck_behind_a_frozen_read_is_closed_not_left_silent() {
     let got = waiting.until_closed(Duration::from_secs(20)).await;
     let waited = opened.elapsed();
     nats.thaw();
+    draining.abort();
     let got = got.unwrap();
     assert!(
         got.is_empty(),

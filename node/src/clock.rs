@@ -38,11 +38,6 @@ pub fn nats_now() -> SystemTime {
     )
 }
 
-/// The offset [`nats_now`] applies: NATS's clock minus the node's.
-pub fn applied_offset() -> Duration {
-    Duration::from_micros(APPLIED_OFFSET_MICROS.load(Ordering::Relaxed).unsigned_abs())
-}
-
 /// One measurement of NATS's clock against the node's.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Measurement {

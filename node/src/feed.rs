@@ -1019,6 +1019,61 @@ fn bounded_for<T, E: Into<async_nats::Error>>(
     }
 }
 
+/// How long a stream's info request goes unanswered before a second one
+/// is sent beside it ([`stream_info`]).
+const STREAM_INFO_ASK_AGAIN: Duration = Duration::from_secs(1);
+
+/// The stream `name` with its info, under [`NATS_CALL_TIMEOUT`].
+///
+/// Asked a second time, beside the first, once the first has had no answer
+/// for [`STREAM_INFO_ASK_AGAIN`]: in a NATS cluster, a stream being
+/// deleted can still be assigned in the meta layer while its own leader
+/// has already let it go, and then no server answers (only the stream's
+/// leader answers while it is assigned). A moment later the meta leader
+/// answers that it does not exist: a client asking for a topic just
+/// deleted is told 404 rather than 503 after the whole timeout.
+pub async fn stream_info(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<jetstream::stream::Stream, async_nats::Error> {
+    asked_twice(STREAM_INFO_ASK_AGAIN, NATS_CALL_TIMEOUT, || {
+        js.get_stream(name)
+    })
+    .await
+}
+
+/// Runs `ask` under `limit`; once the first call has gone `ask_again_after`
+/// without an answer, runs it once more beside it and takes whichever
+/// answers first.
+async fn asked_twice<T, E, F, Asked>(
+    ask_again_after: Duration,
+    limit: Duration,
+    ask: F,
+) -> Result<T, async_nats::Error>
+where
+    F: Fn() -> Asked,
+    Asked: Future<Output = Result<T, E>>,
+    E: Into<async_nats::Error>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut first = Box::pin(ask());
+    tokio::select! {
+        answer = &mut first => return answer.map_err(Into::into),
+        () = tokio::time::sleep(ask_again_after.min(limit)) => {}
+    }
+    let mut second = Box::pin(ask());
+    let either = async {
+        tokio::select! {
+            answer = &mut first => answer,
+            answer = &mut second => answer,
+        }
+    };
+    match tokio::time::timeout_at(deadline, either).await {
+        Ok(answer) => answer.map_err(Into::into),
+        Err(_) => Err("jetstream did not answer in time".into()),
+    }
+}
+
 /// What to do when JetStream refuses a consumer for its stream's limit.
 pub(crate) const CONSUMER_LIMIT_HINT: &str = "jetstream refuses a consumer: the topic's stream holds as many as its limit allows (NATS 2.15 allows 1,000 unless the stream sets max_consumers); raise the topic's limit: PATCH /v1/topics/<topic> {\"max_consumers\": N} (docs/deploy.md, \"Consumers per stream\")";
 
@@ -2531,9 +2586,61 @@ pub fn is_stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU32;
+
     use tokio::sync::broadcast::error::TryRecvError;
 
     use super::*;
+
+    /// A call that never answers the first time, and answers `Ok(n)` (the
+    /// call's number) from the second on; counts its calls.
+    fn silent_first(calls: &AtomicU32) -> impl Future<Output = Result<u32, std::io::Error>> + '_ {
+        let call = calls.fetch_add(1, Ordering::AcqRel) + 1;
+        async move {
+            if call == 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok(call)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_left_unanswered_is_asked_again_within_the_bound() {
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let answer = asked_twice(Duration::from_secs(1), Duration::from_secs(5), || {
+            silent_first(&calls)
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer, 2, "the second request's answer");
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert_eq!(calls.load(Ordering::Acquire), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_answered_in_time_is_asked_once() {
+        let calls = AtomicU32::new(1);
+        let answer = asked_twice(Duration::from_secs(1), Duration::from_secs(5), || {
+            silent_first(&calls)
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer, 2);
+        assert_eq!(calls.load(Ordering::Acquire), 2, "one call only");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_requests_left_unanswered_end_at_the_bound() {
+        let started = tokio::time::Instant::now();
+        let answer: Result<(), _> =
+            asked_twice(Duration::from_secs(1), Duration::from_secs(5), || {
+                std::future::pending::<Result<(), std::io::Error>>()
+            })
+            .await;
+        assert!(answer.is_err());
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
 
     #[test]
     fn header_blocks_async_nats_reads_and_those_it_drops_the_connection_for() {

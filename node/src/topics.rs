@@ -53,8 +53,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     feed::{
-        Feed, FeedLease, FeedSettings, bounded, is_stream_not_found, republishes_live,
-        stream_access, stream_epoch,
+        Feed, FeedLease, FeedSettings, is_stream_not_found, republishes_live, stream_access,
+        stream_epoch, stream_info,
     },
     metrics::Metrics,
 };
@@ -233,7 +233,7 @@ impl Topics {
         };
         let fetched = cell
             .get_or_try_init(|| async {
-                match bounded(self.0.js.get_stream(topic.stream_name())).await {
+                match stream_info(&self.0.js, &topic.stream_name()).await {
                     Ok(stream) => Ok(stream.cached_info().clone()),
                     Err(e) => Err(e),
                 }
@@ -320,7 +320,7 @@ impl Topics {
                     return Ok((lease, None));
                 }
             }
-            let answer = match bounded(self.0.js.get_stream(topic.stream_name())).await {
+            let answer = match stream_info(&self.0.js, &topic.stream_name()).await {
                 // A copy cut off from its leader may be behind the cursor
                 // without the stream being so.
                 Ok(stream) if !answered_with_quorum(stream.cached_info()) => {
@@ -468,7 +468,7 @@ impl Topics {
     /// Brings one topic in line with JetStream.
     pub async fn refresh(&self, topic: &TopicName) -> Result<(), LookupError> {
         self.connected()?;
-        match bounded(self.0.js.get_stream(topic.stream_name())).await {
+        match stream_info(&self.0.js, &topic.stream_name()).await {
             Ok(stream) => {
                 self.adopt(topic.clone(), stream.cached_info());
                 Ok(())
@@ -491,7 +491,7 @@ impl Topics {
         let topics = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(GONE_CONFIRM_DELAY).await;
-            match bounded(topics.0.js.get_stream(topic.stream_name())).await {
+            match stream_info(&topics.0.js, &topic.stream_name()).await {
                 Ok(stream) => topics.adopt(topic, stream.cached_info()),
                 Err(e)
                     if e.downcast_ref::<jetstream::context::GetStreamError>()

@@ -509,7 +509,7 @@ impl ClientStream {
     /// which resumes from its position.
     async fn stream_now(&mut self, index: usize) -> Result<jetstream::stream::Stream, CloseReason> {
         let topic = &self.topics[index];
-        let stream = bounded(self.node.jetstream().get_stream(topic.feed.stream_name()))
+        let stream = crate::feed::stream_info(self.node.jetstream(), topic.feed.stream_name())
             .await
             .map_err(|error| {
                 warn!(topic = %topic.feed.topic, %error, "cannot read the topic's stream for a resume");

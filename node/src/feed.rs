@@ -1222,6 +1222,21 @@ struct Opened {
     caught_up: bool,
     /// The sequence the consumer was made to start at.
     starts_at: u64,
+    /// Whether the stream removes events from within as new ones come (a
+    /// limit per subject, a time to live per message): a sequence the
+    /// consumer passes over is then mostly one superseded or expired.
+    removes_within: bool,
+}
+
+/// Where events a whole topic's consumer passed over went
+/// ([`Reader::left_unread`]).
+enum Left {
+    /// Removed from within the stream: a message deleted.
+    FromWithin,
+    /// Removed from the stream's start before the feed read them.
+    FromTheStart,
+    /// The stream is another one of the same name.
+    Recreated,
 }
 
 /// What [`open_consumer`] found.
@@ -1251,6 +1266,9 @@ enum ReadEnd {
     Reconnected,
     /// No event for `doze_after`: the consumer is let go.
     Quiet,
+    /// Events after the head left the stream's start (its limits, an
+    /// expiry, a purge) before the feed read them.
+    HistoryPassed,
 }
 
 impl Reader {
@@ -1288,6 +1306,15 @@ impl Reader {
                 }
                 Ok(ReadEnd::StreamRecreated) => {
                     info!(topic = %self.feed.topic, "stream was recreated; closing old topic feed");
+                    self.feed.close();
+                    return;
+                }
+                Ok(ReadEnd::HistoryPassed) => {
+                    // Its clients would go on past those events without a
+                    // word. Ended, they come back with their ids, and the
+                    // resume tells each of them what it lost with a
+                    // `reset`, as it does for history gone before it.
+                    warn!(topic = %self.feed.topic, head = self.feed.head(), "the topic's oldest events left its stream before this feed read them (its limits keep fewer events than the feed was behind); closing the feed, so that its clients resume and are told with a reset");
                     self.feed.close();
                     return;
                 }
@@ -1372,6 +1399,25 @@ impl Reader {
             }
             backoff = (backoff * 2).min(FEED_RETRY_MAX);
         }
+    }
+
+    /// Where the events after `head` that the consumer passed over went,
+    /// by the stream's info from a leader holding its quorum (an error
+    /// without one: the feed reads them again from a new consumer, and
+    /// asks again).
+    async fn left_unread(&self, head: u64) -> Result<Left, async_nats::Error> {
+        let stream = stream_info(&self.js, self.feed.stream_name()).await?;
+        let info = stream.cached_info();
+        if !answered_with_quorum(info) {
+            return Err(NO_QUORUM.into());
+        }
+        Ok(if stream_epoch(info) != self.feed.epoch {
+            Left::Recreated
+        } else if info.state.first_sequence > head + 1 {
+            Left::FromTheStart
+        } else {
+            Left::FromWithin
+        })
     }
 
     /// The subject a path feed reads; empty for a whole topic's feed.
@@ -1576,8 +1622,21 @@ impl Reader {
             }
             // A consumer made while the feed read directly delivers again
             // what those reads took in.
-            if seq <= self.feed.head() {
+            let head = self.feed.head();
+            if seq <= head {
                 continue;
+            }
+            // A consumer of the whole topic delivers every event the stream
+            // holds, so a sequence passed over was removed before the feed
+            // read it: from within (a deleted message, which nobody is told
+            // of), or from the stream's start, by its limits or a purge
+            // while the feed was behind, which its clients must be told of.
+            if seq > head + 1 && filter_subject.is_empty() && !opened.removes_within {
+                match self.left_unread(head).await? {
+                    Left::FromTheStart => return Ok(ReadEnd::HistoryPassed),
+                    Left::Recreated => return Ok(ReadEnd::StreamRecreated),
+                    Left::FromWithin => {}
+                }
             }
             if seq > self.feed.live_from {
                 heard_this_tick = heard_this_tick.saturating_add(1);
@@ -2465,6 +2524,8 @@ async fn open_consumer(
         }),
     )
     .await?;
+    let config = &stream.cached_info().config;
+    let removes_within = config.max_messages_per_subject > 0 || config.allow_message_ttl;
     let owned = OwnedConsumer::new(&js, feed.stream_name(), &consumer.cached_info().name);
     // Sequences up to here hold nothing for this reader (deleted
     // messages, say): a stream whose last sequence is no higher is not
@@ -2486,6 +2547,7 @@ async fn open_consumer(
         quiet_before,
         caught_up,
         starts_at: next,
+        removes_within,
     })))
 }
 

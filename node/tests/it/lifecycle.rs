@@ -791,6 +791,82 @@ async fn a_cursor_past_the_stream_gets_reset_then_the_next_events() {
     assert_eq!(node.metric("sse_reset_events_total").await, 1.0);
 }
 
+/// A topic whose limits keep fewer events than a node's feed is behind
+/// (a burst while the feed was held up) loses its oldest events before the
+/// feed reads them. Its live clients are not taken past them without a
+/// word: their streams end, and each resumes from its id to a `reset` that
+/// names what it lost. They went from the last event read to the oldest
+/// one left, as if nothing had been published in between.
+#[tokio::test]
+async fn live_clients_are_told_of_events_that_left_before_the_feed_read_them() {
+    const KEPT: u64 = 10;
+    const BURST: u64 = 100;
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    // Read by a consumer all along: no republish for a dozing feed to hear.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        max_messages: KEPT as i64,
+        ..topic_without_republish("brief")
+    })
+    .await
+    .unwrap();
+    // Large events: the feed pulls about 1 MiB at a time, so NATS sends the
+    // frozen node a few of the burst, and the rest leaves the stream.
+    let payload = "b".repeat(64 * 1024);
+    for _ in 0..5 {
+        publish(&js, "brief", &payload).await;
+    }
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__FEED_DOZE_SECONDS", "0"),
+            ("SSE_DELIVERY__FEED_DIRECT_DOZE_SECONDS", "0"),
+        ],
+    )
+    .await;
+    let url = node.url("/v1/events?topic=brief");
+    let mut client = SseClient::connect(&url, None).await.unwrap();
+    let cursor = client.ready().await;
+    assert!(cursor.ends_with(":5"), "{cursor}");
+    node.freeze();
+    publish_many(&js, BURST as usize, 20, |_| {
+        ("sse.brief".to_owned(), payload.clone())
+    })
+    .await;
+    node.thaw();
+    let last = 5 + BURST;
+    let seq = |event: &SseEvent| -> u64 { event.id.rsplit(':').next().unwrap().parse().unwrap() };
+    let events = client
+        .until_closed(T)
+        .await
+        .expect("the stream ends once its feed finds events gone unread");
+    let read: Vec<u64> = events.iter().map(seq).collect();
+    assert_eq!(
+        read,
+        (6..6 + read.len() as u64).collect::<Vec<_>>(),
+        "no event passed over"
+    );
+    let seen = 5 + read.len() as u64;
+    assert!(
+        seen < last - KEPT,
+        "the feed read the whole burst: {read:?}"
+    );
+    let resume_id = events.last().map_or(cursor.clone(), |e| e.id.clone());
+
+    let mut resumed = SseClient::connect(&url, Some(&resume_id)).await.unwrap();
+    let got = resumed.take(1 + KEPT as usize, T).await;
+    let body = reset_body(&got[0]);
+    assert_eq!(body["reason"], "history_gone", "{body}");
+    assert_eq!(body["last_seen"], seen, "{body}");
+    assert_eq!(body["lost_from"], seen + 1, "{body}");
+    assert_eq!(body["lost_to"], last - KEPT, "{body}");
+    assert_eq!(body["resume_from"], last - KEPT + 1, "{body}");
+    assert_eq!(
+        got[1..].iter().map(seq).collect::<Vec<_>>(),
+        (last - KEPT + 1..=last).collect::<Vec<_>>()
+    );
+}
+
 /// A `reset` that restarts a client at the oldest event held (a cursor
 /// past the stream, or of another epoch) names that event and moves the
 /// cursor to just before it: a client that drops before its next event

@@ -592,12 +592,27 @@ impl NodeProc {
 
     /// Sends SIGTERM.
     pub(crate) fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Freezes the node (SIGSTOP): what NATS sends it meanwhile waits in
+    /// its sockets. `thaw` undoes it.
+    pub(crate) fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen node run again (SIGCONT).
+    pub(crate) fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([signal, &pid.to_string()])
             .status()
             .expect("kill");
-        assert!(status.success());
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     /// Waits for the process to exit.

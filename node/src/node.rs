@@ -1,11 +1,15 @@
 //! The node's shared state: a cheap clone handed to every request.
 //!
-//! Readiness is a set of latches: NATS connected, topics loaded, not
-//! draining. `/readyz` answers 200 only while all three hold.
+//! Readiness is a set of latches: NATS connected, JetStream answering
+//! through it, topics loaded, not draining. `/readyz` answers 200 only
+//! while all four hold.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use async_nats::jetstream;
@@ -29,17 +33,33 @@ struct Inner {
     jetstream_read_waiters: AtomicUsize,
     connections: AtomicUsize,
     nats_connected: AtomicBool,
+    /// Since when JetStream has answered through no NATS server the node
+    /// can reach, while connected ([`Node::jetstream_unanswered`]).
+    jetstream_unanswered_since: Mutex<Option<Instant>>,
     topics_loaded: AtomicBool,
     draining: AtomicBool,
     shutdown: CancellationToken,
     merged_feeds: MergedFeeds,
 }
 
+/// How long JetStream may go unanswered through every NATS server the
+/// node can reach before the node says it is not ready: longer than a
+/// leader election of the report bucket, about as long as a NATS server
+/// that stops answering takes to be given up.
+pub const JETSTREAM_UNANSWERED_NOT_READY_AFTER: Duration = Duration::from_secs(5);
+
 /// Why the node is not ready, as shown by `/readyz`.
 #[derive(Debug, serde::Serialize)]
 pub struct Readiness {
     /// Connected to NATS.
     pub nats_connected: bool,
+    /// JetStream answers through a NATS server the node can reach. False
+    /// once none has for [`JETSTREAM_UNANSWERED_NOT_READY_AFTER`] while
+    /// connected: the node's NATS server and every other it can reach are
+    /// cut off from the cluster's majority (a zone cut off with it, or the
+    /// whole cluster without quorum). Its streams stay open, on heartbeats,
+    /// but new ones are better sent to a node whose NATS has its quorum.
+    pub jetstream_answers: bool,
     /// The first listing of topics succeeded.
     pub topics_loaded: bool,
     /// Shutting down.
@@ -49,7 +69,7 @@ pub struct Readiness {
 impl Readiness {
     /// Whether every latch holds.
     pub fn ready(&self) -> bool {
-        self.nats_connected && self.topics_loaded && !self.draining
+        self.nats_connected && self.jetstream_answers && self.topics_loaded && !self.draining
     }
 }
 
@@ -74,6 +94,7 @@ impl Node {
             jetstream_read_waiters: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             nats_connected: AtomicBool::new(false),
+            jetstream_unanswered_since: Mutex::new(None),
             topics_loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             shutdown,
@@ -174,6 +195,29 @@ impl Node {
     pub fn set_nats_connected(&self, connected: bool) {
         self.0.nats_connected.store(connected, Ordering::Release);
         self.0.metrics.nats_connected.set(i64::from(connected));
+        if connected {
+            // A new connection may be to a server with its quorum: judged
+            // afresh by the next report.
+            self.jetstream_answered();
+        }
+    }
+
+    /// JetStream answered through the node's NATS server.
+    pub fn jetstream_answered(&self) {
+        *self.unanswered_since() = None;
+    }
+
+    /// JetStream answered through none of the NATS servers the node can
+    /// reach, while it is connected; counted from the first such time.
+    pub fn jetstream_unanswered(&self) {
+        self.unanswered_since().get_or_insert_with(Instant::now);
+    }
+
+    fn unanswered_since(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.0
+            .jetstream_unanswered_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Latches "topics loaded".
@@ -195,6 +239,9 @@ impl Node {
     pub fn readiness(&self) -> Readiness {
         Readiness {
             nats_connected: self.0.nats_connected.load(Ordering::Acquire),
+            jetstream_answers: self
+                .unanswered_since()
+                .is_none_or(|since| since.elapsed() < JETSTREAM_UNANSWERED_NOT_READY_AFTER),
             topics_loaded: self.0.topics_loaded.load(Ordering::Acquire),
             draining: self.is_draining(),
         }

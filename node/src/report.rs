@@ -117,6 +117,7 @@ pub async fn report_loop(
         match written {
             Ok(revision) => {
                 switch.answered();
+                node.jetstream_answered();
                 measure_clock(&node, kv, revision, sent, SystemTime::now()).await;
             }
             Err(error) => {
@@ -189,10 +190,17 @@ async fn measure_clock(
     }
 }
 
-/// Counts a switch of NATS server; returns `verdict`.
+/// Counts a switch of NATS server, and tells the node whether JetStream
+/// answers through a server it can reach; returns `verdict`.
 fn judge(node: &Node, verdict: Verdict) -> Verdict {
-    if verdict == Verdict::Switched {
-        node.metrics().nats_server_switches.inc();
+    match verdict {
+        Verdict::Switched => {
+            node.metrics().nats_server_switches.inc();
+            node.jetstream_answered();
+        }
+        Verdict::OwnServerAnswers => node.jetstream_answered(),
+        Verdict::NoneAnswers => node.jetstream_unanswered(),
+        Verdict::Counted => {}
     }
     verdict
 }

@@ -387,6 +387,68 @@ def test_the_nats_server_a_node_reads_through_is_cut_off_from_its_peers(node_bin
         assert metric_sum(c.metrics("node0") or {}, "sse_nats_server_switches_total") >= 1, "node0 never switched servers"
 
 
+@pytest.mark.timeout(chaos_timeout(180))
+def test_a_node_whose_only_nats_server_is_cut_off_from_its_peers_says_it_is_not_ready(node_binary, cluster_factory, topic):
+    """A node that can reach one NATS server only, cut off from its peers
+    with it (a zone cut off from the cluster's majority): JetStream answers
+    through no server it can reach. It stays connected, so it said it was
+    ready, and the load balancer sent it new streams it could not feed.
+    Now `/readyz` says so; its streams stay open, on heartbeats, and get
+    every event once the cut heals, as the other node's do."""
+    cut_index = 2
+    with RoutePartition() as partition:
+
+        def prepare(cl):
+            partition.prepare(cl)
+            cl.set_node_nats_url(0, cl.nats_urls[cut_index])
+
+        c = cluster_factory(
+            nodes=2, topics=[(topic, 3)], prepare=prepare, node_env={"SSE_CLUSTER__REPORT_SECONDS": "1"}
+        )
+        others = [u for i, u in enumerate(c.nats_urls) if i != cut_index]
+        node0 = c.node_port("node0")
+        node1 = c.node_port("node1")
+        # node0's clients wait for the cut to heal, and for the cluster to
+        # take the cut server back (a new meta leader's election).
+        scn = Scenario(
+            c,
+            "a node's only NATS server is cut off from its peers",
+            topic,
+            stall_seconds=45.0,
+            max_delivery_delay=45.0,
+            publisher_urls=tuple(others),
+            **scale(),
+        )
+
+        def readiness(port: int) -> tuple[int, dict]:
+            status, body = http_get(port, "/readyz", timeout=2.0)
+            return status, json.loads(body) if body.startswith("{") else {}
+
+        async def action(s: Scenario) -> None:
+            await s.at(0.2)
+            assert readiness(node0)[0] == 200, readiness(node0)
+            cut_at = time.monotonic()
+            await asyncio.to_thread(partition.cut, cut_index)
+            while (said := await asyncio.to_thread(readiness, node0))[0] == 200:
+                assert time.monotonic() - cut_at < 30, "node0 stayed ready, cut off from JetStream"
+                await asyncio.sleep(0.2)
+            s.extra["node0 not ready after s"] = round(time.monotonic() - cut_at, 1)
+            status, body = said
+            assert status == 503, said
+            assert body.get("jetstream_answers") is False and body.get("nats_connected") is True, said
+            assert (await asyncio.to_thread(readiness, node1))[0] == 200, "node1, on the majority's side, is ready"
+            await s.at(0.8)
+            healed_at = time.monotonic()
+            await asyncio.to_thread(partition.heal)
+            while (await asyncio.to_thread(readiness, node0))[0] != 200:
+                assert time.monotonic() - healed_at < 45, "node0 not ready again after the cut healed"
+                await asyncio.sleep(0.2)
+            s.extra["node0 ready again after the heal, s"] = round(time.monotonic() - healed_at, 1)
+
+        problems = asyncio.run(scn.run(action))
+        scn.assert_clean(problems)
+
+
 async def leaderless_on(url: str, stream: str, timeout: float = 40.0) -> None:
     """Waits until the server at `url` answers about `stream` with no
     leader: a copy cut off from the stream's leader, answering with what it

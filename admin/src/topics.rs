@@ -241,12 +241,34 @@ impl Placement {
 /// `GET /v1/topics`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TopicList {
-    /// All topics, by name.
+    /// The topics, by name: all of them, or the page asked for.
     pub topics: Vec<Topic>,
     /// Topics that exist but whose streams did not answer (their NATS
     /// servers down, no leader), by name: not in `topics` until they do.
+    /// Never paged.
     #[serde(default)]
     pub unavailable: Vec<String>,
+    /// Topics listed before paging.
+    #[serde(default)]
+    pub total: u64,
+    /// The page's size, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Topics skipped before the page, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
+}
+
+/// Paging of `GET /v1/topics`: without `limit` and `offset`, every topic.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPage {
+    /// Topics per page, 1 to 1000; default 100 when `offset` is given.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// Topics to skip, by name; default 0.
+    pub offset: Option<usize>,
 }
 
 /// Paging of `GET /v1/topics/{name}/subjects`.
@@ -678,15 +700,29 @@ pub async fn create_topic(
 /// List topics.
 #[utoipa::path(
     get, path = "/v1/topics", tag = "topics",
+    params(TopicPage),
     responses(
-        (status = 200, description = "All topics", body = TopicList),
+        (status = 200, description = "All topics, or a page of them", body = TopicList),
+        (status = 400, description = "Bad paging", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
         (status = 403, description = "The publish token, which opens publishing only", body = crate::error::ErrorBody),
         (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
-pub async fn list_topics(State(state): State<AppState>) -> Result<Json<TopicList>, Error> {
+pub async fn list_topics(
+    State(state): State<AppState>,
+    page: Result<Query<TopicPage>, QueryRejection>,
+) -> Result<Json<TopicList>, Error> {
+    let Query(page) = page.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let paged = page.limit.is_some() || page.offset.is_some();
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Error::BadRequest(format!(
+            "limit is {limit}; it must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let offset = page.offset.unwrap_or(0);
     let listing = list_infos(&state).await?;
     let subs = subscribers(&state).await;
     // A nats-server of no cluster lists its streams without a cluster
@@ -695,9 +731,17 @@ pub async fn list_topics(State(state): State<AppState>) -> Result<Json<TopicList
         let server = js.client().server_info();
         server.cluster.is_none().then_some(server.server_name)
     });
+    let total = listing.topics.len() as u64;
+    let (skip, take) = if paged {
+        (offset, limit)
+    } else {
+        (0, usize::MAX)
+    };
     let topics = listing
         .topics
         .iter()
+        .skip(skip)
+        .take(take)
         .map(|(t, info)| {
             let mut view = topic_view(t, info, subs.get(t.as_str()).copied().unwrap_or(0));
             if view.placement.is_none()
@@ -718,6 +762,9 @@ pub async fn list_topics(State(state): State<AppState>) -> Result<Json<TopicList
             .iter()
             .map(ToString::to_string)
             .collect(),
+        total,
+        limit: paged.then_some(limit),
+        offset: paged.then_some(offset),
     }))
 }
 

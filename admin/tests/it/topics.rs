@@ -107,6 +107,29 @@ async fn topic_life_cycle() {
             .map(|t| t["name"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["chat", "orders"]);
+        assert_eq!(list["total"], 2);
+        assert!(list.get("limit").is_none(), "not paged: {list}");
+        // Paged by name, when asked; what is not a page's setting is refused.
+        let page_of = |list: &serde_json::Value| -> Vec<String> {
+            list["topics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (status, page) = admin.call("GET", "/v1/topics?limit=1", None).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page_of(&page), ["chat"]);
+        assert_eq!((page["total"].clone(), page["limit"].clone(), page["offset"].clone()), (json!(2), json!(1), json!(0)));
+        let (_, page) = admin.call("GET", "/v1/topics?limit=1&offset=1", None).await;
+        assert_eq!(page_of(&page), ["orders"]);
+        let (_, page) = admin.call("GET", "/v1/topics?offset=2", None).await;
+        assert_eq!(page_of(&page), Vec::<String>::new());
+        assert_eq!(page["total"], 2);
+        assert_error(&admin.call("GET", "/v1/topics?limit=0", None).await, 400, "limit");
+        assert_error(&admin.call("GET", "/v1/topics?limit=1001", None).await, 400, "limit");
+        assert_error(&admin.call("GET", "/v1/topics?page=2", None).await, 400, "page");
         // The listing names the same server, though NATS lists the streams
         // of a server of no cluster without saying where they are.
         for listed in list["topics"].as_array().unwrap() {

@@ -366,4 +366,7 @@ pub struct Status {
     /// How long to watch node reports to compute delivered/s; `0s` skips it.
     #[arg(long, value_name = "DUR", default_value = "6s", value_parser = crate::units::parse_duration)]
     pub rate_window: std::time::Duration,
+    /// List every topic, not only the ones with the most subscribers.
+    #[arg(long)]
+    pub all: bool,
 }

@@ -2,7 +2,8 @@
 //!
 //! Nodes with their connections, events delivered per second and state come
 //! from admin's `/v1/nodes`; NATS reachability from admin's `/readyz`;
-//! topics with their subscribers from `/v1/topics`. Nodes report every few
+//! topics with their subscribers from `/v1/topics` (the table shows the
+//! [`TOPICS_SHOWN`] with the most, unless `--all`). Nodes report every few
 //! seconds, so delivered/s is the change between two reports of the same
 //! node, watched for up to `--rate-window`.
 //!
@@ -22,6 +23,10 @@ use crate::{
     output::{self, Output},
     settings::Settings,
 };
+
+/// Topics the table shows, those with the most subscribers: a cluster of
+/// thousands of topics would print a line for each.
+const TOPICS_SHOWN: usize = 20;
 
 /// How often node reports are read while waiting for a fresh one.
 const POLL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -110,10 +115,21 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
             );
         }
         crate::outln!();
-        let rows: Vec<Vec<String>> = topics
+        let mut listed: Vec<&Value> = topics
             .as_array()
             .map(Vec::as_slice)
             .unwrap_or_default()
+            .iter()
+            .collect();
+        // The busiest first; by name among equals, as admin lists them.
+        listed.sort_by_key(|t| std::cmp::Reverse(t["subscribers"].as_u64().unwrap_or(0)));
+        let left_out = if status.all {
+            0
+        } else {
+            listed.len().saturating_sub(TOPICS_SHOWN)
+        };
+        listed.truncate(listed.len() - left_out);
+        let rows: Vec<Vec<String>> = listed
             .iter()
             .map(|t| {
                 vec![
@@ -129,6 +145,11 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
             &["TOPIC", "SUBSCRIBERS", "MESSAGES", "LAST SEQ", "PLACEMENT"],
             &rows,
         );
+        if left_out > 0 {
+            crate::outln!(
+                "and {left_out} more topics with fewer subscribers (`ssectl status --all` lists every topic; `ssectl topic ls` too)"
+            );
+        }
         if let Some(note) = crate::commands::topic::unavailable_note(&unavailable) {
             crate::outln!("{note}");
         }

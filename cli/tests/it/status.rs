@@ -51,6 +51,32 @@ async fn status_shows_nodes_nats_and_topics() {
             "{}",
             table.stdout
         );
+        // With more topics than the table shows, the busiest come first and
+        // the rest are counted; `--all` lists them.
+        for i in 0..20 {
+            cluster.create_topic(&format!("aa{i:02}"), &[]).await;
+        }
+        let table = cluster.run(&["status", "--rate-window", "0s"]).await;
+        assert_eq!(table.code, 0, "{}", table.stderr);
+        let first_topic = table
+            .stdout
+            .lines()
+            .skip_while(|line| !line.starts_with("TOPIC"))
+            .nth(1)
+            .unwrap_or_default();
+        assert!(first_topic.starts_with("cli-watched "), "{}", table.stdout);
+        assert!(table.stdout.contains("aa18 "), "{}", table.stdout);
+        assert!(!table.stdout.contains("aa19 "), "{}", table.stdout);
+        assert!(
+            table.stdout.contains("and 1 more topics"),
+            "{}",
+            table.stdout
+        );
+        let all = cluster
+            .run(&["status", "--rate-window", "0s", "--all"])
+            .await;
+        assert!(all.stdout.contains("aa19 "), "{}", all.stdout);
+        assert!(!all.stdout.contains("more topics"), "{}", all.stdout);
         let _ = tail.kill().await;
 
         // The node killed: two reports missed (it reports every second

@@ -587,11 +587,16 @@ impl Topics {
     /// clients come back to a `reset` (`stream_recreated`); else the feeds
     /// stop and their clients get `topic_deleted`.
     fn deleted(&self, topic: TopicName) {
-        self.0
+        let known = self
+            .0
             .facts
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&topic);
+            .remove(&topic)
+            .is_some();
+        if known {
+            info!(%topic, "topic deleted");
+        }
         let topics = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(RECREATE_GRACE).await;
@@ -601,14 +606,20 @@ impl Topics {
         });
     }
 
+    /// Forgets `topic` and stops its feeds. Said once: a deletion is heard
+    /// of several ways (its advisory, a listing, a look-up's "not found").
     fn drop_topic(&self, topic: &TopicName) {
-        self.0
+        let known = self
+            .0
             .facts
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(topic);
+            .remove(topic)
+            .is_some();
         self.stop_feeds(topic);
-        info!(%topic, "topic removed");
+        if known {
+            info!(%topic, "topic removed");
+        }
     }
 
     /// Lists every topic stream and reconciles the registry with it.

@@ -259,24 +259,14 @@ pub struct TopicList {
     pub offset: Option<usize>,
 }
 
-/// Paging of `GET /v1/topics`: without `limit` and `offset`, every topic.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct TopicPage {
-    /// Topics per page, 1 to 1000; default 100 when `offset` is given.
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<usize>,
-    /// Topics to skip, by name; default 0.
-    pub offset: Option<usize>,
-}
-
-/// Paging of `GET /v1/topics/{name}/subjects`.
+/// Paging of `GET /v1/topics/{name}/subjects`, and of `GET /v1/topics`,
+/// which without either lists every topic.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
-    /// Entries per page, 1 to 1000; default 100.
+    /// Entries per page, 1 to 1000; default 100 (`GET /v1/topics` with
+    /// neither `limit` nor `offset`: every topic).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Entries to skip; default 0.
@@ -700,7 +690,7 @@ pub async fn create_topic(
 /// List topics.
 #[utoipa::path(
     get, path = "/v1/topics", tag = "topics",
-    params(TopicPage),
+    params(Page),
     responses(
         (status = 200, description = "All topics, or a page of them", body = TopicList),
         (status = 400, description = "Bad paging", body = crate::error::ErrorBody),
@@ -712,7 +702,7 @@ pub async fn create_topic(
 )]
 pub async fn list_topics(
     State(state): State<AppState>,
-    page: Result<Query<TopicPage>, QueryRejection>,
+    page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<TopicList>, Error> {
     let Query(page) = page.map_err(|e| Error::BadRequest(e.body_text()))?;
     let paged = page.limit.is_some() || page.offset.is_some();

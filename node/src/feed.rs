@@ -848,6 +848,10 @@ pub const NATS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// taken as: no answer.
 const NO_QUORUM: &str = "the stream's info came from a copy without a leader holding its quorum";
 
+/// A stream's info that ends before an event already read from the stream:
+/// no ground to say where the events passed over went.
+pub(crate) const STALE_INFO: &str = "the stream's info is older than an event already read from it";
+
 /// How long a feed waits for one JetStream answer while it (re)creates its
 /// consumer. Shorter than [`NATS_CALL_TIMEOUT`]: a request sent while a
 /// stream elects its leader is never answered, and the next one should go
@@ -1401,11 +1405,13 @@ impl Reader {
         }
     }
 
-    /// Where the events after `head` that the consumer passed over went,
-    /// by the stream's info from a leader holding its quorum (an error
-    /// without one: the feed reads them again from a new consumer, and
-    /// asks again).
-    async fn left_unread(&self, head: u64) -> Result<Left, async_nats::Error> {
+    /// Where the events after `head` that the consumer passed over, to
+    /// deliver `seq`, went, by the stream's info from a leader holding its
+    /// quorum. An error without one, or with an info older than `seq` (seen
+    /// in bursts: a stream whose info said it ended before the event just
+    /// read, and started before the head, as if nothing had left it): the
+    /// feed reads them again from a new consumer, and asks again.
+    async fn left_unread(&self, head: u64, seq: u64) -> Result<Left, async_nats::Error> {
         let stream = stream_info(&self.js, self.feed.stream_name()).await?;
         let info = stream.cached_info();
         if !answered_with_quorum(info) {
@@ -1415,6 +1421,8 @@ impl Reader {
             Left::Recreated
         } else if info.state.first_sequence > head + 1 {
             Left::FromTheStart
+        } else if info.state.last_sequence < seq {
+            return Err(STALE_INFO.into());
         } else {
             Left::FromWithin
         })
@@ -1632,7 +1640,7 @@ impl Reader {
             // of), or from the stream's start, by its limits or a purge
             // while the feed was behind, which its clients must be told of.
             if seq > head + 1 && filter_subject.is_empty() && !opened.removes_within {
-                match self.left_unread(head).await? {
+                match self.left_unread(head, seq).await? {
                     Left::FromTheStart => return Ok(ReadEnd::HistoryPassed),
                     Left::Recreated => return Ok(ReadEnd::StreamRecreated),
                     Left::FromWithin => {}

@@ -29,6 +29,12 @@ use crate::{
 const JETSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most events taken from memory per step of catch-up.
 const MEMORY_CHUNK: usize = 512;
+/// Times a stream's info is asked for, 100 ms apart, before one older
+/// than the events read ends the client's stream
+/// ([`ClientStream::announce_history_gone`]).
+const STALE_INFO_ASKS: u32 = 3;
+/// See [`STALE_INFO_ASKS`].
+const STALE_INFO_PAUSE: Duration = Duration::from_millis(100);
 /// How long a resume read keeps its JetStream slot while other resumes
 /// wait for one.
 const JETSTREAM_TURN: Duration = Duration::from_secs(2);
@@ -241,7 +247,8 @@ impl ClientStream {
                     // had it, as on a topic whose oldest events leave as new
                     // ones come, where they left before the feed's first
                     // read.
-                    self.announce_history_gone(index, out).await?;
+                    let read = events.first().map_or(last, |e| e.seq);
+                    self.announce_history_gone(index, read, out).await?;
                 }
                 let mut delivered = 0;
                 for event in &events {
@@ -430,7 +437,7 @@ impl ClientStream {
             // ends before its end.
             let skips = seq > pos + 1 || (read.whole_stream && pending == 0 && seq < end);
             if skips && (read.watch_skips || removed_meanwhile) {
-                if !self.announce_history_gone(index, out).await? {
+                if !self.announce_history_gone(index, seq, out).await? {
                     // Deleted from within: those are not announced, and
                     // the next ones are not looked into.
                     if let Some(read) = self.jetstream_read.as_mut() {
@@ -522,26 +529,37 @@ impl ClientStream {
     }
 
     /// Asks JetStream where the topic's stream starts now, during a read
-    /// of it; when past the position, its events up to there were removed
-    /// meanwhile, and a `reset` says so ([`Self::write_history_gone`]).
-    /// Returns whether it did. A stream that cannot be asked ends the
-    /// client's stream, which resumes from its position: nothing passed
-    /// over unannounced.
+    /// of it that came to sequence `read`; when past the position, its
+    /// events up to there were removed meanwhile, and a `reset` says so
+    /// ([`Self::write_history_gone`]). Returns whether it did. A stream
+    /// that cannot be asked ends the client's stream, which resumes from
+    /// its position: nothing passed over unannounced. So does one whose
+    /// info, asked again, still ends before `read`: an info older than
+    /// the events read (seen in bursts) may start before the position
+    /// though the events after it have left.
     async fn announce_history_gone(
         &mut self,
         index: usize,
+        read: u64,
         out: &mut BytesMut,
     ) -> Result<bool, CloseReason> {
-        let first = self
-            .stream_now(index)
-            .await?
-            .cached_info()
-            .state
-            .first_sequence;
-        if first <= self.topics[index].pos + 1 {
+        let mut asked = 0;
+        let state = loop {
+            let state = self.stream_now(index).await?.cached_info().state.clone();
+            if state.first_sequence > self.topics[index].pos + 1 || state.last_sequence >= read {
+                break state;
+            }
+            asked += 1;
+            if asked == STALE_INFO_ASKS {
+                warn!(topic = %self.topics[index].feed.topic, read, stream_last = state.last_sequence, "{}; closing so the client resumes", crate::feed::STALE_INFO);
+                return Err(CloseReason::Error);
+            }
+            tokio::time::sleep(STALE_INFO_PAUSE).await;
+        };
+        if state.first_sequence <= self.topics[index].pos + 1 {
             return Ok(false);
         }
-        self.write_history_gone(index, first, out);
+        self.write_history_gone(index, state.first_sequence, out);
         Ok(true)
     }
 

@@ -72,7 +72,8 @@ pub async fn report_loop(
                 Err(error) => {
                     debug!(%error, "cannot open the nodes bucket yet");
                     if node.readiness().nats_connected {
-                        judge(&node, switch.failed().await);
+                        let verdict = switch.failed().await;
+                        judge(&node, verdict, switch.cut_off());
                     }
                     continue;
                 }
@@ -132,7 +133,8 @@ pub async fn report_loop(
                 if !node.readiness().nats_connected {
                     continue;
                 }
-                match judge(&node, switch.failed().await) {
+                let verdict = switch.failed().await;
+                match judge(&node, verdict, switch.cut_off()) {
                     // JetStream answers, yet the write failed: the bucket
                     // may be gone, which no write would mend. Opened (and
                     // made if missing) at the next report.
@@ -190,16 +192,22 @@ async fn measure_clock(
     }
 }
 
-/// Counts a switch of NATS server, and tells the node whether JetStream
-/// answers through a server it can reach; returns `verdict`.
-fn judge(node: &Node, verdict: Verdict) -> Verdict {
+/// Counts a switch of NATS server, and tells the node whether it is cut
+/// off from JetStream (`cut_off`: no server it reaches answers, and some it
+/// cannot reach); returns `verdict`. JetStream away for the whole cluster
+/// (its meta leader elected again after a partition heals, say) is no
+/// reason for a node to say it is not ready: every node would say so at
+/// once, and the load balancer would answer new streams 503, which ends a
+/// browser's `EventSource` for good.
+fn judge(node: &Node, verdict: Verdict, cut_off: bool) -> Verdict {
     match verdict {
         Verdict::Switched => {
             node.metrics().nats_server_switches.inc();
             node.jetstream_answered();
         }
         Verdict::OwnServerAnswers => node.jetstream_answered(),
-        Verdict::NoneAnswers => node.jetstream_unanswered(),
+        Verdict::NoneAnswers if cut_off => node.jetstream_unanswered(),
+        Verdict::NoneAnswers => node.jetstream_answered(),
         Verdict::Counted => {}
     }
     verdict

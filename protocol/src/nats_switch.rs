@@ -91,6 +91,9 @@ pub struct ServerSwitch {
     stream: String,
     failures: u32,
     last_switch: Option<Instant>,
+    /// At the last look that found no server answering: whether some
+    /// server of the pool could not be reached at all.
+    unreachable_seen: bool,
 }
 
 impl ServerSwitch {
@@ -110,6 +113,7 @@ impl ServerSwitch {
             stream,
             failures: 0,
             last_switch: None,
+            unreachable_seen: false,
         }
     }
 
@@ -121,6 +125,15 @@ impl ServerSwitch {
     /// Failed calls in a row since JetStream last answered.
     pub fn failures(&self) -> u32 {
         self.failures
+    }
+
+    /// Whether the last look that found JetStream answering through no
+    /// server also found a server of the pool it could not reach: the
+    /// client is on the cut-off side of a partition, rather than in a
+    /// cluster whose JetStream is away for everyone (electing its meta
+    /// leader, or without quorum), where every server answers the client.
+    pub fn cut_off(&self) -> bool {
+        self.unreachable_seen
     }
 
     /// A JetStream call through the client was answered.
@@ -147,11 +160,11 @@ impl ServerSwitch {
             let options = self.probe_options.clone();
             let stream = self.stream.as_str();
             async move {
-                let answered = probe(options, server.addr.clone(), stream).await;
-                (server.addr, answered)
+                let (reached, answered) = probe(options, server.addr.clone(), stream).await;
+                (server.addr, reached, answered)
             }
         });
-        let (own_answered, answers) = futures_util::future::join(
+        let (own_answered, probed) = futures_util::future::join(
             jetstream_answers(&self.client, &self.stream),
             futures_util::future::join_all(probes),
         )
@@ -160,6 +173,11 @@ impl ServerSwitch {
             self.failures = 0;
             return Verdict::OwnServerAnswers;
         }
+        self.unreachable_seen = probed.iter().any(|(_, reached, _)| !reached);
+        let answers = probed
+            .into_iter()
+            .map(|(addr, _, answer)| (addr, answer))
+            .collect();
         let elsewhere = confirmed_elsewhere(answers, &current.server_id);
         // Asked again at the next failure: the others may be electing the
         // stream's leader now.
@@ -222,24 +240,29 @@ fn confirmed_elsewhere(
         .map(|(addr, _)| addr.clone())
 }
 
-/// Connects to `addr` alone and asks it about `stream`: the server's id
-/// and the leader it names, when JetStream answers through it.
-async fn probe(options: ConnectOptions, addr: ServerAddr, stream: &str) -> Option<Answer> {
-    let asked = async {
-        let client = options
+/// Connects to `addr` alone and asks it about `stream`: whether it could
+/// connect, and the server's id and the leader it names, when JetStream
+/// answers through it.
+async fn probe(options: ConnectOptions, addr: ServerAddr, stream: &str) -> (bool, Option<Answer>) {
+    let client = match tokio::time::timeout(
+        PROBE_TIMEOUT,
+        options
             .connection_timeout(PROBE_TIMEOUT)
             .ignore_discovered_servers()
-            .connect(addr)
-            .await
-            .ok()?;
-        let server_id = client.server_info().server_id;
-        let leader = leader_answering(&client, stream).await?;
-        Some((server_id, leader))
+            .connect(addr),
+    )
+    .await
+    {
+        Ok(Ok(client)) => client,
+        _ => return (false, None),
     };
-    tokio::time::timeout(PROBE_TIMEOUT * 2, asked)
+    let server_id = client.server_info().server_id;
+    let answer = tokio::time::timeout(PROBE_TIMEOUT, leader_answering(&client, stream))
         .await
         .ok()
         .flatten()
+        .map(|leader| (server_id, leader));
+    (true, answer)
 }
 
 /// Whether a stream's info comes from a leader that holds its quorum

@@ -190,7 +190,8 @@ pub struct TopicLimits {
     #[arg(long, value_name = "N")]
     pub max_messages: Option<u64>,
     /// Keep only the last N events of each subject path, each new one
-    /// replacing the oldest (README: resumes of such topics); `0`: no
+    /// replacing the oldest, which no client is told of (README, "`reset`":
+    /// events removed from within a topic are not announced); `0`: no
     /// limit.
     #[arg(long, value_name = "N")]
     pub max_messages_per_subject: Option<u64>,

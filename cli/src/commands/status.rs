@@ -147,7 +147,7 @@ pub async fn run(settings: &Settings, out: Output, status: Status) -> Result<(),
         );
         if left_out > 0 {
             crate::outln!(
-                "and {left_out} more topics with fewer subscribers (`ssectl status --all` lists every topic; `ssectl topic ls` too)"
+                "and {left_out} more topics, none with more subscribers than those shown (`ssectl status --all` lists every topic; `ssectl topic ls` too)"
             );
         }
         if let Some(note) = crate::commands::topic::unavailable_note(&unavailable) {

@@ -387,6 +387,16 @@ def test_the_nats_server_a_node_reads_through_is_cut_off_from_its_peers(node_bin
         assert metric_sum(c.metrics("node0") or {}, "sse_nats_server_switches_total") >= 1, "node0 never switched servers"
 
 
+def link_node0_to_each_server(cl, links: list[TcpProxy]) -> None:
+    """Gives node0 every NATS server's URL, each through a TCP proxy of its
+    own, added to `links`, which the test can cut and must close."""
+    for port in cl.nats_ports:
+        link = TcpProxy([port])
+        link.start()
+        links.append(link)
+    cl.set_node_nats_url(0, ",".join(link.urls[0] for link in links))
+
+
 @pytest.mark.timeout(chaos_timeout(180))
 def test_a_node_cut_off_with_its_nats_server_says_it_is_not_ready(node_binary, cluster_factory, topic):
     """A zone cut off from the cluster's majority: a node and one NATS
@@ -404,11 +414,7 @@ def test_a_node_cut_off_with_its_nats_server_says_it_is_not_ready(node_binary, c
             partition.prepare(cl)
             # node0 is given all three servers, as a deployment gives its
             # nodes, each through a link the test can cut.
-            for port in cl.nats_ports:
-                link = TcpProxy([port])
-                link.start()
-                node_links.append(link)
-            cl.set_node_nats_url(0, ",".join(link.urls[0] for link in node_links))
+            link_node0_to_each_server(cl, node_links)
 
         try:
             c = cluster_factory(
@@ -511,11 +517,7 @@ def test_a_node_that_lands_on_a_nats_server_cut_off_from_its_peers_keeps_its_cli
 
     def prepare(cl):
         partition.prepare(cl)
-        for port in cl.nats_ports:
-            link = TcpProxy([port])
-            link.start()
-            node_links.append(link)
-        cl.set_node_nats_url(0, ",".join(link.urls[0] for link in node_links))
+        link_node0_to_each_server(cl, node_links)
 
     with RoutePartition() as partition:
         try:

@@ -909,6 +909,10 @@ struct DirectReads {
     /// The consumer being made, once the topic got busy: direct reads go on
     /// until it stands ([`Reader::doze`]).
     making: Option<tokio::task::JoinHandle<Result<Opening, async_nats::Error>>>,
+    /// No consumer is made before this, after one that could not be
+    /// ([`Reader::doze`]), and the pause before the next try.
+    make_after: Option<tokio::time::Instant>,
+    make_backoff: Duration,
     /// When republished events last counted as a direct get.
     live_counted: Option<tokio::time::Instant>,
     /// The topic's event counter and history gauge, looked up once per
@@ -1287,6 +1291,8 @@ impl Reader {
         // The head at the last re-creation after a reconnection or a stall,
         // and how many came in a row at that head.
         let mut stuck: Option<(u64, u32)> = None;
+        // Whether the last consumer could not be made or read.
+        let mut bridge = false;
         loop {
             let next = self.feed.head() + 1;
             let feed = self.feed.clone();
@@ -1385,16 +1391,8 @@ impl Reader {
                 }
                 Err(error) => {
                     doubted = false;
-                    let limit = is_consumer_limit(&error);
-                    self.metrics
-                        .feed_errors
-                        .with_label_values(&[if limit { "consumer_limit" } else { "consumer" }])
-                        .inc();
-                    if limit {
-                        error!(topic = %self.feed.topic, %error, "{CONSUMER_LIMIT_HINT}; retrying");
-                    } else {
-                        warn!(topic = %self.feed.topic, %error, "topic feed cannot read; retrying");
-                    }
+                    self.consumer_refused(&error);
+                    bridge = self.direct_reads;
                 }
             }
             tokio::select! {
@@ -1402,6 +1400,33 @@ impl Reader {
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(FEED_RETRY_MAX);
+            if std::mem::take(&mut bridge) {
+                // Without a consumer, the events are read as a dozing feed
+                // reads them, by direct gets and as the stream republishes
+                // them, which need no meta leader nor a free consumer
+                // slot: after a partition heals, NATS elected its meta
+                // leader again for 11-16 s, and clients waited that long.
+                // The doze makes the consumer once JetStream allows it.
+                match self.doze().await {
+                    Wake::Closed => return,
+                    Wake::Read => {}
+                    Wake::Made(opening) => made = Some(opening),
+                }
+            }
+        }
+    }
+
+    /// Counts and logs a consumer that could not be made or read.
+    fn consumer_refused(&self, error: &async_nats::Error) {
+        let limit = is_consumer_limit(error);
+        self.metrics
+            .feed_errors
+            .with_label_values(&[if limit { "consumer_limit" } else { "consumer" }])
+            .inc();
+        if limit {
+            error!(topic = %self.feed.topic, %error, "{CONSUMER_LIMIT_HINT}; reading on without it and retrying");
+        } else {
+            warn!(topic = %self.feed.topic, %error, "topic feed cannot read with a consumer; retrying");
         }
     }
 
@@ -1963,7 +1988,10 @@ impl Reader {
             direct.since = now;
             direct.in_window = 0;
         }
-        if direct.in_window >= DIRECT_GETS_MAX && direct.making.is_none() {
+        if direct.in_window >= DIRECT_GETS_MAX
+            && direct.making.is_none()
+            && direct.make_after.is_none_or(|at| now >= at)
+        {
             debug!(topic = %self.feed.topic, head = self.feed.head(), "topic is busy; making a consumer");
             direct.making = Some(tokio::spawn(open_consumer(
                 self.js.clone(),
@@ -2023,6 +2051,8 @@ impl Reader {
                 since: tokio::time::Instant::now(),
                 in_window: 0,
                 making: None,
+                make_after: None,
+                make_backoff: Duration::from_millis(100),
                 live_counted: None,
                 feed_events: self.metrics.feed_events.with_label_values(&topic_label),
                 history_bytes: self.metrics.history_bytes.with_label_values(&topic_label),
@@ -2039,10 +2069,24 @@ impl Reader {
                         None => std::future::pending().await,
                     }
                 } => {
-                    return match made {
-                        Ok(opening) => Wake::Made(opening),
-                        Err(_) => Wake::Read,
-                    };
+                    match made {
+                        Ok(Err(error)) => {
+                            // JetStream refuses a consumer (electing its
+                            // meta leader, which a consumer needs and a
+                            // direct get does not; at the stream's limit
+                            // of consumers): the feed reads on directly
+                            // and tries again later.
+                            self.consumer_refused(&error);
+                            if let Some(direct) = direct.as_mut() {
+                                direct.making = None;
+                                direct.make_after = Some(tokio::time::Instant::now() + direct.make_backoff);
+                                direct.make_backoff = (direct.make_backoff * 2).min(FEED_RETRY_MAX);
+                            }
+                            continue;
+                        }
+                        Ok(opening) => return Wake::Made(opening),
+                        Err(_) => return Wake::Read,
+                    }
                 }
                 heard = publishes.next() => {
                     let (Some(first), Some(direct)) = (heard, direct.as_mut()) else {

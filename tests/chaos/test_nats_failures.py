@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import time
 
 import pytest
 
-from cluster.harness import http_get, metric_sum, run_async
+from cluster.harness import LOOPBACK, http_get, metric_sum, run_async, wait_until
 from cluster.tcp_proxy import TcpProxy
 from cluster.workload import Frozen, RoutePartition, Scenario, chaos_timeout, connected_server, meta_leader, scale, stream_leader
 
@@ -579,3 +580,64 @@ def test_a_node_that_lands_on_a_nats_server_cut_off_from_its_peers_keeps_its_cli
         finally:
             for link in node_links:
                 link.close()
+
+
+@pytest.mark.timeout(chaos_timeout(120))
+def test_a_topic_on_the_nats_server_left_is_read_without_a_consumer(node_binary, cluster_factory, topic):
+    """Two of three NATS servers die. JetStream has no meta leader then and
+    makes no consumer, but a topic of one replica on the server left still
+    stores its publishes and answers direct gets. A client that opens a
+    stream of it meanwhile gets each event as it comes: the node reads them
+    without a consumer, also once the topic is busy enough to want one, not
+    once the servers are back (as after a partition heals, when NATS elects
+    its meta leader again for seconds)."""
+    c = cluster_factory(nodes=1, topics=[(topic, 1)])
+    stream = f"SSE_{topic}"
+    left = c.nats_proc_for_server(run_async(stream_leader(c.nats_urls, stream)))
+    left_url = c.nats_urls[int(left.removeprefix("nats"))]
+    for i in range(c.nats_count):
+        if f"nats{i}" != left:
+            c.kill(f"nats{i}")
+    wait_until(lambda: meta_leader(c) in (None, ""), 30, f"{left} without a meta leader")
+    wait_until(lambda: connected_server(c, "sse-node0") is not None, 30, f"node0 on {left}")
+    refused_before = metric_sum(c.metrics("node0") or {}, "sse_feed_errors_total")
+    sock = socket.create_connection((LOOPBACK, c.node_port("node0")), timeout=20)
+    try:
+        sock.sendall(f"GET /v1/events?topic={topic} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += sock.recv(65536)
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]
+        # About twenty a second for six seconds: past the ten a second at
+        # which a feed makes a consumer, and longer than JetStream takes to
+        # refuse it (a stream info and a consumer creation, 2 s each).
+        sent = [f"event {i}" for i in range(120)]
+        run_async(publish_each(left_url, f"sse.{topic}", sent, every=0.04))
+        deadline = time.monotonic() + 15
+        while (read := got.count(b"\ndata: ")) < len(sent):
+            assert time.monotonic() < deadline, f"{read} of {len(sent)} events in 15 s: {got[-400:]!r}"
+            got += sock.recv(65536)
+    finally:
+        sock.close()
+    data = [line.removeprefix(b"data: ").decode() for line in got.split(b"\n") if line.startswith(b"data: ")]
+    assert data == sent, data
+    wait_until(
+        lambda: metric_sum(c.metrics("node0") or {}, "sse_feed_errors_total") > refused_before,
+        10,
+        "the feed refused a consumer (else this test no longer tests what it says)",
+    )
+
+
+async def publish_each(url: str, subject: str, payloads: list[str], every: float = 0.0) -> None:
+    """Publishes each payload to JetStream through the server at `url`,
+    `every` seconds apart, and waits for its acknowledgement."""
+    import nats
+
+    nc = await nats.connect(servers=[url], connect_timeout=2)
+    try:
+        js = nc.jetstream(timeout=5)
+        for payload in payloads:
+            await js.publish(subject, payload.encode())
+            await asyncio.sleep(every)
+    finally:
+        await nc.close()

@@ -226,6 +226,56 @@ async fn a_feed_refused_for_the_consumer_limit_says_so_and_catches_up() {
     );
 }
 
+/// A topic's stream that allows direct gets, as the admin service makes
+/// every topic's, is read without a consumer while JetStream refuses one
+/// (here at its consumer limit; after a NATS partition heals, while it
+/// elects its meta leader again): its clients get each event as it comes,
+/// not once a consumer can be made. With the stream's republish, and
+/// without it (topics made before it).
+#[tokio::test]
+async fn a_feed_refused_a_consumer_reads_on_with_direct_gets() {
+    refused_feed_reads_on(true).await;
+}
+
+#[tokio::test]
+async fn a_feed_refused_a_consumer_reads_on_without_the_republish() {
+    refused_feed_reads_on(false).await;
+}
+
+async fn refused_feed_reads_on(republish: bool) {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        max_consumers: 1,
+        republish: republish.then(|| sse_protocol::topic::live_republish("sse")),
+        ..topic_without_republish("full")
+    })
+    .await
+    .expect("create stream");
+    hold_a_consumer(&js, "SSE_full").await;
+    // A recent event: the feed wants a consumer from the start.
+    publish(&js, "full", "before").await;
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=full"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    eventually(T, "the refusal counted as the consumer limit", || async {
+        (node
+            .metric(r#"sse_feed_errors_total{kind="consumer_limit"}"#)
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let sent: Vec<String> = (0..30).map(|i| format!("e{i}")).collect();
+    for data in &sent {
+        publish(&js, "full", data).await;
+    }
+    assert_eq!(data_of(&client.take(sent.len(), T).await), sent);
+    assert_eq!(node.metric("sse_jetstream_consumers").await, 0.0);
+}
+
 /// A resume that must read JetStream while the stream is at its consumer
 /// limit is refused the same way: counted under its own kind, and the
 /// stream ends, so that the client comes back rather than waiting.

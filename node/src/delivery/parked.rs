@@ -407,15 +407,22 @@ impl Group {
         let frames = Frames::of(&self.pending);
         // What is held is all this batch: the group has nothing else.
         let passed = self.passed(0);
-        let (delivered, refusals) = write_frames(&mut self.entries, &frames, passed);
-        if delivered > 0 {
+        let wrote = write_frames(&mut self.entries, &frames, passed);
+        if wrote.delivered > 0 {
             self.writes.record(now);
         }
-        sweep.delivered += delivered;
-        sweep.refusals += refusals;
-        sweep
-            .written
-            .extend(self.pending.iter().map(|event| event.published));
+        sweep.delivered += wrote.delivered;
+        sweep.refusals += wrote.refusals;
+        // Only events some socket took: sockets that park at a feed's start
+        // have read what the group still holds, and that group's first
+        // write reached none of them with it. Counted, such events made a
+        // fresh node's lag quantiles read seconds while clients got events
+        // in milliseconds.
+        sweep.written.extend(
+            self.pending[wrote.first_taken..]
+                .iter()
+                .map(|event| event.published),
+        );
         // The window starts when the sweep is done, not when it began: a
         // sweep of many sockets takes a while, and each of them is to get
         // one write per window. It also leaves the writer a window's rest
@@ -1061,13 +1068,13 @@ const WARM_RUN: usize = 16;
 
 /// Writes `frames` to each socket of `slab`; gives back those that do not
 /// take all they need, a socket that took none of them standing at least at
-/// `passed` (see [`Group::passed`]). Returns the events delivered and the
-/// sockets given back.
-fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>, passed: u64) -> (u64, u64) {
+/// `passed` (see [`Group::passed`]).
+fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>, passed: u64) -> Wrote {
     let Some(&(last, _)) = frames.ends.last() else {
-        return (0, 0);
+        return Wrote::default();
     };
     let mut delivered = 0u64;
+    let mut first_taken = frames.ends.len();
     let mut refused: Vec<(usize, u64, Option<Bytes>)> = Vec::new();
     // The frames with a stream's cursor, for as long as the next sockets
     // share it and stand at the same place: streams of the same topics
@@ -1103,12 +1110,14 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>, passed: u64) -> (u6
                     entry.pos = last;
                     entry.note_run(frames.ends.len() - first);
                     delivered += (frames.ends.len() - first) as u64;
+                    first_taken = first_taken.min(first);
                 }
                 Sent::Partly(rest) => {
                     // The socket took part of the batch: the stream writes the
                     // rest itself, and owns every event of it from here.
                     entry.note_run(frames.ends.len() - first);
                     delivered += (frames.ends.len() - first) as u64;
+                    first_taken = first_taken.min(first);
                     refused.push((*key, last, Some(rest)));
                 }
                 // Full, or failed: the stream finds out which when it writes.
@@ -1121,7 +1130,23 @@ fn write_frames(slab: &mut Slab<Entry>, frames: &Frames<'_>, passed: u64) -> (u6
     for (key, pos, remainder) in refused {
         give_back(slab.remove(key), pos, remainder, true);
     }
-    (delivered, refusals)
+    Wrote {
+        delivered,
+        refusals,
+        first_taken,
+    }
+}
+
+/// What [`write_frames`] wrote.
+#[derive(Default)]
+struct Wrote {
+    /// Deliveries: events times the sockets that took them.
+    delivered: u64,
+    /// Sockets given back to their streams.
+    refusals: u64,
+    /// The first of the frames that some socket took (the number of frames
+    /// when none did).
+    first_taken: usize,
 }
 
 /// Starts the writer of a feed: it reads `events` (a receiver of the feed's
@@ -1374,6 +1399,29 @@ mod heartbeat_tests {
             starts, 2,
             "no writer started for the socket parked after the stop"
         );
+    }
+
+    /// The delivery lag is timed on the events a socket took: a socket that
+    /// parks at a feed's start stands past the older events the feed warms
+    /// its history up with, which reach its writer after it, and no client
+    /// waited for those.
+    #[tokio::test]
+    async fn only_events_a_socket_took_are_timed() {
+        let (mut client, server) = pair().await;
+        let sockets = Arc::new(ParkedSockets::default());
+        let mut generations = Vec::new();
+        let _ticket = sockets.park(&server, Reads::All, None, 5, (Duration::ZERO, 16), |g| {
+            generations.push(g)
+        });
+        let incoming: Vec<Arc<Event>> = (3..=7).map(|seq| Arc::new(test_event(seq))).collect();
+        let sweep = sockets
+            .take_in_as(generations[0], &incoming, true)
+            .expect("the writer's sockets");
+        let taken: usize = incoming[3..].iter().map(|e| e.frame.len()).sum();
+        let got = super::test_sockets::read_exactly(&mut client, taken).await;
+        assert!(got.ends_with(&incoming[4].frame), "{got:?}");
+        assert_eq!(sweep.delivered, 2);
+        assert_eq!(sweep.written.len(), 2, "events 3 to 5 were timed too");
     }
 
     fn test_event(seq: u64) -> Event {

@@ -701,24 +701,29 @@ pub async fn prepare_stream(
         )?)
     };
     // Only once the client may read these topics: a cursor past what the
-    // stream is known to hold costs JetStream a question.
-    let mut confirmed = Vec::with_capacity(attached.len());
-    for (mut request, feed) in attached {
-        let feed = match &request.resume {
-            Some((epoch, seq)) if *epoch == feed.epoch && *seq > feed.holds_up_to() => {
-                let only_path = crate::delivery::only_path(&request.patterns);
-                let (feed, behind) = node
-                    .topics()
-                    .confirm_cursor(&request.topic, only_path, feed, *seq)
-                    .await
-                    .map_err(lookup_error)?;
-                request.stream_behind = behind;
-                feed
-            }
-            _ => feed,
-        };
-        confirmed.push((request, feed));
-    }
+    // stream is known to hold costs JetStream a question, and one the
+    // stream does not hold waits 2 s for a second answer. The topics are
+    // asked about together, so that a stream of many such topics waits
+    // that once, not once per topic.
+    let confirmed = futures_util::future::try_join_all(attached.into_iter().map(
+        |(mut request, feed)| async move {
+            let feed = match &request.resume {
+                Some((epoch, seq)) if *epoch == feed.epoch && *seq > feed.holds_up_to() => {
+                    let only_path = crate::delivery::only_path(&request.patterns);
+                    let (feed, behind) = node
+                        .topics()
+                        .confirm_cursor(&request.topic, only_path, feed, *seq)
+                        .await
+                        .map_err(lookup_error)?;
+                    request.stream_behind = behind;
+                    feed
+                }
+                _ => feed,
+            };
+            Ok::<_, ApiError>((request, feed))
+        },
+    ))
+    .await?;
     if !node.try_open_connection() {
         return Err(ApiError::limit(
             node,

@@ -791,6 +791,52 @@ async fn a_cursor_past_the_stream_gets_reset_then_the_next_events() {
     assert_eq!(node.metric("sse_reset_events_total").await, 1.0);
 }
 
+/// A stream of several topics whose cursor is past each of their streams
+/// waits for JetStream's second answer once, for all of them together: its
+/// head comes about 2 s later, not 2 s per topic (8 s for these four), and
+/// each topic gets its `reset`.
+#[tokio::test]
+async fn cursors_past_several_streams_are_confirmed_together() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    let topics = ["ahead1", "ahead2", "ahead3", "ahead4"];
+    for topic in topics {
+        create_topic(&js, topic, None).await;
+        publish(&js, topic, &format!("{topic} held")).await;
+    }
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let query = topics.map(|t| format!("topic={t}")).join("&");
+    let url = node.url(&format!("/v1/events?{query}"));
+    let cursor = SseClient::connect(&url, None).await.unwrap().ready().await;
+    let made_up = cursor
+        .split(',')
+        .map(|id| id_at(id, 9))
+        .collect::<Vec<_>>()
+        .join(",");
+    let asked = std::time::Instant::now();
+    let mut client = SseClient::connect(&url, Some(&made_up)).await.unwrap();
+    let events = client.take(8, T).await;
+    let waited = asked.elapsed();
+    let mut reset_topics: Vec<String> = events
+        .iter()
+        .filter(|e| e.event == "reset")
+        .map(|e| {
+            let body = reset_body(e);
+            assert_eq!(body["reason"], "ahead_of_stream", "{body}");
+            body["topic"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    reset_topics.sort();
+    assert_eq!(reset_topics, topics);
+    let mut held = data_of(&events);
+    held.retain(|d| d.ends_with(" held"));
+    assert_eq!(held.len(), 4, "{events:?}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "the four topics were confirmed one after another: {waited:?}"
+    );
+}
+
 /// A topic whose limits keep fewer events than a node's feed is behind
 /// (a burst while the feed was held up) loses its oldest events before the
 /// feed reads them. Its live clients are not taken past them without a

@@ -424,8 +424,22 @@ pub(crate) fn host_is_wrong<'a>(http_1_1: bool, mut hosts: impl Iterator<Item = 
             !value.is_empty()
                 && axum::http::uri::Authority::try_from(value)
                     .ok()
-                    .is_none_or(|authority| authority.as_str().contains('@'))
+                    .is_none_or(|authority| {
+                        authority.as_str().contains('@') || !port_is_a_port(&authority)
+                    })
         }
+    }
+}
+
+/// Whether what follows an authority's host is a port: none, an empty one
+/// (RFC 3986 allows `host:`), or digits of a number up to 65535.
+/// `http`'s parser takes `x:abc` and `x:-1` in as hosts with no port.
+fn port_is_a_port(authority: &axum::http::uri::Authority) -> bool {
+    let after_host = &authority.as_str()[authority.host().len()..];
+    match after_host.strip_prefix(':') {
+        None => after_host.is_empty(),
+        Some("") => true,
+        Some(port) => port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok(),
     }
 }
 

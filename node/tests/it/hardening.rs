@@ -934,7 +934,7 @@ async fn host_last_event_id_and_authorization_come_once_on_either_path() {
     create_topic(&js, "orders", None).await;
     let lean = NodeProc::start(&nats.url(), &[]).await;
     let hyper = NodeProc::start(&nats.url(), &[("SSE_HTTP__FAST_PATH", "false")]).await;
-    let refused: [(&str, &str, &str); 7] = [
+    let refused: [(&str, &str, &str); 10] = [
         (
             "GET /v1/events?topic=orders HTTP/1.1\r\nConnection: close\r\n\r\n",
             "bad_request_head",
@@ -960,6 +960,22 @@ async fn host_last_event_id_and_authorization_come_once_on_either_path() {
             "bad_request_head",
             "`Host`",
         ),
+        // A port is digits (RFC 3986), of a number a port can be.
+        (
+            "GET /v1/events?topic=orders HTTP/1.1\r\nHost: a:abc\r\nConnection: close\r\n\r\n",
+            "bad_request_head",
+            "`Host`",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: a:-1\r\nConnection: close\r\n\r\n",
+            "bad_request_head",
+            "`Host`",
+        ),
+        (
+            "GET /v1/events?topic=orders HTTP/1.1\r\nHost: [::1]:99999999\r\nConnection: close\r\n\r\n",
+            "bad_request_head",
+            "`Host`",
+        ),
         (
             "GET /v1/events?topic=orders HTTP/1.1\r\nHost: a\r\nLast-Event-ID: orders:abc:1\r\nLast-Event-ID: orders:abc:2\r\nConnection: close\r\n\r\n",
             "bad_last_event_id",
@@ -975,6 +991,9 @@ async fn host_last_event_id_and_authorization_come_once_on_either_path() {
         "GET /healthz HTTP/1.0\r\n\r\n",
         "GET /healthz HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",
         "GET /healthz HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: a:65535\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: a:\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n",
     ];
     for (name, node) in [("lean", &lean), ("hyper", &hyper)] {
         for (request, code, says) in refused {

@@ -310,6 +310,17 @@ impl Verifier {
 
     /// Verifies a token: signature, `exp`, `nbf`, `aud`, `iss`.
     pub fn verify(&self, token: &str) -> Result<Authorized, AuthError> {
+        // A compact JWS is three base64url parts and nothing else. Junk after
+        // the signature (`Bearer <token> x`, a trailing comma) would reach
+        // the signature check and count as a forged signature, which
+        // operators read as someone trying tokens, not as a client's bug.
+        if token.bytes().filter(|&b| b == b'.').count() != 2
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(AuthError::Malformed("not three base64url parts".to_owned()));
+        }
         // An unknown `alg` (such as `none`) fails here: the enum has no such
         // variant.
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
@@ -749,6 +760,17 @@ mod tests {
         let forged = format!("{}x", &expired[..expired.len() - 1]);
         assert!(v.verify(&forged).is_err());
         assert!(matches!(v.verify("abc"), Err(AuthError::Malformed(_))));
+        // Junk after a token that verifies is a malformed token, not a
+        // forged signature.
+        let valid = token(serde_json::json!({"exp": now() + 60}));
+        assert!(v.verify(&valid).is_ok());
+        for junk in [" x", ",", "=", " "] {
+            assert_eq!(
+                v.verify(&format!("{valid}{junk}")).unwrap_err(),
+                AuthError::Malformed("not three base64url parts".into()),
+                "{junk:?}"
+            );
+        }
         // Parts that are not JSON at all are said to be so, not to hold
         // claims of the wrong kind.
         assert_eq!(

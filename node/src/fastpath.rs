@@ -254,7 +254,7 @@ async fn open_plain(
         }
         // The rest of the head is on its way: peeking again would only
         // see the same bytes, so it is read as a TLS head is.
-        Some(Head::Incomplete) => return read_head(state, stream, max_head, deadline).await,
+        Some(Head::Incomplete) => return read_head(state, stream, max_head, deadline, true).await,
         _ => return Opened::Declined(Replay::unread(stream)),
     };
     // The head was only peeked at: take it off the socket now.
@@ -364,7 +364,7 @@ async fn peek_head(
         .ok()?;
     let mut buf = vec![0u8; max_head];
     let peeked = tcp.peek(&mut buf).await.ok()?;
-    match parse_head(state, &buf[..peeked]) {
+    match parse_head(state, &buf[..peeked], true) {
         // The whole bound came and no head ended in it.
         Head::Incomplete if peeked == max_head => Some(Head::TooLarge),
         head => Some(head),
@@ -377,7 +377,17 @@ async fn open_tls(
     max_head: usize,
     wait: Duration,
 ) -> Opened<TlsStream<GuardedStream>, Replay<TlsStream<GuardedStream>>> {
-    read_head(state, stream, max_head, tokio::time::Instant::now() + wait).await
+    // A TLS connection here agreed on HTTP/1.1 or on nothing: the
+    // HTTP/2 preface is no way to open it, and hyper, serving it HTTP/1.1,
+    // would close it without a word.
+    read_head(
+        state,
+        stream,
+        max_head,
+        tokio::time::Instant::now() + wait,
+        false,
+    )
+    .await
 }
 
 /// Reads the request head off `stream` until it is whole, then answers it
@@ -387,6 +397,7 @@ async fn read_head<S: LeanIo>(
     mut stream: S,
     max_head: usize,
     deadline: tokio::time::Instant,
+    preface_to_hyper: bool,
 ) -> Opened<S, Replay<S>> {
     // Grown as bytes come, up to `max_head`: most heads are a few hundred
     // bytes, and this buffer is gone once the stream is open.
@@ -409,7 +420,7 @@ async fn read_head<S: LeanIo>(
                 return Opened::Gone;
             }
         }
-        match parse_head(state, &buf) {
+        match parse_head(state, &buf, preface_to_hyper) {
             Head::Incomplete => continue,
             Head::Decline => return Opened::Declined(Replay::new(buf.freeze(), stream)),
             Head::Take(_, request) => {
@@ -447,7 +458,9 @@ enum Head {
     Malformed(http::MalformedPart),
 }
 
-fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
+/// Says what this path makes of `buf`; `preface_to_hyper` where hyper
+/// serves HTTP/2 with prior knowledge (a cleartext connection).
+fn parse_head(state: &HttpState, buf: &[u8], preface_to_hyper: bool) -> Head {
     // `http.max_headers` bounds this path as it bounds hyper.
     let mut raw_headers = vec![httparse::EMPTY_HEADER; state.node().config().http.max_headers];
     let mut parsed = httparse::Request::new(&mut raw_headers);
@@ -456,7 +469,8 @@ fn parse_head(state: &HttpState, buf: &[u8]) -> Head {
         Ok(httparse::Status::Partial) => return Head::Incomplete,
         Err(httparse::Error::TooManyHeaders) => return Head::TooLarge,
         Err(error) => {
-            return target_with_control_bytes(buf).unwrap_or_else(|| malformed(buf, error));
+            return target_with_control_bytes(buf)
+                .unwrap_or_else(|| malformed(buf, error, preface_to_hyper));
         }
     };
     let hosts = parsed
@@ -505,12 +519,21 @@ fn target_with_control_bytes(buf: &[u8]) -> Option<Head> {
 }
 
 /// What to make of a head the parser refused: the HTTP/2 preface (h2c
-/// with prior knowledge) goes to hyper, anything else is answered 400 here
-/// with the part that is wrong, as hyper would answer it 400 without one.
-fn malformed(buf: &[u8], error: httparse::Error) -> Head {
+/// with prior knowledge) goes to hyper when `preface_to_hyper`, else is
+/// answered 400 once its request line is in (read on until then); anything else is answered
+/// 400 here with the part that is wrong, as hyper would answer it 400
+/// without one.
+fn malformed(buf: &[u8], error: httparse::Error, preface_to_hyper: bool) -> Head {
     const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
     if buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(buf) {
-        return Head::Decline;
+        return if preface_to_hyper {
+            Head::Decline
+        } else if buf.starts_with(H2_PREFACE_LINE) {
+            Head::Malformed(http::MalformedPart::Http2WithoutAlpn)
+        } else {
+            Head::Incomplete
+        };
     }
     let in_request_line = buf
         .windows(2)
@@ -723,10 +746,42 @@ mod tests {
         let error = httparse::Request::new(&mut headers)
             .parse(head)
             .expect_err("a head the parser refuses");
-        match malformed(head, error) {
+        match malformed(head, error, true) {
             Head::Malformed(part) => Some(part),
             _ => None,
         }
+    }
+
+    /// Over TLS, on a connection that agreed on HTTP/1.1 or on nothing, the
+    /// HTTP/2 preface is answered 400 once its request line is in, rather
+    /// than handed to hyper, which would close the connection unanswered.
+    #[test]
+    fn the_http2_preface_without_alpn_h2_is_answered_400() {
+        for head in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"PRI * HTTP/2.0\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n",
+        ] {
+            let error = httparse::Request::new(&mut [httparse::EMPTY_HEADER; 4])
+                .parse(head)
+                .expect_err("a head the parser refuses");
+            assert!(
+                matches!(
+                    malformed(head, error, false),
+                    Head::Malformed(http::MalformedPart::Http2WithoutAlpn)
+                ),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        // Not all of its request line yet: more bytes are read first.
+        let error = httparse::Request::new(&mut [])
+            .parse(b"PRI * HTTP/2")
+            .expect_err("a head the parser refuses");
+        assert!(matches!(
+            malformed(b"PRI * HTTP/2", error, false),
+            Head::Incomplete
+        ));
     }
 
     #[test]

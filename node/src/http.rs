@@ -117,6 +117,9 @@ impl ApiError {
             MalformedPart::Host => {
                 "a request names its host in one `Host` header, `host[:port]`, which HTTP/1.1 requires (RFC 9112, section 3.2): none came, more than one, or a value that is no host"
             }
+            MalformedPart::Http2WithoutAlpn => {
+                "the HTTP/2 preface came over TLS on a connection that agreed on HTTP/1.1 (or on no protocol): a client speaks HTTP/2 over TLS after agreeing on it by ALPN (`h2`), else HTTP/1.1"
+            }
             MalformedPart::BodyFraming => {
                 "the request's Content-Length and Transfer-Encoding leave its body's length unknown (RFC 9112, section 6.3): a Content-Length that is not one number, both headers at once, or codings that do not end with chunked"
             }
@@ -377,6 +380,9 @@ pub(crate) enum MalformedPart {
     /// `Content-Length` or `Transfer-Encoding` that leave the body's length
     /// unknown (see [`body_framing_is_wrong`]).
     BodyFraming,
+    /// The HTTP/2 preface over TLS on a connection whose ALPN agreed on
+    /// HTTP/1.1 or on nothing.
+    Http2WithoutAlpn,
 }
 
 /// Whether a request's `Content-Length` and `Transfer-Encoding` leave its

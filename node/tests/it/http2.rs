@@ -13,7 +13,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 use tokio_rustls::{
@@ -281,6 +281,21 @@ async fn twenty_streams_share_one_tls_connection_negotiated_by_alpn() {
             served.is_none(),
             "HTTP/2 served after ALPN {offered:?}: {:?}",
             served.map(|r| r.status())
+        );
+        // The preface itself is answered as a malformed request, with why,
+        // not with a close.
+        let (mut tls, _) = cert.connect(node.port, offered).await.unwrap();
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(T, tls.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 400")
+                && answer.contains("bad_request_head")
+                && answer.contains("ALPN"),
+            "after ALPN {offered:?}: {answer:?}"
         );
     }
 

@@ -1365,7 +1365,7 @@ impl Reader {
                         // consumer while it reads, as a topic that wakes
                         // busy does. Clients wait for the stall to be
                         // noticed, not also for the new consumer.
-                        match self.doze().await {
+                        match self.doze(false).await {
                             Wake::Closed => return,
                             Wake::Read => {}
                             Wake::Made(opening) => made = Some(opening),
@@ -1379,7 +1379,7 @@ impl Reader {
                     // Until a wake shows the topic busy, the feed reads it
                     // as a sparse one.
                     self.doze_after = self.sparse_doze_after;
-                    match self.doze().await {
+                    match self.doze(false).await {
                         Wake::Closed => return,
                         Wake::Read => {}
                         Wake::Made(opening) => {
@@ -1407,7 +1407,7 @@ impl Reader {
                 // slot: after a partition heals, NATS elected its meta
                 // leader again for 11-16 s, and clients waited that long.
                 // The doze makes the consumer once JetStream allows it.
-                match self.doze().await {
+                match self.doze(true).await {
                     Wake::Closed => return,
                     Wake::Read => {}
                     Wake::Made(opening) => made = Some(opening),
@@ -2019,7 +2019,13 @@ impl Reader {
     /// ([`Feed::listed`]), and then every `doze_after` (or `no_progress`, if
     /// longer), so a publish the subscriptions missed is read late, never
     /// lost.
-    async fn doze(&mut self) -> Wake {
+    ///
+    /// `bridging`: the feed was refused its consumer, and dozes only while
+    /// JetStream answers it otherwise (a direct get of its head, its
+    /// looks): a stream that does not answer at all is asked for a
+    /// consumer again within a second, each refusal counted, as before it
+    /// dozed.
+    async fn doze(&mut self, bridging: bool) -> Wake {
         let feed = self.feed.clone();
         let _dozing = DozingGauge::hold(&self.metrics.feeds_dozing, &feed.dozing);
         let client = self.js.client();
@@ -2044,7 +2050,11 @@ impl Reader {
         let mut looks = 0u32;
         // Looks in a row that got no answer.
         let mut unanswered = 0u32;
-        let mut direct = (self.direct_reads && self.head_still_read(&stream).await).then(|| {
+        let direct_works = self.direct_reads && self.head_still_read(&stream).await;
+        if bridging && !direct_works {
+            return Wake::Read;
+        }
+        let mut direct = direct_works.then(|| {
             let topic_label = [self.feed.topic.as_str()];
             DirectReads {
                 batches: answers_batched_gets(&client.server_info().version),
@@ -2169,6 +2179,9 @@ impl Reader {
                 Ok(Some(_)) => true,
                 Err(_) => false,
             };
+            if bridging && !answered {
+                return Wake::Read;
+            }
             looks += 1;
             unanswered = if answered { 0 } else { unanswered + 1 };
             look_at = tokio::time::Instant::now()

@@ -1610,6 +1610,10 @@ impl Reader {
                         Err(error) => {
                             // Asked again each tick; a watchdog that cannot
                             // look for a whole period says so, once a period.
+                            // Counted each time: a consumer on a stream that
+                            // is offline (its only server down) may report
+                            // nothing itself, and its clients get nothing.
+                            self.metrics.feed_errors.with_label_values(&["unanswered"]).inc();
                             unanswered += 1;
                             if unanswered.is_multiple_of(4) {
                                 warn!(topic = %self.feed.topic, head, %error, unanswered, "topic feed's watchdog gets no answer from jetstream");
@@ -2179,8 +2183,14 @@ impl Reader {
                 Ok(Some(_)) => true,
                 Err(_) => false,
             };
-            if bridging && !answered {
-                return Wake::Read;
+            if !answered {
+                self.metrics
+                    .feed_errors
+                    .with_label_values(&["unanswered"])
+                    .inc();
+                if bridging {
+                    return Wake::Read;
+                }
             }
             looks += 1;
             unanswered = if answered { 0 } else { unanswered + 1 };

@@ -303,11 +303,11 @@ impl Metrics {
             ),
             feed_errors: counter_vec(
                 "sse_feed_errors_total",
-                "Errors reported by the per-topic JetStream readers, by kind.",
+                "Errors reported by the per-topic JetStream readers, by kind: consumer (one could not be made), consumer_limit (refused at the stream's limit), unanswered (a look at the stream got no answer), or the NATS client's own kind of read error.",
                 "kind",
                 // At zero from the start, so that an alert on them has a
                 // series before the first error.
-                &["consumer_limit", "consumer"],
+                &["consumer_limit", "consumer", "unanswered"],
             ),
             feed_stalls: counter(
                 "sse_feed_stalls_total",

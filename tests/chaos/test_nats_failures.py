@@ -641,3 +641,54 @@ async def publish_each(url: str, subject: str, payloads: list[str], every: float
             await asyncio.sleep(every)
     finally:
         await nc.close()
+
+
+@pytest.mark.timeout(chaos_timeout(150))
+def test_a_topic_whose_only_nats_server_dies_counts_feed_errors_until_it_is_back(node_binary, cluster_factory, topic):
+    """A topic of one replica whose server dies is offline: its clients get
+    heartbeats and no events until the server is back. The node's feed
+    keeps counting that it cannot read (sse_feed_errors_total, which the
+    SseFeedErrors alert watches) for as long as it lasts, and its clients
+    get the events published once the server is back, in order."""
+    c = cluster_factory(nodes=1, topics=[(topic, 1)])
+    holder = c.nats_proc_for_server(run_async(stream_leader(c.nats_urls, f"SSE_{topic}")))
+    node0 = c.node_port("node0")
+
+    def errors() -> float:
+        return metric_sum(c.metrics("node0") or {}, "sse_feed_errors_total")
+
+    sock = socket.create_connection((LOOPBACK, node0), timeout=30)
+    try:
+        sock.sendall(f"GET /v1/events?topic={topic} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += sock.recv(65536)
+
+        def read_until(count: int, within: float) -> None:
+            nonlocal got
+            deadline = time.monotonic() + within
+            while (read := got.count(b"\ndata: ")) < count:
+                assert time.monotonic() < deadline, f"{read} of {count} events in {within} s: {got[-300:]!r}"
+                got += sock.recv(65536)
+
+        # Busy enough (twenty a second) for the feed to read with a consumer.
+        before = [f"before {i}" for i in range(40)]
+        run_async(publish_each(c.nats_urls[int(holder.removeprefix("nats"))], f"sse.{topic}", before, every=0.05))
+        read_until(len(before), 15)
+        wait_until(
+            lambda: metric_sum(c.metrics("node0") or {}, "sse_jetstream_consumers") >= 1, 10, "the feed's consumer"
+        )
+        c.kill(holder)
+        # Counted again and again while the stream is offline, not once.
+        for look in range(3):
+            counted = errors()
+            wait_until(lambda: errors() > counted, 20, f"feed errors counted again ({look + 1} of 3)")
+        c.start_proc(holder, wait=False)
+        c.wait_ready(holder)
+        after = [f"after {i}" for i in range(5)]
+        run_async(publish_each(c.nats_urls[int(holder.removeprefix("nats"))], f"sse.{topic}", after))
+        read_until(len(before) + len(after), 30)
+    finally:
+        sock.close()
+    data = [line.removeprefix(b"data: ").decode() for line in got.split(b"\n") if line.startswith(b"data: ")]
+    assert data == before + after, data

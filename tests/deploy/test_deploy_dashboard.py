@@ -37,6 +37,7 @@ NODE_METRICS = {
     "sse_topic_subscribers": {"topic"},
     "sse_stalled_streams_total": set(),
     "sse_feed_stalls_total": set(),
+    "sse_feed_errors_total": {"kind"},
     "sse_parked_writer_stalls_total": set(),
     "sse_feeds_live": set(),
     "sse_feeds_dozing": set(),

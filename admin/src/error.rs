@@ -2,9 +2,9 @@
 //!
 //! Every API error is JSON `{"error": <code>, "message": <text>}` with a
 //! precise status: 400 bad input, 401 no or wrong token, 404 unknown topic,
-//! 409 topic exists, 413 event too large, 503 NATS unavailable. Internal
-//! details (NATS error texts that mean nothing to a caller) are logged, not
-//! sent.
+//! 408 request body too slow, 409 topic exists, 413 event too large, 503
+//! NATS unavailable. Internal details (NATS error texts that mean nothing to
+//! a caller) are logged, not sent.
 
 use async_nats::jetstream::{
     self, ErrorCode,
@@ -77,6 +77,14 @@ pub enum Error {
         /// Bytes allowed.
         limit: usize,
     },
+    /// The request body did not arrive within the time allowed.
+    #[error(
+        "the request body did not arrive within {seconds} s of the request head; send the whole body at once"
+    )]
+    BodyTimeout {
+        /// Seconds allowed.
+        seconds: u64,
+    },
     /// NATS or JetStream did not answer, or is not connected.
     #[error("nats is unavailable: {0}")]
     NatsUnavailable(String),
@@ -113,6 +121,7 @@ impl Error {
             Error::PayloadTooLarge { .. }
             | Error::TooLargeForTopic(_)
             | Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Error::NatsUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable"),
             Error::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Error::Config(_) | Error::Serve(_) | Error::Internal(_) => {
@@ -194,9 +203,16 @@ impl Error {
         }
     }
 
-    /// Maps a failed stream create or update.
-    pub fn from_create_stream(err: &jetstream::context::CreateStreamError, topic: &str) -> Self {
+    /// Maps a failed create or update of a stream to `config`.
+    pub fn from_create_stream(
+        err: &jetstream::context::CreateStreamError,
+        topic: &str,
+        config: &jetstream::stream::Config,
+    ) -> Self {
         match err.kind() {
+            CreateStreamErrorKind::JetStream(js) if no_storage_for_placement(&js) => {
+                Self::no_storage_for(&js, topic, config)
+            }
             CreateStreamErrorKind::JetStream(js) => Self::from_jetstream(&js, topic),
             CreateStreamErrorKind::NotFound => Error::TopicNotFound(topic.to_owned()),
             CreateStreamErrorKind::JetStreamUnavailable
@@ -209,6 +225,57 @@ impl Error {
                 Error::Internal(err.to_string())
             }
         }
+    }
+}
+
+/// Whether a clustered JetStream found no servers for a stream because none
+/// could reserve its storage: it then answers "no suitable peers for
+/// placement, insufficient storage", whatever the replicas.
+fn no_storage_for_placement(err: &jetstream::Error) -> bool {
+    err.error_code() == ErrorCode::CLUSTER_NO_PEERS
+        && err.to_string().contains("insufficient storage")
+}
+
+impl Error {
+    /// The refusal of a placement for want of storage, naming what asked for
+    /// it: JetStream reserves a stream's `max_bytes` on each of its replicas'
+    /// servers, so a `max_bytes` over a server's `max_file_store` (or
+    /// `max_memory_store`) is refused even for one replica.
+    fn no_storage_for(
+        err: &jetstream::Error,
+        topic: &str,
+        config: &jetstream::stream::Config,
+    ) -> Self {
+        let (kind, limit) = match config.storage {
+            jetstream::stream::StorageType::Memory => ("memory", "max_memory_store"),
+            jetstream::stream::StorageType::File => ("file", "max_file_store"),
+        };
+        let replicas = config.num_replicas.max(1);
+        let (servers, their, fix) = if replicas > 1 {
+            (
+                format!("no {replicas} NATS servers (replicas is {replicas}) can each"),
+                "their",
+                "ask for a smaller max_bytes or fewer replicas",
+            )
+        } else {
+            (
+                "no NATS server can".to_owned(),
+                "its",
+                "ask for a smaller max_bytes",
+            )
+        };
+        let message = if config.max_bytes > 0 {
+            format!(
+                "topic {topic:?}: {servers} reserve max_bytes ({} bytes) of JetStream {kind} storage, more than {their} {limit} has free; {fix}, or give the servers more ({limit}): {err}",
+                config.max_bytes
+            )
+        } else {
+            // Without max_bytes nothing is reserved: the storage is used up.
+            format!(
+                "topic {topic:?}: {servers} take it, {their} JetStream {kind} storage ({limit}) being reserved by other streams or used up; give the servers more, or set max_bytes on the other topics: {err}"
+            )
+        };
+        Error::BadRequest(message)
     }
 }
 
@@ -237,7 +304,7 @@ impl IntoResponse for Error {
             }),
         )
             .into_response();
-        if matches!(self, Error::BodyTooLarge { .. }) {
+        if matches!(self, Error::BodyTooLarge { .. } | Error::BodyTimeout { .. }) {
             // The rest of the body was never read, so the connection cannot
             // carry another request: say so, or a client may send its next
             // request on a connection the server is closing.

@@ -213,11 +213,20 @@ impl<S: Send + Sync> FromRequestParts<S> for TopicPath {
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// A JSON body; unlike axum's `Json`, every problem is a JSON 400 (or 413
-/// for a body over the limit), and no `Content-Type` is demanded.
-pub struct JsonBody<T>(pub T);
+/// Longest a client may take to send a request body once its head is read:
+/// a body declared and never sent, or sent a byte at a time, would hold one
+/// of admin's connections for good, and enough of them would fill admin's
+/// connection limit. A publish body at the default limit (about 6 MiB) needs
+/// 320 KB/s to arrive in time.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+/// A request body, read whole: a `Content-Length` over the limit is answered
+/// 413 from the head, without waiting for a body that would be refused, a
+/// body that grows past it 413 as it arrives, and one not in within
+/// [`BODY_READ_TIMEOUT`] 408.
+pub struct BodyBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for BodyBytes {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Error> {
@@ -225,15 +234,38 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             .extensions()
             .get::<BodyLimit>()
             .map_or(0, |limit| limit.0);
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::BodyTooLarge { limit }
-                } else {
-                    Error::BadRequest(rejection.body_text())
-                }
-            })?;
+        // hyper has refused a `Content-Length` that is no number already.
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > u64::try_from(limit).unwrap_or(u64::MAX)) {
+            return Err(Error::BodyTooLarge { limit });
+        }
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, state));
+        match read.await {
+            Ok(Ok(body)) => Ok(BodyBytes(body)),
+            Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(Error::BodyTooLarge { limit })
+            }
+            Ok(Err(rejection)) => Err(Error::BadRequest(rejection.body_text())),
+            Err(_) => Err(Error::BodyTimeout {
+                seconds: BODY_READ_TIMEOUT.as_secs(),
+            }),
+        }
+    }
+}
+
+/// A JSON body; unlike axum's `Json`, every problem is a JSON 400 (or 413
+/// for a body over the limit, 408 for one too slow, as [`BodyBytes`]), and
+/// no `Content-Type` is demanded.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Error> {
+        let BodyBytes(body) = BodyBytes::from_request(request, state).await?;
         if body.is_empty() {
             return Err(Error::BadRequest("a JSON body is required".to_owned()));
         }

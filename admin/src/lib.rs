@@ -107,7 +107,10 @@ pub async fn run(
 }
 
 /// Most connections admin serves at once; past it, new ones wait in the
-/// listen queue, holding no file of admin's.
+/// listen queue, holding no file of admin's, probes included. So that slow
+/// clients cannot keep it full, a head must come within
+/// [`HEADER_READ_TIMEOUT`] and a body within [`http::BODY_READ_TIMEOUT`]
+/// (one declared over the body limit is refused from its head).
 const MAX_CONNECTIONS: usize = 1024;
 
 /// Longest a client may take to send its request head, on a new connection

@@ -253,6 +253,7 @@ fn generated_msg_id() -> String {
         (status = 400, description = "Bad subject path, event name or id", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
         (status = 404, description = "No such topic", body = crate::error::ErrorBody),
+        (status = 408, description = "Request body not sent in time", body = crate::error::ErrorBody),
         (status = 409, description = "The topic's stream stores nothing published to this subject (a mirror, say: `not_publishable`), or it is full and discards new events (`store_refused`)", body = crate::error::ErrorBody),
         (status = 413, description = "Data too large", body = crate::error::ErrorBody),
         (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),

@@ -16,7 +16,6 @@ use axum::{
     http::StatusCode,
     response::IntoResponse,
 };
-use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 pub use sse_protocol::Access;
@@ -27,7 +26,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     cluster,
     error::Error,
-    http::{JsonBody, TopicPath},
+    http::{BodyBytes, JsonBody, TopicPath},
     state::AppState,
 };
 
@@ -649,6 +648,7 @@ const SUBSCRIBERS_TIMEOUT: Duration = Duration::from_secs(3);
         (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
         (status = 403, description = "The publish token, which opens publishing only", body = crate::error::ErrorBody),
         (status = 409, description = "Topic exists", body = crate::error::ErrorBody),
+        (status = 408, description = "Request body not sent in time", body = crate::error::ErrorBody),
         (status = 413, description = "Request body too large", body = crate::error::ErrorBody),
         (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
     ),
@@ -677,9 +677,9 @@ pub async fn create_topic(
         },
     }
     let stream = js
-        .create_stream(config)
+        .create_stream(config.clone())
         .await
-        .map_err(|err| Error::from_create_stream(&err, topic.as_str()))?;
+        .map_err(|err| Error::from_create_stream(&err, topic.as_str(), &config))?;
     tracing::info!(%topic, "topic created");
     Ok((
         StatusCode::CREATED,
@@ -791,6 +791,7 @@ pub async fn get_topic(
     responses(
         (status = 200, description = "The updated topic", body = Topic),
         (status = 400, description = "Bad value", body = crate::error::ErrorBody),
+        (status = 408, description = "Request body not sent in time", body = crate::error::ErrorBody),
         (status = 413, description = "Request body too large", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
         (status = 403, description = "The publish token, which opens publishing only", body = crate::error::ErrorBody),
@@ -840,7 +841,7 @@ pub async fn update_topic(
     let mut info = jetstream
         .update_stream(&config)
         .await
-        .map_err(|err| Error::from_create_stream(&err, topic.as_str()))?;
+        .map_err(|err| Error::from_create_stream(&err, topic.as_str(), &config))?;
     // JetStream sends the update's advisory, on which the nodes read the
     // stream again, before it applies the stricter limits: a node could read
     // the stream as it was and go on serving the events the new limits
@@ -913,6 +914,8 @@ pub async fn delete_topic(
         (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
         (status = 403, description = "The publish token, which opens publishing only", body = crate::error::ErrorBody),
         (status = 404, description = "No such topic", body = crate::error::ErrorBody),
+        (status = 408, description = "Request body not sent in time", body = crate::error::ErrorBody),
+        (status = 413, description = "Request body too large", body = crate::error::ErrorBody),
         (status = 503, description = "NATS unavailable", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
@@ -920,7 +923,7 @@ pub async fn delete_topic(
 pub async fn purge_topic(
     State(state): State<AppState>,
     TopicPath(name): TopicPath,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<Purged>, Error> {
     use async_nats::jetstream::stream::PurgeErrorKind;
     let topic = parse_topic(&name)?;

@@ -523,3 +523,116 @@ async fn a_publish_while_nats_is_down_is_counted_unavailable() {
     })
     .await;
 }
+
+/// Sends `head` and the first bytes of a body on a new connection, and
+/// reads the answer until admin closes the connection, or `within` is up;
+/// returns the answer and how long it took.
+async fn raw_answer(
+    admin: &Admin,
+    head: &str,
+    body_start: &[u8],
+    within: std::time::Duration,
+) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = admin.base.trim_start_matches("http://");
+    let mut connection = tokio::net::TcpStream::connect(address).await.unwrap();
+    let started = std::time::Instant::now();
+    connection.write_all(head.as_bytes()).await.unwrap();
+    connection.write_all(body_start).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(within, connection.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "no whole answer within {within:?}: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// The JSON error at the end of a raw answer.
+fn raw_error(answer: &str) -> serde_json::Value {
+    let (_, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+/// A body declared larger than admin takes is refused from the head, at
+/// once: admin does not wait for a body it would refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_declared_too_large_is_refused_at_once() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        admin.create_topic(json!({"name": "orders"})).await;
+        for (method, path) in [
+            ("POST", "/v1/topics/orders/events"),
+            ("POST", "/v1/topics"),
+            ("PATCH", "/v1/topics/orders"),
+            ("POST", "/v1/topics/orders/purge"),
+        ] {
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n",
+                crate::support::TOKEN
+            );
+            let (answer, took) =
+                raw_answer(&admin, &head, b"{\"d", std::time::Duration::from_secs(2)).await;
+            assert!(answer.starts_with("HTTP/1.1 413 "), "{path}: {answer:?}");
+            assert!(
+                answer
+                    .to_ascii_lowercase()
+                    .contains("\r\nconnection: close\r\n"),
+                "{path}: {answer:?}"
+            );
+            // Six times the default max_event_bytes (1 MiB), plus 64 KiB.
+            assert_error(&(413, raw_error(&answer)), 413, "at most 6356992 bytes");
+            assert!(took < std::time::Duration::from_secs(2), "{path}: {took:?}");
+        }
+    })
+    .await;
+}
+
+/// A body that does not arrive in time is answered 408 and its connection
+/// closed, so that slow bodies cannot pile up and fill admin's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_slow_is_refused_in_time() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = Admin::start(&nats).await;
+        admin.create_topic(json!({"name": "orders"})).await;
+        let head = format!(
+            "POST /v1/topics/orders/events HTTP/1.1\r\nHost: admin\r\n\
+             Authorization: Bearer {}\r\nContent-Length: 1000\r\n\r\n",
+            crate::support::TOKEN
+        );
+        let limit = sse_admin::http::BODY_READ_TIMEOUT;
+        let (answer, took) = raw_answer(
+            &admin,
+            &head,
+            b"{\"data\":\"",
+            limit + std::time::Duration::from_secs(5),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{answer:?}"
+        );
+        let body = raw_error(&answer);
+        assert_eq!(body["error"], "request_timeout", "{body}");
+        assert_error(
+            &(408, body),
+            408,
+            &format!("did not arrive within {} s", limit.as_secs()),
+        );
+        assert!(took >= limit, "{took:?}");
+        // Nothing was published.
+        let (_, topic) = admin.call("GET", "/v1/topics/orders", None).await;
+        assert_eq!(topic["messages"], 0, "{topic}");
+    })
+    .await;
+}

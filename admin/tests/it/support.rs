@@ -85,6 +85,40 @@ impl NatsServer {
         }
     }
 
+    /// Starts a cluster of `size` servers, each with the NATS configuration
+    /// `conf` (a `jetstream { max_file_store: … }` block, say), and returns
+    /// them once they listen; JetStream may still be electing its leader.
+    pub(crate) fn start_cluster(size: usize, conf: &str) -> (tempfile::TempDir, Vec<Self>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf_path = dir.path().join("nats.conf");
+        std::fs::write(&conf_path, conf).expect("write the NATS configuration");
+        let conf_path = conf_path.to_str().expect("a UTF-8 path").to_owned();
+        let routes: Vec<String> = (0..size)
+            .map(|_| format!("nats://127.0.0.1:{}", crate::ports::free_port()))
+            .collect();
+        let all_routes = routes.join(",");
+        let servers = routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| {
+                let name = format!("n{i}");
+                Self::start_with_args(&[
+                    "-c",
+                    &conf_path,
+                    "-n",
+                    &name,
+                    "--cluster_name",
+                    "test",
+                    "--cluster",
+                    route,
+                    "--routes",
+                    &all_routes,
+                ])
+            })
+            .collect();
+        (dir, servers)
+    }
+
     /// Starts the server again on the same port with the same storage.
     pub(crate) fn restart(&mut self) {
         self.stop();

@@ -719,3 +719,67 @@ async fn a_memory_topic_without_memory_storage_is_refused_saying_so() {
     })
     .await;
 }
+
+/// On a NATS cluster, a `max_bytes` more than a server's JetStream storage
+/// can reserve is refused naming `max_bytes` and the server's limit; the
+/// replicas are named as a cause only when there are more than one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_bytes_over_the_nats_storage_is_refused_naming_it() {
+    bounded(async {
+        let (_conf, servers) = NatsServer::start_cluster(
+            3,
+            "jetstream {\n  max_file_store: 1GB\n  max_memory_store: 64MB\n}\n",
+        );
+        let admin = Admin::start(&servers[0]).await;
+        // The cluster elects its JetStream leader after it listens.
+        crate::support::eventually(
+            "the cluster takes a topic",
+            std::time::Duration::from_secs(30),
+            || async {
+                let (status, _) = admin
+                    .call(
+                        "POST",
+                        "/v1/topics",
+                        Some(json!({"name": "fits", "max_bytes": 10_000_000})),
+                    )
+                    .await;
+                (status == 201).then_some(())
+            },
+        )
+        .await;
+        let create = |body| admin.call("POST", "/v1/topics", Some(body));
+
+        let answer = create(json!({"name": "huge", "max_bytes": 3_000_000_000u64})).await;
+        assert_error(&answer, 400, "max_bytes (3000000000 bytes)");
+        assert_error(&answer, 400, "max_file_store");
+        assert!(
+            !answer.1["message"].as_str().unwrap().contains("replicas"),
+            "{}",
+            answer.1
+        );
+        let answer = create(json!({"name": "huge", "max_bytes": i64::MAX})).await;
+        assert_error(&answer, 400, "max_bytes");
+
+        let answer =
+            create(json!({"name": "huge", "max_bytes": 3_000_000_000u64, "replicas": 3})).await;
+        assert_error(&answer, 400, "max_bytes (3000000000 bytes)");
+        assert_error(&answer, 400, "replicas is 3");
+
+        let answer =
+            create(json!({"name": "huge", "max_bytes": 100_000_000, "storage": "memory"})).await;
+        assert_error(&answer, 400, "max_memory_store");
+
+        let answer = admin
+            .call(
+                "PATCH",
+                "/v1/topics/fits",
+                Some(json!({"max_bytes": 3_000_000_000u64})),
+            )
+            .await;
+        assert_error(&answer, 400, "max_bytes");
+        // Nothing was created by any of it.
+        let (_, list) = admin.call("GET", "/v1/topics", None).await;
+        assert_eq!(list["total"], 1, "{list}");
+    })
+    .await;
+}

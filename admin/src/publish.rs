@@ -272,6 +272,7 @@ pub async fn publish_event(
     }
     let span = tracing::info_span!(
         "sse.publish",
+        otel.kind = "producer",
         topic = %name,
         sequence = tracing::field::Empty,
         duplicate = tracing::field::Empty,
@@ -286,7 +287,10 @@ pub async fn publish_event(
         .await;
     match &published {
         Ok(Json(published)) => {
-            span.record("sequence", published.sequence);
+            span.record(
+                "sequence",
+                i64::try_from(published.sequence).unwrap_or(i64::MAX),
+            );
             span.record("duplicate", published.duplicate);
         }
         Err(error) => {

@@ -736,13 +736,12 @@ impl Feed {
         self.closed.is_cancelled()
     }
 
-    /// Appends and broadcasts an event; returns the history's size and the
-    /// number of clients it was handed to.
-    fn publish(&self, event: Event) -> (usize, usize) {
+    /// Appends and broadcasts an event; returns the history's size.
+    fn publish(&self, event: Event) -> usize {
         let event = Arc::new(event);
         let mut state = self.lock();
         if event.seq <= state.head {
-            return (state.history.bytes(), 0);
+            return state.history.bytes();
         }
         state.head = event.seq;
         self.head.store(event.seq, Ordering::Release);
@@ -750,13 +749,12 @@ impl Feed {
         state.history.push(event.clone());
         self.budget.adjust(before, state.history.bytes());
         // No receiver is not an error: the event is still held for resumes.
-        let mut receivers = 0;
         if let Some(tx) = state.paths.get_mut(&*event.path) {
             // A channel that has just grown has no receiver until its
             // readers attach again: it stays (the sweep drops it if none
             // ever does).
             if tx.receiver_count() > 0 || tx.grown {
-                receivers += tx.send(event.clone(), |_| {});
+                tx.send(event.clone(), |_| {});
             } else {
                 state.paths.remove(&*event.path);
             }
@@ -764,12 +762,12 @@ impl Feed {
         if state.sender.receiver_count() > 0 {
             let parked = &self.parked;
             let seq = event.seq;
-            receivers += state
+            state
                 .sender
                 .send(event, |moved| parked.hand_over(moved.subscribe()));
             parked.note_sent(seq);
         }
-        (state.history.bytes(), receivers)
+        state.history.bytes()
     }
 
     fn skip(&self, seq: u64) {
@@ -1739,20 +1737,22 @@ impl Reader {
             .filter(|h| crate::telemetry::tracing_enabled() && h.get(TRACEPARENT_HEADER).is_some());
         let bytes = match traced {
             Some(headers) => {
+                // Numbers as integers (a trace backend compares them, where
+                // it only matches strings), and the span a consumer's, as
+                // messaging's conventions have it.
                 let span = info_span!(
                     "sse.deliver",
+                    otel.kind = "consumer",
                     topic = %self.feed.topic,
-                    seq,
+                    seq = i64::try_from(seq).unwrap_or(i64::MAX),
                     subject = path,
-                    subscribers = tracing::field::Empty,
+                    subscribers = i64::try_from(self.feed.interest()).unwrap_or(i64::MAX),
                 );
                 crate::telemetry::continue_trace(&span, headers);
                 let _entered = span.enter();
-                let (bytes, receivers) = self.feed.publish(event);
-                span.record("subscribers", receivers);
-                bytes
+                self.feed.publish(event)
             }
-            None => self.feed.publish(event).0,
+            None => self.feed.publish(event),
         };
         history_bytes.set(bytes as i64);
         *self
@@ -1806,7 +1806,7 @@ impl Reader {
             .feed_events
             .with_label_values(&topic_label)
             .inc();
-        let (bytes, _) = self.feed.publish(event);
+        let bytes = self.feed.publish(event);
         self.metrics
             .history_bytes
             .with_label_values(&topic_label)

@@ -500,6 +500,7 @@ impl ClientStream {
                 .collect();
             let connection = info_span!(
                 "sse.connection",
+                otel.kind = "server",
                 topics = %names.join(","),
                 resumed = resuming,
                 close_reason = tracing::field::Empty,

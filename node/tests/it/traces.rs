@@ -147,6 +147,16 @@ async fn a_published_trace_is_exported(received: Received, env: &[(&str, &str)])
                         b.windows(19).any(|w| w == b"sse-node-under-test"),
                         "service name in the resource"
                     );
+                    // OTLP's protobuf: attribute `seq` (the stream's first
+                    // event) and `subscribers` (the one client) as integers
+                    // (AnyValue field 3), and the span a consumer's (kind 5).
+                    let has = |bytes: &[u8]| b.windows(bytes.len()).any(|w| w == bytes);
+                    assert!(has(b"\x0a\x03seq\x12\x02\x18\x01"), "seq as an integer");
+                    assert!(
+                        has(b"\x0a\x0bsubscribers\x12\x02\x18\x01"),
+                        "subscribers as an integer, one"
+                    );
+                    assert!(has(b"\x30\x05"), "a consumer's span");
                 })
         }
     })

@@ -1421,8 +1421,10 @@ impl Reader {
             .feed_errors
             .with_label_values(&[if limit { "consumer_limit" } else { "consumer" }])
             .inc();
-        if limit {
+        if limit && self.direct_reads {
             error!(topic = %self.feed.topic, %error, "{CONSUMER_LIMIT_HINT}; reading on without it and retrying");
+        } else if limit {
+            error!(topic = %self.feed.topic, %error, "{CONSUMER_LIMIT_HINT}; retrying");
         } else {
             warn!(topic = %self.feed.topic, %error, "topic feed cannot read with a consumer; retrying");
         }

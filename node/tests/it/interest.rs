@@ -201,19 +201,7 @@ async fn a_feed_refused_for_the_consumer_limit_says_so_and_catches_up() {
     // A topic with a recent event: its feed wants a consumer from the start
     // (one that never held an event asks for none until its first publish).
     publish(&js, "full", "before").await;
-    let node = NodeProc::start(&nats.url(), &[]).await;
-    let mut client = SseClient::connect(&node.url("/v1/events?topic=full"), None)
-        .await
-        .unwrap();
-    client.ready().await;
-    eventually(T, "the refusal counted as the consumer limit", || async {
-        (node
-            .metric(r#"sse_feed_errors_total{kind="consumer_limit"}"#)
-            .await
-            >= 1.0)
-            .then_some(())
-    })
-    .await;
+    let (node, mut client) = a_client_of_a_feed_refused_its_consumer(&nats).await;
     assert_eq!(node.metric("sse_jetstream_consumers").await, 0.0);
     publish(&js, "full", "while refused").await;
     js.delete_consumer_from_stream("other", "SSE_full")
@@ -255,19 +243,7 @@ async fn refused_feed_reads_on(republish: bool) {
     hold_a_consumer(&js, "SSE_full").await;
     // A recent event: the feed wants a consumer from the start.
     publish(&js, "full", "before").await;
-    let node = NodeProc::start(&nats.url(), &[]).await;
-    let mut client = SseClient::connect(&node.url("/v1/events?topic=full"), None)
-        .await
-        .unwrap();
-    client.ready().await;
-    eventually(T, "the refusal counted as the consumer limit", || async {
-        (node
-            .metric(r#"sse_feed_errors_total{kind="consumer_limit"}"#)
-            .await
-            >= 1.0)
-            .then_some(())
-    })
-    .await;
+    let (node, mut client) = a_client_of_a_feed_refused_its_consumer(&nats).await;
     let sent: Vec<String> = (0..30).map(|i| format!("e{i}")).collect();
     for data in &sent {
         publish(&js, "full", data).await;
@@ -323,6 +299,25 @@ async fn a_resume_refused_for_the_consumer_limit_says_so_and_ends() {
             .await,
         1.0
     );
+}
+
+/// A node, and a client of topic `full`, whose feed JetStream has refused
+/// a consumer for the stream's limit (counted so).
+async fn a_client_of_a_feed_refused_its_consumer(nats: &Nats) -> (NodeProc, SseClient) {
+    let node = NodeProc::start(&nats.url(), &[]).await;
+    let mut client = SseClient::connect(&node.url("/v1/events?topic=full"), None)
+        .await
+        .unwrap();
+    client.ready().await;
+    eventually(T, "the refusal counted as the consumer limit", || async {
+        (node
+            .metric(r#"sse_feed_errors_total{kind="consumer_limit"}"#)
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    (node, client)
 }
 
 /// Creates topic `name` whose stream holds at most `limit` consumers.

@@ -110,16 +110,21 @@ CASES: dict[str, tuple] = {
     # Three minutes behind, then set right: fires after 10 minutes off.
     "SseNodeClockOff": ([series("sse_clock_offset_seconds", NODE, "180x12 0x5")], "11m", [{**NODE, "severity": "warning"}]),
     "SseFeedStalls": ([series("sse_feed_stalls_total", NODE, "0 0 1 1")], "3m", [{**NODE, "severity": "warning"}]),
-    # A topic's stream offline: its feed fails to make a consumer every 2 s,
-    # from 30 s in, and the alert fires 2 minutes later.
+    # A topic's stream offline, from 1 minute in: one node's feed fails to
+    # make a consumer every 2 s; another's dozes and its looks go unanswered
+    # a minute or more apart (here every 90 s). The alert fires for both 3
+    # minutes later.
     "SseFeedErrors": (
         [
-            series("sse_feed_errors_total", {**NODE, "kind": "consumer"}, "0 0 15+15x12"),
-            series("sse_feed_errors_total", {**NODE, "kind": "consumer_limit"}, "0x14"),
-            series("sse_feed_errors_total", {**NODE_2, "kind": "consumer"}, "0x14"),
+            series("sse_feed_errors_total", {**NODE, "kind": "consumer"}, "0 0 15+15x14"),
+            series("sse_feed_errors_total", {**NODE, "kind": "consumer_limit"}, "0x16"),
+            series("sse_feed_errors_total", {**NODE_2, "kind": "unanswered"}, "0 0 1 1 1 2 2 2 3 3 3 4 4 4 5 5 5"),
         ],
-        "3m",
-        [{"instance": NODE["instance"], "severity": "warning"}],
+        "5m",
+        [
+            {"instance": NODE["instance"], "severity": "warning"},
+            {"instance": NODE_2["instance"], "severity": "warning"},
+        ],
         "30s",
     ),
     "SseParkedWriterStalls": (

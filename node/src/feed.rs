@@ -1735,8 +1735,14 @@ impl Reader {
             warn!(topic = %self.feed.topic, subject = path, seq, reason = reason.as_str(), "event cannot be sent as is; delivering an invalid event");
         }
         feed_events.inc();
-        let traced = headers
-            .filter(|h| crate::telemetry::tracing_enabled() && h.get(TRACEPARENT_HEADER).is_some());
+        // Events older than the feed, read to warm its history up, were
+        // delivered when they were news: a span of their own each time a
+        // feed starts would show them delivered again.
+        let traced = headers.filter(|h| {
+            crate::telemetry::tracing_enabled()
+                && seq > self.feed.live_from
+                && h.get(TRACEPARENT_HEADER).is_some()
+        });
         let bytes = match traced {
             Some(headers) => {
                 // Numbers as integers (a trace backend compares them, where

@@ -222,8 +222,14 @@ impl ClientStream {
                     .replay_duration
                     .observe(replayed.as_secs_f64());
                 if let Some(spans) = &mut self.spans {
-                    spans.resume.record("memory_events", self.replayed[0]);
-                    spans.resume.record("jetstream_events", self.replayed[1]);
+                    // Integers, which trace backends compare.
+                    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                    spans
+                        .resume
+                        .record("memory_events", count(self.replayed[0]));
+                    spans
+                        .resume
+                        .record("jetstream_events", count(self.replayed[1]));
                     // Ends the resume span.
                     spans.resume = Span::none();
                 }

@@ -336,6 +336,7 @@ impl Feed {
             head_time: None,
             reconnections: settings.reconnections.clone(),
             metrics,
+            refusals_logged: None,
         };
         CONSUMER_WORK.spawn(reader.run(start));
         feed
@@ -999,6 +1000,9 @@ enum Wake {
 /// Longest pause between two attempts of a feed to (re)create its consumer.
 const FEED_RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// How often a feed refused its consumer again and again says so in the log.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
 /// Runs one JetStream call under [`NATS_CALL_TIMEOUT`].
 pub fn bounded<T, E: Into<async_nats::Error>>(
     call: impl Future<Output = Result<T, E>>,
@@ -1207,6 +1211,9 @@ struct Reader {
     head_time: Option<SystemTime>,
     reconnections: tokio::sync::watch::Receiver<u64>,
     metrics: Arc<Metrics>,
+    /// When a refused consumer was last logged, and the refusals counted
+    /// and not logged since ([`Reader::consumer_refused`]).
+    refusals_logged: Option<(std::time::Instant, u64)>,
 }
 
 /// A reader's consumer, as [`Reader::open_consumer`] made it.
@@ -1415,18 +1422,32 @@ impl Reader {
     }
 
     /// Counts and logs a consumer that could not be made or read.
-    fn consumer_refused(&self, error: &async_nats::Error) {
+    ///
+    /// Logged once in [`REFUSALS_LOGGED_EVERY`] per feed, with the number
+    /// counted meanwhile: the feed asks again every second for as long as
+    /// JetStream refuses, which is minutes at a stream's consumer limit.
+    fn consumer_refused(&mut self, error: &async_nats::Error) {
         let limit = is_consumer_limit(error);
         self.metrics
             .feed_errors
             .with_label_values(&[if limit { "consumer_limit" } else { "consumer" }])
             .inc();
+        let now = std::time::Instant::now();
+        let unlogged = match &mut self.refusals_logged {
+            Some((at, unlogged)) if now.duration_since(*at) < REFUSALS_LOGGED_EVERY => {
+                *unlogged += 1;
+                return;
+            }
+            Some((_, unlogged)) => std::mem::take(unlogged),
+            None => 0,
+        };
+        self.refusals_logged = Some((now, 0));
         if limit && self.direct_reads {
-            error!(topic = %self.feed.topic, %error, "{CONSUMER_LIMIT_HINT}; reading on without it and retrying");
+            error!(topic = %self.feed.topic, %error, refused_since_last_logged = unlogged, "{CONSUMER_LIMIT_HINT}; reading on without it and retrying");
         } else if limit {
-            error!(topic = %self.feed.topic, %error, "{CONSUMER_LIMIT_HINT}; retrying");
+            error!(topic = %self.feed.topic, %error, refused_since_last_logged = unlogged, "{CONSUMER_LIMIT_HINT}; retrying");
         } else {
-            warn!(topic = %self.feed.topic, %error, "topic feed cannot read with a consumer; retrying");
+            warn!(topic = %self.feed.topic, %error, refused_since_last_logged = unlogged, "topic feed cannot read with a consumer; retrying");
         }
     }
 

@@ -1942,6 +1942,7 @@ impl Reader {
                         next,
                         &filter_subject,
                         wanted,
+                        DIRECT_BATCH_BYTES,
                     ),
                 )
                 .await
@@ -2364,8 +2365,8 @@ impl Reader {
 }
 
 /// Reads up to `batch` events of the stream `stream_name` from the sequence
-/// `from` (of `filter_subject` only, when not empty) with one direct get:
-/// NATS 2.11 and later answer it with each event and then an end-of-batch
+/// `from` (of `filter_subject` only, when not empty) with one direct get,
+/// as many as fit in `max_bytes` (at least one): NATS 2.11 and later answer it with each event and then an end-of-batch
 /// status, where one get per event took a round trip each. Empty when the
 /// stream holds nothing there yet.
 ///
@@ -2373,17 +2374,18 @@ impl Reader {
 /// for batches only of a server that announces 2.11 or later
 /// ([`answers_batched_gets`]), and stops at `batch` events without waiting
 /// for the end.
-async fn direct_get_batch(
+pub(crate) async fn direct_get_batch(
     client: &async_nats::Client,
     stream_name: &str,
     from: u64,
     filter_subject: &str,
     batch: u64,
+    max_bytes: usize,
 ) -> Result<Vec<jetstream::message::StreamMessage>, async_nats::Error> {
     let mut request = serde_json::json!({
         "seq": from,
         "batch": batch,
-        "max_bytes": DIRECT_BATCH_BYTES,
+        "max_bytes": max_bytes,
     });
     if !filter_subject.is_empty() {
         request["next_by_subj"] = filter_subject.into();
@@ -2416,6 +2418,39 @@ async fn direct_get_batch(
         }
     }
     Ok(messages)
+}
+
+/// The sequence of the first event the stream `stream_name` stores from
+/// `from` on, of any of `filters` (NATS subjects), as its leader answers;
+/// `None` when it stores none. Asked through JetStream's API, which only
+/// the stream's leader answers, where a direct get may be answered by a
+/// replica that has not stored the newest events yet.
+pub(crate) async fn next_stored(
+    js: &jetstream::Context,
+    stream_name: &str,
+    from: u64,
+    filters: &[String],
+) -> Result<Option<u64>, async_nats::Error> {
+    /// JetStream's code for "no message found".
+    const NO_MESSAGE_FOUND: u64 = 10037;
+    let asks = filters.iter().map(|filter| async move {
+        let request = serde_json::json!({ "seq": from, "next_by_subj": filter });
+        let asked = js
+            .request::<_, _, serde_json::Value>(format!("STREAM.MSG.GET.{stream_name}"), &request);
+        let answer = bounded_for(FEED_CALL_TIMEOUT, asked).await?;
+        if let Some(seq) = answer["message"]["seq"].as_u64() {
+            Ok(Some(seq))
+        } else if answer["error"]["err_code"].as_u64() == Some(NO_MESSAGE_FOUND) {
+            Ok(None)
+        } else {
+            Err(async_nats::Error::from(format!(
+                "the stream's next message was not told: {}",
+                answer["error"]
+            )))
+        }
+    });
+    let answers = futures_util::future::try_join_all(asks).await?;
+    Ok(answers.into_iter().flatten().min())
 }
 
 /// A stored event that NATS clients cannot read.
@@ -2550,7 +2585,7 @@ fn readable_header_block(block: &[u8]) -> bool {
 
 /// Whether a NATS server of `version` (as its INFO announces it, say
 /// "2.11.0" or "2.12.0-RC.1") answers a direct get for a batch of events.
-fn answers_batched_gets(version: &str) -> bool {
+pub(crate) fn answers_batched_gets(version: &str) -> bool {
     let mut numbers = version
         .split(['.', '-'])
         .map(|part| part.parse::<u32>().unwrap_or(0));

@@ -1,7 +1,8 @@
 //! Catch-up: a resuming client's position is brought up to the head its
 //! feed had when it attached, from node memory when the history reaches
 //! back far enough, otherwise from JetStream through a short-lived ordered
-//! consumer (one read slot of `history.max_concurrent_jetstream_reads`).
+//! consumer (one read slot of `history.max_concurrent_jetstream_reads`), or
+//! by direct gets where JetStream refuses the consumer.
 //! History that is gone yields one `reset` event.
 
 use std::{
@@ -27,6 +28,15 @@ use crate::{
 
 /// Longest wait for the next message of a resume read.
 const JETSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most events one direct get of a catch-up asks for
+/// ([`ClientStream::read_directly`]).
+const DIRECT_BATCH: u64 = 256;
+/// Times a catch-up asks again for events a direct get did not answer and
+/// the stream's leader says it holds, the first after [`DIRECT_READ_RETRY`],
+/// each later one four times as long after the one before.
+const DIRECT_READ_TRIES: u32 = 4;
+/// See [`DIRECT_READ_TRIES`].
+const DIRECT_READ_RETRY: Duration = Duration::from_millis(25);
 /// Most events taken from memory per step of catch-up.
 const MEMORY_CHUNK: usize = 512;
 /// Times a stream's info is asked for, 100 ms apart, before one older
@@ -301,6 +311,9 @@ impl ClientStream {
             self.jetstream_permit = None;
             return Ok(());
         }
+        if topic.reads_directly {
+            return self.read_directly(index, end, watch_skips, out).await;
+        }
         let prefix = self.node.config().nats.subject_prefix.clone();
         let consumer = bounded(stream.create_consumer(OrderedConfig {
             deliver_policy: DeliverPolicy::ByStartSequence {
@@ -314,18 +327,38 @@ impl ClientStream {
         .await;
         let consumer = match consumer {
             Ok(c) => c,
-            Err(error) if crate::feed::is_consumer_limit(&error) => {
-                self.node
-                    .metrics()
-                    .feed_errors
-                    .with_label_values(&["consumer_limit"])
-                    .inc();
-                tracing::error!(topic = %topic.feed.topic, %error, "cannot create resume consumer: {}", crate::feed::CONSUMER_LIMIT_HINT);
-                return Err(CloseReason::Error);
-            }
             Err(error) => {
-                warn!(topic = %topic.feed.topic, %error, "cannot create resume consumer");
-                return Err(CloseReason::Error);
+                // A stream at its consumer limit, or a NATS cluster that
+                // makes none for a while (electing its meta leader after a
+                // partition heals, for 11-16 s): a stream that allows direct
+                // gets is read without one, as a dozing feed reads it. The
+                // client would otherwise come back through its retry delay,
+                // and be refused again for as long as it lasts.
+                let limit = crate::feed::is_consumer_limit(&error);
+                let direct = stream.cached_info().config.allow_direct
+                    && crate::feed::answers_batched_gets(&js.client().server_info().version);
+                if limit {
+                    self.node
+                        .metrics()
+                        .feed_errors
+                        .with_label_values(&["consumer_limit"])
+                        .inc();
+                }
+                let read_on = if direct {
+                    "; reading by direct gets"
+                } else {
+                    ""
+                };
+                if limit {
+                    tracing::error!(topic = %topic.feed.topic, %error, "cannot create resume consumer: {}{read_on}", crate::feed::CONSUMER_LIMIT_HINT);
+                } else {
+                    warn!(topic = %topic.feed.topic, %error, "cannot create resume consumer{read_on}");
+                }
+                if !direct {
+                    return Err(CloseReason::Error);
+                }
+                topic.reads_directly = true;
+                return self.read_directly(index, end, watch_skips, out).await;
             }
         };
         let owned = OwnedConsumer::new(&js, topic.feed.stream_name(), &consumer.cached_info().name);
@@ -357,6 +390,122 @@ impl ClientStream {
                 Err(CloseReason::Error)
             }
         }
+    }
+
+    /// One step of a catch-up that reads JetStream by direct gets, as
+    /// [`Self::jetstream_batch`] reads a consumer: the events after the
+    /// topic's position up to `end`, [`DIRECT_BATCH`] at most, with one
+    /// batched get ([`crate::feed::direct_get_batch`]). The catch-up's
+    /// next step reads on from where it stops.
+    ///
+    /// A direct get may be answered by a replica that has not stored the
+    /// newest events yet: an empty answer before `end` is taken for the
+    /// end only once the stream's leader says it stores nothing more up to
+    /// there ([`crate::feed::next_stored`]); otherwise it is asked again a
+    /// few times, then the client's stream ends and it resumes from its
+    /// position. Sequences passed over are looked into as a consumer's
+    /// read does (`watch_skips`).
+    async fn read_directly(
+        &mut self,
+        index: usize,
+        end: u64,
+        mut watch_skips: bool,
+        out: &mut BytesMut,
+    ) -> Result<(), CloseReason> {
+        let prefix = self.node.config().nats.subject_prefix.clone();
+        let js = self.node.jetstream().clone();
+        let client = js.client();
+        let topic = &self.topics[index];
+        let filters = topic.filters(&prefix);
+        let filter_subject = if topic.reads_whole_stream() {
+            ""
+        } else {
+            filters.first().map_or("", String::as_str)
+        };
+        let stream_name = topic.feed.stream_name().to_owned();
+        let mut tries = 0;
+        let messages = loop {
+            let pos = self.topics[index].pos;
+            if pos >= end {
+                break Vec::new();
+            }
+            let got = crate::feed::direct_get_batch(
+                &client,
+                &stream_name,
+                pos + 1,
+                filter_subject,
+                (end - pos).min(DIRECT_BATCH),
+                BATCH_BYTES,
+            );
+            let messages = bounded(got).await.map_err(|error| {
+                warn!(topic = %self.topics[index].feed.topic, %error, "cannot read the topic's stream by direct gets for a resume");
+                CloseReason::Error
+            })?;
+            if !messages.is_empty() {
+                break messages;
+            }
+            match crate::feed::next_stored(&js, &stream_name, pos + 1, &filters).await {
+                Ok(Some(seq)) if seq <= end => {
+                    if tries == DIRECT_READ_TRIES {
+                        warn!(topic = %self.topics[index].feed.topic, seq, "direct gets do not answer an event the stream holds; closing so the client resumes");
+                        return Err(CloseReason::Error);
+                    }
+                    tokio::time::sleep(DIRECT_READ_RETRY * 4u32.pow(tries)).await;
+                    tries += 1;
+                }
+                Ok(_) => break Vec::new(),
+                Err(error) => {
+                    warn!(topic = %self.topics[index].feed.topic, %error, "cannot read the topic's stream for a resume");
+                    return Err(CloseReason::Error);
+                }
+            }
+        };
+        let prefix_len = prefix.len() + 1;
+        let mut delivered = 0;
+        let mut finished = messages.is_empty();
+        for message in messages {
+            let seq = message.sequence;
+            if seq > end {
+                finished = true;
+                break;
+            }
+            if watch_skips
+                && seq > self.topics[index].pos + 1
+                && !self.announce_history_gone(index, seq, out).await?
+            {
+                // Deleted from within: not announced, and the next ones
+                // not looked into.
+                watch_skips = false;
+            }
+            if !is_delete_marker(Some(&message.headers), &message.payload) {
+                let path = message
+                    .subject
+                    .as_str()
+                    .get(prefix_len..)
+                    .unwrap_or_default();
+                let event = Event::encode(
+                    &self.topics[index].feed.encode_context,
+                    seq,
+                    path,
+                    SystemTime::from(message.time),
+                    Some(&message.headers),
+                    &message.payload,
+                );
+                if self.deliver(index, &event, out) {
+                    delivered += 1;
+                }
+            }
+            let topic = &mut self.topics[index];
+            topic.pos = topic.pos.max(seq);
+            finished |= seq >= end;
+        }
+        self.count_replay("jetstream", delivered);
+        if finished {
+            let topic = &mut self.topics[index];
+            topic.pos = topic.pos.max(end);
+            self.jetstream_permit = None;
+        }
+        Ok(())
     }
 
     pub(super) async fn jetstream_batch(&mut self, out: &mut BytesMut) -> Result<(), CloseReason> {

@@ -137,6 +137,10 @@ struct ClientTopic {
     /// Whether one of the patterns is the whole topic, which every event
     /// of the topic matches: no per-event comparison of paths.
     whole_topic: bool,
+    /// Whether JetStream refused this stream's catch-up a consumer, so that
+    /// it reads the rest by direct gets ([`ClientStream::read_directly`])
+    /// rather than ask for one at each step.
+    reads_directly: bool,
 }
 
 impl ClientTopic {
@@ -432,6 +436,7 @@ impl ClientStream {
                 resume_from: None,
                 pending_reset,
                 by_path,
+                reads_directly: false,
             });
         }
         let single_topic = topics.len() == 1;

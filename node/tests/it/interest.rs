@@ -195,7 +195,7 @@ async fn a_stopped_feed_deletes_the_consumer_async_nats_made_again() {
 async fn a_feed_refused_for_the_consumer_limit_says_so_and_catches_up() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    create_topic_with_consumer_limit(&js, "full", 1).await;
+    create_topic_with_consumer_limit(&js, "full", 1, false).await;
     // Another reader holds the stream's one consumer.
     hold_a_consumer(&js, "SSE_full").await;
     // A topic with a recent event: its feed wants a consumer from the start
@@ -253,13 +253,14 @@ async fn refused_feed_reads_on(republish: bool) {
 }
 
 /// A resume that must read JetStream while the stream is at its consumer
-/// limit is refused the same way: counted under its own kind, and the
-/// stream ends, so that the client comes back rather than waiting.
+/// limit, on a stream without direct gets, is refused the same way: counted
+/// under its own kind, and the stream ends, so that the client comes back
+/// rather than waiting.
 #[tokio::test]
 async fn a_resume_refused_for_the_consumer_limit_says_so_and_ends() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    create_topic_with_consumer_limit(&js, "tight", 2).await;
+    create_topic_with_consumer_limit(&js, "tight", 2, false).await;
     // A recent event, so that the feed reads with a consumer from the start.
     publish(&js, "tight", "before").await;
     // The node keeps one event of history: a resume from further back reads
@@ -301,6 +302,78 @@ async fn a_resume_refused_for_the_consumer_limit_says_so_and_ends() {
     );
 }
 
+/// On a stream that allows direct gets, a resume refused its consumer for
+/// the stream's limit reads the events it missed by direct gets instead:
+/// every one once, in order, over more than one get, for the whole topic
+/// and for one path of it, and the stream stays open for the next ones.
+/// The refusal is asked for and counted once per resume, not at each get.
+#[tokio::test]
+async fn a_resume_refused_its_consumer_reads_by_direct_gets() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic_with_consumer_limit(&js, "tight", 2, true).await;
+    // A recent event, so that the feed reads with a consumer from the start.
+    publish(&js, "tight", "before").await;
+    // The node keeps one event of history: a resume from further back reads
+    // JetStream.
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "1"),
+        ],
+    )
+    .await;
+    let mut live = SseClient::connect(&node.url("/v1/events?topic=tight"), None)
+        .await
+        .unwrap();
+    let start = live.ready().await;
+    eventually(T, "the feed's consumer", || async {
+        (node.metric("sse_jetstream_consumers").await == 1.0).then_some(())
+    })
+    .await;
+    hold_a_consumer(&js, "SSE_tight").await;
+    // More than one direct get's worth, on two paths.
+    let sent: Vec<(String, String)> = (0..600)
+        .map(|i| {
+            let path = if i % 3 == 0 { "tight.a" } else { "tight.b" };
+            (path.to_owned(), format!("e{i}"))
+        })
+        .collect();
+    for (path, data) in &sent {
+        publish(&js, path, data).await;
+    }
+    let all: Vec<String> = sent.iter().map(|(_, data)| data.clone()).collect();
+    assert_eq!(data_of(&live.take(all.len(), T).await), all);
+    let mut resumed = SseClient::connect(&node.url("/v1/events?topic=tight"), Some(&start))
+        .await
+        .unwrap();
+    assert_eq!(data_of(&resumed.take(all.len(), T).await), all);
+    assert_eq!(
+        node.metric(r#"sse_feed_errors_total{kind="consumer_limit"}"#)
+            .await,
+        1.0
+    );
+    let of_a: Vec<String> = sent
+        .iter()
+        .filter(|(path, _)| path == "tight.a")
+        .map(|(_, data)| data.clone())
+        .collect();
+    let mut resumed_a = SseClient::connect(&node.url("/v1/events?topic=tight.a"), Some(&start))
+        .await
+        .unwrap();
+    assert_eq!(data_of(&resumed_a.take(of_a.len(), T).await), of_a);
+    publish(&js, "tight.a", "after").await;
+    assert_eq!(data_of(&resumed.take(1, T).await), ["after"]);
+    assert_eq!(data_of(&resumed_a.take(1, T).await), ["after"]);
+    // All but the last event, which the node holds in memory (of path b).
+    assert_eq!(
+        node.metric(r#"sse_replay_events_total{source="jetstream"}"#)
+            .await,
+        (all.len() - 1 + of_a.len()) as f64
+    );
+}
+
 /// A node, and a client of topic `full`, whose feed JetStream has refused
 /// a consumer for the stream's limit (counted so).
 async fn a_client_of_a_feed_refused_its_consumer(nats: &Nats) -> (NodeProc, SseClient) {
@@ -325,11 +398,13 @@ async fn create_topic_with_consumer_limit(
     js: &async_nats::jetstream::Context,
     name: &str,
     limit: i32,
+    allow_direct: bool,
 ) {
     js.create_stream(async_nats::jetstream::stream::Config {
         name: format!("SSE_{name}"),
         subjects: vec![format!("sse.{name}"), format!("sse.{name}.>")],
         max_consumers: limit,
+        allow_direct,
         ..Default::default()
     })
     .await

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import shutil
 import socket
 import time
@@ -692,3 +693,110 @@ def test_a_topic_whose_only_nats_server_dies_counts_feed_errors_until_it_is_back
         sock.close()
     data = [line.removeprefix(b"data: ").decode() for line in got.split(b"\n") if line.startswith(b"data: ")]
     assert data == before + after, data
+
+
+@pytest.mark.timeout(chaos_timeout(120))
+def test_resumes_at_the_consumer_limit_of_a_replicated_topic_are_exact(node_binary, cluster_factory, topic):
+    """A topic of three replicas whose stream holds as many consumers as its
+    limit allows: JetStream refuses every feed and every resume a consumer.
+    Clients on two nodes drop their streams and come back with their last
+    id, a second or so later, all through a burst of events; each resume
+    reads what its client missed by direct gets (answered by any of the
+    three servers, some of which may not have stored the newest events
+    yet), and every client gets every event once, in order."""
+    total = 6000
+    c = cluster_factory(
+        nodes=2,
+        # One event of history: every resume reads JetStream.
+        node_env={"SSE_HISTORY__WARM_EVENTS": "0", "SSE_HISTORY__MAX_EVENTS_PER_TOPIC": "1"},
+    )
+    c.create_topic(topic, 3, max_consumers=2)
+    run_async(hold_consumers(c.nats_urls[0], f"SSE_{topic}", 2))
+
+    async def go() -> list[list[int]]:
+        published = asyncio.Event()
+        received: list[list[int]] = [[] for _ in range(6)]
+        clients = [
+            asyncio.ensure_future(hop_and_resume(c.node_port(f"node{i % 2}"), topic, received[i], total, published))
+            for i in range(6)
+        ]
+        # Each client has its first stream, and so an id, before the burst.
+        await asyncio.sleep(1.0)
+        await publish_burst(c.nats_urls[1], f"sse.{topic}", total)
+        published.set()
+        await asyncio.wait_for(asyncio.gather(*clients), 60)
+        return received
+
+    received = run_async(go())
+    for i, got in enumerate(received):
+        wrong = next((at for at, n in enumerate(got) if n != at), None)
+        assert got == list(range(total)), f"client {i}: {len(got)} events, first out of place at {wrong}: {got[wrong:wrong + 5] if wrong is not None else ''}"
+    for node in ("node0", "node1"):
+        metrics = c.metrics(node) or {}
+        # Else this test no longer tests what it says.
+        assert metric_sum(metrics, "sse_feed_errors_total") > 0, node
+        assert metric_sum(metrics, "sse_replay_events_total", source="jetstream") > 0, node
+        assert metric_sum(metrics, "sse_connections_closed_total", reason="error") == 0, node
+
+
+async def hold_consumers(url: str, stream: str, count: int) -> None:
+    """Takes `count` of `stream`'s consumers, as other readers would."""
+    import nats
+    from nats.js.api import ConsumerConfig
+
+    nc = await nats.connect(servers=[url], connect_timeout=2)
+    try:
+        js = nc.jetstream(timeout=5)
+        for i in range(count):
+            await js.add_consumer(stream, ConsumerConfig(durable_name=f"other{i}"))
+    finally:
+        await nc.close()
+
+
+async def publish_burst(url: str, subject: str, total: int) -> None:
+    """Publishes `event 0` … to the topic of `subject`, every other one to
+    one of three paths of it, each acknowledged before the next."""
+    import nats
+
+    nc = await nats.connect(servers=[url], connect_timeout=2)
+    try:
+        js = nc.jetstream(timeout=5)
+        for i in range(total):
+            await js.publish(subject if i % 2 else f"{subject}.p{i % 3}", f"event {i}".encode())
+    finally:
+        await nc.close()
+
+
+async def hop_and_resume(port: int, topic: str, got: list[int], total: int, published: asyncio.Event) -> None:
+    """Reads the topic's events (`event N`, N into `got`) in streams of
+    0.1-0.8 s, 0.2-1.5 s apart, each from the last id of the one before,
+    until it has `total` of them once they are all published."""
+    from cluster.sse import ChunkedDecoder, SseParser
+
+    parser = SseParser()
+    while True:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port), 5)
+        try:
+            parser.reset_connection()
+            head = f"GET /v1/events?topic={topic} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+            if parser.last_event_id:
+                head += f"Last-Event-ID: {parser.last_event_id}\r\n"
+            writer.write((head + "\r\n").encode())
+            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            decoder = ChunkedDecoder() if b"chunked" in answer.lower() else None
+            until = time.monotonic() + random.uniform(0.1, 0.8)
+            while time.monotonic() < until or published.is_set():
+                if published.is_set() and len(got) >= total:
+                    return
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), 0.3)
+                except asyncio.TimeoutError:
+                    continue
+                assert data, f"the node ended the stream after {len(got)} events"
+                for event in parser.feed(decoder.feed(data) if decoder else data):
+                    if event.data.startswith("event "):
+                        got.append(int(event.data.removeprefix("event ")))
+        finally:
+            writer.close()
+        await asyncio.sleep(random.uniform(0.2, 1.5))

@@ -238,11 +238,7 @@ pub async fn run(
         metrics.clone(),
     );
     let local = listener.local_addr()?;
-    let address = if config.cluster.advertise_address.is_empty() {
-        local.to_string()
-    } else {
-        config.cluster.advertise_address.clone()
-    };
+    let address = shown_address(&config.cluster.advertise_address, local);
     let id = node_id(local.port());
     let node = Node::new(
         id,
@@ -358,6 +354,27 @@ pub async fn run(
     Ok(())
 }
 
+/// The address the cluster view shows for this node: `advertise` as given,
+/// the listen address when it is empty. An IPv6 address with a port put
+/// after it without brackets, as `$(POD_IP):8080` makes on an IPv6 pod
+/// (the chart's and the manifests' setting), gets the brackets that tell
+/// the port from the address: `[fd00::7]:8080`, not `fd00::7:8080`.
+fn shown_address(advertise: &str, local: std::net::SocketAddr) -> String {
+    if advertise.is_empty() {
+        return local.to_string();
+    }
+    match advertise.rsplit_once(':') {
+        Some((host, port))
+            if host.contains(':')
+                && host.parse::<std::net::Ipv6Addr>().is_ok()
+                && port.parse::<u16>().is_ok() =>
+        {
+            format!("[{host}]:{port}")
+        }
+        _ => advertise.to_owned(),
+    }
+}
+
 /// A node id that stays readable in the cluster view and is unique per
 /// process: host name, port and a random suffix.
 fn node_id(port: u16) -> String {
@@ -384,6 +401,21 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+
+    #[test]
+    fn an_ipv6_advertise_address_with_a_port_gets_brackets() {
+        let local: std::net::SocketAddr = "[::1]:9000".parse().unwrap();
+        assert_eq!(shown_address("", local), "[::1]:9000");
+        assert_eq!(shown_address("fd00::7:8080", local), "[fd00::7]:8080");
+        assert_eq!(shown_address("[fd00::7]:8080", local), "[fd00::7]:8080");
+        assert_eq!(shown_address("10.0.0.7:8080", local), "10.0.0.7:8080");
+        assert_eq!(
+            shown_address("sse-node-0.sse:8080", local),
+            "sse-node-0.sse:8080"
+        );
+        // No port after it: left as it is.
+        assert_eq!(shown_address("fd00::7", local), "fd00::7");
+    }
 
     #[tokio::test]
     async fn a_client_gone_for_good_is_told_apart_from_a_stop() {

@@ -42,7 +42,7 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{HeaderName, HeaderValue, Method, Request, response::Parts},
+    http::{HeaderName, HeaderValue, Method, Request, header, response::Parts},
     response::Response,
 };
 use bytes::{Buf, Bytes, BytesMut};
@@ -248,7 +248,9 @@ async fn open_plain(
     let (head_len, request) = match peek_head(state, &stream, max_head, wait).await {
         Some(Head::Take(len, request)) => (len, Some(request)),
         Some(Head::BadRequestLine(len)) => (len, None),
-        Some(Head::TooLarge) => return refuse_too_large(state, stream, max_head).await,
+        Some(Head::TooLarge(origin)) => {
+            return refuse_too_large(state, stream, max_head, origin).await;
+        }
         Some(Head::Malformed(part)) => {
             return refuse_malformed(state, stream, part, max_head).await;
         }
@@ -276,14 +278,40 @@ async fn refuse_request_line<S: LeanIo, D>(state: &HttpState, stream: S) -> Open
 }
 
 /// Answers a request head over the bounds with 431 and why, where hyper
-/// would answer without a word.
+/// would answer without a word. A browser's head grows past the bound with
+/// its cookie jar: the answer carries the CORS headers of the `Origin` it
+/// gave (`origin`), so that a page on another origin can read why.
 async fn refuse_too_large<S: LeanIo, D>(
     state: &HttpState,
     stream: S,
     max_head: usize,
+    origin: Option<HeaderValue>,
 ) -> Opened<S, D> {
     let error = http::ApiError::request_head_too_large(state.node());
-    refuse_unread(state, stream, error, max_head).await
+    let mut response = http::reject(state.node(), error);
+    if let Some(origin) = origin {
+        let mut request = Request::new(());
+        request.headers_mut().insert(header::ORIGIN, origin);
+        response = with_cors(state, request, response).await;
+    }
+    refuse_unread(stream, response, max_head).await
+}
+
+/// The value of the `Origin` header among the whole lines of `head`, a
+/// request head that may be cut short (a line cut short may hold part of a
+/// value); `None` without one, or with one that is no header value.
+fn origin_of(head: &[u8]) -> Option<HeaderValue> {
+    let whole_lines = &head[..head.iter().rposition(|&byte| byte == b'\n')?];
+    whole_lines
+        .split(|&byte| byte == b'\n')
+        .skip(1)
+        .find_map(|line| {
+            let (name, value) = line.split_at(line.iter().position(|&byte| byte == b':')?);
+            if !name.eq_ignore_ascii_case(b"origin") {
+                return None;
+            }
+            HeaderValue::from_bytes(value[1..].trim_ascii()).ok()
+        })
 }
 
 /// Answers a request head HTTP/1.1 cannot read with 400 and which part of
@@ -294,13 +322,8 @@ async fn refuse_malformed<S: LeanIo, D>(
     part: http::MalformedPart,
     max_head: usize,
 ) -> Opened<S, D> {
-    refuse_unread(
-        state,
-        stream,
-        http::ApiError::malformed_head(part),
-        max_head,
-    )
-    .await
+    let response = http::reject(state.node(), http::ApiError::malformed_head(part));
+    refuse_unread(stream, response, max_head).await
 }
 
 /// Writes a refusal of a head this path did not take off the socket and
@@ -308,12 +331,11 @@ async fn refuse_malformed<S: LeanIo, D>(
 /// and dropped, for a moment at most, so that closing with its bytes unread
 /// does not reset the connection before it reads the answer.
 async fn refuse_unread<S: LeanIo, D>(
-    state: &HttpState,
     mut stream: S,
-    error: http::ApiError,
+    response: Response,
     max_head: usize,
 ) -> Opened<S, D> {
-    let (parts, body) = http::reject(state.node(), error).into_parts();
+    let (parts, body) = response.into_parts();
     let body = axum::body::to_bytes(body, 64 * 1024)
         .await
         .unwrap_or_default();
@@ -366,7 +388,7 @@ async fn peek_head(
     let peeked = tcp.peek(&mut buf).await.ok()?;
     match parse_head(state, &buf[..peeked], true) {
         // The whole bound came and no head ended in it.
-        Head::Incomplete if peeked == max_head => Some(Head::TooLarge),
+        Head::Incomplete if peeked == max_head => Some(Head::TooLarge(origin_of(&buf[..peeked]))),
         head => Some(head),
     }
 }
@@ -405,7 +427,9 @@ async fn read_head<S: LeanIo>(
     loop {
         let room = max_head - buf.len();
         if room == 0 {
-            return refuse_too_large(state, stream, max_head).await;
+            let origin = origin_of(&buf);
+            drop(buf);
+            return refuse_too_large(state, stream, max_head, origin).await;
         }
         let mut limited = (&mut stream).take(room as u64);
         match tokio::time::timeout_at(deadline, limited.read_buf(&mut buf)).await {
@@ -430,7 +454,10 @@ async fn read_head<S: LeanIo>(
                 return answer(state, stream, request).await;
             }
             Head::BadRequestLine(_) => return refuse_request_line(state, stream).await,
-            Head::TooLarge => return refuse_too_large(state, stream, max_head).await,
+            Head::TooLarge(origin) => {
+                drop(buf);
+                return refuse_too_large(state, stream, max_head, origin).await;
+            }
             Head::Malformed(part) => {
                 return refuse_malformed(state, stream, part, max_head).await;
             }
@@ -451,8 +478,9 @@ enum Head {
     /// head's length: answered 400 here, with why.
     BadRequestLine(usize),
     /// A request head over `http.max_header_bytes` or `http.max_headers`,
-    /// whatever it asks for: answered 431 here, with why.
-    TooLarge,
+    /// whatever it asks for: answered 431 here, with why, and with the
+    /// CORS headers its `Origin` (among the bytes read) asks for.
+    TooLarge(Option<HeaderValue>),
     /// A head HTTP/1.1 cannot read, whatever it asks for, with the part
     /// that is wrong: answered 400 here, with why.
     Malformed(http::MalformedPart),
@@ -467,7 +495,7 @@ fn parse_head(state: &HttpState, buf: &[u8], preface_to_hyper: bool) -> Head {
     let head_len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Incomplete,
-        Err(httparse::Error::TooManyHeaders) => return Head::TooLarge,
+        Err(httparse::Error::TooManyHeaders) => return Head::TooLarge(origin_of(buf)),
         Err(error) => {
             return target_with_control_bytes(buf)
                 .unwrap_or_else(|| malformed(buf, error, preface_to_hyper));
@@ -728,6 +756,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_origin_of_a_head_cut_short_is_read_from_whole_lines_only() {
+        let head = b"GET /v1/events?topic=a HTTP/1.1\r\nHost: x\r\norigin:  https://app.example \r\nCookie: a=b";
+        assert_eq!(
+            origin_of(head).as_ref().map(HeaderValue::as_bytes),
+            Some(&b"https://app.example"[..])
+        );
+        assert_eq!(
+            origin_of(b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: https://app.ex"),
+            None
+        );
+        assert_eq!(
+            origin_of(b"GET / HTTP/1.1\r\nHost: x\r\nX-Origin: y\r\n"),
+            None
+        );
+        // The request line is no header.
+        assert_eq!(origin_of(b"Origin: y\r\n"), None);
+    }
 
     #[tokio::test]
     async fn replay_yields_the_buffered_bytes_then_the_stream() {

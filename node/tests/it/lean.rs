@@ -499,6 +499,61 @@ impl Cert {
 /// with each of TLS 1.2's AEADs (AES-GCM with its explicit nonce,
 /// ChaCha20-Poly1305 without), refuses a bad head with why, and closes
 /// the TLS way.
+/// A browser whose cookie jar takes its head past `http.max_header_bytes`
+/// gets 431 with the CORS headers of its origin, so that a page on another
+/// origin can read why; a head with too many headers too. Another origin
+/// gets none.
+#[tokio::test]
+async fn a_head_too_large_from_an_allowed_origin_is_refused_with_cors_headers() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "web", None).await;
+    let node = start(&nats, &cors_env()).await;
+    let jar = (0..600)
+        .map(|i| format!("c{i}=0123456789abcdef0123456789"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert!(jar.len() > 16_384);
+    let many: Vec<(String, &str)> = (0..70).map(|i| (format!("X-H{i}"), "v")).collect();
+    let mut too_many: Vec<(&str, &str)> = vec![("Origin", APP)];
+    too_many.extend(many.iter().map(|(name, value)| (name.as_str(), *value)));
+    // What is sent, its headers, the allowed origin the answer names.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "cookie jar, allowed origin",
+            vec![("Origin", APP), ("Cookie", &jar)],
+            Some(APP),
+        ),
+        (
+            "cookie jar, other origin",
+            vec![("Origin", EVIL), ("Cookie", &jar)],
+            None,
+        ),
+        ("cookie jar, no origin", vec![("Cookie", &jar)], None),
+        ("too many headers, allowed origin", too_many, Some(APP)),
+    ];
+    for (what, headers, allowed) in cases {
+        let refused = tcp_get(&node, "/v1/events?topic=web", &headers).await;
+        assert_eq!(refused.status, 431, "{what}: {}", refused.body);
+        assert!(
+            refused.body.contains("\"request_head_too_large\""),
+            "{what}: {}",
+            refused.body
+        );
+        assert_eq!(
+            refused.header("access-control-allow-origin"),
+            allowed,
+            "{what}"
+        );
+        assert_eq!(
+            refused.header("access-control-allow-credentials"),
+            allowed.map(|_| "true"),
+            "{what}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn tls_1_2_streams_are_served_on_the_lean_path_with_every_aead() {
     let nats = Nats::start().await;

@@ -9,14 +9,22 @@
 //! `https://` collector (the system's certificate authorities, which
 //! `SSL_CERT_FILE` may replace), with the standard `OTEL_*` variables
 //! honoured (service name, headers, sampler, batch settings). Only spans
-//! named `sse.…` are exported.
+//! named `sse.…` are exported. An export that fails is logged, once a
+//! minute at most ([`SayingFailures`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     Resource,
-    trace::{Sampler, SdkTracerProvider},
+    error::OTelSdkResult,
+    trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter},
 };
 use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -181,6 +189,7 @@ fn trace_provider(
         .with_http()
         .build()
         .map_err(|e| e.to_string())?;
+    let exporter = SayingFailures::new(exporter);
     let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service_name.into());
     let mut builder = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
@@ -193,9 +202,104 @@ fn trace_provider(
     Ok(builder.build())
 }
 
+/// How often failed exports are logged at most.
+const EXPORT_FAILURES_SAID_EVERY: Duration = Duration::from_secs(60);
+
+/// A span exporter that logs its failures: the OTLP exporter's errors (a
+/// collector that is down or on another port, one that refuses the spans)
+/// are otherwise dropped without a word, and the spans with them. The
+/// first failure is logged at once, later ones once a minute at most with
+/// how many there were since, and the first export that works after them
+/// says so.
+#[derive(Debug)]
+struct SayingFailures<E> {
+    inner: E,
+    /// When a failure was last logged, and the failed exports and their
+    /// spans not logged since.
+    said: Mutex<Option<(Instant, u64, u64)>>,
+}
+
+impl<E> SayingFailures<E> {
+    fn new(inner: E) -> Self {
+        Self {
+            inner,
+            said: Mutex::new(None),
+        }
+    }
+
+    /// Logs a failed export of `spans` spans, or counts it for the next line.
+    fn failed(&self, error: &dyn std::fmt::Display, spans: usize) {
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let (exports, lost) = match &mut *said {
+            Some((at, exports, lost)) if now.duration_since(*at) < EXPORT_FAILURES_SAID_EVERY => {
+                *exports += 1;
+                *lost += spans as u64;
+                return;
+            }
+            Some((_, exports, lost)) => (
+                std::mem::take(exports) + 1,
+                std::mem::take(lost) + spans as u64,
+            ),
+            None => (1, spans as u64),
+        };
+        *said = Some((now, 0, 0));
+        tracing::warn!(%error, failed_exports = exports, spans_lost = lost, "trace export failed; its spans are dropped");
+    }
+
+    /// Says that an export works again after failures.
+    fn worked(&self) {
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, exports, lost)) = said.take() {
+            tracing::info!(
+                failed_exports_not_logged = exports,
+                spans_lost_not_logged = lost,
+                "trace export works again"
+            );
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for SayingFailures<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) => self.worked(),
+            Err(error) => self.failed(error, spans),
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_failures_are_said_once_a_minute_with_how_many() {
+        let exporter = SayingFailures::new(());
+        let counted = || exporter.said.lock().unwrap().map(|(_, e, l)| (e, l));
+        exporter.failed(&"refused", 3);
+        assert_eq!(counted(), Some((0, 0)), "the first is said at once");
+        exporter.failed(&"refused", 2);
+        exporter.failed(&"refused", 5);
+        assert_eq!(counted(), Some((2, 7)), "later ones within the minute wait");
+        exporter.worked();
+        assert_eq!(counted(), None, "said to work again, the count with it");
+    }
 
     #[test]
     fn only_the_protocol_spoken_is_taken() {

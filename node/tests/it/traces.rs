@@ -183,3 +183,76 @@ async fn a_published_trace_is_exported(received: Received, env: &[(&str, &str)])
         "a span for an event the feed read to warm its history up"
     );
 }
+
+/// A collector that refuses every export (here 503) is no longer passed
+/// over in silence: the node logs that trace export failed, with the spans
+/// it dropped, and goes on serving.
+#[tokio::test]
+async fn a_failed_trace_export_is_logged() {
+    use axum::http::StatusCode;
+    use tokio::io::AsyncBufReadExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let refusing = Router::new().route(
+        "/v1/traces",
+        post(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+    );
+    tokio::spawn(async move { axum::serve(listener, refusing).await });
+
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_topic(&js, "traced", None).await;
+    let port = crate::ports::free_port();
+    let mut node = tokio::process::Command::new(binary())
+        .env("SSE_NATS__URL", nats.url())
+        .env("SSE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("SSE_LOG__LEVEL", "warn")
+        .env_remove("RUST_LOG")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{address}"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sse-node");
+    let mut log = tokio::io::BufReader::new(node.stderr.take().unwrap()).lines();
+    let url = format!("http://127.0.0.1:{port}/v1/events?topic=traced");
+    let mut client = eventually(Duration::from_secs(20), "the node to serve", || {
+        let url = url.clone();
+        async move { SseClient::connect(&url, None).await.ok() }
+    })
+    .await;
+    client.ready().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        format!(
+            "00-{:032x}-{:016x}-01",
+            fastrand::u128(1..),
+            fastrand::u64(1..)
+        )
+        .as_str(),
+    );
+    js.publish_with_headers("sse.traced.x", headers, Payload::from("hello"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        data_of(&client.take(1, Duration::from_secs(10)).await),
+        ["hello"]
+    );
+    let said = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.contains("trace export failed") {
+                return line;
+            }
+        }
+        panic!("the node's log ended");
+    })
+    .await
+    .expect("a line saying trace export failed within 20 s");
+    assert!(said.contains("503"), "{said}");
+    assert!(said.contains("spans_lost="), "{said}");
+}

@@ -113,16 +113,27 @@ impl ClientStream {
         self.jetstream_permit.is_some()
     }
 
-    /// Ends a resume read that has held its JetStream slot for a turn while
-    /// other resumes wait for one; the stream queues for a slot again and
+    /// Ends a resume read that has held its JetStream slot for a turn (a
+    /// catch-up by direct gets: for one get) while other resumes wait for
+    /// one; the stream queues for a slot again and
     /// reads on from its position with a new consumer. A client that
     /// reads slowly would otherwise keep its slot for as long as its
     /// catch-up takes, and every other resume of the node wait behind it.
     pub fn end_jetstream_turn_if_others_wait(&mut self) {
-        let Some(read) = &self.jetstream_read else {
-            return;
+        let over = match &self.jetstream_read {
+            Some(read) => turn_is_over(Some(read), &self.node),
+            // A catch-up by direct gets holds no consumer between its gets:
+            // its slot goes to a resume that waits for one after each get.
+            None => {
+                self.jetstream_permit.is_some()
+                    && self
+                        .topics
+                        .get(self.catching_up)
+                        .is_some_and(|topic| topic.reads_directly)
+                    && self.node.jetstream_reads_wanted()
+            }
         };
-        if !turn_is_over(Some(read), &self.node) {
+        if !over {
             return;
         }
         self.jetstream_read = None;

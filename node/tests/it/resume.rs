@@ -714,6 +714,85 @@ async fn a_reset_that_waits_its_turn_leaves_the_clients_position_in_the_cursor()
 }
 
 /// The id of `topic`'s position before its first event, on `node`.
+/// The same turns for resumes that read by direct gets, their stream at
+/// its consumer limit: a direct read holds no consumer between its gets,
+/// so a slow client's slot goes to a waiting resume after a get, where it
+/// kept it for as long as its writes stayed blocked.
+#[tokio::test]
+async fn slow_resumes_by_direct_gets_take_turns_with_the_jetstream_read_slots() {
+    const EVENTS: usize = 4000;
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        max_consumers: 1,
+        republish: Some(sse_protocol::topic::live_republish("sse")),
+        ..topic_without_republish("turns")
+    })
+    .await
+    .expect("create stream");
+    // Another reader holds the stream's one consumer.
+    js.create_consumer_on_stream(
+        async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("other".into()),
+            ..Default::default()
+        },
+        "SSE_turns",
+    )
+    .await
+    .expect("another reader's consumer");
+    let payload = "z".repeat(2048);
+    publish_many(&js, EVENTS, 100, |i| {
+        ("sse.turns".to_owned(), format!("{i}:{payload}"))
+    })
+    .await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[("SSE_HISTORY__MAX_CONCURRENT_JETSTREAM_READS", "1")],
+    )
+    .await;
+    let from_start = id_from_start(&node, "turns").await;
+    // A client takes the slot and reads 20 KiB a second, through a small
+    // socket buffer: its catch-up of 8 MiB would take minutes.
+    let mut stream = slow_resume(&node, "turns", &from_start).await;
+    let slow = tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        while matches!(
+            tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await,
+            Ok(n) if n > 0
+        ) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    eventually(T, "the slow resume to read JetStream", || async {
+        (node
+            .metric("sse_replay_events_total{source=\"jetstream\"}")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    // A second resume finds the slot taken, and gets it after a get.
+    let mut normal = SseClient::connect(&node.url("/v1/events?topic=turns"), Some(&from_start))
+        .await
+        .unwrap();
+    let events = normal.take(EVENTS, Duration::from_secs(15)).await;
+    assert_each_once_in_order(&events, EVENTS as u64);
+    assert!(node.metric("sse_jetstream_read_waits_total").await >= 1.0);
+    // Read without a consumer (else this test no longer tests what it says).
+    assert_eq!(node.metric("sse_jetstream_consumers").await, 0.0);
+    for reason in ["stalled", "slow"] {
+        assert_eq!(
+            node.metric(&format!(
+                "sse_connections_closed_total{{reason=\"{reason}\"}}"
+            ))
+            .await,
+            0.0,
+            "{reason}"
+        );
+    }
+    slow.abort();
+}
+
 async fn id_from_start(node: &NodeProc, topic: &str) -> String {
     let mut probe = SseClient::connect(&node.url(&format!("/v1/events?topic={topic}")), None)
         .await

@@ -471,7 +471,6 @@ impl ClientStream {
                 }
             }
         };
-        let prefix_len = prefix.len() + 1;
         let mut delivered = 0;
         let mut finished = messages.is_empty();
         for message in messages {
@@ -488,23 +487,16 @@ impl ClientStream {
                 // not looked into.
                 watch_skips = false;
             }
-            if !is_delete_marker(Some(&message.headers), &message.payload) {
-                let path = message
-                    .subject
-                    .as_str()
-                    .get(prefix_len..)
-                    .unwrap_or_default();
-                let event = Event::encode(
-                    &self.topics[index].feed.encode_context,
-                    seq,
-                    path,
-                    SystemTime::from(message.time),
-                    Some(&message.headers),
-                    &message.payload,
-                );
-                if self.deliver(index, &event, out) {
-                    delivered += 1;
-                }
+            if let Some(event) = self.stored_event(
+                index,
+                seq,
+                message.subject.as_str(),
+                SystemTime::from(message.time),
+                Some(&message.headers),
+                &message.payload,
+            ) && self.deliver(index, &event, out)
+            {
+                delivered += 1;
             }
             let topic = &mut self.topics[index];
             topic.pos = topic.pos.max(seq);
@@ -618,26 +610,16 @@ impl ClientStream {
                 finished = true;
                 break;
             }
-            let is_marker = is_delete_marker(message.headers.as_ref(), &message.payload);
-            if !is_marker {
-                let topic = &self.topics[index];
-                let prefix_len = self.node.config().nats.subject_prefix.len() + 1;
-                let path = message
-                    .subject
-                    .as_str()
-                    .get(prefix_len..)
-                    .unwrap_or_default();
-                let event = Event::encode(
-                    &topic.feed.encode_context,
-                    seq,
-                    path,
-                    published,
-                    message.headers.as_ref(),
-                    &message.payload,
-                );
-                if self.deliver(index, &event, out) {
-                    delivered += 1;
-                }
+            if let Some(event) = self.stored_event(
+                index,
+                seq,
+                message.subject.as_str(),
+                published,
+                message.headers.as_ref(),
+                &message.payload,
+            ) && self.deliver(index, &event, out)
+            {
+                delivered += 1;
             }
             let topic = &mut self.topics[index];
             topic.pos = topic.pos.max(seq);
@@ -653,6 +635,33 @@ impl ClientStream {
             self.jetstream_permit = None;
         }
         Ok(())
+    }
+
+    /// The event of the topic being caught up (`index`) that JetStream
+    /// stores at `seq` under `subject`, read by a consumer or a direct get;
+    /// `None` for a delete marker, which is no event.
+    fn stored_event(
+        &self,
+        index: usize,
+        seq: u64,
+        subject: &str,
+        published: SystemTime,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+    ) -> Option<Event> {
+        if is_delete_marker(headers, payload) {
+            return None;
+        }
+        let prefix_len = self.node.config().nats.subject_prefix.len() + 1;
+        let path = subject.get(prefix_len..).unwrap_or_default();
+        Some(Event::encode(
+            &self.topics[index].feed.encode_context,
+            seq,
+            path,
+            published,
+            headers,
+            payload,
+        ))
     }
 
     /// Writes a `history_gone` reset for the topic's events from its

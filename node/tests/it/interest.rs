@@ -260,29 +260,7 @@ async fn refused_feed_reads_on(republish: bool) {
 async fn a_resume_refused_for_the_consumer_limit_says_so_and_ends() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    create_topic_with_consumer_limit(&js, "tight", 2, false).await;
-    // A recent event, so that the feed reads with a consumer from the start.
-    publish(&js, "tight", "before").await;
-    // The node keeps one event of history: a resume from further back reads
-    // JetStream.
-    let node = NodeProc::start(
-        &nats.url(),
-        &[
-            ("SSE_HISTORY__WARM_EVENTS", "0"),
-            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "1"),
-        ],
-    )
-    .await;
-    let mut live = SseClient::connect(&node.url("/v1/events?topic=tight"), None)
-        .await
-        .unwrap();
-    let start = live.ready().await;
-    eventually(T, "the feed's consumer", || async {
-        (node.metric("sse_jetstream_consumers").await == 1.0).then_some(())
-    })
-    .await;
-    // Another reader takes the stream's last consumer.
-    hold_a_consumer(&js, "SSE_tight").await;
+    let (node, mut live, start) = a_client_of_a_topic_at_its_consumer_limit(&nats, false).await;
     for i in 0..3 {
         publish(&js, "tight", &format!("e{i}")).await;
     }
@@ -311,28 +289,7 @@ async fn a_resume_refused_for_the_consumer_limit_says_so_and_ends() {
 async fn a_resume_refused_its_consumer_reads_by_direct_gets() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    create_topic_with_consumer_limit(&js, "tight", 2, true).await;
-    // A recent event, so that the feed reads with a consumer from the start.
-    publish(&js, "tight", "before").await;
-    // The node keeps one event of history: a resume from further back reads
-    // JetStream.
-    let node = NodeProc::start(
-        &nats.url(),
-        &[
-            ("SSE_HISTORY__WARM_EVENTS", "0"),
-            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "1"),
-        ],
-    )
-    .await;
-    let mut live = SseClient::connect(&node.url("/v1/events?topic=tight"), None)
-        .await
-        .unwrap();
-    let start = live.ready().await;
-    eventually(T, "the feed's consumer", || async {
-        (node.metric("sse_jetstream_consumers").await == 1.0).then_some(())
-    })
-    .await;
-    hold_a_consumer(&js, "SSE_tight").await;
+    let (node, mut live, start) = a_client_of_a_topic_at_its_consumer_limit(&nats, true).await;
     // More than one direct get's worth, on two paths.
     let sent: Vec<(String, String)> = (0..600)
         .map(|i| {
@@ -372,6 +329,41 @@ async fn a_resume_refused_its_consumer_reads_by_direct_gets() {
             .await,
         (all.len() - 1 + of_a.len()) as f64
     );
+}
+
+/// A node that keeps one event of history, and a live client of topic
+/// `tight`, whose stream (with direct gets or without) holds at most two
+/// consumers: the feed's, made before another reader takes the last one.
+/// A resume from further back than the node's memory must then read
+/// JetStream, and is refused a consumer. Returns the node, the client and
+/// the id it started at.
+async fn a_client_of_a_topic_at_its_consumer_limit(
+    nats: &Nats,
+    allow_direct: bool,
+) -> (NodeProc, SseClient, String) {
+    let js = nats.jetstream().await;
+    create_topic_with_consumer_limit(&js, "tight", 2, allow_direct).await;
+    // A recent event, so that the feed reads with a consumer from the start.
+    publish(&js, "tight", "before").await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_HISTORY__WARM_EVENTS", "0"),
+            ("SSE_HISTORY__MAX_EVENTS_PER_TOPIC", "1"),
+        ],
+    )
+    .await;
+    let mut live = SseClient::connect(&node.url("/v1/events?topic=tight"), None)
+        .await
+        .unwrap();
+    let start = live.ready().await;
+    eventually(T, "the feed's consumer", || async {
+        (node.metric("sse_jetstream_consumers").await == 1.0).then_some(())
+    })
+    .await;
+    // Another reader takes the stream's last consumer.
+    hold_a_consumer(&js, "SSE_tight").await;
+    (node, live, start)
 }
 
 /// A node, and a client of topic `full`, whose feed JetStream has refused

@@ -438,43 +438,14 @@ async fn slow_resumes_take_turns_with_the_jetstream_read_slots() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "turns", None).await;
-    let payload = "z".repeat(2048);
-    publish_many(&js, EVENTS, 100, |i| {
-        ("sse.turns".to_owned(), format!("{i}:{payload}"))
-    })
-    .await;
-    let node = NodeProc::start(
-        &nats.url(),
-        &[("SSE_HISTORY__MAX_CONCURRENT_JETSTREAM_READS", "2")],
-    )
-    .await;
-    let from_start = id_from_start(&node, "turns").await;
+    let (node, from_start) = a_backlog_of_turns(&nats, EVENTS, 2).await;
     // Two clients take both slots and read 20 KiB a second, through small
     // socket buffers: their catch-up of 8 MiB would take minutes.
     let mut slow = Vec::new();
     for _ in 0..2 {
-        let mut stream = slow_resume(&node, "turns", &from_start).await;
-        slow.push(tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            loop {
-                if !matches!(
-                    tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await,
-                    Ok(n) if n > 0
-                ) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }));
+        slow.push(read_slowly(slow_resume(&node, "turns", &from_start).await));
     }
-    eventually(T, "both slow resumes to read JetStream", || async {
-        (node
-            .metric("sse_replay_events_total{source=\"jetstream\"}")
-            .await
-            >= 2.0)
-            .then_some(())
-    })
-    .await;
+    jetstream_replays(&node, 2.0, "both slow resumes to read JetStream").await;
     // A third resume finds both slots taken, and gets one within a turn.
     let started = Instant::now();
     let mut normal = SseClient::connect(&node.url("/v1/events?topic=turns"), Some(&from_start))
@@ -537,14 +508,7 @@ async fn an_http2_resume_whose_client_stops_reading_gives_its_jetstream_slot_up(
         .unwrap();
     let shut = sender.send_request(request).await.unwrap();
     assert_eq!(shut.status(), 200);
-    eventually(T, "the unread resume to read JetStream", || async {
-        (node
-            .metric("sse_replay_events_total{source=\"jetstream\"}")
-            .await
-            >= 1.0)
-            .then_some(())
-    })
-    .await;
+    jetstream_replays(&node, 1.0, "the unread resume to read JetStream").await;
     let mut normal = SseClient::connect(&node.url("/v1/events?topic=shut"), Some(&from_start))
         .await
         .unwrap();
@@ -740,37 +704,11 @@ async fn slow_resumes_by_direct_gets_take_turns_with_the_jetstream_read_slots() 
     )
     .await
     .expect("another reader's consumer");
-    let payload = "z".repeat(2048);
-    publish_many(&js, EVENTS, 100, |i| {
-        ("sse.turns".to_owned(), format!("{i}:{payload}"))
-    })
-    .await;
-    let node = NodeProc::start(
-        &nats.url(),
-        &[("SSE_HISTORY__MAX_CONCURRENT_JETSTREAM_READS", "1")],
-    )
-    .await;
-    let from_start = id_from_start(&node, "turns").await;
+    let (node, from_start) = a_backlog_of_turns(&nats, EVENTS, 1).await;
     // A client takes the slot and reads 20 KiB a second, through a small
     // socket buffer: its catch-up of 8 MiB would take minutes.
-    let mut stream = slow_resume(&node, "turns", &from_start).await;
-    let slow = tokio::spawn(async move {
-        let mut buf = [0u8; 1024];
-        while matches!(
-            tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await,
-            Ok(n) if n > 0
-        ) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    eventually(T, "the slow resume to read JetStream", || async {
-        (node
-            .metric("sse_replay_events_total{source=\"jetstream\"}")
-            .await
-            >= 1.0)
-            .then_some(())
-    })
-    .await;
+    let slow = read_slowly(slow_resume(&node, "turns", &from_start).await);
+    jetstream_replays(&node, 1.0, "the slow resume to read JetStream").await;
     // A second resume finds the slot taken, and gets it after a get.
     let mut normal = SseClient::connect(&node.url("/v1/events?topic=turns"), Some(&from_start))
         .await
@@ -798,6 +736,52 @@ async fn id_from_start(node: &NodeProc, topic: &str) -> String {
         .await
         .unwrap();
     id_at(&probe.ready().await, 0)
+}
+
+/// Publishes `events` events of 2 KiB to topic `turns`, then starts a node
+/// with `slots` JetStream read slots; returns it and an id from the
+/// topic's start.
+async fn a_backlog_of_turns(nats: &Nats, events: usize, slots: u32) -> (NodeProc, String) {
+    let js = nats.jetstream().await;
+    let payload = "z".repeat(2048);
+    publish_many(&js, events, 100, |i| {
+        ("sse.turns".to_owned(), format!("{i}:{payload}"))
+    })
+    .await;
+    let slots = slots.to_string();
+    let node = NodeProc::start(
+        &nats.url(),
+        &[("SSE_HISTORY__MAX_CONCURRENT_JETSTREAM_READS", &slots)],
+    )
+    .await;
+    let from_start = id_from_start(&node, "turns").await;
+    (node, from_start)
+}
+
+/// Reads `stream` a kibibyte every 50 ms, about 20 KiB a second, until it
+/// ends.
+fn read_slowly(mut stream: tokio::net::TcpStream) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        while matches!(
+            tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await,
+            Ok(n) if n > 0
+        ) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// Waits until `node` has replayed at least `events` events from JetStream.
+async fn jetstream_replays(node: &NodeProc, events: f64, what: &str) {
+    eventually(T, what, || async {
+        (node
+            .metric("sse_replay_events_total{source=\"jetstream\"}")
+            .await
+            >= events)
+            .then_some(())
+    })
+    .await;
 }
 
 /// A resume of `topic` from `last_event_id` over a socket with a 4 KiB

@@ -9,13 +9,14 @@
 //! `https://` collector (the system's certificate authorities, which
 //! `SSL_CERT_FILE` may replace), with the standard `OTEL_*` variables
 //! honoured (service name, headers, sampler, batch settings). Only spans
-//! named `sse.…` are exported. An export that fails is logged, once a
-//! minute at most ([`SayingFailures`]).
+//! named `sse.…` are exported. An export that fails, and spans dropped
+//! because too many wait for export, are logged once a minute at most
+//! ([`SayingFailures`], [`SayingDrops`]).
 
 use std::{
     sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -24,7 +25,9 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
-    trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter},
+    trace::{
+        BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
+    },
 };
 use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -189,10 +192,17 @@ fn trace_provider(
         .with_http()
         .build()
         .map_err(|e| e.to_string())?;
-    let exporter = SayingFailures::new(exporter);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let exporter = SayingFailures::new(exporter, waiting.clone());
+    let processor = SayingDrops {
+        inner: BatchSpanProcessor::builder(exporter).build(),
+        waiting,
+        capacity: export_queue_capacity(),
+        said: Throttled::default(),
+    };
     let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service_name.into());
     let mut builder = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(processor)
         .with_resource(Resource::builder().with_service_name(service).build());
     if std::env::var("OTEL_TRACES_SAMPLER").is_err() {
         builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
@@ -202,8 +212,39 @@ fn trace_provider(
     Ok(builder.build())
 }
 
-/// How often failed exports are logged at most.
-const EXPORT_FAILURES_SAID_EVERY: Duration = Duration::from_secs(60);
+/// How often failed exports, and spans dropped, are logged at most.
+const SAID_EVERY: Duration = Duration::from_secs(60);
+
+/// Counts what goes wrong and says when to log it: the first time at once,
+/// later ones once per [`SAID_EVERY`] at most, with the counts since.
+#[derive(Debug, Default)]
+struct Throttled(Mutex<Option<(Instant, u64, u64)>>);
+
+impl Throttled {
+    /// Counts one mishap that cost `items`; returns the mishaps and items
+    /// to log now, those not logged before included, when it is time.
+    fn count(&self, items: u64) -> Option<(u64, u64)> {
+        let mut said = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let due = match &mut *said {
+            Some((at, times, lost)) if now.duration_since(*at) < SAID_EVERY => {
+                *times += 1;
+                *lost += items;
+                return None;
+            }
+            Some((_, times, lost)) => (std::mem::take(times) + 1, std::mem::take(lost) + items),
+            None => (1, items),
+        };
+        *said = Some((now, 0, 0));
+        Some(due)
+    }
+
+    /// Ends a run of mishaps; returns those not logged, if there was a run.
+    fn end(&self) -> Option<(u64, u64)> {
+        let mut said = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        said.take().map(|(_, times, lost)| (times, lost))
+    }
+}
 
 /// A span exporter that logs its failures: the OTLP exporter's errors (a
 /// collector that is down or on another port, one that refuses the spans)
@@ -214,43 +255,31 @@ const EXPORT_FAILURES_SAID_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 struct SayingFailures<E> {
     inner: E,
-    /// When a failure was last logged, and the failed exports and their
-    /// spans not logged since.
-    said: Mutex<Option<(Instant, u64, u64)>>,
+    said: Throttled,
+    /// Spans ended and not yet through an export, which [`SayingDrops`]
+    /// bounds: an export, whether it works or not, takes its spans off.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl<E> SayingFailures<E> {
-    fn new(inner: E) -> Self {
+    fn new(inner: E, waiting: Arc<AtomicUsize>) -> Self {
         Self {
             inner,
-            said: Mutex::new(None),
+            said: Throttled::default(),
+            waiting,
         }
     }
 
     /// Logs a failed export of `spans` spans, or counts it for the next line.
     fn failed(&self, error: &dyn std::fmt::Display, spans: usize) {
-        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let (exports, lost) = match &mut *said {
-            Some((at, exports, lost)) if now.duration_since(*at) < EXPORT_FAILURES_SAID_EVERY => {
-                *exports += 1;
-                *lost += spans as u64;
-                return;
-            }
-            Some((_, exports, lost)) => (
-                std::mem::take(exports) + 1,
-                std::mem::take(lost) + spans as u64,
-            ),
-            None => (1, spans as u64),
-        };
-        *said = Some((now, 0, 0));
-        tracing::warn!(%error, failed_exports = exports, spans_lost = lost, "trace export failed; its spans are dropped");
+        if let Some((exports, lost)) = self.said.count(spans as u64) {
+            tracing::warn!(%error, failed_exports = exports, spans_lost = lost, "trace export failed; its spans are dropped");
+        }
     }
 
     /// Says that an export works again after failures.
     fn worked(&self) {
-        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, exports, lost)) = said.take() {
+        if let Some((exports, lost)) = self.said.end() {
             tracing::info!(
                 failed_exports_not_logged = exports,
                 spans_lost_not_logged = lost,
@@ -264,6 +293,7 @@ impl<E: SpanExporter> SpanExporter for SayingFailures<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len();
         let result = self.inner.export(batch).await;
+        self.waiting.fetch_sub(spans, Ordering::AcqRel);
         match &result {
             Ok(()) => self.worked(),
             Err(error) => self.failed(error, spans),
@@ -284,14 +314,79 @@ impl<E: SpanExporter> SpanExporter for SayingFailures<E> {
     }
 }
 
+/// The most spans waiting for export, as the batch processor reads it.
+fn export_queue_capacity() -> usize {
+    std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
+        .ok()
+        .and_then(|size| size.parse().ok())
+        .unwrap_or(2_048)
+}
+
+/// The batch span processor, with its bound on spans waiting for export
+/// kept here: the processor drops what comes past its queue after a
+/// single line for the process's life, and counts it nowhere one can read.
+/// A span that would take the spans ended and not yet through an export
+/// past the queue's size is dropped here instead, counted, and logged as
+/// failures are ([`Throttled`]). The processor's queue holds no more than
+/// that, so it never drops one itself.
+#[derive(Debug)]
+struct SayingDrops<P> {
+    inner: P,
+    waiting: Arc<AtomicUsize>,
+    capacity: usize,
+    said: Throttled,
+}
+
+impl<P> SayingDrops<P> {
+    /// Whether a span may wait for export; counts and logs it when not.
+    fn takes_one(&self) -> bool {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) < self.capacity {
+            return true;
+        }
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        if let Some((dropped, _)) = self.said.count(1) {
+            tracing::warn!(
+                spans_dropped = dropped,
+                queue = self.capacity,
+                "too many spans wait for export (OTEL_BSP_MAX_QUEUE_SIZE); spans dropped"
+            );
+        }
+        false
+    }
+}
+
+impl<P: SpanProcessor> SpanProcessor for SayingDrops<P> {
+    fn on_start(&self, span: &mut Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.takes_one() {
+            self.inner.on_end(span);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn export_failures_are_said_once_a_minute_with_how_many() {
-        let exporter = SayingFailures::new(());
-        let counted = || exporter.said.lock().unwrap().map(|(_, e, l)| (e, l));
+        let exporter = SayingFailures::new((), Arc::default());
+        let counted = || exporter.said.0.lock().unwrap().map(|(_, e, l)| (e, l));
         exporter.failed(&"refused", 3);
         assert_eq!(counted(), Some((0, 0)), "the first is said at once");
         exporter.failed(&"refused", 2);
@@ -299,6 +394,30 @@ mod tests {
         assert_eq!(counted(), Some((2, 7)), "later ones within the minute wait");
         exporter.worked();
         assert_eq!(counted(), None, "said to work again, the count with it");
+    }
+
+    /// Past the queue's size a span is dropped and counted; each export
+    /// makes room for as many spans as it took.
+    #[test]
+    fn spans_past_the_queue_are_dropped_and_counted() {
+        let processor = SayingDrops {
+            inner: (),
+            waiting: Arc::default(),
+            capacity: 2,
+            said: Throttled::default(),
+        };
+        assert!(processor.takes_one() && processor.takes_one());
+        assert!(!processor.takes_one(), "the third is past the queue");
+        assert!(!processor.takes_one());
+        let counted = processor.said.0.lock().unwrap().map(|(_, e, l)| (e, l));
+        assert_eq!(
+            counted,
+            Some((1, 1)),
+            "the first drop said, the second counted"
+        );
+        assert_eq!(processor.waiting.load(Ordering::Relaxed), 2);
+        processor.waiting.fetch_sub(2, Ordering::AcqRel);
+        assert!(processor.takes_one(), "an export made room");
     }
 
     #[test]

@@ -190,7 +190,6 @@ async fn a_published_trace_is_exported(received: Received, env: &[(&str, &str)])
 #[tokio::test]
 async fn a_failed_trace_export_is_logged() {
     use axum::http::StatusCode;
-    use tokio::io::AsyncBufReadExt;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -202,21 +201,77 @@ async fn a_failed_trace_export_is_logged() {
 
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    create_topic(&js, "traced", None).await;
+    let (_node, mut log, mut client) = a_traced_node(&nats, address, &[]).await;
+    publish_traced(&js, 1).await;
+    assert_eq!(
+        data_of(&client.take(1, Duration::from_secs(10)).await),
+        ["event 0"]
+    );
+    let said = logged(&mut log, "trace export failed").await;
+    assert!(said.contains("503"), "{said}");
+    assert!(said.contains("spans_lost="), "{said}");
+}
+
+/// Spans that would take those waiting for export past the queue's size
+/// (`OTEL_BSP_MAX_QUEUE_SIZE`) are dropped, and the node says so with how
+/// many, where the batch processor dropped them without a word. Here the
+/// collector takes connections and never answers, so nothing leaves the
+/// queue of two while eight events are delivered.
+#[tokio::test]
+async fn spans_past_the_export_queue_are_dropped_and_logged() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            held.push(connection);
+        }
+    });
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    let (_node, mut log, mut client) =
+        a_traced_node(&nats, address, &[("OTEL_BSP_MAX_QUEUE_SIZE", "2")]).await;
+    publish_traced(&js, 8).await;
+    let expected: Vec<String> = (0..8).map(|n| format!("event {n}")).collect();
+    assert_eq!(
+        data_of(&client.take(8, Duration::from_secs(10)).await),
+        expected,
+        "spans dropped, events not"
+    );
+    let said = logged(&mut log, "too many spans wait for export").await;
+    assert!(said.contains("spans_dropped="), "{said}");
+    assert!(said.contains("queue=2"), "{said}");
+}
+
+/// A node exporting traces to the collector at `collector`, logging at
+/// `warn` to the returned lines, and a client of its topic `traced`.
+async fn a_traced_node(
+    nats: &Nats,
+    collector: std::net::SocketAddr,
+    env: &[(&str, &str)],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    SseClient,
+) {
+    use tokio::io::AsyncBufReadExt;
+
+    create_topic(&nats.jetstream().await, "traced", None).await;
     let port = crate::ports::free_port();
     let mut node = tokio::process::Command::new(binary())
         .env("SSE_NATS__URL", nats.url())
         .env("SSE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("SSE_LOG__LEVEL", "warn")
         .env_remove("RUST_LOG")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{address}"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn sse-node");
-    let mut log = tokio::io::BufReader::new(node.stderr.take().unwrap()).lines();
+    let log = tokio::io::BufReader::new(node.stderr.take().unwrap()).lines();
     let url = format!("http://127.0.0.1:{port}/v1/events?topic=traced");
     let mut client = eventually(Duration::from_secs(20), "the node to serve", || {
         let url = url.clone();
@@ -224,35 +279,44 @@ async fn a_failed_trace_export_is_logged() {
     })
     .await;
     client.ready().await;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        "traceparent",
-        format!(
-            "00-{:032x}-{:016x}-01",
-            fastrand::u128(1..),
-            fastrand::u64(1..)
-        )
-        .as_str(),
-    );
-    js.publish_with_headers("sse.traced.x", headers, Payload::from("hello"))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert_eq!(
-        data_of(&client.take(1, Duration::from_secs(10)).await),
-        ["hello"]
-    );
-    let said = tokio::time::timeout(Duration::from_secs(20), async {
+    (node, log, client)
+}
+
+/// Publishes `count` events (`event 0`, …) to `traced`, each in a sampled
+/// trace of its own.
+async fn publish_traced(js: &async_nats::jetstream::Context, count: usize) {
+    for n in 0..count {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            format!(
+                "00-{:032x}-{:016x}-01",
+                fastrand::u128(1..),
+                fastrand::u64(1..)
+            )
+            .as_str(),
+        );
+        js.publish_with_headers("sse.traced.x", headers, Payload::from(format!("event {n}")))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+/// The first line of `log` that holds `needle`, within 20 s.
+async fn logged(
+    log: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    needle: &str,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = log.next_line().await.unwrap() {
-            if line.contains("trace export failed") {
+            if line.contains(needle) {
                 return line;
             }
         }
         panic!("the node's log ended");
     })
     .await
-    .expect("a line saying trace export failed within 20 s");
-    assert!(said.contains("503"), "{said}");
-    assert!(said.contains("spans_lost="), "{said}");
+    .unwrap_or_else(|_| panic!("a line saying {needle:?} within 20 s"))
 }

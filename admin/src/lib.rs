@@ -68,6 +68,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let (client, switch) = connect(&config).await?;
     let state = AppState::new(config, client.clone(), shutdown.clone());
+    state.metrics.count_dropped_spans();
     tokio::spawn(follow_jetstream(state.clone(), switch));
     tokio::spawn(publish::watch_stream_advisories(state.clone()));
     tokio::spawn(topics::republish_older_topics(state.clone()));

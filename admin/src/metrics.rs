@@ -25,6 +25,7 @@ pub struct Metrics {
     published: IntCounter,
     publish_failures: IntCounterVec,
     nats_server_switches: IntCounter,
+    trace_spans_dropped: IntCounterVec,
     // Scrapes reset and refill the topic gauges; one at a time.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -88,10 +89,21 @@ impl Metrics {
             "Times this admin left a NATS server that answered it but could not reach JetStream (cut off from its peers) for another server that could.",
         )
         .expect("valid metric");
+        let trace_spans_dropped = IntCounterVec::new(
+            Opts::new(
+                "sse_admin_trace_spans_dropped_total",
+                "Trace spans of this admin not exported, by reason: queue_full (more waiting for export than OTEL_BSP_MAX_QUEUE_SIZE), export_failed (in an export that failed).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         // Known reasons exist from start, at 0: a dashboard shows 0, not
         // "No data", and rate() sees the first failure.
         for reason in PUBLISH_FAILURE_REASONS {
             publish_failures.with_label_values(&[*reason]);
+        }
+        for reason in sse_protocol::otel::SPAN_DROP_REASONS {
+            trace_spans_dropped.with_label_values(&[*reason]);
         }
         for m in [
             Box::new(topic_messages.clone()) as Box<dyn prometheus::core::Collector>,
@@ -102,6 +114,7 @@ impl Metrics {
             Box::new(published.clone()),
             Box::new(publish_failures.clone()),
             Box::new(nats_server_switches.clone()),
+            Box::new(trace_spans_dropped.clone()),
         ] {
             registry.register(m).expect("metric registered once");
         }
@@ -115,8 +128,18 @@ impl Metrics {
             published,
             publish_failures,
             nats_server_switches,
+            trace_spans_dropped,
             scrape: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Has the spans this process drops counted here (by the first admin
+    /// that asks, where a process runs several).
+    pub fn count_dropped_spans(&self) {
+        let dropped = self.trace_spans_dropped.clone();
+        sse_protocol::otel::count_dropped_spans_with(move |reason, spans| {
+            dropped.with_label_values(&[reason]).inc_by(spans);
+        });
     }
 
     /// Counts an acknowledged publish.

@@ -136,6 +136,10 @@ pub async fn run(
         nats_credentials,
     } = startup;
     let metrics = Arc::new(Metrics::new());
+    let dropped_spans = metrics.trace_spans_dropped.clone();
+    sse_protocol::otel::count_dropped_spans_with(move |reason, spans| {
+        dropped_spans.with_label_values(&[reason]).inc_by(spans);
+    });
     let (connected_tx, connected_rx) = watch::channel(false);
     let (reconnections_tx, reconnections) = watch::channel(0u64);
     let reconnects = metrics.nats_reconnects.clone();

@@ -155,6 +155,8 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     /// Resumes that waited for a JetStream read slot.
     pub jetstream_read_waits: IntCounter,
+    /// Spans not exported, by reason (`sse_protocol::otel::SPAN_DROP_REASONS`).
+    pub trace_spans_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -380,6 +382,12 @@ impl Metrics {
             jetstream_read_waits: counter(
                 "sse_jetstream_read_waits_total",
                 "Resumes that waited for a JetStream read slot (history.max_concurrent_jetstream_reads).",
+            ),
+            trace_spans_dropped: counter_vec(
+                "sse_trace_spans_dropped_total",
+                "Trace spans not exported, by reason: queue_full (more waiting for export than OTEL_BSP_MAX_QUEUE_SIZE), export_failed (in an export that failed).",
+                "reason",
+                sse_protocol::otel::SPAN_DROP_REASONS,
             ),
             registry,
         }

@@ -15,7 +15,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -32,6 +32,30 @@ use opentelemetry_sdk::{
 use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Every reason spans are dropped for, as the services' metrics label
+/// them: `queue_full`, past the spans waiting for export that
+/// `OTEL_BSP_MAX_QUEUE_SIZE` allows; `export_failed`, in an export that
+/// failed.
+pub const SPAN_DROP_REASONS: &[&str] = &["queue_full", "export_failed"];
+
+/// Counts spans dropped, by reason: the service's metric.
+type DropCounter = Box<dyn Fn(&'static str, u64) + Send + Sync>;
+
+static DROPPED_SPANS: OnceLock<DropCounter> = OnceLock::new();
+
+/// Has spans dropped from now on counted by `count(reason, spans)` as
+/// well as logged; `reason` is one of [`SPAN_DROP_REASONS`]. A process
+/// counts them in one place: calls after the first are ignored.
+pub fn count_dropped_spans_with(count: impl Fn(&'static str, u64) + Send + Sync + 'static) {
+    let _ = DROPPED_SPANS.set(Box::new(count));
+}
+
+fn spans_dropped(reason: &'static str, spans: u64) {
+    if let Some(count) = DROPPED_SPANS.get() {
+        count(reason, spans);
+    }
+}
 
 /// Whether this process exports spans; when not, callers create none.
 #[inline]
@@ -272,6 +296,7 @@ impl<E> SayingFailures<E> {
 
     /// Logs a failed export of `spans` spans, or counts it for the next line.
     fn failed(&self, error: &dyn std::fmt::Display, spans: usize) {
+        spans_dropped("export_failed", spans as u64);
         if let Some((exports, lost)) = self.said.count(spans as u64) {
             tracing::warn!(%error, failed_exports = exports, spans_lost = lost, "trace export failed; its spans are dropped");
         }
@@ -344,6 +369,7 @@ impl<P> SayingDrops<P> {
             return true;
         }
         self.waiting.fetch_sub(1, Ordering::AcqRel);
+        spans_dropped("queue_full", 1);
         if let Some((dropped, _)) = self.said.count(1) {
             tracing::warn!(
                 spans_dropped = dropped,

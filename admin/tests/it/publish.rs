@@ -330,6 +330,7 @@ async fn bad_events_are_refused() {
             "sse_admin_events_published_total 1",
             "sse_admin_publish_failures_total{reason=\"too_large\"} 1",
             "sse_admin_nats_server_switches_total 0",
+            "sse_admin_trace_spans_dropped_total{reason=\"export_failed\"} 0",
         ] {
             assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
         }

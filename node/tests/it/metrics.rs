@@ -57,6 +57,7 @@ async fn every_promised_metric_is_exported() {
         "sse_history_bytes{topic=\"seen\"}",
         "sse_topic_subscribers{topic=\"seen\"} 0",
         "sse_feed_errors_total{kind=\"consumer_limit\"} 0",
+        "sse_trace_spans_dropped_total{reason=\"queue_full\"} 0",
     ] {
         assert!(text.contains(name), "missing {name}\n{text}");
     }

@@ -201,15 +201,17 @@ async fn a_failed_trace_export_is_logged() {
 
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    let (_node, mut log, mut client) = a_traced_node(&nats, address, &[]).await;
+    let mut node = a_traced_node(&nats, address, &[]).await;
     publish_traced(&js, 1).await;
     assert_eq!(
-        data_of(&client.take(1, Duration::from_secs(10)).await),
+        data_of(&node.client.take(1, Duration::from_secs(10)).await),
         ["event 0"]
     );
-    let said = logged(&mut log, "trace export failed").await;
+    let said = logged(&mut node.log, "trace export failed").await;
     assert!(said.contains("503"), "{said}");
     assert!(said.contains("spans_lost="), "{said}");
+    let dropped = r#"sse_trace_spans_dropped_total{reason="export_failed"}"#;
+    assert!(node.metric(dropped).await >= 1.0, "{dropped}");
 }
 
 /// Spans that would take those waiting for export past the queue's size
@@ -229,31 +231,53 @@ async fn spans_past_the_export_queue_are_dropped_and_logged() {
     });
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
-    let (_node, mut log, mut client) =
-        a_traced_node(&nats, address, &[("OTEL_BSP_MAX_QUEUE_SIZE", "2")]).await;
+    let mut node = a_traced_node(&nats, address, &[("OTEL_BSP_MAX_QUEUE_SIZE", "2")]).await;
     publish_traced(&js, 8).await;
     let expected: Vec<String> = (0..8).map(|n| format!("event {n}")).collect();
     assert_eq!(
-        data_of(&client.take(8, Duration::from_secs(10)).await),
+        data_of(&node.client.take(8, Duration::from_secs(10)).await),
         expected,
         "spans dropped, events not"
     );
-    let said = logged(&mut log, "too many spans wait for export").await;
+    let said = logged(&mut node.log, "too many spans wait for export").await;
     assert!(said.contains("spans_dropped="), "{said}");
     assert!(said.contains("queue=2"), "{said}");
+    // Eight delivered, at most two waiting: six at least dropped.
+    let dropped = r#"sse_trace_spans_dropped_total{reason="queue_full"}"#;
+    assert!(node.metric(dropped).await >= 6.0, "{dropped}");
 }
 
-/// A node exporting traces to the collector at `collector`, logging at
-/// `warn` to the returned lines, and a client of its topic `traced`.
+/// A node exporting traces to a collector, and a client of its topic
+/// `traced`.
+struct TracedNode {
+    _process: tokio::process::Child,
+    /// The node's log, at `warn`.
+    log: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    client: SseClient,
+    port: u16,
+}
+
+impl TracedNode {
+    /// The value of the metric `series` (name and labels as written).
+    async fn metric(&self, series: &str) -> f64 {
+        let text = http_get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    }
+}
+
+/// Starts a node exporting traces to the collector at `collector`.
 async fn a_traced_node(
     nats: &Nats,
     collector: std::net::SocketAddr,
     env: &[(&str, &str)],
-) -> (
-    tokio::process::Child,
-    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
-    SseClient,
-) {
+) -> TracedNode {
     use tokio::io::AsyncBufReadExt;
 
     create_topic(&nats.jetstream().await, "traced", None).await;
@@ -279,7 +303,12 @@ async fn a_traced_node(
     })
     .await;
     client.ready().await;
-    (node, log, client)
+    TracedNode {
+        _process: node,
+        log,
+        client,
+        port,
+    }
 }
 
 /// Publishes `count` events (`event 0`, …) to `traced`, each in a sampled

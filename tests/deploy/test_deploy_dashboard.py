@@ -52,12 +52,14 @@ NODE_METRICS = {
     "sse_streams_parked": set(),
     "sse_streams_served_total": {"path"},
     "sse_parked_refusals_total": set(),
+    "sse_trace_spans_dropped_total": {"reason"},
 }
 ADMIN_METRICS = {
     "sse_topic_messages": {"topic"},
     "sse_topic_bytes": {"topic"},
     "sse_cluster_topic_subscribers": {"topic"},
     "sse_nodes_live": set(),
+    "sse_admin_trace_spans_dropped_total": {"reason"},
 }
 METRICS = {**NODE_METRICS, **ADMIN_METRICS}
 HISTOGRAMS = {"sse_replay_duration_seconds", "sse_delivery_lag_seconds", "sse_feed_read_lag_seconds"}

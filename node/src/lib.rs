@@ -116,9 +116,13 @@ async fn watch_connection(
 const SERVER_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Time, after the HTTP server closed, for the feeds' consumers to be
-/// deleted. With [`SERVER_CLOSE_GRACE`] and the last flush, within the 3 s
+/// deleted. With [`SERVER_CLOSE_GRACE`] and [`LAST_FLUSH`], within the 3 s
 /// past the drain window that the Helm chart gives a node to close.
 const CONSUMER_DELETE_GRACE: Duration = Duration::from_millis(500);
+
+/// Time left for the node's report to be deleted and what the node last
+/// sent to NATS to leave, after the feeds' consumers were deleted.
+const LAST_FLUSH: Duration = Duration::from_millis(500);
 
 /// Runs a node on `listener` until `shutdown` is cancelled and the drain is
 /// over, with the parts [`Startup`] built from the configuration.
@@ -293,7 +297,7 @@ pub async fn run(
     // The cluster view hears of a drain at once, not at the next report:
     // a drain may be over before it.
     let drain_started = CancellationToken::new();
-    tokio::spawn(report::report_loop(
+    let reporting = tokio::spawn(report::report_loop(
         node.clone(),
         address,
         switch,
@@ -330,6 +334,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     background.cancel();
+    let stopped = tokio::time::Instant::now();
     server_stop.cancel();
     match tokio::time::timeout(SERVER_CLOSE_GRACE, serving).await {
         Ok(Ok(result)) => result?,
@@ -349,8 +354,18 @@ pub async fn run(
             "not every consumer was deleted in time; NATS removes the rest within 30 s"
         );
     }
-    // Give the report loop a moment to remove this node from the view.
-    let _ = tokio::time::timeout(Duration::from_millis(500), client.flush()).await;
+    // The report loop, stopped above with the other background work,
+    // deletes this node's report as it ends: waited for, or a report being
+    // written at the stop (up to its write timeout on a slow NATS) would
+    // outlive the process, and the cluster view list a node that left
+    // until the report expires (`cluster.node_ttl_seconds`).
+    let by = stopped + SERVER_CLOSE_GRACE + CONSUMER_DELETE_GRACE + LAST_FLUSH;
+    if tokio::time::timeout_at(by, reporting).await.is_err() {
+        warn!(
+            "the node's report was not deleted in time; the cluster view drops it when it expires"
+        );
+    }
+    let _ = tokio::time::timeout_at(by, client.flush()).await;
     info!("node stopped");
     if client_gone.load(std::sync::atomic::Ordering::Acquire) {
         return Err(NodeError::NatsClientGone);

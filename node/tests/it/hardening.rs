@@ -1317,6 +1317,45 @@ async fn a_node_makes_its_report_bucket_again_when_it_is_deleted() {
     assert_eq!(node.metric("sse_nats_server_switches_total").await, 0.0);
 }
 
+/// A node stopped while its report is being written (here NATS is frozen
+/// for 1.5 s around the SIGTERM, so that the write waits for its answer)
+/// deletes its report before it exits: the cluster view drops it at once.
+/// The node used to give its report loop half a second, and exit with the
+/// write still waiting and the report left to expire.
+#[tokio::test]
+async fn a_node_stopped_mid_report_deletes_its_report_before_it_exits() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    let mut node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_CLUSTER__REPORT_SECONDS", "1"),
+            ("SSE_SHUTDOWN__DRAIN_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let id = eventually(T, "the node's first report", || async {
+        let store = js.get_key_value("sse_nodes").await.ok()?;
+        let mut keys = store.keys().await.ok()?;
+        futures_util::StreamExt::next(&mut keys).await?.ok()
+    })
+    .await;
+    nats.freeze();
+    // A report is due every second: one is waiting for its answer.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    node.terminate();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    nats.thaw();
+    let status = node.wait_exit(Duration::from_secs(10)).await.unwrap();
+    assert!(status.success(), "{status}");
+    let store = js.get_key_value("sse_nodes").await.unwrap();
+    assert_eq!(
+        store.get(&id).await.unwrap(),
+        None,
+        "the node's report outlived it"
+    );
+}
+
 /// `Nats-Marker-Reason` is the header of JetStream's subject delete
 /// markers, stored messages without data that are not events. A
 /// publisher's event that carries it with data is delivered, live and in a

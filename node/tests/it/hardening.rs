@@ -1302,11 +1302,7 @@ async fn a_node_makes_its_report_bucket_again_when_it_is_deleted() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     let node = NodeProc::start(&nats.url(), &[("SSE_CLUSTER__REPORT_SECONDS", "1")]).await;
-    let first_report = || async {
-        let store = js.get_key_value("sse_nodes").await.ok()?;
-        let mut keys = store.keys().await.ok()?;
-        futures_util::StreamExt::next(&mut keys).await?.ok()
-    };
+    let first_report = || a_report_key(&js);
     eventually(T, "the node's first report", first_report).await;
     js.delete_key_value("sse_nodes").await.unwrap();
     assert!(
@@ -1315,6 +1311,13 @@ async fn a_node_makes_its_report_bucket_again_when_it_is_deleted() {
     );
     eventually(T, "a report in a bucket made again", first_report).await;
     assert_eq!(node.metric("sse_nats_server_switches_total").await, 0.0);
+}
+
+/// The key of a node's report in the nodes bucket, once there is one.
+async fn a_report_key(js: &async_nats::jetstream::Context) -> Option<String> {
+    let store = js.get_key_value("sse_nodes").await.ok()?;
+    let mut keys = store.keys().await.ok()?;
+    futures_util::StreamExt::next(&mut keys).await?.ok()
 }
 
 /// A node stopped while its report is being written (here NATS is frozen
@@ -1334,12 +1337,7 @@ async fn a_node_stopped_mid_report_deletes_its_report_before_it_exits() {
         ],
     )
     .await;
-    let id = eventually(T, "the node's first report", || async {
-        let store = js.get_key_value("sse_nodes").await.ok()?;
-        let mut keys = store.keys().await.ok()?;
-        futures_util::StreamExt::next(&mut keys).await?.ok()
-    })
-    .await;
+    let id = eventually(T, "the node's first report", || a_report_key(&js)).await;
     nats.freeze();
     // A report is due every second: one is waiting for its answer.
     tokio::time::sleep(Duration::from_millis(1_200)).await;

@@ -316,10 +316,20 @@ async fn metrics(State(node): State<Node>) -> Response {
 
 async fn events(
     State(state): State<HttpState>,
+    method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match prepare_stream(&state, &headers, query.as_deref().unwrap_or("")).await {
+    let query = query.as_deref().unwrap_or("");
+    if method == Method::HEAD {
+        // Answered as a stream request would be, but nothing is opened for
+        // a response without a body.
+        return match check_stream_request(&state, &headers, query).await {
+            Ok(_) => stream_response(Body::empty()),
+            Err(error) => reject(&state.node, error),
+        };
+    }
+    match prepare_stream(&state, &headers, query).await {
         Ok(stream) => {
             served_by(&state.node, "router");
             stream_response(Body::from_stream(stream.into_body_stream()))
@@ -668,6 +678,29 @@ pub async fn prepare_stream(
     headers: &HeaderMap,
     query: &str,
 ) -> Result<ClientStream, ApiError> {
+    let checked = check_stream_request(state, headers, query).await?;
+    open_stream(state, headers, checked).await
+}
+
+/// A stream request whose topics exist and whose token grants every path
+/// it asks for in a private topic. Nothing is started for it yet.
+pub struct CheckedRequest {
+    request: StreamRequest,
+    /// The paths of private topics the token was checked for.
+    private: Vec<SubjectPath>,
+    /// How long the token has left, when one was checked.
+    expires: Option<Duration>,
+}
+
+/// Checks a stream request's shape, that its topics exist and that its
+/// token grants what it asks for, without starting a topic's reader or
+/// taking a place on the node: a request refused, or only asked about
+/// (`HEAD`), costs the node nothing it keeps.
+pub async fn check_stream_request(
+    state: &HttpState,
+    headers: &HeaderMap,
+    query: &str,
+) -> Result<CheckedRequest, ApiError> {
     let node = &state.node;
     if node.is_draining() {
         return Err(ApiError::unavailable(
@@ -676,7 +709,84 @@ pub async fn prepare_stream(
             1,
         ));
     }
-    let mut request = parse_request(node, headers, query)?;
+    let request = parse_request(node, headers, query)?;
+    let mut private = Vec::new();
+    for topic in &request.order {
+        let access = node.topics().access(topic).await.map_err(lookup_error)?;
+        if access == Access::Private {
+            private.extend(request.topics.get(topic).into_iter().flatten().cloned());
+        }
+    }
+    let expires = if private.is_empty() {
+        None
+    } else {
+        Some(authorize(
+            state,
+            headers,
+            request.query_token.as_deref(),
+            &private,
+        )?)
+    };
+    Ok(CheckedRequest {
+        request,
+        private,
+        expires,
+    })
+}
+
+/// A place among the node's `http.max_connections` streams, given back when
+/// dropped before a stream takes it over.
+struct ConnectionSlot<'a>(Option<&'a Node>);
+
+impl<'a> ConnectionSlot<'a> {
+    fn take(node: &'a Node) -> Result<Self, ApiError> {
+        if node.try_open_connection() {
+            return Ok(Self(Some(node)));
+        }
+        Err(ApiError::limit(
+            node,
+            "max_connections",
+            ApiError::unavailable(
+                "node_full",
+                format!(
+                    "this node holds its maximum of {} streams; retry, the load balancer will pick another",
+                    node.config().http.max_connections
+                ),
+                1,
+            ),
+        ))
+    }
+
+    /// The slot is the stream's now: it gives it back when it closes.
+    fn hand_to_stream(mut self) {
+        if let Some(node) = self.0.take() {
+            node.connection_opened();
+        }
+    }
+}
+
+impl Drop for ConnectionSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(node) = self.0 {
+            node.give_back_connection();
+        }
+    }
+}
+
+/// Opens the stream of a checked request: takes a place on the node, then
+/// leases (or starts) its topics' readers.
+pub async fn open_stream(
+    state: &HttpState,
+    headers: &HeaderMap,
+    checked: CheckedRequest,
+) -> Result<ClientStream, ApiError> {
+    let node = &state.node;
+    let CheckedRequest {
+        mut request,
+        private: checked_private,
+        mut expires,
+    } = checked;
+    let slot = ConnectionSlot::take(node)?;
     let mut attached = Vec::with_capacity(request.order.len());
     let mut private = Vec::new();
     for topic in &request.order {
@@ -710,16 +820,16 @@ pub async fn prepare_stream(
             feed,
         ));
     }
-    let expires = if private.is_empty() {
-        None
-    } else {
-        Some(authorize(
+    // A topic made private since the check (created again, or changed
+    // before this node heard of it) is checked now.
+    if private.iter().any(|path| !checked_private.contains(path)) {
+        expires = Some(authorize(
             state,
             headers,
             request.query_token.as_deref(),
             &private,
-        )?)
-    };
+        )?);
+    }
     // Only once the client may read these topics: a cursor past what the
     // stream is known to hold costs JetStream a question, and one the
     // stream does not hold waits 2 s for a second answer. The topics are
@@ -744,21 +854,8 @@ pub async fn prepare_stream(
         },
     ))
     .await?;
-    if !node.try_open_connection() {
-        return Err(ApiError::limit(
-            node,
-            "max_connections",
-            ApiError::unavailable(
-                "node_full",
-                format!(
-                    "this node holds its maximum of {} streams; retry, the load balancer will pick another",
-                    node.config().http.max_connections
-                ),
-                1,
-            ),
-        ));
-    }
     let mut stream = ClientStream::open(node.clone(), confirmed);
+    slot.hand_to_stream();
     if let Some(remaining) = expires {
         stream.close_at_token_expiry(tokio::time::Instant::now() + remaining);
     }

@@ -166,21 +166,28 @@ impl Node {
     /// Takes a connection slot, unless the node is full.
     pub fn try_open_connection(&self) -> bool {
         let max = self.0.config.http.max_connections;
-        let taken = self
-            .0
+        self.0
             .connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .is_ok();
-        if taken {
-            self.0.metrics.clients_connected.inc();
-            self.0.metrics.connections_opened.inc();
-        }
-        taken
+            .is_ok()
     }
 
-    /// Gives a connection slot back.
+    /// Counts a stream opened in the slot [`Self::try_open_connection`]
+    /// took; [`Self::connection_closed`] gives the slot back.
+    pub fn connection_opened(&self) {
+        self.0.metrics.clients_connected.inc();
+        self.0.metrics.connections_opened.inc();
+    }
+
+    /// Gives back a slot no stream was opened in (one refused after it was
+    /// taken).
+    pub fn give_back_connection(&self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Gives an opened stream's connection slot back.
     pub fn connection_closed(&self) {
         self.0.connections.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.clients_connected.dec();

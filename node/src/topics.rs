@@ -222,6 +222,46 @@ impl Topics {
         {
             return Ok(lease);
         }
+        self.with_info(topic, |info| self.start_or_lease(topic, path, info))
+            .await
+    }
+
+    /// Whether `topic` exists and who may read it, without starting a
+    /// feed: a request refused for its token, or by a full node, must cost
+    /// the node no reader. Every topic's facts come with the listing; a
+    /// topic created since it is asked of JetStream, and its facts kept.
+    pub async fn access(&self, topic: &TopicName) -> Result<Access, LookupError> {
+        if let Some(facts) = self
+            .0
+            .facts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+        {
+            return Ok(facts.access);
+        }
+        self.with_info(topic, |info| {
+            let facts = TopicFacts::of(info);
+            let access = facts.access;
+            self.0
+                .facts
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(topic.clone())
+                .or_insert(facts);
+            access
+        })
+        .await
+    }
+
+    /// Asks JetStream for `topic`'s stream info, once for all the requests
+    /// that want it at the same time, and hands it to `then` while later
+    /// requests still share it.
+    async fn with_info<T>(
+        &self,
+        topic: &TopicName,
+        then: impl FnOnce(&Info) -> T,
+    ) -> Result<T, LookupError> {
         // A request made while the client is reconnecting waits for the
         // connection, not for JetStream: without this, each new stream on
         // a node cut off from NATS would hang for the whole call timeout
@@ -259,9 +299,9 @@ impl Topics {
                 return Err(LookupError::Unavailable(e.to_string()));
             }
         };
-        let lease = self.start_or_lease(topic, path, info);
+        let out = then(info);
         self.forget_start(topic, &cell);
-        Ok(lease)
+        Ok(out)
     }
 
     /// Like [`Self::get`], but when the client's id names another epoch than

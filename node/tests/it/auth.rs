@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 const T: Duration = Duration::from_secs(10);
-const SECRET: &str = "test-secret-test-secret-test-secret!";
+/// The HS256 secret of [`node`].
+pub(crate) const SECRET: &str = "test-secret-test-secret-test-secret!";
 const RSA_PRIVATE: &str = include_str!("keys/rs256_test_private.pem");
 const RSA_PUBLIC: &str = include_str!("keys/rs256_test_public.pem");
 
@@ -20,7 +21,8 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn hs256(claims: Value) -> String {
+/// A token signed with [`SECRET`].
+pub(crate) fn hs256(claims: Value) -> String {
     hs256_with(SECRET, claims)
 }
 
@@ -33,7 +35,8 @@ fn hs256_with(secret: &str, claims: Value) -> String {
     .unwrap()
 }
 
-fn grant(patterns: &[&str]) -> Value {
+/// Claims that grant `patterns` for five minutes.
+pub(crate) fn grant(patterns: &[&str]) -> Value {
     json!({ "exp": now() + 300, "sse.subscribe": patterns })
 }
 
@@ -47,7 +50,8 @@ async fn node(nats: &Nats, extra: &[(&str, &str)]) -> NodeProc {
     NodeProc::start(&nats.url(), &env).await
 }
 
-fn bearer(token: &str) -> String {
+/// An `Authorization` value for `token`.
+pub(crate) fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 

@@ -65,6 +65,84 @@ async fn a_feed_runs_only_while_its_topic_has_clients_here() {
 /// the feeds would have lingered: left to NATS's 30 s expiry, they counted
 /// against each stream's consumer limit while the nodes of a rolling update
 /// made their own, and gathered pending events nobody read.
+/// A stream request the node turns away (no token, a grant narrower than
+/// the request, a topic that does not exist beside one that does, the node
+/// full) or that only asks about a stream (`HEAD`) starts no topic's
+/// reader: a client that asks for private topics again and again without a
+/// token costs the node no consumer and no history.
+#[tokio::test]
+async fn requests_refused_or_only_asked_about_start_no_reader() {
+    use crate::auth::{SECRET, bearer, grant, hs256};
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_private_topic(&js, "priv").await;
+    publish(&js, "priv.alice", "secret").await;
+    create_topic(&js, "chat", None).await;
+    publish(&js, "chat", "old").await;
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_AUTH__JWT__HS256_SECRET", SECRET),
+            ("SSE_HTTP__MAX_CONNECTIONS", "1"),
+        ],
+    )
+    .await;
+    let bob = bearer(&hs256(grant(&["priv.bob"])));
+    let refused = [
+        ("topic=priv", None, 401),
+        ("topic=chat&topic=priv.alice", Some(bob.as_str()), 403),
+        ("topic=chat&topic=nosuch", None, 404),
+    ];
+    for (query, auth, expected) in refused {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let (status, _, body) = get_with(&node.url(&format!("/v1/events?{query}")), &headers).await;
+        assert_eq!(status, expected, "{query}: {body}");
+    }
+    let asked = http_client()
+        .head(node.url("/v1/events?topic=chat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 200);
+    assert_eq!(
+        asked.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    let asked = http_client()
+        .head(node.url("/v1/events?topic=priv"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 401);
+    for metric in [
+        "sse_feed_starts_total",
+        "sse_feeds_live",
+        "sse_jetstream_consumers",
+        "sse_history_held_bytes",
+        "sse_connections_opened_total",
+        "sse_clients_connected",
+    ] {
+        assert_eq!(node.metric(metric).await, 0.0, "{metric}");
+    }
+
+    // The one stream the node has room for reads its topic...
+    let url = node.url("/v1/events?topic=priv.bob");
+    let mut bobs = SseClient::connect_with(&url, &[("Authorization", bob.as_str())])
+        .await
+        .unwrap();
+    bobs.ready().await;
+    assert_eq!(node.metric("sse_feed_starts_total").await, 1.0);
+    // ...and a request the full node turns away starts nothing more.
+    let (status, _, body) = get_with(&node.url("/v1/events?topic=chat"), &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("node_full"), "{body}");
+    assert_eq!(node.metric("sse_feed_starts_total").await, 1.0);
+    assert_eq!(node.metric("sse_feeds_live").await, 1.0);
+    assert_eq!(node.metric("sse_connections_opened_total").await, 1.0);
+    publish(&js, "priv.bob", "for bob").await;
+    assert_eq!(data_of(&bobs.take(1, T).await), ["for bob"]);
+}
+
 #[tokio::test]
 async fn a_node_that_stops_deletes_its_consumers_before_it_exits() {
     let nats = Nats::start().await;

@@ -268,6 +268,17 @@ pub fn valid_origin(origin: &str) -> bool {
 #[error("invalid configuration:\n{}", .0.join("\n"))]
 pub struct ConfigError(pub Vec<String>);
 
+/// Largest `http.max_header_bytes`: a request head is read into a buffer of
+/// up to this size.
+const MAX_HEADER_BYTES: usize = 1 << 20;
+/// Largest `http.max_headers`: each request is parsed into that many slots.
+const MAX_HEADERS: usize = 1024;
+/// Largest `history.max_concurrent_jetstream_reads`.
+const MAX_JETSTREAM_READS: usize = 1 << 16;
+/// Largest `delivery.client_queue_events` and `delivery.path_queue_events`:
+/// a grown queue is allocated whole.
+const MAX_QUEUE_EVENTS: usize = 1 << 20;
+
 /// The longest time any setting may name, in seconds: 100 years.
 pub const MAX_DURATION_SECONDS: u64 = 100 * 365 * 24 * 3600;
 /// The longest `retry:` hint, and jitter, a node may send: an hour. A
@@ -383,15 +394,18 @@ impl Config {
             "http.max_last_event_id_bytes",
             "must be at least 32",
         );
+        // Upper bounds where a value is allocated per request or up front:
+        // past them a request would take the node's memory, or a buffer
+        // could not be made at all.
         check(
-            self.http.max_header_bytes >= 8192,
+            (8192..=MAX_HEADER_BYTES).contains(&self.http.max_header_bytes),
             "http.max_header_bytes",
-            "must be at least 8192",
+            "must be 8192 to 1048576",
         );
         check(
-            self.http.max_headers >= 8,
+            (8..=MAX_HEADERS).contains(&self.http.max_headers),
             "http.max_headers",
-            "must be at least 8",
+            "must be 8 to 1024",
         );
         check(
             (1..=3600).contains(&self.http.header_read_timeout_seconds),
@@ -455,19 +469,19 @@ impl Config {
             "must be 1 to 3600",
         );
         check(
-            self.history.max_concurrent_jetstream_reads > 0,
+            (1..=MAX_JETSTREAM_READS).contains(&self.history.max_concurrent_jetstream_reads),
             "history.max_concurrent_jetstream_reads",
-            "must be at least 1",
+            "must be 1 to 65536",
         );
         check(
-            self.delivery.client_queue_events >= 16,
+            (16..=MAX_QUEUE_EVENTS).contains(&self.delivery.client_queue_events),
             "delivery.client_queue_events",
-            "must be at least 16",
+            "must be 16 to 1048576 (a feed's queue holds 32 bytes per event it may hold)",
         );
         check(
-            self.delivery.path_queue_events >= 16,
+            (16..=MAX_QUEUE_EVENTS).contains(&self.delivery.path_queue_events),
             "delivery.path_queue_events",
-            "must be at least 16",
+            "must be 16 to 1048576 (a path's queue holds 32 bytes per event it may hold)",
         );
         check(
             self.delivery.write_pacing_ms <= 1000,
@@ -727,9 +741,17 @@ mod tests {
             ("http.retry_jitter_ms", 3_600_001, 3_600_000),
             ("shutdown.drain_seconds", 3601, 3600),
             ("auth.jwt.leeway_seconds", 601, 600),
+            ("http.max_header_bytes", 1_048_577, 1_048_576),
+            ("http.max_headers", 1025, 1024),
+            ("history.max_concurrent_jetstream_reads", 65_537, 65_536),
+            ("delivery.client_queue_events", 1_048_577, 1_048_576),
+            ("delivery.path_queue_events", 1_048_577, 1_048_576),
         ] {
             let err = with(key, too_much).unwrap_err().to_string();
-            assert!(err.contains(key) && err.contains("at most"), "{key}: {err}");
+            assert!(
+                err.contains(key) && (err.contains("at most") || err.contains(" to ")),
+                "{key}: {err}"
+            );
             assert!(with(key, most).is_ok(), "{key} = {most}");
         }
         let err = with("delivery.max_unsent_bytes", 1024)

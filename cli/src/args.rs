@@ -356,8 +356,14 @@ pub struct VerifyKeyArgs {
     /// `auth.jwt.issuer`.
     #[arg(long, value_name = "ISS")]
     pub iss: Option<String>,
-    /// `auth.jwt.leeway_seconds` (a node's default unless given).
-    #[arg(long, value_name = "SECONDS", default_value_t = sse_token::DEFAULT_LEEWAY_SECONDS)]
+    /// `auth.jwt.leeway_seconds` (a node's default unless given; at most
+    /// 600, as a node allows).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = sse_token::DEFAULT_LEEWAY_SECONDS,
+        value_parser = clap::value_parser!(u64).range(0..=sse_token::MAX_LEEWAY_SECONDS)
+    )]
     pub leeway: u64,
 }
 

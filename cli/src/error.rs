@@ -1,7 +1,7 @@
 //! The one error type of `ssectl`, and its exit code.
 
 /// Everything that stops a command.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The command line or a setting is wrong (exit 2).
     #[error("{0}")]

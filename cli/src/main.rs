@@ -22,14 +22,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("ssectl: cannot start the runtime: {error}");
+            ssectl::errln!("ssectl: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(ssectl::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("ssectl: {error}");
+            ssectl::errln!("ssectl: {error}");
             ExitCode::from(error.exit_code())
         }
     }

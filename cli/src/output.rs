@@ -18,6 +18,21 @@ macro_rules! outln {
     };
 }
 
+/// Prints a line to stderr, as `eprintln!` does, but never panics: a note
+/// nobody can read any more (stderr closed, `2>&1 | head`) is dropped.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::output::print_error_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes `text` and a line end to stderr; see [`errln!`].
+pub fn print_error_line(text: std::fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "{text}");
+}
+
 /// Writes `text` and a line end to stdout; see [`outln!`].
 pub fn print_line(text: std::fmt::Arguments<'_>) {
     let mut stdout = std::io::stdout().lock();
@@ -41,7 +56,7 @@ pub fn stdout_failed(error: &std::io::Error) -> ! {
     if error.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(0);
     }
-    eprintln!("ssectl: cannot write to stdout: {error}");
+    crate::errln!("ssectl: cannot write to stdout: {error}");
     std::process::exit(1);
 }
 

@@ -286,9 +286,6 @@ pub const MAX_DURATION_SECONDS: u64 = 100 * 365 * 24 * 3600;
 const MAX_RETRY_MS: u64 = 3_600_000;
 /// The longest drain: an hour, far beyond any orchestrator's grace period.
 const MAX_DRAIN_SECONDS: u64 = 3600;
-/// The most clock skew taken on `exp` and `nbf`: ten minutes. Beyond it,
-/// leeway is an expired token taken, not a skewed clock.
-const MAX_LEEWAY_SECONDS: u64 = 600;
 
 impl Config {
     /// Loads defaults, then `file` if given, then `SSE_*` variables from the
@@ -546,7 +543,7 @@ impl Config {
             "must be at most 3600 (an hour): a node takes that long to stop",
         );
         check(
-            self.auth.jwt.leeway_seconds <= MAX_LEEWAY_SECONDS,
+            self.auth.jwt.leeway_seconds <= sse_token::MAX_LEEWAY_SECONDS,
             "auth.jwt.leeway_seconds",
             "must be at most 600: an expired token is taken for that long after its exp",
         );

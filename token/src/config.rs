@@ -35,6 +35,10 @@ pub struct JwtConfig {
 /// token check` assumes too, so that both judge a token's expiry alike.
 pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 
+/// The most clock skew a node takes on `exp` and `nbf`: ten minutes. Beyond
+/// it, leeway is an expired token taken, not a skewed clock.
+pub const MAX_LEEWAY_SECONDS: u64 = 600;
+
 /// A value kept out of `Debug` output and logs.
 #[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]

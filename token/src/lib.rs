@@ -11,6 +11,6 @@ pub mod config;
 pub mod mint;
 pub mod verify;
 
-pub use config::{DEFAULT_LEEWAY_SECONDS, JwtConfig, Secret};
+pub use config::{DEFAULT_LEEWAY_SECONDS, JwtConfig, MAX_LEEWAY_SECONDS, Secret};
 pub use mint::{MintError, Minted, SigningKey, TokenRequest};
 pub use verify::{AuthError, Authorized, ConfigProblems, Verifier};

@@ -42,7 +42,7 @@ pub async fn run(settings: &Settings, out: Output, publish: Publish) -> Result<(
         // before it is said, so the rest can be sent again from there.
         let stopped_at = |count: u64, last: &Value| {
             let last = last.get("id").and_then(Value::as_str).unwrap_or("none");
-            eprintln!(
+            crate::errln!(
                 "ssectl: stopped at line {}; published before it: {count}, the last with id {last}",
                 count + 1
             );
@@ -101,7 +101,7 @@ pub async fn run(settings: &Settings, out: Output, publish: Publish) -> Result<(
     } else {
         crate::outln!("{}", crate::output::cell(&published["id"]));
         if published["duplicate"].as_bool() == Some(true) {
-            eprintln!(
+            crate::errln!(
                 "ssectl: duplicate: an event with this --id was already stored; its id is shown"
             );
         }

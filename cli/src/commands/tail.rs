@@ -46,21 +46,26 @@ const FIRST_PAUSE: Duration = Duration::from_millis(100);
 /// Longest pause between reconnects.
 const MAX_PAUSE: Duration = Duration::from_secs(2);
 
+/// Shortest `--silence-timeout`: a node's heartbeats are at least a second
+/// apart, and a shorter wait would only reconnect again and again.
+const MIN_SILENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How a stream attempt ended, when it did not end the tail.
 enum Ended {
     /// The stream was open and then dropped.
     Dropped(String),
-    /// No stream opened: nothing answered, or a node said "not now".
-    NotOpened(String),
+    /// No stream opened: nothing answered, or a node said "not now"
+    /// (its refusal, for the exit code when the tail gives up).
+    NotOpened(String, Option<Error>),
 }
 
 /// Runs `ssectl tail`.
 pub async fn run(settings: &Settings, out: Output, tail: Tail) -> Result<(), Error> {
-    if tail.silence_timeout.is_zero() {
-        return Err(Error::Usage(
-            "--silence-timeout must be longer than the nodes' heartbeat (15 s by default), not 0"
-                .to_owned(),
-        ));
+    if tail.silence_timeout < MIN_SILENCE_TIMEOUT {
+        return Err(Error::Usage(format!(
+            "--silence-timeout must be longer than the nodes' heartbeat (15 s by default, at least 1 s), not {:?}: at least 2s",
+            tail.silence_timeout
+        )));
     }
     for path in &tail.paths {
         SubjectPath::parse_pattern(path)
@@ -112,28 +117,45 @@ pub async fn run(settings: &Settings, out: Output, tail: Tail) -> Result<(), Err
                 failures_in_a_row = 0;
                 down_since = None;
                 let from = if last_id.is_empty() { "now" } else { &last_id };
-                eprintln!("ssectl: stream from {base} dropped ({why}); resuming from {from}");
+                crate::errln!("ssectl: stream from {base} dropped ({why}); resuming from {from}");
                 resuming = true;
                 // A node that closes every stream at once must not be
                 // hammered: at most a few reconnects a second.
                 tokio::time::sleep(FIRST_PAUSE).await;
             }
-            Ended::NotOpened(why) => {
+            Ended::NotOpened(why, refusal) => {
                 failures_in_a_row += 1;
                 let since = *down_since.get_or_insert_with(Instant::now);
                 let tried_all = failures_in_a_row as usize >= urls.len();
+                // A node that answered with a refusal was reached: exit 1
+                // with its code, as any other command refused (3 is for
+                // nothing reachable).
                 if !connected_once && tried_all {
-                    return Err(Error::Unreachable(format!(
-                        "no stream could be opened: {why}"
-                    )));
+                    return Err(refusal.clone().unwrap_or_else(|| {
+                        Error::Unreachable(format!("no stream could be opened: {why}"))
+                    }));
                 }
                 if since.elapsed() >= tail.give_up_after {
-                    return Err(Error::Unreachable(format!(
-                        "no node answered for {:?}: {why}",
-                        tail.give_up_after
-                    )));
+                    return Err(match refusal {
+                        Some(Error::Refused {
+                            status,
+                            code,
+                            message,
+                        }) => Error::Refused {
+                            status: *status,
+                            code: code.clone(),
+                            message: format!(
+                                "{message} (no stream opened for {:?})",
+                                tail.give_up_after
+                            ),
+                        },
+                        _ => Error::Unreachable(format!(
+                            "no node answered for {:?}: {why}",
+                            tail.give_up_after
+                        )),
+                    });
                 }
-                eprintln!("ssectl: {why}; trying again");
+                crate::errln!("ssectl: {why}; trying again");
                 let pause = FIRST_PAUSE
                     .saturating_mul(1 << failures_in_a_row.min(5))
                     .min(MAX_PAUSE);
@@ -173,7 +195,7 @@ async fn read_once(
         Ok(response) => response,
         Err(error) => {
             let why = crate::client::transport_failure("node", base, &error);
-            return Ok(Some(Ended::NotOpened(why)));
+            return Ok(Some(Ended::NotOpened(why, None)));
         }
     };
     let status = response.status();
@@ -186,12 +208,15 @@ async fn read_once(
             status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
         ) {
-            return Ok(Some(Ended::NotOpened(format!("node at {base}: {refused}"))));
+            let why = format!("node at {base}: {refused}");
+            // A 502 or 504 is a load balancer's without a node behind it.
+            let refusal = (status == StatusCode::SERVICE_UNAVAILABLE).then_some(refused);
+            return Ok(Some(Ended::NotOpened(why, refusal)));
         }
         return Err(refused);
     }
     if resuming {
-        eprintln!("ssectl: resumed on {base}");
+        crate::errln!("ssectl: resumed on {base}");
     }
     let mut reader = Reader::starting_at(last_id);
     let mut deleted = Vec::new();
@@ -250,7 +275,7 @@ fn leave_out_deleted(data: &str, paths: &mut Vec<String>) -> Result<Option<Strin
             "topic {topic} was deleted, and the tail read nothing else"
         )));
     }
-    eprintln!(
+    crate::errln!(
         "ssectl: topic {topic} was deleted; going on with {}",
         paths.join(" ")
     );

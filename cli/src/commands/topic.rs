@@ -396,6 +396,6 @@ fn print_list(list: &Value) {
         &rows,
     );
     if let Some(note) = unavailable_note(&list["unavailable"]) {
-        eprintln!("{note}");
+        crate::errln!("{note}");
     }
 }

@@ -8,7 +8,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::support::{Cluster, bounded, eventually, run_with_stdin};
+use crate::support::{Cluster, bounded, eventually, http_client, run_with_stdin, wait_ok_with};
 
 /// Publishes `data` on `path` and returns the printed id.
 async fn publish(cluster: &Cluster, path: &str, data: &str) -> String {
@@ -172,6 +172,29 @@ async fn pub_prints_ids_and_tail_reads_them_back() {
             .run(&["tail", "cli-feed", "--from", "garbage"])
             .await;
         assert_eq!(run.code, 2, "{}", run.stderr);
+        // Shorter than any node's heartbeat: it would reconnect on end.
+        let run = cluster
+            .run(&["tail", "cli-feed", "--silence-timeout", "1ms"])
+            .await;
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(run.stderr.contains("--silence-timeout"), "{}", run.stderr);
+
+        // A node that answers 503 was reached: exit 1 with its code, not 3
+        // (nothing reachable).
+        let full = cluster.start_node_with(&[("SSE_HTTP__MAX_CONNECTIONS", "1")], "http");
+        wait_ok_with(&http_client(), "the node", format!("{}/readyz", full.base)).await;
+        let mut holder = cluster
+            .ssectl()
+            .args(["--url", &full.base, "tail", "cli-feed"])
+            .spawn()
+            .expect("tail starts");
+        subscribed_on(&full.base, 1).await;
+        let run = cluster
+            .run(&["--url", &full.base, "tail", "cli-feed", "-n", "1"])
+            .await;
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains("node_full"), "{}", run.stderr);
+        holder.kill().await.unwrap();
     })
     .await;
 }
@@ -288,7 +311,19 @@ async fn tail_survives_the_kill_of_its_node_and_resumes_once() {
         let (mut tail, mut out, mut err) =
             spawn_tail(&cluster, &["-o", "json", "tail", "cli-live", "-n", "6"]);
         // The tail is connected once node A counts a subscriber.
-        subscribed_on(&cluster.nodes[0].base).await;
+        subscribed_on(&cluster.nodes[0].base, 1).await;
+        // A second tail whose stderr nobody reads any more (`2>&1 | head`):
+        // its notes of the resume are dropped, and it ends as well.
+        let mut deaf = cluster
+            .ssectl()
+            .args(["-o", "json", "tail", "cli-live", "-n", "6"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tail starts");
+        drop(deaf.stderr.take());
+        let mut deaf_out = BufReader::new(deaf.stdout.take().unwrap()).lines();
+        subscribed_on(&cluster.nodes[0].base, 2).await;
         let mut got = Vec::new();
         for n in 1..=3 {
             publish(&cluster, "cli-live", &format!("e{n}")).await;
@@ -310,6 +345,16 @@ async fn tail_survives_the_kill_of_its_node_and_resumes_once() {
             got.push(line);
         }
         let stderr = ended(&mut tail, &mut err).await;
+        let mut deaf_got = Vec::new();
+        while let Some(line) = deaf_out.next_line().await.unwrap() {
+            deaf_got.push(line);
+        }
+        let deaf_status = tokio::time::timeout(Duration::from_secs(10), deaf.wait())
+            .await
+            .expect("the second tail ends after -n events")
+            .unwrap();
+        assert!(deaf_status.success(), "{deaf_status:?}");
+        assert_eq!(events(&deaf_got.join("\n")), events(&got.join("\n")));
         let got = events(&got.join("\n"));
         let data: Vec<&str> = got.iter().map(|e| e.2.as_str()).collect();
         assert_eq!(
@@ -356,8 +401,8 @@ async fn ended(
     said
 }
 
-/// Waits until the node at `base` counts a connected client.
-async fn subscribed_on(base: &str) {
+/// Waits until the node at `base` counts `clients` connected clients.
+async fn subscribed_on(base: &str, clients: u32) {
     eventually("the tail to subscribe", Duration::from_secs(15), || {
         let url = format!("{base}/metrics");
         async move {
@@ -369,9 +414,8 @@ async fn subscribed_on(base: &str) {
                 .text()
                 .await
                 .ok()?;
-            text.lines()
-                .any(|l| l.starts_with("sse_clients_connected ") && !l.ends_with(" 0"))
-                .then_some(())
+            let expected = format!("sse_clients_connected {clients}");
+            text.lines().any(|l| l == expected).then_some(())
         }
     })
     .await;
@@ -399,7 +443,7 @@ async fn tail_leaves_a_node_that_hangs_for_the_next() {
                 "3s",
             ],
         );
-        subscribed_on(&cluster.nodes[0].base).await;
+        subscribed_on(&cluster.nodes[0].base, 1).await;
         publish(&cluster, "cli-hang", "e1").await;
         let mut got = vec![
             tokio::time::timeout(Duration::from_secs(15), out.recv())

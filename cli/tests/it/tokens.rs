@@ -160,6 +160,13 @@ async fn minted_tokens_open_private_topics_and_check_agrees_with_the_node() {
         let verdict = cluster.run(&args).await;
         assert_eq!(verdict.code, 1, "{}", verdict.stdout);
         assert!(verdict.stderr.contains("expired"), "{}", verdict.stderr);
+        // No node takes more than 600 s of leeway, so the check does not
+        // judge by it either.
+        let args = check(Some("601"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let verdict = cluster.run(&args).await;
+        assert_eq!(verdict.code, 2, "{}", verdict.stdout);
+        assert!(verdict.stderr.contains("--leeway"), "{}", verdict.stderr);
 
         // Minting refuses what a node would not honour: exit 2.
         for args in [

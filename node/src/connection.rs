@@ -422,6 +422,10 @@ async fn serve_tls(
     }
 }
 
+/// How long a connection closed for its silence may take to say goodbye
+/// (GOAWAY, a last flush) before it is dropped.
+const GOODBYE_GRACE: Duration = Duration::from_secs(1);
+
 /// The HTTP/2 connection preface up to where it differs from any
 /// HTTP/1.1 request line.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
@@ -542,33 +546,44 @@ impl Hyper {
         // connection (a preface, SETTINGS, PINGs) that never opens a
         // stream is timed here, as a silent connection is.
         let first_request_due = open.born + self.head_wait;
+        // A connection given up for its silence is closed gracefully (an
+        // HTTP/2 client is told with GOAWAY which streams were not taken,
+        // so that it retries a request sent meanwhile), and dropped if that
+        // takes longer than a moment.
+        let mut dropped_at: Option<Instant> = None;
         let served = loop {
             let recheck = open.idle_deadline(self.idle);
             let awaiting_first = !open.had_a_request.load(Ordering::Acquire);
+            let silent = dropped_at.is_none();
             tokio::select! {
                 served = &mut connection => break served,
-                () = tokio::time::sleep_until(first_request_due), if awaiting_first => {
+                () = tokio::time::sleep_until(first_request_due), if awaiting_first && silent => {
                     if !open.had_a_request.load(Ordering::Acquire) {
                         self.node
                             .metrics()
                             .limit_hit("header_read_timeout");
                         debug!("closing a connection with no request within the header timeout");
-                        return;
+                        dropped_at = Some(Instant::now() + GOODBYE_GRACE);
                     }
                 }
                 () = &mut asked_to_finish, if !finishing => {
                     finishing = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                () = tokio::time::sleep_until(recheck), if !self.idle.is_zero() => {
+                () = tokio::time::sleep_until(recheck), if !self.idle.is_zero() && silent => {
                     if open.idle_for() >= self.idle {
                         self.node
                             .metrics()
                             .limit_hit("idle_timeout");
                         debug!("closing a connection with no request for the idle timeout");
-                        return;
+                        dropped_at = Some(Instant::now() + GOODBYE_GRACE);
                     }
                 }
+                () = tokio::time::sleep_until(dropped_at.unwrap_or(first_request_due)), if !silent => return,
+            }
+            if dropped_at.is_some() && !finishing {
+                finishing = true;
+                connection.as_mut().graceful_shutdown();
             }
         };
         if let Err(error) = served {

@@ -54,7 +54,8 @@ pub struct Readiness {
     /// Connected to NATS.
     pub nats_connected: bool,
     /// JetStream answers through a NATS server the node can reach. False
-    /// once none has for [`JETSTREAM_UNANSWERED_NOT_READY_AFTER`] while
+    /// while the node reaches none (not connected), and once none has
+    /// answered for [`JETSTREAM_UNANSWERED_NOT_READY_AFTER`] while
     /// connected: the node's NATS server and every other it can reach are
     /// cut off from the cluster's majority (a zone cut off with it, or the
     /// whole cluster without quorum). Its streams stay open, on heartbeats,
@@ -244,11 +245,13 @@ impl Node {
 
     /// The readiness latches.
     pub fn readiness(&self) -> Readiness {
+        let nats_connected = self.0.nats_connected.load(Ordering::Acquire);
         Readiness {
-            nats_connected: self.0.nats_connected.load(Ordering::Acquire),
-            jetstream_answers: self
-                .unanswered_since()
-                .is_none_or(|since| since.elapsed() < JETSTREAM_UNANSWERED_NOT_READY_AFTER),
+            nats_connected,
+            jetstream_answers: nats_connected
+                && self
+                    .unanswered_since()
+                    .is_none_or(|since| since.elapsed() < JETSTREAM_UNANSWERED_NOT_READY_AFTER),
             topics_loaded: self.0.topics_loaded.load(Ordering::Acquire),
             draining: self.is_draining(),
         }

@@ -406,6 +406,16 @@ async fn silent_and_idle_connections_are_closed_but_streams_live_on() {
         closed.is_ok(),
         "the HTTP/2 connection without a stream stayed open"
     );
+    // Closed with GOAWAY, as HTTP/2 asks, not only a TCP close: a client
+    // then knows no request it sent meanwhile was taken.
+    let mut frames = Vec::new();
+    let mut rest = &buf[..];
+    while rest.len() >= 9 {
+        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        frames.push(rest[3]);
+        rest = &rest[(9 + length).min(rest.len())..];
+    }
+    assert!(frames.contains(&0x7), "frame types {frames:?}");
     eventually(T, "the close to be counted", || async {
         (node.metric(&limit("header_read_timeout")).await == 2.0).then_some(())
     })

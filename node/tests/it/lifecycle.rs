@@ -410,15 +410,18 @@ async fn readiness_waits_for_nats() {
     let url = nats.url();
     nats.stop().await;
     let node = NodeProc::spawn(&url, &[]);
-    eventually(T, "the node to answer", || async {
+    let said = eventually(T, "the node to answer", || async {
         let (status, body) = http_get(node.url("/readyz"))
             .await
             .ok()
             .map(|r| (r.status(), r))?;
         let json: serde_json::Value = body.json().await.ok()?;
-        (status == 503 && json["nats_connected"] == false).then_some(())
+        (status == 503 && json["nats_connected"] == false).then_some(json)
     })
     .await;
+    // Nothing it can reach answers for JetStream either.
+    assert_eq!(said["jetstream_answers"], false, "{said}");
+    assert_eq!(said["topics_loaded"], false, "{said}");
     let (status, _) = get(&node.url("/healthz"), None).await;
     assert_eq!(status, 200, "alive without NATS");
     nats.restart().await;

@@ -15,6 +15,19 @@ pub const MAX_CURSOR_TOPICS: usize = 64;
 /// Longest epoch, in characters: base36 of a `u128` fits in 25.
 pub const MAX_EPOCH_CHARS: usize = 25;
 
+/// Longest part of an id shown whole in an error: a well-formed part is at
+/// most 111 characters (a topic of 64, an epoch of 25, a `u64`).
+const SHOWN_PART_CHARS: usize = 120;
+
+/// `part` as an error shows it: cut short past [`SHOWN_PART_CHARS`], so
+/// that a refusal of a 4 KiB id does not send it all back.
+fn shown(part: &str) -> String {
+    match part.char_indices().nth(SHOWN_PART_CHARS) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &part[..cut], part.len()),
+        None => part.to_owned(),
+    }
+}
+
 /// Why an event id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CursorError {
@@ -93,10 +106,10 @@ impl Cursor {
             let (Some(topic), Some(epoch), Some(seq), None) =
                 (fields.next(), fields.next(), fields.next(), fields.next())
             else {
-                return Err(CursorError::Shape(part.to_owned()));
+                return Err(CursorError::Shape(shown(part)));
             };
             let topic = TopicName::parse(topic).map_err(|source| CursorError::Topic {
-                part: part.to_owned(),
+                part: shown(part),
                 source,
             })?;
             if epoch.is_empty()
@@ -105,14 +118,14 @@ impl Cursor {
                     .bytes()
                     .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
             {
-                return Err(CursorError::Epoch(part.to_owned()));
+                return Err(CursorError::Epoch(shown(part)));
             }
             if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(CursorError::Sequence(part.to_owned()));
+                return Err(CursorError::Sequence(shown(part)));
             }
             let seq: u64 = seq
                 .parse()
-                .map_err(|_| CursorError::Sequence(part.to_owned()))?;
+                .map_err(|_| CursorError::Sequence(shown(part)))?;
             if positions.iter().any(|p| p.topic == topic) {
                 return Err(CursorError::DuplicateTopic(topic.to_string()));
             }
@@ -225,6 +238,20 @@ mod tests {
             Cursor::parse("A:b:1").unwrap_err(),
             CursorError::Topic { .. }
         ));
+    }
+
+    #[test]
+    fn a_long_malformed_part_is_shown_cut_short() {
+        let long = format!("orders:{}:1", "é".repeat(2000));
+        let message = Cursor::parse(&long).unwrap_err().to_string();
+        assert!(message.len() < 400, "{} bytes", message.len());
+        assert!(
+            message.contains("orders:é") && message.contains("… (4009 bytes)"),
+            "{message}"
+        );
+        let short = "orders:B:1";
+        let message = Cursor::parse(short).unwrap_err().to_string();
+        assert!(message.contains("\"orders:B:1\""), "{message}");
     }
 
     #[test]

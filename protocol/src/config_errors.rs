@@ -147,6 +147,23 @@ fn whole_error(error: &figment::Error) -> String {
     }
 }
 
+/// The environment variables that set `key` (with `prefix`): the one
+/// variable of a key; for a whole section (an unknown one), those of its
+/// keys that are set, as the section's own name is no variable.
+fn env_names(prefix: &str, key: &str) -> String {
+    let name = format!("{prefix}{}", key.replace('.', "__").to_ascii_uppercase());
+    let within = format!("{name}__");
+    let mut set: Vec<String> = std::env::vars_os()
+        .filter_map(|(variable, _)| variable.into_string().ok())
+        .filter(|variable| variable.starts_with(&within))
+        .collect();
+    if set.is_empty() {
+        return name;
+    }
+    set.sort();
+    set.join(", ")
+}
+
 fn describe(key: &str, why: &str, layered: &Figment) -> String {
     let Some(metadata) = layered.find_metadata(key) else {
         return format!("{key}: {why}");
@@ -156,10 +173,7 @@ fn describe(key: &str, why: &str, layered: &Figment) -> String {
         .strip_suffix(" environment variable(s)")
         .and_then(|prefix| prefix.strip_prefix('`')?.strip_suffix('`'));
     match (&metadata.source, env_prefix) {
-        (_, Some(prefix)) => format!(
-            "{key}: {why} (set by {prefix}{})",
-            key.replace('.', "__").to_ascii_uppercase()
-        ),
+        (_, Some(prefix)) => format!("{key}: {why} (set by {})", env_names(prefix, key)),
         (Some(source), None) => format!("{key}: {why} (in {} {})", shown(source), metadata.name),
         (None, None) => format!("{key}: {why} (in {})", metadata.name),
     }

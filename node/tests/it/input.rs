@@ -236,6 +236,7 @@ async fn every_mistake_of_a_configuration_is_named_at_once() {
         .arg(&file)
         .env("SSE_HTTP__MAX_CONNECTIONS", "lots")
         .env("SSE_NATS__URLL", "nats://a:4222")
+        .env("SSE_METRICS__PORT", "9090")
         .output()
         .await
         .unwrap();
@@ -248,6 +249,9 @@ async fn every_mistake_of_a_configuration_is_named_at_once() {
         "nats.urll: unknown key; [nats] has connection_name, creds_file, nkey_seed_file, ping_interval_seconds, subject_prefix, tls_ca_file, tls_cert_file, tls_key_file, topic_refresh_seconds, url (set by SSE_NATS__URLL)".to_owned(),
         format!("delivery.client_queue_events: invalid value signed int `-1`, expected usize (in {file} TOML file)"),
         "http.max_connections: invalid type: found string \"lots\", expected usize (set by SSE_HTTP__MAX_CONNECTIONS)".to_owned(),
+        // A section is no variable: the one that set a key in it is named.
+        "metrics: unknown section; the sections are auth,".to_owned(),
+        "(set by SSE_METRICS__PORT)".to_owned(),
     ] {
         assert!(stderr.contains(&said), "{said:?} not in:\n{stderr}");
     }

@@ -95,6 +95,13 @@ def assert_node_deployment(deploy: dict, cfg: dict) -> None:
     # and NATS 0.5 s to take its last report (node/src/lib.rs).
     assert pre + drain + 3 < grace, f"preStop {pre}s + drain {drain}s + 3 s must be < grace {grace}s"
 
+    # A busy node fills its history budget: a request below it makes the
+    # pod the first evicted under memory pressure, all its clients at once.
+    history = int(cfg.get("history", {}).get("max_bytes", 256 * 2**20))
+    request = c["resources"]["requests"]["memory"]
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    assert int(request[:-2]) * units[request[-2:]] > history, f"memory request {request} under history.max_bytes"
+
     strategy = spec["strategy"]
     assert strategy["type"] == "RollingUpdate"
     assert strategy["rollingUpdate"]["maxUnavailable"] in (0, "0", "0%"), "rollouts never lower capacity"

@@ -51,6 +51,15 @@ def test_the_whole_cluster_is_there(model):
     assert services["admin"]["build"]["dockerfile"] == "admin/Dockerfile"
 
 
+def test_nats_servers_stop_in_lame_duck_mode(model):
+    # SIGTERM stops nats-server at once; SIGUSR2 moves its clients away over
+    # lame_duck_duration, which stop_grace_period leaves room for.
+    for i in (1, 2, 3):
+        nats = model["services"][f"nats-{i}"]
+        assert nats["stop_signal"] == "SIGUSR2"
+        assert nats["stop_grace_period"] == "45s"
+
+
 def test_images_are_pinned(model):
     for name, svc in model["services"].items():
         image = svc["image"]

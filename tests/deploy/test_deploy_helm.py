@@ -243,9 +243,15 @@ def test_nats_defaults_are_durable_and_clustered():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     nats = values["nats"]
     assert nats["enabled"] is True
-    assert nats["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    # Servers advertise their addresses: a node behind the Service learns
+    # every server, and can leave one cut off from its peers.
+    assert nats["config"]["cluster"] == {"enabled": True, "replicas": 3, "noAdvertise": False}
     js = nats["config"]["jetstream"]
     assert js["enabled"] is True and js["fileStore"]["enabled"] is True
+    # JetStream's limit under the volume's size, so that its own limit
+    # (publishes refused) comes before a full disk (JetStream turned off).
+    store = js["fileStore"]
+    assert _bytes(store["maxSize"]) <= 0.9 * _bytes(store["pvc"]["size"])
     assert js["merge"]["sync_interval"] == "always"
     # The nats chart's default turns memory storage off, which refuses
     # `--memory` topics and puts the nodes' report bucket on disk.
@@ -281,6 +287,9 @@ def test_ingress_is_set_up_for_sse():
     ing = one(objs, "Ingress")
     ann = ing["metadata"]["annotations"]
     assert ann["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    # A 503 from a full or draining node is tried on another: a browser's
+    # EventSource would stop for good on it.
+    assert "http_503" in ann["nginx.ingress.kubernetes.io/proxy-next-upstream"]
     assert int(ann["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
     assert ann["cert-manager.io/cluster-issuer"] == "letsencrypt", "extra annotations are merged in"
     backends = {p["backend"]["service"]["name"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]}

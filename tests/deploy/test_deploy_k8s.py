@@ -161,6 +161,11 @@ def test_nats_is_a_durable_three_server_cluster(objs):
     active = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
     assert re.search(r"^\s*sync_interval:\s*always\s*$", active, re.M), "fsync before every ack"
     assert re.search(r"^\s*max_memory_store:\s*512MB\s*$", active, re.M), "memory storage as the chart's"
+    # JetStream's own limit (publishes refused) comes before a full volume
+    # (JetStream turned off on the server).
+    limit = re.search(r"^\s*max_file_store:\s*(\d+)GB\s*$", active, re.M)
+    claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    assert limit and claim.endswith("Gi") and int(limit.group(1)) <= 0.9 * int(claim[:-2]), (limit, claim)
     routes = re.findall(r"nats://([a-z0-9-]+)\.([a-z0-9-]+):6222", active)
     assert routes == [(f"sse-cluster-nats-{i}", headless["metadata"]["name"]) for i in range(3)]
     nats = container(sts, "nats")

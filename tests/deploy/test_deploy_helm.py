@@ -259,6 +259,13 @@ def test_nats_defaults_are_durable_and_clustered():
     assert _bytes(js["memoryStore"]["maxSize"]) < _bytes(nats["container"]["resources"]["limits"]["memory"])
     text = (CHART / "values.yaml").read_text()
     assert "sync_interval: 1s" in text or "sync_interval: 2m" in text, "the throughput trade-off is documented"
+    # Restricted, as k8s/nats.yaml: the nats chart sets no security context.
+    pod = nats["podTemplate"]["merge"]["spec"]["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 1000 and pod["fsGroup"] == 1000
+    for part in ("container", "reloader"):
+        context = nats[part]["merge"]["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"], part
+        assert context["seccompProfile"]["type"] == "RuntimeDefault", part
 
 
 def test_hpa_scales_down_slowly():

@@ -572,10 +572,14 @@ impl ClientStream {
     fn planned_end(&self) -> Option<(Instant, CloseReason)> {
         let lifetime = self.lifetime_end.map(|t| (t, CloseReason::Lifetime));
         let token = self.token_expiry.map(|t| (t, CloseReason::TokenExpired));
-        match (lifetime, token) {
-            (Some(l), Some(t)) => Some(if t.0 <= l.0 { t } else { l }),
-            (l, t) => l.or(t),
-        }
+        earliest(token, lifetime)
+    }
+
+    /// When and why the stream ends: the earliest of a close decided (the
+    /// drain's slot, a give-up) and its planned end. A token that expires
+    /// before the stream's slot in a drain still ends it at its expiry.
+    fn end(&self) -> Option<(Instant, CloseReason)> {
+        earliest(self.close_at, self.planned_end())
     }
 
     /// Records that the client's socket stopped taking bytes.
@@ -609,7 +613,7 @@ impl ClientStream {
                 self.start_drain();
             }
             let draining = self.draining();
-            let close_at = self.close_at.or(self.planned_end());
+            let close_at = self.end();
             let deadline = close_at.map(|(t, _)| t);
             let catching_up = self.catching_up < self.topics.len();
             let mut step_now = false;
@@ -987,6 +991,17 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The earlier of two ends; on a tie, `a`.
+fn earliest(
+    a: Option<(Instant, CloseReason)>,
+    b: Option<(Instant, CloseReason)>,
+) -> Option<(Instant, CloseReason)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
     }
 }
 

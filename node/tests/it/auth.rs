@@ -498,6 +498,46 @@ async fn a_stream_closes_when_its_token_expires_and_resumes_with_a_fresh_one() {
     assert_eq!(data_of(&resumed.take(1, T).await), ["five"]);
 }
 
+/// A token that expires while its node drains ends its stream at its
+/// expiry, not at the stream's slot in the drain window (anywhere in nine
+/// tenths of it, here 27 s).
+#[tokio::test]
+async fn a_token_that_expires_in_a_drain_ends_its_stream_on_time() {
+    let nats = Nats::start().await;
+    let js = nats.jetstream().await;
+    create_private_topic(&js, "vault").await;
+    let node = node(&nats, &[("SSE_SHUTDOWN__DRAIN_SECONDS", "30")]).await;
+    let url = node.url("/v1/events?topic=vault");
+    let exp = now() + 3;
+    let token = bearer(&hs256(json!({"exp": exp, "sse.subscribe": ["vault"]})));
+    // Four streams: all four slots falling before the expiry would be a
+    // chance of about one in ten thousand.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut client = SseClient::connect_with(&url, &[("Authorization", &token)])
+            .await
+            .unwrap();
+        client.ready().await;
+        clients.push(client);
+    }
+    node.terminate();
+    for client in &mut clients {
+        client
+            .until_closed(Duration::from_secs(10))
+            .await
+            .expect("the stream to end at its token's expiry, within the drain");
+    }
+    let ended = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        ended < exp as f64 + 2.0,
+        "ended {:.1} s past exp",
+        ended - exp as f64
+    );
+}
+
 #[tokio::test]
 async fn a_topic_made_private_cuts_its_anonymous_clients() {
     let nats = Nats::start().await;

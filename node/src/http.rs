@@ -688,8 +688,9 @@ pub struct CheckedRequest {
     request: StreamRequest,
     /// The paths of private topics the token was checked for.
     private: Vec<SubjectPath>,
-    /// How long the token has left, when one was checked.
-    expires: Option<Duration>,
+    /// When the token checked expires: the stream ends then, however long
+    /// opening it takes.
+    expires: Option<tokio::time::Instant>,
 }
 
 /// Checks a stream request's shape, that its topics exist and that its
@@ -720,12 +721,8 @@ pub async fn check_stream_request(
     let expires = if private.is_empty() {
         None
     } else {
-        Some(authorize(
-            state,
-            headers,
-            request.query_token.as_deref(),
-            &private,
-        )?)
+        let remaining = authorize(state, headers, request.query_token.as_deref(), &private)?;
+        Some(tokio::time::Instant::now() + remaining)
     };
     Ok(CheckedRequest {
         request,
@@ -823,12 +820,8 @@ pub async fn open_stream(
     // A topic made private since the check (created again, or changed
     // before this node heard of it) is checked now.
     if private.iter().any(|path| !checked_private.contains(path)) {
-        expires = Some(authorize(
-            state,
-            headers,
-            request.query_token.as_deref(),
-            &private,
-        )?);
+        let remaining = authorize(state, headers, request.query_token.as_deref(), &private)?;
+        expires = Some(tokio::time::Instant::now() + remaining);
     }
     // Only once the client may read these topics: a cursor past what the
     // stream is known to hold costs JetStream a question, and one the
@@ -856,8 +849,8 @@ pub async fn open_stream(
     .await?;
     let mut stream = ClientStream::open(node.clone(), confirmed);
     slot.hand_to_stream();
-    if let Some(remaining) = expires {
-        stream.close_at_token_expiry(tokio::time::Instant::now() + remaining);
+    if let Some(at) = expires {
+        stream.close_at_token_expiry(at);
     }
     Ok(stream)
 }

@@ -13,6 +13,13 @@
 //! drops the stream, which h2 resets (`RST_STREAM` with `CANCEL`); the
 //! client resumes from its cursor as after any other close.
 //!
+//! h2 takes a whole chunk once the window has room for a byte of it, and
+//! holds the rest where the task cannot see it; the response is then asked
+//! for more as if the chunk had gone. A stream whose client stopped reading
+//! is so seen held from its next chunk on, which comes at the latest with
+//! its heartbeat (`http.heartbeat_seconds`): it is reset within the
+//! heartbeat interval and the stall limit.
+//!
 //! The response tells the task what it did through a thread-local
 //! ([`asked`], [`handed`]), not through state of its own: every byte an
 //! idle stream's task holds is paid by every idle HTTP/2 stream, rounded
@@ -49,6 +56,15 @@ enum Step {
 
 thread_local! {
     static LAST_STEP: Cell<Step> = const { Cell::new(Step::NotAsked) };
+    // Set while a stream's task is dropped for its shut window.
+    static RESETTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether what is dropped on this thread now goes with a stream reset for
+/// its shut window: a stream closed so counts as `slow`, as one whose
+/// socket refused bytes does.
+pub fn resetting_held_stream() -> bool {
+    RESETTING.with(Cell::get)
 }
 
 /// A response body is asked for more (outside an HTTP/2 stream's task,
@@ -134,9 +150,13 @@ impl<F: Future> Future for Watched<F> {
                 return Poll::Pending;
             }
             debug!("resetting an HTTP/2 stream whose window stayed shut");
+            RESETTING.with(|resetting| resetting.set(true));
+            // Dropped in place; the stream's response goes with it, and
+            // says why it ended.
+            self.set(Watched::Done);
+            RESETTING.with(|resetting| resetting.set(false));
+            return Poll::Ready(());
         }
-        // Dropped in place; the stream's response goes with it, and says
-        // why it ended.
         self.set(Watched::Done);
         Poll::Ready(())
     }
@@ -151,10 +171,19 @@ mod tests {
         let limit = Duration::from_secs(20);
         let _executor = StallExecutor::new(limit);
         // Hands a chunk, then is never asked again: dropped after the
-        // limit.
+        // limit, as a reset.
+        struct SeesWhyDropped(std::rc::Rc<Cell<Option<bool>>>);
+        impl Drop for SeesWhyDropped {
+            fn drop(&mut self) {
+                self.0.set(Some(resetting_held_stream()));
+            }
+        }
+        let why = std::rc::Rc::new(Cell::new(None));
+        let sees = SeesWhyDropped(why.clone());
         let started = Instant::now();
         let held = Watched::Running {
-            task: async {
+            task: async move {
+                let _sees = sees;
                 handed();
                 std::future::pending::<()>().await
             },
@@ -164,6 +193,8 @@ mod tests {
             .await
             .expect("the task dropped");
         assert!(started.elapsed() >= limit);
+        assert_eq!(why.get(), Some(true));
+        assert!(!resetting_held_stream());
 
         // Hands chunks that hyper takes within the limit: kept, however
         // long it runs.

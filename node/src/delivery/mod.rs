@@ -896,13 +896,15 @@ impl Drop for ClientStream {
             // than its queue allows, with nothing handed to the socket for
             // about that long, it was slow. A client that leaves during a
             // catch-up is as far behind, but its writes were moving.
+            // An HTTP/2 stream reset for its shut window (`h2_stall`) was
+            // as slow, however far behind.
             let stall = Duration::from_secs(self.node.config().delivery.write_stall_seconds);
             let writes_stopped = self.last_wrote.is_none_or(|at| at.elapsed() >= stall / 2);
-            if writes_stopped
+            let far_behind = writes_stopped
                 && self.topics.iter().any(|t| {
                     !t.by_path && t.feed.head().saturating_sub(t.pos) > t.feed.queue_events() as u64
-                })
-            {
+                });
+            if crate::h2_stall::resetting_held_stream() || far_behind {
                 self.reason = CloseReason::Slow;
             }
         }

@@ -558,7 +558,17 @@ async fn a_stream_whose_window_stays_shut_is_reset_while_its_neighbour_flows() {
     let nats = Nats::start().await;
     let js = nats.jetstream().await;
     create_topic(&js, "shut", None).await;
-    let node = NodeProc::start(&nats.url(), &[("SSE_DELIVERY__WRITE_STALL_SECONDS", "2")]).await;
+    // h2 takes a whole chunk while the window has room for a byte of it,
+    // and holds the rest unseen: a stream whose last event went so waits
+    // for its next chunk, at the latest its heartbeat, to be seen held.
+    let node = NodeProc::start(
+        &nats.url(),
+        &[
+            ("SSE_DELIVERY__WRITE_STALL_SECONDS", "2"),
+            ("SSE_HTTP__HEARTBEAT_SECONDS", "1"),
+        ],
+    )
+    .await;
     let tcp = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
     // Each stream's window holds 16 KiB until its reader takes them; the
     // connection's is wide enough for both streams' events.
@@ -583,10 +593,15 @@ async fn a_stream_whose_window_stays_shut_is_reset_while_its_neighbour_flows() {
     flowing.ready().await;
     let kib = "x".repeat(1024);
     let data: Vec<String> = (0..40).map(|i| format!("{i}-{kib}")).collect();
-    for one in &data {
-        publish(&js, "shut", one).await;
-    }
-    assert_eq!(data_of(&flowing.take(40, T).await), data);
+    // Read while they are published: a stream left unread for the stall
+    // limit is reset, as the other one is.
+    let publishing = async {
+        for one in &data {
+            publish(&js, "shut", one).await;
+        }
+    };
+    let ((), taken) = tokio::join!(publishing, flowing.take(40, T));
+    assert_eq!(data_of(&taken), data);
 
     // The stream whose window stayed shut for the stall limit (2 s) is
     // reset; its neighbour on the same connection goes on.
@@ -608,6 +623,17 @@ async fn a_stream_whose_window_stays_shut_is_reset_while_its_neighbour_flows() {
     .expect("the shut stream's body to end");
     let error = ended.expect("a reset, not an end of stream");
     assert!(format!("{error:?}").contains("CANCEL"), "{error:?}");
+    // Reset for its window, as slow; its neighbour untouched.
+    assert_eq!(
+        node.metric("sse_connections_closed_total{reason=\"slow\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        node.metric("sse_connections_closed_total{reason=\"client\"}")
+            .await,
+        0.0
+    );
     publish(&js, "shut", "after").await;
     assert_eq!(data_of(&flowing.take(1, T).await), ["after"]);
 }
